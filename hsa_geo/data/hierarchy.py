@@ -1,0 +1,471 @@
+r"""The tree (forest) that turns a set of leaves into a nested signal."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from functools import cached_property
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+IndexLike = Union[Tensor, Sequence[int]]
+
+
+@dataclass(frozen=True)
+class FamilyBucket:
+    r"""Families whose number of children rounds up to the same width
+    :math:`W` (a power of two), laid out as a padded :math:`[F, W]` table so
+    that the attention inside all of them is one batched matrix product.
+
+    Attributes:
+        width (int): :math:`W`.
+        family (LongTensor): ``[F]`` node id of each family's parent.
+        children (LongTensor): ``[F, W]`` node id in each child slot
+            (``0`` in padding slots).
+        mask (BoolTensor): ``[F, W]``, ``True`` on real slots.
+        leaf_slot (LongTensor): positions in the flattened ``F * W`` table
+            holding a leaf; ``leaf_node`` holds that leaf's id.
+        cluster_slot (LongTensor): positions holding an internal node;
+            ``cluster_node`` holds its id minus ``num_leaves``.
+        parent_cluster (LongTensor): ``[F]`` family parent minus
+            ``num_leaves``.
+    """
+    width: int
+    family: Tensor
+    children: Tensor
+    mask: Tensor
+    leaf_slot: Tensor
+    leaf_node: Tensor
+    cluster_slot: Tensor
+    cluster_node: Tensor
+    parent_cluster: Tensor
+
+    def to(self, device: Union[str, torch.device]) -> 'FamilyBucket':
+        return replace(
+            self, **{
+                f.name: getattr(self, f.name).to(device)
+                for f in fields(self) if f.name != 'width'
+            })
+
+
+def _as_index(value: IndexLike, name: str) -> Tensor:
+    if not isinstance(value, Tensor):
+        try:
+            value = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise ValueError(f"'{name}' must be a 1-D integer tensor or a "
+                             f"sequence of ints ({e})") from None
+        if value.numel() == 0:
+            value = value.long()
+    if value.dtype in (torch.bool, ) or value.is_floating_point() \
+            or value.is_complex():
+        raise ValueError(
+            f"'{name}' must have an integer dtype, got {value.dtype}; "
+            f"convert it with '.long()' (after checking it holds whole "
+            f"numbers)")
+    if value.dim() != 1:
+        raise ValueError(f"'{name}' must be 1-D, got shape "
+                         f"{tuple(value.shape)}")
+    return value.long()
+
+
+def _path_of(parent: List[int], start: int, limit: int = 12) -> str:
+    seen, path, node = set(), [], start
+    while node != -1 and node not in seen and len(path) < limit:
+        seen.add(node)
+        path.append(str(node))
+        node = parent[node]
+    return ' -> '.join(path + [str(node)])
+
+
+class Hierarchy:
+    r"""An immutable forest over :math:`N` leaves: the cluster tree of a
+    nested signal.
+
+    Nodes ``0..N-1`` are the leaves and match the rows of the leaf features;
+    nodes ``N..T-1`` are internal nodes (clusters, sub-signals). A node with
+    its children is a *family*. Every internal node has at least one child,
+    leaves have none, and a node whose parent is ``-1`` is a root. Several
+    roots make a forest: trees never attend to each other.
+
+    Everything the dynamic program needs is derived once, at construction,
+    with vectorised tensor code: the leaf count :math:`|n|`, depth and height
+    of every node, the nodes of every depth level, and the families laid out
+    by width (:class:`FamilyBucket`).
+
+    Build one with :meth:`from_parent`, :meth:`from_assignments` or
+    :meth:`batch`; move it with :meth:`to`.
+
+    Args:
+        parent (LongTensor): ``[T]`` parent of every node, ``-1`` for roots.
+        num_leaves (int): :math:`N`.
+    """
+    def __init__(self, parent: IndexLike, num_leaves: int):
+        parent = _as_index(parent, 'parent')
+        if isinstance(num_leaves, bool) or not isinstance(
+                num_leaves, int) or num_leaves < 1:
+            raise ValueError(
+                f"'num_leaves' must be a positive int, got {num_leaves!r}")
+        if num_leaves > parent.numel():
+            raise ValueError(
+                f"'parent' has {parent.numel()} entries but num_leaves="
+                f"{num_leaves}; it needs one entry per node, leaves first "
+                f"(T >= num_leaves)")
+        self._parent = parent
+        self._num_leaves = num_leaves
+        self._check()
+        self._derive()
+
+    # Construction ##########################################################
+
+    @classmethod
+    def from_parent(cls, parent: IndexLike, num_leaves: int) -> 'Hierarchy':
+        r"""Builds a hierarchy from the parent of every node.
+
+        Args:
+            parent (LongTensor): ``[T]``; ``parent[n]`` is the parent of node
+                ``n`` or ``-1`` if ``n`` is a root. Leaves are ``0..N-1``.
+            num_leaves (int): :math:`N`.
+        """
+        return cls(parent, num_leaves)
+
+    @classmethod
+    def from_assignments(cls, assignments: Sequence[IndexLike]) -> 'Hierarchy':
+        r"""Builds a hierarchy from per-level cluster assignments, as the
+        ``cluster`` vectors of PyG poolings produce them.
+
+        ``assignments[0]`` has one entry per leaf and maps it to a cluster of
+        level 1 (``0..n_1-1``); ``assignments[l]`` maps the ``n_l`` clusters
+        of level ``l`` to those of level ``l+1``. ``-1`` marks a node without
+        parent (a root). The clusters of the last level are roots. Node ids
+        are given level by level: leaves, then the clusters of level 1, ...
+
+        Args:
+            assignments (list of LongTensor): ``assignments[l]`` is ``[n_l]``.
+        """
+        if len(assignments) == 0:
+            raise ValueError("'assignments' is empty; pass at least the "
+                             "assignment of the leaves to level-1 clusters")
+        levels = [
+            _as_index(a, f'assignments[{i}]')
+            for i, a in enumerate(assignments)
+        ]
+        device = levels[0].device
+        offset, parents = 0, []
+        for lvl, assign in enumerate(levels):
+            size = assign.numel()
+            if lvl == 0 and size == 0:
+                raise ValueError("'assignments[0]' is empty; a hierarchy "
+                                 "needs at least one leaf")
+            num_next = int(assign.max()) + 1 if size > 0 else 0
+            if size > 0 and int(assign.min()) < -1:
+                pos = int((assign < -1).nonzero()[0])
+                raise ValueError(
+                    f"assignments[{lvl}][{pos}] = {int(assign[pos])} is "
+                    f"negative; use -1 for a root and cluster ids >= 0")
+            if lvl + 1 < len(levels) and levels[lvl + 1].numel() != num_next:
+                raise ValueError(
+                    f"assignments[{lvl + 1}] has {levels[lvl + 1].numel()} "
+                    f"entries but assignments[{lvl}] uses {num_next} "
+                    f"clusters (ids 0..{num_next - 1}); level {lvl + 1} needs "
+                    f"one entry per cluster of level {lvl + 1}")
+            members = torch.bincount(assign[assign >= 0], minlength=num_next)
+            if num_next > 0 and bool((members == 0).any()):
+                empty = int((members == 0).nonzero()[0])
+                raise ValueError(
+                    f"cluster {empty} of level {lvl + 1} has no members in "
+                    f"assignments[{lvl}]; cluster ids must be consecutive "
+                    f"(relabel with torch_geometric.nn.pool.consecutive."
+                    f"consecutive_cluster)")
+            nxt = offset + size
+            parents.append(torch.where(assign >= 0, assign + nxt, assign))
+            offset = nxt
+            if lvl + 1 == len(levels) and num_next > 0:
+                parents.append(
+                    torch.full((num_next, ), -1, dtype=torch.long,
+                               device=device))
+        return cls(torch.cat(parents), levels[0].numel())
+
+    @classmethod
+    def batch(cls, hierarchies: Sequence['Hierarchy']) -> 'Hierarchy':
+        r"""Joins hierarchies into one forest. The leaves of all of them come
+        first, in order (matching ``torch.cat`` of their leaf features), then
+        their internal nodes."""
+        if len(hierarchies) == 0:
+            raise ValueError("'hierarchies' is empty")
+        num_leaves = sum(h.num_leaves for h in hierarchies)
+        leaf_off, clus_off, parts_leaf, parts_clus = 0, num_leaves, [], []
+        for h in hierarchies:
+            p = h.parent
+            n = h.num_leaves
+            shift = torch.where(p >= n, p - n + clus_off, p + leaf_off)
+            shift = torch.where(p < 0, p, shift)
+            parts_leaf.append(shift[:n])
+            parts_clus.append(shift[n:])
+            leaf_off += n
+            clus_off += h.num_nodes - n
+        return cls(torch.cat(parts_leaf + parts_clus), num_leaves)
+
+    def to(self, device: Union[str, torch.device]) -> 'Hierarchy':
+        r"""Returns a copy whose tensors live on :obj:`device` (the derived
+        data is moved, not recomputed)."""
+        out = object.__new__(Hierarchy)
+        for key, value in self.__dict__.items():
+            if isinstance(value, Tensor):
+                value = value.to(device)
+            elif isinstance(value, list):
+                value = [
+                    tuple(t.to(device) for t in v) if isinstance(v, tuple)
+                    else v.to(device) for v in value
+                ]
+            out.__dict__[key] = value
+        return out
+
+    # Validation ############################################################
+
+    def _check(self):
+        parent, n = self._parent, self._num_leaves
+        t = parent.numel()
+        bad = (parent < -1) | (parent >= t)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])
+            raise ValueError(
+                f"parent[{i}] = {int(parent[i])} is out of range for {t} "
+                f"nodes; use -1 for a root or a node id in 0..{t - 1}")
+        is_child_of_leaf = (parent >= 0) & (parent < n)
+        if bool(is_child_of_leaf.any()):
+            i = int(is_child_of_leaf.nonzero()[0])
+            raise ValueError(
+                f"node {int(parent[i])} is a leaf (ids below num_leaves={n}) "
+                f"but is the parent of node {i}; leaves have no children, so "
+                f"number clusters from {n} on (or raise num_leaves)")
+        num_children = torch.bincount(parent[parent >= 0], minlength=t)
+        childless = (num_children[n:] == 0)
+        if bool(childless.any()):
+            i = int(childless.nonzero()[0]) + n
+            raise ValueError(
+                f"internal node {i} has no children; every node with id >= "
+                f"num_leaves={n} must be a cluster of at least one node: "
+                f"remove it or count it as a leaf")
+        # Pointer jumping: after k rounds `anc` is the 2^k-th ancestor (or
+        # -1); a path of parents longer than T exists only through a cycle.
+        anc = parent.clone()
+        for _ in range(t.bit_length() + 1):
+            live = anc >= 0
+            if not bool(live.any()):
+                return
+            anc = torch.where(live, anc[anc.clamp(min=0)], anc)
+        if bool((anc >= 0).any()):
+            i = int((anc >= 0).nonzero()[0])
+            raise ValueError(
+                f"the parent pointers contain a cycle reachable from node "
+                f"{i} ({_path_of(parent.tolist(), i)}); a hierarchy must be a "
+                f"forest: every path of parents has to end in a root (-1)")
+
+    # Derived data ##########################################################
+
+    def _derive(self):
+        parent, n = self._parent, self._num_leaves
+        t = parent.numel()
+        device = parent.device
+
+        # Depth by pointer doubling: O(T log depth).
+        depth = self._depth_by_doubling(parent)
+        max_depth = int(depth.max()) if t > 0 else 0
+
+        # Nodes of every depth level (roots are level 0).
+        order = torch.argsort(depth, stable=True)
+        counts = torch.bincount(depth, minlength=max_depth + 1).tolist()
+        by_level = list(torch.split(order, counts))
+
+        # Leaf counts |n| and heights, bottom-up over the levels.
+        size = torch.zeros(t, dtype=torch.long, device=device)
+        size[:n] = 1
+        height = torch.zeros(t, dtype=torch.long, device=device)
+        for d in range(max_depth, 0, -1):
+            nodes = by_level[d]
+            par = parent[nodes]
+            size.index_add_(0, par, size[nodes])
+            height.scatter_reduce_(0, par, height[nodes] + 1, reduce='amax')
+
+        # Internal non-root nodes per depth, as (cluster id, parent cluster id)
+        # in the internal numbering 0..T-N-1 the dynamic program works in.
+        cluster_levels = []
+        for d in range(1, max_depth + 1):
+            nodes = by_level[d]
+            nodes = nodes[nodes >= n]
+            cluster_levels.append((nodes - n, parent[nodes] - n))
+
+        leaf_parent = parent[:n]
+        leaf_has_parent = (leaf_parent >= 0).nonzero().view(-1)
+
+        self._depth = depth
+        self._height = height
+        self._size = size
+        self._max_depth = max_depth
+        self._cluster_levels = cluster_levels
+        self._leaf_with_parent = leaf_has_parent
+        self._leaf_parent_cluster = leaf_parent[leaf_has_parent] - n
+        self._buckets = self._layout_families(parent, n)
+
+    @staticmethod
+    def _depth_by_doubling(parent: Tensor) -> Tensor:
+        # dist[i] = number of edges from i to `anc[i]`; both double each round.
+        dist = (parent >= 0).long()
+        anc = parent.clone()
+        while True:
+            live = anc >= 0
+            if not bool(live.any()):
+                return dist
+            a = anc.clamp(min=0)
+            dist = torch.where(live, dist + dist[a], dist)
+            anc = torch.where(live, anc[a], anc)
+
+    @staticmethod
+    def _layout_families(parent: Tensor, n: int) -> List[FamilyBucket]:
+        t = parent.numel()
+        m = t - n
+        if m == 0:
+            return []
+        child = (parent >= 0).nonzero().view(-1)
+        fam = parent[child] - n
+        # Children of a family in increasing node id; slot = rank in family.
+        perm = torch.argsort(fam, stable=True)
+        child, fam = child[perm], fam[perm]
+        num_children = torch.bincount(fam, minlength=m)
+        start = torch.cumsum(num_children, 0) - num_children
+        slot = torch.arange(child.numel(), device=parent.device) - start[fam]
+        width = torch.ones_like(num_children)
+        big = num_children > 1
+        # Next power of two: padding wastes at most 4x in the W^2 scores.
+        width[big] = 2**torch.ceil(torch.log2(num_children[big].double())).long()
+        buckets = []
+        for w in torch.unique(width).tolist():
+            fams = (width == w).nonzero().view(-1)
+            local = torch.full((m, ), -1, dtype=torch.long,
+                               device=parent.device)
+            local[fams] = torch.arange(fams.numel(), device=parent.device)
+            sel = local[fam] >= 0
+            c, f, s = child[sel], local[fam[sel]], slot[sel]
+            children = torch.zeros(fams.numel(), w, dtype=torch.long,
+                                   device=parent.device)
+            mask = torch.zeros(fams.numel(), w, dtype=torch.bool,
+                               device=parent.device)
+            children[f, s] = c
+            mask[f, s] = True
+            flat = f * w + s
+            is_leaf = c < n
+            buckets.append(
+                FamilyBucket(
+                    width=w,
+                    family=fams + n,
+                    children=children,
+                    mask=mask,
+                    leaf_slot=flat[is_leaf],
+                    leaf_node=c[is_leaf],
+                    cluster_slot=flat[~is_leaf],
+                    cluster_node=c[~is_leaf] - n,
+                    parent_cluster=fams,
+                ))
+        return buckets
+
+    # Public properties ######################################################
+
+    @property
+    def parent(self) -> Tensor:
+        r"""``[T]`` parent of every node, ``-1`` for roots."""
+        return self._parent
+
+    @property
+    def num_leaves(self) -> int:
+        r""":math:`N`, the number of leaves (rows of the leaf features)."""
+        return self._num_leaves
+
+    @property
+    def num_nodes(self) -> int:
+        r""":math:`T`, leaves and internal nodes."""
+        return self._parent.numel()
+
+    @property
+    def num_clusters(self) -> int:
+        r"""Number of internal nodes, :math:`T - N`."""
+        return self.num_nodes - self._num_leaves
+
+    @property
+    def num_families(self) -> int:
+        r"""Number of families (one per internal node)."""
+        return self.num_clusters
+
+    @cached_property
+    def num_trees(self) -> int:
+        r"""Number of roots."""
+        return int((self._parent < 0).sum())
+
+    @cached_property
+    def max_branching(self) -> int:
+        r"""The largest number of children of any node (0 if all nodes are
+        roots)."""
+        if self.num_clusters == 0:
+            return 0
+        return int(torch.bincount(self._parent[self._parent >= 0]).max())
+
+    @property
+    def depth(self) -> int:
+        r"""The largest number of edges from a node up to its root."""
+        return self._max_depth
+
+    @property
+    def node_depth(self) -> Tensor:
+        r"""``[T]`` edges from each node up to its root (roots: 0)."""
+        return self._depth
+
+    @property
+    def node_height(self) -> Tensor:
+        r"""``[T]`` edges on the longest path from each node down to a leaf
+        (leaves: 0)."""
+        return self._height
+
+    @property
+    def leaf_count(self) -> Tensor:
+        r"""``[T]`` :math:`|n|`, the number of leaves under each node."""
+        return self._size
+
+    @property
+    def device(self) -> torch.device:
+        return self._parent.device
+
+    @property
+    def family_buckets(self) -> List[FamilyBucket]:
+        r"""The families grouped by padded width (see
+        :class:`FamilyBucket`)."""
+        return self._buckets
+
+    @property
+    def levels(self) -> List[Tensor]:
+        r"""Node ids of every depth level: ``levels[d]`` holds the nodes at
+        depth ``d`` (``levels[0]`` the roots)."""
+        order = torch.argsort(self._depth, stable=True)
+        counts = torch.bincount(self._depth,
+                                minlength=self._max_depth + 1).tolist()
+        return list(torch.split(order, counts))
+
+    @cached_property
+    def sibling_pairs(self) -> Tensor:
+        r"""``[2, P]`` every ordered pair ``(a, b)`` of children of a common
+        parent, ``a == b`` included, with :math:`P = \sum_F |C(F)|^2`. The
+        order is the one in which
+        :func:`~hsa_geo.functional.hierarchical_attention` returns the family
+        weights."""
+        parts = []
+        for b in self._buckets:
+            valid = b.mask.unsqueeze(2) & b.mask.unsqueeze(1)  # [F, W, W]
+            f, i, j = valid.nonzero(as_tuple=True)
+            parts.append(torch.stack([b.children[f, i], b.children[f, j]]))
+        if not parts:
+            return torch.empty(2, 0, dtype=torch.long, device=self.device)
+        return torch.cat(parts, dim=1)
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}(num_leaves={self.num_leaves}, '
+                f'num_nodes={self.num_nodes}, num_trees={self.num_trees}, '
+                f'depth={self.depth}, max_branching={self.max_branching})')

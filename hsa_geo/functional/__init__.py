@@ -1,0 +1,10 @@
+r"""Hierarchical self-attention as functions of queries, keys and values."""
+from hsa_geo.functional.dense_reference import hierarchical_attention_matrix
+from hsa_geo.functional.dynamic_program import (FamilyWeights,
+                                                hierarchical_attention)
+
+__all__ = [
+    'hierarchical_attention',
+    'hierarchical_attention_matrix',
+    'FamilyWeights',
+]

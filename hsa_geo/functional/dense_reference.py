@@ -1,0 +1,120 @@
+r"""The dense HSA attention matrix, built from the closed form.
+
+This is the reference the dynamic program is tested against, so it shares no
+code with it: it walks the tree in Python, takes block means of the dense
+score matrix instead of dot products of mean vectors, and fills the
+:math:`N \times N` matrix block by block. Use it for small inputs (tests,
+pictures); its cost is :math:`O(N^2)` memory and :math:`O(P N^2)` time.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional
+
+import torch
+from torch import Tensor
+
+from hsa_geo.data.hierarchy import Hierarchy
+
+
+def hierarchical_attention_matrix(q: Tensor, k: Tensor, hierarchy: Hierarchy,
+                                  scale: Optional[float] = None) -> Tensor:
+    r"""The dense HSA attention matrix :math:`Q`, so that
+    ``hierarchical_attention(q, k, v, hierarchy)`` equals ``Q @ v`` per head.
+
+    For leaves :math:`i \neq j` with lowest common ancestor :math:`F`,
+    :math:`i` under child :math:`a` and :math:`j` under child :math:`b`:
+
+    .. math::
+        Q_{ij} = r_F \, \pi_F(a \to b) / |b|, \qquad Q_{ii} = r_i,
+
+    where :math:`l_{ab}` is the mean of the scores :math:`s_{ij} =
+    \mathrm{scale} \cdot \langle q_i, k_j\rangle` over the block
+    :math:`a \times b` plus :math:`\log |b|`, :math:`l_{aa} = g_a` (the
+    per-leaf log-partition of subtree :math:`a`), :math:`\pi_F(a \to \cdot) =
+    \operatorname{softmax}(l_{a \cdot})` and :math:`r_a = r_F \pi_F(a \to a)`
+    with :math:`r = 1` at roots.
+
+    Args:
+        q (Tensor): ``[N, H, D]`` or ``[N, D]``.
+        k (Tensor): same shape as :obj:`q`.
+        hierarchy (Hierarchy): the forest over the ``N`` leaves.
+        scale (float, optional): :math:`1/\sqrt{D}` if :obj:`None`.
+
+    Returns:
+        Tensor ``[H, N, N]`` (``[N, N]`` for 2-D inputs); rows sum to one.
+    """
+    if q.shape != k.shape or q.dim() not in (2, 3):
+        raise ValueError(f"q and k must both be [N, D] or [N, H, D]; got "
+                         f"{tuple(q.shape)} and {tuple(k.shape)}")
+    if q.size(0) != hierarchy.num_leaves:
+        raise ValueError(f"q has {q.size(0)} rows but the hierarchy has "
+                         f"{hierarchy.num_leaves} leaves")
+    single_head = q.dim() == 2
+    if single_head:
+        q, k = q.unsqueeze(1), k.unsqueeze(1)
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.size(-1))
+    n = hierarchy.num_leaves
+    parent: List[int] = hierarchy.parent.tolist()
+    children: Dict[int, List[int]] = {}
+    for node, p in enumerate(parent):
+        if p >= 0:
+            children.setdefault(p, []).append(node)
+
+    # Post-order (children before parents) without recursion: deep chains.
+    post, stack = [], [(r, False) for r in range(len(parent)) if parent[r] < 0]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded or node < n:
+            post.append(node)
+        else:
+            stack.append((node, True))
+            stack.extend((c, False) for c in children[node])
+
+    leaves: Dict[int, List[int]] = {}
+    for node in post:
+        leaves[node] = [node] if node < n else [
+            i for c in children[node] for i in leaves[c]
+        ]
+
+    s = scale * torch.einsum('ihd,jhd->hij', q, k)  # [H, N, N]
+    g: Dict[int, Tensor] = {i: s[:, i, i] for i in range(n)}
+    log_pi: Dict[int, Tensor] = {}
+    for fam in post:
+        if fam < n:
+            continue
+        kids = children[fam]
+        logits = s.new_empty(s.size(0), len(kids), len(kids))
+        for ai, a in enumerate(kids):
+            for bi, b in enumerate(kids):
+                if a == b:
+                    logits[:, ai, bi] = g[a]
+                else:
+                    block = s[:, leaves[a]][:, :, leaves[b]]
+                    logits[:, ai, bi] = block.mean(dim=(1, 2)) + math.log(
+                        len(leaves[b]))
+        lse = torch.logsumexp(logits, dim=-1)  # [H, C]
+        sizes = torch.tensor([len(leaves[a]) for a in kids], dtype=s.dtype)
+        g[fam] = (lse * sizes / len(leaves[fam])).sum(dim=-1)
+        log_pi[fam] = logits - lse.unsqueeze(-1)
+
+    log_r: Dict[int, Tensor] = {}
+    out = s.new_zeros(s.shape)
+    for fam in reversed(post):  # parents before children
+        if parent[fam] < 0:
+            log_r[fam] = s.new_zeros(s.size(0))
+        if fam < n:
+            out[:, fam, fam] = log_r[fam].exp()
+            continue
+        kids = children[fam]
+        for ai, a in enumerate(kids):
+            log_r[a] = log_r[fam] + log_pi[fam][:, ai, ai]
+            for bi, b in enumerate(kids):
+                if a != b:
+                    weight = (log_r[fam] + log_pi[fam][:, ai, bi]).exp()
+                    rows = torch.tensor(leaves[a])
+                    cols = torch.tensor(leaves[b])
+                    out[:, rows[:, None], cols[None, :]] = (
+                        weight / len(leaves[b]))[:, None, None]
+    return out.squeeze(0) if single_head else out
