@@ -1,6 +1,6 @@
 r"""hsa_geo: Hierarchical Self-Attention for PyTorch Geometric."""
-from hsa_geo import data, functional
-from hsa_geo.data import Hierarchy
+from hsa_geo import data, functional, nn
+from hsa_geo.data import Hierarchy, NestedSignal
 from hsa_geo.functional import (hierarchical_attention,
                                 hierarchical_attention_matrix)
 
@@ -8,9 +8,11 @@ __version__ = '0.1.0'
 
 __all__ = [
     'Hierarchy',
+    'NestedSignal',
     'hierarchical_attention',
     'hierarchical_attention_matrix',
     'data',
     'functional',
+    'nn',
     '__version__',
 ]

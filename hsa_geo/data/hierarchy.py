@@ -13,38 +13,54 @@ IndexLike = Union[Tensor, Sequence[int]]
 
 @dataclass(frozen=True)
 class FamilyBucket:
-    r"""Families whose number of children rounds up to the same width
-    :math:`W` (a power of two), laid out as a padded :math:`[F, W]` table so
-    that the attention inside all of them is one batched matrix product.
+    r"""Families of the same padded width :math:`W` (the number of children
+    rounded up to a power of two) and the same kind of children, laid out as
+    an :math:`[F, W]` table so that the attention inside all of them is one
+    batched matrix product.
 
     Attributes:
         width (int): :math:`W`.
+        kind (str): ``'leaf'`` (every slot is a leaf, no padding),
+            ``'cluster'`` (every slot an internal node, no padding) or
+            ``'mixed'`` (anything else).
+        leaf_range (tuple, optional): ``(start, end)`` when the slots are the
+            leaves ``start..end-1`` in order, so the table is a view of the
+            leaf rows and needs no gather.
         family (LongTensor): ``[F]`` node id of each family's parent.
-        children (LongTensor): ``[F, W]`` node id in each child slot
-            (``0`` in padding slots).
+        parent_cluster (LongTensor): ``[F]`` that id minus ``num_leaves``.
         mask (BoolTensor): ``[F, W]``, ``True`` on real slots.
-        leaf_slot (LongTensor): positions in the flattened ``F * W`` table
-            holding a leaf; ``leaf_node`` holds that leaf's id.
-        cluster_slot (LongTensor): positions holding an internal node;
-            ``cluster_node`` holds its id minus ``num_leaves``.
-        parent_cluster (LongTensor): ``[F]`` family parent minus
-            ``num_leaves``.
+        children (LongTensor): ``[F, W]`` node id of each child (``-1`` in
+            padding).
+        source_index (LongTensor): ``[F * W]`` row of each slot in the leaf
+            rows (``'leaf'``) or in the internal-node rows (``'cluster'``);
+            empty for ``'mixed'``.
+        leaf_slot, leaf_node (LongTensor): slots holding a leaf, and its id.
+        cluster_slot, cluster_node (LongTensor): slots holding an internal
+            node, and its id minus ``num_leaves``.
     """
     width: int
+    kind: str
+    leaf_range: Optional[Tuple[int, int]]
     family: Tensor
-    children: Tensor
+    parent_cluster: Tensor
     mask: Tensor
+    children: Tensor
+    source_index: Tensor
     leaf_slot: Tensor
     leaf_node: Tensor
     cluster_slot: Tensor
     cluster_node: Tensor
-    parent_cluster: Tensor
+
+    @property
+    def num_families(self) -> int:
+        return self.family.numel()
 
     def to(self, device: Union[str, torch.device]) -> 'FamilyBucket':
         return replace(
             self, **{
                 f.name: getattr(self, f.name).to(device)
-                for f in fields(self) if f.name != 'width'
+                for f in fields(self)
+                if isinstance(getattr(self, f.name), Tensor)
             })
 
 
@@ -213,6 +229,10 @@ class Hierarchy:
         for key, value in self.__dict__.items():
             if isinstance(value, Tensor):
                 value = value.to(device)
+            elif isinstance(value, tuple):
+                value = tuple(v.to(device) for v in value)
+            elif isinstance(value, FamilyBucket):
+                value = value.to(device)
             elif isinstance(value, list):
                 value = [
                     tuple(t.to(device) for t in v) if isinstance(v, tuple)
@@ -307,6 +327,18 @@ class Hierarchy:
         self._leaf_with_parent = leaf_has_parent
         self._leaf_parent_cluster = leaf_parent[leaf_has_parent] - n
         self._buckets = self._layout_families(parent, n)
+        # Leaves whose family is not a multi-child 'leaf' bucket receive the
+        # context of their parent's path separately in the dynamic program.
+        covered = torch.zeros(n, dtype=torch.bool, device=device)
+        for b in self._buckets:
+            if b.kind == 'leaf' and b.width > 1:
+                covered[b.children.flatten()] = True
+        rest = leaf_has_parent[~covered[leaf_has_parent]]
+        # All leaves in order in equal-width families: block reductions
+        # replace scatters over the leaves.
+        self._leaf_blocks = next(
+            (b for b in self._buckets if b.leaf_range == (0, n)), None)
+        self._leaf_outside_leaf_families = (rest, parent[rest] - n)
 
     @staticmethod
     def _depth_by_doubling(parent: Tensor) -> Tensor:
@@ -325,6 +357,7 @@ class Hierarchy:
     def _layout_families(parent: Tensor, n: int) -> List[FamilyBucket]:
         t = parent.numel()
         m = t - n
+        device = parent.device
         if m == 0:
             return []
         child = (parent >= 0).nonzero().view(-1)
@@ -334,38 +367,54 @@ class Hierarchy:
         child, fam = child[perm], fam[perm]
         num_children = torch.bincount(fam, minlength=m)
         start = torch.cumsum(num_children, 0) - num_children
-        slot = torch.arange(child.numel(), device=parent.device) - start[fam]
+        slot = torch.arange(child.numel(), device=device) - start[fam]
         width = torch.ones_like(num_children)
         big = num_children > 1
         # Next power of two: padding wastes at most 4x in the W^2 scores.
         width[big] = 2**torch.ceil(torch.log2(num_children[big].double())).long()
+        num_leaf_children = torch.bincount(fam[child < n], minlength=m)
+        full = num_children == width
+        kind = torch.full((m, ), 2, dtype=torch.long, device=device)  # mixed
+        kind[full & (num_leaf_children == num_children)] = 0  # leaf
+        kind[full & (num_leaf_children == 0)] = 1  # cluster
+        key = width * 3 + kind
         buckets = []
-        for w in torch.unique(width).tolist():
-            fams = (width == w).nonzero().view(-1)
-            local = torch.full((m, ), -1, dtype=torch.long,
-                               device=parent.device)
-            local[fams] = torch.arange(fams.numel(), device=parent.device)
+        for k in torch.unique(key).tolist():
+            w, kd = divmod(k, 3)
+            fams = (key == k).nonzero().view(-1)
+            local = torch.full((m, ), -1, dtype=torch.long, device=device)
+            local[fams] = torch.arange(fams.numel(), device=device)
             sel = local[fam] >= 0
             c, f, s = child[sel], local[fam[sel]], slot[sel]
-            children = torch.zeros(fams.numel(), w, dtype=torch.long,
-                                   device=parent.device)
-            mask = torch.zeros(fams.numel(), w, dtype=torch.bool,
-                               device=parent.device)
-            children[f, s] = c
-            mask[f, s] = True
             flat = f * w + s
+            children = torch.full((fams.numel() * w, ), -1, dtype=torch.long,
+                                  device=device)
+            children[flat] = c
+            mask = children >= 0
+            leaf_range, source_index = None, children[:0]
+            if kd == 0:
+                source_index = children
+                lo = int(children[0])
+                if bool((children == torch.arange(
+                        lo, lo + children.numel(), device=device)).all()):
+                    leaf_range = (lo, lo + children.numel())
+            elif kd == 1:
+                source_index = children - n
             is_leaf = c < n
             buckets.append(
                 FamilyBucket(
                     width=w,
+                    kind=('leaf', 'cluster', 'mixed')[kd],
+                    leaf_range=leaf_range,
                     family=fams + n,
-                    children=children,
-                    mask=mask,
+                    parent_cluster=fams,
+                    mask=mask.view(-1, w),
+                    children=children.view(-1, w),
+                    source_index=source_index,
                     leaf_slot=flat[is_leaf],
                     leaf_node=c[is_leaf],
                     cluster_slot=flat[~is_leaf],
                     cluster_node=c[~is_leaf] - n,
-                    parent_cluster=fams,
                 ))
         return buckets
 

@@ -50,20 +50,115 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor, hierarchy: Hierarchy):
 
 def _to_slots(bucket: FamilyBucket, leaf_x: Tensor, cluster_x: Tensor) -> Tensor:
     r"""Gathers per-node rows into the padded family table:
-    ``[N, *S]`` and ``[M, *S]`` -> ``[F, W, *S]`` (zeros in padding)."""
-    num_families = bucket.family.numel()
-    out = leaf_x.new_zeros((num_families * bucket.width, ) + leaf_x.shape[1:])
+    ``[N, *S]`` and ``[M, *S]`` -> ``[F, W, *S]`` (zeros in padding).
+    Contiguous leaf blocks are views: no copy at all."""
+    shape = (bucket.num_families, bucket.width) + leaf_x.shape[1:]
+    if bucket.leaf_range is not None:
+        lo, hi = bucket.leaf_range
+        if lo == 0 and hi == leaf_x.size(0):  # a slice would cost a backward
+            return leaf_x.view(shape)
+        return leaf_x[lo:hi].view(shape)
+    if bucket.kind != 'mixed':
+        src = leaf_x if bucket.kind == 'leaf' else cluster_x
+        return src.index_select(0, bucket.source_index).view(shape)
+    out = leaf_x.new_zeros((shape[0] * shape[1], ) + shape[2:])
     out[bucket.leaf_slot] = leaf_x[bucket.leaf_node]
     out[bucket.cluster_slot] = cluster_x[bucket.cluster_node]
-    return out.view((num_families, bucket.width) + leaf_x.shape[1:])
+    return out.view(shape)
 
 
 def _from_slots(bucket: FamilyBucket, x: Tensor, leaf_out: Tensor,
                 cluster_out: Tensor):
     r"""Scatters ``[F, W, *S]`` slot rows back to their nodes, in place."""
     x = x.flatten(0, 1)
-    leaf_out[bucket.leaf_node] = x[bucket.leaf_slot]
-    cluster_out[bucket.cluster_node] = x[bucket.cluster_slot]
+    if bucket.leaf_range is not None:
+        leaf_out[bucket.leaf_range[0]:bucket.leaf_range[1]] = x
+    elif bucket.kind != 'mixed':
+        out = leaf_out if bucket.kind == 'leaf' else cluster_out
+        out[bucket.source_index] = x
+    else:
+        leaf_out[bucket.leaf_node] = x[bucket.leaf_slot]
+        cluster_out[bucket.cluster_node] = x[bucket.cluster_slot]
+
+
+def _head(x: Tensor, i: int, buf: Tensor) -> Tensor:
+    # CPU bmm clones every matrix of a strided batch; one contiguous copy of
+    # the head into a reused buffer is much cheaper.
+    return buf.copy_(x[:, :, i])
+
+
+class _HeadwiseScores(torch.autograd.Function):
+    r"""``s[h, f, a, b] = alpha * <x[f, a, h], y[f, b, h]>``:
+    ``[F, W, H, D]`` twice -> ``[H, F, W, W]``.
+
+    One batched product per head. Heads are staged through reused buffers,
+    and the backward writes each head's gradient into one preallocated
+    tensor (generic autograd of per-head views zero-fills a full-size
+    gradient per head)."""
+    @staticmethod
+    def forward(ctx, x: Tensor, y: Tensor, alpha: float) -> Tensor:
+        ctx.save_for_backward(x, y)
+        ctx.alpha = alpha
+        heads = x.size(2)
+        out = x.new_empty(heads, x.size(0), x.size(1), y.size(1))
+        bx = x.new_empty(x.shape[:2] + x.shape[3:])
+        by = y.new_empty(y.shape[:2] + y.shape[3:])
+        for i in range(heads):
+            torch.bmm(_head(x, i, bx),
+                      _head(y, i, by).transpose(1, 2), out=out[i])
+        return out.mul_(alpha)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        x, y = ctx.saved_tensors
+        grad = grad * ctx.alpha
+        gx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
+        gy = torch.empty_like(y) if ctx.needs_input_grad[1] else None
+        bx = x.new_empty(x.shape[:2] + x.shape[3:])
+        by = y.new_empty(y.shape[:2] + y.shape[3:])
+        out = x.new_empty(x.shape[:2] + x.shape[3:])
+        for i in range(x.size(2)):
+            if gx is not None:
+                torch.bmm(grad[i], _head(y, i, by), out=out)
+                gx[:, :, i] = out
+            if gy is not None:
+                torch.bmm(grad[i].transpose(1, 2), _head(x, i, bx), out=out)
+                gy[:, :, i] = out
+        return gx, gy, None
+
+
+class _HeadwiseContext(torch.autograd.Function):
+    r"""``out[f, a, h] = sum_b attn[h, f, a, b] * v[f, b, h]``:
+    ``[H, F, W, W]`` and ``[F, W, H, D]`` -> ``[F, W, H, D]``."""
+    @staticmethod
+    def forward(ctx, attn: Tensor, v: Tensor) -> Tensor:
+        ctx.save_for_backward(attn, v)
+        out = v.new_empty(v.shape)
+        bv = v.new_empty(v.shape[:2] + v.shape[3:])
+        buf = v.new_empty(v.shape[:2] + v.shape[3:])
+        for i in range(v.size(2)):
+            torch.bmm(attn[i], _head(v, i, bv), out=buf)
+            out[:, :, i] = buf
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        attn, v = ctx.saved_tensors
+        ga = torch.empty_like(attn) if ctx.needs_input_grad[0] else None
+        gv = torch.empty_like(v) if ctx.needs_input_grad[1] else None
+        bv = v.new_empty(v.shape[:2] + v.shape[3:])
+        bg = v.new_empty(v.shape[:2] + v.shape[3:])
+        buf = v.new_empty(v.shape[:2] + v.shape[3:])
+        for i in range(v.size(2)):
+            _head(grad, i, bg)
+            if ga is not None:
+                torch.bmm(bg, _head(v, i, bv).transpose(1, 2), out=ga[i])
+            if gv is not None:
+                torch.bmm(attn[i].transpose(1, 2), bg, out=buf)
+                gv[:, :, i] = buf
+        return ga, gv
 
 
 def _dropout_keep(shape, p: float, like: Tensor) -> Tensor:
@@ -146,12 +241,16 @@ def hierarchical_attention(
     heads = q.size(1)
     lwp, lpc = h._leaf_with_parent, h._leaf_parent_cluster
     all_leaves_have_parent = lwp.numel() == num_leaves
+    blocks = h._leaf_blocks
     csize = h.leaf_count[num_leaves:].to(dtype)  # [M]
 
     def cluster_means(x: Tensor) -> Tensor:
         # Upward pass: leaf sums into parents, then clusters bottom-up.
         s = x.new_zeros((num_clusters, ) + x.shape[1:])
-        s.index_add_(0, lpc, x if all_leaves_have_parent else x[lwp])
+        if blocks is not None:  # backward: a broadcast instead of a gather
+            s[blocks.parent_cluster] = _to_slots(blocks, x, s).sum(dim=1)
+        else:
+            s.index_add_(0, lpc, x if all_leaves_have_parent else x[lwp])
         for child, par in reversed(h._cluster_levels):
             s.index_add_(0, par, s[child])
         return s / csize.view(-1, 1, 1)
@@ -165,22 +264,24 @@ def hierarchical_attention(
     off_lse_leaf = q.new_full((num_leaves, heads), neg)
     off_lse_clus = q.new_full((num_clusters, heads), neg)
     for b in h.family_buckets:
-        qs = _to_slots(b, q, qc)
-        ks = _to_slots(b, k, kc)
-        logsize = _to_slots(b, logsize_leaf, logsize_clus)  # [F, W]
-        s = torch.einsum('fahd,fbhd->fhab', qs, ks) * scale
-        s = s + logsize[:, None, None, :]
+        if b.width == 1:  # a single child has no sibling to attend to
+            scores.append(None)
+            continue
+        qs, ks = _to_slots(b, q, qc), _to_slots(b, k, kc)
+        log_size = _to_slots(b, logsize_leaf, logsize_clus).unsqueeze(1)
+        s = _HeadwiseScores.apply(qs, ks, scale) + log_size  # [H, F, W, W]
         eye = torch.eye(b.width, dtype=torch.bool, device=s.device)
-        valid = b.mask[:, :, None] & b.mask[:, None, :] & ~eye  # [F, W, W]
-        s = s.masked_fill(~valid[:, None], neg)
+        invalid = eye if b.kind != 'mixed' else ~(
+            b.mask[:, :, None] & b.mask[:, None, :] & ~eye)
+        s = s.masked_fill(invalid, neg)
         scores.append(s)
-        _from_slots(b, torch.logsumexp(s, dim=-1).transpose(1, 2),
+        _from_slots(b, torch.logsumexp(s, dim=-1).permute(1, 2, 0),
                     off_lse_leaf, off_lse_clus)
 
     # g (per-leaf log-partition of every subtree), bottom-up. The row
     # logsumexp over all siblings, the diagonal l_aa = g_a included, is
     # lse_a = logaddexp(off-diagonal lse_a, g_a).
-    g_leaf = (q * k).sum(dim=-1) * scale  # [N, H]
+    g_leaf = torch.einsum('nhd,nhd->nh', q, k) * scale  # [N, H]
     lse_leaf = torch.logaddexp(off_lse_leaf, g_leaf)
     g_clus = q.new_zeros(num_clusters, heads)
     g_clus.index_add_(
@@ -210,40 +311,74 @@ def hierarchical_attention(
     log_r_leaf = log_self_leaf.index_add(0, lwp, log_r_clus[lpc])
 
     # Downward pass, context: u_a = r_F sum_{b != a} pi_F(a->b) vbar_b.
-    u_leaf = v.new_zeros(v.shape)
+    # Families with internal children first, so that the contexts U_F
+    # (accumulated down the path, U_a = U_F + u_a) are known when the leaf
+    # families run; those add U_F to u_a right away.
     u_clus = v.new_zeros(vc.shape)
-    weights = []
-    for b, s in zip(h.family_buckets, scores):
-        lse = _to_slots(b, lse_leaf, lse_clus).transpose(1, 2)  # [F, H, W]
-        log_r = log_r_clus[b.parent_cluster]  # [F, H]
+    u_leaf = None
+    weights = [None] * len(scores)
+    order = sorted(range(len(scores)),
+                   key=lambda i: h.family_buckets[i].kind == 'leaf')
+    pending_parent_context = True
+    for i in order:
+        b, s = h.family_buckets[i], scores[i]
+        if b.kind == 'leaf' and pending_parent_context:
+            for child, par in h._cluster_levels:
+                u_clus.index_add_(0, child, u_clus[par])
+            pending_parent_context = False
+        lse = _to_slots(b, lse_leaf, lse_clus).permute(2, 0, 1)  # [H, F, W]
+        if return_weights:
+            weights[i] = _family_weights(b, s, lse,
+                                         _to_slots(b, g_leaf, g_clus))
+        if s is None:
+            continue
+        log_r = log_r_clus[b.parent_cluster].t()  # [H, F]
         attn = torch.exp(s - lse.unsqueeze(-1) + log_r[:, :, None, None])
         if drop:
             keep = _dropout_keep(attn.shape, dropout_p, q)
             attn = attn * keep / (1.0 - dropout_p)
-        vs = _to_slots(b, v, vc)
-        _from_slots(b, torch.einsum('fhab,fbhd->fahd', attn, vs), u_leaf,
-                    u_clus)
-        if return_weights:
-            gs = _to_slots(b, g_leaf, g_clus).transpose(1, 2)  # [F, H, W]
-            eye = torch.eye(b.width, dtype=torch.bool, device=s.device)
-            full = torch.where(eye, gs.unsqueeze(-1), s)  # l_aa = g_a
-            pi = torch.exp(full - lse.unsqueeze(-1))
-            pair = b.mask[:, :, None] & b.mask[:, None, :]
-            f, i, j = pair.nonzero(as_tuple=True)
-            weights.append(pi[f, :, i, j])
-
-    # Contexts accumulate down the path: U_a = U_F + u_a.
-    for child, par in h._cluster_levels:
-        u_clus.index_add_(0, child, u_clus[par])
-    out = u_leaf + torch.exp(log_r_leaf).unsqueeze(-1) * v
-    out = out.index_add(0, lwp, u_clus[lpc])
+        ctx = _HeadwiseContext.apply(attn, _to_slots(b, v, vc))  # [F,W,H,D]
+        if b.kind == 'leaf':
+            ctx = ctx + u_clus[b.parent_cluster].unsqueeze(1)
+            if b.leaf_range == (0, num_leaves):
+                u_leaf = ctx.flatten(0, 1)
+                continue
+        if u_leaf is None:
+            u_leaf = v.new_zeros(v.shape)
+        _from_slots(b, ctx, u_leaf, u_clus)
+    if pending_parent_context:
+        for child, par in h._cluster_levels:
+            u_clus.index_add_(0, child, u_clus[par])
+    if u_leaf is None:
+        u_leaf = v.new_zeros(v.shape)
+    out = torch.addcmul(u_leaf, torch.exp(log_r_leaf).unsqueeze(-1), v)
+    # Leaves outside 'leaf' families (single children, mixed families) get
+    # the context of their parent's path here.
+    rest = h._leaf_outside_leaf_families
+    if rest is not None and rest[0].numel() > 0:
+        out = out.index_add(0, rest[0], u_clus[rest[1]])
 
     out = out.to(out_dtype)
     if single_head:
         out = out.squeeze(1)
     if not return_weights:
         return out
+    weights = [w for w in weights if w is not None]
     weight = torch.cat(weights) if weights else q.new_zeros(0, heads)
     if single_head:
         weight = weight.squeeze(1)
     return out, FamilyWeights(h.sibling_pairs, weight)
+
+
+def _family_weights(bucket: FamilyBucket, s: Optional[Tensor], lse: Tensor,
+                    g: Tensor) -> Tensor:
+    r"""``[P_bucket, H]`` pi_F(a -> b) on the real pairs of a bucket, in the
+    order of :attr:`Hierarchy.sibling_pairs`."""
+    g = g.permute(2, 0, 1)  # [H, F, W]
+    eye = torch.eye(bucket.width, dtype=torch.bool, device=g.device)
+    logits = g.unsqueeze(-1) if s is None else torch.where(
+        eye, g.unsqueeze(-1), s)  # l_aa = g_a
+    pi = torch.exp(logits - lse.unsqueeze(-1))  # [H, F, W, W]
+    pair = bucket.mask[:, :, None] & bucket.mask[:, None, :]
+    f, i, j = pair.nonzero(as_tuple=True)
+    return pi[:, f, i, j].t()

@@ -1,0 +1,164 @@
+r"""The hierarchical self-attention layer."""
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+from torch_geometric.nn.conv import MessagePassing
+from torch_geometric.nn.dense.linear import Linear
+
+from hsa_geo.data.hierarchy import Hierarchy
+from hsa_geo.functional.dynamic_program import hierarchical_attention
+
+
+class HSAConv(MessagePassing):
+    r"""Hierarchical self-attention over the leaves of a nested signal
+    (Amizadeh et al., *Hierarchical Self-Attention: Generalizing Neural
+    Attention Mechanics to Multi-Scale Problems*, NeurIPS 2025), in the
+    manner of :class:`~torch_geometric.nn.conv.TransformerConv`:
+
+    .. math::
+        \mathbf{x}^{\prime}_i = \mathbf{W}_1 \mathbf{x}_i +
+        \sum_{j} Q_{i,j} \mathbf{W}_2 \mathbf{x}_{j},
+
+    where :math:`Q` is the HSA attention matrix of the queries
+    :math:`\mathbf{W}_3 \mathbf{x}` and keys :math:`\mathbf{W}_4 \mathbf{x}`
+    over the hierarchy: the attention closest in KL divergence to softmax
+    attention among those in which a sub-signal attends to each sibling
+    sub-signal as a whole. On a flat hierarchy it is softmax attention over
+    all leaves of a tree. :math:`Q` is never built: messages run up the
+    cluster tree (mean queries, keys, values and log-partitions, scatter-sum
+    per level), between siblings (one softmax per family) and down again
+    (masses and contexts), see
+    :func:`~hsa_geo.functional.hierarchical_attention`; cost
+    :math:`O(T H C + P H C)` for :math:`T` tree nodes and :math:`P` sibling
+    pairs, linear in the number of leaves for bounded branching.
+
+    With :obj:`beta`, the skip connection is gated as in
+    :class:`~torch_geometric.nn.conv.TransformerConv`.
+
+    Args:
+        in_channels (int): size of each input sample, or ``-1`` to infer it
+            lazily.
+        out_channels (int): size of each output sample per head.
+        heads (int, optional): number of attention heads. (default: :obj:`1`)
+        concat (bool, optional): concatenate the heads (else average them).
+            (default: :obj:`True`)
+        beta (bool, optional): gated skip connection. (default: :obj:`False`)
+        dropout (float, optional): dropout on the family attention weights
+            in training. (default: :obj:`0.`)
+        bias (bool, optional): learn additive biases. (default: :obj:`True`)
+        root_weight (bool, optional): add the transformed root features
+            :math:`\mathbf{W}_1 \mathbf{x}_i`. (default: :obj:`True`)
+        **kwargs (optional): arguments of
+            :class:`torch_geometric.nn.conv.MessagePassing`.
+
+    Shapes:
+        - **input:** leaf features :math:`(N, F_{in})`, a
+          :class:`~hsa_geo.data.Hierarchy` with :math:`N` leaves (or a
+          :class:`~hsa_geo.data.NestedSignal`, whose ``.hierarchy`` is used)
+        - **output:** :math:`(N, H * F_{out})` or :math:`(N, F_{out})` if
+          :obj:`concat=False`; with :obj:`return_attention_weights=True` also
+          ``(pair_index [2, P], alpha [P, H])``, the sibling pairs ``(a, b)``
+          (tree node ids) and :math:`\pi_F(a \to b)`.
+    """
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        heads: int = 1,
+        concat: bool = True,
+        beta: bool = False,
+        dropout: float = 0.,
+        bias: bool = True,
+        root_weight: bool = True,
+        **kwargs,
+    ):
+        kwargs.setdefault('aggr', 'add')
+        super().__init__(node_dim=0, **kwargs)
+        if heads < 1 or out_channels < 1:
+            raise ValueError(f"'heads' and 'out_channels' must be positive, "
+                             f"got {heads} and {out_channels}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"'dropout' must be in [0, 1), got {dropout}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.heads = heads
+        self.concat = concat
+        self.beta = beta and root_weight
+        self.dropout = dropout
+        self.root_weight = root_weight
+
+        # One fused projection: a single matrix product for q, k and v.
+        self.lin_qkv = Linear(in_channels, 3 * heads * out_channels,
+                              bias=bias)
+        out_size = heads * out_channels if concat else out_channels
+        if root_weight:
+            self.lin_skip = Linear(in_channels, out_size, bias=bias)
+        else:
+            self.register_parameter('lin_skip', None)
+        if self.beta:
+            self.lin_beta = Linear(3 * out_size, 1, bias=False)
+        else:
+            self.register_parameter('lin_beta', None)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        super().reset_parameters()
+        self.lin_qkv.reset_parameters()
+        if self.lin_skip is not None:
+            self.lin_skip.reset_parameters()
+        if self.lin_beta is not None:
+            self.lin_beta.reset_parameters()
+
+    def forward(
+        self,
+        x: Tensor,
+        hierarchy: Hierarchy,
+        return_attention_weights: Optional[bool] = None,
+    ) -> Union[Tensor, Tuple[Tensor, Tuple[Tensor, Tensor]]]:
+        r"""Runs the layer.
+
+        Args:
+            x (Tensor): leaf features ``[N, F_in]``.
+            hierarchy (Hierarchy): the forest over the ``N`` leaves (a
+                :class:`~hsa_geo.data.NestedSignal` is accepted too).
+            return_attention_weights (bool, optional): also return
+                ``(pair_index, alpha)``.
+        """
+        if not isinstance(hierarchy, Hierarchy) and hasattr(
+                hierarchy, 'hierarchy'):
+            hierarchy = hierarchy.hierarchy
+        if not isinstance(x, Tensor) or x.dim() != 2:
+            raise ValueError(f"'x' must be a [N, F] tensor of leaf features, "
+                             f"got {getattr(x, 'shape', type(x))}")
+        num_leaves, heads, channels = x.size(0), self.heads, self.out_channels
+        q, k, v = self.lin_qkv(x).view(num_leaves, 3, heads, channels).unbind(1)
+        result = hierarchical_attention(
+            q, k, v, hierarchy, dropout_p=self.dropout,
+            training=self.training,
+            return_weights=bool(return_attention_weights))
+        out, weights = result if return_attention_weights else (result, None)
+
+        if self.concat:
+            out = out.reshape(num_leaves, heads * channels)
+        else:
+            out = out.mean(dim=1)
+
+        if self.lin_skip is not None:
+            x_r = self.lin_skip(x)
+            if self.lin_beta is not None:
+                beta = self.lin_beta(torch.cat([out, x_r, out - x_r], dim=-1))
+                beta = beta.sigmoid()
+                out = beta * x_r + (1 - beta) * out
+            else:
+                out = out + x_r
+
+        if weights is not None:
+            return out, (weights.index, weights.weight)
+        return out
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}({self.in_channels}, '
+                f'{self.out_channels}, heads={self.heads})')
