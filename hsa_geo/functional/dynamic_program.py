@@ -88,77 +88,115 @@ def _head(x: Tensor, i: int, buf: Tensor) -> Tensor:
 
 
 class _HeadwiseScores(torch.autograd.Function):
-    r"""``s[h, f, a, b] = alpha * <x[f, a, h], y[f, b, h]>``:
-    ``[F, W, H, D]`` twice -> ``[H, F, W, W]``.
+    r"""Scores inside families, their diagonal and the family sums:
+    ``s[h, f, a, b] = alpha * <x[f, a, h], y[f, b, h]>`` (``[H, F, W, W]``),
+    ``diag[f, a, h] = s[h, f, a, a]`` (``[F, W, H]``) and the sums of ``x``
+    and ``y`` over each family (``[F, H, D]``), from two ``[F, W, H, D]``
+    family tables.
 
-    One batched product per head. Heads are staged through reused buffers,
-    and the backward writes each head's gradient into one preallocated
-    tensor (generic autograd of per-head views zero-fills a full-size
-    gradient per head)."""
+    One batched product per head. Heads are staged through reused buffers
+    (CPU ``bmm`` clones every matrix of a strided batch), and the backward
+    writes each input's whole gradient into one tensor: generic autograd of
+    per-head views would zero-fill a full-size gradient per head and
+    allocate one more per term."""
     @staticmethod
-    def forward(ctx, x: Tensor, y: Tensor, alpha: float) -> Tensor:
+    def forward(ctx, x: Tensor, y: Tensor, alpha: float):
         ctx.save_for_backward(x, y)
         ctx.alpha = alpha
         heads = x.size(2)
         out = x.new_empty(heads, x.size(0), x.size(1), y.size(1))
+        diag = x.new_empty(x.shape[:3])
+        x_sum = x.new_empty(x.size(0), heads, x.size(3))
+        y_sum = y.new_empty(y.size(0), heads, y.size(3))
         bx = x.new_empty(x.shape[:2] + x.shape[3:])
         by = y.new_empty(y.shape[:2] + y.shape[3:])
         for i in range(heads):
-            torch.bmm(_head(x, i, bx),
-                      _head(y, i, by).transpose(1, 2), out=out[i])
-        return out.mul_(alpha)
+            _head(x, i, bx)
+            _head(y, i, by)
+            torch.bmm(bx, by.transpose(1, 2), out=out[i])
+            diag[:, :, i] = torch.linalg.vecdot(bx, by)
+            torch.sum(bx, dim=1, out=x_sum[:, i])
+            torch.sum(by, dim=1, out=y_sum[:, i])
+        return out.mul_(alpha), diag.mul_(alpha), x_sum, y_sum
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor):
+    def backward(ctx, grad: Tensor, grad_diag: Tensor, grad_x_sum: Tensor,
+                 grad_y_sum: Tensor):
         x, y = ctx.saved_tensors
-        grad = grad * ctx.alpha
+        alpha = ctx.alpha
         gx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
         gy = torch.empty_like(y) if ctx.needs_input_grad[1] else None
         bx = x.new_empty(x.shape[:2] + x.shape[3:])
         by = y.new_empty(y.shape[:2] + y.shape[3:])
         out = x.new_empty(x.shape[:2] + x.shape[3:])
         for i in range(x.size(2)):
+            _head(x, i, bx)
+            _head(y, i, by)
+            gd = grad_diag[:, :, i].unsqueeze(-1)
+            # alpha * (G Y + diag(g) Y) + broadcast of the family-sum grad.
             if gx is not None:
-                torch.bmm(grad[i], _head(y, i, by), out=out)
-                gx[:, :, i] = out
+                torch.bmm(grad[i], by, out=out)
+                out.addcmul_(gd, by)
+                gx[:, :, i] = out.mul_(alpha).add_(
+                    grad_x_sum[:, i].unsqueeze(1))
             if gy is not None:
-                torch.bmm(grad[i].transpose(1, 2), _head(x, i, bx), out=out)
-                gy[:, :, i] = out
+                torch.bmm(grad[i].transpose(1, 2), bx, out=out)
+                out.addcmul_(gd, bx)
+                gy[:, :, i] = out.mul_(alpha).add_(
+                    grad_y_sum[:, i].unsqueeze(1))
         return gx, gy, None
 
 
 class _HeadwiseContext(torch.autograd.Function):
-    r"""``out[f, a, h] = sum_b attn[h, f, a, b] * v[f, b, h]``:
-    ``[H, F, W, W]`` and ``[F, W, H, D]`` -> ``[F, W, H, D]``."""
+    r"""Context inside families:
+    ``out[f, a, h] = sum_b attn[h, f, a, b] * v[f, b, h]
+    (+ r[f, a, h] * v[f, a, h] + u[f, h])``, from ``attn`` ``[H, F, W, W]``
+    and ``v`` ``[F, W, H, D]``; with the optional self mass ``r``
+    ``[F, W, H]`` and the parent's context ``u`` ``[F, H, D]`` it is the whole
+    output of a table of leaf families. Staged per head like
+    :class:`_HeadwiseScores`."""
     @staticmethod
-    def forward(ctx, attn: Tensor, v: Tensor) -> Tensor:
-        ctx.save_for_backward(attn, v)
+    def forward(ctx, attn: Tensor, v: Tensor, r: Optional[Tensor],
+                u: Optional[Tensor]) -> Tensor:
+        ctx.save_for_backward(attn, v, r)
         out = v.new_empty(v.shape)
         bv = v.new_empty(v.shape[:2] + v.shape[3:])
         buf = v.new_empty(v.shape[:2] + v.shape[3:])
         for i in range(v.size(2)):
             torch.bmm(attn[i], _head(v, i, bv), out=buf)
+            if r is not None:
+                buf.addcmul_(r[:, :, i].unsqueeze(-1), bv)
+            if u is not None:
+                buf.add_(u[:, i].unsqueeze(1))
             out[:, :, i] = buf
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
-        attn, v = ctx.saved_tensors
-        ga = torch.empty_like(attn) if ctx.needs_input_grad[0] else None
-        gv = torch.empty_like(v) if ctx.needs_input_grad[1] else None
+        attn, v, r = ctx.saved_tensors
+        need_a, need_v, need_r, need_u = ctx.needs_input_grad
+        ga = torch.empty_like(attn) if need_a else None
+        gv = torch.empty_like(v) if need_v else None
+        gr = r.new_empty(r.shape) if need_r else None
+        gu = grad.sum(dim=1) if need_u else None
         bv = v.new_empty(v.shape[:2] + v.shape[3:])
         bg = v.new_empty(v.shape[:2] + v.shape[3:])
         buf = v.new_empty(v.shape[:2] + v.shape[3:])
         for i in range(v.size(2)):
             _head(grad, i, bg)
+            _head(v, i, bv)
             if ga is not None:
-                torch.bmm(bg, _head(v, i, bv).transpose(1, 2), out=ga[i])
+                torch.bmm(bg, bv.transpose(1, 2), out=ga[i])
+            if gr is not None:
+                gr[:, :, i] = torch.linalg.vecdot(bg, bv)
             if gv is not None:
                 torch.bmm(attn[i].transpose(1, 2), bg, out=buf)
+                if r is not None:
+                    buf.addcmul_(r[:, :, i].unsqueeze(-1), bg)
                 gv[:, :, i] = buf
-        return ga, gv
+        return ga, gv, gr, gu
 
 
 def _dropout_keep(shape, p: float, like: Tensor) -> Tensor:
@@ -241,21 +279,32 @@ def hierarchical_attention(
     heads = q.size(1)
     lwp, lpc = h._leaf_with_parent, h._leaf_parent_cluster
     all_leaves_have_parent = lwp.numel() == num_leaves
-    blocks = h._leaf_blocks
     csize = h.leaf_count[num_leaves:].to(dtype)  # [M]
+    # All leaves in order in equal-width families: the leaf level runs on one
+    # shared view of q, k and v each, fused (block sums, the diagonal g, the
+    # leaf outputs), so every gradient piece accumulates in place.
+    blocks = h._leaf_blocks
+    if blocks is not None and blocks.width == 1:
+        blocks = None
+    if blocks is not None:
+        qv, kv, vv = (_to_slots(blocks, x, x) for x in (q, k, v))
+        blocks_scores = _HeadwiseScores.apply(qv, kv, scale)
+        leaf_sums = {'q': blocks_scores[2], 'k': blocks_scores[3],
+                     'v': vv.sum(dim=1)}
 
-    def cluster_means(x: Tensor) -> Tensor:
+    def cluster_means(x: Tensor, name: str) -> Tensor:
         # Upward pass: leaf sums into parents, then clusters bottom-up.
         s = x.new_zeros((num_clusters, ) + x.shape[1:])
-        if blocks is not None:  # backward: a broadcast instead of a gather
-            s[blocks.parent_cluster] = _to_slots(blocks, x, s).sum(dim=1)
+        if blocks is not None:
+            s[blocks.parent_cluster] = leaf_sums[name]
         else:
             s.index_add_(0, lpc, x if all_leaves_have_parent else x[lwp])
         for child, par in reversed(h._cluster_levels):
             s.index_add_(0, par, s[child])
         return s / csize.view(-1, 1, 1)
 
-    qc, kc, vc = cluster_means(q), cluster_means(k), cluster_means(v)
+    qc, kc, vc = (cluster_means(x, name) for x, name in ((q, 'q'), (k, 'k'),
+                                                          (v, 'v')))
     logsize_leaf = q.new_zeros(num_leaves)
     logsize_clus = csize.log()
 
@@ -267,9 +316,14 @@ def hierarchical_attention(
         if b.width == 1:  # a single child has no sibling to attend to
             scores.append(None)
             continue
-        qs, ks = _to_slots(b, q, qc), _to_slots(b, k, kc)
         log_size = _to_slots(b, logsize_leaf, logsize_clus).unsqueeze(1)
-        s = _HeadwiseScores.apply(qs, ks, scale) + log_size  # [H, F, W, W]
+        if b is blocks:
+            s, diag = blocks_scores[:2]
+            g_leaf = diag.view(num_leaves, heads)  # s_ii
+        else:
+            s = _HeadwiseScores.apply(_to_slots(b, q, qc), _to_slots(b, k, kc),
+                                      scale)[0]
+        s = s + log_size  # [H, F, W, W]
         eye = torch.eye(b.width, dtype=torch.bool, device=s.device)
         invalid = eye if b.kind != 'mixed' else ~(
             b.mask[:, :, None] & b.mask[:, None, :] & ~eye)
@@ -281,7 +335,8 @@ def hierarchical_attention(
     # g (per-leaf log-partition of every subtree), bottom-up. The row
     # logsumexp over all siblings, the diagonal l_aa = g_a included, is
     # lse_a = logaddexp(off-diagonal lse_a, g_a).
-    g_leaf = torch.einsum('nhd,nhd->nh', q, k) * scale  # [N, H]
+    if blocks is None:
+        g_leaf = torch.einsum('nhd,nhd->nh', q, k) * scale  # [N, H]
     lse_leaf = torch.logaddexp(off_lse_leaf, g_leaf)
     g_clus = q.new_zeros(num_clusters, heads)
     g_clus.index_add_(
@@ -315,7 +370,7 @@ def hierarchical_attention(
     # (accumulated down the path, U_a = U_F + u_a) are known when the leaf
     # families run; those add U_F to u_a right away.
     u_clus = v.new_zeros(vc.shape)
-    u_leaf = None
+    u_leaf = out = None
     weights = [None] * len(scores)
     order = sorted(range(len(scores)),
                    key=lambda i: h.family_buckets[i].kind == 'leaf')
@@ -337,26 +392,29 @@ def hierarchical_attention(
         if drop:
             keep = _dropout_keep(attn.shape, dropout_p, q)
             attn = attn * keep / (1.0 - dropout_p)
-        ctx = _HeadwiseContext.apply(attn, _to_slots(b, v, vc))  # [F,W,H,D]
-        if b.kind == 'leaf':
-            ctx = ctx + u_clus[b.parent_cluster].unsqueeze(1)
-            if b.leaf_range == (0, num_leaves):
-                u_leaf = ctx.flatten(0, 1)
-                continue
+        parent_context = u_clus[b.parent_cluster] if b.kind == 'leaf' else None
+        if b is blocks:  # the whole output: y = A v + r v + U_F
+            r = torch.exp(log_r_leaf).view(b.num_families, b.width, heads)
+            out = _HeadwiseContext.apply(attn, vv, r, parent_context)
+            out = out.view(v.shape)
+            continue
+        ctx = _HeadwiseContext.apply(attn, _to_slots(b, v, vc), None,
+                                     parent_context)  # [F, W, H, D]
         if u_leaf is None:
             u_leaf = v.new_zeros(v.shape)
         _from_slots(b, ctx, u_leaf, u_clus)
     if pending_parent_context:
         for child, par in h._cluster_levels:
             u_clus.index_add_(0, child, u_clus[par])
-    if u_leaf is None:
-        u_leaf = v.new_zeros(v.shape)
-    out = torch.addcmul(u_leaf, torch.exp(log_r_leaf).unsqueeze(-1), v)
-    # Leaves outside 'leaf' families (single children, mixed families) get
-    # the context of their parent's path here.
-    rest = h._leaf_outside_leaf_families
-    if rest is not None and rest[0].numel() > 0:
-        out = out.index_add(0, rest[0], u_clus[rest[1]])
+    if out is None:
+        if u_leaf is None:
+            u_leaf = v.new_zeros(v.shape)
+        out = torch.addcmul(u_leaf, torch.exp(log_r_leaf).unsqueeze(-1), v)
+        # Leaves outside multi-child 'leaf' families (single children, mixed
+        # families, root leaves) get the context of their parent's path here.
+        rest, rest_parent = h._leaf_outside_leaf_families
+        if rest.numel() > 0:
+            out = out.index_add(0, rest, u_clus[rest_parent])
 
     out = out.to(out_dtype)
     if single_head:
