@@ -1,0 +1,1047 @@
+r"""Benchmark of hierarchical self-attention (HSA) against dense attention.
+
+What is measured
+----------------
+For every number of leaves ``N`` (default 1,024 ... 1,048,576) and every
+method below, with ``H = 4`` heads of ``D = 64`` channels in float32:
+
+* ``hsa``: the HSA core, :func:`hsa_geo.functional.hierarchical_attention`
+  on ``q, k, v`` of shape ``[N, 4, 64]``, over a balanced tree of branching
+  16 built with :meth:`hsa_geo.data.Hierarchy.from_assignments` (the top
+  family may have fewer children).
+* ``sdpa``: dense softmax attention,
+  :func:`torch.nn.functional.scaled_dot_product_attention` on
+  ``[1, 4, N, 64]``. Its cost is quadratic in ``N``, so it only runs up to
+  ``--sdpa-max-n``; larger sizes are recorded as skipped.
+* ``transformer_conv``: :class:`torch_geometric.nn.TransformerConv`
+  ``(256, 64, heads=4)`` on ``x`` of shape ``[N, 256]`` over a ring graph of
+  the same leaves, each leaf receiving messages from its 8 nearest ring
+  neighbours (4 on each side). Skipped where the estimated message memory
+  ``E * H * D * 4 bytes * 6`` exceeds ``--conv-max-gb``.
+* ``qkv_projection``: the fused QKV projection ``torch.nn.Linear(256, 768)``
+  on ``x`` of shape ``[N, 256]``, forward only: the reference cost every
+  attention layer pays anyway.
+* ``hsa_conv``: :class:`hsa_geo.nn.HSAConv` ``(256, 64, heads=4)`` on the
+  same tree, if it can be imported (skipped otherwise).
+
+For each it records the forward time (under :func:`torch.no_grad`), the
+forward+backward time (forward, then ``out.sum().backward()``, with the
+inputs and parameters requiring grad) and the peak memory
+of each phase. The hierarchy or graph is built once, before timing; its
+build time is recorded as ``setup_ms`` but is not part of the timings.
+
+How
+---
+Every (method, N) runs in a fresh subprocess (this script in its hidden
+``--worker`` mode), so peak memory is clean and a failure (out of memory,
+error, timeout) is recorded instead of ending the run.
+
+* Timing: one warm-up call, then the median of repeated calls timed with
+  :func:`time.perf_counter` (with :func:`torch.cuda.synchronize` on GPU).
+  Calls repeat until ``--min-time`` seconds are spent (at least one, at
+  most ``--max-repeats``); a warm-up call longer than ``--long-run``
+  seconds is the only sample (one-time costs are negligible next to it).
+* Peak memory on CUDA: :func:`torch.cuda.max_memory_allocated` after
+  :func:`torch.cuda.reset_peak_memory_stats`, minus the memory allocated
+  before the inputs were created.
+* Peak memory on CPU: the process's peak resident set size (``VmHWM`` in
+  ``/proc/self/status``, which is ``getrusage(RUSAGE_SELF).ru_maxrss``;
+  it is reset through ``/proc/self/clear_refs`` before each phase where
+  Linux allows it) minus the resident set size measured right after the
+  imports, before the inputs were created.
+* Both include the inputs, the hierarchy or graph, the parameters, the
+  outputs, the gradients, the tensors autograd saves and the temporaries
+  (on CPU also the allocator's cached and fragmented memory).
+* ``torch.set_num_threads`` is set to the number of usable cores (or
+  ``--threads``).
+
+It prints a table, evaluates the performance targets (see
+:data:`TARGET_N`, :func:`evaluate_targets`) and writes everything as JSON
+(``--out``) and, optionally, the table as Markdown (``--markdown``).
+
+Usage::
+
+    python benchmarks/bench_attention.py                     # full run
+    python benchmarks/bench_attention.py --quick             # smoke test
+    python benchmarks/bench_attention.py --sizes 1024 4096 16384
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import inspect
+import json
+import math
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = Path(__file__).resolve().parent / 'results'
+
+DEFAULT_SIZES = [1024, 4096, 16384, 65536, 262144, 1048576]
+QUICK_SIZES = [1024, 4096]
+METHODS = ['hsa', 'sdpa', 'transformer_conv', 'qkv_projection', 'hsa_conv']
+FORWARD_ONLY = {'qkv_projection'}
+LABELS = {
+    'hsa': 'HSA',
+    'sdpa': 'SDPA',
+    'transformer_conv': 'TransformerConv',
+    'qkv_projection': 'QKV proj.',
+    'hsa_conv': 'HSAConv',
+}
+
+HEADS = 4
+HEAD_DIM = 64
+CHANNELS = HEADS * HEAD_DIM  # 256
+BRANCHING = 16
+RING_NEIGHBOURS = 8  # 4 on each side
+CONV_MEMORY_FACTOR = 6  # ~ tensors of size E * H * D TransformerConv keeps
+
+TARGET_N = 65536
+LARGE_N = 1048576
+TARGET_SPEEDUP = 30.0  # SDPA / HSA, forward+backward, at TARGET_N
+TARGET_GROWTH = 20.0  # HSA time(LARGE_N) / time(TARGET_N), fwd+bwd
+TARGET_PEAK_BYTES = 8e9  # HSA fwd+bwd peak at LARGE_N (8 GB)
+TARGET_PROJ_RATIO = 2.0  # HSA forward / QKV projection forward
+
+RESULT_MARKER = 'BENCH_RESULT_JSON '
+MIB = 2.0**20
+
+MEMORY_NOTE = (
+    'peak = increase of peak memory over the memory in use right after the '
+    'imports; it includes the inputs, the hierarchy or graph, parameters, '
+    'outputs, gradients, tensors saved for backward and temporaries (on CPU '
+    'the resident set size, so also allocator caching and fragmentation)')
+TIMING_NOTE = (
+    'one warm-up call, then the median of repeated calls (perf_counter, '
+    'CUDA synchronised); forward under torch.no_grad(), forward+backward = '
+    'forward then out.sum().backward(); the hierarchy or '
+    'graph is built before timing')
+
+
+def import_hsa_geo():
+    r"""Imports :mod:`hsa_geo`, from the repository root if it is not
+    installed."""
+    try:
+        import hsa_geo
+    except ImportError:
+        sys.path.insert(0, str(REPO_ROOT))
+        import hsa_geo
+    return hsa_geo
+
+
+# Inputs ####################################################################
+
+
+def balanced_assignments(n: int, branching: int = BRANCHING,
+                         device: Any = 'cpu') -> List[Any]:
+    r"""Per-level cluster assignments of a balanced tree over ``n`` leaves:
+    consecutive groups of ``branching`` nodes, level by level, up to a single
+    root (whose family may have fewer children)."""
+    import torch
+    assignments, size = [], n
+    while size > 1:
+        assignments.append(torch.arange(size, device=device) // branching)
+        size = math.ceil(size / branching)
+    if not assignments:  # one leaf: a root cluster above it
+        assignments.append(torch.zeros(1, dtype=torch.long, device=device))
+    return assignments
+
+
+def balanced_hierarchy(n: int, device: Any = 'cpu'):
+    r"""The balanced branching-16 :class:`~hsa_geo.data.Hierarchy`."""
+    hsa_geo = import_hsa_geo()
+    return hsa_geo.data.Hierarchy.from_assignments(
+        balanced_assignments(n, BRANCHING, device))
+
+
+def ring_edge_index(n: int, neighbours: int = RING_NEIGHBOURS,
+                    device: Any = 'cpu'):
+    r"""``[2, n * neighbours]`` edges ``j -> i`` from the ``neighbours``
+    nearest ring neighbours ``j`` of every leaf ``i`` (half on each side)."""
+    import torch
+    half = neighbours // 2
+    offsets = [o for o in range(-half, half + 1) if o != 0]
+    dst = torch.arange(n, device=device).repeat(len(offsets))
+    shift = torch.tensor(offsets, device=device).repeat_interleave(n)
+    src = (dst + shift) % n
+    return torch.stack([src, dst])
+
+
+def conv_message_bytes(n: int) -> float:
+    r"""Estimated memory of TransformerConv's per-edge tensors:
+    ``E * H * D * 4 bytes * 6``."""
+    return (n * RING_NEIGHBOURS * HEADS * HEAD_DIM * 4 *
+            CONV_MEMORY_FACTOR)
+
+
+# Methods ###################################################################
+
+
+@dataclass
+class Case:
+    r"""One method on one size, ready to time.
+
+    Attributes:
+        forward: computes the output from the prepared inputs.
+        grad_leaves: tensors whose ``.grad`` is cleared before each
+            forward+backward call (inputs and parameters).
+        info: facts about the inputs, recorded in the results.
+    """
+    forward: Callable[[], Any]
+    grad_leaves: List[Any]
+    info: Dict[str, Any] = field(default_factory=dict)
+
+
+def _randn(*shape: int, device: Any, grad: bool):
+    import torch
+    return torch.randn(*shape, device=device, requires_grad=grad)
+
+
+def sibling_pairs(hierarchy) -> int:
+    r""":math:`P = \sum_F |C(F)|^2`, the family pairs HSA scores."""
+    import torch
+    parent = hierarchy.parent
+    return int(torch.bincount(parent[parent >= 0]).pow(2).sum())
+
+
+def build_hsa(n: int, device: Any, grad: bool) -> Case:
+    functional = import_hsa_geo().functional
+    start = time.perf_counter()
+    hierarchy = balanced_hierarchy(n, device)
+    setup = time.perf_counter() - start
+    q, k, v = (_randn(n, HEADS, HEAD_DIM, device=device, grad=grad)
+               for _ in range(3))
+    return Case(
+        lambda: functional.hierarchical_attention(q, k, v, hierarchy),
+        [q, k, v], {
+            'setup_ms': setup * 1e3,
+            'num_nodes': hierarchy.num_nodes,
+            'depth': hierarchy.depth,
+            'sibling_pairs': sibling_pairs(hierarchy),
+        })
+
+
+def build_sdpa(n: int, device: Any, grad: bool) -> Case:
+    import torch.nn.functional as F
+    q, k, v = (_randn(1, HEADS, n, HEAD_DIM, device=device, grad=grad)
+               for _ in range(3))
+    return Case(lambda: F.scaled_dot_product_attention(q, k, v), [q, k, v])
+
+
+def build_transformer_conv(n: int, device: Any, grad: bool) -> Case:
+    from torch_geometric.nn import TransformerConv
+    start = time.perf_counter()
+    edge_index = ring_edge_index(n, RING_NEIGHBOURS, device)
+    setup = time.perf_counter() - start
+    conv = TransformerConv(CHANNELS, HEAD_DIM, heads=HEADS).to(device)
+    x = _randn(n, CHANNELS, device=device, grad=grad)
+    return Case(lambda: conv(x, edge_index), [x] + list(conv.parameters()), {
+        'setup_ms': setup * 1e3,
+        'num_edges': edge_index.size(1),
+    })
+
+
+def build_qkv_projection(n: int, device: Any, grad: bool) -> Case:
+    import torch
+    proj = torch.nn.Linear(CHANNELS, 3 * CHANNELS).to(device)
+    x = _randn(n, CHANNELS, device=device, grad=grad)
+    return Case(lambda: proj(x), [x] + list(proj.parameters()))
+
+
+def _hsa_conv_class():
+    import_hsa_geo()
+    from hsa_geo.nn import HSAConv
+    return HSAConv
+
+
+def build_hsa_conv(n: int, device: Any, grad: bool) -> Case:
+    start = time.perf_counter()
+    hierarchy = balanced_hierarchy(n, device)
+    setup = time.perf_counter() - start
+    conv = _hsa_conv_class()(CHANNELS, HEAD_DIM, heads=HEADS).to(device)
+    x = _randn(n, CHANNELS, device=device, grad=grad)
+    params = inspect.signature(conv.forward).parameters
+    kwargs: Dict[str, Any] = {}
+    if 'hierarchy' in params:
+        kwargs['hierarchy'] = hierarchy
+    edge = params.get('edge_index')
+    if edge is not None and edge.default is inspect.Parameter.empty:
+        kwargs['edge_index'] = ring_edge_index(n, RING_NEIGHBOURS, device)
+    if not kwargs:  # unknown signature: (x, hierarchy) positionally
+        return Case(lambda: conv(x, hierarchy), [x] + list(conv.parameters()),
+                    {'setup_ms': setup * 1e3})
+    return Case(lambda: conv(x, **kwargs), [x] + list(conv.parameters()),
+                {'setup_ms': setup * 1e3})
+
+
+BUILDERS: Dict[str, Callable[[int, Any, bool], Case]] = {
+    'hsa': build_hsa,
+    'sdpa': build_sdpa,
+    'transformer_conv': build_transformer_conv,
+    'qkv_projection': build_qkv_projection,
+    'hsa_conv': build_hsa_conv,
+}
+
+
+def preload(method: str):
+    r"""Imports what :obj:`method` needs, so that the memory baseline is
+    taken after all imports."""
+    import torch  # noqa: F401
+    if method in ('hsa', 'hsa_conv'):
+        import_hsa_geo()
+    if method == 'hsa_conv':
+        _hsa_conv_class()
+    if method == 'transformer_conv':
+        import torch_geometric.nn  # noqa: F401
+
+
+# Memory ####################################################################
+
+
+def _proc_status_kib(key: str) -> Optional[int]:
+    try:
+        with open('/proc/self/status') as f:
+            match = re.search(rf'^{key}:\s+(\d+)\s+kB', f.read(), re.M)
+    except OSError:
+        return None
+    return int(match.group(1)) if match else None
+
+
+def current_rss_bytes() -> float:
+    r"""Resident set size of this process now."""
+    try:
+        with open('/proc/self/statm') as f:
+            return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil
+        return float(psutil.Process().memory_info().rss)
+    except ImportError:
+        return peak_rss_bytes()
+
+
+def peak_rss_bytes() -> float:
+    r"""Peak resident set size of this process (``VmHWM``, equal to
+    ``getrusage(RUSAGE_SELF).ru_maxrss``)."""
+    hwm = _proc_status_kib('VmHWM')
+    if hwm is not None:
+        return hwm * 1024.0
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return float(maxrss if sys.platform == 'darwin' else maxrss * 1024)
+
+
+def reset_peak_rss() -> bool:
+    r"""Resets the peak resident set size to the current one (Linux
+    ``clear_refs``); returns whether it worked."""
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+        return True
+    except OSError:
+        return False
+
+
+class MemoryMeter:
+    r"""Peak memory of a phase, relative to a baseline taken before the
+    inputs exist."""
+    def __init__(self, device: Any):
+        import torch
+        self.cuda = torch.device(device).type == 'cuda'
+        self.device = device
+        if self.cuda:
+            torch.cuda.synchronize(device)
+            self.baseline = float(torch.cuda.memory_allocated(device))
+        else:
+            self.baseline = current_rss_bytes()
+        self.resettable = self.cuda
+        self.start_phase()
+
+    @property
+    def method(self) -> str:
+        if self.cuda:
+            return 'torch.cuda.max_memory_allocated - allocated before inputs'
+        if self.resettable:
+            return ('peak RSS (VmHWM = ru_maxrss, reset per phase via '
+                    '/proc/self/clear_refs) - RSS before inputs')
+        return ('peak RSS (ru_maxrss, not resettable: fwd+bwd peak covers '
+                'both phases) - RSS before inputs')
+
+    def start_phase(self):
+        import torch
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self.resettable = reset_peak_rss()
+
+    def peak_mib(self) -> float:
+        import torch
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            peak = float(torch.cuda.max_memory_allocated(self.device))
+        else:
+            peak = peak_rss_bytes()
+        return max(0.0, peak - self.baseline) / MIB
+
+
+# Timing ####################################################################
+
+
+@dataclass
+class Timing:
+    median_s: float
+    samples_s: List[float]
+    warmup_s: float
+
+
+def measure(call: Callable[[], None], sync: Callable[[], None],
+            min_time: float, max_repeats: int, long_run: float) -> Timing:
+    r"""One warm-up call, then calls until :obj:`min_time` seconds are spent
+    (at least one, at most :obj:`max_repeats`); the median. A warm-up longer
+    than :obj:`long_run` seconds is the only sample."""
+    def timed() -> float:
+        sync()
+        start = time.perf_counter()
+        call()
+        sync()
+        return time.perf_counter() - start
+
+    warmup = timed()
+    if warmup >= long_run:
+        return Timing(warmup, [warmup], warmup)
+    samples: List[float] = []
+    while len(samples) < max(1, max_repeats) and (not samples or
+                                                  sum(samples) < min_time):
+        samples.append(timed())
+    return Timing(statistics.median(samples), samples, warmup)
+
+
+# Worker ####################################################################
+
+
+def _timing_fields(prefix: str, timing: Timing, peak_mib: float) -> Dict:
+    return {
+        f'{prefix}_ms': timing.median_s * 1e3,
+        f'{prefix}_samples_ms': [t * 1e3 for t in timing.samples_s],
+        f'{prefix}_warmup_ms': timing.warmup_s * 1e3,
+        f'{prefix}_peak_mib': peak_mib,
+    }
+
+
+def _run_phases(case: Case, meter: MemoryMeter, sync: Callable[[], None],
+                forward_only: bool, timing: Dict[str, Any]) -> Dict:
+    import torch
+    result: Dict[str, Any] = {}
+
+    def forward():
+        out = case.forward()
+        if not result:  # the warm-up call checks the output
+            result['output_finite'] = bool(torch.isfinite(out).all())
+            result['output_shape'] = list(out.shape)
+
+    with torch.no_grad():
+        fwd = measure(forward, sync, **timing)
+    result.update(_timing_fields('fwd', fwd, meter.peak_mib()))
+    if forward_only:
+        return result
+
+    meter.start_phase()
+
+    def forward_backward():
+        for t in case.grad_leaves:
+            t.grad = None
+        # The loss is the sum of the outputs, the same for every method.
+        case.forward().sum().backward()
+
+    fwdbwd = measure(forward_backward, sync, **timing)
+    result.update(_timing_fields('fwdbwd', fwdbwd, meter.peak_mib()))
+    return result
+
+
+def run_worker(method: str, n: int, device: str = 'cpu',
+               threads: Optional[int] = None, min_time: float = 2.0,
+               max_repeats: int = 10, long_run: float = 20.0,
+               seed: int = 0) -> Dict[str, Any]:
+    r"""Measures one method at one size in this process and returns its
+    row: times in ms, peak memory in MiB, ``status`` ``'ok'`` or
+    ``'error'`` (with ``error``). Run it in a fresh process for clean peak
+    memory (:func:`run_in_subprocess`)."""
+    row: Dict[str, Any] = {'method': method, 'n': n, 'device': device}
+    try:
+        preload(method)
+        import torch
+        if threads is not None:
+            torch.set_num_threads(threads)
+        torch.manual_seed(seed)
+        dev = torch.device(device)
+        sync = ((lambda: torch.cuda.synchronize(dev))
+                if dev.type == 'cuda' else (lambda: None))
+        forward_only = method in FORWARD_ONLY
+        meter = MemoryMeter(dev)
+        case = BUILDERS[method](n, dev, not forward_only)
+        timing = dict(min_time=min_time, max_repeats=max_repeats,
+                      long_run=long_run)
+        row.update(_run_phases(case, meter, sync, forward_only, timing))
+        row.update(case.info)
+        row['memory_method'] = meter.method
+        row['threads'] = torch.get_num_threads()
+        row['status'] = 'ok'
+    except Exception as e:  # out of memory included: record, do not crash
+        row['status'] = 'error'
+        row['error'] = f'{type(e).__name__}: {e}'[:2000]
+    return row
+
+
+def worker_main(args: argparse.Namespace) -> int:
+    row = run_worker(args.method, args.n, args.device, args.threads,
+                     args.min_time, args.max_repeats, args.long_run,
+                     args.seed)
+    sys.stdout.write(RESULT_MARKER + json.dumps(row) + '\n')
+    sys.stdout.flush()
+    return 0
+
+
+# Orchestration #############################################################
+
+
+def worker_command(method: str, n: int, args: argparse.Namespace) -> List:
+    return [
+        sys.executable,
+        str(Path(__file__).resolve()), '--worker', '--method', method, '--n',
+        str(n), '--device', args.device, '--threads',
+        str(args.threads), '--min-time',
+        str(args.min_time), '--max-repeats',
+        str(args.max_repeats), '--long-run',
+        str(args.long_run), '--seed',
+        str(args.seed)
+    ]
+
+
+def _tail(text: str, limit: int = 1500) -> str:
+    text = (text or '').strip()
+    return text[-limit:]
+
+
+def run_in_subprocess(method: str, n: int,
+                      args: argparse.Namespace) -> Dict[str, Any]:
+    r"""Runs :func:`run_worker` in a fresh process and returns its row;
+    timeouts, crashes and kills (e.g. by the out-of-memory killer) become
+    rows with ``status`` ``'timeout'`` or ``'error'``."""
+    base = {'method': method, 'n': n, 'device': args.device}
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(worker_command(method, n, args),
+                              capture_output=True, text=True,
+                              timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return dict(base, status='timeout',
+                    error=f'no result within --timeout {args.timeout:g} s')
+    wall = time.perf_counter() - start
+    lines = [
+        line for line in proc.stdout.splitlines()
+        if line.startswith(RESULT_MARKER)
+    ]
+    if lines:
+        row = json.loads(lines[-1][len(RESULT_MARKER):])
+        row['worker_wall_s'] = wall
+        return row
+    if proc.returncode < 0:
+        oom = ' (likely out of memory)' if proc.returncode == -9 else ''
+        error = f'worker killed by signal {-proc.returncode}{oom}'
+    else:
+        error = f'worker exited with code {proc.returncode}'
+    return dict(base, status='error', worker_wall_s=wall,
+                error=f'{error}: {_tail(proc.stderr)}')
+
+
+def skip_reason(method: str, n: int, args: argparse.Namespace,
+                failed: Dict[str, int]) -> Optional[str]:
+    r"""Why (method, n) is not run, or :obj:`None`."""
+    if method in failed:
+        return f'failed at smaller N = {failed[method]}'
+    if method == 'sdpa' and n > args.sdpa_max_n:
+        return (f'quadratic cost: N > --sdpa-max-n {args.sdpa_max_n}')
+    if method == 'transformer_conv':
+        est = conv_message_bytes(n)
+        if est > args.conv_max_gb * 1e9:
+            return (f'estimated message memory E*H*D*4 B*{CONV_MEMORY_FACTOR}'
+                    f' = {est / 1e9:.1f} GB > --conv-max-gb '
+                    f'{args.conv_max_gb:g}')
+    if method == 'hsa_conv':
+        try:
+            _hsa_conv_class()
+        except Exception as e:
+            return f'hsa_geo.nn.HSAConv not importable ({type(e).__name__})'
+    return None
+
+
+def _progress(items: List, enabled: bool):
+    if enabled:
+        try:
+            from tqdm import tqdm
+            return tqdm(items, desc='bench_attention', unit='run',
+                        file=sys.stderr, dynamic_ncols=True)
+        except ImportError:
+            pass
+    return None
+
+
+def _summary(row: Dict[str, Any]) -> str:
+    if row['status'] != 'ok':
+        return (f"{row['method']} N={row['n']}: {row['status']}: "
+                f"{row.get('reason') or row.get('error', '')}"[:300])
+    fb = row.get('fwdbwd_ms')
+    return (f"{row['method']} N={row['n']}: fwd {row['fwd_ms']:.1f} ms"
+            f"{'' if fb is None else f', fwd+bwd {fb:.1f} ms'}, peak "
+            f"{row.get('fwdbwd_peak_mib', row['fwd_peak_mib']):.0f} MiB")
+
+
+def run_all(args: argparse.Namespace,
+            on_row: Callable[[List[Dict]], None]) -> List[Dict[str, Any]]:
+    r"""Runs every (method, N), smallest N first; a method that fails at
+    some N is skipped at larger ones."""
+    configs = [(m, n) for n in sorted(args.sizes) for m in args.methods]
+    bar = _progress(configs, not args.no_progress)
+    rows: List[Dict[str, Any]] = []
+    failed: Dict[str, int] = {}
+    for method, n in configs:
+        if bar is not None:
+            bar.set_postfix_str(f'{method} N={n}')
+        reason = skip_reason(method, n, args, failed)
+        if reason is not None:
+            row = {'method': method, 'n': n, 'device': args.device,
+                   'status': 'skipped', 'reason': reason}
+        else:
+            row = run_in_subprocess(method, n, args)
+            if row['status'] != 'ok':
+                failed.setdefault(method, n)
+        rows.append(row)
+        on_row(rows)
+        if bar is not None:
+            bar.update(1)
+            bar.write(_summary(row), file=sys.stderr)
+    if bar is not None:
+        bar.close()
+    return rows
+
+
+# Machine information #######################################################
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def cpu_model() -> str:
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.lower().startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: str, threads: int) -> Dict[str, Any]:
+    import torch
+    info: Dict[str, Any] = {
+        'device': device,
+        'cpu': cpu_model(),
+        'cores': usable_cores(),
+        'threads': threads,
+        'memory_gib': _proc_meminfo_gib(),
+        'load_average_start': _load_average(),
+        'platform': platform.platform(),
+        'python': platform.python_version(),
+        'torch': torch.__version__,
+    }
+    try:
+        import torch_geometric
+        info['torch_geometric'] = torch_geometric.__version__
+    except ImportError:
+        info['torch_geometric'] = None
+    info['hsa_geo'] = getattr(import_hsa_geo(), '__version__', None)
+    if torch.device(device).type == 'cuda':
+        info['gpu'] = torch.cuda.get_device_name(torch.device(device))
+        info['cuda'] = torch.version.cuda
+    return info
+
+
+def _load_average() -> Optional[List[float]]:
+    r"""1, 5 and 15 minute load averages (other work on the machine skews
+    timings, CPU ones most)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def load_warning(machine: Dict[str, Any]) -> Optional[str]:
+    r"""A warning when the machine was busy as the run started."""
+    load = machine.get('load_average_start')
+    if machine['device'] != 'cpu' or not load or load[0] < 0.5:
+        return None
+    return (f'warning: load average {load[0]:.2f} at the start: other '
+            f'processes share the CPU and skew the timings (HSA, made of '
+            f'many small parallel kernels, most)')
+
+
+def _proc_meminfo_gib() -> Optional[float]:
+    try:
+        with open('/proc/meminfo') as f:
+            kib = int(re.search(r'MemTotal:\s+(\d+)', f.read()).group(1))
+        return round(kib / 2**20, 1)
+    except (OSError, AttributeError):
+        return None
+
+
+# Report ####################################################################
+
+
+def lookup(rows: Iterable[Dict], method: str, n: int,
+           key: str) -> Optional[float]:
+    for row in rows:
+        if row['method'] == method and row['n'] == n \
+                and row['status'] == 'ok':
+            return row.get(key)
+    return None
+
+
+def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return a / b if a is not None and b else None
+
+
+def _fmt(value: Optional[float], digits: int = 3) -> str:
+    if value is None:
+        return '-'
+    if value >= 100:
+        return f'{value:.0f}'
+    if value >= 10:
+        return f'{value:.1f}'
+    return f'{value:.2f}'
+
+
+def _cell(rows: List[Dict], method: str, n: int) -> str:
+    row = next((r for r in rows if r['method'] == method and r['n'] == n),
+               None)
+    if row is None:
+        return ''
+    if row['status'] != 'ok':
+        return row['status']
+    peak = row.get('fwdbwd_peak_mib', row.get('fwd_peak_mib'))
+    return (f"{_fmt(row.get('fwd_ms'))} / {_fmt(row.get('fwdbwd_ms'))} / "
+            f"{_fmt(peak)}")
+
+
+def table_rows(rows: List[Dict], sizes: Sequence[int],
+               methods: Sequence[str]) -> List[List[str]]:
+    header = ['N'] + [LABELS.get(m, m) for m in methods] + [
+        'SDPA/HSA fwd+bwd', 'HSA/QKV fwd'
+    ]
+    out = [header]
+    for n in sorted(sizes):
+        speedup = _ratio(lookup(rows, 'sdpa', n, 'fwdbwd_ms'),
+                         lookup(rows, 'hsa', n, 'fwdbwd_ms'))
+        proj = _ratio(lookup(rows, 'hsa', n, 'fwd_ms'),
+                      lookup(rows, 'qkv_projection', n, 'fwd_ms'))
+        out.append([f'{n:,}'] + [_cell(rows, m, n) for m in methods] + [
+            '-' if speedup is None else f'{speedup:.1f}x',
+            '-' if proj is None else f'{proj:.2f}x'
+        ])
+    return out
+
+
+def _notes(rows: List[Dict]) -> List[str]:
+    notes = []
+    for row in rows:
+        if row['status'] != 'ok':
+            why = row.get('reason') or row.get('error', '')
+            notes.append(f"{LABELS.get(row['method'], row['method'])} "
+                         f"N={row['n']:,}: {row['status']} ({why})")
+    return notes
+
+
+CELL_LEGEND = ('cells: forward ms / forward+backward ms / peak MiB '
+               '(forward+backward peak; forward peak for forward-only '
+               'methods); median times')
+
+
+def format_table(rows: List[Dict], sizes: Sequence[int],
+                 methods: Sequence[str], markdown: bool = False) -> str:
+    r"""The result table, plain text or Markdown, with notes on skipped and
+    failed entries."""
+    cells = table_rows(rows, sizes, methods)
+    notes = _notes(rows)
+    if markdown:
+        lines = ['| ' + ' | '.join(r) + ' |' for r in cells]
+        lines.insert(1, '|' + '|'.join(['---:'] * len(cells[0])) + '|')
+        lines += ['', f'_{CELL_LEGEND}_']
+        lines += [''] + [f'- {note}' for note in notes] if notes else []
+        return '\n'.join(lines)
+    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
+    lines = ['  '.join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
+    lines.insert(1, '  '.join('-' * w for w in widths))
+    lines += ['', CELL_LEGEND] + [f'  {note}' for note in notes]
+    return '\n'.join(lines)
+
+
+def _target(name: str, description: str, status: str, measured: Dict,
+            detail: str) -> Dict[str, Any]:
+    return {'name': name, 'description': description, 'status': status,
+            'measured': measured, 'detail': detail}
+
+
+def _missing(*values: Optional[float]) -> bool:
+    return any(v is None for v in values)
+
+
+def target_speedup(rows: List[Dict]) -> Dict[str, Any]:
+    sdpa = lookup(rows, 'sdpa', TARGET_N, 'fwdbwd_ms')
+    hsa = lookup(rows, 'hsa', TARGET_N, 'fwdbwd_ms')
+    speedup = _ratio(sdpa, hsa)
+    desc = (f'N = {TARGET_N:,}: HSA forward+backward at least '
+            f'{TARGET_SPEEDUP:g}x faster than SDPA forward+backward')
+    measured = {'sdpa_fwdbwd_ms': sdpa, 'hsa_fwdbwd_ms': hsa,
+                'speedup': speedup,
+                'fwd_speedup': _ratio(lookup(rows, 'sdpa', TARGET_N, 'fwd_ms'),
+                                      lookup(rows, 'hsa', TARGET_N, 'fwd_ms'))}
+    if _missing(sdpa, hsa):
+        return _target('speedup_vs_sdpa', desc, 'N/A', measured,
+                       f'needs hsa and sdpa at N = {TARGET_N:,}')
+    detail = (f'SDPA {sdpa:.1f} ms / HSA {hsa:.1f} ms = {speedup:.1f}x '
+              f'(needs >= {TARGET_SPEEDUP:g}x); forward: '
+              f"{_fmt(measured['fwd_speedup'])}x")
+    return _target('speedup_vs_sdpa', desc,
+                   'PASS' if speedup >= TARGET_SPEEDUP else 'FAIL', measured,
+                   detail)
+
+
+def target_linear(rows: List[Dict]) -> Dict[str, Any]:
+    small = lookup(rows, 'hsa', TARGET_N, 'fwdbwd_ms')
+    large = lookup(rows, 'hsa', LARGE_N, 'fwdbwd_ms')
+    peak = lookup(rows, 'hsa', LARGE_N, 'fwdbwd_peak_mib')
+    fwd_growth = _ratio(lookup(rows, 'hsa', LARGE_N, 'fwd_ms'),
+                        lookup(rows, 'hsa', TARGET_N, 'fwd_ms'))
+    growth = _ratio(large, small)
+    limit_mib = TARGET_PEAK_BYTES / MIB
+    desc = (f'linear growth: HSA forward+backward time(N = {LARGE_N:,}) / '
+            f'time(N = {TARGET_N:,}) <= {TARGET_GROWTH:g} (N grows '
+            f'{LARGE_N // TARGET_N}x), with peak memory <= '
+            f'{TARGET_PEAK_BYTES / 1e9:g} GB at N = {LARGE_N:,}')
+    measured = {'hsa_fwdbwd_ms_small': small, 'hsa_fwdbwd_ms_large': large,
+                'growth': growth, 'fwd_growth': fwd_growth,
+                'hsa_fwdbwd_peak_mib_large': peak,
+                'peak_limit_mib': limit_mib}
+    if _missing(small, large, peak):
+        return _target('linear_growth', desc, 'N/A', measured,
+                       f'needs hsa at N = {TARGET_N:,} and N = {LARGE_N:,}')
+    ok = growth <= TARGET_GROWTH and peak <= limit_mib
+    detail = (f'fwd+bwd {large:.0f} ms / {small:.1f} ms = {growth:.1f} '
+              f'(needs <= {TARGET_GROWTH:g}); forward: {_fmt(fwd_growth)}; '
+              f'peak {peak:.0f} MiB (needs <= {limit_mib:.0f} MiB)')
+    return _target('linear_growth', desc, 'PASS' if ok else 'FAIL', measured,
+                   detail)
+
+
+def target_projection(rows: List[Dict]) -> Dict[str, Any]:
+    hsa = lookup(rows, 'hsa', TARGET_N, 'fwd_ms')
+    proj = lookup(rows, 'qkv_projection', TARGET_N, 'fwd_ms')
+    ratio = _ratio(hsa, proj)
+    desc = (f'N = {TARGET_N:,}: HSA core forward at most '
+            f'{TARGET_PROJ_RATIO:g}x the time of the fused QKV projection')
+    measured = {'hsa_fwd_ms': hsa, 'qkv_projection_fwd_ms': proj,
+                'ratio': ratio}
+    if _missing(hsa, proj):
+        return _target('forward_vs_projection', desc, 'N/A', measured,
+                       f'needs hsa and qkv_projection at N = {TARGET_N:,}')
+    detail = (f'HSA {hsa:.1f} ms / QKV {proj:.1f} ms = {ratio:.2f}x '
+              f'(needs <= {TARGET_PROJ_RATIO:g}x)')
+    return _target('forward_vs_projection', desc,
+                   'PASS' if ratio <= TARGET_PROJ_RATIO else 'FAIL', measured,
+                   detail)
+
+
+def evaluate_targets(rows: List[Dict]) -> List[Dict[str, Any]]:
+    r"""The three performance targets, each ``PASS``, ``FAIL`` or ``N/A``
+    (not measured in this run) with the numbers behind it."""
+    return [target_speedup(rows), target_linear(rows),
+            target_projection(rows)]
+
+
+def format_targets(targets: List[Dict]) -> str:
+    lines = ['Targets']
+    for t in targets:
+        lines.append(f"  [{t['status']}] {t['description']}")
+        lines.append(f"         {t['detail']}")
+    return '\n'.join(lines)
+
+
+def format_header(machine: Dict[str, Any]) -> str:
+    hw = machine.get('gpu') or machine['cpu']
+    return (f"bench_attention on {machine['device']} ({hw}; "
+            f"{machine['cores']} cores, {machine['threads']} threads), "
+            f"torch {machine['torch']}, torch_geometric "
+            f"{machine['torch_geometric']}, hsa_geo {machine['hsa_geo']}\n"
+            f'H = {HEADS} heads x D = {HEAD_DIM}, float32, balanced tree of '
+            f'branching {BRANCHING}; ring graph with {RING_NEIGHBOURS} '
+            f'neighbours for TransformerConv')
+
+
+def write_json(path: Path, payload: Dict[str, Any]):
+    r"""Writes atomically (a ``.tmp`` file, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + '.tmp')
+    tmp.write_text(json.dumps(payload, indent=2) + '\n')
+    os.replace(tmp, path)
+
+
+def config_of(args: argparse.Namespace) -> Dict[str, Any]:
+    return {
+        'sizes': sorted(args.sizes),
+        'methods': args.methods,
+        'heads': HEADS,
+        'head_dim': HEAD_DIM,
+        'channels': CHANNELS,
+        'branching': BRANCHING,
+        'ring_neighbours': RING_NEIGHBOURS,
+        'dtype': 'float32',
+        'sdpa_max_n': args.sdpa_max_n,
+        'conv_max_gb': args.conv_max_gb,
+        'min_time_s': args.min_time,
+        'max_repeats': args.max_repeats,
+        'long_run_s': args.long_run,
+        'timeout_s': args.timeout,
+        'seed': args.seed,
+        'timing': TIMING_NOTE,
+        'memory': MEMORY_NOTE,
+    }
+
+
+# Command line ##############################################################
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description='HSA vs dense SDPA vs TransformerConv: forward and '
+        'forward+backward time and peak memory.')
+    parser.add_argument('--sizes', type=int, nargs='+', default=None,
+                        help=f'numbers of leaves (default {DEFAULT_SIZES})')
+    parser.add_argument('--methods', nargs='+', default=METHODS,
+                        choices=METHODS)
+    parser.add_argument('--device', default=None,
+                        help='cuda if available, else cpu')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='torch threads (default: usable cores)')
+    parser.add_argument('--sdpa-max-n', type=int, default=65536)
+    parser.add_argument('--conv-max-gb', type=float, default=12.0,
+                        help='skip TransformerConv above this estimated '
+                        'message memory (GB)')
+    parser.add_argument('--min-time', type=float, default=2.0,
+                        help='seconds of timed calls per phase')
+    parser.add_argument('--max-repeats', type=int, default=10)
+    parser.add_argument('--long-run', type=float, default=20.0,
+                        help='a warm-up longer than this (s) is the only '
+                        'sample')
+    parser.add_argument('--timeout', type=float, default=900.0,
+                        help='seconds per (method, N) worker')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--quick', action='store_true',
+                        help=f'smoke test: N in {QUICK_SIZES}, one repeat')
+    parser.add_argument('--out', type=Path, default=None,
+                        help='JSON output (default benchmarks/results/'
+                        'bench_attention_<device>.json, with --quick '
+                        'bench_attention_<device>_quick.json)')
+    parser.add_argument('--markdown', type=Path, default=None,
+                        help='also write the table as Markdown here')
+    parser.add_argument('--no-progress', action='store_true')
+    # Hidden worker mode: one (method, N) in this process, JSON on stdout.
+    parser.add_argument('--worker', action='store_true',
+                        help=argparse.SUPPRESS)
+    parser.add_argument('--method', choices=METHODS, help=argparse.SUPPRESS)
+    parser.add_argument('--n', type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    return _resolve(parser, args)
+
+
+def _resolve(parser: argparse.ArgumentParser,
+             args: argparse.Namespace) -> argparse.Namespace:
+    import torch
+    if args.device is None:
+        args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if torch.device(args.device).type == 'cuda' \
+            and not torch.cuda.is_available():
+        parser.error(f'--device {args.device}: CUDA is not available')
+    if args.threads is None:
+        args.threads = usable_cores()
+    if args.quick:
+        args.sizes = args.sizes or QUICK_SIZES
+        args.max_repeats, args.min_time = 1, 0.0
+    args.sizes = args.sizes or DEFAULT_SIZES
+    if args.worker and (args.method is None or args.n is None):
+        parser.error('--worker needs --method and --n')
+    if args.out is None:
+        device = torch.device(args.device).type
+        suffix = '_quick' if args.quick else ''
+        args.out = RESULTS_DIR / f'bench_attention_{device}{suffix}.json'
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        return worker_main(args)
+    start = time.perf_counter()
+    machine = machine_info(args.device, args.threads)
+    payload: Dict[str, Any] = {
+        'benchmark': 'bench_attention',
+        'created': datetime.datetime.now().astimezone().isoformat(
+            timespec='seconds'),
+        'machine': machine,
+        'config': config_of(args),
+        'complete': False,
+    }
+
+    def save(rows: List[Dict]):
+        payload.update(results=rows, targets=evaluate_targets(rows),
+                       wall_s=time.perf_counter() - start)
+        write_json(args.out, payload)
+
+    print(format_header(machine), flush=True)
+    warning = load_warning(machine)
+    if warning:
+        print(warning, flush=True)
+    rows = run_all(args, save)
+    payload['complete'] = True
+    machine['load_average_end'] = _load_average()
+    save(rows)
+    print()
+    print(format_table(rows, args.sizes, args.methods))
+    print()
+    print(format_targets(payload['targets']))
+    print(f"\nwrote {args.out} ({payload['wall_s']:.0f} s)")
+    if args.markdown is not None:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(
+            format_table(rows, args.sizes, args.methods, markdown=True) +
+            '\n')
+        print(f'wrote {args.markdown}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

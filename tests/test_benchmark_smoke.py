@@ -1,0 +1,114 @@
+r"""Smoke test of ``benchmarks/bench_attention.py``: every method runs at
+N = 1,024 in this process and returns sane fields; the table and the target
+report render. No timing is asserted."""
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / 'benchmarks' / \
+    'bench_attention.py'
+N = 1024
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location('bench_attention', SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load_bench()
+
+
+def _hsa_conv_available() -> bool:
+    try:
+        bench._hsa_conv_class()
+    except Exception:
+        return False
+    return True
+
+
+def _run(method):
+    return bench.run_worker(method, N, 'cpu', threads=None, min_time=0.0,
+                            max_repeats=1)
+
+
+def _check_phase(row, prefix):
+    assert math.isfinite(row[f'{prefix}_ms']) and row[f'{prefix}_ms'] > 0
+    assert len(row[f'{prefix}_samples_ms']) == 1
+    assert math.isfinite(row[f'{prefix}_peak_mib'])
+    assert row[f'{prefix}_peak_mib'] >= 0
+
+
+@pytest.mark.parametrize('method', bench.METHODS)
+def test_worker_returns_sane_row(method):
+    if method == 'hsa_conv' and not _hsa_conv_available():
+        pytest.skip('hsa_geo.nn.HSAConv is not importable')
+    row = _run(method)
+    assert row['status'] == 'ok', row.get('error')
+    assert (row['method'], row['n'], row['device']) == (method, N, 'cpu')
+    assert row['output_finite'] is True
+    assert row['output_shape'][-1] in (bench.HEAD_DIM, bench.CHANNELS,
+                                       3 * bench.CHANNELS)
+    _check_phase(row, 'fwd')
+    if method in bench.FORWARD_ONLY:
+        assert 'fwdbwd_ms' not in row
+    else:
+        _check_phase(row, 'fwdbwd')
+    if method == 'hsa':
+        assert row['num_nodes'] > N and row['sibling_pairs'] > 0
+    if method == 'transformer_conv':
+        assert row['num_edges'] == bench.RING_NEIGHBOURS * N
+
+
+def test_worker_records_errors():
+    row = bench.run_worker('hsa', 0, 'cpu', min_time=0.0, max_repeats=1)
+    assert row['status'] == 'error' and row['error']
+
+
+def test_inputs():
+    h = bench.balanced_hierarchy(N)
+    assert h.num_leaves == N and h.max_branching == bench.BRANCHING
+    assert h.num_trees == 1
+    edge_index = bench.ring_edge_index(16)
+    assert edge_index.shape == (2, 16 * bench.RING_NEIGHBOURS)
+    gap = (edge_index[0] - edge_index[1]) % 16
+    assert set(gap.tolist()) == {1, 2, 3, 4, 12, 13, 14, 15}
+
+
+def _fake_row(method, n, fwd, fwdbwd=None, peak=100.0):
+    row = {'method': method, 'n': n, 'device': 'cpu', 'status': 'ok',
+           'fwd_ms': fwd, 'fwd_peak_mib': peak}
+    if fwdbwd is not None:
+        row.update(fwdbwd_ms=fwdbwd, fwdbwd_peak_mib=peak)
+    return row
+
+
+def test_report_renders():
+    small, large = bench.TARGET_N, bench.LARGE_N
+    rows = [
+        _fake_row('hsa', small, 10.0, 20.0),
+        _fake_row('sdpa', small, 500.0, 1000.0),
+        _fake_row('qkv_projection', small, 4.0),
+        _fake_row('hsa', large, 150.0, 500.0, peak=9000.0),
+        {'method': 'sdpa', 'n': large, 'device': 'cpu', 'status': 'skipped',
+         'reason': 'quadratic'},
+    ]
+    methods = ['hsa', 'sdpa', 'qkv_projection']
+    text = bench.format_table(rows, [small, large], methods)
+    assert '65,536' in text and 'skipped (quadratic)' in text
+    assert '50.0x' in text  # SDPA / HSA forward+backward
+    markdown = bench.format_table(rows, [small, large], methods,
+                                  markdown=True)
+    assert markdown.startswith('| N |')
+    speedup, linear, projection = bench.evaluate_targets(rows)
+    assert speedup['status'] == 'PASS'  # 50x >= 30x
+    assert linear['status'] == 'FAIL'  # growth 25 > 20, 9000 MiB > 8 GB
+    assert projection['status'] == 'FAIL'  # 2.5x > 2x
+    assert linear['measured']['growth'] == 25.0
+    assert 'Targets' in bench.format_targets([speedup, linear, projection])
+    assert [t['status'] for t in bench.evaluate_targets([])] == ['N/A'] * 3
