@@ -2,7 +2,6 @@ r"""The tree (forest) that turns a set of leaves into a nested signal."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from functools import cached_property
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -127,7 +126,8 @@ class Hierarchy:
                 f"'parent' has {parent.numel()} entries but num_leaves="
                 f"{num_leaves}; it needs one entry per node, leaves first "
                 f"(T >= num_leaves)")
-        self._parent = parent
+        # A private copy: the caller may go on modifying its tensor.
+        self._parent = parent.clone()
         self._num_leaves = num_leaves
         self._check()
         self._derive()
@@ -319,6 +319,9 @@ class Hierarchy:
         leaf_parent = parent[:n]
         leaf_has_parent = (leaf_parent >= 0).nonzero().view(-1)
 
+        self._num_trees = int((parent < 0).sum())
+        self._max_branching = int(
+            torch.bincount(parent[parent >= 0]).max()) if t > n else 0
         self._depth = depth
         self._height = height
         self._size = size
@@ -445,18 +448,16 @@ class Hierarchy:
         r"""Number of families (one per internal node)."""
         return self.num_clusters
 
-    @cached_property
+    @property
     def num_trees(self) -> int:
         r"""Number of roots."""
-        return int((self._parent < 0).sum())
+        return self._num_trees
 
-    @cached_property
+    @property
     def max_branching(self) -> int:
         r"""The largest number of children of any node (0 if all nodes are
         roots)."""
-        if self.num_clusters == 0:
-            return 0
-        return int(torch.bincount(self._parent[self._parent >= 0]).max())
+        return self._max_branching
 
     @property
     def depth(self) -> int:
@@ -498,21 +499,25 @@ class Hierarchy:
                                 minlength=self._max_depth + 1).tolist()
         return list(torch.split(order, counts))
 
-    @cached_property
+    @property
     def sibling_pairs(self) -> Tensor:
         r"""``[2, P]`` every ordered pair ``(a, b)`` of children of a common
         parent, ``a == b`` included, with :math:`P = \sum_F |C(F)|^2`. The
         order is the one in which
         :func:`~hsa_geo.functional.hierarchical_attention` returns the family
         weights."""
+        cached = self.__dict__.get('_sibling_pairs')
+        if cached is not None:
+            return cached
         parts = []
         for b in self._buckets:
             valid = b.mask.unsqueeze(2) & b.mask.unsqueeze(1)  # [F, W, W]
             f, i, j = valid.nonzero(as_tuple=True)
             parts.append(torch.stack([b.children[f, i], b.children[f, j]]))
-        if not parts:
-            return torch.empty(2, 0, dtype=torch.long, device=self.device)
-        return torch.cat(parts, dim=1)
+        pairs = torch.cat(parts, dim=1) if parts else torch.empty(
+            2, 0, dtype=torch.long, device=self.device)
+        self._sibling_pairs = pairs
+        return pairs
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(num_leaves={self.num_leaves}, '

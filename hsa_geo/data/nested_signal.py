@@ -83,7 +83,7 @@ class NestedSignal(Data):
         )
         if x is None:
             data.num_nodes = n
-        data._hierarchy_cache = (data._hierarchy_key(), hierarchy)
+        data.__dict__['_hierarchy_cache'] = (data._hierarchy_key(), hierarchy)
         return data
 
     def __inc__(self, key: str, value: Any, *args, **kwargs) -> Any:
@@ -118,7 +118,8 @@ class NestedSignal(Data):
         if cached is not None and cached[0] == key:
             return cached[1]
         hierarchy = self._build_hierarchy()
-        self._hierarchy_cache = (key, hierarchy)
+        # Data.__setattr__ would put it in the store, where it gets batched.
+        self.__dict__['_hierarchy_cache'] = (key, hierarchy)
         return hierarchy
 
     def _build_hierarchy(self) -> Hierarchy:
@@ -138,7 +139,8 @@ class NestedSignal(Data):
             ('leaf_parent_index', leaf_idx, n, m, 0),
             ('cluster_parent_index', clus_idx, m, m, n),
         ):
-            if idx.dim() != 2 or idx.size(0) != 2 or idx.is_floating_point():
+            if (idx.dim() != 2 or idx.size(0) != 2
+                    or idx.is_floating_point() or idx.dtype == torch.bool):
                 raise ValueError(f"'{name}' must be an integer tensor of "
                                  f"shape [2, *], got {idx.dtype} "
                                  f"{tuple(idx.shape)}")
@@ -150,6 +152,7 @@ class NestedSignal(Data):
                         f"{name}[{row}, {j}] = {int(idx[row, j])} is not a "
                         f"valid {what} id (0..{size - 1}); rebuild the signal "
                         f"with NestedSignal.from_hierarchy")
+            idx = idx.long()
             counts = torch.bincount(idx[0], minlength=rows)
             if bool((counts > 1).any()):
                 j = int((counts > 1).nonzero()[0])
