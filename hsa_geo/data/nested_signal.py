@@ -103,8 +103,11 @@ class NestedSignal(Data):
             self._store.get('leaf_parent_index'),
             self._store.get('cluster_parent_index')
         ]
-        return tuple((id(t), t.data_ptr(), t._version, t.device, t.shape)
-                     if t is not None else None
+        # Inference tensors have no version counter: they cannot be changed
+        # in place outside inference mode anyway.
+        return tuple((id(t), t.data_ptr(),
+                      None if t.is_inference() else t._version, t.device,
+                      t.shape) if t is not None else None
                      for t in tensors) + (self.num_nodes,
                                           self._total_clusters)
 

@@ -1,0 +1,639 @@
+r"""Tests of the layers :class:`hsa_geo.nn.HSAConv` and
+:class:`hsa_geo.nn.HSATransformerLayer`: shapes and options, exact agreement
+(float64) with a reference built from the dense HSA matrix and the layers'
+own weights, softmax attention on flat hierarchies, attention weights,
+dropout, gradients, a short training run on batched nested signals, and input
+validation."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+from torch_geometric.data import Batch
+from torch_geometric.loader import DataLoader
+from torch_geometric.nn import Sequential, global_mean_pool
+
+from hsa_geo import Hierarchy, NestedSignal, hierarchical_attention_matrix
+from hsa_geo.nn import HSAConv, HSATransformerLayer
+from strategies import Forest, flat_tree, forests
+
+SEEDS = st.integers(0, 2**31 - 1)
+EXACT = 1e-10
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _one_thread():
+    r"""The layers run many tiny kernels; on a small shared machine intra-op
+    threads cost far more than they give."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _fewer(divisor: int) -> settings:
+    return settings(max_examples=max(3, settings().max_examples // divisor))
+
+
+def build(f: Forest) -> Hierarchy:
+    return Hierarchy.from_parent(f.parent, f.num_leaves)
+
+
+#          9              leaves 0..6; family 7 of leaves, family 8 with a
+#       /  |  \           single child, family 9 mixing leaves and clusters;
+#      7   8   6          leaf 5 is a tree of its own.
+#    / | \  \
+#   0  1  2  3,4 (under 8: node 8 has children 3 and 4)
+PARENT = [7, 7, 7, 8, 8, -1, 9, 9, 9, -1]
+NUM_LEAVES = 7
+
+
+def example_hierarchy() -> Hierarchy:
+    return Hierarchy.from_parent(PARENT, NUM_LEAVES)
+
+
+def randn(*shape, seed=0, dtype=torch.float32):
+    return torch.randn(*shape, dtype=dtype,
+                       generator=torch.Generator().manual_seed(seed))
+
+
+def linear(lin, x):
+    r"""``lin(x)`` from the weights alone."""
+    out = x @ lin.weight.t()
+    return out if lin.bias is None else out + lin.bias
+
+
+def reference_conv(conv: HSAConv, x, hierarchy) -> torch.Tensor:
+    r"""The documented formula of :class:`HSAConv`, with the dense HSA matrix:
+    ``q, k, v`` are the three parts of ``lin_qkv(x)`` viewed as
+    ``[N, 3, H, C]``, the attention output is ``Q @ v`` per head, heads are
+    concatenated or averaged, then the skip (gated with ``beta``)."""
+    n, h, c = x.size(0), conv.heads, conv.out_channels
+    q, k, v = linear(conv.lin_qkv, x).view(n, 3, h, c).unbind(1)
+    att = hierarchical_attention_matrix(q, k, hierarchy)  # [H, N, N]
+    out = torch.einsum('hij,jhc->ihc', att, v)
+    out = out.reshape(n, h * c) if conv.concat else out.mean(dim=1)
+    if conv.root_weight:
+        x_r = linear(conv.lin_skip, x)
+        if conv.lin_beta is not None:
+            b = torch.sigmoid(
+                torch.cat([out, x_r, out - x_r], dim=-1)
+                @ conv.lin_beta.weight.t())
+            return b * x_r + (1 - b) * out
+        return out + x_r
+    return out
+
+
+# HSAConv: shapes and options ###############################################
+
+
+@pytest.mark.parametrize('heads', [1, 3])
+@pytest.mark.parametrize('concat', [True, False])
+@pytest.mark.parametrize('root_weight', [True, False])
+@pytest.mark.parametrize('beta', [False, True])
+def test_output_shapes(heads, concat, root_weight, beta):
+    h = example_hierarchy()
+    conv = HSAConv(5, 4, heads=heads, concat=concat, root_weight=root_weight,
+                   beta=beta)
+    out = conv(randn(NUM_LEAVES, 5), h)
+    assert out.shape == (NUM_LEAVES, 4 * heads if concat else 4)
+    assert out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+    assert (conv.lin_skip is not None) == root_weight
+    assert (conv.lin_beta is not None) == (beta and root_weight)
+
+
+def test_lazy_in_channels():
+    h = example_hierarchy()
+    conv = HSAConv(-1, 8, heads=2)
+    assert conv.in_channels == -1
+    x = randn(NUM_LEAVES, 6)
+    out = conv(x, h)
+    assert out.shape == (NUM_LEAVES, 16)
+    assert conv.lin_qkv.weight.shape == (3 * 2 * 8, 6)
+    assert conv.lin_skip.weight.shape == (16, 6)
+    # Once materialised it is an ordinary layer: exact and deterministic.
+    conv = conv.double()
+    torch.testing.assert_close(conv(x.double(), h),
+                               reference_conv(conv, x.double(), h), rtol=0,
+                               atol=EXACT)
+
+
+def test_lazy_in_channels_with_beta_and_mean():
+    conv = HSAConv(-1, 3, heads=2, concat=False, beta=True)
+    out = conv(randn(NUM_LEAVES, 5), example_hierarchy())
+    assert out.shape == (NUM_LEAVES, 3)
+    assert conv.lin_qkv.weight.shape == (18, 5)
+
+
+def _state(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize('kwargs', [
+    dict(),
+    dict(beta=True, heads=2),
+    dict(root_weight=False, concat=False),
+    dict(bias=False, heads=3),
+])
+def test_reset_parameters(kwargs):
+    conv = HSAConv(6, 4, **kwargs)
+    torch.manual_seed(123)
+    conv.reset_parameters()
+    first = _state(conv)
+    with torch.no_grad():
+        for p in conv.parameters():
+            p.fill_(0.0)
+    torch.manual_seed(123)
+    conv.reset_parameters()
+    # Deterministic under a seed ...
+    again = _state(conv)
+    assert again.keys() == first.keys()
+    for key in first:
+        assert torch.equal(first[key], again[key]), key
+    # ... every parameter re-randomised (none left at zero) ...
+    for name, p in conv.named_parameters():
+        assert bool((p != 0).any()), name
+    # ... and another seed gives other values.
+    torch.manual_seed(321)
+    conv.reset_parameters()
+    for name, p in conv.named_parameters():
+        assert not torch.equal(p, first[name]), name
+
+
+def test_repr():
+    assert repr(HSAConv(16, 8, heads=2)) == 'HSAConv(16, 8, heads=2)'
+    assert repr(HSAConv(-1, 4)) == 'HSAConv(-1, 4, heads=1)'
+    assert repr(HSATransformerLayer(16, heads=4)) == \
+        'HSATransformerLayer(16, heads=4)'
+
+
+# HSAConv: exactness ########################################################
+
+
+@_fewer(2)
+@given(forests(max_leaves=10), st.sampled_from([1, 3]), SEEDS)
+def test_equals_dense_hsa_of_own_projections(f, heads, seed):
+    r"""``root_weight=False, concat=True``: the output is ``Q @ v`` per head,
+    with ``Q`` the dense HSA matrix of the layer's own queries and keys."""
+    h = build(f)
+    torch.manual_seed(seed)
+    conv = HSAConv(4, 3, heads=heads, root_weight=False).double()
+    x = randn(f.num_leaves, 4, seed=seed, dtype=torch.float64)
+    q, k, v = (x @ conv.lin_qkv.weight.t() + conv.lin_qkv.bias).view(
+        f.num_leaves, 3, heads, 3).unbind(1)
+    att = hierarchical_attention_matrix(q, k, h)
+    expected = torch.einsum('hij,jhc->ihc', att, v).reshape(f.num_leaves, -1)
+    out = conv(x, h)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, expected, rtol=0, atol=EXACT)
+
+
+@pytest.mark.parametrize('concat', [True, False])
+@pytest.mark.parametrize('root_weight', [True, False])
+@pytest.mark.parametrize('beta', [False, True])
+@_fewer(8)
+@given(f=forests(max_leaves=8), seed=SEEDS)
+def test_equals_reference_for_all_options(f, concat, root_weight, beta, seed):
+    h = build(f)
+    torch.manual_seed(seed)
+    conv = HSAConv(3, 2, heads=2, concat=concat, root_weight=root_weight,
+                   beta=beta).double()
+    x = randn(f.num_leaves, 3, seed=seed, dtype=torch.float64)
+    torch.testing.assert_close(conv(x, h), reference_conv(conv, x, h),
+                               rtol=0, atol=EXACT)
+
+
+@pytest.mark.parametrize('heads', [1, 4])
+def test_flat_hierarchy_is_softmax_attention(heads):
+    n, c = 9, 5
+    h = build(flat_tree(n))
+    torch.manual_seed(0)
+    conv = HSAConv(6, c, heads=heads, root_weight=False).double()
+    x = randn(n, 6, seed=1, dtype=torch.float64) * 2
+    q, k, v = conv.lin_qkv(x).view(n, 3, heads, c).unbind(1)
+    sdpa = F.scaled_dot_product_attention(q.transpose(0, 1),
+                                          k.transpose(0, 1),
+                                          v.transpose(0, 1))  # [H, N, C]
+    expected = sdpa.transpose(0, 1).reshape(n, heads * c)
+    torch.testing.assert_close(conv(x, h), expected, rtol=0, atol=EXACT)
+
+
+def test_flat_forest_is_block_diagonal_softmax_attention():
+    r"""Three flat trees side by side (one a lone root leaf): softmax
+    attention restricted to each tree."""
+    sizes = [4, 1, 3]
+    n = sum(sizes)
+    parent, tree = [], []
+    for t, s in enumerate(sizes):
+        tree += [t] * s
+    clusters = [t for t, s in enumerate(sizes) if s > 1]
+    cid = {t: n + i for i, t in enumerate(clusters)}
+    parent = [cid.get(t, -1) for t in tree] + [-1] * len(clusters)
+    h = Hierarchy.from_parent(parent, n)
+    torch.manual_seed(0)
+    conv = HSAConv(4, 3, heads=2, root_weight=False).double()
+    x = randn(n, 4, seed=2, dtype=torch.float64)
+    q, k, v = conv.lin_qkv(x).view(n, 3, 2, 3).unbind(1)
+    same = torch.tensor(tree)[:, None] == torch.tensor(tree)[None, :]
+    sdpa = F.scaled_dot_product_attention(q.transpose(0, 1),
+                                          k.transpose(0, 1),
+                                          v.transpose(0, 1), attn_mask=same)
+    torch.testing.assert_close(conv(x, h),
+                               sdpa.transpose(0, 1).reshape(n, 6), rtol=0,
+                               atol=EXACT)
+
+
+@given(st.integers(1, 6), SEEDS)
+def test_single_child_chain_is_transparent(n, seed):
+    r"""A chain of single-child nodes above a flat family changes nothing."""
+    flat = build(flat_tree(n))
+    chained = Hierarchy.from_parent([n] * n + [n + 1, n + 2, -1], n)
+    torch.manual_seed(seed)
+    conv = HSAConv(3, 2, heads=2).double()
+    x = randn(n, 3, seed=seed, dtype=torch.float64)
+    torch.testing.assert_close(conv(x, chained), conv(x, flat), rtol=0,
+                               atol=EXACT)
+
+
+# HSAConv: attention weights, NestedSignal, dropout ########################
+
+
+@pytest.mark.parametrize('heads', [1, 3])
+def test_return_attention_weights(heads):
+    h = example_hierarchy()
+    torch.manual_seed(0)
+    conv = HSAConv(5, 4, heads=heads)
+    x = randn(NUM_LEAVES, 5)
+    out, (pair_index, alpha) = conv(x, h, return_attention_weights=True)
+    torch.testing.assert_close(out, conv(x, h))
+    assert torch.equal(pair_index, h.sibling_pairs)
+    assert pair_index.shape == (2, alpha.size(0))
+    assert alpha.shape == (h.sibling_pairs.size(1), heads)
+    assert bool((alpha >= 0).all())
+    # One distribution over the siblings for every child a.
+    sums = torch.zeros(h.num_nodes, heads).index_add_(0, pair_index[0], alpha)
+    has_parent = h.parent >= 0
+    torch.testing.assert_close(sums[has_parent],
+                               torch.ones(int(has_parent.sum()), heads))
+    assert bool((sums[~has_parent] == 0).all())
+    # Without the flag: a tensor only.
+    for flag in (None, False):
+        res = conv(x, h, return_attention_weights=flag)
+        assert isinstance(res, torch.Tensor)
+
+
+def test_attention_weights_on_flat_tree_are_softmax():
+    n, heads, c = 6, 2, 3
+    h = build(flat_tree(n))
+    torch.manual_seed(0)
+    conv = HSAConv(4, c, heads=heads).double()
+    x = randn(n, 4, dtype=torch.float64)
+    _, (pair_index, alpha) = conv(x, h, return_attention_weights=True)
+    q, k, _ = conv.lin_qkv(x).view(n, 3, heads, c).unbind(1)
+    p = torch.softmax(torch.einsum('ihc,jhc->hij', q, k) / c**0.5, dim=-1)
+    expected = p[:, pair_index[0], pair_index[1]].t()
+    torch.testing.assert_close(alpha, expected, rtol=0, atol=EXACT)
+    assert pair_index.size(1) == n * n
+
+
+def test_accepts_nested_signal():
+    h = example_hierarchy()
+    x = randn(NUM_LEAVES, 5)
+    data = NestedSignal.from_hierarchy(h, x)
+    torch.manual_seed(0)
+    conv = HSAConv(5, 4, heads=2)
+    torch.testing.assert_close(conv(x, data), conv(x, h), rtol=0, atol=0)
+    out, (pair_index, _) = conv(x, data, return_attention_weights=True)
+    assert torch.equal(pair_index, h.sibling_pairs)
+    # And a batch of them (one forest).
+    other = NestedSignal.from_hierarchy(Hierarchy.from_parent([2, 2, -1], 2),
+                                        randn(2, 5, seed=1))
+    batch = Batch.from_data_list([data, other])
+    parts = torch.cat([conv(data.x, data), conv(other.x, other)])
+    torch.testing.assert_close(conv(batch.x, batch), parts)
+
+
+def test_nested_signal_batch_under_inference_mode():
+    signals = [
+        NestedSignal.from_hierarchy(example_hierarchy(),
+                                    randn(NUM_LEAVES, 5)),
+        NestedSignal.from_hierarchy(Hierarchy.from_parent([2, 2, -1], 2),
+                                    randn(2, 5, seed=1)),
+    ]
+    torch.manual_seed(0)
+    conv = HSAConv(5, 4, heads=2).eval()
+    batch = Batch.from_data_list(signals)
+    expected = conv(batch.x, batch.hierarchy)
+    with torch.inference_mode():
+        batch = next(iter(DataLoader(signals, batch_size=2)))
+        torch.testing.assert_close(conv(batch.x, batch), expected)
+
+
+def test_dropout():
+    h = example_hierarchy()
+    x = randn(NUM_LEAVES, 5)
+    torch.manual_seed(0)
+    conv = HSAConv(5, 4, heads=2, dropout=0.5)
+    plain = copy.deepcopy(conv)
+    plain.dropout = 0.0
+    conv.train()
+    outs = [conv(x, h) for _ in range(4)]
+    assert any(not torch.allclose(outs[0], o) for o in outs[1:])
+    assert any(not torch.allclose(o, plain(x, h)) for o in outs)
+    # Reproducible under a seed.
+    torch.manual_seed(5)
+    a = conv(x, h)
+    torch.manual_seed(5)
+    b = conv(x, h)
+    assert torch.equal(a, b)
+    # No dropout in eval mode: deterministic, as without dropout.
+    conv.eval()
+    torch.testing.assert_close(conv(x, h), conv(x, h), rtol=0, atol=0)
+    torch.testing.assert_close(conv(x, h), plain.eval()(x, h), rtol=0,
+                               atol=0)
+
+
+def test_no_dropout_when_zero_in_train_mode():
+    h = example_hierarchy()
+    x = randn(NUM_LEAVES, 5)
+    conv = HSAConv(5, 4, heads=2).train()
+    torch.testing.assert_close(conv(x, h), conv(x, h), rtol=0, atol=0)
+
+
+# HSAConv: gradients ########################################################
+
+
+@pytest.mark.parametrize('kwargs', [
+    dict(heads=2),
+    dict(heads=3, concat=False, beta=True),
+    dict(heads=1, root_weight=False),
+])
+def test_gradients_reach_every_parameter(kwargs):
+    h = example_hierarchy()
+    torch.manual_seed(0)
+    conv = HSAConv(5, 4, **kwargs)
+    x = randn(NUM_LEAVES, 5).requires_grad_()
+    out = conv(x, h)
+    (out * randn(*out.shape, seed=3)).sum().backward()
+    assert x.grad is not None and bool((x.grad != 0).any())
+    for name, p in conv.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert bool((p.grad != 0).any()), name
+
+
+def test_gradient_matches_reference():
+    h = example_hierarchy()
+    torch.manual_seed(0)
+    conv = HSAConv(3, 2, heads=2, beta=True).double()
+    x = randn(NUM_LEAVES, 3, dtype=torch.float64)
+    w = randn(NUM_LEAVES, 4, seed=1, dtype=torch.float64)
+    grads = torch.autograd.grad((conv(x, h) * w).sum(),
+                                list(conv.parameters()))
+    ref = torch.autograd.grad((reference_conv(conv, x, h) * w).sum(),
+                              list(conv.parameters()))
+    for a, b in zip(grads, ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
+
+
+# HSAConv in a small PyG model ##############################################
+
+
+def _cluster_mean_signal(sizes, g):
+    r"""Two levels: leaves in clusters of the given sizes under one root.
+    Target of each leaf: the mean of x over its cluster."""
+    n = sum(sizes)
+    parent = [n + c for c, s in enumerate(sizes) for _ in range(s)]
+    parent += [n + len(sizes)] * len(sizes) + [-1]
+    x = torch.randn(n, 1, generator=g)
+    target = torch.cat([
+        chunk.mean(0, keepdim=True).expand(len(chunk), 1)
+        for chunk in torch.split(x, sizes)
+    ])
+    return NestedSignal.from_hierarchy(Hierarchy.from_parent(parent, n), x,
+                                       target=target, y=target.mean(0))
+
+
+class _Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = HSAConv(-1, 16, heads=2)
+        self.conv2 = HSAConv(32, 1)
+        self.head = torch.nn.Linear(32, 1)
+
+    def forward(self, data):
+        h = self.conv1(data.x, data).relu()
+        return self.conv2(h, data), self.head(global_mean_pool(h, data.batch))
+
+
+def test_training_reduces_loss():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    signals = [
+        _cluster_mean_signal(
+            torch.randint(1, 5, (3, ), generator=g).tolist(), g)
+        for _ in range(16)
+    ]
+    model = _Net()
+    full = next(iter(DataLoader(signals, batch_size=len(signals))))
+
+    def loss_of(data):
+        leaf, graph = model(data)
+        return F.mse_loss(leaf, data.target) + F.mse_loss(
+            graph.view(-1), data.y.view(-1))
+
+    with torch.no_grad():
+        model(full)  # materialise the lazy layer
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    with torch.no_grad():
+        before = float(loss_of(full))
+    for _ in range(20):
+        for batch in DataLoader(signals, batch_size=4, shuffle=True):
+            opt.zero_grad()
+            loss = loss_of(batch)
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        after = float(loss_of(full))
+    assert after < 0.3 * before, (before, after)
+
+
+def test_in_pyg_sequential():
+    h = example_hierarchy()
+    torch.manual_seed(0)
+    conv, layer = HSAConv(3, 4, heads=2), HSATransformerLayer(8, heads=2)
+    model = Sequential('x, hierarchy', [
+        (conv, 'x, hierarchy -> x'),
+        torch.nn.ReLU(),
+        (layer, 'x, hierarchy -> x'),
+    ])
+    x = randn(NUM_LEAVES, 3)
+    out = model(x, h)
+    assert out.shape == (NUM_LEAVES, 8)
+    torch.testing.assert_close(out, layer(conv(x, h).relu(), h), rtol=0,
+                               atol=0)
+
+
+# HSAConv: validation #######################################################
+
+
+@pytest.mark.parametrize('kwargs,pattern', [
+    (dict(heads=0), "'heads' and 'out_channels' must be positive"),
+    (dict(heads=-2), "'heads' and 'out_channels' must be positive"),
+    (dict(out_channels=0), "'heads' and 'out_channels' must be positive"),
+    (dict(dropout=1.0), r"'dropout' must be in \[0, 1\)"),
+    (dict(dropout=-0.1), r"'dropout' must be in \[0, 1\)"),
+    (dict(dropout=1.5), r"'dropout' must be in \[0, 1\)"),
+])
+def test_bad_arguments(kwargs, pattern):
+    args = dict(in_channels=4, out_channels=3)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=pattern):
+        HSAConv(**args)
+
+
+@pytest.mark.parametrize('x', [
+    torch.randn(NUM_LEAVES),
+    torch.randn(NUM_LEAVES, 2, 4),
+    torch.tensor(1.0),
+    [[0.0] * 4] * NUM_LEAVES,
+])
+def test_x_not_2d(x):
+    conv = HSAConv(4, 3)
+    with pytest.raises(ValueError, match=r"'x' must be a \[N, F\] tensor"):
+        conv(x, example_hierarchy())
+
+
+def test_x_rows_differ_from_leaves():
+    conv = HSAConv(4, 3, heads=2)
+    h = example_hierarchy()
+    for rows in (NUM_LEAVES - 1, NUM_LEAVES + 1):
+        with pytest.raises(ValueError,
+                           match=f'{rows} rows but the hierarchy has '
+                           f'{NUM_LEAVES} leaves'):
+            conv(torch.randn(rows, 4), h)
+
+
+def test_not_a_hierarchy():
+    conv = HSAConv(4, 3)
+    with pytest.raises(ValueError, match='Hierarchy'):
+        conv(torch.randn(NUM_LEAVES, 4), torch.tensor(PARENT))
+
+
+# HSATransformerLayer #######################################################
+
+
+def reference_layer(layer: HSATransformerLayer, x, hierarchy):
+    r"""The documented pre-norm block, from the layer's weights (eval)."""
+    n, c, heads = x.size(0), layer.channels, layer.heads
+    d = c // heads
+    xn = F.layer_norm(x, (c, ), layer.norm1.weight, layer.norm1.bias,
+                      layer.norm1.eps)
+    q, k, v = linear(layer.attn.lin_qkv, xn).view(n, 3, heads, d).unbind(1)
+    att = hierarchical_attention_matrix(q, k, hierarchy)
+    a = torch.einsum('hij,jhd->ihd', att, v).reshape(n, c)
+    h = x + linear(layer.lin_out, a)
+    hn = F.layer_norm(h, (c, ), layer.norm2.weight, layer.norm2.bias,
+                      layer.norm2.eps)
+    first, last = layer.mlp[0], layer.mlp[-1]
+    return h + linear(last, F.gelu(linear(first, hn)))
+
+
+@pytest.mark.parametrize('heads', [1, 2, 4])
+def test_layer_shape(heads):
+    h = example_hierarchy()
+    layer = HSATransformerLayer(8, heads=heads)
+    x = randn(NUM_LEAVES, 8)
+    out = layer(x, h)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert not torch.allclose(out, x)
+    assert layer.attn.heads == heads
+    assert layer.attn.out_channels == 8 // heads
+    assert layer.attn.lin_skip is None  # the block's residual is the skip
+
+
+def test_layer_residual_structure():
+    h = example_hierarchy()
+    torch.manual_seed(0)
+    layer = HSATransformerLayer(8, heads=2)
+    x = randn(NUM_LEAVES, 8)
+    with torch.no_grad():
+        layer.lin_out.weight.zero_()
+        layer.lin_out.bias.zero_()
+        layer.mlp[-1].weight.zero_()
+        layer.mlp[-1].bias.zero_()
+    torch.testing.assert_close(layer(x, h), x, rtol=0, atol=0)
+    # Only the MLP branch zeroed: output = x + W_o HSA(LN(x)).
+    torch.manual_seed(0)
+    layer = HSATransformerLayer(8, heads=2)
+    with torch.no_grad():
+        layer.mlp[-1].weight.zero_()
+        layer.mlp[-1].bias.zero_()
+    expected = x + layer.lin_out(layer.attn(layer.norm1(x), h))
+    torch.testing.assert_close(layer(x, h), expected)
+
+
+@_fewer(4)
+@given(forests(max_leaves=8), st.sampled_from([1, 2]), SEEDS)
+def test_layer_float64_equals_reference(f, heads, seed):
+    h = build(f)
+    torch.manual_seed(seed)
+    layer = HSATransformerLayer(4, heads=heads, ff_channels=6).double()
+    with torch.no_grad():  # non-trivial norms
+        for norm in (layer.norm1, layer.norm2):
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+    x = randn(f.num_leaves, 4, seed=seed, dtype=torch.float64)
+    out = layer(x, h)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, reference_layer(layer, x, h), rtol=0,
+                               atol=EXACT)
+
+
+@pytest.mark.parametrize('channels,heads', [(10, 3), (8, 3), (6, 4), (8, 0)])
+def test_layer_heads_must_divide_channels(channels, heads):
+    with pytest.raises(ValueError, match='must be positive and divide'):
+        HSATransformerLayer(channels, heads=heads)
+
+
+def test_layer_gradients_reach_every_parameter():
+    h = example_hierarchy()
+    torch.manual_seed(0)
+    layer = HSATransformerLayer(8, heads=2)
+    x = randn(NUM_LEAVES, 8).requires_grad_()
+    out = layer(x, h)
+    (out * randn(*out.shape, seed=4)).sum().backward()
+    assert bool((x.grad != 0).any())
+    for name, p in layer.named_parameters():
+        assert p.grad is not None, name
+        assert bool((p.grad != 0).any()), name
+
+
+def test_layer_dropout_train_vs_eval():
+    h = example_hierarchy()
+    torch.manual_seed(0)
+    layer = HSATransformerLayer(8, heads=2, dropout=0.3, attn_dropout=0.3)
+    x = randn(NUM_LEAVES, 8)
+    layer.train()
+    assert not torch.allclose(layer(x, h), layer(x, h))
+    layer.eval()
+    torch.testing.assert_close(layer(x, h), layer(x, h), rtol=0, atol=0)
+
+
+def test_layer_reset_parameters_and_nested_signal():
+    h = example_hierarchy()
+    torch.manual_seed(0)
+    layer = HSATransformerLayer(8, heads=2)
+    x = randn(NUM_LEAVES, 8)
+    data = NestedSignal.from_hierarchy(h, x)
+    torch.testing.assert_close(layer(x, data), layer(x, h), rtol=0, atol=0)
+    torch.manual_seed(1)
+    layer.reset_parameters()
+    a = _state(layer)
+    torch.manual_seed(1)
+    layer.reset_parameters()
+    b = _state(layer)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
