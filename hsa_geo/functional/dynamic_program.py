@@ -81,6 +81,12 @@ def _from_slots(bucket: FamilyBucket, x: Tensor, leaf_out: Tensor,
         cluster_out[bucket.cluster_node] = x[bucket.cluster_slot]
 
 
+def _head_buffer(x: Tensor) -> Tensor:
+    r"""An empty ``[F, W, D]`` buffer for one head of an ``[F, W, H, D]``
+    table."""
+    return x.new_empty(x.shape[:2] + x.shape[3:])
+
+
 def _head(x: Tensor, i: int, buf: Tensor) -> Tensor:
     # CPU bmm clones every matrix of a strided batch; one contiguous copy of
     # the head into a reused buffer is much cheaper.
@@ -108,8 +114,8 @@ class _HeadwiseScores(torch.autograd.Function):
         diag = x.new_empty(x.shape[:3])
         x_sum = x.new_empty(x.size(0), heads, x.size(3))
         y_sum = y.new_empty(y.size(0), heads, y.size(3))
-        bx = x.new_empty(x.shape[:2] + x.shape[3:])
-        by = y.new_empty(y.shape[:2] + y.shape[3:])
+        bx = _head_buffer(x)
+        by = _head_buffer(y)
         for i in range(heads):
             _head(x, i, bx)
             _head(y, i, by)
@@ -127,9 +133,9 @@ class _HeadwiseScores(torch.autograd.Function):
         alpha = ctx.alpha
         gx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
         gy = torch.empty_like(y) if ctx.needs_input_grad[1] else None
-        bx = x.new_empty(x.shape[:2] + x.shape[3:])
-        by = y.new_empty(y.shape[:2] + y.shape[3:])
-        out = x.new_empty(x.shape[:2] + x.shape[3:])
+        bx = _head_buffer(x)
+        by = _head_buffer(y)
+        out = _head_buffer(x)
         for i in range(x.size(2)):
             _head(x, i, bx)
             _head(y, i, by)
@@ -161,8 +167,8 @@ class _HeadwiseContext(torch.autograd.Function):
                 u: Optional[Tensor]) -> Tensor:
         ctx.save_for_backward(attn, v, r)
         out = v.new_empty(v.shape)
-        bv = v.new_empty(v.shape[:2] + v.shape[3:])
-        buf = v.new_empty(v.shape[:2] + v.shape[3:])
+        bv = _head_buffer(v)
+        buf = _head_buffer(v)
         for i in range(v.size(2)):
             torch.bmm(attn[i], _head(v, i, bv), out=buf)
             if r is not None:
@@ -181,9 +187,9 @@ class _HeadwiseContext(torch.autograd.Function):
         gv = torch.empty_like(v) if need_v else None
         gr = r.new_empty(r.shape) if need_r else None
         gu = grad.sum(dim=1) if need_u else None
-        bv = v.new_empty(v.shape[:2] + v.shape[3:])
-        bg = v.new_empty(v.shape[:2] + v.shape[3:])
-        buf = v.new_empty(v.shape[:2] + v.shape[3:])
+        bv = _head_buffer(v)
+        bg = _head_buffer(v)
+        buf = _head_buffer(v)
         for i in range(v.size(2)):
             _head(grad, i, bg)
             _head(v, i, bv)
