@@ -1,0 +1,796 @@
+r"""Tests of :func:`hsa_geo.hierarchical_attention` (the dynamic program) and
+:func:`hsa_geo.hierarchical_attention_matrix` (the dense closed form).
+
+Every property of HSA_MATH.md section 3 is checked on random irregular
+forests (see ``strategies.py``) in float64:
+
+1. a flat tree is softmax attention;
+2. the dense ``Q`` is row-stochastic, non-negative and satisfies the block
+   constraint;
+3. the dynamic program equals ``Q @ V`` and its family weights rebuild ``Q``;
+4. ``Q`` minimises the total KL to per-tree softmax attention, checked with
+   a third, optimiser-side construction of the constrained family;
+5. single-child nodes are transparent, relabelling is equivariant, a forest
+   gives each tree what it gets alone;
+6. nothing of size N^2 is built.
+
+Then gradients, dtypes, numerical range, dropout and input validation.
+"""
+import math
+from typing import Dict, List
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import assume, given, settings, strategies as st
+
+from hsa_geo import Hierarchy, hierarchical_attention, \
+    hierarchical_attention_matrix
+from strategies import (Forest, ancestors, balanced_assignments, children_of,
+                        flat_tree, forests, insert_chains, lca_children,
+                        leaves_under, relabel, root_of, single_trees)
+
+SEEDS = st.integers(0, 2**31 - 1)
+HEADS = st.sampled_from([None, 1, 3])  # None: 2-D [N, D] inputs
+DIMS = st.integers(1, 5)
+SCALES = st.one_of(st.none(), st.floats(0.05, 2.0))
+EXACT = 1e-10  # float64 agreement between independent constructions
+
+
+def _fraction(divisor: int) -> settings:
+    r"""Fewer examples than the active profile for the expensive tests."""
+    return settings(max_examples=max(3, settings().max_examples // divisor))
+
+
+def build(f: Forest) -> Hierarchy:
+    return Hierarchy.from_parent(f.parent, f.num_leaves)
+
+
+def make_qkv(n, heads, d, dv, seed, dtype=torch.float64, mag=1.0):
+    g = torch.Generator().manual_seed(seed)
+    lead = (n, ) if heads is None else (n, heads)
+    q = torch.randn(*lead, d, generator=g, dtype=torch.float64) * mag
+    k = torch.randn(*lead, d, generator=g, dtype=torch.float64) * mag
+    v = torch.randn(*lead, dv, generator=g, dtype=torch.float64)
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+def apply_q(Q, v):
+    r"""``Q @ V`` per head: ``[H, N, N]`` x ``[N, H, Dv]`` (or 2-D)."""
+    if v.dim() == 2:
+        return Q @ v
+    return torch.einsum('hij,jhd->ihd', Q, v)
+
+
+def max_err(a, b) -> float:
+    return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
+
+
+def same_tree_mask(f: Forest) -> torch.Tensor:
+    roots = torch.tensor([root_of(f.parent, i) for i in range(f.num_leaves)])
+    return roots[:, None] == roots[None, :]
+
+
+# 1. Flat tree == softmax attention ##########################################
+
+
+@given(n=st.integers(1, 40), heads=HEADS, d=DIMS, dv=DIMS, seed=SEEDS,
+       scale=SCALES)
+def test_flat_tree_is_softmax(n, heads, d, dv, seed, scale):
+    """One root whose children are all leaves: the constraint is empty, so
+    HSA is exactly softmax attention."""
+    q, k, v = make_qkv(n, heads, d, dv, seed)
+    out = hierarchical_attention(q, k, v, build(flat_tree(n)), scale=scale)
+    if heads is None:
+        ref = F.scaled_dot_product_attention(q, k, v, scale=scale)
+    else:
+        ref = F.scaled_dot_product_attention(
+            q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
+            scale=scale).transpose(0, 1)
+    assert out.shape == ref.shape
+    assert max_err(out, ref) <= EXACT
+
+
+@given(sizes=st.lists(st.integers(1, 8), min_size=1, max_size=5), heads=HEADS,
+       d=DIMS, seed=SEEDS)
+def test_forest_of_flat_trees_is_block_softmax(sizes, heads, d, seed):
+    """Trees never attend to each other: softmax with a block-diagonal
+    mask."""
+    h = Hierarchy.batch([build(flat_tree(s)) for s in sizes])
+    n = sum(sizes)
+    q, k, v = make_qkv(n, heads, d, d, seed)
+    tree = torch.repeat_interleave(torch.arange(len(sizes)),
+                                   torch.tensor(sizes))
+    mask = tree[:, None] == tree[None, :]
+    if heads is None:
+        ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    else:
+        ref = F.scaled_dot_product_attention(
+            q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
+            attn_mask=mask).transpose(0, 1)
+    assert max_err(hierarchical_attention(q, k, v, h), ref) <= EXACT
+
+
+# 2. The dense Q is row-stochastic and constrained ###########################
+
+
+@given(f=forests(max_leaves=30), heads=HEADS, d=DIMS, seed=SEEDS,
+       scale=SCALES)
+def test_dense_q_rows_sum_to_one(f, heads, d, seed, scale):
+    """Q >= 0, rows sum to 1, zero across trees, and every off-diagonal
+    block (i under a, j under b != a, LCA F) is constant: the reference
+    really lies in the constrained family."""
+    h = build(f)
+    q, k, _ = make_qkv(f.num_leaves, heads, d, 1, seed)
+    Q = hierarchical_attention_matrix(q, k, h, scale=scale)
+    n = f.num_leaves
+    assert Q.shape == ((n, n) if heads is None else (heads, n, n))
+    Q = Q.reshape(-1, n, n)
+    assert bool((Q >= 0).all())
+    assert max_err(Q.sum(-1), torch.ones(Q.shape[:2])) <= 1e-12
+    across = ~same_tree_mask(f)
+    assert bool((Q[:, across] == 0).all())
+    blocks: Dict[tuple, torch.Tensor] = {}
+    for i in range(n):
+        for j in range(n):
+            key = lca_children(f.parent, i, j) if i != j else None
+            if key is None:
+                continue
+            if key in blocks:
+                assert max_err(Q[:, i, j], blocks[key]) <= 1e-14
+            else:
+                blocks[key] = Q[:, i, j]
+
+
+@given(f=forests(max_leaves=40), heads=HEADS, d=DIMS, seed=SEEDS)
+def test_dp_rows_sum_to_one(f, heads, d, seed):
+    """With all values one, every output is one (rows of Q sum to 1)."""
+    q, k, _ = make_qkv(f.num_leaves, heads, d, 1, seed)
+    v = torch.ones(q.shape[:-1] + (3, ), dtype=torch.float64)
+    out = hierarchical_attention(q, k, v, build(f))
+    assert max_err(out, torch.ones_like(out)) <= 1e-12
+
+
+# 3. DP == dense Q @ V, and the family weights ##############################
+
+
+@given(f=forests(max_leaves=40), heads=HEADS, d=DIMS, dv=DIMS, seed=SEEDS,
+       scale=SCALES)
+def test_dp_matches_dense(f, heads, d, dv, seed, scale):
+    """The dynamic program equals Q @ V with Q built densely from the closed
+    form (independent code), with value dim != query dim and any scale."""
+    h = build(f)
+    q, k, v = make_qkv(f.num_leaves, heads, d, dv, seed)
+    out = hierarchical_attention(q, k, v, h, scale=scale)
+    assert out.shape == v.shape and out.dtype == torch.float64
+    Q = hierarchical_attention_matrix(q, k, h, scale=scale)
+    assert max_err(out, apply_q(Q, v)) <= EXACT
+
+
+def test_default_scale_is_inverse_sqrt_d():
+    f = Forest([5, 5, 6, 6, 6, 6, -1], 5)
+    q, k, v = make_qkv(5, 2, 4, 3, 0)
+    h = build(f)
+    a = hierarchical_attention(q, k, v, h)
+    b = hierarchical_attention(q, k, v, h, scale=0.5)
+    c = hierarchical_attention(q, k, v, h, scale=1.0)
+    assert max_err(a, b) <= EXACT
+    assert max_err(a, c) > 1e-6  # the scale does matter
+
+
+def q_from_family_weights(f: Forest, index, weight) -> torch.Tensor:
+    r"""Rebuilds Q ``[H, N, N]`` from pi by the downward pass of the closed
+    form: ``r_root = 1``, ``r_a = r_F pi_F(a -> a)``,
+    ``Q[i, j] = r_F pi_F(a -> b) / |b|``, ``Q[i, i] = r_i``."""
+    n, parent = f.num_leaves, f.parent
+    pi = {(a, b): weight[p] for p, (a, b) in enumerate(index.t().tolist())}
+    size = [len(u) for u in leaves_under(parent, n)]
+    heads = weight.size(1)
+    r: Dict[int, torch.Tensor] = {}
+
+    def mass(x):
+        if x not in r:
+            p = parent[x]
+            r[x] = torch.ones(heads, dtype=weight.dtype) if p < 0 else \
+                mass(p) * pi[(x, x)]
+        return r[x]
+
+    Q = torch.zeros(heads, n, n, dtype=weight.dtype)
+    for i in range(n):
+        Q[:, i, i] = mass(i)
+        for j in range(n):
+            t = lca_children(parent, i, j) if i != j else None
+            if t is not None:
+                fam, a, b = t
+                Q[:, i, j] = mass(fam) * pi[(a, b)] / size[b]
+    return Q
+
+
+@given(f=forests(max_leaves=30), heads=st.sampled_from([1, 3]), d=DIMS,
+       seed=SEEDS, scale=SCALES)
+def test_family_weights(f, heads, d, seed, scale):
+    """pi comes in the order of ``sibling_pairs``, each row (fixed a) is a
+    distribution over the siblings of a, and pi rebuilds the dense Q."""
+    h = build(f)
+    q, k, v = make_qkv(f.num_leaves, heads, d, 2, seed)
+    out, (index, weight) = hierarchical_attention(q, k, v, h, scale=scale,
+                                                  return_weights=True)
+    assert max_err(out, hierarchical_attention(q, k, v, h, scale=scale)) == 0
+    assert torch.equal(index, h.sibling_pairs)
+    assert weight.shape == (index.size(1), heads)
+    assert bool((weight >= 0).all())
+    row_sum = torch.zeros(h.num_nodes, heads, dtype=weight.dtype)
+    row_sum.index_add_(0, index[0], weight)
+    has_parent = torch.tensor(f.parent) >= 0
+    assert max_err(row_sum[has_parent],
+                   torch.ones_like(row_sum[has_parent])) <= 1e-12
+    assert bool((row_sum[~has_parent] == 0).all())
+    Q = hierarchical_attention_matrix(q, k, h, scale=scale)
+    assert max_err(q_from_family_weights(f, index, weight), Q) <= EXACT
+
+
+def test_family_weights_single_head_and_no_family():
+    f = Forest([4, 4, 5, 5, 5, -1], 4)
+    q, k, v = make_qkv(4, None, 3, 2, 1)
+    out, (index, weight) = hierarchical_attention(q, k, v, build(f),
+                                                  return_weights=True)
+    assert out.shape == (4, 2)
+    assert weight.shape == (index.size(1), ) == (2 * 2 + 3 * 3, )
+    # Leaves only: no family, no weights, every leaf attends to itself.
+    h = Hierarchy.from_parent([-1, -1, -1], 3)
+    q, k, v = make_qkv(3, 2, 3, 2, 1)
+    out, (index, weight) = hierarchical_attention(q, k, v, h,
+                                                  return_weights=True)
+    assert index.shape == (2, 0) and weight.shape == (0, 2)
+    assert max_err(out, v) == 0
+
+
+# 4. Q minimises the KL to softmax ##########################################
+
+
+class ConstrainedFamily:
+    r"""The constrained family parametrised by per-family logits
+    ``theta_F [c x c]``: ``pi_F = softmax`` of the rows,
+    ``Q[i, j] = r_F pi_F(a -> b) / |b|``, ``Q[i, i] = r_i``,
+    ``r_a = r_F pi_F(a -> a)``.
+
+    A third construction of Q, independent of the library: ``log Q`` is a
+    fixed linear map of the concatenated ``log pi`` (each entry is a sum of
+    ``log pi`` along the path to the root), built once from the parent
+    vector; entries across trees are ``-inf``.
+    """
+    def __init__(self, f: Forest):
+        parent, n = f.parent, f.num_leaves
+        self.n = n
+        self.kids = children_of(parent)
+        self.families = sorted(self.kids)
+        self.width = [len(self.kids[fam]) for fam in self.families]
+        pos = {c: i for fam in self.families
+               for i, c in enumerate(self.kids[fam])}
+        base, off = {}, 0
+        for fam, c in zip(self.families, self.width):
+            base[fam] = off
+            off += c * c
+        self.num_params = off
+        size = [len(u) for u in leaves_under(parent, n)]
+
+        def idx(fam, a, b):
+            return base[fam] + pos[a] * len(self.kids[fam]) + pos[b]
+
+        def self_path(x):  # log r_x = sum of log pi(y -> y) above x
+            return [idx(parent[y], y, y) for y in ancestors(parent, x)[:-1]]
+
+        M = torch.zeros(n * n, off, dtype=torch.float64)
+        c = torch.full((n * n, ), -math.inf, dtype=torch.float64)
+        for i in range(n):
+            for j in range(n):
+                row = i * n + j
+                if i == j:
+                    cols, c[row] = self_path(i), 0.0
+                else:
+                    t = lca_children(parent, i, j)
+                    if t is None:
+                        continue
+                    fam, a, b = t
+                    cols = self_path(fam) + [idx(fam, a, b)]
+                    c[row] = -math.log(size[b])
+                for col in cols:
+                    M[row, col] += 1.0
+        self.M, self.c = M, c
+        self.mask = torch.isfinite(c).view(n, n)
+
+    def log_pi(self, theta: torch.Tensor) -> torch.Tensor:
+        parts, off = [], 0
+        for w in self.width:
+            parts.append(
+                torch.log_softmax(theta[off:off + w * w].view(w, w),
+                                  dim=-1).flatten())
+            off += w * w
+        return torch.cat(parts) if parts else theta
+
+    def theta_from_weights(self, index, weight) -> torch.Tensor:
+        r"""Logits ``log pi`` from returned family weights ``[P]``."""
+        theta = torch.zeros(self.num_params, dtype=torch.float64)
+        pi = {(a, b): float(w) for (a, b), w in
+              zip(index.t().tolist(), weight.tolist())}
+        off = 0
+        for fam, w in zip(self.families, self.width):
+            kids = self.kids[fam]
+            for ia, a in enumerate(kids):
+                for ib, b in enumerate(kids):
+                    theta[off + ia * w + ib] = math.log(pi[(a, b)])
+            off += w * w
+        return theta
+
+    def log_q(self, theta: torch.Tensor) -> torch.Tensor:
+        return (self.M @ self.log_pi(theta) + self.c).view(self.n, self.n)
+
+    def kl(self, log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
+        r"""``sum_i KL(Q_i || P_i)`` over pairs in the same tree."""
+        lq, lp = log_q[self.mask], log_p[self.mask]
+        return (lq.exp() * (lq - lp)).sum()
+
+
+def per_tree_log_softmax(f: Forest, q, k, scale=None) -> torch.Tensor:
+    scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
+    s = scale * q @ k.t()
+    return torch.log_softmax(s.masked_fill(~same_tree_mask(f), -math.inf),
+                             dim=-1)
+
+
+KL_FORESTS = forests(max_leaves=12, max_trees=2, max_depth=3)
+
+
+def _kl_setup(f, d, seed):
+    h = build(f)
+    q, k, v = make_qkv(f.num_leaves, None, d, 1, seed)
+    family = ConstrainedFamily(f)
+    log_p = per_tree_log_softmax(f, q, k)
+    Q = hierarchical_attention_matrix(q, k, h)
+    _, (index, weight) = hierarchical_attention(q, k, v, h,
+                                                return_weights=True)
+    theta_star = family.theta_from_weights(index, weight)
+    kl_star = family.kl(Q.log(), log_p).item()
+    return family, log_p, Q, theta_star, kl_star
+
+
+@_fraction(4)
+@given(f=KL_FORESTS, d=st.integers(1, 3), seed=SEEDS)
+def test_kl_optimiser_never_beats_closed_form(f, d, seed):
+    """A generic optimiser (L-BFGS) over the constrained family, started
+    from random logits, never finds a lower total KL than the closed form,
+    and converges to it."""
+    family, log_p, Q, theta_star, kl_star = _kl_setup(f, d, seed)
+    assume(family.num_params > 0)
+    # The third construction agrees with the dense one at the optimum.
+    assert max_err(family.log_q(theta_star).exp(), Q) <= EXACT
+    g = torch.Generator().manual_seed(seed + 1)
+    theta = (2.0 * torch.randn(family.num_params, generator=g,
+                               dtype=torch.float64)).requires_grad_()
+    opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=400, history_size=50,
+                            tolerance_grad=1e-13, tolerance_change=1e-16,
+                            line_search_fn='strong_wolfe')
+    seen: List[float] = []
+
+    def closure():
+        opt.zero_grad()
+        loss = family.kl(family.log_q(theta), log_p)
+        loss.backward()
+        seen.append(loss.item())
+        return loss
+
+    for _ in range(3):
+        opt.step(closure)
+    tol = 1e-9 * (1.0 + kl_star)
+    assert min(seen) >= kl_star - tol
+    final = family.kl(family.log_q(theta.detach()), log_p).item()
+    assert final <= kl_star + 1e-6 * (1.0 + kl_star)
+
+
+@_fraction(2)
+@given(f=KL_FORESTS, d=st.integers(1, 4), seed=SEEDS,
+       eps=st.sampled_from([1e-4, 1e-2, 0.3, 3.0]))
+def test_kl_closed_form_is_stationary_and_minimal(f, d, seed, eps):
+    """The gradient of the total KL vanishes at the closed form's logits and
+    random perturbations of them, small or large, never lower the KL."""
+    family, log_p, Q, theta_star, kl_star = _kl_setup(f, d, seed)
+    assume(family.num_params > 0)
+    theta = theta_star.clone().requires_grad_()
+    loss = family.kl(family.log_q(theta), log_p)
+    assert abs(loss.item() - kl_star) <= 1e-10 * (1.0 + kl_star)
+    (grad, ) = torch.autograd.grad(loss, theta)
+    assert grad.abs().max().item() <= 1e-8
+    g = torch.Generator().manual_seed(seed + 2)
+    for _ in range(20):
+        delta = eps * torch.randn(family.num_params, generator=g,
+                                  dtype=torch.float64)
+        kl = family.kl(family.log_q(theta_star + delta), log_p).item()
+        assert kl >= kl_star - 1e-12 * (1.0 + kl_star)
+
+
+def test_kl_detects_a_suboptimal_q():
+    """Sanity check of the KL machinery itself: uniform family weights are
+    worse than the closed form on a non-trivial tree."""
+    f = Forest([6, 6, 7, 7, 7, 8, 8, 8, -1], 6)
+    family, log_p, Q, theta_star, kl_star = _kl_setup(f, 3, 5)
+    uniform = family.kl(family.log_q(torch.zeros(family.num_params,
+                                                 dtype=torch.float64)),
+                        log_p).item()
+    assert uniform > kl_star + 1e-6
+
+
+# 5. Transparency, equivariance, forests ####################################
+
+
+@given(f=forests(max_leaves=25, chains=False), data=st.data(), heads=HEADS,
+       d=DIMS, seed=SEEDS)
+def test_single_child_nodes_are_transparent(f, data, heads, d, seed):
+    """Inserting chains of single-child nodes anywhere (above roots, above
+    leaves, between clusters), with shuffled internal ids, changes nothing."""
+    lengths = data.draw(st.lists(st.integers(0, 3), min_size=f.num_nodes,
+                                 max_size=f.num_nodes))
+    g = insert_chains(f, lengths)
+    m = g.num_nodes - g.num_leaves
+    g = relabel(g, list(range(g.num_leaves)),
+                data.draw(st.permutations(range(m))))
+    q, k, v = make_qkv(f.num_leaves, heads, d, 2, seed)
+    a = hierarchical_attention(q, k, v, build(f))
+    b = hierarchical_attention(q, k, v, build(g))
+    assert max_err(a, b) <= 1e-12
+
+
+def test_single_child_root_above_flat_family():
+    """Explicit case: a chain of 5 above the root and of 3 above one leaf of
+    a flat tree still gives softmax attention."""
+    f = insert_chains(flat_tree(6), [3, 0, 0, 0, 0, 0, 5])
+    q, k, v = make_qkv(6, 2, 3, 3, 7)
+    ref = F.scaled_dot_product_attention(
+        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)).transpose(
+            0, 1)
+    assert max_err(hierarchical_attention(q, k, v, build(f)), ref) <= EXACT
+
+
+@given(f=forests(max_leaves=30), data=st.data(), heads=HEADS, d=DIMS,
+       seed=SEEDS)
+def test_permutation_equivariance(f, data, heads, d, seed):
+    """Renaming leaves (rows of q, k, v) and internal nodes with random
+    permutations permutes the output rows the same way."""
+    n, m = f.num_leaves, f.num_nodes - f.num_leaves
+    leaf_perm = data.draw(st.permutations(range(n)))
+    clus_perm = data.draw(st.permutations(range(m)))
+    g = relabel(f, leaf_perm, clus_perm)
+    q, k, v = make_qkv(n, heads, d, 3, seed)
+    perm = torch.tensor(leaf_perm, dtype=torch.long)
+
+    def moved(x):
+        y = torch.empty_like(x)
+        y[perm] = x
+        return y
+
+    a = hierarchical_attention(q, k, v, build(f))
+    b = hierarchical_attention(moved(q), moved(k), moved(v), build(g))
+    assert max_err(moved(a), b) <= 1e-12
+
+
+@given(parts=st.lists(
+    st.one_of(single_trees(max_leaves=10), st.just(Forest([-1], 1))),
+    min_size=2, max_size=4), heads=HEADS, d=DIMS, seed=SEEDS)
+def test_forest_equals_trees_alone(parts, heads, d, seed):
+    """A batch of trees gives every tree exactly what it gets alone."""
+    hs = [build(p) for p in parts]
+    inputs = [
+        make_qkv(p.num_leaves, heads, d, 2, seed + i)
+        for i, p in enumerate(parts)
+    ]
+    alone = [hierarchical_attention(q, k, v, h)
+             for (q, k, v), h in zip(inputs, hs)]
+    q, k, v = (torch.cat(x) for x in zip(*inputs))
+    together = hierarchical_attention(q, k, v, Hierarchy.batch(hs))
+    assert max_err(together, torch.cat(alone)) <= 1e-12
+
+
+# 6. Nothing N x N ###########################################################
+
+
+def test_large_balanced_tree_is_linear():
+    """200k leaves, branching 16: an N x N score matrix would need 160 GB.
+    The number of sibling pairs is linear in N, and the output is right
+    where it can be checked cheaply (rows sum to one)."""
+    n = 200_000
+    h = Hierarchy.from_assignments(balanced_assignments(n, 16))
+    assert h.num_leaves == n and h.max_branching == 16
+    assert h.sibling_pairs.size(1) <= n * h.max_branching * 2
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(n, 1, 8, generator=g)
+    k = torch.randn(n, 1, 8, generator=g)
+    v = torch.ones(n, 1, 8)
+    out = hierarchical_attention(q, k, v, h)
+    assert out.shape == (n, 1, 8)
+    assert max_err(out, v) <= 1e-4
+
+
+# Gradients #################################################################
+
+
+GRAD_CASES = {
+    'chains': insert_chains(Forest([5, 5, 6, 6, 6, 6, -1], 5),
+                            [0, 2, 0, 1, 3, 1, 2]),
+    'forest': Forest([4, 4, 5, -1, 5, 6, -1], 4),
+    'root leaves': Forest([-1, 3, 3, -1], 3),
+}
+
+
+def _gradcheck(f, heads, d, dv, seed):
+    q, k, v = make_qkv(f.num_leaves, heads, d, dv, seed)
+    h = build(f)
+    inputs = tuple(x.requires_grad_() for x in (q, k, v))
+    assert torch.autograd.gradcheck(
+        lambda q, k, v: hierarchical_attention(q, k, v, h), inputs,
+        eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize('name', sorted(GRAD_CASES))
+def test_gradcheck_cases(name):
+    _gradcheck(GRAD_CASES[name], 2, 2, 3, 0)
+
+
+@_fraction(2)
+@given(f=forests(max_leaves=7), heads=st.sampled_from([None, 2]),
+       d=st.integers(1, 3), seed=SEEDS)
+def test_gradcheck_random(f, heads, d, seed):
+    _gradcheck(f, heads, d, 2, seed)
+
+
+# Dtypes and numerical range ################################################
+
+
+@given(f=forests(max_leaves=30), heads=HEADS, d=DIMS, seed=SEEDS)
+def test_float32_and_bfloat16(f, heads, d, seed):
+    """Lower precision inputs give outputs of their dtype, close to the
+    float64 result on the same (rounded) inputs."""
+    h = build(f)
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2)):
+        q, k, v = make_qkv(f.num_leaves, heads, d, 3, seed, dtype=dtype)
+        out = hierarchical_attention(q, k, v, h)
+        assert out.dtype == dtype and out.shape == v.shape
+        ref = hierarchical_attention(q.double(), k.double(), v.double(), h)
+        assert torch.allclose(out.double(), ref, atol=tol, rtol=tol)
+
+
+def _extreme_inputs(case, n, seed, dtype):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, 2, 4, generator=g, dtype=torch.float64)
+    w = torch.randn(n, 2, 4, generator=g, dtype=torch.float64)
+    v = torch.randn(n, 2, 3, generator=g, dtype=torch.float64)
+    q, k = {
+        'random': (100 * z, 100 * w),  # scores ~ 1e4
+        'self': (100 * z, 100 * z),  # huge self scores, diag dominant
+        'anti-self': (100 * z, -100 * z),  # hugely negative self scores
+        'constant': (100 * torch.ones_like(z), 100 * torch.ones_like(z)),
+        'extreme': (1e4 * z, 1e4 * w),  # scores ~ 1e8
+    }[case]
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+EXTREME_TREES = [
+    insert_chains(Forest([5, 5, 6, 6, 6, 6, -1], 5),
+                  [1, 0, 2, 0, 0, 1, 1]),
+    Forest([6, 6, 7, 7, 8, 8, 9, 9, 9, -1], 6),
+    flat_tree(5),
+]
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('case',
+                         ['random', 'self', 'anti-self', 'constant',
+                          'extreme'])
+@pytest.mark.parametrize('tree', range(len(EXTREME_TREES)))
+def test_huge_scores_stay_finite(tree, case, dtype):
+    """Scores of magnitude 1e4 (and 1e8) give finite outputs and gradients;
+    in float64 the result still matches the dense closed form."""
+    f = EXTREME_TREES[tree]
+    h = build(f)
+    q, k, v = _extreme_inputs(case, f.num_leaves, tree, dtype)
+    q.requires_grad_()
+    k.requires_grad_()
+    v.requires_grad_()
+    out = hierarchical_attention(q, k, v, h)
+    assert bool(torch.isfinite(out).all())
+    out.backward(torch.randn(out.shape, dtype=dtype,
+                             generator=torch.Generator().manual_seed(1)))
+    for x in (q, k, v):
+        assert bool(torch.isfinite(x.grad).all())
+    # Outputs are convex combinations of the values.
+    assert out.abs().max() <= v.abs().max() * (1 + 1e-5)
+    if dtype == torch.float64 and case != 'extreme':
+        Q = hierarchical_attention_matrix(q.detach(), k.detach(), h)
+        assert max_err(out.detach(), apply_q(Q, v.detach())) <= 1e-8
+
+
+def _caterpillar(depth: int) -> Forest:
+    r"""Cluster t has children leaf t and cluster t+1; the last cluster has
+    two leaves: leaves at depth ``depth``."""
+    n = depth + 1
+    parent = [n + t for t in range(depth)] + [n + depth - 1]
+    parent += [-1] + [n + t for t in range(depth - 1)]
+    return Forest(parent, n)
+
+
+DEEP_TREES = {
+    'caterpillar': _caterpillar(60),
+    'chain above leaf': insert_chains(Forest([3, 3, 3, -1], 3),
+                                      [60, 0, 0, 0]),
+    'chain above root': insert_chains(Forest([3, 3, 3, -1], 3),
+                                      [0, 0, 0, 60]),
+}
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('name', sorted(DEEP_TREES))
+def test_deep_trees_do_not_underflow(name, dtype):
+    """Depth 60: the mass r of deep leaves is a product of 60 self weights,
+    far below the smallest float when self scores are very negative; kept in
+    log space it never turns into NaN, and rows still sum to one."""
+    f = DEEP_TREES[name]
+    h = build(f)
+    assert h.depth >= 60
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(f.num_leaves, 2, 4, generator=g, dtype=torch.float64)
+    for q, k in ((z, z), (10 * z, -10 * z), (100 * z, -100 * z)):
+        q, k = q.to(dtype), k.to(dtype)
+        ones = torch.ones(f.num_leaves, 2, 1, dtype=dtype)
+        out = hierarchical_attention(q, k, ones, h)
+        assert bool(torch.isfinite(out).all())
+        assert max_err(out, ones) <= (1e-10 if dtype == torch.float64 else
+                                      1e-4)
+        qq = q.clone().requires_grad_()
+        hierarchical_attention(qq, k, z[..., :3].to(dtype), h).sum().backward()
+        assert bool(torch.isfinite(qq.grad).all())
+        if dtype == torch.float64:
+            v = z[..., :3]
+            Q = hierarchical_attention_matrix(q, k, h)
+            assert max_err(hierarchical_attention(q, k, v, h),
+                           apply_q(Q, v)) <= 1e-8
+
+
+# Dropout ###################################################################
+
+
+DROPOUT_FORESTS = forests(min_leaves=3, max_leaves=8, max_trees=2,
+                          root_leaves=False)
+
+
+@_fraction(2)
+@given(f=DROPOUT_FORESTS, seed=SEEDS)
+def test_dropout_off_is_a_no_op(f, seed):
+    h = build(f)
+    q, k, v = make_qkv(f.num_leaves, 2, 3, 2, seed)
+    ref = hierarchical_attention(q, k, v, h)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        assert torch.equal(
+            hierarchical_attention(q, k, v, h, dropout_p=0.5,
+                                   training=False), ref)
+        assert torch.equal(
+            hierarchical_attention(q, k, v, h, dropout_p=0.0, training=True),
+            ref)
+
+
+def test_dropout_changes_output():
+    f = Forest([5, 5, 6, 6, 6, 6, -1], 5)
+    h = build(f)
+    q, k, v = make_qkv(5, 2, 3, 2, 0)
+    ref = hierarchical_attention(q, k, v, h)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        outs = [hierarchical_attention(q, k, v, h, dropout_p=0.3,
+                                       training=True) for _ in range(3)]
+    for out in outs:
+        assert bool(torch.isfinite(out).all())
+        assert max_err(out, ref) > 1e-3
+    assert max_err(outs[0], outs[1]) > 1e-3  # fresh masks every call
+
+
+@_fraction(4)
+@given(f=DROPOUT_FORESTS, seed=SEEDS, p=st.sampled_from([0.1, 0.5]))
+def test_dropout_is_unbiased(f, seed, p):
+    """Dropout on the family weights, rescaled by 1/(1-p), keeps the output
+    unbiased: the mean over many samples approaches the output without
+    dropout. The samples are heads with identical inputs (independent
+    masks); the bound is 6 standard errors per entry."""
+    h = build(f)
+    samples = 4000
+    q, k, v = make_qkv(f.num_leaves, 1, 3, 2, seed)
+    ref = hierarchical_attention(q, k, v, h)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        out = hierarchical_attention(q.expand(-1, samples, -1),
+                                     k.expand(-1, samples, -1),
+                                     v.expand(-1, samples, -1), h,
+                                     dropout_p=p, training=True)
+    mean, std = out.mean(dim=1), out.std(dim=1)
+    assert max_err(out, ref.expand_as(out)) > 0  # dropout did something
+    bound = 6 * std / math.sqrt(samples) + 1e-9
+    assert bool(((mean - ref[:, 0]).abs() <= bound).all())
+
+
+# Input validation ##########################################################
+
+
+def _valid():
+    h = build(Forest([4, 4, 5, 5, 5, -1], 4))
+    q, k, v = make_qkv(4, 2, 3, 5, 0)
+    return q, k, v, h
+
+
+def test_wrong_row_count():
+    q, k, v, h = _valid()
+    with pytest.raises(ValueError, match=r'have 3 rows but the hierarchy has '
+                       r'4 leaves'):
+        hierarchical_attention(q[:3], k[:3], v[:3], h)
+    with pytest.raises(ValueError, match=r'rows|same'):
+        hierarchical_attention(q, k, v[:3], h)
+
+
+@pytest.mark.parametrize('shapes', [
+    ((4, 2, 3), (4, 2, 4), (4, 2, 5)),  # k dim != q dim
+    ((4, 2, 3), (4, 1, 3), (4, 2, 5)),  # k heads != q heads
+    ((4, 2, 3), (4, 2, 3), (4, 1, 5)),  # v heads != q heads
+    ((4, 2, 3), (4, 2, 3), (5, 2, 5)),  # v rows != q rows
+    ((4, 2, 3), (4, 6), (4, 2, 5)),  # 3-D with 2-D
+    ((4, 3), (4, 3), (4, 2, 5)),  # 2-D with 3-D
+    ((4, 1, 2, 3), (4, 1, 2, 3), (4, 1, 2, 5)),  # 4-D
+    ((12, ), (12, ), (12, )),  # 1-D
+])
+def test_mismatched_shapes(shapes):
+    h = build(Forest([4, 4, 5, 5, 5, -1], 4))
+    q, k, v = (torch.randn(s, dtype=torch.float64) for s in shapes)
+    with pytest.raises(ValueError, match=r'q, k and v|q and k'):
+        hierarchical_attention(q, k, v, h)
+
+
+@pytest.mark.parametrize('which', [0, 1, 2])
+@pytest.mark.parametrize('dtype', [torch.long, torch.int32, torch.bool,
+                                   torch.complex64])
+def test_non_float_inputs(which, dtype):
+    q, k, v, h = _valid()
+    args = [q, k, v]
+    args[which] = args[which].to(dtype)
+    name = 'qkv'[which]
+    with pytest.raises(ValueError,
+                       match=rf"'{name}' must be a floating point tensor"):
+        hierarchical_attention(*args, h)
+
+
+def test_non_tensor_input():
+    q, k, v, h = _valid()
+    with pytest.raises(ValueError, match=r"'q' must be a floating point"):
+        hierarchical_attention(q.tolist(), k, v, h)
+
+
+@pytest.mark.parametrize('p', [-0.1, 1.0, 1.5, float('nan')])
+def test_dropout_p_out_of_range(p):
+    q, k, v, h = _valid()
+    with pytest.raises(ValueError, match=r"'dropout_p' must be in \[0, 1\)"):
+        hierarchical_attention(q, k, v, h, dropout_p=p, training=True)
+    # Checked even when dropout is off: a bad value is a bug either way.
+    with pytest.raises(ValueError, match=r"'dropout_p'"):
+        hierarchical_attention(q, k, v, h, dropout_p=p, training=False)
+
+
+@pytest.mark.parametrize('bad', [
+    None,
+    torch.tensor([4, 4, 5, 5, 5, -1]),
+    [4, 4, 5, 5, 5, -1],
+])
+def test_non_hierarchy(bad):
+    q, k, v, _ = _valid()
+    with pytest.raises(ValueError, match=r"'hierarchy' must be a "
+                       r"hsa_geo.data.Hierarchy"):
+        hierarchical_attention(q, k, v, bad)
+
+
+def test_moved_hierarchy_gives_same_output():
+    q, k, v, h = _valid()
+    assert torch.equal(hierarchical_attention(q, k, v, h.to('cpu')),
+                       hierarchical_attention(q, k, v, h))

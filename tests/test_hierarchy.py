@@ -1,0 +1,438 @@
+r"""Tests of :class:`hsa_geo.Hierarchy`: construction, derived data (checked
+against plain-Python recomputation on random irregular forests), moving,
+immutability, and every validation error with its message."""
+from collections import Counter
+
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+from hsa_geo import Hierarchy
+from strategies import (Forest, assignment_lists, children_of, depth_of,
+                        forests, height_of, leaves_under, root_of)
+
+
+def build(f: Forest) -> Hierarchy:
+    return Hierarchy.from_parent(f.parent, f.num_leaves)
+
+
+# A hand-checked example ####################################################
+#
+#          7           4        leaves 0..4; node 6 has a single child;
+#       /  |  \                 leaf 4 is a tree on its own.
+#      5   6   2
+#     / \  |
+#    0   1 3
+
+EXAMPLE_PARENT = [5, 5, 7, 6, -1, 7, 7, -1]
+EXAMPLE_LEAVES = 5
+
+
+def test_example_derived_data():
+    h = Hierarchy.from_parent(EXAMPLE_PARENT, EXAMPLE_LEAVES)
+    assert h.parent.tolist() == EXAMPLE_PARENT
+    assert h.parent.dtype == torch.long
+    assert h.num_leaves == 5
+    assert h.num_nodes == 8
+    assert h.num_clusters == 3
+    assert h.num_families == 3
+    assert h.num_trees == 2
+    assert h.max_branching == 3
+    assert h.depth == 2
+    assert h.node_depth.tolist() == [2, 2, 1, 2, 0, 1, 1, 0]
+    assert h.node_height.tolist() == [0, 0, 0, 0, 0, 1, 1, 2]
+    assert h.leaf_count.tolist() == [1, 1, 1, 1, 1, 2, 1, 4]
+    assert [sorted(lv.tolist()) for lv in h.levels] == [[4, 7], [2, 5, 6],
+                                                       [0, 1, 3]]
+    pairs = set(map(tuple, h.sibling_pairs.t().tolist()))
+    fams = [[0, 1], [3], [2, 5, 6]]
+    assert pairs == {(a, b) for c in fams for a in c for b in c}
+    assert h.sibling_pairs.size(1) == 4 + 1 + 9
+    assert h.device == torch.device('cpu')
+
+
+def test_single_leaf_and_root_leaves():
+    """A forest of leaves only is valid: no families, no pairs."""
+    h = Hierarchy.from_parent([-1], 1)
+    assert (h.num_leaves, h.num_nodes, h.num_trees) == (1, 1, 1)
+    assert (h.depth, h.max_branching, h.num_families) == (0, 0, 0)
+    assert h.sibling_pairs.shape == (2, 0)
+    h = Hierarchy.from_parent(torch.full((4, ), -1), 4)
+    assert h.num_trees == 4 and h.leaf_count.tolist() == [1, 1, 1, 1]
+    assert h.family_buckets == [] or all(
+        b.family.numel() == 0 for b in h.family_buckets)
+
+
+@pytest.mark.parametrize('dtype', [torch.int64, torch.int32, torch.int16])
+def test_integer_dtypes_accepted(dtype):
+    h = Hierarchy.from_parent(torch.tensor(EXAMPLE_PARENT, dtype=dtype), 5)
+    assert h.parent.dtype == torch.long
+    assert h.parent.tolist() == EXAMPLE_PARENT
+
+
+def test_constructor_equals_from_parent():
+    a = Hierarchy(EXAMPLE_PARENT, EXAMPLE_LEAVES)
+    b = Hierarchy.from_parent(torch.tensor(EXAMPLE_PARENT), EXAMPLE_LEAVES)
+    assert torch.equal(a.parent, b.parent)
+    assert torch.equal(a.leaf_count, b.leaf_count)
+
+
+# Derived data on random forests ############################################
+
+
+@given(forests(max_leaves=30))
+def test_derived_data_matches_python(f):
+    """Every derived quantity equals a direct recomputation from the parent
+    vector (ids are shuffled, so no order is assumed)."""
+    h = build(f)
+    kids = children_of(f.parent)
+    depth = depth_of(f.parent)
+    under = leaves_under(f.parent, f.num_leaves)
+
+    assert h.parent.tolist() == f.parent
+    assert h.num_leaves == f.num_leaves
+    assert h.num_nodes == len(f.parent)
+    assert h.num_clusters == len(f.parent) - f.num_leaves
+    assert h.num_families == len(kids)
+    assert h.num_trees == f.parent.count(-1)
+    assert h.max_branching == max((len(c) for c in kids.values()), default=0)
+    assert h.depth == max(depth)
+    assert h.node_depth.tolist() == depth
+    assert h.node_height.tolist() == height_of(f.parent, f.num_leaves)
+    assert h.leaf_count.tolist() == [len(u) for u in under]
+
+    levels = h.levels
+    assert len(levels) == max(depth) + 1
+    for d, lv in enumerate(levels):
+        assert sorted(lv.tolist()) == [i for i, x in enumerate(depth)
+                                       if x == d]
+
+
+@given(forests(max_leaves=30))
+def test_sibling_pairs_matches_python(f):
+    """``sibling_pairs`` holds every ordered pair of children of a common
+    parent (self pairs included) exactly once: P = sum_F |C(F)|^2."""
+    h = build(f)
+    pairs = h.sibling_pairs
+    assert pairs.dtype == torch.long and pairs.dim() == 2
+    assert pairs.size(0) == 2
+    got = Counter(map(tuple, pairs.t().tolist()))
+    expected = Counter((a, b) for c in children_of(f.parent).values()
+                       for a in c for b in c)
+    assert got == expected
+
+
+@given(forests(max_leaves=30))
+def test_family_buckets_cover_every_family_once(f):
+    """The padded family tables hold each family exactly once, with exactly
+    its children in the real slots."""
+    h = build(f)
+    kids = children_of(f.parent)
+    seen = {}
+    for b in h.family_buckets:
+        assert b.mask.shape == b.children.shape
+        assert b.children.size(0) == b.family.numel()
+        assert b.children.size(1) == b.width
+        for row, fam in enumerate(b.family.tolist()):
+            assert fam not in seen
+            seen[fam] = sorted(b.children[row][b.mask[row]].tolist())
+    assert seen == {k: sorted(v) for k, v in kids.items()}
+
+
+@given(st.lists(forests(max_leaves=10, max_trees=2), min_size=1, max_size=4))
+def test_batch(parts):
+    """Batching puts the leaves of all parts first, in order, then their
+    internal nodes, and renumbers parents accordingly."""
+    hs = [build(f) for f in parts]
+    b = Hierarchy.batch(hs)
+    n = sum(f.num_leaves for f in parts)
+    leaf_off, clus_off, expected_leaf, expected_clus = 0, n, [], []
+    for f in parts:
+        m = f.num_leaves
+
+        def new(p):
+            if p < 0:
+                return -1
+            return p + leaf_off if p < m else p - m + clus_off
+
+        expected_leaf += [new(p) for p in f.parent[:m]]
+        expected_clus += [new(p) for p in f.parent[m:]]
+        leaf_off += m
+        clus_off += f.num_nodes - m
+    assert b.num_leaves == n
+    assert b.parent.tolist() == expected_leaf + expected_clus
+    assert b.num_trees == sum(h.num_trees for h in hs)
+    assert b.depth == max(h.depth for h in hs)
+    assert b.max_branching == max(h.max_branching for h in hs)
+    # Leaf counts are carried over part by part.
+    assert b.leaf_count[:n].tolist() == [1] * n
+    assert b.leaf_count[n:].tolist() == [
+        x for h in hs for x in h.leaf_count[h.num_leaves:].tolist()]
+
+
+def test_batch_of_one_is_identity():
+    h = Hierarchy.from_parent(EXAMPLE_PARENT, EXAMPLE_LEAVES)
+    assert Hierarchy.batch([h]).parent.tolist() == EXAMPLE_PARENT
+
+
+def _python_parent_from_assignments(levels):
+    parent, offset = [], 0
+    for lvl, assign in enumerate(levels):
+        nxt = offset + len(assign)
+        parent += [a + nxt if a >= 0 else -1 for a in assign]
+        offset = nxt
+    last = levels[-1]
+    num_roots = max(last) + 1 if last else 0
+    return parent + [-1] * max(num_roots, 0)
+
+
+def test_from_assignments_example_with_intermediate_roots():
+    """-1 at any level makes a root: leaf 3 and level-1 cluster 1 are roots;
+    the clusters of the last level are roots too."""
+    levels = [[0, 0, 1, -1, 2], [0, -1, 0], [0]]
+    h = Hierarchy.from_assignments(levels)
+    # Leaves 0..4, level-1 clusters 5..7, level-2 cluster 8, level-3 cluster 9.
+    assert h.parent.tolist() == [5, 5, 6, -1, 7, 8, -1, 8, 9, -1]
+    assert h.num_leaves == 5
+    assert h.num_trees == 3
+    assert h.leaf_count.tolist() == [1, 1, 1, 1, 1, 2, 1, 1, 3, 3]
+
+
+def test_from_assignments_tensors_and_pyg_style():
+    """Tensors work as well as lists (as PyG pooling returns them)."""
+    h = Hierarchy.from_assignments(
+        [torch.tensor([1, 0, 1, 0]), torch.tensor([0, 0])])
+    assert h.parent.tolist() == [5, 4, 5, 4, 6, 6, -1]
+
+
+@given(assignment_lists())
+def test_from_assignments_matches_python(levels):
+    h = Hierarchy.from_assignments([torch.tensor(a, dtype=torch.long)
+                                    for a in levels])
+    assert h.parent.tolist() == _python_parent_from_assignments(levels)
+    assert h.num_leaves == len(levels[0])
+
+
+@given(forests(max_leaves=20))
+def test_to_cpu(f):
+    """``to`` returns a hierarchy with the same data on the target device."""
+    h = build(f)
+    for device in ('cpu', torch.device('cpu')):
+        g = h.to(device)
+        assert isinstance(g, Hierarchy)
+        assert g.device == torch.device('cpu')
+        assert g.parent.device == torch.device('cpu')
+        assert g.parent.tolist() == f.parent
+        assert g.num_leaves == h.num_leaves
+        assert torch.equal(g.leaf_count, h.leaf_count)
+        assert torch.equal(g.node_depth, h.node_depth)
+        assert torch.equal(g.node_height, h.node_height)
+        assert torch.equal(g.sibling_pairs, h.sibling_pairs)
+        assert (g.num_trees, g.depth, g.max_branching) == (
+            h.num_trees, h.depth, h.max_branching)
+
+
+def test_repr():
+    h = Hierarchy.from_parent(EXAMPLE_PARENT, EXAMPLE_LEAVES)
+    r = repr(h)
+    assert r.startswith('Hierarchy(')
+    for part in ('num_leaves=5', 'num_nodes=8', 'num_trees=2', 'depth=2',
+                 'max_branching=3'):
+        assert part in r
+
+
+PUBLIC_PROPERTIES = [
+    'parent', 'num_leaves', 'num_nodes', 'num_clusters', 'num_families',
+    'num_trees', 'max_branching', 'depth', 'node_depth', 'node_height',
+    'leaf_count', 'levels', 'sibling_pairs', 'family_buckets', 'device'
+]
+
+
+@pytest.mark.parametrize('name', PUBLIC_PROPERTIES)
+def test_properties_have_no_setters(name):
+    """A hierarchy is immutable: derived data could silently go stale if a
+    property could be assigned. Reading first makes cached values exist."""
+    h = Hierarchy.from_parent(EXAMPLE_PARENT, EXAMPLE_LEAVES)
+    getattr(h, name)
+    with pytest.raises(AttributeError):
+        setattr(h, name, getattr(h, name))
+
+
+def test_does_not_alias_input_tensor():
+    """Changing the caller's tensor afterwards must not change the
+    hierarchy (its derived data would no longer match its parents)."""
+    parent = torch.tensor(EXAMPLE_PARENT)
+    h = Hierarchy.from_parent(parent, EXAMPLE_LEAVES)
+    parent[6] = 5  # would make node 6 a child of 5
+    assert h.parent.tolist() == EXAMPLE_PARENT
+
+
+# Validation ################################################################
+
+
+@pytest.mark.parametrize('parent,num_leaves,pattern', [
+    # Self-loop: node 2 is its own parent.
+    ([2, 2, 2], 2, r'cycle.*\b2 -> 2\b'),
+    # 2-cycle between internal nodes 2 and 3.
+    ([2, 2, 3, 2], 2, r'cycle.*(2 -> 3 -> 2|3 -> 2 -> 3)'),
+    # A cycle no leaf reaches.
+    ([2, 2, -1, 4, 3], 2, r'cycle'),
+    # A longer cycle.
+    ([2, 2, 3, 4, 2], 2, r'cycle'),
+])
+def test_cycles(parent, num_leaves, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        Hierarchy.from_parent(parent, num_leaves)
+
+
+@pytest.mark.parametrize('parent,pattern', [
+    ([3, 3, -1], r'parent\[0\] = 3 is out of range for 3 nodes'),
+    ([2, 2, 7], r'parent\[2\] = 7 is out of range'),
+    ([2, -2, -1], r'parent\[1\] = -2 is out of range'),
+    ([2, 2, -5], r'parent\[2\] = -5 is out of range'),
+])
+def test_parent_out_of_range(parent, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        Hierarchy.from_parent(parent, 2)
+
+
+def test_leaf_with_children():
+    with pytest.raises(ValueError,
+                       match=r'node 0 is a leaf .* parent of node 1'):
+        Hierarchy.from_parent([2, 0, -1], 2)
+
+
+@pytest.mark.parametrize('parent', [[2, 2, -1, -1], [2, 2, -1, 2]])
+def test_internal_node_without_children(parent):
+    with pytest.raises(ValueError, match=r'internal node 3 has no children'):
+        Hierarchy.from_parent(parent, 2)
+
+
+@pytest.mark.parametrize('value', [
+    torch.tensor([2.0, 2.0, -1.0]),
+    [2.0, 2.0, -1.0],
+    torch.tensor([True, True, False]),
+    [True, True, False],
+    torch.tensor([2, 2, -1], dtype=torch.complex64),
+])
+def test_parent_non_integer_dtype(value):
+    with pytest.raises(ValueError, match=r"'parent' must have an integer "
+                       r"dtype"):
+        Hierarchy.from_parent(value, 2)
+
+
+def test_parent_not_1d():
+    with pytest.raises(ValueError, match=r"'parent' must be 1-D"):
+        Hierarchy.from_parent(torch.tensor([[2, 2, -1]]), 2)
+
+
+def test_parent_not_a_sequence_of_ints():
+    with pytest.raises(ValueError, match=r"'parent' must be"):
+        Hierarchy.from_parent(['a', 'b'], 1)
+
+
+@pytest.mark.parametrize('num_leaves', [4, 10])
+def test_num_leaves_larger_than_parent(num_leaves):
+    with pytest.raises(ValueError,
+                       match=rf"'parent' has 3 entries but num_leaves="
+                       rf"{num_leaves}"):
+        Hierarchy.from_parent([2, 2, -1], num_leaves)
+
+
+@pytest.mark.parametrize('num_leaves', [0, -1, 2.0, True, '2', None])
+def test_num_leaves_not_a_positive_int(num_leaves):
+    with pytest.raises(ValueError, match=r"'num_leaves' must be a positive "
+                       r"int"):
+        Hierarchy.from_parent([2, 2, -1], num_leaves)
+
+
+@pytest.mark.parametrize('num_leaves', [0, 1])
+def test_empty_parent(num_leaves):
+    """An empty parent vector has no leaf, whatever num_leaves says."""
+    with pytest.raises(ValueError, match=r'num_leaves'):
+        Hierarchy.from_parent([], num_leaves)
+    with pytest.raises(ValueError, match=r'num_leaves'):
+        Hierarchy.from_parent(torch.empty(0, dtype=torch.long), num_leaves)
+
+
+def test_from_assignments_empty():
+    with pytest.raises(ValueError, match=r"'assignments' is empty"):
+        Hierarchy.from_assignments([])
+    with pytest.raises(ValueError, match=r"'assignments\[0\]' is empty"):
+        Hierarchy.from_assignments([[]])
+    with pytest.raises(ValueError, match=r"'assignments\[0\]' is empty"):
+        Hierarchy.from_assignments([torch.empty(0, dtype=torch.long)])
+
+
+@pytest.mark.parametrize('levels,pattern', [
+    # Level 0 uses clusters 0..1 but level 1 has 3 entries (too long).
+    ([[0, 1, 1], [0, 0, 0]],
+     r'assignments\[1\] has 3 entries but assignments\[0\] uses 2 clusters'),
+    # Too short.
+    ([[0, 1, 2], [0, 0]],
+     r'assignments\[1\] has 2 entries but assignments\[0\] uses 3 clusters'),
+    # Mismatch at a deeper level.
+    ([[0, 0, 1], [0, 1], [0]],
+     r'assignments\[2\] has 1 entries but assignments\[1\] uses 2 clusters'),
+])
+def test_from_assignments_length_mismatch(levels, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        Hierarchy.from_assignments(levels)
+
+
+@pytest.mark.parametrize('levels,pattern', [
+    ([[0, 2, 2]], r'cluster 1 of level 1 has no members in assignments\[0\]'),
+    ([[0, 0, 1], [1, 1]],
+     r'cluster 0 of level 2 has no members in assignments\[1\]'),
+])
+def test_from_assignments_empty_cluster(levels, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        Hierarchy.from_assignments(levels)
+
+
+@pytest.mark.parametrize('levels,pattern', [
+    ([[0, -2, 0]], r'assignments\[0\]\[1\] = -2 is negative'),
+    ([[0, 0, 1], [0, -3]], r'assignments\[1\]\[1\] = -3 is negative'),
+])
+def test_from_assignments_below_minus_one(levels, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        Hierarchy.from_assignments(levels)
+
+
+@pytest.mark.parametrize('levels,name', [
+    ([torch.tensor([0.0, 0.0])], r'assignments\[0\]'),
+    ([[0.0, 1.0]], r'assignments\[0\]'),
+    ([torch.tensor([0, 0]), torch.tensor([0.0])], r'assignments\[1\]'),
+    ([torch.tensor([True, False])], r'assignments\[0\]'),
+])
+def test_from_assignments_non_integer_dtype(levels, name):
+    with pytest.raises(ValueError, match=name + r"' must have an integer "
+                       r"dtype"):
+        Hierarchy.from_assignments(levels)
+
+
+def test_from_assignments_not_1d():
+    with pytest.raises(ValueError, match=r"'assignments\[0\]' must be 1-D"):
+        Hierarchy.from_assignments([torch.zeros(2, 2, dtype=torch.long)])
+
+
+def test_batch_empty():
+    with pytest.raises(ValueError, match=r"'hierarchies' is empty"):
+        Hierarchy.batch([])
+
+
+@given(forests(max_leaves=12, max_trees=1, root_leaves=False))
+def test_any_random_cycle_is_rejected(f):
+    """Pointing a root at one of its own descendants always closes a
+    cycle, wherever it is."""
+    h = build(f)
+    roots = [r for r in range(h.num_nodes) if f.parent[r] < 0]
+    root = roots[0]
+    # A descendant of the root that is an internal node (the root itself
+    # gives a self-loop).
+    internal = [x for x in range(f.num_leaves, f.num_nodes)
+                if root_of(f.parent, x) == root]
+    parent = list(f.parent)
+    parent[root] = max(internal)
+    with pytest.raises(ValueError, match=r'cycle'):
+        Hierarchy.from_parent(parent, f.num_leaves)
