@@ -2,7 +2,7 @@ r"""The exact dynamic program of hierarchical self-attention (HSA)."""
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional, Tuple, Union
+from typing import List, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -81,15 +81,35 @@ def _from_slots(bucket: FamilyBucket, x: Tensor, leaf_out: Tensor,
         cluster_out[bucket.cluster_node] = x[bucket.cluster_slot]
 
 
-def _head_buffer(x: Tensor) -> Tensor:
-    r"""An empty ``[F, W, D]`` buffer for one head of an ``[F, W, H, D]``
-    table."""
-    return x.new_empty(x.shape[:2] + x.shape[3:])
+# Families per chunk on the CPU: a head buffer of ~1 MiB stays in cache while
+# it is reused by the product, the diagonal, the sums and the adds.
+_CPU_CHUNK_ELEMENTS = 2**18
+
+
+def _chunks(x: Tensor) -> List[Tuple[int, int]]:
+    r"""Ranges of families of an ``[F, W, H, D]`` table to work on at a
+    time: cache-sized on the CPU, the whole table on accelerators."""
+    num_families = x.size(0)
+    if x.device.type != 'cpu':
+        return [(0, num_families)]
+    step = max(1, _CPU_CHUNK_ELEMENTS // max(1, x.size(1) * x.size(3)))
+    return [(lo, min(lo + step, num_families))
+            for lo in range(0, num_families, step)]
+
+
+def _head_buffers(x: Tensor, chunks: List[Tuple[int, int]],
+                  count: int) -> List[Tensor]:
+    r"""Empty ``[C, W, D]`` buffers for one head of a chunk of ``C``
+    families of an ``[F, W, H, D]`` table."""
+    size = max(hi - lo for lo, hi in chunks) if chunks else 0
+    return [x.new_empty((size, ) + x.shape[1:2] + x.shape[3:])
+            for _ in range(count)]
 
 
 def _head(x: Tensor, i: int, buf: Tensor) -> Tensor:
     # CPU bmm clones every matrix of a strided batch; one contiguous copy of
     # the head into a reused buffer is much cheaper.
+    buf = buf[:x.size(0)]
     return buf.copy_(x[:, :, i])
 
 
@@ -100,11 +120,11 @@ class _HeadwiseScores(torch.autograd.Function):
     and ``y`` over each family (``[F, H, D]``), from two ``[F, W, H, D]``
     family tables.
 
-    One batched product per head. Heads are staged through reused buffers
-    (CPU ``bmm`` clones every matrix of a strided batch), and the backward
-    writes each input's whole gradient into one tensor: generic autograd of
-    per-head views would zero-fill a full-size gradient per head and
-    allocate one more per term."""
+    One batched product per head and chunk of families. Heads are staged
+    through reused buffers (CPU ``bmm`` clones every matrix of a strided
+    batch), and the backward writes each input's whole gradient into one
+    tensor: generic autograd of per-head views would zero-fill a full-size
+    gradient per head and allocate one more per term."""
     @staticmethod
     def forward(ctx, x: Tensor, y: Tensor, alpha: float):
         ctx.save_for_backward(x, y)
@@ -114,15 +134,16 @@ class _HeadwiseScores(torch.autograd.Function):
         diag = x.new_empty(x.shape[:3])
         x_sum = x.new_empty(x.size(0), heads, x.size(3))
         y_sum = y.new_empty(y.size(0), heads, y.size(3))
-        bx = _head_buffer(x)
-        by = _head_buffer(y)
-        for i in range(heads):
-            _head(x, i, bx)
-            _head(y, i, by)
-            torch.bmm(bx, by.transpose(1, 2), out=out[i])
-            diag[:, :, i] = torch.linalg.vecdot(bx, by)
-            torch.sum(bx, dim=1, out=x_sum[:, i])
-            torch.sum(by, dim=1, out=y_sum[:, i])
+        chunks = _chunks(x)
+        bx, by = _head_buffers(x, chunks, 2)
+        for lo, hi in chunks:
+            for i in range(heads):
+                cx = _head(x[lo:hi], i, bx)
+                cy = _head(y[lo:hi], i, by)
+                torch.bmm(cx, cy.transpose(1, 2), out=out[i, lo:hi])
+                diag[lo:hi, :, i] = torch.linalg.vecdot(cx, cy)
+                torch.sum(cx, dim=1, out=x_sum[lo:hi, i])
+                torch.sum(cy, dim=1, out=y_sum[lo:hi, i])
         return out.mul_(alpha), diag.mul_(alpha), x_sum, y_sum
 
     @staticmethod
@@ -133,24 +154,26 @@ class _HeadwiseScores(torch.autograd.Function):
         alpha = ctx.alpha
         gx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
         gy = torch.empty_like(y) if ctx.needs_input_grad[1] else None
-        bx = _head_buffer(x)
-        by = _head_buffer(y)
-        out = _head_buffer(x)
-        for i in range(x.size(2)):
-            _head(x, i, bx)
-            _head(y, i, by)
-            gd = grad_diag[:, :, i].unsqueeze(-1)
-            # alpha * (G Y + diag(g) Y) + broadcast of the family-sum grad.
-            if gx is not None:
-                torch.bmm(grad[i], by, out=out)
-                out.addcmul_(gd, by)
-                gx[:, :, i] = out.mul_(alpha).add_(
-                    grad_x_sum[:, i].unsqueeze(1))
-            if gy is not None:
-                torch.bmm(grad[i].transpose(1, 2), bx, out=out)
-                out.addcmul_(gd, bx)
-                gy[:, :, i] = out.mul_(alpha).add_(
-                    grad_y_sum[:, i].unsqueeze(1))
+        chunks = _chunks(x)
+        bx, by, bo = _head_buffers(x, chunks, 3)
+        for lo, hi in chunks:
+            for i in range(x.size(2)):
+                cx = _head(x[lo:hi], i, bx)
+                cy = _head(y[lo:hi], i, by)
+                out = bo[:hi - lo]
+                gd = grad_diag[lo:hi, :, i].unsqueeze(-1)
+                # alpha * (G Y + diag(g) Y) + broadcast of the family-sum
+                # gradient.
+                if gx is not None:
+                    torch.bmm(grad[i, lo:hi], cy, out=out)
+                    out.addcmul_(gd, cy)
+                    gx[lo:hi, :, i] = out.mul_(alpha).add_(
+                        grad_x_sum[lo:hi, i].unsqueeze(1))
+                if gy is not None:
+                    torch.bmm(grad[i, lo:hi].transpose(1, 2), cx, out=out)
+                    out.addcmul_(gd, cx)
+                    gy[lo:hi, :, i] = out.mul_(alpha).add_(
+                        grad_y_sum[lo:hi, i].unsqueeze(1))
         return gx, gy, None
 
 
@@ -160,22 +183,25 @@ class _HeadwiseContext(torch.autograd.Function):
     (+ r[f, a, h] * v[f, a, h] + u[f, h])``, from ``attn`` ``[H, F, W, W]``
     and ``v`` ``[F, W, H, D]``; with the optional self mass ``r``
     ``[F, W, H]`` and the parent's context ``u`` ``[F, H, D]`` it is the whole
-    output of a table of leaf families. Staged per head like
+    output of a table of leaf families. Staged per head and chunk like
     :class:`_HeadwiseScores`."""
     @staticmethod
     def forward(ctx, attn: Tensor, v: Tensor, r: Optional[Tensor],
                 u: Optional[Tensor]) -> Tensor:
         ctx.save_for_backward(attn, v, r)
         out = v.new_empty(v.shape)
-        bv = _head_buffer(v)
-        buf = _head_buffer(v)
-        for i in range(v.size(2)):
-            torch.bmm(attn[i], _head(v, i, bv), out=buf)
-            if r is not None:
-                buf.addcmul_(r[:, :, i].unsqueeze(-1), bv)
-            if u is not None:
-                buf.add_(u[:, i].unsqueeze(1))
-            out[:, :, i] = buf
+        chunks = _chunks(v)
+        bv, bo = _head_buffers(v, chunks, 2)
+        for lo, hi in chunks:
+            for i in range(v.size(2)):
+                cv = _head(v[lo:hi], i, bv)
+                buf = bo[:hi - lo]
+                torch.bmm(attn[i, lo:hi], cv, out=buf)
+                if r is not None:
+                    buf.addcmul_(r[lo:hi, :, i].unsqueeze(-1), cv)
+                if u is not None:
+                    buf.add_(u[lo:hi, i].unsqueeze(1))
+                out[lo:hi, :, i] = buf
         return out
 
     @staticmethod
@@ -187,21 +213,22 @@ class _HeadwiseContext(torch.autograd.Function):
         gv = torch.empty_like(v) if need_v else None
         gr = r.new_empty(r.shape) if need_r else None
         gu = grad.sum(dim=1) if need_u else None
-        bv = _head_buffer(v)
-        bg = _head_buffer(v)
-        buf = _head_buffer(v)
-        for i in range(v.size(2)):
-            _head(grad, i, bg)
-            _head(v, i, bv)
-            if ga is not None:
-                torch.bmm(bg, bv.transpose(1, 2), out=ga[i])
-            if gr is not None:
-                gr[:, :, i] = torch.linalg.vecdot(bg, bv)
-            if gv is not None:
-                torch.bmm(attn[i].transpose(1, 2), bg, out=buf)
-                if r is not None:
-                    buf.addcmul_(r[:, :, i].unsqueeze(-1), bg)
-                gv[:, :, i] = buf
+        chunks = _chunks(v)
+        bv, bg, bo = _head_buffers(v, chunks, 3)
+        for lo, hi in chunks:
+            for i in range(v.size(2)):
+                cg = _head(grad[lo:hi], i, bg)
+                cv = _head(v[lo:hi], i, bv)
+                if ga is not None:
+                    torch.bmm(cg, cv.transpose(1, 2), out=ga[i, lo:hi])
+                if gr is not None:
+                    gr[lo:hi, :, i] = torch.linalg.vecdot(cg, cv)
+                if gv is not None:
+                    buf = bo[:hi - lo]
+                    torch.bmm(attn[i, lo:hi].transpose(1, 2), cg, out=buf)
+                    if r is not None:
+                        buf.addcmul_(r[lo:hi, :, i].unsqueeze(-1), cg)
+                    gv[lo:hi, :, i] = buf
         return ga, gv, gr, gu
 
 
@@ -335,11 +362,14 @@ def hierarchical_attention(
         else:
             s = _HeadwiseScores.apply(_to_slots(b, q, qc), _to_slots(b, k, kc),
                                       scale)[0]
-        s = s + log_size  # [H, F, W, W]
+        # [H, F, W, W]; every full-size temporary counts at large N, so the
+        # scores are updated in place (log|b| = 0 for leaves).
+        if b.kind != 'leaf':
+            s = s + log_size
         eye = torch.eye(b.width, dtype=torch.bool, device=s.device)
         invalid = eye if b.kind != 'mixed' else ~(
             b.mask[:, :, None] & b.mask[:, None, :] & ~eye)
-        s = s.masked_fill(invalid, neg)
+        s = s.masked_fill_(invalid, neg)
         scores.append(s)
         _from_slots(b, torch.logsumexp(s, dim=-1).permute(1, 2, 0),
                     off_lse_leaf, off_lse_clus)
@@ -400,7 +430,8 @@ def hierarchical_attention(
         if s is None:
             continue
         log_r = log_r_clus[b.parent_cluster].t()  # [H, F]
-        attn = torch.exp(s - lse.unsqueeze(-1) + log_r[:, :, None, None])
+        shift = lse.unsqueeze(-1) - log_r[:, :, None, None]  # [H, F, W, 1]
+        attn = (s - shift).exp_()
         if drop:
             keep = _dropout_keep(attn.shape, dropout_p, q)
             attn = attn * keep / (1.0 - dropout_p)
