@@ -89,10 +89,14 @@ _CPU_CHUNK_ELEMENTS = 2**18
 def _chunks(x: Tensor) -> List[Tuple[int, int]]:
     r"""Ranges of families of an ``[F, W, H, D]`` table to work on at a
     time: cache-sized on the CPU, the whole table on accelerators."""
-    num_families = x.size(0)
-    if x.device.type != 'cpu':
+    return _family_ranges(x.size(0), x.size(1) * x.size(3), x.device)
+
+
+def _family_ranges(num_families: int, per_family: int,
+                   device: torch.device) -> List[Tuple[int, int]]:
+    if device.type != 'cpu':
         return [(0, num_families)]
-    step = max(1, _CPU_CHUNK_ELEMENTS // max(1, x.size(1) * x.size(3)))
+    step = max(1, _CPU_CHUNK_ELEMENTS // max(1, per_family))
     return [(lo, min(lo + step, num_families))
             for lo in range(0, num_families, step)]
 
@@ -177,26 +181,62 @@ class _HeadwiseScores(torch.autograd.Function):
         return gx, gy, None
 
 
+class _RowLogSumExp(torch.autograd.Function):
+    r"""``logsumexp`` over the last dimension of the ``[H, F, W, W]`` family
+    scores, in cache-sized chunks: neither direction allocates a full-size
+    temporary besides the gradient itself."""
+    @staticmethod
+    def forward(ctx, s: Tensor) -> Tensor:
+        out = s.new_empty(s.shape[:-1])
+        for lo, hi in _family_ranges(s.size(1), s.size(2) * s.size(3),
+                                     s.device):
+            for i in range(s.size(0)):
+                torch.logsumexp(s[i, lo:hi], dim=-1, out=out[i, lo:hi])
+        ctx.save_for_backward(s, out)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> Tensor:
+        s, lse = ctx.saved_tensors
+        out = torch.empty_like(s)
+        for lo, hi in _family_ranges(s.size(1), s.size(2) * s.size(3),
+                                     s.device):
+            for i in range(s.size(0)):
+                torch.sub(s[i, lo:hi], lse[i, lo:hi].unsqueeze(-1),
+                          out=out[i, lo:hi]).exp_().mul_(
+                              grad[i, lo:hi].unsqueeze(-1))
+        return out
+
+
 class _HeadwiseContext(torch.autograd.Function):
     r"""Context inside families:
     ``out[f, a, h] = sum_b attn[h, f, a, b] * v[f, b, h]
-    (+ r[f, a, h] * v[f, a, h] + u[f, h])``, from ``attn`` ``[H, F, W, W]``
-    and ``v`` ``[F, W, H, D]``; with the optional self mass ``r``
-    ``[F, W, H]`` and the parent's context ``u`` ``[F, H, D]`` it is the whole
-    output of a table of leaf families. Staged per head and chunk like
-    :class:`_HeadwiseScores`."""
+    (+ r[f, a, h] * v[f, a, h] + u[f, h])`` with
+    ``attn = exp(s - shift) (* keep)``, from the scores ``s``
+    ``[H, F, W, W]``, ``shift`` ``[H, F, W, 1]``, an optional dropout mask
+    ``keep`` like ``s`` and ``v`` ``[F, W, H, D]``; with the optional self
+    mass ``r`` ``[F, W, H]`` and the parent's context ``u`` ``[F, H, D]`` it
+    is the whole output of a table of leaf families.
+
+    The weights ``attn`` are recomputed per chunk of families in both
+    directions instead of being stored: at large ``N`` every full-size
+    temporary costs more in page faults than its arithmetic. Staged per head
+    and chunk like :class:`_HeadwiseScores`."""
     @staticmethod
-    def forward(ctx, attn: Tensor, v: Tensor, r: Optional[Tensor],
-                u: Optional[Tensor]) -> Tensor:
-        ctx.save_for_backward(attn, v, r)
+    def forward(ctx, s: Tensor, shift: Tensor, keep: Optional[Tensor],
+                v: Tensor, r: Optional[Tensor], u: Optional[Tensor]) -> Tensor:
+        ctx.save_for_backward(s, shift, keep, v, r)
         out = v.new_empty(v.shape)
         chunks = _chunks(v)
         bv, bo = _head_buffers(v, chunks, 2)
+        ba = _weight_buffer(s, chunks)
         for lo, hi in chunks:
             for i in range(v.size(2)):
                 cv = _head(v[lo:hi], i, bv)
+                a = _weights(s, shift, keep, i, lo, hi, ba)
                 buf = bo[:hi - lo]
-                torch.bmm(attn[i, lo:hi], cv, out=buf)
+                torch.bmm(a, cv, out=buf)
                 if r is not None:
                     buf.addcmul_(r[lo:hi, :, i].unsqueeze(-1), cv)
                 if u is not None:
@@ -207,29 +247,48 @@ class _HeadwiseContext(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
-        attn, v, r = ctx.saved_tensors
-        need_a, need_v, need_r, need_u = ctx.needs_input_grad
-        ga = torch.empty_like(attn) if need_a else None
+        s, shift, keep, v, r = ctx.saved_tensors
+        need_s, need_shift, _, need_v, need_r, need_u = ctx.needs_input_grad
+        gs = torch.empty_like(s) if need_s or need_shift else None
+        gshift = shift.new_empty(shift.shape) if need_shift else None
         gv = torch.empty_like(v) if need_v else None
         gr = r.new_empty(r.shape) if need_r else None
         gu = grad.sum(dim=1) if need_u else None
         chunks = _chunks(v)
         bv, bg, bo = _head_buffers(v, chunks, 3)
+        ba = _weight_buffer(s, chunks)
         for lo, hi in chunks:
             for i in range(v.size(2)):
                 cg = _head(grad[lo:hi], i, bg)
                 cv = _head(v[lo:hi], i, bv)
-                if ga is not None:
-                    torch.bmm(cg, cv.transpose(1, 2), out=ga[i, lo:hi])
+                a = _weights(s, shift, keep, i, lo, hi, ba)
+                if gs is not None:  # d attn / d s = attn, d / d shift = -attn
+                    g_s = gs[i, lo:hi]
+                    torch.bmm(cg, cv.transpose(1, 2), out=g_s).mul_(a)
+                    if gshift is not None:
+                        torch.sum(g_s, dim=-1, keepdim=True,
+                                  out=gshift[i, lo:hi]).neg_()
                 if gr is not None:
                     gr[lo:hi, :, i] = torch.linalg.vecdot(cg, cv)
                 if gv is not None:
                     buf = bo[:hi - lo]
-                    torch.bmm(attn[i, lo:hi].transpose(1, 2), cg, out=buf)
+                    torch.bmm(a.transpose(1, 2), cg, out=buf)
                     if r is not None:
                         buf.addcmul_(r[lo:hi, :, i].unsqueeze(-1), cg)
                     gv[lo:hi, :, i] = buf
-        return ga, gv, gr, gu
+        return (gs if need_s else None), gshift, None, gv, gr, gu
+
+
+def _weight_buffer(s: Tensor, chunks: List[Tuple[int, int]]) -> Tensor:
+    size = max(hi - lo for lo, hi in chunks) if chunks else 0
+    return s.new_empty((size, ) + s.shape[2:])
+
+
+def _weights(s: Tensor, shift: Tensor, keep: Optional[Tensor], i: int,
+             lo: int, hi: int, buf: Tensor) -> Tensor:
+    r"""``exp(s - shift) (* keep)`` of head ``i`` and families ``lo:hi``."""
+    a = torch.sub(s[i, lo:hi], shift[i, lo:hi], out=buf[:hi - lo]).exp_()
+    return a if keep is None else a.mul_(keep[i, lo:hi])
 
 
 def _dropout_keep(shape, p: float, like: Tensor) -> Tensor:
@@ -371,7 +430,7 @@ def hierarchical_attention(
             b.mask[:, :, None] & b.mask[:, None, :] & ~eye)
         s = s.masked_fill_(invalid, neg)
         scores.append(s)
-        _from_slots(b, torch.logsumexp(s, dim=-1).permute(1, 2, 0),
+        _from_slots(b, _RowLogSumExp.apply(s).permute(1, 2, 0),
                     off_lse_leaf, off_lse_clus)
 
     # g (per-leaf log-partition of every subtree), bottom-up. The row
@@ -430,19 +489,20 @@ def hierarchical_attention(
         if s is None:
             continue
         log_r = log_r_clus[b.parent_cluster].t()  # [H, F]
+        # attn = r_F pi_F(a -> b) = exp(l_ab - lse_a + log r_F), b != a.
         shift = lse.unsqueeze(-1) - log_r[:, :, None, None]  # [H, F, W, 1]
-        attn = (s - shift).exp_()
+        keep = None
         if drop:
-            keep = _dropout_keep(attn.shape, dropout_p, q)
-            attn = attn * keep / (1.0 - dropout_p)
+            keep = _dropout_keep(s.shape, dropout_p, q).to(s.dtype) / (
+                1.0 - dropout_p)
         parent_context = u_clus[b.parent_cluster] if b.kind == 'leaf' else None
         if b is blocks:  # the whole output: y = A v + r v + U_F
             r = torch.exp(log_r_leaf).view(b.num_families, b.width, heads)
-            out = _HeadwiseContext.apply(attn, vv, r, parent_context)
-            out = out.view(v.shape)
+            out = _HeadwiseContext.apply(s, shift, keep, vv, r,
+                                         parent_context).view(v.shape)
             continue
-        ctx = _HeadwiseContext.apply(attn, _to_slots(b, v, vc), None,
-                                     parent_context)  # [F, W, H, D]
+        ctx = _HeadwiseContext.apply(s, shift, keep, _to_slots(b, v, vc),
+                                     None, parent_context)  # [F, W, H, D]
         if u_leaf is None:
             u_leaf = v.new_zeros(v.shape)
         _from_slots(b, ctx, u_leaf, u_clus)
