@@ -414,7 +414,6 @@ def hierarchical_attention(
         if b.width == 1:  # a single child has no sibling to attend to
             scores.append(None)
             continue
-        log_size = _to_slots(b, logsize_leaf, logsize_clus).unsqueeze(1)
         if b is blocks:
             s, diag = blocks_scores[:2]
             g_leaf = diag.view(num_leaves, heads)  # s_ii
@@ -424,7 +423,7 @@ def hierarchical_attention(
         # [H, F, W, W]; every full-size temporary counts at large N, so the
         # scores are updated in place (log|b| = 0 for leaves).
         if b.kind != 'leaf':
-            s = s + log_size
+            s = s + _to_slots(b, logsize_leaf, logsize_clus).unsqueeze(1)
         eye = torch.eye(b.width, dtype=torch.bool, device=s.device)
         invalid = eye if b.kind != 'mixed' else ~(
             b.mask[:, :, None] & b.mask[:, None, :] & ~eye)
