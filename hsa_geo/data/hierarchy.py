@@ -326,6 +326,7 @@ class Hierarchy:
         self._height = height
         self._size = size
         self._max_depth = max_depth
+        self._levels = by_level
         self._cluster_levels = cluster_levels
         self._leaf_with_parent = leaf_has_parent
         self._leaf_parent_cluster = leaf_parent[leaf_has_parent] - n
@@ -494,10 +495,7 @@ class Hierarchy:
     def levels(self) -> List[Tensor]:
         r"""Node ids of every depth level: ``levels[d]`` holds the nodes at
         depth ``d`` (``levels[0]`` the roots)."""
-        order = torch.argsort(self._depth, stable=True)
-        counts = torch.bincount(self._depth,
-                                minlength=self._max_depth + 1).tolist()
-        return list(torch.split(order, counts))
+        return list(self._levels)
 
     @property
     def sibling_pairs(self) -> Tensor:

@@ -472,21 +472,16 @@ def hierarchical_attention(
     u_clus = v.new_zeros(vc.shape)
     u_leaf = out = None
     weights = [None] * len(scores)
-    order = sorted(range(len(scores)),
-                   key=lambda i: h.family_buckets[i].kind == 'leaf')
-    pending_parent_context = True
-    for i in order:
+
+    def family_context(i: int):
+        nonlocal u_leaf, out
         b, s = h.family_buckets[i], scores[i]
-        if b.kind == 'leaf' and pending_parent_context:
-            for child, par in h._cluster_levels:
-                u_clus.index_add_(0, child, u_clus[par])
-            pending_parent_context = False
         lse = _to_slots(b, lse_leaf, lse_clus).permute(2, 0, 1)  # [H, F, W]
         if return_weights:
             weights[i] = _family_weights(b, s, lse,
                                          _to_slots(b, g_leaf, g_clus))
         if s is None:
-            continue
+            return
         log_r = log_r_clus[b.parent_cluster].t()  # [H, F]
         # attn = r_F pi_F(a -> b) = exp(l_ab - lse_a + log r_F), b != a.
         shift = lse.unsqueeze(-1) - log_r[:, :, None, None]  # [H, F, W, 1]
@@ -499,15 +494,22 @@ def hierarchical_attention(
             r = torch.exp(log_r_leaf).view(b.num_families, b.width, heads)
             out = _HeadwiseContext.apply(s, shift, keep, vv, r,
                                          parent_context).view(v.shape)
-            continue
+            return
         ctx = _HeadwiseContext.apply(s, shift, keep, _to_slots(b, v, vc),
                                      None, parent_context)  # [F, W, H, D]
         if u_leaf is None:
             u_leaf = v.new_zeros(v.shape)
         _from_slots(b, ctx, u_leaf, u_clus)
-    if pending_parent_context:
-        for child, par in h._cluster_levels:
-            u_clus.index_add_(0, child, u_clus[par])
+
+    leaf_kind = [b.kind == 'leaf' for b in h.family_buckets]
+    for i, is_leaf in enumerate(leaf_kind):
+        if not is_leaf:
+            family_context(i)
+    for child, par in h._cluster_levels:
+        u_clus.index_add_(0, child, u_clus[par])
+    for i, is_leaf in enumerate(leaf_kind):
+        if is_leaf:
+            family_context(i)
     if out is None:
         if u_leaf is None:
             u_leaf = v.new_zeros(v.shape)
