@@ -74,6 +74,15 @@ def same_tree_mask(f: Forest) -> torch.Tensor:
 # 1. Flat tree == softmax attention ##########################################
 
 
+def leaf_sdpa(q, k, v, **kwargs):
+    """Softmax attention over leaves given as [N, D] or [N, H, D]."""
+    if q.dim() == 2:
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)
+    return F.scaled_dot_product_attention(
+        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
+        **kwargs).transpose(0, 1)
+
+
 @given(n=st.integers(1, 40), heads=HEADS, d=DIMS, dv=DIMS, seed=SEEDS,
        scale=SCALES)
 def test_flat_tree_is_softmax(n, heads, d, dv, seed, scale):
@@ -81,12 +90,7 @@ def test_flat_tree_is_softmax(n, heads, d, dv, seed, scale):
     HSA is exactly softmax attention."""
     q, k, v = make_qkv(n, heads, d, dv, seed)
     out = hierarchical_attention(q, k, v, build(flat_tree(n)), scale=scale)
-    if heads is None:
-        ref = F.scaled_dot_product_attention(q, k, v, scale=scale)
-    else:
-        ref = F.scaled_dot_product_attention(
-            q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
-            scale=scale).transpose(0, 1)
+    ref = leaf_sdpa(q, k, v, scale=scale)
     assert out.shape == ref.shape
     assert max_err(out, ref) <= EXACT
 
@@ -102,12 +106,7 @@ def test_forest_of_flat_trees_is_block_softmax(sizes, heads, d, seed):
     tree = torch.repeat_interleave(torch.arange(len(sizes)),
                                    torch.tensor(sizes))
     mask = tree[:, None] == tree[None, :]
-    if heads is None:
-        ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    else:
-        ref = F.scaled_dot_product_attention(
-            q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
-            attn_mask=mask).transpose(0, 1)
+    ref = leaf_sdpa(q, k, v, attn_mask=mask)
     assert max_err(hierarchical_attention(q, k, v, h), ref) <= EXACT
 
 
@@ -444,9 +443,7 @@ def test_single_child_root_above_flat_family():
     a flat tree still gives softmax attention."""
     f = insert_chains(flat_tree(6), [3, 0, 0, 0, 0, 0, 5])
     q, k, v = make_qkv(6, 2, 3, 3, 7)
-    ref = F.scaled_dot_product_attention(
-        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)).transpose(
-            0, 1)
+    ref = leaf_sdpa(q, k, v)
     assert max_err(hierarchical_attention(q, k, v, build(f)), ref) <= EXACT
 
 
