@@ -791,3 +791,30 @@ def test_moved_hierarchy_gives_same_output():
     q, k, v, h = _valid()
     assert torch.equal(hierarchical_attention(q, k, v, h.to('cpu')),
                        hierarchical_attention(q, k, v, h))
+
+
+@pytest.mark.parametrize('branching,levels', [(4, 3), (2, 4), (8, 2)])
+def test_fused_contiguous_leaf_path_in_small_chunks(monkeypatch, branching,
+                                                    levels):
+    """Leaves in order in families of one power-of-two width take the fused
+    leaf path;
+    with tiny chunks its head-wise loops run over many chunks of families.
+    q, k, v are strided views of one packed tensor, as HSAConv makes them."""
+    import hsa_geo.functional.dynamic_program as dp
+    monkeypatch.setattr(dp, '_CPU_CHUNK_ELEMENTS', 16)
+    n = branching**levels
+    h = Hierarchy.from_assignments(balanced_assignments(n, branching))
+    assert any(b.leaf_range == (0, n) for b in h.family_buckets)
+    gen = torch.Generator().manual_seed(branching)
+    packed = torch.randn(n, 3, 2, 3, dtype=torch.float64, generator=gen,
+                         requires_grad=True)
+    q, k, v = packed.unbind(1)
+    out, weights = hierarchical_attention(q, k, v, h, return_weights=True)
+    dense = hierarchical_attention_matrix(q, k, h)
+    assert max_err(out, torch.einsum('hij,jhd->ihd', dense, v)) <= EXACT
+    row_sums = torch.zeros(h.num_nodes, 2, dtype=torch.float64).index_add_(
+        0, weights.index[0], weights.weight)
+    assert max_err(row_sums[h.parent >= 0],
+                   torch.ones_like(row_sums[h.parent >= 0])) <= EXACT
+    assert torch.autograd.gradcheck(
+        lambda t: hierarchical_attention(*t.unbind(1), h), (packed, ))
