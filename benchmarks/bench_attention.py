@@ -113,6 +113,16 @@ TARGET_GROWTH = 20.0  # HSA time(LARGE_N) / time(TARGET_N), fwd+bwd
 TARGET_PEAK_BYTES = 8e9  # HSA fwd+bwd peak at LARGE_N (8 GB)
 TARGET_PROJ_RATIO = 2.0  # HSA forward / QKV projection forward
 
+# ``--malloc retain``: glibc keeps freed memory in the process (no block is
+# handed back to the kernel) instead of unmapping every block above 32 MiB.
+# Each fresh mapping is page-faulted in on first touch, which in virtual
+# machines costs more than the arithmetic of an elementwise pass over it.
+MALLOC_RETAIN_ENV = {
+    'MALLOC_MMAP_THRESHOLD_': str(2**32),
+    'MALLOC_TRIM_THRESHOLD_': str(2**36),
+    'MALLOC_TOP_PAD_': str(2**30),
+}
+
 RESULT_MARKER = 'BENCH_RESULT_JSON '
 MIB = 2.0**20
 
@@ -528,6 +538,13 @@ def worker_command(method: str, n: int, args: argparse.Namespace) -> List:
     ]
 
 
+def worker_env(args: argparse.Namespace) -> Dict[str, str]:
+    env = dict(os.environ)
+    if args.malloc == 'retain':
+        env.update(MALLOC_RETAIN_ENV)
+    return env
+
+
 def _tail(text: str, limit: int = 1500) -> str:
     text = (text or '').strip()
     return text[-limit:]
@@ -543,7 +560,7 @@ def run_in_subprocess(method: str, n: int,
     try:
         proc = subprocess.run(worker_command(method, n, args),
                               capture_output=True, text=True,
-                              timeout=args.timeout)
+                              timeout=args.timeout, env=worker_env(args))
     except subprocess.TimeoutExpired:
         return dict(base, status='timeout',
                     error=f'no result within --timeout {args.timeout:g} s')
@@ -891,7 +908,7 @@ def format_targets(targets: List[Dict]) -> str:
     return '\n'.join(lines)
 
 
-def format_header(machine: Dict[str, Any]) -> str:
+def format_header(machine: Dict[str, Any], malloc: str = 'default') -> str:
     hw = machine.get('gpu') or machine['cpu']
     return (f"bench_attention on {machine['device']} ({hw}; "
             f"{machine['cores']} cores, {machine['threads']} threads), "
@@ -899,7 +916,7 @@ def format_header(machine: Dict[str, Any]) -> str:
             f"{machine['torch_geometric']}, hsa_geo {machine['hsa_geo']}\n"
             f'H = {HEADS} heads x D = {HEAD_DIM}, float32, balanced tree of '
             f'branching {BRANCHING}; ring graph with {RING_NEIGHBOURS} '
-            f'neighbours for TransformerConv')
+            f'neighbours for TransformerConv; malloc: {malloc}')
 
 
 def write_json(path: Path, payload: Dict[str, Any]):
@@ -927,6 +944,8 @@ def config_of(args: argparse.Namespace) -> Dict[str, Any]:
         'long_run_s': args.long_run,
         'timeout_s': args.timeout,
         'seed': args.seed,
+        'malloc': args.malloc,
+        'malloc_env': MALLOC_RETAIN_ENV if args.malloc == 'retain' else {},
         'timing': TIMING_NOTE,
         'memory': MEMORY_NOTE,
     }
@@ -960,6 +979,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--timeout', type=float, default=900.0,
                         help='seconds per (method, N) worker')
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--malloc', choices=['default', 'retain'],
+                        default='default',
+                        help="'retain': the workers run with glibc tunables "
+                        'that keep freed memory in the process (the same '
+                        'for every method; see MALLOC_RETAIN_ENV)')
     parser.add_argument('--quick', action='store_true',
                         help=f'smoke test: N in {QUICK_SIZES}, one repeat')
     parser.add_argument('--out', type=Path, default=None,
@@ -1021,7 +1045,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        wall_s=time.perf_counter() - start)
         write_json(args.out, payload)
 
-    print(format_header(machine), flush=True)
+    print(format_header(machine, args.malloc), flush=True)
     warning = load_warning(machine)
     if warning:
         print(warning, flush=True)

@@ -36,6 +36,10 @@ class FamilyBucket:
         leaf_slot, leaf_node (LongTensor): slots holding a leaf, and its id.
         cluster_slot, cluster_node (LongTensor): slots holding an internal
             node, and its id minus ``num_leaves``.
+        allowed (BoolTensor, optional): ``[F, W, W]`` with a family graph:
+            ``allowed[f, i, j]`` if child ``i`` may attend to sibling ``j``
+            (never on the diagonal or in padding); :obj:`None` for dense
+            families.
     """
     width: int
     kind: str
@@ -49,6 +53,7 @@ class FamilyBucket:
     leaf_node: Tensor
     cluster_slot: Tensor
     cluster_node: Tensor
+    allowed: Optional[Tensor] = None
 
     @property
     def num_families(self) -> int:
@@ -108,14 +113,25 @@ class Hierarchy:
     of every node, the nodes of every depth level, and the families laid out
     by width (:class:`FamilyBucket`).
 
+    A hierarchy may carry a *family graph* (sparse families): for every
+    family, the ordered sibling pairs ``(a, b)`` along which child ``a`` may
+    attend to sibling ``b``. Pairs not listed get zero weight; each child
+    always keeps its self pair. Without a family graph every sibling sees
+    every other one.
+
     Build one with :meth:`from_parent`, :meth:`from_assignments` or
-    :meth:`batch`; move it with :meth:`to`.
+    :meth:`batch`; add a family graph with :meth:`with_family_graph`; move
+    it with :meth:`to`.
 
     Args:
         parent (LongTensor): ``[T]`` parent of every node, ``-1`` for roots.
         num_leaves (int): :math:`N`.
+        family_edge_index (LongTensor, optional): ``[2, E]`` the family
+            graph, as pairs ``(a, b)`` of node ids of two different children
+            of one parent.
     """
-    def __init__(self, parent: IndexLike, num_leaves: int):
+    def __init__(self, parent: IndexLike, num_leaves: int,
+                 family_edge_index: Optional[Tensor] = None):
         parent = _as_index(parent, 'parent')
         if isinstance(num_leaves, bool) or not isinstance(
                 num_leaves, int) or num_leaves < 1:
@@ -130,23 +146,30 @@ class Hierarchy:
         self._parent = parent.clone()
         self._num_leaves = num_leaves
         self._check()
+        self._family_edges = self._check_family_edges(family_edge_index)
         self._derive()
 
     # Construction ##########################################################
 
     @classmethod
-    def from_parent(cls, parent: IndexLike, num_leaves: int) -> 'Hierarchy':
+    def from_parent(cls, parent: IndexLike, num_leaves: int,
+                    family_edge_index: Optional[Tensor] = None
+                    ) -> 'Hierarchy':
         r"""Builds a hierarchy from the parent of every node.
 
         Args:
             parent (LongTensor): ``[T]``; ``parent[n]`` is the parent of node
                 ``n`` or ``-1`` if ``n`` is a root. Leaves are ``0..N-1``.
             num_leaves (int): :math:`N`.
+            family_edge_index (LongTensor, optional): ``[2, E]`` the family
+                graph (see :class:`Hierarchy`).
         """
-        return cls(parent, num_leaves)
+        return cls(parent, num_leaves, family_edge_index)
 
     @classmethod
-    def from_assignments(cls, assignments: Sequence[IndexLike]) -> 'Hierarchy':
+    def from_assignments(cls, assignments: Sequence[IndexLike],
+                         family_edge_index: Optional[Tensor] = None
+                         ) -> 'Hierarchy':
         r"""Builds a hierarchy from per-level cluster assignments, as the
         ``cluster`` vectors of PyG poolings produce them.
 
@@ -158,6 +181,8 @@ class Hierarchy:
 
         Args:
             assignments (list of LongTensor): ``assignments[l]`` is ``[n_l]``.
+            family_edge_index (LongTensor, optional): ``[2, E]`` the family
+                graph in these node ids (see :class:`Hierarchy`).
         """
         if len(assignments) == 0:
             raise ValueError("'assignments' is empty; pass at least the "
@@ -200,7 +225,7 @@ class Hierarchy:
                 parents.append(
                     torch.full((num_next, ), -1, dtype=torch.long,
                                device=device))
-        return cls(torch.cat(parents), levels[0].numel())
+        return cls(torch.cat(parents), levels[0].numel(), family_edge_index)
 
     @classmethod
     def batch(cls, hierarchies: Sequence['Hierarchy']) -> 'Hierarchy':
@@ -211,16 +236,39 @@ class Hierarchy:
             raise ValueError("'hierarchies' is empty")
         num_leaves = sum(h.num_leaves for h in hierarchies)
         leaf_off, clus_off, parts_leaf, parts_clus = 0, num_leaves, [], []
+        sparse = [h.family_edge_index is not None for h in hierarchies]
+        edges = []
         for h in hierarchies:
-            p = h.parent
-            n = h.num_leaves
-            shift = torch.where(p >= n, p - n + clus_off, p + leaf_off)
-            shift = torch.where(p < 0, p, shift)
-            parts_leaf.append(shift[:n])
-            parts_clus.append(shift[n:])
+            p, n = h.parent, h.num_leaves
+
+            def shift(ids: Tensor) -> Tensor:
+                out = torch.where(ids >= n, ids - n + clus_off,
+                                  ids + leaf_off)
+                return torch.where(ids < 0, ids, out)
+
+            new = shift(p)
+            parts_leaf.append(new[:n])
+            parts_clus.append(new[n:])
+            if any(sparse):
+                edges.append(shift(h.family_edge_index) if h.family_edge_index
+                             is not None else h._dense_family_edges(shift))
             leaf_off += n
             clus_off += h.num_nodes - n
-        return cls(torch.cat(parts_leaf + parts_clus), num_leaves)
+        return cls(torch.cat(parts_leaf + parts_clus), num_leaves,
+                   torch.cat(edges, dim=1) if edges else None)
+
+    def with_family_graph(self, family_edge_index: Optional[Tensor]
+                          ) -> 'Hierarchy':
+        r"""The same tree with the family graph :obj:`family_edge_index`
+        (``[2, E]`` sibling pairs; :obj:`None`: dense families)."""
+        return Hierarchy(self._parent, self._num_leaves, family_edge_index)
+
+    def _dense_family_edges(self, shift) -> Tensor:
+        # Every ordered pair of distinct siblings: a dense tree joining a
+        # batch with family graphs.
+        pairs = self.sibling_pairs
+        pairs = pairs[:, pairs[0] != pairs[1]]
+        return shift(pairs)
 
     def to(self, device: Union[str, torch.device]) -> 'Hierarchy':
         r"""Returns a copy whose tensors live on :obj:`device` (the derived
@@ -231,14 +279,16 @@ class Hierarchy:
                 value = value.to(device)
             elif isinstance(value, tuple):
                 value = tuple(v.to(device) for v in value)
-            elif isinstance(value, FamilyBucket):
-                value = value.to(device)
             elif isinstance(value, list):
                 value = [
                     tuple(t.to(device) for t in v) if isinstance(v, tuple)
                     else v.to(device) for v in value
                 ]
             out.__dict__[key] = value
+        # The fused leaf path is found by identity among the buckets.
+        if self._leaf_blocks is not None:
+            out._leaf_blocks = out._buckets[self._buckets.index(
+                self._leaf_blocks)]
         return out
 
     # Validation ############################################################
@@ -281,6 +331,46 @@ class Hierarchy:
                 f"the parent pointers contain a cycle reachable from node "
                 f"{i} ({_path_of(parent.tolist(), i)}); a hierarchy must be a "
                 f"forest: every path of parents has to end in a root (-1)")
+
+    def _check_family_edges(self, edges: Optional[Tensor]
+                            ) -> Optional[Tensor]:
+        if edges is None:
+            return None
+        name = 'family_edge_index'
+        if not isinstance(edges, Tensor) or edges.is_floating_point() \
+                or edges.dtype == torch.bool or edges.is_complex():
+            raise ValueError(f"'{name}' must be an integer tensor of shape "
+                             f"[2, E], got {type(edges).__name__}"
+                             f"{' ' + str(edges.dtype) if isinstance(edges, Tensor) else ''}")
+        if edges.dim() != 2 or edges.size(0) != 2:
+            raise ValueError(f"'{name}' must have shape [2, E], got "
+                             f"{tuple(edges.shape)}")
+        edges = edges.long().to(self._parent.device)
+        t = self._parent.numel()
+        bad = (edges < 0) | (edges >= t)
+        if bool(bad.any()):
+            row, j = (int(x) for x in bad.nonzero()[0])
+            raise ValueError(
+                f"{name}[{row}, {j}] = {int(edges[row, j])} is not a node id "
+                f"(0..{t - 1}); pairs hold node ids, leaves first")
+        pa, pb = self._parent[edges[0]], self._parent[edges[1]]
+        bad = (pa != pb) | (pa < 0)
+        if bool(bad.any()):
+            j = int(bad.nonzero()[0])
+            a, b = int(edges[0, j]), int(edges[1, j])
+            raise ValueError(
+                f"{name}[:, {j}] = ({a}, {b}) is not a pair of siblings "
+                f"(parents {int(pa[j])} and {int(pb[j])}); a family graph "
+                f"only links children of one parent: coarsen edges between "
+                f"clusters to the children of their lowest common ancestor")
+        loop = edges[0] == edges[1]
+        if bool(loop.any()):
+            j = int(loop.nonzero()[0])
+            raise ValueError(
+                f"{name}[:, {j}] = ({int(edges[0, j])}, {int(edges[1, j])}) "
+                f"is a self pair; every child keeps its self pair, so list "
+                f"only pairs of different siblings (remove_self_loops)")
+        return edges.clone()
 
     # Derived data ##########################################################
 
@@ -330,7 +420,8 @@ class Hierarchy:
         self._cluster_levels = cluster_levels
         self._leaf_with_parent = leaf_has_parent
         self._leaf_parent_cluster = leaf_parent[leaf_has_parent] - n
-        self._buckets = self._layout_families(parent, n)
+        self._buckets, self._sibling_rank = self._layout_families(
+            parent, n, self._family_edges)
         # Leaves whose family is not a multi-child 'leaf' bucket receive the
         # context of their parent's path separately in the dynamic program.
         covered = torch.zeros(n, dtype=torch.bool, device=device)
@@ -358,12 +449,14 @@ class Hierarchy:
             anc = torch.where(live, anc[a], anc)
 
     @staticmethod
-    def _layout_families(parent: Tensor, n: int) -> List[FamilyBucket]:
+    def _layout_families(parent: Tensor, n: int, edges: Optional[Tensor]
+                         ) -> Tuple[List[FamilyBucket], Tensor]:
         t = parent.numel()
         m = t - n
         device = parent.device
+        rank = torch.zeros(t, dtype=torch.long, device=device)
         if m == 0:
-            return []
+            return [], rank
         child = (parent >= 0).nonzero().view(-1)
         fam = parent[child] - n
         # Children of a family in increasing node id; slot = rank in family.
@@ -372,6 +465,7 @@ class Hierarchy:
         num_children = torch.bincount(fam, minlength=m)
         start = torch.cumsum(num_children, 0) - num_children
         slot = torch.arange(child.numel(), device=device) - start[fam]
+        rank[child] = slot
         width = torch.ones_like(num_children)
         big = num_children > 1
         # Next power of two: padding wastes at most 4x in the W^2 scores.
@@ -383,11 +477,19 @@ class Hierarchy:
         kind[full & (num_leaf_children == 0)] = 1  # cluster
         key = width * 3 + kind
         buckets = []
+        if edges is not None:  # the family of every pair
+            edge_fam = parent[edges[0]] - n
         for k in torch.unique(key).tolist():
             w, kd = divmod(k, 3)
             fams = (key == k).nonzero().view(-1)
             local = torch.full((m, ), -1, dtype=torch.long, device=device)
             local[fams] = torch.arange(fams.numel(), device=device)
+            allowed = None
+            if edges is not None:
+                allowed = torch.zeros(fams.numel(), w, w, dtype=torch.bool,
+                                      device=device)
+                e = edges[:, local[edge_fam] >= 0]
+                allowed[local[parent[e[0]] - n], rank[e[0]], rank[e[1]]] = True
             sel = local[fam] >= 0
             c, f, s = child[sel], local[fam[sel]], slot[sel]
             flat = f * w + s
@@ -419,8 +521,9 @@ class Hierarchy:
                     leaf_node=c[is_leaf],
                     cluster_slot=flat[~is_leaf],
                     cluster_node=c[~is_leaf] - n,
+                    allowed=allowed,
                 ))
-        return buckets
+        return buckets, rank
 
     # Public properties ######################################################
 
@@ -498,6 +601,19 @@ class Hierarchy:
         return list(self._levels)
 
     @property
+    def family_edge_index(self) -> Optional[Tensor]:
+        r"""``[2, E]`` the family graph (pairs of sibling node ids along which
+        attention may flow), or :obj:`None` when every family is dense."""
+        return self._family_edges
+
+    @property
+    def sibling_rank(self) -> Tensor:
+        r"""``[T]`` the position of every node among its siblings, in
+        increasing node id (``0..|C(F)|-1``; roots: 0). This is the slot
+        order of the family tables and of :attr:`sibling_pairs`."""
+        return self._sibling_rank
+
+    @property
     def sibling_pairs(self) -> Tensor:
         r"""``[2, P]`` every ordered pair ``(a, b)`` of children of a common
         parent, ``a == b`` included, with :math:`P = \sum_F |C(F)|^2`. The
@@ -520,4 +636,6 @@ class Hierarchy:
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(num_leaves={self.num_leaves}, '
                 f'num_nodes={self.num_nodes}, num_trees={self.num_trees}, '
-                f'depth={self.depth}, max_branching={self.max_branching})')
+                f'depth={self.depth}, max_branching={self.max_branching}'
+                + (f', family_edges={self._family_edges.size(1)}'
+                   if self._family_edges is not None else '') + ')')

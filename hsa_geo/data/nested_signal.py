@@ -28,7 +28,11 @@ class NestedSignal(Data):
     - ``num_clusters``: :math:`M`.
 
     Cluster ``c`` is node ``N + c`` of the :class:`Hierarchy` that
-    :attr:`hierarchy` returns.
+    :attr:`hierarchy` returns. A family graph (sparse families) is stored
+    by the kinds of its two ends, each in its own index space, so that it
+    collates by offsets too: ``family_ll_index`` (leaf to leaf),
+    ``family_lc_index`` (leaf to cluster), ``family_cl_index`` (cluster to
+    leaf) and ``family_cc_index`` (cluster to cluster), each ``[2, *]``.
 
     Args:
         x (Tensor, optional): leaf features ``[N, F]`` (or token ids
@@ -83,14 +87,46 @@ class NestedSignal(Data):
         )
         if x is None:
             data.num_nodes = n
+        edges = hierarchy.family_edge_index
+        if edges is not None:
+            is_cluster = edges >= n
+            local = torch.where(is_cluster, edges - n, edges)
+            for key, (ca, cb) in _FAMILY_KEYS.items():
+                keep = (is_cluster[0] == ca) & (is_cluster[1] == cb)
+                data[key] = local[:, keep]
         data.__dict__['_hierarchy_cache'] = (data._hierarchy_key(), hierarchy)
         return data
 
+    @classmethod
+    def from_data(cls, data: Data, hierarchy: Hierarchy) -> 'NestedSignal':
+        r"""A :class:`NestedSignal` with every attribute of :obj:`data`
+        (``x``, ``edge_index``, ``y``, ...) and :obj:`hierarchy` over its
+        nodes, which become the leaves: what the builders in
+        :mod:`hsa_geo.transforms` return."""
+        if not isinstance(data, Data):
+            raise ValueError(f"'data' must be a torch_geometric Data, got "
+                             f"{type(data).__name__}")
+        n = data.num_nodes
+        if n != hierarchy.num_leaves:
+            raise ValueError(
+                f"data has {n} nodes but the hierarchy has "
+                f"{hierarchy.num_leaves} leaves; node i must be leaf i")
+        attrs = {k: v for k, v in data.to_dict().items()
+                 if k not in _HIERARCHY_KEYS}
+        x = attrs.pop('x', None)
+        out = cls.from_hierarchy(hierarchy, x, **attrs)
+        out.num_nodes = n
+        return out
+
     def __inc__(self, key: str, value: Any, *args, **kwargs) -> Any:
+        n, m = self.num_nodes, self._total_clusters
         if key == 'leaf_parent_index':
-            return torch.tensor([[self.num_nodes], [self._total_clusters]])
+            return torch.tensor([[n], [m]])
         if key == 'cluster_parent_index':
-            return self._total_clusters
+            return m
+        if key in _FAMILY_KEYS:
+            ca, cb = _FAMILY_KEYS[key]
+            return torch.tensor([[m if ca else n], [m if cb else n]])
         return super().__inc__(key, value, *args, **kwargs)
 
     @property
@@ -99,10 +135,7 @@ class NestedSignal(Data):
         return int(m.sum()) if isinstance(m, Tensor) else int(m)
 
     def _hierarchy_key(self) -> tuple:
-        tensors = [
-            self._store.get('leaf_parent_index'),
-            self._store.get('cluster_parent_index')
-        ]
+        tensors = [self._store.get(k) for k in _HIERARCHY_KEYS[:-1]]
         # Inference tensors have no version counter: they cannot be changed
         # in place outside inference mode anyway.
         return tuple((id(t), t.data_ptr(),
@@ -162,4 +195,28 @@ class NestedSignal(Data):
                 raise ValueError(f"{name} gives node {j} more than one "
                                  f"parent; a hierarchy is a forest")
             parent[idx[0] + offset] = idx[1] + n
-        return Hierarchy.from_parent(parent, n)
+        edges = []
+        for key, (ca, cb) in _FAMILY_KEYS.items():
+            idx = self._store.get(key)
+            if idx is None:
+                continue
+            if idx.dim() != 2 or idx.size(0) != 2 or idx.is_floating_point():
+                raise ValueError(f"'{key}' must be an integer tensor of "
+                                 f"shape [2, *], got {idx.dtype} "
+                                 f"{tuple(idx.shape)}")
+            idx = idx.long()
+            edges.append(torch.stack([idx[0] + (n if ca else 0),
+                                      idx[1] + (n if cb else 0)]))
+        family = torch.cat(edges, dim=1) if edges else None
+        return Hierarchy.from_parent(parent, n, family)
+
+
+# The family graph by the kinds of its ends: (is cluster, is cluster).
+_FAMILY_KEYS = {
+    'family_ll_index': (False, False),
+    'family_lc_index': (False, True),
+    'family_cl_index': (True, False),
+    'family_cc_index': (True, True),
+}
+_HIERARCHY_KEYS = ('leaf_parent_index', 'cluster_parent_index',
+                   *_FAMILY_KEYS, 'num_clusters')

@@ -1,0 +1,1 @@
+r"""Builders of nested signals, as PyG transforms."""
