@@ -26,9 +26,11 @@ from hypothesis import assume, given, settings, strategies as st
 
 from hsa_geo import Hierarchy, hierarchical_attention, \
     hierarchical_attention_matrix
-from strategies import (Forest, ancestors, balanced_assignments, children_of,
-                        flat_tree, forests, insert_chains, lca_children,
-                        leaves_under, relabel, root_of, single_trees)
+from constrained_family import (ConstrainedFamily, per_tree_log_softmax,
+                                same_tree_mask)
+from strategies import (Forest, balanced_assignments, flat_tree, forests,
+                        insert_chains, lca_children, leaves_under, relabel,
+                        single_trees)
 
 SEEDS = st.integers(0, 2**31 - 1)
 HEADS = st.sampled_from([None, 1, 3])  # None: 2-D [N, D] inputs
@@ -64,11 +66,6 @@ def apply_q(Q, v):
 
 def max_err(a, b) -> float:
     return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
-
-
-def same_tree_mask(f: Forest) -> torch.Tensor:
-    roots = torch.tensor([root_of(f.parent, i) for i in range(f.num_leaves)])
-    return roots[:, None] == roots[None, :]
 
 
 # 1. Flat tree == softmax attention ##########################################
@@ -245,96 +242,6 @@ def test_family_weights_single_head_and_no_family():
 
 
 # 4. Q minimises the KL to softmax ##########################################
-
-
-class ConstrainedFamily:
-    r"""The constrained family parametrised by per-family logits
-    ``theta_F [c x c]``: ``pi_F = softmax`` of the rows,
-    ``Q[i, j] = r_F pi_F(a -> b) / |b|``, ``Q[i, i] = r_i``,
-    ``r_a = r_F pi_F(a -> a)``.
-
-    A third construction of Q, independent of the library: ``log Q`` is a
-    fixed linear map of the concatenated ``log pi`` (each entry is a sum of
-    ``log pi`` along the path to the root), built once from the parent
-    vector; entries across trees are ``-inf``.
-    """
-    def __init__(self, f: Forest):
-        parent, n = f.parent, f.num_leaves
-        self.n = n
-        self.kids = children_of(parent)
-        self.families = sorted(self.kids)
-        self.width = [len(self.kids[fam]) for fam in self.families]
-        pos = {c: i for fam in self.families
-               for i, c in enumerate(self.kids[fam])}
-        base, off = {}, 0
-        for fam, c in zip(self.families, self.width):
-            base[fam] = off
-            off += c * c
-        self.num_params = off
-        size = [len(u) for u in leaves_under(parent, n)]
-
-        def idx(fam, a, b):
-            return base[fam] + pos[a] * len(self.kids[fam]) + pos[b]
-
-        def self_path(x):  # log r_x = sum of log pi(y -> y) above x
-            return [idx(parent[y], y, y) for y in ancestors(parent, x)[:-1]]
-
-        M = torch.zeros(n * n, off, dtype=torch.float64)
-        c = torch.full((n * n, ), -math.inf, dtype=torch.float64)
-        for i in range(n):
-            for j in range(n):
-                row = i * n + j
-                if i == j:
-                    cols, c[row] = self_path(i), 0.0
-                else:
-                    t = lca_children(parent, i, j)
-                    if t is None:
-                        continue
-                    fam, a, b = t
-                    cols = self_path(fam) + [idx(fam, a, b)]
-                    c[row] = -math.log(size[b])
-                for col in cols:
-                    M[row, col] += 1.0
-        self.M, self.c = M, c
-        self.mask = torch.isfinite(c).view(n, n)
-
-    def log_pi(self, theta: torch.Tensor) -> torch.Tensor:
-        parts, off = [], 0
-        for w in self.width:
-            parts.append(
-                torch.log_softmax(theta[off:off + w * w].view(w, w),
-                                  dim=-1).flatten())
-            off += w * w
-        return torch.cat(parts) if parts else theta
-
-    def theta_from_weights(self, index, weight) -> torch.Tensor:
-        r"""Logits ``log pi`` from returned family weights ``[P]``."""
-        theta = torch.zeros(self.num_params, dtype=torch.float64)
-        pi = {(a, b): float(w) for (a, b), w in
-              zip(index.t().tolist(), weight.tolist())}
-        off = 0
-        for fam, w in zip(self.families, self.width):
-            kids = self.kids[fam]
-            for ia, a in enumerate(kids):
-                for ib, b in enumerate(kids):
-                    theta[off + ia * w + ib] = math.log(pi[(a, b)])
-            off += w * w
-        return theta
-
-    def log_q(self, theta: torch.Tensor) -> torch.Tensor:
-        return (self.M @ self.log_pi(theta) + self.c).view(self.n, self.n)
-
-    def kl(self, log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
-        r"""``sum_i KL(Q_i || P_i)`` over pairs in the same tree."""
-        lq, lp = log_q[self.mask], log_p[self.mask]
-        return (lq.exp() * (lq - lp)).sum()
-
-
-def per_tree_log_softmax(f: Forest, q, k, scale=None) -> torch.Tensor:
-    scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
-    s = scale * q @ k.t()
-    return torch.log_softmax(s.masked_fill(~same_tree_mask(f), -math.inf),
-                             dim=-1)
 
 
 KL_FORESTS = forests(max_leaves=12, max_trees=2, max_depth=3)

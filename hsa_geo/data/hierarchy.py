@@ -623,15 +623,25 @@ class Hierarchy:
         cached = self.__dict__.get('_sibling_pairs')
         if cached is not None:
             return cached
-        parts = []
-        for b in self._buckets:
-            valid = b.mask.unsqueeze(2) & b.mask.unsqueeze(1)  # [F, W, W]
-            f, i, j = valid.nonzero(as_tuple=True)
-            parts.append(torch.stack([b.children[f, i], b.children[f, j]]))
+        parts = [
+            torch.stack([b.children[f, i], b.children[f, j]])
+            for b, (f, i, j) in zip(self._buckets, self._bucket_pairs)
+        ]
         pairs = torch.cat(parts, dim=1) if parts else torch.empty(
             2, 0, dtype=torch.long, device=self.device)
         self._sibling_pairs = pairs
         return pairs
+
+    @property
+    def _bucket_pairs(self) -> List[Tuple[Tensor, Tensor, Tensor]]:
+        # Per bucket, (family, slot a, slot b) of its real pairs, row-major:
+        # the order of `sibling_pairs`, bucket after bucket.
+        cached = self.__dict__.get('_bucket_pairs_cache')
+        if cached is None:
+            cached = [(b.mask.unsqueeze(2) & b.mask.unsqueeze(1)).nonzero(
+                as_tuple=True) for b in self._buckets]
+            self._bucket_pairs_cache = cached
+        return cached
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(num_leaves={self.num_leaves}, '

@@ -18,7 +18,9 @@ from hsa_geo.data.hierarchy import Hierarchy
 
 
 def hierarchical_attention_matrix(q: Tensor, k: Tensor, hierarchy: Hierarchy,
-                                  scale: Optional[float] = None) -> Tensor:
+                                  scale: Optional[float] = None,
+                                  pair_bias: Optional[Tensor] = None
+                                  ) -> Tensor:
     r"""The dense HSA attention matrix :math:`Q`, so that
     ``hierarchical_attention(q, k, v, hierarchy)`` equals ``Q @ v`` per head.
 
@@ -35,11 +37,18 @@ def hierarchical_attention_matrix(q: Tensor, k: Tensor, hierarchy: Hierarchy,
     \operatorname{softmax}(l_{a \cdot})` and :math:`r_a = r_F \pi_F(a \to a)`
     with :math:`r = 1` at roots.
 
+    With a family graph (:attr:`Hierarchy.family_edge_index`), :math:`l_{ab}
+    = -\infty` for every pair of distinct siblings it does not list, so
+    :math:`Q_{ij} = 0` across those blocks. A :obj:`pair_bias`
+    :math:`\beta_{ab}` is added to :math:`l_{ab}` for :math:`b \neq a`.
+
     Args:
         q (Tensor): ``[N, H, D]`` or ``[N, D]``.
         k (Tensor): same shape as :obj:`q`.
         hierarchy (Hierarchy): the forest over the ``N`` leaves.
         scale (float, optional): :math:`1/\sqrt{D}` if :obj:`None`.
+        pair_bias (Tensor, optional): ``[P, H]`` (``[P]`` for 2-D inputs),
+            one row per pair of :attr:`Hierarchy.sibling_pairs`.
 
     Returns:
         Tensor ``[H, N, N]`` (``[N, N]`` for 2-D inputs); rows sum to one.
@@ -78,6 +87,15 @@ def hierarchical_attention_matrix(q: Tensor, k: Tensor, hierarchy: Hierarchy,
             i for c in children[node] for i in leaves[c]
         ]
 
+    allowed = None
+    if hierarchy.family_edge_index is not None:
+        allowed = set(map(tuple, hierarchy.family_edge_index.t().tolist()))
+    bias: Dict[tuple, Tensor] = {}
+    if pair_bias is not None:
+        rows = pair_bias.reshape(pair_bias.size(0), q.size(1))
+        for p, (a, b) in enumerate(hierarchy.sibling_pairs.t().tolist()):
+            bias[(a, b)] = rows[p]
+
     s = scale * torch.einsum('ihd,jhd->hij', q, k)  # [H, N, N]
     g: Dict[int, Tensor] = {i: s[:, i, i] for i in range(n)}
     log_pi: Dict[int, Tensor] = {}
@@ -90,10 +108,14 @@ def hierarchical_attention_matrix(q: Tensor, k: Tensor, hierarchy: Hierarchy,
             for bi, b in enumerate(kids):
                 if a == b:
                     logits[:, ai, bi] = g[a]
+                elif allowed is not None and (a, b) not in allowed:
+                    logits[:, ai, bi] = -math.inf
                 else:
                     block = s[:, leaves[a]][:, :, leaves[b]]
                     logits[:, ai, bi] = block.mean(dim=(1, 2)) + math.log(
                         len(leaves[b]))
+                    if (a, b) in bias:
+                        logits[:, ai, bi] += bias[(a, b)]
         lse = torch.logsumexp(logits, dim=-1)  # [H, C]
         sizes = torch.tensor([len(leaves[a]) for a in kids], dtype=s.dtype)
         g[fam] = (lse * sizes / len(leaves[fam])).sum(dim=-1)

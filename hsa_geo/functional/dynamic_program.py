@@ -48,6 +48,24 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor, hierarchy: Hierarchy):
                          f"{hierarchy.device}; call hierarchy.to(q.device)")
 
 
+def _check_pair_bias(bias: Tensor, hierarchy: Hierarchy,
+                     heads: torch.Size) -> Tensor:
+    num_pairs = hierarchy.sibling_pairs.size(1)
+    shape = (num_pairs, ) + tuple(heads)
+    if not isinstance(bias, Tensor) or not bias.is_floating_point():
+        raise ValueError("'pair_bias' must be a floating point tensor")
+    if tuple(bias.shape) != shape:
+        raise ValueError(
+            f"'pair_bias' must have shape {shape}: one row per sibling pair "
+            f"of the hierarchy (hierarchy.sibling_pairs, P = {num_pairs})"
+            f"{' and one column per head' if heads else ''}; got "
+            f"{tuple(bias.shape)}")
+    if bias.device != hierarchy.device:
+        raise ValueError(f"'pair_bias' is on {bias.device} but the hierarchy "
+                         f"is on {hierarchy.device}")
+    return bias.reshape(num_pairs, math.prod(heads))
+
+
 def _to_slots(bucket: FamilyBucket, leaf_x: Tensor, cluster_x: Tensor) -> Tensor:
     r"""Gathers per-node rows into the padded family table:
     ``[N, *S]`` and ``[M, *S]`` -> ``[F, W, *S]`` (zeros in padding).
@@ -304,6 +322,7 @@ def hierarchical_attention(
     dropout_p: float = 0.0,
     training: bool = False,
     return_weights: bool = False,
+    pair_bias: Optional[Tensor] = None,
 ) -> Union[Tensor, Tuple[Tensor, FamilyWeights]]:
     r"""Hierarchical self-attention over the leaves of a :class:`Hierarchy`,
     computed exactly by the dynamic program of HSA.
@@ -332,6 +351,14 @@ def hierarchical_attention(
     |C(F)|^2` sibling pairs (families are padded to a power-of-two width,
     which at most quadruples :math:`P`).
 
+    Two exact extensions (HSA_MATH §4) keep :math:`Q` the KL minimiser of
+    its family. A *family graph* (:attr:`Hierarchy.family_edge_index`)
+    restricts the softmax of :math:`\pi_F(a \to \cdot)` to the listed
+    siblings (and :math:`a` itself): :math:`Q = 0` across a non-edge. A
+    *pair bias* :math:`\beta_{ab}`, constant on the block of :math:`a` and
+    :math:`b` (relative position within the family, level, edge type), is
+    added to :math:`l_{ab}` for :math:`b \neq a`.
+
     When all leaves lie in order in families of one width (as builders of
     sequences, documents and balanced trees produce them) the leaf level
     runs on views of :obj:`q`, :obj:`k`, :obj:`v` without any gather, in two
@@ -349,6 +376,11 @@ def hierarchical_attention(
             :obj:`training`.
         training (bool): apply dropout.
         return_weights (bool): also return :class:`FamilyWeights`.
+        pair_bias (Tensor, optional): ``[P, H]`` (or ``[P]`` for one head)
+            :math:`\beta_{ab}`, one row per pair of
+            :attr:`Hierarchy.sibling_pairs`. Rows of self pairs ``a == b``
+            are not used: :math:`l_{aa} = g_a` is the log-partition of the
+            subtree, not a block.
 
     Returns:
         Tensor ``[N, H, D_v]`` (or ``[N, D_v]``) in the dtype of :obj:`v`;
@@ -359,6 +391,8 @@ def hierarchical_attention(
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"'dropout_p' must be in [0, 1), got {dropout_p}")
     single_head = q.dim() == 2
+    if pair_bias is not None:
+        pair_bias = _check_pair_bias(pair_bias, hierarchy, q.shape[1:-1])
     if single_head:
         q, k, v = q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)
     out_dtype = v.dtype
@@ -410,7 +444,9 @@ def hierarchical_attention(
     scores = []
     off_lse_leaf = q.new_full((num_leaves, heads), neg)
     off_lse_clus = q.new_full((num_clusters, heads), neg)
-    for b in h.family_buckets:
+    pair_offset = 0
+    for b, pairs in zip(h.family_buckets, h._bucket_pairs):
+        pair_offset += pairs[0].numel()
         if b.width == 1:  # a single child has no sibling to attend to
             scores.append(None)
             continue
@@ -424,9 +460,18 @@ def hierarchical_attention(
         # scores are updated in place (log|b| = 0 for leaves).
         if b.kind != 'leaf':
             s = s + _to_slots(b, logsize_leaf, logsize_clus).unsqueeze(1)
-        eye = torch.eye(b.width, dtype=torch.bool, device=s.device)
-        invalid = eye if b.kind != 'mixed' else ~(
-            b.mask[:, :, None] & b.mask[:, None, :] & ~eye)
+        if pair_bias is not None:
+            f, i, j = pairs
+            bias = s.new_zeros(s.shape)
+            bias[:, f, i, j] = pair_bias[pair_offset - f.numel():
+                                         pair_offset].t().to(dtype)
+            s = s + bias
+        if b.allowed is not None:  # family graph: no diagonal, no padding
+            invalid = ~b.allowed
+        else:
+            eye = torch.eye(b.width, dtype=torch.bool, device=s.device)
+            invalid = eye if b.kind != 'mixed' else ~(
+                b.mask[:, :, None] & b.mask[:, None, :] & ~eye)
         s = s.masked_fill_(invalid, neg)
         scores.append(s)
         _from_slots(b, _RowLogSumExp.apply(s).permute(1, 2, 0),

@@ -1,5 +1,6 @@
 r"""Neural network layers with hierarchical self-attention."""
+from hsa_geo.nn.family_geometry_bias import FamilyGeometryBias
 from hsa_geo.nn.hsa_conv import HSAConv
 from hsa_geo.nn.hsa_transformer_layer import HSATransformerLayer
 
-__all__ = ['HSAConv', 'HSATransformerLayer']
+__all__ = ['FamilyGeometryBias', 'HSAConv', 'HSATransformerLayer']

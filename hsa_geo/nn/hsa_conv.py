@@ -10,6 +10,7 @@ from torch_geometric.nn.dense.linear import Linear
 
 from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.functional.dynamic_program import hierarchical_attention
+from hsa_geo.nn.family_geometry_bias import FamilyGeometryBias
 
 
 class HSAConv(MessagePassing):
@@ -36,7 +37,11 @@ class HSAConv(MessagePassing):
     pairs, linear in the number of leaves for bounded branching.
 
     With :obj:`beta`, the skip connection is gated as in
-    :class:`~torch_geometric.nn.conv.TransformerConv`.
+    :class:`~torch_geometric.nn.conv.TransformerConv`. A family graph on the
+    hierarchy (:attr:`~hsa_geo.data.Hierarchy.family_edge_index`) restricts
+    each family's attention to its edges. With :obj:`geometry_bias`, a
+    learnable :class:`~hsa_geo.nn.FamilyGeometryBias` of the siblings'
+    relative position and level is added to the family logits.
 
     Args:
         in_channels (int): size of each input sample, or ``-1`` to infer it
@@ -51,6 +56,12 @@ class HSAConv(MessagePassing):
         bias (bool, optional): learn additive biases. (default: :obj:`True`)
         root_weight (bool, optional): add the transformed root features
             :math:`\mathbf{W}_1 \mathbf{x}_i`. (default: :obj:`True`)
+        geometry_bias (bool, optional): learn a bias of the relative
+            position of siblings and of the level. (default: :obj:`False`)
+        max_branching (int, optional): the largest family the geometry bias
+            encodes. (default: :obj:`16`)
+        num_levels (int, optional): levels with their own geometry bias.
+            (default: :obj:`8`)
         **kwargs (optional): arguments of
             :class:`torch_geometric.nn.conv.MessagePassing`.
 
@@ -73,6 +84,9 @@ class HSAConv(MessagePassing):
         dropout: float = 0.,
         bias: bool = True,
         root_weight: bool = True,
+        geometry_bias: bool = False,
+        max_branching: int = 16,
+        num_levels: int = 8,
         **kwargs,
     ):
         kwargs.setdefault('aggr', 'add')
@@ -102,6 +116,8 @@ class HSAConv(MessagePassing):
             self.lin_beta = Linear(3 * out_size, 1, bias=False)
         else:
             self.register_parameter('lin_beta', None)
+        self.geometry_bias = FamilyGeometryBias(
+            heads, max_branching, num_levels) if geometry_bias else None
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -111,6 +127,8 @@ class HSAConv(MessagePassing):
             self.lin_skip.reset_parameters()
         if self.lin_beta is not None:
             self.lin_beta.reset_parameters()
+        if self.geometry_bias is not None:
+            self.geometry_bias.reset_parameters()
 
     def forward(
         self,
@@ -138,7 +156,9 @@ class HSAConv(MessagePassing):
         result = hierarchical_attention(
             q, k, v, hierarchy, dropout_p=self.dropout,
             training=self.training,
-            return_weights=bool(return_attention_weights))
+            return_weights=bool(return_attention_weights),
+            pair_bias=None if self.geometry_bias is None else
+            self.geometry_bias(hierarchy))
         out, weights = result if return_attention_weights else (result, None)
 
         if self.concat:

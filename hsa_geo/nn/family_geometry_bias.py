@@ -1,0 +1,78 @@
+r"""A learnable bias of where two siblings sit in their family."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn import Parameter
+
+from hsa_geo.data.hierarchy import Hierarchy
+
+
+class FamilyGeometryBias(torch.nn.Module):
+    r"""A learnable bias :math:`\beta_{ab}` of the relative position of
+    siblings :math:`a` and :math:`b` within their family and of the
+    family's level, added to the family logits :math:`l_{ab}` of HSA
+    (HSA_MATH §4: a bias constant on the block of :math:`a` and :math:`b`
+    keeps the attention the exact KL minimiser of its family):
+
+    .. math::
+        \beta_{ab} = \mathbf{B}\big[\min(\mathrm{depth}(F), L - 1),\;
+            \mathrm{rank}(b) - \mathrm{rank}(a)\big] \in \mathbb{R}^H,
+
+    where :math:`F` is the common parent, :math:`\mathrm{depth}(F)` its
+    distance to the root (families of level :math:`L - 1` and below share a
+    row), and :math:`\mathrm{rank}` the order of a node among its siblings
+    (:attr:`~hsa_geo.data.Hierarchy.sibling_rank`: the position in a
+    sequence for :class:`~hsa_geo.transforms.SequenceHierarchy` and
+    document trees). :math:`\mathbf{B}` starts at zero, so a fresh bias
+    leaves HSA unchanged.
+
+    Args:
+        heads (int): :math:`H`.
+        max_branching (int): the largest family size it can encode; the
+            relative positions are :math:`-(b - 1) \dots b - 1`.
+        num_levels (int): :math:`L`, levels with their own biases.
+
+    Shapes:
+        - **input:** a :class:`~hsa_geo.data.Hierarchy`
+        - **output:** ``[P, H]``, one row per pair of
+          :attr:`~hsa_geo.data.Hierarchy.sibling_pairs`, the ``pair_bias``
+          of :func:`~hsa_geo.functional.hierarchical_attention`.
+    """
+    def __init__(self, heads: int, max_branching: int = 16,
+                 num_levels: int = 8):
+        super().__init__()
+        for name, value, low in (('heads', heads, 1),
+                                 ('max_branching', max_branching, 2),
+                                 ('num_levels', num_levels, 1)):
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"'{name}' must be an int >= {low}, got "
+                                 f"{value!r}")
+        self.heads = heads
+        self.max_branching = max_branching
+        self.num_levels = num_levels
+        self.weight = Parameter(
+            torch.empty(num_levels, 2 * max_branching - 1, heads))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        torch.nn.init.zeros_(self.weight)
+
+    def forward(self, hierarchy: Hierarchy) -> Tensor:
+        if hierarchy.max_branching > self.max_branching:
+            raise ValueError(
+                f"the hierarchy has a family of {hierarchy.max_branching} "
+                f"children but this bias encodes at most max_branching="
+                f"{self.max_branching}; build it with max_branching >= "
+                f"{hierarchy.max_branching}")
+        a, b = hierarchy.sibling_pairs
+        rank = hierarchy.sibling_rank
+        rel = rank[b] - rank[a] + (self.max_branching - 1)
+        level = hierarchy.node_depth[hierarchy.parent[a]].clamp(
+            max=self.num_levels - 1)
+        return self.weight[level, rel]
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}(heads={self.heads}, '
+                f'max_branching={self.max_branching}, '
+                f'num_levels={self.num_levels})')
