@@ -1,6 +1,8 @@
 r"""Neural network layers with hierarchical self-attention."""
 from hsa_geo.nn.family_geometry_bias import FamilyGeometryBias
+from hsa_geo.nn.hierarchical_positional_encoding import \
+    HierarchicalPositionalEncoding
 from hsa_geo.nn.hsa_conv import HSAConv
 from hsa_geo.nn.hsa_transformer_layer import HSATransformerLayer
 
-__all__ = ['FamilyGeometryBias', 'HSAConv', 'HSATransformerLayer']
+__all__ = ['FamilyGeometryBias', 'HierarchicalPositionalEncoding', 'HSAConv', 'HSATransformerLayer']
