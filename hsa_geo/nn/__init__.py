@@ -5,4 +5,9 @@ from hsa_geo.nn.hierarchical_positional_encoding import \
 from hsa_geo.nn.hsa_conv import HSAConv
 from hsa_geo.nn.hsa_transformer_layer import HSATransformerLayer
 
-__all__ = ['FamilyGeometryBias', 'HierarchicalPositionalEncoding', 'HSAConv', 'HSATransformerLayer']
+__all__ = [
+    'FamilyGeometryBias',
+    'HierarchicalPositionalEncoding',
+    'HSAConv',
+    'HSATransformerLayer',
+]
