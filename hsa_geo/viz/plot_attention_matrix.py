@@ -1,0 +1,280 @@
+r"""Drawing the dense HSA attention matrix with its family blocks."""
+from __future__ import annotations
+
+import math
+import os
+from typing import List, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from hsa_geo.data.hierarchy import Hierarchy
+from hsa_geo.viz.plot_hierarchy import _tree_order
+
+# An N x N image above this is unreadable and its dense matrix costly.
+MAX_LEAVES = 2000
+# hierarchical_attention_matrix (the reference) costs O(P N^2) in a Python
+# loop over the P sibling pairs; above this many pairs Q is taken from the
+# dynamic program instead (identity values), which is exact as well.
+_MAX_REFERENCE_PAIRS = 20000
+
+
+def plot_attention_matrix(q: Tensor, k: Optional[Tensor] = None,
+                          hierarchy: Optional[Hierarchy] = None,
+                          head: int = 0, softmax: bool = False,
+                          scale: Optional[float] = None, ax=None,
+                          path: Union[str, os.PathLike, None] = None,
+                          log: bool = False, boundaries: bool = True,
+                          cmap: str = 'viridis', title: Optional[str] = None,
+                          figsize: Optional[Tuple[float, float]] = None,
+                          dpi: int = 100, max_leaves: int = MAX_LEAVES):
+    r"""Shows the dense HSA attention matrix :math:`Q` of one head as an
+    image, with the boundaries of the family blocks drawn over it, and
+    optionally softmax attention :math:`P` beside it.
+
+    Two ways to call it:
+
+    - ``plot_attention_matrix(q, k, hierarchy)``: :math:`Q` is computed
+      from queries and keys ``[N, H, D]`` (or ``[N, D]``) by
+      :func:`~hsa_geo.functional.hierarchical_attention_matrix` (for
+      hierarchies with more than 20,000 sibling pairs, where that
+      reference is slow, from the dynamic program with identity values:
+      ``hierarchical_attention(q, k, I, hierarchy)`` is :math:`Q I = Q`);
+      :obj:`softmax` adds :math:`P` (softmax within every tree, zero across
+      trees) on the same colour scale, with
+      :math:`\sum_i \mathrm{KL}(Q_i \,\|\, P_i)` in its title;
+    - ``plot_attention_matrix(matrix, hierarchy=hierarchy)``: any matrix
+      ``[N, N]`` or ``[H, N, N]`` (e.g. an HSA matrix computed elsewhere);
+      :obj:`hierarchy` is optional there and only gives the block lines.
+
+    With a hierarchy, rows and columns are shown in *tree order* (the leaf
+    order of :func:`~hsa_geo.viz.plot_hierarchy`; ``0..N-1`` for the
+    builders of :mod:`hsa_geo.transforms`), so that every family is a
+    contiguous square. For every family :math:`F` the lines split its
+    square into the blocks :math:`a \times b` of its children, on which
+    :math:`Q` is constant off the diagonal; every tree gets an outline.
+
+    Args:
+        q (Tensor): queries ``[N, H, D]`` / ``[N, D]``, or the matrix when
+            :obj:`k` is :obj:`None`.
+        k (Tensor, optional): keys, same shape as :obj:`q`.
+        hierarchy (Hierarchy, optional): required with :obj:`k`.
+        head (int): the head to show.
+        softmax (bool): also show softmax attention (needs :obj:`k`).
+        scale (float, optional): score scale, :math:`1/\sqrt{D}` if
+            :obj:`None`.
+        ax (Axes or pair of Axes, optional): draw there (two axes with
+            :obj:`softmax`); a new figure otherwise.
+        path (str or PathLike, optional): also save the figure there (PNG
+            unless the suffix names another format).
+        log (bool): logarithmic colour scale (zeros, e.g. across trees or
+            family-graph non-edges, are left blank).
+        boundaries (bool): draw the family block lines.
+        cmap (str): matplotlib colour map.
+        title (str, optional): title of the (first) axes.
+        figsize ((float, float), optional): size of a new figure in inches.
+        dpi (int): resolution of the saved PNG.
+        max_leaves (int): refuse (``ValueError``) more leaves than this
+            (default 2,000).
+
+    Returns:
+        matplotlib.figure.Figure: the figure drawn into.
+    """
+    if not isinstance(q, Tensor):
+        raise ValueError(f"'q' must be a tensor (queries, or the matrix when "
+                         f"k is None), got {type(q).__name__}")
+    if hierarchy is not None and not isinstance(hierarchy, Hierarchy):
+        raise ValueError(f"'hierarchy' must be a hsa_geo.data.Hierarchy, got "
+                         f"{type(hierarchy).__name__}")
+    n = q.size(0) if q.dim() in (2, 3) else None
+    if k is None:
+        if softmax:
+            raise ValueError("softmax=True needs queries and keys: call "
+                             "plot_attention_matrix(q, k, hierarchy, ...)")
+        if q.dim() not in (2, 3) or q.size(-1) != q.size(-2):
+            raise ValueError(f"a matrix must be [N, N] or [H, N, N], got "
+                             f"shape {tuple(q.shape)}")
+        n = q.size(-1)
+    elif hierarchy is None:
+        raise ValueError("plot_attention_matrix(q, k, ...) needs the "
+                         "hierarchy: plot_attention_matrix(q, k, hierarchy)")
+    if n is not None and n > max_leaves:
+        raise ValueError(
+            f"{n} leaves is more than max_leaves={max_leaves}; an N x N "
+            f"picture of that size is unreadable and costly: show one graph "
+            f"of a batch or a slice of the sequence (or raise max_leaves)")
+    if hierarchy is not None and n is not None and \
+            n != hierarchy.num_leaves:
+        raise ValueError(f"the {'matrix' if k is None else 'queries'} cover "
+                         f"{n} leaves but the hierarchy has "
+                         f"{hierarchy.num_leaves}; row i must be leaf i")
+
+    if k is None:
+        mats = q.detach().unsqueeze(0) if q.dim() == 2 else q.detach()
+        soft = None
+    else:
+        if not q.is_floating_point() or q.shape != k.shape or \
+                q.dim() not in (2, 3):
+            raise ValueError(
+                f"q and k must be floating point tensors of one shape [N, D] "
+                f"or [N, H, D]; got {tuple(q.shape)} and {tuple(k.shape)}")
+        q, k = q.detach(), k.detach()
+        if q.dim() == 2:
+            q, k = q.unsqueeze(1), k.unsqueeze(1)
+        mats = _hsa_matrix(q, k, hierarchy, scale)
+        soft = _softmax_matrix(q, k, hierarchy, scale) if softmax else None
+    heads = mats.size(0)
+    if isinstance(head, bool) or not isinstance(head, int) or \
+            not -heads <= head < heads:
+        raise ValueError(f"head={head!r} is out of range for {heads} "
+                         f"head(s)")
+    mat = mats[head].cpu().double()
+    p = soft[head].cpu().double() if soft is not None else None
+
+    order, blocks, trees = None, [], []
+    if hierarchy is not None:
+        order, blocks, trees = _blocks(hierarchy)
+        perm = torch.tensor(order)
+        mat = mat[perm][:, perm]
+        if p is not None:
+            p = p[perm][:, perm]
+
+    from matplotlib.collections import LineCollection
+    from matplotlib.colors import LogNorm, Normalize
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    panels = [(mat, title if title is not None else
+               f"{'HSA attention Q' if k is not None else 'attention'}, "
+               f"head {head}")]
+    if p is not None:
+        kl = _total_kl(mat, p)
+        panels.append((p, f'softmax attention P, head {head}\n'
+                       rf'$\sum_i$ KL($Q_i \| P_i$) = {kl:.4g}'))
+    if ax is None:
+        if figsize is None:
+            figsize = (5.2 * len(panels), 4.6)
+        fig = Figure(figsize=figsize)
+        axes = [fig.add_subplot(1, len(panels), i + 1)
+                for i in range(len(panels))]
+    else:
+        axes = list(ax) if isinstance(ax, (list, tuple)) else [ax]
+        if len(axes) != len(panels):
+            extra = '; softmax adds one' if p is not None else ''
+            raise ValueError(f"'ax' must be {len(panels)} axes (one per "
+                             f"panel{extra}), got {len(axes)}")
+        fig = axes[0].figure
+    top = max(float(m.max()) for m, _ in panels)
+    if log:
+        vmax = top if top > 0 else 1.0
+        vmin = min((float(m[m > 0].min()) for m, _ in panels
+                    if bool((m > 0).any())), default=vmax)
+        vmin = max(vmin, vmax * 1e-12)
+        # A constant picture (one leaf, all ones) still needs a range.
+        norm = LogNorm(vmin=vmin if vmin < vmax else vmax / 10, vmax=vmax)
+    else:
+        norm = Normalize(vmin=0.0, vmax=top if top > 0 else 1.0)
+    for axes_i, (m, label) in zip(axes, panels):
+        shown = m.masked_fill(m <= 0, float('nan')) if log else m
+        image = axes_i.imshow(shown.numpy(), cmap=cmap, norm=norm,
+                              interpolation='nearest')
+        if boundaries and blocks:
+            axes_i.add_collection(LineCollection(
+                blocks, colors='w', linewidths=max(0.3, 1.2 - n / 400),
+                alpha=0.8))
+        for lo, hi in trees:
+            axes_i.add_patch(Rectangle((lo - 0.5, lo - 0.5), hi - lo, hi - lo,
+                                       fill=False, edgecolor='r',
+                                       linewidth=1.0))
+        if n <= 40:
+            ticks = list(range(n))
+            names = [str(i) for i in (order if order is not None else ticks)]
+            axes_i.set_xticks(ticks, names, fontsize=6, rotation=90)
+            axes_i.set_yticks(ticks, names, fontsize=6)
+        axes_i.set_xlabel('key leaf' + (' (tree order)' if order is not None
+                                        else ''),
+                          fontsize=8)
+        axes_i.set_ylabel('query leaf', fontsize=8)
+        axes_i.set_title(label, fontsize=9)
+    fig.colorbar(image, ax=axes, fraction=0.046 / len(axes), pad=0.02)
+    if path is not None:
+        fig.savefig(path, dpi=dpi, bbox_inches='tight')
+    return fig
+
+
+def _hsa_matrix(q: Tensor, k: Tensor, hierarchy: Hierarchy,
+                scale: Optional[float]) -> Tensor:
+    r"""``[H, N, N]`` the HSA matrix of ``[N, H, D]`` queries and keys."""
+    if hierarchy.sibling_pairs.size(1) <= _MAX_REFERENCE_PAIRS:
+        from hsa_geo.functional import hierarchical_attention_matrix
+        return hierarchical_attention_matrix(q, k, hierarchy, scale=scale)
+    from hsa_geo.functional import hierarchical_attention
+    n, heads = q.size(0), q.size(1)
+    eye = torch.eye(n, dtype=q.dtype, device=q.device)
+    out = hierarchical_attention(q, k, eye.unsqueeze(1).expand(n, heads, n),
+                                 hierarchy, scale=scale)  # [N, H, N]
+    return out.permute(1, 0, 2)
+
+
+def _tree_of_leaves(hierarchy: Hierarchy) -> Tensor:
+    r"""``[N]`` the root above every leaf (pointer doubling)."""
+    parent = hierarchy.parent.cpu()
+    anc = torch.arange(parent.numel())
+    up = torch.where(parent >= 0, parent, anc)
+    for _ in range(max(1, hierarchy.depth).bit_length() + 1):
+        anc = up[anc]
+        up = up[up]
+    return anc[:hierarchy.num_leaves]
+
+
+def _softmax_matrix(q: Tensor, k: Tensor, hierarchy: Hierarchy,
+                    scale: Optional[float]) -> Tensor:
+    r"""``[H, N, N]`` softmax attention within every tree of the forest."""
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.size(-1))
+    s = scale * torch.einsum('ihd,jhd->hij', q, k)
+    tree = _tree_of_leaves(hierarchy).to(q.device)
+    same = tree.unsqueeze(1) == tree.unsqueeze(0)
+    return torch.softmax(s.masked_fill(~same, float('-inf')), dim=-1)
+
+
+def _total_kl(qm: Tensor, pm: Tensor) -> float:
+    r""":math:`\sum_i \mathrm{KL}(Q_i \| P_i)` (terms with :math:`Q = 0`
+    vanish)."""
+    pos = qm > 0
+    return float((qm[pos] * (qm[pos].log() - pm[pos].log())).sum())
+
+
+def _blocks(hierarchy: Hierarchy
+            ) -> Tuple[List[int], list, List[Tuple[int, int]]]:
+    r"""Tree order of the leaves, the block lines of every family in that
+    order (segments in image coordinates) and the range of every tree."""
+    children, roots = _tree_order(hierarchy)
+    n = hierarchy.num_leaves
+    order: List[int] = []
+    span = {}
+    stack = [(r, False) for r in reversed(roots)]
+    start = {}
+    while stack:
+        node, done = stack.pop()
+        if node < n:
+            span[node] = (len(order), len(order) + 1)
+            order.append(node)
+        elif done:
+            span[node] = (start[node], len(order))
+        else:
+            start[node] = len(order)
+            stack.append((node, True))
+            stack.extend((c, False) for c in reversed(children[node]))
+    segs = []
+    for node in range(n, hierarchy.num_nodes):
+        kids = children[node]
+        if len(kids) < 2:
+            continue
+        lo, hi = span[node]
+        for c in kids[1:]:
+            cut = span[c][0] - 0.5
+            segs.append(((cut, lo - 0.5), (cut, hi - 0.5)))
+            segs.append(((lo - 0.5, cut), (hi - 0.5, cut)))
+    trees = [span[r] for r in roots]
+    return order, segs, trees

@@ -1,0 +1,355 @@
+r"""Drawing a :class:`~hsa_geo.data.Hierarchy` and its family attention."""
+from __future__ import annotations
+
+import os
+from typing import List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from hsa_geo.data.hierarchy import Hierarchy
+
+# Above these sizes a picture is unreadable and drawing it slow: refuse
+# instead of hanging.
+MAX_NODES = 2000
+MAX_ARROWS = 20000
+# Node ids are written next to the nodes up to this many nodes by default.
+_AUTO_LABELS = 100
+
+LabelsLike = Union[None, bool, Sequence[str], Mapping[int, str]]
+
+
+def plot_hierarchy(hierarchy: Hierarchy, weights=None, head: int = 0,
+                   ax=None, path: Union[str, os.PathLike, None] = None,
+                   node_labels: LabelsLike = None, min_weight: float = 0.0,
+                   cmap: str = 'viridis', title: Optional[str] = None,
+                   figsize: Optional[Tuple[float, float]] = None,
+                   dpi: int = 100, max_nodes: int = MAX_NODES,
+                   max_arrows: int = MAX_ARROWS):
+    r"""Draws a hierarchy top-down, optionally with the family attention
+    weights :math:`\pi_F(a \to b)` of one head.
+
+    **Layout** (a tidy layered layout, no graphviz needed): roots at the
+    top, an internal node at the height of its depth, every leaf on the
+    bottom row. Leaves are laid out left to right in *tree order*: a
+    depth-first walk that visits the trees and, inside a family, the
+    children by the smallest leaf id under them; for the builders of
+    :mod:`hsa_geo.transforms` (contiguous families) that is ``0..N-1``. An
+    internal node sits above the middle of its children.
+
+    **What is drawn.** Tree edges in grey; leaves as small circles, internal
+    nodes as larger ones. The family graph (if the hierarchy has one) as
+    dashed arcs between the siblings it links. With :obj:`weights`:
+
+    - every non-root node is coloured by its self weight
+      :math:`\pi_F(a \to a)` (the share of the attention its leaves pay
+      at the level of its parent :math:`F` that stays inside it); roots
+      (no family above them) are white;
+    - every pair ``a -> b`` of siblings with :math:`\pi_F(a \to b) >`
+      :obj:`min_weight` is an arrow from ``a`` to ``b`` whose colour, width
+      and opacity grow with the weight (``a -> b`` and ``b -> a`` bend to
+      opposite sides); a colour bar gives the scale of both.
+
+    Args:
+        hierarchy (Hierarchy): the tree (forest) to draw.
+        weights (FamilyWeights, optional): the second output of
+            ``hierarchical_attention(q, k, v, hierarchy,
+            return_weights=True)``: ``index`` ``[2, P]`` sibling pairs (node
+            ids of :obj:`hierarchy`) and ``weight`` ``[P, H]`` (or ``[P]``).
+        head (int): the head of :obj:`weights` to show.
+        ax (matplotlib.axes.Axes, optional): draw into these axes; a new
+            figure otherwise.
+        path (str or PathLike, optional): also save the figure there (PNG
+            unless the suffix names another format).
+        node_labels: :obj:`None` writes the node ids if there are at most
+            100 nodes; :obj:`True` / :obj:`False` always / never; a sequence
+            of ``T`` strings or a mapping ``{node id: str}`` gives custom
+            labels (nodes missing from a mapping stay unlabelled).
+        min_weight (float): arrows are drawn for weights above this.
+        cmap (str): matplotlib colour map of the weights.
+        title (str, optional): axes title.
+        figsize ((float, float), optional): size of a new figure in inches;
+            grows with the number of leaves and the depth by default.
+        dpi (int): resolution of the saved PNG.
+        max_nodes (int): refuse (``ValueError``) hierarchies with more
+            nodes than this (default 2,000).
+        max_arrows (int): refuse to draw more weight arrows or family-graph
+            arcs than this (default 20,000): raise :obj:`min_weight` or
+            draw a smaller hierarchy.
+
+    Returns:
+        matplotlib.figure.Figure: the figure drawn into.
+    """
+    if not isinstance(hierarchy, Hierarchy):
+        raise ValueError(f"'hierarchy' must be a hsa_geo.data.Hierarchy, got "
+                         f"{type(hierarchy).__name__}")
+    t, n = hierarchy.num_nodes, hierarchy.num_leaves
+    if t > max_nodes:
+        raise ValueError(
+            f"the hierarchy has {t} nodes, more than max_nodes={max_nodes}; "
+            f"such a picture is unreadable: draw one graph of a batch or a "
+            f"smaller example (or raise max_nodes)")
+    parent = hierarchy.parent.cpu()
+    x, y, _ = _tidy_layout(hierarchy)
+    self_w, arrows = _check_weights(weights, head, parent, min_weight)
+    family = hierarchy.family_edge_index
+    arcs: List[Tuple[int, int]] = []
+    if family is not None:
+        arcs = sorted({(min(a, b), max(a, b))
+                       for a, b in family.cpu().t().tolist()})
+    for what, count in (('weight arrows', len(arrows)),
+                        ('family-graph arcs', len(arcs))):
+        if count > max_arrows:
+            raise ValueError(
+                f"{count} {what} to draw, more than max_arrows="
+                f"{max_arrows}; raise min_weight, draw a smaller hierarchy "
+                f"or raise max_arrows")
+
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.collections import LineCollection, PolyCollection
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    if ax is None:
+        if figsize is None:
+            figsize = (min(max(4.0, 0.4 * n + 1.0), 40.0),
+                       min(max(3.0, 1.1 * (hierarchy.depth + 1)), 20.0))
+        # A bare Figure, not pyplot: no global state, works on any backend.
+        fig = Figure(figsize=figsize)
+        ax = fig.add_subplot()
+    else:
+        fig = ax.figure
+    colours = colormaps[cmap]
+    norm = Normalize(0.0, 1.0)
+    small = 1.0 / max(1.0, n / 40.0)  # shrink marks on wide trees
+
+    if self_w is not None or arrows:
+        # Before the arcs are laid out: the colour bar takes space from ax.
+        fig.colorbar(ScalarMappable(norm=norm, cmap=colours), ax=ax,
+                     fraction=0.03, pad=0.01,
+                     label=r'$\pi_F(a\to a)$ (nodes), $\pi_F(a\to b)$ '
+                     r'(arrows)')
+    ax.set_xlim(min(x) - 1.0, max(x) + 1.0)
+    ax.set_ylim(min(y) - 0.8, max(y) + 0.6)
+    ax.set_axis_off()
+
+    child = (parent >= 0).nonzero().view(-1).tolist()
+    segs = [((x[c], y[c]), (x[int(parent[c])], y[int(parent[c])]))
+            for c in child]
+    ax.add_collection(LineCollection(segs, colors='0.6', linewidths=1.0,
+                                     zorder=1))
+    if arcs:
+        lines, _ = _arcs(ax, x, y, arcs, [0.0] * len(arcs), rad=0.35)
+        ax.add_collection(LineCollection(lines, colors='0.45',
+                                         linewidths=0.8, linestyles='--',
+                                         zorder=2))
+    if arrows:
+        w = np.array([a[2] for a in arrows])
+        rgba = colours(norm(w))
+        rgba[:, 3] = 0.25 + 0.75 * w
+        lines, heads = _arcs(ax, x, y, [a[:2] for a in arrows],
+                             2.5 + 4.0 * w, rad=0.3)
+        ax.add_collection(LineCollection(
+            lines, colors=rgba, linewidths=0.5 + 3.0 * w * small, zorder=2))
+        ax.add_collection(PolyCollection(heads, facecolors=rgba,
+                                         edgecolors='none', zorder=2))
+
+    is_leaf = torch.arange(t) < n
+    is_root = parent < 0
+    if self_w is not None:
+        face = [colours(norm(self_w[i])) if i in self_w else
+                ((1.0, 1.0, 1.0, 1.0) if bool(is_root[i]) else
+                 (0.8, 0.8, 0.8, 1.0)) for i in range(t)]
+    else:
+        face = ['tab:blue' if bool(is_leaf[i]) else 'tab:orange'
+                for i in range(t)]
+    sizes = [(25.0 if bool(is_leaf[i]) else 70.0) * max(small, 0.3)
+             for i in range(t)]
+    ax.scatter(x, y, s=sizes, c=face, edgecolors='k', linewidths=0.6,
+               zorder=3)
+
+    for node, text in _labels(node_labels, t).items():
+        below = node < n
+        ax.annotate(text, (x[node], y[node]),
+                    xytext=(0, -9 if below else 7), textcoords='offset points',
+                    ha='center', va='top' if below else 'bottom',
+                    fontsize=7, zorder=4)
+
+    if title is None:
+        title = f'{hierarchy!r}' + (f', head {head}' if weights is not None
+                                    else '')
+    if title:
+        ax.set_title(title, fontsize=9)
+    if path is not None:
+        fig.savefig(path, dpi=dpi, bbox_inches='tight')
+    return fig
+
+
+def _arcs(ax, x: List[float], y: List[float], pairs, head_px,
+          rad: float, shrink_px: float = 5.0, points: int = 16,
+          max_bulge_px: float = 30.0):
+    r"""Curved arrows ``a -> b`` as polylines and head triangles in data
+    coordinates, laid out in display space (so that bends and heads keep
+    their shape whatever the aspect of the axes): a quadratic Bezier whose
+    middle control point lies ``rad`` times the distance off the chord (at
+    most ``max_bulge_px``), to the right of the direction of travel
+    (``a -> b`` and ``b -> a`` bend to opposite sides), shortened by
+    ``shrink_px`` pixels at both ends."""
+    to_disp, to_data = ax.transData, ax.transData.inverted()
+    idx = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    xy = np.stack([np.asarray(x), np.asarray(y)], axis=1)
+    p0 = to_disp.transform(xy[idx[:, 0]])
+    p2 = to_disp.transform(xy[idx[:, 1]])
+    d = p2 - p0
+    length = np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-9)
+    # Bulge proportional to the chord, capped so that arcs between far
+    # siblings stay near their row.
+    bulge = rad * np.minimum(length, max_bulge_px / max(rad, 1e-9)) / length
+    ctrl = 0.5 * (p0 + p2) + bulge * np.stack([d[:, 1], -d[:, 0]], axis=1)
+    cut = np.minimum(shrink_px / length, 0.3)  # [A, 1]
+    t = cut + (1.0 - 2.0 * cut) * np.linspace(0.0, 1.0, points)  # [A, S]
+    t = t[:, :, None]
+    curve = ((1 - t)**2 * p0[:, None] + 2 * t * (1 - t) * ctrl[:, None] +
+             t**2 * p2[:, None])  # [A, S, 2]
+    tip = curve[:, -1]
+    tangent = 2 * (1 - t[:, -1]) * (ctrl - p0) + 2 * t[:, -1] * (p2 - ctrl)
+    tangent /= np.maximum(np.linalg.norm(tangent, axis=1, keepdims=True),
+                          1e-9)
+    normal = np.stack([-tangent[:, 1], tangent[:, 0]], axis=1)
+    size = np.broadcast_to(np.asarray(head_px, dtype=float),
+                           (idx.shape[0], ))[:, None]
+    heads = np.stack([tip, tip - size * (1.6 * tangent - normal),
+                      tip - size * (1.6 * tangent + normal)], axis=1)
+
+    def back(a: np.ndarray) -> np.ndarray:
+        return to_data.transform(a.reshape(-1, 2)).reshape(a.shape)
+
+    return back(curve), back(heads)
+
+
+def _tree_order(hierarchy: Hierarchy) -> Tuple[List[List[int]], List[int]]:
+    r"""Children of every node sorted by the smallest leaf id under them,
+    and the roots in the same order (plain lists: small trees)."""
+    parent = hierarchy.parent.cpu().tolist()
+    t = len(parent)
+    first_leaf = list(range(hierarchy.num_leaves)) + [t] * (
+        t - hierarchy.num_leaves)
+    depth = hierarchy.node_depth.cpu()
+    children: List[List[int]] = [[] for _ in range(t)]
+    for node in torch.argsort(depth, descending=True, stable=True).tolist():
+        p = parent[node]
+        if p >= 0:
+            children[p].append(node)
+            first_leaf[p] = min(first_leaf[p], first_leaf[node])
+    for kids in children:
+        kids.sort(key=first_leaf.__getitem__)
+    roots = sorted((i for i in range(t) if parent[i] < 0),
+                   key=first_leaf.__getitem__)
+    return children, roots
+
+
+def _tidy_layout(hierarchy: Hierarchy
+                 ) -> Tuple[List[float], List[float], List[int]]:
+    r"""``(x, y, leaf order)``: leaves at ``y = -depth`` of the hierarchy in
+    tree order ``x = 0, 1, ...``; internal nodes at ``y = -node depth``,
+    above the middle of their children."""
+    children, roots = _tree_order(hierarchy)
+    t, bottom = hierarchy.num_nodes, -float(hierarchy.depth)
+    depth = hierarchy.node_depth.cpu().tolist()
+    x, order = [0.0] * t, []
+    post = []  # children before parents
+    stack = [(r, False) for r in reversed(roots)]
+    while stack:  # iterative: deep chains must not hit the recursion limit
+        node, done = stack.pop()
+        if done or not children[node]:
+            post.append(node)
+            if not children[node]:
+                x[node] = float(len(order))
+                order.append(node)
+            continue
+        stack.append((node, True))
+        stack.extend((c, False) for c in reversed(children[node]))
+    for node in post:
+        kids = children[node]
+        if kids:
+            x[node] = 0.5 * (min(x[c] for c in kids) + max(x[c] for c in kids))
+    y = [bottom if not children[i] else -float(depth[i]) for i in range(t)]
+    return x, y, order
+
+
+def _check_weights(weights, head: int, parent: Tensor, min_weight: float):
+    r"""``({node: pi(a->a)}, [(a, b, pi(a->b)) above min_weight])`` of one
+    head; ``(None, [])`` without weights."""
+    if weights is None:
+        return None, []
+    try:
+        index, weight = weights
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"'weights' must be the FamilyWeights (index, weight) returned "
+            f"by hierarchical_attention(..., return_weights=True), got "
+            f"{type(weights).__name__}") from None
+    if not isinstance(index, Tensor) or index.dim() != 2 or \
+            index.size(0) != 2 or index.is_floating_point():
+        raise ValueError(f"weights.index must be an integer tensor [2, P], "
+                         f"got {getattr(index, 'shape', type(index))}")
+    if not isinstance(weight, Tensor) or weight.dim() not in (1, 2) or \
+            weight.size(0) != index.size(1):
+        raise ValueError(
+            f"weights.weight must be [P, H] or [P] with P = "
+            f"{index.size(1)} pairs, got "
+            f"{tuple(getattr(weight, 'shape', ()))}")
+    heads = 1 if weight.dim() == 1 else weight.size(1)
+    if isinstance(head, bool) or not isinstance(head, int) or \
+            not -heads <= head < heads:
+        raise ValueError(f"head={head!r} is out of range for {heads} "
+                         f"head(s) in weights.weight")
+    t = parent.numel()
+    index = index.detach().cpu().long()
+    if index.numel() > 0 and (int(index.min()) < 0 or int(index.max()) >= t):
+        raise ValueError(
+            f"weights.index holds node ids outside 0..{t - 1}; were the "
+            f"weights computed with this hierarchy?")
+    pa, pb = parent[index[0]], parent[index[1]]
+    bad = (pa != pb) | (pa < 0)
+    if bool(bad.any()):
+        j = int(bad.nonzero()[0])
+        raise ValueError(
+            f"weights.index[:, {j}] = ({int(index[0, j])}, "
+            f"{int(index[1, j])}) is not a pair of siblings of this "
+            f"hierarchy; were the weights computed with it?")
+    w = weight.detach().cpu().double()
+    w = w if w.dim() == 1 else w[:, head]
+    a, b, w = index[0].tolist(), index[1].tolist(), w.tolist()
+    self_w = {i: wi for i, j, wi in zip(a, b, w) if i == j}
+    arrows = [(i, j, wi) for i, j, wi in zip(a, b, w)
+              if i != j and wi > min_weight]
+    return self_w, arrows
+
+
+def _labels(node_labels: LabelsLike, t: int) -> Mapping[int, str]:
+    if node_labels is None:
+        node_labels = t <= _AUTO_LABELS
+    if node_labels is True:
+        return {i: str(i) for i in range(t)}
+    if node_labels is False:
+        return {}
+    if isinstance(node_labels, Mapping):
+        bad = [k for k in node_labels if not (isinstance(k, int)
+                                               and 0 <= k < t)]
+        if bad:
+            raise ValueError(f"node_labels has key {bad[0]!r}, which is not a "
+                             f"node id (0..{t - 1})")
+        return {k: str(v) for k, v in node_labels.items()}
+    if isinstance(node_labels, (str, bytes)) or not isinstance(
+            node_labels, Sequence):
+        raise ValueError(f"'node_labels' must be None, a bool, a sequence of "
+                         f"{t} labels or a mapping {{node id: label}}, got "
+                         f"{type(node_labels).__name__}")
+    if len(node_labels) != t:
+        raise ValueError(f"node_labels has {len(node_labels)} entries but the "
+                         f"hierarchy has {t} nodes; give one per node, leaves "
+                         f"first (or a mapping for some nodes)")
+    return {i: str(v) for i, v in enumerate(node_labels)}
