@@ -1,0 +1,272 @@
+r"""A word vocabulary with a built-in regex tokenizer, for
+:class:`~hsa_geo.transforms.document_hierarchy.DocumentHierarchy` without a
+HuggingFace tokenizer."""
+from __future__ import annotations
+
+import json
+import numbers
+import os
+import re
+from collections import Counter
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+PathLike = Union[str, os.PathLike]
+
+_FORMAT = 'hsa_geo.Vocabulary'
+_VERSION = 1
+
+
+class Vocabulary:
+    r"""A mapping between tokens and integer ids, with the tokenizer that
+    produced the tokens: a regular expression that splits text into words
+    and punctuation marks.
+
+    **Tokenizer.** A token is a match of :attr:`WORD_PATTERN`: either a run
+    of word characters (Unicode letters, digits and ``_``) that may contain
+    inner apostrophes (``don't``, ``Kullback``), or a single character that
+    is neither a word character nor whitespace (``,``, ``-``, ``"``). So
+    ``"Kullback-Leibler's"`` is ``Kullback``, ``-``, ``Leibler's``. With
+    :obj:`lowercase` the tokens are lowercased (the offsets still point into
+    the original text); with ``punctuation=False`` the single-character
+    tokens are skipped.
+
+    **Ids.** ``0`` is :obj:`pad_token`, ``1`` is :obj:`unk_token`, then the
+    regular tokens in the order given. Looking up a token that is not in the
+    vocabulary gives :attr:`unk_id`.
+
+    Build one from texts with :meth:`build` (tokens that occur at least
+    :obj:`min_freq` times, the most frequent first), store it with
+    :meth:`save` and read it back with :meth:`load` (JSON).
+
+    Args:
+        tokens (list of str): the regular tokens, in id order (their ids
+            start at 2). No duplicates, none equal to a special token.
+        pad_token (str): the token of id 0 (padding; never produced by the
+            tokenizer). (default: ``'[PAD]'``)
+        unk_token (str): the token of id 1, for tokens outside the
+            vocabulary. (default: ``'[UNK]'``)
+        lowercase (bool): lowercase the tokens. (default: :obj:`True`)
+        punctuation (bool): keep punctuation marks as tokens.
+            (default: :obj:`True`)
+
+    Example:
+        >>> vocab = Vocabulary.build(['A cat. A dog!'], min_freq=1)
+        >>> vocab.tokens
+        ['[PAD]', '[UNK]', 'a', '!', '.', 'cat', 'dog']
+        >>> vocab.encode('a cow').tolist()
+        [2, 1]
+    """
+    #: One token: a word (inner apostrophes allowed) or one other
+    #: non-space character. Also the word rule of DocumentHierarchy.
+    WORD_PATTERN = re.compile(r"\w+(?:['\u2019]\w+)*|[^\w\s]")
+
+    def __init__(self, tokens: Sequence[str], pad_token: str = '[PAD]',
+                 unk_token: str = '[UNK]', lowercase: bool = True,
+                 punctuation: bool = True):
+        for name, value in (('pad_token', pad_token),
+                            ('unk_token', unk_token)):
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"'{name}' must be a non-empty str, got "
+                                 f"{value!r}")
+        if pad_token == unk_token:
+            raise ValueError(f"'pad_token' and 'unk_token' are both "
+                             f"{pad_token!r}; they need different ids, so "
+                             f"give them different strings")
+        if isinstance(tokens, (str, bytes)) or not isinstance(
+                tokens, Sequence):
+            raise ValueError(f"'tokens' must be a list of str, got "
+                             f"{type(tokens).__name__}")
+        itos = [pad_token, unk_token]
+        stoi = {pad_token: 0, unk_token: 1}
+        for i, token in enumerate(tokens):
+            if not isinstance(token, str) or not token:
+                raise ValueError(f"tokens[{i}] = {token!r} is not a "
+                                 f"non-empty str")
+            if token in stoi:
+                what = 'a special token' if stoi[token] < 2 else \
+                    f'tokens[{stoi[token] - 2}]'
+                raise ValueError(f"tokens[{i}] = {token!r} repeats {what}; "
+                                 f"every token needs exactly one id")
+            stoi[token] = len(itos)
+            itos.append(token)
+        self._itos = itos
+        self._stoi = stoi
+        self.pad_token = pad_token
+        self.unk_token = unk_token
+        self.lowercase = bool(lowercase)
+        self.punctuation = bool(punctuation)
+
+    # Construction ##########################################################
+
+    @classmethod
+    def build(cls, texts: Iterable[str], min_freq: int = 1,
+              max_size: Optional[int] = None, **kwargs) -> 'Vocabulary':
+        r"""Counts the tokens of :obj:`texts` and keeps those that occur at
+        least :obj:`min_freq` times, the most frequent first (ties in
+        lexicographic order, so the result does not depend on the order of
+        the texts).
+
+        Args:
+            texts (iterable of str): the corpus.
+            min_freq (int): the fewest occurrences a token needs.
+                (default: :obj:`1`)
+            max_size (int, optional): keep at most this many regular tokens
+                (the special ones not counted).
+            **kwargs: :obj:`pad_token`, :obj:`unk_token`, :obj:`lowercase`,
+                :obj:`punctuation` (see :class:`Vocabulary`).
+        """
+        if isinstance(min_freq, bool) or not isinstance(
+                min_freq, numbers.Integral) or min_freq < 1:
+            raise ValueError(f"'min_freq' must be an int >= 1, got "
+                             f"{min_freq!r}")
+        if max_size is not None and (isinstance(max_size, bool) or
+                                     not isinstance(max_size,
+                                                    numbers.Integral)
+                                     or max_size < 0):
+            raise ValueError(f"'max_size' must be None or an int >= 0, got "
+                             f"{max_size!r}")
+        if isinstance(texts, (str, bytes)):
+            raise ValueError("'texts' is a single string; pass a list of "
+                             "texts, e.g. [text]")
+        # An empty vocabulary tokenizes just as the final one does.
+        tokenizer = cls([], **kwargs)
+        specials = {tokenizer.pad_token, tokenizer.unk_token}
+        counts: Counter = Counter()
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise ValueError(f"texts[{i}] is a {type(text).__name__}, "
+                                 f"not a str")
+            counts.update(t for t, _, _ in tokenizer.tokenize(text))
+        kept = sorted(((t, c) for t, c in counts.items()
+                       if c >= min_freq and t not in specials),
+                      key=lambda tc: (-tc[1], tc[0]))
+        if max_size is not None:
+            kept = kept[:max_size]
+        return cls([t for t, _ in kept], **kwargs)
+
+    def save(self, path: PathLike):
+        r"""Writes the vocabulary to :obj:`path` as JSON (UTF-8)."""
+        content = {
+            'format': _FORMAT,
+            'version': _VERSION,
+            'pad_token': self.pad_token,
+            'unk_token': self.unk_token,
+            'lowercase': self.lowercase,
+            'punctuation': self.punctuation,
+            'tokens': self._itos[2:],
+        }
+        with open(path, 'w', encoding='utf-8') as f:
+            json.dump(content, f, ensure_ascii=False, indent=0)
+            f.write('\n')
+
+    @classmethod
+    def load(cls, path: PathLike) -> 'Vocabulary':
+        r"""Reads a vocabulary written by :meth:`save`."""
+        with open(path, encoding='utf-8') as f:
+            try:
+                content = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(
+                    f"{path} is not JSON ({e}); write vocabularies with "
+                    f"Vocabulary.save") from None
+        if not isinstance(content, dict) or content.get(
+                'format') != _FORMAT:
+            raise ValueError(f"{path} is not a saved Vocabulary (no "
+                             f"'format': '{_FORMAT}' entry); write it with "
+                             f"Vocabulary.save")
+        if content.get('version') != _VERSION:
+            raise ValueError(f"{path} has Vocabulary format version "
+                             f"{content.get('version')!r}; this hsa_geo "
+                             f"reads version {_VERSION}")
+        missing = [k for k in ('pad_token', 'unk_token', 'lowercase',
+                               'punctuation', 'tokens') if k not in content]
+        if missing:
+            raise ValueError(f"{path} lacks the entries {missing}; write it "
+                             f"with Vocabulary.save")
+        return cls(content['tokens'], pad_token=content['pad_token'],
+                   unk_token=content['unk_token'],
+                   lowercase=content['lowercase'],
+                   punctuation=content['punctuation'])
+
+    # Tokenizing ############################################################
+
+    def tokenize(self, text: str) -> List[Tuple[str, int, int]]:
+        r"""The tokens of :obj:`text` as ``(token, start, end)``: ``token``
+        is ``text[start:end]`` (lowercased with :obj:`lowercase`)."""
+        if not isinstance(text, str):
+            raise ValueError(f"'text' must be a str, got "
+                             f"{type(text).__name__}")
+        out = []
+        for m in self.WORD_PATTERN.finditer(text):
+            token = m.group()
+            # Words start with a word character; the rest are single marks.
+            if not self.punctuation and not _is_word_char(token[0]):
+                continue
+            out.append((token.lower() if self.lowercase else token,
+                        m.start(), m.end()))
+        return out
+
+    def encode(self, text: str) -> Tensor:
+        r"""The ids of the tokens of :obj:`text`: a ``LongTensor [n]``."""
+        return torch.tensor([self[t] for t, _, _ in self.tokenize(text)],
+                            dtype=torch.long)
+
+    # Lookup ################################################################
+
+    def __getitem__(self, token: str) -> int:
+        r"""The id of :obj:`token` (:attr:`unk_id` if it is unknown)."""
+        return self._stoi.get(token, 1)
+
+    def __contains__(self, token: object) -> bool:
+        return token in self._stoi
+
+    def __len__(self) -> int:
+        return len(self._itos)
+
+    def lookup(self, index: int) -> str:
+        r"""The token of id :obj:`index`."""
+        if isinstance(index, bool) or not isinstance(
+                index, numbers.Integral) or not 0 <= index < len(self):
+            raise ValueError(f"id {index!r} is not in the vocabulary (ids "
+                             f"0..{len(self) - 1})")
+        return self._itos[int(index)]
+
+    @property
+    def tokens(self) -> List[str]:
+        r"""All tokens in id order, the special ones first."""
+        return list(self._itos)
+
+    @property
+    def pad_id(self) -> int:
+        return 0
+
+    @property
+    def unk_id(self) -> int:
+        return 1
+
+    def get_vocab(self) -> Dict[str, int]:
+        r"""A copy of the token-to-id mapping."""
+        return dict(self._stoi)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Vocabulary):
+            return NotImplemented
+        return (self._itos, self.lowercase, self.punctuation) == (
+            other._itos, other.lowercase, other.punctuation)
+
+    __hash__ = None  # compared by content, like a list
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}(size={len(self)}, '
+                f'lowercase={self.lowercase}, '
+                f'punctuation={self.punctuation})')
+
+
+_WORD_CHAR = re.compile(r'\w')
+
+
+def _is_word_char(char: str) -> bool:
+    return _WORD_CHAR.match(char) is not None

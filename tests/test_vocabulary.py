@@ -1,0 +1,167 @@
+r"""Tests of :class:`hsa_geo.transforms.vocabulary.Vocabulary`: the built-in
+regex tokenizer, building from texts (frequency order, ``min_freq``,
+``max_size``), lookup, JSON save / load, and every error message."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+from hsa_geo.transforms.vocabulary import Vocabulary
+
+TEXT = (Path(__file__).resolve().parent.parent / 'datasets' /
+        'hsa_intro.txt').read_text(encoding='utf-8')
+
+
+def test_tokenizer_rule():
+    vocab = Vocabulary([])
+    text = "Kullback-Leibler's naïve (3.5) don\u2019t_x, it's!"
+    assert vocab.tokenize(text) == [
+        ('kullback', 0, 8), ('-', 8, 9), ("leibler's", 9, 18),
+        ('naïve', 19, 24), ('(', 25, 26), ('3', 26, 27), ('.', 27, 28),
+        ('5', 28, 29), (')', 29, 30), ('don\u2019t_x', 31, 38), (',', 38, 39),
+        ("it's", 40, 44), ('!', 44, 45)
+    ]
+    cased = Vocabulary([], lowercase=False, punctuation=False)
+    assert [t for t, _, _ in cased.tokenize(text)] == [
+        'Kullback', "Leibler's", 'naïve', '3', '5', 'don\u2019t_x', "it's"
+    ]
+    assert vocab.tokenize('') == [] and vocab.tokenize(' \n') == []
+
+
+@given(st.text(max_size=80))
+def test_tokens_cover_the_text(text):
+    r"""Every non-space character is in exactly one token; tokens are the
+    text at their offsets (lowercased), in order."""
+    found = Vocabulary([]).tokenize(text)
+    assert all(t == text[s:e].lower() for t, s, e in found)
+    ends = [0] + [e for _, _, e in found]
+    for (_, s, _), prev_end in zip(found, ends):
+        assert s >= prev_end and not text[prev_end:s].strip()
+    assert not text[ends[-1]:].strip()
+
+
+def test_build_order_and_ids():
+    texts = ['b a. c b', 'a b!']
+    vocab = Vocabulary.build(texts)
+    # Counts: b 3, a 2, then 1 each in lexicographic order.
+    assert vocab.tokens == ['[PAD]', '[UNK]', 'b', 'a', '!', '.', 'c']
+    assert vocab.pad_id == 0 and vocab.unk_id == 1
+    assert vocab['b'] == 2 and vocab['zebra'] == vocab.unk_id
+    assert vocab.lookup(3) == 'a' and len(vocab) == 7
+    assert 'c' in vocab and 'zebra' not in vocab
+    assert vocab.get_vocab() == {t: i for i, t in enumerate(vocab.tokens)}
+    assert vocab.encode('A zebra, c').tolist() == [3, 1, 1, 6]
+    assert vocab.encode('A zebra, c').dtype == torch.long
+    # The order of the texts does not matter.
+    assert Vocabulary.build(texts[::-1]) == vocab
+    assert Vocabulary.build(texts, min_freq=2).tokens == [
+        '[PAD]', '[UNK]', 'b', 'a'
+    ]
+    assert Vocabulary.build(texts, max_size=1).tokens == [
+        '[PAD]', '[UNK]', 'b'
+    ]
+    assert Vocabulary.build(texts, max_size=0).tokens == ['[PAD]', '[UNK]']
+    custom = Vocabulary.build(texts, pad_token='<pad>', unk_token='<unk>',
+                              punctuation=False)
+    assert custom.tokens == ['<pad>', '<unk>', 'b', 'a', 'c']
+    assert custom.encode('b!').tolist() == [2]
+
+
+def test_build_on_real_text():
+    vocab = Vocabulary.build([TEXT], min_freq=2)
+    words = re.findall(r"\w+(?:'\w+)*|[^\w\s]", TEXT.lower())
+    counts = {w: words.count(w) for w in set(words)}
+    assert set(vocab.tokens[2:]) == {w for w, c in counts.items() if c >= 2}
+    freq = [counts[t] for t in vocab.tokens[2:]]
+    assert freq == sorted(freq, reverse=True)
+    assert vocab.tokens[2] == 'the'
+
+
+def test_save_load(tmp_path):
+    vocab = Vocabulary.build([TEXT, 'naïve “quotes”'], lowercase=False,
+                             pad_token='<p>')
+    path = tmp_path / 'vocab.json'
+    vocab.save(path)
+    loaded = Vocabulary.load(path)
+    assert loaded == vocab and loaded.tokens == vocab.tokens
+    assert loaded.lowercase is False and loaded.pad_token == '<p>'
+    content = json.loads(path.read_text(encoding='utf-8'))
+    assert content['format'] == 'hsa_geo.Vocabulary'
+    assert content['tokens'] == vocab.tokens[2:]
+    assert Vocabulary.load(str(path)) == vocab
+
+
+def test_load_errors(tmp_path):
+    path = tmp_path / 'v.json'
+    path.write_text('{not json')
+    with pytest.raises(ValueError, match='is not JSON'):
+        Vocabulary.load(path)
+    path.write_text('{"tokens": ["a"]}')
+    with pytest.raises(ValueError, match=r"is not a saved Vocabulary \(no "
+                       r"'format'"):
+        Vocabulary.load(path)
+    path.write_text('{"format": "hsa_geo.Vocabulary", "version": 9}')
+    with pytest.raises(ValueError, match='has Vocabulary format version 9; '
+                       'this hsa_geo reads version 1'):
+        Vocabulary.load(path)
+    path.write_text('{"format": "hsa_geo.Vocabulary", "version": 1, '
+                    '"tokens": []}')
+    with pytest.raises(ValueError, match=r"lacks the entries \['pad_token', "
+                       r"'unk_token', 'lowercase', 'punctuation'\]"):
+        Vocabulary.load(path)
+    path.write_text(json.dumps({
+        'format': 'hsa_geo.Vocabulary', 'version': 1, 'pad_token': '[PAD]',
+        'unk_token': '[UNK]', 'lowercase': True, 'punctuation': True,
+        'tokens': ['a', 'b', 'a']}))
+    with pytest.raises(ValueError, match=r"tokens\[2\] = 'a' repeats "
+                       r"tokens\[0\]"):
+        Vocabulary.load(path)
+
+
+def test_errors():
+    with pytest.raises(ValueError, match=r"tokens\[1\] = '\[UNK\]' repeats "
+                       r"a special token"):
+        Vocabulary(['a', '[UNK]'])
+    with pytest.raises(ValueError, match=r"tokens\[0\] = '' is not a "
+                       r"non-empty str"):
+        Vocabulary([''])
+    with pytest.raises(ValueError, match="'tokens' must be a list of str, "
+                       "got str"):
+        Vocabulary('abc')
+    with pytest.raises(ValueError, match="'pad_token' and 'unk_token' are "
+                       "both '<x>'"):
+        Vocabulary([], pad_token='<x>', unk_token='<x>')
+    with pytest.raises(ValueError, match="'unk_token' must be a non-empty "
+                       "str"):
+        Vocabulary([], unk_token='')
+    with pytest.raises(ValueError, match="'texts' is a single string"):
+        Vocabulary.build('a text')
+    with pytest.raises(ValueError, match=r'texts\[1\] is a int, not a str'):
+        Vocabulary.build(['a', 3])
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="'min_freq' must be an int "
+                           ">= 1"):
+            Vocabulary.build(['a'], min_freq=bad)
+    with pytest.raises(ValueError, match="'max_size' must be None or an int "
+                       ">= 0, got -1"):
+        Vocabulary.build(['a'], max_size=-1)
+    vocab = Vocabulary(['a'])
+    with pytest.raises(ValueError, match=r'id 3 is not in the vocabulary '
+                       r'\(ids 0..2\)'):
+        vocab.lookup(3)
+    with pytest.raises(ValueError, match="'text' must be a str, got bytes"):
+        vocab.tokenize(b'a')
+
+
+def test_repr_and_equality():
+    vocab = Vocabulary(['a', 'b'], punctuation=False)
+    assert repr(vocab) == ('Vocabulary(size=4, lowercase=True, '
+                           'punctuation=False)')
+    assert vocab == Vocabulary(['a', 'b'], punctuation=False)
+    assert vocab != Vocabulary(['a', 'b'])
+    assert vocab != Vocabulary(['b', 'a'], punctuation=False)
+    with pytest.raises(TypeError):
+        hash(vocab)
