@@ -1,14 +1,16 @@
 r"""Hierarchical self-attention on a real nested signal: a short document.
 
 The document in ``datasets/hsa_intro.txt`` is split into paragraphs, the
-paragraphs into sentences and the sentences into words. The words are the
-leaves (each gets a fixed pseudo-random embedding, the same on every run), the
+paragraphs into sentences and the sentences into words by
+:class:`~hsa_geo.transforms.DocumentHierarchy` with a
+:class:`~hsa_geo.transforms.Vocabulary` built from the text. The words are
+the leaves (each gets an embedding from a seeded, untrained table), the
 sentences, paragraphs and the document are the internal nodes of the tree.
 
 The demo
 
-1. builds the :class:`~hsa_geo.data.Hierarchy` of the document and a
-   :class:`~hsa_geo.data.NestedSignal` that holds it beside the word vectors,
+1. builds the :class:`~hsa_geo.data.NestedSignal` of the document: word ids
+   and the :class:`~hsa_geo.data.Hierarchy` above them,
 2. runs an :class:`~hsa_geo.nn.HSAConv` layer over it and prints the family
    attention weights of the paragraphs and of the sentences of one
    paragraph,
@@ -22,16 +24,13 @@ Run it with ``python examples/demo.py`` (``--help`` lists the options).
 from __future__ import annotations
 
 import argparse
-import hashlib
-import re
 import sys
 import time
 from pathlib import Path
-from typing import List, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 
 ROOT = Path(__file__).resolve().parent.parent
 try:
@@ -39,60 +38,13 @@ try:
 except ImportError:  # not installed: use the checkout this file is in
     sys.path.insert(0, str(ROOT))
 
-from hsa_geo.data import Hierarchy, NestedSignal  # noqa: E402
+from hsa_geo.data import Hierarchy  # noqa: E402
 from hsa_geo.functional import (  # noqa: E402
     hierarchical_attention, hierarchical_attention_matrix)
 from hsa_geo.nn import HSAConv  # noqa: E402
+from hsa_geo.transforms import DocumentHierarchy, Vocabulary  # noqa: E402
 
 DEFAULT_TEXT = ROOT / 'datasets' / 'hsa_intro.txt'
-
-Document = List[List[List[str]]]  # paragraphs -> sentences -> words
-
-
-# Text -> tree ###############################################################
-
-def read_document(path: Path) -> Document:
-    r"""Splits a plain text file into paragraphs (blank lines), sentences
-    (after ``.``, ``!`` or ``?``) and lowercase words."""
-    text = Path(path).read_text(encoding='utf-8')
-    document = []
-    for paragraph in re.split(r'\n\s*\n', text.strip()):
-        sentences = []
-        for sentence in re.split(r'(?<=[.!?])\s+', paragraph.strip()):
-            words = re.findall(r"[a-z0-9]+(?:'[a-z]+)?", sentence.lower())
-            if words:
-                sentences.append(words)
-        if sentences:
-            document.append(sentences)
-    if not document:
-        raise SystemExit(f'{path}: no words found')
-    return document
-
-
-def word_embedding(word: str, dim: int) -> Tensor:
-    r"""A fixed pseudo-random vector per word: a generator seeded from a
-    stable hash of the word (Python's ``hash`` changes between runs)."""
-    digest = hashlib.sha256(word.encode('utf-8')).digest()
-    seed = int.from_bytes(digest[:8], 'little') & (2**63 - 1)
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(dim, generator=gen)
-
-
-def document_hierarchy(document: Document) -> Hierarchy:
-    r"""Words -> sentences -> paragraphs -> document, as per-level cluster
-    assignments. Node ids: words ``0..N-1``, then the sentences, then the
-    paragraphs, then the document."""
-    word_to_sentence, sentence_to_paragraph = [], []
-    for p, sentences in enumerate(document):
-        for words in sentences:
-            word_to_sentence += [len(sentence_to_paragraph)] * len(words)
-            sentence_to_paragraph.append(p)
-    paragraph_to_document = [0] * len(document)
-    return Hierarchy.from_assignments([
-        torch.tensor(word_to_sentence),
-        torch.tensor(sentence_to_paragraph),
-        torch.tensor(paragraph_to_document),
-    ])
 
 
 # Printing ###################################################################
@@ -125,7 +77,8 @@ def family_table(weights, nodes: Sequence[int], labels: Sequence[str],
               f'sums run over all of them)')
 
 
-def short(words: Sequence[str], n: int = 4) -> str:
+def short(text: str, n: int = 4) -> str:
+    words = text.split()
     return '"' + ' '.join(words[:n]) + (' ..."' if len(words) > n else '"')
 
 
@@ -156,36 +109,43 @@ def main():
 
     # 1. The nested signal ###################################################
     heading('1. A nested signal from text')
-    document = read_document(args.text)
-    words = [w for sentences in document for s in sentences for w in s]
-    sentences = [s for sentences in document for s in sentences]
-    x = torch.stack([word_embedding(w, args.dim) for w in words])
-    hierarchy = document_hierarchy(document)
+    text = args.text.read_text(encoding='utf-8')
+    vocab = Vocabulary.build([text], punctuation=False)
+    data = DocumentHierarchy(vocab=vocab)(text)  # word ids under the tree
+    hierarchy = data.hierarchy
     n = hierarchy.num_leaves
+    kinds = DocumentHierarchy.KINDS
+
+    def units(kind: str):  # node ids and text of the clusters of one kind
+        ids = (data.cluster_kind == kinds.index(kind)).nonzero().view(-1)
+        return [n + i for i in ids.tolist()], [
+            data.text[a:b] for a, b in data.cluster_offsets[ids].tolist()]
+
+    paragraph_nodes, paragraph_text = units('paragraph')
+    sentence_nodes, sentence_text = units('sentence')
     print(f'text:        {args.text}')
-    print(f'tree:        {len(document)} paragraphs -> {len(sentences)} '
-          f'sentences -> {n} words ({len(set(words))} distinct)')
-    print(f'leaves:      one {args.dim}-dim embedding per word, seeded from '
-          f'the word itself')
+    print(f'tree:        {len(paragraph_nodes)} paragraphs -> '
+          f'{len(sentence_nodes)} sentences -> {n} words '
+          f'({len(set(data.tokens))} distinct)')
+    print(f'vocabulary:  {vocab}')
     print(f'hierarchy:   {hierarchy}')
+    print(f'data:        NestedSignal with {", ".join(sorted(data.keys()))}')
 
     # 2. Attention over the tree #############################################
     heading('2. Hierarchical self-attention over the document')
-    data = NestedSignal.from_hierarchy(hierarchy, x)
+    embedding = torch.nn.Embedding(len(vocab), args.dim)  # seeded, untrained
     conv = HSAConv(args.dim, args.dim // args.heads, heads=args.heads).eval()
     with torch.no_grad():
-        out, weights = conv(data.x, data.hierarchy,
-                            return_attention_weights=True)
+        x = embedding(data.x)
+        out, weights = conv(x, hierarchy, return_attention_weights=True)
     pair_index, alpha = weights
-    print(f'data:        {data}')
+    print(f'leaves:      one {args.dim}-dim embedding per word id')
     print(f'layer:       {conv}, untrained (random weights)')
     print(f'output:      {tuple(out.shape)}, one vector per word')
     print(f'weights:     pi_F(a -> b) for {pair_index.size(1)} ordered '
           f'sibling pairs (a, b), a == b included, per head: '
           f'{tuple(alpha.shape)}')
 
-    num_sentences = len(sentences)
-    first_paragraph = n + num_sentences  # node id of paragraph 1
     print('\nThe top family: the document and its paragraphs. Row a is how '
           'the words of\nparagraph a split their attention: the diagonal '
           'stays inside the paragraph\n(and is shared out among its '
@@ -194,22 +154,19 @@ def main():
           'Untrained, the weights follow mostly the sizes (the log|b| term): '
           'a longer\nsibling draws more attention. Training makes them '
           'depend on content.\n')
-    paragraph_nodes = list(range(first_paragraph,
-                                 first_paragraph + len(document)))
-    family_table(weights, paragraph_nodes, [
-        short([w for s in sentences_ for w in s]) for sentences_ in document
-    ])
+    family_table(weights, paragraph_nodes,
+                 [short(t) for t in paragraph_text])
 
-    p = min(max(args.paragraph, 1), len(document)) - 1
-    first_sentence = n + sum(len(s) for s in document[:p])
-    sentence_nodes = list(range(first_sentence,
-                                first_sentence + len(document[p])))
+    p = min(max(args.paragraph, 1), len(paragraph_nodes)) - 1
+    parent = hierarchy.parent.tolist()
+    in_p = [i for i, s in enumerate(sentence_nodes)
+            if parent[s] == paragraph_nodes[p]]
     print(f'\nOne sentence family: the sentences of paragraph {p + 1}. The '
           f'diagonal stays inside\nthe sentence (its words attend to each '
           f'other one by one); the rest goes to\nsibling sentences as '
           f'wholes.\n')
-    family_table(weights, sentence_nodes,
-                 [short(s) for s in document[p]])
+    family_table(weights, [sentence_nodes[i] for i in in_p],
+                 [short(sentence_text[i]) for i in in_p])
 
     # 3. Checks ##############################################################
     heading('3. Flat tree = softmax attention')

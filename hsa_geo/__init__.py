@@ -1,5 +1,5 @@
 r"""hsa_geo: Hierarchical Self-Attention for PyTorch Geometric."""
-from hsa_geo import data, functional, nn
+from hsa_geo import data, functional, nn, transforms, viz
 from hsa_geo.data import Hierarchy, NestedSignal
 from hsa_geo.functional import (hierarchical_attention,
                                 hierarchical_attention_matrix)
@@ -14,5 +14,7 @@ __all__ = [
     'data',
     'functional',
     'nn',
+    'transforms',
+    'viz',
     '__version__',
 ]

@@ -215,9 +215,10 @@ def test_real_text_with_vocabulary(vocab):
     assert (parent_kind == KIND['sentence']).all()
 
 
-def test_real_text_matches_demo_reading(vocab):
-    r"""Without punctuation, the tree is the one examples/demo.py reads:
-    blank lines, sentence ends followed by whitespace, lowercase words."""
+def test_real_text_matches_a_plain_regex_reading(vocab):
+    r"""Without punctuation, the tree is an independent plain reading of the
+    text: blank lines, sentence ends followed by whitespace, lowercase
+    words."""
     no_punct = Vocabulary.build([TEXT], punctuation=False)
     data = DocumentHierarchy(vocab=no_punct)(TEXT)
     reference = []
@@ -599,7 +600,6 @@ class _Paragraphs(InMemoryDataset):
 
 # NestedSignal is not on torch.load's weights_only allow-list: PyG warns and
 # loads the file in full, which is fine for a file this test wrote.
-@pytest.mark.filterwarnings('ignore:Weights only load failed')
 def test_pre_transform(tmp_path, vocab):
     transform = DocumentHierarchy(vocab=vocab)
     dataset = _Paragraphs(str(tmp_path), pre_transform=transform)

@@ -328,7 +328,6 @@ class _Molecules(InMemoryDataset):
 # NestedSignal is not on torch.load's weights_only allow-list: PyG warns and
 # loads the file in full, which is fine for a file this test wrote.
 @needs_rdkit
-@pytest.mark.filterwarnings('ignore:Weights only load failed')
 def test_pre_transform(tmp_path, transform):
     dataset = _Molecules(str(tmp_path), pre_transform=transform)
     assert len(dataset) == 12

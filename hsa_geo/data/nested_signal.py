@@ -220,3 +220,8 @@ _FAMILY_KEYS = {
 }
 _HIERARCHY_KEYS = ('leaf_parent_index', 'cluster_parent_index',
                    *_FAMILY_KEYS, 'num_clusters')
+
+# Datasets saved with NestedSignal items (e.g. a builder as pre_transform)
+# load with torch.load(weights_only=True), as PyG's own data classes do.
+if hasattr(torch.serialization, 'add_safe_globals'):
+    torch.serialization.add_safe_globals([NestedSignal])

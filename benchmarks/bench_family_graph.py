@@ -1,0 +1,327 @@
+r"""HSAConv with family graphs against TransformerConv on the same graph.
+
+What
+----
+A graph of the size of ogbn-arxiv (169,343 nodes, about 1.2 million directed
+edges; generated, with community structure, because nothing may be
+downloaded here) and 128 input channels. Three methods, forward and
+forward+backward time and peak memory:
+
+* ``hsa_conv_family``: :class:`hsa_geo.nn.HSAConv` (4 heads x 64) over the
+  METIS tree of :class:`hsa_geo.transforms.GraphHierarchy` (branching 16)
+  with ``family_graph=True``: inside each family, attention flows only
+  along the leaf edges (bottom families) or the coarsened edges (above);
+* ``hsa_conv_dense``: the same tree with dense families;
+* ``transformer_conv``: :class:`torch_geometric.nn.TransformerConv` (4 heads x
+  64) on the graph's edges.
+
+The tree is built once per worker, before timing (``setup_ms``). Besides
+time, each HSA row reports how much of the graph each node receives context
+from: the number of leaves ``j`` with ``Q[i, j] > 0``, computed exactly from
+the tree and the family graph (for TransformerConv it is the in-degree plus
+one).
+
+How
+---
+The timing and memory machinery of ``bench_attention.py`` (one fresh
+subprocess per method, warm-up then median, peak RSS over the baseline after
+imports); the loss is ``out.sum()`` for every method.
+
+Target: HSAConv with family graphs costs at most 1.5x TransformerConv,
+forward+backward.
+
+Usage::
+
+    python benchmarks/bench_family_graph.py            # 169,343 nodes
+    python benchmarks/bench_family_graph.py --quick    # 10,000 nodes
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_attention as ba  # noqa: E402  (shared timing and memory code)
+
+NUM_NODES = 169343  # ogbn-arxiv
+NUM_EDGES = 1200000  # about ogbn-arxiv's 1,166,243 directed edges
+QUICK_NODES, QUICK_EDGES = 10000, 70000
+IN_CHANNELS = 128
+COMMUNITY = 64  # nodes per planted community
+P_IN = 0.8  # share of edges inside a community
+METHODS = ['hsa_conv_family', 'hsa_conv_dense', 'transformer_conv']
+LABELS = {
+    'hsa_conv_family': 'HSAConv, family graph',
+    'hsa_conv_dense': 'HSAConv, dense families',
+    'transformer_conv': 'TransformerConv',
+}
+TARGET_RATIO = 1.5  # HSAConv (family graph) / TransformerConv, fwd+bwd
+
+
+def community_graph(num_nodes: int, num_edges: int, seed: int = 0):
+    r"""An undirected graph (both directions stored, no self loops or
+    duplicates) of about :obj:`num_edges` directed edges: nodes in shuffled
+    communities of :data:`COMMUNITY`; a share :data:`P_IN` of the edges
+    joins two nodes of one community, the rest two random nodes."""
+    import torch
+    from torch_geometric.utils import coalesce, remove_self_loops
+    g = torch.Generator().manual_seed(seed)
+    # Oversample a little: duplicates and self loops are removed.
+    m = int(num_edges / 2 * 1.03)
+    perm = torch.randperm(num_nodes, generator=g)  # community order
+    pos = torch.empty_like(perm)
+    pos[perm] = torch.arange(num_nodes)
+    src = torch.randint(num_nodes, (m, ), generator=g)
+    block = pos[src] // COMMUNITY * COMMUNITY
+    size = (num_nodes - block).clamp(max=COMMUNITY)
+    inside = perm[block + (torch.rand(m, generator=g) * size).long()]
+    anywhere = torch.randint(num_nodes, (m, ), generator=g)
+    dst = torch.where(torch.rand(m, generator=g) < P_IN, inside, anywhere)
+    edge_index = torch.stack([torch.cat([src, dst]), torch.cat([dst, src])])
+    edge_index, _ = remove_self_loops(edge_index)
+    return coalesce(edge_index, num_nodes=num_nodes)
+
+
+def context_size(hierarchy) -> Any:
+    r"""``[N]`` the number of leaves ``j`` with ``Q[i, j] > 0`` for every
+    leaf ``i`` (itself included): a child ``a`` receives from every leaf
+    under each sibling the family graph links it to, and every leaf from
+    the siblings its ancestors reach."""
+    import torch
+    size = hierarchy.leaf_count.double()
+    parent = hierarchy.parent
+    reach = torch.zeros(hierarchy.num_nodes, dtype=torch.float64)
+    edges = hierarchy.family_edge_index
+    if edges is None:  # dense families: every sibling
+        fam_size = torch.zeros_like(reach).index_add_(
+            0, parent.clamp(min=0), size * (parent >= 0))
+        reach = torch.where(parent >= 0, fam_size[parent.clamp(min=0)] - size,
+                            reach)
+    else:
+        reach.index_add_(0, edges[0], size[edges[1]])
+    total = reach.clone()  # summed from the root down
+    for nodes in hierarchy.levels[1:]:
+        total[nodes] += total[parent[nodes]]
+    return total[:hierarchy.num_leaves] + 1
+
+
+def _stats(values) -> Dict[str, float]:
+    values = values.double()
+    return {'min': float(values.min()), 'mean': float(values.mean()),
+            'max': float(values.max())}
+
+
+def build(method: str, num_nodes: int, num_edges: int, device: Any,
+          grad: bool) -> ba.Case:
+    import torch
+    edge_index = community_graph(num_nodes, num_edges).to(device)
+    x = torch.randn(num_nodes, IN_CHANNELS, device=device, requires_grad=grad)
+    info: Dict[str, Any] = {'num_edges': edge_index.size(1)}
+    if method == 'transformer_conv':
+        from torch_geometric.nn import TransformerConv
+        conv = TransformerConv(IN_CHANNELS, ba.HEAD_DIM,
+                               heads=ba.HEADS).to(device)
+        deg = torch.bincount(edge_index[1], minlength=num_nodes) + 1
+        info['context'] = _stats(deg)
+        return ba.Case(lambda: conv(x, edge_index),
+                       [x] + list(conv.parameters()), info)
+    ba.import_hsa_geo()
+    from torch_geometric.data import Data
+
+    from hsa_geo.nn import HSAConv
+    from hsa_geo.transforms.graph_hierarchy import GraphHierarchy
+    start = time.perf_counter()
+    transform = GraphHierarchy(method='metis', branching=ba.BRANCHING,
+                               family_graph=method == 'hsa_conv_family')
+    signal = transform(Data(edge_index=edge_index.cpu(),
+                            num_nodes=num_nodes))
+    hierarchy = signal.hierarchy.to(device)
+    info['setup_ms'] = (time.perf_counter() - start) * 1e3
+    info['num_tree_nodes'] = hierarchy.num_nodes
+    info['depth'] = hierarchy.depth
+    info['sibling_pairs'] = hierarchy.sibling_pairs.size(1)
+    if hierarchy.family_edge_index is not None:
+        info['family_edges'] = hierarchy.family_edge_index.size(1)
+    info['context'] = _stats(context_size(hierarchy.to('cpu')))
+    conv = HSAConv(IN_CHANNELS, ba.HEAD_DIM, heads=ba.HEADS).to(device)
+    return ba.Case(lambda: conv(x, hierarchy), [x] + list(conv.parameters()),
+                   info)
+
+
+def run_worker(args: argparse.Namespace) -> Dict[str, Any]:
+    row: Dict[str, Any] = {'method': args.method, 'n': args.nodes,
+                           'device': args.device}
+    try:
+        import torch
+        import torch_geometric.nn  # noqa: F401  (before the baseline)
+        ba.import_hsa_geo()
+        torch.set_num_threads(args.threads)
+        torch.manual_seed(args.seed)
+        dev = torch.device(args.device)
+        sync = ((lambda: torch.cuda.synchronize(dev))
+                if dev.type == 'cuda' else (lambda: None))
+        meter = ba.MemoryMeter(dev)
+        case = build(args.method, args.nodes, args.edges, dev, True)
+        timing = dict(min_time=args.min_time, max_repeats=args.max_repeats,
+                      long_run=args.long_run)
+        row.update(ba._run_phases(case, meter, sync, False, timing))
+        row.update(case.info)
+        row['memory_method'] = meter.method
+        row['status'] = 'ok'
+    except Exception as e:  # out of memory included: record, do not crash
+        row['status'] = 'error'
+        row['error'] = f'{type(e).__name__}: {e}'[:2000]
+    return row
+
+
+def run_in_subprocess(method: str, args: argparse.Namespace) -> Dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), '--worker',
+           '--method', method, '--nodes', str(args.nodes), '--edges',
+           str(args.edges), '--device', args.device, '--threads',
+           str(args.threads), '--min-time', str(args.min_time),
+           '--max-repeats', str(args.max_repeats), '--long-run',
+           str(args.long_run), '--seed', str(args.seed)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True,
+                              timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {'method': method, 'n': args.nodes, 'status': 'timeout'}
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(ba.RESULT_MARKER):
+            return json.loads(line[len(ba.RESULT_MARKER):])
+    return {'method': method, 'n': args.nodes, 'status': 'error',
+            'error': f'exit {proc.returncode}: {proc.stderr[-1500:]}'}
+
+
+def evaluate_target(rows: List[Dict]) -> Dict[str, Any]:
+    fam = ba.lookup(rows, 'hsa_conv_family', rows[0]['n'], 'fwdbwd_ms') \
+        if rows else None
+    conv = ba.lookup(rows, 'transformer_conv', rows[0]['n'], 'fwdbwd_ms') \
+        if rows else None
+    ratio = ba._ratio(fam, conv)
+    desc = (f'HSAConv with family graphs at most {TARGET_RATIO:g}x '
+            f'TransformerConv on the same edges, forward+backward')
+    if ratio is None:
+        return {'description': desc, 'status': 'N/A', 'ratio': None}
+    return {'description': desc, 'ratio': ratio,
+            'status': 'PASS' if ratio <= TARGET_RATIO else 'FAIL',
+            'detail': f'{fam:.0f} ms / {conv:.0f} ms = {ratio:.2f}x '
+                      f'(needs <= {TARGET_RATIO:g}x)'}
+
+
+def format_table(rows: List[Dict], markdown: bool = False) -> str:
+    head = ['method', 'fwd ms', 'fwd+bwd ms', 'peak MiB',
+            'context per node (min / mean / max leaves)', 'tree setup s']
+    body = []
+    for r in rows:
+        if r['status'] != 'ok':
+            body.append([LABELS.get(r['method'], r['method']), r['status'],
+                         '', '', r.get('error', '')[:60], ''])
+            continue
+        c = r['context']
+        setup = r.get('setup_ms')
+        body.append([LABELS[r['method']], f"{r['fwd_ms']:.0f}",
+                     f"{r['fwdbwd_ms']:.0f}", f"{r['fwdbwd_peak_mib']:.0f}",
+                     f"{c['min']:,.0f} / {c['mean']:,.0f} / {c['max']:,.0f}",
+                     '-' if setup is None else f'{setup / 1e3:.1f}'])
+    if markdown:
+        lines = ['| ' + ' | '.join(head) + ' |',
+                 '|' + '|'.join(['---'] + ['---:'] * (len(head) - 1)) + '|']
+        lines += ['| ' + ' | '.join(row) + ' |' for row in body]
+        return '\n'.join(lines)
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
+    fmt = '  '.join(f'{{:<{w}}}' if i == 0 else f'{{:>{w}}}'
+                    for i, w in enumerate(widths))
+    return '\n'.join(fmt.format(*row) for row in [head] + body)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--nodes', type=int, default=None)
+    p.add_argument('--edges', type=int, default=None)
+    p.add_argument('--methods', nargs='+', default=METHODS, choices=METHODS)
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--threads', type=int, default=ba.usable_cores())
+    p.add_argument('--min-time', type=float, default=2.0)
+    p.add_argument('--max-repeats', type=int, default=5)
+    p.add_argument('--long-run', type=float, default=20.0)
+    p.add_argument('--timeout', type=float, default=1800.0)
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--quick', action='store_true',
+                   help=f'{QUICK_NODES:,} nodes, one repeat')
+    p.add_argument('--out', type=Path, default=None)
+    p.add_argument('--markdown', type=Path, default=None)
+    p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
+    p.add_argument('--method', choices=METHODS, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.max_repeats, args.min_time = 1, 0.0
+    args.nodes = args.nodes or (QUICK_NODES if args.quick else NUM_NODES)
+    args.edges = args.edges or (QUICK_EDGES if args.quick else NUM_EDGES)
+    if args.out is None:
+        suffix = '_quick' if args.quick else ''
+        args.out = ba.RESULTS_DIR / f'bench_family_graph_{args.device}' \
+            f'{suffix}.json'
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        sys.stdout.write(ba.RESULT_MARKER + json.dumps(run_worker(args)) +
+                         '\n')
+        return 0
+    start = time.perf_counter()
+    machine = ba.machine_info(args.device, args.threads)
+    print(f"bench_family_graph on {args.device} ({machine['cpu']}; "
+          f"{machine['cores']} cores), torch {machine['torch']}: "
+          f"{args.nodes:,} nodes, ~{args.edges:,} edges, "
+          f'{IN_CHANNELS} -> {ba.HEADS} heads x {ba.HEAD_DIM}', flush=True)
+    warning = ba.load_warning(machine)
+    if warning:
+        print(warning, flush=True)
+    rows = []
+    try:
+        from tqdm import tqdm
+        methods = tqdm(args.methods, desc='bench_family_graph',
+                       file=sys.stderr)
+    except ImportError:
+        methods = args.methods
+    for method in methods:
+        rows.append(run_in_subprocess(method, args))
+    target = evaluate_target(rows)
+    payload = {
+        'benchmark': 'bench_family_graph',
+        'created': datetime.datetime.now().astimezone().isoformat(
+            timespec='seconds'),
+        'machine': machine,
+        'config': {'nodes': args.nodes, 'edges': args.edges,
+                   'in_channels': IN_CHANNELS, 'heads': ba.HEADS,
+                   'head_dim': ba.HEAD_DIM, 'branching': ba.BRANCHING,
+                   'community': COMMUNITY, 'p_in': P_IN,
+                   'timing': ba.TIMING_NOTE, 'memory': ba.MEMORY_NOTE},
+        'results': rows,
+        'target': target,
+        'wall_s': time.perf_counter() - start,
+    }
+    ba.write_json(args.out, payload)
+    print()
+    print(format_table(rows))
+    print(f"\n[{target['status']}] {target['description']}\n         "
+          f"{target.get('detail', '')}")
+    print(f'\nwrote {args.out}')
+    if args.markdown is not None:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(format_table(rows, markdown=True) + '\n')
+        print(f'wrote {args.markdown}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

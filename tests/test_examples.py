@@ -1,0 +1,20 @@
+r"""The example scripts run and report what they claim."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_runs_and_checks_hold():
+    proc = subprocess.run([sys.executable, str(ROOT / 'examples' / 'demo.py')],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert '5 paragraphs -> 19 sentences -> 328 words' in out
+    errors = re.findall(r'= ([0-9.]+e[-+][0-9]+)', out)
+    assert len(errors) == 3  # flat vs SDPA, DP vs dense Q, row sums
+    assert all(float(e) < 1e-5 for e in errors)
+    rows = re.findall(r'^\s*\d+\s+".*?"\s+[0-9. ]+\s(1\.000)$', out, re.M)
+    assert len(rows) >= 5  # family tables: every row sums to one
