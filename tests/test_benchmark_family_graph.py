@@ -1,0 +1,70 @@
+r"""Smoke test of ``benchmarks/bench_family_graph.py``: the generated graph
+is what it says, the context count equals the support of the dense HSA
+matrix, and every method runs on a small graph. No timing is asserted."""
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hsa_geo import hierarchical_attention_matrix
+
+pytest.importorskip('pymetis')
+
+BENCH_DIR = Path(__file__).resolve().parents[1] / 'benchmarks'
+
+
+def _load(name):
+    if str(BENCH_DIR) not in sys.path:
+        sys.path.insert(0, str(BENCH_DIR))
+    spec = importlib.util.spec_from_file_location(name,
+                                                  BENCH_DIR / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load('bench_family_graph')
+
+
+def test_community_graph():
+    e = bench.community_graph(2000, 14000, seed=3)
+    assert e.size(0) == 2 and 0.9 * 14000 <= e.size(1) <= 1.1 * 14000
+    assert (e[0] != e[1]).all()
+    pairs = set(map(tuple, e.t().tolist()))
+    assert len(pairs) == e.size(1)  # no duplicates
+    assert all((b, a) in pairs for a, b in pairs)  # undirected
+    assert torch.equal(e, bench.community_graph(2000, 14000, seed=3))
+
+
+@pytest.mark.parametrize('family_graph', [False, True])
+def test_context_size_is_the_support_of_q(family_graph):
+    from torch_geometric.data import Data
+
+    from hsa_geo.transforms import GraphHierarchy
+    e = bench.community_graph(150, 500, seed=1)
+    h = GraphHierarchy(branching=4, family_graph=family_graph)(
+        Data(edge_index=e, num_nodes=150)).hierarchy
+    q = torch.randn(150, 1, 2, dtype=torch.float64)
+    Q = hierarchical_attention_matrix(q, q, h)[0]
+    assert torch.equal(bench.context_size(h).long(), (Q > 0).sum(-1))
+
+
+@pytest.mark.parametrize('method', bench.METHODS)
+def test_worker_runs(method):
+    args = bench.parse_args(['--worker', '--method', method, '--nodes', '300',
+                             '--edges', '2000', '--min-time', '0',
+                             '--max-repeats', '1', '--threads', '1'])
+    row = bench.run_worker(args)
+    assert row['status'] == 'ok', row.get('error')
+    assert row['output_finite'] and row['output_shape'] == [300, 256]
+    assert math.isfinite(row['fwdbwd_ms']) and row['fwdbwd_ms'] > 0
+    assert 1 <= row['context']['min'] <= row['context']['max'] <= 300
+    if method == 'hsa_conv_family':
+        assert row['family_edges'] > 0
+    target = bench.evaluate_target([row])
+    assert target['status'] == 'N/A'
+    assert bench.format_table([row], markdown=True).count('\n') == 2
