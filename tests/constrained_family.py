@@ -6,7 +6,7 @@ per-family ``log pi``, built from the parent vector with plain Python walks
 scores. Family graphs and pair biases (HSA_MATH section 4) are options.
 """
 import math
-from typing import Dict, Optional, Set, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 import torch
 
@@ -132,3 +132,27 @@ def per_tree_log_softmax(f: Forest, q, k, scale=None,
                     s[i, j] += bias.get(t[1:], 0.0)
     return torch.log_softmax(s.masked_fill(~same_tree_mask(f), -math.inf),
                              dim=-1)
+
+
+def lbfgs_kl(family: ConstrainedFamily, log_p: torch.Tensor,
+             theta: torch.Tensor, rounds: int, max_iter: int = 400
+             ) -> Tuple[List[float], torch.Tensor]:
+    r"""Minimises the total KL over the family's logits with L-BFGS from
+    :obj:`theta`; returns every loss it evaluated and the final logits."""
+    theta = theta.clone().requires_grad_()
+    opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=max_iter,
+                            history_size=50, tolerance_grad=1e-13,
+                            tolerance_change=1e-16,
+                            line_search_fn='strong_wolfe')
+    seen: List[float] = []
+
+    def closure():
+        opt.zero_grad()
+        loss = family.kl(family.log_q(theta), log_p)
+        loss.backward()
+        seen.append(loss.item())
+        return loss
+
+    for _ in range(rounds):
+        opt.step(closure)
+    return seen, theta.detach()

@@ -19,7 +19,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch_geometric.transforms as T  # noqa: E402
 from hypothesis import given, settings, strategies as st  # noqa: E402
-from torch_geometric.data import Data, InMemoryDataset  # noqa: E402
+from torch_geometric.data import Data  # noqa: E402
 from torch_geometric.loader import DataLoader  # noqa: E402
 
 from hsa_geo import Hierarchy, NestedSignal  # noqa: E402
@@ -27,6 +27,7 @@ from hsa_geo.functional import hierarchical_attention_matrix  # noqa: E402
 from hsa_geo.transforms.document_hierarchy import \
     DocumentHierarchy  # noqa: E402
 from hsa_geo.transforms.vocabulary import Vocabulary  # noqa: E402
+from pre_transform_dataset import PreTransformDataset  # noqa: E402
 
 TEXT_PATH = Path(__file__).resolve().parent.parent / 'datasets' / \
     'hsa_intro.txt'
@@ -575,34 +576,12 @@ def test_batching_and_compose_wordpiece(bert):
     check_compose_and_copies(DocumentHierarchy(tokenizer=bert))
 
 
-class _Paragraphs(InMemoryDataset):
-    def __init__(self, root, pre_transform=None):
-        super().__init__(root, pre_transform=pre_transform)
-        self.load(self.processed_paths[0])
-
-    @property
-    def raw_file_names(self):
-        return []
-
-    @property
-    def processed_file_names(self):
-        return ['paragraphs.pt']
-
-    def download(self):
-        pass
-
-    def process(self):
-        data_list = [Data(text=p, y=torch.tensor([i]))
-                     for i, p in enumerate(PARAGRAPHS)]
-        self.save([self.pre_transform(d) for d in data_list],
-                  self.processed_paths[0])
-
-
-# NestedSignal is not on torch.load's weights_only allow-list: PyG warns and
-# loads the file in full, which is fine for a file this test wrote.
 def test_pre_transform(tmp_path, vocab):
     transform = DocumentHierarchy(vocab=vocab)
-    dataset = _Paragraphs(str(tmp_path), pre_transform=transform)
+    dataset = PreTransformDataset(
+        str(tmp_path), lambda: [Data(text=p, y=torch.tensor([i]))
+                                for i, p in enumerate(PARAGRAPHS)],
+        transform)
     assert len(dataset) == len(PARAGRAPHS)
     for i, p in enumerate(PARAGRAPHS):
         stored, fresh = dataset[i], transform(p)

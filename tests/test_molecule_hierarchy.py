@@ -14,11 +14,12 @@ import pytest
 import torch
 import torch_geometric.transforms as T
 from hypothesis import given, settings, strategies as st
-from torch_geometric.data import Data, InMemoryDataset
+from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 
 from hsa_geo import Hierarchy, NestedSignal
 from hsa_geo.transforms.molecule_hierarchy import MoleculeHierarchy
+from pre_transform_dataset import PreTransformDataset
 
 try:  # optional: every test but test_missing_rdkit needs it
     import networkx as nx
@@ -302,34 +303,12 @@ def test_compose_deterministic_and_copies(graphs, transform):
             assert torch.equal(other.cluster_kind, a.cluster_kind)
 
 
-class _Molecules(InMemoryDataset):
-    def __init__(self, root, pre_transform=None):
-        super().__init__(root, pre_transform=pre_transform)
-        self.load(self.processed_paths[0])
-
-    @property
-    def raw_file_names(self):
-        return []
-
-    @property
-    def processed_file_names(self):
-        return ['molecules.pt']
-
-    def download(self):
-        pass
-
-    def process(self):
-        data_list = [graph(s, y=torch.tensor([[float(i)]]))
-                     for i, s in enumerate(SMILES[:12])]
-        self.save([self.pre_transform(d) for d in data_list],
-                  self.processed_paths[0])
-
-
-# NestedSignal is not on torch.load's weights_only allow-list: PyG warns and
-# loads the file in full, which is fine for a file this test wrote.
 @needs_rdkit
 def test_pre_transform(tmp_path, transform):
-    dataset = _Molecules(str(tmp_path), pre_transform=transform)
+    dataset = PreTransformDataset(
+        str(tmp_path), lambda: [graph(s, y=torch.tensor([[float(i)]]))
+                                for i, s in enumerate(SMILES[:12])],
+        transform)
     assert len(dataset) == 12
     for i, smiles in enumerate(SMILES[:12]):
         stored, fresh = dataset[i], transform(graph(smiles))

@@ -444,9 +444,13 @@ def hierarchical_attention(
     scores = []
     off_lse_leaf = q.new_full((num_leaves, heads), neg)
     off_lse_clus = q.new_full((num_clusters, heads), neg)
+    # The pairs of every bucket (P index triples) only when a bias needs them.
+    bucket_pairs = h._bucket_pairs if pair_bias is not None else [None] * len(
+        h.family_buckets)
     pair_offset = 0
-    for b, pairs in zip(h.family_buckets, h._bucket_pairs):
-        pair_offset += pairs[0].numel()
+    for b, pairs in zip(h.family_buckets, bucket_pairs):
+        if pairs is not None:
+            pair_offset += pairs[0].numel()
         if b.width == 1:  # a single child has no sibling to attend to
             scores.append(None)
             continue
