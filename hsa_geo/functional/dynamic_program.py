@@ -66,36 +66,6 @@ def _check_pair_bias(bias: Tensor, hierarchy: Hierarchy,
     return bias.reshape(num_pairs, math.prod(heads))
 
 
-def _invalid(bucket: FamilyBucket) -> Tensor:
-    r"""Pairs without a logit: the diagonal (``l_aa = g_a`` enters
-    separately), padding, and pairs off the family graph; ``[W, W]`` when
-    all families share it, else ``[F, W, W]``."""
-    if bucket.allowed is not None:  # never on the diagonal or in padding
-        return ~bucket.allowed
-    eye = torch.eye(bucket.width, dtype=torch.bool,
-                    device=bucket.mask.device)
-    if bucket.kind != 'mixed':
-        return eye
-    return ~(bucket.mask[:, :, None] & bucket.mask[:, None, :] & ~eye)
-
-
-def _bucket_biases(pair_bias: Optional[Tensor], hierarchy: Hierarchy,
-                   dtype: torch.dtype) -> List[Optional[Tensor]]:
-    r"""The ``[P, H]`` pair bias laid out per bucket as ``[H, F, W, W]``
-    (zeros in padding and on the diagonal), or :obj:`None` per bucket."""
-    buckets = hierarchy.family_buckets
-    if pair_bias is None:
-        return [None] * len(buckets)
-    out, offset = [], 0
-    for b, (f, i, j) in zip(buckets, hierarchy._bucket_pairs):
-        rows = pair_bias[offset:offset + f.numel()].to(dtype)
-        offset += f.numel()
-        bias = rows.new_zeros(rows.size(1), b.num_families, b.width, b.width)
-        bias[:, f, i, j] = rows.t()
-        out.append(bias if b.width > 1 else None)
-    return out
-
-
 def _to_slots(bucket: FamilyBucket, leaf_x: Tensor, cluster_x: Tensor) -> Tensor:
     r"""Gathers per-node rows into the padded family table:
     ``[N, *S]`` and ``[M, *S]`` -> ``[F, W, *S]`` (zeros in padding).
@@ -165,119 +135,96 @@ def _head(x: Tensor, i: int, buf: Tensor) -> Tensor:
     return buf.copy_(x[:, :, i])
 
 
-class _FamilyScores(torch.autograd.Function):
-    r"""The family logits, their row logsumexp, diagonal and family sums,
-    from two ``[F, W, H, D]`` family tables ``x`` (queries) and ``y``
-    (keys):
+class _HeadwiseScores(torch.autograd.Function):
+    r"""Scores inside families, their diagonal and the family sums:
+    ``s[h, f, a, b] = alpha * <x[f, a, h], y[f, b, h]>`` (``[H, F, W, W]``),
+    ``diag[f, a, h] = s[h, f, a, a]`` (``[F, W, H]``) and the sums of ``x``
+    and ``y`` over each family (``[F, H, D]``), from two ``[F, W, H, D]``
+    family tables.
 
-    - ``s[h, f, a, b] = alpha * <x[f, a, h], y[f, b, h]> + add[h, f, a, b]``
-      (``[H, F, W, W]``), set to ``neg`` where ``invalid`` (the diagonal,
-      padding, pairs off the family graph);
-    - ``lse[h, f, a] = logsumexp_b s[h, f, a, b]`` (``[H, F, W]``);
-    - ``diag[f, a, h] = alpha * <x[f, a, h], y[f, a, h]>`` (``[F, W, H]``);
-    - the sums of ``x`` and ``y`` over each family (``[F, H, D]``).
-
-    ``add`` (optional) broadcasts to ``[H, F, W, W]`` (``log |b|`` per
-    column, a pair bias); ``invalid`` is ``[W, W]`` or ``[F, W, W]``.
-
-    One batched product per head and chunk of families, followed while the
-    chunk is in cache by the addition, the mask and the logsumexp; the
-    backward likewise combines the gradients of ``s`` and ``lse`` and masks
-    them per chunk, so no full-size temporary exists besides the outputs
-    and the input gradients, each written once. Heads are staged through
-    reused buffers (CPU ``bmm`` clones every matrix of a strided batch)."""
+    One batched product per head and chunk of families. Heads are staged
+    through reused buffers (CPU ``bmm`` clones every matrix of a strided
+    batch), and the backward writes each input's whole gradient into one
+    tensor: generic autograd of per-head views would zero-fill a full-size
+    gradient per head and allocate one more per term."""
     @staticmethod
-    def forward(ctx, x: Tensor, y: Tensor, alpha: float, add: Optional[Tensor],
-                invalid: Tensor, neg: float):
+    def forward(ctx, x: Tensor, y: Tensor, alpha: float):
+        ctx.save_for_backward(x, y)
+        ctx.alpha = alpha
         heads = x.size(2)
-        s = x.new_empty(heads, x.size(0), x.size(1), y.size(1))
-        lse = x.new_empty(s.shape[:-1])
+        out = x.new_empty(heads, x.size(0), x.size(1), y.size(1))
         diag = x.new_empty(x.shape[:3])
         x_sum = x.new_empty(x.size(0), heads, x.size(3))
         y_sum = y.new_empty(y.size(0), heads, y.size(3))
-        add_full = None if add is None else add.expand(s.shape)
         chunks = _chunks(x)
         bx, by = _head_buffers(x, chunks, 2)
         for lo, hi in chunks:
-            bad = _rows(invalid, lo, hi)
             for i in range(heads):
                 cx = _head(x[lo:hi], i, bx)
                 cy = _head(y[lo:hi], i, by)
-                sc = s[i, lo:hi]
-                torch.bmm(cx, cy.transpose(1, 2), out=sc).mul_(alpha)
-                if add_full is not None:
-                    sc.add_(add_full[i, lo:hi])
-                sc.masked_fill_(bad, neg)
-                torch.logsumexp(sc, dim=-1, out=lse[i, lo:hi])
-                diag[lo:hi, :, i] = torch.linalg.vecdot(cx, cy).mul_(alpha)
+                torch.bmm(cx, cy.transpose(1, 2), out=out[i, lo:hi])
+                diag[lo:hi, :, i] = torch.linalg.vecdot(cx, cy)
                 torch.sum(cx, dim=1, out=x_sum[lo:hi, i])
                 torch.sum(cy, dim=1, out=y_sum[lo:hi, i])
-        ctx.save_for_backward(x, y, s, lse, invalid)
-        ctx.alpha = alpha
-        ctx.add_shape = None if add is None else add.shape
-        ctx.set_materialize_grads(False)
-        return s, lse, diag, x_sum, y_sum
+        return out.mul_(alpha), diag.mul_(alpha), x_sum, y_sum
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_s: Optional[Tensor], grad_lse: Optional[Tensor],
-                 grad_diag: Optional[Tensor], grad_x_sum: Optional[Tensor],
-                 grad_y_sum: Optional[Tensor]):
-        x, y, s, lse, invalid = ctx.saved_tensors
+    def backward(ctx, grad: Tensor, grad_diag: Tensor, grad_x_sum: Tensor,
+                 grad_y_sum: Tensor):
+        x, y = ctx.saved_tensors
         alpha = ctx.alpha
-        need_x, need_y, _, need_add = ctx.needs_input_grad[:4]
-        gx = torch.empty_like(x) if need_x else None
-        gy = torch.empty_like(y) if need_y else None
-        g_add = torch.empty_like(s) if need_add else None
+        gx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
+        gy = torch.empty_like(y) if ctx.needs_input_grad[1] else None
         chunks = _chunks(x)
         bx, by, bo = _head_buffers(x, chunks, 3)
-        bg = _weight_buffer(s, chunks)
         for lo, hi in chunks:
-            bad = _rows(invalid, lo, hi)
             for i in range(x.size(2)):
-                # d loss / d s on this chunk: the direct gradient plus the
-                # softmax weights times the gradient of the logsumexp.
-                g = bg[:hi - lo]
-                if grad_lse is not None:
-                    torch.sub(s[i, lo:hi], lse[i, lo:hi].unsqueeze(-1),
-                              out=g).exp_().mul_(
-                                  grad_lse[i, lo:hi].unsqueeze(-1))
-                    if grad_s is not None:
-                        g.add_(grad_s[i, lo:hi])
-                elif grad_s is not None:
-                    g.copy_(grad_s[i, lo:hi])
-                else:
-                    g.zero_()
-                g.masked_fill_(bad, 0.0)
-                if g_add is not None:
-                    g_add[i, lo:hi] = g
                 cx = _head(x[lo:hi], i, bx)
                 cy = _head(y[lo:hi], i, by)
                 out = bo[:hi - lo]
-                gd = None if grad_diag is None else \
-                    grad_diag[lo:hi, :, i].unsqueeze(-1)
+                gd = grad_diag[lo:hi, :, i].unsqueeze(-1)
                 # alpha * (G Y + diag(g) Y) + broadcast of the family-sum
                 # gradient.
-                for gz, other, g_mat, g_sum in (
-                        (gx, cy, g, grad_x_sum),
-                        (gy, cx, g.transpose(1, 2), grad_y_sum)):
-                    if gz is None:
-                        continue
-                    torch.bmm(g_mat, other, out=out)
-                    if gd is not None:
-                        out.addcmul_(gd, other)
-                    out.mul_(alpha)
-                    if g_sum is not None:
-                        out.add_(g_sum[lo:hi, i].unsqueeze(1))
-                    gz[lo:hi, :, i] = out
-        if g_add is not None:
-            g_add = g_add.sum_to_size(ctx.add_shape)
-        return gx, gy, None, g_add, None, None
+                if gx is not None:
+                    torch.bmm(grad[i, lo:hi], cy, out=out)
+                    out.addcmul_(gd, cy)
+                    gx[lo:hi, :, i] = out.mul_(alpha).add_(
+                        grad_x_sum[lo:hi, i].unsqueeze(1))
+                if gy is not None:
+                    torch.bmm(grad[i, lo:hi].transpose(1, 2), cx, out=out)
+                    out.addcmul_(gd, cx)
+                    gy[lo:hi, :, i] = out.mul_(alpha).add_(
+                        grad_y_sum[lo:hi, i].unsqueeze(1))
+        return gx, gy, None
 
 
-def _rows(invalid: Tensor, lo: int, hi: int) -> Tensor:
-    r"""The mask of families ``lo:hi`` (a shared ``[W, W]`` mask as is)."""
-    return invalid if invalid.dim() == 2 else invalid[lo:hi]
+class _RowLogSumExp(torch.autograd.Function):
+    r"""``logsumexp`` over the last dimension of the ``[H, F, W, W]`` family
+    scores, in cache-sized chunks: neither direction allocates a full-size
+    temporary besides the gradient itself."""
+    @staticmethod
+    def forward(ctx, s: Tensor) -> Tensor:
+        out = s.new_empty(s.shape[:-1])
+        for lo, hi in _family_ranges(s.size(1), s.size(2) * s.size(3),
+                                     s.device):
+            for i in range(s.size(0)):
+                torch.logsumexp(s[i, lo:hi], dim=-1, out=out[i, lo:hi])
+        ctx.save_for_backward(s, out)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor) -> Tensor:
+        s, lse = ctx.saved_tensors
+        out = torch.empty_like(s)
+        for lo, hi in _family_ranges(s.size(1), s.size(2) * s.size(3),
+                                     s.device):
+            for i in range(s.size(0)):
+                torch.sub(s[i, lo:hi], lse[i, lo:hi].unsqueeze(-1),
+                          out=out[i, lo:hi]).exp_().mul_(
+                              grad[i, lo:hi].unsqueeze(-1))
+        return out
 
 
 class _HeadwiseContext(torch.autograd.Function):
@@ -293,7 +240,7 @@ class _HeadwiseContext(torch.autograd.Function):
     The weights ``attn`` are recomputed per chunk of families in both
     directions instead of being stored: at large ``N`` every full-size
     temporary costs more in page faults than its arithmetic. Staged per head
-    and chunk like :class:`_FamilyScores`."""
+    and chunk like :class:`_HeadwiseScores`."""
     @staticmethod
     def forward(ctx, s: Tensor, shift: Tensor, keep: Optional[Tensor],
                 v: Tensor, r: Optional[Tensor], u: Optional[Tensor]) -> Tensor:
@@ -471,13 +418,10 @@ def hierarchical_attention(
     blocks = h._leaf_blocks
     if blocks is not None and blocks.width == 1:
         blocks = None
-    biases = _bucket_biases(pair_bias, h, dtype)
     if blocks is not None:
         qv, kv, vv = (_to_slots(blocks, x, x) for x in (q, k, v))
-        blocks_scores = _FamilyScores.apply(
-            qv, kv, scale, biases[h.family_buckets.index(blocks)],
-            _invalid(blocks), neg)
-        leaf_sums = {'q': blocks_scores[3], 'k': blocks_scores[4],
+        blocks_scores = _HeadwiseScores.apply(qv, kv, scale)
+        leaf_sums = {'q': blocks_scores[2], 'k': blocks_scores[3],
                      'v': vv.sum(dim=1)}
 
     def cluster_means(x: Tensor, name: str) -> Tensor:
@@ -496,28 +440,46 @@ def hierarchical_attention(
     logsize_leaf = q.new_zeros(num_leaves)
     logsize_clus = csize.log()
 
-    # Family scores: off-diagonal logits l_ab ([H, F, W, W]) and their
-    # logsumexp per row a.
+    # Family scores: off-diagonal logits l_ab and their logsumexp per row a.
     scores = []
     off_lse_leaf = q.new_full((num_leaves, heads), neg)
     off_lse_clus = q.new_full((num_clusters, heads), neg)
-    for b, bias in zip(h.family_buckets, biases):
+    # The pairs of every bucket (P index triples) only when a bias needs them.
+    bucket_pairs = h._bucket_pairs if pair_bias is not None else [None] * len(
+        h.family_buckets)
+    pair_offset = 0
+    for b, pairs in zip(h.family_buckets, bucket_pairs):
+        if pairs is not None:
+            pair_offset += pairs[0].numel()
         if b.width == 1:  # a single child has no sibling to attend to
             scores.append(None)
             continue
         if b is blocks:
-            s, off_lse, diag = blocks_scores[:3]
+            s, diag = blocks_scores[:2]
             g_leaf = diag.view(num_leaves, heads)  # s_ii
         else:
-            add = bias
-            if b.kind != 'leaf':  # + log|b| per column (0 for leaves)
-                add = _to_slots(b, logsize_leaf, logsize_clus)[None, :, None]
-                add = add if bias is None else bias + add
-            s, off_lse = _FamilyScores.apply(
-                _to_slots(b, q, qc), _to_slots(b, k, kc), scale, add,
-                _invalid(b), neg)[:2]
+            s = _HeadwiseScores.apply(_to_slots(b, q, qc), _to_slots(b, k, kc),
+                                      scale)[0]
+        # [H, F, W, W]; every full-size temporary counts at large N, so the
+        # scores are updated in place (log|b| = 0 for leaves).
+        if b.kind != 'leaf':
+            s = s + _to_slots(b, logsize_leaf, logsize_clus).unsqueeze(1)
+        if pair_bias is not None:
+            f, i, j = pairs
+            bias = s.new_zeros(s.shape)
+            bias[:, f, i, j] = pair_bias[pair_offset - f.numel():
+                                         pair_offset].t().to(dtype)
+            s = s + bias
+        if b.allowed is not None:  # family graph: no diagonal, no padding
+            invalid = ~b.allowed
+        else:
+            eye = torch.eye(b.width, dtype=torch.bool, device=s.device)
+            invalid = eye if b.kind != 'mixed' else ~(
+                b.mask[:, :, None] & b.mask[:, None, :] & ~eye)
+        s = s.masked_fill_(invalid, neg)
         scores.append(s)
-        _from_slots(b, off_lse.permute(1, 2, 0), off_lse_leaf, off_lse_clus)
+        _from_slots(b, _RowLogSumExp.apply(s).permute(1, 2, 0),
+                    off_lse_leaf, off_lse_clus)
 
     # g (per-leaf log-partition of every subtree), bottom-up. The row
     # logsumexp over all siblings, the diagonal l_aa = g_a included, is
