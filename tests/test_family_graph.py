@@ -379,22 +379,35 @@ def test_bad_pair_bias():
 # FamilyGeometryBias and HSAConv ############################################
 
 
-def test_geometry_bias_reads_relative_position_and_level():
-    h = Hierarchy.from_assignments(balanced_assignments(16, 4))
-    bias = FamilyGeometryBias(heads=2, max_branching=4, num_levels=2)
+@pytest.mark.parametrize('level', ['height', 'depth'])
+def test_geometry_bias_reads_relative_position_and_level(level):
+    #        11            uneven depths: family 10 mixes leaves 5, 6, 7
+    #      /    \           and the cluster 9 of leaves 3, 4
+    #     8      10
+    #   / | \  / | | \
+    #  0  1 2  5 6 7  9
+    #                / \
+    #               3   4
+    h = Hierarchy.from_parent([8, 8, 8, 9, 9, 10, 10, 10, 11, 10, 11, -1], 8)
+    bias = FamilyGeometryBias(heads=2, max_branching=4, num_levels=3,
+                              level=level)
     with torch.no_grad():
         bias.weight.copy_(torch.arange(bias.weight.numel(),
                                        dtype=torch.float).view_as(
                                            bias.weight))
     out = bias(h)
-    rank, depth = h.sibling_rank.tolist(), h.node_depth.tolist()
+    # Independent levels: by hand from the drawing of the tree.
+    family_level = {'height': {8: 0, 9: 0, 10: 1, 11: 2},
+                    'depth': {8: 2, 9: 3, 10: 2, 11: 1}}[level]
+    rank = {0: 0, 1: 1, 2: 2, 3: 0, 4: 1, 5: 0, 6: 1, 7: 2, 9: 3, 8: 0,
+            10: 1}
     parent = h.parent.tolist()
     for p, (a, b) in enumerate(h.sibling_pairs.t().tolist()):
-        level = min(depth[parent[a]], 1)
-        expect = bias.weight[level, rank[b] - rank[a] + 3]
+        lvl = min(family_level[parent[a]], 2)
+        expect = bias.weight[lvl, rank[b] - rank[a] + 3]
         assert torch.equal(out[p], expect)
     assert repr(bias) == ('FamilyGeometryBias(heads=2, max_branching=4, '
-                          'num_levels=2)')
+                          f"num_levels=3, level='{level}')")
 
 
 def test_geometry_bias_errors():
@@ -403,6 +416,10 @@ def test_geometry_bias_errors():
     h = Hierarchy.from_parent([5] * 5 + [-1], 5)
     with pytest.raises(ValueError, match='max_branching >= 5'):
         FamilyGeometryBias(2, max_branching=4)(h)
+    with pytest.raises(ValueError, match="'level' must be 'height' or"):
+        FamilyGeometryBias(2, level='width')
+    with pytest.raises(ValueError, match="'by' must be 'height'"):
+        h.family_level('width')
 
 
 def test_hsa_conv_geometry_bias_equals_functional():

@@ -613,6 +613,27 @@ class Hierarchy:
         order of the family tables and of :attr:`sibling_pairs`."""
         return self._sibling_rank
 
+    def family_level(self, by: str = 'height') -> Tensor:
+        r"""``[T]`` the level of every node as a child: the level of the
+        family it belongs to, the same for all siblings.
+
+        - ``by='height'``: the height of the parent minus one (the families
+          of leaves in a tree of uniform depth are level 0, in every tree of
+          a batch); a root: its own height.
+        - ``by='depth'``: the node's depth (children of a root are level 1;
+          roots are 0).
+        """
+        if by == 'depth':
+            return self._depth
+        if by != 'height':
+            raise ValueError(f"'by' must be 'height' (levels counted from "
+                             f"the leaves) or 'depth' (from the roots), got "
+                             f"{by!r}")
+        parent = self._parent
+        return torch.where(parent >= 0,
+                           self._height[parent.clamp(min=0)] - 1,
+                           self._height)
+
     @property
     def sibling_pairs(self) -> Tensor:
         r"""``[2, P]`` every ordered pair ``(a, b)`` of children of a common

@@ -16,12 +16,15 @@ class FamilyGeometryBias(torch.nn.Module):
     keeps the attention the exact KL minimiser of its family):
 
     .. math::
-        \beta_{ab} = \mathbf{B}\big[\min(\mathrm{depth}(F), L - 1),\;
+        \beta_{ab} = \mathbf{B}\big[\min(\ell(F), L - 1),\;
             \mathrm{rank}(b) - \mathrm{rank}(a)\big] \in \mathbb{R}^H,
 
-    where :math:`F` is the common parent, :math:`\mathrm{depth}(F)` its
-    distance to the root (families of level :math:`L - 1` and below share a
-    row), and :math:`\mathrm{rank}` the order of a node among its siblings
+    where :math:`\ell(F)` is the level of the common family
+    (:meth:`~hsa_geo.data.Hierarchy.family_level`: counted from the leaves
+    with :obj:`level='height'`, from the roots with :obj:`level='depth'`,
+    as in :class:`~hsa_geo.nn.HierarchicalPositionalEncoding`; levels
+    :math:`L - 1` and beyond share a row), and :math:`\mathrm{rank}` the
+    order of a node among its siblings
     (:attr:`~hsa_geo.data.Hierarchy.sibling_rank`: the position in a
     sequence for :class:`~hsa_geo.transforms.SequenceHierarchy` and
     document trees). :math:`\mathbf{B}` starts at zero, so a fresh bias
@@ -32,6 +35,7 @@ class FamilyGeometryBias(torch.nn.Module):
         max_branching (int): the largest family size it can encode; the
             relative positions are :math:`-(b - 1) \dots b - 1`.
         num_levels (int): :math:`L`, levels with their own biases.
+        level (str): ``'height'`` or ``'depth'``, see above.
 
     Shapes:
         - **input:** a :class:`~hsa_geo.data.Hierarchy`
@@ -40,7 +44,7 @@ class FamilyGeometryBias(torch.nn.Module):
           of :func:`~hsa_geo.functional.hierarchical_attention`.
     """
     def __init__(self, heads: int, max_branching: int = 16,
-                 num_levels: int = 8):
+                 num_levels: int = 8, level: str = 'height'):
         super().__init__()
         for name, value, low in (('heads', heads, 1),
                                  ('max_branching', max_branching, 2),
@@ -48,6 +52,10 @@ class FamilyGeometryBias(torch.nn.Module):
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"'{name}' must be an int >= {low}, got "
                                  f"{value!r}")
+        if level not in ('height', 'depth'):
+            raise ValueError(f"'level' must be 'height' or 'depth', got "
+                             f"{level!r}")
+        self.level = level
         self.heads = heads
         self.max_branching = max_branching
         self.num_levels = num_levels
@@ -68,11 +76,11 @@ class FamilyGeometryBias(torch.nn.Module):
         a, b = hierarchy.sibling_pairs
         rank = hierarchy.sibling_rank
         rel = rank[b] - rank[a] + (self.max_branching - 1)
-        level = hierarchy.node_depth[hierarchy.parent[a]].clamp(
+        level = hierarchy.family_level(self.level)[a].clamp(
             max=self.num_levels - 1)
         return self.weight[level, rel]
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(heads={self.heads}, '
                 f'max_branching={self.max_branching}, '
-                f'num_levels={self.num_levels})')
+                f'num_levels={self.num_levels}, level={self.level!r})')

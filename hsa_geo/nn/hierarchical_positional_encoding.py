@@ -302,13 +302,7 @@ class HierarchicalPositionalEncoding(torch.nn.Module):
         r"""``[T]`` the level :math:`\ell(n)` of every node (which table or
         map it uses), clamped to :obj:`num_levels - 1`."""
         h, _ = self._resolve(hierarchy)
-        if self.level == 'depth':
-            lvl = h.node_depth
-        else:
-            parent, height = h.parent, h.node_height
-            lvl = torch.where(parent >= 0, height[parent.clamp(min=0)] - 1,
-                              height)
-        return lvl.clamp(max=self.num_levels - 1)
+        return h.family_level(self.level).clamp(max=self.num_levels - 1)
 
     def __repr__(self) -> str:
         extra = {
