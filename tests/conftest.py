@@ -10,6 +10,8 @@ is reproducible. The ``default`` profile draws more examples for local use;
 import os
 import sys
 
+import pytest
+import torch
 from hypothesis import HealthCheck, settings
 
 # The tests import the strategies as a top-level module.
@@ -29,3 +31,14 @@ if _profile is None:
     _profile = 'ci' if os.environ.get('CI', '').lower() == 'true' else \
         'default'
 settings.load_profile(_profile)
+
+
+@pytest.fixture(scope='module')
+def one_thread():
+    r"""One intra-op thread for a test module: layers run many tiny kernels,
+    and on a small shared machine extra threads cost more than they give.
+    Use it with ``pytestmark = pytest.mark.usefixtures('one_thread')``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -279,3 +279,10 @@ def insert_chains(forest: Forest, lengths: List[int]) -> Forest:
             parent[below] = new
             below = new
     return Forest(parent, forest.num_leaves)
+
+
+def fewer(divisor: int):
+    r"""Hypothesis settings with a fraction of the active profile's examples
+    (at least 3), for the expensive tests."""
+    from hypothesis import settings
+    return settings(max_examples=max(3, settings().max_examples // divisor))

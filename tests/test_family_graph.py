@@ -15,7 +15,7 @@ from typing import Dict, Tuple
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import assume, given, settings, strategies as st
+from hypothesis import assume, given, strategies as st
 from torch_geometric.loader import DataLoader
 
 from constrained_family import (ConstrainedFamily, lbfgs_kl,
@@ -23,16 +23,14 @@ from constrained_family import (ConstrainedFamily, lbfgs_kl,
 from hsa_geo import Hierarchy, NestedSignal, hierarchical_attention, \
     hierarchical_attention_matrix
 from hsa_geo.nn import FamilyGeometryBias, HSAConv
-from strategies import (Forest, balanced_assignments, flat_tree, forests,
-                        lca_children)
+from strategies import (balanced_assignments, fewer, flat_tree, Forest,
+                        forests, lca_children)
 
 SEEDS = st.integers(0, 2**31 - 1)
 HEADS = st.sampled_from([None, 1, 3])
 EXACT = 1e-10
 
 
-def _fewer(divisor: int) -> settings:
-    return settings(max_examples=max(3, settings().max_examples // divisor))
 
 
 def random_family_graph(h: Hierarchy, seed: int, p: float = 0.5
@@ -185,7 +183,7 @@ def test_flat_pair_bias_is_additive_softmax_mask(n, heads, seed):
 KL_FORESTS = forests(max_leaves=10, max_trees=2, max_depth=3)
 
 
-@_fewer(3)
+@fewer(3)
 @given(f=KL_FORESTS, d=st.integers(1, 3), seed=SEEDS,
        p=st.sampled_from([0.3, 0.7]), with_bias=st.booleans())
 def test_kl_minimiser_with_family_graph_and_bias(f, d, seed, p, with_bias):
@@ -266,7 +264,7 @@ def test_family_weights_follow_the_graph(f, heads, seed):
     assert torch.allclose(sums[has_parent], torch.ones(()).double())
 
 
-@settings(max_examples=max(3, settings().max_examples // 2))
+@fewer(2)
 @given(f=forests(max_leaves=7), heads=st.sampled_from([None, 2]), seed=SEEDS)
 def test_gradcheck_with_family_graph_and_bias(f, heads, seed):
     h = Hierarchy.from_parent(f.parent, f.num_leaves)

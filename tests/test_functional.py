@@ -22,15 +22,15 @@ from typing import Dict
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import assume, given, settings, strategies as st
+from hypothesis import assume, given, strategies as st
 
 from hsa_geo import Hierarchy, hierarchical_attention, \
     hierarchical_attention_matrix
 from constrained_family import (ConstrainedFamily, lbfgs_kl,
                                 per_tree_log_softmax, same_tree_mask)
-from strategies import (Forest, balanced_assignments, flat_tree, forests,
-                        insert_chains, lca_children, leaves_under, relabel,
-                        single_trees)
+from strategies import (balanced_assignments, fewer, flat_tree, Forest,
+                        forests, insert_chains, lca_children, leaves_under,
+                        relabel, single_trees)
 
 SEEDS = st.integers(0, 2**31 - 1)
 HEADS = st.sampled_from([None, 1, 3])  # None: 2-D [N, D] inputs
@@ -39,9 +39,6 @@ SCALES = st.one_of(st.none(), st.floats(0.05, 2.0))
 EXACT = 1e-10  # float64 agreement between independent constructions
 
 
-def _fraction(divisor: int) -> settings:
-    r"""Fewer examples than the active profile for the expensive tests."""
-    return settings(max_examples=max(3, settings().max_examples // divisor))
 
 
 def build(f: Forest) -> Hierarchy:
@@ -260,7 +257,7 @@ def _kl_setup(f, d, seed):
     return family, log_p, Q, theta_star, kl_star
 
 
-@_fraction(4)
+@fewer(4)
 @given(f=KL_FORESTS, d=st.integers(1, 3), seed=SEEDS)
 def test_kl_optimiser_never_beats_closed_form(f, d, seed):
     """A generic optimiser (L-BFGS) over the constrained family, started
@@ -279,7 +276,7 @@ def test_kl_optimiser_never_beats_closed_form(f, d, seed):
     assert final <= kl_star + 1e-6 * (1.0 + kl_star)
 
 
-@_fraction(2)
+@fewer(2)
 @given(f=KL_FORESTS, d=st.integers(1, 4), seed=SEEDS,
        eps=st.sampled_from([1e-4, 1e-2, 0.3, 3.0]))
 def test_kl_closed_form_is_stationary_and_minimal(f, d, seed, eps):
@@ -424,7 +421,7 @@ def test_gradcheck_cases(name):
     _gradcheck(GRAD_CASES[name], 2, 2, 3, 0)
 
 
-@_fraction(2)
+@fewer(2)
 @given(f=forests(max_leaves=7), heads=st.sampled_from([None, 2]),
        d=st.integers(1, 3), seed=SEEDS)
 def test_gradcheck_random(f, heads, d, seed):
@@ -550,7 +547,7 @@ DROPOUT_FORESTS = forests(min_leaves=3, max_leaves=8, max_trees=2,
                           root_leaves=False)
 
 
-@_fraction(2)
+@fewer(2)
 @given(f=DROPOUT_FORESTS, seed=SEEDS)
 def test_dropout_off_is_a_no_op(f, seed):
     h = build(f)
@@ -581,7 +578,7 @@ def test_dropout_changes_output():
     assert max_err(outs[0], outs[1]) > 1e-3  # fresh masks every call
 
 
-@_fraction(4)
+@fewer(4)
 @given(f=DROPOUT_FORESTS, seed=SEEDS, p=st.sampled_from([0.1, 0.5]))
 def test_dropout_is_unbiased(f, seed, p):
     """Dropout on the family weights, rescaled by 1/(1-p), keeps the output

@@ -19,7 +19,7 @@ import networkx as nx
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 from torch_geometric.nn import pool
@@ -28,7 +28,7 @@ from torch_geometric.utils import from_networkx
 from hsa_geo import Hierarchy, NestedSignal, hierarchical_attention_matrix
 from hsa_geo.transforms.graph_hierarchy import (GraphHierarchy,
                                                 _within_capacity)
-from strategies import children_of, lca_children, leaves_under
+from strategies import fewer, children_of, lca_children, leaves_under
 
 HAVE_METIS = importlib.util.find_spec('pymetis') is not None
 METHODS = ('metis', 'louvain') if HAVE_METIS else ('louvain', )
@@ -36,9 +36,6 @@ needs_metis = pytest.mark.skipif(not HAVE_METIS, reason='pymetis missing')
 SEEDS = st.integers(0, 2**31 - 1)
 
 
-def _fewer(divisor: int) -> settings:
-    r"""Fewer examples than the active profile for the expensive tests."""
-    return settings(max_examples=max(3, settings().max_examples // divisor))
 
 
 def _graclus_available() -> bool:
@@ -392,7 +389,7 @@ def test_random_graphs(data, method, branching, family_graph, seed):
                                     seed)(data))
 
 
-@_fewer(2)
+@fewer(2)
 @given(graphs(max_nodes=24), st.sampled_from(METHODS), st.integers(2, 5),
        st.booleans())
 def test_random_graphs_context(data, method, branching, family_graph):
@@ -402,7 +399,7 @@ def test_random_graphs_context(data, method, branching, family_graph):
     check_context(GraphHierarchy(method, branching, family_graph)(data))
 
 
-@_fewer(2)
+@fewer(2)
 @given(st.lists(graphs(max_nodes=20), min_size=1, max_size=5),
        st.sampled_from(METHODS), st.integers(2, 5), st.booleans(),
        st.integers(1, 5))

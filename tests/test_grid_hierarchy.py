@@ -10,7 +10,7 @@ from typing import List, Tuple
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
@@ -18,16 +18,13 @@ from torch_geometric.loader import DataLoader
 from hsa_geo import (Hierarchy, NestedSignal, hierarchical_attention,
                      hierarchical_attention_matrix)
 from hsa_geo.transforms.grid_hierarchy import GridHierarchy
-from strategies import children_of, depth_of, leaves_under
+from strategies import fewer, children_of, depth_of, leaves_under
 
 SIDES = st.integers(1, 11)
 SEEDS = st.integers(0, 2**31 - 1)
 EXACT = 1e-10
 
 
-def _fewer(divisor: int) -> settings:
-    r"""Fewer examples than the active profile for the expensive tests."""
-    return settings(max_examples=max(3, settings().max_examples // divisor))
 
 
 def grid(rows: int, cols: int, features: int = 3, **kwargs) -> Data:
@@ -262,7 +259,7 @@ def test_real_photograph_padded():
 # Batching ##################################################################
 
 
-@_fewer(2)
+@fewer(2)
 @given(st.lists(st.tuples(SIDES, SIDES), min_size=1, max_size=4),
        st.integers(1, 4))
 def test_loader_batches_into_the_forest_of_parts(shapes, batch_size):
@@ -299,7 +296,7 @@ def test_loader_batches_into_the_forest_of_parts(shapes, batch_size):
 # The fused path ############################################################
 
 
-@_fewer(2)
+@fewer(2)
 @given(st.integers(1, 5), st.integers(1, 5), SEEDS)
 def test_even_grids_take_the_fused_path(half_rows, half_cols, seed):
     rows, cols = 2 * half_rows, 2 * half_cols

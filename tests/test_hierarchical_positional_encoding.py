@@ -12,7 +12,7 @@ import networkx as nx
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 from torch_geometric.transforms import (AddLaplacianEigenvectorPE,
@@ -22,24 +22,18 @@ from hsa_geo import Hierarchy, NestedSignal
 from hsa_geo.nn import hierarchical_positional_encoding as hpe_module
 from hsa_geo.nn.hierarchical_positional_encoding import \
     HierarchicalPositionalEncoding as HPE
-from strategies import (Forest, ancestors, balanced_assignments, children_of,
-                        depth_of, forests, height_of)
+from strategies import (ancestors, balanced_assignments, children_of, depth_of,
+                        fewer, Forest, forests, height_of)
 
 SEEDS = st.integers(0, 2**31 - 1)
 LEVELS = st.sampled_from(['height', 'depth'])
 DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
-def _fewer(divisor: int) -> settings:
-    return settings(max_examples=max(3, settings().max_examples // divisor))
 
 
 #          9              leaves 0..6; family 7 of leaves, family 8 of
@@ -182,7 +176,7 @@ def test_grid_matches_slow_construction(f, level, num_levels, seed):
     assert torch.equal(module.positional_features(h, grid_pos), grid_pos)
 
 
-@_fewer(2)
+@fewer(2)
 @given(forests(max_leaves=16, max_branching=6), LEVELS, st.integers(1, 5),
        st.booleans(), SEEDS)
 def test_random_walk_matches_slow_construction(f, level, k, sparse, seed):
@@ -200,7 +194,7 @@ def test_random_walk_matches_slow_construction(f, level, k, sparse, seed):
                                atol=1e-12)
 
 
-@_fewer(2)
+@fewer(2)
 @given(forests(max_leaves=16, max_branching=6), st.integers(1, 5), SEEDS)
 def test_laplacian_features_are_eigenvectors(f, k, seed):
     r"""Column ``c`` of a family's features is a unit eigenvector of its
@@ -495,7 +489,7 @@ def signal_lists(draw, sparse: bool):
     return out
 
 
-@_fewer(2)
+@fewer(2)
 @pytest.mark.parametrize('mode', ['sequence', 'grid'])
 @given(signals=signal_lists(sparse=False), level=LEVELS)
 def test_batch_equals_singles(mode, signals, level):
@@ -506,7 +500,7 @@ def test_batch_equals_singles(mode, signals, level):
                                atol=1e-6)
 
 
-@_fewer(2)
+@fewer(2)
 @pytest.mark.parametrize('mode', ['laplacian', 'random_walk'])
 @given(signals=signal_lists(sparse=True), level=LEVELS)
 def test_batch_equals_singles_family_graphs(mode, signals, level):

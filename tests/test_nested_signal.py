@@ -6,20 +6,17 @@ import copy
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 from torch_geometric.data import Batch, Data
 from torch_geometric.loader import DataLoader
 
 from hsa_geo import Hierarchy, NestedSignal, hierarchical_attention
-from strategies import Forest, forests
+from strategies import fewer, Forest, forests
 
 SEEDS = st.integers(0, 2**31 - 1)
 EXACT = 1e-10
 
 
-def _fewer(divisor: int) -> settings:
-    r"""Fewer examples than the active profile for the expensive tests."""
-    return settings(max_examples=max(3, settings().max_examples // divisor))
 
 
 def build(f: Forest) -> Hierarchy:
@@ -306,14 +303,14 @@ def _check_batch(batch, parts):
     ]
 
 
-@_fewer(2)
+@fewer(2)
 @given(signal_lists())
 def test_batch_hierarchy_is_forest_of_parts(signals):
     batch = Batch.from_data_list(signals)
     _check_batch(batch, signals)
 
 
-@_fewer(2)
+@fewer(2)
 @given(signal_lists(), SEEDS)
 def test_batched_attention_equals_per_signal(signals, seed):
     g = torch.Generator().manual_seed(seed)
@@ -332,7 +329,7 @@ def test_batched_attention_equals_per_signal(signals, seed):
     torch.testing.assert_close(out, expected, rtol=0, atol=EXACT)
 
 
-@_fewer(4)
+@fewer(4)
 @given(signal_lists(max_signals=6), st.data())
 def test_loader_all_batch_sizes_and_shuffle(signals, data):
     for batch_size in range(1, len(signals) + 1):

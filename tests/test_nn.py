@@ -9,31 +9,23 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 from torch_geometric.data import Batch
 from torch_geometric.loader import DataLoader
 from torch_geometric.nn import Sequential, global_mean_pool
 
 from hsa_geo import Hierarchy, NestedSignal, hierarchical_attention_matrix
 from hsa_geo.nn import HSAConv, HSATransformerLayer
-from strategies import Forest, flat_tree, forests
+from strategies import fewer, Forest, flat_tree, forests
 
 SEEDS = st.integers(0, 2**31 - 1)
 EXACT = 1e-10
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    r"""The layers run many tiny kernels; on a small shared machine intra-op
-    threads cost far more than they give."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
-def _fewer(divisor: int) -> settings:
-    return settings(max_examples=max(3, settings().max_examples // divisor))
 
 
 def build(f: Forest) -> Hierarchy:
@@ -172,7 +164,7 @@ def test_repr():
 # HSAConv: exactness ########################################################
 
 
-@_fewer(2)
+@fewer(2)
 @given(forests(max_leaves=10), st.sampled_from([1, 3]), SEEDS)
 def test_equals_dense_hsa_of_own_projections(f, heads, seed):
     r"""``root_weight=False, concat=True``: the output is ``Q @ v`` per head,
@@ -193,7 +185,7 @@ def test_equals_dense_hsa_of_own_projections(f, heads, seed):
 @pytest.mark.parametrize('concat', [True, False])
 @pytest.mark.parametrize('root_weight', [True, False])
 @pytest.mark.parametrize('beta', [False, True])
-@_fewer(8)
+@fewer(8)
 @given(f=forests(max_leaves=8), seed=SEEDS)
 def test_equals_reference_for_all_options(f, concat, root_weight, beta, seed):
     h = build(f)
@@ -575,7 +567,7 @@ def test_layer_residual_structure():
     torch.testing.assert_close(layer(x, h), expected)
 
 
-@_fewer(4)
+@fewer(4)
 @given(forests(max_leaves=8), st.sampled_from([1, 2]), SEEDS)
 def test_layer_float64_equals_reference(f, heads, seed):
     h = build(f)

@@ -10,23 +10,20 @@ from typing import List
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 
 from hsa_geo import (Hierarchy, NestedSignal, hierarchical_attention,
                      hierarchical_attention_matrix)
 from hsa_geo.transforms.sequence_hierarchy import SequenceHierarchy
-from strategies import children_of, depth_of, leaves_under, root_of
+from strategies import fewer, children_of, depth_of, leaves_under, root_of
 
 SEEDS = st.integers(0, 2**31 - 1)
 CHUNKS = st.lists(st.integers(2, 7), min_size=1, max_size=4)
 EXACT = 1e-10
 
 
-def _fewer(divisor: int) -> settings:
-    r"""Fewer examples than the active profile for the expensive tests."""
-    return settings(max_examples=max(3, settings().max_examples // divisor))
 
 
 def expected_parent(n: int, sizes: List[int]) -> List[int]:
@@ -193,7 +190,7 @@ def test_repr():
         'SequenceHierarchy(chunk_sizes=[4, 2])'
 
 
-@_fewer(2)
+@fewer(2)
 @given(st.lists(st.integers(1, 30), min_size=1, max_size=5), CHUNKS,
        st.integers(1, 4))
 def test_loader_batches_into_the_forest_of_parts(lengths, sizes, batch_size):
@@ -228,7 +225,7 @@ def test_loader_batches_into_the_forest_of_parts(lengths, sizes, batch_size):
 # The fused path ############################################################
 
 
-@_fewer(2)
+@fewer(2)
 @given(st.sampled_from([2, 4, 8]), st.integers(1, 12),
        st.lists(st.integers(2, 5), max_size=2), SEEDS)
 def test_full_power_of_two_chunks_take_the_fused_path(c0, chunks, upper,
