@@ -66,6 +66,37 @@ def _check_pair_bias(bias: Tensor, hierarchy: Hierarchy,
     return bias.reshape(num_pairs, math.prod(heads))
 
 
+def _invalid(bucket: FamilyBucket) -> Tensor:
+    r"""Pairs without a logit: the diagonal (``l_aa = g_a`` enters
+    separately), padding, and pairs off the family graph; ``[W, W]`` when
+    all families share it, else ``[F, W, W]``."""
+    if bucket.allowed is not None:  # never on the diagonal or in padding
+        return ~bucket.allowed
+    eye = torch.eye(bucket.width, dtype=torch.bool,
+                    device=bucket.mask.device)
+    if bucket.kind != 'mixed':
+        return eye
+    return ~(bucket.mask[:, :, None] & bucket.mask[:, None, :] & ~eye)
+
+
+def _bucket_biases(pair_bias: Optional[Tensor], hierarchy: Hierarchy,
+                   dtype: torch.dtype) -> List[Optional[Tensor]]:
+    r"""The ``[P, H]`` pair bias laid out per bucket as ``[H, F, W, W]``
+    (zeros in padding and on the diagonal); :obj:`None` per bucket without
+    a bias. The sibling pairs of the buckets are only enumerated here."""
+    buckets = hierarchy.family_buckets
+    if pair_bias is None:
+        return [None] * len(buckets)
+    out, offset = [], 0
+    for b, (f, i, j) in zip(buckets, hierarchy._bucket_pairs):
+        rows = pair_bias[offset:offset + f.numel()].to(dtype)
+        offset += f.numel()
+        bias = rows.new_zeros(rows.size(1), b.num_families, b.width, b.width)
+        bias[:, f, i, j] = rows.t()
+        out.append(bias if b.width > 1 else None)
+    return out
+
+
 def _to_slots(bucket: FamilyBucket, leaf_x: Tensor, cluster_x: Tensor) -> Tensor:
     r"""Gathers per-node rows into the padded family table:
     ``[N, *S]`` and ``[M, *S]`` -> ``[F, W, *S]`` (zeros in padding).
@@ -444,13 +475,7 @@ def hierarchical_attention(
     scores = []
     off_lse_leaf = q.new_full((num_leaves, heads), neg)
     off_lse_clus = q.new_full((num_clusters, heads), neg)
-    # The pairs of every bucket (P index triples) only when a bias needs them.
-    bucket_pairs = h._bucket_pairs if pair_bias is not None else [None] * len(
-        h.family_buckets)
-    pair_offset = 0
-    for b, pairs in zip(h.family_buckets, bucket_pairs):
-        if pairs is not None:
-            pair_offset += pairs[0].numel()
+    for b, bias in zip(h.family_buckets, _bucket_biases(pair_bias, h, dtype)):
         if b.width == 1:  # a single child has no sibling to attend to
             scores.append(None)
             continue
@@ -464,19 +489,9 @@ def hierarchical_attention(
         # scores are updated in place (log|b| = 0 for leaves).
         if b.kind != 'leaf':
             s = s + _to_slots(b, logsize_leaf, logsize_clus).unsqueeze(1)
-        if pair_bias is not None:
-            f, i, j = pairs
-            bias = s.new_zeros(s.shape)
-            bias[:, f, i, j] = pair_bias[pair_offset - f.numel():
-                                         pair_offset].t().to(dtype)
+        if bias is not None:
             s = s + bias
-        if b.allowed is not None:  # family graph: no diagonal, no padding
-            invalid = ~b.allowed
-        else:
-            eye = torch.eye(b.width, dtype=torch.bool, device=s.device)
-            invalid = eye if b.kind != 'mixed' else ~(
-                b.mask[:, :, None] & b.mask[:, None, :] & ~eye)
-        s = s.masked_fill_(invalid, neg)
+        s = s.masked_fill_(_invalid(b), neg)
         scores.append(s)
         _from_slots(b, _RowLogSumExp.apply(s).permute(1, 2, 0),
                     off_lse_leaf, off_lse_clus)
