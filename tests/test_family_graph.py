@@ -31,8 +31,6 @@ HEADS = st.sampled_from([None, 1, 3])
 EXACT = 1e-10
 
 
-
-
 def random_family_graph(h: Hierarchy, seed: int, p: float = 0.5
                         ) -> torch.Tensor:
     r"""A random subset of the ordered pairs of distinct siblings."""

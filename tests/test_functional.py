@@ -39,8 +39,6 @@ SCALES = st.one_of(st.none(), st.floats(0.05, 2.0))
 EXACT = 1e-10  # float64 agreement between independent constructions
 
 
-
-
 def build(f: Forest) -> Hierarchy:
     return Hierarchy.from_parent(f.parent, f.num_leaves)
 

@@ -36,8 +36,6 @@ needs_metis = pytest.mark.skipif(not HAVE_METIS, reason='pymetis missing')
 SEEDS = st.integers(0, 2**31 - 1)
 
 
-
-
 def _graclus_available() -> bool:
     try:
         pool.graclus(torch.tensor([[0, 1], [1, 0]]), num_nodes=2)

@@ -25,8 +25,6 @@ SEEDS = st.integers(0, 2**31 - 1)
 EXACT = 1e-10
 
 
-
-
 def grid(rows: int, cols: int, features: int = 3, **kwargs) -> Data:
     r"""A row-major patch grid whose features name their cell."""
     r = torch.arange(rows).repeat_interleave(cols)

@@ -30,10 +30,7 @@ LEVELS = st.sampled_from(['height', 'depth'])
 DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
 
 
-
 pytestmark = pytest.mark.usefixtures('one_thread')
-
-
 
 
 #          9              leaves 0..6; family 7 of leaves, family 8 of

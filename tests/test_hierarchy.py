@@ -42,8 +42,8 @@ def test_example_derived_data():
     assert h.node_depth.tolist() == [2, 2, 1, 2, 0, 1, 1, 0]
     assert h.node_height.tolist() == [0, 0, 0, 0, 0, 1, 1, 2]
     assert h.leaf_count.tolist() == [1, 1, 1, 1, 1, 2, 1, 4]
-    assert [sorted(lv.tolist()) for lv in h.levels] == [[4, 7], [2, 5, 6],
-                                                       [0, 1, 3]]
+    assert [sorted(lv.tolist()) for lv in h.levels] == [
+        [4, 7], [2, 5, 6], [0, 1, 3]]
     pairs = set(map(tuple, h.sibling_pairs.t().tolist()))
     fams = [[0, 1], [3], [2, 5, 6]]
     assert pairs == {(a, b) for c in fams for a in c for b in c}

@@ -17,8 +17,6 @@ SEEDS = st.integers(0, 2**31 - 1)
 EXACT = 1e-10
 
 
-
-
 def build(f: Forest) -> Hierarchy:
     return Hierarchy.from_parent(f.parent, f.num_leaves)
 

@@ -22,10 +22,7 @@ SEEDS = st.integers(0, 2**31 - 1)
 EXACT = 1e-10
 
 
-
 pytestmark = pytest.mark.usefixtures('one_thread')
-
-
 
 
 def build(f: Forest) -> Hierarchy:

@@ -24,8 +24,6 @@ CHUNKS = st.lists(st.integers(2, 7), min_size=1, max_size=4)
 EXACT = 1e-10
 
 
-
-
 def expected_parent(n: int, sizes: List[int]) -> List[int]:
     r"""The documented construction, written out node by node."""
     parent = [-1] * n

@@ -1,4 +1,5 @@
-r"""Nested signals: hierarchies over leaves, and the PyG data that holds them."""
+r"""Nested signals: hierarchies over leaves, and the PyG data that holds
+them."""
 from hsa_geo.data.hierarchy import FamilyBucket, Hierarchy
 from hsa_geo.data.nested_signal import NestedSignal
 

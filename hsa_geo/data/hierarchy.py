@@ -339,9 +339,10 @@ class Hierarchy:
         name = 'family_edge_index'
         if not isinstance(edges, Tensor) or edges.is_floating_point() \
                 or edges.dtype == torch.bool or edges.is_complex():
+            got = edges.dtype if isinstance(edges, Tensor) else type(
+                edges).__name__
             raise ValueError(f"'{name}' must be an integer tensor of shape "
-                             f"[2, E], got {type(edges).__name__}"
-                             f"{' ' + str(edges.dtype) if isinstance(edges, Tensor) else ''}")
+                             f"[2, E], got {got}")
         if edges.dim() != 2 or edges.size(0) != 2:
             raise ValueError(f"'{name}' must have shape [2, E], got "
                              f"{tuple(edges.shape)}")
@@ -469,7 +470,8 @@ class Hierarchy:
         width = torch.ones_like(num_children)
         big = num_children > 1
         # Next power of two: padding wastes at most 4x in the W^2 scores.
-        width[big] = 2**torch.ceil(torch.log2(num_children[big].double())).long()
+        width[big] = 2**torch.ceil(torch.log2(
+            num_children[big].double())).long()
         num_leaf_children = torch.bincount(fam[child < n], minlength=m)
         full = num_children == width
         kind = torch.full((m, ), 2, dtype=torch.long, device=device)  # mixed
@@ -488,8 +490,9 @@ class Hierarchy:
             if edges is not None:
                 allowed = torch.zeros(fams.numel(), w, w, dtype=torch.bool,
                                       device=device)
-                e = edges[:, local[edge_fam] >= 0]
-                allowed[local[parent[e[0]] - n], rank[e[0]], rank[e[1]]] = True
+                in_bucket = local[edge_fam] >= 0
+                a, b = edges[:, in_bucket]
+                allowed[local[edge_fam[in_bucket]], rank[a], rank[b]] = True
             sel = local[fam] >= 0
             c, f, s = child[sel], local[fam[sel]], slot[sel]
             flat = f * w + s

@@ -43,7 +43,8 @@ class NestedSignal(Data):
         leaf_parent_index (LongTensor, optional): see above.
         cluster_parent_index (LongTensor, optional): see above.
         num_clusters (int, optional): see above.
-        **kwargs: further attributes, as for :class:`~torch_geometric.data.Data`.
+        **kwargs: further attributes, as for
+            :class:`~torch_geometric.data.Data`.
     """
     def __init__(self, x: Optional[Tensor] = None,
                  edge_index: Optional[Tensor] = None,

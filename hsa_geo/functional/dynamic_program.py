@@ -97,7 +97,8 @@ def _bucket_biases(pair_bias: Optional[Tensor], hierarchy: Hierarchy,
     return out
 
 
-def _to_slots(bucket: FamilyBucket, leaf_x: Tensor, cluster_x: Tensor) -> Tensor:
+def _to_slots(bucket: FamilyBucket, leaf_x: Tensor,
+              cluster_x: Tensor) -> Tensor:
     r"""Gathers per-node rows into the padded family table:
     ``[N, *S]`` and ``[M, *S]`` -> ``[F, W, *S]`` (zeros in padding).
     Contiguous leaf blocks are views: no copy at all."""
@@ -466,8 +467,8 @@ def hierarchical_attention(
             s.index_add_(0, par, s[child])
         return s / csize.view(-1, 1, 1)
 
-    qc, kc, vc = (cluster_means(x, name) for x, name in ((q, 'q'), (k, 'k'),
-                                                          (v, 'v')))
+    qc, kc, vc = (cluster_means(x, name)
+                  for x, name in ((q, 'q'), (k, 'k'), (v, 'v')))
     logsize_leaf = q.new_zeros(num_leaves)
     logsize_clus = csize.log()
 

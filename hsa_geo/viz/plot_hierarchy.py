@@ -337,8 +337,8 @@ def _labels(node_labels: LabelsLike, t: int) -> Mapping[int, str]:
     if node_labels is False:
         return {}
     if isinstance(node_labels, Mapping):
-        bad = [k for k in node_labels if not (isinstance(k, int)
-                                               and 0 <= k < t)]
+        bad = [k for k in node_labels
+               if not (isinstance(k, int) and 0 <= k < t)]
         if bad:
             raise ValueError(f"node_labels has key {bad[0]!r}, which is not a "
                              f"node id (0..{t - 1})")
