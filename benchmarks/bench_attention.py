@@ -488,8 +488,24 @@ def run_worker(method: str, n: int, device: str = 'cpu',
     ``'error'`` (with ``error``). Run it in a fresh process for clean peak
     memory (:func:`run_in_subprocess`)."""
     row: Dict[str, Any] = {'method': method, 'n': n, 'device': device}
+    forward_only = method in FORWARD_ONLY
+    return measure_case(
+        row, lambda dev: BUILDERS[method](n, dev, not forward_only),
+        device, forward_only, lambda: preload(method), threads, min_time,
+        max_repeats, long_run, seed)
+
+
+def measure_case(row: Dict[str, Any], build: Callable[[Any], Case],
+                 device: str, forward_only: bool, preload_fn: Callable,
+                 threads: Optional[int], min_time: float, max_repeats: int,
+                 long_run: float, seed: int) -> Dict[str, Any]:
+    r"""Fills :obj:`row` with the timings and peak memory of the
+    :class:`Case` that :obj:`build` makes on the device, after
+    :obj:`preload_fn` has imported what it needs (so the memory baseline
+    excludes the imports); errors, out of memory included, become
+    ``status`` ``'error'``."""
     try:
-        preload(method)
+        preload_fn()
         import torch
         if threads is not None:
             torch.set_num_threads(threads)
@@ -497,9 +513,8 @@ def run_worker(method: str, n: int, device: str = 'cpu',
         dev = torch.device(device)
         sync = ((lambda: torch.cuda.synchronize(dev))
                 if dev.type == 'cuda' else (lambda: None))
-        forward_only = method in FORWARD_ONLY
         meter = MemoryMeter(dev)
-        case = BUILDERS[method](n, dev, not forward_only)
+        case = build(dev)
         timing = dict(min_time=min_time, max_repeats=max_repeats,
                       long_run=long_run)
         row.update(_run_phases(case, meter, sync, forward_only, timing))
@@ -555,15 +570,23 @@ def run_in_subprocess(method: str, n: int,
     r"""Runs :func:`run_worker` in a fresh process and returns its row;
     timeouts, crashes and kills (e.g. by the out-of-memory killer) become
     rows with ``status`` ``'timeout'`` or ``'error'``."""
-    base = {'method': method, 'n': n, 'device': args.device}
+    return run_command(worker_command(method, n, args),
+                       {'method': method, 'n': n, 'device': args.device},
+                       args.timeout, worker_env(args))
+
+
+def run_command(cmd: List[str], base: Dict[str, Any], timeout: float,
+                env: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+    r"""Runs a worker command line and returns the row it prints after
+    :data:`RESULT_MARKER`; a timeout, crash or kill becomes :obj:`base` with
+    ``status`` ``'timeout'`` or ``'error'``."""
     start = time.perf_counter()
     try:
-        proc = subprocess.run(worker_command(method, n, args),
-                              capture_output=True, text=True,
-                              timeout=args.timeout, env=worker_env(args))
+        proc = subprocess.run(cmd, capture_output=True, text=True,
+                              timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return dict(base, status='timeout',
-                    error=f'no result within --timeout {args.timeout:g} s')
+                    error=f'no result within --timeout {timeout:g} s')
     wall = time.perf_counter() - start
     lines = [
         line for line in proc.stdout.splitlines()

@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -154,30 +153,19 @@ def build(method: str, num_nodes: int, num_edges: int, device: Any,
                    info)
 
 
+def _preload():
+    import torch_geometric.nn  # noqa: F401  (before the memory baseline)
+    ba.import_hsa_geo()
+
+
 def run_worker(args: argparse.Namespace) -> Dict[str, Any]:
     row: Dict[str, Any] = {'method': args.method, 'n': args.nodes,
                            'device': args.device}
-    try:
-        import torch
-        import torch_geometric.nn  # noqa: F401  (before the baseline)
-        ba.import_hsa_geo()
-        torch.set_num_threads(args.threads)
-        torch.manual_seed(args.seed)
-        dev = torch.device(args.device)
-        sync = ((lambda: torch.cuda.synchronize(dev))
-                if dev.type == 'cuda' else (lambda: None))
-        meter = ba.MemoryMeter(dev)
-        case = build(args.method, args.nodes, args.edges, dev, True)
-        timing = dict(min_time=args.min_time, max_repeats=args.max_repeats,
-                      long_run=args.long_run)
-        row.update(ba._run_phases(case, meter, sync, False, timing))
-        row.update(case.info)
-        row['memory_method'] = meter.method
-        row['status'] = 'ok'
-    except Exception as e:  # out of memory included: record, do not crash
-        row['status'] = 'error'
-        row['error'] = f'{type(e).__name__}: {e}'[:2000]
-    return row
+    return ba.measure_case(
+        row, lambda dev: build(args.method, args.nodes, args.edges, dev,
+                               True), args.device, False, _preload,
+        args.threads, args.min_time, args.max_repeats, args.long_run,
+        args.seed)
 
 
 def run_in_subprocess(method: str, args: argparse.Namespace) -> Dict:
@@ -187,16 +175,8 @@ def run_in_subprocess(method: str, args: argparse.Namespace) -> Dict:
            str(args.threads), '--min-time', str(args.min_time),
            '--max-repeats', str(args.max_repeats), '--long-run',
            str(args.long_run), '--seed', str(args.seed)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True,
-                              timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        return {'method': method, 'n': args.nodes, 'status': 'timeout'}
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(ba.RESULT_MARKER):
-            return json.loads(line[len(ba.RESULT_MARKER):])
-    return {'method': method, 'n': args.nodes, 'status': 'error',
-            'error': f'exit {proc.returncode}: {proc.stderr[-1500:]}'}
+    return ba.run_command(cmd, {'method': method, 'n': args.nodes,
+                                'device': args.device}, args.timeout)
 
 
 def evaluate_target(rows: List[Dict]) -> Dict[str, Any]:

@@ -89,6 +89,22 @@ def _as_index(value: IndexLike, name: str) -> Tensor:
     return value.long()
 
 
+def parent_depths(parent: Tensor) -> Tensor:
+    r"""``[T]`` the number of edges from every node up to its root, for a
+    parent vector of a forest (``-1`` at roots), by pointer doubling in
+    :math:`O(T \log \mathrm{depth})`."""
+    # dist[i] = number of edges from i to `anc[i]`; both double each round.
+    dist = (parent >= 0).long()
+    anc = parent.clone()
+    while True:
+        live = anc >= 0
+        if not bool(live.any()):
+            return dist
+        a = anc.clamp(min=0)
+        dist = torch.where(live, dist + dist[a], dist)
+        anc = torch.where(live, anc[a], anc)
+
+
 def _path_of(parent: List[int], start: int, limit: int = 12) -> str:
     seen, path, node = set(), [], start
     while node != -1 and node not in seen and len(path) < limit:
@@ -381,7 +397,7 @@ class Hierarchy:
         device = parent.device
 
         # Depth by pointer doubling: O(T log depth).
-        depth = self._depth_by_doubling(parent)
+        depth = parent_depths(parent)
         max_depth = int(depth.max()) if t > 0 else 0
 
         # Nodes of every depth level (roots are level 0).
@@ -435,19 +451,6 @@ class Hierarchy:
         self._leaf_blocks = next(
             (b for b in self._buckets if b.leaf_range == (0, n)), None)
         self._leaf_outside_leaf_families = (rest, parent[rest] - n)
-
-    @staticmethod
-    def _depth_by_doubling(parent: Tensor) -> Tensor:
-        # dist[i] = number of edges from i to `anc[i]`; both double each round.
-        dist = (parent >= 0).long()
-        anc = parent.clone()
-        while True:
-            live = anc >= 0
-            if not bool(live.any()):
-                return dist
-            a = anc.clamp(min=0)
-            dist = torch.where(live, dist + dist[a], dist)
-            anc = torch.where(live, anc[a], anc)
 
     @staticmethod
     def _layout_families(parent: Tensor, n: int, edges: Optional[Tensor]

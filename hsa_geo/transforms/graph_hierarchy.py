@@ -12,7 +12,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.transforms import BaseTransform
 
-from hsa_geo.data.hierarchy import Hierarchy
+from hsa_geo.data.hierarchy import Hierarchy, parent_depths
 from hsa_geo.data.nested_signal import NestedSignal
 
 _METHODS = ('metis', 'louvain', 'graclus')
@@ -141,8 +141,8 @@ class GraphHierarchy(BaseTransform):
                 f"the graph has no nodes (num_nodes={n}); a hierarchy needs "
                 f"at least one leaf: set 'x' or 'num_nodes'")
         edge_index = _check_edge_index(data.edge_index, n)
-        parent = self._parent(edge_index, n)
-        hierarchy = Hierarchy.from_parent(torch.from_numpy(parent), n)
+        parent = torch.from_numpy(self._parent(edge_index, n))
+        family = None
         if self.family_graph:
             no_loops = edge_index[:, edge_index[0] != edge_index[1]]
             if n > 1 and no_loops.size(1) == 0:
@@ -151,8 +151,8 @@ class GraphHierarchy(BaseTransform):
                     f"nodes has none (besides self-loops): its family "
                     f"graph would be empty and no node would see another; "
                     f"use family_graph=False")
-            hierarchy = hierarchy.with_family_graph(
-                _family_edges(hierarchy, no_loops))
+            family = _family_edges(parent, no_loops)
+        hierarchy = Hierarchy.from_parent(parent, n, family)
         device = data.edge_index.device if data.edge_index is not None \
             else (data.x.device if isinstance(data.x, Tensor) else None)
         if device is not None and device != hierarchy.device:
@@ -501,12 +501,12 @@ def _unique_pairs(e: Tensor, num: int) -> Tensor:
 # Family graph ###############################################################
 
 
-def _family_edges(hierarchy: Hierarchy, edge_index: Tensor) -> Tensor:
+def _family_edges(parent: Tensor, edge_index: Tensor) -> Tensor:
     r"""The leaf edges coarsened to the children of the lowest common
     ancestor of their ends (no self-loops in :obj:`edge_index`): both ends
     climb to their parents, the deeper one first, until they are siblings;
     one vectorised step per level."""
-    parent, depth = hierarchy.parent, hierarchy.node_depth
+    depth = parent_depths(parent)
     a, b = edge_index[0].clone(), edge_index[1].clone()
     while True:
         pa, pb = parent[a], parent[b]
@@ -520,7 +520,7 @@ def _family_edges(hierarchy: Hierarchy, edge_index: Tensor) -> Tensor:
         b = torch.where(up_b, pb, b)
     # Different trees meet at two roots (parent -1): no pair.
     keep = parent[a] >= 0
-    num = hierarchy.num_nodes
+    num = parent.numel()
     return _unique_pairs(torch.stack([a[keep], b[keep]]), num)
 
 
