@@ -17,6 +17,7 @@ forests (see ``strategies.py``) in float64:
 Then gradients, dtypes, numerical range, dropout and input validation.
 """
 import math
+import unittest.mock
 from typing import Dict
 
 import pytest
@@ -424,6 +425,26 @@ def test_gradcheck_cases(name):
        d=st.integers(1, 3), seed=SEEDS)
 def test_gradcheck_random(f, heads, d, seed):
     _gradcheck(f, heads, d, 2, seed)
+
+
+@fewer(2)
+@given(f=forests(max_leaves=12), heads=st.sampled_from([None, 2]),
+       seed=SEEDS)
+def test_tree_passes_in_small_chunks(f, heads, seed):
+    """The subtree sums (upward) and path sums (downward) over the cluster
+    levels work through staging chunks of a few rows: with 2 to 4 rows each,
+    random forests (repeated parents, chains, roots at every level) still
+    give Q @ V and correct gradients."""
+    import hsa_geo.functional.dynamic_program as dp
+    q, k, v = make_qkv(f.num_leaves, heads, 2, 2, seed)
+    h = build(f)
+    dense = apply_q(hierarchical_attention_matrix(q, k, h), v)
+    inputs = tuple(x.requires_grad_() for x in (q, k, v))
+    with unittest.mock.patch.object(dp, '_CPU_CHUNK_ELEMENTS', 8):
+        assert max_err(hierarchical_attention(q, k, v, h), dense) <= EXACT
+        assert torch.autograd.gradcheck(
+            lambda q, k, v: hierarchical_attention(q, k, v, h), inputs,
+            eps=1e-6, atol=1e-7)
 
 
 # Dtypes and numerical range ################################################

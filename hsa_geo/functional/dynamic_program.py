@@ -117,7 +117,7 @@ def _to_slots(bucket: FamilyBucket, leaf_x: Tensor,
     return out.view(shape)
 
 
-def _from_slots(bucket: FamilyBucket, x: Tensor, leaf_out: Tensor,
+def _from_slots(bucket: FamilyBucket, x: Tensor, leaf_out: Optional[Tensor],
                 cluster_out: Tensor):
     r"""Scatters ``[F, W, *S]`` slot rows back to their nodes, in place."""
     x = x.flatten(0, 1)
@@ -341,6 +341,74 @@ def _weights(s: Tensor, shift: Tensor, keep: Optional[Tensor], i: int,
     return a if keep is None else a.mul_(keep[i, lo:hi])
 
 
+Levels = List[Tuple[Tensor, Tensor]]
+
+
+def _gather_add_(x: Tensor, dst: Tensor, src: Tensor):
+    r"""``x[dst] += x[src]`` (rows; ``dst`` may repeat, ``dst`` and ``src``
+    disjoint), through cache-sized staging copies on the CPU: a full-level
+    gather would be a fresh, page-faulted block at large ``N``."""
+    per_row = math.prod(x.shape[1:])
+    for lo, hi in _family_ranges(src.numel(), per_row, x.device):
+        x.index_add_(0, dst[lo:hi], x.index_select(0, src[lo:hi]))
+
+
+def _sum_up_(x: Tensor, levels: Levels) -> Tensor:
+    r"""In place, bottom-up: every cluster row becomes the sum of its
+    subtree's rows."""
+    for child, par in reversed(levels):
+        _gather_add_(x, par, child)
+    return x
+
+
+def _sum_down_(x: Tensor, levels: Levels) -> Tensor:
+    r"""In place, top-down: every cluster row becomes the sum of the rows on
+    its path from the root (itself included); the adjoint of
+    :func:`_sum_up_`."""
+    for child, par in levels:
+        _gather_add_(x, child, par)
+    return x
+
+
+class _SubtreeMean(torch.autograd.Function):
+    r"""Means over the leaves of every cluster, ``[M, *S]``, from rows
+    ``src`` ``[R, *S]`` summed into clusters ``index`` ``[R]``:
+    ``out = A (S src) / |c|`` with ``S`` the scatter and ``A`` the
+    subtree sum over the cluster ``levels``. The backward is the adjoint
+    path sum. Generic autograd of the level-by-level scatters would
+    allocate a zero-filled ``[M, *S]`` gradient per level."""
+    @staticmethod
+    def forward(ctx, src: Tensor, index: Tensor, levels: Levels,
+                size: Tensor) -> Tensor:
+        out = src.new_zeros((size.numel(), ) + src.shape[1:])
+        out.index_add_(0, index, src)
+        size = size.view((-1, ) + (1, ) * (src.dim() - 1))
+        ctx.save_for_backward(index, size)
+        ctx.levels = levels
+        return _sum_up_(out, levels).div_(size)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        index, size = ctx.saved_tensors
+        g = _sum_down_(grad / size, ctx.levels)
+        return g.index_select(0, index), None, None, None
+
+
+class _PathSum(torch.autograd.Function):
+    r"""``out[c] = sum of x over the path from the root to cluster c``
+    (``[M, *S]``); the backward is the adjoint subtree sum."""
+    @staticmethod
+    def forward(ctx, x: Tensor, levels: Levels) -> Tensor:
+        ctx.levels = levels
+        return _sum_down_(x.clone(), levels)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        return _sum_up_(grad.clone(), ctx.levels), None
+
+
 def _dropout_keep(shape, p: float, like: Tensor) -> Tensor:
     return torch.empty(shape, device=like.device).bernoulli_(1.0 - p).bool()
 
@@ -458,14 +526,11 @@ def hierarchical_attention(
 
     def cluster_means(x: Tensor, name: str) -> Tensor:
         # Upward pass: leaf sums into parents, then clusters bottom-up.
-        s = x.new_zeros((num_clusters, ) + x.shape[1:])
         if blocks is not None:
-            s[blocks.parent_cluster] = leaf_sums[name]
+            src, index = leaf_sums[name], blocks.parent_cluster
         else:
-            s.index_add_(0, lpc, x if all_leaves_have_parent else x[lwp])
-        for child, par in reversed(h._cluster_levels):
-            s.index_add_(0, par, s[child])
-        return s / csize.view(-1, 1, 1)
+            src, index = (x if all_leaves_have_parent else x[lwp]), lpc
+        return _SubtreeMean.apply(src, index, h._cluster_levels, csize)
 
     qc, kc, vc = (cluster_means(x, name)
                   for x, name in ((q, 'q'), (k, 'k'), (v, 'v')))
@@ -492,7 +557,11 @@ def hierarchical_attention(
             s = s + _to_slots(b, logsize_leaf, logsize_clus).unsqueeze(1)
         if bias is not None:
             s = s + bias
-        s = s.masked_fill_(_invalid(b), neg)
+        # Not recorded by autograd (which would allocate a masked copy of the
+        # full gradient): a masked logit's gradient is exactly 0 anyway, as
+        # its weight exp(neg - lse) underflows to 0 in both directions.
+        with torch.no_grad():
+            s.masked_fill_(_invalid(b), neg)
         scores.append(s)
         _from_slots(b, _RowLogSumExp.apply(s).permute(1, 2, 0),
                     off_lse_leaf, off_lse_clus)
@@ -562,7 +631,7 @@ def hierarchical_attention(
             return
         ctx = _HeadwiseContext.apply(s, shift, keep, _to_slots(b, v, vc),
                                      None, parent_context)  # [F, W, H, D]
-        if u_leaf is None:
+        if u_leaf is None and b.kind != 'cluster':  # 1 GiB at N = 2^20
             u_leaf = v.new_zeros(v.shape)
         _from_slots(b, ctx, u_leaf, u_clus)
 
@@ -570,8 +639,7 @@ def hierarchical_attention(
     for i, is_leaf in enumerate(leaf_kind):
         if not is_leaf:
             family_context(i)
-    for child, par in h._cluster_levels:
-        u_clus.index_add_(0, child, u_clus[par])
+    u_clus = _PathSum.apply(u_clus, h._cluster_levels)
     for i, is_leaf in enumerate(leaf_kind):
         if is_leaf:
             family_context(i)
