@@ -22,11 +22,15 @@ class FamilyBucket:
         kind (str): ``'leaf'`` (every slot is a leaf, no padding),
             ``'cluster'`` (every slot an internal node, no padding) or
             ``'mixed'`` (anything else).
-        leaf_range (tuple, optional): ``(start, end)`` when the slots are the
-            leaves ``start..end-1`` in order, so the table is a view of the
-            leaf rows and needs no gather.
+        source_range (tuple, optional): ``(start, end)`` when the slots are
+            the rows ``start..end-1`` of :attr:`source_index`'s rows in
+            order (``'leaf'`` and ``'cluster'`` buckets), so the table is a
+            view of those rows and needs no gather.
         family (LongTensor): ``[F]`` node id of each family's parent.
-        parent_cluster (LongTensor): ``[F]`` that id minus ``num_leaves``.
+        parent_cluster (LongTensor): ``[F]`` that id minus ``num_leaves``,
+            increasing.
+        parent_range (tuple, optional): ``(start, end)`` when
+            :attr:`parent_cluster` is ``start..end-1``.
         mask (BoolTensor): ``[F, W]``, ``True`` on real slots.
         children (LongTensor): ``[F, W]`` node id of each child (``-1`` in
             padding).
@@ -43,9 +47,10 @@ class FamilyBucket:
     """
     width: int
     kind: str
-    leaf_range: Optional[Tuple[int, int]]
+    source_range: Optional[Tuple[int, int]]
     family: Tensor
     parent_cluster: Tensor
+    parent_range: Optional[Tuple[int, int]]
     mask: Tensor
     children: Tensor
     source_index: Tensor
@@ -87,6 +92,17 @@ def _as_index(value: IndexLike, name: str) -> Tensor:
         raise ValueError(f"'{name}' must be 1-D, got shape "
                          f"{tuple(value.shape)}")
     return value.long()
+
+
+def _as_range(index: Tensor) -> Optional[Tuple[int, int]]:
+    r"""``(start, end)`` if :obj:`index` is ``start..end-1`` in order."""
+    if index.numel() == 0:
+        return None
+    lo = int(index[0])
+    hi = lo + index.numel()
+    if bool((index == torch.arange(lo, hi, device=index.device)).all()):
+        return lo, hi
+    return None
 
 
 def parent_depths(parent: Tensor) -> Tensor:
@@ -449,7 +465,8 @@ class Hierarchy:
         # All leaves in order in equal-width families: block reductions
         # replace scatters over the leaves.
         self._leaf_blocks = next(
-            (b for b in self._buckets if b.leaf_range == (0, n)), None)
+            (b for b in self._buckets
+             if b.kind == 'leaf' and b.source_range == (0, n)), None)
         self._leaf_outside_leaf_families = (rest, parent[rest] - n)
 
     @staticmethod
@@ -503,23 +520,18 @@ class Hierarchy:
                                   device=device)
             children[flat] = c
             mask = children >= 0
-            leaf_range, source_index = None, children[:0]
-            if kd == 0:
-                source_index = children
-                lo = int(children[0])
-                if bool((children == torch.arange(
-                        lo, lo + children.numel(), device=device)).all()):
-                    leaf_range = (lo, lo + children.numel())
-            elif kd == 1:
-                source_index = children - n
+            source_index = children[:0]
+            if kd < 2:
+                source_index = children if kd == 0 else children - n
             is_leaf = c < n
             buckets.append(
                 FamilyBucket(
                     width=w,
                     kind=('leaf', 'cluster', 'mixed')[kd],
-                    leaf_range=leaf_range,
+                    source_range=_as_range(source_index),
                     family=fams + n,
                     parent_cluster=fams,
+                    parent_range=_as_range(fams),
                     mask=mask.view(-1, w),
                     children=children.view(-1, w),
                     source_index=source_index,

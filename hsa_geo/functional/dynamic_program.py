@@ -97,20 +97,28 @@ def _bucket_biases(pair_bias: Optional[Tensor], hierarchy: Hierarchy,
     return out
 
 
+def _rows(x: Tensor, index: Tensor,
+          span: Optional[Tuple[int, int]]) -> Tensor:
+    r"""``x[index]``; a view when :obj:`index` is the range :obj:`span`
+    (at large ``N`` every gathered copy is a fresh, page-faulted block)."""
+    if span is None:
+        return x.index_select(0, index)
+    if span == (0, x.size(0)):  # a slice would cost a backward
+        return x
+    return x[span[0]:span[1]]
+
+
 def _to_slots(bucket: FamilyBucket, leaf_x: Tensor,
               cluster_x: Tensor) -> Tensor:
     r"""Gathers per-node rows into the padded family table:
     ``[N, *S]`` and ``[M, *S]`` -> ``[F, W, *S]`` (zeros in padding).
-    Contiguous leaf blocks are views: no copy at all."""
+    Slots that are a range of rows are views: no copy at all."""
     shape = (bucket.num_families, bucket.width) + leaf_x.shape[1:]
-    if bucket.leaf_range is not None:
-        lo, hi = bucket.leaf_range
-        if lo == 0 and hi == leaf_x.size(0):  # a slice would cost a backward
-            return leaf_x.reshape(shape)  # a view unless strides forbid it
-        return leaf_x[lo:hi].reshape(shape)
     if bucket.kind != 'mixed':
         src = leaf_x if bucket.kind == 'leaf' else cluster_x
-        return src.index_select(0, bucket.source_index).view(shape)
+        # reshape: a view unless the strides forbid it
+        return _rows(src, bucket.source_index,
+                     bucket.source_range).reshape(shape)
     out = leaf_x.new_zeros((shape[0] * shape[1], ) + shape[2:])
     out[bucket.leaf_slot] = leaf_x[bucket.leaf_node]
     out[bucket.cluster_slot] = cluster_x[bucket.cluster_node]
@@ -121,11 +129,12 @@ def _from_slots(bucket: FamilyBucket, x: Tensor, leaf_out: Optional[Tensor],
                 cluster_out: Tensor):
     r"""Scatters ``[F, W, *S]`` slot rows back to their nodes, in place."""
     x = x.flatten(0, 1)
-    if bucket.leaf_range is not None:
-        leaf_out[bucket.leaf_range[0]:bucket.leaf_range[1]] = x
-    elif bucket.kind != 'mixed':
+    if bucket.kind != 'mixed':
         out = leaf_out if bucket.kind == 'leaf' else cluster_out
-        out[bucket.source_index] = x
+        if bucket.source_range is not None:
+            out[bucket.source_range[0]:bucket.source_range[1]] = x
+        else:
+            out[bucket.source_index] = x
     else:
         leaf_out[bucket.leaf_node] = x[bucket.leaf_slot]
         cluster_out[bucket.cluster_node] = x[bucket.cluster_slot]
@@ -372,19 +381,24 @@ def _sum_down_(x: Tensor, levels: Levels) -> Tensor:
 
 class _SubtreeMean(torch.autograd.Function):
     r"""Means over the leaves of every cluster, ``[M, *S]``, from rows
-    ``src`` ``[R, *S]`` summed into clusters ``index`` ``[R]``:
+    ``src`` ``[R, *S]`` summed into clusters ``index`` ``[R]`` (the range
+    ``span`` if not :obj:`None`):
     ``out = A (S src) / |c|`` with ``S`` the scatter and ``A`` the
     subtree sum over the cluster ``levels``. The backward is the adjoint
     path sum. Generic autograd of the level-by-level scatters would
     allocate a zero-filled ``[M, *S]`` gradient per level."""
     @staticmethod
-    def forward(ctx, src: Tensor, index: Tensor, levels: Levels,
+    def forward(ctx, src: Tensor, index: Tensor,
+                span: Optional[Tuple[int, int]], levels: Levels,
                 size: Tensor) -> Tensor:
         out = src.new_zeros((size.numel(), ) + src.shape[1:])
-        out.index_add_(0, index, src)
+        if span is not None:  # one row per cluster of the range
+            out[span[0]:span[1]] = src
+        else:
+            out.index_add_(0, index, src)
         size = size.view((-1, ) + (1, ) * (src.dim() - 1))
         ctx.save_for_backward(index, size)
-        ctx.levels = levels
+        ctx.span, ctx.levels = span, levels
         return _sum_up_(out, levels).div_(size)
 
     @staticmethod
@@ -392,7 +406,7 @@ class _SubtreeMean(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         index, size = ctx.saved_tensors
         g = _sum_down_(grad / size, ctx.levels)
-        return g.index_select(0, index), None, None, None
+        return _rows(g, index, ctx.span), None, None, None, None
 
 
 class _PathSum(torch.autograd.Function):
@@ -528,9 +542,11 @@ def hierarchical_attention(
         # Upward pass: leaf sums into parents, then clusters bottom-up.
         if blocks is not None:
             src, index = leaf_sums[name], blocks.parent_cluster
+            span = blocks.parent_range
         else:
-            src, index = (x if all_leaves_have_parent else x[lwp]), lpc
-        return _SubtreeMean.apply(src, index, h._cluster_levels, csize)
+            src = x if all_leaves_have_parent else x[lwp]
+            index, span = lpc, None
+        return _SubtreeMean.apply(src, index, span, h._cluster_levels, csize)
 
     qc, kc, vc = (cluster_means(x, name)
                   for x, name in ((q, 'q'), (k, 'k'), (v, 'v')))
@@ -616,14 +632,16 @@ def hierarchical_attention(
                                          _to_slots(b, g_leaf, g_clus))
         if s is None:
             return
-        log_r = log_r_clus[b.parent_cluster].t()  # [H, F]
+        log_r = _rows(log_r_clus, b.parent_cluster, b.parent_range).t()
         # attn = r_F pi_F(a -> b) = exp(l_ab - lse_a + log r_F), b != a.
         shift = lse.unsqueeze(-1) - log_r[:, :, None, None]  # [H, F, W, 1]
         keep = None
         if drop:
             keep = _dropout_keep(s.shape, dropout_p, q).to(s.dtype) / (
                 1.0 - dropout_p)
-        parent_context = u_clus[b.parent_cluster] if b.kind == 'leaf' else None
+        parent_context = None
+        if b.kind == 'leaf':
+            parent_context = _rows(u_clus, b.parent_cluster, b.parent_range)
         if b is blocks:  # the whole output: y = A v + r v + U_F
             r = torch.exp(log_r_leaf).view(b.num_families, b.width, heads)
             out = _HeadwiseContext.apply(s, shift, keep, vv, r,
