@@ -8,8 +8,9 @@ import torch
 from hypothesis import given, strategies as st
 
 from hsa_geo import Hierarchy
-from strategies import (Forest, assignment_lists, children_of, depth_of,
-                        forests, height_of, leaves_under, root_of)
+from strategies import (Forest, assignment_lists, balanced_assignments,
+                        children_of, depth_of, forests, height_of,
+                        leaves_under, root_of)
 
 
 def build(f: Forest) -> Hierarchy:
@@ -137,6 +138,39 @@ def test_family_buckets_cover_every_family_once(f):
             assert fam not in seen
             seen[fam] = sorted(b.children[row][b.mask[row]].tolist())
     assert seen == {k: sorted(v) for k, v in kids.items()}
+
+
+@given(forests(max_leaves=30))
+def test_bucket_ranges_are_exactly_the_consecutive_rows(f):
+    """``source_range`` and ``parent_range`` (the views the dynamic program
+    takes instead of gathers) are set exactly when the rows are
+    consecutive, and then name them."""
+    h = build(f)
+    for b in h.family_buckets:
+        rows = b.source_index.tolist()
+        consecutive = bool(rows) and rows == list(
+            range(rows[0], rows[0] + len(rows)))
+        assert (b.source_range is not None) == consecutive
+        if consecutive:
+            assert b.source_range == (rows[0], rows[-1] + 1)
+        fams = b.parent_cluster.tolist()
+        assert fams == sorted(fams)
+        if fams[-1] - fams[0] + 1 == len(fams):
+            assert b.parent_range == (fams[0], fams[-1] + 1)
+        else:
+            assert b.parent_range is None
+
+
+def test_balanced_tree_buckets_are_ranges():
+    """Trees from assignments number each level in order: every table of
+    a balanced tree is a view."""
+    h = Hierarchy.from_assignments(balanced_assignments(64, 4))
+    kinds = {b.kind: b for b in h.family_buckets}
+    assert sorted(kinds) == ['cluster', 'leaf']
+    assert kinds['leaf'].source_range == (0, 64)
+    assert kinds['leaf'].parent_range == (0, 16)
+    assert kinds['cluster'].source_range == (0, 20)  # all but the root
+    assert kinds['cluster'].parent_range == (16, 21)
 
 
 @given(st.lists(forests(max_leaves=10, max_trees=2), min_size=1, max_size=4))
