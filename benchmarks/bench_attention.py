@@ -38,8 +38,9 @@ error, timeout) is recorded instead of ending the run.
 
 * Timing: one warm-up call, then the median of repeated calls timed with
   :func:`time.perf_counter` (with :func:`torch.cuda.synchronize` on GPU).
-  Calls repeat until ``--min-time`` seconds are spent (at least one, at
-  most ``--max-repeats``); a warm-up call longer than ``--long-run``
+  Calls repeat until ``--min-time`` seconds are spent (at least
+  :data:`MIN_SAMPLES`, at most ``--max-repeats``); a warm-up call longer
+  than ``--long-run``
   seconds is the only sample (one-time costs are negligible next to it).
 * Peak memory on CUDA: :func:`torch.cuda.max_memory_allocated` after
   :func:`torch.cuda.reset_peak_memory_stats`, minus the memory allocated
@@ -123,6 +124,10 @@ MALLOC_RETAIN_ENV = {
     'MALLOC_TOP_PAD_': str(2**30),
 }
 
+# Timed calls per phase at least (unless --max-repeats is lower): a single
+# call of a few seconds varies by 20% on a shared 2-core machine.
+MIN_SAMPLES = 3
+
 RESULT_MARKER = 'BENCH_RESULT_JSON '
 MIB = 2.0**20
 
@@ -132,7 +137,8 @@ MEMORY_NOTE = (
     'outputs, gradients, tensors saved for backward and temporaries (on CPU '
     'the resident set size, so also allocator caching and fragmentation)')
 TIMING_NOTE = (
-    'one warm-up call, then the median of repeated calls (perf_counter, '
+    'one warm-up call, then the median of at least 3 calls (or of the '
+    'warm-up alone when it exceeds --long-run; perf_counter, '
     'CUDA synchronised); forward under torch.no_grad(), forward+backward = '
     'forward then out.sum().backward(); the hierarchy or '
     'graph is built before timing')
@@ -418,8 +424,8 @@ class Timing:
 def measure(call: Callable[[], None], sync: Callable[[], None],
             min_time: float, max_repeats: int, long_run: float) -> Timing:
     r"""One warm-up call, then calls until :obj:`min_time` seconds are spent
-    (at least one, at most :obj:`max_repeats`); the median. A warm-up longer
-    than :obj:`long_run` seconds is the only sample."""
+    (at least :data:`MIN_SAMPLES`, at most :obj:`max_repeats`); the median.
+    A warm-up longer than :obj:`long_run` seconds is the only sample."""
     def timed() -> float:
         sync()
         start = time.perf_counter()
@@ -431,8 +437,8 @@ def measure(call: Callable[[], None], sync: Callable[[], None],
     if warmup >= long_run:
         return Timing(warmup, [warmup], warmup)
     samples: List[float] = []
-    while len(samples) < max(1, max_repeats) and (not samples or
-                                                  sum(samples) < min_time):
+    while len(samples) < max(1, max_repeats) and (
+            len(samples) < MIN_SAMPLES or sum(samples) < min_time):
         samples.append(timed())
     return Timing(statistics.median(samples), samples, warmup)
 

@@ -70,6 +70,31 @@ def test_worker_records_errors():
     assert row['status'] == 'error' and row['error']
 
 
+@pytest.mark.parametrize('warmup,max_repeats,min_time,expected', [
+    (0.0, 10, 0.0, 3),  # at least MIN_SAMPLES calls
+    (0.0, 1, 0.0, 1),  # unless --max-repeats is lower
+    (0.0, 10, 5.5, 6),  # until --min-time seconds are spent
+    (30.0, 10, 0.0, 0),  # a long warm-up is the only sample
+])
+def test_measure_sample_counts(monkeypatch, warmup, max_repeats, min_time,
+                               expected):
+    """Counts timed calls on a fake clock: each call takes 1 s after a
+    warm-up of ``warmup`` s."""
+    durations = iter([warmup] + [1.0] * 20)
+    now = [0.0]
+
+    def call():
+        now[0] += next(durations)
+
+    monkeypatch.setattr(bench.time, 'perf_counter', lambda: now[0])
+    timing = bench.measure(call, lambda: None, min_time, max_repeats, 20.0)
+    if expected == 0:
+        assert timing.samples_s == [warmup] and timing.median_s == warmup
+    else:
+        assert timing.samples_s == [1.0] * expected
+    assert bench.MIN_SAMPLES == 3
+
+
 def test_inputs():
     h = bench.balanced_hierarchy(N)
     assert h.num_leaves == N and h.max_branching == bench.BRANCHING
