@@ -2,7 +2,7 @@ r"""The exact dynamic program of hierarchical self-attention (HSA)."""
 from __future__ import annotations
 
 import math
-from typing import List, NamedTuple, Optional, Tuple, Union
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -108,36 +108,76 @@ def _rows(x: Tensor, index: Tensor,
     return x[span[0]:span[1]]
 
 
+Rows = Tuple[Tensor, Optional[Tuple[int, int]]]
+
+
+def _cluster_rows(bucket: FamilyBucket) -> Optional[Rows]:
+    r"""The internal-node rows a bucket's slots hold, as ``(index, span)``:
+    all slots in order for ``'cluster'`` buckets, the ``cluster_slot``
+    slots for ``'mixed'`` ones; :obj:`None` for ``'leaf'`` buckets."""
+    if bucket.kind == 'cluster':
+        return bucket.source_index, bucket.source_range
+    if bucket.kind == 'mixed':
+        return bucket.cluster_node, None
+    return None
+
+
+def _add_rows_(out: Tensor, rows: Rows, x: Tensor):
+    r"""``out[index] += x`` (``index`` may repeat); a slice for a span."""
+    index, span = rows
+    if span is not None:
+        out[span[0]:span[1]] += x
+    else:
+        out.index_add_(0, index, x)
+
+
 def _to_slots(bucket: FamilyBucket, leaf_x: Tensor,
-              cluster_x: Tensor) -> Tensor:
-    r"""Gathers per-node rows into the padded family table:
-    ``[N, *S]`` and ``[M, *S]`` -> ``[F, W, *S]`` (zeros in padding).
-    Slots that are a range of rows are views: no copy at all."""
+              cluster_rows: Optional[Tensor] = None) -> Tensor:
+    r"""The padded family table ``[F, W, *S]`` (zeros in padding) from the
+    leaf rows ``[N, *S]`` and the bucket's internal-node rows
+    (:func:`_cluster_rows`). Slots that are a range of leaves are a view:
+    no copy at all."""
     shape = (bucket.num_families, bucket.width) + leaf_x.shape[1:]
-    if bucket.kind != 'mixed':
-        src = leaf_x if bucket.kind == 'leaf' else cluster_x
+    if bucket.kind == 'leaf':
         # reshape: a view unless the strides forbid it
-        return _rows(src, bucket.source_index,
+        return _rows(leaf_x, bucket.source_index,
                      bucket.source_range).reshape(shape)
+    if bucket.kind == 'cluster':
+        return cluster_rows.reshape(shape)
     out = leaf_x.new_zeros((shape[0] * shape[1], ) + shape[2:])
     out[bucket.leaf_slot] = leaf_x[bucket.leaf_node]
-    out[bucket.cluster_slot] = cluster_x[bucket.cluster_node]
+    out[bucket.cluster_slot] = cluster_rows
     return out.view(shape)
 
 
+def _node_slots(bucket: FamilyBucket, leaf_x: Tensor,
+                cluster_x: Tensor) -> Tensor:
+    r""":func:`_to_slots` from whole per-node tables ``[N, *S]`` and
+    ``[M, *S]``."""
+    rows = _cluster_rows(bucket)
+    return _to_slots(bucket, leaf_x,
+                     None if rows is None else _rows(cluster_x, *rows))
+
+
 def _from_slots(bucket: FamilyBucket, x: Tensor, leaf_out: Optional[Tensor],
-                cluster_out: Tensor):
+                cluster_out: Optional[Tensor]):
     r"""Scatters ``[F, W, *S]`` slot rows back to their nodes, in place."""
     x = x.flatten(0, 1)
-    if bucket.kind != 'mixed':
-        out = leaf_out if bucket.kind == 'leaf' else cluster_out
+    if bucket.kind == 'leaf':
         if bucket.source_range is not None:
-            out[bucket.source_range[0]:bucket.source_range[1]] = x
+            leaf_out[bucket.source_range[0]:bucket.source_range[1]] = x
         else:
-            out[bucket.source_index] = x
-    else:
+            leaf_out[bucket.source_index] = x
+        return
+    if bucket.kind == 'mixed':
         leaf_out[bucket.leaf_node] = x[bucket.leaf_slot]
-        cluster_out[bucket.cluster_node] = x[bucket.cluster_slot]
+        x = x[bucket.cluster_slot]
+    if cluster_out is not None:
+        index, span = _cluster_rows(bucket)
+        if span is not None:
+            cluster_out[span[0]:span[1]] = x
+        else:
+            cluster_out[index] = x
 
 
 # Families per chunk on the CPU: a head buffer of ~1 MiB stays in cache while
@@ -380,47 +420,80 @@ def _sum_down_(x: Tensor, levels: Levels) -> Tensor:
 
 
 class _SubtreeMean(torch.autograd.Function):
-    r"""Means over the leaves of every cluster, ``[M, *S]``, from rows
-    ``src`` ``[R, *S]`` summed into clusters ``index`` ``[R]`` (the range
-    ``span`` if not :obj:`None`):
-    ``out = A (S src) / |c|`` with ``S`` the scatter and ``A`` the
-    subtree sum over the cluster ``levels``. The backward is the adjoint
-    path sum. Generic autograd of the level-by-level scatters would
-    allocate a zero-filled ``[M, *S]`` gradient per level."""
+    r"""Means over the leaves of every cluster, read straight into the
+    tables that use them: ``mean = A (S src) / |c|`` over ``[M, *S]``, with
+    ``S`` the scatter of ``src`` ``[R, *S]`` into its clusters ``rows`` and
+    ``A`` the subtree sum over the cluster ``levels``; returns
+    ``mean[r]`` for every ``r`` of ``reads`` (views for spans).
+
+    The backward is the adjoint (scatter, divide, path sum, gather) in one
+    ``[M, *S]`` buffer. Generic autograd of the level-by-level scatters
+    would allocate a zero-filled ``[M, *S]`` gradient per level and read,
+    and at large ``N`` every one is a fresh, page-faulted block."""
     @staticmethod
-    def forward(ctx, src: Tensor, index: Tensor,
-                span: Optional[Tuple[int, int]], levels: Levels,
-                size: Tensor) -> Tensor:
+    def forward(ctx, src: Tensor, rows: Rows, levels: Levels, size: Tensor,
+                reads: List[Rows]):
+        ctx.set_materialize_grads(False)
         out = src.new_zeros((size.numel(), ) + src.shape[1:])
-        if span is not None:  # one row per cluster of the range
-            out[span[0]:span[1]] = src
-        else:
-            out.index_add_(0, index, src)
+        _add_rows_(out, rows, src)
         size = size.view((-1, ) + (1, ) * (src.dim() - 1))
-        ctx.save_for_backward(index, size)
-        ctx.span, ctx.levels = span, levels
-        return _sum_up_(out, levels).div_(size)
+        ctx.save_for_backward(size)
+        ctx.rows, ctx.levels, ctx.reads = rows, levels, reads
+        _sum_up_(out, levels).div_(size)
+        return tuple(_rows(out, *r) for r in reads)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor):
-        index, size = ctx.saved_tensors
-        g = _sum_down_(grad / size, ctx.levels)
-        return _rows(g, index, ctx.span), None, None, None, None
+    def backward(ctx, *grads: Optional[Tensor]):
+        size, = ctx.saved_tensors
+        g = _gather_adjoint(grads, ctx.reads, size.size(0))
+        if g is None:
+            return None, None, None, None, None
+        _sum_down_(g.div_(size), ctx.levels)
+        return _rows(g, *ctx.rows), None, None, None, None
 
 
 class _PathSum(torch.autograd.Function):
-    r"""``out[c] = sum of x over the path from the root to cluster c``
-    (``[M, *S]``); the backward is the adjoint subtree sum."""
+    r"""Contexts summed down the tree: ``u = A^T (sum_w S_w x_w)`` over
+    ``[M, *S]``, with ``x_w`` scattered into the cluster rows ``writes[w]``
+    and ``A^T`` the path sum from the roots; returns ``u[r]`` for every
+    ``r`` of ``reads``. The backward is the adjoint subtree sum, in one
+    buffer like :class:`_SubtreeMean`."""
     @staticmethod
-    def forward(ctx, x: Tensor, levels: Levels) -> Tensor:
-        ctx.levels = levels
-        return _sum_down_(x.clone(), levels)
+    def forward(ctx, levels: Levels, num_clusters: int, writes: List[Rows],
+                reads: List[Rows], *xs: Tensor):
+        ctx.set_materialize_grads(False)
+        out = xs[0].new_zeros((num_clusters, ) + xs[0].shape[1:])
+        for rows, x in zip(writes, xs):
+            _add_rows_(out, rows, x)
+        ctx.levels, ctx.writes, ctx.reads = levels, writes, reads
+        ctx.num_clusters = num_clusters
+        _sum_down_(out, levels)
+        return tuple(_rows(out, *r) for r in reads)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor):
-        return _sum_up_(grad.clone(), ctx.levels), None
+    def backward(ctx, *grads: Optional[Tensor]):
+        none = (None, ) * 4
+        g = _gather_adjoint(grads, ctx.reads, ctx.num_clusters)
+        if g is None:
+            return none + (None, ) * len(ctx.writes)
+        _sum_up_(g, ctx.levels)
+        return none + tuple(_rows(g, *w) for w in ctx.writes)
+
+
+def _gather_adjoint(grads: Sequence[Optional[Tensor]], reads: List[Rows],
+                    num_rows: int) -> Optional[Tensor]:
+    r"""The adjoint of the reads ``u[r]``: their gradients added into one
+    zero ``[M, *S]`` buffer (:obj:`None` if none has a gradient)."""
+    g = None
+    for rows, grad in zip(reads, grads):
+        if grad is None:
+            continue
+        if g is None:
+            g = grad.new_zeros((num_rows, ) + grad.shape[1:])
+        _add_rows_(g, rows, grad)
+    return g
 
 
 def _dropout_keep(shape, p: float, like: Tensor) -> Tensor:
@@ -533,23 +606,31 @@ def hierarchical_attention(
     if blocks is not None and blocks.width == 1:
         blocks = None
     if blocks is not None:
-        qv, kv, vv = (_to_slots(blocks, x, x) for x in (q, k, v))
+        qv, kv, vv = (_to_slots(blocks, x) for x in (q, k, v))
         blocks_scores = _HeadwiseScores.apply(qv, kv, scale)
         leaf_sums = {'q': blocks_scores[2], 'k': blocks_scores[3],
                      'v': vv.sum(dim=1)}
 
-    def cluster_means(x: Tensor, name: str) -> Tensor:
-        # Upward pass: leaf sums into parents, then clusters bottom-up.
+    # Upward pass: the means of q, k and v over every cluster's leaves, read
+    # straight into the buckets with internal children that attend.
+    buckets = h.family_buckets
+    attending = [i for i, b in enumerate(buckets)
+                 if b.kind != 'leaf' and b.width > 1]
+
+    def cluster_means(x: Tensor, name: str) -> Tuple[Tensor, ...]:
+        if not attending:
+            return ()
         if blocks is not None:
-            src, index = leaf_sums[name], blocks.parent_cluster
-            span = blocks.parent_range
+            src = leaf_sums[name]
+            rows = (blocks.parent_cluster, blocks.parent_range)
         else:
             src = x if all_leaves_have_parent else x[lwp]
-            index, span = lpc, None
-        return _SubtreeMean.apply(src, index, span, h._cluster_levels, csize)
+            rows = (lpc, None)
+        reads = [_cluster_rows(buckets[i]) for i in attending]
+        return _SubtreeMean.apply(src, rows, h._cluster_levels, csize, reads)
 
-    qc, kc, vc = (cluster_means(x, name)
-                  for x, name in ((q, 'q'), (k, 'k'), (v, 'v')))
+    means = {i: m for i, *m in zip(attending, *(
+        cluster_means(x, name) for x, name in ((q, 'q'), (k, 'k'), (v, 'v'))))}
     logsize_leaf = q.new_zeros(num_leaves)
     logsize_clus = csize.log()
 
@@ -557,7 +638,8 @@ def hierarchical_attention(
     scores = []
     off_lse_leaf = q.new_full((num_leaves, heads), neg)
     off_lse_clus = q.new_full((num_clusters, heads), neg)
-    for b, bias in zip(h.family_buckets, _bucket_biases(pair_bias, h, dtype)):
+    for i, (b, bias) in enumerate(
+            zip(buckets, _bucket_biases(pair_bias, h, dtype))):
         if b.width == 1:  # a single child has no sibling to attend to
             scores.append(None)
             continue
@@ -565,12 +647,13 @@ def hierarchical_attention(
             s, diag = blocks_scores[:2]
             g_leaf = diag.view(num_leaves, heads)  # s_ii
         else:
+            qc, kc = means[i][:2] if i in means else (None, None)
             s = _HeadwiseScores.apply(_to_slots(b, q, qc), _to_slots(b, k, kc),
                                       scale)[0]
         # [H, F, W, W]; every full-size temporary counts at large N, so the
         # scores are updated in place (log|b| = 0 for leaves).
         if b.kind != 'leaf':
-            s = s + _to_slots(b, logsize_leaf, logsize_clus).unsqueeze(1)
+            s = s + _node_slots(b, logsize_leaf, logsize_clus).unsqueeze(1)
         if bias is not None:
             s = s + bias
         # Not recorded by autograd (which would allocate a masked copy of the
@@ -619,17 +702,19 @@ def hierarchical_attention(
     # Families with internal children first, so that the contexts U_F
     # (accumulated down the path, U_a = U_F + u_a) are known when the leaf
     # families run; those add U_F to u_a right away.
-    u_clus = v.new_zeros(vc.shape)
     u_leaf = out = None
+    # (cluster rows, contexts u_a) of the buckets with internal children
+    writes: List[Tuple[Rows, Tensor]] = []
+    parent_contexts = {}  # U_F per leaf bucket
     weights = [None] * len(scores)
 
     def family_context(i: int):
         nonlocal u_leaf, out
-        b, s = h.family_buckets[i], scores[i]
-        lse = _to_slots(b, lse_leaf, lse_clus).permute(2, 0, 1)  # [H, F, W]
+        b, s = buckets[i], scores[i]
+        lse = _node_slots(b, lse_leaf, lse_clus).permute(2, 0, 1)  # [H, F, W]
         if return_weights:
             weights[i] = _family_weights(b, s, lse,
-                                         _to_slots(b, g_leaf, g_clus))
+                                         _node_slots(b, g_leaf, g_clus))
         if s is None:
             return
         log_r = _rows(log_r_clus, b.parent_cluster, b.parent_range).t()
@@ -639,37 +724,50 @@ def hierarchical_attention(
         if drop:
             keep = _dropout_keep(s.shape, dropout_p, q).to(s.dtype) / (
                 1.0 - dropout_p)
-        parent_context = None
-        if b.kind == 'leaf':
-            parent_context = _rows(u_clus, b.parent_cluster, b.parent_range)
+        parent_context = parent_contexts.get(i)
         if b is blocks:  # the whole output: y = A v + r v + U_F
             r = torch.exp(log_r_leaf).view(b.num_families, b.width, heads)
             out = _HeadwiseContext.apply(s, shift, keep, vv, r,
                                          parent_context).view(v.shape)
             return
+        vc = means[i][2] if i in means else None
         ctx = _HeadwiseContext.apply(s, shift, keep, _to_slots(b, v, vc),
                                      None, parent_context)  # [F, W, H, D]
         if u_leaf is None and b.kind != 'cluster':  # 1 GiB at N = 2^20
             u_leaf = v.new_zeros(v.shape)
-        _from_slots(b, ctx, u_leaf, u_clus)
+        _from_slots(b, ctx, u_leaf, None)  # the leaf slots
+        if b.kind != 'leaf':
+            ctx = ctx.flatten(0, 1)
+            if b.kind == 'mixed':
+                ctx = ctx[b.cluster_slot]
+            writes.append((_cluster_rows(b), ctx))
 
-    leaf_kind = [b.kind == 'leaf' for b in h.family_buckets]
-    for i, is_leaf in enumerate(leaf_kind):
-        if not is_leaf:
+    for i, b in enumerate(buckets):
+        if b.kind != 'leaf':
             family_context(i)
-    u_clus = _PathSum.apply(u_clus, h._cluster_levels)
-    for i, is_leaf in enumerate(leaf_kind):
-        if is_leaf:
+    # U_F = the cluster contexts summed down the path, read by the leaf
+    # families and by the leaves outside them (single children, mixed
+    # families, root leaves).
+    rest, rest_parent = h._leaf_outside_leaf_families
+    leaf_families = [i for i, b in enumerate(buckets)
+                     if b.kind == 'leaf' and b.width > 1]
+    reads = [(buckets[i].parent_cluster, buckets[i].parent_range)
+             for i in leaf_families] + [(rest_parent, None)]
+    rest_context = None
+    if writes:
+        *contexts, rest_context = _PathSum.apply(
+            h._cluster_levels, num_clusters, [w[0] for w in writes], reads,
+            *(w[1] for w in writes))
+        parent_contexts = dict(zip(leaf_families, contexts))
+    for i, b in enumerate(buckets):
+        if b.kind == 'leaf':
             family_context(i)
     if out is None:
         if u_leaf is None:
             u_leaf = v.new_zeros(v.shape)
         out = torch.addcmul(u_leaf, torch.exp(log_r_leaf).unsqueeze(-1), v)
-        # Leaves outside multi-child 'leaf' families (single children, mixed
-        # families, root leaves) get the context of their parent's path here.
-        rest, rest_parent = h._leaf_outside_leaf_families
-        if rest.numel() > 0:
-            out = out.index_add(0, rest, u_clus[rest_parent])
+        if rest_context is not None and rest.numel() > 0:
+            out = out.index_add(0, rest, rest_context)
 
     out = out.to(out_dtype)
     if single_head:
