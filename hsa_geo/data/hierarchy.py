@@ -22,10 +22,10 @@ class FamilyBucket:
         kind (str): ``'leaf'`` (every slot is a leaf, no padding),
             ``'cluster'`` (every slot an internal node, no padding) or
             ``'mixed'`` (anything else).
-        source_range (tuple, optional): ``(start, end)`` when the slots are
-            the rows ``start..end-1`` of :attr:`source_index`'s rows in
-            order (``'leaf'`` and ``'cluster'`` buckets), so the table is a
-            view of those rows and needs no gather.
+        source_range (tuple, optional): ``(start, end)`` when
+            :attr:`source_index` is ``start..end-1`` (a ``'leaf'`` or
+            ``'cluster'`` bucket whose slots are consecutive rows), so the
+            table is a view of those rows and needs no gather.
         family (LongTensor): ``[F]`` node id of each family's parent.
         parent_cluster (LongTensor): ``[F]`` that id minus ``num_leaves``,
             increasing.

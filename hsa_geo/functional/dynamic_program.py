@@ -159,25 +159,28 @@ def _node_slots(bucket: FamilyBucket, leaf_x: Tensor,
                      None if rows is None else _rows(cluster_x, *rows))
 
 
-def _from_slots(bucket: FamilyBucket, x: Tensor, leaf_out: Optional[Tensor],
-                cluster_out: Optional[Tensor]):
-    r"""Scatters ``[F, W, *S]`` slot rows back to their nodes, in place."""
+def _set_rows_(out: Tensor, rows: Rows, x: Tensor):
+    r"""``out[index] = x``; a slice for a span."""
+    index, span = rows
+    if span is not None:
+        out[span[0]:span[1]] = x
+    else:
+        out[index] = x
+
+
+def _from_slots(bucket: FamilyBucket, x: Tensor,
+                leaf_out: Optional[Tensor]) -> Optional[Tensor]:
+    r"""Writes the leaf slots of ``[F, W, *S]`` into :obj:`leaf_out` in
+    place and returns the internal-node slots, the rows of
+    :func:`_cluster_rows` (:obj:`None` for ``'leaf'`` buckets)."""
     x = x.flatten(0, 1)
     if bucket.kind == 'leaf':
-        if bucket.source_range is not None:
-            leaf_out[bucket.source_range[0]:bucket.source_range[1]] = x
-        else:
-            leaf_out[bucket.source_index] = x
-        return
+        _set_rows_(leaf_out, (bucket.source_index, bucket.source_range), x)
+        return None
     if bucket.kind == 'mixed':
         leaf_out[bucket.leaf_node] = x[bucket.leaf_slot]
-        x = x[bucket.cluster_slot]
-    if cluster_out is not None:
-        index, span = _cluster_rows(bucket)
-        if span is not None:
-            cluster_out[span[0]:span[1]] = x
-        else:
-            cluster_out[index] = x
+        return x[bucket.cluster_slot]
+    return x
 
 
 # Families per chunk on the CPU: a head buffer of ~1 MiB stays in cache while
@@ -662,8 +665,10 @@ def hierarchical_attention(
         with torch.no_grad():
             s.masked_fill_(_invalid(b), neg)
         scores.append(s)
-        _from_slots(b, _RowLogSumExp.apply(s).permute(1, 2, 0),
-                    off_lse_leaf, off_lse_clus)
+        rows = _from_slots(b, _RowLogSumExp.apply(s).permute(1, 2, 0),
+                           off_lse_leaf)
+        if rows is not None:
+            _set_rows_(off_lse_clus, _cluster_rows(b), rows)
 
     # g (per-leaf log-partition of every subtree), bottom-up. The row
     # logsumexp over all siblings, the diagonal l_aa = g_a included, is
@@ -735,12 +740,9 @@ def hierarchical_attention(
                                      None, parent_context)  # [F, W, H, D]
         if u_leaf is None and b.kind != 'cluster':  # 1 GiB at N = 2^20
             u_leaf = v.new_zeros(v.shape)
-        _from_slots(b, ctx, u_leaf, None)  # the leaf slots
-        if b.kind != 'leaf':
-            ctx = ctx.flatten(0, 1)
-            if b.kind == 'mixed':
-                ctx = ctx[b.cluster_slot]
-            writes.append((_cluster_rows(b), ctx))
+        rows = _from_slots(b, ctx, u_leaf)
+        if rows is not None:
+            writes.append((_cluster_rows(b), rows))
 
     for i, b in enumerate(buckets):
         if b.kind != 'leaf':
