@@ -414,6 +414,9 @@ def test_geometry_bias_reads_relative_position_and_level(level):
 def test_geometry_bias_errors():
     with pytest.raises(ValueError, match="'max_branching' must be an int"):
         FamilyGeometryBias(2, max_branching=1)
+    # bool is an int subclass; True must not pass as one head
+    with pytest.raises(ValueError, match="'heads' must be an int >= 1"):
+        FamilyGeometryBias(True)
     h = Hierarchy.from_parent([5] * 5 + [-1], 5)
     with pytest.raises(ValueError, match='max_branching >= 5'):
         FamilyGeometryBias(2, max_branching=4)(h)

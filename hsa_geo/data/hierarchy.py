@@ -7,6 +7,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from hsa_geo._checks import is_int
+
 IndexLike = Union[Tensor, Sequence[int]]
 
 
@@ -165,8 +167,7 @@ class Hierarchy:
     def __init__(self, parent: IndexLike, num_leaves: int,
                  family_edge_index: Optional[Tensor] = None):
         parent = _as_index(parent, 'parent')
-        if isinstance(num_leaves, bool) or not isinstance(
-                num_leaves, int) or num_leaves < 1:
+        if not is_int(num_leaves):
             raise ValueError(
                 f"'num_leaves' must be a positive int, got {num_leaves!r}")
         if num_leaves > parent.numel():

@@ -5,6 +5,7 @@ import torch
 from torch import Tensor
 from torch.nn import Parameter
 
+from hsa_geo._checks import is_int
 from hsa_geo.data.hierarchy import Hierarchy
 
 
@@ -49,7 +50,7 @@ class FamilyGeometryBias(torch.nn.Module):
         for name, value, low in (('heads', heads, 1),
                                  ('max_branching', max_branching, 2),
                                  ('num_levels', num_levels, 1)):
-            if not isinstance(value, int) or value < low:
+            if not is_int(value, low):
                 raise ValueError(f"'{name}' must be an int >= {low}, got "
                                  f"{value!r}")
         if level not in ('height', 'depth'):

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 from torch.nn import Parameter
 
+from hsa_geo._checks import is_int
 from hsa_geo.data.hierarchy import FamilyBucket, Hierarchy
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -157,7 +158,7 @@ class HierarchicalPositionalEncoding(torch.nn.Module):
                              f"(counted from the roots)")
         for name, value in (('channels', channels), ('num_levels',
                                                      num_levels)):
-            if not _positive_int(value):
+            if not is_int(value):
                 raise ValueError(f"'{name}' must be a positive int, got "
                                  f"{value!r}")
         self.channels = channels
@@ -169,7 +170,7 @@ class HierarchicalPositionalEncoding(torch.nn.Module):
         self.k = None
 
         if mode == 'sequence':
-            if not _positive_int(max_branching):
+            if not is_int(max_branching):
                 raise ValueError(
                     f"mode='sequence' needs 'max_branching', a positive int "
                     f"at least the largest number of children of any node "
@@ -180,7 +181,7 @@ class HierarchicalPositionalEncoding(torch.nn.Module):
         elif mode == 'grid':
             size = (grid_size, grid_size) if not isinstance(
                 grid_size, (tuple, list)) else tuple(grid_size)
-            if len(size) != 2 or not all(_positive_int(s) for s in size):
+            if len(size) != 2 or not all(is_int(s) for s in size):
                 raise ValueError(f"'grid_size' must be a positive int or a "
                                  f"pair of them, got {grid_size!r}")
             self.grid_size = size
@@ -189,7 +190,7 @@ class HierarchicalPositionalEncoding(torch.nn.Module):
             self.col_emb = Parameter(torch.empty(num_levels, size[1],
                                                  channels))
         else:
-            if not _positive_int(k):
+            if not is_int(k):
                 raise ValueError(f"'k' must be a positive int, got {k!r}")
             self.k = k
             self.weight = Parameter(torch.empty(num_levels, k, channels))
@@ -383,11 +384,6 @@ class HierarchicalPositionalEncoding(torch.nn.Module):
                 f" of a block (grid_size={self.grid_size}); build the "
                 f"encoding with a larger grid_size")
         return grid_pos
-
-
-def _positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and \
-        value >= 1
 
 
 def _check_grid_tensor(value, name: str, rows: int):

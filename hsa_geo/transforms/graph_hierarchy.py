@@ -12,6 +12,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.transforms import BaseTransform
 
+from hsa_geo._checks import is_int
 from hsa_geo.data.hierarchy import Hierarchy, parent_depths
 from hsa_geo.data.nested_signal import NestedSignal
 
@@ -104,8 +105,7 @@ class GraphHierarchy(BaseTransform):
             raise ValueError(
                 f"unknown method {method!r}; choose one of "
                 f"{', '.join(repr(m) for m in _METHODS)}")
-        if isinstance(branching, bool) or not isinstance(
-                branching, int) or branching < 2:
+        if not is_int(branching, 2):
             raise ValueError(
                 f"'branching' must be an int >= 2 (the most children of a "
                 f"node), got {branching!r}")

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 from torch_geometric.nn.pool.consecutive import consecutive_cluster
 
+from hsa_geo._checks import is_int
 from hsa_geo.data.hierarchy import Hierarchy
 
 Level = Union[Tensor, Sequence[int]]
@@ -80,9 +81,7 @@ def hierarchy_from_pooling(levels: Sequence[Level],
     if len(levels) == 0:
         raise ValueError("'levels' is empty; pass at least the pooling of "
                          "the leaves")
-    if num_nodes is not None and (isinstance(num_nodes, bool) or
-                                  not isinstance(num_nodes, int)
-                                  or num_nodes < 1):
+    if num_nodes is not None and not is_int(num_nodes):
         raise ValueError(f"'num_nodes' must be a positive int, got "
                          f"{num_nodes!r}")
     assignments: List[Tensor] = []
