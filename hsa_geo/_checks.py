@@ -1,8 +1,125 @@
-r"""Argument checks shared by the package's constructors."""
+r"""Argument checks shared by the whole package: one rule per kind of
+argument, and one style of message (what is wrong, where, how to fix it).
+
+A value of the wrong type raises :class:`TypeError`; a value of the right
+type that is out of range raises :class:`ValueError`. Integers are
+:class:`numbers.Integral` (Python and NumPy ints) but never :class:`bool`;
+real numbers are :class:`numbers.Real` (not :class:`bool`) and never
+:class:`~torch.Tensor`.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
 
 
-def is_int(value, low: int = 1) -> bool:
-    r"""Whether :obj:`value` is a Python ``int`` (not a ``bool``, which is
-    an ``int`` subclass) of at least :obj:`low`."""
-    return isinstance(value, int) and not isinstance(value, bool) and \
-        value >= low
+def is_int(value: Any, low: int = 1) -> bool:
+    r"""Whether :obj:`value` is an integer (not a ``bool``) of at least
+    :obj:`low`."""
+    return isinstance(value, numbers.Integral) and \
+        not isinstance(value, bool) and value >= low
+
+
+def check_int(value: Any, name: str, low: Optional[int] = 1,
+              high: Optional[int] = None) -> int:
+    r"""Returns :obj:`value` as an ``int`` after checking that it is an
+    integer (:class:`TypeError` otherwise: ``True``, ``2.5`` and ``'3'`` are
+    not) in ``[low, high]`` (:class:`ValueError` otherwise; :obj:`None`:
+    unbounded)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"'{name}' must be an int, got {value!r} "
+                        f"({type(value).__name__})")
+    value = int(value)
+    if (low is not None and value < low) or (high is not None
+                                             and value > high):
+        raise ValueError(f"'{name}' must be an int in {_interval(low, high)},"
+                         f" got {value}")
+    return value
+
+
+def check_float(value: Any, name: str, low: Optional[float] = None,
+                high: Optional[float] = None, low_open: bool = False,
+                high_open: bool = False) -> float:
+    r"""Returns :obj:`value` as a finite ``float`` after checking that it is
+    a real number (:class:`TypeError` otherwise, tensors and strings
+    included) in the interval from :obj:`low` to :obj:`high`, each end open
+    or closed (:class:`ValueError` otherwise, NaN and infinities
+    included)."""
+    if isinstance(value, (bool, Tensor)) or not isinstance(
+            value, numbers.Real):
+        raise TypeError(f"'{name}' must be a real number (a Python float), "
+                        f"got {value!r} ({type(value).__name__})")
+    value = float(value)
+    bad = not math.isfinite(value)
+    if low is not None:
+        bad = bad or value < low or (low_open and value == low)
+    if high is not None:
+        bad = bad or value > high or (high_open and value == high)
+    if bad:
+        lo = '(' if low_open else '['
+        hi = ')' if high_open else ']'
+        span = f"{lo}{'-inf' if low is None else low}, " \
+            f"{'inf' if high is None else high}{hi}"
+        raise ValueError(f"'{name}' must be a finite number in {span}, got "
+                         f"{value}")
+    return value
+
+
+def check_bool(value: Any, name: str) -> bool:
+    r"""Returns :obj:`value` after checking that it is a ``bool``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"'{name}' must be True or False, got {value!r} "
+                        f"({type(value).__name__})")
+    return value
+
+
+def check_index(value: Any, name: str, rows: Optional[int] = 2) -> Tensor:
+    r"""Returns :obj:`value` as a ``long`` tensor after checking that it is
+    an integer tensor (:class:`TypeError` otherwise; ``bool`` is not an
+    integer index) of shape ``[rows, E]`` (``[E]`` for ``rows=None``;
+    :class:`ValueError` otherwise)."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"'{name}' must be an integer tensor, got "
+                        f"{type(value).__name__}")
+    if value.dtype == torch.bool or value.is_floating_point() or \
+            value.is_complex():
+        raise TypeError(
+            f"'{name}' must have an integer dtype, got {value.dtype}; "
+            f"convert it with '.long()' (after checking it holds whole "
+            f"numbers)")
+    shape = '[E]' if rows is None else f'[{rows}, E]'
+    if (rows is None and value.dim() != 1) or (rows is not None and (
+            value.dim() != 2 or value.size(0) != rows)):
+        raise ValueError(f"'{name}' must have shape {shape}, got "
+                         f"{tuple(value.shape)}")
+    return value.long()
+
+
+def check_floating(value: Any, name: str) -> Tensor:
+    r"""Checks that :obj:`value` is a floating point tensor."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"'{name}' must be a floating point tensor, got "
+                        f"{type(value).__name__}")
+    if not value.is_floating_point():
+        raise TypeError(f"'{name}' must be a floating point tensor, got "
+                        f"dtype {value.dtype}; convert it with '.float()'")
+    return value
+
+
+def check_device(value: Tensor, name: str, device: torch.device,
+                 other: str):
+    r"""Checks that the tensor :obj:`value` lives on :obj:`device`, the
+    device of :obj:`other`."""
+    if value.device != device:
+        raise ValueError(f"'{name}' is on {value.device} but {other} is on "
+                         f"{device}; move it with '.to({str(device)!r})'")
+
+
+def _interval(low: Optional[int], high: Optional[int]) -> str:
+    if high is None:
+        return f'[{low}, inf)' if low is not None else '(-inf, inf)'
+    return f"[{'-inf' if low is None else low}, {high}]"
