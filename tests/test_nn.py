@@ -469,12 +469,12 @@ def test_in_pyg_sequential():
 
 
 @pytest.mark.parametrize('kwargs,pattern', [
-    (dict(heads=0), "'heads' and 'out_channels' must be positive"),
-    (dict(heads=-2), "'heads' and 'out_channels' must be positive"),
-    (dict(out_channels=0), "'heads' and 'out_channels' must be positive"),
-    (dict(dropout=1.0), r"'dropout' must be in \[0, 1\)"),
-    (dict(dropout=-0.1), r"'dropout' must be in \[0, 1\)"),
-    (dict(dropout=1.5), r"'dropout' must be in \[0, 1\)"),
+    (dict(heads=0), r"'heads' must be an int in \[1, inf\)"),
+    (dict(heads=-2), r"'heads' must be an int in \[1, inf\)"),
+    (dict(out_channels=0), r"'out_channels' must be an int in \[1, inf\)"),
+    (dict(dropout=1.0), r"'dropout' must be a finite number in \[0.0, 1.0\)"),
+    (dict(dropout=-0.1), r"'dropout' must be a finite number in \[0.0, 1.0\)"),
+    (dict(dropout=1.5), r"'dropout' must be a finite number in \[0.0, 1.0\)"),
 ])
 def test_bad_arguments(kwargs, pattern):
     args = dict(in_channels=4, out_channels=3)
@@ -487,12 +487,17 @@ def test_bad_arguments(kwargs, pattern):
     torch.randn(NUM_LEAVES),
     torch.randn(NUM_LEAVES, 2, 4),
     torch.tensor(1.0),
-    [[0.0] * 4] * NUM_LEAVES,
 ])
 def test_x_not_2d(x):
     conv = HSAConv(4, 3)
     with pytest.raises(ValueError, match=r"'x' must be a \[N, F\] tensor"):
         conv(x, example_hierarchy())
+
+
+def test_x_not_a_tensor():
+    conv = HSAConv(4, 3)
+    with pytest.raises(TypeError, match=r"'x' must be a floating point"):
+        conv([[0.0] * 4] * NUM_LEAVES, example_hierarchy())
 
 
 def test_x_rows_differ_from_leaves():
@@ -507,7 +512,7 @@ def test_x_rows_differ_from_leaves():
 
 def test_not_a_hierarchy():
     conv = HSAConv(4, 3)
-    with pytest.raises(ValueError, match='Hierarchy'):
+    with pytest.raises(TypeError, match='Hierarchy'):
         conv(torch.randn(NUM_LEAVES, 4), torch.tensor(PARENT))
 
 

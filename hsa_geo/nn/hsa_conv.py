@@ -8,6 +8,8 @@ from torch import Tensor
 from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.nn.dense.linear import Linear
 
+from hsa_geo._checks import (check_bool, check_device, check_float,
+                             check_floating, check_int)
 from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.functional.dynamic_program import hierarchical_attention
 from hsa_geo.nn.family_geometry_bias import FamilyGeometryBias
@@ -43,25 +45,31 @@ class HSAConv(MessagePassing):
     learnable :class:`~hsa_geo.nn.FamilyGeometryBias` of the siblings'
     relative position and level is added to the family logits.
 
+    Arguments are checked: a value of the wrong type (``heads=2.5``,
+    ``heads=True``, ``dropout='0.1'``, ``concat=1``) raises
+    :class:`TypeError`, one out of range (``in_channels=0``, a NaN
+    :obj:`dropout`) :class:`ValueError`.
+
     Args:
-        in_channels (int): size of each input sample, or ``-1`` to infer it
-            lazily.
-        out_channels (int): size of each output sample per head.
+        in_channels (int): size of each input sample (positive), or ``-1``
+            to infer it lazily.
+        out_channels (int): size of each output sample per head (positive).
         heads (int, optional): number of attention heads. (default: :obj:`1`)
         concat (bool, optional): concatenate the heads (else average them).
             (default: :obj:`True`)
         beta (bool, optional): gated skip connection. (default: :obj:`False`)
         dropout (float, optional): dropout on the family attention weights
-            in training. (default: :obj:`0.`)
+            in training, in :math:`[0, 1)`. (default: :obj:`0.`)
         bias (bool, optional): learn additive biases. (default: :obj:`True`)
         root_weight (bool, optional): add the transformed root features
             :math:`\mathbf{W}_1 \mathbf{x}_i`. (default: :obj:`True`)
         geometry_bias (bool, optional): learn a bias of the relative
             position of siblings and of the level. (default: :obj:`False`)
         max_branching (int, optional): the largest family the geometry bias
-            encodes. (default: :obj:`16`)
-        num_levels (int, optional): levels with their own geometry bias.
-            (default: :obj:`8`)
+            encodes, at least ``2``; checked even without
+            :obj:`geometry_bias`. (default: :obj:`16`)
+        num_levels (int, optional): levels with their own geometry bias,
+            at least ``1``. (default: :obj:`8`)
         **kwargs (optional): arguments of
             :class:`torch_geometric.nn.conv.MessagePassing`.
 
@@ -91,11 +99,22 @@ class HSAConv(MessagePassing):
     ):
         kwargs.setdefault('aggr', 'add')
         super().__init__(node_dim=0, **kwargs)
-        if heads < 1 or out_channels < 1:
-            raise ValueError(f"'heads' and 'out_channels' must be positive, "
-                             f"got {heads} and {out_channels}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"'dropout' must be in [0, 1), got {dropout}")
+        in_channels = check_int(in_channels, 'in_channels', low=None)
+        if in_channels != -1 and in_channels < 1:
+            raise ValueError(f"'in_channels' must be a positive int, or -1 "
+                             f"to infer it from the first input, got "
+                             f"{in_channels}")
+        out_channels = check_int(out_channels, 'out_channels')
+        heads = check_int(heads, 'heads')
+        for name, flag in (('concat', concat), ('beta', beta), ('bias', bias),
+                           ('root_weight', root_weight),
+                           ('geometry_bias', geometry_bias)):
+            check_bool(flag, name)
+        dropout = check_float(dropout, 'dropout', 0.0, 1.0, high_open=True)
+        # Checked here even when unused, so that a typo is not ignored;
+        # FamilyGeometryBias repeats the check when it is built.
+        max_branching = check_int(max_branching, 'max_branching', low=2)
+        num_levels = check_int(num_levels, 'num_levels')
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.heads = heads
@@ -144,13 +163,16 @@ class HSAConv(MessagePassing):
                 :class:`~hsa_geo.data.NestedSignal` is accepted too).
             return_attention_weights (bool, optional): also return
                 ``(pair_index, alpha)``.
+
+        Raises :class:`TypeError` for an :obj:`x` that is not a floating
+        point tensor of the layer's dtype or a :obj:`hierarchy` that is
+        neither a :class:`~hsa_geo.data.Hierarchy` nor holds one, and
+        :class:`ValueError` for an :obj:`x` that is not ``[N, F_in]`` with
+        :math:`N` the number of leaves, see :meth:`check_input`.
         """
-        if not isinstance(hierarchy, Hierarchy) and hasattr(
-                hierarchy, 'hierarchy'):
-            hierarchy = hierarchy.hierarchy
-        if not isinstance(x, Tensor) or x.dim() != 2:
-            raise ValueError(f"'x' must be a [N, F] tensor of leaf features, "
-                             f"got {getattr(x, 'shape', type(x))}")
+        hierarchy = self.check_input(x, hierarchy)
+        if return_attention_weights is not None:
+            check_bool(return_attention_weights, 'return_attention_weights')
         num_leaves, heads, channels = x.size(0), self.heads, self.out_channels
         q, k, v = self.lin_qkv(x).view(num_leaves, 3, heads, channels).unbind(1)
         result = hierarchical_attention(
@@ -178,6 +200,46 @@ class HSAConv(MessagePassing):
         if weights is not None:
             return out, (weights.index, weights.weight)
         return out
+
+    def check_input(self, x: Tensor, hierarchy: Hierarchy) -> Hierarchy:
+        r"""Checks the input of :meth:`forward` and returns the
+        :class:`~hsa_geo.data.Hierarchy` to use (:obj:`hierarchy` itself or
+        its ``.hierarchy``), so that bad input fails here with a message
+        rather than deep inside a matrix product."""
+        if not isinstance(hierarchy, Hierarchy):
+            hierarchy = getattr(hierarchy, 'hierarchy', hierarchy)
+        if not isinstance(hierarchy, Hierarchy):
+            raise TypeError(
+                f"'hierarchy' must be a hsa_geo.data.Hierarchy or hold one "
+                f"as '.hierarchy' (a NestedSignal), got "
+                f"{type(hierarchy).__name__}")
+        check_floating(x, 'x')
+        if x.dim() != 2:
+            raise ValueError(f"'x' must be a [N, F] tensor of leaf features, "
+                             f"got shape {tuple(x.shape)}")
+        weight = self.lin_qkv.weight
+        lazy = isinstance(weight, torch.nn.parameter.UninitializedParameter)
+        if x.size(1) == 0:
+            raise ValueError("'x' has 0 features per leaf; give each leaf at "
+                             "least one")
+        if not lazy and x.size(1) != weight.size(1):
+            raise ValueError(f"'x' has {x.size(1)} features but the layer "
+                             f"takes {weight.size(1)} (in_channels); give x "
+                             f"the shape [N, {weight.size(1)}]")
+        # Under autocast the matrix products cast x themselves.
+        if not lazy and x.dtype != weight.dtype and \
+                not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f"'x' has dtype {x.dtype} but the layer's "
+                            f"weights {weight.dtype}; convert one with "
+                            f"'.to({weight.dtype})' or '.to({x.dtype})'")
+        check_device(x, 'x', weight.device, 'the layer')
+        check_device(x, 'x', hierarchy.device, 'the hierarchy')
+        if x.size(0) != hierarchy.num_leaves:
+            raise ValueError(
+                f"'x' has {x.size(0)} rows but the hierarchy has "
+                f"{hierarchy.num_leaves} leaves; row i must hold the "
+                f"features of leaf i")
+        return hierarchy
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.in_channels}, '
