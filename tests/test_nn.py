@@ -586,9 +586,14 @@ def test_layer_float64_equals_reference(f, heads, seed):
                                atol=EXACT)
 
 
-@pytest.mark.parametrize('channels,heads', [(10, 3), (8, 3), (6, 4), (8, 0)])
-def test_layer_heads_must_divide_channels(channels, heads):
-    with pytest.raises(ValueError, match='must be positive and divide'):
+@pytest.mark.parametrize('channels,heads,pattern', [
+    (10, 3, r"'heads' \(3\) must divide 'channels' \(10\)"),
+    (8, 3, r"'heads' \(3\) must divide 'channels' \(8\)"),
+    (6, 4, r"'heads' \(4\) must divide 'channels' \(6\)"),
+    (8, 0, r"'heads' must be an int in \[1, inf\)"),
+])
+def test_layer_heads_must_divide_channels(channels, heads, pattern):
+    with pytest.raises(ValueError, match=pattern):
         HSATransformerLayer(channels, heads=heads)
 
 

@@ -1,13 +1,15 @@
 r"""The pre-norm transformer block built on :class:`HSAConv`."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from collections.abc import Mapping
+from typing import Any, Dict, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.nn.resolver import activation_resolver
 
+from hsa_geo._checks import check_float, check_int
 from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.nn.hsa_conv import HSAConv
 
@@ -25,18 +27,26 @@ class HSATransformerLayer(torch.nn.Module):
     ``channels // heads`` channels each, concatenated, without its own skip
     connection (the block's residual is the skip).
 
+    Arguments are checked: a value of the wrong type raises
+    :class:`TypeError`, one out of range :class:`ValueError`.
+
     Args:
-        channels (int): size of each leaf's features (input and output).
+        channels (int): size of each leaf's features (input and output),
+            positive.
         heads (int, optional): attention heads; must divide :obj:`channels`.
             (default: :obj:`1`)
-        dropout (float, optional): dropout after attention and in the MLP.
-            (default: :obj:`0.`)
+        dropout (float, optional): dropout after attention and in the MLP,
+            in :math:`[0, 1)`. (default: :obj:`0.`)
         attn_dropout (float, optional): dropout on the family attention
-            weights. (default: :obj:`0.`)
-        ff_channels (int, optional): hidden size of the MLP.
+            weights, in :math:`[0, 1)`. (default: :obj:`0.`)
+        ff_channels (int, optional): hidden size of the MLP, positive
+            (``0`` is rejected, not read as the default).
             (default: :obj:`4 * channels`)
-        act (str, optional): MLP activation. (default: :obj:`"gelu"`)
-        act_kwargs (dict, optional): arguments of the activation.
+        act (str or torch.nn.Module, optional): MLP activation, the name of
+            a :mod:`torch.nn` activation module or a module.
+            (default: :obj:`"gelu"`)
+        act_kwargs (dict, optional): arguments of the activation (only with
+            a name).
 
     Shapes:
         - **input:** leaf features :math:`(N, C)`, a
@@ -50,17 +60,25 @@ class HSATransformerLayer(torch.nn.Module):
         dropout: float = 0.0,
         attn_dropout: float = 0.0,
         ff_channels: Optional[int] = None,
-        act: str = 'gelu',
+        act: Union[str, torch.nn.Module] = 'gelu',
         act_kwargs: Optional[Dict[str, Any]] = None,
     ):
         super().__init__()
-        if heads < 1 or channels % heads != 0:
-            raise ValueError(f"'heads' ({heads}) must be positive and divide "
-                             f"'channels' ({channels})")
+        channels = check_int(channels, 'channels')
+        heads = check_int(heads, 'heads')
+        if channels % heads != 0:
+            raise ValueError(f"'heads' ({heads}) must divide 'channels' "
+                             f"({channels}): each head gets channels // "
+                             f"heads of them")
+        dropout = check_float(dropout, 'dropout', 0.0, 1.0, high_open=True)
+        attn_dropout = check_float(attn_dropout, 'attn_dropout', 0.0, 1.0,
+                                   high_open=True)
+        # None is the default; 0 must not fall back to it silently.
+        ff_channels = 4 * channels if ff_channels is None else check_int(
+            ff_channels, 'ff_channels')
         self.channels = channels
         self.heads = heads
         self.dropout = dropout
-        ff_channels = ff_channels or 4 * channels
         self.norm1 = torch.nn.LayerNorm(channels)
         self.attn = HSAConv(channels, channels // heads, heads=heads,
                             dropout=attn_dropout, root_weight=False)
@@ -68,7 +86,7 @@ class HSATransformerLayer(torch.nn.Module):
         self.norm2 = torch.nn.LayerNorm(channels)
         self.mlp = torch.nn.Sequential(
             torch.nn.Linear(channels, ff_channels),
-            activation_resolver(act, **(act_kwargs or {})),
+            _activation(act, act_kwargs),
             torch.nn.Dropout(dropout),
             torch.nn.Linear(ff_channels, channels),
         )
@@ -84,6 +102,9 @@ class HSATransformerLayer(torch.nn.Module):
                 module.reset_parameters()
 
     def forward(self, x: Tensor, hierarchy: Hierarchy) -> Tensor:
+        # Check before the layer norm, which would fail on bad x with a
+        # message about its own shapes.
+        hierarchy = self.attn.check_input(x, hierarchy)
         h = self.lin_out(self.attn(self.norm1(x), hierarchy))
         x = x + F.dropout(h, p=self.dropout, training=self.training)
         h = self.mlp(self.norm2(x))
@@ -92,3 +113,32 @@ class HSATransformerLayer(torch.nn.Module):
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.channels}, '
                 f'heads={self.heads})')
+
+
+def _activation(act: Union[str, torch.nn.Module],
+                act_kwargs: Optional[Dict[str, Any]]) -> torch.nn.Module:
+    r"""The activation module named by :obj:`act` (or :obj:`act` itself)."""
+    if act_kwargs is not None and not isinstance(act_kwargs, Mapping):
+        raise TypeError(f"'act_kwargs' must be a dict of arguments of the "
+                        f"activation or None, got {type(act_kwargs).__name__}")
+    if isinstance(act, torch.nn.Module):
+        if act_kwargs:
+            raise ValueError("'act_kwargs' only apply when 'act' is a name; "
+                             "pass them to the module you built instead")
+        return act
+    if not isinstance(act, str):
+        raise TypeError(f"'act' must be the name of an activation (e.g. "
+                        f"'gelu') or a torch.nn.Module, got "
+                        f"{type(act).__name__}")
+    try:
+        module = activation_resolver(act, **(act_kwargs or {}))
+    except ValueError:
+        module = None
+    except TypeError as error:
+        raise TypeError(f"'act_kwargs' do not fit act={act!r}: "
+                        f"{error}") from None
+    # The resolver also returns plain functions (e.g. 'swish').
+    if not isinstance(module, torch.nn.Module):
+        raise ValueError(f"'act'={act!r} is not the name of a torch.nn "
+                         f"activation module (e.g. 'gelu', 'relu', 'silu')")
+    return module
