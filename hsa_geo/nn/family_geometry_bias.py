@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 from torch.nn import Parameter
 
-from hsa_geo._checks import is_int
+from hsa_geo._checks import check_device, check_int
 from hsa_geo.data.hierarchy import Hierarchy
 
 
@@ -32,11 +32,16 @@ class FamilyGeometryBias(torch.nn.Module):
     leaves HSA unchanged.
 
     Args:
-        heads (int): :math:`H`.
-        max_branching (int): the largest family size it can encode; the
-            relative positions are :math:`-(b - 1) \dots b - 1`.
-        num_levels (int): :math:`L`, levels with their own biases.
+        heads (int): :math:`H`, at least ``1``.
+        max_branching (int): the largest family size it can encode, at
+            least ``2``; the relative positions are
+            :math:`-(b - 1) \dots b - 1`.
+        num_levels (int): :math:`L`, levels with their own biases, at least
+            ``1``.
         level (str): ``'height'`` or ``'depth'``, see above.
+
+    A wrong type (``heads=True``, ``heads=2.0``, ``level=1``) raises
+    :class:`TypeError`, a value out of range :class:`ValueError`.
 
     Shapes:
         - **input:** a :class:`~hsa_geo.data.Hierarchy`
@@ -47,12 +52,12 @@ class FamilyGeometryBias(torch.nn.Module):
     def __init__(self, heads: int, max_branching: int = 16,
                  num_levels: int = 8, level: str = 'height'):
         super().__init__()
-        for name, value, low in (('heads', heads, 1),
-                                 ('max_branching', max_branching, 2),
-                                 ('num_levels', num_levels, 1)):
-            if not is_int(value, low):
-                raise ValueError(f"'{name}' must be an int >= {low}, got "
-                                 f"{value!r}")
+        heads = check_int(heads, 'heads')
+        max_branching = check_int(max_branching, 'max_branching', low=2)
+        num_levels = check_int(num_levels, 'num_levels')
+        if not isinstance(level, str):
+            raise TypeError(f"'level' must be 'height' or 'depth', got "
+                            f"{level!r} ({type(level).__name__})")
         if level not in ('height', 'depth'):
             raise ValueError(f"'level' must be 'height' or 'depth', got "
                              f"{level!r}")
@@ -68,6 +73,11 @@ class FamilyGeometryBias(torch.nn.Module):
         torch.nn.init.zeros_(self.weight)
 
     def forward(self, hierarchy: Hierarchy) -> Tensor:
+        if not isinstance(hierarchy, Hierarchy):
+            raise TypeError(f"'hierarchy' must be a hsa_geo.data.Hierarchy, "
+                            f"got {type(hierarchy).__name__}")
+        check_device(hierarchy.parent, 'hierarchy', self.weight.device,
+                     'the bias')
         if hierarchy.max_branching > self.max_branching:
             raise ValueError(
                 f"the hierarchy has a family of {hierarchy.max_branching} "

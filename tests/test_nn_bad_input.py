@@ -1,0 +1,268 @@
+r"""Bad input to :class:`hsa_geo.nn.HSAConv`,
+:class:`hsa_geo.nn.HSATransformerLayer` and
+:class:`hsa_geo.nn.FamilyGeometryBias` (issue 8, "no silent wrong
+answers"): a wrong type raises :class:`TypeError`, a value out of range
+:class:`ValueError`, both naming the argument; nothing is silently accepted
+and no error comes from deep inside torch. The property tests draw random
+values of every kind for each argument and accept only a clear error or a
+working module."""
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+from hsa_geo import Hierarchy, NestedSignal
+from hsa_geo.nn import FamilyGeometryBias, HSAConv, HSATransformerLayer
+
+pytestmark = pytest.mark.usefixtures('one_thread')
+
+# Leaves 0..6 under clusters 7 (0, 1, 2), 8 (3, 4) and root 9 (7, 8, 6);
+# leaf 5 is a tree of its own.
+PARENT = [7, 7, 7, 8, 8, -1, 9, 9, 9, -1]
+NUM_LEAVES = 7
+CLEAR = (TypeError, ValueError)
+
+# Any small value of any plain kind: what a caller might pass by mistake.
+ANYTHING = st.one_of(
+    st.none(), st.booleans(), st.integers(-3, 12),
+    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=4),
+    st.just([2]), st.just(torch.tensor(2)))
+
+
+def example_hierarchy() -> Hierarchy:
+    return Hierarchy.from_parent(PARENT, NUM_LEAVES)
+
+
+# HSAConv: constructor #######################################################
+
+
+@pytest.mark.parametrize('kwargs,error,pattern', [
+    (dict(heads=2.5), TypeError, "'heads' must be an int"),
+    (dict(heads=True), TypeError, "'heads' must be an int"),
+    (dict(heads=0), ValueError, "'heads' must be an int in"),
+    (dict(in_channels=0), ValueError, "'in_channels' must be a positive"),
+    (dict(in_channels=-2), ValueError, "'in_channels' must be a positive"),
+    (dict(in_channels=4.0), TypeError, "'in_channels' must be an int"),
+    (dict(out_channels='3'), TypeError, "'out_channels' must be an int"),
+    (dict(out_channels=3.0), TypeError, "'out_channels' must be an int"),
+    (dict(dropout='0.1'), TypeError, "'dropout' must be a real number"),
+    (dict(dropout=float('nan')), ValueError, "'dropout' must be a finite"),
+    (dict(dropout=torch.tensor(0.1)), TypeError, "'dropout' must be a real"),
+    (dict(concat=1), TypeError, "'concat' must be True or False"),
+    (dict(beta='yes'), TypeError, "'beta' must be True or False"),
+    (dict(bias=None), TypeError, "'bias' must be True or False"),
+    (dict(root_weight=0), TypeError, "'root_weight' must be True or False"),
+    (dict(geometry_bias=1), TypeError, "'geometry_bias' must be True or"),
+    (dict(max_branching=1), ValueError, "'max_branching' must be an int in"),
+    (dict(max_branching=4.0), TypeError, "'max_branching' must be an int"),
+    (dict(num_levels=0), ValueError, "'num_levels' must be an int in"),
+    (dict(num_levels=True), TypeError, "'num_levels' must be an int"),
+])
+def test_conv_rejects_bad_arguments(kwargs, error, pattern):
+    args = dict(in_channels=8, out_channels=4)
+    args.update(kwargs)
+    with pytest.raises(error, match=pattern):
+        HSAConv(**args)
+
+
+def test_conv_lazy_in_channels_stays_allowed():
+    conv = HSAConv(-1, 4, heads=2)
+    assert conv(torch.randn(NUM_LEAVES, 5), example_hierarchy()).shape == \
+        (NUM_LEAVES, 8)
+
+
+# HSAConv: forward ###########################################################
+
+
+@pytest.mark.parametrize('x,hierarchy,error,pattern', [
+    (torch.randn(NUM_LEAVES, 3), 'example', ValueError,
+     r"'x' has 3 features but"),
+    (torch.randint(0, 5, (NUM_LEAVES, 4)), 'example', TypeError,
+     r"'x' must be a floating point tensor"),
+    (torch.randn(NUM_LEAVES, 4, dtype=torch.float64), 'example', TypeError,
+     r"'x' has dtype torch.float64 but the layer"),
+    (torch.randn(NUM_LEAVES, 0), 'example', ValueError,
+     r"'x' has 0 features"),
+    (torch.randn(0, 4), 'example', ValueError,
+     r'0 rows but the hierarchy has 7'),
+    (torch.randn(NUM_LEAVES, 4), torch.tensor(PARENT), TypeError,
+     r"'hierarchy' must be a hsa_geo.data.Hierarchy"),
+    (torch.randn(NUM_LEAVES, 4), None, TypeError,
+     r"'hierarchy' must be a hsa_geo.data.Hierarchy"),
+])
+def test_conv_forward_rejects_bad_input(x, hierarchy, error, pattern):
+    conv = HSAConv(4, 3, heads=2)
+    if isinstance(hierarchy, str):
+        hierarchy = example_hierarchy()
+    with pytest.raises(error, match=pattern):
+        conv(x, hierarchy)
+
+
+def test_conv_forward_rejects_an_object_whose_hierarchy_is_not_one():
+    conv = HSAConv(4, 3)
+    data = SimpleNamespace(hierarchy=PARENT)
+    with pytest.raises(TypeError, match=r"'hierarchy' must be a hsa_geo"):
+        conv(torch.randn(NUM_LEAVES, 4), data)
+
+
+def test_conv_rejects_non_bool_return_attention_weights():
+    conv = HSAConv(4, 3)
+    with pytest.raises(TypeError, match="'return_attention_weights' must"):
+        conv(torch.randn(NUM_LEAVES, 4), example_hierarchy(), 'yes')
+
+
+# HSATransformerLayer ########################################################
+
+
+@pytest.mark.parametrize('kwargs,error,pattern', [
+    (dict(ff_channels=0), ValueError, "'ff_channels' must be an int in"),
+    (dict(ff_channels=-4), ValueError, "'ff_channels' must be an int in"),
+    (dict(ff_channels=16.0), TypeError, "'ff_channels' must be an int"),
+    (dict(heads=3), ValueError, r"'heads' \(3\) must divide 'channels'"),
+    (dict(heads=True), TypeError, "'heads' must be an int"),
+    (dict(heads=0), ValueError, "'heads' must be an int in"),
+    (dict(channels=0), ValueError, "'channels' must be an int in"),
+    (dict(channels=8.0), TypeError, "'channels' must be an int"),
+    (dict(dropout=1.0), ValueError, "'dropout' must be a finite number"),
+    (dict(dropout=-0.5), ValueError, "'dropout' must be a finite number"),
+    (dict(attn_dropout=1.5), ValueError, "'attn_dropout' must be a finite"),
+    (dict(dropout='0.1'), TypeError, "'dropout' must be a real number"),
+    (dict(act='no_such_act'), ValueError, "'act'='no_such_act' is not"),
+    (dict(act='swish'), ValueError, "'act'='swish' is not"),
+    (dict(act=3), TypeError, "'act' must be the name of an activation"),
+    (dict(act_kwargs=[1]), TypeError, "'act_kwargs' must be a dict"),
+    (dict(act_kwargs=dict(nope=1)), TypeError, "'act_kwargs' do not fit"),
+    (dict(act=torch.nn.ReLU(), act_kwargs=dict(inplace=True)), ValueError,
+     "'act_kwargs' only apply"),
+])
+def test_layer_rejects_bad_arguments(kwargs, error, pattern):
+    args = dict(channels=8, heads=2)
+    args.update(kwargs)
+    with pytest.raises(error, match=pattern):
+        HSATransformerLayer(**args)
+
+
+def test_layer_ff_channels_none_and_module_act():
+    layer = HSATransformerLayer(8, heads=2, ff_channels=None,
+                                act=torch.nn.Tanh())
+    assert layer.mlp[0].out_features == 32
+    assert isinstance(layer.mlp[1], torch.nn.Tanh)
+    layer = HSATransformerLayer(8, ff_channels=5, act='leaky_relu',
+                                act_kwargs=dict(negative_slope=0.2))
+    assert layer.mlp[0].out_features == 5
+    assert layer.mlp[1].negative_slope == 0.2
+
+
+@pytest.mark.parametrize('x,hierarchy,error,pattern', [
+    (torch.randn(NUM_LEAVES, 6), None, ValueError, r"'x' has 6 features"),
+    (torch.randn(NUM_LEAVES), None, ValueError, r"'x' must be a \[N, F\]"),
+    ([[0.0] * 8], None, TypeError, r"'x' must be a floating point tensor"),
+    (torch.randn(NUM_LEAVES, 8, dtype=torch.float64), None, TypeError,
+     r"'x' has dtype torch.float64"),
+    (torch.randn(3, 8), None, ValueError, r'3 rows but the hierarchy has 7'),
+    (torch.randn(NUM_LEAVES, 8), 'tree', TypeError, r"'hierarchy' must be"),
+])
+def test_layer_forward_rejects_bad_input(x, hierarchy, error, pattern):
+    layer = HSATransformerLayer(8, heads=2)
+    with pytest.raises(error, match=pattern):
+        layer(x, example_hierarchy() if hierarchy is None else hierarchy)
+
+
+# FamilyGeometryBias #########################################################
+
+
+@pytest.mark.parametrize('kwargs,error,pattern', [
+    (dict(heads=True), TypeError, "'heads' must be an int"),
+    (dict(heads=2.0), TypeError, "'heads' must be an int"),
+    (dict(heads=0), ValueError, "'heads' must be an int in"),
+    (dict(max_branching=1), ValueError, "'max_branching' must be an int in"),
+    (dict(max_branching='4'), TypeError, "'max_branching' must be an int"),
+    (dict(num_levels=0), ValueError, "'num_levels' must be an int in"),
+    (dict(level=1), TypeError, "'level' must be 'height' or 'depth'"),
+    (dict(level='width'), ValueError, "'level' must be 'height' or 'depth'"),
+])
+def test_geometry_bias_rejects_bad_arguments(kwargs, error, pattern):
+    args = dict(heads=2)
+    args.update(kwargs)
+    with pytest.raises(error, match=pattern):
+        FamilyGeometryBias(**args)
+
+
+@pytest.mark.parametrize('value', [None, torch.tensor(PARENT), PARENT])
+def test_geometry_bias_forward_rejects_non_hierarchy(value):
+    with pytest.raises(TypeError, match="'hierarchy' must be a hsa_geo"):
+        FamilyGeometryBias(2)(value)
+
+
+# Property tests: a clear error or a working module ##########################
+
+CONV_ARGS = dict(in_channels=8, out_channels=4, heads=2, concat=True,
+                 beta=False, dropout=0.0, bias=True, root_weight=True,
+                 geometry_bias=False, max_branching=4, num_levels=3)
+
+
+@given(st.sampled_from(sorted(CONV_ARGS)), ANYTHING,
+       st.sampled_from(sorted(CONV_ARGS)), ANYTHING)
+def test_conv_arguments_property(name, value, other, other_value):
+    args = dict(CONV_ARGS, **{name: value, other: other_value})
+    try:
+        conv = HSAConv(**args)
+    except CLEAR:
+        return
+    x = torch.randn(NUM_LEAVES, 5 if conv.in_channels == -1 else
+                    conv.in_channels)
+    out = conv(x, example_hierarchy())
+    width = conv.out_channels * (conv.heads if conv.concat else 1)
+    assert out.shape == (NUM_LEAVES, width)
+    assert bool(out.isfinite().all())
+
+
+FLOAT_DTYPES = [torch.float32, torch.float64, torch.int64, torch.bool]
+
+
+@given(st.lists(st.integers(0, 9), max_size=3),
+       st.sampled_from(FLOAT_DTYPES),
+       st.sampled_from(['hierarchy', 'signal', 'tensor', 'none', 'list']))
+def test_conv_forward_property(shape, dtype, kind):
+    conv = HSAConv(4, 3, heads=2)
+    x = torch.zeros(shape, dtype=dtype)
+    h = example_hierarchy()
+    hierarchy = dict(hierarchy=h, tensor=torch.tensor(PARENT), none=None,
+                     list=PARENT,
+                     signal=NestedSignal.from_hierarchy(h))[kind]
+    try:
+        out = conv(x, hierarchy)
+    except CLEAR:
+        return
+    assert out.shape == (NUM_LEAVES, 6)
+
+
+LAYER_ARGS = dict(channels=8, heads=2, dropout=0.0, attn_dropout=0.0,
+                  ff_channels=None, act='gelu', act_kwargs=None)
+
+
+@given(st.sampled_from(sorted(LAYER_ARGS)), ANYTHING)
+def test_layer_arguments_property(name, value):
+    try:
+        layer = HSATransformerLayer(**dict(LAYER_ARGS, **{name: value}))
+    except CLEAR:
+        return
+    out = layer(torch.randn(NUM_LEAVES, layer.channels), example_hierarchy())
+    assert out.shape == (NUM_LEAVES, layer.channels)
+    assert bool(out.isfinite().all())
+
+
+@given(st.sampled_from(['heads', 'max_branching', 'num_levels', 'level']),
+       ANYTHING)
+def test_geometry_bias_arguments_property(name, value):
+    args = dict(heads=2, max_branching=4, num_levels=3, level='height')
+    try:
+        bias = FamilyGeometryBias(**dict(args, **{name: value}))
+    except CLEAR:
+        return
+    out = bias(example_hierarchy())
+    assert out.shape == (example_hierarchy().sibling_pairs.size(1),
+                         bias.heads)
+    assert not math.isnan(float(out.sum()))
