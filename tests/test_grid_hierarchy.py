@@ -12,7 +12,7 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 from torch import Tensor
-from torch_geometric.data import Data
+from torch_geometric.data import Batch, Data
 from torch_geometric.loader import DataLoader
 
 from hsa_geo import (Hierarchy, NestedSignal, hierarchical_attention,
@@ -329,17 +329,24 @@ def test_repr():
         'GridHierarchy(patch_size=(8, 4), grid_size=(3, 3), pad=False)'
 
 
-@pytest.mark.parametrize('kwargs, pattern', [
-    (dict(patch_size=0), r'patch_size\[0\] = 0 must be >= 1'),
-    (dict(patch_size=(4, -1)), r'patch_size\[1\] = -1 must be >= 1'),
-    (dict(patch_size=(4, 4, 4)), r"'patch_size' must be an int or a pair"),
-    (dict(patch_size='16'), r"'patch_size' must be an int or a pair"),
-    (dict(patch_size=2.0), r"'patch_size' must be an int or a pair"),
-    (dict(patch_size=(2, 2.5)), r'patch_size\[1\] = 2.5 is not an int'),
-    (dict(grid_size=(0, 3)), r'grid_size\[0\] = 0 must be >= 1 \(an empty'),
+@pytest.mark.parametrize('kwargs, error, pattern', [
+    (dict(patch_size=0), ValueError,
+     r"'patch_size' must be an int in \[1, inf\), got 0"),
+    (dict(patch_size=(4, -1)), ValueError,
+     r"'patch_size\[1\]' must be an int in \[1, inf\), got -1"),
+    (dict(patch_size=(4, 4, 4)), ValueError,
+     r"'patch_size' must be an int or a pair"),
+    (dict(patch_size='16'), TypeError, r"'patch_size' must be an int"),
+    (dict(patch_size=2.0), TypeError, r"'patch_size' must be an int"),
+    (dict(patch_size=True), TypeError, r"'patch_size' must be an int"),
+    (dict(patch_size=(2, 2.5)), TypeError,
+     r"'patch_size\[1\]' must be an int, got 2.5"),
+    (dict(grid_size=(0, 3)), ValueError,
+     r"'grid_size\[0\]' must be an int in \[1, inf\)"),
+    (dict(pad=1), TypeError, r"'pad' must be True or False"),
 ])
-def test_bad_arguments(kwargs, pattern):
-    with pytest.raises(ValueError, match=pattern):
+def test_bad_arguments(kwargs, error, pattern):
+    with pytest.raises(error, match=pattern):
         GridHierarchy(**kwargs)
 
 
@@ -349,7 +356,6 @@ def test_bad_arguments(kwargs, pattern):
     (Data(y=torch.tensor([1])), {}, r"neither 'image'"),
     (Data(image=torch.rand(8, 8)), {}, r'must be \[C, H, W\].*image\[None\]'),
     (Data(image=torch.rand(8, 8, 3, 1)), {}, r'must be \[C, H, W\]'),
-    (Data(image=[[1.0]]), {}, r'data.image must be a tensor'),
     (Data(image=torch.rand(3, 0, 8)), {}, r'is empty'),
     (Data(image=torch.rand(0, 8, 8)), {}, r'is empty'),
     (Data(image=torch.rand(3, 10, 8)), dict(patch_size=4),
@@ -363,7 +369,7 @@ def test_bad_arguments(kwargs, pattern):
     (Data(x=torch.rand(6, 2), grid_size=torch.tensor([[2, 3], [3, 2]])), {},
      r'data.grid_size must hold 2 ints'),
     (Data(x=torch.rand(0, 2), grid_size=(0, 3)), {},
-     r'data.grid_size\[0\] = 0 must be >= 1 \(an empty grid'),
+     r"'data.grid_size\[0\]' must be an int in \[1, inf\)"),
 ])
 def test_bad_inputs(data, kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
@@ -371,5 +377,22 @@ def test_bad_inputs(data, kwargs, pattern):
 
 
 def test_not_a_data():
-    with pytest.raises(ValueError, match='expects a torch_geometric Data'):
+    with pytest.raises(TypeError, match='expects a torch_geometric Data'):
         GridHierarchy()(torch.rand(3, 8, 8))
+    with pytest.raises(TypeError, match='data.image must be a tensor'):
+        GridHierarchy()(Data(image=[[1.0]]))
+    with pytest.raises(TypeError, match='data.x must be a tensor'):
+        GridHierarchy(grid_size=1)(Data(x=[[1.0]]))
+
+
+def test_a_batch_is_refused():
+    batch = Batch.from_data_list([Data(x=torch.rand(4, 2)),
+                                  Data(x=torch.rand(4, 2))])
+    with pytest.raises(ValueError, match='got a Batch of 2 graphs'):
+        GridHierarchy(grid_size=2)(batch)
+
+
+def test_the_input_is_not_changed():
+    data = Data(image=torch.rand(3, 8, 8))
+    GridHierarchy(patch_size=4)(data)
+    assert 'image' in data and data.x is None

@@ -275,20 +275,21 @@ def test_real_text():
 # Validation ################################################################
 
 
-@pytest.mark.parametrize('sizes, pattern', [
-    ([], r"'chunk_sizes' is empty"),
-    ([4, 1], r'chunk_sizes\[1\] = 1 is below 2'),
-    ([0], r'chunk_sizes\[0\] = 0 is below 2'),
-    (1, r'chunk_sizes\[0\] = 1 is below 2'),
-    ([4, 2.0], r'chunk_sizes\[1\] = 2.0 is not an int'),
-    ([True], r'chunk_sizes\[0\] = True is not an int'),
-    (['4'], r"chunk_sizes\[0\] = '4' is not an int"),
-    ('44', r"'chunk_sizes' must be a list of ints"),
-    (None, r"'chunk_sizes' must be a list of ints"),
-    (4.0, r"'chunk_sizes' must be a list of ints"),
+@pytest.mark.parametrize('sizes, error, pattern', [
+    ([], ValueError, r"'chunk_sizes' is empty"),
+    ([4, 1], ValueError, r'chunk_sizes\[1\] = 1 is below 2'),
+    ([0], ValueError, r'chunk_sizes\[0\] = 0 is below 2'),
+    (1, ValueError, r'chunk_sizes = 1 is below 2'),
+    ([4, 2.0], TypeError, r"'chunk_sizes\[1\]' must be an int, got 2.0"),
+    ([True], TypeError, r"'chunk_sizes\[0\]' must be an int, got True"),
+    (['4'], TypeError, r"'chunk_sizes\[0\]' must be an int, got '4'"),
+    ('44', TypeError, r"'chunk_sizes' must be an int or a list of ints"),
+    (None, TypeError, r"'chunk_sizes' must be an int or a list of ints"),
+    (4.0, TypeError, r"'chunk_sizes' must be an int or a list of ints"),
+    (2.5, TypeError, r"'chunk_sizes' must be an int or a list of ints"),
 ])
-def test_bad_chunk_sizes(sizes, pattern):
-    with pytest.raises(ValueError, match=pattern):
+def test_bad_chunk_sizes(sizes, error, pattern):
+    with pytest.raises(error, match=pattern):
         SequenceHierarchy(sizes)
 
 
@@ -299,16 +300,17 @@ def test_bad_chunk_sizes(sizes, pattern):
     Data(),
 ])
 def test_empty_sequence(data):
-    with pytest.raises(ValueError, match='empty sequence'):
+    with pytest.raises(ValueError, match='a graph without nodes'):
         SequenceHierarchy([2])(data)
 
 
 def test_not_a_data():
-    with pytest.raises(ValueError, match='expects a torch_geometric Data'):
+    with pytest.raises(TypeError, match='expects a torch_geometric Data'):
         SequenceHierarchy([2])(torch.randn(4, 2))
 
 
-@pytest.mark.parametrize('n', [0, -1, 2.5, True])
-def test_build_bad_num_leaves(n):
-    with pytest.raises(ValueError, match="'num_leaves' must be a positive"):
+@pytest.mark.parametrize('n, error', [(0, ValueError), (-1, ValueError),
+                                      (2.5, TypeError), (True, TypeError)])
+def test_build_bad_num_leaves(n, error):
+    with pytest.raises(error, match="'num_leaves' must be an int"):
         SequenceHierarchy([2]).build(n)

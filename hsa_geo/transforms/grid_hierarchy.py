@@ -1,7 +1,7 @@
 r"""A quadtree hierarchy over an image cut into patches (a patch grid)."""
 from __future__ import annotations
 
-import numbers
+import copy
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -10,8 +10,10 @@ from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.transforms import BaseTransform
 
+from hsa_geo._checks import check_bool, check_int
 from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.data.nested_signal import NestedSignal
+from hsa_geo.transforms._inputs import check_data
 
 PairLike = Union[int, Sequence[int]]
 
@@ -115,12 +117,11 @@ class GridHierarchy(BaseTransform):
         self.patch_size = _pair(patch_size, 'patch_size')
         self.grid_size = None if grid_size is None else _pair(
             grid_size, 'grid_size')
-        self.pad = bool(pad)
+        self.pad = check_bool(pad, 'pad')
 
     def forward(self, data: Data) -> NestedSignal:
-        if not isinstance(data, Data):
-            raise ValueError(f"GridHierarchy expects a torch_geometric Data, "
-                             f"got {type(data).__name__}")
+        # A shallow copy: the caller's data keeps its image and rows.
+        data = copy.copy(check_data(data, 'GridHierarchy'))
         image = data['image'] if 'image' in data else None
         x = data.x
         if image is not None and x is not None:
@@ -139,6 +140,9 @@ class GridHierarchy(BaseTransform):
             data.num_nodes = patches.size(0)  # replaces any stale count
         else:
             rows, cols = self._grid_size(data)
+            if not isinstance(x, Tensor):
+                raise TypeError(f"data.x must be a tensor [R*K, F] of patch "
+                                f"features, got {type(x).__name__}")
             if x.dim() == 0 or x.size(0) != rows * cols:
                 raise ValueError(
                     f"x has shape {tuple(x.shape)} but grid_size=({rows}, "
@@ -159,8 +163,8 @@ class GridHierarchy(BaseTransform):
     def _patches(self, image) -> Tuple[Tensor, int, int]:
         ph, pw = self.patch_size
         if not isinstance(image, Tensor):
-            raise ValueError(f"data.image must be a tensor [C, H, W], got "
-                             f"{type(image).__name__}")
+            raise TypeError(f"data.image must be a tensor [C, H, W], got "
+                            f"{type(image).__name__}")
         if image.dim() != 3:
             raise ValueError(
                 f"data.image must be [C, H, W] (channels first), got shape "
@@ -214,19 +218,15 @@ class GridHierarchy(BaseTransform):
 
 
 def _pair(value, name: str) -> Tuple[int, int]:
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        value = (value, value)
-    if isinstance(value, (str, bytes)) or not isinstance(
-            value, Sequence) or len(value) != 2:
+    if not isinstance(value, (list, tuple, Tensor)):
+        # One int for both sides (check_int says if it is none).
+        value = check_int(value, name)
+        return value, value
+    if len(value) != 2:
         raise ValueError(f"'{name}' must be an int or a pair of ints, got "
-                         f"{value!r}")
-    for i, v in enumerate(value):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-            raise ValueError(f"{name}[{i}] = {v!r} is not an int")
-        if v < 1:
-            raise ValueError(f"{name}[{i}] = {v} must be >= 1 (an empty "
-                             f"grid has no leaves)")
-    return int(value[0]), int(value[1])
+                         f"{len(value)} values {tuple(value)!r}")
+    return tuple(check_int(v.item() if isinstance(v, Tensor) else v,
+                           f'{name}[{i}]') for i, v in enumerate(value))
 
 
 def _morton(r: Tensor, c: Tensor) -> Tensor:

@@ -1,15 +1,16 @@
 r"""A fixed-size chunking hierarchy over a sequence (tokens, time steps)."""
 from __future__ import annotations
 
-import numbers
 from typing import List, Sequence, Union
 
 import torch
 from torch_geometric.data import Data
 from torch_geometric.transforms import BaseTransform
 
+from hsa_geo._checks import check_int
 from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.data.nested_signal import NestedSignal
+from hsa_geo.transforms._inputs import check_num_nodes
 
 
 class SequenceHierarchy(BaseTransform):
@@ -68,15 +69,7 @@ class SequenceHierarchy(BaseTransform):
         self.chunk_sizes = _check_chunk_sizes(chunk_sizes)
 
     def forward(self, data: Data) -> NestedSignal:
-        if not isinstance(data, Data):
-            raise ValueError(f"SequenceHierarchy expects a torch_geometric "
-                             f"Data, got {type(data).__name__}")
-        n = data.num_nodes
-        if n is None or n == 0:
-            raise ValueError(
-                f"SequenceHierarchy got an empty sequence (num_nodes="
-                f"{n}); the leaves are the rows of 'x' (or 'num_nodes'), so "
-                f"set at least one")
+        n = check_num_nodes(data, 'SequenceHierarchy')
         device = data.x.device if isinstance(data.x, torch.Tensor) else None
         return NestedSignal.from_data(data, self.build(n, device))
 
@@ -84,11 +77,7 @@ class SequenceHierarchy(BaseTransform):
               device: Union[str, torch.device, None] = None) -> Hierarchy:
         r"""The hierarchy over :obj:`num_leaves` leaves in order, without
         any data."""
-        if isinstance(num_leaves, bool) or not isinstance(
-                num_leaves, numbers.Integral) or num_leaves < 1:
-            raise ValueError(f"'num_leaves' must be a positive int, got "
-                             f"{num_leaves!r}")
-        size, assignments = int(num_leaves), []
+        size, assignments = check_int(num_leaves, 'num_leaves'), []
         for c in self.chunk_sizes:
             if size == 1:  # already one root: no chain above it
                 break
@@ -107,26 +96,27 @@ class SequenceHierarchy(BaseTransform):
 
 
 def _check_chunk_sizes(chunk_sizes) -> List[int]:
-    if isinstance(chunk_sizes, numbers.Integral) and not isinstance(
-            chunk_sizes, bool):
-        chunk_sizes = [chunk_sizes]
-    if isinstance(chunk_sizes, (str, bytes)) or not isinstance(
-            chunk_sizes, Sequence):
-        raise ValueError(f"'chunk_sizes' must be a list of ints >= 2 (one "
-                         f"per level, bottom first), got "
-                         f"{type(chunk_sizes).__name__}")
+    one = isinstance(chunk_sizes, (str, bytes)) or not isinstance(
+        chunk_sizes, Sequence)
+    if one:
+        try:
+            chunk_sizes = [check_int(chunk_sizes, 'chunk_sizes', low=None)]
+        except TypeError:
+            raise TypeError(
+                f"'chunk_sizes' must be an int or a list of ints >= 2 (one "
+                f"per level, bottom first), got {chunk_sizes!r} "
+                f"({type(chunk_sizes).__name__})") from None
     if len(chunk_sizes) == 0:
         raise ValueError("'chunk_sizes' is empty; give at least one chunk "
                          "size, e.g. [4]")
     sizes = []
     for i, c in enumerate(chunk_sizes):
-        if isinstance(c, bool) or not isinstance(c, numbers.Integral):
-            raise ValueError(f"chunk_sizes[{i}] = {c!r} is not an int; chunk "
-                             f"sizes count nodes, e.g. [4, 4]")
+        name = 'chunk_sizes' if one else f'chunk_sizes[{i}]'
+        c = check_int(c, name, low=None)
         if c < 2:
             raise ValueError(
-                f"chunk_sizes[{i}] = {c} is below 2; a chunk of one node "
-                f"adds nothing (single children are transparent to HSA), so "
-                f"use sizes >= 2 or drop that level")
-        sizes.append(int(c))
+                f"{name} = {c} is below 2; a chunk of one node adds nothing "
+                f"(single children are transparent to HSA), so use sizes >= "
+                f"2 or drop that level")
+        sizes.append(c)
     return sizes
