@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import given, strategies as st
-from torch_geometric.data import Data
+from torch_geometric.data import Batch, Data
 from torch_geometric.loader import DataLoader
 from torch_geometric.nn import pool
 from torch_geometric.utils import from_networkx
@@ -559,40 +559,44 @@ def test_repr():
         "seed=7)")
 
 
-@pytest.mark.parametrize('kwargs, pattern', [
-    (dict(method='spectral'), "unknown method 'spectral'; choose one of "
-     "'metis', 'louvain', 'graclus'"),
-    (dict(branching=1), r"'branching' must be an int >= 2 \(the most "
-     r"children of a node\), got 1"),
-    (dict(branching=True), "'branching' must be an int >= 2"),
-    (dict(branching=4.0), "'branching' must be an int >= 2"),
-    (dict(family_graph=1), "'family_graph' must be a bool, got 1"),
-    (dict(seed=-1), r"'seed' must be an int in 0..2\*\*31-1, got -1"),
-    (dict(seed=2**31), r"'seed' must be an int in 0..2\*\*31-1"),
-    (dict(seed=None), "'seed' must be an int"),
+@pytest.mark.parametrize('kwargs, error, pattern', [
+    (dict(method='spectral'), ValueError, "unknown method 'spectral'; choose "
+     "one of 'metis', 'louvain', 'graclus'"),
+    (dict(method=None), TypeError, "'method' must be a str"),
+    (dict(branching=1), ValueError,
+     r"'branching' must be an int in \[2, inf\), got 1"),
+    (dict(branching=True), TypeError, "'branching' must be an int, got True"),
+    (dict(branching=4.0), TypeError, "'branching' must be an int, got 4.0"),
+    (dict(branching=2.5), TypeError, "'branching' must be an int, got 2.5"),
+    (dict(family_graph=1), TypeError,
+     "'family_graph' must be True or False, got 1"),
+    (dict(seed=-1), ValueError,
+     r"'seed' must be an int in \[0, 2147483647\], got -1"),
+    (dict(seed=2**31), ValueError, r"'seed' must be an int in \[0, "),
+    (dict(seed=None), TypeError, "'seed' must be an int"),
 ])
-def test_constructor_errors(kwargs, pattern):
-    with pytest.raises(ValueError, match=pattern):
+def test_constructor_errors(kwargs, error, pattern):
+    with pytest.raises(error, match=pattern):
         GraphHierarchy(**kwargs)
 
 
 @pytest.mark.parametrize('data, pattern', [
-    (Data(num_nodes=0), r"the graph has no nodes \(num_nodes=0\); a "
-     r"hierarchy needs at least one leaf: set 'x' or 'num_nodes'"),
-    (Data(), r"the graph has no nodes \(num_nodes=None\)"),
-    (Data(x=torch.zeros(0, 3)), r"the graph has no nodes \(num_nodes=0\)"),
+    (Data(num_nodes=0), r"GraphHierarchy got a graph without nodes "
+     r"\(num_nodes=0\); the leaves are the rows of 'x' \(or 'num_nodes'\)"),
+    (Data(), r"a graph without nodes \(num_nodes=None\)"),
+    (Data(x=torch.zeros(0, 3)), r"a graph without nodes \(num_nodes=0\)"),
     (Data(edge_index=torch.zeros(3, 2, dtype=torch.long), num_nodes=4),
      r"'edge_index' must have shape \[2, E\], got \(3, 2\)"),
     (Data(edge_index=torch.zeros(2, dtype=torch.long), num_nodes=4),
      r"'edge_index' must have shape \[2, E\], got \(2,\)"),
-    (Data(edge_index=torch.zeros(2, 3), num_nodes=4),
-     r"'edge_index' must be an integer tensor of shape \[2, E\], got "
-     r"Tensor torch.float32"),
     (Data(edge_index=torch.tensor([[0, 1], [1, 4]]), num_nodes=4),
      r"edge_index\[1, 1\] = 4 is not a node id of this graph of 4 nodes "
      r"\(0..3\); fix the edges or set 'num_nodes'"),
     (Data(edge_index=torch.tensor([[0, -1], [1, 0]]), num_nodes=4),
      r"edge_index\[0, 1\] = -1 is not a node id"),
+    (Batch.from_data_list([plain(3, [(0, 1)]), plain(3, [(1, 2)])]),
+     r"GraphHierarchy got a Batch of 2 graphs; it builds the tree of one "
+     r"graph"),
 ])
 @pytest.mark.filterwarnings('ignore:Unable to accurately infer')
 def test_data_errors(data, pattern):
@@ -600,10 +604,18 @@ def test_data_errors(data, pattern):
         GraphHierarchy('louvain', 2)(data)
 
 
-def test_not_data():
-    with pytest.raises(ValueError, match="'data' must be a torch_geometric "
-                       "Data, got Tensor"):
+def test_type_errors():
+    with pytest.raises(TypeError, match="GraphHierarchy expects a "
+                       "torch_geometric Data, got Tensor"):
         GraphHierarchy()(torch.zeros(2, 2))
+    with pytest.raises(TypeError, match="'edge_index' must have an integer "
+                       "dtype, got torch.float32"):
+        GraphHierarchy('louvain', 2)(Data(edge_index=torch.zeros(2, 3),
+                                          num_nodes=4))
+    with pytest.raises(TypeError, match="'edge_index' must be an integer "
+                       "tensor, got list"):
+        GraphHierarchy('louvain', 2)(Data(edge_index=[[0], [1]],
+                                          num_nodes=4))
 
 
 @pytest.mark.parametrize('method', METHODS)

@@ -219,13 +219,7 @@ def test_random_chains(chain):
 
 
 @pytest.mark.parametrize('levels, kwargs, pattern', [
-    (torch.tensor([0, 0]), {}, r"'levels' must be a list of cluster vectors "
-     r"or assignment matrices, got Tensor; wrap a single level in a list"),
     ([], {}, "'levels' is empty; pass at least the pooling of the leaves"),
-    ([torch.tensor([0])], dict(num_nodes=0),
-     "'num_nodes' must be a positive int, got 0"),
-    ([torch.tensor([0])], dict(num_nodes=True), "'num_nodes' must be a "
-     "positive int, got True"),
     ([torch.tensor([0, 0, 1])], dict(num_nodes=4),
      r"levels\[0\] has 3 entries \(rows\) but num_nodes=4; level 0 needs one "
      r"entry per leaf"),
@@ -239,21 +233,16 @@ def test_random_chains(chain):
     ([torch.empty(0, dtype=torch.long)], {},
      r"levels\[0\] has no entries; a hierarchy needs at least one leaf"),
     ([torch.empty(0, 3)], {}, r"levels\[0\] has no entries"),
-    ([torch.tensor([0.0, 1.0])], {},
-     r"levels\[0\] is a 1-D floating tensor; a cluster vector must be "
-     r"integer \(convert with '.long\(\)'\), and an assignment matrix must "
-     r"be 2-D \[n, c\]"),
-    ([torch.tensor([[0, 1], [1, 0]])], {},
-     r"levels\[0\] is a 2-D integer tensor of shape \(2, 2\); an assignment "
-     r"matrix must be floating \[n, c\] and a cluster vector 1-D \[n\]"),
+    ([torch.tensor([0])], dict(num_nodes=0),
+     r"'num_nodes' must be an int in \[1, inf\), got 0"),
+    ([torch.tensor([0, 0])], dict(family_edge_index=torch.tensor([0, 1])),
+     r"'family_edge_index' must have shape \[2, E\], got \(2,\)"),
     ([torch.ones(1, 3, 2)], {},
      r"levels\[0\] has shape \(1, 3, 2\): a batched assignment \[B, n, c\] "
      r"is not accepted; build one hierarchy per graph from S\[b\]\[mask\[b\]"
      r"\] and join them with Hierarchy.batch"),
     ([torch.tensor(3)], {}, r"levels\[0\] must be a cluster vector \[n\] or "
      r"an assignment matrix \[n, c\], got shape \(\)"),
-    ([torch.tensor([True, False])], {}, r"levels\[0\] has dtype torch.bool; "
-     r"pass an integer cluster vector \[n\] or a floating assignment matrix"),
     ([torch.tensor([0, -2, 1])], {},
      r"levels\[0\]\[1\] = -2 is negative; use -1 for a node without parent "
      r"\(a root\) and cluster ids >= 0"),
@@ -262,11 +251,40 @@ def test_random_chains(chain):
      r"finite scores"),
     ([torch.ones(3, 0)], {}, r"levels\[0\] has shape \(3, 0\): no clusters "
      r"to assign the 3 rows to; it needs c >= 1 columns"),
-    ([['a', 'b']], {}, r"levels\[0\] must be a tensor \(a cluster vector or "
-     r"an assignment matrix\)"),
     ([torch.tensor([0, 0])], dict(family_edge_index=torch.tensor([[0], [2]])),
      r"family_edge_index\[:, 0\] = \(0, 2\) is not a pair of siblings"),
 ])
 def test_errors(levels, kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
+        hierarchy_from_pooling(levels, **kwargs)
+
+
+@pytest.mark.parametrize('levels, kwargs, pattern', [
+    (torch.tensor([0, 0]), {}, r"'levels' must be a list of cluster vectors "
+     r"or assignment matrices, got Tensor; wrap a single level in a list"),
+    ([torch.tensor([0])], dict(num_nodes=True),
+     "'num_nodes' must be an int, got True"),
+    ([torch.tensor([0, 0])], dict(num_nodes=2.5),
+     "'num_nodes' must be an int, got 2.5"),
+    ([torch.tensor([0, 0])], dict(num_nodes=2.0),
+     "'num_nodes' must be an int, got 2.0"),
+    ([torch.tensor([0.0, 1.0])], {},
+     r"levels\[0\] is a 1-D floating tensor; a cluster vector must be "
+     r"integer \(convert with '.long\(\)'\), and an assignment matrix must "
+     r"be 2-D \[n, c\]"),
+    ([[0, 2.5]], {}, r"levels\[0\] is a 1-D floating tensor"),
+    ([torch.tensor([[0, 1], [1, 0]])], {},
+     r"levels\[0\] is a 2-D integer tensor of shape \(2, 2\); an assignment "
+     r"matrix must be floating \[n, c\] and a cluster vector 1-D \[n\]"),
+    ([torch.tensor([True, False])], {}, r"levels\[0\] has dtype torch.bool; "
+     r"pass an integer cluster vector \[n\] or a floating assignment matrix"),
+    ([['a', 'b']], {}, r"levels\[0\] must be a tensor \(a cluster vector or "
+     r"an assignment matrix\)"),
+    ([None], {}, r"levels\[0\] must be a tensor"),
+    ([torch.tensor([0, 0])],
+     dict(family_edge_index=torch.tensor([[0.0], [1.0]])),
+     r"'family_edge_index' must have an integer dtype"),
+])
+def test_type_errors(levels, kwargs, pattern):
+    with pytest.raises(TypeError, match=pattern):
         hierarchy_from_pooling(levels, **kwargs)

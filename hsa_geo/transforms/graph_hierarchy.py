@@ -12,9 +12,10 @@ from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.transforms import BaseTransform
 
-from hsa_geo._checks import is_int
+from hsa_geo._checks import check_bool, check_index, check_int
 from hsa_geo.data.hierarchy import Hierarchy, parent_depths
 from hsa_geo.data.nested_signal import NestedSignal
+from hsa_geo.transforms._inputs import check_num_nodes
 
 _METHODS = ('metis', 'louvain', 'graclus')
 
@@ -101,21 +102,16 @@ class GraphHierarchy(BaseTransform):
     """
     def __init__(self, method: str = 'metis', branching: int = 16,
                  family_graph: bool = False, seed: int = 0):
+        if not isinstance(method, str):
+            raise TypeError(f"'method' must be a str, one of {_METHODS}, got "
+                            f"{type(method).__name__}")
         if method not in _METHODS:
             raise ValueError(
                 f"unknown method {method!r}; choose one of "
                 f"{', '.join(repr(m) for m in _METHODS)}")
-        if not is_int(branching, 2):
-            raise ValueError(
-                f"'branching' must be an int >= 2 (the most children of a "
-                f"node), got {branching!r}")
-        if not isinstance(family_graph, bool):
-            raise ValueError(f"'family_graph' must be a bool, got "
-                             f"{family_graph!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or not (
-                0 <= seed < 2**31):
-            raise ValueError(f"'seed' must be an int in 0..2**31-1, got "
-                             f"{seed!r}")
+        branching = check_int(branching, 'branching', low=2)
+        check_bool(family_graph, 'family_graph')
+        seed = check_int(seed, 'seed', low=0, high=2**31 - 1)
         self.method = method
         self.branching = branching
         self.family_graph = family_graph
@@ -132,14 +128,7 @@ class GraphHierarchy(BaseTransform):
         r"""Returns :obj:`data` (``edge_index``, ``num_nodes`` and any other
         attributes) as a :class:`~hsa_geo.data.NestedSignal` carrying the
         tree over its nodes."""
-        if not isinstance(data, Data):
-            raise ValueError(f"'data' must be a torch_geometric Data, got "
-                             f"{type(data).__name__}")
-        n = data.num_nodes
-        if n is None or n == 0:
-            raise ValueError(
-                f"the graph has no nodes (num_nodes={n}); a hierarchy needs "
-                f"at least one leaf: set 'x' or 'num_nodes'")
+        n = check_num_nodes(data, 'GraphHierarchy')
         edge_index = _check_edge_index(data.edge_index, n)
         parent = torch.from_numpy(self._parent(edge_index, n))
         family = None
@@ -186,16 +175,7 @@ class GraphHierarchy(BaseTransform):
 def _check_edge_index(edge_index: Optional[Tensor], n: int) -> Tensor:
     if edge_index is None:  # a graph without edges
         return torch.empty(2, 0, dtype=torch.long)
-    if not isinstance(edge_index, Tensor) or edge_index.is_floating_point() \
-            or edge_index.is_complex() or edge_index.dtype == torch.bool:
-        dtype = f' {edge_index.dtype}' if isinstance(edge_index,
-                                                     Tensor) else ''
-        raise ValueError(
-            f"'edge_index' must be an integer tensor of shape [2, E], got "
-            f"{type(edge_index).__name__}{dtype}")
-    if edge_index.dim() != 2 or edge_index.size(0) != 2:
-        raise ValueError(f"'edge_index' must have shape [2, E], got "
-                         f"{tuple(edge_index.shape)}")
+    check_index(edge_index, 'edge_index')
     edge_index = edge_index.as_subclass(Tensor).detach().cpu().long()
     bad = (edge_index < 0) | (edge_index >= n)
     if bool(bad.any()):

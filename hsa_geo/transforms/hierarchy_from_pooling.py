@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 from torch_geometric.nn.pool.consecutive import consecutive_cluster
 
-from hsa_geo._checks import is_int
+from hsa_geo._checks import check_index, check_int
 from hsa_geo.data.hierarchy import Hierarchy
 
 Level = Union[Tensor, Sequence[int]]
@@ -74,16 +74,18 @@ def hierarchy_from_pooling(levels: Sequence[Level],
                 [cluster, s, torch.zeros(8, dtype=torch.long)])
     """
     if isinstance(levels, Tensor) or not isinstance(levels, (list, tuple)):
-        raise ValueError(
+        raise TypeError(
             f"'levels' must be a list of cluster vectors or assignment "
             f"matrices, got {type(levels).__name__}; wrap a single level in "
             f"a list: [cluster]")
     if len(levels) == 0:
         raise ValueError("'levels' is empty; pass at least the pooling of "
                          "the leaves")
-    if num_nodes is not None and not is_int(num_nodes):
-        raise ValueError(f"'num_nodes' must be a positive int, got "
-                         f"{num_nodes!r}")
+    if num_nodes is not None:
+        num_nodes = check_int(num_nodes, 'num_nodes')
+    if family_edge_index is not None:
+        family_edge_index = check_index(family_edge_index,
+                                        'family_edge_index')
     assignments: List[Tensor] = []
     kept: Optional[Tensor] = None  # rows of this level that still exist
     expected = num_nodes
@@ -121,17 +123,17 @@ def _cluster_index(level: Level, lvl: int) -> Tuple[Tensor, int]:
         try:
             level = torch.as_tensor(level)
         except (TypeError, ValueError, RuntimeError) as e:
-            raise ValueError(f"{name} must be a tensor (a cluster vector or "
-                             f"an assignment matrix) ({e})") from None
+            raise TypeError(f"{name} must be a tensor (a cluster vector or "
+                            f"an assignment matrix) ({e})") from None
         if level.numel() == 0:
             level = level.long()
     if level.is_complex() or level.dtype == torch.bool:
-        raise ValueError(f"{name} has dtype {level.dtype}; pass an integer "
-                         f"cluster vector [n] or a floating assignment "
-                         f"matrix [n, c]")
+        raise TypeError(f"{name} has dtype {level.dtype}; pass an integer "
+                        f"cluster vector [n] or a floating assignment "
+                        f"matrix [n, c]")
     if level.dim() == 1:
         if level.is_floating_point():
-            raise ValueError(
+            raise TypeError(
                 f"{name} is a 1-D floating tensor; a cluster vector must be "
                 f"integer (convert with '.long()'), and an assignment matrix "
                 f"must be 2-D [n, c]")
@@ -151,7 +153,7 @@ def _cluster_index(level: Level, lvl: int) -> Tuple[Tensor, int]:
         return index, num
     if level.dim() == 2:
         if not level.is_floating_point():
-            raise ValueError(
+            raise TypeError(
                 f"{name} is a 2-D integer tensor of shape "
                 f"{tuple(level.shape)}; an assignment matrix must be "
                 f"floating [n, c] and a cluster vector 1-D [n]")
