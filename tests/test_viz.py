@@ -12,7 +12,7 @@ matplotlib.use('Agg')
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from hypothesis import given  # noqa: E402
+from hypothesis import given, strategies as st  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from hsa_geo import (Hierarchy, hierarchical_attention,  # noqa: E402
@@ -69,11 +69,14 @@ def test_tree_with_weights_of_every_head(tmp_path):
     h = sequence()
     q, k, v = qkv(h.num_leaves, heads=3)
     _, weights = hierarchical_attention(q, k, v, h, return_weights=True)
-    for head in (0, 2, -1):
+    for head in (0, 2):
         fig = plot_hierarchy(h, weights, head=head,
                              path=tmp_path / f'w{head}.png')
         assert len(fig.axes) == 2  # the colour bar
         assert_png(tmp_path / f'w{head}.png')
+    # Python's negative indices would show another head than asked for.
+    with pytest.raises(ValueError, match=r"'head' must be an int in \[0, 2\]"):
+        plot_hierarchy(h, weights, head=-1)
 
 
 def test_single_head_weights_and_forest(tmp_path):
@@ -167,14 +170,15 @@ def test_bad_weights():
     h = sequence()
     q, k, v = qkv(h.num_leaves)
     _, w = hierarchical_attention(q, k, v, h, return_weights=True)
-    with pytest.raises(ValueError, match=r'head=2 is out of range for 2'):
+    with pytest.raises(ValueError, match=r"'head' must be an int in \[0, 1\]"):
         plot_hierarchy(h, w, head=2)
-    with pytest.raises(ValueError,
+    with pytest.raises(TypeError,
                        match=r"'weights' must be the FamilyWeights"):
         plot_hierarchy(h, w.weight)
     with pytest.raises(ValueError, match=r'weights.weight must be \[P, H\]'):
         plot_hierarchy(h, FamilyWeights(w.index, w.weight[:-1]))
-    with pytest.raises(ValueError, match=r'weights.index must be an integer'):
+    with pytest.raises(TypeError,
+                       match=r"'weights.index' must have an integer dtype"):
         plot_hierarchy(h, FamilyWeights(w.index.double(), w.weight))
     q5, k5, v5 = qkv(5)
     _, w5 = hierarchical_attention(q5, k5, v5, EXAMPLE, return_weights=True)
@@ -187,14 +191,15 @@ def test_bad_weights():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match=r"'hierarchy' must be a hsa_geo"):
+    with pytest.raises(TypeError, match=r"'hierarchy' must be a hsa_geo"):
         plot_hierarchy(torch.tensor([1, -1]))
     with pytest.raises(ValueError, match=r'node_labels has 3 entries but the '
                        r'hierarchy has 8 nodes'):
         plot_hierarchy(EXAMPLE, node_labels=['a', 'b', 'c'])
-    with pytest.raises(ValueError, match=r'node_labels has key 8'):
+    with pytest.raises(ValueError, match=r"'node_labels key' must be an int "
+                       r"in \[0, 7\], got 8"):
         plot_hierarchy(EXAMPLE, node_labels={8: 'x'})
-    with pytest.raises(ValueError, match=r"'node_labels' must be None"):
+    with pytest.raises(TypeError, match=r"'node_labels' must be None"):
         plot_hierarchy(EXAMPLE, node_labels='abc')
 
 
@@ -312,16 +317,16 @@ def test_matrix_guards_and_bad_input():
     with pytest.raises(ValueError, match=r'cover 5 leaves but the hierarchy '
                        r'has 14'):
         plot_attention_matrix(torch.rand(5, 5), hierarchy=h)
-    with pytest.raises(ValueError, match=r'head=2 is out of range for 2'):
+    with pytest.raises(ValueError, match=r"'head' must be an int in \[0, 1\]"):
         plot_attention_matrix(q, k, h, head=2)
-    with pytest.raises(ValueError, match=r'q and k must be floating point'):
+    with pytest.raises(ValueError, match=r'q and k must have one shape'):
         plot_attention_matrix(q, k[:, :1], h)
     with pytest.raises(ValueError, match=r"'ax' must be 2 axes"):
         plot_attention_matrix(q, k, h, softmax=True,
                               ax=Figure().add_subplot())
-    with pytest.raises(ValueError, match=r"'q' must be a tensor"):
+    with pytest.raises(TypeError, match=r"'q' must be a floating point"):
         plot_attention_matrix([[1.0]])
-    with pytest.raises(ValueError, match=r"'hierarchy' must be a hsa_geo"):
+    with pytest.raises(TypeError, match=r"'hierarchy' must be a hsa_geo"):
         plot_attention_matrix(torch.rand(2, 2), hierarchy=[1, -1])
 
 
@@ -339,3 +344,161 @@ def test_degenerate_pictures(tmp_path):
                           path=tmp_path / 'zeros.png')
     for name in ('one', 'one_m', 'roots', 'zeros'):
         assert_png(tmp_path / f'{name}.png')
+
+
+# Bad arguments of both pictures (issue 8) ##################################
+
+# Any small value of any plain kind: what a caller might pass by mistake.
+ANYTHING = st.one_of(
+    st.none(), st.booleans(), st.integers(-3, 12),
+    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=4),
+    st.just([2]), st.just((3.0, -1.0)), st.just(torch.tensor(2)))
+
+
+def family_weights(h, heads=2):
+    q, k, v = qkv(h.num_leaves, heads=heads)
+    return hierarchical_attention(q, k, v, h, return_weights=True)[1]
+
+
+@pytest.mark.parametrize('kwargs,error,pattern', [
+    (dict(head=-1), ValueError, r"'head' must be an int in \[0, 1\]"),
+    (dict(head=True), TypeError, r"'head' must be an int"),
+    (dict(head=1.0), TypeError, r"'head' must be an int"),
+    (dict(softmax=1), TypeError, r"'softmax' must be True or False"),
+    (dict(log='yes'), TypeError, r"'log' must be True or False"),
+    (dict(boundaries=None), TypeError, r"'boundaries' must be True or"),
+    (dict(scale=0.0), ValueError, r"'scale' must be a finite number"),
+    (dict(scale=float('nan')), ValueError, r"'scale' must be a finite"),
+    (dict(scale='1'), TypeError, r"'scale' must be a real number"),
+    (dict(path=3), TypeError, r"'path' must be a str or os.PathLike"),
+    (dict(path=''), ValueError, r"'path' is empty"),
+    (dict(path='/no/such/folder/m.png'), ValueError, r"the folder of 'path'"),
+    (dict(figsize=(3.0, 0.0)), ValueError, r"'figsize\[1\]' must be a finite"),
+    (dict(figsize=(3.0, 2.0, 1.0)), ValueError, r"'figsize' must be a pair"),
+    (dict(figsize=5.0), TypeError, r"'figsize' must be a pair"),
+    (dict(dpi=0), ValueError, r"'dpi' must be an int in"),
+    (dict(dpi=72.5), TypeError, r"'dpi' must be an int"),
+    (dict(max_leaves=0), ValueError, r"'max_leaves' must be an int in"),
+    (dict(cmap='no_such_map'), ValueError, r"'cmap'='no_such_map' is not"),
+    (dict(cmap=3), TypeError, r"'cmap' must be the name of a colour map"),
+    (dict(title=3), TypeError, r"'title' must be a str or None"),
+    (dict(ax='axes'), TypeError, r"'ax' must be matplotlib Axes"),
+    (dict(k=torch.rand(14, 2, 4).long()), TypeError,
+     r"'k' must be a floating point tensor"),
+    (dict(k=[0.0]), TypeError, r"'k' must be a floating point tensor"),
+])
+def test_matrix_rejects_bad_arguments(kwargs, error, pattern):
+    h = sequence()
+    q, k, _ = qkv(h.num_leaves)
+    args = dict(q=q, k=k, hierarchy=h)
+    args.update(kwargs)
+    with pytest.raises(error, match=pattern):
+        plot_attention_matrix(**args)
+
+
+def test_matrix_rejects_non_finite_values():
+    m = torch.rand(3, 3)
+    m[1, 2] = float('nan')
+    with pytest.raises(ValueError, match=r'holds NaN or inf'):
+        plot_attention_matrix(m)
+
+
+@pytest.mark.parametrize('kwargs,error,pattern', [
+    (dict(head=-1), ValueError, r"'head' must be an int in \[0, 1\]"),
+    (dict(head=-1, weights=None), ValueError, r"'head' must be an int in"),
+    (dict(head=True), TypeError, r"'head' must be an int"),
+    (dict(node_labels={True: 'x'}), TypeError, r"'node_labels key' must be"),
+    (dict(node_labels={-1: 'x'}), ValueError, r"'node_labels key' must be"),
+    (dict(node_labels=3), TypeError, r"'node_labels' must be None"),
+    (dict(min_weight=1.5), ValueError, r"'min_weight' must be a finite"),
+    (dict(min_weight=float('nan')), ValueError, r"'min_weight' must be a"),
+    (dict(min_weight='0'), TypeError, r"'min_weight' must be a real number"),
+    (dict(path=b'x.png'), TypeError, r"'path' must be a str or os.PathLike"),
+    (dict(figsize=[float('inf'), 2.0]), ValueError, r"'figsize\[0\]' must"),
+    (dict(dpi=True), TypeError, r"'dpi' must be an int"),
+    (dict(max_nodes=0), ValueError, r"'max_nodes' must be an int in"),
+    (dict(max_arrows=-1), ValueError, r"'max_arrows' must be an int in"),
+    (dict(max_arrows=1.0), TypeError, r"'max_arrows' must be an int"),
+    (dict(cmap='no_such_map'), ValueError, r"'cmap'='no_such_map' is not"),
+    (dict(title=['t']), TypeError, r"'title' must be a str or None"),
+    (dict(ax=[Figure().add_subplot()]), TypeError, r"'ax' must be one"),
+    (dict(weights=(torch.zeros(2, 3, dtype=torch.long),)), ValueError,
+     r"'weights' must be the FamilyWeights"),
+])
+def test_hierarchy_rejects_bad_arguments(kwargs, error, pattern):
+    h = sequence()
+    args = dict(hierarchy=h, weights=family_weights(h))
+    args.update(kwargs)
+    with pytest.raises(error, match=pattern):
+        plot_hierarchy(**args)
+
+
+def test_hierarchy_rejects_weights_that_are_not_probabilities():
+    h = sequence()
+    w = family_weights(h)
+    with pytest.raises(ValueError, match=r'weights.weight must hold'):
+        plot_hierarchy(h, FamilyWeights(w.index, w.weight * 3 - 1))
+    with pytest.raises(ValueError, match=r'weights.weight must hold'):
+        plot_hierarchy(h, FamilyWeights(w.index, w.weight * float('nan')))
+    with pytest.raises(TypeError, match=r"'weights.weight' must be a float"):
+        plot_hierarchy(h, FamilyWeights(w.index, w.weight.long()))
+
+
+def test_colormap_objects_are_accepted():
+    from matplotlib import colormaps
+    h = sequence()
+    plot_hierarchy(h, family_weights(h), cmap=colormaps['magma'])
+    q, k, _ = qkv(h.num_leaves)
+    plot_attention_matrix(q, k, h, cmap=colormaps['magma'])
+
+
+MATRIX_ARGS = dict(head=0, softmax=False, scale=None, ax=None, path=None,
+                   log=False, boundaries=True, cmap='viridis', title=None,
+                   figsize=None, dpi=100, max_leaves=2000)
+
+
+@given(st.sampled_from(sorted(MATRIX_ARGS)), ANYTHING)
+def test_matrix_arguments_property(name, value):
+    if name == 'path' and isinstance(value, str):
+        value = None  # random names would write files into the checkout
+    q, k, _ = qkv(5)
+    try:
+        fig = plot_attention_matrix(q, k, EXAMPLE,
+                                    **dict(MATRIX_ARGS, **{name: value}))
+    except (TypeError, ValueError):
+        return
+    assert isinstance(fig, Figure)
+
+
+@given(st.lists(st.integers(0, 6), max_size=4),
+       st.sampled_from([torch.float64, torch.int64]),
+       st.booleans(), st.booleans())
+def test_matrix_shapes_property(shape, dtype, with_k, with_hierarchy):
+    q = torch.rand(shape, dtype=torch.float64).to(dtype)
+    k = q.clone() if with_k else None
+    try:
+        fig = plot_attention_matrix(
+            q, k, EXAMPLE if with_hierarchy else None)
+    except (TypeError, ValueError):
+        return
+    assert isinstance(fig, Figure)
+
+
+HIERARCHY_ARGS = dict(head=0, ax=None, path=None, node_labels=None,
+                      min_weight=0.0, cmap='viridis', title=None,
+                      figsize=None, dpi=100, max_nodes=2000, max_arrows=20000)
+
+
+@given(st.sampled_from(sorted(HIERARCHY_ARGS) + ['weights', 'hierarchy']),
+       ANYTHING)
+def test_hierarchy_arguments_property(name, value):
+    if name == 'path' and isinstance(value, str):
+        value = None  # random names would write files into the checkout
+    args = dict(HIERARCHY_ARGS, hierarchy=EXAMPLE,
+                weights=family_weights(EXAMPLE))
+    args[name] = value
+    try:
+        fig = plot_hierarchy(**args)
+    except (TypeError, ValueError):
+        return
+    assert isinstance(fig, Figure)

@@ -8,8 +8,11 @@ from typing import List, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from hsa_geo._checks import (check_bool, check_device, check_float,
+                             check_floating, check_int)
 from hsa_geo.data.hierarchy import Hierarchy
-from hsa_geo.viz.plot_hierarchy import _tree_order
+from hsa_geo.viz.plot_hierarchy import (_check_axes, _check_figure_args,
+                                        _tree_order)
 
 # An N x N image above this is unreadable and its dense matrix costly.
 MAX_LEAVES = 2000
@@ -59,10 +62,10 @@ def plot_attention_matrix(q: Tensor, k: Optional[Tensor] = None,
             :obj:`k` is :obj:`None`.
         k (Tensor, optional): keys, same shape as :obj:`q`.
         hierarchy (Hierarchy, optional): required with :obj:`k`.
-        head (int): the head to show.
+        head (int): the head to show, ``0..H-1``.
         softmax (bool): also show softmax attention (needs :obj:`k`).
-        scale (float, optional): score scale, :math:`1/\sqrt{D}` if
-            :obj:`None`.
+        scale (float, optional): score scale, positive; :math:`1/\sqrt{D}`
+            if :obj:`None`.
         ax (Axes or pair of Axes, optional): draw there (two axes with
             :obj:`softmax`); a new figure otherwise.
         path (str or PathLike, optional): also save the figure there (PNG
@@ -70,66 +73,44 @@ def plot_attention_matrix(q: Tensor, k: Optional[Tensor] = None,
         log (bool): logarithmic colour scale (zeros, e.g. across trees or
             family-graph non-edges, are left blank).
         boundaries (bool): draw the family block lines.
-        cmap (str): matplotlib colour map.
+        cmap (str or Colormap): matplotlib colour map.
         title (str, optional): title of the (first) axes.
         figsize ((float, float), optional): size of a new figure in inches.
         dpi (int): resolution of the saved PNG.
         max_leaves (int): refuse (``ValueError``) more leaves than this
             (default 2,000).
 
+    Every argument is checked before anything is computed: a wrong type
+    raises :class:`TypeError` (``head=True``, ``softmax=1``, integer
+    :obj:`q`), a value out of range :class:`ValueError` (``head=-1``: heads
+    are ``0..H-1``; shapes that do not fit; a :obj:`path` in a missing
+    folder); a matrix holding NaN or inf raises :class:`ValueError` too.
+
     Returns:
         matplotlib.figure.Figure: the figure drawn into.
     """
-    if not isinstance(q, Tensor):
-        raise ValueError(f"'q' must be a tensor (queries, or the matrix when "
-                         f"k is None), got {type(q).__name__}")
-    if hierarchy is not None and not isinstance(hierarchy, Hierarchy):
-        raise ValueError(f"'hierarchy' must be a hsa_geo.data.Hierarchy, got "
-                         f"{type(hierarchy).__name__}")
-    n = q.size(0) if q.dim() in (2, 3) else None
-    if k is None:
-        if softmax:
-            raise ValueError("softmax=True needs queries and keys: call "
-                             "plot_attention_matrix(q, k, hierarchy, ...)")
-        if q.dim() not in (2, 3) or q.size(-1) != q.size(-2):
-            raise ValueError(f"a matrix must be [N, N] or [H, N, N], got "
-                             f"shape {tuple(q.shape)}")
-        n = q.size(-1)
-    elif hierarchy is None:
-        raise ValueError("plot_attention_matrix(q, k, ...) needs the "
-                         "hierarchy: plot_attention_matrix(q, k, hierarchy)")
-    if n is not None and n > max_leaves:
-        raise ValueError(
-            f"{n} leaves is more than max_leaves={max_leaves}; an N x N "
-            f"picture of that size is unreadable and costly: show one graph "
-            f"of a batch or a slice of the sequence (or raise max_leaves)")
-    if hierarchy is not None and n is not None and \
-            n != hierarchy.num_leaves:
-        raise ValueError(f"the {'matrix' if k is None else 'queries'} cover "
-                         f"{n} leaves but the hierarchy has "
-                         f"{hierarchy.num_leaves}; row i must be leaf i")
+    cmap = _check_figure_args(path, cmap, title, figsize, dpi)
+    for name, flag in (('softmax', softmax), ('log', log),
+                       ('boundaries', boundaries)):
+        check_bool(flag, name)
+    _check_axes(ax, 2 if softmax else 1)
+    n = _check_inputs(q, k, hierarchy, head, scale, softmax, max_leaves)
 
     if k is None:
         mats = q.detach().unsqueeze(0) if q.dim() == 2 else q.detach()
         soft = None
     else:
-        if not q.is_floating_point() or q.shape != k.shape or \
-                q.dim() not in (2, 3):
-            raise ValueError(
-                f"q and k must be floating point tensors of one shape [N, D] "
-                f"or [N, H, D]; got {tuple(q.shape)} and {tuple(k.shape)}")
         q, k = q.detach(), k.detach()
         if q.dim() == 2:
             q, k = q.unsqueeze(1), k.unsqueeze(1)
         mats = _hsa_matrix(q, k, hierarchy, scale)
         soft = _softmax_matrix(q, k, hierarchy, scale) if softmax else None
-    heads = mats.size(0)
-    if isinstance(head, bool) or not isinstance(head, int) or \
-            not -heads <= head < heads:
-        raise ValueError(f"head={head!r} is out of range for {heads} "
-                         f"head(s)")
     mat = mats[head].cpu().double()
     p = soft[head].cpu().double() if soft is not None else None
+    if not bool(mat.isfinite().all()):
+        hint = '; are q and k finite?' if k is not None else ''
+        raise ValueError(f"the attention matrix of head {head} holds NaN or "
+                         f"inf{hint}")
 
     order, blocks, trees = None, [], []
     if hierarchy is not None:
@@ -159,10 +140,6 @@ def plot_attention_matrix(q: Tensor, k: Optional[Tensor] = None,
                 for i in range(len(panels))]
     else:
         axes = list(ax) if isinstance(ax, (list, tuple)) else [ax]
-        if len(axes) != len(panels):
-            extra = '; softmax adds one' if p is not None else ''
-            raise ValueError(f"'ax' must be {len(panels)} axes (one per "
-                             f"panel{extra}), got {len(axes)}")
         fig = axes[0].figure
     top = max(float(m.max()) for m, _ in panels)
     if log:
@@ -200,6 +177,54 @@ def plot_attention_matrix(q: Tensor, k: Optional[Tensor] = None,
     if path is not None:
         fig.savefig(path, dpi=dpi, bbox_inches='tight')
     return fig
+
+
+def _check_inputs(q, k, hierarchy, head, scale, softmax: bool,
+                  max_leaves) -> int:
+    r"""Checks the tensors, the head and the sizes; returns the number
+    :math:`N` of leaves."""
+    check_floating(q, 'q')
+    if hierarchy is not None and not isinstance(hierarchy, Hierarchy):
+        raise TypeError(f"'hierarchy' must be a hsa_geo.data.Hierarchy or "
+                        f"None, got {type(hierarchy).__name__}")
+    check_int(head, 'head', low=None)  # the range once H is known
+    if scale is not None:
+        check_float(scale, 'scale', low=0.0, low_open=True)
+    max_leaves = check_int(max_leaves, 'max_leaves')
+    if k is None:
+        if softmax:
+            raise ValueError("softmax=True needs queries and keys: call "
+                             "plot_attention_matrix(q, k, hierarchy, ...)")
+        if q.dim() not in (2, 3) or q.size(-1) != q.size(-2):
+            raise ValueError(f"a matrix must be [N, N] or [H, N, N], got "
+                             f"shape {tuple(q.shape)}")
+        n, heads = q.size(-1), q.size(0) if q.dim() == 3 else 1
+    else:
+        check_floating(k, 'k')
+        if hierarchy is None:
+            raise ValueError("plot_attention_matrix(q, k, ...) needs the "
+                             "hierarchy: plot_attention_matrix(q, k, "
+                             "hierarchy)")
+        if q.shape != k.shape or q.dim() not in (2, 3):
+            raise ValueError(
+                f"q and k must have one shape, [N, D] or [N, H, D]; got "
+                f"{tuple(q.shape)} and {tuple(k.shape)}")
+        check_device(k, 'k', q.device, 'q')
+        n, heads = q.size(0), q.size(1) if q.dim() == 3 else 1
+    if n == 0 or heads == 0:
+        raise ValueError(f"nothing to draw: {tuple(q.shape)} holds no "
+                         f"leaves or no heads")
+    if n > max_leaves:
+        raise ValueError(
+            f"{n} leaves is more than max_leaves={max_leaves}; an N x N "
+            f"picture of that size is unreadable and costly: show one graph "
+            f"of a batch or a slice of the sequence (or raise max_leaves)")
+    if hierarchy is not None and n != hierarchy.num_leaves:
+        raise ValueError(f"the {'matrix' if k is None else 'queries'} cover "
+                         f"{n} leaves but the hierarchy has "
+                         f"{hierarchy.num_leaves}; row i must be leaf i")
+    check_int(head, 'head', 0, heads - 1)
+    return n
 
 
 def _hsa_matrix(q: Tensor, k: Tensor, hierarchy: Hierarchy,

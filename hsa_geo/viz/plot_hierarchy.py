@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hsa_geo._checks import (check_float, check_floating, check_index,
+                             check_int)
 from hsa_geo.data.hierarchy import Hierarchy
 
 # Above these sizes a picture is unreadable and drawing it slow: refuse
@@ -57,7 +59,7 @@ def plot_hierarchy(hierarchy: Hierarchy, weights=None, head: int = 0,
             ``hierarchical_attention(q, k, v, hierarchy,
             return_weights=True)``: ``index`` ``[2, P]`` sibling pairs (node
             ids of :obj:`hierarchy`) and ``weight`` ``[P, H]`` (or ``[P]``).
-        head (int): the head of :obj:`weights` to show.
+        head (int): the head of :obj:`weights` to show, ``0..H-1``.
         ax (matplotlib.axes.Axes, optional): draw into these axes; a new
             figure otherwise.
         path (str or PathLike, optional): also save the figure there (PNG
@@ -66,8 +68,9 @@ def plot_hierarchy(hierarchy: Hierarchy, weights=None, head: int = 0,
             100 nodes; :obj:`True` / :obj:`False` always / never; a sequence
             of ``T`` strings or a mapping ``{node id: str}`` gives custom
             labels (nodes missing from a mapping stay unlabelled).
-        min_weight (float): arrows are drawn for weights above this.
-        cmap (str): matplotlib colour map of the weights.
+        min_weight (float): arrows are drawn for weights above this, in
+            :math:`[0, 1)`.
+        cmap (str or Colormap): matplotlib colour map of the weights.
         title (str, optional): axes title.
         figsize ((float, float), optional): size of a new figure in inches;
             grows with the number of leaves and the depth by default.
@@ -78,12 +81,27 @@ def plot_hierarchy(hierarchy: Hierarchy, weights=None, head: int = 0,
             arcs than this (default 20,000): raise :obj:`min_weight` or
             draw a smaller hierarchy.
 
+    Every argument is checked before drawing: a wrong type raises
+    :class:`TypeError` (``head=True``, a ``bool`` node id in
+    :obj:`node_labels`, ``dpi=72.5``), a value out of range
+    :class:`ValueError` (``head=-1``: heads are ``0..H-1``; a
+    :obj:`min_weight` outside :math:`[0, 1)`; weights outside
+    :math:`[0, 1]`; a :obj:`path` in a missing folder).
+
     Returns:
         matplotlib.figure.Figure: the figure drawn into.
     """
     if not isinstance(hierarchy, Hierarchy):
-        raise ValueError(f"'hierarchy' must be a hsa_geo.data.Hierarchy, got "
-                         f"{type(hierarchy).__name__}")
+        raise TypeError(f"'hierarchy' must be a hsa_geo.data.Hierarchy, got "
+                        f"{type(hierarchy).__name__}")
+    # The range of head is checked against the weights, when there are any.
+    head = check_int(head, 'head', low=None if weights is not None else 0)
+    colours = _check_figure_args(path, cmap, title, figsize, dpi)
+    _check_axes(ax, 1)
+    min_weight = check_float(min_weight, 'min_weight', 0.0, 1.0,
+                             high_open=True)
+    max_nodes = check_int(max_nodes, 'max_nodes')
+    max_arrows = check_int(max_arrows, 'max_arrows')
     t, n = hierarchy.num_nodes, hierarchy.num_leaves
     if t > max_nodes:
         raise ValueError(
@@ -93,6 +111,7 @@ def plot_hierarchy(hierarchy: Hierarchy, weights=None, head: int = 0,
     parent = hierarchy.parent.cpu()
     x, y, _ = _tidy_layout(hierarchy)
     self_w, arrows = _check_weights(weights, head, parent, min_weight)
+    labels = _labels(node_labels, t)
     family = hierarchy.family_edge_index
     arcs: List[Tuple[int, int]] = []
     if family is not None:
@@ -106,7 +125,6 @@ def plot_hierarchy(hierarchy: Hierarchy, weights=None, head: int = 0,
                 f"{max_arrows}; raise min_weight, draw a smaller hierarchy "
                 f"or raise max_arrows")
 
-    from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
     from matplotlib.collections import LineCollection, PolyCollection
     from matplotlib.colors import Normalize
@@ -121,7 +139,6 @@ def plot_hierarchy(hierarchy: Hierarchy, weights=None, head: int = 0,
         ax = fig.add_subplot()
     else:
         fig = ax.figure
-    colours = colormaps[cmap]
     norm = Normalize(0.0, 1.0)
     small = 1.0 / max(1.0, n / 40.0)  # shrink marks on wide trees
 
@@ -170,7 +187,7 @@ def plot_hierarchy(hierarchy: Hierarchy, weights=None, head: int = 0,
     ax.scatter(x, y, s=sizes, c=face, edgecolors='k', linewidths=0.6,
                zorder=3)
 
-    for node, text in _labels(node_labels, t).items():
+    for node, text in labels.items():
         below = node < n
         ax.annotate(text, (x[node], y[node]),
                     xytext=(0, -9 if below else 7), textcoords='offset points',
@@ -284,28 +301,30 @@ def _check_weights(weights, head: int, parent: Tensor, min_weight: float):
     head; ``(None, [])`` without weights."""
     if weights is None:
         return None, []
-    try:
-        index, weight = weights
-    except (TypeError, ValueError):
+    if not isinstance(weights, (tuple, list)):
+        raise TypeError(
+            f"'weights' must be the FamilyWeights (index, weight) returned "
+            f"by hierarchical_attention(..., return_weights=True), got "
+            f"{type(weights).__name__}")
+    if len(weights) != 2:
         raise ValueError(
             f"'weights' must be the FamilyWeights (index, weight) returned "
             f"by hierarchical_attention(..., return_weights=True), got "
-            f"{type(weights).__name__}") from None
-    if not isinstance(index, Tensor) or index.dim() != 2 or \
-            index.size(0) != 2 or index.is_floating_point():
-        raise ValueError(f"weights.index must be an integer tensor [2, P], "
-                         f"got {getattr(index, 'shape', type(index))}")
-    if not isinstance(weight, Tensor) or weight.dim() not in (1, 2) or \
-            weight.size(0) != index.size(1):
+            f"{len(weights)} items")
+    index = check_index(weights[0], 'weights.index', rows=2)
+    weight = check_floating(weights[1], 'weights.weight')
+    if weight.dim() not in (1, 2) or weight.size(0) != index.size(1):
         raise ValueError(
             f"weights.weight must be [P, H] or [P] with P = "
-            f"{index.size(1)} pairs, got "
-            f"{tuple(getattr(weight, 'shape', ()))}")
+            f"{index.size(1)} pairs, got {tuple(weight.shape)}")
     heads = 1 if weight.dim() == 1 else weight.size(1)
-    if isinstance(head, bool) or not isinstance(head, int) or \
-            not -heads <= head < heads:
-        raise ValueError(f"head={head!r} is out of range for {heads} "
-                         f"head(s) in weights.weight")
+    check_int(head, 'head', 0, heads - 1)
+    # Logits or NaN would be drawn as some colour without a warning.
+    if weight.numel() > 0 and not bool(
+            ((weight >= 0) & (weight <= 1)).all()):
+        raise ValueError("weights.weight must hold attention weights in "
+                         "[0, 1] (no NaN); were they taken from "
+                         "hierarchical_attention(..., return_weights=True)?")
     t = parent.numel()
     index = index.detach().cpu().long()
     if index.numel() > 0 and (int(index.min()) < 0 or int(index.max()) >= t):
@@ -330,6 +349,7 @@ def _check_weights(weights, head: int, parent: Tensor, min_weight: float):
 
 
 def _labels(node_labels: LabelsLike, t: int) -> Mapping[int, str]:
+    r"""``{node id: label}`` of the nodes to label."""
     if node_labels is None:
         node_labels = t <= _AUTO_LABELS
     if node_labels is True:
@@ -337,19 +357,87 @@ def _labels(node_labels: LabelsLike, t: int) -> Mapping[int, str]:
     if node_labels is False:
         return {}
     if isinstance(node_labels, Mapping):
-        bad = [k for k in node_labels
-               if not (isinstance(k, int) and 0 <= k < t)]
-        if bad:
-            raise ValueError(f"node_labels has key {bad[0]!r}, which is not a "
-                             f"node id (0..{t - 1})")
-        return {k: str(v) for k, v in node_labels.items()}
+        for key in node_labels:
+            check_int(key, 'node_labels key', 0, t - 1)
+        return {int(k): str(v) for k, v in node_labels.items()}
     if isinstance(node_labels, (str, bytes)) or not isinstance(
             node_labels, Sequence):
-        raise ValueError(f"'node_labels' must be None, a bool, a sequence of "
-                         f"{t} labels or a mapping {{node id: label}}, got "
-                         f"{type(node_labels).__name__}")
+        raise TypeError(f"'node_labels' must be None, a bool, a sequence of "
+                        f"{t} labels or a mapping {{node id: label}}, got "
+                        f"{type(node_labels).__name__}")
     if len(node_labels) != t:
         raise ValueError(f"node_labels has {len(node_labels)} entries but the "
                          f"hierarchy has {t} nodes; give one per node, leaves "
                          f"first (or a mapping for some nodes)")
     return {i: str(v) for i, v in enumerate(node_labels)}
+
+
+def _check_figure_args(path, cmap, title, figsize, dpi):
+    r"""Checks the arguments that both pictures share and returns the
+    colour map (:obj:`cmap` resolved)."""
+    if path is not None:
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"'path' must be a str or os.PathLike (where to "
+                            f"save the figure) or None, got "
+                            f"{type(path).__name__}")
+        name = os.fspath(path)
+        if not name:
+            raise ValueError("'path' is empty; give a file name such as "
+                             "'tree.png' or None")
+        # Fail before drawing, not in savefig after it.
+        if os.path.isdir(name):
+            raise ValueError(f"'path' {name!r} is a folder; give a file name")
+        folder = os.path.dirname(name)
+        if folder and not os.path.isdir(folder):
+            raise ValueError(f"the folder of 'path' ({folder!r}) does not "
+                             f"exist; create it first")
+    if title is not None and not isinstance(title, str):
+        raise TypeError(f"'title' must be a str or None, got "
+                        f"{type(title).__name__}")
+    if figsize is not None:
+        if not isinstance(figsize, (tuple, list)):
+            raise TypeError(f"'figsize' must be a pair (width, height) in "
+                            f"inches or None, got {type(figsize).__name__}")
+        if len(figsize) != 2:
+            raise ValueError(f"'figsize' must be a pair (width, height) in "
+                             f"inches, got {len(figsize)} numbers")
+        for i, size in enumerate(figsize):
+            check_float(size, f'figsize[{i}]', low=0.0, low_open=True)
+    check_int(dpi, 'dpi')
+    return _check_cmap(cmap)
+
+
+def _check_cmap(cmap):
+    r"""The matplotlib colour map named by :obj:`cmap` (or :obj:`cmap`)."""
+    from matplotlib import colormaps
+    from matplotlib.colors import Colormap
+    if isinstance(cmap, Colormap):
+        return cmap
+    if not isinstance(cmap, str):
+        raise TypeError(f"'cmap' must be the name of a colour map (e.g. "
+                        f"'viridis') or a matplotlib Colormap, got "
+                        f"{type(cmap).__name__}")
+    if cmap not in colormaps:
+        raise ValueError(f"'cmap'={cmap!r} is not a matplotlib colour map; "
+                         f"try 'viridis', 'magma' or 'Blues'")
+    return colormaps[cmap]
+
+
+def _check_axes(ax, count: int):
+    r"""Checks that :obj:`ax` is :obj:`None`, or :obj:`count` axes (one
+    Axes, or a list or tuple of them)."""
+    if ax is None:
+        return
+    from matplotlib.axes import Axes
+    axes = list(ax) if isinstance(ax, (list, tuple)) else [ax]
+    if count == 1 and isinstance(ax, (list, tuple)):
+        raise TypeError("'ax' must be one matplotlib Axes, got a "
+                        f"{type(ax).__name__}")
+    bad = [a for a in axes if not isinstance(a, Axes)]
+    if bad:
+        raise TypeError(f"'ax' must be matplotlib Axes, got "
+                        f"{type(bad[0]).__name__}")
+    if len(axes) != count:
+        extra = '; softmax adds one' if count == 2 else ''
+        raise ValueError(f"'ax' must be {count} axes (one per panel{extra}),"
+                         f" got {len(axes)}")
