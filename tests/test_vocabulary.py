@@ -3,6 +3,7 @@ regex tokenizer, building from texts (frequency order, ``min_freq``,
 ``max_size``), lookup, JSON save / load, and every error message."""
 import json
 import re
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -104,7 +105,8 @@ def test_load_errors(tmp_path):
                        r"'format'"):
         Vocabulary.load(path)
     path.write_text('{"format": "hsa_geo.Vocabulary", "version": 9}')
-    with pytest.raises(ValueError, match='has Vocabulary format version 9; '
+    with pytest.raises(ValueError, match="has Vocabulary format version "
+                       "\\('version'\\) 9; "
                        'this hsa_geo reads version 1'):
         Vocabulary.load(path)
     path.write_text('{"format": "hsa_geo.Vocabulary", "version": 1, '
@@ -116,8 +118,8 @@ def test_load_errors(tmp_path):
         'format': 'hsa_geo.Vocabulary', 'version': 1, 'pad_token': '[PAD]',
         'unk_token': '[UNK]', 'lowercase': True, 'punctuation': True,
         'tokens': ['a', 'b', 'a']}))
-    with pytest.raises(ValueError, match=r"tokens\[2\] = 'a' repeats "
-                       r"tokens\[0\]"):
+    with pytest.raises(ValueError, match=str(path) + r".*tokens\[2\] = 'a' "
+                       r"repeats tokens\[0\]"):
         Vocabulary.load(path)
 
 
@@ -125,10 +127,12 @@ def test_errors():
     with pytest.raises(ValueError, match=r"tokens\[1\] = '\[UNK\]' repeats "
                        r"a special token"):
         Vocabulary(['a', '[UNK]'])
-    with pytest.raises(ValueError, match=r"tokens\[0\] = '' is not a "
-                       r"non-empty str"):
+    with pytest.raises(ValueError, match=r"tokens\[0\] = '' is empty"):
         Vocabulary([''])
-    with pytest.raises(ValueError, match="'tokens' must be a list of str, "
+    with pytest.raises(TypeError, match=r"tokens\[0\] = 3 is a int, not a "
+                       r"str"):
+        Vocabulary([3])
+    with pytest.raises(TypeError, match="'tokens' must be a list of str, "
                        "got str"):
         Vocabulary('abc')
     with pytest.raises(ValueError, match="'pad_token' and 'unk_token' are "
@@ -137,23 +141,143 @@ def test_errors():
     with pytest.raises(ValueError, match="'unk_token' must be a non-empty "
                        "str"):
         Vocabulary([], unk_token='')
-    with pytest.raises(ValueError, match="'texts' is a single string"):
+    with pytest.raises(TypeError, match="'unk_token' must be a non-empty "
+                       "str, got None"):
+        Vocabulary([], unk_token=None)
+    for key in ('lowercase', 'punctuation'):
+        with pytest.raises(TypeError, match=f"'{key}' must be True or "
+                           f"False, got 'no'"):
+            Vocabulary([], **{key: 'no'})
+    with pytest.raises(TypeError, match="'texts' is a single string"):
         Vocabulary.build('a text')
-    with pytest.raises(ValueError, match=r'texts\[1\] is a int, not a str'):
+    with pytest.raises(TypeError, match=r'texts\[1\] is a int, not a str'):
         Vocabulary.build(['a', 3])
-    for bad in (0, 1.5, True):
-        with pytest.raises(ValueError, match="'min_freq' must be an int "
-                           ">= 1"):
+    with pytest.raises(ValueError, match=r"'min_freq' must be an int in "
+                       r"\[1, inf\), got 0"):
+        Vocabulary.build(['a'], min_freq=0)
+    for bad in (1.5, True, '2'):
+        with pytest.raises(TypeError, match="'min_freq' must be an int"):
             Vocabulary.build(['a'], min_freq=bad)
-    with pytest.raises(ValueError, match="'max_size' must be None or an int "
-                       ">= 0, got -1"):
+    with pytest.raises(ValueError, match=r"'max_size' must be an int in "
+                       r"\[0, inf\), got -1"):
         Vocabulary.build(['a'], max_size=-1)
+    with pytest.raises(TypeError, match="'max_size' must be an int, got 2.5"):
+        Vocabulary.build(['a'], max_size=2.5)
     vocab = Vocabulary(['a'])
-    with pytest.raises(ValueError, match=r'id 3 is not in the vocabulary '
-                       r'\(ids 0..2\)'):
+    with pytest.raises(ValueError, match=r"'index' must be an int in "
+                       r"\[0, 2\], got 3"):
         vocab.lookup(3)
-    with pytest.raises(ValueError, match="'text' must be a str, got bytes"):
+    with pytest.raises(TypeError, match="'index' must be an int"):
+        vocab.lookup(1.0)
+    with pytest.raises(TypeError, match="'text' must be a str, got bytes"):
         vocab.tokenize(b'a')
+
+
+# Unicode ##################################################################
+
+NAIVE_NFC = 'na\u00efve caf\u00e9 \u00c5ngstr\u00f6m'
+NAIVE_NFD = unicodedata.normalize('NFD', NAIVE_NFC)
+
+
+def test_decomposed_text_tokenizes_as_composed_text():
+    assert NAIVE_NFD != NAIVE_NFC
+    vocab = Vocabulary.build([NAIVE_NFC])
+    ids = vocab.encode(NAIVE_NFD)
+    assert ids.tolist() == vocab.encode(NAIVE_NFC).tolist()
+    assert sorted(ids.tolist()) == [2, 3, 4]  # no [UNK]
+    assert vocab.tokenize(NAIVE_NFD) == vocab.tokenize(NAIVE_NFC)
+    # Built from either form, the vocabulary is the same.
+    assert Vocabulary.build([NAIVE_NFD]) == vocab
+    # Tokens given decomposed are stored composed, and looked up in either.
+    nfd = Vocabulary(NAIVE_NFD.split())
+    assert nfd.tokens[2:] == NAIVE_NFC.split()
+    assert nfd[NAIVE_NFD.split()[0]] == nfd[NAIVE_NFC.split()[0]] == 2
+
+
+def test_tokens_equal_after_normalisation_are_duplicates():
+    with pytest.raises(ValueError, match=r"tokens\[1\] = .* repeats "
+                       r"tokens\[0\]"):
+        Vocabulary(['caf\u00e9', 'cafe\u0301'])
+
+
+def test_offsets_index_the_normalised_text():
+    vocab = Vocabulary.build([NAIVE_NFC])
+    nfc = unicodedata.normalize('NFC', NAIVE_NFD)
+    for token, start, end in vocab.tokenize(NAIVE_NFD):
+        assert nfc[start:end].lower() == token
+
+
+# The file format ##########################################################
+
+
+def _write(path, **changes):
+    content = {'format': 'hsa_geo.Vocabulary', 'version': 1,
+               'pad_token': '[PAD]', 'unk_token': '[UNK]',
+               'lowercase': True, 'punctuation': True, 'tokens': ['a']}
+    content.update(changes)
+    path.write_text(json.dumps(content))
+
+
+@pytest.mark.parametrize('key, value', [
+    ('lowercase', 'no'), ('lowercase', 0), ('lowercase', None),
+    ('punctuation', 'yes'), ('punctuation', 1),
+    ('pad_token', 0), ('unk_token', ['x']), ('pad_token', ''),
+    ('tokens', 'abc'), ('tokens', {'a': 2}), ('tokens', [1]),
+    ('tokens', ['']), ('version', True),
+])
+def test_load_checks_every_entry(tmp_path, key, value):
+    path = tmp_path / 'v.json'
+    _write(path, **{key: value})
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ".*" +
+                       re.escape(repr(key) if key != 'tokens' or isinstance(
+                           value, (str, dict)) else 'tokens[0]')):
+        Vocabulary.load(path)
+
+
+def test_load_round_trip_of_the_flags(tmp_path):
+    path = tmp_path / 'v.json'
+    _write(path, lowercase=False, punctuation=False)
+    vocab = Vocabulary.load(path)
+    assert vocab.lowercase is False and vocab.punctuation is False
+
+
+# Property tests ###########################################################
+
+# Letters, combining marks, odd whitespace and punctuation.
+ODD_TEXT = st.lists(st.sampled_from(
+    list('aAeI\u0131\u0130\u00df') + [
+        '\u0301', '\u0308', '\u0327', '\u200b', '\u00a0', '\u2028',
+        '\u3000', '\t', '\r\n', ' ', '\n\n', "'", '\u2019', '.', '!',
+        '\ufb01', '\uff21', '\U0001f600', '\ud800']),
+    max_size=30).map(''.join)
+
+
+@given(ODD_TEXT, st.booleans(), st.booleans())
+def test_odd_text_gives_valid_tokens(text, lowercase, punctuation):
+    vocab = Vocabulary.build([text, 'a'], lowercase=lowercase,
+                             punctuation=punctuation)
+    nfc = unicodedata.normalize('NFC', text)
+    found = vocab.tokenize(text)
+    for token, start, end in found:
+        assert 0 <= start < end <= len(nfc)
+        piece = nfc[start:end]
+        assert token == (piece.lower() if lowercase else piece)
+    ids = vocab.encode(unicodedata.normalize('NFD', text))
+    assert ids.tolist() == [vocab[t] for t, _, _ in found]
+    assert (ids != vocab.unk_id).all()
+
+
+@given(st.one_of(st.integers(-3, 3), st.floats(allow_nan=True),
+                 st.booleans(), st.text(max_size=2), st.none()),
+       st.one_of(st.none(), st.integers(-3, 3), st.floats(), st.booleans()))
+def test_build_sizes_are_checked(min_freq, max_size):
+    try:
+        vocab = Vocabulary.build(['a b b'], min_freq=min_freq,
+                                 max_size=max_size)
+    except (TypeError, ValueError) as e:
+        assert 'min_freq' in str(e) or 'max_size' in str(e)
+    else:
+        assert len(vocab) >= 2
 
 
 def test_repr_and_equality():

@@ -4,19 +4,29 @@ HuggingFace tokenizer."""
 from __future__ import annotations
 
 import json
-import numbers
 import os
 import re
+import unicodedata
 from collections import Counter
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
+from hsa_geo._checks import check_bool, check_int
+
 PathLike = Union[str, os.PathLike]
 
 _FORMAT = 'hsa_geo.Vocabulary'
 _VERSION = 1
+# The entries of a saved vocabulary: their JSON type, and how to say it.
+_ENTRIES = {
+    'pad_token': (str, 'a str'),
+    'unk_token': (str, 'a str'),
+    'lowercase': (bool, 'true or false'),
+    'punctuation': (bool, 'true or false'),
+    'tokens': (list, 'a list of str'),
+}
 
 
 class Vocabulary:
@@ -30,8 +40,21 @@ class Vocabulary:
     is neither a word character nor whitespace (``,``, ``-``, ``"``). So
     ``"Kullback-Leibler's"`` is ``Kullback``, ``-``, ``Leibler's``. With
     :obj:`lowercase` the tokens are lowercased (the offsets still point into
-    the original text); with ``punctuation=False`` the single-character
+    the unlowercased text); with ``punctuation=False`` the single-character
     tokens are skipped.
+
+    **Unicode.** Texts and tokens are brought to Unicode normal form NFC
+    (:func:`unicodedata.normalize`) first, so that the same text gives the
+    same tokens however it is encoded: ``'naïve'`` typed as ``'i'`` plus a
+    combining diaeresis (NFD, as some editors and file systems write it) is
+    the token ``'naïve'``, not ``'nai'``, ``'̈'``, ``'ve'``. NFC, not NFKC:
+    NFC only merges encodings of the same characters, while NFKC also folds
+    *compatibility* characters (``'ﬁ'`` to ``'fi'``, ``'²'`` to ``'2'``,
+    ``'½'`` to ``'1⁄2'``, full-width letters), which changes what a text
+    says; normalise the texts yourself before :meth:`build` and
+    :meth:`encode` if you want that (NFKC text is also NFC). Offsets index
+    the normalised text, which is the text itself when it is NFC already
+    (the usual case).
 
     **Ids.** ``0`` is :obj:`pad_token`, ``1`` is :obj:`unk_token`, then the
     regular tokens in the order given. Looking up a token that is not in the
@@ -69,22 +92,28 @@ class Vocabulary:
         for name, value in (('pad_token', pad_token),
                             ('unk_token', unk_token)):
             if not isinstance(value, str) or not value:
-                raise ValueError(f"'{name}' must be a non-empty str, got "
-                                 f"{value!r}")
+                error = ValueError if isinstance(value, str) else TypeError
+                raise error(f"'{name}' must be a non-empty str, got "
+                            f"{value!r}")
+        pad_token, unk_token = _nfc(pad_token), _nfc(unk_token)
         if pad_token == unk_token:
             raise ValueError(f"'pad_token' and 'unk_token' are both "
                              f"{pad_token!r}; they need different ids, so "
                              f"give them different strings")
         if isinstance(tokens, (str, bytes)) or not isinstance(
                 tokens, Sequence):
-            raise ValueError(f"'tokens' must be a list of str, got "
-                             f"{type(tokens).__name__}")
+            raise TypeError(f"'tokens' must be a list of str, got "
+                            f"{type(tokens).__name__}")
         itos = [pad_token, unk_token]
         stoi = {pad_token: 0, unk_token: 1}
         for i, token in enumerate(tokens):
-            if not isinstance(token, str) or not token:
-                raise ValueError(f"tokens[{i}] = {token!r} is not a "
-                                 f"non-empty str")
+            if not isinstance(token, str):
+                raise TypeError(f"tokens[{i}] = {token!r} is a "
+                                f"{type(token).__name__}, not a str")
+            if not token:
+                raise ValueError(f"tokens[{i}] = '' is empty; every token "
+                                 f"needs at least one character")
+            token = _nfc(token)
             if token in stoi:
                 what = 'a special token' if stoi[token] < 2 else \
                     f'tokens[{stoi[token] - 2}]'
@@ -96,8 +125,8 @@ class Vocabulary:
         self._stoi = stoi
         self.pad_token = pad_token
         self.unk_token = unk_token
-        self.lowercase = bool(lowercase)
-        self.punctuation = bool(punctuation)
+        self.lowercase = check_bool(lowercase, 'lowercase')
+        self.punctuation = check_bool(punctuation, 'punctuation')
 
     # Construction ##########################################################
 
@@ -118,27 +147,20 @@ class Vocabulary:
             **kwargs: :obj:`pad_token`, :obj:`unk_token`, :obj:`lowercase`,
                 :obj:`punctuation` (see :class:`Vocabulary`).
         """
-        if isinstance(min_freq, bool) or not isinstance(
-                min_freq, numbers.Integral) or min_freq < 1:
-            raise ValueError(f"'min_freq' must be an int >= 1, got "
-                             f"{min_freq!r}")
-        if max_size is not None and (isinstance(max_size, bool) or
-                                     not isinstance(max_size,
-                                                    numbers.Integral)
-                                     or max_size < 0):
-            raise ValueError(f"'max_size' must be None or an int >= 0, got "
-                             f"{max_size!r}")
+        min_freq = check_int(min_freq, 'min_freq')
+        if max_size is not None:
+            max_size = check_int(max_size, 'max_size', low=0)
         if isinstance(texts, (str, bytes)):
-            raise ValueError("'texts' is a single string; pass a list of "
-                             "texts, e.g. [text]")
+            raise TypeError("'texts' is a single string; pass a list of "
+                            "texts, e.g. [text]")
         # An empty vocabulary tokenizes just as the final one does.
         tokenizer = cls([], **kwargs)
         specials = {tokenizer.pad_token, tokenizer.unk_token}
         counts: Counter = Counter()
         for i, text in enumerate(texts):
             if not isinstance(text, str):
-                raise ValueError(f"texts[{i}] is a {type(text).__name__}, "
-                                 f"not a str")
+                raise TypeError(f"texts[{i}] is a {type(text).__name__}, "
+                                f"not a str")
             counts.update(t for t, _, _ in tokenizer.tokenize(text))
         kept = sorted(((t, c) for t, c in counts.items()
                        if c >= min_freq and t not in specials),
@@ -177,28 +199,43 @@ class Vocabulary:
             raise ValueError(f"{path} is not a saved Vocabulary (no "
                              f"'format': '{_FORMAT}' entry); write it with "
                              f"Vocabulary.save")
-        if content.get('version') != _VERSION:
+        version = content.get('version')
+        if isinstance(version, bool) or version != _VERSION:
             raise ValueError(f"{path} has Vocabulary format version "
-                             f"{content.get('version')!r}; this hsa_geo "
+                             f"('version') {version!r}; this hsa_geo "
                              f"reads version {_VERSION}")
-        missing = [k for k in ('pad_token', 'unk_token', 'lowercase',
-                               'punctuation', 'tokens') if k not in content]
+        missing = [k for k in _ENTRIES if k not in content]
         if missing:
             raise ValueError(f"{path} lacks the entries {missing}; write it "
                              f"with Vocabulary.save")
-        return cls(content['tokens'], pad_token=content['pad_token'],
-                   unk_token=content['unk_token'],
-                   lowercase=content['lowercase'],
-                   punctuation=content['punctuation'])
+        for key, (kind, what) in _ENTRIES.items():
+            value = content[key]
+            if isinstance(value, bool) != (kind is bool) or not isinstance(
+                    value, kind):
+                raise ValueError(
+                    f"{path}: the entry {key!r} must be {what}, got "
+                    f"{value!r}; fix the file or write it with "
+                    f"Vocabulary.save")
+        try:
+            return cls(content['tokens'], pad_token=content['pad_token'],
+                       unk_token=content['unk_token'],
+                       lowercase=content['lowercase'],
+                       punctuation=content['punctuation'])
+        except (TypeError, ValueError) as e:  # what is wrong, and where
+            raise ValueError(f"{path}: {e}; fix the file or write it with "
+                             f"Vocabulary.save") from None
 
     # Tokenizing ############################################################
 
     def tokenize(self, text: str) -> List[Tuple[str, int, int]]:
         r"""The tokens of :obj:`text` as ``(token, start, end)``: ``token``
-        is ``text[start:end]`` (lowercased with :obj:`lowercase`)."""
+        is ``nfc[start:end]`` (lowercased with :obj:`lowercase`), where
+        ``nfc = unicodedata.normalize('NFC', text)`` (see *Unicode* above;
+        ``nfc == text`` for most texts)."""
         if not isinstance(text, str):
-            raise ValueError(f"'text' must be a str, got "
-                             f"{type(text).__name__}")
+            raise TypeError(f"'text' must be a str, got "
+                            f"{type(text).__name__}")
+        text = _nfc(text)
         out = []
         for m in self.WORD_PATTERN.finditer(text):
             token = m.group()
@@ -217,22 +254,24 @@ class Vocabulary:
     # Lookup ################################################################
 
     def __getitem__(self, token: str) -> int:
-        r"""The id of :obj:`token` (:attr:`unk_id` if it is unknown)."""
-        return self._stoi.get(token, 1)
+        r"""The id of :obj:`token` (:attr:`unk_id` if it is unknown), in any
+        Unicode normal form."""
+        found = self._stoi.get(token)
+        if found is None and isinstance(token, str):
+            found = self._stoi.get(_nfc(token))
+        return 1 if found is None else found
 
     def __contains__(self, token: object) -> bool:
-        return token in self._stoi
+        return token in self._stoi or (isinstance(token, str) and _nfc(
+            token) in self._stoi)
 
     def __len__(self) -> int:
         return len(self._itos)
 
     def lookup(self, index: int) -> str:
         r"""The token of id :obj:`index`."""
-        if isinstance(index, bool) or not isinstance(
-                index, numbers.Integral) or not 0 <= index < len(self):
-            raise ValueError(f"id {index!r} is not in the vocabulary (ids "
-                             f"0..{len(self) - 1})")
-        return self._itos[int(index)]
+        return self._itos[check_int(index, 'index', low=0,
+                                    high=len(self) - 1)]
 
     @property
     def tokens(self) -> List[str]:
@@ -270,3 +309,10 @@ _WORD_CHAR = re.compile(r'\w')
 
 def _is_word_char(char: str) -> bool:
     return _WORD_CHAR.match(char) is not None
+
+
+def _nfc(text: str) -> str:
+    # The check is much cheaper than normalising, and most text is NFC.
+    if unicodedata.is_normalized('NFC', text):
+        return text
+    return unicodedata.normalize('NFC', text)
