@@ -8,6 +8,7 @@ use as a transform and a ``pre_transform``, and every error message."""
 import copy
 import os
 import re
+import unicodedata
 from collections import defaultdict
 from pathlib import Path
 
@@ -627,14 +628,19 @@ def test_bad_input(vocab):
         no_punct('?! ...')
     with pytest.raises(ValueError, match="data has no 'text' attribute"):
         transform(Data(y=torch.tensor([1])))
-    with pytest.raises(ValueError, match='data.text must be a str, got '
+    with pytest.raises(TypeError, match='data.text must be a str, got '
                        'list; a batch of texts'):
         transform(Data(text=['a', 'b']))
+    with pytest.raises(TypeError, match='data.text must be a str, got '
+                       'bytes'):
+        transform(Data(text=b'A text.'))
     with pytest.raises(ValueError, match="data already has 'x'; "):
         transform(transform('A text.'))
-    with pytest.raises(ValueError, match='expects a torch_geometric Data '
+    with pytest.raises(TypeError, match='expects a torch_geometric Data '
                        "with a 'text' attribute, or a str, got int"):
         transform(3)
+    with pytest.raises(TypeError, match='got NoneType'):
+        transform(None)
 
 
 def test_bad_arguments(vocab):
@@ -644,10 +650,10 @@ def test_bad_arguments(vocab):
     with pytest.raises(ValueError, match=r'needs a tokenizer for the token '
                        r'ids: pass vocab=Vocabulary.build\(texts\)'):
         DocumentHierarchy()
-    with pytest.raises(ValueError, match="'vocab' must be a hsa_geo "
+    with pytest.raises(TypeError, match="'vocab' must be a hsa_geo "
                        "Vocabulary, got dict"):
         DocumentHierarchy(vocab={'a': 1})
-    with pytest.raises(ValueError, match="'tokenizer' must be a "
+    with pytest.raises(TypeError, match="'tokenizer' must be a "
                        "tokenizers.Tokenizer or a transformers fast "
                        "tokenizer .* got builtins.object"):
         DocumentHierarchy(tokenizer=object())
@@ -661,21 +667,102 @@ def test_bad_arguments(vocab):
     with pytest.raises(ValueError, match='Slow is a slow .* no character '
                        'offsets'):
         DocumentHierarchy(tokenizer=Slow())
-    for levels, message in (
-        ('sentence', r"'levels' must be a tuple of level names"),
-        (('sentence', 'line'), r"levels\[1\] = 'line' is not a level"),
-        (('word', 'word'), r'repeats a level'),
-        (('word', 'paragraph'), r"is not top-down; list them as in "
-         r"\('paragraph', 'word'\)"),
+    for levels, error, message in (
+        ('sentence', TypeError, r"'levels' must be a tuple of level names"),
+        (None, TypeError, r"'levels' must be a tuple of level names"),
+        (('sentence', 'line'), ValueError,
+         r"levels\[1\] = 'line' is not a level"),
+        (('sentence', 3), ValueError, r"levels\[1\] = 3 is not a level"),
+        (('word', 'word'), ValueError, r'repeats a level'),
+        (('word', 'paragraph'), ValueError, r"is not top-down; list them "
+         r"as in \('paragraph', 'word'\)"),
     ):
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(error, match=message):
             DocumentHierarchy(vocab=vocab, levels=levels)
     with pytest.raises(ValueError, match="'special_tokens' must be 'root'"):
         DocumentHierarchy(vocab=vocab, special_tokens='keep')
-    for bad in (0, 2.0, True):
-        with pytest.raises(ValueError, match="'max_tokens' must be None or "
-                           "an int >= 1"):
+    with pytest.raises(TypeError, match="'special_tokens' must be a str"):
+        DocumentHierarchy(vocab=vocab, special_tokens=None)
+    with pytest.raises(ValueError, match=r"'max_tokens' must be an int in "
+                       r"\[1, inf\), got 0"):
+        DocumentHierarchy(vocab=vocab, max_tokens=0)
+    for bad in (2.0, 2.5, True, '8'):
+        with pytest.raises(TypeError, match="'max_tokens' must be an int"):
             DocumentHierarchy(vocab=vocab, max_tokens=bad)
     with pytest.raises(ValueError, match="truncate=True needs "
                        "'max_tokens'"):
         DocumentHierarchy(vocab=vocab, truncate=True)
+    for flag in ('truncate', 'keep_single_token_words', 'store_tokens'):
+        with pytest.raises(TypeError, match=f"'{flag}' must be True or "
+                           f"False, got 'no'"):
+            DocumentHierarchy(vocab=vocab, max_tokens=8, **{flag: 'no'})
+
+
+# Unicode ####################################################################
+
+UNICODE_TEXT = ('Na\u00efve caf\u00e9s serve cr\u00e8me br\u00fbl\u00e9e. '
+                'The \u00c5ngstr\u00f6m is small!\n\nSe\u00f1or Garc\u00eda '
+                'agrees.')
+
+
+def _same_tree(a, b):
+    assert torch.equal(a.x, b.x)
+    assert torch.equal(a.hierarchy.parent, b.hierarchy.parent)
+    assert torch.equal(a.offsets, b.offsets)
+    assert torch.equal(a.cluster_offsets, b.cluster_offsets)
+    assert torch.equal(a.cluster_kind, b.cluster_kind)
+    assert a.tokens == b.tokens and a.text == b.text
+
+
+def test_decomposed_text_gives_the_same_tree():
+    nfd = unicodedata.normalize('NFD', UNICODE_TEXT)
+    assert nfd != UNICODE_TEXT and len(nfd) > len(UNICODE_TEXT)
+    vocab = Vocabulary.build([UNICODE_TEXT])
+    transform = DocumentHierarchy(vocab=vocab, keep_single_token_words=True)
+    composed, decomposed = transform(UNICODE_TEXT), transform(nfd)
+    _same_tree(composed, decomposed)
+    assert (decomposed.x != vocab.unk_id).all()
+    # Offsets index the normalised text that the output carries.
+    assert decomposed.text == UNICODE_TEXT
+    for token, (start, end) in zip(decomposed.tokens,
+                                   decomposed.offsets.tolist()):
+        assert decomposed.text[start:end].lower() == token
+
+
+def test_decomposed_text_with_a_tokenizer():
+    tok = _wordpiece()
+    transform = DocumentHierarchy(tokenizer=tok)
+    nfd = unicodedata.normalize('NFD', UNICODE_TEXT)
+    _same_tree(transform(UNICODE_TEXT), transform(Data(text=nfd)))
+
+
+ODD_TEXT = st.lists(st.sampled_from(
+    list('aAeI.?!\u0131\u00df') + [
+        'word', ' ', '\t', '\n', '\n\n', '\r\n', '\u00a0', '\u2028',
+        '\u3000', '\u200b', '\u0301', '\u0308', '\u0327', "'", '\u2019',
+        '"', ')', '\ufb01', '\U0001f600', 'Dr.', 'e.g.']),
+    max_size=25).map(''.join)
+
+
+@given(text=ODD_TEXT, punctuation=st.booleans(), keep=st.booleans(),
+       max_tokens=st.one_of(st.none(), st.integers(1, 4)))
+def test_odd_texts_give_a_valid_tree_or_a_clear_error(text, punctuation,
+                                                      keep, max_tokens):
+    vocab = Vocabulary.build(['a word'], punctuation=punctuation)
+    transform = DocumentHierarchy(vocab=vocab, keep_single_token_words=keep,
+                                  max_tokens=max_tokens,
+                                  truncate=max_tokens is not None)
+    try:
+        out = transform(text)
+    except ValueError as e:
+        assert re.search('data.text is empty|yields no tokens', str(e))
+        return
+    nfc = unicodedata.normalize('NFC', text)
+    assert out.text == nfc
+    n = out.num_nodes
+    assert n == out.x.numel() >= 1 and out.hierarchy.num_leaves == n
+    assert max_tokens is None or n <= max_tokens
+    for token, (start, end) in zip(out.tokens, out.offsets.tolist()):
+        assert 0 <= start < end <= len(nfc)
+        assert nfc[start:end].lower() == token
+    assert int((out.hierarchy.parent < 0).sum()) == 1  # one tree

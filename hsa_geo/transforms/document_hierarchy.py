@@ -2,8 +2,8 @@ r"""A document tree over raw text: document -> paragraphs -> sentences ->
 words -> (subword) tokens."""
 from __future__ import annotations
 
-import numbers
 import re
+import unicodedata
 from bisect import bisect_right
 from collections import Counter
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, \
@@ -13,8 +13,10 @@ import torch
 from torch_geometric.data import Data
 from torch_geometric.transforms import BaseTransform
 
+from hsa_geo._checks import check_bool, check_int
 from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.data.nested_signal import NestedSignal
+from hsa_geo.transforms._inputs import check_data
 from hsa_geo.transforms.vocabulary import Vocabulary
 
 Span = Tuple[int, int]
@@ -46,6 +48,16 @@ class DocumentHierarchy(BaseTransform):
     attribute (a :obj:`str`), or a :obj:`str` itself. Other attributes
     (``y``, ids, ...) are kept; ``x``, ``edge_index`` and ``edge_attr`` must
     not be there (the leaves are new nodes).
+
+    **Unicode.** The text is brought to Unicode normal form NFC first
+    (:func:`unicodedata.normalize`, as :class:`Vocabulary` does; see there
+    why NFC and not NFKC), and everything below works on the normalised
+    text: units, tokens (also those of a HuggingFace tokenizer), offsets,
+    and the ``text`` of the output. So a text and its decomposed (NFD)
+    form give the same ids and the same tree, and ``offsets`` always index
+    ``out.text``, which differs from the input only where that was not NFC
+    (then lengths may differ: ``'e'`` plus a combining accent is one
+    character ``'é'``).
 
     **Units.** Found with regular expressions on the text, independently of
     the tokenizer:
@@ -128,7 +140,7 @@ class DocumentHierarchy(BaseTransform):
     - ``cluster_offsets`` ``LongTensor [M, 2]``: the character span of the
       unit of every cluster (the root: the whole text without surrounding
       whitespace);
-    - ``text``: the text (also for a :obj:`str` input).
+    - ``text``: the text in NFC (also for a :obj:`str` input).
 
     Rows of the per-cluster attributes follow the cluster ids (node
     ``N + i`` is row ``i``); offsets are not shifted in a
@@ -197,7 +209,7 @@ class DocumentHierarchy(BaseTransform):
                 "vocab=Vocabulary.build(texts) for the built-in regex "
                 "tokenizer, or tokenizer=<a HuggingFace fast tokenizer>")
         if vocab is not None and not isinstance(vocab, Vocabulary):
-            raise ValueError(
+            raise TypeError(
                 f"'vocab' must be a hsa_geo Vocabulary, got "
                 f"{type(vocab).__name__}; a HuggingFace tokenizer goes into "
                 f"'tokenizer'")
@@ -206,34 +218,32 @@ class DocumentHierarchy(BaseTransform):
         self._kind, self._backend = (None, None) if tokenizer is None else \
             _wrap_tokenizer(tokenizer)
         self.levels = _check_levels(levels, self.LEVELS)
+        if not isinstance(special_tokens, str):
+            raise TypeError(f"'special_tokens' must be a str, 'root' or "
+                            f"'drop', got {type(special_tokens).__name__}")
         if special_tokens not in ('root', 'drop'):
             raise ValueError(f"'special_tokens' must be 'root' (children of "
                              f"the document root) or 'drop', got "
                              f"{special_tokens!r}")
         self.special_tokens = special_tokens
-        if max_tokens is not None and (isinstance(max_tokens, bool) or
-                                       not isinstance(max_tokens,
-                                                      numbers.Integral)
-                                       or max_tokens < 1):
-            raise ValueError(f"'max_tokens' must be None or an int >= 1, "
-                             f"got {max_tokens!r}")
-        if truncate and max_tokens is None:
+        if max_tokens is not None:
+            max_tokens = check_int(max_tokens, 'max_tokens')
+        if check_bool(truncate, 'truncate') and max_tokens is None:
             raise ValueError("truncate=True needs 'max_tokens', the number "
                              "of leaves to keep")
-        self.max_tokens = None if max_tokens is None else int(max_tokens)
-        self.truncate = bool(truncate)
-        self.keep_single_token_words = bool(keep_single_token_words)
-        self.store_tokens = bool(store_tokens)
+        self.max_tokens = max_tokens
+        self.truncate = truncate
+        self.keep_single_token_words = check_bool(
+            keep_single_token_words, 'keep_single_token_words')
+        self.store_tokens = check_bool(store_tokens, 'store_tokens')
 
     # Transform #############################################################
 
     def forward(self, data: Union[Data, str]) -> NestedSignal:
         if isinstance(data, str):
             data = Data(text=data)
-        elif not isinstance(data, Data):
-            raise ValueError(f"DocumentHierarchy expects a torch_geometric "
-                             f"Data with a 'text' attribute, or a str, got "
-                             f"{type(data).__name__}")
+        check_data(data, 'DocumentHierarchy', "a torch_geometric Data with "
+                   "a 'text' attribute, or a str")
         text = self._text(data)
         units = self.split(text)
         toks = self._encode(text)
@@ -250,6 +260,7 @@ class DocumentHierarchy(BaseTransform):
                          'cluster_offsets')
         }
         out = Data(**attrs)
+        out.text = text  # the NFC text that the offsets index
         out.x = torch.tensor([toks.ids[i] for i in leaves], dtype=torch.long)
         out.offsets = torch.tensor([toks.offsets[i] for i in leaves],
                                    dtype=torch.long).view(n, 2)
@@ -303,7 +314,7 @@ class DocumentHierarchy(BaseTransform):
                 "raw text from data.text (a str), e.g. Data(text='...')")
         text = data['text']
         if not isinstance(text, str):
-            raise ValueError(
+            raise TypeError(
                 f"data.text must be a str, got {type(text).__name__}; a "
                 f"batch of texts cannot be transformed, apply "
                 f"DocumentHierarchy to one text at a time")
@@ -318,7 +329,8 @@ class DocumentHierarchy(BaseTransform):
                     f"data already has '{key}'; DocumentHierarchy makes new "
                     f"leaves (x = token ids), so it takes text only: delete "
                     f"data.{key} first (or store it under another name)")
-        return text
+        # Composed characters: NFD accents would split words (see Unicode).
+        return unicodedata.normalize('NFC', text)
 
     def _encode(self, text: str) -> _Tokens:
         if self.vocab is not None:
@@ -475,8 +487,8 @@ def _preview(text: str, size: int = 40) -> str:
 
 def _check_levels(levels, allowed: Tuple[str, ...]) -> Tuple[str, ...]:
     if isinstance(levels, str) or not isinstance(levels, Sequence):
-        raise ValueError(f"'levels' must be a tuple of level names, e.g. "
-                         f"('sentence',) or {allowed}, got {levels!r}")
+        raise TypeError(f"'levels' must be a tuple of level names, e.g. "
+                        f"('sentence',) or {allowed}, got {levels!r}")
     for i, level in enumerate(levels):
         if level not in allowed:
             raise ValueError(f"levels[{i}] = {level!r} is not a level; use "
@@ -511,7 +523,7 @@ def _wrap_tokenizer(tokenizer: Any) -> Tuple[str, Any]:
                 f"one, e.g. AutoTokenizer.from_pretrained(..., "
                 f"use_fast=True)")
         return 'transformers', tokenizer
-    raise ValueError(
+    raise TypeError(
         f"'tokenizer' must be a tokenizers.Tokenizer or a transformers fast "
         f"tokenizer (PreTrainedTokenizerFast), got "
         f"{type(tokenizer).__module__}.{type(tokenizer).__name__}; for the "
