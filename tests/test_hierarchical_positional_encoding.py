@@ -7,6 +7,7 @@ features against PyG's :class:`AddLaplacianEigenvectorPE` /
 batching through :class:`torch_geometric.loader.DataLoader`, caching,
 devices, and input validation."""
 import gc
+import time
 
 import networkx as nx
 import numpy as np
@@ -568,17 +569,32 @@ def test_device(device, mode):
 def test_constructor_errors():
     with pytest.raises(ValueError, match="unknown mode 'spiral'"):
         HPE(4, 'spiral')
+    with pytest.raises(TypeError, match="'mode' must be a str"):
+        HPE(4, None)
     with pytest.raises(ValueError, match="unknown level"):
         HPE(4, max_branching=2, level='breadth')
+    with pytest.raises(TypeError, match="'level' must be a str"):
+        HPE(4, max_branching=2, level=0)
     with pytest.raises(ValueError, match="needs 'max_branching'"):
         HPE(4, 'sequence')
-    with pytest.raises(ValueError, match="'channels' must be a positive"):
+    with pytest.raises(ValueError, match=r"'channels' must be an int in "
+                       r"\[1, inf\), got 0"):
         HPE(0, max_branching=2)
-    with pytest.raises(ValueError, match="'num_levels' must be a positive"):
+    with pytest.raises(ValueError, match="'num_levels' must be an int in"):
         HPE(4, max_branching=2, num_levels=0)
-    with pytest.raises(ValueError, match="'k' must be a positive"):
+    with pytest.raises(ValueError, match="'k' must be an int in"):
         HPE(4, 'laplacian', k=0)
-    with pytest.raises(ValueError, match="'grid_size'"):
+    for name, kwargs in (('channels', dict(channels=2.5)),
+                         ('channels', dict(channels=True)),
+                         ('max_branching', dict(max_branching=2.0)),
+                         ('num_levels', dict(num_levels='4')),
+                         ('k', dict(mode='random_walk', k=True)),
+                         (r'grid_size\[1\]',
+                          dict(mode='grid', grid_size=(2, 2.5)))):
+        kwargs = {'channels': 4, 'max_branching': 2, **kwargs}
+        with pytest.raises(TypeError, match=f"'{name}' must be an int"):
+            HPE(**kwargs)
+    with pytest.raises(ValueError, match="'grid_size"):
         HPE(4, 'grid', grid_size=(2, 0))
 
 
@@ -596,7 +612,7 @@ def test_grid_errors():
         module.encode(NestedSignal.from_hierarchy(h, torch.zeros(7, 4)))
     with pytest.raises(ValueError, match=r'shape \[10, 2\]'):
         module.encode(h, torch.zeros(7, 2, dtype=torch.long))
-    with pytest.raises(ValueError, match='integer tensor'):
+    with pytest.raises(TypeError, match='integer tensor'):
         module.encode(h, torch.zeros(10, 2))
     bad = torch.zeros(10, 2, dtype=torch.long)
     bad[4, 1] = 2
@@ -620,8 +636,85 @@ def test_other_errors():
         module(torch.zeros(7, 5), h)
     with pytest.raises(ValueError, match="only used with mode='grid'"):
         module(torch.zeros(7, 4), h, torch.zeros(10, 2, dtype=torch.long))
-    with pytest.raises(ValueError, match='must be a Hierarchy or a '
+    with pytest.raises(TypeError, match='must be a Hierarchy or a '
                        'NestedSignal'):
         module.encode([7, 7, -1])
+    with pytest.raises(TypeError, match='must be a Hierarchy or a '
+                       'NestedSignal, got Data'):
+        module.encode(Data(hierarchy=None, x=torch.zeros(7, 4)))
+    with pytest.raises(TypeError, match="'x' must be a floating point "
+                       "tensor, got dtype torch.int64"):
+        module(torch.zeros(7, 4, dtype=torch.long), h)
+    with pytest.raises(TypeError, match="'x' must be a floating point "
+                       "tensor, got list"):
+        module([[0.0] * 4] * 7, h)
     with pytest.raises(ValueError, match="needs a family graph"):
         HPE(4, 'laplacian').encode(h)
+
+
+# Wide families ###############################################################
+
+
+def wide_family(n: int, extra: int = 0, seed: int = 0) -> Hierarchy:
+    r"""One family of :obj:`n` leaves under a root, its family graph a path
+    plus :obj:`extra` random chords (generically distinct eigenvalues)."""
+    src = torch.arange(n - 1)
+    pairs = [torch.stack([src, src + 1])]
+    if extra:
+        g = torch.Generator().manual_seed(seed)
+        pairs.append(torch.randint(0, n, (2, extra), generator=g))
+    return Hierarchy.from_parent([n] * n + [-1], n, torch.cat(pairs, 1))
+
+
+@pytest.mark.parametrize('mode', ['laplacian', 'random_walk'])
+def test_wide_family_is_not_cubic(mode):
+    r"""A family of 2,049 children (padded width 4,096) took 21 s
+    (Laplacian) and 16 s (random walk) with dense batched algebra."""
+    h = wide_family(2049)
+    start = time.perf_counter()
+    feat = HPE(4, mode, k=4).positional_features(h)
+    assert time.perf_counter() - start < 5.0
+    assert feat.shape == (2050, 4) and torch.isfinite(feat).all()
+    if mode == 'random_walk':  # a path: p_1 = 0, p_2 = 1/2 inside
+        assert feat[1000, 0] == 0 and abs(float(feat[1000, 1]) - 0.5) < 1e-12
+
+
+@pytest.mark.parametrize('mode', ['laplacian', 'random_walk'])
+@pytest.mark.parametrize('extra', [0, 40])
+def test_sparse_route_equals_dense_route(monkeypatch, mode, extra):
+    dense = HPE(4, mode, k=5).positional_features(wide_family(300, extra))
+    monkeypatch.setattr(hpe_module, '_DENSE_WIDTH', 8)
+    sparse = HPE(4, mode, k=5).positional_features(wide_family(300, extra))
+    assert (sparse - dense).abs().max() < 1e-6
+
+
+def test_complete_families_in_closed_form():
+    h = Hierarchy.from_parent([5, 5, 6, 6, 6, 7, 7, -1], 5)
+    feat = HPE(4, 'random_walk', k=6).positional_features(h).double()
+    for bucket in h.family_buckets:
+        adj = hpe_module._family_adjacency(bucket)
+        want = hpe_module._random_walk_features(adj, 6)[bucket.mask]
+        got = feat[bucket.children[bucket.mask]]
+        assert (got - want).abs().max() < 1e-7  # float32 features
+    # 20,000 children: instant.
+    wide = Hierarchy.from_parent([20000] * 20000 + [-1], 20000)
+    start = time.perf_counter()
+    feat = HPE(4, 'random_walk', k=3).positional_features(wide).double()
+    assert time.perf_counter() - start < 2.0
+    m = 20000
+    assert abs(float(feat[0, 1]) - 1 / (m - 1)) < 1e-9  # float32
+
+
+@given(st.one_of(st.integers(-2, 3), st.floats(allow_nan=True),
+                 st.booleans(), st.text(max_size=2), st.none()),
+       st.sampled_from(['channels', 'num_levels', 'k', 'max_branching',
+                        'grid_size']),
+       st.sampled_from(['sequence', 'grid', 'laplacian', 'random_walk']))
+def test_sizes_give_a_module_or_a_clear_error(value, name, mode):
+    kwargs = {'channels': 4, 'mode': mode, 'max_branching': 3, name: value}
+    try:
+        module = HPE(**kwargs)
+    except (TypeError, ValueError) as e:
+        assert name in str(e)
+    else:
+        assert module.channels >= 1
