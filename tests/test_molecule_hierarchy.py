@@ -376,11 +376,12 @@ def test_atom_order_mismatch(transform):
 @needs_rdkit
 def test_bad_graphs(transform):
     source = graph('c1ccccc1O')
-    for x, shape in ((source.x.float(), r'torch.float32 \(7, 9\)'),
-                     (source.x[:, :3], r'torch.int64 \(7, 3\)')):
+    for x, error, shape in (
+            (source.x.float(), TypeError, r'torch.float32 \(7, 9\)'),
+            (source.x[:, :3], ValueError, r'torch.int64 \(7, 3\)')):
         bad = copy.copy(source)
         bad.x = x
-        with pytest.raises(ValueError, match=r'data.x must hold the 9 '
+        with pytest.raises(error, match=r'data.x must hold the 9 '
                            r'integer OGB atom features .* got ' + shape):
             transform(bad)
     bad = without_smiles(source)
@@ -403,15 +404,100 @@ def test_bad_graphs(transform):
     bad = without_smiles(source)
     bad.x = source.x.clone()
     bad.x[0, 0] = 200
-    with pytest.raises(ValueError, match=r'x\[0, 0\] = 200 is not an OGB '
-                       r'atomic-number index'):
+    with pytest.raises(ValueError, match=r'x\[0, 0\] = 200 is outside '
+                       r'0..118, the OGB range of column 0 \(atomic number'):
         transform(bad)
     with pytest.raises(ValueError, match="data has neither 'x' .* nor "
                        "'smiles'"):
         transform(Data(y=torch.tensor([1])))
-    with pytest.raises(ValueError, match='expects a torch_geometric Data .* '
+    with pytest.raises(TypeError, match='expects a torch_geometric Data .* '
                        'or a SMILES str, got int'):
         transform(3)
+    with pytest.raises(TypeError, match='expects a torch_geometric Data .* '
+                       'or a SMILES str, got NoneType'):
+        transform(None)
+
+
+DIMS = (119, 5, 12, 12, 10, 6, 6, 2, 2)  # ogb get_atom_feature_dims()
+
+
+@needs_rdkit
+@pytest.mark.parametrize('column', range(9))
+@pytest.mark.parametrize('with_smiles', [False, True])
+def test_out_of_range_ogb_features(transform, column, with_smiles):
+    source = graph('CCO')
+    for value in (-1, DIMS[column]):
+        bad = copy.copy(source) if with_smiles else without_smiles(source)
+        bad.x = source.x.clone()
+        bad.x[1, column] = value
+        with pytest.raises(ValueError, match=(
+                rf'x\[1, {column}\] = {value} is outside '
+                rf'0..{DIMS[column] - 1}, the OGB range of column {column} ')):
+            transform(bad)
+
+
+@needs_rdkit
+def test_negative_hydrogen_count(transform):
+    bad = without_smiles(graph('CCO'))
+    bad.x = bad.x.clone()
+    bad.x[1, 4] = -1  # was an OverflowError from RDKit
+    with pytest.raises(ValueError, match=r'x\[1, 4\] = -1 is outside 0..9, '
+                       r'the OGB range of column 4 \(number of hydrogens\)'):
+        transform(bad)
+
+
+@needs_rdkit
+@pytest.mark.parametrize('column', [0, 3, 4, 5])
+def test_misc_features_are_not_rebuilt(transform, column):
+    bad = without_smiles(graph('CCO'))
+    bad.x = bad.x.clone()
+    bad.x[2, column] = DIMS[column] - 1
+    with pytest.raises(ValueError, match=rf"x\[2, {column}\] = "
+                       rf"{DIMS[column] - 1} is OGB's 'misc' value"):
+        transform(bad)
+
+
+@needs_rdkit
+def test_dummy_atoms(transform):
+    from ogb.utils import smiles2graph
+    g = smiles2graph('*CC*')
+    with_x = Data(x=torch.from_numpy(g['node_feat']),
+                  edge_index=torch.from_numpy(g['edge_index']),
+                  edge_attr=torch.from_numpy(g['edge_feat']), smiles='*CC*')
+    for data in ('*CC*', Data(smiles='*CC*'), with_x):
+        with pytest.raises(ValueError, match=r"smiles '\*CC\*' has dummy "
+                           r"atoms \('\*', atomic number 0\) at \[0, 3\]"):
+            transform(data)
+
+
+@needs_rdkit
+def test_pyg_from_smiles_features_are_named(transform):
+    from torch_geometric.utils import from_smiles
+    with pytest.raises(ValueError, match=r"look like the features of "
+                       r"torch_geometric.utils.from_smiles .* expects OGB"):
+        transform(from_smiles('CCO'))
+    benzene = from_smiles('c1ccccc1')
+    del benzene.smiles
+    with pytest.raises(ValueError, match=r"edge_attr holds the bond type 12 "
+                       r".*OGB bond types are 0..4.*from_smiles"):
+        transform(benzene)
+
+
+@needs_rdkit
+@given(st.lists(st.one_of(st.integers(-3, 130), st.just(None)), min_size=9,
+                max_size=9), st.sampled_from(['CCO', 'c1ccccc1O']))
+def test_random_features_give_a_tree_or_a_clear_error(row, smiles):
+    source = without_smiles(graph(smiles))
+    source.x = source.x.clone()
+    for j, v in enumerate(row):
+        if v is not None:
+            source.x[0, j] = v
+    try:
+        out = MoleculeHierarchy()(source)
+    except ValueError as e:
+        assert 'x[' in str(e) or 'pass data.smiles' in str(e)
+    else:
+        assert out.hierarchy.num_leaves == source.num_nodes
 
 
 def test_missing_rdkit(monkeypatch):

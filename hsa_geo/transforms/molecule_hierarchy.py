@@ -11,14 +11,27 @@ from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.transforms import BaseTransform
 
+from hsa_geo._checks import check_bool
 from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.data.nested_signal import NestedSignal
+from hsa_geo.transforms._inputs import check_data
 
 # OGB feature columns (ogb.utils.features.atom_to_feature_vector).
 _ATOMIC_NUM, _CHARGE, _NUM_H, _RADICAL, _AROMATIC, _IN_RING = 0, 3, 4, 5, 7, 8
 _NUM_ATOM_FEATURES = 9
+# ogb.utils.features.get_atom_feature_dims(): values 0..dim-1 per column.
+_ATOM_FEATURE_DIMS = (119, 5, 12, 12, 10, 6, 6, 2, 2)
+_ATOM_FEATURE_NAMES = ('atomic number - 1', 'chirality', 'degree',
+                       'formal charge + 5', 'number of hydrogens',
+                       'radical electrons', 'hybridization', 'aromatic',
+                       'in a ring')
+# Said where features may have PyG's layout instead of OGB's.
+_OTHER_LAYOUT = (
+    "torch_geometric.utils.from_smiles and the MoleculeNet datasets use "
+    "another 9-column layout (x[:, 0] the atomic number, other "
+    "hybridization codes, bond types 1 = single .. 12 = aromatic), which "
+    "MoleculeHierarchy does not read")
 _CHARGE_OFFSET = 5  # possible_formal_charge_list starts at -5
-_MAX_ATOMIC_NUM = 118  # possible_atomic_num_list: 1..118, then 'misc'
 # possible_bond_type_list: SINGLE, DOUBLE, TRIPLE, AROMATIC, misc.
 _BOND_TYPES = ('SINGLE', 'DOUBLE', 'TRIPLE', 'AROMATIC', 'DATIVE')
 
@@ -35,7 +48,15 @@ class MoleculeHierarchy(BaseTransform):
     every bond, ``edge_attr`` ``[E, 3]`` (``edge_feat``), and usually
     ``smiles``. Also accepted: a SMILES :obj:`str`, or a ``Data`` with
     ``smiles`` and without ``x``; both are featurized with
-    :func:`ogb.utils.smiles2graph` first.
+    :func:`ogb.utils.smiles2graph` first. Every column of ``x`` must lie in
+    its OGB range (:func:`ogb.utils.features.get_atom_feature_dims`), else
+    a :class:`ValueError` names the atom, the column and the range. The
+    9-column features of :func:`torch_geometric.utils.from_smiles` (and the
+    MoleculeNet datasets) are *not* OGB features (``x[:, 0]`` is the
+    atomic number itself, hybridization and bond types are coded
+    differently) and are refused with a message that says so: delete
+    ``x`` and ``edge_attr`` to featurize ``smiles`` with OGB. SMILES with
+    dummy atoms (``'*'``) are refused too: OGB has no element for them.
 
     - With ``data.smiles`` the molecule is parsed from it
       (``Chem.MolFromSmiles``, as OGB does), and the atom order is checked
@@ -108,8 +129,9 @@ class MoleculeHierarchy(BaseTransform):
     def __init__(self, brics: bool = True,
                  keep_single_atom_groups: bool = False):
         _import_rdkit()  # fail early, with the install hint
-        self.brics = bool(brics)
-        self.keep_single_atom_groups = bool(keep_single_atom_groups)
+        self.brics = check_bool(brics, 'brics')
+        self.keep_single_atom_groups = check_bool(
+            keep_single_atom_groups, 'keep_single_atom_groups')
 
     def forward(self, data: Union[Data, str]) -> NestedSignal:
         chem, brics = _import_rdkit()
@@ -122,6 +144,7 @@ class MoleculeHierarchy(BaseTransform):
                 + "); MoleculeHierarchy needs at least one atom")
         if 'smiles' in data and data['smiles'] is not None:
             mol = _mol_from_smiles(chem, data['smiles'])
+            _check_no_dummy_atoms(mol, data['smiles'])
             _check_atom_order(mol, data)
         else:
             mol = _mol_from_features(chem, data)
@@ -138,22 +161,10 @@ class MoleculeHierarchy(BaseTransform):
     def _featurized(data: Union[Data, str]) -> Data:
         if isinstance(data, str):
             data = Data(smiles=data)
-        elif not isinstance(data, Data):
-            raise ValueError(
-                f"MoleculeHierarchy expects a torch_geometric Data (an OGB "
-                f"molecular graph) or a SMILES str, got "
-                f"{type(data).__name__}")
+        check_data(data, 'MoleculeHierarchy', 'a torch_geometric Data (an OGB '
+                   'molecular graph) or a SMILES str')
         if data.x is not None:
-            x = data.x
-            if x.dim() != 2 or x.size(1) != _NUM_ATOM_FEATURES or \
-                    x.is_floating_point() or x.dtype == torch.bool:
-                raise ValueError(
-                    f"data.x must hold the {_NUM_ATOM_FEATURES} integer OGB "
-                    f"atom features of ogb.utils.smiles2graph (shape [N, "
-                    f"{_NUM_ATOM_FEATURES}]), got {x.dtype} "
-                    f"{tuple(x.shape)}; featurize with "
-                    f"ogb.utils.smiles2graph, or pass data.smiles without "
-                    f"x")
+            _check_ogb_features(data.x)
             return data
         smiles = data['smiles'] if 'smiles' in data else None
         if smiles is None:
@@ -161,7 +172,8 @@ class MoleculeHierarchy(BaseTransform):
                 "data has neither 'x' (OGB atom features) nor 'smiles'; "
                 "MoleculeHierarchy needs one of them")
         chem, _ = _import_rdkit()
-        _mol_from_smiles(chem, smiles)  # a clear error for a bad SMILES
+        # Clear errors for a bad SMILES, and for atoms OGB cannot encode.
+        _check_no_dummy_atoms(_mol_from_smiles(chem, smiles), smiles)
         from ogb.utils import smiles2graph
         graph = smiles2graph(smiles)
         data = Data(**{k: v for k, v in data.to_dict().items()
@@ -293,6 +305,16 @@ def _check_atom_order(mol, data: Data):
             f"ogb.utils.smiles2graph (same atoms, same order)")
     if data.x is not None:
         got = (data.x[:, _ATOMIC_NUM] + 1).tolist()
+        if all(got[i] - 1 == a.GetAtomicNum() for i, a in enumerate(
+                mol.GetAtoms())):
+            raise ValueError(
+                f"the features of smiles {smiles!r} look like the features "
+                f"of torch_geometric.utils.from_smiles (x[:, 0] is the "
+                f"atomic number of every atom), but MoleculeHierarchy "
+                f"expects OGB features (ogb.utils.smiles2graph: x[:, 0] is "
+                f"the atomic number - 1); {_OTHER_LAYOUT}: delete data.x, "
+                f"data.edge_attr (and keep data.smiles) to featurize with "
+                f"OGB")
         for i, atom in enumerate(mol.GetAtoms()):
             z = atom.GetAtomicNum()
             if got[i] != z:
@@ -325,18 +347,60 @@ def _bond_pairs(edge_index: Tensor) -> set:
             if a != b}
 
 
+def _check_ogb_features(x: Any):
+    r"""Checks that :obj:`x` holds OGB atom features: an integer tensor
+    ``[N, 9]`` with every column in its OGB range."""
+    if not isinstance(x, Tensor) or x.is_floating_point() or \
+            x.is_complex() or x.dtype == torch.bool:
+        what = x.dtype if isinstance(x, Tensor) else type(x).__name__
+        shape = tuple(x.shape) if isinstance(x, Tensor) else ''
+        raise TypeError(
+            f"data.x must hold the {_NUM_ATOM_FEATURES} integer OGB atom "
+            f"features of ogb.utils.smiles2graph (shape [N, "
+            f"{_NUM_ATOM_FEATURES}]), got {what} {shape}; featurize with "
+            f"ogb.utils.smiles2graph, or pass data.smiles without x")
+    if x.dim() != 2 or x.size(1) != _NUM_ATOM_FEATURES:
+        raise ValueError(
+            f"data.x must hold the {_NUM_ATOM_FEATURES} integer OGB atom "
+            f"features of ogb.utils.smiles2graph (shape [N, "
+            f"{_NUM_ATOM_FEATURES}]), got {x.dtype} {tuple(x.shape)}; "
+            f"featurize with ogb.utils.smiles2graph, or pass data.smiles "
+            f"without x")
+    dims = torch.tensor(_ATOM_FEATURE_DIMS, device=x.device)
+    bad = (x < 0) | (x >= dims)
+    if bool(bad.any()):
+        i, j = (int(v) for v in bad.nonzero()[0])
+        raise ValueError(
+            f"x[{i}, {j}] = {int(x[i, j])} is outside "
+            f"0..{_ATOM_FEATURE_DIMS[j] - 1}, the OGB range of column {j} "
+            f"({_ATOM_FEATURE_NAMES[j]}) of atom {i}; data.x must be OGB "
+            f"atom features (ogb.utils.smiles2graph); {_OTHER_LAYOUT}")
+
+
+def _check_no_dummy_atoms(mol, smiles: str):
+    dummies = [a.GetIdx() for a in mol.GetAtoms() if a.GetAtomicNum() == 0]
+    if dummies:
+        raise ValueError(
+            f"smiles {smiles!r} has dummy atoms ('*', atomic number 0) at "
+            f"{dummies}; OGB features have no element for them, so the atom "
+            f"order cannot be checked nor the molecule rebuilt: replace them "
+            f"by real atoms (e.g. '[H]' for open valences) or drop this "
+            f"molecule")
+
+
 def _mol_from_features(chem, data: Data):
     r"""The RDKit molecule described by OGB atom and bond features."""
     x = data.x.long().cpu()
     n = x.size(0)
     mol = chem.RWMol()
     for i, row in enumerate(x.tolist()):
+        for j in (_ATOMIC_NUM, _CHARGE, _NUM_H, _RADICAL):
+            if row[j] == _ATOM_FEATURE_DIMS[j] - 1:  # the last is 'misc'
+                raise ValueError(
+                    f"x[{i}, {j}] = {row[j]} is OGB's 'misc' value of column "
+                    f"{j} ({_ATOM_FEATURE_NAMES[j]}), not a number; the "
+                    f"molecule cannot be rebuilt from it: pass data.smiles")
         z = row[_ATOMIC_NUM] + 1
-        if not 1 <= z <= _MAX_ATOMIC_NUM:
-            raise ValueError(
-                f"x[{i}, 0] = {row[_ATOMIC_NUM]} is not an OGB atomic-number "
-                f"index of a known element (0..{_MAX_ATOMIC_NUM - 1}); the "
-                f"molecule cannot be rebuilt: pass data.smiles")
         atom = chem.Atom(z)
         atom.SetFormalCharge(row[_CHARGE] - _CHARGE_OFFSET)
         # x[:, 4] counts all hydrogens: make them explicit, add none.
@@ -366,7 +430,9 @@ def _mol_from_features(chem, data: Data):
             if not 0 <= t < len(_BOND_TYPES):
                 raise ValueError(
                     f"edge_attr holds the bond type {t} for atoms ({a}, "
-                    f"{b}); OGB bond types are 0..{len(_BOND_TYPES) - 1}")
+                    f"{b}); OGB bond types are 0..{len(_BOND_TYPES) - 1} "
+                    f"(single, double, triple, aromatic, misc), as "
+                    f"ogb.utils.smiles2graph makes them; {_OTHER_LAYOUT}")
             bond_type = getattr(chem.BondType, _BOND_TYPES[t])
             mol.AddBond(a, b, bond_type)
             if _BOND_TYPES[t] == 'AROMATIC':
