@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 import torch_geometric.transforms as T
-from torch_geometric.data import Data
+from torch_geometric.data import Batch, Data
 from torch_geometric.datasets import KarateClub
 
 from hsa_geo import NestedSignal
@@ -91,3 +91,19 @@ def test_builder_contract(name, tmp_path):
     for stored in dataset:
         assert isinstance(stored, NestedSignal)
         _same(stored, out)
+
+
+@pytest.mark.parametrize('name', sorted(BUILDERS))
+@pytest.mark.parametrize('bad', [None, 3, torch.zeros(2, 2), [Data()]])
+def test_builders_answer_a_wrong_type_with_type_error(name, bad):
+    transform, _ = BUILDERS[name]()
+    with pytest.raises(TypeError, match='expects'):
+        transform(bad)
+
+
+@pytest.mark.parametrize('name', sorted(BUILDERS))
+def test_builders_refuse_a_batch(name):
+    transform, data = BUILDERS[name]()
+    batch = Batch.from_data_list([copy.copy(data), copy.copy(data)])
+    with pytest.raises(ValueError, match='Batch of 2 graphs'):
+        transform(batch)
