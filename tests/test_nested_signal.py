@@ -3,15 +3,23 @@ PyG data, the cached ``.hierarchy``, batching with
 :class:`torch_geometric.loader.DataLoader`, and validation of the stored
 index tensors."""
 import copy
+import io
+import pickle
+from typing import Dict, List, Tuple
 
 import pytest
 import torch
+import torch_geometric.transforms as T
 from hypothesis import given, strategies as st
+from torch import Tensor
 from torch_geometric.data import Batch, Data
 from torch_geometric.loader import DataLoader
+from torch_geometric.loader.utils import filter_data
+from torch_geometric.utils import subgraph as pyg_subgraph
 
 from hsa_geo import Hierarchy, NestedSignal, hierarchical_attention
-from strategies import fewer, Forest, forests
+from hsa_geo.transforms import GraphHierarchy, SequenceHierarchy
+from strategies import ancestors, children_of, fewer, Forest, forests
 
 SEEDS = st.integers(0, 2**31 - 1)
 EXACT = 1e-10
@@ -215,11 +223,15 @@ def test_cache_rebuilt_after_num_clusters_or_leaves_change():
     # A new root cluster 3 (node 8 after the change) above cluster 2.
     data.cluster_parent_index = torch.tensor([[0, 1, 2], [2, 2, 3]])
     data.num_clusters = 4
+    data.sparse_family = torch.zeros(4, dtype=torch.bool)
     h = data.hierarchy
     assert h is not old
     assert h.parent.tolist() == [5, 5, 7, 6, -1, 7, 7, 8, -1]
-    # One more leaf, a root of its own: same index tensors, more rows.
+    # One more leaf, a root of its own: same index tensors, one more row and
+    # the leaf count and ids that say so.
     data.x = torch.randn(6, 3)
+    data.num_leaves = 6
+    data.leaf_index = torch.arange(6)
     h2 = data.hierarchy
     assert h2 is not h
     assert h2.num_leaves == 6
@@ -434,7 +446,7 @@ def test_from_hierarchy_wrong_row_count():
 
 
 def test_from_hierarchy_not_a_hierarchy():
-    with pytest.raises(ValueError, match='must be a Hierarchy'):
+    with pytest.raises(TypeError, match="'hierarchy' must be a Hierarchy"):
         NestedSignal.from_hierarchy(torch.tensor(EXAMPLE_PARENT),
                                     torch.randn(5, 2))
 
@@ -476,7 +488,8 @@ def _corrupt(**changes) -> NestedSignal:
      r'cluster_parent_index\[1, 1\] = -2 is not a valid parent id'),
     (dict(num_clusters=2),  # cluster 2 no longer exists
      r'is not a valid parent id \(0\.\.1\)'),
-    (dict(x=torch.randn(3, 3)),  # leaves 3 and 4 no longer exist
+    # Leaves 3 and 4 no longer exist.
+    (dict(num_leaves=3, leaf_index=torch.arange(3), x=torch.randn(3, 3)),
      r'leaf_parent_index\[0, \d\] = 3 is not a valid child id \(0\.\.2\)'),
 ])
 def test_out_of_range_ids(changes, pattern):
@@ -507,7 +520,9 @@ def test_cluster_cycle():
 
 
 def test_cluster_without_children():
-    data = _corrupt(num_clusters=4)  # cluster 3 is nobody's parent
+    # Cluster 3 is nobody's parent.
+    data = _corrupt(num_clusters=4,
+                    sparse_family=torch.zeros(4, dtype=torch.bool))
     with pytest.raises(ValueError, match='internal node 8 has no children'):
         data.hierarchy
 
@@ -520,8 +535,8 @@ def test_cluster_without_children():
     torch.zeros(1, 2, dtype=torch.long),
 ])
 def test_wrong_shapes(key, value):
-    with pytest.raises(ValueError, match=rf"'{key}' must be an integer tensor "
-                       r'of shape \[2, \*\]'):
+    with pytest.raises(ValueError,
+                       match=rf"'{key}' must have shape \[2, E\], got"):
         _corrupt(**{key: value}).hierarchy
 
 
@@ -530,8 +545,8 @@ def test_wrong_shapes(key, value):
 def test_wrong_dtypes(key, dtype):
     data = example()
     setattr(data, key, getattr(data, key).to(dtype))
-    with pytest.raises(ValueError,
-                       match=rf"'{key}' must be an integer tensor"):
+    with pytest.raises(TypeError,
+                       match=rf"'{key}' must have an integer dtype"):
         data.hierarchy
 
 
@@ -543,3 +558,371 @@ def test_narrow_integer_dtypes_accepted(dtype):
     data.leaf_parent_index = data.leaf_parent_index.to(dtype)
     data.cluster_parent_index = data.cluster_parent_index.to(dtype)
     assert data.hierarchy.parent.tolist() == EXAMPLE_PARENT
+
+
+# Plain-Python references ###################################################
+
+
+def induced_forest(f: Forest, keep: List[int]) -> Tuple[Forest, Dict]:
+    r"""The forest restricted to the leaves ``keep`` (leaf ``keep[i]``
+    becomes leaf ``i``), and the new id of every kept node: the internal
+    nodes above a kept leaf follow the leaves, in their old order."""
+    alive = {a for leaf in keep for a in ancestors(f.parent, leaf)}
+    new = {old: i for i, old in enumerate(keep)}
+    for old in range(f.num_leaves, f.num_nodes):
+        if old in alive:
+            new[old] = len(new)
+    parent = [0] * len(new)
+    for old, i in new.items():
+        parent[i] = -1 if f.parent[old] < 0 else new[f.parent[old]]
+    return Forest(parent, len(keep)), new
+
+
+def random_pairs(parent: List[int], g: torch.Generator) -> Tensor:
+    r"""``[2, E]`` a random half of the ordered pairs of distinct
+    siblings."""
+    pairs = [(a, b) for kids in children_of(parent).values() for a in kids
+             for b in kids if a != b]
+    coin = torch.rand(len(pairs), generator=g).tolist()
+    kept = [p for p, c in zip(pairs, coin) if c < 0.5]
+    return torch.tensor(kept, dtype=torch.long).view(-1, 2).t()
+
+
+def attention(hierarchy: Hierarchy, qkv: Tensor) -> Tensor:
+    return hierarchical_attention(qkv[0], qkv[1], qkv[2], hierarchy)
+
+
+def random_qkv(n: int, seed: int = 0) -> Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(3, n, 2, 3, dtype=torch.float64, generator=g)
+
+
+def assert_batch_attends_as_parts(batch: NestedSignal, parts, seed=0):
+    r"""HSA on the batch's forest equals HSA on every part alone."""
+    qkv = random_qkv(batch.num_nodes, seed)
+    expected, start = [], 0
+    for part in parts:
+        stop = start + part.num_nodes
+        expected.append(attention(part.hierarchy, qkv[:, start:stop]))
+        start = stop
+    torch.testing.assert_close(attention(batch.hierarchy, qkv),
+                               torch.cat(expected), rtol=0, atol=EXACT)
+
+
+def small_graph(num_nodes: int = 10) -> Data:
+    r"""Two paths (0..5 and 6..9) with a chord, float64 features."""
+    edges = [(i, i + 1) for i in range(5)]
+    edges += [(i, i + 1) for i in range(6, num_nodes - 1)]
+    edges += [(0, 3)]
+    edge_index = torch.tensor(edges).t()
+    edge_index = torch.cat([edge_index, edge_index.flip(0)], dim=1)
+    g = torch.Generator().manual_seed(3)
+    return Data(x=torch.randn(num_nodes, 4, dtype=torch.float64,
+                              generator=g), edge_index=edge_index)
+
+
+# Family graphs in batches (issue 8, item 1) ################################
+
+
+@pytest.mark.parametrize('sparse_first', [False, True])
+def test_loader_mixes_signals_with_and_without_family_graph(sparse_first):
+    dense = GraphHierarchy(branching=3)(small_graph())
+    sparse = GraphHierarchy(branching=3, family_graph=True)(small_graph())
+    # The family graph matters here: dropping it changes the output.
+    qkv = random_qkv(10)
+    assert not torch.allclose(
+        attention(sparse.hierarchy, qkv),
+        attention(sparse.hierarchy.with_family_graph(None), qkv))
+    signals = [sparse, dense] if sparse_first else [dense, sparse]
+    batch = next(iter(DataLoader(signals, batch_size=2)))
+    assert_batch_attends_as_parts(batch, signals)
+    assert batch.sparse_family.tolist() == [
+        f for s in signals for f in s.sparse_family.tolist()]
+    # A batch of dense signals only keeps the dense path.
+    batch = Batch.from_data_list([dense, dense])
+    assert batch.hierarchy.family_edge_index is None
+
+
+def test_signal_without_family_keys_collates_with_others():
+    r"""A signal made by the constructor from the parent indices alone gets
+    the family keys by default (no family graph)."""
+    sparse = GraphHierarchy(branching=3, family_graph=True)(small_graph())
+    h = GraphHierarchy(branching=3)(small_graph()).hierarchy
+    stored = NestedSignal.from_hierarchy(h)
+    plain = NestedSignal(x=torch.randn(10, 4, dtype=torch.float64),
+                         edge_index=small_graph().edge_index,
+                         leaf_parent_index=stored.leaf_parent_index,
+                         cluster_parent_index=stored.cluster_parent_index,
+                         num_clusters=stored.num_clusters)
+    assert plain.family_ll_index.shape == (2, 0)
+    assert not bool(plain.sparse_family.any())
+    assert plain.num_leaves == 10
+    for signals in ([plain, sparse], [sparse, plain]):
+        batch = Batch.from_data_list(signals)
+        assert_batch_attends_as_parts(batch, signals)
+
+
+def test_empty_family_graph_is_not_dense():
+    r"""An empty family graph (only self pairs) differs from none; the flag
+    keeps them apart in a batch."""
+    h = Hierarchy.from_parent(EXAMPLE_PARENT, EXAMPLE_LEAVES)
+    lonely = NestedSignal.from_hierarchy(
+        h.with_family_graph(torch.empty(2, 0, dtype=torch.long)))
+    dense = NestedSignal.from_hierarchy(h)
+    assert lonely.sparse_family.tolist() == [True] * 3
+    for signals in ([lonely, dense], [dense, lonely]):
+        assert_batch_attends_as_parts(Batch.from_data_list(signals), signals)
+
+
+# Subgraphs (issue 8, item 2) ###############################################
+
+
+def family_signal(f: Forest, family: bool, seed: int) -> NestedSignal:
+    r"""A signal on ``f`` with random leaf edges, edge features and (if
+    ``family``) a random family graph."""
+    g = torch.Generator().manual_seed(seed)
+    n = f.num_leaves
+    h = Hierarchy.from_parent(f.parent, n, random_pairs(f.parent, g)
+                              if family else None)
+    edge_index = torch.randint(0, n, (2, 2 * n), generator=g)
+    return NestedSignal.from_hierarchy(
+        h, torch.randn(n, 3, dtype=torch.float64, generator=g),
+        edge_index=edge_index, edge_attr=torch.randn(2 * n, 2, generator=g),
+        y=torch.ones(1))
+
+
+def expected_induced(data: NestedSignal, f: Forest,
+                     keep: List[int]) -> Hierarchy:
+    r"""The induced tree built from scratch from the parent list."""
+    forest, new = induced_forest(f, keep)
+    edges = data.hierarchy.family_edge_index
+    if edges is not None:
+        edges = torch.tensor([(new[a], new[b]) for a, b in edges.t().tolist()
+                              if a in new and b in new],
+                             dtype=torch.long).view(-1, 2).t()
+    return Hierarchy.from_parent(forest.parent, forest.num_leaves, edges)
+
+
+def check_subgraph(data: NestedSignal, f: Forest, keep: List[int], subset):
+    sub = data.subgraph(subset)
+    expected = expected_induced(data, f, keep)
+    assert isinstance(sub, NestedSignal)
+    assert sub.hierarchy.parent.tolist() == expected.parent.tolist()
+    assert torch.equal(sub.x, data.x[keep])
+    edge_index, edge_attr = pyg_subgraph(subset, data.edge_index,
+                                         data.get('edge_attr'),
+                                         relabel_nodes=True,
+                                         num_nodes=data.num_nodes)
+    assert torch.equal(sub.edge_index, edge_index)
+    if edge_attr is not None:
+        assert torch.equal(sub.edge_attr, edge_attr)
+    assert sub.num_leaves == len(keep)
+    assert sub.leaf_index.tolist() == list(range(len(keep)))
+    qkv = random_qkv(data.num_nodes)[:, keep]
+    torch.testing.assert_close(attention(sub.hierarchy, qkv),
+                               attention(expected, qkv), rtol=0, atol=EXACT)
+    # It goes on being a signal: it batches with the original.
+    Batch.from_data_list([sub, data]).hierarchy
+
+
+@fewer(2)
+@given(forests(max_leaves=12), st.booleans(), st.booleans(), st.data())
+def test_subgraph_is_the_induced_signal(f, family, as_mask, data):
+    n = f.num_leaves
+    signal = family_signal(f, family, data.draw(SEEDS))
+    keep = data.draw(st.lists(st.integers(0, n - 1), min_size=1,
+                              unique=True))
+    if as_mask:
+        keep = sorted(keep)
+        subset = torch.zeros(n, dtype=torch.bool)
+        subset[keep] = True
+    else:
+        subset = torch.tensor(keep)
+    check_subgraph(signal, f, keep, subset)
+
+
+def test_subgraph_example_does_not_rewire():
+    r"""Leaves 1 and 2 of the example: before, the index tensors were
+    selected as node attributes (5 columns = 5 nodes) and gave a different
+    tree."""
+    data = example(edge_index=torch.tensor([[0, 1, 2, 3], [1, 2, 3, 0]]))
+    data.leaf_parent_index = torch.cat(
+        [data.leaf_parent_index, torch.tensor([[4], [2]])], dim=1)
+    data.num_clusters = data.num_clusters  # leaf 4 is now under cluster 2
+    f = Forest([5, 5, 7, 6, 7, 7, 7, -1], 5)
+    assert data.hierarchy.parent.tolist() == f.parent
+    check_subgraph(data, f, [1, 2], torch.tensor([1, 2]))
+    check_subgraph(data, f, [4, 0, 3], torch.tensor([4, 0, 3]))
+
+
+def test_subgraph_of_a_mixed_batch_keeps_each_family():
+    dense = GraphHierarchy(branching=3)(small_graph())
+    sparse = GraphHierarchy(branching=3, family_graph=True)(small_graph())
+    batch = Batch.from_data_list([dense, sparse])
+    keep = [0, 1, 2, 4, 7, 8, 10, 11, 12, 15, 19]
+    f = Forest(batch.hierarchy.parent.tolist(), 20)
+    sub = batch.subgraph(torch.tensor(keep))
+    expected = expected_induced(batch, f, keep)
+    qkv = random_qkv(20)[:, keep]
+    torch.testing.assert_close(attention(sub.hierarchy, qkv),
+                               attention(expected, qkv), rtol=0, atol=EXACT)
+    # Dense families stay flagged dense, with no pairs stored for them.
+    m = sub.num_clusters
+    assert sub.sparse_family.shape == (m, ) and bool(sub.sparse_family.any())
+    assert not bool(sub.sparse_family.all())
+
+
+def test_edge_subgraph_keeps_the_hierarchy():
+    # 4 leaf edges, as many as leaf_parent_index has columns: before, the
+    # index tensors were selected as edge attributes.
+    data = example(edge_index=torch.tensor([[0, 1, 2, 3], [1, 2, 3, 0]]),
+                   edge_attr=torch.randn(4, 2))
+    sub = data.edge_subgraph(torch.tensor([1, 3]))
+    assert sub.hierarchy.parent.tolist() == EXAMPLE_PARENT
+    assert sub.edge_index.tolist() == [[1, 3], [2, 0]]
+    assert torch.equal(sub.edge_attr, data.edge_attr[[1, 3]])
+
+
+# PyG operations on the nodes (issue 8, item 3) #############################
+
+
+def graph_signal(family: bool = False) -> NestedSignal:
+    return GraphHierarchy(branching=3, family_graph=family)(small_graph())
+
+
+@pytest.mark.parametrize('family', [False, True])
+@pytest.mark.parametrize('nodes', [[2, 0, 1], [0, 1, 2, 3, 4, 5, 6, 7, 8],
+                                   list(range(10))[::-1], [3]])
+def test_node_filtering_raises(family, nodes):
+    r"""NeighborLoader's filtering (a subset, or all nodes reordered)."""
+    data = graph_signal(family)
+    data.hierarchy
+    empty = torch.empty(0, dtype=torch.long)
+    out = filter_data(data, torch.tensor(nodes), empty, empty, empty)
+    with pytest.raises(ValueError, match='changed the nodes without the '
+                       'tree; use NestedSignal.subgraph'):
+        out.hierarchy
+    # The tree itself went through unchanged.
+    for key in ('leaf_parent_index', 'cluster_parent_index',
+                'family_ll_index', 'sparse_family'):
+        assert torch.equal(out[key], data[key])
+
+
+def test_remove_isolated_nodes_raises():
+    data = graph_signal()
+    data.edge_index = data.edge_index[:, 2:]  # node 0 loses its edges
+    data.edge_index = data.edge_index[:, data.edge_index.min(0).values > 0]
+    out = T.RemoveIsolatedNodes()(copy.copy(data))
+    assert out.num_nodes < 10
+    with pytest.raises(ValueError, match='but its hierarchy has 10 leaves: '
+                       'a PyG operation'):
+        out.hierarchy
+
+
+@pytest.mark.parametrize('with_num_nodes', [False, True])
+def test_virtual_node_raises(with_num_nodes):
+    data = graph_signal(family=True)
+    if not with_num_nodes:
+        del data.num_nodes
+    out = T.VirtualNode()(copy.copy(data))
+    with pytest.raises(ValueError, match='has 11 nodes .* but its hierarchy '
+                       'has 10 leaves'):
+        out.hierarchy
+
+
+@pytest.mark.parametrize('family', [False, True])
+def test_largest_connected_components_induces_the_tree(family):
+    data = graph_signal(family)
+    out = T.LargestConnectedComponents()(data)
+    keep = list(range(6))  # the larger path
+    assert out.num_nodes == 6
+    f = Forest(data.hierarchy.parent.tolist(), 10)
+    expected = expected_induced(data, f, keep)
+    assert out.hierarchy.parent.tolist() == expected.parent.tolist()
+    qkv = random_qkv(10)[:, keep]
+    torch.testing.assert_close(attention(out.hierarchy, qkv),
+                               attention(expected, qkv), rtol=0, atol=EXACT)
+
+
+# Rows of x (issue 8, item 4) ###############################################
+
+
+@pytest.mark.parametrize('rows', [4, 6, 10])
+@pytest.mark.parametrize('num_nodes_stored', [False, True])
+def test_x_rows_must_match_the_leaves(rows, num_nodes_stored):
+    data = example()
+    if num_nodes_stored:
+        data.num_nodes = EXAMPLE_LEAVES
+    data.hierarchy
+    data.x = torch.randn(rows, 3)
+    with pytest.raises(ValueError, match='hierarchy has 5 leaves'):
+        data.hierarchy
+
+
+def test_x_rows_checked_in_a_batch():
+    r"""One signal a row too many, the next a row too few: the batch has
+    the right total, but its rows no longer line up with the leaves."""
+    a, b = example(), example()
+    a.x = torch.randn(6, 3)
+    b.x = torch.randn(4, 3)
+    batch = Batch.from_data_list([a, b])
+    assert batch.num_nodes == 2 * EXAMPLE_LEAVES
+    with pytest.raises(ValueError, match='leaf_index'):
+        batch.hierarchy
+
+
+# Saving and loading (issue 8, item 5) ######################################
+
+
+def built_signals() -> List[NestedSignal]:
+    g = torch.Generator().manual_seed(5)
+    seq = SequenceHierarchy([2, 2])(
+        Data(x=torch.randn(7, 4, dtype=torch.float64, generator=g),
+             edge_index=torch.tensor([[0, 6], [6, 0]])))
+    return [seq, graph_signal(), graph_signal(family=True)]
+
+
+def assert_same_signal(a: NestedSignal, b: NestedSignal):
+    assert sorted(a.keys()) == sorted(b.keys())
+    ha, hb = a.hierarchy, b.hierarchy
+    assert ha.parent.tolist() == hb.parent.tolist()
+    assert (ha.family_edge_index is None) == (hb.family_edge_index is None)
+    if ha.family_edge_index is not None:
+        assert torch.equal(ha.family_edge_index, hb.family_edge_index)
+    qkv = random_qkv(a.num_nodes)
+    torch.testing.assert_close(attention(ha, qkv), attention(hb, qkv),
+                               rtol=0, atol=0)
+
+
+def test_save_and_load_with_weights_only(tmp_path):
+    for i, data in enumerate(built_signals()):
+        data.hierarchy  # cached: it must not be saved
+        path = tmp_path / f'{i}.pt'
+        torch.save(data, path)
+        loaded = torch.load(path, weights_only=True)
+        assert type(loaded) is NestedSignal
+        assert_same_signal(loaded, data)
+
+
+def test_save_and_load_a_batch():
+    signals = built_signals()
+    batch = Batch.from_data_list(signals)
+    batch.hierarchy
+    # PyG batches do not load with weights_only=True (a PyG limit), but the
+    # cached hierarchy is not pickled either way.
+    blob = pickle.dumps(batch)
+    assert b'hsa_geo.data.hierarchy' not in blob
+    buffer = io.BytesIO()
+    torch.save(batch, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert_same_signal(loaded, batch)
+    for part, original in zip(loaded.to_data_list(), signals):
+        assert_same_signal(part, original)
+
+
+def test_copies_keep_working():
+    for data in built_signals():
+        data.hierarchy
+        for other in (copy.copy(data), copy.deepcopy(data), data.clone()):
+            assert_same_signal(other, data)

@@ -1,13 +1,66 @@
 r"""A nested signal as PyG data: leaves, leaf edges and the cluster tree."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
 from torch_geometric.data import Data
+from torch_geometric.data.storage import GlobalStorage
 
+from hsa_geo._checks import check_index, check_int
 from hsa_geo.data.hierarchy import Hierarchy
+from hsa_geo.data.induced_hierarchy import induced_hierarchy
+
+# The family graph by the kinds of its ends: (is cluster, is cluster).
+FAMILY_KEYS = {
+    'family_ll_index': (False, False),
+    'family_lc_index': (False, True),
+    'family_cl_index': (True, False),
+    'family_cc_index': (True, True),
+}
+# The keys that store the tree: each in its own index space, none of them
+# per node or per edge.
+HIERARCHY_KEYS = ('leaf_parent_index', 'cluster_parent_index', *FAMILY_KEYS,
+                  'sparse_family', 'num_clusters', 'num_leaves')
+# Every key a NestedSignal adds to its data: the tree and the leaf guard.
+SIGNAL_KEYS = HIERARCHY_KEYS + ('leaf_index', )
+
+_CHANGED = ("a PyG operation (subgraph, NeighborLoader, RemoveIsolatedNodes, "
+            "VirtualNode, ...) changed the nodes without the tree; use "
+            "NestedSignal.subgraph, or rebuild the signal with "
+            "NestedSignal.from_hierarchy")
+
+
+class NestedSignalStorage(GlobalStorage):
+    r"""The storage of a :class:`NestedSignal`.
+
+    PyG tells per-node and per-edge attributes apart by their size when it
+    selects, filters or pads nodes and edges (``Data.subgraph``,
+    ``NeighborLoader``, ``RemoveIsolatedNodes``, ``VirtualNode``, ...). The
+    keys of the tree live in their own index spaces, so here they are neither,
+    whatever their size: such an operation leaves them unchanged, and
+    :attr:`NestedSignal.hierarchy` then finds that the nodes no longer match
+    the leaves. ``leaf_index`` is per node only. The decoded hierarchy is
+    cached here, and is neither pickled nor deep-copied.
+    """
+    def is_node_attr(self, key: str) -> bool:
+        if key in HIERARCHY_KEYS:
+            return False
+        return super().is_node_attr(key)
+
+    def is_edge_attr(self, key: str) -> bool:
+        if key in SIGNAL_KEYS:
+            return False
+        return super().is_edge_attr(key)
+
+    def __getstate__(self) -> Dict[str, Any]:
+        out = super().__getstate__()
+        # Derived data, rebuilt on use; a pickled Hierarchy would not load
+        # with torch.load(weights_only=True).
+        out.pop('_hierarchy_cache', None)
+        out.pop('_cached_attr', None)
+        return out
 
 
 class NestedSignal(Data):
@@ -16,7 +69,7 @@ class NestedSignal(Data):
     :class:`torch_geometric.loader.DataLoader` batches several signals into
     one forest.
 
-    The hierarchy is kept as two edge lists with their own index spaces (the
+    The hierarchy is kept as edge lists with their own index spaces (the
     leaves ``0..N-1`` and the clusters ``0..M-1``), which collate by plain
     offsets and keep all leaves of a batch first, in order, matching the
     batched ``x``:
@@ -25,14 +78,33 @@ class NestedSignal(Data):
       that has a parent;
     - ``cluster_parent_index`` ``[2, *]``: ``(cluster, parent cluster)`` for
       every non-root cluster;
-    - ``num_clusters``: :math:`M`.
+    - ``num_clusters``: :math:`M`; ``num_leaves``: :math:`N`, the leaves of
+      the tree (both an ``int``, a ``[B]`` tensor in a batch);
+    - the family graph (sparse families) by the kinds of its two ends, each
+      in its own index space: ``family_ll_index`` (leaf to leaf),
+      ``family_lc_index`` (leaf to cluster), ``family_cl_index`` (cluster to
+      leaf) and ``family_cc_index`` (cluster to cluster), each ``[2, *]``,
+      empty without a family graph;
+    - ``sparse_family`` ``[M]`` (bool): ``True`` where the family of a
+      cluster attends along the family graph only, ``False`` where it is
+      dense (every sibling sees every other one). A batch may mix signals
+      with and without a family graph: each keeps its own attention.
 
     Cluster ``c`` is node ``N + c`` of the :class:`Hierarchy` that
-    :attr:`hierarchy` returns. A family graph (sparse families) is stored
-    by the kinds of its two ends, each in its own index space, so that it
-    collates by offsets too: ``family_ll_index`` (leaf to leaf),
-    ``family_lc_index`` (leaf to cluster), ``family_cl_index`` (cluster to
-    leaf) and ``family_cc_index`` (cluster to cluster), each ``[2, *]``.
+    :attr:`hierarchy` returns. A signal built without some of these keys
+    (e.g. by calling :class:`NestedSignal` with the parent indices only) gets
+    the others by default: no family graph, ``num_leaves`` the number of
+    nodes.
+
+    Beside the tree, ``leaf_index`` ``[N]`` (``0..N-1``) is a node attribute:
+    it moves with the nodes through any PyG operation, so that
+    :attr:`hierarchy` raises a :class:`ValueError` once the nodes were
+    dropped, added or reordered without the tree, instead of pairing leaves
+    with the wrong rows. :meth:`subgraph` (and so
+    :class:`~torch_geometric.transforms.LargestConnectedComponents`) returns
+    the signal with the induced hierarchy (see
+    :func:`~hsa_geo.data.induced_hierarchy`); ``edge_subgraph`` keeps all
+    nodes and the hierarchy.
 
     Args:
         x (Tensor, optional): leaf features ``[N, F]`` (or token ids
@@ -44,7 +116,8 @@ class NestedSignal(Data):
         cluster_parent_index (LongTensor, optional): see above.
         num_clusters (int, optional): see above.
         **kwargs: further attributes, as for
-            :class:`~torch_geometric.data.Data`.
+            :class:`~torch_geometric.data.Data` (the other keys above among
+            them).
     """
     def __init__(self, x: Optional[Tensor] = None,
                  edge_index: Optional[Tensor] = None,
@@ -53,49 +126,94 @@ class NestedSignal(Data):
                  leaf_parent_index: Optional[Tensor] = None,
                  cluster_parent_index: Optional[Tensor] = None,
                  num_clusters: Optional[int] = None, **kwargs):
-        super().__init__(x=x, edge_index=edge_index, edge_attr=edge_attr, y=y,
-                         **kwargs)
-        if leaf_parent_index is not None:
-            self.leaf_parent_index = leaf_parent_index
-        if cluster_parent_index is not None:
-            self.cluster_parent_index = cluster_parent_index
-        if num_clusters is not None:
-            self.num_clusters = num_clusters
+        super().__init__()
+        # Its own storage: the tree's keys are never node or edge attributes.
+        self.__dict__['_store'] = NestedSignalStorage(_parent=self)
+        attrs = dict(x=x, edge_index=edge_index, edge_attr=edge_attr, y=y,
+                     leaf_parent_index=leaf_parent_index,
+                     cluster_parent_index=cluster_parent_index,
+                     num_clusters=num_clusters, **kwargs)
+        for key, value in attrs.items():
+            setattr(self, key, value)
+        self._default_keys()
+
+    def _default_keys(self):
+        r"""Adds the keys a signal with a tree may lack, so that it collates
+        with others (PyG takes a batch's keys from its first element)."""
+        store = self._store
+        lpi, m = store.get('leaf_parent_index'), store.get('num_clusters')
+        # Only single signals: a collated store (e.g. an InMemoryDataset's)
+        # must keep the keys its slices describe.
+        if not isinstance(lpi, Tensor) or isinstance(m, Tensor):
+            return
+        kw = dict(dtype=torch.long, device=lpi.device)
+        sparse = any(key in store for key in FAMILY_KEYS)
+        for key in FAMILY_KEYS:
+            if key not in store:
+                store[key] = torch.empty(2, 0, **kw)
+        if 'sparse_family' not in store and isinstance(m, int):
+            # Earlier signals with family keys had every family sparse.
+            store['sparse_family'] = torch.full((max(m, 0), ), sparse,
+                                                dtype=torch.bool,
+                                                device=lpi.device)
+        n = store.get('num_nodes')
+        x = store.get('x')
+        if n is None and isinstance(x, Tensor) and x.dim() > 0:
+            n = x.size(0)
+        if 'num_leaves' not in store and isinstance(n, int):
+            store['num_leaves'] = n
+        n = store.get('num_leaves')
+        if 'leaf_index' not in store and isinstance(n, int) and n >= 0:
+            store['leaf_index'] = torch.arange(n, **kw)
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # The attribute classes of PyG's feature and graph stores are the same
+        # for every Data, and no globals torch.load(weights_only=True)
+        # allows: set again by Data.__init__ on loading.
+        return {key: value for key, value in self.__dict__.items()
+                if key not in ('_edge_attr_cls', '_tensor_attr_cls')}
+
+    def __setstate__(self, mapping: Dict[str, Any]):
+        Data.__init__(self)
+        super().__setstate__(mapping)
+        # Pickles of earlier versions: a plain storage and a cached tree.
+        self.__dict__.pop('_hierarchy_cache', None)
+        store = self.__dict__.get('_store')
+        if store is not None and not isinstance(store, NestedSignalStorage):
+            new = NestedSignalStorage(_parent=self)
+            for key, value in store.items():
+                new[key] = value
+            self.__dict__['_store'] = new
+            self._default_keys()
+
+    # Construction ##########################################################
 
     @classmethod
     def from_hierarchy(cls, hierarchy: Hierarchy, x: Optional[Tensor] = None,
                        **kwargs) -> 'NestedSignal':
-        r"""Stores :obj:`hierarchy` beside the leaf features :obj:`x` (and any
-        further attributes, e.g. ``edge_index``, ``y``)."""
+        r"""Stores :obj:`hierarchy` beside the leaf features :obj:`x`
+        (``[N, *]``, row ``i`` for leaf ``i``) and any further attributes
+        (e.g. ``edge_index``, ``y``)."""
         if not isinstance(hierarchy, Hierarchy):
-            raise ValueError(f"'hierarchy' must be a Hierarchy, got "
-                             f"{type(hierarchy).__name__}")
+            raise TypeError(f"'hierarchy' must be a Hierarchy, got "
+                            f"{type(hierarchy).__name__}; build one with "
+                            f"Hierarchy.from_parent or from_assignments")
         n = hierarchy.num_leaves
-        if x is not None and x.size(0) != n:
+        if x is not None:
+            _check_rows(x, 'x', n)
+        taken = [key for key in SIGNAL_KEYS if key in kwargs]
+        if taken:
             raise ValueError(
-                f"x has {x.size(0)} rows but the hierarchy has {n} leaves; "
-                f"row i of x must be leaf i")
-        parent = hierarchy.parent
-        leaf = (parent[:n] >= 0).nonzero().view(-1)
-        cluster = (parent[n:] >= 0).nonzero().view(-1)
-        data = cls(
-            x=x,
-            leaf_parent_index=torch.stack([leaf, parent[leaf] - n]),
-            cluster_parent_index=torch.stack(
-                [cluster, parent[cluster + n] - n]),
-            num_clusters=hierarchy.num_clusters,
-            **kwargs,
-        )
+                f"'{taken[0]}' is derived from the hierarchy; do not pass "
+                f"it to from_hierarchy (change the Hierarchy instead)")
+        if kwargs.get('num_nodes', n) != n:
+            raise ValueError(f"num_nodes={kwargs['num_nodes']!r} but the "
+                             f"hierarchy has {n} leaves; leave it out")
         if x is None:
-            data.num_nodes = n
-        edges = hierarchy.family_edge_index
-        if edges is not None:
-            is_cluster = edges >= n
-            local = torch.where(is_cluster, edges - n, edges)
-            for key, (ca, cb) in _FAMILY_KEYS.items():
-                keep = (is_cluster[0] == ca) & (is_cluster[1] == cb)
-                data[key] = local[:, keep]
-        data.__dict__['_hierarchy_cache'] = (data._hierarchy_key(), hierarchy)
+            kwargs['num_nodes'] = n
+        data = cls(x=x, **tree_keys(hierarchy), **kwargs)
+        data._store.__dict__['_hierarchy_cache'] = (data._cache_state(),
+                                                    hierarchy)
         return data
 
     @classmethod
@@ -103,126 +221,328 @@ class NestedSignal(Data):
         r"""A :class:`NestedSignal` with every attribute of :obj:`data`
         (``x``, ``edge_index``, ``y``, ...) and :obj:`hierarchy` over its
         nodes, which become the leaves: what the builders in
-        :mod:`hsa_geo.transforms` return."""
+        :mod:`hsa_geo.transforms` return. A tree that :obj:`data` already
+        stores is replaced."""
         if not isinstance(data, Data):
-            raise ValueError(f"'data' must be a torch_geometric Data, got "
-                             f"{type(data).__name__}")
+            raise TypeError(f"'data' must be a torch_geometric Data, got "
+                            f"{type(data).__name__}")
+        if not isinstance(hierarchy, Hierarchy):
+            raise TypeError(f"'hierarchy' must be a Hierarchy, got "
+                            f"{type(hierarchy).__name__}")
         n = data.num_nodes
         if n != hierarchy.num_leaves:
             raise ValueError(
                 f"data has {n} nodes but the hierarchy has "
                 f"{hierarchy.num_leaves} leaves; node i must be leaf i")
         attrs = {k: v for k, v in data.to_dict().items()
-                 if k not in _HIERARCHY_KEYS}
+                 if k not in SIGNAL_KEYS}
         x = attrs.pop('x', None)
-        out = cls.from_hierarchy(hierarchy, x, **attrs)
-        out.num_nodes = n
-        return out
+        return cls.from_hierarchy(hierarchy, x, **attrs)
+
+    # Batching ##############################################################
 
     def __inc__(self, key: str, value: Any, *args, **kwargs) -> Any:
-        n, m = self.num_nodes, self._total_clusters
+        # Tree ids shift by the leaves and clusters of the signals before;
+        # leaf_index by their rows, so that a batch checks every row.
+        if key == 'leaf_index':
+            return self.num_nodes
         if key == 'leaf_parent_index':
-            return torch.tensor([[n], [m]])
+            return torch.tensor([[self._total_leaves()],
+                                 [self._total_clusters()]])
         if key == 'cluster_parent_index':
-            return m
-        if key in _FAMILY_KEYS:
-            ca, cb = _FAMILY_KEYS[key]
+            return self._total_clusters()
+        if key in FAMILY_KEYS:
+            n, m = self._total_leaves(), self._total_clusters()
+            ca, cb = FAMILY_KEYS[key]
             return torch.tensor([[m if ca else n], [m if cb else n]])
         return super().__inc__(key, value, *args, **kwargs)
 
-    @property
     def _total_clusters(self) -> int:
-        m = self._store.get('num_clusters', 0)
-        return int(m.sum()) if isinstance(m, Tensor) else int(m)
+        return _count(self._store.get('num_clusters', 0), 'num_clusters')
 
-    def _hierarchy_key(self) -> tuple:
-        tensors = [self._store.get(k) for k in _HIERARCHY_KEYS[:-1]]
-        # Inference tensors have no version counter: they cannot be changed
-        # in place outside inference mode anyway.
-        return tuple((id(t), t.data_ptr(),
-                      None if t.is_inference() else t._version, t.device,
-                      t.shape) if t is not None else None
-                     for t in tensors) + (self.num_nodes,
-                                          self._total_clusters)
+    def _total_leaves(self) -> Optional[int]:
+        n = self._store.get('num_leaves')
+        return self.num_nodes if n is None else _count(n, 'num_leaves')
+
+    # The hierarchy #########################################################
+
+    def _cache_state(self) -> tuple:
+        r"""What the hierarchy is decoded from. Tensors are compared by
+        identity (the cache holds them, so their ids are not reused) and
+        version (in-place changes)."""
+        state = []
+        for key in SIGNAL_KEYS:
+            value = self._store.get(key)
+            if isinstance(value, Tensor):
+                # Inference tensors have no version counter: they cannot be
+                # changed in place outside inference mode anyway.
+                state.append((value, None if value.is_inference() else
+                              value._version))
+            else:
+                state.append((None, value))
+        x = self._store.get('x')
+        rows = tuple(x.shape[:1]) if isinstance(x, Tensor) else None
+        return tuple(state) + ((None, (self.num_nodes, rows)), )
 
     @property
     def hierarchy(self) -> Hierarchy:
         r"""The :class:`Hierarchy` over the leaves (of all signals in a
         batch: one forest). Built once and cached until the stored tensors
-        change."""
-        key = self._hierarchy_key()
-        cached = self.__dict__.get('_hierarchy_cache')
-        if cached is not None and cached[0] == key:
+        change. Raises :class:`ValueError` if the nodes no longer match the
+        leaves of the tree (``x`` replaced, or nodes dropped, added or
+        reordered by a PyG operation)."""
+        state = self._cache_state()
+        cached = self._store.__dict__.get('_hierarchy_cache')
+        if cached is not None and _same_state(cached[0], state):
             return cached[1]
         hierarchy = self._build_hierarchy()
-        # Data.__setattr__ would put it in the store, where it gets batched.
-        self.__dict__['_hierarchy_cache'] = (key, hierarchy)
+        # Beside the stored keys, not among them: it is not batched or saved.
+        self._store.__dict__['_hierarchy_cache'] = (state, hierarchy)
         return hierarchy
 
     def _build_hierarchy(self) -> Hierarchy:
-        n, m = self.num_nodes, self._total_clusters
-        if n is None or n == 0:
+        store = self._store
+        num_nodes = self.num_nodes
+        if not num_nodes:
             raise ValueError("a NestedSignal needs leaves: set 'x' (or "
                              "'num_nodes')")
-        leaf_idx = self._store.get('leaf_parent_index')
-        clus_idx = self._store.get('cluster_parent_index')
-        if leaf_idx is None or clus_idx is None:
+        if 'leaf_parent_index' not in store or \
+                'cluster_parent_index' not in store:
             raise ValueError(
                 "this NestedSignal stores no hierarchy: build it with "
                 "NestedSignal.from_hierarchy(hierarchy, x, ...)")
-        device = leaf_idx.device
-        parent = torch.full((n + m, ), -1, dtype=torch.long, device=device)
-        for name, idx, rows, cols, offset in (
-            ('leaf_parent_index', leaf_idx, n, m, 0),
-            ('cluster_parent_index', clus_idx, m, m, n),
-        ):
-            if (idx.dim() != 2 or idx.size(0) != 2
-                    or idx.is_floating_point() or idx.dtype == torch.bool):
-                raise ValueError(f"'{name}' must be an integer tensor of "
-                                 f"shape [2, *], got {idx.dtype} "
-                                 f"{tuple(idx.shape)}")
-            for row, size, what in ((0, rows, 'child'), (1, cols, 'parent')):
-                bad = (idx[row] < 0) | (idx[row] >= size)
-                if bool(bad.any()):
-                    j = int(bad.nonzero()[0])
-                    raise ValueError(
-                        f"{name}[{row}, {j}] = {int(idx[row, j])} is not a "
-                        f"valid {what} id (0..{size - 1}); rebuild the signal "
-                        f"with NestedSignal.from_hierarchy")
-            idx = idx.long()
-            counts = torch.bincount(idx[0], minlength=rows)
-            if bool((counts > 1).any()):
-                j = int((counts > 1).nonzero()[0])
-                raise ValueError(f"{name} gives node {j} more than one "
-                                 f"parent; a hierarchy is a forest")
-            parent[idx[0] + offset] = idx[1] + n
-        edges = []
-        for key, (ca, cb) in _FAMILY_KEYS.items():
-            idx = self._store.get(key)
-            if idx is None:
-                continue
-            if idx.dim() != 2 or idx.size(0) != 2 or idx.is_floating_point():
-                raise ValueError(f"'{key}' must be an integer tensor of "
-                                 f"shape [2, *], got {idx.dtype} "
-                                 f"{tuple(idx.shape)}")
-            idx = idx.long()
-            edges.append(torch.stack([idx[0] + (n if ca else 0),
-                                      idx[1] + (n if cb else 0)]))
-        family = torch.cat(edges, dim=1) if edges else None
+        n, m = self._total_leaves(), self._total_clusters()
+        self._check_leaves(num_nodes, n)
+        parent = _parent_vector(store, n, m)
+        sparse = _sparse_flags(store, m, parent.device)
+        family = _family_graph(store, parent, n, sparse)
         return Hierarchy.from_parent(parent, n, family)
 
+    def _check_leaves(self, num_nodes: int, n: int):
+        r"""The nodes are the leaves ``0..n-1``, in order."""
+        if num_nodes != n:
+            what = 'num_nodes' if 'num_nodes' in self._store else 'rows of x'
+            raise ValueError(f"this NestedSignal has {num_nodes} nodes "
+                             f"({what}) but its hierarchy has {n} leaves: "
+                             f"{_CHANGED}")
+        x = self._store.get('x')
+        if isinstance(x, Tensor) and (x.dim() == 0 or x.size(0) != n):
+            rows = x.size(0) if x.dim() else 'no'
+            raise ValueError(
+                f"'x' has {rows} rows but the hierarchy has {n} leaves; row "
+                f"i of x must be leaf i: set x to [{n}, F] features, or "
+                f"rebuild the signal for the new leaves with "
+                f"NestedSignal.from_hierarchy")
+        index = self._store.get('leaf_index')
+        if index is None:
+            return
+        index = check_index(index, 'leaf_index', rows=None)
+        expected = torch.arange(n, device=index.device)
+        if index.numel() != n or not torch.equal(index, expected):
+            bad = (index != expected[:index.numel()]).nonzero()
+            j = int(bad[0]) if bad.numel() else min(index.numel(), n)
+            got = int(index[j]) if j < index.numel() else 'missing'
+            raise ValueError(f"leaf_index[{j}] is {got}, not {j}: the nodes "
+                             f"were dropped, added or reordered; {_CHANGED}")
 
-# The family graph by the kinds of its ends: (is cluster, is cluster).
-_FAMILY_KEYS = {
-    'family_ll_index': (False, False),
-    'family_lc_index': (False, True),
-    'family_cl_index': (True, False),
-    'family_cc_index': (True, True),
-}
-_HIERARCHY_KEYS = ('leaf_parent_index', 'cluster_parent_index',
-                   *_FAMILY_KEYS, 'num_clusters')
+    # PyG operations ########################################################
+
+    def subgraph(self, subset: Tensor) -> 'NestedSignal':
+        r"""The signal induced by the leaves :obj:`subset` (``[K]`` distinct
+        leaf ids or an ``[N]`` mask): node attributes and leaf edges as
+        :meth:`torch_geometric.data.Data.subgraph` selects them (leaf
+        ``subset[i]`` becomes leaf ``i``), and the hierarchy that
+        :func:`~hsa_geo.data.induced_hierarchy` induces on them; each family
+        keeps its family graph or stays dense."""
+        hierarchy = self.hierarchy
+        induced, node_map = induced_hierarchy(hierarchy, subset,
+                                              return_node_map=True)
+        n, k = hierarchy.num_leaves, induced.num_leaves
+        sparse = _sparse_flags(self._store, hierarchy.num_clusters,
+                               hierarchy.device)[node_map[n:] >= 0]
+        keys = tree_keys(induced)
+        edges = induced.family_edge_index
+        if edges is not None:
+            # The pairs of dense families were only listed for the batch.
+            edges = edges[:, sparse[induced.parent[edges[0]] - k]]
+            keys.update(_split_family(edges, k))
+        keys['sparse_family'] = sparse
+        data = super().subgraph(subset)
+        for key, value in keys.items():
+            data[key] = value
+        return data
+
+
+def tree_keys(hierarchy: Hierarchy) -> Dict[str, Any]:
+    r"""The keys under which a :class:`NestedSignal` stores
+    :obj:`hierarchy` (see there), ``leaf_index`` included."""
+    n, m, parent = hierarchy.num_leaves, hierarchy.num_clusters, \
+        hierarchy.parent
+    leaf = (parent[:n] >= 0).nonzero().view(-1)
+    cluster = (parent[n:] >= 0).nonzero().view(-1)
+    edges = hierarchy.family_edge_index
+    keys = dict(
+        leaf_parent_index=torch.stack([leaf, parent[leaf] - n]),
+        cluster_parent_index=torch.stack([cluster, parent[cluster + n] - n]),
+        num_clusters=m,
+        num_leaves=n,
+        leaf_index=torch.arange(n, device=parent.device),
+        sparse_family=torch.full((m, ), edges is not None, dtype=torch.bool,
+                                 device=parent.device),
+    )
+    if edges is None:
+        edges = parent.new_empty(2, 0)
+    keys.update(_split_family(edges, n))
+    return keys
+
+
+def _split_family(edges: Tensor, n: int) -> Dict[str, Tensor]:
+    r"""The family graph ``[2, E]`` (node ids) by the kinds of its ends."""
+    is_cluster = edges >= n
+    local = torch.where(is_cluster, edges - n, edges)
+    return {
+        key: local[:, (is_cluster[0] == ca) & (is_cluster[1] == cb)]
+        for key, (ca, cb) in FAMILY_KEYS.items()
+    }
+
+
+# Decoding the stored keys ##################################################
+
+
+def _same_state(a: tuple, b: tuple) -> bool:
+    return len(a) == len(b) and all(
+        ta is tb and type(va) is type(vb) and va == vb
+        for (ta, va), (tb, vb) in zip(a, b))
+
+
+def _check_rows(x: Any, name: str, n: int):
+    if not isinstance(x, Tensor):
+        raise TypeError(f"'{name}' must be a tensor with one row per leaf "
+                        f"([{n}, F] features or [{n}] token ids), got "
+                        f"{type(x).__name__}; convert it with torch.tensor")
+    if x.dim() == 0 or x.size(0) != n:
+        rows = x.size(0) if x.dim() else 'no'
+        raise ValueError(f"{name} has {rows} rows but the hierarchy has {n} "
+                         f"leaves; row i of {name} must be leaf i")
+
+
+def _count(value: Any, name: str) -> int:
+    r"""An ``int`` count, or the total of a batch's ``[B]`` counts."""
+    if not isinstance(value, Tensor):
+        return check_int(value, name, low=0)
+    if value.dtype == torch.bool or value.is_floating_point() or \
+            value.is_complex() or value.dim() > 1:
+        raise TypeError(f"'{name}' must be an int (a [B] integer tensor in a "
+                        f"batch), got a {value.dtype} tensor of shape "
+                        f"{tuple(value.shape)}")
+    if bool((value < 0).any()):
+        raise ValueError(f"'{name}' must not be negative, got "
+                         f"{value.tolist()}")
+    return int(value.sum())
+
+
+def _parent_vector(store, n: int, m: int) -> Tensor:
+    r"""``[N + M]`` parent of every node, from the two parent indices."""
+    device = store['leaf_parent_index'].device
+    parent = torch.full((n + m, ), -1, dtype=torch.long, device=device)
+    for name, rows, offset in (('leaf_parent_index', n, 0),
+                               ('cluster_parent_index', m, n)):
+        idx = _checked_pairs(store, name, rows, m, ('child', 'parent'))
+        counts = torch.bincount(idx[0], minlength=rows)
+        if bool((counts > 1).any()):
+            j = int((counts > 1).nonzero()[0])
+            raise ValueError(f"{name} gives node {j} more than one "
+                             f"parent; a hierarchy is a forest")
+        parent[idx[0] + offset] = idx[1] + n
+    return parent
+
+
+def _checked_pairs(store, name: str, rows: int, cols: int,
+                   what: Tuple[str, str]) -> Tensor:
+    r"""``store[name]`` as ``[2, E]`` ids in ``0..rows-1`` (row 0) and
+    ``0..cols-1`` (row 1)."""
+    idx = check_index(store[name], name)
+    for row, size in ((0, rows), (1, cols)):
+        bad = (idx[row] < 0) | (idx[row] >= size)
+        if bool(bad.any()):
+            j = int(bad.nonzero()[0])
+            raise ValueError(
+                f"{name}[{row}, {j}] = {int(idx[row, j])} is not a valid "
+                f"{what[row]} id (0..{size - 1}); rebuild the signal with "
+                f"NestedSignal.from_hierarchy")
+    return idx
+
+
+def _sparse_flags(store, m: int, device: torch.device) -> Tensor:
+    r"""``[M]`` whether each family uses the family graph."""
+    flags = store.get('sparse_family')
+    if flags is None:  # signals of earlier versions: all or nothing
+        sparse = any(key in store for key in FAMILY_KEYS)
+        return torch.full((m, ), sparse, dtype=torch.bool, device=device)
+    if not isinstance(flags, Tensor) or flags.dtype != torch.bool:
+        got = flags.dtype if isinstance(flags, Tensor) else \
+            type(flags).__name__
+        raise TypeError(f"'sparse_family' must be a bool tensor [M], got "
+                        f"{got}")
+    if flags.dim() != 1 or flags.numel() != m:
+        raise ValueError(f"'sparse_family' must have shape [{m}] (one flag "
+                         f"per cluster), got {tuple(flags.shape)}")
+    return flags.to(device)
+
+
+def _family_graph(store, parent: Tensor, n: int,
+                  sparse: Tensor) -> Optional[Tensor]:
+    r"""The family graph ``[2, E]`` in node ids: the stored pairs, plus every
+    pair of siblings in the dense families when some family is sparse;
+    :obj:`None` when all families are dense."""
+    m = parent.numel() - n
+    parts = []
+    for key, (ca, cb) in FAMILY_KEYS.items():
+        if key not in store:
+            continue
+        idx = _checked_pairs(store, key, m if ca else n, m if cb else n,
+                             ('cluster' if ca else 'leaf',
+                              'cluster' if cb else 'leaf'))
+        idx = torch.stack([idx[0] + (n if ca else 0),
+                           idx[1] + (n if cb else 0)])
+        family = parent[idx[0]]
+        dense = (family >= 0) & ~sparse[(family - n).clamp(min=0)]
+        if bool(dense.any()):
+            j = int(dense.nonzero()[0])
+            raise ValueError(
+                f"{key}[:, {j}] is a pair in the family of cluster "
+                f"{int(family[j]) - n}, which 'sparse_family' marks dense; "
+                f"set its flag to True or remove the pair")
+        parts.append(idx)
+    if not bool(sparse.any()):
+        return None
+    parts.append(_dense_pairs(parent, n, ~sparse))
+    return torch.cat(parts, dim=1)
+
+
+def _dense_pairs(parent: Tensor, n: int, dense: Tensor) -> Tensor:
+    r"""``[2, P]`` every ordered pair of distinct siblings in the families
+    of the clusters where :obj:`dense` (``[M]``) holds."""
+    child = (parent >= 0).nonzero().view(-1)
+    family = parent[child] - n
+    child = child[dense[family]]
+    family = family[dense[family]]
+    order = torch.argsort(family, stable=True)
+    child, family = child[order], family[order]
+    size = torch.bincount(family, minlength=dense.numel())
+    start = torch.cumsum(size, 0) - size
+    # Child i pairs with the size[family[i]] children from start[family[i]].
+    reps = size[family]
+    a = child.repeat_interleave(reps)
+    first = torch.cumsum(reps, 0) - reps
+    offset = torch.arange(a.numel(), device=parent.device) - \
+        first.repeat_interleave(reps)
+    b = child[start[family].repeat_interleave(reps) + offset]
+    keep = a != b
+    return torch.stack([a[keep], b[keep]])
+
 
 # Datasets saved with NestedSignal items (e.g. a builder as pre_transform)
 # load with torch.load(weights_only=True), as PyG's own data classes do.
 if hasattr(torch.serialization, 'add_safe_globals'):
-    torch.serialization.add_safe_globals([NestedSignal])
+    torch.serialization.add_safe_globals([NestedSignal, NestedSignalStorage])
