@@ -5,7 +5,7 @@ index tensors."""
 import copy
 import io
 import pickle
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 import torch
@@ -926,3 +926,262 @@ def test_copies_keep_working():
         data.hierarchy
         for other in (copy.copy(data), copy.deepcopy(data), data.clone()):
             assert_same_signal(other, data)
+
+
+# Bad input (issue 8, item 6) ###############################################
+
+H5 = Hierarchy.from_parent(EXAMPLE_PARENT, EXAMPLE_LEAVES)
+
+
+@pytest.mark.parametrize('call,error,pattern', [
+    (lambda: NestedSignal.from_hierarchy(H5, [1, 2, 3, 4, 5]), TypeError,
+     "'x' must be a tensor with one row per leaf"),
+    (lambda: NestedSignal.from_hierarchy(H5, torch.tensor(1.0)), ValueError,
+     'x has no rows but the hierarchy has 5 leaves'),
+    (lambda: NestedSignal.from_hierarchy(EXAMPLE_PARENT), TypeError,
+     "'hierarchy' must be a Hierarchy, got list"),
+    (lambda: NestedSignal.from_hierarchy(
+        H5, leaf_parent_index=torch.zeros(2, 0, dtype=torch.long)),
+     ValueError, "'leaf_parent_index' is derived from the hierarchy"),
+    (lambda: NestedSignal.from_hierarchy(H5, num_nodes=3), ValueError,
+     'num_nodes=3 but the hierarchy has 5 leaves'),
+    (lambda: NestedSignal.from_data({'x': torch.randn(5, 2)}, H5),
+     TypeError, "'data' must be a torch_geometric Data, got dict"),
+    (lambda: NestedSignal.from_data(Data(x=torch.randn(5, 2)), 'tree'),
+     TypeError, "'hierarchy' must be a Hierarchy, got str"),
+    (lambda: NestedSignal.from_data(Data(x=torch.randn(4, 2)), H5),
+     ValueError, 'data has 4 nodes but the hierarchy has 5 leaves'),
+    (lambda: example().subgraph([0, 1]), TypeError,
+     "'subset' must be a tensor"),
+    (lambda: example().subgraph(torch.tensor([0.0, 1.0])), TypeError,
+     "'subset' must have an integer dtype"),
+    (lambda: example().subgraph(torch.tensor([1, 1])), ValueError,
+     'lists leaf 1 2 times'),
+    (lambda: example().subgraph(torch.tensor([5])), ValueError,
+     r'subset\[0\] = 5 is not a leaf id \(0\.\.4\)'),
+    (lambda: example().subgraph(torch.zeros(0, dtype=torch.long)),
+     ValueError, 'keeps no leaf'),
+])
+def test_entry_points_refuse_bad_input(call, error, pattern):
+    with pytest.raises(error, match=pattern):
+        call()
+
+
+@pytest.mark.parametrize('changes,error,pattern', [
+    (dict(num_clusters=2.5), TypeError, "'num_clusters' must be an int"),
+    (dict(num_clusters=-1), ValueError, "'num_clusters' must be an int in"),
+    (dict(num_clusters=torch.tensor([1.5])), TypeError,
+     "'num_clusters' must be an int"),
+    (dict(num_leaves='5'), TypeError, "'num_leaves' must be an int"),
+    (dict(num_nodes=6), ValueError, r'has 6 nodes \(num_nodes\) but its '
+     r'hierarchy has 5 leaves'),
+    (dict(sparse_family=torch.zeros(3, dtype=torch.long)), TypeError,
+     "'sparse_family' must be a bool tensor"),
+    (dict(sparse_family=torch.zeros(2, dtype=torch.bool)), ValueError,
+     r"'sparse_family' must have shape \[3\]"),
+    (dict(leaf_index=torch.arange(5.0)), TypeError,
+     "'leaf_index' must have an integer dtype"),
+    (dict(leaf_index=torch.tensor([0, 1, 2, 4, 3])), ValueError,
+     r'leaf_index\[3\] is 4, not 3: the nodes were dropped, added or '
+     r'reordered'),
+    (dict(family_ll_index=torch.zeros(2, 1, dtype=torch.bool)), TypeError,
+     "'family_ll_index' must have an integer dtype"),
+    (dict(family_cc_index=torch.zeros(3, 1, dtype=torch.long)), ValueError,
+     r"'family_cc_index' must have shape \[2, E\]"),
+    (dict(sparse_family=torch.ones(3, dtype=torch.bool),
+          family_ll_index=torch.tensor([[0], [7]])), ValueError,
+     r'family_ll_index\[1, 0\] = 7 is not a valid leaf id \(0\.\.4\)'),
+    (dict(family_lc_index=torch.tensor([[2], [1]])), ValueError,
+     r"family_lc_index\[:, 0\] is a pair in the family of cluster 2, which "
+     r"'sparse_family' marks dense"),
+    (dict(sparse_family=torch.ones(3, dtype=torch.bool),
+          family_ll_index=torch.tensor([[0], [2]])), ValueError,
+     'is not a pair of siblings'),
+])
+def test_malformed_stored_keys(changes, error, pattern):
+    with pytest.raises(error, match=pattern):
+        _corrupt(**changes).hierarchy
+
+
+# Property suite: a clear error or the right answer (issue 8, item 7) #######
+
+MODES = st.sampled_from(['dense', 'sparse', 'empty', 'constructor',
+                         'legacy'])
+
+
+def mode_signal(f: Forest, mode: str, g: torch.Generator) -> NestedSignal:
+    r"""A signal on ``f`` made in one of the ways a user may make one."""
+    n = f.num_leaves
+    x = torch.randn(n, 3, dtype=torch.float64, generator=g)
+    edges = {'sparse': random_pairs(f.parent, g),
+             'empty': torch.empty(2, 0, dtype=torch.long)}.get(mode)
+    h = Hierarchy.from_parent(f.parent, n, edges)
+    if mode in ('dense', 'sparse', 'empty'):
+        return NestedSignal.from_hierarchy(h, x)
+    keys = {k: v for k, v in NestedSignal.from_hierarchy(
+        h.with_family_graph(random_pairs(f.parent, g))).to_dict().items()
+        if k in ('leaf_parent_index', 'cluster_parent_index',
+                 'num_clusters') or (mode == 'legacy' and 'family' in k and
+                                     k != 'sparse_family')}
+    # 'legacy': the family keys without flags, as earlier versions stored
+    # them (every family sparse).
+    return NestedSignal(x=x, **keys)
+
+
+@fewer(2)
+@given(st.lists(st.tuples(forests(max_leaves=8), MODES), min_size=1,
+                max_size=5), st.integers(1, 5), SEEDS)
+def test_mixed_batches_equal_each_signal_alone(items, batch_size, seed):
+    g = torch.Generator().manual_seed(seed)
+    signals = [mode_signal(f, mode, g) for f, mode in items]
+    for i, s in enumerate(signals):
+        s.idx = i
+    for batch in DataLoader(signals, batch_size=batch_size):
+        parts = [signals[i] for i in batch.idx.tolist()]
+        assert_batch_attends_as_parts(batch, parts, seed)
+
+
+@given(forests(max_leaves=10), st.booleans(),
+       st.lists(st.integers(-1, 11), max_size=11),
+       st.sampled_from([torch.long, torch.int32, torch.float32, torch.bool]),
+       SEEDS)
+def test_subgraph_any_subset(f, family, values, dtype, seed):
+    r"""Subsets of any kind (permutations, repeats, out of range, empty,
+    full, masks of any size, float): a clear error or the induced
+    signal."""
+    n = f.num_leaves
+    data = family_signal(f, family, seed)
+    if dtype == torch.bool:
+        subset = torch.tensor([v % 2 == 0 for v in values], dtype=torch.bool)
+        keep = subset.nonzero().view(-1).tolist()
+        valid = len(values) == n and len(keep) > 0
+    else:
+        subset, keep = torch.tensor(values, dtype=dtype), values
+        valid = dtype != torch.float32 and len(values) > 0 and \
+            len(set(values)) == len(values) and \
+            all(0 <= v < n for v in values)
+    if not valid:
+        with pytest.raises((ValueError, TypeError)):
+            data.subgraph(subset)
+        return
+    check_subgraph(data, f, keep, subset)
+
+
+def plain_decode(data: NestedSignal) -> Optional[Tuple[List[int], Any]]:
+    r"""The parent list and family pairs (a set; :obj:`None`: dense) that
+    the stored keys describe, decoded in plain Python; :obj:`None` if they
+    describe no valid tree over the nodes."""
+    s = data.to_dict()
+    n, m = s['num_leaves'], s['num_clusters']
+    rows = s['x'].size(0) if 'x' in s else s['num_nodes']
+    keys = ('leaf_parent_index', 'cluster_parent_index', 'leaf_index',
+            *FAMILY)
+    if rows != n or m < 0 or any(s[k].dtype in (torch.bool, torch.float32)
+                                 for k in keys):
+        return None
+    if s['leaf_index'].tolist() != list(range(n)):
+        return None
+    parent = [-1] * (n + m)
+    for key, size, offset in (('leaf_parent_index', n, 0),
+                              ('cluster_parent_index', m, n)):
+        for child, par in s[key].t().tolist():
+            if not (0 <= child < size and 0 <= par < m) or \
+                    parent[child + offset] != -1:
+                return None
+            parent[child + offset] = par + n
+    if set(range(n, n + m)) - set(parent):
+        return None  # a cluster without children
+    for node in range(n + m):
+        if len(ancestors_or_cycle(parent, node)) == 0:
+            return None
+    flags = s['sparse_family']
+    if flags.dtype != torch.bool or flags.shape != (m, ):
+        return None
+    flags, pairs = flags.tolist(), set()
+    for key, (ca, cb) in FAMILY.items():
+        for a, b in s[key].t().tolist():
+            if not (0 <= a < (m if ca else n) and 0 <= b < (m if cb else n)):
+                return None
+            a, b = a + (n if ca else 0), b + (n if cb else 0)
+            if parent[a] < 0 or parent[a] != parent[b] or a == b or \
+                    not flags[parent[a] - n]:
+                return None
+            pairs.add((a, b))
+    if not any(flags):
+        return parent, None
+    for c, kids in children_of(parent).items():
+        if not flags[c - n]:
+            pairs |= {(a, b) for a in kids for b in kids if a != b}
+    return parent, pairs
+
+
+FAMILY = {'family_ll_index': (False, False), 'family_lc_index': (False, True),
+          'family_cl_index': (True, False), 'family_cc_index': (True, True)}
+
+
+def ancestors_or_cycle(parent: List[int], node: int) -> List[int]:
+    r"""``node`` and its ancestors; empty if the path runs into a cycle."""
+    path, seen = [node], {node}
+    while parent[path[-1]] >= 0:
+        path.append(parent[path[-1]])
+        if path[-1] in seen:
+            return []
+        seen.add(path[-1])
+    return path
+
+
+MUTABLE = ('leaf_parent_index', 'cluster_parent_index', 'leaf_index',
+           'sparse_family', *FAMILY)
+
+
+@st.composite
+def mutations(draw, data: NestedSignal):
+    r"""One change to a signal whose hierarchy was read: a value set in
+    place, a key replaced with another dtype, a count or ``x`` changed."""
+    kind = draw(st.sampled_from(['in_place', 'in_place', 'in_place',
+                                 'dtype', 'count', 'x']))
+    if kind == 'count':
+        key = draw(st.sampled_from(['num_clusters', 'num_leaves']))
+        return key, data[key] + draw(st.sampled_from([-1, 1]))
+    if kind == 'x':
+        rows = data.num_nodes + draw(st.sampled_from([-1, 1]))
+        return 'x', torch.randn(max(rows, 0), 3, dtype=torch.float64)
+    keys = [k for k in MUTABLE if data[k].numel() > 0]
+    key = draw(st.sampled_from(keys))
+    value = data[key]
+    if kind == 'dtype':
+        dtype = draw(st.sampled_from([torch.int32, torch.float32,
+                                      torch.bool]))
+        return key, value.to(dtype)
+    pos = draw(st.integers(0, value.numel() - 1))
+    if value.dtype == torch.bool:
+        new = not bool(value.view(-1)[pos])
+    else:
+        new = draw(st.integers(-2, data.num_nodes + data.num_clusters + 1))
+    return key, (pos, new)
+
+
+@given(forests(max_leaves=8), MODES, SEEDS, st.data())
+def test_mutation_after_caching_is_never_silent(f, mode, seed, draws):
+    r"""After any change to the stored keys, ``.hierarchy`` is the tree the
+    keys now describe (decoded in plain Python), or a clear error: never
+    the cached tree of before."""
+    data = mode_signal(f, mode, torch.Generator().manual_seed(seed))
+    data.hierarchy
+    key, change = draws.draw(mutations(data))
+    if isinstance(change, tuple):  # in place: the same tensor object
+        data[key].view(-1)[change[0]] = change[1]
+    else:
+        data[key] = change
+    expected = plain_decode(data)
+    if expected is None:
+        with pytest.raises((ValueError, TypeError)):
+            data.hierarchy
+        return
+    parent, pairs = expected
+    h = data.hierarchy
+    assert h.parent.tolist() == parent
+    if pairs is None:
+        assert h.family_edge_index is None
+    else:
+        assert set(map(tuple, h.family_edge_index.t().tolist())) == pairs
