@@ -91,10 +91,11 @@ def check_index(value: Any, name: str, rows: Optional[int] = 2) -> Tensor:
             f"'{name}' must have an integer dtype, got {value.dtype}; "
             f"convert it with '.long()' (after checking it holds whole "
             f"numbers)")
-    shape = '[E]' if rows is None else f'[{rows}, E]'
-    if (rows is None and value.dim() != 1) or (rows is not None and (
-            value.dim() != 2 or value.size(0) != rows)):
-        raise ValueError(f"'{name}' must have shape {shape}, got "
+    if rows is None and value.dim() != 1:
+        raise ValueError(f"'{name}' must be 1-D, got shape "
+                         f"{tuple(value.shape)}")
+    if rows is not None and (value.dim() != 2 or value.size(0) != rows):
+        raise ValueError(f"'{name}' must have shape [{rows}, E], got "
                          f"{tuple(value.shape)}")
     return value.long()
 

@@ -10,6 +10,7 @@ both against masked / biased softmax attention on flat trees; and the dense
 matrix against the KL minimiser of the constrained family (a third,
 optimiser-side construction) with the same mask and bias.
 """
+import math
 from typing import Dict, Tuple
 
 import pytest
@@ -289,6 +290,28 @@ def test_gradcheck_fused_path_with_family_graph_and_bias():
         (q, k, v, bias))
 
 
+@fewer(4)
+@given(f=forests(max_leaves=7), heads=st.sampled_from([None, 2]), seed=SEEDS)
+def test_gradgradcheck_with_family_graph_and_bias(f, heads, seed):
+    h = Hierarchy.from_parent(f.parent, f.num_leaves)
+    h = h.with_family_graph(random_family_graph(h, seed))
+    q, k, v = (t.requires_grad_() for t in make(f.num_leaves, heads, 2, seed))
+    bias = make_bias(h, heads, seed).requires_grad_()
+    assert torch.autograd.gradgradcheck(
+        lambda q, k, v, b: hierarchical_attention(q, k, v, h, pair_bias=b),
+        (q, k, v, bias), eps=1e-6, atol=1e-6)
+
+
+def test_gradgradcheck_fused_path_with_family_graph_and_bias():
+    h = Hierarchy.from_assignments(balanced_assignments(16, 4))
+    h = h.with_family_graph(random_family_graph(h, 1))
+    q, k, v = (t.requires_grad_() for t in make(16, 2, 2, 0))
+    bias = make_bias(h, 2, 0).requires_grad_()
+    assert torch.autograd.gradgradcheck(
+        lambda q, k, v, b: hierarchical_attention(q, k, v, h, pair_bias=b),
+        (q, k, v, bias), eps=1e-6, atol=1e-6)
+
+
 def test_dataloader_batches_family_graphs():
     hs = []
     for i, f in enumerate([Forest([5, 5, 6, 6, 6, 7, 7, -1], 5),
@@ -351,7 +374,6 @@ def test_extreme_scores_with_empty_family_graph_rows_stay_finite():
 
 
 BAD_EDGES = [
-    (torch.tensor([[0.0], [1.0]]), 'integer tensor'),
     (torch.tensor([0, 1]), r'shape \[2, E\]'),
     (torch.tensor([[0], [9]]), r'family_edge_index\[1, 0\] = 9 is not a node'),
     (torch.tensor([[0], [3]]), r'\(0, 3\) is not a pair of siblings'),
@@ -367,14 +389,56 @@ def test_bad_family_graph(edges, pattern):
         h.with_family_graph(edges)
 
 
+@pytest.mark.parametrize('edges', [torch.tensor([[0.0], [1.0]]),
+                                   torch.tensor([[True], [False]])])
+def test_family_graph_of_the_wrong_dtype(edges):
+    h = Hierarchy.from_parent([5, 5, 5, 6, 6, 7, 7, -1], 5)
+    with pytest.raises(TypeError, match='integer dtype'):
+        h.with_family_graph(edges)
+
+
 def test_bad_pair_bias():
     h = Hierarchy.from_parent([3, 3, 3, -1], 3)
     q = torch.randn(3, 2, 4)
     with pytest.raises(ValueError, match=r'shape \(9, 2\).*got \(9,\)'):
         hierarchical_attention(q, q, q, h, pair_bias=torch.zeros(9))
-    with pytest.raises(ValueError, match='floating point'):
+    with pytest.raises(TypeError, match='floating point'):
         hierarchical_attention(q, q, q, h,
                                pair_bias=torch.zeros(9, 2, dtype=torch.long))
+
+
+@pytest.mark.parametrize('value', [math.nan, math.inf])
+def test_nan_or_positive_infinite_pair_bias_is_refused(value):
+    h = Hierarchy.from_parent([3, 3, 3, -1], 3)
+    q = torch.randn(3, 2, 4)
+    bias = torch.zeros(9, 2)
+    bias[4, 1] = value
+    with pytest.raises(ValueError, match=r"'pair_bias' row 4 holds NaN or "
+                       r"\+inf"):
+        hierarchical_attention(q, q, q, h, pair_bias=bias)
+
+
+@fewer(2)
+@given(f=forests(max_leaves=16), heads=HEADS, seed=SEEDS)
+def test_minus_infinite_bias_is_a_missing_family_graph_edge(f, heads, seed):
+    """A bias of -inf forbids a pair exactly as leaving it out of the family
+    graph does."""
+    h = Hierarchy.from_parent(f.parent, f.num_leaves)
+    q, k, v = make(f.num_leaves, heads, 2, seed)
+    bias = make_bias(h, heads, seed)
+    pairs = h.sibling_pairs
+    kept = random_family_graph(h, seed)
+    allowed = set(zip(*kept.tolist()))
+    off = torch.tensor([a != b and (a, b) not in allowed
+                        for a, b in zip(*pairs.tolist())], dtype=torch.bool)
+    bias[off] = -math.inf
+    sparse = h.with_family_graph(kept)
+    masked = make_bias(sparse, heads, seed)
+    assert torch.equal(sparse.sibling_pairs, pairs)
+    masked[~off] = bias[~off]
+    out = hierarchical_attention(q, k, v, h, pair_bias=bias)
+    ref = hierarchical_attention(q, k, v, sparse, pair_bias=masked)
+    assert max_err(out, ref) <= EXACT
 
 
 # FamilyGeometryBias and HSAConv ############################################
@@ -415,7 +479,7 @@ def test_geometry_bias_errors():
     with pytest.raises(ValueError, match="'max_branching' must be an int"):
         FamilyGeometryBias(2, max_branching=1)
     # bool is an int subclass; True must not pass as one head
-    with pytest.raises(ValueError, match="'heads' must be an int >= 1"):
+    with pytest.raises(TypeError, match="'heads' must be an int"):
         FamilyGeometryBias(True)
     h = Hierarchy.from_parent([5] * 5 + [-1], 5)
     with pytest.raises(ValueError, match='max_branching >= 5'):

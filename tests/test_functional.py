@@ -433,6 +433,79 @@ def test_gradcheck_random(f, heads, d, seed):
     _gradcheck(f, heads, d, 2, seed)
 
 
+# Second derivatives ########################################################
+
+
+def _gradgradcheck(h, q, k, v, **kwargs):
+    inputs = tuple(x.requires_grad_() for x in (q, k, v))
+    assert torch.autograd.gradgradcheck(
+        lambda q, k, v: hierarchical_attention(q, k, v, h, **kwargs),
+        inputs, eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize('name', sorted(GRAD_CASES))
+def test_gradgradcheck_cases(name):
+    f = GRAD_CASES[name]
+    _gradgradcheck(build(f), *make_qkv(f.num_leaves, 2, 2, 3, 0))
+
+
+@fewer(4)
+@given(f=forests(max_leaves=7), heads=st.sampled_from([None, 2]),
+       seed=SEEDS)
+def test_gradgradcheck_random(f, heads, seed):
+    _gradgradcheck(build(f), *make_qkv(f.num_leaves, heads, 2, 2, seed))
+
+
+def test_gradgradcheck_fused_leaf_path():
+    h = Hierarchy.from_assignments(balanced_assignments(16, 4))
+    _gradgradcheck(h, *make_qkv(16, 2, 2, 2, 0))
+
+
+def hessian_vector_products(attention, q, k, v, seed):
+    r"""Second derivatives of a loss that depends on the output
+    non-linearly, through a first backward with ``create_graph=True``:
+    ``d/d(q, k, v) <grad L(q, k, v), u>`` for a random direction ``u``."""
+    g = torch.Generator().manual_seed(seed)
+    inputs = tuple(x.detach().requires_grad_() for x in (q, k, v))
+    out = attention(*inputs)
+    loss = (out.tanh() * torch.randn(out.shape, generator=g,
+                                     dtype=out.dtype)).sum()
+    grads = torch.autograd.grad(loss, inputs, create_graph=True,
+                                allow_unused=True, materialize_grads=True)
+    dot = sum((gr * torch.randn(gr.shape, generator=g,
+                                dtype=gr.dtype)).sum() for gr in grads)
+    return torch.cat([x.flatten() for x in torch.autograd.grad(
+        dot, inputs, allow_unused=True, materialize_grads=True)])
+
+
+@fewer(2)
+@given(f=forests(max_leaves=14), heads=HEADS, d=DIMS, seed=SEEDS,
+       scale=SCALES)
+def test_second_derivatives_match_dense(f, heads, d, seed, scale):
+    """Hessian-vector products of the dynamic program equal those of the
+    dense closed form (which autograd differentiates on its own)."""
+    h = build(f)
+    q, k, v = make_qkv(f.num_leaves, heads, d, 2, seed)
+    dp = hessian_vector_products(
+        lambda q, k, v: hierarchical_attention(q, k, v, h, scale=scale),
+        q, k, v, seed)
+    dense = hessian_vector_products(
+        lambda q, k, v: apply_q(
+            hierarchical_attention_matrix(q, k, h, scale=scale), v),
+        q, k, v, seed)
+    assert max_err(dp, dense) <= 1e-9
+
+
+@given(n=st.integers(2, 20), heads=HEADS, seed=SEEDS)
+def test_flat_tree_second_derivatives_are_softmax(n, heads, seed):
+    q, k, v = make_qkv(n, heads, 3, 2, seed)
+    h = build(flat_tree(n))
+    hsa = hessian_vector_products(
+        lambda q, k, v: hierarchical_attention(q, k, v, h), q, k, v, seed)
+    sdpa = hessian_vector_products(leaf_sdpa, q, k, v, seed)
+    assert max_err(hsa, sdpa) <= 1e-9
+
+
 @fewer(2)
 @given(f=forests(max_leaves=12), heads=st.sampled_from([None, 2]),
        seed=SEEDS)
@@ -669,21 +742,22 @@ def test_non_float_inputs(which, dtype):
     args = [q, k, v]
     args[which] = args[which].to(dtype)
     name = 'qkv'[which]
-    with pytest.raises(ValueError,
+    with pytest.raises(TypeError,
                        match=rf"'{name}' must be a floating point tensor"):
         hierarchical_attention(*args, h)
 
 
 def test_non_tensor_input():
     q, k, v, h = _valid()
-    with pytest.raises(ValueError, match=r"'q' must be a floating point"):
+    with pytest.raises(TypeError, match=r"'q' must be a floating point"):
         hierarchical_attention(q.tolist(), k, v, h)
 
 
 @pytest.mark.parametrize('p', [-0.1, 1.0, 1.5, float('nan')])
 def test_dropout_p_out_of_range(p):
     q, k, v, h = _valid()
-    with pytest.raises(ValueError, match=r"'dropout_p' must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"'dropout_p' must be a finite "
+                       r"number in \[0.0, 1.0\)"):
         hierarchical_attention(q, k, v, h, dropout_p=p, training=True)
     # Checked even when dropout is off: a bad value is a bug either way.
     with pytest.raises(ValueError, match=r"'dropout_p'"):
@@ -697,9 +771,89 @@ def test_dropout_p_out_of_range(p):
 ])
 def test_non_hierarchy(bad):
     q, k, v, _ = _valid()
-    with pytest.raises(ValueError, match=r"'hierarchy' must be a "
+    with pytest.raises(TypeError, match=r"'hierarchy' must be a "
                        r"hsa_geo.data.Hierarchy"):
         hierarchical_attention(q, k, v, bad)
+
+
+@pytest.mark.parametrize('p', ['0.1', True, torch.tensor(0.1), None])
+def test_dropout_p_of_the_wrong_type(p):
+    q, k, v, h = _valid()
+    with pytest.raises(TypeError, match=r"'dropout_p' must be a real"):
+        hierarchical_attention(q, k, v, h, dropout_p=p, training=True)
+
+
+@pytest.mark.parametrize('scale,error', [
+    (float('nan'), ValueError), (float('inf'), ValueError),
+    (0.0, ValueError), (-1.0, ValueError), ('a', TypeError),
+    (True, TypeError), (torch.tensor(0.5), TypeError),
+    (torch.tensor(0.5, requires_grad=True), TypeError)])
+def test_bad_scale(scale, error):
+    """A tensor scale is refused rather than half supported: its gradient
+    was None on one path and wrong on another."""
+    q, k, v, h = _valid()
+    with pytest.raises(error, match=r"'scale' must be a"):
+        hierarchical_attention(q, k, v, h, scale=scale)
+
+
+def test_numpy_scale_is_a_number():
+    q, k, v, h = _valid()
+    import numpy as np
+    assert torch.equal(hierarchical_attention(q, k, v, h, scale=np.float64(
+        0.5)), hierarchical_attention(q, k, v, h, scale=0.5))
+
+
+@pytest.mark.parametrize('name', ['training', 'return_weights'])
+@pytest.mark.parametrize('value', [1, 'yes', None])
+def test_flags_must_be_bools(name, value):
+    q, k, v, h = _valid()
+    with pytest.raises(TypeError, match=rf"'{name}' must be True or False"):
+        hierarchical_attention(q, k, v, h, **{name: value})
+
+
+@pytest.mark.parametrize('shape', [(4, 2, 0), (4, 0, 3), (4, 0)])
+def test_no_channels_or_no_heads(shape):
+    h = build(Forest([4, 4, 5, 5, 5, -1], 4))
+    q = torch.randn(shape, dtype=torch.float64)
+    with pytest.raises(ValueError, match='at least one head and one channel'):
+        hierarchical_attention(q, q, q, h)
+
+
+@pytest.mark.parametrize('which', [0, 1, 2])
+def test_inputs_on_another_device(which):
+    q, k, v, h = _valid()
+    args = [q, k, v]
+    args[which] = args[which].to('meta')
+    with pytest.raises(ValueError, match=rf"'{'qkv'[which]}' is on meta but "
+                       r"the hierarchy is on cpu"):
+        hierarchical_attention(*args, h)
+
+
+@fewer(2)
+@given(f=forests(max_leaves=16), heads=HEADS, seed=SEEDS, data=st.data())
+def test_non_finite_values_propagate_as_ieee(f, heads, seed, data):
+    """An infinite or NaN value reaches exactly the outputs that weigh it:
+    ``y_i = sum_j Q_ij v_j`` over the terms with ``Q_ij > 0`` (a zero weight
+    is no term, not ``0 * inf``), per element."""
+    h = build(f)
+    q, k, v = make_qkv(f.num_leaves, heads, 2, 3, seed)
+    for _ in range(data.draw(st.integers(1, 3))):
+        i = data.draw(st.integers(0, f.num_leaves - 1))
+        v[i, ..., data.draw(st.integers(0, 2))] = data.draw(
+            st.sampled_from([math.inf, -math.inf, math.nan]))
+    out = hierarchical_attention(q, k, v, h)
+    Q = hierarchical_attention_matrix(q, k, h)
+    if v.dim() == 2:
+        Q, v3 = Q.unsqueeze(0), v.unsqueeze(1)
+    else:
+        v3 = v
+    terms = Q.unsqueeze(-1) * v3.permute(1, 0, 2).unsqueeze(1)  # [H,N,N,D]
+    ref = torch.where(Q.unsqueeze(-1) > 0, terms, 0.0).sum(2)  # [H, N, D]
+    ref = ref.permute(1, 0, 2).reshape(out.shape)
+    assert torch.equal(torch.isnan(out), torch.isnan(ref))
+    finite = ~torch.isnan(ref)
+    assert torch.equal(out[finite].isinf(), ref[finite].isinf())
+    assert torch.allclose(out[finite], ref[finite], atol=1e-10)
 
 
 def test_moved_hierarchy_gives_same_output():
@@ -734,3 +888,38 @@ def test_fused_contiguous_leaf_path_in_small_chunks(monkeypatch, branching,
                    torch.ones_like(row_sums[h.parent >= 0])) <= EXACT
     assert torch.autograd.gradcheck(
         lambda t: hierarchical_attention(*t.unbind(1), h), (packed, ))
+
+
+# Inputs too large for the machine ##########################################
+
+
+def test_family_too_wide_for_any_machine_is_refused_before_allocating():
+    """200,000 children in one family: 4 * 10^10 scores per head. The error
+    comes before any table is allocated and names the family."""
+    n = 200_000
+    h = Hierarchy.from_parent(torch.cat([torch.full((n, ), n), torch.tensor(
+        [-1])]), n)
+    q = torch.zeros(n, 1, 1)
+    with pytest.raises(ValueError, match=rf"would need about .* GiB.*widest "
+                       rf"family \(node {n}\) has {n} children, padded to a "
+                       rf"table of 212992 x 212992"):
+        hierarchical_attention(q, q, q, h)
+
+
+def test_memory_guard_counts_heads_and_pair_tables(monkeypatch):
+    import hsa_geo._memory as memory
+    h = build(flat_tree(2000))  # padded to 2048
+    q = torch.randn(2000, 2, 1)
+    tables = 2048**2 * 2 * 4  # bytes of one float32 table of all heads
+    monkeypatch.setattr(memory, 'available_memory', lambda device: 5 * tables)
+    hierarchical_attention(q, q, q, h)  # five tables fit
+    with pytest.raises(ValueError, match='hierarchical attention with 2 '
+                       'heads would need'):
+        hierarchical_attention(q, q, q, h, return_weights=True)
+    with pytest.raises(ValueError, match='hierarchical attention with 2 '
+                       'heads would need'):
+        hierarchical_attention(q.double(), q.double(), q.double(), h)
+    monkeypatch.setattr(memory, 'available_memory', lambda device: 10**6)
+    with pytest.raises(ValueError, match='the sibling pairs of this '
+                       'hierarchy .* would need'):
+        h.sibling_pairs

@@ -7,7 +7,7 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from hsa_geo import Hierarchy
+from hsa_geo import Hierarchy, NestedSignal, hierarchical_attention
 from strategies import (Forest, assignment_lists, balanced_assignments,
                         children_of, depth_of, forests, height_of,
                         leaves_under, root_of)
@@ -350,7 +350,7 @@ def test_internal_node_without_children(parent):
     torch.tensor([2, 2, -1], dtype=torch.complex64),
 ])
 def test_parent_non_integer_dtype(value):
-    with pytest.raises(ValueError, match=r"'parent' must have an integer "
+    with pytest.raises(TypeError, match=r"'parent' must have an integer "
                        r"dtype"):
         Hierarchy.from_parent(value, 2)
 
@@ -361,7 +361,7 @@ def test_parent_not_1d():
 
 
 def test_parent_not_a_sequence_of_ints():
-    with pytest.raises(ValueError, match=r"'parent' must be"):
+    with pytest.raises(TypeError, match=r"'parent' must be"):
         Hierarchy.from_parent(['a', 'b'], 1)
 
 
@@ -373,10 +373,16 @@ def test_num_leaves_larger_than_parent(num_leaves):
         Hierarchy.from_parent([2, 2, -1], num_leaves)
 
 
-@pytest.mark.parametrize('num_leaves', [0, -1, 2.0, True, '2', None])
-def test_num_leaves_not_a_positive_int(num_leaves):
-    with pytest.raises(ValueError, match=r"'num_leaves' must be a positive "
-                       r"int"):
+@pytest.mark.parametrize('num_leaves', [0, -1])
+def test_num_leaves_not_positive(num_leaves):
+    with pytest.raises(ValueError, match=r"'num_leaves' must be an int in "
+                       r"\[1, inf\)"):
+        Hierarchy.from_parent([2, 2, -1], num_leaves)
+
+
+@pytest.mark.parametrize('num_leaves', [2.0, True, '2', None])
+def test_num_leaves_not_an_int(num_leaves):
+    with pytest.raises(TypeError, match=r"'num_leaves' must be an int"):
         Hierarchy.from_parent([2, 2, -1], num_leaves)
 
 
@@ -440,7 +446,7 @@ def test_from_assignments_below_minus_one(levels, pattern):
     ([torch.tensor([True, False])], r'assignments\[0\]'),
 ])
 def test_from_assignments_non_integer_dtype(levels, name):
-    with pytest.raises(ValueError, match=name + r"' must have an integer "
+    with pytest.raises(TypeError, match=name + r"' must have an integer "
                        r"dtype"):
         Hierarchy.from_assignments(levels)
 
@@ -470,3 +476,118 @@ def test_any_random_cycle_is_rejected(f):
     parent[root] = max(internal)
     with pytest.raises(ValueError, match=r'cycle'):
         Hierarchy.from_parent(parent, f.num_leaves)
+
+
+# Immutability ##############################################################
+
+
+def _attention(h, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(h.num_leaves, 2, 3, generator=g,
+                           dtype=torch.float64) for _ in range(3))
+    return hierarchical_attention(q, k, v, h)
+
+
+@given(f=forests(max_leaves=12), data=st.data())
+def test_mutating_what_a_hierarchy_hands_out_changes_nothing(f, data):
+    h = Hierarchy.from_parent(f.parent, f.num_leaves)
+    before = _attention(h)
+    parent = h.parent.clone()
+    name = data.draw(st.sampled_from([
+        'parent', 'leaf_count', 'node_depth', 'node_height', 'sibling_rank',
+        'sibling_pairs']))
+    h.__getattribute__(name).mul_(2).add_(1)
+    for nodes in h.levels:
+        nodes.fill_(0)
+    h.family_level('height').fill_(7)
+    h.family_level('depth').fill_(7)
+    assert torch.equal(h.parent, parent)
+    assert torch.equal(_attention(h), before)
+
+
+def test_mutating_the_parent_cannot_make_a_cycle():
+    h = Hierarchy.from_parent([4, 4, 5, 5, 6, 6, -1], 4)
+    h.parent[6] = 4  # a cycle 4 -> 6 -> 4, in a copy
+    signal = NestedSignal.from_hierarchy(h, torch.randn(4, 2))
+    assert torch.equal(signal.hierarchy.parent, h.parent)
+    assert int(h.parent[6]) == -1
+
+
+def test_mutating_the_family_graph_copy_changes_nothing():
+    h = Hierarchy.from_parent([4, 4, 5, 5, 6, 6, -1], 4,
+                              torch.tensor([[0, 2], [1, 3]]))
+    before = _attention(h)
+    h.family_edge_index.fill_(0)
+    assert torch.equal(h.family_edge_index, torch.tensor([[0, 2], [1, 3]]))
+    assert torch.equal(_attention(h), before)
+
+
+@pytest.mark.parametrize('field', ['mask', 'children', 'source_index',
+                                   'leaf_node'])
+def test_changing_the_layout_in_place_is_refused(field):
+    """The layout is the hierarchy's own tensors (copying them for every
+    attention call would cost memory at large N); an in-place change is
+    caught before the next use instead of silently changing the output."""
+    h = Hierarchy.from_parent([5, 5, 6, 6, 6, -1, 5], 5)
+    bucket = h.family_buckets[-1]
+    getattr(bucket, field).copy_(getattr(bucket, field))  # bumps _version
+    with pytest.raises(ValueError, match='modified in place'):
+        _attention(h)
+    h2 = Hierarchy.from_parent([5, 5, 6, 6, 6, -1, 5], 5)
+    h2.layout.leaf_count.mul_(2)
+    with pytest.raises(ValueError, match='modified in place'):
+        _attention(h2)
+
+
+def test_hierarchy_built_in_inference_mode():
+    with torch.inference_mode():
+        h = Hierarchy.from_parent([5, 5, 6, 6, 6, -1, 5], 5)
+    assert _attention(h).isfinite().all()
+
+
+# Wrong types ###############################################################
+
+
+def test_from_assignments_given_a_tensor_instead_of_a_list():
+    with pytest.raises(TypeError, match=r"list of 1-D index tensors.*"
+                       r"\[assignment\]"):
+        Hierarchy.from_assignments(torch.tensor([0, 0, 1]))
+
+
+@pytest.mark.parametrize('bad', [[1], [None], 'ab', 3])
+def test_batch_of_non_hierarchies(bad):
+    with pytest.raises(TypeError, match='hierarch'):
+        Hierarchy.batch(bad)
+
+
+@pytest.mark.parametrize('edges', [
+    torch.tensor([[True], [False]]),
+    torch.tensor([[0.0], [1.0]]),
+    [[0], [1]],
+])
+def test_family_index_of_the_wrong_type(edges):
+    with pytest.raises(TypeError, match='family_edge_index'):
+        Hierarchy.from_parent([2, 2, -1], 2, edges)
+
+
+# Sizes #####################################################################
+
+
+@given(f=forests(max_leaves=20))
+def test_num_sibling_pairs_counts_without_building(f):
+    h = Hierarchy.from_parent(f.parent, f.num_leaves)
+    assert h.num_sibling_pairs == h.sibling_pairs.size(1)
+    node, width = h.widest_family
+    assert width == h.max_branching
+    if width:
+        assert int((h.parent == node).sum()) == width
+
+
+@pytest.mark.parametrize('children,width', [
+    (2, 2), (3, 4), (64, 64), (65, 72), (100, 104), (2049, 2304),
+    (50000, 53248)])
+def test_wide_families_are_padded_by_at_most_an_eighth(children, width):
+    h = Hierarchy.from_parent([children] * children + [-1], children)
+    assert [b.width for b in h.family_buckets] == [width]
+    if children > 64:
+        assert (width / children)**2 <= 1.27

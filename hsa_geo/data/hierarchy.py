@@ -7,7 +7,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from hsa_geo._checks import is_int
+from hsa_geo._checks import check_index, check_int
+from hsa_geo._memory import ensure_memory
 
 IndexLike = Union[Tensor, Sequence[int]]
 
@@ -15,7 +16,8 @@ IndexLike = Union[Tensor, Sequence[int]]
 @dataclass(frozen=True)
 class FamilyBucket:
     r"""Families of the same padded width :math:`W` (the number of children
-    rounded up to a power of two) and the same kind of children, laid out as
+    rounded up to a power of two up to 64, above to a multiple of an eighth
+    of the power of two below) and the same kind of children, laid out as
     an :math:`[F, W]` table so that the attention inside all of them is one
     batched matrix product.
 
@@ -75,25 +77,46 @@ class FamilyBucket:
             })
 
 
+@dataclass(frozen=True)
+class HierarchyLayout:
+    r"""The arrays the dynamic program reads, derived once per
+    :class:`Hierarchy` (see :attr:`Hierarchy.layout`). They are the
+    hierarchy's own tensors, not copies: read them, never modify them.
+
+    Attributes:
+        buckets (list of FamilyBucket): the families by padded width.
+        cluster_levels (list of (LongTensor, LongTensor)): per depth ``d >=
+            1``, the internal nodes at that depth and their parents, both in
+            the internal numbering ``0..M-1``.
+        leaf_count (LongTensor): ``[T]`` :math:`|n|`.
+        leaves_with_parent (LongTensor): leaves that are not roots.
+        leaf_parent_cluster (LongTensor): their parents, ``0..M-1``.
+        leaf_blocks (FamilyBucket, optional): the ``'leaf'`` bucket holding
+            all leaves in order, when there is one (the fused leaf path).
+        leaves_outside_leaf_families (LongTensor): non-root leaves that are
+            not in a multi-child ``'leaf'`` bucket.
+        outside_parent_cluster (LongTensor): their parents, ``0..M-1``.
+    """
+    buckets: List[FamilyBucket]
+    cluster_levels: List[Tuple[Tensor, Tensor]]
+    leaf_count: Tensor
+    leaves_with_parent: Tensor
+    leaf_parent_cluster: Tensor
+    leaf_blocks: Optional[FamilyBucket]
+    leaves_outside_leaf_families: Tensor
+    outside_parent_cluster: Tensor
+
+
 def _as_index(value: IndexLike, name: str) -> Tensor:
     if not isinstance(value, Tensor):
         try:
             value = torch.as_tensor(value)
         except (TypeError, ValueError, RuntimeError) as e:
-            raise ValueError(f"'{name}' must be a 1-D integer tensor or a "
-                             f"sequence of ints ({e})") from None
+            raise TypeError(f"'{name}' must be a 1-D integer tensor or a "
+                            f"sequence of ints ({e})") from None
         if value.numel() == 0:
             value = value.long()
-    if value.dtype in (torch.bool, ) or value.is_floating_point() \
-            or value.is_complex():
-        raise ValueError(
-            f"'{name}' must have an integer dtype, got {value.dtype}; "
-            f"convert it with '.long()' (after checking it holds whole "
-            f"numbers)")
-    if value.dim() != 1:
-        raise ValueError(f"'{name}' must be 1-D, got shape "
-                         f"{tuple(value.shape)}")
-    return value.long()
+    return check_index(value, name, rows=None)
 
 
 def _as_range(index: Tensor) -> Optional[Tuple[int, int]]:
@@ -105,6 +128,22 @@ def _as_range(index: Tensor) -> Optional[Tuple[int, int]]:
     if bool((index == torch.arange(lo, hi, device=index.device)).all()):
         return lo, hi
     return None
+
+
+def _padded_width(num_children: Tensor) -> Tensor:
+    r"""The width of a family's table: the next power of two up to 64
+    children (few, cheap buckets; at most 4x the pairs of small families),
+    then the next multiple of an eighth of the power of two below, so that
+    a wide family wastes at most about 27% of its :math:`W^2` scores (a
+    power of two would pad 50,000 children to 65,536, 1.7x the scores)."""
+    width = torch.ones_like(num_children)
+    big = num_children > 1
+    width[big] = 2**torch.ceil(torch.log2(num_children[big].double())).long()
+    wide = num_children > 64
+    step = 2**(torch.floor(torch.log2(num_children[wide].double())).long()
+               - 3)
+    width[wide] = (num_children[wide] + step - 1) // step * step
+    return width
 
 
 def parent_depths(parent: Tensor) -> Tensor:
@@ -167,9 +206,7 @@ class Hierarchy:
     def __init__(self, parent: IndexLike, num_leaves: int,
                  family_edge_index: Optional[Tensor] = None):
         parent = _as_index(parent, 'parent')
-        if not is_int(num_leaves):
-            raise ValueError(
-                f"'num_leaves' must be a positive int, got {num_leaves!r}")
+        num_leaves = check_int(num_leaves, 'num_leaves')
         if num_leaves > parent.numel():
             raise ValueError(
                 f"'parent' has {parent.numel()} entries but num_leaves="
@@ -217,6 +254,12 @@ class Hierarchy:
             family_edge_index (LongTensor, optional): ``[2, E]`` the family
                 graph in these node ids (see :class:`Hierarchy`).
         """
+        if isinstance(assignments, Tensor) or not isinstance(
+                assignments, Sequence):
+            raise TypeError(
+                f"'assignments' must be a list of 1-D index tensors, one per "
+                f"level, got {type(assignments).__name__}; wrap a single "
+                f"level as [assignment]")
         if len(assignments) == 0:
             raise ValueError("'assignments' is empty; pass at least the "
                              "assignment of the leaves to level-1 clusters")
@@ -265,8 +308,16 @@ class Hierarchy:
         r"""Joins hierarchies into one forest. The leaves of all of them come
         first, in order (matching ``torch.cat`` of their leaf features), then
         their internal nodes."""
+        if isinstance(hierarchies, Hierarchy) or not isinstance(
+                hierarchies, Sequence):
+            raise TypeError(f"'hierarchies' must be a list of Hierarchy, got "
+                            f"{type(hierarchies).__name__}")
         if len(hierarchies) == 0:
             raise ValueError("'hierarchies' is empty")
+        for i, h in enumerate(hierarchies):
+            if not isinstance(h, Hierarchy):
+                raise TypeError(f"hierarchies[{i}] must be a Hierarchy, got "
+                                f"{type(h).__name__}")
         num_leaves = sum(h.num_leaves for h in hierarchies)
         leaf_off, clus_off, parts_leaf, parts_clus = 0, num_leaves, [], []
         sparse = [h.family_edge_index is not None for h in hierarchies]
@@ -311,7 +362,8 @@ class Hierarchy:
             if isinstance(value, Tensor):
                 value = value.to(device)
             elif isinstance(value, tuple):
-                value = tuple(v.to(device) for v in value)
+                value = tuple(v.to(device) if isinstance(v, Tensor) else v
+                              for v in value)
             elif isinstance(value, list):
                 value = [
                     tuple(t.to(device) for t in v) if isinstance(v, tuple)
@@ -322,6 +374,8 @@ class Hierarchy:
         if self._leaf_blocks is not None:
             out._leaf_blocks = out._buckets[self._buckets.index(
                 self._leaf_blocks)]
+        out._cache = {}
+        out._stamp = out._versions()
         return out
 
     # Validation ############################################################
@@ -370,16 +424,7 @@ class Hierarchy:
         if edges is None:
             return None
         name = 'family_edge_index'
-        if not isinstance(edges, Tensor) or edges.is_floating_point() \
-                or edges.dtype == torch.bool or edges.is_complex():
-            got = edges.dtype if isinstance(edges, Tensor) else type(
-                edges).__name__
-            raise ValueError(f"'{name}' must be an integer tensor of shape "
-                             f"[2, E], got {got}")
-        if edges.dim() != 2 or edges.size(0) != 2:
-            raise ValueError(f"'{name}' must have shape [2, E], got "
-                             f"{tuple(edges.shape)}")
-        edges = edges.long().to(self._parent.device)
+        edges = check_index(edges, name).to(self._parent.device)
         t = self._parent.numel()
         bad = (edges < 0) | (edges >= t)
         if bool(bad.any()):
@@ -444,8 +489,12 @@ class Hierarchy:
         leaf_has_parent = (leaf_parent >= 0).nonzero().view(-1)
 
         self._num_trees = int((parent < 0).sum())
-        self._max_branching = int(
-            torch.bincount(parent[parent >= 0]).max()) if t > n else 0
+        num_children = torch.bincount(parent[parent >= 0], minlength=t)
+        self._max_branching = int(num_children.max()) if t > n else 0
+        self._num_pairs = int((num_children**2).sum())
+        widest = int(num_children.argmax()) if t > 0 else 0
+        self._widest = (widest, int(num_children[widest]) if t > 0 else 0)
+        self._cache = {}  # derived on demand: sibling pairs
         self._depth = depth
         self._height = height
         self._size = size
@@ -469,6 +518,28 @@ class Hierarchy:
             (b for b in self._buckets
              if b.kind == 'leaf' and b.source_range == (0, n)), None)
         self._leaf_outside_leaf_families = (rest, parent[rest] - n)
+        self._stamp = self._versions()
+
+    def _tensors(self) -> List[Tensor]:
+        r"""Every tensor the hierarchy holds, derived data included."""
+        out = []
+        for value in self.__dict__.values():
+            items = value if isinstance(value, (list, tuple)) else [value]
+            for item in items:
+                if isinstance(item, tuple):
+                    out.extend(t for t in item if isinstance(t, Tensor))
+                elif isinstance(item, FamilyBucket):
+                    out.extend(getattr(item, f.name) for f in fields(item)
+                               if isinstance(getattr(item, f.name), Tensor))
+                elif isinstance(item, Tensor):
+                    out.append(item)
+        return out
+
+    def _versions(self) -> tuple:
+        # Inference tensors have no version counter, and cannot be changed
+        # in place outside inference mode anyway.
+        return tuple(None if t.is_inference() else t._version
+                     for t in self._tensors())
 
     @staticmethod
     def _layout_families(parent: Tensor, n: int, edges: Optional[Tensor]
@@ -488,11 +559,7 @@ class Hierarchy:
         start = torch.cumsum(num_children, 0) - num_children
         slot = torch.arange(child.numel(), device=device) - start[fam]
         rank[child] = slot
-        width = torch.ones_like(num_children)
-        big = num_children > 1
-        # Next power of two: padding wastes at most 4x in the W^2 scores.
-        width[big] = 2**torch.ceil(torch.log2(
-            num_children[big].double())).long()
+        width = _padded_width(num_children)
         num_leaf_children = torch.bincount(fam[child < n], minlength=m)
         full = num_children == width
         kind = torch.full((m, ), 2, dtype=torch.long, device=device)  # mixed
@@ -509,6 +576,8 @@ class Hierarchy:
             local[fams] = torch.arange(fams.numel(), device=device)
             allowed = None
             if edges is not None:
+                ensure_memory(fams.numel() * w * w, 'the family graph masks '
+                              f'of the families of width {w}', device)
                 allowed = torch.zeros(fams.numel(), w, w, dtype=torch.bool,
                                       device=device)
                 in_bucket = local[edge_fam] >= 0
@@ -545,11 +614,14 @@ class Hierarchy:
         return buckets, rank
 
     # Public properties ######################################################
+    # A Hierarchy is immutable: the per-node tensors below are copies, so
+    # changing one in place changes nothing here; the layout the dynamic
+    # program reads is checked against in-place changes before every use.
 
     @property
     def parent(self) -> Tensor:
-        r"""``[T]`` parent of every node, ``-1`` for roots."""
-        return self._parent
+        r"""``[T]`` parent of every node, ``-1`` for roots (a copy)."""
+        return self._parent.clone()
 
     @property
     def num_leaves(self) -> int:
@@ -590,47 +662,69 @@ class Hierarchy:
     @property
     def node_depth(self) -> Tensor:
         r"""``[T]`` edges from each node up to its root (roots: 0)."""
-        return self._depth
+        return self._depth.clone()
 
     @property
     def node_height(self) -> Tensor:
         r"""``[T]`` edges on the longest path from each node down to a leaf
         (leaves: 0)."""
-        return self._height
+        return self._height.clone()
 
     @property
     def leaf_count(self) -> Tensor:
         r"""``[T]`` :math:`|n|`, the number of leaves under each node."""
-        return self._size
+        return self._size.clone()
 
     @property
     def device(self) -> torch.device:
         return self._parent.device
 
     @property
+    def layout(self) -> HierarchyLayout:
+        r"""The arrays the dynamic program reads (:class:`HierarchyLayout`),
+        after checking that none of the hierarchy's tensors was changed in
+        place since it was built (:class:`ValueError` otherwise)."""
+        if self._versions() != self._stamp:
+            raise ValueError(
+                "a tensor of this Hierarchy was modified in place; a "
+                "Hierarchy is immutable and its derived data no longer "
+                "matches: build a new one (Hierarchy.from_parent) instead of "
+                "editing its tensors")
+        rest, rest_parent = self._leaf_outside_leaf_families
+        return HierarchyLayout(
+            buckets=self._buckets, cluster_levels=self._cluster_levels,
+            leaf_count=self._size, leaves_with_parent=self._leaf_with_parent,
+            leaf_parent_cluster=self._leaf_parent_cluster,
+            leaf_blocks=self._leaf_blocks,
+            leaves_outside_leaf_families=rest,
+            outside_parent_cluster=rest_parent)
+
+    @property
     def family_buckets(self) -> List[FamilyBucket]:
         r"""The families grouped by padded width (see
-        :class:`FamilyBucket`)."""
-        return self._buckets
+        :class:`FamilyBucket`): the hierarchy's own tensors, checked like
+        :attr:`layout`."""
+        return self.layout.buckets
 
     @property
     def levels(self) -> List[Tensor]:
         r"""Node ids of every depth level: ``levels[d]`` holds the nodes at
         depth ``d`` (``levels[0]`` the roots)."""
-        return list(self._levels)
+        return [nodes.clone() for nodes in self._levels]
 
     @property
     def family_edge_index(self) -> Optional[Tensor]:
         r"""``[2, E]`` the family graph (pairs of sibling node ids along which
         attention may flow), or :obj:`None` when every family is dense."""
-        return self._family_edges
+        edges = self._family_edges
+        return None if edges is None else edges.clone()
 
     @property
     def sibling_rank(self) -> Tensor:
         r"""``[T]`` the position of every node among its siblings, in
         increasing node id (``0..|C(F)|-1``; roots: 0). This is the slot
         order of the family tables and of :attr:`sibling_pairs`."""
-        return self._sibling_rank
+        return self._sibling_rank.clone()
 
     def family_level(self, by: str = 'height') -> Tensor:
         r"""``[T]`` the level of every node as a child: the level of the
@@ -643,7 +737,7 @@ class Hierarchy:
           roots are 0).
         """
         if by == 'depth':
-            return self._depth
+            return self._depth.clone()
         if by != 'height':
             raise ValueError(f"'by' must be 'height' (levels counted from "
                              f"the leaves) or 'depth' (from the roots), got "
@@ -654,33 +748,50 @@ class Hierarchy:
                            self._height)
 
     @property
+    def widest_family(self) -> Tuple[int, int]:
+        r"""``(node, number of children)`` of the family with the most
+        children."""
+        return self._widest
+
+    @property
+    def num_sibling_pairs(self) -> int:
+        r""":math:`P = \sum_F |C(F)|^2`, the number of ordered sibling pairs
+        (self pairs included), without building them."""
+        return self._num_pairs
+
+    @property
     def sibling_pairs(self) -> Tensor:
         r"""``[2, P]`` every ordered pair ``(a, b)`` of children of a common
         parent, ``a == b`` included, with :math:`P = \sum_F |C(F)|^2`. The
         order is the one in which
         :func:`~hsa_geo.functional.hierarchical_attention` returns the family
-        weights."""
-        cached = self.__dict__.get('_sibling_pairs')
-        if cached is not None:
-            return cached
-        parts = [
-            torch.stack([b.children[f, i], b.children[f, j]])
-            for b, (f, i, j) in zip(self._buckets, self._bucket_pairs)
-        ]
-        pairs = torch.cat(parts, dim=1) if parts else torch.empty(
-            2, 0, dtype=torch.long, device=self.device)
-        self._sibling_pairs = pairs
-        return pairs
+        weights. (A copy.)"""
+        pairs = self._cache.get('sibling_pairs')
+        if pairs is None:
+            parts = [
+                torch.stack([b.children[f, i], b.children[f, j]])
+                for b, (f, i, j) in zip(self._buckets, self.bucket_pairs)
+            ]
+            pairs = torch.cat(parts, dim=1) if parts else torch.empty(
+                2, 0, dtype=torch.long, device=self.device)
+            self._cache['sibling_pairs'] = pairs
+        return pairs.clone()
 
     @property
-    def _bucket_pairs(self) -> List[Tuple[Tensor, Tensor, Tensor]]:
-        # Per bucket, (family, slot a, slot b) of its real pairs, row-major:
-        # the order of `sibling_pairs`, bucket after bucket.
-        cached = self.__dict__.get('_bucket_pairs_cache')
+    def bucket_pairs(self) -> List[Tuple[Tensor, Tensor, Tensor]]:
+        r"""Per bucket of :attr:`family_buckets`, ``(family, slot a, slot
+        b)`` of its real sibling pairs, row-major: the order of
+        :attr:`sibling_pairs`, bucket after bucket."""
+        cached = self._cache.get('bucket_pairs')
         if cached is None:
+            ensure_memory(
+                self._num_pairs * 3 * 8, 'the sibling pairs of this '
+                'hierarchy (a pair bias or family weights need them)',
+                self.device, 'the widest family (node {}) has {} children'
+                .format(*self._widest))
             cached = [(b.mask.unsqueeze(2) & b.mask.unsqueeze(1)).nonzero(
                 as_tuple=True) for b in self._buckets]
-            self._bucket_pairs_cache = cached
+            self._cache['bucket_pairs'] = cached
         return cached
 
     def __repr__(self) -> str:

@@ -2,12 +2,17 @@ r"""The exact dynamic program of hierarchical self-attention (HSA)."""
 from __future__ import annotations
 
 import math
-from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
+from functools import partial
+from typing import (Callable, List, NamedTuple, Optional, Sequence,
+                    Tuple, Union)
 
 import torch
 from torch import Tensor
 
-from hsa_geo.data.hierarchy import FamilyBucket, Hierarchy
+from hsa_geo._checks import (check_bool, check_device, check_float,
+                             check_floating)
+from hsa_geo._memory import ensure_memory
+from hsa_geo.data.hierarchy import FamilyBucket, Hierarchy, HierarchyLayout
 
 
 class FamilyWeights(NamedTuple):
@@ -26,11 +31,10 @@ class FamilyWeights(NamedTuple):
 
 def _check_inputs(q: Tensor, k: Tensor, v: Tensor, hierarchy: Hierarchy):
     if not isinstance(hierarchy, Hierarchy):
-        raise ValueError(f"'hierarchy' must be a hsa_geo.data.Hierarchy, got "
-                         f"{type(hierarchy).__name__}")
+        raise TypeError(f"'hierarchy' must be a hsa_geo.data.Hierarchy, got "
+                        f"{type(hierarchy).__name__}")
     for name, t in (('q', q), ('k', k), ('v', v)):
-        if not isinstance(t, Tensor) or not t.is_floating_point():
-            raise ValueError(f"'{name}' must be a floating point tensor")
+        check_floating(t, name)
         if t.dim() != q.dim() or t.dim() not in (2, 3):
             raise ValueError(
                 f"q, k and v must all be [N, D] or all [N, H, D]; got shapes "
@@ -39,30 +43,36 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor, hierarchy: Hierarchy):
         raise ValueError(
             f"q and k must have the same shape and v the same [N(, H)]; got "
             f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if q.size(-1) == 0 or (q.dim() == 3 and q.size(1) == 0):
+        raise ValueError(f"q and k need at least one head and one channel "
+                         f"per head; got shape {tuple(q.shape)}")
     if q.size(0) != hierarchy.num_leaves:
         raise ValueError(
             f"q, k and v have {q.size(0)} rows but the hierarchy has "
             f"{hierarchy.num_leaves} leaves; row i must be leaf i")
-    if q.device != hierarchy.device:
-        raise ValueError(f"q is on {q.device} but the hierarchy is on "
-                         f"{hierarchy.device}; call hierarchy.to(q.device)")
+    for name, t in (('q', q), ('k', k), ('v', v)):
+        check_device(t, name, hierarchy.device, 'the hierarchy')
 
 
 def _check_pair_bias(bias: Tensor, hierarchy: Hierarchy,
                      heads: torch.Size) -> Tensor:
-    num_pairs = hierarchy.sibling_pairs.size(1)
+    num_pairs = hierarchy.num_sibling_pairs
     shape = (num_pairs, ) + tuple(heads)
-    if not isinstance(bias, Tensor) or not bias.is_floating_point():
-        raise ValueError("'pair_bias' must be a floating point tensor")
+    check_floating(bias, 'pair_bias')
     if tuple(bias.shape) != shape:
         raise ValueError(
             f"'pair_bias' must have shape {shape}: one row per sibling pair "
             f"of the hierarchy (hierarchy.sibling_pairs, P = {num_pairs})"
             f"{' and one column per head' if heads else ''}; got "
             f"{tuple(bias.shape)}")
-    if bias.device != hierarchy.device:
-        raise ValueError(f"'pair_bias' is on {bias.device} but the hierarchy "
-                         f"is on {hierarchy.device}")
+    check_device(bias, 'pair_bias', hierarchy.device, 'the hierarchy')
+    bad = torch.isnan(bias) | torch.isposinf(bias)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"'pair_bias' row {row} holds NaN or +inf; a bias must be finite "
+            f"or -inf (-inf forbids the pair, like a missing family-graph "
+            f"edge)")
     return bias.reshape(num_pairs, math.prod(heads))
 
 
@@ -79,16 +89,43 @@ def _invalid(bucket: FamilyBucket) -> Tensor:
     return ~(bucket.mask[:, :, None] & bucket.mask[:, None, :] & ~eye)
 
 
+def _ensure_fits(hierarchy: Hierarchy, layout: HierarchyLayout, heads: int,
+                 dtype: torch.dtype, pairs: bool):
+    r"""Refuses, before anything is allocated, families whose padded score
+    tables ``[H, F, W, W]`` cannot fit in the memory the device has left."""
+    width = max((b.width for b in layout.buckets), default=0)
+    if width < _GUARDED_WIDTH:
+        return  # small families never dominate: no need to ask the system
+    item = torch.finfo(dtype).bits // 8
+    # (a bias or the returned weights add a table and the pair index)
+    per_pair = (_LIVE_SCORE_TABLES + pairs) * heads * item + 24 * pairs
+    nbytes = per_pair * sum(b.num_families * b.width**2
+                            for b in layout.buckets if b.width > 1)
+    node, children = hierarchy.widest_family
+    ensure_memory(
+        nbytes, f'hierarchical attention with {heads} heads',
+        hierarchy.device, f"the widest family (node {node}) has {children} "
+        f"children, padded to a table of {width} x {width} scores per head")
+
+
+# Score tables alive at once at the peak of a forward and backward (the
+# scores, their gradient, the gradients of the logsumexp and the contexts):
+# 3.3 measured on one family of 4,096 children, rounded up for temporaries;
+# and the width from which the guard asks the system.
+_LIVE_SCORE_TABLES = 5
+_GUARDED_WIDTH = 1024
+
+
 def _bucket_biases(pair_bias: Optional[Tensor], hierarchy: Hierarchy,
                    dtype: torch.dtype) -> List[Optional[Tensor]]:
     r"""The ``[P, H]`` pair bias laid out per bucket as ``[H, F, W, W]``
     (zeros in padding and on the diagonal); :obj:`None` per bucket without
     a bias. The sibling pairs of the buckets are only enumerated here."""
-    buckets = hierarchy.family_buckets
+    buckets = hierarchy.layout.buckets
     if pair_bias is None:
         return [None] * len(buckets)
     out, offset = [], 0
-    for b, (f, i, j) in zip(buckets, hierarchy._bucket_pairs):
+    for b, (f, i, j) in zip(buckets, hierarchy.bucket_pairs):
         rows = pair_bias[offset:offset + f.numel()].to(dtype)
         offset += f.numel()
         bias = rows.new_zeros(rows.size(1), b.num_families, b.width, b.width)
@@ -219,6 +256,39 @@ def _head(x: Tensor, i: int, buf: Tensor) -> Tensor:
     return buf.copy_(x[:, :, i])
 
 
+def _replayed_backward(plain: Callable, args: Sequence, needs: Sequence[bool],
+                       grads: Sequence[Optional[Tensor]]) -> tuple:
+    r"""The backward of one of the autograd functions below when autograd
+    records it for a higher derivative (``create_graph=True``): the
+    function's :obj:`plain` form, the same map in differentiable torch
+    operations, is replayed on :obj:`args` and differentiated by autograd,
+    so that the gradient is itself differentiable. The hand-written
+    backwards (in place, through staging buffers) run otherwise.
+
+    :obj:`needs` flags the arguments to differentiate (``needs_input_grad``).
+    Each is replaced by an alias (``view_as``): the gradient is the partial
+    derivative in that argument, not a total derivative through the others
+    (the saved scores and their logsumexp depend on each other), while the
+    alias keeps the result attached to the graph. A flagged argument that
+    does not require grad (the unsaved input of a linear map, passed as a
+    zero stand-in) is made to."""
+    with torch.enable_grad():
+        args = [(a.view_as(a) if a.requires_grad else
+                 a.detach().requires_grad_()) if n else a
+                for a, n in zip(args, needs)]
+        outs = plain(*args)
+        outs = outs if isinstance(outs, tuple) else (outs, )
+        pairs = [(o, g) for o, g in zip(outs, grads)
+                 if g is not None and o.requires_grad]
+        wrt = [a for a, n in zip(args, needs) if n]
+        if not pairs or not wrt:
+            return (None, ) * len(args)
+        got = iter(torch.autograd.grad(
+            [o for o, _ in pairs], wrt, [g for _, g in pairs],
+            create_graph=True, allow_unused=True))
+        return tuple(next(got) if n else None for n in needs)
+
+
 class _HeadwiseScores(torch.autograd.Function):
     r"""Scores inside families, their diagonal and the family sums:
     ``s[h, f, a, b] = alpha * <x[f, a, h], y[f, b, h]>`` (``[H, F, W, W]``),
@@ -253,11 +323,20 @@ class _HeadwiseScores(torch.autograd.Function):
         return out.mul_(alpha), diag.mul_(alpha), x_sum, y_sum
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    def plain(x: Tensor, y: Tensor, alpha: float):
+        r"""The forward in differentiable torch operations."""
+        return (torch.einsum('fahd,fbhd->hfab', x, y) * alpha,
+                (x * y).sum(-1) * alpha, x.sum(1), y.sum(1))
+
+    @staticmethod
     def backward(ctx, grad: Tensor, grad_diag: Tensor, grad_x_sum: Tensor,
                  grad_y_sum: Tensor):
         x, y = ctx.saved_tensors
         alpha = ctx.alpha
+        if torch.is_grad_enabled():
+            return _replayed_backward(
+                _HeadwiseScores.plain, (x, y, alpha), ctx.needs_input_grad,
+                (grad, grad_diag, grad_x_sum, grad_y_sum))
         gx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
         gy = torch.empty_like(y) if ctx.needs_input_grad[1] else None
         chunks = _chunks(x)
@@ -298,9 +377,11 @@ class _RowLogSumExp(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor) -> Tensor:
         s, lse = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return _replayed_backward(partial(torch.logsumexp, dim=-1), (s, ),
+                                      ctx.needs_input_grad, (grad, ))[0]
         out = torch.empty_like(s)
         for lo, hi in _family_ranges(s.size(1), s.size(2) * s.size(3),
                                      s.device):
@@ -329,6 +410,8 @@ class _HeadwiseContext(torch.autograd.Function):
     def forward(ctx, s: Tensor, shift: Tensor, keep: Optional[Tensor],
                 v: Tensor, r: Optional[Tensor], u: Optional[Tensor]) -> Tensor:
         ctx.save_for_backward(s, shift, keep, v, r)
+        # u enters linearly: a replay needs its shape only.
+        ctx.u_like = None if u is None else (u.shape, u.dtype, u.device)
         out = v.new_empty(v.shape)
         chunks = _chunks(v)
         bv, bo = _head_buffers(v, chunks, 2)
@@ -339,6 +422,8 @@ class _HeadwiseContext(torch.autograd.Function):
                 a = _weights(s, shift, keep, i, lo, hi, ba)
                 buf = bo[:hi - lo]
                 torch.bmm(a, cv, out=buf)
+                if not bool(torch.isfinite(cv).all()):  # cheap: in cache
+                    _nonfinite_product_(buf, a, cv)
                 if r is not None:
                     buf.addcmul_(r[lo:hi, :, i].unsqueeze(-1), cv)
                 if u is not None:
@@ -347,9 +432,24 @@ class _HeadwiseContext(torch.autograd.Function):
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    def plain(s: Tensor, shift: Tensor, keep: Optional[Tensor], v: Tensor,
+              r: Optional[Tensor], u: Optional[Tensor]) -> Tensor:
+        r"""The forward in differentiable torch operations."""
+        attn = torch.exp(s - shift)
+        out = torch.einsum('hfab,fbhd->fahd',
+                           attn if keep is None else attn * keep, v)
+        if r is not None:
+            out = out + r.unsqueeze(-1) * v
+        return out if u is None else out + u.unsqueeze(1)
+
+    @staticmethod
     def backward(ctx, grad: Tensor):
         s, shift, keep, v, r = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return _replayed_backward(
+                _HeadwiseContext.plain,
+                (s, shift, keep, v, r, _zeros_like(ctx.u_like)),
+                ctx.needs_input_grad, (grad, ))
         need_s, need_shift, _, need_v, need_r, need_u = ctx.needs_input_grad
         gs = torch.empty_like(s) if need_s or need_shift else None
         gshift = shift.new_empty(shift.shape) if need_shift else None
@@ -379,6 +479,21 @@ class _HeadwiseContext(torch.autograd.Function):
                         buf.addcmul_(r[lo:hi, :, i].unsqueeze(-1), cg)
                     gv[lo:hi, :, i] = buf
         return (gs if need_s else None), gshift, None, gv, gr, gu
+
+
+def _nonfinite_product_(out: Tensor, a: Tensor, v: Tensor) -> Tensor:
+    r"""``out = a @ v`` (batched) as IEEE arithmetic gives the sum over the
+    terms that exist: a zero of ``a`` (the diagonal, padding, pairs off the
+    family graph) is no term at all, so an infinite or NaN value of ``v``
+    reaches the rows that weigh it and no other (``0 * inf`` would make the
+    skipping rows NaN)."""
+    finite = torch.isfinite(v)
+    torch.bmm(a, torch.where(finite, v, 0.0), out=out)
+    used = (a > 0).to(v.dtype)
+    pos, neg, nan = (torch.bmm(used, m.to(v.dtype)) > 0 for m in (
+        v == math.inf, v == -math.inf, torch.isnan(v)))
+    return out.masked_fill_(pos, math.inf).masked_fill_(
+        neg, -math.inf).masked_fill_(nan | (pos & neg), math.nan)
 
 
 def _weight_buffer(s: Tensor, chunks: List[Tuple[int, int]]) -> Tensor:
@@ -442,13 +557,29 @@ class _SubtreeMean(torch.autograd.Function):
         size = size.view((-1, ) + (1, ) * (src.dim() - 1))
         ctx.save_for_backward(size)
         ctx.rows, ctx.levels, ctx.reads = rows, levels, reads
+        ctx.src_like = (src.shape, src.dtype, src.device)
         _sum_up_(out, levels).div_(size)
         return tuple(_rows(out, *r) for r in reads)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    def plain(src: Tensor, rows: Rows, levels: Levels, size: Tensor,
+              reads: List[Rows]) -> Tuple[Tensor, ...]:
+        r"""The forward in differentiable torch operations."""
+        out = _index_add(src.new_zeros((size.numel(), ) + src.shape[1:]),
+                         rows, src)
+        for child, par in reversed(levels):
+            out = out.index_add(0, par, out[child])
+        out = out / size.view((-1, ) + (1, ) * (src.dim() - 1))
+        return tuple(_rows(out, *r) for r in reads)
+
+    @staticmethod
     def backward(ctx, *grads: Optional[Tensor]):
         size, = ctx.saved_tensors
+        if torch.is_grad_enabled():  # linear: replayed at a zero source
+            return _replayed_backward(
+                _SubtreeMean.plain, (_zeros_like(ctx.src_like), ctx.rows,
+                                     ctx.levels, size.view(-1), ctx.reads),
+                ctx.needs_input_grad, grads)
         g = _gather_adjoint(grads, ctx.reads, size.size(0))
         if g is None:
             return None, None, None, None, None
@@ -471,18 +602,49 @@ class _PathSum(torch.autograd.Function):
             _add_rows_(out, rows, x)
         ctx.levels, ctx.writes, ctx.reads = levels, writes, reads
         ctx.num_clusters = num_clusters
+        ctx.xs_like = [(x.shape, x.dtype, x.device) for x in xs]
         _sum_down_(out, levels)
         return tuple(_rows(out, *r) for r in reads)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    def plain(levels: Levels, num_clusters: int, writes: List[Rows],
+              reads: List[Rows], *xs: Tensor) -> Tuple[Tensor, ...]:
+        r"""The forward in differentiable torch operations."""
+        out = xs[0].new_zeros((num_clusters, ) + xs[0].shape[1:])
+        for rows, x in zip(writes, xs):
+            out = _index_add(out, rows, x)
+        for child, par in levels:
+            out = out.index_add(0, child, out[par])
+        return tuple(_rows(out, *r) for r in reads)
+
+    @staticmethod
     def backward(ctx, *grads: Optional[Tensor]):
+        if torch.is_grad_enabled():  # linear: replayed at zero inputs
+            return _replayed_backward(
+                _PathSum.plain, (ctx.levels, ctx.num_clusters, ctx.writes,
+                                 ctx.reads, *map(_zeros_like, ctx.xs_like)),
+                ctx.needs_input_grad, grads)
         none = (None, ) * 4
         g = _gather_adjoint(grads, ctx.reads, ctx.num_clusters)
         if g is None:
             return none + (None, ) * len(ctx.writes)
         _sum_up_(g, ctx.levels)
         return none + tuple(_rows(g, *w) for w in ctx.writes)
+
+
+def _index_add(out: Tensor, rows: Rows, x: Tensor) -> Tensor:
+    r"""``out`` with ``x`` added into its rows, out of place (for the
+    differentiable replays)."""
+    index, span = rows
+    if span is not None:
+        index = torch.arange(span[0], span[1], device=out.device)
+    return out.index_add(0, index, x)
+
+
+def _zeros_like(like: Optional[tuple]) -> Optional[Tensor]:
+    r"""Zeros of a recorded ``(shape, dtype, device)``."""
+    return None if like is None else torch.zeros(like[0], dtype=like[1],
+                                                 device=like[2])
 
 
 def _gather_adjoint(grads: Sequence[Optional[Tensor]], reads: List[Rows],
@@ -497,6 +659,13 @@ def _gather_adjoint(grads: Sequence[Optional[Tensor]], reads: List[Rows],
             g = grad.new_zeros((num_rows, ) + grad.shape[1:])
         _add_rows_(g, rows, grad)
     return g
+
+
+def _add_off_diagonal(off: Tensor, g: Tensor) -> Tensor:
+    r"""``log(exp(off) + exp(g))``. Unlike :func:`torch.logaddexp`, whose
+    second derivative is ``inf / inf`` where ``off`` is the finite "minus
+    infinity" of a row without siblings, every derivative stays finite."""
+    return torch.maximum(off, g) + torch.log1p(torch.exp(-(off - g).abs()))
 
 
 def _dropout_keep(shape, p: float, like: Tensor) -> Tensor:
@@ -538,8 +707,11 @@ def hierarchical_attention(
     attention inside families is one batched product per family width. All
     of it runs in log space, and nothing of size :math:`N \times N` is built:
     time and memory are :math:`O(T H D + P H D)` with :math:`P = \sum_F
-    |C(F)|^2` sibling pairs (families are padded to a power-of-two width,
-    which at most quadruples :math:`P`).
+    |C(F)|^2` sibling pairs (families are padded to a power-of-two width
+    up to 64 children, at most quadrupling their pairs, and by at most an
+    eighth above, at most 1.27x). A hierarchy whose family tables cannot fit
+    in the device's memory is refused with a :class:`ValueError` naming the
+    widest family before anything is allocated.
 
     Two exact extensions (HSA_MATH §4) keep :math:`Q` the KL minimiser of
     its family. A *family graph* (:attr:`Hierarchy.family_edge_index`)
@@ -559,8 +731,9 @@ def hierarchical_attention(
         k (Tensor): keys, same shape as :obj:`q`.
         v (Tensor): values ``[N, H, D_v]`` (or ``[N, D_v]``).
         hierarchy (Hierarchy): the forest over the ``N`` leaves.
-        scale (float, optional): score scale; :math:`1/\sqrt{D}` if
-            :obj:`None`.
+        scale (float, optional): score scale, a positive finite number;
+            :math:`1/\sqrt{D}` if :obj:`None`. A tensor is refused: to learn
+            a temperature, multiply :obj:`q` by it.
         dropout_p (float): dropout on the family weights :math:`\pi` (each
             kept weight is divided by ``1 - dropout_p``) when
             :obj:`training`.
@@ -570,7 +743,8 @@ def hierarchical_attention(
             :math:`\beta_{ab}`, one row per pair of
             :attr:`Hierarchy.sibling_pairs`. Rows of self pairs ``a == b``
             are not used: :math:`l_{aa} = g_a` is the log-partition of the
-            subtree, not a block.
+            subtree, not a block. ``-inf`` forbids a pair (as a missing
+            family-graph edge does); NaN and ``+inf`` are refused.
 
     Returns:
         Tensor ``[N, H, D_v]`` (or ``[N, D_v]``) in the dtype of :obj:`v`;
@@ -578,8 +752,11 @@ def hierarchical_attention(
         in float32 (float64 for float64 inputs).
     """
     _check_inputs(q, k, v, hierarchy)
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"'dropout_p' must be in [0, 1), got {dropout_p}")
+    dropout_p = check_float(dropout_p, 'dropout_p', 0.0, 1.0, high_open=True)
+    check_bool(training, 'training')
+    check_bool(return_weights, 'return_weights')
+    if scale is not None:  # a learnable temperature belongs in q
+        scale = check_float(scale, 'scale', 0.0, low_open=True)
     single_head = q.dim() == 2
     if pair_bias is not None:
         pair_bias = _check_pair_bias(pair_bias, hierarchy, q.shape[1:-1])
@@ -597,15 +774,18 @@ def hierarchical_attention(
     neg = torch.finfo(dtype).min / 4
 
     h = hierarchy
+    layout = h.layout
     num_leaves, num_clusters = h.num_leaves, h.num_clusters
     heads = q.size(1)
-    lwp, lpc = h._leaf_with_parent, h._leaf_parent_cluster
+    _ensure_fits(h, layout, heads, dtype,
+                 pair_bias is not None or return_weights)
+    lwp, lpc = layout.leaves_with_parent, layout.leaf_parent_cluster
     all_leaves_have_parent = lwp.numel() == num_leaves
-    csize = h.leaf_count[num_leaves:].to(dtype)  # [M]
+    csize = layout.leaf_count[num_leaves:].to(dtype)  # [M]
     # All leaves in order in equal-width families: the leaf level runs on one
     # shared view of q, k and v each, fused (block sums, the diagonal g, the
     # leaf outputs), so every gradient piece accumulates in place.
-    blocks = h._leaf_blocks
+    blocks = layout.leaf_blocks
     if blocks is not None and blocks.width == 1:
         blocks = None
     if blocks is not None:
@@ -616,7 +796,7 @@ def hierarchical_attention(
 
     # Upward pass: the means of q, k and v over every cluster's leaves, read
     # straight into the buckets with internal children that attend.
-    buckets = h.family_buckets
+    buckets = layout.buckets
     attending = [i for i, b in enumerate(buckets)
                  if b.kind != 'leaf' and b.width > 1]
 
@@ -630,7 +810,8 @@ def hierarchical_attention(
             src = x if all_leaves_have_parent else x[lwp]
             rows = (lpc, None)
         reads = [_cluster_rows(buckets[i]) for i in attending]
-        return _SubtreeMean.apply(src, rows, h._cluster_levels, csize, reads)
+        return _SubtreeMean.apply(src, rows, layout.cluster_levels, csize,
+                                  reads)
 
     means = {i: m for i, *m in zip(attending, *(
         cluster_means(x, name) for x, name in ((q, 'q'), (k, 'k'), (v, 'v'))))}
@@ -675,15 +856,15 @@ def hierarchical_attention(
     # lse_a = logaddexp(off-diagonal lse_a, g_a).
     if blocks is None:
         g_leaf = torch.einsum('nhd,nhd->nh', q, k) * scale  # [N, H]
-    lse_leaf = torch.logaddexp(off_lse_leaf, g_leaf)
+    lse_leaf = _add_off_diagonal(off_lse_leaf, g_leaf)
     g_clus = q.new_zeros(num_clusters, heads)
     g_clus.index_add_(
         0, lpc, (lse_leaf if all_leaves_have_parent else lse_leaf[lwp]) /
         csize[lpc].unsqueeze(-1))
-    for child, par in reversed(h._cluster_levels):
-        lse = torch.logaddexp(off_lse_clus[child], g_clus[child])
+    for child, par in reversed(layout.cluster_levels):
+        lse = _add_off_diagonal(off_lse_clus[child], g_clus[child])
         g_clus.index_add_(0, par, lse * (csize[child] / csize[par])[:, None])
-    lse_clus = torch.logaddexp(off_lse_clus, g_clus)
+    lse_clus = _add_off_diagonal(off_lse_clus, g_clus)
 
     # log pi_aa, with dropout on the self weights; roots keep mass 1.
     log_self_leaf = g_leaf - lse_leaf
@@ -699,7 +880,7 @@ def hierarchical_attention(
 
     # Downward pass, masses: log r_a = log r_F + log pi_aa.
     log_r_clus = q.new_zeros(num_clusters, heads)
-    for child, par in h._cluster_levels:
+    for child, par in layout.cluster_levels:
         log_r_clus[child] = log_r_clus[par] + log_self_clus[child]
     log_r_leaf = log_self_leaf.index_add(0, lwp, log_r_clus[lpc])
 
@@ -750,7 +931,8 @@ def hierarchical_attention(
     # U_F = the cluster contexts summed down the path, read by the leaf
     # families and by the leaves outside them (single children, mixed
     # families, root leaves).
-    rest, rest_parent = h._leaf_outside_leaf_families
+    rest = layout.leaves_outside_leaf_families
+    rest_parent = layout.outside_parent_cluster
     leaf_families = [i for i, b in enumerate(buckets)
                      if b.kind == 'leaf' and b.width > 1]
     reads = [(buckets[i].parent_cluster, buckets[i].parent_range)
@@ -758,7 +940,7 @@ def hierarchical_attention(
     rest_context = None
     if writes:
         *contexts, rest_context = _PathSum.apply(
-            h._cluster_levels, num_clusters, [w[0] for w in writes], reads,
+            layout.cluster_levels, num_clusters, [w[0] for w in writes], reads,
             *(w[1] for w in writes))
         parent_contexts = dict(zip(leaf_families, contexts))
     for i, b in enumerate(buckets):
