@@ -8,7 +8,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.data.storage import GlobalStorage
 
-from hsa_geo._checks import check_index, check_int
+from hsa_geo._checks import check_index, check_int, is_int
 from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.data.induced_hierarchy import induced_hierarchy
 
@@ -93,8 +93,13 @@ class NestedSignal(Data):
     Cluster ``c`` is node ``N + c`` of the :class:`Hierarchy` that
     :attr:`hierarchy` returns. A signal built without some of these keys
     (e.g. by calling :class:`NestedSignal` with the parent indices only) gets
-    the others by default: no family graph, ``num_leaves`` the number of
-    nodes.
+    the others by default, so that it batches with any other: no family
+    graph (every family sparse if family keys come without
+    ``sparse_family``, as earlier versions stored them), ``num_leaves`` the
+    number of nodes. These keys are neither node nor edge attributes (see
+    :class:`NestedSignalStorage`); the cached hierarchy is never saved, so
+    ``torch.save`` and ``torch.load(..., weights_only=True)`` round-trip a
+    signal.
 
     Beside the tree, ``leaf_index`` ``[N]`` (``0..N-1``) is a node attribute:
     it moves with the nodes through any PyG operation, so that
@@ -151,19 +156,19 @@ class NestedSignal(Data):
         for key in FAMILY_KEYS:
             if key not in store:
                 store[key] = torch.empty(2, 0, **kw)
-        if 'sparse_family' not in store and isinstance(m, int):
+        if 'sparse_family' not in store and is_int(m, low=0):
             # Earlier signals with family keys had every family sparse.
-            store['sparse_family'] = torch.full((max(m, 0), ), sparse,
+            store['sparse_family'] = torch.full((m, ), sparse,
                                                 dtype=torch.bool,
                                                 device=lpi.device)
         n = store.get('num_nodes')
         x = store.get('x')
         if n is None and isinstance(x, Tensor) and x.dim() > 0:
             n = x.size(0)
-        if 'num_leaves' not in store and isinstance(n, int):
+        if 'num_leaves' not in store and is_int(n, low=0):
             store['num_leaves'] = n
         n = store.get('num_leaves')
-        if 'leaf_index' not in store and isinstance(n, int) and n >= 0:
+        if 'leaf_index' not in store and is_int(n, low=0):
             store['leaf_index'] = torch.arange(n, **kw)
 
     def __getstate__(self) -> Dict[str, Any]:
