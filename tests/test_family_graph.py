@@ -268,48 +268,35 @@ def test_family_weights_follow_the_graph(f, heads, seed):
     assert torch.allclose(sums[has_parent], torch.ones(()).double())
 
 
+DERIVATIVE_CHECKS = {
+    'first': lambda f, inputs: torch.autograd.gradcheck(f, inputs),
+    'second': lambda f, inputs: torch.autograd.gradgradcheck(
+        f, inputs, eps=1e-6, atol=1e-6),
+}
+
+
+@pytest.mark.parametrize('order', sorted(DERIVATIVE_CHECKS))
 @fewer(2)
 @given(f=forests(max_leaves=7), heads=st.sampled_from([None, 2]), seed=SEEDS)
-def test_gradcheck_with_family_graph_and_bias(f, heads, seed):
+def test_derivatives_with_family_graph_and_bias(order, f, heads, seed):
     h = Hierarchy.from_parent(f.parent, f.num_leaves)
     h = h.with_family_graph(random_family_graph(h, seed))
     q, k, v = (t.requires_grad_() for t in make(f.num_leaves, heads, 2, seed))
     bias = make_bias(h, heads, seed).requires_grad_()
-    assert torch.autograd.gradcheck(
+    assert DERIVATIVE_CHECKS[order](
         lambda q, k, v, b: hierarchical_attention(q, k, v, h, pair_bias=b),
         (q, k, v, bias))
 
 
-def test_gradcheck_fused_path_with_family_graph_and_bias():
+@pytest.mark.parametrize('order', sorted(DERIVATIVE_CHECKS))
+def test_derivatives_fused_path_with_family_graph_and_bias(order):
     h = Hierarchy.from_assignments(balanced_assignments(16, 4))
     h = h.with_family_graph(random_family_graph(h, 1))
     q, k, v = (t.requires_grad_() for t in make(16, 2, 2, 0))
     bias = make_bias(h, 2, 0).requires_grad_()
-    assert torch.autograd.gradcheck(
+    assert DERIVATIVE_CHECKS[order](
         lambda q, k, v, b: hierarchical_attention(q, k, v, h, pair_bias=b),
         (q, k, v, bias))
-
-
-@fewer(4)
-@given(f=forests(max_leaves=7), heads=st.sampled_from([None, 2]), seed=SEEDS)
-def test_gradgradcheck_with_family_graph_and_bias(f, heads, seed):
-    h = Hierarchy.from_parent(f.parent, f.num_leaves)
-    h = h.with_family_graph(random_family_graph(h, seed))
-    q, k, v = (t.requires_grad_() for t in make(f.num_leaves, heads, 2, seed))
-    bias = make_bias(h, heads, seed).requires_grad_()
-    assert torch.autograd.gradgradcheck(
-        lambda q, k, v, b: hierarchical_attention(q, k, v, h, pair_bias=b),
-        (q, k, v, bias), eps=1e-6, atol=1e-6)
-
-
-def test_gradgradcheck_fused_path_with_family_graph_and_bias():
-    h = Hierarchy.from_assignments(balanced_assignments(16, 4))
-    h = h.with_family_graph(random_family_graph(h, 1))
-    q, k, v = (t.requires_grad_() for t in make(16, 2, 2, 0))
-    bias = make_bias(h, 2, 0).requires_grad_()
-    assert torch.autograd.gradgradcheck(
-        lambda q, k, v, b: hierarchical_attention(q, k, v, h, pair_bias=b),
-        (q, k, v, bias), eps=1e-6, atol=1e-6)
 
 
 def test_dataloader_batches_family_graphs():
