@@ -422,7 +422,9 @@ class _HeadwiseContext(torch.autograd.Function):
                 a = _weights(s, shift, keep, i, lo, hi, ba)
                 buf = bo[:hi - lo]
                 torch.bmm(a, cv, out=buf)
-                if not bool(torch.isfinite(cv).all()):  # cheap: in cache
+                # The sum is non-finite if any value is (or if it overflows:
+                # then the exact path runs for nothing); cv is in cache.
+                if not math.isfinite(float(cv.sum())):
                     _nonfinite_product_(buf, a, cv)
                 if r is not None:
                     buf.addcmul_(r[lo:hi, :, i].unsqueeze(-1), cv)
