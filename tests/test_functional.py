@@ -923,3 +923,34 @@ def test_memory_guard_counts_heads_and_pair_tables(monkeypatch):
     with pytest.raises(ValueError, match='the sibling pairs of this '
                        'hierarchy .* would need'):
         h.sibling_pairs
+
+
+# Hostile input: a clear error or a correct result ##########################
+
+
+ANY_VALUE = st.one_of(
+    st.none(), st.booleans(), st.integers(-3, 3), st.text(max_size=3),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.builds(torch.tensor, st.floats(-2, 2)))
+
+
+@fewer(2)
+@given(f=forests(max_leaves=10), seed=SEEDS, scale=ANY_VALUE,
+       dropout_p=ANY_VALUE, training=ANY_VALUE, mag=st.sampled_from(
+           [1.0, 1e4, 1e12]))
+def test_any_argument_gives_a_clear_error_or_the_dense_result(
+        f, seed, scale, dropout_p, training, mag):
+    h = build(f)
+    q, k, v = make_qkv(f.num_leaves, 2, 3, 2, seed, mag=mag)
+    try:
+        out = hierarchical_attention(q, k, v, h, scale=scale,
+                                     dropout_p=dropout_p, training=training)
+    except (TypeError, ValueError) as e:
+        assert str(e) and ("'scale'" in str(e) or "'dropout_p'" in str(e)
+                           or "'training'" in str(e))
+        return
+    assert out.isfinite().all()
+    if dropout_p == 0 or training is False:  # no randomness: exact
+        Q = hierarchical_attention_matrix(q, k, h, scale=float(scale) if
+                                          scale is not None else None)
+        assert max_err(out, apply_q(Q, v)) <= 1e-8 * max(1.0, mag)
