@@ -95,9 +95,9 @@ def test_fused_leaf_path_with_family_graph_and_bias(n, branching, with_bias):
     """Leaves in order in equal power-of-two families run the fused leaf
     path; the mask and bias apply there too."""
     h = Hierarchy.from_assignments(balanced_assignments(n, branching))
-    assert h._leaf_blocks is not None
+    assert h.layout.leaf_blocks is not None
     h = h.with_family_graph(random_family_graph(h, n + branching))
-    assert h._leaf_blocks is not None
+    assert h.layout.leaf_blocks is not None
     q, k, v = make(n, 2, 5, n)
     bias = make_bias(h, 2, 3) if with_bias else None
     Q = hierarchical_attention_matrix(q, k, h, pair_bias=bias)

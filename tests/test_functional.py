@@ -461,6 +461,26 @@ def test_gradgradcheck_fused_leaf_path():
     _gradgradcheck(h, *make_qkv(16, 2, 2, 2, 0))
 
 
+@pytest.mark.parametrize('name', sorted(GRAD_CASES))
+def test_gradgradcheck_with_dropout(name):
+    """With the generator reseeded before every call the dropout masks are
+    fixed, so the dropped-out attention is a function gradgradcheck can
+    differentiate twice."""
+    f = GRAD_CASES[name]
+    h = build(f)
+    inputs = tuple(x.requires_grad_() for x in make_qkv(f.num_leaves, 2, 2,
+                                                        3, 0))
+
+    def dropped(q, k, v):
+        torch.manual_seed(0)
+        return hierarchical_attention(q, k, v, h, dropout_p=0.3,
+                                      training=True)
+    assert not torch.equal(dropped(*inputs), hierarchical_attention(
+        *inputs, h))
+    assert torch.autograd.gradgradcheck(dropped, inputs, eps=1e-6,
+                                        atol=1e-6)
+
+
 def hessian_vector_products(attention, q, k, v, seed):
     r"""Second derivatives of a loss that depends on the output
     non-linearly, through a first backward with ``create_graph=True``:

@@ -140,7 +140,7 @@ def test_one_row_and_one_patch():
     out = GridHierarchy()(grid(1, 6))
     assert out.patch_index.tolist() == list(range(6))
     assert out.leaf_grid_pos[:, 0].tolist() == [0] * 6
-    assert out.hierarchy._leaf_blocks is not None  # 1x2 blocks, all full
+    assert out.hierarchy.layout.leaf_blocks is not None  # 1x2 blocks, all full
     single = GridHierarchy()(grid(1, 1))
     assert single.hierarchy.num_nodes == 1
     assert single.cluster_grid_pos.shape == (0, 2)
@@ -234,7 +234,7 @@ def test_real_photograph():
     assert h.depth == 3 and h.max_branching == 4 and h.num_clusters == 21
     assert torch.equal(unpatch(out.x, out.patch_index, 8, 8, 3, 64, 64),
                        crop)
-    assert h._leaf_blocks is not None
+    assert h.layout.leaf_blocks is not None
     # HSA over the patches (mean colours as queries and keys) is exact.
     mean = out.x.view(64, 3, -1).double().mean(-1) / 255
     q = torch.cat([mean, mean.flip(1)], 1).view(64, 2, 3)
@@ -300,7 +300,7 @@ def test_even_grids_take_the_fused_path(half_rows, half_cols, seed):
     rows, cols = 2 * half_rows, 2 * half_cols
     out = GridHierarchy()(grid(rows, cols))
     h = out.hierarchy
-    assert h._leaf_blocks is not None and h._leaf_blocks.width == 4
+    assert h.layout.leaf_blocks is not None and h.layout.leaf_blocks.width == 4
     g = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(h.num_leaves, 2, 3, generator=g,
                            dtype=torch.float64) for _ in range(3))

@@ -230,7 +230,7 @@ def test_full_power_of_two_chunks_take_the_fused_path(c0, chunks, upper,
                                                       seed):
     n = c0 * chunks
     h = SequenceHierarchy([c0] + upper).build(n)
-    assert h._leaf_blocks is not None
+    assert h.layout.leaf_blocks is not None
     q, k, v = qkv(n, seed=seed)
     y = hierarchical_attention(q, k, v, h)
     assert (y - dense_out(q, k, v, h)).abs().max() < EXACT
@@ -241,7 +241,7 @@ def test_fused_path_survives_batching():
     signals = [t(Data(x=torch.randn(n, 2))) for n in (8, 12, 4)]
     batch = next(iter(DataLoader(signals, batch_size=3)))
     h = batch.hierarchy
-    assert h._leaf_blocks is not None
+    assert h.layout.leaf_blocks is not None
     q, k, v = qkv(h.num_leaves, seed=3)
     y = hierarchical_attention(q, k, v, h)
     assert (y - dense_out(q, k, v, h)).abs().max() < EXACT
@@ -264,7 +264,7 @@ def test_real_text():
     h = out.hierarchy
     assert out.x is ids and h.num_leaves == n
     assert n > 4**3 and h.depth == 4  # three chunk levels and a root
-    assert h._leaf_blocks is not None
+    assert h.layout.leaf_blocks is not None
     emb = torch.nn.Embedding(256, 8).double()
     with torch.no_grad():
         x = emb(ids).view(n, 2, 4)
