@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, strategies as st
 
 from hsa_geo import Hierarchy, NestedSignal, hierarchical_attention
+from hsa_geo.data.hierarchy import distinct_sibling_pairs
 from strategies import (Forest, assignment_lists, balanced_assignments,
                         children_of, depth_of, forests, height_of,
                         leaves_under, root_of)
@@ -591,3 +592,18 @@ def test_wide_families_are_padded_by_at_most_an_eighth(children, width):
     assert [b.width for b in h.family_buckets] == [width]
     if children > 64:
         assert (width / children)**2 <= 1.27
+
+
+@given(f=forests(max_leaves=20), data=st.data())
+def test_distinct_sibling_pairs_are_the_off_diagonal_sibling_pairs(f, data):
+    h = Hierarchy.from_parent(f.parent, f.num_leaves)
+    pairs = h.sibling_pairs
+    off = set(zip(*pairs[:, pairs[0] != pairs[1]].tolist()))
+    assert set(zip(*distinct_sibling_pairs(h.parent, h.num_leaves)
+                   .tolist())) == off
+    families = torch.tensor(data.draw(st.lists(
+        st.booleans(), min_size=h.num_clusters, max_size=h.num_clusters)),
+        dtype=torch.bool)
+    chosen = distinct_sibling_pairs(h.parent, h.num_leaves, families)
+    assert set(zip(*chosen.tolist())) == {
+        (a, b) for a, b in off if families[f.parent[a] - f.num_leaves]}

@@ -162,6 +162,31 @@ def parent_depths(parent: Tensor) -> Tensor:
         anc = torch.where(live, anc[a], anc)
 
 
+def distinct_sibling_pairs(parent: Tensor, num_leaves: int,
+                           families: Optional[Tensor] = None) -> Tensor:
+    r"""``[2, P]`` every ordered pair of distinct siblings, from the
+    ``[T]`` :obj:`parent` vector of a forest, in the families whose
+    internal node ``c`` (``0..M-1``) has ``families[c]`` (all families if
+    :obj:`None`): the family graph that makes those families dense."""
+    child = (parent >= 0).nonzero().view(-1)
+    family = parent[child] - num_leaves
+    if families is not None:
+        child, family = child[families[family]], family[families[family]]
+    order = torch.argsort(family, stable=True)
+    child, family = child[order], family[order]
+    size = torch.bincount(family, minlength=parent.numel() - num_leaves)
+    start = torch.cumsum(size, 0) - size
+    # Child i pairs with the size[family[i]] children from start[family[i]].
+    reps = size[family]
+    a = child.repeat_interleave(reps)
+    first = torch.cumsum(reps, 0) - reps
+    offset = torch.arange(a.numel(), device=parent.device) - \
+        first.repeat_interleave(reps)
+    b = child[start[family].repeat_interleave(reps) + offset]
+    keep = a != b
+    return torch.stack([a[keep], b[keep]])
+
+
 def _path_of(parent: List[int], start: int, limit: int = 12) -> str:
     seen, path, node = set(), [], start
     while node != -1 and node not in seen and len(path) < limit:
@@ -320,7 +345,7 @@ class Hierarchy:
                                 f"{type(h).__name__}")
         num_leaves = sum(h.num_leaves for h in hierarchies)
         leaf_off, clus_off, parts_leaf, parts_clus = 0, num_leaves, [], []
-        sparse = [h.family_edge_index is not None for h in hierarchies]
+        sparse = [h._family_edges is not None for h in hierarchies]
         edges = []
         for h in hierarchies:
             p, n = h.parent, h.num_leaves
@@ -334,8 +359,9 @@ class Hierarchy:
             parts_leaf.append(new[:n])
             parts_clus.append(new[n:])
             if any(sparse):
-                edges.append(shift(h.family_edge_index) if h.family_edge_index
-                             is not None else h._dense_family_edges(shift))
+                edges.append(shift(
+                    h._family_edges if h._family_edges is not None else
+                    distinct_sibling_pairs(p, n)))
             leaf_off += n
             clus_off += h.num_nodes - n
         return cls(torch.cat(parts_leaf + parts_clus), num_leaves,
@@ -346,13 +372,6 @@ class Hierarchy:
         r"""The same tree with the family graph :obj:`family_edge_index`
         (``[2, E]`` sibling pairs; :obj:`None`: dense families)."""
         return Hierarchy(self._parent, self._num_leaves, family_edge_index)
-
-    def _dense_family_edges(self, shift) -> Tensor:
-        # Every ordered pair of distinct siblings: a dense tree joining a
-        # batch with family graphs.
-        pairs = self.sibling_pairs
-        pairs = pairs[:, pairs[0] != pairs[1]]
-        return shift(pairs)
 
     def to(self, device: Union[str, torch.device]) -> 'Hierarchy':
         r"""Returns a copy whose tensors live on :obj:`device` (the derived

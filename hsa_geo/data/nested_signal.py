@@ -9,7 +9,7 @@ from torch_geometric.data import Data
 from torch_geometric.data.storage import GlobalStorage
 
 from hsa_geo._checks import check_index, check_int, is_int
-from hsa_geo.data.hierarchy import Hierarchy
+from hsa_geo.data.hierarchy import Hierarchy, distinct_sibling_pairs
 from hsa_geo.data.induced_hierarchy import induced_hierarchy
 
 # The family graph by the kinds of its ends: (is cluster, is cluster).
@@ -521,30 +521,8 @@ def _family_graph(store, parent: Tensor, n: int,
         parts.append(idx)
     if not bool(sparse.any()):
         return None
-    parts.append(_dense_pairs(parent, n, ~sparse))
+    parts.append(distinct_sibling_pairs(parent, n, ~sparse))
     return torch.cat(parts, dim=1)
-
-
-def _dense_pairs(parent: Tensor, n: int, dense: Tensor) -> Tensor:
-    r"""``[2, P]`` every ordered pair of distinct siblings in the families
-    of the clusters where :obj:`dense` (``[M]``) holds."""
-    child = (parent >= 0).nonzero().view(-1)
-    family = parent[child] - n
-    child = child[dense[family]]
-    family = family[dense[family]]
-    order = torch.argsort(family, stable=True)
-    child, family = child[order], family[order]
-    size = torch.bincount(family, minlength=dense.numel())
-    start = torch.cumsum(size, 0) - size
-    # Child i pairs with the size[family[i]] children from start[family[i]].
-    reps = size[family]
-    a = child.repeat_interleave(reps)
-    first = torch.cumsum(reps, 0) - reps
-    offset = torch.arange(a.numel(), device=parent.device) - \
-        first.repeat_interleave(reps)
-    b = child[start[family].repeat_interleave(reps) + offset]
-    keep = a != b
-    return torch.stack([a[keep], b[keep]])
 
 
 # Datasets saved with NestedSignal items (e.g. a builder as pre_transform)
