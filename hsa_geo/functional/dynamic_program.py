@@ -663,11 +663,22 @@ def _gather_adjoint(grads: Sequence[Optional[Tensor]], reads: List[Rows],
     return g
 
 
-def _add_off_diagonal(off: Tensor, g: Tensor) -> Tensor:
-    r"""``log(exp(off) + exp(g))``. Unlike :func:`torch.logaddexp`, whose
-    second derivative is ``inf / inf`` where ``off`` is the finite "minus
-    infinity" of a row without siblings, every derivative stays finite."""
-    return torch.maximum(off, g) + torch.log1p(torch.exp(-(off - g).abs()))
+class _LogAddExp(torch.autograd.Function):
+    r""":func:`torch.logaddexp` (one temporary-free kernel) with a backward
+    in differentiable operations, ``exp(a - out)`` and ``exp(b - out)``:
+    every derivative stays finite where one argument is the finite "minus
+    infinity" of a row without siblings (the second derivative of
+    :func:`torch.logaddexp` is ``inf / inf`` there)."""
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor) -> Tensor:
+        out = torch.logaddexp(a, b)
+        ctx.save_for_backward(a, b, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        a, b, out = ctx.saved_tensors
+        return grad * torch.exp(a - out), grad * torch.exp(b - out)
 
 
 def _dropout_keep(shape, p: float, like: Tensor) -> Tensor:
@@ -858,15 +869,15 @@ def hierarchical_attention(
     # lse_a = logaddexp(off-diagonal lse_a, g_a).
     if blocks is None:
         g_leaf = torch.einsum('nhd,nhd->nh', q, k) * scale  # [N, H]
-    lse_leaf = _add_off_diagonal(off_lse_leaf, g_leaf)
+    lse_leaf = _LogAddExp.apply(off_lse_leaf, g_leaf)
     g_clus = q.new_zeros(num_clusters, heads)
     g_clus.index_add_(
         0, lpc, (lse_leaf if all_leaves_have_parent else lse_leaf[lwp]) /
         csize[lpc].unsqueeze(-1))
     for child, par in reversed(layout.cluster_levels):
-        lse = _add_off_diagonal(off_lse_clus[child], g_clus[child])
+        lse = _LogAddExp.apply(off_lse_clus[child], g_clus[child])
         g_clus.index_add_(0, par, lse * (csize[child] / csize[par])[:, None])
-    lse_clus = _add_off_diagonal(off_lse_clus, g_clus)
+    lse_clus = _LogAddExp.apply(off_lse_clus, g_clus)
 
     # log pi_aa, with dropout on the self weights; roots keep mass 1.
     log_self_leaf = g_leaf - lse_leaf
