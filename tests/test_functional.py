@@ -974,3 +974,39 @@ def test_any_argument_gives_a_clear_error_or_the_dense_result(
         Q = hierarchical_attention_matrix(q, k, h, scale=float(scale) if
                                           scale is not None else None)
         assert max_err(out, apply_q(Q, v)) <= 1e-8 * max(1.0, mag)
+
+
+# The dense reference's own input checks ####################################
+
+
+@pytest.mark.parametrize('change,error,pattern', [
+    (dict(hierarchy=[4, 4, 5]), TypeError, "'hierarchy' must be a"),
+    (dict(q=[[1.0]]), TypeError, "'q' must be a floating point"),
+    (dict(k=torch.ones(4, 2, 3, dtype=torch.long)), TypeError,
+     "'k' must be a floating point"),
+    (dict(k=torch.ones(4, 2, 4)), ValueError, 'q and k must both be'),
+    (dict(q=torch.ones(4, 2, 0), k=torch.ones(4, 2, 0)), ValueError,
+     'D >= 1'),
+    (dict(q=torch.ones(3, 2, 3), k=torch.ones(3, 2, 3)), ValueError,
+     'q has 3 rows but the hierarchy has 4 leaves'),
+    (dict(k=torch.ones(4, 2, 3, device='meta')), ValueError, "'k' is on meta"),
+    (dict(scale=torch.tensor(1.0)), TypeError, "'scale' must be a real"),
+    (dict(scale=-1.0), ValueError, "'scale' must be a finite number"),
+    (dict(pair_bias=torch.zeros(3, 2)), ValueError,
+     r"'pair_bias' must have shape \(13, 2\)"),
+])
+def test_dense_reference_bad_input(change, error, pattern):
+    h = build(Forest([4, 4, 5, 5, 5, -1], 4))
+    args = dict(q=torch.ones(4, 2, 3), k=torch.ones(4, 2, 3), hierarchy=h)
+    args.update(change)
+    with pytest.raises(error, match=pattern):
+        hierarchical_attention_matrix(**args)
+
+
+def test_dense_reference_refuses_a_matrix_that_cannot_fit():
+    n = 300_000  # 4 heads x 300,000^2 floats: 1.4 TB
+    h = build(flat_tree(n))
+    q = torch.zeros(n, 4, 1)
+    with pytest.raises(ValueError, match=r'the dense 300000 x 300000 HSA '
+                       r'matrix would need .*use hierarchical_attention'):
+        hierarchical_attention_matrix(q, q, h)

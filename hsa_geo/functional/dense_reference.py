@@ -14,6 +14,8 @@ from typing import Dict, List, Optional
 import torch
 from torch import Tensor
 
+from hsa_geo._checks import check_device, check_float, check_floating
+from hsa_geo._memory import ensure_memory
 from hsa_geo.data.hierarchy import Hierarchy
 
 
@@ -53,17 +55,17 @@ def hierarchical_attention_matrix(q: Tensor, k: Tensor, hierarchy: Hierarchy,
     Returns:
         Tensor ``[H, N, N]`` (``[N, N]`` for 2-D inputs); rows sum to one.
     """
-    if q.shape != k.shape or q.dim() not in (2, 3):
-        raise ValueError(f"q and k must both be [N, D] or [N, H, D]; got "
-                         f"{tuple(q.shape)} and {tuple(k.shape)}")
-    if q.size(0) != hierarchy.num_leaves:
-        raise ValueError(f"q has {q.size(0)} rows but the hierarchy has "
-                         f"{hierarchy.num_leaves} leaves")
+    _check(q, k, hierarchy, pair_bias)
     single_head = q.dim() == 2
     if single_head:
         q, k = q.unsqueeze(1), k.unsqueeze(1)
-    if scale is None:
-        scale = 1.0 / math.sqrt(q.size(-1))
+    # [H, N, N] scores and the matrix, with room for their temporaries
+    ensure_memory(4 * q.size(1) * q.size(0)**2 * q.element_size(),
+                  f'the dense {q.size(0)} x {q.size(0)} HSA matrix',
+                  q.device, 'use hierarchical_attention, which never '
+                  'builds it')
+    scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else check_float(
+        scale, 'scale', 0.0, low_open=True)
     n = hierarchy.num_leaves
     parent: List[int] = hierarchy.parent.tolist()
     children: Dict[int, List[int]] = {}
@@ -140,3 +142,29 @@ def hierarchical_attention_matrix(q: Tensor, k: Tensor, hierarchy: Hierarchy,
                     out[:, rows[:, None], cols[None, :]] = (
                         weight / len(leaves[b]))[:, None, None]
     return out.squeeze(0) if single_head else out
+
+
+def _check(q: Tensor, k: Tensor, hierarchy: Hierarchy,
+           pair_bias: Optional[Tensor]):
+    if not isinstance(hierarchy, Hierarchy):
+        raise TypeError(f"'hierarchy' must be a hsa_geo.data.Hierarchy, got "
+                        f"{type(hierarchy).__name__}")
+    check_floating(q, 'q')
+    check_floating(k, 'k')
+    if q.shape != k.shape or q.dim() not in (2, 3) or q.size(-1) == 0:
+        raise ValueError(f"q and k must both be [N, D] or [N, H, D] with "
+                         f"D >= 1; got {tuple(q.shape)} and "
+                         f"{tuple(k.shape)}")
+    if q.size(0) != hierarchy.num_leaves:
+        raise ValueError(f"q has {q.size(0)} rows but the hierarchy has "
+                         f"{hierarchy.num_leaves} leaves")
+    check_device(q, 'q', hierarchy.device, 'the hierarchy')
+    check_device(k, 'k', hierarchy.device, 'the hierarchy')
+    if pair_bias is None:
+        return
+    check_floating(pair_bias, 'pair_bias')
+    shape = (hierarchy.num_sibling_pairs, ) + tuple(q.shape[1:-1])
+    if tuple(pair_bias.shape) != shape:
+        raise ValueError(f"'pair_bias' must have shape {shape} (one row per "
+                         f"pair of hierarchy.sibling_pairs), got "
+                         f"{tuple(pair_bias.shape)}")
