@@ -929,16 +929,22 @@ def test_family_too_wide_for_any_machine_is_refused_before_allocating():
 def test_memory_guard_counts_heads_and_pair_tables(monkeypatch):
     import hsa_geo._memory as memory
     h = build(flat_tree(2000))  # padded to 2048
-    q = torch.randn(2000, 2, 1)
+    q = torch.randn(2000, 2, 1, requires_grad=True)
     tables = 2048**2 * 2 * 4  # bytes of one float32 table of all heads
     monkeypatch.setattr(memory, 'available_memory', lambda device: 5 * tables)
-    hierarchical_attention(q, q, q, h)  # five tables fit
+    hierarchical_attention(q, q, q, h)  # five tables fit a backward
     with pytest.raises(ValueError, match='hierarchical attention with 2 '
                        'heads would need'):
         hierarchical_attention(q, q, q, h, return_weights=True)
     with pytest.raises(ValueError, match='hierarchical attention with 2 '
                        'heads would need'):
         hierarchical_attention(q.double(), q.double(), q.double(), h)
+    # Without a backward, fewer tables are alive at once.
+    monkeypatch.setattr(memory, 'available_memory', lambda device: 3 * tables)
+    with torch.no_grad():
+        hierarchical_attention(q, q, q, h)
+    with pytest.raises(ValueError, match='would need'):
+        hierarchical_attention(q, q, q, h)
     monkeypatch.setattr(memory, 'available_memory', lambda device: 10**6)
     with pytest.raises(ValueError, match='the sibling pairs of this '
                        'hierarchy .* would need'):

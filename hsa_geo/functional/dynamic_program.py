@@ -90,7 +90,7 @@ def _invalid(bucket: FamilyBucket) -> Tensor:
 
 
 def _ensure_fits(hierarchy: Hierarchy, layout: HierarchyLayout, heads: int,
-                 dtype: torch.dtype, pairs: bool):
+                 dtype: torch.dtype, pairs: bool, backward: bool):
     r"""Refuses, before anything is allocated, families whose padded score
     tables ``[H, F, W, W]`` cannot fit in the memory the device has left."""
     width = max((b.width for b in layout.buckets), default=0)
@@ -98,9 +98,10 @@ def _ensure_fits(hierarchy: Hierarchy, layout: HierarchyLayout, heads: int,
         return  # small families never dominate: no need to ask the system
     item = torch.finfo(dtype).bits // 8
     # (a bias or the returned weights add a table and the pair index)
-    per_pair = (_LIVE_SCORE_TABLES + pairs) * heads * item + 24 * pairs
-    nbytes = per_pair * sum(b.num_families * b.width**2
-                            for b in layout.buckets if b.width > 1)
+    tables = _LIVE_SCORE_TABLES[backward] + pairs
+    per_pair = tables * heads * item + 24 * pairs
+    nbytes = int(per_pair * sum(b.num_families * b.width**2
+                                for b in layout.buckets if b.width > 1))
     node, children = hierarchy.widest_family
     ensure_memory(
         nbytes, f'hierarchical attention with {heads} heads',
@@ -108,11 +109,12 @@ def _ensure_fits(hierarchy: Hierarchy, layout: HierarchyLayout, heads: int,
         f"children, padded to a table of {width} x {width} scores per head")
 
 
-# Score tables alive at once at the peak of a forward and backward (the
-# scores, their gradient, the gradients of the logsumexp and the contexts):
-# 3.3 measured on one family of 4,096 children, rounded up for temporaries;
-# and the width from which the guard asks the system.
-_LIVE_SCORE_TABLES = 5
+# Score tables alive at once at the peak of a forward without and with a
+# backward (then also the gradients of the scores, of the logsumexp and of
+# the contexts), measured on one family of 4,096 / 8,192 children: 1.6-2.1
+# and 3.3, rounded up for temporaries; and the width from which the guard
+# asks the system.
+_LIVE_SCORE_TABLES = {False: 2.5, True: 5}
 _GUARDED_WIDTH = 1024
 
 
@@ -791,7 +793,10 @@ def hierarchical_attention(
     num_leaves, num_clusters = h.num_leaves, h.num_clusters
     heads = q.size(1)
     _ensure_fits(h, layout, heads, dtype,
-                 pair_bias is not None or return_weights)
+                 pair_bias is not None or return_weights,
+                 torch.is_grad_enabled() and any(
+                     t is not None and t.requires_grad
+                     for t in (q, k, v, pair_bias)))
     lwp, lpc = layout.leaves_with_parent, layout.leaf_parent_cluster
     all_leaves_have_parent = lwp.numel() == num_leaves
     csize = layout.leaf_count[num_leaves:].to(dtype)  # [M]
