@@ -1,4 +1,4 @@
-r"""Tests of the exact extensions of HSA_MATH section 4: family graphs
+r"""Tests of the exact extensions of docs/math.md, section 6: family graphs
 (sparse families) and pair (geometry) biases, in
 :class:`hsa_geo.Hierarchy`, :func:`hsa_geo.hierarchical_attention`,
 :func:`hsa_geo.hierarchical_attention_matrix`,
@@ -468,13 +468,152 @@ def test_geometry_bias_errors():
     # bool is an int subclass; True must not pass as one head
     with pytest.raises(TypeError, match="'heads' must be an int"):
         FamilyGeometryBias(True)
-    h = Hierarchy.from_parent([5] * 5 + [-1], 5)
-    with pytest.raises(ValueError, match='max_branching >= 5'):
-        FamilyGeometryBias(2, max_branching=4)(h)
+    with pytest.raises(ValueError, match="'num_far_buckets' must be an"):
+        FamilyGeometryBias(2, num_far_buckets=0)
+    with pytest.raises(ValueError, match="'max_distance' must be an int in"):
+        FamilyGeometryBias(2, max_branching=4, max_distance=4)
+    with pytest.raises(TypeError, match="'max_distance' must be an int"):
+        FamilyGeometryBias(2, max_distance=64.0)
     with pytest.raises(ValueError, match="'level' must be 'height' or"):
         FamilyGeometryBias(2, level='width')
     with pytest.raises(ValueError, match="'by' must be 'height'"):
-        h.family_level('width')
+        Hierarchy.from_parent([5] * 5 + [-1], 5).family_level('width')
+
+
+# The old rule, before wide families were bucketed: column
+# rank(b) - rank(a) + max_branching - 1, row min(level, num_levels - 1).
+# The cells (row, column) below were printed by that code.
+OLD_RULE_CELLS = [
+    ([8, 8, 8, 9, 9, 10, 10, 10, 11, 10, 11, -1], 8, 4, 3, 'height',
+     [(0, 3), (0, 4), (0, 2), (0, 3), (2, 3), (2, 4), (2, 2), (2, 3),
+      (0, 3), (0, 4), (0, 5), (0, 2), (0, 3), (0, 4), (0, 1), (0, 2),
+      (0, 3), (1, 3), (1, 4), (1, 5), (1, 6), (1, 2), (1, 3), (1, 4),
+      (1, 5), (1, 1), (1, 2), (1, 3), (1, 4), (1, 0), (1, 1), (1, 2),
+      (1, 3)]),
+    ([3, 3, 3, -1], 3, 3, 2, 'depth',
+     [(1, 2), (1, 3), (1, 4), (1, 1), (1, 2), (1, 3), (1, 0), (1, 1),
+      (1, 2)]),
+    ([4, 4, 5, 5, 6, 6, -1], 4, 2, 2, 'height',
+     [(0, 1), (0, 2), (0, 0), (0, 1), (0, 1), (0, 2), (0, 0), (0, 1),
+      (1, 1), (1, 2), (1, 0), (1, 1)]),
+]
+
+
+@pytest.mark.parametrize('parent,num_leaves,max_branching,num_levels,level,'
+                         'cells', OLD_RULE_CELLS)
+def test_geometry_bias_within_max_branching_keeps_the_old_rule(
+        parent, num_leaves, max_branching, num_levels, level, cells):
+    h = Hierarchy.from_parent(parent, num_leaves)
+    bias = FamilyGeometryBias(heads=2, max_branching=max_branching,
+                              num_levels=num_levels, level=level)
+    assert bias.weight.shape[1] == 2 * max_branching - 1 + 2 * 8
+    with torch.no_grad():
+        bias.weight.normal_()
+    rows, columns = torch.tensor(cells).t()
+    assert torch.equal(bias(h), bias.weight[rows, columns])
+
+
+def _bucket_by_formula(d: int, b: int, k: int, dist: int) -> int:
+    r"""The docstring's :math:`s(d)`, in floating point."""
+    if abs(d) < b:
+        return d
+    far = min(k - 1, math.floor(k * math.log(abs(d) / b) / math.log(dist / b)))
+    return int(math.copysign(b + far, d))
+
+
+@pytest.mark.parametrize('b,k,dist', [(4, 4, 32), (16, 8, 128), (2, 1, 3),
+                                      (3, 5, 10)])
+def test_geometry_bias_buckets_monotone_symmetric_log_spaced(b, k, dist):
+    bias = FamilyGeometryBias(1, max_branching=b, num_far_buckets=k,
+                              max_distance=dist)
+    d = torch.arange(0, 4 * dist)
+    s = bias.relative_bucket(d)
+    assert torch.equal(bias.relative_bucket(-d), -s)  # symmetric in sign
+    assert bool((s[1:] >= s[:-1]).all())  # monotone in |d|
+    assert torch.equal(s[:b], d[:b])  # exact below max_branching
+    assert bool((s[b:] >= b).all())
+    assert bool((s[dist:] == b + k - 1).all())  # one bucket from D on
+    assert s.unique().numel() <= b + k
+    for value in range(-4 * dist + 1, 4 * dist):
+        assert bias.relative_bucket(torch.tensor(value)).item() == \
+            _bucket_by_formula(value, b, k, dist), value
+
+
+def test_geometry_bias_bucket_boundary_is_exact():
+    # k log(n / b) / log(D / b) = 2 log(n / 3) / log(4) is exactly 1 at
+    # n = 6, where a floating-point floor may give 0.
+    bias = FamilyGeometryBias(1, max_branching=3, num_far_buckets=2,
+                              max_distance=12)
+    s = bias.relative_bucket(torch.tensor([5, 6, 11, 12, -6, -5]))
+    assert s.tolist() == [3, 4, 4, 4, -4, -3]
+
+
+def _wide_hierarchy(width: int) -> Hierarchy:
+    r"""A family of :obj:`width` leaves and one of 3, under one root."""
+    n = width + 3
+    return Hierarchy.from_parent([n] * width + [n + 1] * 3 + [n + 2] * 2
+                                 + [-1], n)
+
+
+def test_geometry_bias_family_of_200_children():
+    h = Hierarchy.from_parent([200] * 200 + [-1], 200)
+    bias = FamilyGeometryBias(heads=3)  # max_branching=16
+    with torch.no_grad():
+        bias.weight.normal_()
+    out = bias(h)
+    assert out.shape == (200 * 200, 3)
+    out.square().sum().backward()
+    # Every bucket of the level-0 row is used, the far ones included.
+    assert bool((bias.weight.grad[0] != 0).all())
+    assert bool((bias.weight.grad[1:] == 0).all())
+
+
+def test_geometry_bias_equals_table_lookup_on_wide_family():
+    b, k, dist = 4, 3, 20
+    h = _wide_hierarchy(30)
+    bias = FamilyGeometryBias(heads=2, max_branching=b, num_levels=2,
+                              num_far_buckets=k, max_distance=dist)
+    with torch.no_grad():
+        bias.weight.normal_()
+    out = bias(h)
+    rank = h.sibling_rank.tolist()
+    level = h.family_level('height').tolist()
+    for p, (x, y) in enumerate(h.sibling_pairs.t().tolist()):
+        s = _bucket_by_formula(rank[y] - rank[x], b, k, dist)
+        if abs(s) < b:
+            column = s + b - 1
+        elif s > 0:
+            column = 2 * b - 1 + s - b
+        else:
+            column = 2 * b - 1 + k - s - b
+        assert torch.equal(out[p], bias.weight[min(level[x], 1), column])
+
+
+def test_geometry_bias_loads_a_table_without_far_buckets():
+    old = torch.randn(3, 2 * 4 - 1, 2)
+    bias = FamilyGeometryBias(heads=2, max_branching=4, num_levels=3)
+    bias.load_state_dict({'weight': old})
+    assert torch.equal(bias.weight[:, :7], old)
+    assert bool((bias.weight[:, 7:] == 0).all())
+
+
+def test_hsa_conv_geometry_bias_wider_than_max_branching():
+    torch.manual_seed(0)
+    h = _wide_hierarchy(20)
+    n = h.num_leaves
+    conv = HSAConv(6, 3, heads=2, geometry_bias=True, max_branching=4,
+                   root_weight=False).double()
+    with torch.no_grad():
+        conv.geometry_bias.weight.normal_()
+    x = torch.randn(n, 6, dtype=torch.float64)
+    out = conv(x, h)
+    q, k, v = conv.lin_qkv(x).view(n, 3, 2, 3).unbind(1)
+    expected = hierarchical_attention(q, k, v, h,
+                                      pair_bias=conv.geometry_bias(h))
+    assert max_err(out, expected.reshape(n, 6)) <= EXACT
+    out.sum().backward()
+    # The far buckets (columns 7 on) of the level-0 row learn.
+    assert conv.geometry_bias.weight.grad[0, 7:].abs().sum() > 0
 
 
 def test_hsa_conv_geometry_bias_equals_functional():
