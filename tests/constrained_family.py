@@ -3,7 +3,8 @@ r"""A third construction of HSA's constrained family, for the KL tests.
 It shares nothing with the library: ``log Q`` is a fixed linear map of the
 per-family ``log pi``, built from the parent vector with plain Python walks
 (see ``strategies.py``), and the target softmax ``P`` is built from the dense
-scores. Family graphs and pair biases (HSA_MATH section 4) are options.
+scores. Family graphs and pair biases (docs/math.md, section 6) are
+options.
 """
 import math
 from typing import Dict, List, Optional, Set, Tuple

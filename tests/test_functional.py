@@ -1,7 +1,7 @@
 r"""Tests of :func:`hsa_geo.hierarchical_attention` (the dynamic program) and
 :func:`hsa_geo.hierarchical_attention_matrix` (the dense closed form).
 
-Every property of HSA_MATH.md section 3 is checked on random irregular
+Every property of docs/math.md, section 4 is checked on random irregular
 forests (see ``strategies.py``) in float64:
 
 1. a flat tree is softmax attention;

@@ -1,4 +1,7 @@
-r"""The exact dynamic program of hierarchical self-attention (HSA)."""
+r"""The exact dynamic program of hierarchical self-attention (HSA).
+
+The mathematics: docs/math.md.
+"""
 from __future__ import annotations
 
 import math
@@ -728,10 +731,11 @@ def hierarchical_attention(
     in the device's memory is refused with a :class:`ValueError` naming the
     widest family before anything is allocated.
 
-    Two exact extensions (HSA_MATH §4) keep :math:`Q` the KL minimiser of
-    its family. A *family graph* (:attr:`Hierarchy.family_edge_index`)
-    restricts the softmax of :math:`\pi_F(a \to \cdot)` to the listed
-    siblings (and :math:`a` itself): :math:`Q = 0` across a non-edge. A
+    Two exact extensions (docs/math.md, section 6) keep :math:`Q` the KL
+    minimiser of its family. A *family graph*
+    (:attr:`Hierarchy.family_edge_index`) restricts the softmax of
+    :math:`\pi_F(a \to \cdot)` to the listed siblings (and :math:`a`
+    itself): :math:`Q = 0` across a non-edge. A
     *pair bias* :math:`\beta_{ab}`, constant on the block of :math:`a` and
     :math:`b` (relative position within the family, level, edge type), is
     added to :math:`l_{ab}` for :math:`b \neq a`.
