@@ -158,6 +158,38 @@ def test_repr():
         'HSATransformerLayer(16, heads=4)'
 
 
+@pytest.mark.parametrize('kwargs,shown', [
+    (dict(concat=False), 'concat=False'),
+    (dict(beta=True), 'beta=True'),
+    (dict(dropout=0.1), 'dropout=0.1'),
+    (dict(bias=False), 'bias=False'),
+    (dict(root_weight=False), 'root_weight=False'),
+    (dict(max_branching=4), 'max_branching=4'),
+    (dict(num_levels=3), 'num_levels=3'),
+    (dict(geometry_bias=True),
+     'geometry_bias=True, max_branching=16, num_levels=8'),
+    (dict(geometry_bias=True, max_branching=5, num_levels=2),
+     'geometry_bias=True, max_branching=5, num_levels=2'),
+    (dict(concat=False, beta=True, dropout=0.25, bias=False),
+     'concat=False, beta=True, dropout=0.25, bias=False'),
+])
+def test_repr_shows_every_non_default_option(kwargs, shown):
+    conv = HSAConv(16, 8, heads=2, **kwargs)
+    assert repr(conv) == f'HSAConv(16, 8, heads=2, {shown})'
+    # The repr is a call that builds the same layer.
+    again = eval(repr(conv))
+    assert repr(again) == repr(conv)
+    assert [p.shape for p in again.parameters()] == \
+        [p.shape for p in conv.parameters()]
+
+
+def test_repr_of_beta_without_root_weight():
+    # beta gates the root weight, so without one it is off, as in
+    # TransformerConv; the repr shows what the layer does.
+    assert repr(HSAConv(4, 4, beta=True, root_weight=False)) == \
+        'HSAConv(4, 4, heads=1, root_weight=False)'
+
+
 # HSAConv: exactness ########################################################
 
 
@@ -267,10 +299,16 @@ def test_return_attention_weights(heads):
     torch.testing.assert_close(sums[has_parent],
                                torch.ones(int(has_parent.sum()), heads))
     assert bool((sums[~has_parent] == 0).all())
-    # Without the flag: a tensor only.
-    for flag in (None, False):
-        res = conv(x, h, return_attention_weights=flag)
+    # As in TransformerConv: any bool gives the tuple, False included ...
+    out_f, (pair_index_f, alpha_f) = conv(x, h,
+                                          return_attention_weights=False)
+    assert torch.equal(out_f, out)
+    assert torch.equal(pair_index_f, pair_index)
+    assert torch.equal(alpha_f, alpha)
+    # ... and only None (the default) a tensor alone.
+    for res in (conv(x, h), conv(x, h, return_attention_weights=None)):
         assert isinstance(res, torch.Tensor)
+        torch.testing.assert_close(res, out)
 
 
 def test_attention_weights_on_flat_tree_are_softmax():

@@ -106,10 +106,13 @@ def test_conv_forward_rejects_an_object_whose_hierarchy_is_not_one():
         conv(torch.randn(NUM_LEAVES, 4), data)
 
 
-def test_conv_rejects_non_bool_return_attention_weights():
+@pytest.mark.parametrize('flag', ['yes', 0, 1, torch.tensor(True)])
+def test_conv_rejects_non_bool_return_attention_weights(flag):
+    # Set means 'return the weights' whatever the bool, so a value that is
+    # no bool is refused rather than read as True or False.
     conv = HSAConv(4, 3)
     with pytest.raises(TypeError, match="'return_attention_weights' must"):
-        conv(torch.randn(NUM_LEAVES, 4), example_hierarchy(), 'yes')
+        conv(torch.randn(NUM_LEAVES, 4), example_hierarchy(), flag)
 
 
 # HSATransformerLayer ########################################################

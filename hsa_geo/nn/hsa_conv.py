@@ -65,8 +65,10 @@ class HSAConv(MessagePassing):
             :math:`\mathbf{W}_1 \mathbf{x}_i`. (default: :obj:`True`)
         geometry_bias (bool, optional): learn a bias of the relative
             position of siblings and of the level. (default: :obj:`False`)
-        max_branching (int, optional): the largest family the geometry bias
-            encodes, at least ``2``; checked even without
+        max_branching (int, optional): the largest family whose relative
+            positions each have their own geometry bias, at least ``2``;
+            wider families share log-spaced buckets, see
+            :class:`~hsa_geo.nn.FamilyGeometryBias`. Checked even without
             :obj:`geometry_bias`. (default: :obj:`16`)
         num_levels (int, optional): levels with their own geometry bias,
             at least ``1``. (default: :obj:`8`)
@@ -78,7 +80,8 @@ class HSAConv(MessagePassing):
           :class:`~hsa_geo.data.Hierarchy` with :math:`N` leaves (or a
           :class:`~hsa_geo.data.NestedSignal`, whose ``.hierarchy`` is used)
         - **output:** :math:`(N, H * F_{out})` or :math:`(N, F_{out})` if
-          :obj:`concat=False`; with :obj:`return_attention_weights=True` also
+          :obj:`concat=False`; with :obj:`return_attention_weights` set
+          (:obj:`True` or :obj:`False`) also
           ``(pair_index [2, P], alpha [P, H])``, the sibling pairs ``(a, b)``
           (tree node ids) and :math:`\pi_F(a \to b)`.
     """
@@ -122,6 +125,8 @@ class HSAConv(MessagePassing):
         self.beta = beta and root_weight
         self.dropout = dropout
         self.root_weight = root_weight
+        self.max_branching = max_branching
+        self.num_levels = num_levels
 
         # One fused projection: a single matrix product for q, k and v.
         self.lin_qkv = Linear(in_channels, 3 * heads * out_channels,
@@ -161,8 +166,13 @@ class HSAConv(MessagePassing):
             x (Tensor): leaf features ``[N, F_in]``.
             hierarchy (Hierarchy): the forest over the ``N`` leaves (a
                 :class:`~hsa_geo.data.NestedSignal` is accepted too).
-            return_attention_weights (bool, optional): also return
-                ``(pair_index, alpha)``.
+            return_attention_weights (bool, optional): will additionally
+                return the tuple ``(pair_index, alpha)`` whenever it is set,
+                regardless of its value (:obj:`True` or :obj:`False`), as
+                :class:`~torch_geometric.nn.conv.TransformerConv` does:
+                the sibling pairs ``[2, P]`` and their family attention
+                weights ``[P, H]``. :obj:`None`: the output only.
+                (default: :obj:`None`)
 
         Raises :class:`TypeError` for an :obj:`x` that is not a floating
         point tensor of the layer's dtype or a :obj:`hierarchy` that is
@@ -171,17 +181,19 @@ class HSAConv(MessagePassing):
         :math:`N` the number of leaves, see :meth:`check_input`.
         """
         hierarchy = self.check_input(x, hierarchy)
-        if return_attention_weights is not None:
+        # Set at all (True or False) means: return the weights.
+        with_weights = return_attention_weights is not None
+        if with_weights:
             check_bool(return_attention_weights, 'return_attention_weights')
         num_leaves, heads, channels = x.size(0), self.heads, self.out_channels
         q, k, v = self.lin_qkv(x).view(num_leaves, 3, heads, channels).unbind(1)
         result = hierarchical_attention(
             q, k, v, hierarchy, dropout_p=self.dropout,
             training=self.training,
-            return_weights=bool(return_attention_weights),
+            return_weights=with_weights,
             pair_bias=None if self.geometry_bias is None else
             self.geometry_bias(hierarchy))
-        out, weights = result if return_attention_weights else (result, None)
+        out, weights = result if with_weights else (result, None)
 
         if self.concat:
             out = out.reshape(num_leaves, heads * channels)
@@ -242,5 +254,24 @@ class HSAConv(MessagePassing):
         return hierarchy
 
     def __repr__(self) -> str:
+        # Every option that differs from its default, in the order of the
+        # signature; with a geometry bias, always the size of its table.
+        options = [f'heads={self.heads}']
+        if not self.concat:
+            options.append('concat=False')
+        if self.beta:
+            options.append('beta=True')
+        if self.dropout != 0.:
+            options.append(f'dropout={self.dropout}')
+        if self.lin_qkv.bias is None:
+            options.append('bias=False')
+        if not self.root_weight:
+            options.append('root_weight=False')
+        if self.geometry_bias is not None:
+            options.append('geometry_bias=True')
+        if self.geometry_bias is not None or self.max_branching != 16:
+            options.append(f'max_branching={self.max_branching}')
+        if self.geometry_bias is not None or self.num_levels != 8:
+            options.append(f'num_levels={self.num_levels}')
         return (f'{self.__class__.__name__}({self.in_channels}, '
-                f'{self.out_channels}, heads={self.heads})')
+                f'{self.out_channels}, {", ".join(options)})')
