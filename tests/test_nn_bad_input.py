@@ -58,6 +58,15 @@ def example_hierarchy() -> Hierarchy:
     (dict(max_branching=4.0), TypeError, "'max_branching' must be an int"),
     (dict(num_levels=0), ValueError, "'num_levels' must be an int in"),
     (dict(num_levels=True), TypeError, "'num_levels' must be an int"),
+    # MessagePassing arguments the dynamic program cannot honour
+    (dict(aggr='mean'), ValueError, "cannot honour aggr='mean'"),
+    (dict(aggr='max'), ValueError, "cannot honour aggr='max'"),
+    (dict(flow='target_to_source'), ValueError, 'cannot honour flow'),
+    (dict(decomposed_layers=2), ValueError,
+     'cannot honour decomposed_layers=2'),
+    (dict(decomposed_layers=True), ValueError, 'cannot honour'),
+    (dict(aggr_kwargs={'p': 2}), ValueError, 'cannot honour aggr_kwargs'),
+    (dict(node_dim=1), ValueError, "'node_dim' is fixed to 0"),
 ])
 def test_conv_rejects_bad_arguments(kwargs, error, pattern):
     args = dict(in_channels=8, out_channels=4)
@@ -268,3 +277,20 @@ def test_geometry_bias_arguments_property(name, value):
     assert out.shape == (example_hierarchy().sibling_pairs.size(1),
                          bias.heads)
     assert bool(out.isfinite().all())
+
+
+@pytest.mark.parametrize('kwargs', [dict(aggr='add'), dict(aggr='sum'),
+                                    dict(flow='source_to_target'),
+                                    dict(decomposed_layers=1)])
+def test_conv_accepts_what_it_honours(kwargs):
+    h = example_hierarchy()
+    conv = HSAConv(4, 3, heads=2, **kwargs)
+    assert conv(torch.randn(NUM_LEAVES, 4), h).shape == (NUM_LEAVES, 6)
+
+
+def test_conv_explains_why_there_is_no_bipartite_form():
+    h = example_hierarchy()
+    x = torch.randn(NUM_LEAVES, 4)
+    with pytest.raises(TypeError, match='not a bipartite .* self-attention '
+                       'among the leaves of one hierarchy'):
+        HSAConv(4, 3)((x, x), h)

@@ -100,6 +100,7 @@ class HSAConv(MessagePassing):
         num_levels: int = 8,
         **kwargs,
     ):
+        _check_message_passing_kwargs(kwargs)
         kwargs.setdefault('aggr', 'add')
         super().__init__(node_dim=0, **kwargs)
         in_channels = check_int(in_channels, 'in_channels', low=None)
@@ -225,6 +226,14 @@ class HSAConv(MessagePassing):
                 f"'hierarchy' must be a hsa_geo.data.Hierarchy or hold one "
                 f"as '.hierarchy' (a NestedSignal), got "
                 f"{type(hierarchy).__name__}")
+        if isinstance(x, (tuple, list)) and len(x) == 2 and all(
+                t is None or isinstance(t, Tensor) for t in x):
+            raise TypeError(
+                "HSAConv takes one [N, F] tensor of leaf features, not a "
+                "bipartite (x_src, x_dst) pair: HSA is self-attention among "
+                "the leaves of one hierarchy, whose family weights tie every "
+                "leaf to its siblings, so sources and targets are the same "
+                "nodes")
         check_floating(x, 'x')
         if x.dim() != 2:
             raise ValueError(f"'x' must be a [N, F] tensor of leaf features, "
@@ -275,3 +284,26 @@ class HSAConv(MessagePassing):
             options.append(f'num_levels={self.num_levels}')
         return (f'{self.__class__.__name__}({self.in_channels}, '
                 f'{self.out_channels}, {", ".join(options)})')
+
+
+# What HSA's dynamic program is: a sum of attention-weighted values, from
+# leaves to leaves of one hierarchy, one pass (so these are the only values
+# of MessagePassing's arguments it honours).
+_HONOURED = {'aggr': ('add', 'sum'), 'flow': ('source_to_target', ),
+             'decomposed_layers': (1, ), 'aggr_kwargs': (None, )}
+
+
+def _check_message_passing_kwargs(kwargs: dict):
+    r"""Refuses :class:`~torch_geometric.nn.conv.MessagePassing` arguments
+    that HSA cannot honour, instead of accepting and ignoring them."""
+    if 'node_dim' in kwargs:
+        raise ValueError("'node_dim' is fixed to 0 in HSAConv (leaf "
+                         "features are [N, F]); remove the argument")
+    for name, allowed in _HONOURED.items():
+        value = kwargs.get(name, allowed[0])
+        if isinstance(value, bool) or value not in allowed:
+            raise ValueError(
+                f"HSAConv cannot honour {name}={kwargs[name]!r}: its "
+                f"attention is one softmax-weighted sum over the hierarchy "
+                f"(aggr='add', flow='source_to_target', "
+                f"decomposed_layers=1); remove the argument")
