@@ -1,4 +1,5 @@
 r"""Neural network layers with hierarchical self-attention."""
+from hsa_geo.nn.edge_pair_bias import EdgePairBias
 from hsa_geo.nn.family_geometry_bias import FamilyGeometryBias
 from hsa_geo.nn.hierarchical_positional_encoding import \
     HierarchicalPositionalEncoding
@@ -6,6 +7,7 @@ from hsa_geo.nn.hsa_conv import HSAConv
 from hsa_geo.nn.hsa_transformer_layer import HSATransformerLayer
 
 __all__ = [
+    'EdgePairBias',
     'FamilyGeometryBias',
     'HierarchicalPositionalEncoding',
     'HSAConv',

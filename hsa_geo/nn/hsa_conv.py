@@ -1,6 +1,7 @@
 r"""The hierarchical self-attention layer."""
 from __future__ import annotations
 
+import numbers
 from typing import Optional, Tuple, Union
 
 import torch
@@ -12,6 +13,7 @@ from hsa_geo._checks import (check_bool, check_device, check_float,
                              check_floating, check_int)
 from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.functional.dynamic_program import hierarchical_attention
+from hsa_geo.nn.edge_pair_bias import EdgePairBias
 from hsa_geo.nn.family_geometry_bias import FamilyGeometryBias
 
 
@@ -43,7 +45,12 @@ class HSAConv(MessagePassing):
     hierarchy (:attr:`~hsa_geo.data.Hierarchy.family_edge_index`) restricts
     each family's attention to its edges. With :obj:`geometry_bias`, a
     learnable :class:`~hsa_geo.nn.FamilyGeometryBias` of the siblings'
-    relative position and level is added to the family logits.
+    relative position and level is added to the family logits. With
+    :obj:`edge_dim`, features of edges between leaves enter as a learned
+    :class:`~hsa_geo.nn.EdgePairBias`: for two sibling leaves exactly the
+    projected feature of their edge, above the leaves the mean over the
+    edges between two sibling subtrees (a bias constant on each block, so
+    HSA stays exact, docs/math.md section 6.2); both biases add up.
 
     Arguments are checked: a value of the wrong type (``heads=2.5``,
     ``heads=True``, ``dropout='0.1'``, ``concat=1``) raises
@@ -72,13 +79,19 @@ class HSAConv(MessagePassing):
             :obj:`geometry_bias`. (default: :obj:`16`)
         num_levels (int, optional): levels with their own geometry bias,
             at least ``1``. (default: :obj:`8`)
+        edge_dim (int, optional): features per leaf edge, at least ``1``;
+            :meth:`forward` then needs :obj:`edge_index` and
+            :obj:`edge_attr`. :obj:`None`: no edge features.
+            (default: :obj:`None`)
         **kwargs (optional): arguments of
             :class:`torch_geometric.nn.conv.MessagePassing`.
 
     Shapes:
         - **input:** leaf features :math:`(N, F_{in})`, a
           :class:`~hsa_geo.data.Hierarchy` with :math:`N` leaves (or a
-          :class:`~hsa_geo.data.NestedSignal`, whose ``.hierarchy`` is used)
+          :class:`~hsa_geo.data.NestedSignal`, whose ``.hierarchy`` is used);
+          with :obj:`edge_dim`, leaf edges ``[2, E]`` and their features
+          ``[E, edge_dim]``
         - **output:** :math:`(N, H * F_{out})` or :math:`(N, F_{out})` if
           :obj:`concat=False`; with :obj:`return_attention_weights` set
           (:obj:`True` or :obj:`False`) also
@@ -98,6 +111,7 @@ class HSAConv(MessagePassing):
         geometry_bias: bool = False,
         max_branching: int = 16,
         num_levels: int = 8,
+        edge_dim: Optional[int] = None,
         **kwargs,
     ):
         _check_message_passing_kwargs(kwargs)
@@ -119,6 +133,8 @@ class HSAConv(MessagePassing):
         # FamilyGeometryBias repeats the check when it is built.
         max_branching = check_int(max_branching, 'max_branching', low=2)
         num_levels = check_int(num_levels, 'num_levels')
+        if edge_dim is not None:
+            edge_dim = check_int(edge_dim, 'edge_dim')
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.heads = heads
@@ -128,6 +144,7 @@ class HSAConv(MessagePassing):
         self.root_weight = root_weight
         self.max_branching = max_branching
         self.num_levels = num_levels
+        self.edge_dim = edge_dim
 
         # One fused projection: a single matrix product for q, k and v.
         self.lin_qkv = Linear(in_channels, 3 * heads * out_channels,
@@ -143,6 +160,8 @@ class HSAConv(MessagePassing):
             self.register_parameter('lin_beta', None)
         self.geometry_bias = FamilyGeometryBias(
             heads, max_branching, num_levels) if geometry_bias else None
+        self.lin_edge = EdgePairBias(edge_dim, heads) \
+            if edge_dim is not None else None
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -154,11 +173,15 @@ class HSAConv(MessagePassing):
             self.lin_beta.reset_parameters()
         if self.geometry_bias is not None:
             self.geometry_bias.reset_parameters()
+        if self.lin_edge is not None:
+            self.lin_edge.reset_parameters()
 
     def forward(
         self,
         x: Tensor,
         hierarchy: Hierarchy,
+        edge_index: Optional[Tensor] = None,
+        edge_attr: Optional[Tensor] = None,
         return_attention_weights: Optional[bool] = None,
     ) -> Union[Tensor, Tuple[Tensor, Tuple[Tensor, Tensor]]]:
         r"""Runs the layer.
@@ -167,20 +190,33 @@ class HSAConv(MessagePassing):
             x (Tensor): leaf features ``[N, F_in]``.
             hierarchy (Hierarchy): the forest over the ``N`` leaves (a
                 :class:`~hsa_geo.data.NestedSignal` is accepted too).
+            edge_index (Tensor, optional): edges between leaves ``[2, E]``,
+                required with :obj:`edge_dim` and refused without it; edges
+                across trees and self-loops are ignored, see
+                :class:`~hsa_geo.nn.EdgePairBias`. (default: :obj:`None`)
+            edge_attr (Tensor, optional): edge features ``[E, edge_dim]``,
+                as :obj:`edge_index`. (default: :obj:`None`)
             return_attention_weights (bool, optional): will additionally
                 return the tuple ``(pair_index, alpha)`` whenever it is set,
                 regardless of its value (:obj:`True` or :obj:`False`), as
                 :class:`~torch_geometric.nn.conv.TransformerConv` does:
                 the sibling pairs ``[2, P]`` and their family attention
-                weights ``[P, H]``. :obj:`None`: the output only.
+                weights ``[P, H]``. :obj:`None`: the output only. A third
+                positional argument that is no tensor is read as this flag,
+                its place before :obj:`edge_index` existed.
                 (default: :obj:`None`)
 
         Raises :class:`TypeError` for an :obj:`x` that is not a floating
         point tensor of the layer's dtype or a :obj:`hierarchy` that is
         neither a :class:`~hsa_geo.data.Hierarchy` nor holds one, and
         :class:`ValueError` for an :obj:`x` that is not ``[N, F_in]`` with
-        :math:`N` the number of leaves, see :meth:`check_input`.
+        :math:`N` the number of leaves, see :meth:`check_input`; edges
+        that are missing, not wanted or malformed raise as well.
         """
+        if _is_flag(edge_index) and edge_attr is None and \
+                return_attention_weights is None:
+            # The call conv(x, hierarchy, True) from before edge_index.
+            edge_index, return_attention_weights = None, edge_index
         hierarchy = self.check_input(x, hierarchy)
         # Set at all (True or False) means: return the weights.
         with_weights = return_attention_weights is not None
@@ -192,8 +228,7 @@ class HSAConv(MessagePassing):
             q, k, v, hierarchy, dropout_p=self.dropout,
             training=self.training,
             return_weights=with_weights,
-            pair_bias=None if self.geometry_bias is None else
-            self.geometry_bias(hierarchy))
+            pair_bias=self._pair_bias(hierarchy, edge_index, edge_attr))
         out, weights = result if with_weights else (result, None)
 
         if self.concat:
@@ -213,6 +248,31 @@ class HSAConv(MessagePassing):
         if weights is not None:
             return out, (weights.index, weights.weight)
         return out
+
+    def _pair_bias(self, hierarchy: Hierarchy, edge_index: Optional[Tensor],
+                   edge_attr: Optional[Tensor]) -> Optional[Tensor]:
+        r"""The geometry bias plus the edge bias (either may be absent)."""
+        if self.lin_edge is None:
+            if edge_index is not None or edge_attr is not None:
+                raise ValueError(
+                    "this HSAConv has no edge features, so 'edge_index' and "
+                    "'edge_attr' would be ignored; build it with "
+                    "edge_dim=F_e to use them, or leave them out")
+        else:
+            for name, value in (('edge_index', edge_index),
+                                ('edge_attr', edge_attr)):
+                if value is None:
+                    raise ValueError(
+                        f"'{name}' is missing: this HSAConv has "
+                        f"edge_dim={self.edge_dim}, so forward needs "
+                        f"edge_index [2, E] and edge_attr "
+                        f"[E, {self.edge_dim}] (E may be 0)")
+        biases = []
+        if self.geometry_bias is not None:
+            biases.append(self.geometry_bias(hierarchy))
+        if self.lin_edge is not None:
+            biases.append(self.lin_edge(hierarchy, edge_index, edge_attr))
+        return sum(biases[1:], biases[0]) if biases else None
 
     def check_input(self, x: Tensor, hierarchy: Hierarchy) -> Hierarchy:
         r"""Checks the input of :meth:`forward` and returns the
@@ -282,6 +342,8 @@ class HSAConv(MessagePassing):
             options.append(f'max_branching={self.max_branching}')
         if self.geometry_bias is not None or self.num_levels != 8:
             options.append(f'num_levels={self.num_levels}')
+        if self.edge_dim is not None:
+            options.append(f'edge_dim={self.edge_dim}')
         return (f'{self.__class__.__name__}({self.in_channels}, '
                 f'{self.out_channels}, {", ".join(options)})')
 
@@ -291,6 +353,17 @@ class HSAConv(MessagePassing):
 # of MessagePassing's arguments it honours).
 _HONOURED = {'aggr': ('add', 'sum'), 'flow': ('source_to_target', ),
              'decomposed_layers': (1, ), 'aggr_kwargs': (None, )}
+
+
+def _is_flag(value) -> bool:
+    r"""Whether a third positional argument of :meth:`HSAConv.forward` is
+    the old place of ``return_attention_weights`` rather than an
+    ``edge_index``: anything but a tensor that could hold edges (so that
+    ``'yes'``, ``1`` or ``torch.tensor(True)`` get the flag's message,
+    and a list of edges the message of ``edge_index``)."""
+    if isinstance(value, Tensor):
+        return value.dim() == 0 or value.dtype == torch.bool
+    return isinstance(value, (bool, str, numbers.Number))
 
 
 def _check_message_passing_kwargs(kwargs: dict):
