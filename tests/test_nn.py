@@ -172,6 +172,9 @@ def test_repr():
      'geometry_bias=True, max_branching=5, num_levels=2'),
     (dict(concat=False, beta=True, dropout=0.25, bias=False),
      'concat=False, beta=True, dropout=0.25, bias=False'),
+    (dict(edge_dim=3), 'edge_dim=3'),
+    (dict(geometry_bias=True, edge_dim=2),
+     'geometry_bias=True, max_branching=16, num_levels=8, edge_dim=2'),
 ])
 def test_repr_shows_every_non_default_option(kwargs, shown):
     conv = HSAConv(16, 8, heads=2, **kwargs)
