@@ -202,9 +202,9 @@ class HSAConv(MessagePassing):
                 :class:`~torch_geometric.nn.conv.TransformerConv` does:
                 the sibling pairs ``[2, P]`` and their family attention
                 weights ``[P, H]``. :obj:`None`: the output only. A third
-                positional argument that is no tensor is read as this flag,
-                its place before :obj:`edge_index` existed.
-                (default: :obj:`None`)
+                positional argument that cannot be edges (a bool, number,
+                string, 0-d or bool tensor) is read as this flag, its place
+                before :obj:`edge_index` existed. (default: :obj:`None`)
 
         Raises :class:`TypeError` for an :obj:`x` that is not a floating
         point tensor of the layer's dtype or a :obj:`hierarchy` that is
