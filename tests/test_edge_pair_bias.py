@@ -237,11 +237,15 @@ def test_conv_repr_and_reset():
     assert not torch.equal(before, conv.lin_edge.lin.weight)
 
 
-def test_conv_return_attention_weights_positional_still_works():
+def test_third_positional_argument_is_edge_index():
+    """As in TransformerConv, the flag is a keyword: a bool in the place of
+    edge_index is refused, not read as the flag."""
     h = Hierarchy.from_parent(PARENT, NUM_LEAVES)
     conv = HSAConv(4, 3, heads=2)
     x = torch.randn(NUM_LEAVES, 4)
-    out, (pair_index, alpha) = conv(x, h, True)
+    with pytest.raises((TypeError, ValueError), match='edge_index'):
+        conv(x, h, True)
+    out, (pair_index, alpha) = conv(x, h, return_attention_weights=True)
     torch.testing.assert_close(out, conv(x, h))
     assert torch.equal(pair_index, h.sibling_pairs)
 

@@ -121,7 +121,8 @@ def test_conv_rejects_non_bool_return_attention_weights(flag):
     # no bool is refused rather than read as True or False.
     conv = HSAConv(4, 3)
     with pytest.raises(TypeError, match="'return_attention_weights' must"):
-        conv(torch.randn(NUM_LEAVES, 4), example_hierarchy(), flag)
+        conv(torch.randn(NUM_LEAVES, 4), example_hierarchy(),
+             return_attention_weights=flag)
 
 
 # HSATransformerLayer ########################################################

@@ -1,7 +1,6 @@
 r"""The hierarchical self-attention layer."""
 from __future__ import annotations
 
-import numbers
 from typing import Optional, Tuple, Union
 
 import torch
@@ -201,10 +200,8 @@ class HSAConv(MessagePassing):
                 regardless of its value (:obj:`True` or :obj:`False`), as
                 :class:`~torch_geometric.nn.conv.TransformerConv` does:
                 the sibling pairs ``[2, P]`` and their family attention
-                weights ``[P, H]``. :obj:`None`: the output only. A third
-                positional argument that cannot be edges (a bool, number,
-                string, 0-d or bool tensor) is read as this flag, its place
-                before :obj:`edge_index` existed. (default: :obj:`None`)
+                weights ``[P, H]``. :obj:`None`: the output only.
+                (default: :obj:`None`)
 
         Raises :class:`TypeError` for an :obj:`x` that is not a floating
         point tensor of the layer's dtype or a :obj:`hierarchy` that is
@@ -213,10 +210,6 @@ class HSAConv(MessagePassing):
         :math:`N` the number of leaves, see :meth:`check_input`; edges
         that are missing, not wanted or malformed raise as well.
         """
-        if _is_flag(edge_index) and edge_attr is None and \
-                return_attention_weights is None:
-            # The call conv(x, hierarchy, True) from before edge_index.
-            edge_index, return_attention_weights = None, edge_index
         hierarchy = self.check_input(x, hierarchy)
         # Set at all (True or False) means: return the weights.
         with_weights = return_attention_weights is not None
@@ -353,17 +346,6 @@ class HSAConv(MessagePassing):
 # of MessagePassing's arguments it honours).
 _HONOURED = {'aggr': ('add', 'sum'), 'flow': ('source_to_target', ),
              'decomposed_layers': (1, ), 'aggr_kwargs': (None, )}
-
-
-def _is_flag(value) -> bool:
-    r"""Whether a third positional argument of :meth:`HSAConv.forward` is
-    the old place of ``return_attention_weights`` rather than an
-    ``edge_index``: anything but a tensor that could hold edges (so that
-    ``'yes'``, ``1`` or ``torch.tensor(True)`` get the flag's message,
-    and a list of edges the message of ``edge_index``)."""
-    if isinstance(value, Tensor):
-        return value.dim() == 0 or value.dtype == torch.bool
-    return isinstance(value, (bool, str, numbers.Number))
 
 
 def _check_message_passing_kwargs(kwargs: dict):
