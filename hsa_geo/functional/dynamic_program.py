@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import (Callable, List, NamedTuple, Optional, Sequence,
-                    Tuple, Union)
+from typing import (Callable, Dict, List, NamedTuple, Optional,
+                    Sequence, Tuple, Union)
 
 import torch
 from torch import Tensor
@@ -785,79 +785,166 @@ def hierarchical_attention(
     dtype = torch.float64 if torch.float64 in (q.dtype, k.dtype, v.dtype) \
         else torch.float32
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-    if scale is None:
-        scale = 1.0 / math.sqrt(q.size(-1))
-    drop = dropout_p > 0.0 and training
-    # A finite "minus infinity": rows without off-diagonal entries stay
-    # finite, so logsumexp and its gradient never see (-inf) - (-inf).
-    neg = torch.finfo(dtype).min / 4
-
-    h = hierarchy
-    layout = h.layout
-    num_leaves, num_clusters = h.num_leaves, h.num_clusters
-    heads = q.size(1)
-    _ensure_fits(h, layout, heads, dtype,
+    layout = hierarchy.layout
+    _ensure_fits(hierarchy, layout, q.size(1), dtype,
                  pair_bias is not None or return_weights,
                  torch.is_grad_enabled() and any(
                      t is not None and t.requires_grad
                      for t in (q, k, v, pair_bias)))
-    lwp, lpc = layout.leaves_with_parent, layout.leaf_parent_cluster
-    all_leaves_have_parent = lwp.numel() == num_leaves
-    csize = layout.leaf_count[num_leaves:].to(dtype)  # [M]
-    # All leaves in order in equal-width families: the leaf level runs on one
-    # shared view of q, k and v each, fused (block sums, the diagonal g, the
-    # leaf outputs), so every gradient piece accumulates in place.
-    blocks = layout.leaf_blocks
-    if blocks is not None and blocks.width == 1:
-        blocks = None
-    if blocks is not None:
-        qv, kv, vv = (_to_slots(blocks, x) for x in (q, k, v))
-        blocks_scores = _HeadwiseScores.apply(qv, kv, scale)
-        leaf_sums = {'q': blocks_scores[2], 'k': blocks_scores[3],
-                     'v': vv.sum(dim=1)}
 
-    # Upward pass: the means of q, k and v over every cluster's leaves, read
-    # straight into the buckets with internal children that attend.
+    tree = _prepare(q, k, v, layout, scale)
+    means = _upward_means(tree)
+    scores = _family_scores(tree, means,
+                            _bucket_biases(pair_bias, hierarchy, dtype))
+    parts = _log_partitions(tree, scores)
+    drop = dropout_p if training else 0.0
+    passes = _Passes(tree, means, scores, parts,
+                     _downward_masses(tree, parts, drop), drop)
+    out = _downward_contexts(passes).to(out_dtype)
+
+    if single_head:
+        out = out.squeeze(1)
+    if not return_weights:
+        return out
+    weight = _all_family_weights(passes)
+    if single_head:
+        weight = weight.squeeze(1)
+    return out, FamilyWeights(hierarchy.sibling_pairs, weight)
+
+
+# The passes of the dynamic program ##########################################
+
+
+class _Tree(NamedTuple):
+    r"""The inputs of the passes: ``q, k, v`` ``[N, H, D]`` in the compute
+    dtype, the score scale, the finite "minus infinity" ``neg``, the
+    layout, the leaf counts of the clusters ``[M]``, and the fused leaf path
+    when all leaves lie in order in families of one width (:obj:`None`
+    otherwise)."""
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    scale: float
+    neg: float
+    layout: HierarchyLayout
+    cluster_size: Tensor
+    fused: Optional['_FusedLeaves']
+
+
+class _FusedLeaves(NamedTuple):
+    r"""The leaf families as views of ``q, k, v`` (the bucket
+    :obj:`blocks`, ``v`` as its ``[F, W, H, D]`` table), their scores
+    ``[H, F, W, W]``, the diagonal ``s_ii`` ``[F, W, H]`` and the family
+    sums of ``q``, ``k``, ``v`` ``[F, H, D]``: computed once, in one step
+    whose backward writes each input gradient once."""
+    blocks: FamilyBucket
+    v_table: Tensor
+    scores: Tensor
+    diag: Tensor
+    sums: Tuple[Tensor, Tensor, Tensor]
+
+
+class _Scores(NamedTuple):
+    r"""Per bucket the off-diagonal logits ``l_ab`` ``[H, F, W, W]`` (masked
+    entries hold ``neg``; :obj:`None` for single children), their row
+    logsumexp per leaf ``[N, H]`` and per cluster ``[M, H]``, and the leaf
+    diagonal ``g_i = s_ii`` ``[N, H]``."""
+    tables: List[Optional[Tensor]]
+    off_lse_leaf: Tensor
+    off_lse_clus: Tensor
+    g_leaf: Tensor
+
+
+class _LogPartitions(NamedTuple):
+    r"""``g`` (the per-leaf log-partition of every subtree) and the row
+    logsumexp over all siblings, ``l_aa = g_a`` included, per leaf
+    ``[N, H]`` and per cluster ``[M, H]``."""
+    g_leaf: Tensor
+    g_clus: Tensor
+    lse_leaf: Tensor
+    lse_clus: Tensor
+
+
+class _Masses(NamedTuple):
+    r"""``log r`` per leaf ``[N, H]`` and per cluster ``[M, H]``."""
+    log_r_leaf: Tensor
+    log_r_clus: Tensor
+
+
+class _Passes(NamedTuple):
+    r"""Everything the downward contexts and the family weights read."""
+    tree: _Tree
+    means: Dict[int, Tuple[Tensor, Tensor, Tensor]]
+    scores: _Scores
+    parts: _LogPartitions
+    masses: _Masses
+    dropout_p: float
+
+
+def _prepare(q: Tensor, k: Tensor, v: Tensor, layout: HierarchyLayout,
+             scale: Optional[float]) -> _Tree:
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.size(-1))
+    # A finite "minus infinity": rows without off-diagonal entries stay
+    # finite, so logsumexp and its gradient never see (-inf) - (-inf).
+    neg = torch.finfo(q.dtype).min / 4
+    blocks, fused = layout.leaf_blocks, None
+    if blocks is not None and blocks.width > 1:
+        qv, kv, vv = (_to_slots(blocks, x) for x in (q, k, v))
+        s, diag, q_sum, k_sum = _HeadwiseScores.apply(qv, kv, scale)
+        fused = _FusedLeaves(blocks, vv, s, diag, (q_sum, k_sum,
+                                                   vv.sum(dim=1)))
+    size = layout.leaf_count[q.size(0):].to(q.dtype)
+    return _Tree(q, k, v, scale, neg, layout, size, fused)
+
+
+def _upward_means(tree: _Tree) -> Dict[int, Tuple[Tensor, Tensor, Tensor]]:
+    r"""Upward pass: the means of ``q``, ``k`` and ``v`` over every
+    cluster's leaves, read straight into the tables of the buckets with
+    internal children that attend (by bucket index)."""
+    layout = tree.layout
     buckets = layout.buckets
     attending = [i for i, b in enumerate(buckets)
                  if b.kind != 'leaf' and b.width > 1]
+    if not attending:
+        return {}
+    if tree.fused is not None:
+        blocks = tree.fused.blocks
+        sources = tree.fused.sums
+        rows = (blocks.parent_cluster, blocks.parent_range)
+    else:
+        lwp = layout.leaves_with_parent
+        sources = tuple(x if lwp.numel() == x.size(0) else x[lwp]
+                        for x in (tree.q, tree.k, tree.v))
+        rows = (layout.leaf_parent_cluster, None)
+    reads = [_cluster_rows(buckets[i]) for i in attending]
+    means = [_SubtreeMean.apply(src, rows, layout.cluster_levels,
+                                tree.cluster_size, reads) for src in sources]
+    return {i: m for i, *m in zip(attending, *means)}
 
-    def cluster_means(x: Tensor, name: str) -> Tuple[Tensor, ...]:
-        if not attending:
-            return ()
-        if blocks is not None:
-            src = leaf_sums[name]
-            rows = (blocks.parent_cluster, blocks.parent_range)
-        else:
-            src = x if all_leaves_have_parent else x[lwp]
-            rows = (lpc, None)
-        reads = [_cluster_rows(buckets[i]) for i in attending]
-        return _SubtreeMean.apply(src, rows, layout.cluster_levels, csize,
-                                  reads)
 
-    means = {i: m for i, *m in zip(attending, *(
-        cluster_means(x, name) for x, name in ((q, 'q'), (k, 'k'), (v, 'v'))))}
-    logsize_leaf = q.new_zeros(num_leaves)
-    logsize_clus = csize.log()
-
-    # Family scores: off-diagonal logits l_ab and their logsumexp per row a.
-    scores = []
+def _family_scores(tree: _Tree, means: Dict[int, Tuple[Tensor, ...]],
+                   biases: List[Optional[Tensor]]) -> _Scores:
+    r"""The off-diagonal logits of every family and their logsumexp per
+    row."""
+    q, k, neg = tree.q, tree.k, tree.neg
+    num_leaves, heads = q.size(0), q.size(1)
     off_lse_leaf = q.new_full((num_leaves, heads), neg)
-    off_lse_clus = q.new_full((num_clusters, heads), neg)
-    for i, (b, bias) in enumerate(
-            zip(buckets, _bucket_biases(pair_bias, h, dtype))):
+    off_lse_clus = q.new_full((tree.cluster_size.numel(), heads), neg)
+    logsize_leaf = q.new_zeros(num_leaves)
+    logsize_clus = tree.cluster_size.log()
+    tables: List[Optional[Tensor]] = []
+    for i, (b, bias) in enumerate(zip(tree.layout.buckets, biases)):
         if b.width == 1:  # a single child has no sibling to attend to
-            scores.append(None)
+            tables.append(None)
             continue
-        if b is blocks:
-            s, diag = blocks_scores[:2]
-            g_leaf = diag.view(num_leaves, heads)  # s_ii
+        if tree.fused is not None and b is tree.fused.blocks:
+            s = tree.fused.scores
         else:
             qc, kc = means[i][:2] if i in means else (None, None)
             s = _HeadwiseScores.apply(_to_slots(b, q, qc), _to_slots(b, k, kc),
-                                      scale)[0]
-        # [H, F, W, W]; every full-size temporary counts at large N, so the
-        # scores are updated in place (log|b| = 0 for leaves).
+                                      tree.scale)[0]
+        # [H, F, W, W]; log|b| = 0 for leaves.
         if b.kind != 'leaf':
             s = s + _node_slots(b, logsize_leaf, logsize_clus).unsqueeze(1)
         if bias is not None:
@@ -867,124 +954,143 @@ def hierarchical_attention(
         # its weight exp(neg - lse) underflows to 0 in both directions.
         with torch.no_grad():
             s.masked_fill_(_invalid(b), neg)
-        scores.append(s)
+        tables.append(s)
         rows = _from_slots(b, _RowLogSumExp.apply(s).permute(1, 2, 0),
                            off_lse_leaf)
         if rows is not None:
             _set_rows_(off_lse_clus, _cluster_rows(b), rows)
+    if tree.fused is not None:
+        g_leaf = tree.fused.diag.view(num_leaves, heads)  # s_ii
+    else:
+        g_leaf = torch.einsum('nhd,nhd->nh', q, k) * tree.scale
+    return _Scores(tables, off_lse_leaf, off_lse_clus, g_leaf)
 
-    # g (per-leaf log-partition of every subtree), bottom-up. The row
-    # logsumexp over all siblings, the diagonal l_aa = g_a included, is
-    # lse_a = logaddexp(off-diagonal lse_a, g_a).
-    if blocks is None:
-        g_leaf = torch.einsum('nhd,nhd->nh', q, k) * scale  # [N, H]
-    lse_leaf = _LogAddExp.apply(off_lse_leaf, g_leaf)
-    g_clus = q.new_zeros(num_clusters, heads)
+
+def _log_partitions(tree: _Tree, scores: _Scores) -> _LogPartitions:
+    r"""``g`` bottom-up: ``g_F = sum_a |a| / |F| lse_a``, with the row
+    logsumexp ``lse_a = logaddexp(off-diagonal lse_a, g_a)``."""
+    layout, size = tree.layout, tree.cluster_size
+    lwp, lpc = layout.leaves_with_parent, layout.leaf_parent_cluster
+    g_leaf = scores.g_leaf
+    lse_leaf = _LogAddExp.apply(scores.off_lse_leaf, g_leaf)
+    g_clus = g_leaf.new_zeros(size.numel(), g_leaf.size(1))
     g_clus.index_add_(
-        0, lpc, (lse_leaf if all_leaves_have_parent else lse_leaf[lwp]) /
-        csize[lpc].unsqueeze(-1))
+        0, lpc, (lse_leaf if lwp.numel() == lse_leaf.size(0) else
+                 lse_leaf[lwp]) / size[lpc].unsqueeze(-1))
+    off = scores.off_lse_clus
     for child, par in reversed(layout.cluster_levels):
-        lse = _LogAddExp.apply(off_lse_clus[child], g_clus[child])
-        g_clus.index_add_(0, par, lse * (csize[child] / csize[par])[:, None])
-    lse_clus = _LogAddExp.apply(off_lse_clus, g_clus)
+        lse = _LogAddExp.apply(off[child], g_clus[child])
+        g_clus.index_add_(0, par, lse * (size[child] / size[par])[:, None])
+    return _LogPartitions(g_leaf, g_clus, lse_leaf,
+                          _LogAddExp.apply(off, g_clus))
 
-    # log pi_aa, with dropout on the self weights; roots keep mass 1.
-    log_self_leaf = g_leaf - lse_leaf
-    log_self_clus = g_clus - lse_clus
-    if drop:
+
+def _downward_masses(tree: _Tree, parts: _LogPartitions,
+                     dropout_p: float) -> _Masses:
+    r"""Downward pass, masses: ``log r_a = log r_F + log pi_aa`` (roots keep
+    mass 1), with dropout on the self weights ``pi_aa``."""
+    log_self_leaf = parts.g_leaf - parts.lse_leaf
+    log_self_clus = parts.g_clus - parts.lse_clus
+    if dropout_p > 0.0:
         bonus = -math.log1p(-dropout_p)
-        log_self_leaf = torch.where(
-            _dropout_keep(log_self_leaf.shape, dropout_p, q),
-            log_self_leaf + bonus, float('-inf'))
-        log_self_clus = torch.where(
-            _dropout_keep(log_self_clus.shape, dropout_p, q),
-            log_self_clus + bonus, float('-inf'))
-
-    # Downward pass, masses: log r_a = log r_F + log pi_aa.
-    log_r_clus = q.new_zeros(num_clusters, heads)
+        log_self_leaf, log_self_clus = (torch.where(
+            _dropout_keep(x.shape, dropout_p, x), x + bonus, float('-inf'))
+            for x in (log_self_leaf, log_self_clus))
+    layout = tree.layout
+    log_r_clus = torch.zeros_like(log_self_clus)
     for child, par in layout.cluster_levels:
         log_r_clus[child] = log_r_clus[par] + log_self_clus[child]
-    log_r_leaf = log_self_leaf.index_add(0, lwp, log_r_clus[lpc])
+    log_r_leaf = log_self_leaf.index_add(
+        0, layout.leaves_with_parent,
+        log_r_clus[layout.leaf_parent_cluster])
+    return _Masses(log_r_leaf, log_r_clus)
 
-    # Downward pass, context: u_a = r_F sum_{b != a} pi_F(a->b) vbar_b.
-    # Families with internal children first, so that the contexts U_F
-    # (accumulated down the path, U_a = U_F + u_a) are known when the leaf
-    # families run; those add U_F to u_a right away.
-    u_leaf = out = None
-    # (cluster rows, contexts u_a) of the buckets with internal children
-    writes: List[Tuple[Rows, Tensor]] = []
-    parent_contexts = {}  # U_F per leaf bucket
-    weights = [None] * len(scores)
 
-    def family_context(i: int):
-        nonlocal u_leaf, out
-        b, s = buckets[i], scores[i]
-        lse = _node_slots(b, lse_leaf, lse_clus).permute(2, 0, 1)  # [H, F, W]
-        if return_weights:
-            weights[i] = _family_weights(b, s, lse,
-                                         _node_slots(b, g_leaf, g_clus))
-        if s is None:
-            return
-        log_r = _rows(log_r_clus, b.parent_cluster, b.parent_range).t()
-        # attn = r_F pi_F(a -> b) = exp(l_ab - lse_a + log r_F), b != a.
-        shift = lse.unsqueeze(-1) - log_r[:, :, None, None]  # [H, F, W, 1]
-        keep = None
-        if drop:
-            keep = _dropout_keep(s.shape, dropout_p, q).to(s.dtype) / (
-                1.0 - dropout_p)
-        parent_context = parent_contexts.get(i)
-        if b is blocks:  # the whole output: y = A v + r v + U_F
-            r = torch.exp(log_r_leaf).view(b.num_families, b.width, heads)
-            out = _HeadwiseContext.apply(s, shift, keep, vv, r,
-                                         parent_context).view(v.shape)
-            return
-        vc = means[i][2] if i in means else None
-        ctx = _HeadwiseContext.apply(s, shift, keep, _to_slots(b, v, vc),
-                                     None, parent_context)  # [F, W, H, D]
-        if u_leaf is None and b.kind != 'cluster':  # 1 GiB at N = 2^20
+def _bucket_context(passes: _Passes, i: int,
+                    parent_context: Optional[Tensor]) -> Tensor:
+    r"""``u_a = r_F sum_{b != a} pi_F(a -> b) vbar_b (+ U_F)`` ``[F, W, H,
+    D]`` of bucket :obj:`i`; for the fused leaf bucket the whole output
+    ``y = A v + r v + U_F``."""
+    tree, parts = passes.tree, passes.parts
+    b, s = tree.layout.buckets[i], passes.scores.tables[i]
+    lse = _node_slots(b, parts.lse_leaf, parts.lse_clus).permute(2, 0, 1)
+    log_r = _rows(passes.masses.log_r_clus, b.parent_cluster,
+                  b.parent_range).t()
+    # attn = r_F pi_F(a -> b) = exp(l_ab - lse_a + log r_F), b != a.
+    shift = lse.unsqueeze(-1) - log_r[:, :, None, None]  # [H, F, W, 1]
+    keep = None
+    if passes.dropout_p > 0.0:
+        keep = _dropout_keep(s.shape, passes.dropout_p, s).to(s.dtype) / (
+            1.0 - passes.dropout_p)
+    if tree.fused is not None and b is tree.fused.blocks:
+        r = torch.exp(passes.masses.log_r_leaf).view(
+            b.num_families, b.width, -1)
+        return _HeadwiseContext.apply(s, shift, keep, tree.fused.v_table, r,
+                                      parent_context)
+    vc = passes.means[i][2] if i in passes.means else None
+    return _HeadwiseContext.apply(s, shift, keep, _to_slots(b, tree.v, vc),
+                                  None, parent_context)
+
+
+def _downward_contexts(passes: _Passes) -> Tensor:
+    r"""Downward pass, contexts and output ``[N, H, D_v]``: the families
+    with internal children first, so that the contexts ``U_F`` (summed
+    down the path, ``U_a = U_F + u_a``) are known when the leaf families
+    run; those add ``U_F`` to ``u_a`` right away."""
+    tree = passes.tree
+    layout, v = tree.layout, tree.v
+    buckets, tables = layout.buckets, passes.scores.tables
+    u_leaf = None  # allocated only when needed: 1 GiB at N = 2^20
+    writes: List[Tuple[Rows, Tensor]] = []  # (cluster rows, contexts)
+    for i, b in enumerate(buckets):
+        if b.kind == 'leaf' or tables[i] is None:
+            continue
+        if u_leaf is None and b.kind != 'cluster':
             u_leaf = v.new_zeros(v.shape)
-        rows = _from_slots(b, ctx, u_leaf)
+        rows = _from_slots(b, _bucket_context(passes, i, None), u_leaf)
         if rows is not None:
             writes.append((_cluster_rows(b), rows))
-
-    for i, b in enumerate(buckets):
-        if b.kind != 'leaf':
-            family_context(i)
-    # U_F = the cluster contexts summed down the path, read by the leaf
-    # families and by the leaves outside them (single children, mixed
-    # families, root leaves).
+    # U_F, read by the leaf families and by the leaves outside them (single
+    # children, mixed families, root leaves).
     rest = layout.leaves_outside_leaf_families
-    rest_parent = layout.outside_parent_cluster
     leaf_families = [i for i, b in enumerate(buckets)
                      if b.kind == 'leaf' and b.width > 1]
-    reads = [(buckets[i].parent_cluster, buckets[i].parent_range)
-             for i in leaf_families] + [(rest_parent, None)]
+    parent_contexts = [None] * len(leaf_families)
     rest_context = None
     if writes:
-        *contexts, rest_context = _PathSum.apply(
-            layout.cluster_levels, num_clusters, [w[0] for w in writes], reads,
-            *(w[1] for w in writes))
-        parent_contexts = dict(zip(leaf_families, contexts))
-    for i, b in enumerate(buckets):
-        if b.kind == 'leaf':
-            family_context(i)
-    if out is None:
+        reads = [(buckets[i].parent_cluster, buckets[i].parent_range)
+                 for i in leaf_families]
+        reads.append((layout.outside_parent_cluster, None))
+        *parent_contexts, rest_context = _PathSum.apply(
+            layout.cluster_levels, tree.cluster_size.numel(),
+            [w[0] for w in writes], reads, *(w[1] for w in writes))
+    for i, parent_context in zip(leaf_families, parent_contexts):
+        ctx = _bucket_context(passes, i, parent_context)
+        if tree.fused is not None and buckets[i] is tree.fused.blocks:
+            return ctx.view(v.shape)  # all leaves, the whole output
         if u_leaf is None:
             u_leaf = v.new_zeros(v.shape)
-        out = torch.addcmul(u_leaf, torch.exp(log_r_leaf).unsqueeze(-1), v)
-        if rest_context is not None and rest.numel() > 0:
-            out = out.index_add(0, rest, rest_context)
+        _from_slots(buckets[i], ctx, u_leaf)
+    if u_leaf is None:
+        u_leaf = v.new_zeros(v.shape)
+    out = torch.addcmul(u_leaf, torch.exp(
+        passes.masses.log_r_leaf).unsqueeze(-1), v)
+    if rest_context is not None and rest.numel() > 0:
+        out = out.index_add(0, rest, rest_context)
+    return out
 
-    out = out.to(out_dtype)
-    if single_head:
-        out = out.squeeze(1)
-    if not return_weights:
-        return out
-    weights = [w for w in weights if w is not None]
-    weight = torch.cat(weights) if weights else q.new_zeros(0, heads)
-    if single_head:
-        weight = weight.squeeze(1)
-    return out, FamilyWeights(h.sibling_pairs, weight)
+
+def _all_family_weights(passes: _Passes) -> Tensor:
+    r"""``[P, H]`` the family weights in the order of the sibling pairs."""
+    parts = passes.parts
+    weights = [
+        _family_weights(b, s,
+                        _node_slots(b, parts.lse_leaf,
+                                    parts.lse_clus).permute(2, 0, 1),
+                        _node_slots(b, parts.g_leaf, parts.g_clus))
+        for b, s in zip(passes.tree.layout.buckets, passes.scores.tables)]
+    return torch.cat(weights) if weights else parts.g_leaf.new_zeros(
+        0, parts.g_leaf.size(1))
 
 
 def _family_weights(bucket: FamilyBucket, s: Optional[Tensor], lse: Tensor,
