@@ -610,6 +610,25 @@ def test_layer_residual_structure():
     torch.testing.assert_close(layer(x, h), expected)
 
 
+def test_layer_passes_leaf_edges_to_its_attention():
+    h = example_hierarchy()
+    torch.manual_seed(0)
+    layer = HSATransformerLayer(8, heads=2, edge_dim=3)
+    x = randn(NUM_LEAVES, 8)
+    edge_index = torch.tensor([[0, 1, 2], [1, 0, 4]])
+    edge_attr = randn(3, 3)
+    with torch.no_grad():
+        layer.mlp[-1].weight.zero_()
+        layer.mlp[-1].bias.zero_()
+    expected = x + layer.lin_out(layer.attn(layer.norm1(x), h, edge_index,
+                                            edge_attr))
+    out = layer(x, h, edge_index, edge_attr)
+    torch.testing.assert_close(out, expected)
+    assert not torch.allclose(out, layer(x, h, edge_index, 2 * edge_attr))
+    with pytest.raises(ValueError, match='edge_attr'):
+        layer(x, h, edge_index)
+
+
 @fewer(4)
 @given(forests(max_leaves=8), st.sampled_from([1, 2]), SEEDS)
 def test_layer_float64_equals_reference(f, heads, seed):

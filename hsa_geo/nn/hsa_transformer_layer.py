@@ -47,6 +47,9 @@ class HSATransformerLayer(torch.nn.Module):
             (default: :obj:`"gelu"`)
         act_kwargs (dict, optional): arguments of the activation (only with
             a name).
+        edge_dim (int, optional): size of leaf-edge features, which then
+            enter the attention as an exact pair bias
+            (:class:`~hsa_geo.nn.EdgePairBias`). (default: :obj:`None`)
 
     Shapes:
         - **input:** leaf features :math:`(N, C)`, a
@@ -62,6 +65,7 @@ class HSATransformerLayer(torch.nn.Module):
         ff_channels: Optional[int] = None,
         act: Union[str, torch.nn.Module] = 'gelu',
         act_kwargs: Optional[Dict[str, Any]] = None,
+        edge_dim: Optional[int] = None,
     ):
         super().__init__()
         channels = check_int(channels, 'channels')
@@ -81,7 +85,8 @@ class HSATransformerLayer(torch.nn.Module):
         self.dropout = dropout
         self.norm1 = torch.nn.LayerNorm(channels)
         self.attn = HSAConv(channels, channels // heads, heads=heads,
-                            dropout=attn_dropout, root_weight=False)
+                            dropout=attn_dropout, root_weight=False,
+                            edge_dim=edge_dim)
         self.lin_out = torch.nn.Linear(channels, channels)
         self.norm2 = torch.nn.LayerNorm(channels)
         self.mlp = torch.nn.Sequential(
@@ -101,11 +106,17 @@ class HSATransformerLayer(torch.nn.Module):
             if hasattr(module, 'reset_parameters'):
                 module.reset_parameters()
 
-    def forward(self, x: Tensor, hierarchy: Hierarchy) -> Tensor:
+    def forward(self, x: Tensor, hierarchy: Hierarchy,
+                edge_index: Optional[Tensor] = None,
+                edge_attr: Optional[Tensor] = None) -> Tensor:
+        r"""Runs the block; :obj:`edge_index` and :obj:`edge_attr` are the
+        leaf edges and their features when the block has an
+        :obj:`edge_dim` (see :class:`HSAConv`)."""
         # Check before the layer norm, which would fail on bad x with a
         # message about its own shapes.
         hierarchy = self.attn.check_input(x, hierarchy)
-        h = self.lin_out(self.attn(self.norm1(x), hierarchy))
+        h = self.lin_out(self.attn(self.norm1(x), hierarchy, edge_index,
+                                   edge_attr))
         x = x + F.dropout(h, p=self.dropout, training=self.training)
         h = self.mlp(self.norm2(x))
         return x + F.dropout(h, p=self.dropout, training=self.training)
