@@ -8,14 +8,10 @@ is reproducible. The ``default`` profile draws more examples for local use;
 ``thorough``).
 """
 import os
-import sys
 
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
-
-# The tests import the strategies as a top-level module.
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 _common = dict(
     deadline=None,

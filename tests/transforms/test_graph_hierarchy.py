@@ -28,7 +28,8 @@ from torch_geometric.utils import from_networkx
 from hsa_geo import Hierarchy, NestedSignal, hierarchical_attention_matrix
 from hsa_geo.transforms.graph_hierarchy import (GraphHierarchy,
                                                 _within_capacity)
-from strategies import fewer, children_of, lca_children, leaves_under
+from tests.helpers.strategies import (
+    fewer, children_of, lca_children, leaves_under)
 
 HAVE_METIS = importlib.util.find_spec('pymetis') is not None
 METHODS = ('metis', 'louvain') if HAVE_METIS else ('louvain', )

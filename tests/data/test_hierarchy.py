@@ -9,9 +9,9 @@ from hypothesis import given, strategies as st
 
 from hsa_geo import Hierarchy, NestedSignal, hierarchical_attention
 from hsa_geo.data.hierarchy import distinct_sibling_pairs
-from strategies import (Forest, assignment_lists, balanced_assignments,
-                        children_of, depth_of, forests, height_of,
-                        leaves_under, root_of)
+from tests.helpers.strategies import (
+    Forest, assignment_lists, balanced_assignments, children_of, depth_of,
+    forests, height_of, leaves_under, root_of)
 
 
 def build(f: Forest) -> Hierarchy:

@@ -19,13 +19,13 @@ import torch.nn.functional as F
 from hypothesis import assume, given, strategies as st
 from torch_geometric.loader import DataLoader
 
-from constrained_family import (ConstrainedFamily, lbfgs_kl,
-                                per_tree_log_softmax)
+from tests.helpers.constrained_family import (
+    ConstrainedFamily, lbfgs_kl, per_tree_log_softmax)
 from hsa_geo import Hierarchy, NestedSignal, hierarchical_attention, \
     hierarchical_attention_matrix
 from hsa_geo.nn import FamilyGeometryBias, HSAConv
-from strategies import (balanced_assignments, fewer, flat_tree, Forest,
-                        forests, lca_children)
+from tests.helpers.strategies import (
+    balanced_assignments, fewer, flat_tree, Forest, forests, lca_children)
 
 SEEDS = st.integers(0, 2**31 - 1)
 HEADS = st.sampled_from([None, 1, 3])

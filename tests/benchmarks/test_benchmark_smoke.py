@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / 'benchmarks' / \
+SCRIPT = Path(__file__).resolve().parents[2] / 'benchmarks' / \
     'bench_attention.py'
 N = 1024
 

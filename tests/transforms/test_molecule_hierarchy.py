@@ -19,7 +19,7 @@ from torch_geometric.loader import DataLoader
 
 from hsa_geo import Hierarchy, NestedSignal
 from hsa_geo.transforms.molecule_hierarchy import MoleculeHierarchy
-from pre_transform_dataset import PreTransformDataset
+from tests.helpers.pre_transform_dataset import PreTransformDataset
 
 try:  # optional: every test but test_missing_rdkit needs it
     import networkx as nx

@@ -6,9 +6,9 @@ import torch
 from hypothesis import given, strategies as st
 
 from hsa_geo.data import Hierarchy, induced_hierarchy
-from strategies import forests
-from test_nested_signal import (EXACT, SEEDS, attention, induced_forest,
-                                random_pairs, random_qkv)
+from tests.helpers.strategies import forests
+from tests.data.test_nested_signal import (
+    EXACT, SEEDS, attention, induced_forest, random_pairs, random_qkv)
 
 
 def test_example():

@@ -2,17 +2,17 @@ r"""A third construction of HSA's constrained family, for the KL tests.
 
 It shares nothing with the library: ``log Q`` is a fixed linear map of the
 per-family ``log pi``, built from the parent vector with plain Python walks
-(see ``strategies.py``), and the target softmax ``P`` is built from the dense
-scores. Family graphs and pair biases (docs/math.md, section 6) are
-options.
+(see ``strategies.py`` beside it), and the target softmax ``P`` is built
+from the dense scores. Family graphs and pair biases (docs/math.md, section
+6) are options.
 """
 import math
 from typing import Dict, List, Optional, Set, Tuple
 
 import torch
 
-from strategies import (Forest, ancestors, children_of, lca_children,
-                        leaves_under, root_of)
+from tests.helpers.strategies import (
+    Forest, ancestors, children_of, lca_children, leaves_under, root_of)
 
 # log 0 as a finite number: M @ log_pi multiplies it by 0 elsewhere.
 LOG_ZERO = -1e300

@@ -12,7 +12,7 @@ from hypothesis import given, strategies as st
 
 from hsa_geo.transforms.vocabulary import Vocabulary
 
-TEXT = (Path(__file__).resolve().parent.parent / 'datasets' /
+TEXT = (Path(__file__).resolve().parents[2] / 'datasets' /
         'hsa_intro.txt').read_text(encoding='utf-8')
 
 

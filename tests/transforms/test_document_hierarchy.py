@@ -28,9 +28,10 @@ from hsa_geo.functional import hierarchical_attention_matrix  # noqa: E402
 from hsa_geo.transforms.document_hierarchy import \
     DocumentHierarchy  # noqa: E402
 from hsa_geo.transforms.vocabulary import Vocabulary  # noqa: E402
-from pre_transform_dataset import PreTransformDataset  # noqa: E402
+from tests.helpers.pre_transform_dataset import (  # noqa: E402
+    PreTransformDataset)
 
-TEXT_PATH = Path(__file__).resolve().parent.parent / 'datasets' / \
+TEXT_PATH = Path(__file__).resolve().parents[2] / 'datasets' / \
     'hsa_intro.txt'
 TEXT = TEXT_PATH.read_text(encoding='utf-8')
 PARAGRAPHS = [p.strip() for p in TEXT.split('\n\n') if p.strip()]

@@ -13,7 +13,7 @@ from hsa_geo import hierarchical_attention_matrix
 
 pytest.importorskip('pymetis')
 
-BENCH_DIR = Path(__file__).resolve().parents[1] / 'benchmarks'
+BENCH_DIR = Path(__file__).resolve().parents[2] / 'benchmarks'
 
 
 def _load(name):

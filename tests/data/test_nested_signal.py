@@ -19,7 +19,8 @@ from torch_geometric.utils import subgraph as pyg_subgraph
 
 from hsa_geo import Hierarchy, NestedSignal, hierarchical_attention
 from hsa_geo.transforms import GraphHierarchy, SequenceHierarchy
-from strategies import ancestors, children_of, fewer, Forest, forests
+from tests.helpers.strategies import (
+    ancestors, children_of, fewer, Forest, forests)
 
 SEEDS = st.integers(0, 2**31 - 1)
 EXACT = 1e-10

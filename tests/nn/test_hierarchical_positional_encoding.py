@@ -23,8 +23,9 @@ from hsa_geo import Hierarchy, NestedSignal
 from hsa_geo.nn import hierarchical_positional_encoding as hpe_module
 from hsa_geo.nn.hierarchical_positional_encoding import \
     HierarchicalPositionalEncoding as HPE
-from strategies import (ancestors, balanced_assignments, children_of, depth_of,
-                        fewer, Forest, forests, height_of)
+from tests.helpers.strategies import (
+    ancestors, balanced_assignments, children_of, depth_of, fewer, Forest,
+    forests, height_of)
 
 SEEDS = st.integers(0, 2**31 - 1)
 LEVELS = st.sampled_from(['height', 'depth'])

@@ -18,7 +18,7 @@ from torch_geometric.loader import DataLoader
 from hsa_geo import (Hierarchy, NestedSignal, hierarchical_attention,
                      hierarchical_attention_matrix)
 from hsa_geo.transforms.grid_hierarchy import GridHierarchy
-from strategies import fewer, children_of, depth_of, leaves_under
+from tests.helpers.strategies import fewer, children_of, depth_of, leaves_under
 
 SIDES = st.integers(1, 11)
 SEEDS = st.integers(0, 2**31 - 1)

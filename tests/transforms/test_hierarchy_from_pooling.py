@@ -15,7 +15,7 @@ from torch_geometric.utils import from_networkx, to_dense_adj
 
 from hsa_geo import Hierarchy, NestedSignal
 from hsa_geo.transforms.hierarchy_from_pooling import hierarchy_from_pooling
-from strategies import ancestors, children_of, leaves_under
+from tests.helpers.strategies import ancestors, children_of, leaves_under
 
 
 def karate() -> Data:

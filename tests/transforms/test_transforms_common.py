@@ -14,7 +14,7 @@ from hsa_geo import NestedSignal
 from hsa_geo.transforms import (DocumentHierarchy, GraphHierarchy,
                                 GridHierarchy, MoleculeHierarchy,
                                 SequenceHierarchy, Vocabulary)
-from pre_transform_dataset import PreTransformDataset
+from tests.helpers.pre_transform_dataset import PreTransformDataset
 
 TEXT = ('Nested signals are trees. Their leaves carry vectors!\n\n'
         'A second paragraph has two sentences. This is the second one.')

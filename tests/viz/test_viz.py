@@ -22,7 +22,8 @@ from hsa_geo.transforms.grid_hierarchy import GridHierarchy  # noqa: E402
 from hsa_geo.transforms.sequence_hierarchy import \
     SequenceHierarchy  # noqa: E402
 from hsa_geo.viz import plot_attention_matrix, plot_hierarchy  # noqa: E402
-from strategies import children_of, forests, leaves_under  # noqa: E402
+from tests.helpers.strategies import (  # noqa: E402
+    children_of, forests, leaves_under)
 
 # The modules by path: ``hsa_geo.viz.plot_hierarchy`` as an attribute is the
 # function of the same name.

@@ -16,7 +16,7 @@ from torch_geometric.nn import Sequential, global_mean_pool
 
 from hsa_geo import Hierarchy, NestedSignal, hierarchical_attention_matrix
 from hsa_geo.nn import HSAConv, HSATransformerLayer
-from strategies import fewer, Forest, flat_tree, forests
+from tests.helpers.strategies import fewer, Forest, flat_tree, forests
 
 SEEDS = st.integers(0, 2**31 - 1)
 EXACT = 1e-10

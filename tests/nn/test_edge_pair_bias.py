@@ -10,7 +10,8 @@ from hypothesis import given, strategies as st
 from hsa_geo import Hierarchy, hierarchical_attention, \
     hierarchical_attention_matrix
 from hsa_geo.nn import EdgePairBias, HSAConv
-from strategies import fewer, Forest, flat_tree, forests, lca_children
+from tests.helpers.strategies import (
+    fewer, Forest, flat_tree, forests, lca_children)
 
 SEEDS = st.integers(0, 2**31 - 1)
 EXACT = 1e-10

@@ -2,7 +2,7 @@ r"""Tests of :func:`hsa_geo.hierarchical_attention` (the dynamic program) and
 :func:`hsa_geo.hierarchical_attention_matrix` (the dense closed form).
 
 Every property of docs/math.md, section 4 is checked on random irregular
-forests (see ``strategies.py``) in float64:
+forests (see ``tests/helpers/strategies.py``) in float64:
 
 1. a flat tree is softmax attention;
 2. the dense ``Q`` is row-stochastic, non-negative and satisfies the block
@@ -27,11 +27,11 @@ from hypothesis import assume, given, strategies as st
 
 from hsa_geo import Hierarchy, hierarchical_attention, \
     hierarchical_attention_matrix
-from constrained_family import (ConstrainedFamily, lbfgs_kl,
-                                per_tree_log_softmax, same_tree_mask)
-from strategies import (balanced_assignments, fewer, flat_tree, Forest,
-                        forests, insert_chains, lca_children, leaves_under,
-                        relabel, single_trees)
+from tests.helpers.constrained_family import (
+    ConstrainedFamily, lbfgs_kl, per_tree_log_softmax, same_tree_mask)
+from tests.helpers.strategies import (
+    balanced_assignments, fewer, flat_tree, Forest, forests, insert_chains,
+    lca_children, leaves_under, relabel, single_trees)
 
 SEEDS = st.integers(0, 2**31 - 1)
 HEADS = st.sampled_from([None, 1, 3])  # None: 2-D [N, D] inputs

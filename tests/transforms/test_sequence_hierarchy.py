@@ -17,7 +17,8 @@ from torch_geometric.loader import DataLoader
 from hsa_geo import (Hierarchy, NestedSignal, hierarchical_attention,
                      hierarchical_attention_matrix)
 from hsa_geo.transforms.sequence_hierarchy import SequenceHierarchy
-from strategies import fewer, children_of, depth_of, leaves_under, root_of
+from tests.helpers.strategies import (
+    fewer, children_of, depth_of, leaves_under, root_of)
 
 SEEDS = st.integers(0, 2**31 - 1)
 CHUNKS = st.lists(st.integers(2, 7), min_size=1, max_size=4)

@@ -1,0 +1,1 @@
+"""The test suite of hsa_geo; it mirrors the package."""
