@@ -6,9 +6,11 @@ import torch
 from hypothesis import given, strategies as st
 
 from hsa_geo.data import Hierarchy, induced_hierarchy
-from tests.helpers.strategies import forests
-from tests.data.test_nested_signal import (
-    EXACT, SEEDS, attention, induced_forest, random_pairs, random_qkv)
+from tests.helpers.attention import attention, random_pairs, random_qkv
+from tests.helpers.strategies import forests, induced_forest
+
+SEEDS = st.integers(0, 2**31 - 1)
+EXACT = 1e-10
 
 
 def test_example():

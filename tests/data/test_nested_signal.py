@@ -5,13 +5,12 @@ index tensors."""
 import copy
 import io
 import pickle
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import pytest
 import torch
 import torch_geometric.transforms as T
 from hypothesis import given, strategies as st
-from torch import Tensor
 from torch_geometric.data import Batch, Data
 from torch_geometric.loader import DataLoader
 from torch_geometric.loader.utils import filter_data
@@ -19,8 +18,9 @@ from torch_geometric.utils import subgraph as pyg_subgraph
 
 from hsa_geo import Hierarchy, NestedSignal, hierarchical_attention
 from hsa_geo.transforms import GraphHierarchy, SequenceHierarchy
+from tests.helpers.attention import attention, random_pairs, random_qkv
 from tests.helpers.strategies import (
-    ancestors, children_of, fewer, Forest, forests)
+    children_of, fewer, Forest, forests, induced_forest)
 
 SEEDS = st.integers(0, 2**31 - 1)
 EXACT = 1e-10
@@ -562,40 +562,6 @@ def test_narrow_integer_dtypes_accepted(dtype):
 
 
 # Plain-Python references ###################################################
-
-
-def induced_forest(f: Forest, keep: List[int]) -> Tuple[Forest, Dict]:
-    r"""The forest restricted to the leaves ``keep`` (leaf ``keep[i]``
-    becomes leaf ``i``), and the new id of every kept node: the internal
-    nodes above a kept leaf follow the leaves, in their old order."""
-    alive = {a for leaf in keep for a in ancestors(f.parent, leaf)}
-    new = {old: i for i, old in enumerate(keep)}
-    for old in range(f.num_leaves, f.num_nodes):
-        if old in alive:
-            new[old] = len(new)
-    parent = [0] * len(new)
-    for old, i in new.items():
-        parent[i] = -1 if f.parent[old] < 0 else new[f.parent[old]]
-    return Forest(parent, len(keep)), new
-
-
-def random_pairs(parent: List[int], g: torch.Generator) -> Tensor:
-    r"""``[2, E]`` a random half of the ordered pairs of distinct
-    siblings."""
-    pairs = [(a, b) for kids in children_of(parent).values() for a in kids
-             for b in kids if a != b]
-    coin = torch.rand(len(pairs), generator=g).tolist()
-    kept = [p for p, c in zip(pairs, coin) if c < 0.5]
-    return torch.tensor(kept, dtype=torch.long).view(-1, 2).t()
-
-
-def attention(hierarchy: Hierarchy, qkv: Tensor) -> Tensor:
-    return hierarchical_attention(qkv[0], qkv[1], qkv[2], hierarchy)
-
-
-def random_qkv(n: int, seed: int = 0) -> Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(3, n, 2, 3, dtype=torch.float64, generator=g)
 
 
 def assert_batch_attends_as_parts(batch: NestedSignal, parts, seed=0):

@@ -11,7 +11,7 @@ clusters.
 """
 from __future__ import annotations
 
-from typing import Dict, List, NamedTuple, Optional
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from hypothesis import strategies as st
 
@@ -286,3 +286,18 @@ def fewer(divisor: int):
     (at least 3), for the expensive tests."""
     from hypothesis import settings
     return settings(max_examples=max(3, settings().max_examples // divisor))
+
+
+def induced_forest(f: Forest, keep: List[int]) -> Tuple[Forest, Dict]:
+    r"""The forest restricted to the leaves ``keep`` (leaf ``keep[i]``
+    becomes leaf ``i``), and the new id of every kept node: the internal
+    nodes above a kept leaf follow the leaves, in their old order."""
+    alive = {a for leaf in keep for a in ancestors(f.parent, leaf)}
+    new = {old: i for i, old in enumerate(keep)}
+    for old in range(f.num_leaves, f.num_nodes):
+        if old in alive:
+            new[old] = len(new)
+    parent = [0] * len(new)
+    for old, i in new.items():
+        parent[i] = -1 if f.parent[old] < 0 else new[f.parent[old]]
+    return Forest(parent, len(keep)), new
