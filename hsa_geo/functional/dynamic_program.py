@@ -122,11 +122,11 @@ _GUARDED_WIDTH = 1024
 
 
 def _bucket_biases(pair_bias: Optional[Tensor], hierarchy: Hierarchy,
+                   buckets: List[FamilyBucket],
                    dtype: torch.dtype) -> List[Optional[Tensor]]:
     r"""The ``[P, H]`` pair bias laid out per bucket as ``[H, F, W, W]``
     (zeros in padding and on the diagonal); :obj:`None` per bucket without
     a bias. The sibling pairs of the buckets are only enumerated here."""
-    buckets = hierarchy.layout.buckets
     if pair_bias is None:
         return [None] * len(buckets)
     out, offset = [], 0
@@ -795,7 +795,8 @@ def hierarchical_attention(
     tree = _prepare(q, k, v, layout, scale)
     means = _upward_means(tree)
     scores = _family_scores(tree, means,
-                            _bucket_biases(pair_bias, hierarchy, dtype))
+                            _bucket_biases(pair_bias, hierarchy, layout.buckets,
+                                           dtype))
     parts = _log_partitions(tree, scores)
     drop = dropout_p if training else 0.0
     passes = _Passes(tree, means, scores, parts,
