@@ -4,6 +4,7 @@ from hsa_geo.nn.family_geometry_bias import FamilyGeometryBias
 from hsa_geo.nn.hierarchical_positional_encoding import \
     HierarchicalPositionalEncoding
 from hsa_geo.nn.hsa_conv import HSAConv
+from hsa_geo.nn.hsa_gps_conv import HSAGPSConv
 from hsa_geo.nn.hsa_transformer_layer import HSATransformerLayer
 
 __all__ = [
@@ -11,5 +12,6 @@ __all__ = [
     'FamilyGeometryBias',
     'HierarchicalPositionalEncoding',
     'HSAConv',
+    'HSAGPSConv',
     'HSATransformerLayer',
 ]
