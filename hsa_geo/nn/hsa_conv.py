@@ -1,7 +1,7 @@
 r"""The hierarchical self-attention layer."""
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -11,7 +11,8 @@ from torch_geometric.nn.dense.linear import Linear
 from hsa_geo._checks import (check_bool, check_device, check_float,
                              check_floating, check_int)
 from hsa_geo.data.hierarchy import Hierarchy
-from hsa_geo.functional.dynamic_program import hierarchical_attention
+from hsa_geo.functional.dynamic_program import (FamilyWeights,
+                                                hierarchical_attention)
 from hsa_geo.nn.edge_pair_bias import EdgePairBias
 from hsa_geo.nn.family_geometry_bias import FamilyGeometryBias
 
@@ -34,10 +35,24 @@ class HSAConv(MessagePassing):
     all leaves of a tree. :math:`Q` is never built: messages run up the
     cluster tree (mean queries, keys, values and log-partitions, scatter-sum
     per level), between siblings (one softmax per family) and down again
-    (masses and contexts), see
-    :func:`~hsa_geo.functional.hierarchical_attention`; cost
-    :math:`O(T H C + P H C)` for :math:`T` tree nodes and :math:`P` sibling
-    pairs, linear in the number of leaves for bounded branching.
+    (masses and contexts); cost :math:`O(T H C + P H C)` for :math:`T` tree
+    nodes and :math:`P` sibling pairs, linear in the number of leaves for
+    bounded branching.
+
+    These passes are the layer's message passing, in PyG's two forms. By
+    default :meth:`propagate` runs them fused
+    (:meth:`message_and_aggregate`: the kernels of
+    :func:`~hsa_geo.functional.hierarchical_attention`, one batched product
+    per family width). With :obj:`fuse` set to :obj:`False`, in explain
+    mode, or when a message, aggregate or edge-update hook is registered,
+    it runs them one by one over the hierarchy's own edges, as the
+    mathematics reads (docs/math.md, section 3.3): :meth:`message` sends a
+    weighted row along an edge and :meth:`aggregate` sums them, child to
+    parent for the means and log-partitions, sibling to sibling for the
+    family attention (whose logits are :meth:`edge_update`), parent to child
+    for the masses and contexts. Both give the same output (tested to
+    :math:`10^{-10}` in float64); the passes cost one Python step per level
+    and are meant for reading, hooks and explainers, not speed.
 
     With :obj:`beta`, the skip connection is gated as in
     :class:`~torch_geometric.nn.conv.TransformerConv`. A family graph on the
@@ -161,6 +176,7 @@ class HSAConv(MessagePassing):
             heads, max_branching, num_levels) if geometry_bias else None
         self.lin_edge = EdgePairBias(edge_dim, heads) \
             if edge_dim is not None else None
+        self._weights: Optional[FamilyWeights] = None  # set by the kernels
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -217,12 +233,17 @@ class HSAConv(MessagePassing):
             check_bool(return_attention_weights, 'return_attention_weights')
         num_leaves, heads, channels = x.size(0), self.heads, self.out_channels
         q, k, v = self.lin_qkv(x).view(num_leaves, 3, heads, channels).unbind(1)
-        result = hierarchical_attention(
-            q, k, v, hierarchy, dropout_p=self.dropout,
-            training=self.training,
-            return_weights=with_weights,
-            pair_bias=self._pair_bias(hierarchy, edge_index, edge_attr))
-        out, weights = result if with_weights else (result, None)
+        pair_bias = self._pair_bias(hierarchy, edge_index, edge_attr)
+        if self.fuses:
+            # PyG's rule: a sparse adjacency selects message_and_aggregate.
+            out = self.propagate(_tree_adjacency(hierarchy), q=q, k=k, v=v,
+                                 hierarchy=hierarchy, pair_bias=pair_bias,
+                                 with_weights=with_weights)
+            weights, self._weights = self._weights, None
+        else:
+            out, weights = self._attend_by_message_passing(
+                q, k, v, hierarchy, pair_bias)
+            weights = weights if with_weights else None
 
         if self.concat:
             out = out.reshape(num_leaves, heads * channels)
@@ -266,6 +287,177 @@ class HSAConv(MessagePassing):
         if self.lin_edge is not None:
             biases.append(self.lin_edge(hierarchy, edge_index, edge_attr))
         return sum(biases[1:], biases[0]) if biases else None
+
+    # The dynamic program as message passing ###############################
+
+    def propagate(self, edge_index: Tensor, size=None, **kwargs) -> Tensor:
+        r"""As :meth:`MessagePassing.propagate
+        <torch_geometric.nn.conv.MessagePassing.propagate>`. Declared here
+        because the passes call it with different arguments (the fused
+        kernels with ``q, k, v``, the passes with ``x`` and ``weight``),
+        which PyG's generated single-signature version does not allow."""
+        return super().propagate(edge_index, size=size, **kwargs)
+
+    @property
+    def fuses(self) -> bool:
+        r"""Whether :meth:`forward` runs the fused kernels of
+        :func:`~hsa_geo.functional.hierarchical_attention` (through
+        :meth:`message_and_aggregate`) rather than the passes of
+        :meth:`message`, :meth:`edge_update` and :meth:`aggregate`. As in
+        PyG, :attr:`fuse` (default :obj:`True`) and :attr:`explain` decide;
+        a registered message, aggregate or edge-update hook also selects
+        the passes, so that it sees the messages it asked for. Both compute
+        the same attention (docs/math.md, section 3.3)."""
+        hooks = (self._message_forward_pre_hooks, self._message_forward_hooks,
+                 self._aggregate_forward_pre_hooks,
+                 self._aggregate_forward_hooks,
+                 self._edge_update_forward_pre_hooks,
+                 self._edge_update_forward_hooks)
+        return bool(self.fuse) and not self.explain and \
+            not any(len(h) > 0 for h in hooks)
+
+    def message_and_aggregate(self, adj_t: Tensor, q: Tensor, k: Tensor,
+                              v: Tensor, hierarchy: Hierarchy,
+                              pair_bias: Optional[Tensor],
+                              with_weights: bool) -> Tensor:
+        r"""All passes at once: the fused dynamic program over the cluster
+        tree :obj:`adj_t` (parent x child), which reads the same tree from
+        :attr:`hierarchy.layout <hsa_geo.data.Hierarchy.layout>`."""
+        result = hierarchical_attention(
+            q, k, v, hierarchy, dropout_p=self.dropout,
+            training=self.training, return_weights=with_weights,
+            pair_bias=pair_bias)
+        if with_weights:
+            result, self._weights = result
+        return result
+
+    def message(self, x_j: Tensor, weight: Tensor) -> Tensor:
+        r"""Every pass sends its source rows scaled by a weight: a share
+        :math:`|a| / |F|` of a child's mean up to its parent, the family
+        weight :math:`\pi_F(a \to b)` of a sibling's mean value, or ``1``
+        down to a child."""
+        return weight.view(weight.shape + (1, ) *
+                           (x_j.dim() - weight.dim())) * x_j
+
+    def edge_update(self, q_i: Tensor, k_j: Tensor, log_size_j: Tensor,
+                    g_i: Tensor, bias: Optional[Tensor], is_self: Tensor,
+                    allowed: Tensor) -> Tensor:
+        r"""The logit of sibling pair ``(j -> i)``: :math:`l_{ij} =
+        \mathrm{scale} \langle \bar q_i, \bar k_j \rangle + \log |j| +
+        \beta_{ij}`, the log-partition :math:`g_i` on self pairs, and
+        :math:`-\infty` where a family graph forbids the pair."""
+        logit = (q_i * k_j).sum(-1) * self.out_channels ** -0.5 + \
+            log_size_j.unsqueeze(-1)
+        if bias is not None:
+            logit = logit + bias
+        logit = torch.where(is_self.unsqueeze(-1), g_i, logit)
+        return logit.masked_fill(~allowed.unsqueeze(-1), float('-inf'))
+
+    def explain_message(self, inputs: Tensor, dim_size: Optional[int]
+                        ) -> Tensor:
+        r"""HSA's messages run along the cluster tree and between siblings,
+        not along the leaf edges an explainer's edge mask is defined on, so
+        they pass unmasked (its output does not depend on those edges,
+        except through :obj:`edge_dim`)."""
+        return inputs
+
+    def _attend_by_message_passing(self, q: Tensor, k: Tensor, v: Tensor,
+                                   hierarchy: Hierarchy,
+                                   pair_bias: Optional[Tensor]
+                                   ) -> Tuple[Tensor, FamilyWeights]:
+        r"""The dynamic program of docs/math.md, section 3.3, as its passes
+        of message passing over the hierarchy's own edges."""
+        dtype = torch.float64 if torch.float64 in (q.dtype, k.dtype, v.dtype) \
+            else torch.float32
+        tree = _tree_edges(hierarchy, dtype)
+        means = self._upward_means(torch.stack([q, k, v], 1).to(dtype), tree)
+        g_leaf = (q * k).sum(-1).to(dtype) * self.out_channels ** -0.5
+        if pair_bias is not None:
+            pair_bias = pair_bias.to(dtype)
+        pi = self._family_weights(means, g_leaf, tree, pair_bias)
+        out = self._downward(pi, means[:, 2], v.to(dtype), tree)
+        return out.to(v.dtype), FamilyWeights(hierarchy.sibling_pairs,
+                                              pi.to(v.dtype))
+
+    def _upward_means(self, leaf_rows: Tensor, tree: '_TreeEdges') -> Tensor:
+        r"""Child -> parent, bottom-up: :math:`\bar x_F = \sum_a
+        \tfrac{|a|}{|F|} \bar x_a` for ``x`` in ``q, k, v`` (``[T, 3, H,
+        D]``)."""
+        num_nodes = tree.size.numel()
+        means = torch.cat([leaf_rows, leaf_rows.new_zeros(
+            (num_nodes - leaf_rows.size(0), ) + leaf_rows.shape[1:])])
+        for height in range(1, tree.height + 1):
+            level = tree.up_height == height
+            means = means + self.propagate(
+                tree.up[:, level], x=means, weight=tree.share[level],
+                size=(num_nodes, num_nodes))
+        return means
+
+    def _family_weights(self, means: Tensor, g_leaf: Tensor,
+                        tree: '_TreeEdges', pair_bias: Optional[Tensor]
+                        ) -> Tensor:
+        r"""Sibling -> sibling and child -> parent, bottom-up: per family
+        level the logits :meth:`edge_update`, their softmax
+        :math:`\pi_F(a \to b)` with logsumexp :math:`\lambda_a`, and the
+        parents' log-partitions :math:`g_F = \sum_a \tfrac{|a|}{|F|}
+        \lambda_a`. Returns :math:`\pi` ``[P, H]`` in the order of
+        :attr:`~hsa_geo.data.Hierarchy.sibling_pairs`."""
+        num_nodes = tree.size.numel()
+        g = torch.cat([g_leaf, g_leaf.new_zeros(
+            num_nodes - g_leaf.size(0), g_leaf.size(1))])
+        pi = g.new_zeros(tree.pairs.size(1), g.size(1))
+        for height in range(1, tree.height + 1):
+            level = (tree.pair_height == height).nonzero().view(-1)
+            pairs = tree.pairs[:, level]
+            logit = self.edge_updater(
+                pairs, q=means[:, 0], k=means[:, 1], log_size=tree.size.log(),
+                g=g, bias=None if pair_bias is None else pair_bias[level],
+                is_self=tree.is_self[level], allowed=tree.allowed[level],
+                size=(num_nodes, num_nodes))
+            lse = _scatter_logsumexp(logit, pairs[1], num_nodes)
+            pi = pi.index_copy(0, level, torch.exp(logit - lse[pairs[1]]))
+            up = tree.up_height == height
+            g = g + self.propagate(tree.up[:, up], x=lse,
+                                   weight=tree.share[up],
+                                   size=(num_nodes, num_nodes))
+        return pi
+
+    def _downward(self, pi: Tensor, v_mean: Tensor, v: Tensor,
+                  tree: '_TreeEdges') -> Tensor:
+        r"""Sibling -> sibling, then parent -> child, top-down: the
+        contexts :math:`u_a = \sum_{b \neq a} \pi_F(a \to b) \bar v_b`, the
+        masses :math:`r_a = r_F \pi_F(a \to a)` and the collected contexts
+        :math:`U_a = U_F + r_F u_a`; the output :math:`y_i = U_i + r_i
+        v_i`."""
+        num_nodes, num_leaves = tree.size.numel(), v.size(0)
+        if self.training and self.dropout > 0.0:
+            keep = torch.rand_like(pi) >= self.dropout
+            pi = pi * keep / (1.0 - self.dropout)
+        off = ~tree.is_self
+        u = self.propagate(tree.pairs[:, off], x=v_mean, weight=pi[off],
+                           size=(num_nodes, num_nodes))
+        own = tree.pairs[1, tree.is_self]
+        pi_self = pi.new_ones(num_nodes, pi.size(1)).index_copy(
+            0, own, pi[tree.is_self])
+        # [T, H, 1 + D]: the mass r and the context U of every node.
+        state = torch.cat([pi.new_ones(num_nodes, pi.size(1), 1),
+                           torch.zeros_like(v_mean)], dim=-1)
+        for depth in range(1, tree.depth + 1):
+            level = tree.up_depth == depth
+            down = tree.up[:, level].flip(0)
+            from_parent = self.propagate(down, x=state,
+                                         weight=tree.share.new_ones(
+                                             down.size(1)),
+                                         size=(num_nodes, num_nodes))
+            r_parent = from_parent[..., :1]
+            child = torch.zeros(num_nodes, dtype=torch.bool,
+                                device=pi.device)
+            child[down[1]] = True
+            new = torch.cat([r_parent * pi_self.unsqueeze(-1),
+                             from_parent[..., 1:] + r_parent * u], dim=-1)
+            state = torch.where(child[:, None, None], new, state)
+        r, context = state[:num_leaves, :, :1], state[:num_leaves, :, 1:]
+        return context + r * v
 
     def check_input(self, x: Tensor, hierarchy: Hierarchy) -> Hierarchy:
         r"""Checks the input of :meth:`forward` and returns the
@@ -362,3 +554,68 @@ def _check_message_passing_kwargs(kwargs: dict):
                 f"attention is one softmax-weighted sum over the hierarchy "
                 f"(aggr='add', flow='source_to_target', "
                 f"decomposed_layers=1); remove the argument")
+
+
+class _TreeEdges(NamedTuple):
+    r"""The hierarchy's own edges, as the passes read them: child ->
+    parent (``up``, with the height of the parent, the depth of the child
+    and the share :math:`|a| / |F|`), and the sibling pairs ``(b -> a)``
+    in the order of :attr:`~hsa_geo.data.Hierarchy.sibling_pairs` (with
+    the height of their parent, whether a pair is a self pair, whether a
+    family graph allows it)."""
+    up: Tensor
+    up_height: Tensor
+    up_depth: Tensor
+    share: Tensor
+    pairs: Tensor
+    pair_height: Tensor
+    is_self: Tensor
+    allowed: Tensor
+    size: Tensor
+    height: int
+    depth: int
+
+
+def _tree_edges(hierarchy: Hierarchy, dtype: torch.dtype) -> _TreeEdges:
+    parent, height = hierarchy.parent, hierarchy.node_height
+    child = (parent >= 0).nonzero().view(-1)
+    up = torch.stack([child, parent[child]])
+    size = hierarchy.leaf_count.to(dtype)
+    pairs = hierarchy.sibling_pairs.flip(0)  # b -> a: a attends to b
+    is_self = pairs[0] == pairs[1]
+    allowed = is_self.clone()
+    family = hierarchy.family_edge_index
+    if family is None:
+        allowed.fill_(True)
+    elif family.numel() > 0:
+        num_nodes = parent.numel()
+        keys = (family[0] * num_nodes + family[1]).sort().values
+        wanted = pairs[1] * num_nodes + pairs[0]
+        at = torch.searchsorted(keys, wanted).clamp(max=keys.numel() - 1)
+        allowed |= keys[at] == wanted
+    return _TreeEdges(
+        up, height[up[1]], hierarchy.node_depth[child],
+        size[up[0]] / size[up[1]], pairs, height[parent[pairs[1]]], is_self,
+        allowed, size, int(height.max()) if height.numel() else 0,
+        hierarchy.depth)
+
+
+def _tree_adjacency(hierarchy: Hierarchy) -> Tensor:
+    r"""The cluster tree as a sparse ``[T, T]`` parent x child matrix."""
+    parent = hierarchy.parent
+    child = (parent >= 0).nonzero().view(-1)
+    return torch.sparse_coo_tensor(
+        torch.stack([parent[child], child]),
+        torch.ones(child.numel(), device=parent.device),
+        (parent.numel(), parent.numel()), check_invariants=False)
+
+
+def _scatter_logsumexp(x: Tensor, index: Tensor, num_nodes: int) -> Tensor:
+    r"""``[num_nodes, H]`` logsumexp of the rows of :obj:`x` per
+    :obj:`index` (rows without any entry: ``-inf``)."""
+    top = x.new_full((num_nodes, x.size(1)), float('-inf')).scatter_reduce(
+        0, index.unsqueeze(-1).expand_as(x), x, 'amax')
+    top = top.detach().clamp(min=torch.finfo(x.dtype).min)
+    total = x.new_zeros(num_nodes, x.size(1)).index_add(
+        0, index, torch.exp(x - top[index]))
+    return top + total.log()

@@ -159,6 +159,177 @@ def test_repr_of_beta_without_root_weight():
         'HSAConv(4, 4, heads=1, root_weight=False)'
 
 
+# HSAConv: the dynamic program as message passing ###########################
+
+
+def passes_and_fused(conv: HSAConv, *args, **kwargs):
+    r"""The layer's output through its message-passing passes and through
+    its fused kernels."""
+    conv.fuse = False
+    try:
+        passes = conv(*args, **kwargs)
+    finally:
+        conv.fuse = True
+    return passes, conv(*args, **kwargs)
+
+
+def sparse_family_graph(h: Hierarchy, seed: int) -> torch.Tensor:
+    r"""About half of the ordered pairs of distinct siblings."""
+    pairs = h.sibling_pairs
+    off = pairs[:, pairs[0] != pairs[1]]
+    g = torch.Generator().manual_seed(seed)
+    return off[:, torch.rand(off.size(1), generator=g) < 0.5]
+
+
+@fewer(2)
+@given(forests(max_leaves=12), st.sampled_from([1, 3]), st.booleans(),
+       SEEDS)
+def test_passes_equal_dense_hsa_and_fused_kernels(f, heads, sparse, seed):
+    r"""``fuse=False``: the passes of :meth:`HSAConv.message`,
+    :meth:`~HSAConv.edge_update` and :meth:`~HSAConv.aggregate` give the
+    dense HSA output and the fused kernels' output and family weights, with
+    and without a family graph."""
+    h = build(f)
+    if sparse:
+        h = h.with_family_graph(sparse_family_graph(h, seed))
+    torch.manual_seed(seed)
+    conv = HSAConv(4, 3, heads=heads, root_weight=False).double()
+    x = randn(f.num_leaves, 4, seed=seed, dtype=torch.float64)
+    qkv = linear(conv.lin_qkv, x).view(f.num_leaves, 3, heads, 3)
+    q, k, v = qkv.unbind(1)
+    expected = torch.einsum('hij,jhc->ihc', hierarchical_attention_matrix(
+        q, k, h), v).reshape(f.num_leaves, -1)
+    (out_p, (pairs_p, w_p)), (out_f, (pairs_f, w_f)) = passes_and_fused(
+        conv, x, h, return_attention_weights=True)
+    torch.testing.assert_close(out_p, expected, rtol=0, atol=EXACT)
+    torch.testing.assert_close(out_p, out_f, rtol=0, atol=EXACT)
+    assert torch.equal(pairs_p, pairs_f)
+    torch.testing.assert_close(w_p, w_f, rtol=0, atol=EXACT)
+
+
+@fewer(4)
+@given(forests(max_leaves=10, max_trees=2), SEEDS)
+def test_passes_with_geometry_and_edge_biases(f, seed):
+    r"""Both pair biases enter the passes' logits as they enter the
+    kernels', and the kernels equal the dense reference with that bias."""
+    h = build(f)
+    torch.manual_seed(seed)
+    conv = HSAConv(3, 2, heads=2, geometry_bias=True, edge_dim=2).double()
+    with torch.no_grad():
+        conv.geometry_bias.weight.normal_()
+    x = randn(f.num_leaves, 3, seed=seed, dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    edge_index = torch.randint(f.num_leaves, (2, 3 * f.num_leaves),
+                               generator=g)
+    edge_attr = torch.randn(edge_index.size(1), 2, generator=g,
+                            dtype=torch.float64)
+    out_p, out_f = passes_and_fused(conv, x, h, edge_index, edge_attr)
+    torch.testing.assert_close(out_p, out_f, rtol=0, atol=EXACT)
+    q, k, v = linear(conv.lin_qkv, x).view(f.num_leaves, 3, 2, 2).unbind(1)
+    bias = conv.geometry_bias(h) + conv.lin_edge(h, edge_index, edge_attr)
+    att = torch.einsum('hij,jhc->ihc', hierarchical_attention_matrix(
+        q, k, h, pair_bias=bias), v).reshape(f.num_leaves, -1)
+    torch.testing.assert_close(out_p, att + linear(conv.lin_skip, x),
+                               rtol=0, atol=EXACT)
+
+
+def test_message_passing_hooks_fire():
+    r"""The fused kernels run inside :meth:`propagate` (its hooks and the
+    message-and-aggregate hooks fire); a message hook selects the passes,
+    which it then sees, with the same output."""
+    h = example_hierarchy()
+    torch.manual_seed(0)
+    conv = HSAConv(5, 4, heads=2)
+    x = randn(NUM_LEAVES, 5)
+    seen = {'propagate': 0, 'fused': 0, 'message': 0, 'edge': 0}
+
+    def count(name):
+        return lambda *args: seen.__setitem__(name, seen[name] + 1)
+
+    conv.register_propagate_forward_hook(count('propagate'))
+    conv.register_message_and_aggregate_forward_hook(count('fused'))
+    fused = conv(x, h)
+    assert seen == {'propagate': 1, 'fused': 1, 'message': 0, 'edge': 0}
+    assert conv.fuses
+    handle = conv.register_message_forward_hook(count('message'))
+    conv.register_edge_update_forward_hook(count('edge'))
+    assert not conv.fuses
+    torch.testing.assert_close(conv(x, h), fused)
+    assert seen['fused'] == 1 and seen['message'] > 0 and seen['edge'] > 0
+    handle.remove()
+
+
+def test_explain_sees_the_passes_and_leaves_them_unmasked():
+    r"""PyG's explainers switch every MessagePassing layer to explain mode;
+    HSAConv then runs its passes (its messages travel along the tree, not
+    along the explained leaf edges, so no mask applies) and PyG's
+    GNNExplainer explains a model mixing GCNConv and HSAConv."""
+    from torch_geometric.explain import Explainer, GNNExplainer
+    from torch_geometric.nn import GCNConv
+
+    h = example_hierarchy()
+    torch.manual_seed(0)
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.local = GCNConv(5, 4)
+            self.attn = HSAConv(4, 2, heads=2)
+
+        def forward(self, x, edge_index):
+            return self.attn(self.local(x, edge_index).relu(), h)
+
+    model = Model()
+    x = randn(NUM_LEAVES, 5)
+    edge_index = torch.tensor([[0, 1, 1, 2, 3, 4, 6, 0],
+                               [1, 0, 2, 1, 4, 3, 0, 6]])
+    expected = model(x, edge_index)
+    model.attn.explain = True
+    assert not model.attn.fuses
+    torch.testing.assert_close(model(x, edge_index), expected)
+    model.attn.explain = None
+    explainer = Explainer(
+        model, GNNExplainer(epochs=3), explanation_type='model',
+        edge_mask_type='object', model_config=dict(
+            mode='regression', task_level='node', return_type='raw'))
+    explanation = explainer(x, edge_index, index=0)
+    assert explanation.edge_mask.shape == (edge_index.size(1), )
+
+
+def test_passes_gradcheck_second_order():
+    r"""Gradients of the passes, first and second order, in float64."""
+    h = example_hierarchy()
+    torch.manual_seed(0)
+    conv = HSAConv(3, 2, heads=2, root_weight=False).double()
+    conv.fuse = False
+    x = randn(NUM_LEAVES, 3, dtype=torch.float64).requires_grad_()
+    torch.autograd.gradcheck(lambda t: conv(t, h), (x, ))
+    torch.autograd.gradgradcheck(lambda t: conv(t, h), (x, ))
+
+
+def test_passes_dropout():
+    r"""With dropout the passes drop family weights in training only."""
+    h = example_hierarchy()
+    torch.manual_seed(0)
+    conv = HSAConv(5, 4, heads=2, dropout=0.5)
+    conv.fuse = False
+    x = randn(NUM_LEAVES, 5)
+    conv.eval()
+    expected = conv(x, h)
+    conv.train()
+    assert not torch.allclose(conv(x, h), expected)
+    conv.dropout = 0.0
+    torch.testing.assert_close(conv(x, h), expected)
+
+
+@pytest.mark.parametrize('kwargs', [dict(aggr='mean'), dict(aggr='max'),
+                                    dict(flow='target_to_source'),
+                                    dict(decomposed_layers=2)])
+def test_refuses_message_passing_arguments_it_cannot_honour(kwargs):
+    with pytest.raises(ValueError, match='cannot honour'):
+        HSAConv(4, 2, **kwargs)
+
+
 # HSAConv: exactness ########################################################
 
 
