@@ -84,3 +84,6 @@ class FirstNeighbors(BaseSampler):
         return SamplerOutput(node=long(node), row=long(rows), col=long(cols),
                              edge=long(edges),
                              metadata=(inputs.input_id, inputs.time))
+
+    def sample_from_edges(self, inputs, neg_sampling=None):
+        raise NotImplementedError('node-level sampling only')
