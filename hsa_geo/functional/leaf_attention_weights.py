@@ -44,8 +44,8 @@ def leaf_attention_weights(weights: FamilyWeights, hierarchy: Hierarchy,
     The masses :math:`r` are products of self weights down the tree, level
     by level (:math:`O(T H)`); the lowest common ancestors are found by
     climbing from both ends at once (:math:`O(E \cdot \mathrm{depth})`);
-    the family weights are looked up by binary search in the sorted pairs
-    (:math:`O((P + E) \log P)`). It is differentiable: gradients flow
+    the family weights are read from a table with one slot per sibling
+    pair (:math:`O(P + E)`). It is differentiable: gradients flow
     through :obj:`weights.weight` to the queries and keys.
 
     Args:
@@ -81,63 +81,65 @@ def leaf_attention_weights(weights: FamilyWeights, hierarchy: Hierarchy,
                 [1.0000],
                 [0.0000]])
     """
-    edge_index, weight = _check(weights, hierarchy, edge_index)
+    index, weight, edge_index = _check(weights, hierarchy, edge_index)
     single_head = weight.dim() == 1
     if single_head:
         weight = weight.unsqueeze(-1)
     parent, size = hierarchy.parent, hierarchy.leaf_count
-    lookup = _PairLookup(weights.index, weight, hierarchy.num_nodes)
+    table = _PairTable(hierarchy, parent, index)
+    # One zero row for every pair the weights do not list (off the family
+    # graph, across trees): a gather, no mask.
+    weight = torch.cat([weight, weight.new_zeros(1, weight.size(1))])
 
-    r = _subtree_masses(hierarchy, parent, lookup)
+    r = _subtree_masses(hierarchy, parent, table, weight)
     key, query = edge_index
     a, b = _children_below_lca(parent, hierarchy.node_depth, query, key,
                                hierarchy.depth)
-    family = parent[a]
-    block = r[family.clamp(min=0)] * lookup(a, b) / \
-        size[b].to(weight.dtype).unsqueeze(-1)
-    # a == b only for a self loop (leaves have no children), and the
-    # climb stops at two different roots only across trees.
-    alpha = torch.where((a == b).unsqueeze(-1), r[query],
-                        torch.where((family >= 0).unsqueeze(-1), block,
-                                    torch.zeros_like(block)))
+    # (index_select: rows of [*, H] gather faster than advanced indexing)
+    block = r.index_select(0, parent[a].clamp(min=0)) * weight.index_select(
+        0, table.row(a, b)) / size[b].to(weight.dtype).unsqueeze(-1)
+    # a == b only for a self loop (leaves have no children); this also
+    # covers a leaf that is a tree alone, which has no self pair.
+    alpha = torch.where((a == b).unsqueeze(-1), r.index_select(0, query),
+                        block)
     return alpha.squeeze(-1) if single_head else alpha
 
 
-class _PairLookup:
-    r"""The weights of sibling pairs ``(a, b)`` by binary search in the
-    sorted keys ``a * T + b``; 0 for a pair the weights do not list."""
-    def __init__(self, index: Tensor, weight: Tensor, num_nodes: int):
-        keys = index[0] * num_nodes + index[1]
-        self.keys, self.order = torch.sort(keys)
-        self.weight, self.num_nodes = weight, num_nodes
+class _PairTable:
+    r"""The row of every sibling pair ``(a, b)`` in the weights, in a table
+    of :math:`P + 1` slots: node ``a`` owns the ``|C(parent(a))|`` slots
+    from ``start[a]``, one per sibling ``b`` by its rank (these rows add up
+    to :math:`P`). Slot :math:`P`, and the slot of every pair the weights
+    do not list, holds row :math:`P`, the zero row."""
+    def __init__(self, hierarchy: Hierarchy, parent: Tensor, index: Tensor):
+        num_pairs = index.size(1)
+        has_parent = parent >= 0
+        children = torch.bincount(parent[has_parent],
+                                  minlength=parent.numel())
+        width = torch.where(has_parent, children[parent.clamp(min=0)], 0)
+        self.start = torch.cumsum(width, 0) - width
+        self.rank = hierarchy.sibling_rank
+        self.has_parent = has_parent
+        self.rows = torch.full((num_pairs + 1, ), num_pairs,
+                               dtype=torch.long, device=parent.device)
+        self.rows[self.start[index[0]] + self.rank[index[1]]] = torch.arange(
+            num_pairs, device=parent.device)
 
-    def found(self, a: Tensor, b: Tensor) -> Tuple[Tensor, Tensor]:
-        r"""Whether each pair is listed, and its row in the weights."""
-        key = a * self.num_nodes + b
-        if self.keys.numel() == 0:
-            return torch.zeros_like(key, dtype=torch.bool), key.new_zeros(
-                key.shape)
-        pos = torch.searchsorted(self.keys, key).clamp(
-            max=self.keys.numel() - 1)
-        return self.keys[pos] == key, self.order[pos]
-
-    def __call__(self, a: Tensor, b: Tensor) -> Tensor:
-        r"""``[K, H]`` the weights of the pairs ``(a[k], b[k])``."""
-        listed, row = self.found(a, b)
-        if self.keys.numel() == 0:  # no family: nothing to gather
-            return self.weight.new_zeros(a.numel(), self.weight.size(1))
-        rows = self.weight[row]
-        return torch.where(listed.unsqueeze(-1), rows,
-                           torch.zeros_like(rows))
+    def row(self, a: Tensor, b: Tensor) -> Tensor:
+        r"""The rows of the pairs ``(a[k], b[k])`` (:math:`P`: unlisted);
+        ``a`` and ``b`` are siblings or two roots."""
+        slot = torch.where(self.has_parent[a], self.start[a] + self.rank[b],
+                           self.rows.numel() - 1)
+        return self.rows[slot]
 
 
-def _subtree_masses(hierarchy: Hierarchy, parent: Tensor,
-                    lookup: _PairLookup) -> Tensor:
+def _subtree_masses(hierarchy: Hierarchy, parent: Tensor, table: _PairTable,
+                    weight: Tensor) -> Tensor:
     r"""``[T, H]`` the mass :math:`r_n` a leaf under node :math:`n` keeps
     inside :math:`n`: 1 at roots, :math:`r_F \pi_F(a \to a)` below."""
     nodes = torch.arange(hierarchy.num_nodes, device=parent.device)
-    listed, _ = lookup.found(nodes, nodes)
-    missing = (parent >= 0) & ~listed
+    rows = table.row(nodes, nodes)
+    missing = (parent >= 0) & (rows == weight.size(0) - 1)
     if bool(missing.any()):
         node = int(missing.nonzero()[0])
         raise ValueError(
@@ -145,7 +147,7 @@ def _subtree_masses(hierarchy: Hierarchy, parent: Tensor,
             f"child of a family has; pass the weights that "
             f"hierarchical_attention(..., return_weights=True) returned for "
             f"this hierarchy")
-    stay = lookup(nodes, nodes)
+    stay = weight[rows]
     r = torch.ones_like(stay)
     # Parents before children: each level reads the masses of the one above.
     for level in hierarchy.levels[1:]:
@@ -159,20 +161,27 @@ def _children_below_lca(parent: Tensor, depth: Tensor, i: Tensor, j: Tensor,
     their lowest common ancestor; two different roots across trees, and
     ``a == b == i`` for ``i == j``. The deeper end climbs until both are at
     one depth, then both climb until they are siblings: at most
-    :obj:`steps` (the depth of the forest) rounds."""
-    a, b = i, j
+    :obj:`steps` (the depth of the forest) rounds, each over the pairs
+    still climbing (edges of a graph mostly join near leaves)."""
+    a, b = i.clone(), j.clone()
+    climbing = torch.arange(i.numel(), device=i.device)
     for _ in range(steps):
-        da, db, pa, pb = depth[a], depth[b], parent[a], parent[b]
-        apart = (da == db) & (pa != pb)  # then neither is a root
-        a = torch.where((da > db) | apart, pa, a)
-        b = torch.where((db > da) | apart, pb, b)
+        x, y = a[climbing], b[climbing]
+        dx, dy, px, py = depth[x], depth[y], parent[x], parent[y]
+        apart = (dx == dy) & (px != py)  # then neither is a root
+        up_x, up_y = (dx > dy) | apart, (dy > dx) | apart
+        a[climbing] = torch.where(up_x, px, x)
+        b[climbing] = torch.where(up_y, py, y)
+        climbing = climbing[up_x | up_y]
+        if climbing.numel() == 0:
+            break
     return a, b
 
 
 def _check(weights: FamilyWeights, hierarchy: Hierarchy,
-           edge_index: Tensor) -> Tuple[Tensor, Tensor]:
-    r"""Checks the arguments; returns ``edge_index`` as ``long`` and the
-    weight tensor."""
+           edge_index: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    r"""Checks the arguments; returns the pair index, the weight and
+    ``edge_index``, indices as ``long``."""
     if not isinstance(hierarchy, Hierarchy):
         raise TypeError(f"'hierarchy' must be a hsa_geo.data.Hierarchy, got "
                         f"{type(hierarchy).__name__}")
@@ -216,4 +225,4 @@ def _check(weights: FamilyWeights, hierarchy: Hierarchy,
             f"edge_index[:, {e}] = ({int(edge_index[0, e])}, "
             f"{int(edge_index[1, e])}) is not a pair of leaf ids "
             f"(0..{n - 1}); edges join leaves, the rows of the node features")
-    return edge_index, weight
+    return index, weight, edge_index
