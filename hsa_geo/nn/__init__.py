@@ -6,6 +6,7 @@ from hsa_geo.nn.hierarchical_positional_encoding import \
 from hsa_geo.nn.hsa_conv import HSAConv
 from hsa_geo.nn.hsa_gps_conv import HSAGPSConv
 from hsa_geo.nn.hsa_transformer_layer import HSATransformerLayer
+from hsa_geo.nn import models  # last: it builds on the layers above
 
 __all__ = [
     'EdgePairBias',
@@ -14,4 +15,5 @@ __all__ = [
     'HSAConv',
     'HSAGPSConv',
     'HSATransformerLayer',
+    'models',
 ]
