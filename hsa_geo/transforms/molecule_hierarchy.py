@@ -4,36 +4,77 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Any, Dict, List, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.transforms import BaseTransform
+from torch_geometric.utils.smiles import e_map, x_map
 
 from hsa_geo._checks import check_bool
 from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.data.nested_signal import NestedSignal
 from hsa_geo.transforms._inputs import check_data
 
-# OGB feature columns (ogb.utils.features.atom_to_feature_vector).
-_ATOMIC_NUM, _CHARGE, _NUM_H, _RADICAL, _AROMATIC, _IN_RING = 0, 3, 4, 5, 7, 8
+# The columns that OGB's and PyG's 9 atom features share (formal charges
+# start at -5 in both); what differs is said by a _Layout.
+_ATOMIC_NUM, _CHIRALITY, _CHARGE, _NUM_H, _RADICAL = 0, 1, 3, 4, 5
+_AROMATIC, _IN_RING = 7, 8
 _NUM_ATOM_FEATURES = 9
-# ogb.utils.features.get_atom_feature_dims(): values 0..dim-1 per column.
-_ATOM_FEATURE_DIMS = (119, 5, 12, 12, 10, 6, 6, 2, 2)
-_ATOM_FEATURE_NAMES = ('atomic number - 1', 'chirality', 'degree',
-                       'formal charge + 5', 'number of hydrogens',
-                       'radical electrons', 'hybridization', 'aromatic',
-                       'in a ring')
-# Said where features may have PyG's layout instead of OGB's.
-_OTHER_LAYOUT = (
-    "torch_geometric.utils.from_smiles and the MoleculeNet datasets use "
-    "another 9-column layout (x[:, 0] the atomic number, other "
-    "hybridization codes, bond types 1 = single .. 12 = aromatic), which "
-    "MoleculeHierarchy does not read")
-_CHARGE_OFFSET = 5  # possible_formal_charge_list starts at -5
-# possible_bond_type_list: SINGLE, DOUBLE, TRIPLE, AROMATIC, misc.
-_BOND_TYPES = ('SINGLE', 'DOUBLE', 'TRIPLE', 'AROMATIC', 'DATIVE')
+_CHARGE_OFFSET = 5
+_COLUMN_NAMES = ('atomic number', 'chirality', 'degree', 'formal charge + 5',
+                 'number of hydrogens', 'radical electrons', 'hybridization',
+                 'aromatic', 'in a ring')
+
+
+class _Layout(NamedTuple):
+    r"""What the 9 atom features and the bond types of one featurization
+    mean."""
+    name: str  # the value of MoleculeHierarchy(features=...)
+    label: str
+    source: str  # the function that makes them
+    offset: int  # the atomic number is x[:, 0] + offset
+    dims: Tuple[int, ...]  # column j holds 0..dims[j] - 1
+    misc: bool  # the last value of columns 0, 3, 4, 5 is 'misc', no number
+    bond_types: Tuple[str, ...]  # the RDKit BondType of edge_attr[:, 0]
+    bond_names: str
+
+    def column(self, j: int) -> str:
+        return _COLUMN_NAMES[j] + (' - 1' if j == 0 and self.offset else '')
+
+
+# ogb.utils.features: get_atom_feature_dims(), possible_bond_type_list
+# (its 'misc' bond is read as dative).
+_OGB = _Layout('ogb', 'OGB', 'ogb.utils.smiles2graph', 1,
+               (119, 5, 12, 12, 10, 6, 6, 2, 2), True,
+               ('SINGLE', 'DOUBLE', 'TRIPLE', 'AROMATIC', 'DATIVE'),
+               'single, double, triple, aromatic, misc')
+# torch_geometric.utils.smiles: x_map, e_map (RDKit's BondType order).
+_PYG = _Layout('pyg', 'PyG', 'torch_geometric.utils.from_smiles', 0,
+               tuple(len(values) for values in x_map.values()), False,
+               tuple(e_map['bond_type']), "e_map['bond_type'] of "
+               "torch_geometric.utils.smiles: 1 single .. 12 aromatic")
+_LAYOUTS = {'ogb': _OGB, 'pyg': _PYG}
+_FEATURES = ('auto', 'ogb', 'pyg', 'zinc')
+
+
+class _Reference(NamedTuple):
+    r"""The molecule that ``smiles`` or ``mol`` gives, and how messages
+    name it."""
+    mol: Any
+    name: str  # "smiles 'CCO'" or 'data.mol'
+    short: str  # 'the SMILES' or 'data.mol'
+
+
+class _Reading(NamedTuple):
+    r"""A molecule read from the features in one layout, and how well they
+    fit it: ``3`` they are what the layout's featurizer makes of it (or a
+    reference molecule confirmed them); ``2`` the same, but RDKit could only
+    partly sanitize it; ``1`` they differ, as :obj:`difference` says."""
+    mol: Any
+    fit: int
+    difference: str = ''
 
 
 class MoleculeHierarchy(BaseTransform):
@@ -42,39 +83,66 @@ class MoleculeHierarchy(BaseTransform):
     molecule root. Needs `RDKit <https://www.rdkit.org>`_
     (``pip install rdkit``).
 
-    **Input.** A molecular graph as :func:`ogb.utils.smiles2graph` makes it,
-    as PyG :class:`~torch_geometric.data.Data`: ``x`` the atom features
-    ``[N, 9]`` (``node_feat``), ``edge_index`` ``[2, E]`` both directions of
-    every bond, ``edge_attr`` ``[E, 3]`` (``edge_feat``), and usually
-    ``smiles``. Also accepted: a SMILES :obj:`str`, or a ``Data`` with
-    ``smiles`` and without ``x``; both are featurized with
-    :func:`ogb.utils.smiles2graph` first. Every column of ``x`` must lie in
-    its OGB range (:func:`ogb.utils.features.get_atom_feature_dims`), else
-    a :class:`ValueError` names the atom, the column and the range. The
-    9-column features of :func:`torch_geometric.utils.from_smiles` (and the
-    MoleculeNet datasets) are *not* OGB features (``x[:, 0]`` is the
-    atomic number itself, hybridization and bond types are coded
-    differently) and are refused with a message that says so: delete
-    ``x`` and ``edge_attr`` to featurize ``smiles`` with OGB. SMILES with
-    dummy atoms (``'*'``) are refused too: OGB has no element for them.
+    **Input.** One molecule, as a :class:`~torch_geometric.data.Data` with
+    atom features ``x``, ``edge_index`` ``[2, E]`` (both directions of
+    every bond) and bond features ``edge_attr``, in one of the common
+    featurizations (:obj:`features`):
 
-    - With ``data.smiles`` the molecule is parsed from it
-      (``Chem.MolFromSmiles``, as OGB does), and the atom order is checked
-      against the graph: the same number of atoms, the atomic number of
-      every atom (``x[:, 0] + 1``) and, with ``edge_index``, the same bonds.
-      A mismatch raises a :class:`ValueError`.
-    - Without ``smiles`` (e.g. the graphs of
-      :class:`ogb.graphproppred.PygGraphPropPredDataset`) the molecule is
-      rebuilt from the OGB features: element ``x[:, 0] + 1``, formal charge
-      ``x[:, 3] - 5``, hydrogens ``x[:, 4]`` (all made explicit), radical
-      electrons ``x[:, 5]``, aromaticity ``x[:, 7]``; one bond per atom
-      pair of ``edge_index``, of type ``edge_attr[:, 0]`` (single, double,
-      triple, aromatic; OGB's 'misc' type is read as a dative bond from the
-      atom listed first). The rebuilt molecule is sanitized (partially
-      where full sanitization fails, e.g. for metal complexes) and checked:
-      its ring membership must equal ``x[:, 8]``. On the 4991 parsable
+    - ``'ogb'``: :func:`ogb.utils.smiles2graph` and
+      :class:`ogb.graphproppred.PygGraphPropPredDataset`: ``x`` ``[N, 9]``
+      with ``x[:, 0]`` the atomic number - 1, ``edge_attr`` ``[E, 3]`` with
+      bond types ``0`` single .. ``3`` aromatic, ``4`` misc;
+    - ``'pyg'``: :func:`torch_geometric.utils.from_smiles` (and
+      :func:`~torch_geometric.utils.from_rdmol`) and
+      :class:`~torch_geometric.datasets.MoleculeNet`: ``x`` ``[N, 9]`` with
+      ``x[:, 0]`` the atomic number itself and other codes
+      (``torch_geometric.utils.smiles.x_map``), ``edge_attr`` ``[E, 3]``
+      with the bond types of ``e_map['bond_type']`` (``1`` single, ``2``
+      double, ``3`` triple, ``12`` aromatic, ...);
+    - ``'zinc'``: atom types ``x`` ``[N, 1]``, as
+      :class:`~torch_geometric.datasets.ZINC` has them: indices into a
+      dictionary that PyG does not ship, so the molecule must come as
+      ``smiles`` or ``mol`` too.
+
+    Also accepted: a SMILES :obj:`str`, an RDKit ``Mol``, or a ``Data``
+    with ``smiles`` or ``mol`` and without ``x``: featurized first, in the
+    atom order of the SMILES or ``Mol``, with OGB's features
+    (``features='auto'`` or ``'ogb'``) or PyG's (``'pyg'``). Every column
+    of ``x`` must lie in its range in the featurization read, else a
+    :class:`ValueError` names the atom, the column and the range.
+
+    - With ``data.mol`` (an RDKit ``Mol``; it wins over ``smiles``) or
+      ``data.smiles`` (parsed with ``Chem.MolFromSmiles``, as OGB and PyG
+      do), the tree is that molecule's, and the graph is checked against
+      it: the same number of atoms, the same bonds (``edge_index``), and the
+      element of every atom, ``x[:, 0] + 1`` (OGB) or ``x[:, 0]`` (PyG); for
+      ZINC types, that atoms of one type are of one element. A mismatch
+      raises a :class:`ValueError`.
+    - Without them, the molecule is rebuilt from OGB or PyG features
+      (ZINC types raise a :class:`ValueError` that asks for ``smiles``):
+      its element, formal charge ``x[:, 3] - 5``, hydrogens ``x[:, 4]``
+      (all made explicit), radical electrons ``x[:, 5]`` and aromaticity
+      ``x[:, 7]``; one bond per atom pair of ``edge_index``, of type
+      ``edge_attr[:, 0]`` (OGB's 'misc' type is read as a dative bond from
+      the atom listed first). The molecule is sanitized (partially where
+      full sanitization fails, e.g. for metal complexes) and checked: its
+      ring membership must equal ``x[:, 8]``. On the 4991 parsable
       molecules of RDKit's ``Data/NCI/first_5K.smi`` this gives the same
-      tree as the SMILES route.
+      tree as the SMILES route, from either featurization. SMILES with
+      dummy atoms (``'*'``) are refused with OGB features, which have no
+      element for them, and read with PyG's.
+
+    With ``features='auto'`` one column means ZINC types, and nine OGB or
+    PyG features: most values fit both, so the layout is decided, never
+    guessed. With ``smiles`` or ``mol`` the elements decide (at most one
+    layout matches them); without, the features are read in both layouts,
+    and the one kept is the layout whose featurizer, run on the molecule
+    rebuilt, gives back ``x`` (chirality aside, which is not rebuilt; the
+    hybridization codes alone tell the layouts apart on real molecules).
+    Where both or neither do, a :class:`ValueError` asks for
+    :obj:`features` or ``smiles``. A given :obj:`features` is not detected
+    but checked: features that fit only the other layout raise a
+    :class:`ValueError` that says so.
 
     **Tree.** Leaves ``0..N-1`` are the atoms in the input order (the rows
     of ``x``; nothing is permuted, so a group need not be a contiguous run
@@ -106,7 +174,8 @@ class MoleculeHierarchy(BaseTransform):
 
     **Output.** :meth:`NestedSignal.from_data
     <hsa_geo.data.NestedSignal.from_data>`: every attribute of the input
-    graph unchanged, plus the hierarchy and ``cluster_kind``
+    graph unchanged (for a ``str`` or ``Mol`` input: the features made,
+    and ``smiles`` or ``mol``), plus the hierarchy and ``cluster_kind``
     ``LongTensor [M]``, the kind of every cluster as an index into
     :attr:`KINDS` (``0`` molecule, ``1`` ring system, ``2`` chain group),
     row ``i`` for node ``N + i``.
@@ -117,37 +186,58 @@ class MoleculeHierarchy(BaseTransform):
             (default: :obj:`True`)
         keep_single_atom_groups (bool): give single-atom chain groups a node
             (every atom then has depth 2). (default: :obj:`False`)
+        features (str): the featurization of ``x`` and ``edge_attr``:
+            ``'ogb'``, ``'pyg'`` or ``'zinc'`` (see above), or ``'auto'`` to
+            detect it. Also the featurization made for a SMILES or ``Mol``
+            without ``x`` (OGB's for ``'auto'``; ``'zinc'`` makes none).
+            (default: :obj:`'auto'`)
 
     Example:
         >>> data = MoleculeHierarchy()('c1ccccc1CC(=O)NC')
         >>> data.hierarchy.parent.tolist()  # ring, chain pieces, molecule
         [11, 11, 11, 11, 11, 11, 12, 12, 12, 13, 13, 14, 14, 14, -1]
+        >>> from torch_geometric.utils import from_smiles
+        >>> pyg = MoleculeHierarchy()(from_smiles('c1ccccc1CC(=O)NC'))
+        >>> pyg.hierarchy.parent.tolist() == data.hierarchy.parent.tolist()
+        True
     """
     #: Cluster kinds, as stored in ``cluster_kind``.
     KINDS = ('molecule', 'ring_system', 'chain')
 
     def __init__(self, brics: bool = True,
-                 keep_single_atom_groups: bool = False):
+                 keep_single_atom_groups: bool = False,
+                 features: str = 'auto'):
         _import_rdkit()  # fail early, with the install hint
         self.brics = check_bool(brics, 'brics')
         self.keep_single_atom_groups = check_bool(
             keep_single_atom_groups, 'keep_single_atom_groups')
+        if not isinstance(features, str):
+            raise TypeError(f"'features' must be a str, one of {_FEATURES}, "
+                            f"got {type(features).__name__}")
+        if features not in _FEATURES:
+            raise ValueError(
+                f"unknown features {features!r}; choose one of {_FEATURES} "
+                f"('ogb': ogb.utils.smiles2graph, 'pyg': "
+                f"torch_geometric.utils.from_smiles and MoleculeNet, 'zinc': "
+                f"ZINC atom types, 'auto': detect)")
+        self.features = features
 
-    def forward(self, data: Union[Data, str]) -> NestedSignal:
+    def forward(self, data: Union[Data, str, Any]) -> NestedSignal:
         chem, brics = _import_rdkit()
-        data = self._featurized(data)
+        data = _as_data(chem, data)
+        reference = _reference(chem, data)
+        mol = None
+        if data.x is None:
+            data = self._featurized(data, reference)
+            mol = reference.mol  # the features are made from it
         n = data.num_nodes
         if not n:
             raise ValueError(
                 f"the molecule has no atoms (num_nodes={n}"
                 + (f", smiles={data['smiles']!r}" if 'smiles' in data else '')
                 + "); MoleculeHierarchy needs at least one atom")
-        if 'smiles' in data and data['smiles'] is not None:
-            mol = _mol_from_smiles(chem, data['smiles'])
-            _check_no_dummy_atoms(mol, data['smiles'])
-            _check_atom_order(mol, data)
-        else:
-            mol = _mol_from_features(chem, data)
+        if mol is None:
+            mol = self._read(chem, data, reference)
         group, kinds = self._groups(brics, mol)
         parent, cluster_kind = self._tree(group, kinds)
         hierarchy = Hierarchy.from_parent(torch.tensor(parent), n)
@@ -157,31 +247,41 @@ class MoleculeHierarchy(BaseTransform):
 
     # Steps #################################################################
 
-    @staticmethod
-    def _featurized(data: Union[Data, str]) -> Data:
-        if isinstance(data, str):
-            data = Data(smiles=data)
-        check_data(data, 'MoleculeHierarchy', 'a torch_geometric Data (an OGB '
-                   'molecular graph) or a SMILES str')
-        if data.x is not None:
-            _check_ogb_features(data.x)
-            return data
-        smiles = data['smiles'] if 'smiles' in data else None
-        if smiles is None:
+    def _featurized(self, data: Data, reference: Optional[_Reference]
+                    ) -> Data:
+        if reference is None:
             raise ValueError(
-                "data has neither 'x' (OGB atom features) nor 'smiles'; "
-                "MoleculeHierarchy needs one of them")
-        chem, _ = _import_rdkit()
-        # Clear errors for a bad SMILES, and for atoms OGB cannot encode.
-        _check_no_dummy_atoms(_mol_from_smiles(chem, smiles), smiles)
-        from ogb.utils import smiles2graph
-        graph = smiles2graph(smiles)
+                "data has neither 'x' (atom features) nor 'smiles' (or an "
+                "RDKit Mol as 'mol'); MoleculeHierarchy needs one of them")
+        if self.features == 'zinc':
+            raise ValueError(
+                f"features='zinc' makes no features for {reference.name}: "
+                f"the dictionary of ZINC atom types is not part of PyG; give "
+                f"data.x, or choose features='ogb' or 'pyg' to featurize it")
+        layout = _PYG if self.features == 'pyg' else _OGB
+        if layout is _OGB:
+            _check_no_dummy_atoms(reference)
+        try:
+            x, edge_index, edge_attr = _featurize(reference.mol, layout)
+        except ValueError as e:  # from_rdmol: a value outside x_map
+            raise ValueError(f"{layout.source} cannot featurize "
+                             f"{reference.name}: {e}") from None
         data = Data(**{k: v for k, v in data.to_dict().items()
                        if k != 'num_nodes'})
-        data.x = torch.from_numpy(graph['node_feat'])
-        data.edge_index = torch.from_numpy(graph['edge_index'])
-        data.edge_attr = torch.from_numpy(graph['edge_feat'])
+        data.x, data.edge_index, data.edge_attr = x, edge_index, edge_attr
         return data
+
+    def _read(self, chem, data: Data, reference: Optional[_Reference]):
+        r"""The molecule that the features describe, in the featurization
+        :obj:`features` or the one detected."""
+        x = _check_x(data.x, self.features)
+        if reference is not None:
+            _check_graph(reference, data)
+        if x.size(1) == 1:
+            return _read_atom_types(x, reference)
+        if self.features == 'auto':
+            return _detected(chem, x, data, reference)
+        return _checked(chem, x, data, reference, _LAYOUTS[self.features])
 
     def _groups(self, brics, mol) -> Tuple[List[int], List[int]]:
         r"""The group of every atom (groups numbered by lowest atom) and
@@ -234,6 +334,8 @@ class MoleculeHierarchy(BaseTransform):
             args.append('brics=False')
         if self.keep_single_atom_groups:
             args.append('keep_single_atom_groups=True')
+        if self.features != 'auto':
+            args.append(f'features={self.features!r}')
         return f'{self.__class__.__name__}({", ".join(args)})'
 
 
@@ -272,6 +374,39 @@ def _quiet():
     return block() if block is not None else contextlib.nullcontext()
 
 
+# Inputs #####################################################################
+
+
+def _as_data(chem, data: Any) -> Data:
+    if isinstance(data, str):
+        return Data(smiles=data)
+    if isinstance(data, chem.Mol):
+        return Data(mol=data)
+    return check_data(data, 'MoleculeHierarchy', 'a torch_geometric Data (a '
+                      'molecular graph), an RDKit Mol or a SMILES str')
+
+
+def _reference(chem, data: Data) -> Optional[_Reference]:
+    r"""The molecule of ``data.mol`` (a sanitized copy) or else of
+    ``data.smiles``; :obj:`None` without either."""
+    mol = data['mol'] if 'mol' in data else None
+    if mol is not None:
+        if not isinstance(mol, chem.Mol):
+            raise TypeError(
+                f"data.mol must be an RDKit Mol (rdkit.Chem.Mol), got "
+                f"{type(mol).__name__}; a batch of molecules cannot be "
+                f"transformed, apply MoleculeHierarchy to one molecule at a "
+                f"time")
+        mol = chem.Mol(mol)  # sanitizing must not touch the caller's Mol
+        _sanitize(chem, mol)
+        return _Reference(mol, 'data.mol', 'data.mol')
+    smiles = data['smiles'] if 'smiles' in data else None
+    if smiles is None:
+        return None
+    return _Reference(_mol_from_smiles(chem, smiles), f'smiles {smiles!r}',
+                      'the SMILES')
+
+
 def _mol_from_smiles(chem, smiles: Any):
     if not isinstance(smiles, str):
         raise ValueError(
@@ -295,48 +430,102 @@ def _mol_from_smiles(chem, smiles: Any):
         f"this molecule before the transform")
 
 
-def _check_atom_order(mol, data: Data):
-    n = data.num_nodes
-    smiles = data['smiles']
+def _check_no_dummy_atoms(reference: _Reference):
+    dummies = [a.GetIdx() for a in reference.mol.GetAtoms()
+               if a.GetAtomicNum() == 0]
+    if dummies:
+        raise ValueError(
+            f"{reference.name} has dummy atoms ('*', atomic number 0) at "
+            f"{dummies}; OGB features have no element for them, so the atom "
+            f"order cannot be checked nor the molecule rebuilt: replace them "
+            f"by real atoms (e.g. '[H]' for open valences), drop this "
+            f"molecule, or use PyG's features, which have them "
+            f"(features='pyg')")
+
+
+def _featurize(mol, layout: _Layout) -> Tuple[Tensor, Tensor, Tensor]:
+    r"""``x``, ``edge_index`` and ``edge_attr`` of :obj:`mol` in its atom
+    order, as :obj:`layout`'s featurizer makes them."""
+    if layout is _PYG:
+        from torch_geometric.utils import from_rdmol
+        graph = from_rdmol(mol)
+        return graph.x, graph.edge_index, graph.edge_attr
+    # ogb.utils.smiles2graph, from a Mol instead of a SMILES.
+    from ogb.utils.features import (atom_to_feature_vector,
+                                    bond_to_feature_vector)
+    x = [atom_to_feature_vector(atom) for atom in mol.GetAtoms()]
+    edges, attrs = [], []
+    for bond in mol.GetBonds():
+        i, j = bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()
+        edges += [(i, j), (j, i)]
+        attrs += [bond_to_feature_vector(bond)] * 2
+    return (torch.tensor(x, dtype=torch.long).view(-1, _NUM_ATOM_FEATURES),
+            torch.tensor(edges, dtype=torch.long).view(-1, 2).t().contiguous(),
+            torch.tensor(attrs, dtype=torch.long).view(-1, 3))
+
+
+def _check_x(x: Any, features: str) -> Tensor:
+    r"""Checks that :obj:`x` is an integer tensor whose shape fits
+    :obj:`features`: ``[N, 9]`` (OGB, PyG) or ``[N, 1]`` (ZINC)."""
+    expected = {
+        'auto': "the 9 integer OGB atom features (ogb.utils.smiles2graph) "
+                "or PyG atom features (torch_geometric.utils.from_smiles), "
+                "shape [N, 9], or integer ZINC-style atom types, shape "
+                "[N, 1]",
+        'ogb': "the 9 integer OGB atom features of ogb.utils.smiles2graph, "
+               "shape [N, 9]",
+        'pyg': "the 9 integer PyG atom features of "
+               "torch_geometric.utils.from_smiles, shape [N, 9]",
+        'zinc': "integer ZINC-style atom types, shape [N, 1]",
+    }[features]
+    if not isinstance(x, Tensor) or x.is_floating_point() or \
+            x.is_complex() or x.dtype == torch.bool:
+        what = x.dtype if isinstance(x, Tensor) else type(x).__name__
+        shape = tuple(x.shape) if isinstance(x, Tensor) else ''
+        raise TypeError(
+            f"data.x must hold {expected}, got {what} {shape}; featurize "
+            f"the molecule with one of these, or pass data.smiles without x")
+    if x.dim() != 2 or x.size(1) not in (1, _NUM_ATOM_FEATURES):
+        raise ValueError(
+            f"data.x must hold {expected}, got {x.dtype} {tuple(x.shape)}; "
+            f"featurize the molecule with one of these, or pass data.smiles "
+            f"without x")
+    found = 'ZINC-style atom types' if x.size(1) == 1 else \
+        'OGB or PyG atom features'
+    if (features == 'zinc') != (x.size(1) == 1) and features != 'auto':
+        raise ValueError(
+            f"data.x has shape {tuple(x.shape)}, like {found}, but "
+            f"features={features!r} was given, which expects {expected}; "
+            f"pass features='auto' to detect the featurization")
+    return x.long().cpu()
+
+
+# Checks against the molecule of smiles or mol ##############################
+
+
+def _check_graph(reference: _Reference, data: Data):
+    r"""Checks the atom count and the bonds of the graph against the
+    reference molecule, whatever the features."""
+    mol, n = reference.mol, data.num_nodes
     if mol.GetNumAtoms() != n:
         raise ValueError(
-            f"smiles {smiles!r} has {mol.GetNumAtoms()} atoms but the graph "
-            f"has {n} nodes; the graph must be made from this SMILES with "
-            f"ogb.utils.smiles2graph (same atoms, same order)")
-    if data.x is not None:
-        got = (data.x[:, _ATOMIC_NUM] + 1).tolist()
-        if all(got[i] - 1 == a.GetAtomicNum() for i, a in enumerate(
-                mol.GetAtoms())):
-            raise ValueError(
-                f"the features of smiles {smiles!r} look like the features "
-                f"of torch_geometric.utils.from_smiles (x[:, 0] is the "
-                f"atomic number of every atom), but MoleculeHierarchy "
-                f"expects OGB features (ogb.utils.smiles2graph: x[:, 0] is "
-                f"the atomic number - 1); {_OTHER_LAYOUT}: delete data.x, "
-                f"data.edge_attr (and keep data.smiles) to featurize with "
-                f"OGB")
-        for i, atom in enumerate(mol.GetAtoms()):
-            z = atom.GetAtomicNum()
-            if got[i] != z:
-                raise ValueError(
-                    f"atom {i} of smiles {smiles!r} is {atom.GetSymbol()} "
-                    f"(atomic number {z}) but x[{i}, 0] + 1 = {got[i]}; the "
-                    f"rows of x are not in the atom order of the SMILES "
-                    f"(or x is not OGB features, where column 0 is the "
-                    f"atomic number - 1): build the graph with "
-                    f"ogb.utils.smiles2graph")
-    if data.edge_index is not None:
-        given = _bond_pairs(data.edge_index)
-        bonds = {(min(a, b), max(a, b)) for a, b in (
-            (bd.GetBeginAtomIdx(), bd.GetEndAtomIdx())
-            for bd in mol.GetBonds())}
-        if given != bonds:
-            diff = sorted(given ^ bonds)[0]
-            where = 'edge_index' if diff in given else 'the SMILES'
-            raise ValueError(
-                f"the bonds of smiles {smiles!r} differ from edge_index: "
-                f"atoms {diff} are bonded only in {where}; the graph must be "
-                f"made from this SMILES with ogb.utils.smiles2graph")
+            f"{reference.name} has {mol.GetNumAtoms()} atoms but the graph "
+            f"has {n} nodes; the graph must be made from this molecule "
+            f"(same atoms, same order), e.g. with ogb.utils.smiles2graph or "
+            f"torch_geometric.utils.from_smiles")
+    if data.edge_index is None:
+        return
+    given = _bond_pairs(data.edge_index)
+    bonds = {(min(a, b), max(a, b)) for a, b in (
+        (bond.GetBeginAtomIdx(), bond.GetEndAtomIdx())
+        for bond in mol.GetBonds())}
+    if given != bonds:
+        diff = sorted(given ^ bonds)[0]
+        where = 'edge_index' if diff in given else reference.short
+        raise ValueError(
+            f"the bonds of {reference.name} differ from edge_index: atoms "
+            f"{diff} are bonded only in {where}; the graph must be made from "
+            f"this molecule (same atoms, same order)")
 
 
 def _bond_pairs(edge_index: Tensor) -> set:
@@ -347,107 +536,182 @@ def _bond_pairs(edge_index: Tensor) -> set:
             if a != b}
 
 
-def _check_ogb_features(x: Any):
-    r"""Checks that :obj:`x` holds OGB atom features: an integer tensor
-    ``[N, 9]`` with every column in its OGB range."""
-    if not isinstance(x, Tensor) or x.is_floating_point() or \
-            x.is_complex() or x.dtype == torch.bool:
-        what = x.dtype if isinstance(x, Tensor) else type(x).__name__
-        shape = tuple(x.shape) if isinstance(x, Tensor) else ''
-        raise TypeError(
-            f"data.x must hold the {_NUM_ATOM_FEATURES} integer OGB atom "
-            f"features of ogb.utils.smiles2graph (shape [N, "
-            f"{_NUM_ATOM_FEATURES}]), got {what} {shape}; featurize with "
-            f"ogb.utils.smiles2graph, or pass data.smiles without x")
-    if x.dim() != 2 or x.size(1) != _NUM_ATOM_FEATURES:
+def _check_elements(reference: _Reference, x: Tensor, layout: _Layout):
+    got = (x[:, _ATOMIC_NUM] + layout.offset).tolist()
+    plus = f' + {layout.offset}' if layout.offset else ''
+    for i, atom in enumerate(reference.mol.GetAtoms()):
+        z = atom.GetAtomicNum()
+        if got[i] != z:
+            raise ValueError(
+                f"atom {i} of {reference.name} is {atom.GetSymbol()} "
+                f"(atomic number {z}) but x[{i}, 0]{plus} = {got[i]}; the "
+                f"rows of x are not in the atom order of {reference.short} "
+                f"(or x is not {layout.label} features, where column 0 is "
+                f"the {layout.column(0)}): build the graph from this "
+                f"molecule with {layout.source}")
+
+
+def _read_atom_types(x: Tensor, reference: Optional[_Reference]):
+    r"""The reference molecule, after checking that ZINC-style atom types
+    fit it: one type, one element."""
+    if reference is None:
         raise ValueError(
-            f"data.x must hold the {_NUM_ATOM_FEATURES} integer OGB atom "
-            f"features of ogb.utils.smiles2graph (shape [N, "
-            f"{_NUM_ATOM_FEATURES}]), got {x.dtype} {tuple(x.shape)}; "
-            f"featurize with ogb.utils.smiles2graph, or pass data.smiles "
-            f"without x")
-    dims = torch.tensor(_ATOM_FEATURE_DIMS, device=x.device)
+            "data.x holds ZINC-style atom types (shape [N, 1], as in "
+            "torch_geometric.datasets.ZINC), which cannot be turned into a "
+            "molecule: the dictionary of the types is not part of PyG. Add "
+            "the molecule as data.smiles (or an RDKit Mol as data.mol), its "
+            "atoms in the order of the rows of x")
+    first: Dict[int, int] = {}
+    atoms = list(reference.mol.GetAtoms())
+    for i, t in enumerate(x[:, 0].tolist()):
+        if t < 0:
+            raise ValueError(f"x[{i}, 0] = {t} is not a ZINC-style atom "
+                             f"type (an index, at least 0)")
+        j = first.setdefault(t, i)
+        a, b = atoms[j], atoms[i]
+        if a.GetAtomicNum() != b.GetAtomicNum():
+            raise ValueError(
+                f"x[{i}, 0] = {t} is the atom type of atom {j} "
+                f"({a.GetSymbol()}) and of atom {i} ({b.GetSymbol()}) of "
+                f"{reference.name}, but an atom type is one element: the "
+                f"rows of x are not in the atom order of {reference.short}")
+    return reference.mol
+
+
+# Detection ##################################################################
+
+
+def _reading(chem, x: Tensor, data: Data, layout: _Layout,
+             reference: Optional[_Reference]) -> _Reading:
+    r"""The molecule that :obj:`x` describes in :obj:`layout`, and how well
+    they fit; a :class:`ValueError` where they cannot be read so."""
+    _check_ranges(x, layout)
+    if reference is not None:
+        if layout is _OGB:
+            _check_no_dummy_atoms(reference)
+        _check_elements(reference, x, layout)
+        return _Reading(reference.mol, 3)
+    mol, sanitized = _mol_from_features(chem, x, data, layout)
+    difference = _difference(mol, x, layout)
+    if difference:
+        return _Reading(mol, 1, difference)
+    return _Reading(mol, 3 if sanitized else 2)
+
+
+def _difference(mol, x: Tensor, layout: _Layout) -> str:
+    r"""Where :obj:`x` differs from what :obj:`layout`'s featurizer makes of
+    :obj:`mol` (chirality aside: it is not rebuilt); ``''`` nowhere."""
+    try:
+        made = _featurize(mol, layout)[0]
+    except ValueError as e:  # from_rdmol: a value outside x_map
+        return f"{layout.source} cannot featurize it ({e})"
+    columns = [j for j in range(_NUM_ATOM_FEATURES) if j != _CHIRALITY]
+    diff = (made[:, columns] != x[:, columns]).nonzero()
+    if diff.numel() == 0:
+        return ''
+    i, j = int(diff[0, 0]), columns[int(diff[0, 1])]
+    return (f"x[{i}, {j}] = {int(x[i, j])} but {layout.source} gives "
+            f"{int(made[i, j])} ({layout.column(j)}) for atom {i} of it")
+
+
+def _detected(chem, x: Tensor, data: Data,
+              reference: Optional[_Reference]):
+    r"""The molecule of the only layout that fits best, at least as a
+    featurizer's output of a molecule; else a :class:`ValueError`."""
+    readings, reasons = {}, []
+    for layout in _LAYOUTS.values():
+        head = f"read as {layout.label} features ({layout.source})"
+        try:
+            readings[layout] = reading = _reading(chem, x, data, layout,
+                                                  reference)
+        except ValueError as e:
+            reasons.append(f"{head}: {e}")
+            continue
+        if reading.fit < 2:
+            reasons.append(f"{head}, they describe a molecule but are not "
+                           f"its {layout.label} features: "
+                           f"{reading.difference}")
+        else:
+            reasons.append(f"{head}, they are the {layout.label} features "
+                           f"of the molecule they describe")
+    best = max((r.fit for r in readings.values()), default=0)
+    top = [r for r in readings.values() if r.fit == best]
+    if best >= 2 and len(top) == 1:
+        return top[0].mol
+    what = 'the molecule they describe' if reference is None else \
+        reference.name
+    if not readings:
+        raise ValueError(
+            f"data.x and data.edge_attr are neither OGB nor PyG features "
+            f"of {what}: {'; '.join(reasons)}. Pass features='ogb' or "
+            f"'pyg' to read them one way only, or pass data.smiles")
+    raise ValueError(
+        f"cannot tell whether data.x and data.edge_attr are OGB or PyG "
+        f"features: {'; '.join(reasons)}. MoleculeHierarchy does not "
+        f"guess: pass features='ogb' or features='pyg', or pass "
+        f"data.smiles (or data.mol) so that the elements decide")
+
+
+def _checked(chem, x: Tensor, data: Data, reference: Optional[_Reference],
+             layout: _Layout):
+    r"""The molecule that :obj:`x` describes in the given :obj:`layout`;
+    a :class:`ValueError` that names the other layout where only that one
+    fits."""
+    try:
+        reading, error = _reading(chem, x, data, layout, reference), None
+    except ValueError as e:
+        reading, error = None, e
+    if reading is not None and reading.fit >= 2:
+        return reading.mol
+    other = _PYG if layout is _OGB else _OGB
+    try:
+        fits_other = _reading(chem, x, data, other, reference).fit >= 2
+    except ValueError:
+        fits_other = False
+    if fits_other:
+        found = (f"x[:, 0] looks like the {other.column(0)} of every "
+                 f"atom ({other.label} layout of {other.source})"
+                 if reference is not None else
+                 f"data.x and data.edge_attr look like {other.label} "
+                 f"features ({other.source}: read so, they are the "
+                 f"{other.label} features of the molecule they describe)")
+        why = str(error) if reading is None else (
+            f"they describe a molecule but are not its {layout.label} "
+            f"features: {reading.difference}")
+        raise ValueError(
+            f"{found}, but features={layout.name!r} was given "
+            f"({layout.label} layout of {layout.source}, x[:, 0] the "
+            f"{layout.column(0)}); read as {layout.label} features: {why}. "
+            f"Pass features={other.name!r} (or 'auto')")
+    if error is not None:
+        raise error
+    return reading.mol
+
+
+# Rebuilding from OGB or PyG features ########################################
+
+
+def _check_ranges(x: Tensor, layout: _Layout):
+    dims = torch.tensor(layout.dims)
     bad = (x < 0) | (x >= dims)
     if bool(bad.any()):
         i, j = (int(v) for v in bad.nonzero()[0])
         raise ValueError(
             f"x[{i}, {j}] = {int(x[i, j])} is outside "
-            f"0..{_ATOM_FEATURE_DIMS[j] - 1}, the OGB range of column {j} "
-            f"({_ATOM_FEATURE_NAMES[j]}) of atom {i}; data.x must be OGB "
-            f"atom features (ogb.utils.smiles2graph); {_OTHER_LAYOUT}")
+            f"0..{layout.dims[j] - 1}, the {layout.label} range of column "
+            f"{j} ({layout.column(j)}) of atom {i}; data.x must be "
+            f"{layout.label} atom features ({layout.source})")
 
 
-def _check_no_dummy_atoms(mol, smiles: str):
-    dummies = [a.GetIdx() for a in mol.GetAtoms() if a.GetAtomicNum() == 0]
-    if dummies:
-        raise ValueError(
-            f"smiles {smiles!r} has dummy atoms ('*', atomic number 0) at "
-            f"{dummies}; OGB features have no element for them, so the atom "
-            f"order cannot be checked nor the molecule rebuilt: replace them "
-            f"by real atoms (e.g. '[H]' for open valences) or drop this "
-            f"molecule")
-
-
-def _mol_from_features(chem, data: Data):
-    r"""The RDKit molecule described by OGB atom and bond features."""
-    x = data.x.long().cpu()
-    n = x.size(0)
+def _mol_from_features(chem, x: Tensor, data: Data, layout: _Layout
+                       ) -> Tuple[Any, bool]:
+    r"""The RDKit molecule that atom and bond features in :obj:`layout`
+    describe, and whether RDKit sanitized it fully."""
     mol = chem.RWMol()
-    for i, row in enumerate(x.tolist()):
-        for j in (_ATOMIC_NUM, _CHARGE, _NUM_H, _RADICAL):
-            if row[j] == _ATOM_FEATURE_DIMS[j] - 1:  # the last is 'misc'
-                raise ValueError(
-                    f"x[{i}, {j}] = {row[j]} is OGB's 'misc' value of column "
-                    f"{j} ({_ATOM_FEATURE_NAMES[j]}), not a number; the "
-                    f"molecule cannot be rebuilt from it: pass data.smiles")
-        z = row[_ATOMIC_NUM] + 1
-        atom = chem.Atom(z)
-        atom.SetFormalCharge(row[_CHARGE] - _CHARGE_OFFSET)
-        # x[:, 4] counts all hydrogens: make them explicit, add none.
-        atom.SetNumExplicitHs(row[_NUM_H])
-        atom.SetNoImplicit(True)
-        atom.SetNumRadicalElectrons(row[_RADICAL])
-        atom.SetIsAromatic(bool(row[_AROMATIC]))
-        mol.AddAtom(atom)
-    edge_index = data.edge_index
-    if edge_index is not None and edge_index.numel() > 0:
-        edge_attr = data.edge_attr
-        if edge_attr is None or edge_attr.size(0) != edge_index.size(1):
-            raise ValueError(
-                "data.edge_attr (OGB bond features, [E, 3]) is needed to "
-                "rebuild the molecule from its graph, one row per column of "
-                "edge_index; or pass data.smiles")
-        types = edge_attr.view(edge_attr.size(0), -1)[:, 0].tolist()
-        seen = set()
-        for (a, b), t in zip(edge_index.t().tolist(), types):
-            key = (min(a, b), max(a, b))
-            if a == b or key in seen:
-                continue
-            seen.add(key)
-            if not 0 <= a < n or not 0 <= b < n:
-                raise ValueError(f"edge_index holds the pair ({a}, {b}) but "
-                                 f"the molecule has {n} atoms")
-            if not 0 <= t < len(_BOND_TYPES):
-                raise ValueError(
-                    f"edge_attr holds the bond type {t} for atoms ({a}, "
-                    f"{b}); OGB bond types are 0..{len(_BOND_TYPES) - 1} "
-                    f"(single, double, triple, aromatic, misc), as "
-                    f"ogb.utils.smiles2graph makes them; {_OTHER_LAYOUT}")
-            bond_type = getattr(chem.BondType, _BOND_TYPES[t])
-            mol.AddBond(a, b, bond_type)
-            if _BOND_TYPES[t] == 'AROMATIC':
-                mol.GetBondBetweenAtoms(a, b).SetIsAromatic(True)
+    _add_atoms(chem, mol, x, layout)
+    _add_bonds(chem, mol, data, layout)
     mol = mol.GetMol()
-    with _quiet():
-        try:
-            chem.SanitizeMol(mol)
-        except Exception:  # e.g. metal complexes: sanitize what we can
-            mol.UpdatePropertyCache(strict=False)
-            flags = chem.SanitizeFlags
-            chem.SanitizeMol(
-                mol, flags.SANITIZE_ALL ^ flags.SANITIZE_PROPERTIES
-                ^ flags.SANITIZE_KEKULIZE ^ flags.SANITIZE_SETAROMATICITY,
-                catchErrors=True)
+    sanitized = _sanitize(chem, mol)
     in_ring = x[:, _IN_RING].tolist()
     for i, atom in enumerate(mol.GetAtoms()):
         if bool(in_ring[i]) != atom.IsInRing():
@@ -455,6 +719,74 @@ def _mol_from_features(chem, data: Data):
                 f"atom {i} has x[{i}, 8] = {in_ring[i]} (in a ring) but the "
                 f"molecule rebuilt from x, edge_index and edge_attr "
                 f"{'has' if atom.IsInRing() else 'has no'} ring through it; "
-                f"the graph is not OGB features of one molecule: pass "
-                f"data.smiles")
-    return mol
+                f"the graph is not {layout.label} features of one molecule: "
+                f"pass data.smiles")
+    return mol, sanitized
+
+
+def _add_atoms(chem, mol, x: Tensor, layout: _Layout):
+    for i, row in enumerate(x.tolist()):
+        for j in (_ATOMIC_NUM, _CHARGE, _NUM_H, _RADICAL):
+            if layout.misc and row[j] == layout.dims[j] - 1:
+                raise ValueError(
+                    f"x[{i}, {j}] = {row[j]} is {layout.label}'s 'misc' "
+                    f"value of column {j} ({layout.column(j)}), not a "
+                    f"number; the molecule cannot be rebuilt from it: pass "
+                    f"data.smiles")
+        atom = chem.Atom(row[_ATOMIC_NUM] + layout.offset)
+        atom.SetFormalCharge(row[_CHARGE] - _CHARGE_OFFSET)
+        # x[:, 4] counts all hydrogens: make them explicit, add none.
+        atom.SetNumExplicitHs(row[_NUM_H])
+        atom.SetNoImplicit(True)
+        atom.SetNumRadicalElectrons(row[_RADICAL])
+        atom.SetIsAromatic(bool(row[_AROMATIC]))
+        mol.AddAtom(atom)
+
+
+def _add_bonds(chem, mol, data: Data, layout: _Layout):
+    edge_index, n = data.edge_index, mol.GetNumAtoms()
+    if edge_index is None or edge_index.numel() == 0:
+        return
+    edge_attr = data.edge_attr
+    if edge_attr is None or edge_attr.size(0) != edge_index.size(1):
+        raise ValueError(
+            f"data.edge_attr ({layout.label} bond features, [E, 3]) is "
+            f"needed to rebuild the molecule from its graph, one row per "
+            f"column of edge_index; or pass data.smiles")
+    types = edge_attr.view(edge_attr.size(0), -1)[:, 0].tolist()
+    seen = set()
+    for (a, b), t in zip(edge_index.t().tolist(), types):
+        key = (min(a, b), max(a, b))
+        if a == b or key in seen:
+            continue
+        seen.add(key)
+        if not 0 <= a < n or not 0 <= b < n:
+            raise ValueError(f"edge_index holds the pair ({a}, {b}) but "
+                             f"the molecule has {n} atoms")
+        if not 0 <= t < len(layout.bond_types):
+            raise ValueError(
+                f"edge_attr holds the bond type {t} for atoms ({a}, {b}); "
+                f"{layout.label} bond types are "
+                f"0..{len(layout.bond_types) - 1} ({layout.bond_names}), "
+                f"as {layout.source} makes them")
+        name = layout.bond_types[t]
+        mol.AddBond(a, b, getattr(chem.BondType, name))
+        if name == 'AROMATIC':
+            mol.GetBondBetweenAtoms(a, b).SetIsAromatic(True)
+
+
+def _sanitize(chem, mol) -> bool:
+    r"""Sanitizes :obj:`mol` in place, partially where full sanitization
+    fails (e.g. metal complexes); whether it was full."""
+    with _quiet():
+        try:
+            chem.SanitizeMol(mol)
+            return True
+        except Exception:  # RDKit raises several types
+            mol.UpdatePropertyCache(strict=False)
+            flags = chem.SanitizeFlags
+            chem.SanitizeMol(
+                mol, flags.SANITIZE_ALL ^ flags.SANITIZE_PROPERTIES
+                ^ flags.SANITIZE_KEKULIZE ^ flags.SANITIZE_SETAROMATICITY,
+                catchErrors=True)
+            return False

@@ -4,7 +4,10 @@ on real molecules that ship with RDKit (``Data/NCI/first_200.props.sdf`` and
 :func:`ogb.utils.smiles2graph`: ring systems checked against an independent
 graph computation (bridges), chain groups against BRICS, the rebuild from
 OGB features against the SMILES route, permutation equivariance, batching,
-use as a transform and a ``pre_transform``, and every error message."""
+use as a transform and a ``pre_transform``, and every error message; then
+the other featurizations (PyG's ``from_smiles`` and MoleculeNet, ZINC-style
+atom types, RDKit ``Mol`` inputs) against the SMILES route, their
+detection, and HSAConv with a geometry bias on batches of molecules."""
 import copy
 import os
 import sys
@@ -471,16 +474,19 @@ def test_dummy_atoms(transform):
 
 
 @needs_rdkit
-def test_pyg_from_smiles_features_are_named(transform):
+def test_pyg_from_smiles_features_are_read(transform):
     from torch_geometric.utils import from_smiles
-    with pytest.raises(ValueError, match=r"look like the features of "
-                       r"torch_geometric.utils.from_smiles .* expects OGB"):
-        transform(from_smiles('CCO'))
-    benzene = from_smiles('c1ccccc1')
-    del benzene.smiles
-    with pytest.raises(ValueError, match=r"edge_attr holds the bond type 12 "
-                       r".*OGB bond types are 0..4.*from_smiles"):
-        transform(benzene)
+    for smiles in ('CCO', 'c1ccccc1'):
+        expected = transform(smiles).hierarchy.parent.tolist()
+        pyg = from_smiles(smiles)
+        assert transform(pyg).hierarchy.parent.tolist() == expected
+        assert transform(without_smiles(pyg)).hierarchy.parent.tolist() \
+            == expected
+    benzene = without_smiles(from_smiles('c1ccccc1'))
+    with pytest.raises(ValueError, match=r"look like PyG features .* but "
+                       r"features='ogb' was given .* edge_attr holds the "
+                       r"bond type 12 .*OGB bond types are 0..4"):
+        MoleculeHierarchy(features='ogb')(benzene)
 
 
 @needs_rdkit
@@ -512,3 +518,371 @@ def test_missing_rdkit(monkeypatch):
     if transform is not None:  # made while RDKit was there
         with pytest.raises(ImportError, match="pip install rdkit"):
             transform('CCO')
+
+
+# Other featurizations #######################################################
+
+
+def _load_nci(count: int):
+    r"""The first :obj:`count` molecules of ``first_5K.smi`` that RDKit
+    parses and that have no dummy atoms (OGB features cannot hold them)."""
+    if Chem is None:
+        return []
+    with open(os.path.join(NCI, 'first_5K.smi')) as f:
+        lines = [line.split()[0] for line in f]
+    out = []
+    with rdBase.BlockLogs():
+        for smiles in lines:
+            mol = Chem.MolFromSmiles(smiles)
+            if mol is not None and all(a.GetAtomicNum() > 0
+                                       for a in mol.GetAtoms()):
+                out.append(smiles)
+            if len(out) == count:
+                return out
+    return out
+
+
+NCI_SMILES = _load_nci(200)
+# ZINC-style atom types: a dictionary of (element, charge, hydrogens), as
+# ZINC's, made up here; only "one type, one element" matters.
+ATOM_TYPES = {}
+
+
+def zinc_style(source: str, **attrs) -> Data:
+    r"""The molecule of SMILES :obj:`source` as
+    torch_geometric.datasets.ZINC stores it: atom types ``x [N, 1]``,
+    kekulized bond types ``1..3`` as ``edge_attr [E]``."""
+    from torch_geometric.utils import from_smiles
+    mol = Chem.MolFromSmiles(source)
+    x = [ATOM_TYPES.setdefault((a.GetAtomicNum(), a.GetFormalCharge(),
+                                a.GetTotalNumHs()), len(ATOM_TYPES))
+         for a in mol.GetAtoms()]
+    kekule = Chem.Mol(mol)
+    Chem.Kekulize(kekule, clearAromaticFlags=True)
+    edge_index = from_smiles(source).edge_index
+    edge_attr = [int(kekule.GetBondBetweenAtoms(a, b).GetBondTypeAsDouble())
+                 for a, b in edge_index.t().tolist()]
+    return Data(x=torch.tensor(x).view(-1, 1), edge_index=edge_index,
+                edge_attr=torch.tensor(edge_attr, dtype=torch.long), **attrs)
+
+
+def same_tree(a: NestedSignal, b: NestedSignal) -> bool:
+    return a.hierarchy.parent.tolist() == b.hierarchy.parent.tolist() and \
+        torch.equal(a.cluster_kind, b.cluster_kind)
+
+
+def routes():
+    r"""``(name, transform, input from a SMILES)`` for every featurization
+    and input form that should give the tree of the SMILES route."""
+    from torch_geometric.utils import from_smiles
+    auto, as_pyg = MoleculeHierarchy(), MoleculeHierarchy(features='pyg')
+    as_ogb = MoleculeHierarchy(features='ogb')
+    as_zinc = MoleculeHierarchy(features='zinc')
+    mol = Chem.MolFromSmiles
+    return [
+        ('ogb', auto, graph),
+        ('ogb without smiles', auto, lambda s: without_smiles(graph(s))),
+        ('ogb given', as_ogb, lambda s: without_smiles(graph(s))),
+        ('pyg', auto, from_smiles),
+        ('pyg without smiles', auto,
+         lambda s: without_smiles(from_smiles(s))),
+        ('pyg given', as_pyg, lambda s: without_smiles(from_smiles(s))),
+        ('zinc with smiles', auto, lambda s: zinc_style(s, smiles=s)),
+        ('zinc with mol', as_zinc, lambda s: zinc_style(s, mol=mol(s))),
+        ('mol', auto, mol),
+        ('data.mol', auto, lambda s: Data(mol=mol(s))),
+        ('smiles made pyg', as_pyg, lambda s: s),
+        ('mol made pyg', as_pyg, mol),
+    ]
+
+
+@needs_rdkit
+def test_every_featurization_gives_the_smiles_tree(transform):
+    r"""Every molecule through the SMILES route and two others, in turn:
+    each route sees about 30 molecules."""
+    assert len(NCI_SMILES) == 200
+    all_routes = routes()
+    seen = defaultdict(int)
+    for i, smiles in enumerate(NCI_SMILES):
+        expected = transform(smiles)
+        for r in (2 * i, 2 * i + 1):
+            name, route, make = all_routes[r % len(all_routes)]
+            assert same_tree(route(make(smiles)), expected), (name, smiles)
+            seen[name] += 1
+    assert min(seen.values()) >= 30 and len(seen) == len(all_routes)
+
+
+@needs_rdkit
+def test_rebuild_from_pyg_features_with_dative_bonds(transform):
+    from torch_geometric.utils import from_smiles
+    pyg = from_smiles(FERROCENE)
+    assert {16, 17} & set(pyg.edge_attr[:, 0].tolist())  # DATIVE(ONE)
+    a, b = transform(FERROCENE), transform(without_smiles(pyg))
+    assert same_tree(a, b)
+
+
+@needs_rdkit
+def test_mol_inputs(transform):
+    smiles = 'CC(=O)Oc1ccccc1C(=O)O'
+    mol = Chem.MolFromSmiles(smiles)
+    before = Chem.MolToMolBlock(mol)
+    out = transform(mol)
+    assert Chem.MolToMolBlock(mol) == before  # the caller's Mol untouched
+    assert Chem.MolToSmiles(out.mol) == Chem.MolToSmiles(mol)
+    assert 'smiles' not in out
+    expected = graph(smiles)  # OGB features, the atom order of the Mol
+    for key in ('x', 'edge_index', 'edge_attr'):
+        assert torch.equal(out[key], expected[key])
+    assert same_tree(out, transform(smiles))
+    # An unsanitized Mol, and a Mol that wins over another smiles.
+    raw = Chem.MolFromSmiles(smiles, sanitize=False)
+    assert same_tree(transform(raw), out)
+    assert same_tree(transform(Data(mol=mol, smiles='CCO')), out)
+    with pytest.raises(TypeError, match='data.mol must be an RDKit Mol '
+                       r'\(rdkit.Chem.Mol\), got str'):
+        transform(Data(mol=smiles))
+    with pytest.raises(TypeError, match='expects a torch_geometric Data .*'
+                       'an RDKit Mol or a SMILES str, got int'):
+        transform(3)
+
+
+@needs_rdkit
+def test_moleculenet_style_data(tmp_path):
+    r"""MoleculeNet stores ``from_smiles(smiles)`` with ``y [1, tasks]``;
+    as a ``pre_transform`` the tree is the SMILES route's."""
+    from torch_geometric.utils import from_smiles
+
+    def make():
+        out = []
+        for i, smiles in enumerate(NCI_SMILES[:12]):
+            data = from_smiles(smiles)
+            data.y = torch.tensor([[float(i), float('nan')]])
+            out.append(data)
+        return out
+
+    transform = MoleculeHierarchy()
+    dataset = PreTransformDataset(str(tmp_path), make, transform)
+    for i, smiles in enumerate(NCI_SMILES[:12]):
+        stored = dataset[i]
+        assert same_tree(stored, transform(smiles))
+        assert torch.equal(stored.x, from_smiles(smiles).x)
+        assert stored.y[0, 0] == i and stored.smiles == smiles
+    batch = next(iter(DataLoader(dataset, batch_size=5)))
+    assert batch.num_graphs == 5 and batch.hierarchy.num_trees == 5
+
+
+@needs_rdkit
+def test_zinc_style_atom_types():
+    transform = MoleculeHierarchy(features='zinc')
+    smiles = 'c1ccccc1CC(=O)NC'
+    expected = transform(zinc_style(smiles, smiles=smiles))
+    assert same_tree(expected, MoleculeHierarchy()(smiles))
+    assert expected.x.shape == (11, 1)
+    for data in (zinc_style(smiles), zinc_style(smiles, mol=None)):
+        with pytest.raises(ValueError, match=r'data.x holds ZINC-style atom '
+                           r'types .* cannot be turned into a molecule: .* '
+                           r'Add the molecule as data.smiles'):
+            transform(data)
+    wrong = zinc_style(smiles, smiles=smiles)
+    wrong.x[8] = wrong.x[7]  # the O typed as the C bonded to it
+    with pytest.raises(ValueError, match=r"x\[8, 0\] = \d+ is the atom type "
+                       r"of atom \d \(C\) and of atom 8 \(O\) of smiles "
+                       r"'c1ccccc1CC\(=O\)NC', but an atom type is one "
+                       r"element"):
+        transform(wrong)
+    wrong = zinc_style(smiles, mol=Chem.MolFromSmiles(smiles + 'C'))
+    with pytest.raises(ValueError, match='data.mol has 12 atoms but the '
+                       'graph has 11 nodes'):
+        transform(wrong)
+    wrong = zinc_style('C1CCCCC1', mol=Chem.MolFromSmiles('CCCCCC'))
+    with pytest.raises(ValueError, match=r'the bonds of data.mol differ from '
+                       r'edge_index: atoms \(0, 5\) are bonded only in '
+                       r'edge_index'):
+        transform(wrong)
+    wrong = zinc_style(smiles, smiles=smiles)
+    wrong.x[3, 0] = -1
+    with pytest.raises(ValueError, match=r'x\[3, 0\] = -1 is not a '
+                       r'ZINC-style atom type'):
+        transform(wrong)
+    with pytest.raises(ValueError, match=r"features='zinc' makes no features "
+                       r"for smiles 'CCO'"):
+        transform('CCO')
+
+
+@needs_rdkit
+def test_dummy_atoms_with_pyg_features(transform):
+    from torch_geometric.utils import from_smiles
+    as_pyg = MoleculeHierarchy(features='pyg')
+    out = as_pyg('*CC*')
+    assert out.x[:, 0].tolist() == [0, 6, 6, 0]
+    for data in (from_smiles('*CC*'), without_smiles(from_smiles('*CC*'))):
+        assert same_tree(transform(data), out)
+    with pytest.raises(ValueError, match=r"has dummy atoms .* use PyG's "
+                       r"features, which have them \(features='pyg'\)"):
+        transform('*CC*')
+
+
+# Explicit features and detection ############################################
+
+
+@needs_rdkit
+def test_features_given_explicitly_are_checked():
+    from torch_geometric.utils import from_smiles
+    as_ogb = MoleculeHierarchy(features='ogb')
+    as_pyg = MoleculeHierarchy(features='pyg')
+    smiles = 'CCO'
+    ogb, pyg = graph(smiles), from_smiles(smiles)
+    assert same_tree(as_ogb(ogb), as_pyg(pyg))
+    with pytest.raises(ValueError, match=(
+            r"x\[:, 0\] looks like the atomic number of every atom \(PyG "
+            r"layout of torch_geometric.utils.from_smiles\), but "
+            r"features='ogb' was given \(OGB layout of "
+            r"ogb.utils.smiles2graph, x\[:, 0\] the atomic number - 1\); "
+            r"read as OGB features: atom 0 of smiles 'CCO' is C \(atomic "
+            r"number 6\) but x\[0, 0\] \+ 1 = 7; .* Pass features='pyg'")):
+        as_ogb(pyg)
+    with pytest.raises(ValueError, match=(
+            r"x\[:, 0\] looks like the atomic number - 1 of every atom \(OGB "
+            r"layout .*features='pyg' was given .* atom 0 of smiles 'CCO' "
+            r"is C \(atomic number 6\) but x\[0, 0\] = 5; .* Pass "
+            r"features='ogb'")):
+        as_pyg(ogb)
+    # Without smiles: the rebuilt molecule's own features disagree.
+    with pytest.raises(ValueError, match=(
+            r"data.x and data.edge_attr look like PyG features .* but "
+            r"features='ogb' was given .* read as OGB features: they "
+            r"describe a molecule but are not its OGB features: x\[0, 6\] = "
+            r"4 but ogb.utils.smiles2graph gives 2 \(hybridization\) for "
+            r"atom 0 of it. Pass features='pyg'")):
+        as_ogb(without_smiles(pyg))
+    with pytest.raises(ValueError, match=(
+            r"look like OGB features .* features='pyg' was given .* "
+            r"x\[0, 6\] = 2 but torch_geometric.utils.from_smiles gives 4 "
+            r"\(hybridization\) .* Pass features='ogb'")):
+        as_pyg(without_smiles(ogb))
+    zinc = zinc_style(smiles, smiles=smiles)
+    for features in ('ogb', 'pyg'):
+        with pytest.raises(ValueError, match=(
+                rf"data.x has shape \(3, 1\), like ZINC-style atom types, "
+                rf"but features='{features}' was given, which expects the 9 "
+                rf"integer")):
+            MoleculeHierarchy(features=features)(zinc)
+    with pytest.raises(ValueError, match=(
+            r"data.x has shape \(3, 9\), like OGB or PyG atom features, but "
+            r"features='zinc' was given, which expects integer ZINC-style")):
+        MoleculeHierarchy(features='zinc')(ogb)
+
+
+@needs_rdkit
+def test_ambiguous_features_are_refused(transform):
+    r"""With the hybridization column blanked, both layouts read the
+    features as a molecule and neither gives them back: the transform
+    refuses to guess, unless smiles or features= decide."""
+    from torch_geometric.utils import from_smiles
+    for smiles in ('CCO', 'c1ccccc1O'):
+        for source in (graph(smiles), from_smiles(smiles)):
+            blank = without_smiles(source)
+            blank.x = blank.x.clone()
+            blank.x[:, 6] = 0
+            with pytest.raises(ValueError, match=(
+                    r"cannot tell whether data.x and data.edge_attr are OGB "
+                    r"or PyG features: read as OGB features .*; read as PyG "
+                    r"features .*MoleculeHierarchy does not guess: pass "
+                    r"features='ogb' or features='pyg', or pass "
+                    r"data.smiles")):
+                transform(blank)
+            expected = transform(smiles)
+            with_smiles = copy.copy(blank)
+            with_smiles.smiles = smiles
+            assert same_tree(transform(with_smiles), expected)
+    # Given explicitly, the features are read so: the other layout does
+    # not fit them better.
+    blank = without_smiles(graph('CCO'))
+    blank.x = blank.x.clone()
+    blank.x[:, 6] = 0
+    assert same_tree(MoleculeHierarchy(features='ogb')(blank),
+                     transform('CCO'))
+
+
+@needs_rdkit
+def test_detection_names_every_reading(transform):
+    source = without_smiles(graph('CCO'))
+    source.x = source.x.clone()
+    source.x[0, 3] = 11  # OGB: 'misc' charge; PyG: +6
+    with pytest.raises(ValueError, match=(
+            r"read as OGB features \(ogb.utils.smiles2graph\): x\[0, 3\] = "
+            r"11 is OGB's 'misc' value .*; read as PyG features "
+            r"\(torch_geometric.utils.from_smiles\), they describe a "
+            r"molecule but are not its PyG features")):
+        transform(source)
+    with pytest.raises(ValueError, match=(
+            r"data.x and data.edge_attr are neither OGB nor PyG features of "
+            r"smiles 'CCO': read as OGB features .*: atom 0 of smiles 'CCO' "
+            r"is C \(atomic number 6\) but x\[0, 0\] \+ 1 = 8; .*read as "
+            r"PyG features .*: atom 0 of smiles 'CCO' is C \(atomic number "
+            r"6\) but x\[0, 0\] = 7")):
+        bad = graph('OCC')
+        bad.smiles = 'CCO'
+        transform(bad)
+
+
+@needs_rdkit
+def test_features_argument():
+    for features in ('ogb', 'pyg', 'zinc'):
+        assert repr(MoleculeHierarchy(features=features)) == \
+            f"MoleculeHierarchy(features='{features}')"
+    assert repr(MoleculeHierarchy(features='auto')) == 'MoleculeHierarchy()'
+    with pytest.raises(TypeError, match="'features' must be a str, one of "
+                       r"\('auto', 'ogb', 'pyg', 'zinc'\), got NoneType"):
+        MoleculeHierarchy(features=None)
+    with pytest.raises(ValueError, match="unknown features 'moleculenet'; "
+                       "choose one of"):
+        MoleculeHierarchy(features='moleculenet')
+
+
+# HSA on molecules ###########################################################
+
+C60 = ('c12c3c4c5c1c1c6c7c2c2c8c3c3c9c4c4c%10c5c5c1c1c6c6c%11c7c2c2c7c8c3c3'
+       'c8c9c4c4c9c%10c5c5c1c1c6c6c%11c2c2c7c3c3c8c4c4c9c5c1c1c6c2c3c41')
+CORONENE = 'c1cc2ccc3ccc4ccc5ccc6ccc1c1c2c3c4c5c61'
+
+
+@needs_rdkit
+def test_hsa_conv_geometry_bias_on_wide_molecules():
+    r"""Families wider than ``max_branching`` (C60's ring system of 60
+    atoms, coronene's of 24, chains of 20 and 19) share the far buckets of
+    the geometry bias: HSAConv runs over a DataLoader of molecules, and
+    equals the dense reference on the batches small enough for it."""
+    from hsa_geo.functional import hierarchical_attention_matrix
+    from hsa_geo.nn import HSAConv
+    transform = MoleculeHierarchy()
+    molecules = [transform(s) for s in [C60, 'C' * 20, CORONENE,
+                                        'CCCCCCCCCCCCCCCCCCO']
+                 + NCI_SMILES[:2]]
+    widest = [int(torch.bincount(m.hierarchy.parent[:-1]).max())
+              for m in molecules]
+    assert widest[:4] == [60, 20, 24, 19]
+    torch.manual_seed(0)
+    conv = HSAConv(9, 4, heads=2, geometry_bias=True, max_branching=16,
+                   root_weight=False).double()
+    with torch.no_grad():
+        conv.geometry_bias.weight.normal_()
+    checked = 0
+    for batch in DataLoader(molecules, batch_size=2):
+        x = batch.x.double()
+        out = conv(x, batch.hierarchy)
+        assert torch.isfinite(out).all()
+        out.square().sum().backward()
+        n = x.size(0)
+        if n > 50:  # the dense reference is O(N^2) Python work
+            continue
+        q, k, v = conv.lin_qkv(x).view(n, 3, 2, 4).unbind(1)
+        Q = hierarchical_attention_matrix(
+            q, k, batch.hierarchy, pair_bias=conv.geometry_bias(
+                batch.hierarchy))
+        expected = torch.einsum('hij,jhd->ihd', Q, v).reshape(n, 8)
+        assert (out - expected).abs().max() <= 1e-10
+        checked += 1
+    assert checked == 2
+    # The far buckets of the leaf level learn from the wide families.
+    assert conv.geometry_bias.weight.grad[0, 16:].abs().sum() > 0
