@@ -226,24 +226,13 @@ class HSAConv(MessagePassing):
         :math:`N` the number of leaves, see :meth:`check_input`; edges
         that are missing, not wanted or malformed raise as well.
         """
-        hierarchy = self.check_input(x, hierarchy)
         # Set at all (True or False) means: return the weights.
         with_weights = return_attention_weights is not None
         if with_weights:
             check_bool(return_attention_weights, 'return_attention_weights')
+        out, weights = self._attend(x, hierarchy, edge_index, edge_attr,
+                                    with_weights)
         num_leaves, heads, channels = x.size(0), self.heads, self.out_channels
-        q, k, v = self.lin_qkv(x).view(num_leaves, 3, heads, channels).unbind(1)
-        pair_bias = self._pair_bias(hierarchy, edge_index, edge_attr)
-        if self.fuses:
-            # PyG's rule: a sparse adjacency selects message_and_aggregate.
-            out = self.propagate(_tree_adjacency(hierarchy), q=q, k=k, v=v,
-                                 hierarchy=hierarchy, pair_bias=pair_bias,
-                                 with_weights=with_weights)
-            weights, self._weights = self._weights, None
-        else:
-            out, weights = self._attend_by_message_passing(
-                q, k, v, hierarchy, pair_bias)
-            weights = weights if with_weights else None
 
         if self.concat:
             out = out.reshape(num_leaves, heads * channels)
@@ -262,6 +251,31 @@ class HSAConv(MessagePassing):
         if weights is not None:
             return out, (weights.index, weights.weight)
         return out
+
+    # torch.compile traces the projections around it and runs this part as
+    # it is: its loops follow the tree, and tracing them would specialise
+    # (and recompile) on every new hierarchy.
+    @torch.compiler.disable
+    def _attend(self, x: Tensor, hierarchy: Hierarchy,
+                edge_index: Optional[Tensor], edge_attr: Optional[Tensor],
+                with_weights: bool
+                ) -> Tuple[Tensor, Optional[FamilyWeights]]:
+        r"""The attention part of :meth:`forward`: ``[N, H, C]`` and the
+        family weights when asked for."""
+        hierarchy = self.check_input(x, hierarchy)
+        num_leaves, heads, channels = x.size(0), self.heads, self.out_channels
+        q, k, v = self.lin_qkv(x).view(num_leaves, 3, heads, channels).unbind(1)
+        pair_bias = self._pair_bias(hierarchy, edge_index, edge_attr)
+        if self.fuses:
+            # PyG's rule: a sparse adjacency selects message_and_aggregate.
+            out = self.propagate(_tree_adjacency(hierarchy), q=q, k=k, v=v,
+                                 hierarchy=hierarchy, pair_bias=pair_bias,
+                                 with_weights=with_weights)
+            weights, self._weights = self._weights, None
+            return out, weights
+        out, weights = self._attend_by_message_passing(q, k, v, hierarchy,
+                                                       pair_bias)
+        return out, weights if with_weights else None
 
     def _pair_bias(self, hierarchy: Hierarchy, edge_index: Optional[Tensor],
                    edge_attr: Optional[Tensor]) -> Optional[Tensor]:
