@@ -107,9 +107,11 @@ class MoleculeHierarchy(BaseTransform):
     Also accepted: a SMILES :obj:`str`, an RDKit ``Mol``, or a ``Data``
     with ``smiles`` or ``mol`` and without ``x``: featurized first, in the
     atom order of the SMILES or ``Mol``, with OGB's features
-    (``features='auto'`` or ``'ogb'``) or PyG's (``'pyg'``). Every column
-    of ``x`` must lie in its range in the featurization read, else a
-    :class:`ValueError` names the atom, the column and the range.
+    (``features='auto'`` or ``'ogb'``) or PyG's (``'pyg'``).
+
+    **Reading the molecule.** Every column of ``x`` must lie in its range
+    in the featurization read, else a :class:`ValueError` names the atom,
+    the column and the range.
 
     - With ``data.mol`` (an RDKit ``Mol``; it wins over ``smiles``) or
       ``data.smiles`` (parsed with ``Chem.MolFromSmiles``, as OGB and PyG
@@ -128,20 +130,21 @@ class MoleculeHierarchy(BaseTransform):
       full sanitization fails, e.g. for metal complexes) and checked: its
       ring membership must equal ``x[:, 8]``. On the 4991 parsable
       molecules of RDKit's ``Data/NCI/first_5K.smi`` this gives the same
-      tree as the SMILES route, from either featurization. SMILES with
-      dummy atoms (``'*'``) are refused with OGB features, which have no
-      element for them, and read with PyG's.
+      tree as the SMILES route, from either featurization.
 
-    With ``features='auto'`` one column means ZINC types, and nine OGB or
-    PyG features: most values fit both, so the layout is decided, never
-    guessed. With ``smiles`` or ``mol`` the elements decide (at most one
-    layout matches them); without, the features are read in both layouts,
-    and the one kept is the layout whose featurizer, run on the molecule
-    rebuilt, gives back ``x`` (chirality aside, which is not rebuilt; the
-    hybridization codes alone tell the layouts apart on real molecules).
+    SMILES with dummy atoms (``'*'``) are refused with OGB features, which
+    have no element for them, and read with PyG's.
+
+    **Detection.** With ``features='auto'``, one column means ZINC types,
+    nine OGB or PyG features. Most values fit both of these, so the layout
+    is decided, never guessed: with ``smiles`` or ``mol`` by the elements
+    (at most one layout matches them); without, by reading the features in
+    both layouts and keeping the one whose featurizer, run on the molecule
+    rebuilt, gives ``x`` back (chirality aside, which is not rebuilt; on
+    real molecules the hybridization codes alone tell the layouts apart).
     Where both or neither do, a :class:`ValueError` asks for
     :obj:`features` or ``smiles``. A given :obj:`features` is not detected
-    but checked: features that fit only the other layout raise a
+    but checked: features that only the other layout reads so raise a
     :class:`ValueError` that says so.
 
     **Tree.** Leaves ``0..N-1`` are the atoms in the input order (the rows
@@ -175,7 +178,9 @@ class MoleculeHierarchy(BaseTransform):
     **Output.** :meth:`NestedSignal.from_data
     <hsa_geo.data.NestedSignal.from_data>`: every attribute of the input
     graph unchanged (for a ``str`` or ``Mol`` input: the features made,
-    and ``smiles`` or ``mol``), plus the hierarchy and ``cluster_kind``
+    and ``smiles`` or ``mol``; PyG warns when it loads a saved ``mol``, so
+    delete it in a ``pre_transform`` that does not need it), plus the
+    hierarchy and ``cluster_kind``
     ``LongTensor [M]``, the kind of every cluster as an index into
     :attr:`KINDS` (``0`` molecule, ``1`` ring system, ``2`` chain group),
     row ``i`` for node ``N + i``.
@@ -616,8 +621,9 @@ def _difference(mol, x: Tensor, layout: _Layout) -> str:
 
 def _detected(chem, x: Tensor, data: Data,
               reference: Optional[_Reference]):
-    r"""The molecule of the only layout that fits best, at least as a
-    featurizer's output of a molecule; else a :class:`ValueError`."""
+    r"""The molecule of the one layout that fits the features best, where
+    they are at least that layout's features of it (fit 2); else a
+    :class:`ValueError` that gives the reading of every layout."""
     readings, reasons = {}, []
     for layout in _LAYOUTS.values():
         head = f"read as {layout.label} features ({layout.source})"
@@ -632,8 +638,10 @@ def _detected(chem, x: Tensor, data: Data,
                            f"its {layout.label} features: "
                            f"{reading.difference}")
         else:
+            partly = '' if reading.fit == 3 else \
+                ' (which RDKit sanitizes only partly)'
             reasons.append(f"{head}, they are the {layout.label} features "
-                           f"of the molecule they describe")
+                           f"of the molecule they describe{partly}")
     best = max((r.fit for r in readings.values()), default=0)
     top = [r for r in readings.values() if r.fit == best]
     if best >= 2 and len(top) == 1:
