@@ -17,6 +17,7 @@ from hsa_geo.loader._inputs import signal_hierarchy
 class _Partition(NamedTuple):
     r"""The subtrees of a hierarchy, computed once: every list is grouped by
     subtree (``*_perm``) with its boundaries (``*_ptr``, ``[U + 1]``)."""
+    parent: Tensor  # [T] the hierarchy's parent vector
     roots: Tensor  # [U] node id of each subtree's root
     leaf_ptr: Tensor
     leaf_perm: Tensor  # leaf ids
@@ -119,7 +120,7 @@ class SubtreeLoader(torch.utils.data.DataLoader):
         return self.partition.roots.clone()
 
     def _collate(self, batch: Sequence[int]) -> NestedSignal:
-        part, hierarchy = self.partition, self.hierarchy
+        part = self.partition
         subtrees = torch.as_tensor(batch, dtype=torch.long,
                                    device=part.roots.device)
         n_id = part.leaf_perm[_gather_ranges(part.leaf_ptr, subtrees)]
@@ -129,32 +130,28 @@ class SubtreeLoader(torch.utils.data.DataLoader):
         ])
         # Sorted: induced clusters keep their previous order.
         clusters = clusters[clusters >= 0].unique()
-        node_map = torch.full((hierarchy.num_nodes, ), -1, dtype=torch.long,
-                              device=n_id.device)
-        kept = torch.cat([n_id, clusters])
-        node_map[kept] = torch.arange(kept.numel(), device=n_id.device)
-        # Every parent of a kept node is kept: whole subtrees and the
-        # ancestors of their roots.
-        up = hierarchy.parent[kept]
-        parent = torch.where(up >= 0, node_map[up.clamp(min=0)], up)
+        node_map = _NodeMap(torch.cat([n_id, clusters]))
+        # Every parent of a kept node is kept (whole subtrees and the
+        # ancestors of their roots); roots map to -1.
+        parent = node_map(part.parent[node_map.kept])
         induced = Hierarchy.from_parent(parent, n_id.numel(),
                                         _family(part, subtrees, node_map))
         e_id = self._edge_ids(subtrees, node_map)
         return NestedSignal.from_hierarchy(
             induced, **self._attributes(n_id, e_id, node_map))
 
-    def _edge_ids(self, subtrees: Tensor, node_map: Tensor) -> Tensor:
+    def _edge_ids(self, subtrees: Tensor, node_map: '_NodeMap') -> Tensor:
         r"""The edges from the batch's leaves to its leaves, in their order
         in :obj:`data`."""
         part, edge_index = self.partition, self.data.edge_index
         e_id = part.edge_perm[_gather_ranges(part.edge_ptr, subtrees)]
         if e_id.numel() == 0:
             return e_id
-        e_id = e_id[node_map[edge_index[1, e_id]] >= 0]
+        e_id = e_id[node_map(edge_index[1, e_id]) >= 0]
         return e_id.sort().values
 
     def _attributes(self, n_id: Tensor, e_id: Tensor,
-                    node_map: Tensor) -> Dict[str, Any]:
+                    node_map: '_NodeMap') -> Dict[str, Any]:
         r"""The batch's attributes: node and edge attributes selected,
         graph-level ones copied, ``edge_index`` relabelled."""
         data = self.data
@@ -163,7 +160,7 @@ class SubtreeLoader(torch.utils.data.DataLoader):
             if key in SIGNAL_KEYS or key == 'num_nodes':
                 continue
             if key == 'edge_index':
-                out[key] = node_map[value[:, e_id]]
+                out[key] = node_map(value[:, e_id])
             elif data.is_node_attr(key):
                 out[key] = select(value, n_id, data.__cat_dim__(key, value))
             elif data.is_edge_attr(key):
@@ -176,6 +173,22 @@ class SubtreeLoader(torch.utils.data.DataLoader):
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.num_subtrees} subtrees at '
                 f'level {self.level}, batch_size={self.batch_size})')
+
+
+class _NodeMap:
+    r"""The new id of the kept nodes of a batch (their position in
+    :obj:`kept`), looked up by binary search: its cost follows the batch,
+    not the whole hierarchy."""
+    def __init__(self, kept: Tensor):
+        self.kept = kept
+        self.sorted, self.order = kept.sort()
+
+    def __call__(self, index: Tensor) -> Tensor:
+        r"""The new id of every node id in :obj:`index` (``-1`` where it is
+        not kept)."""
+        pos = torch.searchsorted(self.sorted, index)
+        pos = pos.clamp(max=self.sorted.numel() - 1)
+        return torch.where(self.sorted[pos] == index, self.order[pos], -1)
 
 
 def _edges(data: NestedSignal, hierarchy: Hierarchy) -> Tensor:
@@ -232,9 +245,9 @@ def _partition(hierarchy: Hierarchy, level: int,
         family_ptr, family_perm = _group(of_pair, num)
         family_perm = pairs[:, family_perm]
         top_family = pairs[:, of_pair < 0]
-    return _Partition(roots, leaf_ptr, leaf_perm, cluster_ptr, cluster_perm,
-                      above, edge_ptr, edge_perm, family_ptr, family_perm,
-                      top_family)
+    return _Partition(parent, roots, leaf_ptr, leaf_perm, cluster_ptr,
+                      cluster_perm, above, edge_ptr, edge_perm, family_ptr,
+                      family_perm, top_family)
 
 
 def _group(group: Tensor, num_groups: int) -> Tuple[Tensor, Tensor]:
@@ -260,7 +273,7 @@ def _gather_ranges(ptr: Tensor, groups: Tensor) -> Tensor:
 
 
 def _family(part: _Partition, subtrees: Tensor,
-            node_map: Tensor) -> Optional[Tensor]:
+            node_map: _NodeMap) -> Optional[Tensor]:
     r"""The family graph of a batch in its node ids: the pairs inside its
     subtrees, and those above them between two kept nodes."""
     if part.family_perm is None:
@@ -269,5 +282,5 @@ def _family(part: _Partition, subtrees: Tensor,
         part.family_perm[:, _gather_ranges(part.family_ptr, subtrees)],
         part.top_family
     ], dim=1)
-    pairs = node_map[pairs]
+    pairs = node_map(pairs)
     return pairs[:, (pairs >= 0).all(dim=0)]
