@@ -18,6 +18,7 @@ class _Partition(NamedTuple):
     r"""The subtrees of a hierarchy, computed once: every list is grouped by
     subtree (``*_perm``) with its boundaries (``*_ptr``, ``[U + 1]``)."""
     parent: Tensor  # [T] the hierarchy's parent vector
+    edge_index: Tensor  # [2, E] the leaf edges, checked
     roots: Tensor  # [U] node id of each subtree's root
     leaf_ptr: Tensor
     leaf_perm: Tensor  # leaf ids
@@ -140,18 +141,18 @@ class SubtreeLoader(torch.utils.data.DataLoader):
         return NestedSignal.from_hierarchy(
             induced, **self._attributes(n_id, e_id, node_map))
 
-    def _edge_ids(self, subtrees: Tensor, node_map: '_NodeMap') -> Tensor:
+    def _edge_ids(self, subtrees: Tensor, node_map: _NodeMap) -> Tensor:
         r"""The edges from the batch's leaves to its leaves, in their order
         in :obj:`data`."""
-        part, edge_index = self.partition, self.data.edge_index
+        part = self.partition
         e_id = part.edge_perm[_gather_ranges(part.edge_ptr, subtrees)]
         if e_id.numel() == 0:
             return e_id
-        e_id = e_id[node_map(edge_index[1, e_id]) >= 0]
+        e_id = e_id[node_map(part.edge_index[1, e_id]) >= 0]
         return e_id.sort().values
 
     def _attributes(self, n_id: Tensor, e_id: Tensor,
-                    node_map: '_NodeMap') -> Dict[str, Any]:
+                    node_map: _NodeMap) -> Dict[str, Any]:
         r"""The batch's attributes: node and edge attributes selected,
         graph-level ones copied, ``edge_index`` relabelled."""
         data = self.data
@@ -160,7 +161,7 @@ class SubtreeLoader(torch.utils.data.DataLoader):
             if key in SIGNAL_KEYS or key == 'num_nodes':
                 continue
             if key == 'edge_index':
-                out[key] = node_map(value[:, e_id])
+                out[key] = node_map(self.partition.edge_index[:, e_id])
             elif data.is_node_attr(key):
                 out[key] = select(value, n_id, data.__cat_dim__(key, value))
             elif data.is_edge_attr(key):
@@ -245,9 +246,9 @@ def _partition(hierarchy: Hierarchy, level: int,
         family_ptr, family_perm = _group(of_pair, num)
         family_perm = pairs[:, family_perm]
         top_family = pairs[:, of_pair < 0]
-    return _Partition(parent, roots, leaf_ptr, leaf_perm, cluster_ptr,
-                      cluster_perm, above, edge_ptr, edge_perm, family_ptr,
-                      family_perm, top_family)
+    return _Partition(parent, edge_index, roots, leaf_ptr, leaf_perm,
+                      cluster_ptr, cluster_perm, above, edge_ptr, edge_perm,
+                      family_ptr, family_perm, top_family)
 
 
 def _group(group: Tensor, num_groups: int) -> Tuple[Tensor, Tensor]:

@@ -193,6 +193,16 @@ def test_signal_without_edges_or_features():
     assert batches[0].e_id.numel() == 0
 
 
+def test_int32_edges_are_read_as_ids():
+    f = Forest([8, 8, 8, 9, 9, 10, 10, 10, 11, 11, 11, -1], 8)
+    data = random_signal(f, seed=4)
+    data.edge_index = data.edge_index.int()
+    for batch in SubtreeLoader(data, batch_size=2):
+        ref = data.subgraph(batch.n_id)
+        assert batch.edge_index.dtype == torch.long
+        assert torch.equal(batch.edge_index, ref.edge_index.long())
+
+
 def test_metis_tree_of_a_graph():
     pytest.importorskip('pymetis')
     from torch_geometric.utils import barabasi_albert_graph
