@@ -2,7 +2,8 @@ r"""The tree (forest) that turns a set of leaves into a nested signal."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import (Any, Callable, Iterable, List, NamedTuple, Optional,
+                    Sequence, Tuple, Union)
 
 import torch
 from torch import Tensor
@@ -107,6 +108,59 @@ class HierarchyLayout:
     outside_parent_cluster: Tensor
 
 
+class _NodeData(NamedTuple):
+    # Per node and per level, derived from the parents on first use.
+    height: Tensor
+    size: Tensor
+    max_depth: int
+    levels: List[Tensor]
+    cluster_levels: List[Tuple[Tensor, Tensor]]
+    leaves_with_parent: Tensor
+    leaf_parent_cluster: Tensor
+    num_trees: int
+    max_branching: int
+    num_pairs: int
+    widest: Tuple[int, int]
+
+
+class _FamilyData(NamedTuple):
+    # The family tables, derived on first use.
+    buckets: List[FamilyBucket]
+    sibling_rank: Tensor
+    leaf_blocks: Optional[int]  # position in `buckets`
+    outside: Tuple[Tensor, Tensor]
+
+
+_BUCKET_FIELDS = tuple(f.name for f in fields(FamilyBucket))
+
+
+def _tensors_in(values: Iterable[Any]) -> List[Tensor]:
+    r"""The tensors in :obj:`values`, in lists, tuples and buckets at any
+    depth, in a fixed order."""
+    out, todo = [], list(values)
+    while todo:
+        value = todo.pop()
+        if isinstance(value, Tensor):
+            out.append(value)
+        elif isinstance(value, (list, tuple)):
+            todo.extend(value)
+        elif isinstance(value, FamilyBucket):
+            todo.extend(getattr(value, name) for name in _BUCKET_FIELDS)
+    return out
+
+
+def _moved(value: Any, device: Union[str, torch.device]) -> Any:
+    if isinstance(value, (Tensor, FamilyBucket)):
+        return value.to(device)
+    if isinstance(value, list):
+        return [_moved(item, device) for item in value]
+    if isinstance(value, tuple):
+        items = (_moved(item, device) for item in value)
+        return type(value)(*items) if hasattr(value, '_fields') else \
+            tuple(items)
+    return value
+
+
 def _as_index(value: IndexLike, name: str) -> Tensor:
     if not isinstance(value, Tensor):
         try:
@@ -206,10 +260,11 @@ class Hierarchy:
     leaves have none, and a node whose parent is ``-1`` is a root. Several
     roots make a forest: trees never attend to each other.
 
-    Everything the dynamic program needs is derived once, at construction,
-    with vectorised tensor code: the leaf count :math:`|n|`, depth and height
-    of every node, the nodes of every depth level, and the families laid out
-    by width (:class:`FamilyBucket`).
+    The parents are checked at construction. Everything the dynamic program
+    needs is derived once, on first use, with vectorised tensor code: the
+    leaf count :math:`|n|`, depth and height of every node, the nodes of
+    every depth level, and the families laid out by width
+    (:class:`FamilyBucket`).
 
     A hierarchy may carry a *family graph* (sparse families): for every
     family, the ordered sibling pairs ``(a, b)`` along which child ``a`` may
@@ -240,9 +295,15 @@ class Hierarchy:
         # A private copy: the caller may go on modifying its tensor.
         self._parent = parent.clone()
         self._num_leaves = num_leaves
-        self._check()
+        self._depth = self._check()
         self._family_edges = self._check_family_edges(family_edge_index)
-        self._derive()
+        # Derived on first use (a batch may only be checked, never attended
+        # over), under the inference mode the hierarchy was built in.
+        self._inference = torch.is_inference_mode_enabled()
+        self._nodes: Optional[_NodeData] = None
+        self._families: Optional[_FamilyData] = None
+        self._cache = {}  # derived on demand: sibling pairs
+        self._stamp = self._versions()
 
     # Construction ##########################################################
 
@@ -375,47 +436,37 @@ class Hierarchy:
 
     def to(self, device: Union[str, torch.device]) -> 'Hierarchy':
         r"""Returns a copy whose tensors live on :obj:`device` (the derived
-        data is moved, not recomputed)."""
+        data built so far is moved, not recomputed)."""
         out = object.__new__(Hierarchy)
         for key, value in self.__dict__.items():
-            if isinstance(value, Tensor):
-                value = value.to(device)
-            elif isinstance(value, tuple):
-                value = tuple(v.to(device) if isinstance(v, Tensor) else v
-                              for v in value)
-            elif isinstance(value, list):
-                value = [
-                    tuple(t.to(device) for t in v) if isinstance(v, tuple)
-                    else v.to(device) for v in value
-                ]
-            out.__dict__[key] = value
-        # The fused leaf path is found by identity among the buckets.
-        if self._leaf_blocks is not None:
-            out._leaf_blocks = out._buckets[self._buckets.index(
-                self._leaf_blocks)]
+            out.__dict__[key] = _moved(value, device)
         out._cache = {}
         out._stamp = out._versions()
         return out
 
     # Validation ############################################################
 
-    def _check(self):
+    def _check(self) -> Tensor:
+        r"""Checks the parents; returns ``[T]`` the depth of every node,
+        which the check for cycles computes on the way."""
         parent, n = self._parent, self._num_leaves
         t = parent.numel()
-        bad = (parent < -1) | (parent >= t)
-        if bool(bad.any()):
+        low, high = torch.stack(parent.aminmax()).tolist()
+        if low < -1 or high >= t:
+            bad = (parent < -1) | (parent >= t)
             i = int(bad.nonzero()[0])
             raise ValueError(
                 f"parent[{i}] = {int(parent[i])} is out of range for {t} "
                 f"nodes; use -1 for a root or a node id in 0..{t - 1}")
-        is_child_of_leaf = (parent >= 0) & (parent < n)
-        if bool(is_child_of_leaf.any()):
+        # Children per node, roots counted in a first bin that is dropped.
+        num_children = torch.bincount(parent + 1, minlength=t + 1)[1:]
+        if bool(num_children[:n].any()):
+            is_child_of_leaf = (parent >= 0) & (parent < n)
             i = int(is_child_of_leaf.nonzero()[0])
             raise ValueError(
                 f"node {int(parent[i])} is a leaf (ids below num_leaves={n}) "
                 f"but is the parent of node {i}; leaves have no children, so "
                 f"number clusters from {n} on (or raise num_leaves)")
-        num_children = torch.bincount(parent[parent >= 0], minlength=t)
         childless = (num_children[n:] == 0)
         if bool(childless.any()):
             i = int(childless.nonzero()[0]) + n
@@ -424,19 +475,24 @@ class Hierarchy:
                 f"num_leaves={n} must be a cluster of at least one node: "
                 f"remove it or count it as a leaf")
         # Pointer jumping: after k rounds `anc` is the 2^k-th ancestor (or
-        # -1); a path of parents longer than T exists only through a cycle.
+        # -1) and `depth` the edges up to it; a path of parents longer than T
+        # exists only through a cycle.
+        depth = (parent >= 0).long()
         anc = parent.clone()
         for _ in range(t.bit_length() + 1):
             live = anc >= 0
             if not bool(live.any()):
-                return
-            anc = torch.where(live, anc[anc.clamp(min=0)], anc)
+                return depth
+            a = anc.clamp(min=0)
+            depth = torch.where(live, depth + depth[a], depth)
+            anc = torch.where(live, anc[a], anc)
         if bool((anc >= 0).any()):
             i = int((anc >= 0).nonzero()[0])
             raise ValueError(
                 f"the parent pointers contain a cycle reachable from node "
                 f"{i} ({_path_of(parent.tolist(), i)}); a hierarchy must be a "
                 f"forest: every path of parents has to end in a root (-1)")
+        return depth
 
     def _check_family_edges(self, edges: Optional[Tensor]
                             ) -> Optional[Tensor]:
@@ -472,13 +528,36 @@ class Hierarchy:
 
     # Derived data ##########################################################
 
-    def _derive(self):
-        parent, n = self._parent, self._num_leaves
+    def _node_data(self) -> _NodeData:
+        return self._lazy('_nodes', self._derive_nodes)
+
+    def _family_data(self) -> _FamilyData:
+        return self._lazy('_families', self._derive_families)
+
+    def _lazy(self, name: str, derive: Callable[[], Any]) -> Any:
+        r"""The derived data stored as :obj:`name`, derived on first use from
+        the unchanged tensors."""
+        value = self.__dict__[name]
+        if value is None:
+            self._check_unchanged()
+            with torch.inference_mode(self._inference):
+                value = derive()
+            self.__dict__[name] = value
+            self._stamp = self._versions()
+        return value
+
+    def _check_unchanged(self):
+        if self._versions() != self._stamp:
+            raise ValueError(
+                "a tensor of this Hierarchy was modified in place; a "
+                "Hierarchy is immutable and its derived data no longer "
+                "matches: build a new one (Hierarchy.from_parent) instead of "
+                "editing its tensors")
+
+    def _derive_nodes(self) -> _NodeData:
+        parent, n, depth = self._parent, self._num_leaves, self._depth
         t = parent.numel()
         device = parent.device
-
-        # Depth by pointer doubling: O(T log depth).
-        depth = parent_depths(parent)
         max_depth = int(depth.max()) if t > 0 else 0
 
         # Nodes of every depth level (roots are level 0).
@@ -506,53 +585,41 @@ class Hierarchy:
 
         leaf_parent = parent[:n]
         leaf_has_parent = (leaf_parent >= 0).nonzero().view(-1)
-
-        self._num_trees = int((parent < 0).sum())
         num_children = torch.bincount(parent[parent >= 0], minlength=t)
-        self._max_branching = int(num_children.max()) if t > n else 0
-        self._num_pairs = int((num_children**2).sum())
         widest = int(num_children.argmax()) if t > 0 else 0
-        self._widest = (widest, int(num_children[widest]) if t > 0 else 0)
-        self._cache = {}  # derived on demand: sibling pairs
-        self._depth = depth
-        self._height = height
-        self._size = size
-        self._max_depth = max_depth
-        self._levels = by_level
-        self._cluster_levels = cluster_levels
-        self._leaf_with_parent = leaf_has_parent
-        self._leaf_parent_cluster = leaf_parent[leaf_has_parent] - n
-        self._buckets, self._sibling_rank = self._layout_families(
-            parent, n, self._family_edges)
+        return _NodeData(
+            height=height, size=size, max_depth=max_depth, levels=by_level,
+            cluster_levels=cluster_levels,
+            leaves_with_parent=leaf_has_parent,
+            leaf_parent_cluster=leaf_parent[leaf_has_parent] - n,
+            num_trees=int((parent < 0).sum()),
+            max_branching=int(num_children.max()) if t > n else 0,
+            num_pairs=int((num_children**2).sum()),
+            widest=(widest, int(num_children[widest]) if t > 0 else 0))
+
+    def _derive_families(self) -> _FamilyData:
+        parent, n = self._parent, self._num_leaves
+        leaf_has_parent = self._node_data().leaves_with_parent
+        buckets, rank = self._layout_families(parent, n, self._family_edges)
         # Leaves whose family is not a multi-child 'leaf' bucket receive the
         # context of their parent's path separately in the dynamic program.
-        covered = torch.zeros(n, dtype=torch.bool, device=device)
-        for b in self._buckets:
+        covered = torch.zeros(n, dtype=torch.bool, device=parent.device)
+        for b in buckets:
             if b.kind == 'leaf' and b.width > 1:
                 covered[b.children.flatten()] = True
         rest = leaf_has_parent[~covered[leaf_has_parent]]
         # All leaves in order in equal-width families: block reductions
         # replace scatters over the leaves.
-        self._leaf_blocks = next(
-            (b for b in self._buckets
+        leaf_blocks = next(
+            (i for i, b in enumerate(buckets)
              if b.kind == 'leaf' and b.source_range == (0, n)), None)
-        self._leaf_outside_leaf_families = (rest, parent[rest] - n)
-        self._stamp = self._versions()
+        return _FamilyData(buckets=buckets, sibling_rank=rank,
+                           leaf_blocks=leaf_blocks,
+                           outside=(rest, parent[rest] - n))
 
     def _tensors(self) -> List[Tensor]:
         r"""Every tensor the hierarchy holds, derived data included."""
-        out = []
-        for value in self.__dict__.values():
-            items = value if isinstance(value, (list, tuple)) else [value]
-            for item in items:
-                if isinstance(item, tuple):
-                    out.extend(t for t in item if isinstance(t, Tensor))
-                elif isinstance(item, FamilyBucket):
-                    out.extend(getattr(item, f.name) for f in fields(item)
-                               if isinstance(getattr(item, f.name), Tensor))
-                elif isinstance(item, Tensor):
-                    out.append(item)
-        return out
+        return _tensors_in(self.__dict__.values())
 
     def _versions(self) -> tuple:
         # Inference tensors have no version counter, and cannot be changed
@@ -665,18 +732,18 @@ class Hierarchy:
     @property
     def num_trees(self) -> int:
         r"""Number of roots."""
-        return self._num_trees
+        return self._node_data().num_trees
 
     @property
     def max_branching(self) -> int:
         r"""The largest number of children of any node (0 if all nodes are
         roots)."""
-        return self._max_branching
+        return self._node_data().max_branching
 
     @property
     def depth(self) -> int:
         r"""The largest number of edges from a node up to its root."""
-        return self._max_depth
+        return self._node_data().max_depth
 
     @property
     def node_depth(self) -> Tensor:
@@ -687,12 +754,12 @@ class Hierarchy:
     def node_height(self) -> Tensor:
         r"""``[T]`` edges on the longest path from each node down to a leaf
         (leaves: 0)."""
-        return self._height.clone()
+        return self._node_data().height.clone()
 
     @property
     def leaf_count(self) -> Tensor:
         r"""``[T]`` :math:`|n|`, the number of leaves under each node."""
-        return self._size.clone()
+        return self._node_data().size.clone()
 
     @property
     def device(self) -> torch.device:
@@ -703,18 +770,15 @@ class Hierarchy:
         r"""The arrays the dynamic program reads (:class:`HierarchyLayout`),
         after checking that none of the hierarchy's tensors was changed in
         place since it was built (:class:`ValueError` otherwise)."""
-        if self._versions() != self._stamp:
-            raise ValueError(
-                "a tensor of this Hierarchy was modified in place; a "
-                "Hierarchy is immutable and its derived data no longer "
-                "matches: build a new one (Hierarchy.from_parent) instead of "
-                "editing its tensors")
-        rest, rest_parent = self._leaf_outside_leaf_families
+        nodes, families = self._node_data(), self._family_data()
+        self._check_unchanged()
+        rest, rest_parent = families.outside
+        blocks = families.leaf_blocks
         return HierarchyLayout(
-            buckets=self._buckets, cluster_levels=self._cluster_levels,
-            leaf_count=self._size, leaves_with_parent=self._leaf_with_parent,
-            leaf_parent_cluster=self._leaf_parent_cluster,
-            leaf_blocks=self._leaf_blocks,
+            buckets=families.buckets, cluster_levels=nodes.cluster_levels,
+            leaf_count=nodes.size, leaves_with_parent=nodes.leaves_with_parent,
+            leaf_parent_cluster=nodes.leaf_parent_cluster,
+            leaf_blocks=None if blocks is None else families.buckets[blocks],
             leaves_outside_leaf_families=rest,
             outside_parent_cluster=rest_parent)
 
@@ -729,7 +793,7 @@ class Hierarchy:
     def levels(self) -> List[Tensor]:
         r"""Node ids of every depth level: ``levels[d]`` holds the nodes at
         depth ``d`` (``levels[0]`` the roots)."""
-        return [nodes.clone() for nodes in self._levels]
+        return [nodes.clone() for nodes in self._node_data().levels]
 
     @property
     def family_edge_index(self) -> Optional[Tensor]:
@@ -743,7 +807,7 @@ class Hierarchy:
         r"""``[T]`` the position of every node among its siblings, in
         increasing node id (``0..|C(F)|-1``; roots: 0). This is the slot
         order of the family tables and of :attr:`sibling_pairs`."""
-        return self._sibling_rank.clone()
+        return self._family_data().sibling_rank.clone()
 
     def family_level(self, by: str = 'height') -> Tensor:
         r"""``[T]`` the level of every node as a child: the level of the
@@ -761,22 +825,21 @@ class Hierarchy:
             raise ValueError(f"'by' must be 'height' (levels counted from "
                              f"the leaves) or 'depth' (from the roots), got "
                              f"{by!r}")
-        parent = self._parent
-        return torch.where(parent >= 0,
-                           self._height[parent.clamp(min=0)] - 1,
-                           self._height)
+        parent, height = self._parent, self._node_data().height
+        return torch.where(parent >= 0, height[parent.clamp(min=0)] - 1,
+                           height)
 
     @property
     def widest_family(self) -> Tuple[int, int]:
         r"""``(node, number of children)`` of the family with the most
         children."""
-        return self._widest
+        return self._node_data().widest
 
     @property
     def num_sibling_pairs(self) -> int:
         r""":math:`P = \sum_F |C(F)|^2`, the number of ordered sibling pairs
         (self pairs included), without building them."""
-        return self._num_pairs
+        return self._node_data().num_pairs
 
     @property
     def sibling_pairs(self) -> Tensor:
@@ -789,7 +852,8 @@ class Hierarchy:
         if pairs is None:
             parts = [
                 torch.stack([b.children[f, i], b.children[f, j]])
-                for b, (f, i, j) in zip(self._buckets, self.bucket_pairs)
+                for b, (f, i, j) in zip(self._family_data().buckets,
+                                        self.bucket_pairs)
             ]
             pairs = torch.cat(parts, dim=1) if parts else torch.empty(
                 2, 0, dtype=torch.long, device=self.device)
@@ -804,12 +868,12 @@ class Hierarchy:
         cached = self._cache.get('bucket_pairs')
         if cached is None:
             ensure_memory(
-                self._num_pairs * 3 * 8, 'the sibling pairs of this '
+                self.num_sibling_pairs * 3 * 8, 'the sibling pairs of this '
                 'hierarchy (a pair bias or family weights need them)',
                 self.device, 'the widest family (node {}) has {} children'
-                .format(*self._widest))
+                .format(*self.widest_family))
             cached = [(b.mask.unsqueeze(2) & b.mask.unsqueeze(1)).nonzero(
-                as_tuple=True) for b in self._buckets]
+                as_tuple=True) for b in self._family_data().buckets]
             self._cache['bucket_pairs'] = cached
         return cached
 

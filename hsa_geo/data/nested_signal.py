@@ -1,6 +1,7 @@
 r"""A nested signal as PyG data: leaves, leaf edges and the cluster tree."""
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, Dict, Optional, Tuple
 
 import torch
@@ -19,6 +20,8 @@ FAMILY_KEYS = {
     'family_cl_index': (True, False),
     'family_cc_index': (True, True),
 }
+# The pairs of ids by the kinds of their rows, shifted by leaves or clusters.
+PAIR_KEYS = {'leaf_parent_index': (False, True), **FAMILY_KEYS}
 # The keys that store the tree: each in its own index space, none of them
 # per node or per edge.
 HIERARCHY_KEYS = ('leaf_parent_index', 'cluster_parent_index', *FAMILY_KEYS,
@@ -250,16 +253,13 @@ class NestedSignal(Data):
         # Tree ids shift by the leaves and clusters of the signals before;
         # leaf_index by their rows, so that a batch checks every row.
         if key == 'leaf_index':
-            return self.num_nodes
-        if key == 'leaf_parent_index':
-            return torch.tensor([[self._total_leaves()],
-                                 [self._total_clusters()]])
+            return self._store.num_nodes
         if key == 'cluster_parent_index':
             return self._total_clusters()
-        if key in FAMILY_KEYS:
+        kinds = PAIR_KEYS.get(key)
+        if kinds is not None:
             n, m = self._total_leaves(), self._total_clusters()
-            ca, cb = FAMILY_KEYS[key]
-            return torch.tensor([[m if ca else n], [m if cb else n]])
+            return _column(m if kinds[0] else n, m if kinds[1] else n)
         return super().__inc__(key, value, *args, **kwargs)
 
     def _total_clusters(self) -> int:
@@ -267,7 +267,7 @@ class NestedSignal(Data):
 
     def _total_leaves(self) -> Optional[int]:
         n = self._store.get('num_leaves')
-        return self.num_nodes if n is None else _count(n, 'num_leaves')
+        return self._store.num_nodes if n is None else _count(n, 'num_leaves')
 
     # The hierarchy #########################################################
 
@@ -431,8 +431,19 @@ def _check_rows(x: Any, name: str, n: int):
                          f"leaves; row i of {name} must be leaf i")
 
 
+@lru_cache(maxsize=4096)
+def _column(a: int, b: int) -> Tensor:
+    r"""``[[a], [b]]``: the increment of a pair key, made once per value (a
+    batch asks for one per signal and key). Created in inference mode, so
+    that no in-place change can alter the shared tensor."""
+    with torch.inference_mode():
+        return torch.tensor([[a], [b]])
+
+
 def _count(value: Any, name: str) -> int:
     r"""An ``int`` count, or the total of a batch's ``[B]`` counts."""
+    if type(value) is int and value >= 0:  # the common case, first
+        return value
     if not isinstance(value, Tensor):
         return check_int(value, name, low=0)
     if value.dtype == torch.bool or value.is_floating_point() or \
@@ -454,7 +465,7 @@ def _parent_vector(store, n: int, m: int) -> Tensor:
                                ('cluster_parent_index', m, n)):
         idx = _checked_pairs(store, name, rows, m, ('child', 'parent'))
         counts = torch.bincount(idx[0], minlength=rows)
-        if bool((counts > 1).any()):
+        if idx.numel() > 0 and int(counts.max()) > 1:
             j = int((counts > 1).nonzero()[0])
             raise ValueError(f"{name} gives node {j} more than one "
                              f"parent; a hierarchy is a forest")
@@ -467,6 +478,12 @@ def _checked_pairs(store, name: str, rows: int, cols: int,
     r"""``store[name]`` as ``[2, E]`` ids in ``0..rows-1`` (row 0) and
     ``0..cols-1`` (row 1)."""
     idx = check_index(store[name], name)
+    if idx.numel() == 0:
+        return idx
+    # The bounds of both rows at once; the first bad entry only on failure.
+    (low0, low1), (high0, high1) = torch.stack(idx.aminmax(dim=1)).tolist()
+    if min(low0, low1) >= 0 and high0 < rows and high1 < cols:
+        return idx
     for row, size in ((0, rows), (1, cols)):
         bad = (idx[row] < 0) | (idx[row] >= size)
         if bool(bad.any()):
@@ -475,7 +492,6 @@ def _checked_pairs(store, name: str, rows: int, cols: int,
                 f"{name}[{row}, {j}] = {int(idx[row, j])} is not a valid "
                 f"{what[row]} id (0..{size - 1}); rebuild the signal with "
                 f"NestedSignal.from_hierarchy")
-    return idx
 
 
 def _sparse_flags(store, m: int, device: torch.device) -> Tensor:
@@ -508,6 +524,8 @@ def _family_graph(store, parent: Tensor, n: int,
         idx = _checked_pairs(store, key, m if ca else n, m if cb else n,
                              ('cluster' if ca else 'leaf',
                               'cluster' if cb else 'leaf'))
+        if idx.numel() == 0:  # usually: no family graph
+            continue
         idx = torch.stack([idx[0] + (n if ca else 0),
                            idx[1] + (n if cb else 0)])
         family = parent[idx[0]]
