@@ -46,8 +46,8 @@ class HSAConv(MessagePassing):
     per family width). With :obj:`fuse` set to :obj:`False`, in explain
     mode, or when a message, aggregate or edge-update hook is registered,
     it runs them one by one over the hierarchy's own edges, as the
-    mathematics reads (docs/math.md, section 3.3): :meth:`message` sends a
-    weighted row along an edge and :meth:`aggregate` sums them, child to
+    mathematics reads (docs/math.md, sections 3.3 and 3.7): :meth:`message`
+    sends a weighted row along an edge and :meth:`aggregate` sums them, child to
     parent for the means and log-partitions, sibling to sibling for the
     family attention (whose logits are :meth:`edge_update`), parent to child
     for the masses and contexts. Both give the same output (tested to
@@ -478,13 +478,6 @@ class HSAConv(MessagePassing):
         :class:`~hsa_geo.data.Hierarchy` to use (:obj:`hierarchy` itself or
         its ``.hierarchy``), so that bad input fails here with a message
         rather than deep inside a matrix product."""
-        if not isinstance(hierarchy, Hierarchy):
-            hierarchy = getattr(hierarchy, 'hierarchy', hierarchy)
-        if not isinstance(hierarchy, Hierarchy):
-            raise TypeError(
-                f"'hierarchy' must be a hsa_geo.data.Hierarchy or hold one "
-                f"as '.hierarchy' (a NestedSignal), got "
-                f"{type(hierarchy).__name__}")
         if isinstance(x, (tuple, list)) and len(x) == 2 and all(
                 t is None or isinstance(t, Tensor) for t in x):
             raise TypeError(
@@ -493,6 +486,13 @@ class HSAConv(MessagePassing):
                 "the leaves of one hierarchy, whose family weights tie every "
                 "leaf to its siblings, so sources and targets are the same "
                 "nodes")
+        if not isinstance(hierarchy, Hierarchy):
+            hierarchy = getattr(hierarchy, 'hierarchy', hierarchy)
+        if not isinstance(hierarchy, Hierarchy):
+            raise TypeError(
+                f"'hierarchy' must be a hsa_geo.data.Hierarchy or hold one "
+                f"as '.hierarchy' (a NestedSignal), got "
+                f"{type(hierarchy).__name__}")
         check_floating(x, 'x')
         if x.dim() != 2:
             raise ValueError(f"'x' must be a [N, F] tensor of leaf features, "
