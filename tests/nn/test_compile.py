@@ -225,6 +225,41 @@ def test_attention_is_a_graph_break():
     assert counter.frame_count == 4
 
 
+class Block(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(CHANNELS)
+        self.conv = HSAConv(CHANNELS, CHANNELS // HEADS, heads=HEADS)
+
+    def forward(self, x, hierarchy):
+        return x + self.conv(self.norm(x), hierarchy).relu()
+
+
+class BlockLoop(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList([Block(), Block()])
+
+    def forward(self, x, hierarchy):
+        for block in self.blocks:
+            x = block(x, hierarchy)
+        return x
+
+
+def test_layers_in_a_loop_compile_as_blocks():
+    r"""A graph break inside a loop makes Dynamo run the loop's own frame
+    eagerly; a block called in it is still compiled around its
+    attention."""
+    counter = CompileCounterWithBackend('eager')
+    torch.manual_seed(0)
+    signal = signals(CHANNELS)[0]
+    torch.compile(BlockLoop(), backend=counter)(signal.x, signal.hierarchy)
+    ops = {node.target for graph in counter.graphs
+           for node in graph.graph.nodes
+           if node.op in ('call_function', 'call_method')}
+    assert torch.nn.functional.layer_norm in ops and 'relu' in ops
+
+
 @pytest.mark.parametrize('name', ['hsa_conv', 'graph_transformer'])
 def test_fullgraph_fails_at_the_attention(name):
     r"""``fullgraph=True`` refuses the graph break at the attention: Dynamo's
