@@ -433,7 +433,10 @@ def _family_features(h: Hierarchy, mode: str, k: int) -> Tensor:
     entry = _FEATURE_CACHE.get(h)
     if entry is not None and key in entry:
         return entry[key]
-    if mode == 'laplacian' and h.family_edge_index is None:
+    # Without a family of two children there is no family graph to read:
+    # every node is isolated, and its features are zeros either way.
+    if mode == 'laplacian' and h.family_edge_index is None and \
+            h.max_branching >= 2:
         raise ValueError(
             "mode='laplacian' needs a family graph: this hierarchy has dense "
             "families (no family_edge_index), whose complete graphs have one "

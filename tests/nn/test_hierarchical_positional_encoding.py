@@ -653,6 +653,19 @@ def test_other_errors():
         HPE(4, 'laplacian').encode(h)
 
 
+def test_laplacian_without_any_family_of_two_needs_no_family_graph():
+    r"""A forest of root leaves and single-child chains has no sibling to
+    encode: zeros, with or without a family graph (a batch of such signals
+    keeps no family graph, since it has no family to keep it for)."""
+    module = HPE(4, 'laplacian')
+    no_pairs = torch.empty(2, 0, dtype=torch.long)
+    for h in (Hierarchy.from_parent([-1], 1),
+              Hierarchy.from_parent([2, -1, 3, -1], 2)):
+        for hh in (h, h.with_family_graph(no_pairs)):
+            assert torch.equal(module.encode(hh),
+                               torch.zeros(h.num_leaves, 4))
+
+
 # Wide families ###############################################################
 
 
