@@ -7,6 +7,7 @@ from hsa_geo.transforms.grid_hierarchy import GridHierarchy
 from hsa_geo.transforms.hierarchy_from_pooling import hierarchy_from_pooling
 from hsa_geo.transforms.molecule_hierarchy import MoleculeHierarchy
 from hsa_geo.transforms.sequence_hierarchy import SequenceHierarchy
+from hsa_geo.transforms.tree_order import TreeOrder
 from hsa_geo.transforms.vocabulary import Vocabulary
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     'GridHierarchy',
     'MoleculeHierarchy',
     'SequenceHierarchy',
+    'TreeOrder',
     'Vocabulary',
     'hierarchy_from_pooling',
 ]

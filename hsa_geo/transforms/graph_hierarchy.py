@@ -16,6 +16,7 @@ from hsa_geo._checks import check_bool, check_index, check_int
 from hsa_geo.data.hierarchy import Hierarchy, parent_depths
 from hsa_geo.data.nested_signal import NestedSignal
 from hsa_geo.transforms._inputs import check_num_nodes
+from hsa_geo.transforms.tree_order import TreeOrder
 
 _METHODS = ('metis', 'louvain', 'graclus')
 
@@ -26,7 +27,8 @@ Splitter = Callable[[int, np.ndarray, np.ndarray, int, int], np.ndarray]
 class GraphHierarchy(BaseTransform):
     r"""Builds a cluster tree over the nodes of a graph and returns the graph
     as a :class:`~hsa_geo.data.NestedSignal` (every attribute of the input
-    kept, the tree added): the nodes are the leaves, in their order.
+    kept, the tree added): the nodes are the leaves, in their order (or in
+    the tree's order, with :obj:`tree_order`).
 
     The tree is always **one tree** per graph (a single root, also for
     disconnected graphs, so that every node receives context from every
@@ -94,6 +96,11 @@ class GraphHierarchy(BaseTransform):
             coarsened leaf edges. (default: :obj:`False`)
         seed (int, optional): seed of METIS, Louvain or Graclus.
             (default: :obj:`0`)
+        tree_order (bool, optional): return the nodes in the depth-first
+            order of the tree (see :class:`~hsa_geo.transforms.TreeOrder`),
+            the permutation in ``n_id``; then the attention reads the
+            families of the leaves as consecutive rows. (default:
+            :obj:`False`)
 
     Raises:
         ImportError: if the package :obj:`method` needs is missing
@@ -101,7 +108,8 @@ class GraphHierarchy(BaseTransform):
             :func:`~torch_geometric.nn.pool.graclus`).
     """
     def __init__(self, method: str = 'metis', branching: int = 16,
-                 family_graph: bool = False, seed: int = 0):
+                 family_graph: bool = False, seed: int = 0,
+                 tree_order: bool = False):
         if not isinstance(method, str):
             raise TypeError(f"'method' must be a str, one of {_METHODS}, got "
                             f"{type(method).__name__}")
@@ -112,10 +120,12 @@ class GraphHierarchy(BaseTransform):
         branching = check_int(branching, 'branching', low=2)
         check_bool(family_graph, 'family_graph')
         seed = check_int(seed, 'seed', low=0, high=2**31 - 1)
+        check_bool(tree_order, 'tree_order')
         self.method = method
         self.branching = branching
         self.family_graph = family_graph
         self.seed = seed
+        self.tree_order = tree_order
         # Fail here, not on the first graph of a dataset.
         if method == 'metis':
             _import_pymetis()
@@ -146,7 +156,8 @@ class GraphHierarchy(BaseTransform):
             else (data.x.device if isinstance(data.x, Tensor) else None)
         if device is not None and device != hierarchy.device:
             hierarchy = hierarchy.to(device)
-        return NestedSignal.from_data(data, hierarchy)
+        signal = NestedSignal.from_data(data, hierarchy)
+        return TreeOrder()(signal) if self.tree_order else signal
 
     def _parent(self, edge_index: Tensor, n: int) -> np.ndarray:
         b = self.branching
@@ -166,7 +177,8 @@ class GraphHierarchy(BaseTransform):
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(method={self.method!r}, '
                 f'branching={self.branching}, '
-                f'family_graph={self.family_graph}, seed={self.seed})')
+                f'family_graph={self.family_graph}, seed={self.seed}'
+                + (', tree_order=True)' if self.tree_order else ')'))
 
 
 # Input ######################################################################

@@ -1,0 +1,119 @@
+r"""Nodes in tree order: the leaves of every family as one run of rows, so
+that the attention reads the families of the leaves as views of the node
+features instead of gathering them."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torch_geometric.transforms import BaseTransform
+
+from hsa_geo.data.hierarchy import Hierarchy
+from hsa_geo.data.nested_signal import NestedSignal
+
+
+class TreeOrder(BaseTransform):
+    r"""Permutes the nodes (leaves) of a
+    :class:`~hsa_geo.data.NestedSignal` into the depth-first order of its
+    hierarchy: the roots in increasing id, the children of every internal
+    node in increasing id (so its leaves first, then its child clusters),
+    each subtree's leaves before those of the next sibling.
+
+    Every family's leaves then form one run of consecutive nodes, in the
+    order of the clusters' ids wherever these follow the tree (breadth-first
+    ids, as :class:`~hsa_geo.transforms.GraphHierarchy` and
+    :meth:`~hsa_geo.data.Hierarchy.from_assignments` give). When all
+    leaves sit in families of one width, the families of the leaves are
+    consecutive blocks of rows (see
+    :attr:`~hsa_geo.data.hierarchy.HierarchyLayout.leaf_blocks`) and the
+    attention takes its fused path, without gathering or scattering leaf
+    rows.
+
+    The permutation :math:`\pi` is applied with
+    :meth:`~hsa_geo.data.NestedSignal.subgraph` on all nodes: new node
+    :math:`i` is old node :math:`\pi(i)`, every node attribute follows its
+    node, :obj:`edge_index` is relabelled (edges and edge attributes keep
+    their order), and the internal nodes, the family graph and the dense or
+    sparse kind of every family stay as they are. HSA on the result is HSA
+    on the input, rows permuted: :math:`\mathrm{HSA}(X_\pi)_i =
+    \mathrm{HSA}(X)_{\pi(i)}`.
+
+    :math:`\pi` is stored as the node attribute :obj:`attr` (like PyG's
+    :obj:`n_id`), so predictions map back with
+    ``out_old[data.n_id] = out``. If the signal already has that attribute
+    it is permuted with the nodes, so that it keeps pointing to the
+    original nodes (applying :class:`TreeOrder` twice gives the same
+    signal; the second permutation is the identity). In a batch, its values
+    are node ids within each signal.
+
+    Args:
+        attr (str, optional): the node attribute that stores :math:`\pi`;
+            :obj:`None` stores nothing. (default: :obj:`'n_id'`)
+    """
+    def __init__(self, attr: Optional[str] = 'n_id'):
+        if attr is not None and not isinstance(attr, str):
+            raise TypeError(f"'attr' must be a str or None, got "
+                            f"{type(attr).__name__}")
+        if attr is not None and not attr.isidentifier():
+            raise ValueError(f"'attr' must be a valid attribute name, got "
+                             f"{attr!r}")
+        self.attr = attr
+
+    def forward(self, data: NestedSignal) -> NestedSignal:
+        r"""Returns :obj:`data` with its nodes in tree order."""
+        if not isinstance(data, NestedSignal):
+            raise TypeError(
+                f"TreeOrder needs a NestedSignal (a graph with a hierarchy "
+                f"over its nodes), got {type(data).__name__}; build one with "
+                f"a hierarchy transform such as GraphHierarchy first")
+        perm = _tree_order(data.hierarchy)
+        stored = self.attr is not None and self.attr in data
+        if self.attr is not None and stored:
+            value = data[self.attr]
+            n = perm.numel()
+            if not isinstance(value, Tensor) or value.dim() == 0 or \
+                    value.size(0) != n:
+                raise ValueError(
+                    f"'{self.attr}' is already an attribute of this signal "
+                    f"but not one entry per node ({n}); rename it or choose "
+                    f"another 'attr'")
+        if not bool((perm == torch.arange(perm.numel(),
+                                          device=perm.device)).all()):
+            data = data.subgraph(perm)
+        if self.attr is not None and not stored:
+            data[self.attr] = perm
+        return data
+
+    def __repr__(self) -> str:
+        return f'{self.__class__.__name__}(attr={self.attr!r})'
+
+
+def _tree_order(hierarchy: Hierarchy) -> Tensor:
+    r"""``[N]`` the leaves of :obj:`hierarchy` in depth-first order (see
+    :class:`TreeOrder`): entry :math:`i` is the leaf that comes
+    :math:`i`-th. Every node's first leaf is placed top-down, one level at
+    a time: a root after the leaves of the roots before it, a child after
+    its parent's first leaf and the leaves of its earlier siblings."""
+    if not isinstance(hierarchy, Hierarchy):
+        raise TypeError(f"'hierarchy' must be a Hierarchy, got "
+                        f"{type(hierarchy).__name__}")
+    n, parent = hierarchy.num_leaves, hierarchy.parent
+    count = hierarchy.leaf_count
+    start = torch.zeros_like(parent)
+    levels = hierarchy.levels  # each in increasing id
+    roots = levels[0]
+    start[roots] = torch.cumsum(count[roots], 0) - count[roots]
+    for nodes in levels[1:]:
+        # Group by parent, increasing id inside a group (stable sort).
+        nodes = nodes[torch.argsort(parent[nodes], stable=True)]
+        par = parent[nodes]
+        before = torch.cumsum(count[nodes], 0) - count[nodes]
+        # Leaves of earlier siblings: subtract what precedes the group.
+        first = torch.ones_like(par, dtype=torch.bool)
+        first[1:] = par[1:] != par[:-1]
+        group = torch.cumsum(first, 0) - 1
+        start[nodes] = start[par] + before - before[first][group]
+    perm = torch.empty(n, dtype=torch.long, device=parent.device)
+    perm[start[:n]] = torch.arange(n, device=parent.device)
+    return perm

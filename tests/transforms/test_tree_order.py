@@ -1,0 +1,205 @@
+r"""Tests of :class:`hsa_geo.transforms.tree_order.TreeOrder`: the order is
+the depth-first order of the tree (checked against a plain-Python walk on
+random forests); HSA on the reordered signal is HSA on the original with
+rows permuted (:class:`hsa_geo.nn.HSAConv` with edge features and the dense
+reference, float64, with and without family graphs); node and edge
+attributes follow their nodes and edges; ``n_id`` maps back; the transform
+is idempotent; balanced trees get the fused leaf layout;
+:class:`~hsa_geo.transforms.GraphHierarchy` applies it with
+``tree_order=True``; errors for bad input."""
+import importlib.util
+from typing import List
+
+import pytest
+import torch
+from hypothesis import given, strategies as st
+from torch_geometric.data import Data
+
+from hsa_geo import Hierarchy, NestedSignal, hierarchical_attention_matrix
+from hsa_geo.nn import HSAConv
+from hsa_geo.transforms import GraphHierarchy, TreeOrder
+from tests.helpers.strategies import children_of, forests
+
+pytestmark = pytest.mark.usefixtures('one_thread')
+
+HAVE_METIS = importlib.util.find_spec('pymetis') is not None
+
+
+def dfs_leaves(parent: List[int], n: int) -> List[int]:
+    r"""The leaves in depth-first order: roots and children by id."""
+    kids = children_of(parent)
+    order: List[int] = []
+
+    def visit(node):
+        if node < n:
+            order.append(node)
+        for child in sorted(kids.get(node, [])):
+            visit(child)
+
+    for root in sorted(i for i, p in enumerate(parent) if p < 0):
+        visit(root)
+    return order
+
+
+def random_signal(forest, seed: int, family: bool) -> NestedSignal:
+    r"""A signal on :obj:`forest` with features, random leaf edges with
+    features, a per-edge and a per-node attribute, and optionally a random
+    family graph."""
+    g = torch.Generator().manual_seed(seed)
+    n = forest.num_leaves
+    hierarchy = Hierarchy.from_parent(forest.parent, n)
+    if family:
+        pairs = hierarchy.sibling_pairs
+        pairs = pairs[:, pairs[0] != pairs[1]]
+        keep = torch.rand(pairs.size(1), generator=g) < 0.6
+        hierarchy = Hierarchy.from_parent(forest.parent, n, pairs[:, keep])
+    e = 3 * n
+    edge_index = torch.randint(n, (2, e), generator=g)
+    return NestedSignal.from_data(
+        Data(x=torch.randn(n, 5, generator=g, dtype=torch.float64),
+             edge_index=edge_index,
+             edge_attr=torch.randn(e, 2, generator=g, dtype=torch.float64),
+             edge_id=torch.arange(e), node_label=torch.arange(n) * 10,
+             y=torch.tensor([1.5])), hierarchy)
+
+
+@given(forest=forests(max_leaves=16), seed=st.integers(0, 2**16),
+       family=st.booleans())
+def test_hsa_equals_the_permuted_original(forest, seed, family):
+    data = random_signal(forest, seed, family)
+    out = TreeOrder()(data)
+    perm = out.n_id
+    n = forest.num_leaves
+    assert perm.tolist() == dfs_leaves(forest.parent, n)
+    assert sorted(perm.tolist()) == list(range(n))
+
+    # Node attributes follow the nodes; the graph attribute stays.
+    assert torch.equal(out.x, data.x[perm])
+    assert torch.equal(out.node_label, data.node_label[perm])
+    assert torch.equal(out.y, data.y)
+    # Every edge, with its attributes, relabelled: old (u, v) -> new ids.
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(n)
+    assert torch.equal(out.edge_index, inv[data.edge_index[:, out.edge_id]])
+    assert torch.equal(out.edge_id, torch.arange(data.edge_index.size(1)))
+    assert torch.equal(out.edge_attr, data.edge_attr)
+
+    # The same tree, leaves relabelled: clusters and family graph kept.
+    h, h0 = out.hierarchy, data.hierarchy
+    assert h.num_clusters == h0.num_clusters
+    assert torch.equal(h.parent[:n], h0.parent[perm])
+    assert torch.equal(h.parent[n:], h0.parent[n:])
+    assert (h.family_edge_index is None) == (h0.family_edge_index is None)
+
+    # The dense reference: Q' = Q[perm][:, perm].
+    q = torch.randn(n, 2, 3, dtype=torch.float64)
+    k = torch.randn(n, 2, 3, dtype=torch.float64)
+    ref = hierarchical_attention_matrix(q, k, h0)
+    got = hierarchical_attention_matrix(q[perm], k[perm], h)
+    torch.testing.assert_close(got, ref[:, perm][:, :, perm])
+
+    # The layer, edge features included.
+    torch.manual_seed(seed)
+    conv = HSAConv(5, 3, heads=2, edge_dim=2).double()
+    y0 = conv(data.x, h0, data.edge_index, data.edge_attr)
+    y = conv(out.x, h, out.edge_index, out.edge_attr)
+    torch.testing.assert_close(y, y0[perm])
+
+    # Predictions map back with n_id.
+    back = torch.empty_like(y)
+    back[out.n_id] = y
+    torch.testing.assert_close(back, y0)
+
+
+@given(forest=forests(max_leaves=16), seed=st.integers(0, 2**16))
+def test_idempotent(forest, seed):
+    once = TreeOrder()(random_signal(forest, seed, True))
+    twice = TreeOrder()(once)
+    assert torch.equal(twice.n_id, once.n_id)
+    assert torch.equal(twice.x, once.x)
+    assert torch.equal(twice.edge_index, once.edge_index)
+    assert torch.equal(twice.hierarchy.parent, once.hierarchy.parent)
+    # On a signal without n_id, the identity is stored.
+    plain = once.clone()
+    del plain.n_id
+    assert torch.equal(TreeOrder()(plain).n_id,
+                       torch.arange(forest.num_leaves))
+
+
+def test_existing_n_id_is_composed():
+    parent = [4, 5, 4, 5, 6, 6, -1]
+    data = NestedSignal.from_hierarchy(Hierarchy.from_parent(parent, 4),
+                                       torch.arange(4.).view(4, 1))
+    data.n_id = torch.tensor([10, 11, 12, 13])  # e.g. from a loader
+    out = TreeOrder()(data)
+    assert out.n_id.tolist() == [10, 12, 11, 13]
+    assert out.x.view(-1).tolist() == [0., 2., 1., 3.]
+    assert TreeOrder(attr=None)(data).keys() == data.keys()
+    assert TreeOrder(attr='perm')(data).perm.tolist() == [0, 2, 1, 3]
+
+
+@pytest.mark.parametrize('family', [False, True])
+def test_balanced_tree_gets_the_fused_leaf_layout(family):
+    n, b = 64, 4  # 16 families of 4 leaves, 4 clusters, a root
+    parent = torch.empty(n + 21, dtype=torch.long)
+    parent[torch.randperm(n, generator=torch.Generator().manual_seed(0))] = \
+        n + 5 + torch.arange(n) // b
+    parent[n + 5:] = n + 1 + torch.arange(16) // b
+    parent[n + 1:n + 5] = n
+    parent[n] = -1
+    h = Hierarchy.from_parent(parent, n)
+    if family:
+        pairs = h.sibling_pairs
+        h = Hierarchy.from_parent(parent, n, pairs[:, pairs[0] != pairs[1]])
+    data = NestedSignal.from_hierarchy(h, torch.randn(n, 4,
+                                                      dtype=torch.float64))
+    assert data.hierarchy.layout.leaf_blocks is None
+    out = TreeOrder()(data)
+    blocks = out.hierarchy.layout.leaf_blocks
+    assert blocks is not None and blocks.width == b
+    conv = HSAConv(4, 2, heads=2).double()
+    torch.testing.assert_close(conv(out.x, out.hierarchy),
+                               conv(data.x, data.hierarchy)[out.n_id])
+
+
+@pytest.mark.skipif(not HAVE_METIS, reason='pymetis missing')
+def test_graph_hierarchy_option():
+    g = torch.Generator().manual_seed(1)
+    n = 256  # 16 x 16: METIS fills every family
+    edge_index = torch.randint(n, (2, 1500), generator=g)
+    data = Data(x=torch.randn(n, 4, dtype=torch.float64),
+                edge_index=edge_index)
+    plain = GraphHierarchy(branching=16, family_graph=True)(data)
+    ordered = GraphHierarchy(branching=16, family_graph=True,
+                             tree_order=True)(data)
+    assert 'n_id' not in plain
+    assert ordered.hierarchy.layout.leaf_blocks is not None
+    expected = TreeOrder()(plain)
+    assert torch.equal(ordered.n_id, expected.n_id)
+    assert torch.equal(ordered.x, data.x[ordered.n_id])
+    assert torch.equal(ordered.hierarchy.family_edge_index,
+                       expected.hierarchy.family_edge_index)
+    conv = HSAConv(4, 2, heads=2).double()
+    torch.testing.assert_close(conv(ordered.x, ordered.hierarchy),
+                               conv(plain.x, plain.hierarchy)[ordered.n_id])
+    assert repr(GraphHierarchy(tree_order=True)).endswith(
+        'tree_order=True)')
+    with pytest.raises(TypeError, match='tree_order'):
+        GraphHierarchy(tree_order=1)
+
+
+def test_errors():
+    with pytest.raises(TypeError, match='NestedSignal'):
+        TreeOrder()(Data(x=torch.randn(3, 1)))
+    with pytest.raises(TypeError, match="'attr'"):
+        TreeOrder(attr=3)
+    with pytest.raises(ValueError, match="'attr'"):
+        TreeOrder(attr='not a name')
+    data = NestedSignal.from_hierarchy(
+        Hierarchy.from_parent([3, 3, 3, -1], 3), torch.randn(3, 1))
+    data.n_id = torch.tensor([1, 2])
+    with pytest.raises(ValueError, match="'n_id' is already"):
+        TreeOrder()(data)
+    with pytest.raises(ValueError, match='hierarchy'):
+        TreeOrder()(NestedSignal(x=torch.randn(3, 1)))
+    assert repr(TreeOrder()) == "TreeOrder(attr='n_id')"
