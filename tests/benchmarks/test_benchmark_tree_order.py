@@ -1,0 +1,62 @@
+r"""Smoke test of ``benchmarks/bench_tree_order.py``: the synthetic tree
+shuffles the leaves of a balanced tree, every variant runs on a small graph
+(tree order takes the fused leaf path, the graph's order does not), and the
+summary pairs the rounds. No timing is asserted."""
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hsa_geo import Hierarchy
+
+BENCH_DIR = Path(__file__).resolve().parents[2] / 'benchmarks'
+HAVE_METIS = importlib.util.find_spec('pymetis') is not None
+TREES = ['metis', 'synthetic'] if HAVE_METIS else ['synthetic']
+
+
+def _load(name):
+    if str(BENCH_DIR) not in sys.path:
+        sys.path.insert(0, str(BENCH_DIR))
+    spec = importlib.util.spec_from_file_location(name,
+                                                  BENCH_DIR / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load('bench_tree_order')
+
+
+def test_synthetic_parent():
+    parent = bench.synthetic_parent(256)
+    h = Hierarchy.from_parent(parent, 256)
+    assert h.depth == 2 and h.max_branching == 16
+    assert torch.bincount(parent[:256]).max() == 16
+    assert not torch.equal(parent[:256], parent[:256].sort().values)
+    assert h.layout.leaf_blocks is None
+
+
+@pytest.mark.parametrize('tree', TREES)
+def test_workers_and_summary(tree):
+    rows = []
+    for method in bench.METHODS:
+        args = bench.parse_args(['--worker', '--method', method, '--tree',
+                                 tree, '--nodes', '256', '--min-time', '0',
+                                 '--max-repeats', '1'])
+        row = bench.run_worker(args)
+        assert row['status'] == 'ok', row.get('error')
+        assert row['output_finite'] and row['output_shape'] == [256, 256]
+        assert math.isfinite(row['fwdbwd_ms']) and row['fwdbwd_ms'] > 0
+        assert row['fused'] == method.endswith('tree_order')
+        assert ('order_ms' in row) == row['fused']
+        row['round'] = 0
+        rows.append(row)
+    summary = bench.summarize(rows)
+    assert [s['method'] for s in summary] == bench.METHODS
+    assert summary[0]['fwdbwd_ratio'] is None
+    assert summary[1]['fwdbwd_ratio'] > 0
+    assert bench.format_table(summary, markdown=True).count('\n') == 5
