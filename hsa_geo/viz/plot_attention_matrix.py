@@ -11,8 +11,7 @@ from torch import Tensor
 from hsa_geo._checks import (check_bool, check_device, check_float,
                              check_floating, check_int)
 from hsa_geo.data.hierarchy import Hierarchy
-from hsa_geo.viz.plot_hierarchy import (_check_axes, _check_figure_args,
-                                        _tree_order)
+from hsa_geo.viz._figure import check_axes, check_figure_args, tree_order
 
 # An N x N image above this is unreadable and its dense matrix costly.
 MAX_LEAVES = 2000
@@ -89,11 +88,11 @@ def plot_attention_matrix(q: Tensor, k: Optional[Tensor] = None,
     Returns:
         matplotlib.figure.Figure: the figure drawn into.
     """
-    cmap = _check_figure_args(path, cmap, title, figsize, dpi)
+    cmap = check_figure_args(path, cmap, title, figsize, dpi)
     for name, flag in (('softmax', softmax), ('log', log),
                        ('boundaries', boundaries)):
         check_bool(flag, name)
-    _check_axes(ax, 2 if softmax else 1)
+    check_axes(ax, 2 if softmax else 1)
     n = _check_inputs(q, k, hierarchy, head, scale, softmax, max_leaves)
 
     if k is None:
@@ -274,7 +273,7 @@ def _blocks(hierarchy: Hierarchy
             ) -> Tuple[List[int], list, List[Tuple[int, int]]]:
     r"""Tree order of the leaves, the block lines of every family in that
     order (segments in image coordinates) and the range of every tree."""
-    children, roots = _tree_order(hierarchy)
+    children, roots = tree_order(hierarchy)
     n = hierarchy.num_leaves
     order: List[int] = []
     span = {}

@@ -11,6 +11,7 @@ from torch import Tensor
 from hsa_geo._checks import (check_float, check_floating, check_index,
                              check_int)
 from hsa_geo.data.hierarchy import Hierarchy
+from hsa_geo.viz._figure import check_axes, check_figure_args, tree_order
 
 # Above these sizes a picture is unreadable and drawing it slow: refuse
 # instead of hanging.
@@ -96,8 +97,8 @@ def plot_hierarchy(hierarchy: Hierarchy, weights=None, head: int = 0,
                         f"{type(hierarchy).__name__}")
     # The range of head is checked against the weights, when there are any.
     head = check_int(head, 'head', low=None if weights is not None else 0)
-    colours = _check_figure_args(path, cmap, title, figsize, dpi)
-    _check_axes(ax, 1)
+    colours = check_figure_args(path, cmap, title, figsize, dpi)
+    check_axes(ax, 1)
     min_weight = check_float(min_weight, 'min_weight', 0.0, 1.0,
                              high_open=True)
     max_nodes = check_int(max_nodes, 'max_nodes')
@@ -246,33 +247,12 @@ def _arcs(ax, x: List[float], y: List[float], pairs, head_px,
     return back(curve), back(heads)
 
 
-def _tree_order(hierarchy: Hierarchy) -> Tuple[List[List[int]], List[int]]:
-    r"""Children of every node sorted by the smallest leaf id under them,
-    and the roots in the same order (plain lists: small trees)."""
-    parent = hierarchy.parent.cpu().tolist()
-    t = len(parent)
-    first_leaf = list(range(hierarchy.num_leaves)) + [t] * (
-        t - hierarchy.num_leaves)
-    depth = hierarchy.node_depth.cpu()
-    children: List[List[int]] = [[] for _ in range(t)]
-    for node in torch.argsort(depth, descending=True, stable=True).tolist():
-        p = parent[node]
-        if p >= 0:
-            children[p].append(node)
-            first_leaf[p] = min(first_leaf[p], first_leaf[node])
-    for kids in children:
-        kids.sort(key=first_leaf.__getitem__)
-    roots = sorted((i for i in range(t) if parent[i] < 0),
-                   key=first_leaf.__getitem__)
-    return children, roots
-
-
 def _tidy_layout(hierarchy: Hierarchy
                  ) -> Tuple[List[float], List[float], List[int]]:
     r"""``(x, y, leaf order)``: leaves at ``y = -depth`` of the hierarchy in
     tree order ``x = 0, 1, ...``; internal nodes at ``y = -node depth``,
     above the middle of their children."""
-    children, roots = _tree_order(hierarchy)
+    children, roots = tree_order(hierarchy)
     t, bottom = hierarchy.num_nodes, -float(hierarchy.depth)
     depth = hierarchy.node_depth.cpu().tolist()
     x, order = [0.0] * t, []
@@ -370,74 +350,3 @@ def _labels(node_labels: LabelsLike, t: int) -> Mapping[int, str]:
                          f"hierarchy has {t} nodes; give one per node, leaves "
                          f"first (or a mapping for some nodes)")
     return {i: str(v) for i, v in enumerate(node_labels)}
-
-
-def _check_figure_args(path, cmap, title, figsize, dpi):
-    r"""Checks the arguments that both pictures share and returns the
-    colour map (:obj:`cmap` resolved)."""
-    if path is not None:
-        if not isinstance(path, (str, os.PathLike)):
-            raise TypeError(f"'path' must be a str or os.PathLike (where to "
-                            f"save the figure) or None, got "
-                            f"{type(path).__name__}")
-        name = os.fspath(path)
-        if not name:
-            raise ValueError("'path' is empty; give a file name such as "
-                             "'tree.png' or None")
-        # Fail before drawing, not in savefig after it.
-        if os.path.isdir(name):
-            raise ValueError(f"'path' {name!r} is a folder; give a file name")
-        folder = os.path.dirname(name)
-        if folder and not os.path.isdir(folder):
-            raise ValueError(f"the folder of 'path' ({folder!r}) does not "
-                             f"exist; create it first")
-    if title is not None and not isinstance(title, str):
-        raise TypeError(f"'title' must be a str or None, got "
-                        f"{type(title).__name__}")
-    if figsize is not None:
-        if not isinstance(figsize, (tuple, list)):
-            raise TypeError(f"'figsize' must be a pair (width, height) in "
-                            f"inches or None, got {type(figsize).__name__}")
-        if len(figsize) != 2:
-            raise ValueError(f"'figsize' must be a pair (width, height) in "
-                             f"inches, got {len(figsize)} numbers")
-        for i, size in enumerate(figsize):
-            check_float(size, f'figsize[{i}]', low=0.0, low_open=True)
-    check_int(dpi, 'dpi')
-    return _check_cmap(cmap)
-
-
-def _check_cmap(cmap):
-    r"""The matplotlib colour map named by :obj:`cmap` (or :obj:`cmap`)."""
-    from matplotlib import colormaps
-    from matplotlib.colors import Colormap
-    if isinstance(cmap, Colormap):
-        return cmap
-    if not isinstance(cmap, str):
-        raise TypeError(f"'cmap' must be the name of a colour map (e.g. "
-                        f"'viridis') or a matplotlib Colormap, got "
-                        f"{type(cmap).__name__}")
-    if cmap not in colormaps:
-        raise ValueError(f"'cmap'={cmap!r} is not a matplotlib colour map; "
-                         f"try 'viridis', 'magma' or 'Blues'")
-    return colormaps[cmap]
-
-
-def _check_axes(ax, count: int):
-    r"""Checks that :obj:`ax` is :obj:`None`, or :obj:`count` axes (one
-    Axes, or a list or tuple of them)."""
-    if ax is None:
-        return
-    from matplotlib.axes import Axes
-    axes = list(ax) if isinstance(ax, (list, tuple)) else [ax]
-    if count == 1 and isinstance(ax, (list, tuple)):
-        raise TypeError("'ax' must be one matplotlib Axes, got a "
-                        f"{type(ax).__name__}")
-    bad = [a for a in axes if not isinstance(a, Axes)]
-    if bad:
-        raise TypeError(f"'ax' must be matplotlib Axes, got "
-                        f"{type(bad[0]).__name__}")
-    if len(axes) != count:
-        extra = '; softmax adds one' if count == 2 else ''
-        raise ValueError(f"'ax' must be {count} axes (one per panel{extra}),"
-                         f" got {len(axes)}")
