@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -124,3 +124,15 @@ def _interval(low: Optional[int], high: Optional[int]) -> str:
     if high is None:
         return f'[{low}, inf)' if low is not None else '(-inf, inf)'
     return f"[{'-inf' if low is None else low}, {high}]"
+
+
+def check_heads(channels: Any, heads: Any) -> Tuple[int, int]:
+    r"""``(channels, heads)`` as positive ints, ``heads`` dividing
+    ``channels`` (each head gets ``channels // heads`` of them)."""
+    channels = check_int(channels, 'channels')
+    heads = check_int(heads, 'heads')
+    if channels % heads != 0:
+        raise ValueError(f"'heads' ({heads}) must divide 'channels' "
+                         f"({channels}): each head gets channels // "
+                         f"heads of them")
+    return channels, heads

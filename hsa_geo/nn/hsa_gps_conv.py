@@ -15,7 +15,7 @@ from torch_geometric.nn.resolver import (activation_resolver,
                                          normalization_resolver)
 from torch_geometric.typing import Adj
 
-from hsa_geo._checks import check_float, check_index, check_int
+from hsa_geo._checks import check_float, check_heads, check_index
 from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.nn.hsa_conv import HSAConv
 
@@ -118,12 +118,7 @@ class HSAGPSConv(torch.nn.Module):
         attn_kwargs: Optional[Dict[str, Any]] = None,
     ):
         super().__init__()
-        channels = check_int(channels, 'channels')
-        heads = check_int(heads, 'heads')
-        if channels % heads != 0:
-            raise ValueError(f"'heads' ({heads}) must divide 'channels' "
-                             f"({channels}): each head gets channels // "
-                             f"heads of them")
+        channels, heads = check_heads(channels, heads)
         if conv is not None and not isinstance(conv, torch.nn.Module):
             raise TypeError(f"'conv' must be a message passing layer (a "
                             f"torch.nn.Module called as conv(x, edge_index,"

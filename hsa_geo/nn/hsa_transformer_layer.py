@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.nn.resolver import activation_resolver
 
-from hsa_geo._checks import check_float, check_int
+from hsa_geo._checks import check_float, check_heads, check_int
 from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.nn.hsa_conv import HSAConv
 
@@ -68,12 +68,7 @@ class HSATransformerLayer(torch.nn.Module):
         edge_dim: Optional[int] = None,
     ):
         super().__init__()
-        channels = check_int(channels, 'channels')
-        heads = check_int(heads, 'heads')
-        if channels % heads != 0:
-            raise ValueError(f"'heads' ({heads}) must divide 'channels' "
-                             f"({channels}): each head gets channels // "
-                             f"heads of them")
+        channels, heads = check_heads(channels, heads)
         dropout = check_float(dropout, 'dropout', 0.0, 1.0, high_open=True)
         attn_dropout = check_float(attn_dropout, 'attn_dropout', 0.0, 1.0,
                                    high_open=True)
