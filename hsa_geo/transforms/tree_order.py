@@ -69,7 +69,7 @@ class TreeOrder(BaseTransform):
                 f"a hierarchy transform such as GraphHierarchy first")
         perm = _tree_order(data.hierarchy)
         stored = self.attr is not None and self.attr in data
-        if self.attr is not None and stored:
+        if stored:  # an earlier permutation: composed by subgraph below
             value = data[self.attr]
             n = perm.numel()
             if not isinstance(value, Tensor) or value.dim() == 0 or \
@@ -78,8 +78,8 @@ class TreeOrder(BaseTransform):
                     f"'{self.attr}' is already an attribute of this signal "
                     f"but not one entry per node ({n}); rename it or choose "
                     f"another 'attr'")
-        if not bool((perm == torch.arange(perm.numel(),
-                                          device=perm.device)).all()):
+        if not torch.equal(perm, torch.arange(perm.numel(),
+                                              device=perm.device)):
             data = data.subgraph(perm)
         if self.attr is not None and not stored:
             data[self.attr] = perm
