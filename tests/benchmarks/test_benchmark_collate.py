@@ -1,31 +1,16 @@
 r"""Smoke test of ``benchmarks/bench_collate.py``: on a few molecules every
 method runs, the rows, the table and the target report have their fields,
 and the JSON is written. No timing is asserted."""
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
+
+from tests.helpers.benchmarks import load_benchmark
 
 pytest.importorskip('rdkit')
 pytest.importorskip('ogb')
 
-BENCH_DIR = Path(__file__).resolve().parents[2] / 'benchmarks'
-
-
-def _load(name):
-    if str(BENCH_DIR) not in sys.path:
-        sys.path.insert(0, str(BENCH_DIR))
-    spec = importlib.util.spec_from_file_location(name,
-                                                  BENCH_DIR / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load('bench_collate')
+bench = load_benchmark('bench_collate')
 
 
 def test_molecules_are_plain_and_nested_twins():

@@ -2,32 +2,17 @@ r"""Smoke test of ``benchmarks/bench_compile.py``: a worker in this process
 with a cheap backend (``eager``: Dynamo traces, nothing is code-generated)
 returns sane fields, and the quick mode runs end to end and writes its JSON
 and Markdown. No timing is asserted."""
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from tests.helpers.benchmarks import load_benchmark
+
 pytest.importorskip('rdkit')
 
-BENCH_DIR = Path(__file__).resolve().parents[2] / 'benchmarks'
-
-
-def _load(name):
-    if str(BENCH_DIR) not in sys.path:
-        sys.path.insert(0, str(BENCH_DIR))
-    spec = importlib.util.spec_from_file_location(name,
-                                                  BENCH_DIR / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load('bench_compile')
+bench = load_benchmark('bench_compile')
 
 
 @pytest.fixture

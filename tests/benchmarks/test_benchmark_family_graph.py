@@ -1,33 +1,17 @@
 r"""Smoke test of ``benchmarks/bench_family_graph.py``: the generated graph
 is what it says, the context count equals the support of the dense HSA
 matrix, and every method runs on a small graph. No timing is asserted."""
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from hsa_geo import hierarchical_attention_matrix
+from tests.helpers.benchmarks import load_benchmark
 
 pytest.importorskip('pymetis')
 
-BENCH_DIR = Path(__file__).resolve().parents[2] / 'benchmarks'
-
-
-def _load(name):
-    if str(BENCH_DIR) not in sys.path:
-        sys.path.insert(0, str(BENCH_DIR))
-    spec = importlib.util.spec_from_file_location(name,
-                                                  BENCH_DIR / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load('bench_family_graph')
+bench = load_benchmark('bench_family_graph')
 
 
 def test_community_graph():

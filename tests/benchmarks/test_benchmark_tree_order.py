@@ -4,31 +4,18 @@ shuffles the leaves of a balanced tree, every variant runs on a small graph
 summary pairs the rounds. No timing is asserted."""
 import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from hsa_geo import Hierarchy
+from tests.helpers.benchmarks import load_benchmark
 
-BENCH_DIR = Path(__file__).resolve().parents[2] / 'benchmarks'
 HAVE_METIS = importlib.util.find_spec('pymetis') is not None
 TREES = ['metis', 'synthetic'] if HAVE_METIS else ['synthetic']
 
 
-def _load(name):
-    if str(BENCH_DIR) not in sys.path:
-        sys.path.insert(0, str(BENCH_DIR))
-    spec = importlib.util.spec_from_file_location(name,
-                                                  BENCH_DIR / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load('bench_tree_order')
+bench = load_benchmark('bench_tree_order')
 
 
 def test_synthetic_parent():
