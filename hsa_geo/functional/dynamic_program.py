@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import (Callable, Dict, List, NamedTuple, Optional,
+from typing import (Dict, List, NamedTuple, Optional,
                     Sequence, Tuple, Union)
 
 import torch
@@ -16,6 +16,7 @@ from hsa_geo._checks import (check_bool, check_device, check_float,
                              check_floating)
 from hsa_geo._memory import ensure_memory
 from hsa_geo.data.hierarchy import FamilyBucket, Hierarchy, HierarchyLayout
+from hsa_geo.functional.replayed_backward import replayed_backward
 
 
 class FamilyWeights(NamedTuple):
@@ -261,39 +262,6 @@ def _head(x: Tensor, i: int, buf: Tensor) -> Tensor:
     return buf.copy_(x[:, :, i])
 
 
-def _replayed_backward(plain: Callable, args: Sequence, needs: Sequence[bool],
-                       grads: Sequence[Optional[Tensor]]) -> tuple:
-    r"""The backward of one of the autograd functions below when autograd
-    records it for a higher derivative (``create_graph=True``): the
-    function's :obj:`plain` form, the same map in differentiable torch
-    operations, is replayed on :obj:`args` and differentiated by autograd,
-    so that the gradient is itself differentiable. The hand-written
-    backwards (in place, through staging buffers) run otherwise.
-
-    :obj:`needs` flags the arguments to differentiate (``needs_input_grad``).
-    Each is replaced by an alias (``view_as``): the gradient is the partial
-    derivative in that argument, not a total derivative through the others
-    (the saved scores and their logsumexp depend on each other), while the
-    alias keeps the result attached to the graph. A flagged argument that
-    does not require grad (the unsaved input of a linear map, passed as a
-    zero stand-in) is made to."""
-    with torch.enable_grad():
-        args = [(a.view_as(a) if a.requires_grad else
-                 a.detach().requires_grad_()) if n else a
-                for a, n in zip(args, needs)]
-        outs = plain(*args)
-        outs = outs if isinstance(outs, tuple) else (outs, )
-        pairs = [(o, g) for o, g in zip(outs, grads)
-                 if g is not None and o.requires_grad]
-        wrt = [a for a, n in zip(args, needs) if n]
-        if not pairs or not wrt:
-            return (None, ) * len(args)
-        got = iter(torch.autograd.grad(
-            [o for o, _ in pairs], wrt, [g for _, g in pairs],
-            create_graph=True, allow_unused=True))
-        return tuple(next(got) if n else None for n in needs)
-
-
 class _HeadwiseScores(torch.autograd.Function):
     r"""Scores inside families, their diagonal and the family sums:
     ``s[h, f, a, b] = alpha * <x[f, a, h], y[f, b, h]>`` (``[H, F, W, W]``),
@@ -339,7 +307,7 @@ class _HeadwiseScores(torch.autograd.Function):
         x, y = ctx.saved_tensors
         alpha = ctx.alpha
         if torch.is_grad_enabled():
-            return _replayed_backward(
+            return replayed_backward(
                 _HeadwiseScores.plain, (x, y, alpha), ctx.needs_input_grad,
                 (grad, grad_diag, grad_x_sum, grad_y_sum))
         gx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
@@ -385,8 +353,8 @@ class _RowLogSumExp(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> Tensor:
         s, lse = ctx.saved_tensors
         if torch.is_grad_enabled():
-            return _replayed_backward(partial(torch.logsumexp, dim=-1), (s, ),
-                                      ctx.needs_input_grad, (grad, ))[0]
+            return replayed_backward(partial(torch.logsumexp, dim=-1), (s, ),
+                                     ctx.needs_input_grad, (grad, ))[0]
         out = torch.empty_like(s)
         for lo, hi in _family_ranges(s.size(1), s.size(2) * s.size(3),
                                      s.device):
@@ -453,7 +421,7 @@ class _HeadwiseContext(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         s, shift, keep, v, r = ctx.saved_tensors
         if torch.is_grad_enabled():
-            return _replayed_backward(
+            return replayed_backward(
                 _HeadwiseContext.plain,
                 (s, shift, keep, v, r, _zeros_like(ctx.u_like)),
                 ctx.needs_input_grad, (grad, ))
@@ -583,7 +551,7 @@ class _SubtreeMean(torch.autograd.Function):
     def backward(ctx, *grads: Optional[Tensor]):
         size, = ctx.saved_tensors
         if torch.is_grad_enabled():  # linear: replayed at a zero source
-            return _replayed_backward(
+            return replayed_backward(
                 _SubtreeMean.plain, (_zeros_like(ctx.src_like), ctx.rows,
                                      ctx.levels, size.view(-1), ctx.reads),
                 ctx.needs_input_grad, grads)
@@ -627,7 +595,7 @@ class _PathSum(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads: Optional[Tensor]):
         if torch.is_grad_enabled():  # linear: replayed at zero inputs
-            return _replayed_backward(
+            return replayed_backward(
                 _PathSum.plain, (ctx.levels, ctx.num_clusters, ctx.writes,
                                  ctx.reads, *map(_zeros_like, ctx.xs_like)),
                 ctx.needs_input_grad, grads)
