@@ -31,6 +31,8 @@ def test_main_measures_every_method_and_size(tmp_path, capsys):
     assert batch['atoms'] > batch['molecules']
     assert batch['tree_nodes'] > batch['atoms']
     assert payload['machine']['cores'] >= 1
+    commit = payload['config']['commit']
+    assert commit is None or len(commit.split('+')[0]) == 40
     rows = payload['results']
     assert [(r['channels'], r['threads']) for r in rows] == [
         (64, 1), (256, 1)]
