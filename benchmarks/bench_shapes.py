@@ -578,7 +578,7 @@ def contention_targets(rows: List[Dict], threads: int) -> List[Dict]:
     for load in contention_loads(rows):
         c = contention_cells(rows, load, threads)
         who = f'{load} competing process(es)'
-        out.append(target('contention', f'threads, load {load}',
+        out.append(target('contention', f'load {load}: threads',
                           f'{who}: HSA forward with {threads} threads <= '
                           f'{TARGET_THREADS:g}x with 1 thread',
                           c['threads_ratio'], TARGET_THREADS,
@@ -586,8 +586,8 @@ def contention_targets(rows: List[Dict], threads: int) -> List[Dict]:
         for t in sorted({1, threads}):
             key = 'projection_ratio_1' if t == 1 else \
                 'projection_ratio_default'
-            out.append(target('contention', f'projection, load {load}, '
-                              f'{t} thread(s)', f'{who}, {t} thread(s): '
+            out.append(target('contention', f'load {load}: HSA/QKV {t}t',
+                              f'{who}, {t} thread(s): '
                               f'HSA forward <= {TARGET_PROJECTION:g}x the '
                               f'QKV projection', c[key], TARGET_PROJECTION,
                               why='a row failed'))
@@ -633,7 +633,10 @@ def grid(head: List[str], body: List[List[str]], markdown: bool) -> str:
 
 
 def marks(targets: List[Dict], prefix: str) -> str:
-    found = [t['status'] for t in targets if t['name'].startswith(prefix)]
+    r"""The status of every target whose name starts with :obj:`prefix`,
+    after the rest of its name."""
+    found = [f"{t['name'][len(prefix):]} {t['status']}".strip()
+             for t in targets if t['name'].startswith(prefix)]
     return ', '.join(found) or '-'
 
 
@@ -694,8 +697,7 @@ def contention_table(rows: List[Dict], targets: List[Dict], threads: int,
             'hsa_1', 'hsa_default', 'qkv_1', 'qkv_default')] + [
                 times(c[k]) for k in ('threads_ratio', 'projection_ratio_1',
                                       'projection_ratio_default')] +
-            [marks([t for t in targets if t['case'] == 'contention' and
-                    t['name'].split(',')[1].strip() == f'load {load}'], '')])
+            [marks(targets, f'load {load}: ')])
     return grid(head, body, markdown)
 
 
@@ -706,15 +708,25 @@ def failures(rows: List[Dict], case: str) -> List[str]:
             for r in rows if r['case'] == case and r['status'] != 'ok']
 
 
-def report(rows: List[Dict], targets: List[Dict], threads: int,
+def machine_line(machine: Dict[str, Any]) -> str:
+    return (f"{machine['device']}: {machine['cpu']}, {machine['cores']} "
+            f"cores, default {machine['threads']} threads, "
+            f"{machine['memory_gib']} GiB; torch {machine['torch']}; load "
+            f"average {machine['load_average_start']} at the start, "
+            f"{machine.get('load_average_end', '-')} at the end")
+
+
+def report(rows: List[Dict], targets: List[Dict], machine: Dict[str, Any],
            markdown: bool = False) -> str:
-    r"""Every case's table, the failed rows under it, then the targets."""
+    r"""The machine, every case's table with its failed rows, then the
+    targets."""
+    threads = machine['threads']
     tables = {'wide': lambda: wide_table(rows, targets, markdown),
               'deep': lambda: deep_table(rows, targets, markdown),
               'contention': lambda: contention_table(rows, targets, threads,
                                                      markdown)}
     bullet = '- ' if markdown else '  '
-    parts = []
+    parts = [machine_line(machine), '']
     for case in CASES:
         if not any(r['case'] == case for r in rows):
             continue
@@ -823,11 +835,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     payload.update(results=rows, targets=targets, complete=True,
                    wall_s=time.perf_counter() - start)
     ba.write_json(args.json, payload)
-    print('\n' + report(rows, targets, args.threads))
+    print('\n' + report(rows, targets, machine))
     print(f"wrote {args.json} ({payload['wall_s']:.0f} s)")
     if args.markdown is not None:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(report(rows, targets, args.threads, True))
+        args.markdown.write_text(report(rows, targets, machine, True))
         print(f'wrote {args.markdown}')
     return 0
 
