@@ -246,9 +246,11 @@ def _tiles(shape: Sequence[int], itemsize: int) -> Iterator[
     each tile's ``[b, H, rows, L]`` scores within :obj:`BLOCK_BYTES` (one
     query row at least)."""
     groups, length, heads = shape[:3]
-    rows = max(1, BLOCK_BYTES // max(1, heads * length * itemsize))
+    if min(groups, length, heads) == 0:
+        return
+    rows = max(1, BLOCK_BYTES // (heads * length * itemsize))
     if rows >= length:  # whole groups per tile
-        step = max(1, rows // max(1, length))
+        step = rows // length
         for lo in range(0, groups, step):
             yield slice(lo, lo + step), slice(0, length)
         return
@@ -257,12 +259,11 @@ def _tiles(shape: Sequence[int], itemsize: int) -> Iterator[
             yield slice(group, group + 1), slice(lo, lo + rows)
 
 
-def _weights(s: Tensor, lse: Tensor) -> Tensor:
-    r"""``exp(s - lse)`` in place in the scores ``s`` ``[b, H, rows, L]``;
-    rows whose scores are all ``-inf`` (``lse = -inf``) get zero weights
-    (and so a zero output, as PyTorch's kernel) rather than NaN."""
-    shift = lse.masked_fill(lse == float('-inf'), 0.0)
-    return s.sub_(shift.unsqueeze(-1)).exp_()
+def _finite_or_zero(x: Tensor) -> Tensor:
+    r"""``x`` with ``-inf`` replaced by zero: the shift of a row whose scores
+    are all ``-inf``, so that its weights are zero (and its output zero, as
+    PyTorch's kernel gives) rather than NaN."""
+    return x.masked_fill(x == float('-inf'), 0.0)
 
 
 def _chunked_forward(q: Tensor, k: Tensor, v: Tensor,
@@ -274,9 +275,16 @@ def _chunked_forward(q: Tensor, k: Tensor, v: Tensor,
     lse = q.new_empty(q.shape[:3])
     out_h, lse_h = out.transpose(1, 2), lse.transpose(1, 2)
     for g, r in _tiles(q.shape, q.element_size()):
-        s = torch.matmul(q[g, r].transpose(1, 2), kt[g]).mul_(scale)
-        lse_h[g, :, r] = tile_lse = torch.logsumexp(s, dim=-1)
-        out_h[g, :, r] = torch.matmul(_weights(s, tile_lse), vt[g])
+        # The tile is read four times and written twice; each pass is as
+        # costly as the product, so none is spent on scaling or dividing
+        # it: the scale goes into q, the normalisation into the output.
+        s = torch.matmul(q[g, r].transpose(1, 2) * scale, kt[g])
+        shift = _finite_or_zero(s.amax(dim=-1, keepdim=True))
+        s.sub_(shift).exp_()
+        total = s.sum(dim=-1, keepdim=True)
+        tile = torch.matmul(s, vt[g])
+        out_h[g, :, r] = tile.div_(total.masked_fill(total == 0, 1.0))
+        lse_h[g, :, r] = shift.add_(total.log_()).squeeze(-1)
     return out, lse
 
 
@@ -286,33 +294,33 @@ def _chunked_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor,
                       needs: Sequence[bool]) -> Tuple[Optional[Tensor], ...]:
     kt = k.transpose(1, 2).contiguous()  # [B, H, L, D]
     vt = v.transpose(1, 2).contiguous()  # [B, H, L, Dv]
-    # The row term delta_a = grad_out_a . out_a - grad_lse_a, [B, H, L].
-    delta = q.new_zeros(q.shape[:3])
+    # The row term -delta_a = grad_lse_a - grad_out_a . out_a, [B, H, L, 1].
+    minus_delta = q.new_zeros(q.shape[:3])
     if grad_out is not None:
-        delta += torch.linalg.vecdot(grad_out, out)
+        minus_delta -= torch.linalg.vecdot(grad_out, out)
     if grad_lse is not None:
-        delta -= grad_lse
-    delta = delta.transpose(1, 2)
-    lse = lse.transpose(1, 2)
+        minus_delta += grad_lse
+    minus_delta = minus_delta.transpose(1, 2).unsqueeze(-1)
+    shift = _finite_or_zero(lse).transpose(1, 2).unsqueeze(-1)
     gq = q.new_empty(q.shape) if needs[0] else None
     gk = torch.zeros_like(kt) if needs[1] else None
     gv = torch.zeros_like(vt) if needs[2] and grad_out is not None else None
     for g, r in _tiles(q.shape, q.element_size()):
-        qb = q[g, r].transpose(1, 2)  # [b, H, rows, D]
-        s = torch.matmul(qb, kt[g].transpose(-1, -2)).mul_(scale)
-        p = _weights(s, lse[g, :, r])
+        qs = q[g, r].transpose(1, 2) * scale  # [b, H, rows, D]
+        p = torch.matmul(qs, kt[g].transpose(-1, -2))
+        p.sub_(shift[g, :, r]).exp_()
         if grad_out is None:  # ds = p * grad_lse, in place
-            ds = p.mul_(-delta[g, :, r].unsqueeze(-1))
+            ds = p.mul_(minus_delta[g, :, r])
         else:
             go = grad_out[g, r].transpose(1, 2)
             if gv is not None:
                 gv[g] += torch.matmul(p.transpose(-1, -2), go)
             ds = torch.matmul(go, vt[g].transpose(-1, -2))
-            ds.sub_(delta[g, :, r].unsqueeze(-1)).mul_(p)
+            ds.add_(minus_delta[g, :, r]).mul_(p)
         if gq is not None:
             gq[g, r] = torch.matmul(ds, kt[g]).mul_(scale).transpose(1, 2)
         if gk is not None:
-            gk[g].add_(torch.matmul(ds.transpose(-1, -2), qb), alpha=scale)
+            gk[g] += torch.matmul(ds.transpose(-1, -2), qs)
     if needs[2] and gv is None:  # out unused: v has no influence
         gv = torch.zeros_like(vt)
     return (gq, None if gk is None else gk.transpose(1, 2),
