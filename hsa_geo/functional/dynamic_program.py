@@ -978,7 +978,7 @@ def _family_scores(tree: _Tree, means: Dict[int, Tuple[Tensor, ...]],
     if tree.fused is not None:
         g_leaf = tree.fused.diag.view(num_leaves, heads)  # s_ii
     else:
-        g_leaf = torch.einsum('nhd,nhd->nh', q, k) * tree.scale
+        g_leaf = torch.linalg.vecdot(q, k) * tree.scale
     pairs = _sparse_scores(tree, means, pair_bias, off_lse_leaf,
                            off_lse_clus)
     return _Scores(tables, off_lse_leaf, off_lse_clus, g_leaf, pairs)

@@ -18,8 +18,10 @@ def sparse_scores(families: SparseFamilies, q: Tensor, k: Tensor,
     member tables ``q, k`` ``[K, H, D]``, ``log_size`` ``[K]`` and the
     ``[P', H]`` rows of a pair bias."""
     src, dst = families.src, families.dst
-    s = torch.einsum('phd,phd->ph', q.index_select(0, src),
-                     k.index_select(0, dst)).mul_(scale)
+    # (an elementwise product and a sum: einsum would run P * H tiny
+    # matrix products)
+    s = torch.linalg.vecdot(q.index_select(0, src),
+                            k.index_select(0, dst)).mul_(scale)
     s = s + log_size.index_select(0, dst).unsqueeze(-1)
     return s if bias is None else s + bias
 
