@@ -89,9 +89,13 @@ def softmax_attention(q: Tensor, k: Tensor, v: Tensor, scale: float,
       applies the formulas of the module docstring.
 
     Either stores only :obj:`q`, :obj:`k`, :obj:`v`, ``out`` and
-    ``lse`` for the backward: memory :math:`O(B L H (D + D_v))` besides the
-    bounded tiles. A second derivative (``create_graph=True``) replays the
-    plain form above with
+    ``lse`` for the backward: memory :math:`O(B L H (D + D_v))`. Besides,
+    the chunked path holds a few score tiles, and the fused backward, given
+    a gradient of ``lse`` (or ``D != Dv``), the five widened copies for the
+    kernel, ``[B, L, H, max(D, Dv) + 1]`` each: with the gradients, twice
+    the temporaries of the backward of
+    :func:`torch.nn.functional.scaled_dot_product_attention`. A second
+    derivative (``create_graph=True``) replays the plain form above with
     :func:`~hsa_geo.functional.replayed_backward.replayed_backward`, which
     does materialise ``[B, H, L, L]`` tables.
 
