@@ -79,9 +79,16 @@ def softmax_attention(q: Tensor, k: Tensor, v: Tensor, scale: float,
       channel of :obj:`v` and :obj:`k` is zero), which is the score
       gradient :math:`P_{ab}(\bar o_a \cdot v_b - \bar o_a \cdot o_a +
       \bar\ell_a)` of both outputs; the extra channel of the returned
-      gradients is dropped. The kernel needs ``D == Dv``: the narrower
-      inputs are padded with zero channels, which change no score and no
-      output.
+      gradients is dropped. Where ``D == Dv`` and every row with
+      :math:`\bar\ell_a \neq 0` has :math:`\bar o_a \neq 0`, no channel
+      is added: ``out`` is replaced by
+      :math:`o_a - \bar\ell_a \bar o_a / \lVert \bar o_a \rVert^2`,
+      whose product with :math:`\bar o_a` is the same row term, and which
+      is the only copy that the backward makes (its rounding error is of
+      the size of :math:`\epsilon \, (\lvert \bar o_a \cdot o_a \rvert
+      + \lvert \bar\ell_a \rvert)`, that of the row term itself). The
+      kernel needs ``D == Dv``: the narrower inputs are padded with zero
+      channels, which change no score and no output.
     * chunked (any device and dtype): plain torch over tiles of query rows
       whose ``[b, H, rows, L]`` score tile fits in :obj:`BLOCK_BYTES`
       (one query row per tile at least). The forward stores :math:`\mathrm
@@ -90,12 +97,12 @@ def softmax_attention(q: Tensor, k: Tensor, v: Tensor, scale: float,
 
     Either stores only :obj:`q`, :obj:`k`, :obj:`v`, ``out`` and
     ``lse`` for the backward: memory :math:`O(B L H (D + D_v))`. Besides,
-    the chunked path holds a few score tiles, and the fused backward, given
-    a gradient of ``lse`` (or ``D != Dv``), the five widened copies for the
-    kernel, ``[B, L, H, max(D, Dv) + 1]`` each: with the gradients, twice
-    the temporaries of the backward of
-    :func:`torch.nn.functional.scaled_dot_product_attention`. A second
-    derivative (``create_graph=True``) replays the plain form above with
+    the chunked path holds a few score tiles; the fused backward holds the
+    shifted ``out`` (one copy more than the backward of
+    :func:`torch.nn.functional.scaled_dot_product_attention`), or, where a
+    channel is added, five widened copies ``[B, L, H, max(D, Dv) + 1]``.
+    A second derivative (``create_graph=True``) replays the plain form
+    above with
     :func:`~hsa_geo.functional.replayed_backward.replayed_backward`, which
     does materialise ``[B, H, L, L]`` tables.
 
@@ -228,7 +235,11 @@ def _fused_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor,
                     grad_lse: Optional[Tensor], scale: float,
                     needs: Sequence[bool]) -> Tuple[Optional[Tensor], ...]:
     d = q.size(-1)
-    # One more channel carries the gradient of lse (see softmax_attention).
+    if grad_out is not None and grad_lse is not None and d == v.size(-1):
+        shifted = _shifted_output(out, grad_out, grad_lse)
+        if shifted is not None:  # lse's gradient is folded into it
+            out, grad_lse = shifted, None
+    # Else one more channel carries it (see softmax_attention).
     width = max(d, v.size(-1)) + (grad_lse is not None)
     if grad_out is None:
         grad_out = out.new_zeros(())
@@ -242,6 +253,21 @@ def _fused_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor,
                             attn_mask=None, scale=scale)
     return tuple(g.transpose(1, 2)[..., :t.size(-1)] if n else None
                  for g, t, n in zip(grads, (q, k, v), needs))
+
+
+def _shifted_output(out: Tensor, grad_out: Tensor,
+                    grad_lse: Tensor) -> Optional[Tensor]:
+    r"""``out_a - grad_lse_a * grad_out_a / |grad_out_a|^2`` ``[B, L, H, Dv]``
+    (see :func:`softmax_attention`), or :obj:`None` where a row with a
+    gradient of ``lse`` has a ``grad_out`` whose squared norm is zero,
+    subnormal or infinite."""
+    sq = torch.linalg.vecdot(grad_out, grad_out)
+    coef = torch.where(grad_lse == 0, 0.0, grad_lse / sq)
+    usable = (grad_lse == 0) | ((sq >= torch.finfo(sq.dtype).tiny)
+                                & sq.isfinite())
+    if not bool((usable & coef.isfinite()).all()):
+        return None
+    return torch.addcmul(out, coef.unsqueeze(-1), grad_out, value=-1)
 
 
 def _tiles(shape: Sequence[int], itemsize: int) -> Iterator[

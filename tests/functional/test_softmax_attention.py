@@ -93,6 +93,36 @@ def test_one_output_used(fused, use):
 
 
 @pytest.mark.parametrize('fused', PATHS)
+@pytest.mark.parametrize('row_scale,lse_row', [
+    (0.0, 1.0),  # a row of grad_out zero where lse has a gradient
+    (0.0, 0.0),  # ... and where it has none
+    (1e-30, 1.0),  # a subnormal squared norm (float32)
+    (1e25, 1.0),  # an infinite squared norm (float32)
+])
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+def test_gradient_rows_of_any_size(fused, row_scale, lse_row, dtype):
+    # The fused backward folds the gradient of lse into the output rows
+    # (dividing by the squared norm of the rows of grad_out) and adds a
+    # channel where it cannot.
+    q, k, v = make_qkv((2, 5, 2, 4), 4, seed=8, dtype=dtype)
+    out, lse = softmax_attention(q, k, v, 0.5, fused=fused)
+    g = torch.Generator().manual_seed(9)
+    grad_out = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    grad_lse = torch.randn(lse.shape, generator=g, dtype=torch.float64)
+    grad_out[1, 2, 0] *= row_scale
+    grad_lse[1, 2, 0] *= lse_row
+    grad_out, grad_lse = grad_out.to(dtype), grad_lse.to(dtype)
+    got = torch.autograd.grad((out, lse), (q, k, v), (grad_out, grad_lse))
+    q, k, v = (t.detach().double().requires_grad_() for t in (q, k, v))
+    want = torch.autograd.grad(reference(q, k, v, 0.5), (q, k, v),
+                               (grad_out.double(), grad_lse.double()))
+    scale = max(1.0, row_scale)
+    tol = EXACT if dtype == torch.float64 else 1e-5
+    assert_close([t.double() / scale for t in got],
+                 [t / scale for t in want], tol)
+
+
+@pytest.mark.parametrize('fused', PATHS)
 def test_views_of_family_tables(fused):
     # Slices of [F, W, H, *] tables: a bucket of families, channels taken
     # with a step (stride 2: the kernel needs dense channels) and heads
