@@ -261,7 +261,8 @@ def _shifted_output(out: Tensor, grad_out: Tensor,
     (see :func:`softmax_attention`), or :obj:`None` where a row with a
     gradient of ``lse`` has a ``grad_out`` whose squared norm is zero,
     subnormal or infinite."""
-    sq = torch.linalg.vecdot(grad_out, grad_out)
+    # A norm reduces without the full-size product that vecdot makes.
+    sq = torch.linalg.vector_norm(grad_out, dim=-1).square_()
     coef = torch.where(grad_lse == 0, 0.0, grad_lse / sq)
     usable = (grad_lse == 0) | ((sq >= torch.finfo(sq.dtype).tiny)
                                 & sq.isfinite())
