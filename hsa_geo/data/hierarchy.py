@@ -22,6 +22,12 @@ WIDE_FAMILY = 1024
 # operations (a batch of molecules has families of a dozen widths and three
 # kinds). Read when a hierarchy's layout is first derived.
 SPARSE_PAIR_LIMIT = 2**15
+# A bucket with a family graph joins the pair list when its allowed pairs
+# are at most this fraction of its padded scores: a table scores a pair
+# with a batched matrix product, many times cheaper than the gathers and
+# scatters of a pair list (an ogbn-arxiv-sized METIS tree whose family
+# graph allows 21% of the pairs ran 2x slower on pair lists).
+SPARSE_DENSITY = 16
 
 
 @dataclass(frozen=True)
@@ -62,8 +68,8 @@ class FamilyBucket:
         sparse (bool): whether the attention of these families runs on the
             list of their sibling pairs
             (:class:`~hsa_geo.data.sparse_families.SparseFamilies`) rather
-            than on this table: always with a family graph, and for small
-            buckets.
+            than on this table: for small buckets, and where a family graph
+            allows few of the table's pairs.
     """
     width: int
     kind: str
@@ -203,15 +209,17 @@ def _as_range(index: Tensor) -> Optional[Tuple[int, int]]:
 
 def _is_sparse(width: int, num_families: int, allowed: Optional[Tensor],
                all_leaves_in_order: bool) -> bool:
-    r"""Whether a bucket's families run on their pair list: with a family
-    graph, and when the bucket is small (:data:`SPARSE_PAIR_LIMIT`), unless
-    it holds every leaf in order (the fused leaf path is faster)."""
+    r"""Whether a bucket's families run on their pair list: when a family
+    graph allows few of the table's pairs (:data:`SPARSE_DENSITY`), and when
+    the bucket is small (:data:`SPARSE_PAIR_LIMIT`), unless it holds every
+    leaf in order (the fused leaf path is faster)."""
     if width == 1:
         return False  # no pairs at all
-    if allowed is not None:
+    padded = num_families * width**2
+    if allowed is not None and \
+            int(allowed.sum()) * SPARSE_DENSITY <= padded:
         return True
-    return not all_leaves_in_order and \
-        num_families * width**2 <= SPARSE_PAIR_LIMIT
+    return not all_leaves_in_order and padded <= SPARSE_PAIR_LIMIT
 
 
 def _padded_width(num_children: Tensor) -> Tensor:

@@ -4,10 +4,12 @@ The mathematics: docs/math.md.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 from functools import partial
-from typing import (Dict, List, NamedTuple, Optional,
-                    Sequence, Tuple, Union)
+from typing import (Callable, Dict, FrozenSet, Iterator, List, NamedTuple,
+                    Optional, Sequence, Tuple, Union)
 
 import torch
 from torch import Tensor
@@ -15,8 +17,10 @@ from torch import Tensor
 from hsa_geo._checks import (check_bool, check_device, check_float,
                              check_floating)
 from hsa_geo._memory import ensure_memory
-from hsa_geo.data.hierarchy import FamilyBucket, Hierarchy, HierarchyLayout
+from hsa_geo.data.hierarchy import (WIDE_FAMILY, FamilyBucket, Hierarchy,
+                                    HierarchyLayout)
 from hsa_geo.functional.replayed_backward import replayed_backward
+from hsa_geo.functional.softmax_attention import softmax_attention
 from hsa_geo.functional.sparse_family_attention import (scatter_logsumexp,
                                                         sparse_contexts,
                                                         sparse_scores)
@@ -85,8 +89,10 @@ def _check_pair_bias(bias: Tensor, hierarchy: Hierarchy,
 
 def _invalid(bucket: FamilyBucket) -> Tensor:
     r"""Pairs without a logit: the diagonal (``l_aa = g_a`` enters
-    separately) and padding; ``[W, W]`` when all families share it, else
-    ``[F, W, W]``. (Families with a family graph run on their pair list.)"""
+    separately), padding, and pairs off the family graph; ``[W, W]`` when
+    all families share it, else ``[F, W, W]``."""
+    if bucket.allowed is not None:  # never on the diagonal or in padding
+        return ~bucket.allowed
     eye = torch.eye(bucket.width, dtype=torch.bool,
                     device=bucket.mask.device)
     if bucket.kind != 'mixed':
@@ -94,12 +100,26 @@ def _invalid(bucket: FamilyBucket) -> Tensor:
     return ~(bucket.mask[:, :, None] & bucket.mask[:, None, :] & ~eye)
 
 
+def _streamed(layout: HierarchyLayout, plain: bool) -> FrozenSet[int]:
+    r"""The buckets of wide families of leaves, which run as softmax
+    attention without any table (docs/math.md, 6.6), when nothing needs
+    their tables (:obj:`plain`: no pair bias, no dropout, no returned
+    weights)."""
+    if not plain:
+        return frozenset()
+    return frozenset(i for i, b in enumerate(layout.buckets)
+                     if b.kind == 'leaf' and not b.sparse
+                     and b.width > WIDE_FAMILY)
+
+
 def _ensure_fits(hierarchy: Hierarchy, layout: HierarchyLayout, heads: int,
-                 dtype: torch.dtype, pairs: bool, backward: bool):
+                 dtype: torch.dtype, pairs: bool, backward: bool,
+                 streamed: FrozenSet[int]):
     r"""Refuses, before anything is allocated, families whose padded score
     tables ``[H, F, W, W]`` cannot fit in the memory the device has left."""
-    width = max((b.width for b in layout.buckets if not b.sparse),
-                default=0)
+    tabled = [b for i, b in enumerate(layout.buckets)
+              if b.width > 1 and not b.sparse and i not in streamed]
+    width = max((b.width for b in tabled), default=0)
     if width < _GUARDED_WIDTH:
         return  # small families never dominate: no need to ask the system
     item = torch.finfo(dtype).bits // 8
@@ -107,8 +127,7 @@ def _ensure_fits(hierarchy: Hierarchy, layout: HierarchyLayout, heads: int,
     tables = _LIVE_SCORE_TABLES[backward] + pairs
     per_pair = tables * heads * item + 24 * pairs
     nbytes = int(per_pair * sum(b.num_families * b.width**2
-                                for b in layout.buckets
-                                if b.width > 1 and not b.sparse))
+                                for b in tabled))
     node, children = hierarchy.widest_family
     ensure_memory(
         nbytes, f'hierarchical attention with {heads} heads',
@@ -268,6 +287,39 @@ def _head(x: Tensor, i: int, buf: Tensor) -> Tensor:
     return buf.copy_(x[:, :, i])
 
 
+@contextlib.contextmanager
+def _cpu_threads(count: int, device: torch.device) -> Iterator[None]:
+    r"""Runs the block with :obj:`count` intra-op threads on the CPU (the
+    setting is global to the process: restored on exit)."""
+    threads = torch.get_num_threads()
+    if threads == count or device.type != 'cpu':
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _serial(kernel: Callable) -> Callable:
+    r"""Runs :obj:`kernel` (a forward or backward of the autograd functions
+    below) with one intra-op thread on the CPU. The passes issue thousands
+    of cache-sized operations, each a parallel region that waits for every
+    thread: whenever another process holds a core, each one stalls for a
+    time slice (19x slower with two threads on two busy cores, measured),
+    and on an idle machine they gain little. The passes run serially as a
+    whole (:func:`hierarchical_attention`); this covers the backward."""
+    @functools.wraps(kernel)
+    def run(ctx, *args):
+        tensor = next((a for a in args if isinstance(a, Tensor)), None)
+        if tensor is None:
+            return kernel(ctx, *args)
+        with _cpu_threads(1, tensor.device):
+            return kernel(ctx, *args)
+    return run
+
+
 class _HeadwiseScores(torch.autograd.Function):
     r"""Scores inside families, their diagonal and the family sums:
     ``s[h, f, a, b] = alpha * <x[f, a, h], y[f, b, h]>`` (``[H, F, W, W]``),
@@ -281,6 +333,7 @@ class _HeadwiseScores(torch.autograd.Function):
     tensor: generic autograd of per-head views would zero-fill a full-size
     gradient per head and allocate one more per term."""
     @staticmethod
+    @_serial
     def forward(ctx, x: Tensor, y: Tensor, alpha: float):
         ctx.save_for_backward(x, y)
         ctx.alpha = alpha
@@ -308,6 +361,7 @@ class _HeadwiseScores(torch.autograd.Function):
                 (x * y).sum(-1) * alpha, x.sum(1), y.sum(1))
 
     @staticmethod
+    @_serial
     def backward(ctx, grad: Tensor, grad_diag: Tensor, grad_x_sum: Tensor,
                  grad_y_sum: Tensor):
         x, y = ctx.saved_tensors
@@ -346,6 +400,7 @@ class _RowLogSumExp(torch.autograd.Function):
     scores, in cache-sized chunks: neither direction allocates a full-size
     temporary besides the gradient itself."""
     @staticmethod
+    @_serial
     def forward(ctx, s: Tensor) -> Tensor:
         out = s.new_empty(s.shape[:-1])
         for lo, hi in _family_ranges(s.size(1), s.size(2) * s.size(3),
@@ -356,6 +411,7 @@ class _RowLogSumExp(torch.autograd.Function):
         return out
 
     @staticmethod
+    @_serial
     def backward(ctx, grad: Tensor) -> Tensor:
         s, lse = ctx.saved_tensors
         if torch.is_grad_enabled():
@@ -386,6 +442,7 @@ class _HeadwiseContext(torch.autograd.Function):
     temporary costs more in page faults than its arithmetic. Staged per head
     and chunk like :class:`_HeadwiseScores`."""
     @staticmethod
+    @_serial
     def forward(ctx, s: Tensor, shift: Tensor, keep: Optional[Tensor],
                 v: Tensor, r: Optional[Tensor], u: Optional[Tensor]) -> Tensor:
         ctx.save_for_backward(s, shift, keep, v, r)
@@ -424,6 +481,7 @@ class _HeadwiseContext(torch.autograd.Function):
         return out if u is None else out + u.unsqueeze(1)
 
     @staticmethod
+    @_serial
     def backward(ctx, grad: Tensor):
         s, shift, keep, v, r = ctx.saved_tensors
         if torch.is_grad_enabled():
@@ -760,23 +818,27 @@ def hierarchical_attention(
         else torch.float32
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     layout = hierarchy.layout
+    drop = dropout_p if training else 0.0
+    streamed = _streamed(layout, pair_bias is None and drop == 0.0
+                         and not return_weights)
     _ensure_fits(hierarchy, layout, q.size(1), dtype,
                  pair_bias is not None or return_weights,
                  torch.is_grad_enabled() and any(
                      t is not None and t.requires_grad
-                     for t in (q, k, v, pair_bias)))
+                     for t in (q, k, v, pair_bias)), streamed)
 
-    tree = _prepare(q, k, v, layout, scale)
-    means = _upward_means(tree)
-    scores = _family_scores(tree, means,
-                            _bucket_biases(pair_bias, hierarchy, layout.buckets,
-                                           dtype),
-                            None if pair_bias is None else pair_bias.to(dtype))
-    parts = _log_partitions(tree, scores)
-    drop = dropout_p if training else 0.0
-    passes = _Passes(tree, means, scores, parts,
-                     _downward_masses(tree, parts, drop), drop)
-    out = _downward_contexts(passes).to(out_dtype)
+    threads = torch.get_num_threads()
+    with _cpu_threads(1, q.device):  # see _serial
+        tree = _prepare(q, k, v, layout, scale, streamed, threads)
+        means = _upward_means(tree)
+        scores = _family_scores(
+            tree, means,
+            _bucket_biases(pair_bias, hierarchy, layout.buckets, dtype),
+            None if pair_bias is None else pair_bias.to(dtype))
+        parts = _log_partitions(tree, scores)
+        passes = _Passes(tree, means, scores, parts,
+                         _downward_masses(tree, parts, drop), drop)
+        out = _downward_contexts(passes).to(out_dtype)
 
     if single_head:
         out = out.squeeze(1)
@@ -794,9 +856,10 @@ def hierarchical_attention(
 class _Tree(NamedTuple):
     r"""The inputs of the passes: ``q, k, v`` ``[N, H, D]`` in the compute
     dtype, the score scale, the finite "minus infinity" ``neg``, the
-    layout, the leaf counts of the clusters ``[M]``, and the fused leaf path
+    layout, the leaf counts of the clusters ``[M]``, the fused leaf path
     when all leaves lie in order in families of one width (:obj:`None`
-    otherwise)."""
+    otherwise), the buckets that run as softmax attention, and the intra-op
+    threads of the caller (the passes run on one)."""
     q: Tensor
     k: Tensor
     v: Tensor
@@ -805,6 +868,8 @@ class _Tree(NamedTuple):
     layout: HierarchyLayout
     cluster_size: Tensor
     fused: Optional['_FusedLeaves']
+    streamed: FrozenSet[int]
+    threads: int
 
 
 class _FusedLeaves(NamedTuple):
@@ -825,12 +890,14 @@ class _Scores(NamedTuple):
     entries hold ``neg``; :obj:`None` for single children), their row
     logsumexp per leaf ``[N, H]`` and per cluster ``[M, H]``, and the leaf
     diagonal ``g_i = s_ii`` ``[N, H]``; the logits of the sparse
-    families' pairs ``[P', H]`` (:obj:`None` without any)."""
+    families' pairs ``[P', H]`` (:obj:`None` without any); per streamed
+    bucket, its softmax attention ``[F, W, H, D_v]``."""
     tables: List[Optional[Tensor]]
     off_lse_leaf: Tensor
     off_lse_clus: Tensor
     g_leaf: Tensor
     pairs: Optional[Tensor]
+    streamed: Dict[int, Tensor]
 
 
 class _LogPartitions(NamedTuple):
@@ -860,20 +927,23 @@ class _Passes(NamedTuple):
 
 
 def _prepare(q: Tensor, k: Tensor, v: Tensor, layout: HierarchyLayout,
-             scale: Optional[float]) -> _Tree:
+             scale: Optional[float], streamed: FrozenSet[int],
+             threads: int) -> _Tree:
     if scale is None:
         scale = 1.0 / math.sqrt(q.size(-1))
     # A finite "minus infinity": rows without off-diagonal entries stay
     # finite, so logsumexp and its gradient never see (-inf) - (-inf).
     neg = torch.finfo(q.dtype).min / 4
     blocks, fused = layout.leaf_blocks, None
-    if blocks is not None and blocks.width > 1:
+    if blocks is not None and blocks.width > 1 and \
+            layout.buckets.index(blocks) not in streamed:
         qv, kv, vv = (_to_slots(blocks, x) for x in (q, k, v))
         s, diag, q_sum, k_sum = _HeadwiseScores.apply(qv, kv, scale)
         fused = _FusedLeaves(blocks, vv, s, diag, (q_sum, k_sum,
                                                    vv.sum(dim=1)))
     size = layout.leaf_count[q.size(0):].to(q.dtype)
-    return _Tree(q, k, v, scale, neg, layout, size, fused)
+    return _Tree(q, k, v, scale, neg, layout, size, fused, streamed,
+                 threads)
 
 
 def _upward_means(tree: _Tree) -> Dict[int, Tuple[Tensor, Tensor, Tensor]]:
@@ -938,6 +1008,21 @@ def _sparse_scores(tree: _Tree, means: Dict[int, Tuple[Tensor, ...]],
     return s
 
 
+def _streamed_family(tree: _Tree, b: FamilyBucket,
+                     off_lse_leaf: Tensor) -> Tensor:
+    r"""Softmax attention ``[F, W, H, D_v]`` inside the wide leaf families
+    of :obj:`b`; their row logsumexp, the self pair included, goes into
+    :obj:`off_lse_leaf`, and the caller sets their ``g`` to ``neg``, so
+    that ``logaddexp(lse, neg) = lse`` and their self mass is 0: the
+    softmax already weighs ``v_a`` (docs/math.md, 6.6)."""
+    with _cpu_threads(tree.threads, tree.q.device):  # one large kernel
+        out, lse = softmax_attention(*(_to_slots(b, x)
+                                       for x in (tree.q, tree.k, tree.v)),
+                                     tree.scale)
+    _from_slots(b, lse, off_lse_leaf)
+    return out
+
+
 def _family_scores(tree: _Tree, means: Dict[int, Tuple[Tensor, ...]],
                    biases: List[Optional[Tensor]],
                    pair_bias: Optional[Tensor]) -> _Scores:
@@ -950,9 +1035,12 @@ def _family_scores(tree: _Tree, means: Dict[int, Tuple[Tensor, ...]],
     logsize_leaf = q.new_zeros(num_leaves)
     logsize_clus = tree.cluster_size.log()
     tables: List[Optional[Tensor]] = []
+    streamed: Dict[int, Tensor] = {}
     for i, (b, bias) in enumerate(zip(tree.layout.buckets, biases)):
-        if b.width == 1 or b.sparse:  # no sibling, or on the pair list
-            tables.append(None)
+        if i in tree.streamed:
+            streamed[i] = _streamed_family(tree, b, off_lse_leaf)
+        if b.width == 1 or b.sparse or i in tree.streamed:
+            tables.append(None)  # no sibling, on the pair list, streamed
             continue
         if tree.fused is not None and b is tree.fused.blocks:
             s = tree.fused.scores
@@ -979,9 +1067,13 @@ def _family_scores(tree: _Tree, means: Dict[int, Tuple[Tensor, ...]],
         g_leaf = tree.fused.diag.view(num_leaves, heads)  # s_ii
     else:
         g_leaf = torch.linalg.vecdot(q, k) * tree.scale
+    for i in streamed:  # their whole row logsumexp is in off_lse_leaf
+        _from_slots(tree.layout.buckets[i],
+                    g_leaf.new_full(streamed[i].shape[:3], neg), g_leaf)
     pairs = _sparse_scores(tree, means, pair_bias, off_lse_leaf,
                            off_lse_clus)
-    return _Scores(tables, off_lse_leaf, off_lse_clus, g_leaf, pairs)
+    return _Scores(tables, off_lse_leaf, off_lse_clus, g_leaf, pairs,
+                   streamed)
 
 
 def _log_partitions(tree: _Tree, scores: _Scores) -> _LogPartitions:
@@ -1050,6 +1142,18 @@ def _bucket_context(passes: _Passes, i: int,
                                   None, parent_context)
 
 
+def _streamed_context(passes: _Passes, i: int,
+                      parent_context: Optional[Tensor]) -> Tensor:
+    r"""``y_a = r_F softmax-attention_a + U_F`` ``[F, W, H, D_v]`` of a
+    streamed bucket."""
+    b = passes.tree.layout.buckets[i]
+    r = _rows(passes.masses.log_r_clus, b.parent_cluster,
+              b.parent_range).exp()
+    out = passes.scores.streamed[i] * r[:, None, :, None]
+    return out if parent_context is None else \
+        out + parent_context.unsqueeze(1)
+
+
 def _sparse_contexts(passes: _Passes) -> Optional[Tensor]:
     r"""``[K, H, D_v]`` the contexts ``u_a`` of the sparse families'
     members."""
@@ -1111,7 +1215,10 @@ def _downward_contexts(passes: _Passes) -> Tensor:
             layout.cluster_levels, tree.cluster_size.numel(),
             [w[0] for w in writes], reads, *(w[1] for w in writes))
     for i, parent_context in zip(leaf_families, parent_contexts):
-        ctx = _bucket_context(passes, i, parent_context)
+        if i in tree.streamed:
+            ctx = _streamed_context(passes, i, parent_context)
+        else:
+            ctx = _bucket_context(passes, i, parent_context)
         if tree.fused is not None and buckets[i] is tree.fused.blocks:
             return ctx.view(v.shape)  # all leaves, the whole output
         if u_leaf is None:

@@ -16,6 +16,7 @@ forests (see ``tests/helpers/strategies.py``) in float64:
 
 Then gradients, dtypes, numerical range, dropout and input validation.
 """
+import contextlib
 import math
 import unittest.mock
 from typing import Dict
@@ -1024,3 +1025,63 @@ def test_dense_reference_refuses_a_matrix_that_cannot_fit():
     with pytest.raises(ValueError, match=r'the dense 300000 x 300000 HSA '
                        r'matrix would need .*use hierarchical_attention'):
         hierarchical_attention_matrix(q, q, h)
+
+
+# Wide families of leaves: softmax attention without tables #################
+
+
+@contextlib.contextmanager
+def streamed_leaf_families():
+    r"""Every family of leaves of two or more children counts as wide: its
+    table has its exact width and it runs as softmax attention (where no
+    pair bias, dropout or returned weights need its table)."""
+    with unittest.mock.patch('hsa_geo.data.hierarchy.WIDE_FAMILY', 1), \
+            unittest.mock.patch('hsa_geo.data.hierarchy.SPARSE_PAIR_LIMIT',
+                                0), \
+            unittest.mock.patch(
+                'hsa_geo.functional.dynamic_program.WIDE_FAMILY', 1):
+        yield
+
+
+@fewer(2)
+@given(f=forests(max_leaves=20), heads=HEADS, d=DIMS, dv=DIMS, seed=SEEDS)
+def test_streamed_leaf_families_match_dense(f, heads, d, dv, seed):
+    with streamed_leaf_families():
+        h = build(f)
+        q, k, v = (t.requires_grad_() for t in
+                   make_qkv(f.num_leaves, heads, d, dv, seed))
+        out = hierarchical_attention(q, k, v, h)
+    ref = apply_q(hierarchical_attention_matrix(q, k, h), v)
+    assert max_err(out, ref) <= EXACT
+    g = torch.randn_like(out)
+    got = torch.autograd.grad((out * g).sum(), (q, k, v), allow_unused=True,
+                              materialize_grads=True)
+    want = torch.autograd.grad((ref * g).sum(), (q, k, v), allow_unused=True,
+                               materialize_grads=True)
+    assert max(max_err(a, b) for a, b in zip(got, want)) <= EXACT
+
+
+@fewer(8)
+@given(f=forests(max_leaves=6), seed=SEEDS)
+def test_streamed_leaf_families_second_derivatives(f, seed):
+    with streamed_leaf_families():
+        h = build(f)
+        q, k, v = (t.requires_grad_() for t in
+                   make_qkv(f.num_leaves, 2, 2, 2, seed))
+        assert torch.autograd.gradgradcheck(
+            lambda q, k, v: hierarchical_attention(q, k, v, h), (q, k, v))
+
+
+def test_wide_flat_family_needs_no_table(monkeypatch):
+    """5,000 leaves in one family: a table per head would be 100 MB; as
+    softmax attention it needs memory linear in N, so a guard that refuses
+    20 MB never fires, and the result is softmax attention."""
+    import hsa_geo._memory as memory
+    monkeypatch.setattr(memory, 'available_memory', lambda device: 20e6)
+    n = 5000
+    h = build(flat_tree(n))
+    q, k, v = make_qkv(n, 2, 4, 3, 0)
+    out = hierarchical_attention(q, k, v, h)
+    assert max_err(out, leaf_sdpa(q, k, v)) <= EXACT
+    with pytest.raises(ValueError, match='would need'):  # tables needed
+        hierarchical_attention(q, k, v, h, return_weights=True)

@@ -74,11 +74,11 @@ def test_both_layouts_match_dense(name, f, heads, seed, graph, with_bias):
                                         return_weights=True)
         Q = hierarchical_attention_matrix(q, k, h, pair_bias=bias)
         assert (out - torch.einsum('hij,jhd->ihd', Q, v)).abs().max() < EXACT
-        if graph or name == 'pairs':  # f may have no multi-child bucket
-            assert all(sparse_buckets(h)) or all(
+        if name == 'pairs':  # all but a fused leaf bucket
+            assert all(
                 b.source_range == (0, f.num_leaves) and b.kind == 'leaf'
                 for b in h.family_buckets if not b.sparse and b.width > 1)
-        else:
+        elif not graph:
             assert not any(sparse_buckets(h))
     # Family weights rebuild Q's diagonal blocks: checked through the
     # leaf-level rows of the flat families elsewhere; here they must agree
@@ -138,10 +138,19 @@ def test_small_buckets_take_the_pair_list_by_default():
     assert not leaf_bucket.sparse and flat.layout.leaf_blocks is leaf_bucket
 
 
-def test_family_graph_scores_only_its_pairs():
-    h = family_graph(Hierarchy.from_parent([3] * 3 + [-1], 3), 1)
+def test_sparse_family_graph_scores_only_its_pairs():
+    # 40 children, 2 of the 1,600 pairs allowed: far below 1/16 of the
+    # table, so the family runs on its pair list, even in a large bucket.
+    edges = torch.tensor([[0, 5], [5, 0]])
+    with layout('tables'):
+        h = Hierarchy.from_parent([40] * 40 + [-1], 40)
+        h = h.with_family_graph(edges)
+        assert all(sparse_buckets(h))
     sparse = h.layout.sparse
-    assert sparse.num_pairs == h.family_edge_index.size(1)
+    assert sparse.num_pairs == 2
+    q, k, v = qkv(40, 2, 3, 0)
+    assert (hierarchical_attention(q, k, v, h) - dense(h, q, k, v)
+            ).abs().max() < EXACT
     assert torch.equal(sparse.row.sort().values,
                        sparse.row.sort().values.unique())
 
