@@ -145,6 +145,24 @@ class _FamilyData(NamedTuple):
     outside: Tuple[Tensor, Tensor]
 
 
+class _LevelViews(list):
+    r"""The per-level pieces of flat tensors (:obj:`bases`, nodes sorted by
+    depth) split by :obj:`counts`: single tensors, or tuples of the pieces
+    of several bases. A list like any other, except that the immutability
+    stamp reads only the bases, whose version counters the pieces share, and
+    that a move splits the moved bases: a deep tree has thousands of levels,
+    and reading every piece on every :attr:`Hierarchy.layout` would cost a
+    Python step per level."""
+    def __init__(self, bases: Tuple[Tensor, ...], counts: List[int]):
+        self.bases, self.counts = bases, counts
+        pieces = [torch.split(b, counts) for b in bases]
+        super().__init__(pieces[0] if len(bases) == 1 else zip(*pieces))
+
+    def to(self, device: Union[str, torch.device]) -> '_LevelViews':
+        return _LevelViews(tuple(b.to(device) for b in self.bases),
+                           self.counts)
+
+
 _BUCKET_FIELDS = tuple(f.name for f in fields(FamilyBucket))
 
 
@@ -156,6 +174,8 @@ def _tensors_in(values: Iterable[Any]) -> List[Tensor]:
         value = todo.pop()
         if isinstance(value, Tensor):
             out.append(value)
+        elif isinstance(value, _LevelViews):
+            todo.extend(value.bases)
         elif isinstance(value, (list, tuple)):
             todo.extend(value)
         elif isinstance(value, FamilyBucket):
@@ -164,7 +184,7 @@ def _tensors_in(values: Iterable[Any]) -> List[Tensor]:
 
 
 def _moved(value: Any, device: Union[str, torch.device]) -> Any:
-    if isinstance(value, (Tensor, FamilyBucket)):
+    if isinstance(value, (Tensor, FamilyBucket, _LevelViews)):
         return value.to(device)
     if isinstance(value, list):
         return [_moved(item, device) for item in value]
@@ -628,20 +648,18 @@ class Hierarchy:
         max_depth = int(depth.max()) if t > 0 else 0
 
         # Nodes of every depth level (roots are level 0), each in increasing
-        # id: splits of one sorted order, not a step per level.
+        # id: pieces of one sorted order, not a step per level.
         order = torch.argsort(depth, stable=True)
         counts = torch.bincount(depth, minlength=max_depth + 1).tolist()
-        by_level = list(torch.split(order, counts))
+        by_level = _LevelViews((order, ), counts)
 
         # Internal non-root nodes per depth, as (cluster id, parent cluster id)
         # in the internal numbering 0..T-N-1 the dynamic program works in.
         clusters = order[order >= n]
         counts = torch.bincount(depth[n:], minlength=max_depth + 1).tolist()
         clusters = clusters[counts[0]:]  # without the roots
-        cluster_levels = list(zip(
-            torch.split(clusters - n, counts[1:]),
-            torch.split(parent[clusters] - n, counts[1:]))) \
-            if max_depth > 0 else []
+        cluster_levels = _LevelViews(
+            (clusters - n, parent[clusters] - n), counts[1:])
         cluster_parent = torch.where(parent[n:] >= 0, parent[n:] - n, -1)
         jumps = _ancestor_jumps(cluster_parent) \
             if max_depth > _DOUBLING_DEPTH else None

@@ -1008,10 +1008,11 @@ class _ClusterLogPartition(torch.autograd.Function):
     |F|``).
 
     The forward is sequential in the depth: a tight loop of three small
-    operations per level on rows gathered beforehand, recording nothing.
-    The backward is linear, an affine recursion from the roots down,
-    ``adj_c = grad_c + share_c sigmoid(g_c - off_c) adj_F``: one step per
-    level, or pointer doubling over the jumps of a deep tree."""
+    operations per level, recording nothing, on the rows renumbered by
+    depth so that a level is a slice. The backward is linear, an affine
+    recursion from the roots down, ``adj_c = grad_c + share_c sigmoid(g_c -
+    off_c) adj_F``: one step per level, or pointer doubling over the jumps
+    of a deep tree."""
     @staticmethod
     def forward(ctx, base: Tensor, off: Tensor, share: Tensor,
                 parent: Tensor, paths: _Paths) -> Tensor:
@@ -1019,12 +1020,22 @@ class _ClusterLogPartition(torch.autograd.Function):
         levels = paths.levels
         if levels:
             counts = [child.numel() for child, _ in levels]
-            child = torch.cat([c for c, _ in levels])
-            parts = (torch.split(x, counts) for x in (
-                off[child], share[child].unsqueeze(-1)))
-            for (c, p), o, s in reversed(list(zip(levels, *parts))):
-                lse = torch.logaddexp(o, g.index_select(0, c))
-                g.index_add_(0, p, lse.mul_(s))
+            # rows by depth, roots first; position of every row's parent
+            order = torch.cat([(parent < 0).nonzero().view(-1)] +
+                              [child for child, _ in levels])
+            pos = torch.empty_like(order)
+            pos[order] = torch.arange(order.numel(), device=order.device)
+            up = torch.split(pos[torch.cat([par for _, par in levels])],
+                             counts)
+            g_d, off_d = g[order], off[order]
+            share_d = share[order].unsqueeze(-1)
+            hi = order.numel()
+            for count, p in zip(reversed(counts), reversed(up)):
+                lo = hi - count
+                lse = torch.logaddexp(off_d[lo:hi], g_d[lo:hi])
+                g_d.index_add_(0, p, lse.mul_(share_d[lo:hi]))
+                hi = lo
+            g[order] = g_d
         ctx.save_for_backward(base, g, off, share, parent)
         ctx.paths = paths
         return g
