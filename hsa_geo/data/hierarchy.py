@@ -103,10 +103,12 @@ class HierarchyLayout:
             ancestor tables of pointer doubling over the internal nodes, for
             hierarchies deeper than 32 levels (:obj:`None` otherwise): entry
             ``j`` holds the internal nodes that have a :math:`2^j`-th
-            ancestor and that ancestor. A sum over every path from a root
-            (or over every subtree) takes one step per entry,
-            :math:`\lceil \log_2 (\mathrm{depth} + 1) \rceil` in all,
-            instead of one per level.
+            ancestor, in increasing depth, and that ancestor. A sum over
+            every path from a root (or over every subtree) takes one step
+            per entry, :math:`\lceil \log_2 (\mathrm{depth} + 1) \rceil`
+            in all, instead of one per level; the depth order lets a step
+            update rows in place a chunk at a time, deepest (or shallowest)
+            first, as no chunk reads a row an earlier one wrote.
     """
     buckets: List[FamilyBucket]
     cluster_levels: List[Tuple[Tensor, Tensor]]
@@ -256,20 +258,22 @@ def parent_depths(parent: Tensor) -> Tensor:
 _DOUBLING_DEPTH = 32
 
 
-def _ancestor_jumps(parent: Tensor) -> List[Tuple[Tensor, Tensor]]:
+def _ancestor_jumps(parent: Tensor, by_depth: Tensor
+                    ) -> List[Tuple[Tensor, Tensor]]:
     r"""Pointer doubling over a ``[M]`` parent vector of a forest (``-1`` at
-    roots): per step ``j``, the nodes that have a :math:`2^j`-th ancestor
-    and that ancestor; :math:`\lceil \log_2 (\mathrm{depth} + 1) \rceil`
-    steps, :math:`O(M \log \mathrm{depth})` entries."""
-    jumps, anc = [], parent
-    while True:
-        node = (anc >= 0).nonzero().view(-1)
-        if node.numel() == 0:
-            return jumps
+    roots), given its non-root nodes :obj:`by_depth` in increasing depth:
+    per step ``j``, the nodes that have a :math:`2^j`-th ancestor (in
+    increasing depth) and that ancestor;
+    :math:`\lceil \log_2 (\mathrm{depth} + 1) \rceil` steps,
+    :math:`O(M \log \mathrm{depth})` entries."""
+    jumps, anc, node = [], parent, by_depth
+    while node.numel() > 0:
         up = anc[node]
         jumps.append((node, up))
         # anc_{j+1}(v) = anc_j(anc_j(v))
         anc = torch.full_like(anc, -1).index_copy_(0, node, anc[up])
+        node = node[anc[node] >= 0]
+    return jumps
 
 
 def _sizes_and_heights(parent: Tensor, n: int, depth: Tensor,
@@ -661,7 +665,7 @@ class Hierarchy:
         cluster_levels = _LevelViews(
             (clusters - n, parent[clusters] - n), counts[1:])
         cluster_parent = torch.where(parent[n:] >= 0, parent[n:] - n, -1)
-        jumps = _ancestor_jumps(cluster_parent) \
+        jumps = _ancestor_jumps(cluster_parent, clusters - n) \
             if max_depth > _DOUBLING_DEPTH else None
         size, height = _sizes_and_heights(parent, n, depth, by_level, jumps)
 

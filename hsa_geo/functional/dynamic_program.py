@@ -499,12 +499,35 @@ def _paths(layout: HierarchyLayout) -> _Paths:
     return _Paths(layout.cluster_levels, layout.cluster_jumps)
 
 
-def _gather_add_(x: Tensor, dst: Tensor, src: Tensor):
-    r"""``x[dst] += x[src]`` (rows; ``dst`` may repeat, ``dst`` and ``src``
-    disjoint), through cache-sized staging copies on the CPU: a full-level
-    gather would be a fresh, page-faulted block at large ``N``."""
+# The cost of a step (a level or a jump: a few small operations, about
+# 40 us on a CPU) in gathered and added row elements (about 2.5 ns each);
+# accelerators launch a kernel per operation, at a similar ratio.
+_STEP_ELEMENTS = 16000
+
+
+def _jumps_pay(paths: _Paths, row_size: int) -> bool:
+    r"""Whether pointer doubling beats the levels for rows of
+    :obj:`row_size` elements: it takes ``log2(depth)`` steps instead of
+    ``depth``, but moves every row up to ``log2(depth)`` times instead of
+    once, which only a deep tree, or small rows, repay."""
+    jumps = paths.jumps
+    if not jumps:
+        return False
+    extra_rows = sum(node.numel() for node, _ in jumps[1:])
+    return (len(paths.levels) - len(jumps)) * _STEP_ELEMENTS > \
+        extra_rows * row_size
+
+
+def _gather_add_(x: Tensor, dst: Tensor, src: Tensor,
+                 backwards: bool = False):
+    r"""``x[dst] += x[src]`` (rows; ``dst`` may repeat), through cache-sized
+    staging copies on the CPU: a full-level gather would be a fresh,
+    page-faulted block at large ``N``. Chunks run in order (in reverse with
+    :obj:`backwards`); no chunk may read a row an earlier one wrote (``dst``
+    and ``src`` disjoint, or pointer-doubling rows in depth order)."""
     per_row = math.prod(x.shape[1:])
-    for lo, hi in _family_ranges(src.numel(), per_row, x.device):
+    chunks = _family_ranges(src.numel(), per_row, x.device)
+    for lo, hi in (reversed(chunks) if backwards else chunks):
         x.index_add_(0, dst[lo:hi], x.index_select(0, src[lo:hi]))
 
 
@@ -513,10 +536,9 @@ def _sum_up_(x: Tensor, paths: _Paths) -> Tensor:
     subtree's rows. With jumps, the transpose of :func:`_sum_down_`'s
     doubling: step ``j`` (last first) adds every row into its
     :math:`2^j`-th ancestor."""
-    if paths.jumps is not None:
+    if _jumps_pay(paths, math.prod(x.shape[1:])):
         for node, up in reversed(paths.jumps):
-            # the rows read and written overlap: gather all, then add
-            x.index_add_(0, up, x.index_select(0, node))
+            _gather_add_(x, up, node)  # shallowest nodes first
         return x
     for child, par in reversed(paths.levels):
         _gather_add_(x, par, child)
@@ -528,9 +550,9 @@ def _sum_down_(x: Tensor, paths: _Paths) -> Tensor:
     its path from the root (itself included); the adjoint of
     :func:`_sum_up_`. With jumps, after step ``j`` a row holds the sum over
     the :math:`2^{j+1}` nodes up from it: ``x(v) += x(anc_j(v))``."""
-    if paths.jumps is not None:
+    if _jumps_pay(paths, math.prod(x.shape[1:])):
         for node, up in paths.jumps:
-            x.index_add_(0, node, x.index_select(0, up))
+            _gather_add_(x, node, up, backwards=True)  # deepest first
         return x
     for child, par in paths.levels:
         _gather_add_(x, child, par)
@@ -539,7 +561,7 @@ def _sum_down_(x: Tensor, paths: _Paths) -> Tensor:
 
 def _sum_up(x: Tensor, paths: _Paths) -> Tensor:
     r""":func:`_sum_up_` out of place, in differentiable operations."""
-    if paths.jumps is not None:
+    if _jumps_pay(paths, math.prod(x.shape[1:])):
         for node, up in reversed(paths.jumps):
             x = x.index_add(0, up, x[node])
         return x
@@ -550,7 +572,7 @@ def _sum_up(x: Tensor, paths: _Paths) -> Tensor:
 
 def _sum_down(x: Tensor, paths: _Paths) -> Tensor:
     r""":func:`_sum_down_` out of place, in differentiable operations."""
-    if paths.jumps is not None:
+    if _jumps_pay(paths, math.prod(x.shape[1:])):
         for node, up in paths.jumps:
             x = x.index_add(0, node, x[up])
         return x
@@ -1074,7 +1096,7 @@ def _affine_down(b: Tensor, m: Tensor, paths: _Paths) -> Tensor:
     b_j(v) + m_j(v) x_{anc_j(v)}`` after step ``j`` and ``(b, m)``
     composed with the ancestor's: ``(b + m b', m m')``."""
     x = b.clone()
-    if paths.jumps is None:
+    if not _jumps_pay(paths, math.prod(x.shape[1:])):
         for child, par in paths.levels:
             x.index_add_(0, child, m[child] * x[par])
         return x

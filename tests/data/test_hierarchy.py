@@ -117,7 +117,7 @@ def test_derived_data_by_pointer_doubling(f, jumps):
     """Leaf counts, heights and the cluster levels of deep trees come from
     the pointer-doubling tables (forced here from depth 1 on, or never);
     entry j of the tables pairs every internal node with its 2^j-th
-    ancestor."""
+    ancestor, in increasing depth."""
     with unittest.mock.patch.object(hierarchy_module, '_DOUBLING_DEPTH',
                                     0 if jumps else 2**62):
         h = build(f)
@@ -141,8 +141,9 @@ def test_derived_data_by_pointer_doubling(f, jumps):
     assert len(layout.cluster_jumps) == max(
         len(p) - 1 for p in paths).bit_length()
     for j, (node, up) in enumerate(layout.cluster_jumps):
-        assert node.tolist() == [c for c, p in enumerate(paths)
-                                 if len(p) > 2**j]
+        assert node.tolist() == sorted(
+            (c for c, p in enumerate(paths) if len(p) > 2**j),
+            key=lambda c: (depth[n + c], c))
         assert up.tolist() == [paths[c][2**j] for c in node.tolist()]
 
 

@@ -4,6 +4,7 @@ and the log-partitions with their linear backward, against the dense
 reference in float64, on both paths (one step per level, and doubling)
 forced by the depth from which a hierarchy derives its jumps.
 """
+import contextlib
 import random
 import unittest.mock
 from typing import List
@@ -13,6 +14,7 @@ import torch
 from hypothesis import given, strategies as st
 
 import hsa_geo.data.hierarchy as hierarchy_module
+import hsa_geo.functional.dynamic_program as dynamic_program
 from hsa_geo import Hierarchy, hierarchical_attention, \
     hierarchical_attention_matrix
 from tests.helpers.strategies import Forest, fewer, forests, insert_chains
@@ -21,12 +23,24 @@ EXACT = 1e-10
 PATHS = ('levels', 'jumps')
 
 
+@contextlib.contextmanager
+def forced(paths: str):
+    r"""Hierarchies built inside derive their jumps from depth 1 on and the
+    dynamic program always takes them (``'jumps'``), or neither
+    (``'levels'``); the sums over rows run in chunks of a few rows, whose
+    order the jumps rely on."""
+    jumps = paths == 'jumps'
+    patch = unittest.mock.patch.object
+    with patch(hierarchy_module, '_DOUBLING_DEPTH', 0 if jumps else 2**62), \
+            patch(dynamic_program, '_STEP_ELEMENTS', 2**62 if jumps else 0), \
+            patch(dynamic_program, '_CPU_CHUNK_ELEMENTS', 16):
+        yield
+
+
 def build(f: Forest, paths: str) -> Hierarchy:
-    r"""The hierarchy of :obj:`f`, its layout derived with doubling from
-    depth 1 on (``'jumps'``) or never (``'levels'``)."""
-    depth = 0 if paths == 'jumps' else 2**62
-    with unittest.mock.patch.object(hierarchy_module, '_DOUBLING_DEPTH',
-                                    depth):
+    r"""The hierarchy of :obj:`f`, its layout derived under
+    :func:`forced`."""
+    with forced(paths):
         h = Hierarchy.from_parent(f.parent, f.num_leaves)
         layout = h.layout
     assert (layout.cluster_jumps is not None) == (
@@ -119,14 +133,17 @@ def test_deep_trees_match_dense(name, paths):
     f = DEEP[name]
     h = build(f, paths)
     assert h.depth > 32
-    check_against_dense(h, *inputs(f.num_leaves, 2, 0))
+    with forced(paths):
+        check_against_dense(h, *inputs(f.num_leaves, 2, 0))
 
 
 @fewer(4)
 @given(f=forests(max_leaves=20, max_depth=8, max_branching=3),
        seed=st.integers(0, 2**31 - 1), paths=st.sampled_from(PATHS))
 def test_random_forests_match_dense(f, seed, paths):
-    check_against_dense(build(f, paths), *inputs(f.num_leaves, 2, seed))
+    h = build(f, paths)
+    with forced(paths):
+        check_against_dense(h, *inputs(f.num_leaves, 2, seed))
 
 
 @pytest.mark.parametrize('paths', PATHS)
@@ -135,7 +152,9 @@ def test_paths_agree_in_float32(paths):
     rounding, also in float32 on a tree too large for the dense matrix."""
     f = recursive_tree(3000, 1000, 1, 50)
     q, k, v = (x.float() for x in inputs(f.num_leaves, 2, 2))
-    out = hierarchical_attention(q, k, v, build(f, paths))
+    h = build(f, paths)
+    with forced(paths):
+        out = hierarchical_attention(q, k, v, h)
     ref = hierarchical_attention(q.double(), k.double(), v.double(),
                                  build(f, 'levels'))
     assert (out.double() - ref).abs().max().item() <= 1e-4
@@ -157,9 +176,11 @@ def test_gradcheck_and_gradgradcheck(name, paths):
 
     def attention(q, k, v):
         return hierarchical_attention(q, k, v, h)
-    assert torch.autograd.gradcheck(attention, args, eps=1e-6, atol=1e-7)
-    assert torch.autograd.gradgradcheck(attention, args, eps=1e-6,
-                                        atol=1e-6)
+    with forced(paths):
+        assert torch.autograd.gradcheck(attention, args, eps=1e-6,
+                                        atol=1e-7)
+        assert torch.autograd.gradgradcheck(attention, args, eps=1e-6,
+                                            atol=1e-6)
 
 
 def test_dropout_is_the_same_on_both_paths():
@@ -169,9 +190,11 @@ def test_dropout_is_the_same_on_both_paths():
     q, k, v = inputs(f.num_leaves, 2, 4)
     outs = []
     for paths in PATHS:
+        h = build(f, paths)
         torch.manual_seed(5)
-        outs.append(hierarchical_attention(q, k, v, build(f, paths),
-                                           dropout_p=0.3, training=True))
+        with forced(paths):
+            outs.append(hierarchical_attention(q, k, v, h, dropout_p=0.3,
+                                               training=True))
     assert (outs[0] - outs[1]).abs().max().item() <= EXACT
     torch.manual_seed(6)
     other = hierarchical_attention(q, k, v, build(f, 'jumps'), dropout_p=0.3,
