@@ -756,8 +756,13 @@ def hierarchical_attention(
             \pi_F(a \to b) \, \bar v_b .
 
     The upward pass (means, :math:`g`) and the downward pass (:math:`r`,
-    context) are scatter reductions level by level over the tree; the
-    attention inside families is one batched product per family width. All
+    context) are scatter reductions level by level over the tree. On trees
+    deeper than 32 levels, the linear ones (the means, :math:`r`, the
+    contexts, and the backward of :math:`g`) take :math:`\log_2
+    \mathrm{depth}` pointer-doubling steps instead wherever the steps saved
+    outweigh the rows moved more often; only the forward of :math:`g`
+    keeps one small step per level. The attention inside families is one
+    batched product per family width. All
     of it runs in log space, and nothing of size :math:`N \times N` is built:
     time and memory are :math:`O(T H D + P H D)` with :math:`P = \sum_F
     |C(F)|^2` sibling pairs (families are padded to a power-of-two width
