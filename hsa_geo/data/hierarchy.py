@@ -10,8 +10,18 @@ from torch import Tensor
 
 from hsa_geo._checks import check_index, check_int
 from hsa_geo._memory import ensure_memory
+from hsa_geo.data.sparse_families import SparseFamilies, sparse_families
 
 IndexLike = Union[Tensor, Sequence[int]]
+
+# Families with more children get tables of their exact width.
+WIDE_FAMILY = 1024
+# Buckets with at most this many padded scores (F * W^2) join the pair
+# list: below it the fixed cost of a bucket's operations outweighs its
+# arithmetic, and one list serves every such bucket with a fixed number of
+# operations (a batch of molecules has families of a dozen widths and three
+# kinds). Read when a hierarchy's layout is first derived.
+SPARSE_PAIR_LIMIT = 2**15
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,11 @@ class FamilyBucket:
             ``allowed[f, i, j]`` if child ``i`` may attend to sibling ``j``
             (never on the diagonal or in padding); :obj:`None` for dense
             families.
+        sparse (bool): whether the attention of these families runs on the
+            list of their sibling pairs
+            (:class:`~hsa_geo.data.sparse_families.SparseFamilies`) rather
+            than on this table: always with a family graph, and for small
+            buckets.
     """
     width: int
     kind: str
@@ -64,6 +79,7 @@ class FamilyBucket:
     cluster_slot: Tensor
     cluster_node: Tensor
     allowed: Optional[Tensor] = None
+    sparse: bool = False
 
     @property
     def num_families(self) -> int:
@@ -97,6 +113,8 @@ class HierarchyLayout:
         leaves_outside_leaf_families (LongTensor): non-root leaves that are
             not in a multi-child ``'leaf'`` bucket.
         outside_parent_cluster (LongTensor): their parents, ``0..M-1``.
+        sparse (SparseFamilies): the families of the buckets flagged
+            :attr:`FamilyBucket.sparse`, as one list of sibling pairs.
         cluster_parent (LongTensor): ``[M]`` the parent of every internal
             node, ``0..M-1`` (``-1`` for roots).
         cluster_jumps (list of (LongTensor, LongTensor), optional): the
@@ -118,6 +136,7 @@ class HierarchyLayout:
     leaf_blocks: Optional[FamilyBucket]
     leaves_outside_leaf_families: Tensor
     outside_parent_cluster: Tensor
+    sparse: SparseFamilies
     cluster_parent: Tensor
     cluster_jumps: Optional[List[Tuple[Tensor, Tensor]]]
 
@@ -145,6 +164,7 @@ class _FamilyData(NamedTuple):
     sibling_rank: Tensor
     leaf_blocks: Optional[int]  # position in `buckets`
     outside: Tuple[Tensor, Tensor]
+    sparse: SparseFamilies
 
 
 class _LevelViews(list):
@@ -165,9 +185,6 @@ class _LevelViews(list):
                            self.counts)
 
 
-_BUCKET_FIELDS = tuple(f.name for f in fields(FamilyBucket))
-
-
 def _tensors_in(values: Iterable[Any]) -> List[Tensor]:
     r"""The tensors in :obj:`values`, in lists, tuples and buckets at any
     depth, in a fixed order."""
@@ -180,13 +197,14 @@ def _tensors_in(values: Iterable[Any]) -> List[Tensor]:
             todo.extend(value.bases)
         elif isinstance(value, (list, tuple)):
             todo.extend(value)
-        elif isinstance(value, FamilyBucket):
-            todo.extend(getattr(value, name) for name in _BUCKET_FIELDS)
+        elif isinstance(value, (FamilyBucket, SparseFamilies)):
+            todo.extend(getattr(value, f.name) for f in fields(value))
     return out
 
 
 def _moved(value: Any, device: Union[str, torch.device]) -> Any:
-    if isinstance(value, (Tensor, FamilyBucket, _LevelViews)):
+    if isinstance(value, (Tensor, FamilyBucket, SparseFamilies,
+                          _LevelViews)):
         return value.to(device)
     if isinstance(value, list):
         return [_moved(item, device) for item in value]
@@ -220,12 +238,26 @@ def _as_range(index: Tensor) -> Optional[Tuple[int, int]]:
     return None
 
 
+def _is_sparse(width: int, num_families: int, allowed: Optional[Tensor],
+               all_leaves_in_order: bool) -> bool:
+    r"""Whether a bucket's families run on their pair list: with a family
+    graph, and when the bucket is small (:data:`SPARSE_PAIR_LIMIT`), unless
+    it holds every leaf in order (the fused leaf path is faster)."""
+    if width == 1:
+        return False  # no pairs at all
+    if allowed is not None:
+        return True
+    return not all_leaves_in_order and \
+        num_families * width**2 <= SPARSE_PAIR_LIMIT
+
+
 def _padded_width(num_children: Tensor) -> Tensor:
     r"""The width of a family's table: the next power of two up to 64
     children (few, cheap buckets; at most 4x the pairs of small families),
     then the next multiple of an eighth of the power of two below, so that
-    a wide family wastes at most about 27% of its :math:`W^2` scores (a
-    power of two would pad 50,000 children to 65,536, 1.7x the scores)."""
+    a family wastes at most about 27% of its :math:`W^2` scores (a power of
+    two would pad 50,000 children to 65,536, 1.7x the scores); families of
+    more than :data:`WIDE_FAMILY` children are not padded."""
     width = torch.ones_like(num_children)
     big = num_children > 1
     width[big] = 2**torch.ceil(torch.log2(num_children[big].double())).long()
@@ -233,6 +265,11 @@ def _padded_width(num_children: Tensor) -> Tensor:
     step = 2**(torch.floor(torch.log2(num_children[wide].double())).long()
                - 3)
     width[wide] = (num_children[wide] + step - 1) // step * step
+    # Wide families are few and each is a large piece of work: a table of
+    # its exact width wastes nothing, and a wide family of leaves can then
+    # run as softmax attention without any table.
+    exact = num_children > WIDE_FAMILY
+    width[exact] = num_children[exact]
     return width
 
 
@@ -691,17 +728,18 @@ class Hierarchy:
         # context of their parent's path separately in the dynamic program.
         covered = torch.zeros(n, dtype=torch.bool, device=parent.device)
         for b in buckets:
-            if b.kind == 'leaf' and b.width > 1:
+            if b.kind == 'leaf' and b.width > 1 and not b.sparse:
                 covered[b.children.flatten()] = True
         rest = leaf_has_parent[~covered[leaf_has_parent]]
         # All leaves in order in equal-width families: block reductions
         # replace scatters over the leaves.
         leaf_blocks = next(
-            (i for i, b in enumerate(buckets)
-             if b.kind == 'leaf' and b.source_range == (0, n)), None)
+            (i for i, b in enumerate(buckets) if b.kind == 'leaf'
+             and b.source_range == (0, n) and not b.sparse), None)
         return _FamilyData(buckets=buckets, sibling_rank=rank,
                            leaf_blocks=leaf_blocks,
-                           outside=(rest, parent[rest] - n))
+                           outside=(rest, parent[rest] - n),
+                           sparse=sparse_families(buckets, n))
 
     def _tensors(self) -> List[Tensor]:
         r"""Every tensor the hierarchy holds, derived data included."""
@@ -766,11 +804,12 @@ class Hierarchy:
             if kd < 2:
                 source_index = children if kd == 0 else children - n
             is_leaf = c < n
+            range_ = _as_range(source_index)
             buckets.append(
                 FamilyBucket(
                     width=w,
                     kind=('leaf', 'cluster', 'mixed')[kd],
-                    source_range=_as_range(source_index),
+                    source_range=range_,
                     family=fams + n,
                     parent_cluster=fams,
                     parent_range=_as_range(fams),
@@ -782,6 +821,8 @@ class Hierarchy:
                     cluster_slot=flat[~is_leaf],
                     cluster_node=c[~is_leaf] - n,
                     allowed=allowed,
+                    sparse=_is_sparse(w, fams.numel(), allowed,
+                                      kd == 0 and range_ == (0, n)),
                 ))
         return buckets, rank
 
@@ -866,7 +907,7 @@ class Hierarchy:
             leaf_parent_cluster=nodes.leaf_parent_cluster,
             leaf_blocks=None if blocks is None else families.buckets[blocks],
             leaves_outside_leaf_families=rest,
-            outside_parent_cluster=rest_parent,
+            outside_parent_cluster=rest_parent, sparse=families.sparse,
             cluster_parent=nodes.cluster_parent,
             cluster_jumps=nodes.cluster_jumps)
 

@@ -17,6 +17,9 @@ from hsa_geo._checks import (check_bool, check_device, check_float,
 from hsa_geo._memory import ensure_memory
 from hsa_geo.data.hierarchy import FamilyBucket, Hierarchy, HierarchyLayout
 from hsa_geo.functional.replayed_backward import replayed_backward
+from hsa_geo.functional.sparse_family_attention import (scatter_logsumexp,
+                                                        sparse_contexts,
+                                                        sparse_scores)
 
 
 class FamilyWeights(NamedTuple):
@@ -82,10 +85,8 @@ def _check_pair_bias(bias: Tensor, hierarchy: Hierarchy,
 
 def _invalid(bucket: FamilyBucket) -> Tensor:
     r"""Pairs without a logit: the diagonal (``l_aa = g_a`` enters
-    separately), padding, and pairs off the family graph; ``[W, W]`` when
-    all families share it, else ``[F, W, W]``."""
-    if bucket.allowed is not None:  # never on the diagonal or in padding
-        return ~bucket.allowed
+    separately) and padding; ``[W, W]`` when all families share it, else
+    ``[F, W, W]``. (Families with a family graph run on their pair list.)"""
     eye = torch.eye(bucket.width, dtype=torch.bool,
                     device=bucket.mask.device)
     if bucket.kind != 'mixed':
@@ -97,7 +98,8 @@ def _ensure_fits(hierarchy: Hierarchy, layout: HierarchyLayout, heads: int,
                  dtype: torch.dtype, pairs: bool, backward: bool):
     r"""Refuses, before anything is allocated, families whose padded score
     tables ``[H, F, W, W]`` cannot fit in the memory the device has left."""
-    width = max((b.width for b in layout.buckets), default=0)
+    width = max((b.width for b in layout.buckets if not b.sparse),
+                default=0)
     if width < _GUARDED_WIDTH:
         return  # small families never dominate: no need to ask the system
     item = torch.finfo(dtype).bits // 8
@@ -105,7 +107,8 @@ def _ensure_fits(hierarchy: Hierarchy, layout: HierarchyLayout, heads: int,
     tables = _LIVE_SCORE_TABLES[backward] + pairs
     per_pair = tables * heads * item + 24 * pairs
     nbytes = int(per_pair * sum(b.num_families * b.width**2
-                                for b in layout.buckets if b.width > 1))
+                                for b in layout.buckets
+                                if b.width > 1 and not b.sparse))
     node, children = hierarchy.widest_family
     ensure_memory(
         nbytes, f'hierarchical attention with {heads} heads',
@@ -134,6 +137,9 @@ def _bucket_biases(pair_bias: Optional[Tensor], hierarchy: Hierarchy,
     for b, (f, i, j) in zip(buckets, hierarchy.bucket_pairs):
         rows = pair_bias[offset:offset + f.numel()].to(dtype)
         offset += f.numel()
+        if b.sparse:
+            out.append(None)
+            continue
         bias = rows.new_zeros(rows.size(1), b.num_families, b.width, b.width)
         bias[:, f, i, j] = rows.t()
         out.append(bias if b.width > 1 else None)
@@ -836,7 +842,8 @@ def hierarchical_attention(
     means = _upward_means(tree)
     scores = _family_scores(tree, means,
                             _bucket_biases(pair_bias, hierarchy, layout.buckets,
-                                           dtype))
+                                           dtype),
+                            None if pair_bias is None else pair_bias.to(dtype))
     parts = _log_partitions(tree, scores)
     drop = dropout_p if training else 0.0
     passes = _Passes(tree, means, scores, parts,
@@ -889,11 +896,13 @@ class _Scores(NamedTuple):
     r"""Per bucket the off-diagonal logits ``l_ab`` ``[H, F, W, W]`` (masked
     entries hold ``neg``; :obj:`None` for single children), their row
     logsumexp per leaf ``[N, H]`` and per cluster ``[M, H]``, and the leaf
-    diagonal ``g_i = s_ii`` ``[N, H]``."""
+    diagonal ``g_i = s_ii`` ``[N, H]``; the logits of the sparse
+    families' pairs ``[P', H]`` (:obj:`None` without any)."""
     tables: List[Optional[Tensor]]
     off_lse_leaf: Tensor
     off_lse_clus: Tensor
     g_leaf: Tensor
+    pairs: Optional[Tensor]
 
 
 class _LogPartitions(NamedTuple):
@@ -946,7 +955,11 @@ def _upward_means(tree: _Tree) -> Dict[int, Tuple[Tensor, Tensor, Tensor]]:
     layout = tree.layout
     buckets = layout.buckets
     attending = [i for i, b in enumerate(buckets)
-                 if b.kind != 'leaf' and b.width > 1]
+                 if b.kind != 'leaf' and b.width > 1 and not b.sparse]
+    reads = [_cluster_rows(buckets[i]) for i in attending]
+    if layout.sparse.cluster.numel() > 0:
+        attending.append(_SPARSE)
+        reads.append((layout.sparse.cluster, None))
     if not attending:
         return {}
     if tree.fused is not None:
@@ -958,14 +971,48 @@ def _upward_means(tree: _Tree) -> Dict[int, Tuple[Tensor, Tensor, Tensor]]:
         sources = tuple(x if lwp.numel() == x.size(0) else x[lwp]
                         for x in (tree.q, tree.k, tree.v))
         rows = (layout.leaf_parent_cluster, None)
-    reads = [_cluster_rows(buckets[i]) for i in attending]
     means = [_SubtreeMean.apply(src, rows, _paths(layout),
                                 tree.cluster_size, reads) for src in sources]
     return {i: m for i, *m in zip(attending, *means)}
 
 
+# The key of the sparse families among the buckets' means.
+_SPARSE = -1
+
+
+def _members(tree: _Tree, leaf_x: Tensor, cluster_x: Optional[Tensor]
+             ) -> Tensor:
+    r"""A member table of the sparse families: leaf rows, then cluster
+    rows."""
+    sparse = tree.layout.sparse
+    leaf_x = leaf_x.index_select(0, sparse.leaf)
+    return leaf_x if cluster_x is None else torch.cat([leaf_x, cluster_x])
+
+
+def _sparse_scores(tree: _Tree, means: Dict[int, Tuple[Tensor, ...]],
+                   bias: Optional[Tensor], off_lse_leaf: Tensor,
+                   off_lse_clus: Tensor) -> Optional[Tensor]:
+    r"""The logits of the sparse families' pairs; their logsumexp per
+    member is written into the off-diagonal rows."""
+    sparse = tree.layout.sparse
+    if sparse.num_pairs == 0:
+        return None
+    qc, kc = means[_SPARSE][:2] if _SPARSE in means else (None, None)
+    log_size = _members(tree, tree.q.new_zeros(tree.q.size(0)),
+                        tree.cluster_size[sparse.cluster].log())
+    s = sparse_scores(sparse, _members(tree, tree.q, qc),
+                      _members(tree, tree.k, kc), log_size, tree.scale,
+                      None if bias is None else bias[sparse.row])
+    lse = scatter_logsumexp(s, sparse.src, sparse.num_members, tree.neg)
+    num_leaf = sparse.leaf.numel()
+    off_lse_leaf[sparse.leaf] = lse[:num_leaf]
+    off_lse_clus[sparse.cluster] = lse[num_leaf:]
+    return s
+
+
 def _family_scores(tree: _Tree, means: Dict[int, Tuple[Tensor, ...]],
-                   biases: List[Optional[Tensor]]) -> _Scores:
+                   biases: List[Optional[Tensor]],
+                   pair_bias: Optional[Tensor]) -> _Scores:
     r"""The off-diagonal logits of every family and their logsumexp per
     row."""
     q, k, neg = tree.q, tree.k, tree.neg
@@ -976,7 +1023,7 @@ def _family_scores(tree: _Tree, means: Dict[int, Tuple[Tensor, ...]],
     logsize_clus = tree.cluster_size.log()
     tables: List[Optional[Tensor]] = []
     for i, (b, bias) in enumerate(zip(tree.layout.buckets, biases)):
-        if b.width == 1:  # a single child has no sibling to attend to
+        if b.width == 1 or b.sparse:  # no sibling, or on the pair list
             tables.append(None)
             continue
         if tree.fused is not None and b is tree.fused.blocks:
@@ -1003,8 +1050,10 @@ def _family_scores(tree: _Tree, means: Dict[int, Tuple[Tensor, ...]],
     if tree.fused is not None:
         g_leaf = tree.fused.diag.view(num_leaves, heads)  # s_ii
     else:
-        g_leaf = torch.einsum('nhd,nhd->nh', q, k) * tree.scale
-    return _Scores(tables, off_lse_leaf, off_lse_clus, g_leaf)
+        g_leaf = torch.linalg.vecdot(q, k) * tree.scale
+    pairs = _sparse_scores(tree, means, pair_bias, off_lse_leaf,
+                           off_lse_clus)
+    return _Scores(tables, off_lse_leaf, off_lse_clus, g_leaf, pairs)
 
 
 def _log_partitions(tree: _Tree, scores: _Scores) -> _LogPartitions:
@@ -1168,6 +1217,24 @@ def _bucket_context(passes: _Passes, i: int,
                                   None, parent_context)
 
 
+def _sparse_contexts(passes: _Passes) -> Optional[Tensor]:
+    r"""``[K, H, D_v]`` the contexts ``u_a`` of the sparse families'
+    members."""
+    tree, parts = passes.tree, passes.parts
+    sparse, s = tree.layout.sparse, passes.scores.pairs
+    if s is None:
+        return None
+    lse = _members(tree, parts.lse_leaf, parts.lse_clus[sparse.cluster])
+    shift = lse - passes.masses.log_r_clus[sparse.parent_cluster]
+    keep = None
+    if passes.dropout_p > 0.0:
+        keep = _dropout_keep(s.shape, passes.dropout_p, s).to(s.dtype) / (
+            1.0 - passes.dropout_p)
+    vc = passes.means[_SPARSE][2] if _SPARSE in passes.means else None
+    return sparse_contexts(sparse, s, shift, _members(tree, tree.v, vc),
+                           keep)
+
+
 def _downward_contexts(passes: _Passes) -> Tensor:
     r"""Downward pass, contexts and output ``[N, H, D_v]``: the families
     with internal children first, so that the contexts ``U_F`` (summed
@@ -1186,11 +1253,21 @@ def _downward_contexts(passes: _Passes) -> Tensor:
         rows = _from_slots(b, _bucket_context(passes, i, None), u_leaf)
         if rows is not None:
             writes.append((_cluster_rows(b), rows))
+    sparse_u = _sparse_contexts(passes)
+    if sparse_u is not None:
+        num_leaf = layout.sparse.leaf.numel()
+        if num_leaf > 0:
+            if u_leaf is None:
+                u_leaf = v.new_zeros(v.shape)
+            u_leaf[layout.sparse.leaf] = sparse_u[:num_leaf]
+        if num_leaf < sparse_u.size(0):
+            writes.append(((layout.sparse.cluster, None),
+                           sparse_u[num_leaf:]))
     # U_F, read by the leaf families and by the leaves outside them (single
     # children, mixed families, root leaves).
     rest = layout.leaves_outside_leaf_families
     leaf_families = [i for i, b in enumerate(buckets)
-                     if b.kind == 'leaf' and b.width > 1]
+                     if b.kind == 'leaf' and b.width > 1 and not b.sparse]
     parent_contexts = [None] * len(leaf_families)
     rest_context = None
     if writes:
@@ -1218,15 +1295,26 @@ def _downward_contexts(passes: _Passes) -> Tensor:
 
 def _all_family_weights(passes: _Passes) -> Tensor:
     r"""``[P, H]`` the family weights in the order of the sibling pairs."""
-    parts = passes.parts
+    parts, tree = passes.parts, passes.tree
     weights = [
+        parts.g_leaf.new_zeros(int((b.mask.sum(1)**2).sum()),
+                               parts.g_leaf.size(1)) if b.sparse else
         _family_weights(b, s,
                         _node_slots(b, parts.lse_leaf,
                                     parts.lse_clus).permute(2, 0, 1),
                         _node_slots(b, parts.g_leaf, parts.g_clus))
-        for b, s in zip(passes.tree.layout.buckets, passes.scores.tables)]
-    return torch.cat(weights) if weights else parts.g_leaf.new_zeros(
+        for b, s in zip(tree.layout.buckets, passes.scores.tables)]
+    out = torch.cat(weights) if weights else parts.g_leaf.new_zeros(
         0, parts.g_leaf.size(1))
+    sparse = tree.layout.sparse
+    if sparse.num_members > 0:
+        lse = _members(tree, parts.lse_leaf, parts.lse_clus[sparse.cluster])
+        g = _members(tree, parts.g_leaf, parts.g_clus[sparse.cluster])
+        out = out.index_put((sparse.self_row, ), torch.exp(g - lse))
+        if passes.scores.pairs is not None:
+            out = out.index_put((sparse.row, ), torch.exp(
+                passes.scores.pairs - lse[sparse.src]))
+    return out
 
 
 def _family_weights(bucket: FamilyBucket, s: Optional[Tensor], lse: Tensor,

@@ -622,13 +622,15 @@ def test_num_sibling_pairs_counts_without_building(f):
 
 
 @pytest.mark.parametrize('children,width', [
-    (2, 2), (3, 4), (64, 64), (65, 72), (100, 104), (2049, 2304),
-    (50000, 53248)])
+    (2, 2), (3, 4), (64, 64), (65, 72), (100, 104), (1000, 1024),
+    (1024, 1024), (1025, 1025), (2049, 2049), (50000, 50000)])
 def test_wide_families_are_padded_by_at_most_an_eighth(children, width):
     h = Hierarchy.from_parent([children] * children + [-1], children)
     assert [b.width for b in h.family_buckets] == [width]
     if children > 64:
         assert (width / children)**2 <= 1.27
+    if children > 1024:  # not padded at all
+        assert h.family_buckets[0].kind == 'leaf'
 
 
 @given(f=forests(max_leaves=20), data=st.data())

@@ -913,24 +913,32 @@ def test_fused_contiguous_leaf_path_in_small_chunks(monkeypatch, branching,
 # Inputs too large for the machine ##########################################
 
 
+def wide_cluster_family(n: int) -> Hierarchy:
+    r"""A root over ``n`` clusters of one leaf each: a family of ``n``
+    internal children, which runs on a table (a wide family of leaves runs
+    as softmax attention, without one)."""
+    return Hierarchy.from_parent(
+        torch.cat([torch.arange(n, 2 * n), torch.full((n, ), 2 * n),
+                   torch.tensor([-1])]), n)
+
+
 def test_family_too_wide_for_any_machine_is_refused_before_allocating():
     """200,000 children in one family: 4 * 10^10 scores per head. The error
     comes before any table is allocated and names the family."""
     n = 200_000
-    h = Hierarchy.from_parent(torch.cat([torch.full((n, ), n), torch.tensor(
-        [-1])]), n)
+    h = wide_cluster_family(n)
     q = torch.zeros(n, 1, 1)
     with pytest.raises(ValueError, match=rf"would need about .* GiB.*widest "
-                       rf"family \(node {n}\) has {n} children, padded to a "
-                       rf"table of 212992 x 212992"):
+                       rf"family \(node {2 * n}\) has {n} children, padded "
+                       rf"to a table of {n} x {n}"):
         hierarchical_attention(q, q, q, h)
 
 
 def test_memory_guard_counts_heads_and_pair_tables(monkeypatch):
     import hsa_geo._memory as memory
-    h = build(flat_tree(2000))  # padded to 2048
+    h = wide_cluster_family(2000)  # wider than 1024: not padded
     q = torch.randn(2000, 2, 1, requires_grad=True)
-    tables = 2048**2 * 2 * 4  # bytes of one float32 table of all heads
+    tables = 2000**2 * 2 * 4  # bytes of one float32 table of all heads
     monkeypatch.setattr(memory, 'available_memory', lambda device: 5 * tables)
     hierarchical_attention(q, q, q, h)  # five tables fit a backward
     with pytest.raises(ValueError, match='hierarchical attention with 2 '

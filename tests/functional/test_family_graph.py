@@ -91,13 +91,16 @@ def test_bias_without_family_graph_matches_dense(f, heads, seed):
 
 @pytest.mark.parametrize('n,branching', [(64, 4), (64, 8), (48, 4), (16, 16)])
 @pytest.mark.parametrize('with_bias', [False, True])
-def test_fused_leaf_path_with_family_graph_and_bias(n, branching, with_bias):
-    """Leaves in order in equal power-of-two families run the fused leaf
-    path; the mask and bias apply there too."""
+def test_balanced_tree_with_family_graph_and_bias(n, branching, with_bias):
+    """Leaves in order in equal families run the fused leaf path, but with a
+    family graph every family runs on the list of its allowed pairs: only
+    those are scored."""
     h = Hierarchy.from_assignments(balanced_assignments(n, branching))
     assert h.layout.leaf_blocks is not None
     h = h.with_family_graph(random_family_graph(h, n + branching))
-    assert h.layout.leaf_blocks is not None
+    assert h.layout.leaf_blocks is None
+    assert all(b.sparse for b in h.family_buckets if b.width > 1)
+    assert h.layout.sparse.num_pairs == h.family_edge_index.size(1)
     q, k, v = make(n, 2, 5, n)
     bias = make_bias(h, 2, 3) if with_bias else None
     Q = hierarchical_attention_matrix(q, k, h, pair_bias=bias)
@@ -289,7 +292,7 @@ def test_derivatives_with_family_graph_and_bias(order, f, heads, seed):
 
 
 @pytest.mark.parametrize('order', sorted(DERIVATIVE_CHECKS))
-def test_derivatives_fused_path_with_family_graph_and_bias(order):
+def test_derivatives_balanced_tree_with_family_graph_and_bias(order):
     h = Hierarchy.from_assignments(balanced_assignments(16, 4))
     h = h.with_family_graph(random_family_graph(h, 1))
     q, k, v = (t.requires_grad_() for t in make(16, 2, 2, 0))

@@ -1,0 +1,465 @@
+r"""HSAConv against PyG's graph transformer attentions on a batch of small
+real molecules.
+
+What
+----
+The first 128 parsable molecules of RDKit's ``Data/NCI/first_5K.smi`` (in
+file order), featurized as OGB does (:func:`ogb.utils.smiles2graph`) and
+turned into nested signals by :class:`hsa_geo.transforms.MoleculeHierarchy`
+once, as a ``pre_transform`` would: per molecule a tree atoms -> ring
+systems and chain fragments -> molecule. They are collated into one batch
+as PyG's :class:`~torch_geometric.loader.DataLoader` does
+(:meth:`~torch_geometric.data.Batch.from_data_list`): a forest of 128 trees
+over all atoms. The node features are random ``[N, C]`` (what an atom
+encoder would give), ``C = 64`` (4 heads x 16) and ``C = 256`` (4 x 64).
+Every method runs forward+backward with the loss ``out.sum()``, ``x`` and
+the parameters requiring grad:
+
+* ``hsa_conv``: :class:`hsa_geo.nn.HSAConv` ``(C, C // 4, heads=4)`` over
+  ``batch.hierarchy``: every atom attends to its whole molecule, through
+  the molecule's tree;
+* ``gps_dense_attention``: the global attention of
+  :class:`torch_geometric.nn.GPSConv` ``(C, None, heads=4,
+  attn_type='multihead')`` exactly as its ``forward`` runs it:
+  :func:`~torch_geometric.utils.to_dense_batch` of ``x`` by molecule, its
+  ``torch.nn.MultiheadAttention(C, 4, batch_first=True)`` (``.attn``) with
+  ``key_padding_mask=~mask`` and ``need_weights=False``, then the rows of
+  the atoms back (``h[mask]``). The attention alone, without the layer's
+  local MPNN, residuals, norms and MLP (HSAConv has none of them either):
+  every atom attends to its whole molecule, densely;
+* ``transformer_conv``: :class:`torch_geometric.nn.TransformerConv`
+  ``(C, C // 4, heads=4)`` over the bonds (both directions): every atom
+  attends to its bonded neighbours.
+
+HSA pays per batch what the peers do not, measured apart:
+
+* ``collate added``: :meth:`~torch_geometric.data.Batch.from_data_list` of
+  the nested signals minus the same of the plain ``Data`` of the same
+  molecules;
+* ``hierarchy``: the first ``batch.hierarchy`` of a fresh batch (decoded
+  from the collated keys and checked);
+* ``first-call extra``: HSAConv's first forward+backward on a fresh batch's
+  hierarchy, which derives the layout the dynamic program reads, minus the
+  steady state (``hsa_conv``); a difference of medians, so it is noisy.
+
+And, once per dataset, the build: :class:`MoleculeHierarchy` over the 128
+molecules, per batch and per molecule.
+
+How
+---
+One process. For each thread count (``torch.set_num_threads``, 1 and 2 by
+default) the methods run interleaved, round by round (in reverse order
+every other round, so that a busy machine slows all of them alike), after
+warm-up rounds; each time is the median over the rounds, measured with
+:func:`time.perf_counter`.
+
+Targets, forward+backward, at both sizes and thread counts:
+``hsa_conv / gps_dense_attention <= 0.5`` and
+``hsa_conv / transformer_conv <= 2``.
+
+Usage::
+
+    python benchmarks/bench_small_graphs.py            # 128 molecules
+    python benchmarks/bench_small_graphs.py --quick    # 8 molecules, 1 round
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_attention as ba  # noqa: E402  (shared machine and JSON code)
+import bench_collate as bc  # noqa: E402  (the molecules)
+
+BATCH_SIZE = 128
+HEADS = 4
+CHANNELS = [64, 256]  # 4 heads x 16, 4 heads x 64
+THREADS = [1, 2]
+ROUNDS, WARMUP, BUILD_ROUNDS = 20, 3, 5
+QUICK_BATCH = 8
+METHODS = ['hsa_conv', 'gps_dense_attention', 'transformer_conv']
+PEERS = METHODS[1:]
+LABELS = {
+    'hsa_conv': 'HSAConv',
+    'gps_dense_attention': 'GPS dense attention',
+    'transformer_conv': 'TransformerConv',
+}
+TARGETS = {'gps_dense_attention': 0.5, 'transformer_conv': 2.0}
+
+Call = Callable[[], Optional[float]]
+
+
+def interleaved(calls: Dict[str, Call], warmup: int,
+                rounds: int) -> Dict[str, List[float]]:
+    r"""Seconds of every call per round, after :obj:`warmup` untimed
+    rounds; the calls run in reverse order every other round. A call that
+    returns a number has timed its own part, which is reported instead."""
+    samples: Dict[str, List[float]] = {name: [] for name in calls}
+    names = list(calls)
+    for i in range(warmup + rounds):
+        for name in names if i % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            inner = calls[name]()
+            elapsed = time.perf_counter() - start
+            if i >= warmup:
+                samples[name].append(elapsed if inner is None else inner)
+    return samples
+
+
+def _median_fields(samples: Dict[str, List[float]]) -> Dict[str, Any]:
+    row: Dict[str, Any] = {}
+    for name, values in samples.items():
+        row[f'{name}_ms'] = statistics.median(values) * 1e3
+        row[f'{name}_samples_ms'] = [v * 1e3 for v in values]
+    return row
+
+
+def batch_costs(plain: List[Any], nested: List[Any], warmup: int,
+                rounds: int, build_rounds: int) -> Dict[str, Any]:
+    r"""Per batch: PyG's collate of the plain molecules and of the nested
+    signals, the first ``batch.hierarchy`` of a fresh batch, and
+    :class:`MoleculeHierarchy` over all molecules (the one-off build)."""
+    from torch_geometric.data import Batch
+
+    from hsa_geo.transforms import MoleculeHierarchy
+
+    def hierarchy() -> float:
+        batch = Batch.from_data_list(nested)
+        start = time.perf_counter()
+        batch.hierarchy
+        return time.perf_counter() - start
+
+    def collate(items: List[Any]) -> Call:
+        def call() -> None:
+            Batch.from_data_list(items)
+        return call
+
+    transform = MoleculeHierarchy()
+
+    def build() -> None:
+        for data in plain:
+            transform(data)
+
+    row = _median_fields(interleaved({
+        'plain_collate': collate(plain),
+        'nested_collate': collate(nested),
+        'hierarchy': hierarchy,
+    }, warmup, rounds))
+    row.update(_median_fields(interleaved({'build': build}, min(warmup, 1),
+                                          build_rounds)))
+    row['collate_added_ms'] = row['nested_collate_ms'] - \
+        row['plain_collate_ms']
+    row['build_per_molecule_ms'] = row['build_ms'] / len(plain)
+    return row
+
+
+def attention_cases(batch: Any, channels: int
+                    ) -> Tuple[Dict[str, ba.Case], Any]:
+    r"""The three layers at :obj:`channels` on one shared input ``x``
+    ``[N, channels]``, ready for forward+backward, and the HSAConv."""
+    import torch
+    from torch_geometric.nn import GPSConv, TransformerConv
+    from torch_geometric.utils import to_dense_batch
+
+    from hsa_geo.nn import HSAConv
+    x = torch.randn(batch.num_nodes, channels, requires_grad=True)
+    hierarchy = batch.hierarchy
+    hsa = HSAConv(channels, channels // HEADS, heads=HEADS)
+    gps = GPSConv(channels, None, heads=HEADS, attn_type='multihead')
+    conv = TransformerConv(channels, channels // HEADS, heads=HEADS)
+
+    def gps_attention():  # as GPSConv.forward calls its attention
+        h, mask = to_dense_batch(x, batch.batch)
+        h, _ = gps.attn(h, h, h, key_padding_mask=~mask, need_weights=False)
+        return h[mask]
+
+    return {
+        'hsa_conv': ba.Case(lambda: hsa(x, hierarchy),
+                            [x] + list(hsa.parameters())),
+        'gps_dense_attention': ba.Case(gps_attention,
+                                       [x] + list(gps.attn.parameters())),
+        'transformer_conv': ba.Case(lambda: conv(x, batch.edge_index),
+                                    [x] + list(conv.parameters())),
+    }, hsa
+
+
+def forward_backward(case: ba.Case) -> Call:
+    def call() -> None:
+        for t in case.grad_leaves:
+            t.grad = None
+        case.forward().sum().backward()
+    return call
+
+
+def fresh_hsa_conv(nested: List[Any], conv: Any, case: ba.Case) -> Call:
+    r""":obj:`conv`'s first forward+backward on a freshly collated batch
+    (timed alone: the collate and ``batch.hierarchy`` are not part of it),
+    on the input of :obj:`case`."""
+    from torch_geometric.data import Batch
+    x = case.grad_leaves[0]
+
+    def call() -> float:
+        hierarchy = Batch.from_data_list(nested).hierarchy
+        for t in case.grad_leaves:
+            t.grad = None
+        start = time.perf_counter()
+        conv(x, hierarchy).sum().backward()
+        return time.perf_counter() - start
+    return call
+
+
+def output_checks(cases: Dict[str, ba.Case]) -> Dict[str, Any]:
+    r"""Per method, whether its output is finite, and its shape (``[N,
+    C]``)."""
+    import torch
+    checks = {}
+    for name, case in cases.items():
+        with torch.no_grad():
+            out = case.forward()
+        checks[name] = {'finite': bool(torch.isfinite(out).all()),
+                        'shape': list(out.shape)}
+    return checks
+
+
+def attention_row(batch: Any, nested: List[Any], channels: int,
+                  threads: int, warmup: int, rounds: int) -> Dict[str, Any]:
+    r"""Median forward+backward ms of every method, interleaved."""
+    cases, hsa = attention_cases(batch, channels)
+    calls: Dict[str, Call] = {m: forward_backward(cases[m]) for m in METHODS}
+    calls['hsa_conv_fresh'] = fresh_hsa_conv(nested, hsa, cases['hsa_conv'])
+    row: Dict[str, Any] = {'channels': channels, 'heads': HEADS,
+                           'head_dim': channels // HEADS, 'threads': threads,
+                           'rounds': rounds,
+                           'output': output_checks(cases)}
+    row.update(_median_fields(interleaved(calls, warmup, rounds)))
+    row['first_call_extra_ms'] = row['hsa_conv_fresh_ms'] - \
+        row['hsa_conv_ms']
+    for peer in PEERS:
+        row[f'hsa_conv_over_{peer}'] = row['hsa_conv_ms'] / row[f'{peer}_ms']
+    return row
+
+
+def add_per_batch(row: Dict[str, Any], costs: Dict[str, Any]):
+    r"""What one batch costs HSA beyond the layer's steady state, and the
+    ratios with it included."""
+    row['per_batch_ms'] = (costs['collate_added_ms'] + costs['hierarchy_ms'] +
+                           row['first_call_extra_ms'])
+    total = row['hsa_conv_ms'] + row['per_batch_ms']
+    for peer in PEERS:
+        row[f'hsa_conv_per_batch_over_{peer}'] = total / row[f'{peer}_ms']
+
+
+def evaluate_targets(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    r"""Per peer, size and thread count: ``PASS`` when HSAConv's
+    forward+backward over the peer's is at most its bound, else ``FAIL``;
+    ``N/A`` when no row was measured."""
+    targets = []
+    for peer, bound in TARGETS.items():
+        desc = (f'HSAConv at most {bound:g}x {LABELS[peer]}, '
+                f'forward+backward')
+        if not rows:
+            targets.append({'description': desc, 'peer': peer,
+                            'bound': bound, 'status': 'N/A'})
+        for r in rows:
+            ratio = r[f'hsa_conv_over_{peer}']
+            targets.append({
+                'description': desc, 'peer': peer, 'bound': bound,
+                'channels': r['channels'], 'threads': r['threads'],
+                'ratio': ratio,
+                'status': 'PASS' if ratio <= bound else 'FAIL',
+                'detail': f"{r['channels']} channels, {r['threads']} "
+                          f"thread(s): {r['hsa_conv_ms']:.1f} ms / "
+                          f"{r[f'{peer}_ms']:.1f} ms = {ratio:.2f}x "
+                          f"(needs <= {bound:g}x)"})
+    return targets
+
+
+def _table(head: List[str], body: List[List[str]], markdown: bool) -> str:
+    if markdown:
+        lines = ['| ' + ' | '.join(head) + ' |',
+                 '|' + '|'.join(['---:'] * len(head)) + '|']
+        return '\n'.join(lines + ['| ' + ' | '.join(r) + ' |' for r in body])
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    return '\n'.join('  '.join(c.rjust(w) for c, w in zip(row, widths))
+                     for row in [head] + body)
+
+
+def format_tables(rows: List[Dict[str, Any]], costs: List[Dict[str, Any]],
+                  markdown: bool = False) -> str:
+    r"""The attention table (ms and ratios per size and thread count) and
+    the table of HSA's per-batch costs (per thread count)."""
+    head = (['channels', 'threads'] + [f'{LABELS[m]} ms' for m in METHODS] +
+            [f'HSAConv / {LABELS[p]} (<= {TARGETS[p]:g})' for p in PEERS] +
+            ['HSA per-batch ms'] +
+            [f'(HSAConv + per-batch) / {LABELS[p]}' for p in PEERS])
+    body = [[str(r['channels']), str(r['threads'])] +
+            [f"{r[f'{m}_ms']:.1f}" for m in METHODS] +
+            [f"{r[f'hsa_conv_over_{p}']:.2f}x" for p in PEERS] +
+            [f"{r['per_batch_ms']:.1f}"] +
+            [f"{r[f'hsa_conv_per_batch_over_{p}']:.2f}x" for p in PEERS]
+            for r in rows]
+    cost_head = ['threads', 'PyG collate ms', 'collate NestedSignal ms',
+                 'collate added ms', 'batch.hierarchy ms',
+                 'MoleculeHierarchy ms per batch', 'per molecule ms']
+    cost_body = [[str(c['threads'])] + [f'{c[k]:.2f}' for k in (
+        'plain_collate_ms', 'nested_collate_ms', 'collate_added_ms',
+        'hierarchy_ms', 'build_ms', 'build_per_molecule_ms')] for c in costs]
+    return (_table(head, body, markdown) + '\n\n' +
+            _table(cost_head, cost_body, markdown))
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--batch-size', type=int, default=None,
+                   help=f'molecules in the batch (default: {BATCH_SIZE})')
+    p.add_argument('--channels', type=int, nargs='+', default=CHANNELS,
+                   help='channels, multiples of 4 (default: 64 256)')
+    p.add_argument('--threads', type=int, nargs='+', default=THREADS,
+                   help='thread counts to run with (default: 1 2)')
+    p.add_argument('--rounds', type=int, default=None,
+                   help=f'timed rounds (default: {ROUNDS})')
+    p.add_argument('--warmup', type=int, default=None,
+                   help=f'untimed rounds first (default: {WARMUP})')
+    p.add_argument('--build-rounds', type=int, default=None,
+                   help=f'timed MoleculeHierarchy passes (default: '
+                        f'{BUILD_ROUNDS})')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--quick', action='store_true',
+                   help=f'{QUICK_BATCH} molecules, one round')
+    p.add_argument('--json', '--out', dest='out', type=Path, default=None)
+    p.add_argument('--markdown', type=Path, default=None)
+    args = p.parse_args(argv)
+    bad = [c for c in args.channels if c < HEADS or c % HEADS]
+    if bad:
+        p.error(f'--channels must be positive multiples of {HEADS}, got '
+                f'{bad[0]}')
+    args.batch_size = args.batch_size or (QUICK_BATCH if args.quick
+                                          else BATCH_SIZE)
+    defaults = (1, 1, 1) if args.quick else (ROUNDS, WARMUP, BUILD_ROUNDS)
+    for name, default in zip(('rounds', 'warmup', 'build_rounds'), defaults):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    if args.out is None:
+        suffix = '_quick' if args.quick else ''
+        args.out = ba.RESULTS_DIR / f'bench_small_graphs_cpu{suffix}.json'
+    return args
+
+
+def source_commit() -> Optional[str]:
+    r"""The checkout's commit, with ``+changes`` when files differ from it
+    (the timings are of the code as it was), or :obj:`None`."""
+    try:
+        def git(*args: str) -> str:
+            return subprocess.run(['git', *args], cwd=ba.REPO_ROOT,
+                                  capture_output=True, text=True,
+                                  check=True, timeout=30).stdout.strip()
+        changed = git('status', '--porcelain', '--untracked-files=no')
+        return git('rev-parse', 'HEAD') + ('+changes' if changed else '')
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def batch_info(plain: List[Any], batch: Any) -> Dict[str, Any]:
+    sizes = [data.num_nodes for data in plain]
+    hierarchy = batch.hierarchy
+    return {'molecules': len(plain), 'atoms': batch.num_nodes,
+            'directed_bonds': batch.edge_index.size(1),
+            'atoms_per_molecule': {'min': min(sizes), 'max': max(sizes),
+                                   'mean': sum(sizes) / len(sizes)},
+            'dense_padded_atoms': len(sizes) * max(sizes),
+            'tree_nodes': hierarchy.num_nodes, 'depth': hierarchy.depth}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    import torch
+    from torch_geometric.data import Batch
+    machine = ba.machine_info('cpu', max(args.threads))
+    print(f"bench_small_graphs on cpu ({machine['cpu']}; {machine['cores']} "
+          f"cores), torch {machine['torch']}, torch_geometric "
+          f"{machine['torch_geometric']}", flush=True)
+    warning = ba.load_warning(machine)
+    if warning:
+        print(warning, flush=True)
+    plain, nested, _ = bc.load_molecules(args.batch_size)
+    batch = Batch.from_data_list(nested)
+    info = batch_info(plain, batch)
+    print(f"{info['molecules']} molecules, {info['atoms']:,} atoms, "
+          f"{info['directed_bonds']:,} directed bonds, "
+          f"{info['tree_nodes']:,} tree nodes", flush=True)
+    rows, costs = [], []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        torch.manual_seed(args.seed)
+        gc.collect()  # not inside the timed rounds
+        cost = batch_costs(plain, nested, args.warmup, args.rounds,
+                           args.build_rounds)
+        costs.append(dict(threads=threads, **cost))
+        for channels in args.channels:
+            gc.collect()
+            row = attention_row(batch, nested, channels, threads,
+                                args.warmup, args.rounds)
+            add_per_batch(row, cost)
+            rows.append(row)
+            print(f"{channels} channels, {threads} thread(s): " + ', '.join(
+                f"{m} {row[f'{m}_ms']:.1f} ms" for m in METHODS), flush=True)
+    targets = evaluate_targets(rows)
+    machine['load_average_end'] = [round(x, 2) for x in os.getloadavg()]
+    payload = {
+        'benchmark': 'bench_small_graphs',
+        'created': datetime.datetime.now().astimezone().isoformat(
+            timespec='seconds'),
+        'machine': machine,
+        'config': {'commit': source_commit(), 'smiles': bc.smiles_path(),
+                   'selection': 'the first parsable SMILES, in file order',
+                   'batch': info, 'channels': args.channels,
+                   'heads': HEADS, 'threads': args.threads,
+                   'rounds': args.rounds, 'warmup': args.warmup,
+                   'build_rounds': args.build_rounds, 'seed': args.seed,
+                   'methods': LABELS,
+                   'gps_dense_attention': 'GPSConv(C, None, heads=4, '
+                   "attn_type='multihead').attn as GPSConv.forward calls "
+                   'it: to_dense_batch, MultiheadAttention with '
+                   'key_padding_mask=~mask, need_weights=False, h[mask]; '
+                   'no MPNN, residual, norms or MLP',
+                   'timing': 'forward+backward, loss out.sum(), x and '
+                             'parameters requiring grad; methods '
+                             'interleaved round by round (reversed every '
+                             'other round); median over rounds after '
+                             'warm-up rounds; perf_counter',
+                   'per_batch': 'collate added (NestedSignal collate minus '
+                                'plain collate) + first batch.hierarchy + '
+                                'first-call extra (first HSAConv '
+                                'forward+backward on a fresh hierarchy '
+                                'minus the steady state)'},
+        'results': rows,
+        'per_batch_costs': costs,
+        'targets': targets,
+        'wall_s': time.perf_counter() - start,
+    }
+    ba.write_json(args.out, payload)
+    print()
+    print(format_tables(rows, costs))
+    for target in targets:
+        print(f"[{target['status']}] {target['description']}: "
+              f"{target.get('detail', '')}")
+    print(f'\nwrote {args.out}')
+    if args.markdown is not None:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(format_tables(rows, costs, markdown=True) +
+                                 '\n')
+        print(f'wrote {args.markdown}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

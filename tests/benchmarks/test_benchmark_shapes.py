@@ -1,0 +1,97 @@
+r"""Smoke test of ``benchmarks/bench_shapes.py``: the trees have the shapes
+they promise, the competing processes always end, a worker past its
+timeout becomes a row, and the ``--quick`` run writes every row of every
+case, measured and finite or with the reason it is not. No timing is
+asserted."""
+import json
+import math
+
+import pytest
+import torch
+
+from hsa_geo import Hierarchy
+from tests.helpers.benchmarks import load_benchmark
+
+bench = load_benchmark('bench_shapes')
+
+
+def hierarchy(parent, n):
+    return Hierarchy.from_parent(parent, n)
+
+
+def test_wide_and_deep_trees():
+    flat = hierarchy(bench.flat_parent(100), 100)
+    assert (flat.depth, flat.num_families, flat.max_branching) == (1, 1, 100)
+    para = hierarchy(bench.paragraph_parent([50, 5, 5]), 60)
+    assert (para.depth, para.num_families, para.max_branching) == (2, 4, 50)
+
+    n = 100
+    cat = hierarchy(bench.caterpillar_parent(n), n)
+    binary = hierarchy(bench.balanced_binary_parent(n), n)
+    assert (cat.depth, binary.depth) == (n - 1, math.ceil(math.log2(n)))
+    assert cat.num_families == binary.num_families == n - 1
+    assert cat.max_branching == binary.max_branching == 2
+    assert cat.num_sibling_pairs == binary.num_sibling_pairs == 4 * (n - 1)
+
+    parent = bench.random_recursive_parent(n, seed=1)
+    rec = hierarchy(parent, n)
+    assert rec.num_families == n - 1 and rec.num_trees == 1
+    assert torch.equal(parent, bench.random_recursive_parent(n, seed=1))
+    assert not torch.equal(parent, bench.random_recursive_parent(n, 2))
+
+
+def test_dendrogram_of_molecules():
+    pytest.importorskip('rdkit')
+    pytest.importorskip('scipy')
+    parent, n = bench.dendrogram_parent(32)
+    h = hierarchy(parent, n)
+    assert n == 32 and h.num_families == 31 and h.max_branching == 2
+    assert h.num_trees == 1
+
+
+def test_competing_processes_end_even_on_error():
+    with pytest.raises(RuntimeError):
+        with bench.competing_processes(1, 60) as procs:
+            assert procs[0].poll() is None
+            raise RuntimeError('measurement failed')
+    assert procs[0].poll() is not None
+
+
+def test_worker_timeout_becomes_a_row():
+    args = bench.parse_args(['--timeout', '0.5'])
+    spec = bench.spec_of('deep', 'hsa', 'caterpillar', 64, 1)
+    row = bench.run_spec(spec, args)
+    assert row['status'] == 'timeout' and row['tree'] == 'caterpillar'
+    assert 'timeout' in row['error']
+
+
+def test_quick_run(tmp_path):
+    out, md = tmp_path / 'shapes.json', tmp_path / 'shapes.md'
+    # One thread: on a busy 2-core machine two-thread rows can take seconds.
+    assert bench.main(['--quick', '--threads', '1', '--json', str(out),
+                       '--markdown', str(md)]) == 0
+    payload = json.loads(out.read_text())
+    assert payload['complete'] and payload['machine']['cores'] >= 1
+    rows = payload['results']
+    threads = sorted({1, payload['config']['threads']})
+    expected = ([('wide', m, t) for t, _, _ in bench.QUICK_WIDE
+                 for m in ('hsa', 'sdpa')] +
+                [('deep', 'hsa', t) for t in bench.DEEP_TREES] +
+                [('contention', m, 'balanced16') for _ in bench.QUICK_LOADS
+                 for m in ('hsa', 'qkv_projection') for _ in threads])
+    assert [(r['case'], r['method'], r['tree']) for r in rows] == expected
+    for row in rows:
+        if row['status'] != 'ok':  # a failure names its reason
+            assert row['error']
+            continue
+        phases = ['fwd'] if row['forward_only'] else ['fwd', 'fwdbwd']
+        for phase in phases:
+            assert math.isfinite(row[f'{phase}_ms'])
+            assert math.isfinite(row[f'{phase}_peak_mib'])
+        assert row['output_finite']
+    assert {t['status'] for t in payload['targets']} <= {
+        'met', 'not met', 'n/a'}
+    assert {t['case'] for t in payload['targets']} == set(bench.CASES)
+    text = md.read_text()
+    for heading in ('### wide', '### deep', '### contention', '### targets'):
+        assert heading in text

@@ -1,0 +1,234 @@
+r"""Tests of :func:`hsa_geo.functional.softmax_attention.softmax_attention`:
+softmax attention with its row log-partition.
+
+Both paths (PyTorch's fused CPU kernel and the chunked one) are checked in
+float64 against a plain einsum reference written here, for both outputs and
+the gradients of all three inputs under random upstream gradients of both
+outputs; on views of ``[F, W, H, D]`` tables (strided channels included),
+``Dv != D``, one row, empty inputs, score tiles forced small; by
+``gradcheck`` and ``gradgradcheck``; and in float32 against float64.
+"""
+import doctest
+
+import pytest
+import torch
+
+from hsa_geo.functional import softmax_attention as module
+from hsa_geo.functional.softmax_attention import softmax_attention
+
+EXACT = 1e-12
+HAS_KERNEL = hasattr(torch.ops.aten,
+                     '_scaled_dot_product_flash_attention_for_cpu')
+PATHS = [pytest.param(True, id='fused', marks=pytest.mark.skipif(
+    not HAS_KERNEL, reason="no CPU flash-attention kernel")),
+    pytest.param(False, id='chunked')]
+
+
+def reference(q, k, v, scale):
+    r"""``(out, lse)`` through the full ``[B, H, L, L]`` score table."""
+    s = torch.einsum('bahd,bchd->bhac', q, k) * scale
+    w = torch.exp(s - s.amax(-1, keepdim=True))
+    out = torch.einsum('bhac,bchd->bahd', w / w.sum(-1, keepdim=True), v)
+    lse = torch.log(w.sum(-1)) + s.amax(-1)
+    return out, lse.transpose(1, 2)
+
+
+def make_qkv(shape, dv, seed, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(*shape, generator=g, dtype=torch.float64)
+            for _ in range(2))
+    v = torch.randn(*shape[:3], dv, generator=g, dtype=torch.float64)
+    return [t.to(dtype).requires_grad_() for t in (q, k, v)]
+
+
+def outputs_and_grads(fn, q, k, v, seed, use=(True, True)):
+    r"""Both outputs and the gradients of ``<out, g_out> + <lse, g_lse>``
+    (a term dropped where ``use`` says so) in ``q``, ``k``, ``v``."""
+    out, lse = fn(q, k, v)
+    g = torch.Generator().manual_seed(seed + 1)
+    loss = 0
+    for t, used in zip((out, lse), use):
+        if used:
+            grad = torch.randn(t.shape, generator=g, dtype=torch.float64)
+            grad = grad.to(t.dtype)
+            loss = loss + (t * grad).sum()
+    wrt = [t for t in (q, k, v) if t.requires_grad]
+    return [out, lse, *torch.autograd.grad(loss, wrt)]
+
+
+def assert_close(got, want, tol):
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        assert a.shape == b.shape
+        assert torch.allclose(a, b, rtol=0, atol=tol), (a - b).abs().max()
+
+
+@pytest.mark.parametrize('fused', PATHS)
+@pytest.mark.parametrize('shape,dv', [
+    ((2, 7, 3, 4), 4),  # B > 1
+    ((3, 6, 2, 5), 3),  # Dv < D
+    ((2, 5, 2, 3), 7),  # Dv > D
+    ((2, 1, 2, 4), 4),  # one row
+    ((1, 33, 1, 8), 8),
+])
+def test_matches_reference(fused, shape, dv):
+    q, k, v = make_qkv(shape, dv, seed=sum(shape) + dv)
+    got = outputs_and_grads(
+        lambda *a: softmax_attention(*a, scale=0.6, fused=fused), q, k, v, 3)
+    want = outputs_and_grads(lambda *a: reference(*a, 0.6), q, k, v, 3)
+    assert got[0].shape == (*shape[:3], dv) and got[1].shape == shape[:3]
+    assert_close(got, want, EXACT)
+
+
+@pytest.mark.parametrize('fused', PATHS)
+@pytest.mark.parametrize('use', [(True, False), (False, True)])
+def test_one_output_used(fused, use):
+    q, k, v = make_qkv((2, 6, 2, 4), 5, seed=1)
+    v.requires_grad_(use[0])  # v has no influence on lse alone
+    got = outputs_and_grads(
+        lambda *a: softmax_attention(*a, scale=0.4, fused=fused), q, k, v, 5,
+        use)
+    want = outputs_and_grads(lambda *a: reference(*a, 0.4), q, k, v, 5, use)
+    assert_close(got, want, EXACT)
+
+
+@pytest.mark.parametrize('fused', PATHS)
+@pytest.mark.parametrize('row_scale,lse_row', [
+    (0.0, 1.0),  # a row of grad_out zero where lse has a gradient
+    (0.0, 0.0),  # ... and where it has none
+    (1e-30, 1.0),  # a subnormal squared norm (float32)
+    (1e25, 1.0),  # an infinite squared norm (float32)
+])
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+def test_gradient_rows_of_any_size(fused, row_scale, lse_row, dtype):
+    # The fused backward folds the gradient of lse into the output rows
+    # (dividing by the squared norm of the rows of grad_out) and adds a
+    # channel where it cannot.
+    q, k, v = make_qkv((2, 5, 2, 4), 4, seed=8, dtype=dtype)
+    out, lse = softmax_attention(q, k, v, 0.5, fused=fused)
+    g = torch.Generator().manual_seed(9)
+    grad_out = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    grad_lse = torch.randn(lse.shape, generator=g, dtype=torch.float64)
+    grad_out[1, 2, 0] *= row_scale
+    grad_lse[1, 2, 0] *= lse_row
+    grad_out, grad_lse = grad_out.to(dtype), grad_lse.to(dtype)
+    got = torch.autograd.grad((out, lse), (q, k, v), (grad_out, grad_lse))
+    q, k, v = (t.detach().double().requires_grad_() for t in (q, k, v))
+    want = torch.autograd.grad(reference(q, k, v, 0.5), (q, k, v),
+                               (grad_out.double(), grad_lse.double()))
+    scale = max(1.0, row_scale)
+    tol = EXACT if dtype == torch.float64 else 1e-5
+    assert_close([t.double() / scale for t in got],
+                 [t / scale for t in want], tol)
+
+
+@pytest.mark.parametrize('fused', PATHS)
+def test_views_of_family_tables(fused):
+    # Slices of [F, W, H, *] tables: a bucket of families, channels taken
+    # with a step (stride 2: the kernel needs dense channels) and heads
+    # taken from a permuted table.
+    g = torch.Generator().manual_seed(7)
+    tq = torch.randn(5, 9, 3, 8, generator=g, dtype=torch.float64)
+    tk = torch.randn(5, 9, 3, 8, generator=g, dtype=torch.float64)
+    tv = torch.randn(3, 5, 9, 6, generator=g, dtype=torch.float64)
+    for t in (tq, tk, tv):
+        t.requires_grad_()
+    views = (lambda: (tq[1:4, :, :, :4], tk[1:4, :, :, ::2],
+                      tv.permute(1, 2, 0, 3)[1:4]))
+    got = outputs_and_grads(
+        lambda *_: softmax_attention(*views(), scale=0.5, fused=fused),
+        tq, tk, tv, 11)
+    want = outputs_and_grads(lambda *_: reference(*views(), 0.5),
+                             tq, tk, tv, 11)
+    assert not any(t.is_contiguous() for t in views())
+    assert_close(got, want, EXACT)
+
+
+@pytest.mark.parametrize('budget', [1, 2000, 9000])
+def test_small_tiles(monkeypatch, budget):
+    # One row per tile, several rows per tile, several groups per tile.
+    monkeypatch.setattr(module, 'BLOCK_BYTES', budget)
+    q, k, v = make_qkv((3, 10, 2, 4), 3, seed=budget)
+    got = outputs_and_grads(
+        lambda *a: softmax_attention(*a, scale=0.7, fused=False), q, k, v, 2)
+    want = outputs_and_grads(lambda *a: reference(*a, 0.7), q, k, v, 2)
+    assert_close(got, want, EXACT)
+
+
+@pytest.mark.parametrize('fused', PATHS)
+@pytest.mark.parametrize('shape', [(0, 4, 2, 3), (2, 0, 2, 3),
+                                   (2, 4, 0, 3)])
+def test_empty(fused, shape):
+    q, k, v = make_qkv(shape, 2, seed=0)
+    out, lse = softmax_attention(q, k, v, 1.0, fused=fused)
+    assert out.shape == (*shape[:3], 2) and lse.shape == shape[:3]
+    grads = torch.autograd.grad(out.sum() + lse.sum(), (q, k, v))
+    assert [g.shape for g in grads] == [t.shape for t in (q, k, v)]
+
+
+@pytest.mark.parametrize('fused', PATHS)
+def test_gradcheck(fused):
+    q, k, v = make_qkv((1, 3, 2, 2), 3, seed=3)
+
+    def fn(*a):
+        return softmax_attention(*a, scale=0.8, fused=fused)
+    assert torch.autograd.gradcheck(fn, (q, k, v))
+    # Random projections: the second derivative replays autograd's own.
+    assert torch.autograd.gradgradcheck(fn, (q, k, v), fast_mode=True)
+
+
+@pytest.mark.parametrize('fused', PATHS)
+def test_float32(fused):
+    q, k, v = make_qkv((2, 300, 2, 16), 8, seed=4, dtype=torch.float32)
+    got = outputs_and_grads(
+        lambda *a: softmax_attention(*a, scale=0.25, fused=fused), q, k, v,
+        6)
+    assert all(t.dtype == torch.float32 for t in got)
+    q, k, v = (t.detach().double().requires_grad_() for t in (q, k, v))
+    want = outputs_and_grads(lambda *a: reference(*a, 0.25), q, k, v, 6)
+    assert_close([t.double() for t in got], want, 1e-5)
+
+
+@pytest.mark.parametrize('fused', PATHS)
+def test_non_finite_rows(fused):
+    # Row 0 scores -inf against both keys: a zero output, as PyTorch's
+    # kernel gives. Row 1 scores +inf: NaN.
+    inf = float('inf')
+    q = torch.tensor([[1., 1.], [-1., 1.]], dtype=torch.float64)
+    k = torch.tensor([[-inf, 0.], [-inf, 1.]], dtype=torch.float64)
+    v = torch.randn(2, 3, dtype=torch.float64)
+    out, _ = softmax_attention(*(t.view(1, 2, 1, -1) for t in (q, k, v)),
+                               1.0, fused=fused)
+    assert (out[0, 0] == 0).all() and out[0, 1].isnan().all()
+
+
+def test_fused_not_applicable():
+    q, k, v = make_qkv((1, 3, 1, 2), 2, seed=0, dtype=torch.float16)
+    with pytest.raises(ValueError, match='fused'):
+        softmax_attention(q, k, v, 1.0, fused=True)
+    out, lse = softmax_attention(q, k, v, 1.0)  # the chunked path
+    assert out.dtype == lse.dtype == torch.float16
+
+
+def test_argument_errors():
+    q, k, v = make_qkv((2, 3, 2, 4), 5, seed=0)
+    with pytest.raises(ValueError, match='4-D'):
+        softmax_attention(q[0], k[0], v[0], 1.0)
+    with pytest.raises(ValueError, match='shape of q'):
+        softmax_attention(q, k[:, :2], v, 1.0)
+    with pytest.raises(ValueError, match='shape of q'):
+        softmax_attention(q, k, v[:, :, :1], 1.0)
+    with pytest.raises(TypeError, match='same dtype'):
+        softmax_attention(q, k.float(), v, 1.0)
+    with pytest.raises(TypeError, match='floating'):
+        softmax_attention(q, k, v.long(), 1.0)
+    with pytest.raises(TypeError, match='scale'):
+        softmax_attention(q, k, v, torch.tensor(1.0))
+    with pytest.raises(ValueError, match='scale'):
+        softmax_attention(q, k, v, float('inf'))
+    with pytest.raises(TypeError, match='fused'):
+        softmax_attention(q, k, v, 1.0, fused=1)
+
+
+def test_doctest():
+    assert doctest.testmod(module, raise_on_error=True).attempted > 0
