@@ -121,6 +121,18 @@ class HierarchyLayout:
         outside_parent_cluster (LongTensor): their parents, ``0..M-1``.
         sparse (SparseFamilies): the families of the buckets flagged
             :attr:`FamilyBucket.sparse`, as one list of sibling pairs.
+        cluster_parent (LongTensor): ``[M]`` the parent of every internal
+            node, ``0..M-1`` (``-1`` for roots).
+        cluster_jumps (list of (LongTensor, LongTensor), optional): the
+            ancestor tables of pointer doubling over the internal nodes, for
+            hierarchies deeper than 32 levels (:obj:`None` otherwise): entry
+            ``j`` holds the internal nodes that have a :math:`2^j`-th
+            ancestor, in increasing depth, and that ancestor. A sum over
+            every path from a root (or over every subtree) takes one step
+            per entry, :math:`\lceil \log_2 (\mathrm{depth} + 1) \rceil`
+            in all, instead of one per level; the depth order lets a step
+            update rows in place a chunk at a time, deepest (or shallowest)
+            first, as no chunk reads a row an earlier one wrote.
     """
     buckets: List[FamilyBucket]
     cluster_levels: List[Tuple[Tensor, Tensor]]
@@ -131,6 +143,8 @@ class HierarchyLayout:
     leaves_outside_leaf_families: Tensor
     outside_parent_cluster: Tensor
     sparse: SparseFamilies
+    cluster_parent: Tensor
+    cluster_jumps: Optional[List[Tuple[Tensor, Tensor]]]
 
 
 class _NodeData(NamedTuple):
@@ -140,6 +154,8 @@ class _NodeData(NamedTuple):
     max_depth: int
     levels: List[Tensor]
     cluster_levels: List[Tuple[Tensor, Tensor]]
+    cluster_parent: Tensor
+    cluster_jumps: Optional[List[Tuple[Tensor, Tensor]]]
     leaves_with_parent: Tensor
     leaf_parent_cluster: Tensor
     num_trees: int
@@ -157,6 +173,24 @@ class _FamilyData(NamedTuple):
     sparse: SparseFamilies
 
 
+class _LevelViews(list):
+    r"""The per-level pieces of flat tensors (:obj:`bases`, nodes sorted by
+    depth) split by :obj:`counts`: single tensors, or tuples of the pieces
+    of several bases. A list like any other, except that the immutability
+    stamp reads only the bases, whose version counters the pieces share, and
+    that a move splits the moved bases: a deep tree has thousands of levels,
+    and reading every piece on every :attr:`Hierarchy.layout` would cost a
+    Python step per level."""
+    def __init__(self, bases: Tuple[Tensor, ...], counts: List[int]):
+        self.bases, self.counts = bases, counts
+        pieces = [torch.split(b, counts) for b in bases]
+        super().__init__(pieces[0] if len(bases) == 1 else zip(*pieces))
+
+    def to(self, device: Union[str, torch.device]) -> '_LevelViews':
+        return _LevelViews(tuple(b.to(device) for b in self.bases),
+                           self.counts)
+
+
 def _tensors_in(values: Iterable[Any]) -> List[Tensor]:
     r"""The tensors in :obj:`values`, in lists, tuples and buckets at any
     depth, in a fixed order."""
@@ -165,6 +199,8 @@ def _tensors_in(values: Iterable[Any]) -> List[Tensor]:
         value = todo.pop()
         if isinstance(value, Tensor):
             out.append(value)
+        elif isinstance(value, _LevelViews):
+            todo.extend(value.bases)
         elif isinstance(value, (list, tuple)):
             todo.extend(value)
         elif isinstance(value, (FamilyBucket, SparseFamilies)):
@@ -173,7 +209,8 @@ def _tensors_in(values: Iterable[Any]) -> List[Tensor]:
 
 
 def _moved(value: Any, device: Union[str, torch.device]) -> Any:
-    if isinstance(value, (Tensor, FamilyBucket, SparseFamilies)):
+    if isinstance(value, (Tensor, FamilyBucket, SparseFamilies,
+                          _LevelViews)):
         return value.to(device)
     if isinstance(value, list):
         return [_moved(item, device) for item in value]
@@ -258,6 +295,62 @@ def parent_depths(parent: Tensor) -> Tensor:
         a = anc.clamp(min=0)
         dist = torch.where(live, dist + dist[a], dist)
         anc = torch.where(live, anc[a], anc)
+
+
+# Depth from which sums over paths and subtrees jump by pointer doubling
+# (:attr:`HierarchyLayout.cluster_jumps`): below it, one step per level
+# costs less than the doubling's extra rows.
+_DOUBLING_DEPTH = 32
+
+
+def _ancestor_jumps(parent: Tensor, by_depth: Tensor
+                    ) -> List[Tuple[Tensor, Tensor]]:
+    r"""Pointer doubling over a ``[M]`` parent vector of a forest (``-1`` at
+    roots), given its non-root nodes :obj:`by_depth` in increasing depth:
+    per step ``j``, the nodes that have a :math:`2^j`-th ancestor (in
+    increasing depth) and that ancestor;
+    :math:`\lceil \log_2 (\mathrm{depth} + 1) \rceil` steps,
+    :math:`O(M \log \mathrm{depth})` entries."""
+    jumps, anc, node = [], parent, by_depth
+    while node.numel() > 0:
+        up = anc[node]
+        jumps.append((node, up))
+        # anc_{j+1}(v) = anc_j(anc_j(v))
+        anc = torch.full_like(anc, -1).index_copy_(0, node, anc[up])
+        node = node[anc[node] >= 0]
+    return jumps
+
+
+def _sizes_and_heights(parent: Tensor, n: int, depth: Tensor,
+                       by_level: List[Tensor],
+                       jumps: Optional[List[Tuple[Tensor, Tensor]]]
+                       ) -> Tuple[Tensor, Tensor]:
+    r"""``[T]`` the leaf count and the height of every node: bottom-up over
+    the levels, or over the internal nodes' :func:`_ancestor_jumps` (a
+    subtree sum and a subtree maximum) when there are any."""
+    t, device = parent.numel(), parent.device
+    size = torch.zeros(t, dtype=torch.long, device=device)
+    size[:n] = 1
+    height = torch.zeros(t, dtype=torch.long, device=device)
+    if jumps is None:
+        for nodes in reversed(by_level[1:]):
+            par = parent[nodes]
+            size.index_add_(0, par, size[nodes])
+            height.scatter_reduce_(0, par, height[nodes] + 1, reduce='amax')
+        return size, height
+    # Leaf children per cluster and the depth of the deepest one; then
+    # summed and maximised over subtrees (every subtree ends in leaves).
+    leaf = (parent[:n] >= 0).nonzero().view(-1)
+    par = parent[leaf] - n
+    count = size[n:]
+    count.index_add_(0, par, size[leaf])
+    deepest = torch.full_like(count, -1).scatter_reduce_(
+        0, par, depth[leaf], reduce='amax')
+    for node, up in reversed(jumps):
+        count.index_add_(0, up, count[node])
+        deepest.scatter_reduce_(0, up, deepest[node], reduce='amax')
+    height[n:] = deepest - depth[n:]
+    return size, height
 
 
 def distinct_sibling_pairs(parent: Tensor, num_leaves: int,
@@ -601,31 +694,25 @@ class Hierarchy:
     def _derive_nodes(self) -> _NodeData:
         parent, n, depth = self._parent, self._num_leaves, self._depth
         t = parent.numel()
-        device = parent.device
         max_depth = int(depth.max()) if t > 0 else 0
 
-        # Nodes of every depth level (roots are level 0).
+        # Nodes of every depth level (roots are level 0), each in increasing
+        # id: pieces of one sorted order, not a step per level.
         order = torch.argsort(depth, stable=True)
         counts = torch.bincount(depth, minlength=max_depth + 1).tolist()
-        by_level = list(torch.split(order, counts))
-
-        # Leaf counts |n| and heights, bottom-up over the levels.
-        size = torch.zeros(t, dtype=torch.long, device=device)
-        size[:n] = 1
-        height = torch.zeros(t, dtype=torch.long, device=device)
-        for d in range(max_depth, 0, -1):
-            nodes = by_level[d]
-            par = parent[nodes]
-            size.index_add_(0, par, size[nodes])
-            height.scatter_reduce_(0, par, height[nodes] + 1, reduce='amax')
+        by_level = _LevelViews((order, ), counts)
 
         # Internal non-root nodes per depth, as (cluster id, parent cluster id)
         # in the internal numbering 0..T-N-1 the dynamic program works in.
-        cluster_levels = []
-        for d in range(1, max_depth + 1):
-            nodes = by_level[d]
-            nodes = nodes[nodes >= n]
-            cluster_levels.append((nodes - n, parent[nodes] - n))
+        clusters = order[order >= n]
+        counts = torch.bincount(depth[n:], minlength=max_depth + 1).tolist()
+        clusters = clusters[counts[0]:]  # without the roots
+        cluster_levels = _LevelViews(
+            (clusters - n, parent[clusters] - n), counts[1:])
+        cluster_parent = torch.where(parent[n:] >= 0, parent[n:] - n, -1)
+        jumps = _ancestor_jumps(cluster_parent, clusters - n) \
+            if max_depth > _DOUBLING_DEPTH else None
+        size, height = _sizes_and_heights(parent, n, depth, by_level, jumps)
 
         leaf_parent = parent[:n]
         leaf_has_parent = (leaf_parent >= 0).nonzero().view(-1)
@@ -633,8 +720,8 @@ class Hierarchy:
         widest = int(num_children.argmax()) if t > 0 else 0
         return _NodeData(
             height=height, size=size, max_depth=max_depth, levels=by_level,
-            cluster_levels=cluster_levels,
-            leaves_with_parent=leaf_has_parent,
+            cluster_levels=cluster_levels, cluster_parent=cluster_parent,
+            cluster_jumps=jumps, leaves_with_parent=leaf_has_parent,
             leaf_parent_cluster=leaf_parent[leaf_has_parent] - n,
             num_trees=int((parent < 0).sum()),
             max_branching=int(num_children.max()) if t > n else 0,
@@ -828,7 +915,9 @@ class Hierarchy:
             leaf_parent_cluster=nodes.leaf_parent_cluster,
             leaf_blocks=None if blocks is None else families.buckets[blocks],
             leaves_outside_leaf_families=rest,
-            outside_parent_cluster=rest_parent, sparse=families.sparse)
+            outside_parent_cluster=rest_parent, sparse=families.sparse,
+            cluster_parent=nodes.cluster_parent,
+            cluster_jumps=nodes.cluster_jumps)
 
     @property
     def family_buckets(self) -> List[FamilyBucket]:

@@ -550,29 +550,98 @@ def _weights(s: Tensor, shift: Tensor, keep: Optional[Tensor], i: int,
 Levels = List[Tuple[Tensor, Tensor]]
 
 
-def _gather_add_(x: Tensor, dst: Tensor, src: Tensor):
-    r"""``x[dst] += x[src]`` (rows; ``dst`` may repeat, ``dst`` and ``src``
-    disjoint), through cache-sized staging copies on the CPU: a full-level
-    gather would be a fresh, page-faulted block at large ``N``."""
+class _Paths(NamedTuple):
+    r"""The paths of the cluster forest: its depth levels ``(child,
+    parent)`` and, for deep trees, its pointer-doubling ancestor tables
+    ``(node, ancestor)`` (:attr:`HierarchyLayout.cluster_jumps`), which
+    replace the levels in the linear passes."""
+    levels: Levels
+    jumps: Optional[Levels]
+
+
+def _paths(layout: HierarchyLayout) -> _Paths:
+    return _Paths(layout.cluster_levels, layout.cluster_jumps)
+
+
+# The cost of a step (a level or a jump: a few small operations, about
+# 40 us on a CPU) in gathered and added row elements (about 2.5 ns each);
+# accelerators launch a kernel per operation, at a similar ratio.
+_STEP_ELEMENTS = 16000
+
+
+def _jumps_pay(paths: _Paths, row_size: int) -> bool:
+    r"""Whether pointer doubling beats the levels for rows of
+    :obj:`row_size` elements: it takes ``log2(depth)`` steps instead of
+    ``depth``, but moves every row up to ``log2(depth)`` times instead of
+    once, which only a deep tree, or small rows, repay."""
+    jumps = paths.jumps
+    if not jumps:
+        return False
+    extra_rows = sum(node.numel() for node, _ in jumps[1:])
+    return (len(paths.levels) - len(jumps)) * _STEP_ELEMENTS > \
+        extra_rows * row_size
+
+
+def _gather_add_(x: Tensor, dst: Tensor, src: Tensor,
+                 backwards: bool = False):
+    r"""``x[dst] += x[src]`` (rows; ``dst`` may repeat), through cache-sized
+    staging copies on the CPU: a full-level gather would be a fresh,
+    page-faulted block at large ``N``. Chunks run in order (in reverse with
+    :obj:`backwards`); no chunk may read a row an earlier one wrote (``dst``
+    and ``src`` disjoint, or pointer-doubling rows in depth order)."""
     per_row = math.prod(x.shape[1:])
-    for lo, hi in _family_ranges(src.numel(), per_row, x.device):
+    chunks = _family_ranges(src.numel(), per_row, x.device)
+    for lo, hi in (reversed(chunks) if backwards else chunks):
         x.index_add_(0, dst[lo:hi], x.index_select(0, src[lo:hi]))
 
 
-def _sum_up_(x: Tensor, levels: Levels) -> Tensor:
+def _sum_up_(x: Tensor, paths: _Paths) -> Tensor:
     r"""In place, bottom-up: every cluster row becomes the sum of its
-    subtree's rows."""
-    for child, par in reversed(levels):
+    subtree's rows. With jumps, the transpose of :func:`_sum_down_`'s
+    doubling: step ``j`` (last first) adds every row into its
+    :math:`2^j`-th ancestor."""
+    if _jumps_pay(paths, math.prod(x.shape[1:])):
+        for node, up in reversed(paths.jumps):
+            _gather_add_(x, up, node)  # shallowest nodes first
+        return x
+    for child, par in reversed(paths.levels):
         _gather_add_(x, par, child)
     return x
 
 
-def _sum_down_(x: Tensor, levels: Levels) -> Tensor:
+def _sum_down_(x: Tensor, paths: _Paths) -> Tensor:
     r"""In place, top-down: every cluster row becomes the sum of the rows on
     its path from the root (itself included); the adjoint of
-    :func:`_sum_up_`."""
-    for child, par in levels:
+    :func:`_sum_up_`. With jumps, after step ``j`` a row holds the sum over
+    the :math:`2^{j+1}` nodes up from it: ``x(v) += x(anc_j(v))``."""
+    if _jumps_pay(paths, math.prod(x.shape[1:])):
+        for node, up in paths.jumps:
+            _gather_add_(x, node, up, backwards=True)  # deepest first
+        return x
+    for child, par in paths.levels:
         _gather_add_(x, child, par)
+    return x
+
+
+def _sum_up(x: Tensor, paths: _Paths) -> Tensor:
+    r""":func:`_sum_up_` out of place, in differentiable operations."""
+    if _jumps_pay(paths, math.prod(x.shape[1:])):
+        for node, up in reversed(paths.jumps):
+            x = x.index_add(0, up, x[node])
+        return x
+    for child, par in reversed(paths.levels):
+        x = x.index_add(0, par, x[child])
+    return x
+
+
+def _sum_down(x: Tensor, paths: _Paths) -> Tensor:
+    r""":func:`_sum_down_` out of place, in differentiable operations."""
+    if _jumps_pay(paths, math.prod(x.shape[1:])):
+        for node, up in paths.jumps:
+            x = x.index_add(0, node, x[up])
+        return x
+    for child, par in paths.levels:
+        x = x.index_add(0, child, x[par])
     return x
 
 
@@ -580,7 +649,7 @@ class _SubtreeMean(torch.autograd.Function):
     r"""Means over the leaves of every cluster, read straight into the
     tables that use them: ``mean = A (S src) / |c|`` over ``[M, *S]``, with
     ``S`` the scatter of ``src`` ``[R, *S]`` into its clusters ``rows`` and
-    ``A`` the subtree sum over the cluster ``levels``; returns
+    ``A`` the subtree sum over the cluster forest's ``paths``; returns
     ``mean[r]`` for every ``r`` of ``reads`` (views for spans).
 
     The backward is the adjoint (scatter, divide, path sum, gather) in one
@@ -588,26 +657,25 @@ class _SubtreeMean(torch.autograd.Function):
     would allocate a zero-filled ``[M, *S]`` gradient per level and read,
     and at large ``N`` every one is a fresh, page-faulted block."""
     @staticmethod
-    def forward(ctx, src: Tensor, rows: Rows, levels: Levels, size: Tensor,
+    def forward(ctx, src: Tensor, rows: Rows, paths: _Paths, size: Tensor,
                 reads: List[Rows]):
         ctx.set_materialize_grads(False)
         out = src.new_zeros((size.numel(), ) + src.shape[1:])
         _add_rows_(out, rows, src)
         size = size.view((-1, ) + (1, ) * (src.dim() - 1))
         ctx.save_for_backward(size)
-        ctx.rows, ctx.levels, ctx.reads = rows, levels, reads
+        ctx.rows, ctx.paths, ctx.reads = rows, paths, reads
         ctx.src_like = (src.shape, src.dtype, src.device)
-        _sum_up_(out, levels).div_(size)
+        _sum_up_(out, paths).div_(size)
         return tuple(_rows(out, *r) for r in reads)
 
     @staticmethod
-    def plain(src: Tensor, rows: Rows, levels: Levels, size: Tensor,
+    def plain(src: Tensor, rows: Rows, paths: _Paths, size: Tensor,
               reads: List[Rows]) -> Tuple[Tensor, ...]:
         r"""The forward in differentiable torch operations."""
-        out = _index_add(src.new_zeros((size.numel(), ) + src.shape[1:]),
-                         rows, src)
-        for child, par in reversed(levels):
-            out = out.index_add(0, par, out[child])
+        out = _sum_up(_index_add(
+            src.new_zeros((size.numel(), ) + src.shape[1:]), rows, src),
+            paths)
         out = out / size.view((-1, ) + (1, ) * (src.dim() - 1))
         return tuple(_rows(out, *r) for r in reads)
 
@@ -617,12 +685,12 @@ class _SubtreeMean(torch.autograd.Function):
         if torch.is_grad_enabled():  # linear: replayed at a zero source
             return replayed_backward(
                 _SubtreeMean.plain, (_zeros_like(ctx.src_like), ctx.rows,
-                                     ctx.levels, size.view(-1), ctx.reads),
+                                     ctx.paths, size.view(-1), ctx.reads),
                 ctx.needs_input_grad, grads)
         g = _gather_adjoint(grads, ctx.reads, size.size(0))
         if g is None:
             return None, None, None, None, None
-        _sum_down_(g.div_(size), ctx.levels)
+        _sum_down_(g.div_(size), ctx.paths)
         return _rows(g, *ctx.rows), None, None, None, None
 
 
@@ -633,41 +701,40 @@ class _PathSum(torch.autograd.Function):
     ``r`` of ``reads``. The backward is the adjoint subtree sum, in one
     buffer like :class:`_SubtreeMean`."""
     @staticmethod
-    def forward(ctx, levels: Levels, num_clusters: int, writes: List[Rows],
+    def forward(ctx, paths: _Paths, num_clusters: int, writes: List[Rows],
                 reads: List[Rows], *xs: Tensor):
         ctx.set_materialize_grads(False)
         out = xs[0].new_zeros((num_clusters, ) + xs[0].shape[1:])
         for rows, x in zip(writes, xs):
             _add_rows_(out, rows, x)
-        ctx.levels, ctx.writes, ctx.reads = levels, writes, reads
+        ctx.paths, ctx.writes, ctx.reads = paths, writes, reads
         ctx.num_clusters = num_clusters
         ctx.xs_like = [(x.shape, x.dtype, x.device) for x in xs]
-        _sum_down_(out, levels)
+        _sum_down_(out, paths)
         return tuple(_rows(out, *r) for r in reads)
 
     @staticmethod
-    def plain(levels: Levels, num_clusters: int, writes: List[Rows],
+    def plain(paths: _Paths, num_clusters: int, writes: List[Rows],
               reads: List[Rows], *xs: Tensor) -> Tuple[Tensor, ...]:
         r"""The forward in differentiable torch operations."""
         out = xs[0].new_zeros((num_clusters, ) + xs[0].shape[1:])
         for rows, x in zip(writes, xs):
             out = _index_add(out, rows, x)
-        for child, par in levels:
-            out = out.index_add(0, child, out[par])
+        out = _sum_down(out, paths)
         return tuple(_rows(out, *r) for r in reads)
 
     @staticmethod
     def backward(ctx, *grads: Optional[Tensor]):
         if torch.is_grad_enabled():  # linear: replayed at zero inputs
             return replayed_backward(
-                _PathSum.plain, (ctx.levels, ctx.num_clusters, ctx.writes,
+                _PathSum.plain, (ctx.paths, ctx.num_clusters, ctx.writes,
                                  ctx.reads, *map(_zeros_like, ctx.xs_like)),
                 ctx.needs_input_grad, grads)
         none = (None, ) * 4
         g = _gather_adjoint(grads, ctx.reads, ctx.num_clusters)
         if g is None:
             return none + (None, ) * len(ctx.writes)
-        _sum_up_(g, ctx.levels)
+        _sum_up_(g, ctx.paths)
         return none + tuple(_rows(g, *w) for w in ctx.writes)
 
 
@@ -753,8 +820,13 @@ def hierarchical_attention(
             \pi_F(a \to b) \, \bar v_b .
 
     The upward pass (means, :math:`g`) and the downward pass (:math:`r`,
-    context) are scatter reductions level by level over the tree; the
-    attention inside families is one batched product per family width. All
+    context) are scatter reductions level by level over the tree. On trees
+    deeper than 32 levels, the linear ones (the means, :math:`r`, the
+    contexts, and the backward of :math:`g`) take :math:`\log_2
+    \mathrm{depth}` pointer-doubling steps instead wherever the steps saved
+    outweigh the rows moved more often; only the forward of :math:`g`
+    keeps one small step per level. The attention inside families is one
+    batched product per family width. All
     of it runs in log space, and nothing of size :math:`N \times N` is built:
     time and memory are :math:`O(T H D + P H D)` with :math:`P = \sum_F
     |C(F)|^2` sibling pairs (families are padded to a power-of-two width
@@ -969,7 +1041,7 @@ def _upward_means(tree: _Tree) -> Dict[int, Tuple[Tensor, Tensor, Tensor]]:
         sources = tuple(x if lwp.numel() == x.size(0) else x[lwp]
                         for x in (tree.q, tree.k, tree.v))
         rows = (layout.leaf_parent_cluster, None)
-    means = [_SubtreeMean.apply(src, rows, layout.cluster_levels,
+    means = [_SubtreeMean.apply(src, rows, _paths(layout),
                                 tree.cluster_size, reads) for src in sources]
     return {i: m for i, *m in zip(attending, *means)}
 
@@ -1083,22 +1155,114 @@ def _log_partitions(tree: _Tree, scores: _Scores) -> _LogPartitions:
     lwp, lpc = layout.leaves_with_parent, layout.leaf_parent_cluster
     g_leaf = scores.g_leaf
     lse_leaf = _LogAddExp.apply(scores.off_lse_leaf, g_leaf)
-    g_clus = g_leaf.new_zeros(size.numel(), g_leaf.size(1))
-    g_clus.index_add_(
+    from_leaves = g_leaf.new_zeros(size.numel(), g_leaf.size(1)).index_add(
         0, lpc, (lse_leaf if lwp.numel() == lse_leaf.size(0) else
                  lse_leaf[lwp]) / size[lpc].unsqueeze(-1))
+    par = layout.cluster_parent
+    # |c| / |F| of every cluster c in its parent F (0 at roots)
+    share = torch.where(par >= 0, size / size[par.clamp(min=0)], 0.0)
     off = scores.off_lse_clus
-    for child, par in reversed(layout.cluster_levels):
-        lse = _LogAddExp.apply(off[child], g_clus[child])
-        g_clus.index_add_(0, par, lse * (size[child] / size[par])[:, None])
+    g_clus = _ClusterLogPartition.apply(from_leaves, off, share, par,
+                                        _paths(layout))
     return _LogPartitions(g_leaf, g_clus, lse_leaf,
                           _LogAddExp.apply(off, g_clus))
+
+
+class _ClusterLogPartition(torch.autograd.Function):
+    r"""``g`` of the clusters ``[M, H]``, bottom-up over the levels:
+    ``g_F = base_F + sum_c share_c logaddexp(off_c, g_c)`` over the cluster
+    children ``c`` of ``F``, from the leaf children's part ``base`` and
+    the clusters' off-diagonal row logsumexp ``off`` (``share_c = |c| /
+    |F|``).
+
+    The forward is sequential in the depth: a tight loop of three small
+    operations per level, recording nothing, on the rows renumbered by
+    depth so that a level is a slice. The backward is linear, an affine
+    recursion from the roots down, ``adj_c = grad_c + share_c sigmoid(g_c -
+    off_c) adj_F``: one step per level, or pointer doubling over the jumps
+    of a deep tree."""
+    @staticmethod
+    def forward(ctx, base: Tensor, off: Tensor, share: Tensor,
+                parent: Tensor, paths: _Paths) -> Tensor:
+        g = base.clone()
+        levels = paths.levels
+        if levels:
+            counts = [child.numel() for child, _ in levels]
+            # rows by depth, roots first; position of every row's parent
+            order = torch.cat([(parent < 0).nonzero().view(-1)] +
+                              [child for child, _ in levels])
+            pos = torch.empty_like(order)
+            pos[order] = torch.arange(order.numel(), device=order.device)
+            up = torch.split(pos[torch.cat([par for _, par in levels])],
+                             counts)
+            g_d, off_d = g[order], off[order]
+            share_d = share[order].unsqueeze(-1)
+            hi = order.numel()
+            for count, p in zip(reversed(counts), reversed(up)):
+                lo = hi - count
+                lse = torch.logaddexp(off_d[lo:hi], g_d[lo:hi])
+                g_d.index_add_(0, p, lse.mul_(share_d[lo:hi]))
+                hi = lo
+            g[order] = g_d
+        ctx.save_for_backward(base, g, off, share, parent)
+        ctx.paths = paths
+        return g
+
+    @staticmethod
+    def plain(base: Tensor, off: Tensor, share: Tensor, parent: Tensor,
+              paths: _Paths) -> Tensor:
+        r"""The forward in differentiable torch operations."""
+        g = base
+        for child, par in reversed(paths.levels):
+            lse = _LogAddExp.apply(off[child], g[child])
+            g = g.index_add(0, par, lse * share[child].unsqueeze(-1))
+        return g
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        base, g, off, share, parent = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return replayed_backward(
+                _ClusterLogPartition.plain, (base, off, share, parent,
+                                             ctx.paths),
+                ctx.needs_input_grad[:2] + (False, ) * 3, (grad, ))
+        lse = torch.logaddexp(off, g)
+        share = share.unsqueeze(-1)
+        adj = _affine_down(grad, share * torch.exp(g - lse), ctx.paths)
+        adj_off = None
+        if ctx.needs_input_grad[1]:
+            adj_off = adj[parent.clamp(min=0)].mul_(share).mul_(
+                torch.exp(off - lse))  # share is 0 at roots
+        return adj, adj_off, None, None, None
+
+
+def _affine_down(b: Tensor, m: Tensor, paths: _Paths) -> Tensor:
+    r"""``x_c = b_c + m_c x_{parent(c)}`` from the roots (``x = b``) down,
+    ``[M, H]``: one step per level, or by pointer doubling, with ``x_v =
+    b_j(v) + m_j(v) x_{anc_j(v)}`` after step ``j`` and ``(b, m)``
+    composed with the ancestor's: ``(b + m b', m m')``."""
+    x = b.clone()
+    if not _jumps_pay(paths, math.prod(x.shape[1:])):
+        for child, par in paths.levels:
+            x.index_add_(0, child, m[child] * x[par])
+        return x
+    m = m.clone()
+    last = len(paths.jumps) - 1
+    for j, (node, up) in enumerate(paths.jumps):
+        m_node = m[node]
+        if j < last:
+            m_up = m[up]  # read before x and m change
+        x.index_add_(0, node, m_node * x[up])
+        if j < last:
+            m[node] = m_node.mul_(m_up)
+    return x
 
 
 def _downward_masses(tree: _Tree, parts: _LogPartitions,
                      dropout_p: float) -> _Masses:
     r"""Downward pass, masses: ``log r_a = log r_F + log pi_aa`` (roots keep
-    mass 1), with dropout on the self weights ``pi_aa``."""
+    mass 1), with dropout on the self weights ``pi_aa``: a sum over the
+    path from the root."""
     log_self_leaf = parts.g_leaf - parts.lse_leaf
     log_self_clus = parts.g_clus - parts.lse_clus
     if dropout_p > 0.0:
@@ -1107,9 +1271,12 @@ def _downward_masses(tree: _Tree, parts: _LogPartitions,
             _dropout_keep(x.shape, dropout_p, x), x + bonus, float('-inf'))
             for x in (log_self_leaf, log_self_clus))
     layout = tree.layout
-    log_r_clus = torch.zeros_like(log_self_clus)
-    for child, par in layout.cluster_levels:
-        log_r_clus[child] = log_r_clus[par] + log_self_clus[child]
+    num_clusters = log_self_clus.size(0)
+    log_self_clus = torch.where(layout.cluster_parent.unsqueeze(-1) >= 0,
+                                log_self_clus, 0.0)  # the roots' r is 1
+    everything = (None, (0, num_clusters))
+    log_r_clus, = _PathSum.apply(_paths(layout), num_clusters, [everything],
+                                 [everything], log_self_clus)
     log_r_leaf = log_self_leaf.index_add(
         0, layout.leaves_with_parent,
         log_r_clus[layout.leaf_parent_cluster])
@@ -1212,7 +1379,7 @@ def _downward_contexts(passes: _Passes) -> Tensor:
                  for i in leaf_families]
         reads.append((layout.outside_parent_cluster, None))
         *parent_contexts, rest_context = _PathSum.apply(
-            layout.cluster_levels, tree.cluster_size.numel(),
+            _paths(layout), tree.cluster_size.numel(),
             [w[0] for w in writes], reads, *(w[1] for w in writes))
     for i, parent_context in zip(leaf_families, parent_contexts):
         if i in tree.streamed:

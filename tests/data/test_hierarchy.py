@@ -1,6 +1,7 @@
 r"""Tests of :class:`hsa_geo.Hierarchy`: construction, derived data (checked
 against plain-Python recomputation on random irregular forests), moving,
 immutability, and every validation error with its message."""
+import unittest.mock
 from collections import Counter
 
 import pytest
@@ -8,10 +9,11 @@ import torch
 from hypothesis import given, strategies as st
 
 from hsa_geo import Hierarchy, NestedSignal, hierarchical_attention
+import hsa_geo.data.hierarchy as hierarchy_module
 from hsa_geo.data.hierarchy import distinct_sibling_pairs
 from tests.helpers.strategies import (
-    Forest, assignment_lists, balanced_assignments, children_of, depth_of,
-    forests, height_of, leaves_under, root_of)
+    Forest, ancestors, assignment_lists, balanced_assignments, children_of,
+    depth_of, forests, height_of, leaves_under, root_of)
 
 
 def build(f: Forest) -> Hierarchy:
@@ -108,6 +110,41 @@ def test_derived_data_matches_python(f):
     for d, lv in enumerate(levels):
         assert sorted(lv.tolist()) == [i for i, x in enumerate(depth)
                                        if x == d]
+
+
+@given(forests(max_leaves=30, max_depth=8), st.booleans())
+def test_derived_data_by_pointer_doubling(f, jumps):
+    """Leaf counts, heights and the cluster levels of deep trees come from
+    the pointer-doubling tables (forced here from depth 1 on, or never);
+    entry j of the tables pairs every internal node with its 2^j-th
+    ancestor, in increasing depth."""
+    with unittest.mock.patch.object(hierarchy_module, '_DOUBLING_DEPTH',
+                                    0 if jumps else 2**62):
+        h = build(f)
+        layout = h.layout
+    n = f.num_leaves
+    depth = depth_of(f.parent)
+    assert h.node_height.tolist() == height_of(f.parent, n)
+    assert h.leaf_count.tolist() == [
+        len(u) for u in leaves_under(f.parent, n)]
+    parent = [p - n if p >= 0 else -1 for p in f.parent[n:]]
+    assert layout.cluster_parent.tolist() == parent
+    assert len(layout.cluster_levels) == max(depth)
+    for d, (child, par) in enumerate(layout.cluster_levels, 1):
+        assert child.tolist() == [c for c in range(len(parent))
+                                  if depth[n + c] == d]
+        assert par.tolist() == [parent[c] for c in child.tolist()]
+    if not jumps or max(depth) == 0:
+        assert layout.cluster_jumps is None
+        return
+    paths = [ancestors(parent, c) for c in range(len(parent))]
+    assert len(layout.cluster_jumps) == max(
+        len(p) - 1 for p in paths).bit_length()
+    for j, (node, up) in enumerate(layout.cluster_jumps):
+        assert node.tolist() == sorted(
+            (c for c, p in enumerate(paths) if len(p) > 2**j),
+            key=lambda c: (depth[n + c], c))
+        assert up.tolist() == [paths[c][2**j] for c in node.tolist()]
 
 
 @given(forests(max_leaves=30))
