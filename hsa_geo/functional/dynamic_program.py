@@ -680,6 +680,7 @@ class _SubtreeMean(torch.autograd.Function):
         return tuple(_rows(out, *r) for r in reads)
 
     @staticmethod
+    @_serial
     def backward(ctx, *grads: Optional[Tensor]):
         size, = ctx.saved_tensors
         if torch.is_grad_enabled():  # linear: replayed at a zero source
@@ -724,6 +725,7 @@ class _PathSum(torch.autograd.Function):
         return tuple(_rows(out, *r) for r in reads)
 
     @staticmethod
+    @_serial
     def backward(ctx, *grads: Optional[Tensor]):
         if torch.is_grad_enabled():  # linear: replayed at zero inputs
             return replayed_backward(
@@ -780,6 +782,7 @@ class _LogAddExp(torch.autograd.Function):
         return out
 
     @staticmethod
+    @_serial
     def backward(ctx, grad: Tensor):
         a, b, out = ctx.saved_tensors
         return grad * torch.exp(a - out), grad * torch.exp(b - out)
@@ -1219,6 +1222,7 @@ class _ClusterLogPartition(torch.autograd.Function):
         return g
 
     @staticmethod
+    @_serial
     def backward(ctx, grad: Tensor):
         base, g, off, share, parent = ctx.saved_tensors
         if torch.is_grad_enabled():
