@@ -1085,3 +1085,22 @@ def test_wide_flat_family_needs_no_table(monkeypatch):
     assert max_err(out, leaf_sdpa(q, k, v)) <= EXACT
     with pytest.raises(ValueError, match='would need'):  # tables needed
         hierarchical_attention(q, k, v, h, return_weights=True)
+
+
+def test_passes_leave_the_thread_count_as_they_found_it():
+    """The passes run on one intra-op thread (docs/math.md, 6.8) and give
+    the caller's setting back, after the forward and after the backward,
+    with the same result."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        h = Hierarchy.from_assignments(balanced_assignments(64, 4))
+        q, k, v = (t.requires_grad_() for t in make_qkv(64, 2, 3, 3, 0))
+        out = hierarchical_attention(q, k, v, h)
+        assert torch.get_num_threads() == 2
+        out.sum().backward()
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        assert max_err(hierarchical_attention(q, k, v, h), out) <= EXACT
+    finally:
+        torch.set_num_threads(threads)
