@@ -30,16 +30,17 @@ def scatter_logsumexp(s: Tensor, index: Tensor, size: int,
                       fill: float) -> Tensor:
     r"""``[size, H]`` the logsumexp of the rows of ``s`` ``[P', H]`` that
     share an :obj:`index`; :obj:`fill` where there is none (or all are
-    ``-inf``)."""
+    ``-inf``). The gradient is finite everywhere."""
     heads = s.size(1)
-    with torch.no_grad():  # any shift is exact; the max keeps exp finite
+    with torch.no_grad():  # any finite shift is exact; the max keeps exp
         top = s.new_full((size, heads), fill).scatter_reduce_(
             0, index.unsqueeze(-1).expand(-1, heads), s, 'amax')
+        top = top.clamp_(min=torch.finfo(s.dtype).min)
     total = s.new_zeros(size, heads).index_add_(
         0, index, torch.exp(s - top.index_select(0, index)))
-    # An empty sum becomes log(1) = 0: the row keeps `fill`, and the
-    # gradient stays finite.
-    return top + torch.log(torch.where(total > 0, total, 1.0))
+    empty = total == 0
+    return torch.where(empty, fill,
+                       top + torch.log(torch.where(empty, 1.0, total)))
 
 
 def sparse_contexts(families: SparseFamilies, s: Tensor, shift: Tensor,

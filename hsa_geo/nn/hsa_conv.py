@@ -13,6 +13,7 @@ from hsa_geo._checks import (check_bool, check_device, check_float,
 from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.functional.dynamic_program import (FamilyWeights,
                                                 hierarchical_attention)
+from hsa_geo.functional.sparse_family_attention import scatter_logsumexp
 from hsa_geo.nn.edge_pair_bias import EdgePairBias
 from hsa_geo.nn.family_geometry_bias import FamilyGeometryBias
 
@@ -428,7 +429,8 @@ class HSAConv(MessagePassing):
                 g=g, bias=None if pair_bias is None else pair_bias[level],
                 is_self=tree.is_self[level], allowed=tree.allowed[level],
                 size=(num_nodes, num_nodes))
-            lse = _scatter_logsumexp(logit, pairs[1], num_nodes)
+            lse = scatter_logsumexp(logit, pairs[1], num_nodes,
+                                    float('-inf'))
             pi = pi.index_copy(0, level, torch.exp(logit - lse[pairs[1]]))
             up = tree.up_height == height
             g = g + self.propagate(tree.up[:, up], x=lse,
@@ -622,14 +624,3 @@ def _tree_adjacency(hierarchy: Hierarchy) -> Tensor:
         torch.stack([parent[child], child]),
         torch.ones(child.numel(), device=parent.device),
         (parent.numel(), parent.numel()), check_invariants=False)
-
-
-def _scatter_logsumexp(x: Tensor, index: Tensor, num_nodes: int) -> Tensor:
-    r"""``[num_nodes, H]`` logsumexp of the rows of :obj:`x` per
-    :obj:`index` (rows without any entry: ``-inf``)."""
-    top = x.new_full((num_nodes, x.size(1)), float('-inf')).scatter_reduce(
-        0, index.unsqueeze(-1).expand_as(x), x, 'amax')
-    top = top.detach().clamp(min=torch.finfo(x.dtype).min)
-    total = x.new_zeros(num_nodes, x.size(1)).index_add(
-        0, index, torch.exp(x - top[index]))
-    return top + total.log()
