@@ -303,13 +303,14 @@ def _cpu_threads(count: int, device: torch.device) -> Iterator[None]:
 
 
 def _serial(kernel: Callable) -> Callable:
-    r"""Runs :obj:`kernel` (a forward or backward of the autograd functions
-    below) with one intra-op thread on the CPU. The passes issue thousands
+    r"""Runs :obj:`kernel` (a backward of the autograd functions below)
+    with one intra-op thread on the CPU. The passes issue thousands
     of cache-sized operations, each a parallel region that waits for every
     thread: whenever another process holds a core, each one stalls for a
     time slice (19x slower with two threads on two busy cores, measured),
-    and on an idle machine they gain little. The passes run serially as a
-    whole (:func:`hierarchical_attention`); this covers the backward."""
+    and on an idle machine they gain little. The forward passes run in one
+    such block as a whole (:func:`hierarchical_attention`); the backwards
+    run later, from autograd, so each takes its own."""
     @functools.wraps(kernel)
     def run(ctx, *args):
         tensor = next((a for a in args if isinstance(a, Tensor)), None)
@@ -333,7 +334,6 @@ class _HeadwiseScores(torch.autograd.Function):
     tensor: generic autograd of per-head views would zero-fill a full-size
     gradient per head and allocate one more per term."""
     @staticmethod
-    @_serial
     def forward(ctx, x: Tensor, y: Tensor, alpha: float):
         ctx.save_for_backward(x, y)
         ctx.alpha = alpha
@@ -400,7 +400,6 @@ class _RowLogSumExp(torch.autograd.Function):
     scores, in cache-sized chunks: neither direction allocates a full-size
     temporary besides the gradient itself."""
     @staticmethod
-    @_serial
     def forward(ctx, s: Tensor) -> Tensor:
         out = s.new_empty(s.shape[:-1])
         for lo, hi in _family_ranges(s.size(1), s.size(2) * s.size(3),
@@ -442,7 +441,6 @@ class _HeadwiseContext(torch.autograd.Function):
     temporary costs more in page faults than its arithmetic. Staged per head
     and chunk like :class:`_HeadwiseScores`."""
     @staticmethod
-    @_serial
     def forward(ctx, s: Tensor, shift: Tensor, keep: Optional[Tensor],
                 v: Tensor, r: Optional[Tensor], u: Optional[Tensor]) -> Tensor:
         ctx.save_for_backward(s, shift, keep, v, r)
@@ -792,6 +790,14 @@ def _dropout_keep(shape, p: float, like: Tensor) -> Tensor:
     return torch.empty(shape, device=like.device).bernoulli_(1.0 - p).bool()
 
 
+def _dropout_scale(s: Tensor, p: float) -> Optional[Tensor]:
+    r"""Inverted dropout factors like the logits :obj:`s` (``0`` or
+    ``1 / (1 - p)``); :obj:`None` without dropout."""
+    if p == 0.0:
+        return None
+    return _dropout_keep(s.shape, p, s).to(s.dtype) / (1.0 - p)
+
+
 def hierarchical_attention(
     q: Tensor,
     k: Tensor,
@@ -1011,7 +1017,7 @@ def _prepare(q: Tensor, k: Tensor, v: Tensor, layout: HierarchyLayout,
     neg = torch.finfo(q.dtype).min / 4
     blocks, fused = layout.leaf_blocks, None
     if blocks is not None and blocks.width > 1 and \
-            layout.buckets.index(blocks) not in streamed:
+            not any(layout.buckets[i] is blocks for i in streamed):
         qv, kv, vv = (_to_slots(blocks, x) for x in (q, k, v))
         s, diag, q_sum, k_sum = _HeadwiseScores.apply(qv, kv, scale)
         fused = _FusedLeaves(blocks, vv, s, diag, (q_sum, k_sum,
@@ -1071,8 +1077,8 @@ def _sparse_scores(tree: _Tree, means: Dict[int, Tuple[Tensor, ...]],
     if sparse.num_pairs == 0:
         return None
     qc, kc = means[_SPARSE][:2] if _SPARSE in means else (None, None)
-    log_size = _members(tree, tree.q.new_zeros(tree.q.size(0)),
-                        tree.cluster_size[sparse.cluster].log())
+    log_size = torch.cat([tree.q.new_zeros(sparse.leaf.numel()),
+                          tree.cluster_size[sparse.cluster].log()])
     s = sparse_scores(sparse, _members(tree, tree.q, qc),
                       _members(tree, tree.k, kc), log_size, tree.scale,
                       None if bias is None else bias[sparse.row])
@@ -1299,10 +1305,7 @@ def _bucket_context(passes: _Passes, i: int,
                   b.parent_range).t()
     # attn = r_F pi_F(a -> b) = exp(l_ab - lse_a + log r_F), b != a.
     shift = lse.unsqueeze(-1) - log_r[:, :, None, None]  # [H, F, W, 1]
-    keep = None
-    if passes.dropout_p > 0.0:
-        keep = _dropout_keep(s.shape, passes.dropout_p, s).to(s.dtype) / (
-            1.0 - passes.dropout_p)
+    keep = _dropout_scale(s, passes.dropout_p)
     if tree.fused is not None and b is tree.fused.blocks:
         r = torch.exp(passes.masses.log_r_leaf).view(
             b.num_families, b.width, -1)
@@ -1334,10 +1337,7 @@ def _sparse_contexts(passes: _Passes) -> Optional[Tensor]:
         return None
     lse = _members(tree, parts.lse_leaf, parts.lse_clus[sparse.cluster])
     shift = lse - passes.masses.log_r_clus[sparse.parent_cluster]
-    keep = None
-    if passes.dropout_p > 0.0:
-        keep = _dropout_keep(s.shape, passes.dropout_p, s).to(s.dtype) / (
-            1.0 - passes.dropout_p)
+    keep = _dropout_scale(s, passes.dropout_p)
     vc = passes.means[_SPARSE][2] if _SPARSE in passes.means else None
     return sparse_contexts(sparse, s, shift, _members(tree, tree.v, vc),
                            keep)
