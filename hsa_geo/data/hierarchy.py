@@ -300,7 +300,7 @@ def parent_depths(parent: Tensor) -> Tensor:
 # Depth from which sums over paths and subtrees jump by pointer doubling
 # (:attr:`HierarchyLayout.cluster_jumps`): below it, one step per level
 # costs less than the doubling's extra rows.
-_DOUBLING_DEPTH = 32
+DOUBLING_DEPTH = 32
 
 
 def _ancestor_jumps(parent: Tensor, by_depth: Tensor
@@ -711,7 +711,7 @@ class Hierarchy:
             (clusters - n, parent[clusters] - n), counts[1:])
         cluster_parent = torch.where(parent[n:] >= 0, parent[n:] - n, -1)
         jumps = _ancestor_jumps(cluster_parent, clusters - n) \
-            if max_depth > _DOUBLING_DEPTH else None
+            if max_depth > DOUBLING_DEPTH else None
         size, height = _sizes_and_heights(parent, n, depth, by_level, jumps)
 
         leaf_parent = parent[:n]

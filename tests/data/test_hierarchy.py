@@ -118,7 +118,7 @@ def test_derived_data_by_pointer_doubling(f, jumps):
     the pointer-doubling tables (forced here from depth 1 on, or never);
     entry j of the tables pairs every internal node with its 2^j-th
     ancestor, in increasing depth."""
-    with unittest.mock.patch.object(hierarchy_module, '_DOUBLING_DEPTH',
+    with unittest.mock.patch.object(hierarchy_module, 'DOUBLING_DEPTH',
                                     0 if jumps else 2**62):
         h = build(f)
         layout = h.layout

@@ -31,7 +31,7 @@ def forced(paths: str):
     order the jumps rely on."""
     jumps = paths == 'jumps'
     patch = unittest.mock.patch.object
-    with patch(hierarchy_module, '_DOUBLING_DEPTH', 0 if jumps else 2**62), \
+    with patch(hierarchy_module, 'DOUBLING_DEPTH', 0 if jumps else 2**62), \
             patch(dynamic_program, '_STEP_ELEMENTS', 2**62 if jumps else 0), \
             patch(dynamic_program, '_CPU_CHUNK_ELEMENTS', 16):
         yield
