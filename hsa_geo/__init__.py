@@ -1,5 +1,6 @@
 r"""hsa_geo: Hierarchical Self-Attention for PyTorch Geometric."""
-from hsa_geo import data, functional, loader, nn, transforms, viz
+from hsa_geo import (data, datasets, functional, loader, nn, transforms,
+                     viz)
 from hsa_geo.data import Hierarchy, NestedSignal
 from hsa_geo.functional import (hierarchical_attention,
                                 hierarchical_attention_matrix)
@@ -12,6 +13,7 @@ __all__ = [
     'hierarchical_attention',
     'hierarchical_attention_matrix',
     'data',
+    'datasets',
     'functional',
     'loader',
     'nn',
