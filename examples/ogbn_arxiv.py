@@ -1,0 +1,404 @@
+r"""Node property prediction on ``ogbn-arxiv`` with hierarchical
+self-attention over a METIS cluster tree, against GCN, SGFormer,
+Polynormer and a TransformerConv stack under the same split, budget and
+seeds.
+
+The graph gets its tree once, as the dataset's ``pre_transform``:
+``GraphHierarchy(method='metis', family_graph=True)`` over the undirected
+graph (families of at most ``--branching`` clusters, attention flowing
+along the leaf edges and the coarsened edges between clusters). ``--model
+hsa`` is :class:`~hsa_geo.nn.models.HSAGraphTransformer`: per block a GCN
+layer on the edges beside HSA over the tree, then an MLP.
+
+* ``ogbn-arxiv`` (169,343 papers, 40 subject areas, OGB's time split)
+  trains on the full graph, one step per epoch.
+* ``ogbn-products`` (2.4 M products, 47 categories) trains on mini-batches
+  of whole subtrees of its tree (:class:`~hsa_geo.loader.SubtreeLoader`,
+  Cluster-GCN style, ``--batch-size`` subtrees at depth ``--level`` per
+  batch; it needs no sampler backend), and predicts batch by batch.
+* ``synthetic-arxiv`` is a generated graph of ogbn-arxiv's size (169,343
+  nodes, about 1.17 M directed edges with community structure, 128
+  features, 40 classes that the features predict) for measuring time per
+  epoch and peak memory where OGB cannot be downloaded; its accuracy means
+  nothing. ``--num-nodes`` / ``--num-edges`` shrink it.
+
+Every epoch logs the loss, OGB's accuracy (``Evaluator``) on the three
+splits, the seconds of the training step(s) and the peak memory (CUDA
+allocator peak on a GPU, peak resident set of the process on the CPU). The
+results JSON and the curves PNG go to ``--out``. ``--save-predictions``
+also writes the predictions of every seed's best validation epoch.
+
+Usage::
+
+    python examples/ogbn_arxiv.py --model hsa --epochs 500
+    python examples/ogbn_arxiv.py --model sgformer --epochs 500
+    python examples/ogbn_arxiv.py --dataset ogbn-products --model hsa \
+        --batch-size 16
+    python examples/ogbn_arxiv.py --dataset synthetic-arxiv --model gcn \
+        --epochs 2
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import os.path as osp
+import sys
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+import torch_geometric.transforms as T
+from ogb.nodeproppred import Evaluator, PygNodePropPredDataset
+from torch import Tensor
+from torch_geometric.data import Data
+from torch_geometric.data.data import DataEdgeAttr, DataTensorAttr
+from torch_geometric.data.storage import GlobalStorage
+from torch_geometric.nn import BatchNorm, GCNConv, TransformerConv
+from torch_geometric.nn.models import Polynormer, SGFormer
+from training import (Distributed, Results, Timer, common_parser,
+                      peak_memory_mb, progress, reset_peak_memory,
+                      seed_everything)
+
+from hsa_geo.data import NestedSignal
+from hsa_geo.loader import SubtreeLoader
+from hsa_geo.nn.models import HSAGraphTransformer
+from hsa_geo.transforms import GraphHierarchy
+
+DATASETS = ['ogbn-arxiv', 'ogbn-products', 'synthetic-arxiv']
+MODELS = ['hsa', 'gcn', 'sgformer', 'polynormer', 'transformer']
+SYNTHETIC = dict(num_nodes=169343, num_edges=1166243, features=128,
+                 classes=40)
+BENCHMARKS = osp.join(osp.dirname(osp.abspath(__file__)), '..', 'benchmarks')
+
+
+def parse_args(argv: Optional[Sequence[str]] = None):
+    parser = common_parser(__doc__.split('\n\n')[0], DATASETS, MODELS,
+                           dataset='ogbn-arxiv', model='hsa', epochs=500,
+                           hidden=128, lr=0.005, batch_size=16)
+    add = parser.add_argument
+    add('--layers', type=int, default=3, help='number of blocks / layers')
+    add('--heads', type=int, default=4, help='attention heads')
+    add('--dropout', type=float, default=0.5)
+    add('--branching', type=int, default=16,
+        help='largest family of the METIS tree')
+    add('--level', type=int, default=2,
+        help='depth of the subtrees of a mini-batch (ogbn-products)')
+    add('--local-epochs', type=int, default=0,
+        help='Polynormer: epochs with local attention only before its '
+        'global attention is switched on')
+    add('--num-nodes', type=int, default=SYNTHETIC['num_nodes'],
+        help='synthetic-arxiv: nodes')
+    add('--num-edges', type=int, default=SYNTHETIC['num_edges'],
+        help='synthetic-arxiv: directed edges, about')
+    add('--save-predictions', action='store_true',
+        help='write <out>/<name>_predictions.pt (best epoch of each seed)')
+    args = parser.parse_args(argv)
+    if args.ddp:
+        parser.error('ogbn_arxiv.py trains in one process; --ddp is for '
+                     'ogbg_mol.py and lrgb_peptides.py')
+    return args
+
+
+# Data #######################################################################
+
+
+def hierarchy_transform(branching: int) -> T.Compose:
+    r"""The pre_transform: the undirected graph and its METIS tree with the
+    family graph of its edges."""
+    return T.Compose([
+        T.ToUndirected(),
+        GraphHierarchy(method='metis', branching=branching,
+                       family_graph=True),
+    ])
+
+
+def load_ogbn(name: str, root: str,
+              branching: int) -> Tuple[NestedSignal, Dict[str, Tensor], int]:
+    r"""``ogbn-arxiv`` or ``ogbn-products`` with its tree (computed once,
+    into the processed file), OGB's split and the number of classes."""
+    # ogb 1.3.6 reads its processed file with torch.load's default, which
+    # from torch 2.6 on only unpickles allow-listed classes.
+    with torch.serialization.safe_globals(
+            [DataEdgeAttr, DataTensorAttr, GlobalStorage]):
+        dataset = PygNodePropPredDataset(
+            name, root, pre_transform=hierarchy_transform(branching))
+    return dataset[0], dataset.get_idx_split(), dataset.num_classes
+
+
+def community_graph(num_nodes: int, num_edges: int, seed: int) -> Tensor:
+    r"""The generated graph of ``benchmarks/bench_family_graph.py``
+    (communities of 64 nodes, 80% of the edges inside them), so that the
+    timings here and there are on the same kind of graph."""
+    path = osp.join(BENCHMARKS, 'bench_family_graph.py')
+    sys.path.insert(0, BENCHMARKS)  # it imports its neighbours
+    spec = importlib.util.spec_from_file_location('bench_family_graph', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.community_graph(num_nodes, num_edges, seed=seed)
+
+
+def load_synthetic(root: str, num_nodes: int, num_edges: int, branching: int,
+                   seed: int = 0) -> Tuple[NestedSignal, Dict[str, Tensor],
+                                           int]:
+    r"""The ogbn-arxiv-sized generated graph with its tree, saved under
+    :obj:`root` after the first call. Labels are uniform over 40 classes
+    and the features are a class centre plus noise; the split is a random
+    54 / 18 / 28 %, ogbn-arxiv's proportions."""
+    path = osp.join(root, 'synthetic_arxiv',
+                    f'n{num_nodes}_e{num_edges}_b{branching}_s{seed}.pt')
+    if osp.exists(path):
+        saved = torch.load(path)
+        return saved['data'], saved['split'], SYNTHETIC['classes']
+    g = torch.Generator().manual_seed(seed)
+    classes, features = SYNTHETIC['classes'], SYNTHETIC['features']
+    y = torch.randint(classes, (num_nodes, 1), generator=g)
+    centers = torch.randn(classes, features, generator=g)
+    x = torch.randn(num_nodes, features, generator=g) + centers[y[:, 0]]
+    edge_index = community_graph(num_nodes, num_edges, seed)
+    data = hierarchy_transform(branching)(
+        Data(x=x, edge_index=edge_index, y=y, num_nodes=num_nodes))
+    perm = torch.randperm(num_nodes, generator=g)
+    cut1, cut2 = int(0.54 * num_nodes), int(0.72 * num_nodes)
+    split = {'train': perm[:cut1].sort()[0],
+             'valid': perm[cut1:cut2].sort()[0],
+             'test': perm[cut2:].sort()[0]}
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    torch.save({'data': data, 'split': split}, path)
+    return data, split, classes
+
+
+# Models #####################################################################
+
+
+class GCN(torch.nn.Module):
+    r"""The GCN of OGB's ogbn-arxiv example: ``num_layers`` GCN layers,
+    batch norm, ReLU and dropout between them."""
+    def __init__(self, in_channels: int, hidden_channels: int,
+                 out_channels: int, num_layers: int, dropout: float):
+        super().__init__()
+        sizes = [in_channels] + [hidden_channels] * (num_layers - 1)
+        self.convs = torch.nn.ModuleList(
+            [GCNConv(a, hidden_channels) for a in sizes])
+        self.convs[-1] = GCNConv(sizes[-1], out_channels)
+        self.norms = torch.nn.ModuleList(
+            [BatchNorm(hidden_channels) for _ in range(num_layers - 1)])
+        self.dropout = dropout
+
+    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
+        for conv, norm in zip(self.convs[:-1], self.norms):
+            x = norm(conv(x, edge_index)).relu()
+            x = F.dropout(x, p=self.dropout, training=self.training)
+        return self.convs[-1](x, edge_index)
+
+
+class GraphTransformer(torch.nn.Module):
+    r"""A stack of :class:`~torch_geometric.nn.conv.TransformerConv`
+    layers (attention over each node's in-neighbours, gated skip) with an
+    input projection, batch norm, ReLU and dropout."""
+    def __init__(self, in_channels: int, hidden_channels: int,
+                 out_channels: int, num_layers: int, heads: int,
+                 dropout: float):
+        super().__init__()
+        self.lin_in = torch.nn.Linear(in_channels, hidden_channels)
+        self.convs = torch.nn.ModuleList([
+            TransformerConv(hidden_channels, hidden_channels // heads,
+                            heads=heads, beta=True)
+            for _ in range(num_layers)
+        ])
+        self.norms = torch.nn.ModuleList(
+            [BatchNorm(hidden_channels) for _ in range(num_layers)])
+        self.lin_out = torch.nn.Linear(hidden_channels, out_channels)
+        self.dropout = dropout
+
+    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
+        x = self.lin_in(x)
+        for conv, norm in zip(self.convs, self.norms):
+            x = norm(conv(x, edge_index)).relu()
+            x = F.dropout(x, p=self.dropout, training=self.training)
+        return self.lin_out(x)
+
+
+def build_model(args, in_channels: int,
+                num_classes: int) -> torch.nn.Module:
+    r"""The model of ``--model``, with the same width, depth and dropout
+    for all."""
+    hidden, layers, heads = args.hidden, args.layers, args.heads
+    if args.model == 'hsa':
+        return HSAGraphTransformer(
+            in_channels, hidden, num_classes, num_layers=layers, heads=heads,
+            dropout=args.dropout, local_conv='gcn', task='node')
+    if args.model == 'gcn':
+        return GCN(in_channels, hidden, num_classes, layers, args.dropout)
+    if args.model == 'sgformer':
+        return SGFormer(in_channels, hidden, num_classes, trans_num_layers=1,
+                        trans_num_heads=1, trans_dropout=args.dropout,
+                        gnn_num_layers=layers, gnn_dropout=args.dropout)
+    if args.model == 'polynormer':
+        # One head of the full width: PyG 2.8.1's Polynormer sizes its
+        # global attention for one head (it fails with heads > 1).
+        return Polynormer(in_channels, hidden, num_classes,
+                          local_layers=layers, global_layers=2, heads=1,
+                          dropout=args.dropout)
+    return GraphTransformer(in_channels, hidden, num_classes, layers, heads,
+                            args.dropout)
+
+
+def run_model(model: torch.nn.Module, name: str,
+              batch: NestedSignal) -> Tensor:
+    r"""``[N, C]`` class scores (or log-probabilities: SGFormer and
+    Polynormer end in ``log_softmax``, which cross-entropy leaves
+    unchanged) of the nodes of :obj:`batch`."""
+    if name == 'hsa':
+        return model(batch.x, batch.edge_index, batch)
+    if name in ('sgformer', 'polynormer'):
+        # One graph: their global attention runs over all nodes.
+        one_graph = batch.x.new_zeros(batch.num_nodes, dtype=torch.long)
+        return model(batch.x, batch.edge_index, one_graph)
+    return model(batch.x, batch.edge_index)
+
+
+# Training ###################################################################
+
+
+def train_epoch(model: torch.nn.Module, name: str, batches,
+                optimizer: torch.optim.Optimizer,
+                device: torch.device) -> float:
+    r"""One epoch over :obj:`batches` (the full graph, or the subtree
+    batches); the loss is the mean over the training nodes seen."""
+    model.train()
+    total, count = 0.0, 0
+    for batch in batches:
+        batch = batch.to(device)
+        mask = batch.train_mask
+        if not bool(mask.any()):
+            continue
+        optimizer.zero_grad()
+        out = run_model(model, name, batch)[mask]
+        loss = F.cross_entropy(out, batch.y[mask].view(-1))
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * int(mask.sum())
+        count += int(mask.sum())
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, name: str, batches, num_nodes: int,
+            device: torch.device) -> Tensor:
+    r"""``[N]`` the predicted class of every node, batch by batch
+    (``batch.n_id`` says which nodes a batch holds)."""
+    model.eval()
+    pred = torch.empty(num_nodes, dtype=torch.long)
+    for batch in batches:
+        batch = batch.to(device)
+        pred[batch.n_id.cpu()] = run_model(model, name,
+                                           batch).argmax(dim=-1).cpu()
+    return pred
+
+
+def accuracies(evaluator: Evaluator, y: Tensor, pred: Tensor,
+               split: Dict[str, Tensor]) -> Dict[str, float]:
+    r"""OGB's accuracy of :obj:`pred` on the train, valid and test nodes."""
+    return {
+        key: evaluator.eval({
+            'y_true': y[split[part]].view(-1, 1),
+            'y_pred': pred[split[part]].view(-1, 1),
+        })['acc']
+        for key, part in (('train', 'train'), ('valid', 'valid'),
+                          ('test', 'test'))
+    }
+
+
+def make_batches(args, data: NestedSignal, seed: int):
+    r"""The training and the inference batches: the full graph, or
+    shuffled / ordered subtree batches for ``ogbn-products``."""
+    if args.dataset != 'ogbn-products':
+        return [data], [data]
+    generator = torch.Generator().manual_seed(seed)
+    train = SubtreeLoader(data, level=args.level,
+                          batch_size=args.batch_size, shuffle=True,
+                          generator=generator)
+    infer = SubtreeLoader(data, level=args.level, batch_size=args.batch_size)
+    return train, infer
+
+
+def run_seed(args, seed: int, data: NestedSignal,
+             split: Dict[str, Tensor], num_classes: int, results: Results,
+             dist: Distributed, evaluator: Evaluator) -> Optional[Tensor]:
+    r"""Trains one model from :obj:`seed` (the generators are seeded);
+    returns the predictions of its best validation epoch."""
+    device = dist.device
+    model = build_model(args, data.num_features, num_classes).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    train_batches, infer_batches = make_batches(args, data, seed)
+    if args.dataset != 'ogbn-products':
+        data = data.to(device)  # the full graph stays on the device
+    best, best_pred = -1.0, None
+    for epoch in range(1, args.epochs + 1):
+        if args.model == 'polynormer' and epoch > args.local_epochs:
+            model._global = True  # as PyG's Polynormer example switches
+        reset_peak_memory(device)
+        timer = Timer()
+        loss = train_epoch(model, args.model, progress(
+            train_batches, epoch, dist, not args.no_progress), optimizer,
+                           device)
+        seconds = timer.lap()
+        pred = predict(model, args.model, infer_batches, data.num_nodes,
+                       device)
+        acc = accuracies(evaluator, data.y.cpu(), pred, split)
+        memory = peak_memory_mb(device)
+        results.add_epoch(epoch, log=False, loss=loss, **acc,
+                          seconds=seconds, eval_seconds=timer.lap(),
+                          peak_memory_mb=memory)
+        print(f'Epoch: {epoch:03d}, Loss: {loss:.4f}, '
+              f'Train: {acc["train"]:.4f}, Valid: {acc["valid"]:.4f}, '
+              f'Test: {acc["test"]:.4f}, Time: {seconds:.2f}s, '
+              f'Peak memory: {memory:.0f} MiB', flush=True)
+        if acc['valid'] > best:
+            best, best_pred = acc['valid'], pred
+    return best_pred
+
+
+def main(argv: Optional[Sequence[str]] = None) -> str:
+    args = parse_args(argv)
+    dist = Distributed.from_env(False, args.device)
+    if args.dataset == 'synthetic-arxiv':
+        data, split, num_classes = load_synthetic(
+            args.root, args.num_nodes, args.num_edges, args.branching)
+        metric_of = 'ogbn-arxiv'  # accuracy, as for ogbn-arxiv
+    else:
+        data, split, num_classes = load_ogbn(args.dataset, args.root,
+                                             args.branching)
+        metric_of = args.dataset
+    data.train_mask = torch.zeros(data.num_nodes, dtype=torch.bool)
+    data.train_mask[split['train']] = True
+    data.n_id = torch.arange(data.num_nodes)
+    print(f'{args.dataset}: {data.num_nodes:,} nodes, '
+          f'{data.num_edges:,} edges, {data.hierarchy}')
+
+    evaluator = Evaluator(metric_of)
+    name = f'ogbn_arxiv_{args.dataset}_{args.model}'
+    results = Results(name, vars(args), metric='acc', higher_is_better=True,
+                      dist=dist)
+    results.extra['memory_before_training_mb'] = peak_memory_mb(dist.device)
+    predictions: List[Tensor] = []
+    for seed in args.seeds:
+        seed_everything(seed)
+        results.start_run(seed)
+        predictions.append(run_seed(args, seed, data, split, num_classes,
+                                    results, dist, evaluator))
+        results.finish_run()
+    path = results.write(args.out)
+    if args.save_predictions:
+        torch.save({'seeds': list(args.seeds), 'pred': predictions,
+                    'split': split, 'y': data.y.cpu()},
+                   osp.join(args.out, f'{name}_predictions.pt'))
+    dist.close()
+    return path
+
+
+if __name__ == '__main__':
+    start = time.perf_counter()
+    main()
+    print(f'Done in {time.perf_counter() - start:.1f}s')
