@@ -10,6 +10,8 @@ when it runs)::
                            models=[...], dataset='...', model='...')
     args = parser.parse_args(argv)
     dist = Distributed.from_env(args.ddp, args.device)  # torchrun or not
+    with dist.main_first():  # rank 0 processes the dataset once
+        dataset = ...
     results = Results('script_name', vars(args), metric='rocauc',
                       higher_is_better=True, dist=dist)
     for seed in args.seeds:
@@ -36,6 +38,7 @@ predictions of all ranks; only rank 0 logs and writes files.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -121,8 +124,10 @@ def log_epoch(epoch: int, **values: float):
     parts = [f'Epoch: {epoch:03d}']
     for key, value in values.items():
         name = key.replace('_', ' ').capitalize()
-        if key in ('time', 'seconds'):
+        if key == 'seconds':
             parts.append(f'Time: {value:.2f}s')
+        elif key.endswith('seconds'):
+            parts.append(f'{name}: {value:.2f}s')
         else:
             parts.append(f'{name}: {value:.4f}')
     print(', '.join(parts), flush=True)
@@ -284,6 +289,30 @@ class Distributed:
         torch_dist.all_gather_object(objects, obj)
         return objects
 
+    def broadcast_buffers(self, module: torch.nn.Module):
+        r"""Copies rank 0's buffers of :obj:`module` (e.g. batch norm
+        statistics) to every rank. Under DDP every rank updates its own
+        statistics in its last training step, after DDP's broadcast, so
+        without this the ranks would evaluate slightly different models."""
+        if self.enabled:
+            for buffer in module.buffers():
+                torch_dist.broadcast(buffer.data, src=0)
+
+    def barrier(self):
+        r"""Waits for every rank (a no-op for a single process)."""
+        if self.enabled:
+            torch_dist.barrier()
+
+    @contextlib.contextmanager
+    def main_first(self):
+        r"""Runs the block on rank 0 first, then on the other ranks: rank 0
+        downloads and processes a dataset, the others load its files."""
+        if not self.is_main:
+            self.barrier()
+        yield
+        if self.is_main:
+            self.barrier()
+
     def _comm_device(self) -> torch.device:
         # nccl only moves CUDA tensors; gloo only CPU ones.
         return self.device if self.device.type == 'cuda' else \
@@ -346,7 +375,8 @@ class Results:
         epochs = run['epochs']
         pick = max if self.higher_is_better else min
         best = pick(epochs, key=lambda e: e['valid']) if epochs else {}
-        final = {k: v for k, v in best.items() if k != 'seconds'}
+        final = {k: v for k, v in best.items()
+                 if not k.endswith('seconds')}
         final['best_epoch'] = final.pop('epoch', 0)
         seconds = [e['seconds'] for e in epochs if 'seconds' in e]
         run['final'] = {**final, **extra}
