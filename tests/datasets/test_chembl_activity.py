@@ -1,0 +1,101 @@
+import csv
+import os.path as osp
+
+import pytest
+import torch
+
+from hsa_geo.datasets import ChEMBLActivity
+
+RDConfig = pytest.importorskip('rdkit.RDConfig')
+smiles2graph = pytest.importorskip('ogb.utils').smiles2graph
+
+DATA = osp.join(RDConfig.RDContribDir, 'FreeWilson', 'data')
+
+
+def read_rdkit_files():
+    with open(osp.join(DATA, 'CHEMBL2321810.smi')) as f:
+        molecules = [line.split() for line in f if line.strip()]
+    with open(osp.join(DATA, 'CHEMBL2321810_act.csv'), newline='') as f:
+        activity = {row['Name']: float(row['Act'])
+                    for row in csv.DictReader(f)}
+    return molecules, activity
+
+
+@pytest.fixture(scope='module')
+def root(tmp_path_factory):
+    return str(tmp_path_factory.mktemp('chembl'))
+
+
+@pytest.fixture(scope='module')
+def regression(root):
+    return ChEMBLActivity(root, log=False)
+
+
+def test_graphs_and_measured_labels(regression):
+    molecules, activity = read_rdkit_files()
+    assert len(regression) == len(molecules) == 1017
+    assert regression.skipped == [] and regression.num_skipped == 0
+    assert regression.task_type == 'regression'
+    assert regression.eval_metric == 'rmse' and regression.num_tasks == 1
+    assert repr(regression) == "ChEMBLActivity(1017, task='regression')"
+    for i in (0, 500, 1016):
+        data = regression[i]
+        smiles, compound_id = molecules[i]
+        assert data.smiles == smiles and data.compound_id == compound_id
+        graph = smiles2graph(smiles)
+        assert data.x.dtype == torch.long and data.x.size(1) == 9
+        assert data.edge_attr.dtype == torch.long
+        assert data.edge_attr.size(1) == 3
+        assert data.x.tolist() == graph['node_feat'].tolist()
+        assert data.edge_index.tolist() == graph['edge_index'].tolist()
+        assert data.edge_attr.tolist() == graph['edge_feat'].tolist()
+        assert data.y.dtype == torch.float and data.y.shape == (1, 1)
+        assert data.y.item() == pytest.approx(activity[compound_id])
+    assert regression[0].compound_id == '1520012'
+    assert regression[0].y.item() == pytest.approx(5.48)
+
+
+def test_raw_files_are_rdkit_s(regression):
+    for name in ('CHEMBL2321810.smi', 'CHEMBL2321810_act.csv'):
+        with open(osp.join(regression.raw_dir, name), 'rb') as copy, \
+                open(osp.join(DATA, name), 'rb') as original:
+            assert copy.read() == original.read()
+
+
+@pytest.mark.parametrize('threshold,actives', [(6.0, 689), (7.0, 353)])
+def test_classification(root, regression, threshold, actives):
+    dataset = ChEMBLActivity(root, task='classification',
+                             threshold=threshold, log=False)
+    assert dataset.task_type == 'binary classification'
+    assert dataset.eval_metric == 'rocauc'
+    assert repr(dataset) == (f"ChEMBLActivity(1017, task='classification', "
+                             f"threshold={threshold:g})")
+    y = torch.cat([data.y for data in dataset])
+    assert y.dtype == torch.long and y.shape == (1017, 1)
+    activity = torch.cat([data.y for data in regression])
+    assert torch.equal(y, (activity >= threshold).long())
+    assert int(y.sum()) == actives
+    # The variants are files of their own under one root.
+    assert osp.isfile(osp.join(dataset.processed_dir,
+                               f'classification_{threshold:g}.pt'))
+    assert osp.isfile(osp.join(dataset.processed_dir, 'regression.pt'))
+
+
+def test_bad_arguments(root):
+    with pytest.raises(ValueError, match="'task' must be one of"):
+        ChEMBLActivity(root, task='ranking')
+    with pytest.raises(TypeError, match="'threshold'"):
+        ChEMBLActivity(root, task='classification', threshold='6')
+
+
+def test_compound_without_activity(tmp_path):
+    molecules, activity = read_rdkit_files()
+    raw = tmp_path / 'chembl2321810' / 'raw'
+    raw.mkdir(parents=True)
+    (raw / 'CHEMBL2321810.smi').write_text(
+        ''.join(f'{s} {c}\n' for s, c in molecules[:5]) + 'CCO 42\n')
+    (raw / 'CHEMBL2321810_act.csv').write_text(
+        'Name,Act\n' + ''.join(f'{c},{activity[c]}\n'
+                               for _, c in molecules[:5]))
+    with pytest.raises(ValueError, match='Compound 42 .* has no activity'):
+        ChEMBLActivity(str(tmp_path), log=False)
