@@ -28,9 +28,11 @@ def test_options_and_seeds():
     assert parser().parse_args(['--seeds', '0', '1', '4']).seeds == [0, 1, 4]
     args = parser().parse_args(['--batch-size', '8', '--lr', '0.1',
                                 '--hidden', '5', '--out', 'o', '--root',
-                                'r', '--model', 'n', '--ddp'])
+                                'r', '--model', 'n', '--ddp', '--threads',
+                                '1'])
     assert (args.batch_size, args.lr, args.hidden, args.out, args.root,
-            args.model, args.ddp) == (8, 0.1, 5, 'o', 'r', 'n', True)
+            args.model, args.ddp, args.threads) == \
+        (8, 0.1, 5, 'o', 'r', 'n', True, 1)
     with pytest.raises(SystemExit):
         parser().parse_args(['--model', 'x'])
 
@@ -126,6 +128,12 @@ def test_single_process_is_the_identity(monkeypatch):
     assert dist.sum(2.0, 3.0) == [2.0, 3.0]
     assert dist.gather_objects('x') == ['x']
     assert dist.sampler(list(range(4))) is None
+    threads = torch.get_num_threads()
+    try:
+        training.Distributed.from_env(False, 'cpu', threads=1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     monkeypatch.delenv('RANK', raising=False)
     with pytest.raises(RuntimeError, match='torchrun'):
         training.Distributed.from_env(True, 'cpu')
