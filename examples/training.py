@@ -476,3 +476,34 @@ class Timer:
         now = time.perf_counter()
         seconds, self.start = now - self.start, now
         return seconds
+
+
+def results_table(paths: Sequence[str]) -> str:
+    r"""A Markdown table of the results JSON files :obj:`paths`: one row
+    per file (dataset, split, model), with the mean ± standard deviation
+    over seeds of the test and validation metric, the seconds per epoch,
+    the peak memory and the number of parameters."""
+    rows = ['| dataset | split | model | seeds | test | valid | s/epoch | '
+            'peak MiB | params |', '|' + ' --- |' * 9]
+    for path in paths:
+        with open(path) as f:
+            res = json.load(f)
+        cfg, summ = res['config'], res['summary']
+
+        def cell(key: str, digits: int = 4) -> str:
+            s = summ.get(key)
+            return '' if s is None else \
+                f'{s["mean"]:.{digits}f} ± {s["std"]:.{digits}f}'
+        params = summ.get('num_parameters', {}).get('mean', 0)
+        rows.append(
+            f'| {cfg.get("dataset", "")} | {cfg.get("split", "")} | '
+            f'{cfg.get("model", "")} | {len(res["runs"])} | '
+            f'{cell("test")} {res["metric"]} | {cell("valid")} | '
+            f'{cell("seconds_per_epoch", 2)} | '
+            f'{summ["peak_memory_mb"]["mean"]:.0f} | {params:,.0f} |')
+    return '\n'.join(rows)
+
+
+if __name__ == '__main__':
+    # python examples/training.py results/*.json: the table of results.
+    print(results_table(sys.argv[1:]))

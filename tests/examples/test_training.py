@@ -112,6 +112,11 @@ def test_results_files(tmp_path, capsys):
     assert 'Valid rocauc: 0.6500 ± 0.0707 over 2 seed(s)' in \
         capsys.readouterr().out
 
+    table = training.results_table([path]).splitlines()
+    assert len(table) == 3 and table[0].startswith('| dataset |')
+    assert '| 2 | 1.1500 ± 0.0707 rocauc | 0.6500 ± 0.0707 | 1.50 ± 0.00 |' \
+        in table[2]
+
     other = training.Distributed(1, 2, 1, torch.device('cpu'))
     results = training.Results('run', {}, 'rocauc', True, dist=other)
     fill(results, {0: [0.5]})
