@@ -408,7 +408,9 @@ def main(argv=None) -> Dict:
     r"""Parses :obj:`argv` (default: the command line), trains one model
     per seed and writes the results; returns them as a :obj:`dict` (on
     rank 0; other ranks get an empty one)."""
-    parser = common_parser(__doc__.split('\n\n')[0],
+    parser = common_parser('Graph property prediction on ogbg-mol* and the '
+                           'RDKit sets of hsa_geo.datasets, with HSA or a '
+                           'baseline.',
                            OGB_DATASETS + tuple(RDKIT_DATASETS), MODELS,
                            dataset='ogbg-molhiv', model='hsa', epochs=50)
     parser.add_argument('--layers', type=int, default=4)
