@@ -20,7 +20,7 @@ ogbn_arxiv = load_example('ogbn_arxiv')
 pytestmark = pytest.mark.usefixtures('one_thread')
 
 TINY = ['--epochs', '1', '--hidden', '16', '--layers', '2', '--heads', '2',
-        '--no-progress', '--save-predictions']
+        '--lr', '0.05', '--no-progress', '--save-predictions']
 
 
 @pytest.fixture(scope='module')
@@ -28,7 +28,7 @@ def written(tmp_path_factory):
     root = tmp_path_factory.mktemp('ogbn')
     return str(root), {
         name: write_ogbn(str(root), name, num_nodes=240, num_edges=1200,
-                         seed=i)
+                         seed=i, label_classes=3)
         for i, name in enumerate(['ogbn-arxiv', 'ogbn-products'])
     }
 
@@ -60,12 +60,16 @@ def check_epoch(result):
     return epoch
 
 
-def check_accuracy(path, epoch, y, split):
+def check_accuracy(path, epoch, y, split, distinct=False):
     r"""The reported accuracies are those of the saved predictions on the
-    written labels and split."""
+    written labels and split (with :obj:`distinct`, a model that learned:
+    the three differ, so that a mixed-up split would show)."""
     saved = torch.load(path.replace('.json', '_predictions.pt'))
     pred = saved['pred'][0].numpy()
     assert pred.shape == y.shape
+    if distinct:
+        assert len({epoch[key] for key in ('train', 'valid', 'test')}) == 3
+        assert epoch['valid'] > 0.5  # three classes used: above chance
     for key in ('train', 'valid', 'test'):
         expected = float(np.mean(pred[split[key]] == y[split[key]]))
         assert epoch[key] == pytest.approx(expected, abs=1e-12)
@@ -77,7 +81,8 @@ def test_arxiv_one_epoch(written, tmp_path, model):
     path, result = run(root, tmp_path, '--model', model)
     assert result['config']['model'] == model
     epoch = check_epoch(result)
-    check_accuracy(path, epoch, data['ogbn-arxiv']['y'], data['ogbn-arxiv'])
+    check_accuracy(path, epoch, data['ogbn-arxiv']['y'], data['ogbn-arxiv'],
+                   distinct=model == 'hsa')
     final = result['runs'][0]['final']
     assert final['test'] == epoch['test']
     assert result['summary']['seconds_per_epoch']['mean'] == epoch['seconds']
@@ -102,6 +107,7 @@ def test_products_trains_on_subtree_batches(written, tmp_path):
     epoch = check_epoch(result)
     check_accuracy(path, epoch, data['ogbn-products']['y'],
                    data['ogbn-products'])
+    assert epoch['valid'] > 0.5  # three classes used: above chance
     signal, _, _ = ogbn_arxiv.load_ogbn('ogbn-products', root, 16)
     # Predictions came batch by batch: more than one subtree batch.
     loader, _ = ogbn_arxiv.make_batches(

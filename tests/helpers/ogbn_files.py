@@ -22,7 +22,7 @@ from __future__ import annotations
 import gzip
 import os
 import os.path as osp
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 
@@ -42,16 +42,19 @@ def _write_rows(path: str, rows: np.ndarray, fmt: str):
 
 
 def write_ogbn(root: str, name: str = 'ogbn-arxiv', num_nodes: int = 300,
-               num_edges: int = 1500, seed: int = 0) -> Dict[str, np.ndarray]:
+               num_edges: int = 1500, seed: int = 0,
+               label_classes: Optional[int] = None) -> Dict[str, np.ndarray]:
     r"""Writes a random graph of :obj:`num_nodes` nodes and
     :obj:`num_edges` edges (no self loops) as the OGB dataset :obj:`name`
-    under :obj:`root`, with labels that the features predict in part, and
-    returns what it wrote: ``x`` ``[N, F]`` (float32, as OGB reads it
-    back), ``y`` ``[N]``, ``edge_index`` ``[2, E]`` and the split
-    ``train`` / ``valid`` / ``test`` (60/20/20 of a permutation)."""
+    under :obj:`root`, with labels that the features predict in part (drawn
+    from the first :obj:`label_classes` classes, default all, so that a
+    model can learn them in one epoch), and returns what it wrote: ``x``
+    ``[N, F]`` (float32, as OGB reads it back), ``y`` ``[N]``,
+    ``edge_index`` ``[2, E]`` and the split ``train`` / ``valid`` /
+    ``test`` (54/18/28 of a permutation, ogbn-arxiv's proportions)."""
     folder, num_features, num_classes, split, has_year = LAYOUTS[name]
     rng = np.random.default_rng(seed)
-    y = rng.integers(0, num_classes, num_nodes)
+    y = rng.integers(0, label_classes or num_classes, num_nodes)
     centers = rng.normal(size=(num_classes, num_features))
     x = np.round(rng.normal(size=(num_nodes, num_features)) + centers[y], 4)
     x = x.astype(np.float32)
@@ -73,7 +76,7 @@ def write_ogbn(root: str, name: str = 'ogbn-arxiv', num_nodes: int = 300,
                 np.array([num_edges]), '%d')
 
     perm = rng.permutation(num_nodes)
-    cut1, cut2 = int(0.6 * num_nodes), int(0.8 * num_nodes)
+    cut1, cut2 = int(0.54 * num_nodes), int(0.72 * num_nodes)
     parts = {'train': np.sort(perm[:cut1]), 'valid': np.sort(perm[cut1:cut2]),
              'test': np.sort(perm[cut2:])}
     for key, index in parts.items():
