@@ -17,7 +17,7 @@ layer on the edges beside HSA over the tree, then an MLP.
   Cluster-GCN style, ``--batch-size`` subtrees at depth ``--level`` per
   batch; it needs no sampler backend), and predicts batch by batch.
 * ``synthetic-arxiv`` is a generated graph of ogbn-arxiv's size (169,343
-  nodes, about 1.17 M directed edges with community structure, 128
+  nodes, 1,177,266 directed edges with community structure, 128
   features, 40 classes that the features predict) for measuring time per
   epoch and peak memory where OGB cannot be downloaded; its accuracy means
   nothing. ``--num-nodes`` / ``--num-edges`` shrink it.
@@ -67,7 +67,9 @@ from hsa_geo.transforms import GraphHierarchy
 
 DATASETS = ['ogbn-arxiv', 'ogbn-products', 'synthetic-arxiv']
 MODELS = ['hsa', 'gcn', 'sgformer', 'polynormer', 'transformer']
-SYNTHETIC = dict(num_nodes=169343, num_edges=1166243, features=128,
+# num_edges as bench_family_graph.py draws them: 1,177,266 directed edges
+# remain after duplicates are removed (ogbn-arxiv has 1,166,243).
+SYNTHETIC = dict(num_nodes=169343, num_edges=1200000, features=128,
                  classes=40)
 BENCHMARKS = osp.join(osp.dirname(osp.abspath(__file__)), '..', 'benchmarks')
 
@@ -81,16 +83,19 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     add('--heads', type=int, default=4, help='attention heads')
     add('--dropout', type=float, default=0.5)
     add('--branching', type=int, default=16,
-        help='largest family of the METIS tree')
-    add('--level', type=int, default=2,
-        help='depth of the subtrees of a mini-batch (ogbn-products)')
+        help='largest family of the METIS tree (the tree is cached in the '
+        'processed files: a new value needs a fresh --root)')
+    add('--level', type=int, default=3,
+        help='ogbn-products: depth of the subtrees of a mini-batch (its '
+        'tree has depth 6; level 3 gives subtrees of at most 16^3 nodes)')
     add('--local-epochs', type=int, default=0,
         help='Polynormer: epochs with local attention only before its '
         'global attention is switched on')
     add('--num-nodes', type=int, default=SYNTHETIC['num_nodes'],
         help='synthetic-arxiv: nodes')
     add('--num-edges', type=int, default=SYNTHETIC['num_edges'],
-        help='synthetic-arxiv: directed edges, about')
+        help='synthetic-arxiv: directed edges drawn (duplicates and self '
+        'loops are then removed)')
     add('--save-predictions', action='store_true',
         help='write <out>/<name>_predictions.pt (best epoch of each seed)')
     args = parser.parse_args(argv)
