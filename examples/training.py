@@ -504,6 +504,47 @@ def results_table(paths: Sequence[str]) -> str:
     return '\n'.join(rows)
 
 
+def compare_curves(paths: Sequence[str], path: str, title: str = ''):
+    r"""Plots, for several results JSON files :obj:`paths` (e.g. one per
+    model on the same split), the training loss (left) and the validation
+    metric (right) per epoch: the mean over seeds as a line, the minimum
+    to maximum over seeds as a band, one colour per file, into the PNG
+    :obj:`path`."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    metric = ''
+    for file in paths:
+        with open(file) as f:
+            res = json.load(f)
+        metric = res['metric']
+        label = res['config'].get('model', os.path.basename(file))
+        for ax, key in zip(axes, ('loss', 'valid')):
+            curves = torch.tensor([[e[key] for e in run['epochs']]
+                                   for run in res['runs']])
+            epochs = [e['epoch'] for e in res['runs'][0]['epochs']]
+            line, = ax.plot(epochs, curves.mean(0).tolist(), label=label)
+            ax.fill_between(epochs, curves.min(0).values.tolist(),
+                            curves.max(0).values.tolist(),
+                            color=line.get_color(), alpha=0.15)
+    axes[0].set(xlabel='epoch', ylabel='training loss', title='loss')
+    axes[1].set(xlabel='epoch', ylabel=f'validation {metric}',
+                title=f'validation {metric}')
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 if __name__ == '__main__':
-    # python examples/training.py results/*.json: the table of results.
-    print(results_table(sys.argv[1:]))
+    # python examples/training.py results/*.json [--plot curves.png]: the
+    # table of results (and their curves in one picture).
+    files = [a for a in sys.argv[1:] if a.endswith('.json')]
+    print(results_table(files))
+    if '--plot' in sys.argv:
+        compare_curves(files, sys.argv[sys.argv.index('--plot') + 1])

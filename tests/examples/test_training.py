@@ -117,6 +117,17 @@ def test_results_files(tmp_path, capsys):
     assert '| 2 | 1.1500 ± 0.0707 rocauc | 0.6500 ± 0.0707 | 1.50 ± 0.00 |' \
         in table[2]
 
+    # Two files in one picture; a run without a 'loss' is refused loudly.
+    twin = training.Results('twin', {'model': 'm'}, 'rocauc', True)
+    fill(twin, {1: [0.4, 0.8]})
+    both = [path, twin.write(str(tmp_path / 'out'))]
+    training.compare_curves(both, str(tmp_path / 'both.png'))
+    assert (tmp_path / 'both.png').read_bytes()[:4] == b'\x89PNG'
+    twin.runs[0]['epochs'][0].pop('loss')
+    with pytest.raises(KeyError):
+        training.compare_curves([twin.write(str(tmp_path / 'bad'))],
+                                str(tmp_path / 'bad.png'))
+
     other = training.Distributed(1, 2, 1, torch.device('cpu'))
     results = training.Results('run', {}, 'rocauc', True, dist=other)
     fill(results, {0: [0.5]})
