@@ -15,7 +15,11 @@ layer on the edges beside HSA over the tree, then an MLP.
 * ``ogbn-products`` (2.4 M products, 47 categories) trains on mini-batches
   of whole subtrees of its tree (:class:`~hsa_geo.loader.SubtreeLoader`,
   Cluster-GCN style, ``--batch-size`` subtrees at depth ``--level`` per
-  batch; it needs no sampler backend), and predicts batch by batch.
+  batch; it needs no sampler backend), and predicts batch by batch. With
+  ``--ddp`` under ``torchrun`` the ranks share the subtrees of every
+  epoch (a ``DistributedSampler``, gradients averaged by
+  ``DistributedDataParallel``) and of the predictions (gathered on every
+  rank before OGB's ``Evaluator``).
 * ``synthetic-arxiv`` is a generated graph of ogbn-arxiv's size (169,343
   nodes, 1,177,266 directed edges with community structure, 128
   features, 40 classes that the features predict) for measuring time per
@@ -34,6 +38,8 @@ Usage::
     python examples/ogbn_arxiv.py --model sgformer --epochs 500
     python examples/ogbn_arxiv.py --dataset ogbn-products --model hsa \
         --batch-size 16
+    torchrun --nproc_per_node=2 examples/ogbn_arxiv.py --ddp \
+        --dataset ogbn-products --model hsa
     python examples/ogbn_arxiv.py --dataset synthetic-arxiv --model gcn \
         --epochs 2
 """
@@ -51,6 +57,7 @@ import torch.nn.functional as F
 import torch_geometric.transforms as T
 from ogb.nodeproppred import Evaluator, PygNodePropPredDataset
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
 from torch_geometric.data import Data
 from torch_geometric.data.data import DataEdgeAttr, DataTensorAttr
 from torch_geometric.data.storage import GlobalStorage
@@ -99,9 +106,10 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     add('--save-predictions', action='store_true',
         help='write <out>/<name>_predictions.pt (best epoch of each seed)')
     args = parser.parse_args(argv)
-    if args.ddp:
-        parser.error('ogbn_arxiv.py trains in one process; --ddp is for '
-                     'ogbg_mol.py and lrgb_peptides.py')
+    if args.ddp and args.dataset != 'ogbn-products':
+        parser.error('--ddp splits the subtree mini-batches of '
+                     'ogbn-products among the ranks; the full-graph '
+                     'datasets train in one process')
     return args
 
 
@@ -268,9 +276,11 @@ def run_model(model: torch.nn.Module, name: str,
 
 def train_epoch(model: torch.nn.Module, name: str, batches,
                 optimizer: torch.optim.Optimizer,
-                device: torch.device) -> float:
+                dist: Distributed) -> float:
     r"""One epoch over :obj:`batches` (the full graph, or the subtree
-    batches); the loss is the mean over the training nodes seen."""
+    batches); the loss is the mean over the training nodes seen (by all
+    ranks)."""
+    device = dist.device
     model.train()
     total, count = 0.0, 0
     for batch in batches:
@@ -285,20 +295,24 @@ def train_epoch(model: torch.nn.Module, name: str, batches,
         optimizer.step()
         total += float(loss.detach()) * int(mask.sum())
         count += int(mask.sum())
+    total, count = dist.sum(total, count)
     return total / max(count, 1)
 
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, name: str, batches, num_nodes: int,
-            device: torch.device) -> Tensor:
+            dist: Distributed) -> Tensor:
     r"""``[N]`` the predicted class of every node, batch by batch
-    (``batch.n_id`` says which nodes a batch holds)."""
+    (``batch.n_id`` says which nodes a batch holds), gathered from all
+    ranks."""
     model.eval()
-    pred = torch.empty(num_nodes, dtype=torch.long)
+    ids, preds = [], []
     for batch in batches:
-        batch = batch.to(device)
-        pred[batch.n_id.cpu()] = run_model(model, name,
-                                           batch).argmax(dim=-1).cpu()
+        batch = batch.to(dist.device)
+        ids.append(batch.n_id.cpu())
+        preds.append(run_model(model, name, batch).argmax(dim=-1).cpu())
+    pred = torch.full((num_nodes, ), -1, dtype=torch.long)
+    pred[dist.gather(torch.cat(ids))] = dist.gather(torch.cat(preds))
     return pred
 
 
@@ -315,16 +329,28 @@ def accuracies(evaluator: Evaluator, y: Tensor, pred: Tensor,
     }
 
 
-def make_batches(args, data: NestedSignal, seed: int):
+def make_batches(args, data: NestedSignal, seed: int, dist: Distributed):
     r"""The training and the inference batches: the full graph, or
-    shuffled / ordered subtree batches for ``ogbn-products``."""
+    shuffled / ordered subtree batches for ``ogbn-products``. Under
+    ``--ddp`` each rank trains on its shard of the subtrees of every epoch
+    (a :class:`DistributedSampler`: the same shuffle on all ranks, then
+    every ``world_size``-th subtree) and predicts every ``world_size``-th
+    subtree."""
     if args.dataset != 'ogbn-products':
         return [data], [data]
-    generator = torch.Generator().manual_seed(seed)
-    train = SubtreeLoader(data, level=args.level,
-                          batch_size=args.batch_size, shuffle=True,
-                          generator=generator)
     infer = SubtreeLoader(data, level=args.level, batch_size=args.batch_size)
+    subtrees = range(infer.num_subtrees)
+    sampler = dist.sampler(subtrees, shuffle=True, seed=seed)
+    if sampler is None:
+        generator = torch.Generator().manual_seed(seed)
+        train = SubtreeLoader(data, level=args.level,
+                              batch_size=args.batch_size, shuffle=True,
+                              generator=generator)
+        return train, infer
+    train = SubtreeLoader(data, level=args.level, batch_size=args.batch_size,
+                          sampler=sampler)
+    infer = SubtreeLoader(data, level=args.level, batch_size=args.batch_size,
+                          sampler=dist.shard(torch.tensor(subtrees)).tolist())
     return train, infer
 
 
@@ -334,53 +360,66 @@ def run_seed(args, seed: int, data: NestedSignal,
     r"""Trains one model from :obj:`seed` (the generators are seeded);
     returns the predictions of its best validation epoch."""
     device = dist.device
-    model = build_model(args, data.num_features, num_classes).to(device)
+    net = build_model(args, data.num_features, num_classes).to(device)
+    model = net
+    if dist.enabled:
+        ids = [device] if device.type == 'cuda' else None
+        model = DistributedDataParallel(net, device_ids=ids)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    train_batches, infer_batches = make_batches(args, data, seed)
+    train_batches, infer_batches = make_batches(args, data, seed, dist)
+    sampler = getattr(train_batches, 'sampler', None)
     if args.dataset != 'ogbn-products':
         data = data.to(device)  # the full graph stays on the device
     best, best_pred = -1.0, None
     for epoch in range(1, args.epochs + 1):
         if args.model == 'polynormer' and epoch > args.local_epochs:
-            model._global = True  # as PyG's Polynormer example switches
+            net._global = True  # as PyG's Polynormer example switches
+        if hasattr(sampler, 'set_epoch'):
+            sampler.set_epoch(epoch)  # a new shuffle, the same on all ranks
         reset_peak_memory(device)
         timer = Timer()
         loss = train_epoch(model, args.model, progress(
             train_batches, epoch, dist, not args.no_progress), optimizer,
-                           device)
+                           dist)
         seconds = timer.lap()
-        pred = predict(model, args.model, infer_batches, data.num_nodes,
-                       device)
+        dist.broadcast_buffers(net)  # all ranks predict with rank 0's model
+        pred = predict(net, args.model, infer_batches, data.num_nodes, dist)
         acc = accuracies(evaluator, data.y.cpu(), pred, split)
         memory = peak_memory_mb(device)
         results.add_epoch(epoch, log=False, loss=loss, **acc,
                           seconds=seconds, eval_seconds=timer.lap(),
                           peak_memory_mb=memory)
-        print(f'Epoch: {epoch:03d}, Loss: {loss:.4f}, '
-              f'Train: {acc["train"]:.4f}, Valid: {acc["valid"]:.4f}, '
-              f'Test: {acc["test"]:.4f}, Time: {seconds:.2f}s, '
-              f'Peak memory: {memory:.0f} MiB', flush=True)
+        if dist.is_main:
+            print(f'Epoch: {epoch:03d}, Loss: {loss:.4f}, '
+                  f'Train: {acc["train"]:.4f}, Valid: {acc["valid"]:.4f}, '
+                  f'Test: {acc["test"]:.4f}, Time: {seconds:.2f}s, '
+                  f'Peak memory: {memory:.0f} MiB', flush=True)
         if acc['valid'] > best:
             best, best_pred = acc['valid'], pred
+    results.runs[-1]['ranks'] = dist.gather_objects(
+        {'rank': dist.rank, 'train_batches_per_epoch': len(train_batches)})
     return best_pred
 
 
 def main(argv: Optional[Sequence[str]] = None) -> str:
     args = parse_args(argv)
-    dist = Distributed.from_env(False, args.device)
-    if args.dataset == 'synthetic-arxiv':
-        data, split, num_classes = load_synthetic(
-            args.root, args.num_nodes, args.num_edges, args.branching)
-        metric_of = 'ogbn-arxiv'  # accuracy, as for ogbn-arxiv
-    else:
-        data, split, num_classes = load_ogbn(args.dataset, args.root,
-                                             args.branching)
-        metric_of = args.dataset
+    dist = Distributed.from_env(args.ddp, args.device, args.threads)
+    with dist.main_first():  # rank 0 processes the dataset, once
+        if args.dataset == 'synthetic-arxiv':
+            data, split, num_classes = load_synthetic(
+                args.root, args.num_nodes, args.num_edges, args.branching)
+            metric_of = 'ogbn-arxiv'  # accuracy, as for ogbn-arxiv
+        else:
+            data, split, num_classes = load_ogbn(args.dataset, args.root,
+                                                 args.branching)
+            metric_of = args.dataset
     data.train_mask = torch.zeros(data.num_nodes, dtype=torch.bool)
     data.train_mask[split['train']] = True
     data.n_id = torch.arange(data.num_nodes)
-    print(f'{args.dataset}: {data.num_nodes:,} nodes, '
-          f'{data.num_edges:,} edges, {data.hierarchy}')
+    if dist.is_main:
+        print(f'{args.dataset}: {data.num_nodes:,} nodes, '
+              f'{data.num_edges:,} edges, {data.hierarchy}, '
+              f'{dist.world_size} process(es)')
 
     evaluator = Evaluator(metric_of)
     name = f'ogbn_arxiv_{args.dataset}_{args.model}'
@@ -395,7 +434,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
                                     results, dist, evaluator))
         results.finish_run()
     path = results.write(args.out)
-    if args.save_predictions:
+    if args.save_predictions and dist.is_main:
         torch.save({'seeds': list(args.seeds), 'pred': predictions,
                     'split': split, 'y': data.y.cpu()},
                    osp.join(args.out, f'{name}_predictions.pt'))

@@ -6,14 +6,11 @@ labels); its average precision is LRGB's on hand-made cases, and under
 import json
 import math
 import os
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from tests.examples import EXAMPLES_DIR, load_example
+from tests.examples import load_example, torchrun
 from tests.helpers.lrgb_files import write_peptides
 
 pytest.importorskip('ogb')
@@ -98,21 +95,9 @@ def test_mean_absolute_error_by_hand():
     assert lrgb.mean_absolute_error(y, pred) == pytest.approx(5.5 / 4)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_two_cpu_processes(root, tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS='1')
-    cmd = [sys.executable, '-m', 'torch.distributed.run',
-           '--nproc_per_node=2', f'--master_port={free_port()}',
-           str(EXAMPLES_DIR / 'lrgb_peptides.py'), '--ddp', '--root', root,
-           '--out', str(tmp_path), *TINY, '--model', 'gine']
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                          env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun('lrgb_peptides', '--root', root, '--out', str(tmp_path),
+             *TINY, '--model', 'gine')
     with open(tmp_path / 'lrgb_peptides-func_gine.json') as f:
         result = json.load(f)
     assert result['machine']['world_size'] == 2

@@ -5,15 +5,11 @@ CPU processes score every molecule once, with rank 0's model."""
 import itertools
 import json
 import math
-import os
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from tests.examples import EXAMPLES_DIR, load_example
+from tests.examples import load_example, torchrun
 from tests.helpers.ogb_files import SMILES, scaffold_split, write_ogbg_mol
 
 pytest.importorskip('ogb')
@@ -204,27 +200,13 @@ def test_task_metrics_of_the_rdkit_sets():
         roc_auc_score(labels[:, 0], p[:, 0]))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_two_cpu_processes(root, tmp_path):
     r"""``torchrun --nproc_per_node=2 ogbg_mol.py --ddp``: both ranks
     train on half of the training set each, and the reported metrics are
     those of rank 0's saved model on every molecule, in one process."""
     out = tmp_path / 'ddp'
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    command = [sys.executable, '-m', 'torch.distributed.run',
-               '--nproc_per_node=2', '--master_addr=127.0.0.1',
-               f'--master_port={free_port()}',
-               str(EXAMPLES_DIR / 'ogbg_mol.py'), '--ddp', '--root', root,
-               '--out', str(out), '--model', 'hsa', '--device', 'cpu',
-               '--save-model', *TINY]
-    proc = subprocess.run(command, capture_output=True, text=True, env=env,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = torchrun('ogbg_mol', '--root', root, '--out', str(out),
+                    '--model', 'hsa', '--save-model', *TINY)
     name = 'ogbg-molhiv_scaffold_hsa'
     with open(out / f'{name}.json') as f:
         result = json.load(f)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.examples import load_example
+from tests.examples import load_example, torchrun
 from tests.helpers.ogbn_files import write_ogbn
 
 pytest.importorskip('ogb')
@@ -112,8 +112,34 @@ def test_products_trains_on_subtree_batches(written, tmp_path):
     # Predictions came batch by batch: more than one subtree batch.
     loader, _ = ogbn_arxiv.make_batches(
         ogbn_arxiv.parse_args(['--dataset', 'ogbn-products', '--level', '1',
-                               '--batch-size', '2']), signal, 0)
+                               '--batch-size', '2']), signal, 0,
+        ogbn_arxiv.Distributed(0, 1, 0, torch.device('cpu')))
     assert len(loader) > 1
+
+
+def test_products_on_two_processes(written, tmp_path):
+    r"""``torchrun --nproc_per_node=2 ogbn_arxiv.py --ddp`` on
+    ogbn-products: the ranks share the subtree batches, and the predictions
+    gathered from both cover every node once, so the reported accuracies
+    are those of the saved predictions."""
+    root, data = written
+    proc = torchrun('ogbn_arxiv', '--root', root, '--out', str(tmp_path),
+                    *TINY, '--dataset', 'ogbn-products', '--model', 'gcn',
+                    '--level', '1', '--batch-size', '1')
+    assert proc.stdout.count('Epoch: 001') == 1  # rank 0 logs alone
+    path = str(tmp_path / 'ogbn_arxiv_ogbn-products_gcn.json')
+    with open(path) as f:
+        result = json.load(f)
+    assert result['machine']['world_size'] == 2
+    signal, _, _ = ogbn_arxiv.load_ogbn('ogbn-products', root, 16)
+    subtrees = ogbn_arxiv.SubtreeLoader(signal, level=1).num_subtrees
+    assert subtrees > 2
+    assert [r['train_batches_per_epoch'] for r in
+            result['runs'][0]['ranks']] == [math.ceil(subtrees / 2)] * 2
+    saved = torch.load(path.replace('.json', '_predictions.pt'))
+    assert bool((saved['pred'][0] >= 0).all())  # every node predicted
+    check_accuracy(path, check_epoch(result), data['ogbn-products']['y'],
+                   data['ogbn-products'])
 
 
 def test_synthetic_graph_is_generated_once(tmp_path):
@@ -133,6 +159,7 @@ def test_synthetic_graph_is_generated_once(tmp_path):
     assert sum(v.numel() for v in split.values()) == 300
 
 
-def test_ddp_is_refused():
+def test_ddp_is_refused_on_the_full_graph():
     with pytest.raises(SystemExit):
         ogbn_arxiv.parse_args(['--ddp'])
+    assert ogbn_arxiv.parse_args(['--ddp', '--dataset', 'ogbn-products']).ddp
