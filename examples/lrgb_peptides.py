@@ -181,7 +181,10 @@ class GPS(torch.nn.Module):
         self.bond_encoder = BondEncoder(hidden)
         self.convs = torch.nn.ModuleList([
             GPSConv(hidden, GINEConv(gine_mlp(hidden)), heads=heads,
-                    dropout=dropout, attn_type=attn_type)
+                    dropout=dropout, attn_type=attn_type,
+                    # Performer: the same head size as the other models.
+                    attn_kwargs={'head_channels': hidden // heads}
+                    if attn_type == 'performer' else None)
             for _ in range(num_layers)
         ])
         self.head = Sequential(Linear(hidden, hidden), ReLU(),
@@ -231,7 +234,9 @@ def loss_fn(name: str, out: Tensor, y: Tensor) -> Tensor:
 def train_epoch(args, model, loader, optimizer, epoch: int,
                 dist: Distributed) -> Tuple[float, float]:
     r"""One epoch; returns the mean loss over all graphs of all ranks and
-    the metric of the training predictions."""
+    the metric of the training predictions (under DDP, the
+    :class:`DistributedSampler` repeats up to ``world_size - 1`` graphs to
+    even out the shards, and those count twice)."""
     model.train()
     total, count, ys, preds = 0.0, 0, [], []
     for batch in progress(loader, epoch, dist, not args.no_progress):
@@ -268,9 +273,8 @@ def predict(args, model, dataset, dist: Distributed) -> Tuple[Tensor, Tensor]:
 def run_seed(args, seed: int, splits: Dict[str, LRGBDataset],
              results: Results, dist: Distributed):
     r"""Trains one model from :obj:`seed` (the generators are seeded)."""
-    model = build_model(args, TASKS[args.dataset][1]).to(dist.device)
-    if dist.enabled:
-        model = DistributedDataParallel(model)
+    net = build_model(args, TASKS[args.dataset][1]).to(dist.device)
+    model = DistributedDataParallel(net) if dist.enabled else net
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
     sampler = dist.sampler(splits['train'], seed=seed)
     loader = DataLoader(splits['train'], batch_size=args.batch_size,
@@ -282,14 +286,19 @@ def run_seed(args, seed: int, splits: Dict[str, LRGBDataset],
         loss, train = train_epoch(args, model, loader, optimizer, epoch,
                                   dist)
         seconds = timer.lap()
-        valid = metric(args.dataset, *predict(args, model, splits['val'],
-                                              dist))
-        test = metric(args.dataset, *predict(args, model, splits['test'],
-                                             dist))
+        # Every rank evaluates rank 0's model, outside DDP's wrapper.
+        dist.broadcast_buffers(net)
+        scored = {key: predict(args, net, splits[key], dist)
+                  for key in ('val', 'test')}
+        valid = metric(args.dataset, *scored['val'])
+        test = metric(args.dataset, *scored['test'])
         memory = peak_memory_mb(dist.device)
         results.add_epoch(epoch, log=False, loss=loss, train=train,
                           valid=valid, test=test, seconds=seconds,
                           peak_memory_mb=memory)
+        # Graphs scored over all ranks: each one once.
+        results.runs[-1]['scored'] = {k: len(y) for k, (y, _) in
+                                      scored.items()}
         if dist.is_main:
             print(f'Epoch: {epoch:03d}, Loss: {loss:.4f}, Train: '
                   f'{train:.4f}, Valid: {valid:.4f}, Test: {test:.4f}, '
@@ -299,7 +308,7 @@ def run_seed(args, seed: int, splits: Dict[str, LRGBDataset],
 
 def main(argv: Optional[Sequence[str]] = None) -> Optional[str]:
     args = parse_args(argv)
-    dist = Distributed.from_env(args.ddp, args.device)
+    dist = Distributed.from_env(args.ddp, args.device, args.threads)
     splits = load_splits(args.root, args.dataset, args.hierarchy, dist)
     if dist.is_main:
         sizes = ', '.join(f'{k} {len(v):,}' for k, v in splits.items())

@@ -286,11 +286,14 @@ def train_epoch(model: torch.nn.Module, name: str, batches,
     for batch in batches:
         batch = batch.to(device)
         mask = batch.train_mask
-        if not bool(mask.any()):
+        if not bool(mask.any()) and not dist.enabled:
             continue
         optimizer.zero_grad()
         out = run_model(model, name, batch)[mask]
-        loss = F.cross_entropy(out, batch.y[mask].view(-1))
+        # A batch without training nodes still takes its step under DDP
+        # (a zero loss), so that every rank makes the same all-reduces.
+        loss = F.cross_entropy(out, batch.y[mask].view(-1)) if len(out) \
+            else out.sum() * 0.0
         loss.backward()
         optimizer.step()
         total += float(loss.detach()) * int(mask.sum())
@@ -364,16 +367,20 @@ def run_seed(args, seed: int, data: NestedSignal,
     model = net
     if dist.enabled:
         ids = [device] if device.type == 'cuda' else None
-        model = DistributedDataParallel(net, device_ids=ids)
+        # Polynormer leaves its local or its global head unused.
+        model = DistributedDataParallel(
+            net, device_ids=ids,
+            find_unused_parameters=args.model == 'polynormer')
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    train_batches, infer_batches = make_batches(args, data, seed, dist)
-    sampler = getattr(train_batches, 'sampler', None)
     if args.dataset != 'ogbn-products':
         data = data.to(device)  # the full graph stays on the device
+    train_batches, infer_batches = make_batches(args, data, seed, dist)
+    sampler = getattr(train_batches, 'sampler', None)
     best, best_pred = -1.0, None
     for epoch in range(1, args.epochs + 1):
         if args.model == 'polynormer' and epoch > args.local_epochs:
-            net._global = True  # as PyG's Polynormer example switches
+            # PyG's Polynormer has no public switch; its example sets this.
+            net._global = True
         if hasattr(sampler, 'set_epoch'):
             sampler.set_epoch(epoch)  # a new shuffle, the same on all ranks
         reset_peak_memory(device)

@@ -2,7 +2,8 @@ r"""``examples/lrgb_peptides.py`` trains every model for one epoch on small
 ``peptides-func`` and ``peptides-struct`` sets written as PyG's
 ``LRGBDataset`` finds them after its download (real peptides, random
 labels); its average precision is LRGB's on hand-made cases, and under
-``torchrun`` two CPU processes score every peptide once."""
+``torchrun`` two CPU processes score every peptide of the valid and test
+sets once between them."""
 import json
 import math
 import os
@@ -103,3 +104,8 @@ def test_ddp_two_cpu_processes(root, tmp_path):
     assert result['machine']['world_size'] == 2
     (epoch, ) = result['runs'][0]['epochs']
     assert all(0 < epoch[k] <= 1 for k in ('train', 'valid', 'test'))
+    sizes = {k: len(v) for k, v in
+             lrgb.load_splits(root, 'peptides-func', 'molecule',
+                              lrgb.Distributed(0, 1, 0, 'cpu')).items()}
+    assert result['runs'][0]['scored'] == {'val': sizes['val'],
+                                           'test': sizes['test']}

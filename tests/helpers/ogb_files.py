@@ -73,25 +73,11 @@ def _properties(smiles: str) -> List[float]:
 
 
 def scaffold_split(smiles: Sequence[str]) -> Dict[str, np.ndarray]:
-    r"""OGB's split: molecules grouped by Bemis-Murcko scaffold, groups
-    sorted by size (largest first, ties by first index) and dealt into
-    train until 80%, valid until 90%, the rest test."""
-    from rdkit.Chem.Scaffolds import MurckoScaffold
-    groups: Dict[str, List[int]] = {}
-    for i, s in enumerate(smiles):
-        key = MurckoScaffold.MurckoScaffoldSmiles(smiles=s,
-                                                  includeChirality=True)
-        groups.setdefault(key, []).append(i)
-    ordered = sorted(groups.values(), key=lambda g: (-len(g), g[0]))
-    n, split = len(smiles), {'train': [], 'valid': [], 'test': []}
-    for group in ordered:
-        if len(split['train']) + len(group) <= 0.8 * n:
-            split['train'] += group
-        elif len(split['valid']) + len(group) <= 0.1 * n:
-            split['valid'] += group
-        else:
-            split['test'] += group
-    return {k: np.array(sorted(v), dtype=np.int64) for k, v in split.items()}
+    r"""The split OGB's molecule datasets were made with (Bemis-Murcko
+    scaffold sets, largest first, 80/10/10), as
+    :func:`hsa_geo.datasets.scaffold_split` computes it."""
+    from hsa_geo.datasets import scaffold_split as split
+    return {key: index.numpy() for key, index in split(smiles).items()}
 
 
 def _labels(smiles: Sequence[str], split: Dict[str, np.ndarray],

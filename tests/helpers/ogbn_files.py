@@ -13,7 +13,7 @@ them after its download step (``ogb`` 1.3.6)::
         split/time/{train,valid,test}.csv.gz  (one node id per row)
 
 ``ogbn-products`` lives in ``ogbn_products/`` with 100 features, 47 classes,
-no ``node_year``, each undirected edge once (OGB adds the inverse edges) and
+no ``node_year``, random directed pairs (OGB adds the inverse edges) and
 the split in ``split/sales_ranking/``. Nothing is downloaded: the folder
 exists with its release marker, so OGB goes straight to processing.
 """
