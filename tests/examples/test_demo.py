@@ -1,10 +1,10 @@
-r"""The example scripts run and report what they claim."""
+r"""The demo runs and reports what it claims."""
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_demo_runs_and_checks_hold():
