@@ -253,8 +253,12 @@ class Task:
                                 y_pred[labeled[:, t], t])
                   for t in range(y_true.size(1))
                   if y_true[labeled[:, t], t].unique().numel() == 2]
-        return {'rocauc': sum(scores) / len(scores) if scores
-                else float('nan')}
+        if not scores:  # a NaN would stop the choice of the best epoch
+            raise ValueError(
+                'ROC-AUC needs a task with both classes among the labelled '
+                'molecules of the split; none has: use a larger split or '
+                "'--split random'")
+        return {'rocauc': sum(scores) / len(scores)}
 
 
 def load_dataset(args) -> Tuple[torch.utils.data.Dataset, Task]:
@@ -314,8 +318,9 @@ def train(model, loader, optimizer, task: Task, args, dist: Distributed,
 def predict(model, dataset, index: Tensor, task: Task, args,
             dist: Distributed) -> Dict[str, Tensor]:
     r"""Predictions for the molecules :obj:`index`: each rank predicts
-    every ``world_size``-th one and all ranks get them all back, ordered
-    as :obj:`index`, so that the metric reads every molecule once."""
+    every ``world_size``-th one and all ranks get them all back, in
+    increasing order of the molecule's index (``'index'`` says which), so
+    that the metric reads every molecule once."""
     model.eval()
     shard = dist.shard(index)
     loader = DataLoader(dataset[shard], batch_size=args.batch_size)
@@ -362,8 +367,11 @@ def run(seed: int, dataset, task: Task, args, dist: Distributed,
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     train_set = dataset[split_idx['train']]
     sampler = dist.sampler(train_set, shuffle=True, seed=seed)
+    # The virtual node's batch norm runs over the molecules of a batch:
+    # a last batch of one molecule would fail in training mode.
     loader = DataLoader(train_set, batch_size=args.batch_size,
-                        shuffle=sampler is None, sampler=sampler)
+                        shuffle=sampler is None, sampler=sampler,
+                        drop_last=args.model == 'gine-vn')
 
     results.start_run(seed)
     best = None

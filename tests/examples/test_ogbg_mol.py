@@ -198,6 +198,9 @@ def test_task_metrics_of_the_rdkit_sets():
     one_class[:, 1] = 1.0  # a task with one class is left out, as OGB does
     assert task.evaluate(one_class, p)['rocauc'] == pytest.approx(
         roc_auc_score(labels[:, 0], p[:, 0]))
+    one_class[:, 0] = 0.0  # no task left: an error, not a NaN
+    with pytest.raises(ValueError, match='both classes'):
+        task.evaluate(one_class, p)
 
 
 def test_ddp_two_cpu_processes(root, tmp_path):
