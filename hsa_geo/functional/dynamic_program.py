@@ -1320,10 +1320,16 @@ def _streamed_context(passes: _Passes, i: int,
                       parent_context: Optional[Tensor]) -> Tensor:
     r"""``y_a = r_F softmax-attention_a + U_F`` ``[F, W, H, D_v]`` of a
     streamed bucket."""
-    b = passes.tree.layout.buckets[i]
-    r = _rows(passes.masses.log_r_clus, b.parent_cluster,
-              b.parent_range).exp()
-    out = passes.scores.streamed[i] * r[:, None, :, None]
+    layout = passes.tree.layout
+    b = layout.buckets[i]
+    out = passes.scores.streamed[i]
+    # Under roots r_F = 1 with no gradient (their log r is the constant 0):
+    # no full-size product in either direction.
+    if not bool((_rows(layout.cluster_parent, b.parent_cluster,
+                       b.parent_range) < 0).all()):
+        r = _rows(passes.masses.log_r_clus, b.parent_cluster,
+                  b.parent_range).exp()
+        out = out * r[:, None, :, None]
     return out if parent_context is None else \
         out + parent_context.unsqueeze(1)
 
@@ -1390,8 +1396,11 @@ def _downward_contexts(passes: _Passes) -> Tensor:
             ctx = _streamed_context(passes, i, parent_context)
         else:
             ctx = _bucket_context(passes, i, parent_context)
-        if tree.fused is not None and buckets[i] is tree.fused.blocks:
-            return ctx.view(v.shape)  # all leaves, the whole output
+        if buckets[i] is layout.leaf_blocks and (
+                tree.fused is not None or i in tree.streamed):
+            # All leaves, the whole output: the fused context has r v, and
+            # a streamed family's softmax weighs v_a itself (r_a = 0).
+            return ctx.view(v.shape)
         if u_leaf is None:
             u_leaf = v.new_zeros(v.shape)
         _from_slots(buckets[i], ctx, u_leaf)

@@ -204,6 +204,10 @@ class _SoftmaxAttention(torch.autograd.Function):
                 partial(_SoftmaxAttention.plain, scale=ctx.scale),
                 (q, k, v), needs, (grad_out, grad_lse))
         else:
+            if grad_lse is not None and not bool(grad_lse.any()):
+                # A zero gradient of lse (a family whose rows' lse feeds
+                # only masses that underflow to 0) needs no shifted output.
+                grad_lse = None
             run = _fused_backward if ctx.fused else _chunked_backward
             grads = run(q, k, v, out, lse, grad_out, grad_lse, ctx.scale,
                         needs)

@@ -1072,6 +1072,36 @@ def test_streamed_leaf_families_second_derivatives(f, seed):
             lambda q, k, v: hierarchical_attention(q, k, v, h), (q, k, v))
 
 
+# All leaves in order in equal-width families: the streamed output is the
+# whole output (no copy into a fresh table), and under a root r_F = 1 is
+# not multiplied in. Flat; two families under a root; two flat trees; and
+# families under non-root clusters (their r_F < 1 and U_F count).
+STREAMED_SHAPES = [
+    ([6] * 6 + [-1], 6),
+    ([6, 6, 6, 7, 7, 7, 8, 8, -1], 6),
+    ([6, 6, 6, 7, 7, 7, -1, -1], 6),
+    ([8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, -1], 8),
+]
+
+
+@pytest.mark.parametrize('parent,num_leaves', STREAMED_SHAPES)
+def test_streamed_leaves_in_order_match_dense(parent, num_leaves):
+    h = Hierarchy.from_parent(parent, num_leaves)
+    q, k, v = (t.requires_grad_() for t in
+               make_qkv(num_leaves, 2, 3, 2, len(parent)))
+    with streamed_leaf_families():
+        assert h.layout.leaf_blocks is not None
+        out = hierarchical_attention(q, k, v, h)
+        assert torch.autograd.gradgradcheck(
+            lambda q, k, v: hierarchical_attention(q, k, v, h), (q, k, v))
+    ref = apply_q(hierarchical_attention_matrix(q, k, h), v)
+    assert max_err(out, ref) <= EXACT
+    g = torch.randn_like(out)
+    got = torch.autograd.grad((out * g).sum(), (q, k, v))
+    want = torch.autograd.grad((ref * g).sum(), (q, k, v))
+    assert max(max_err(a, b) for a, b in zip(got, want)) <= EXACT
+
+
 def test_wide_flat_family_needs_no_table(monkeypatch):
     """5,000 leaves in one family: a table per head would be 100 MB; as
     softmax attention it needs memory linear in N, so a guard that refuses
