@@ -1,6 +1,6 @@
 r"""The first 5,000 NCI molecules with their polar surface area, from
 RDKit."""
-from typing import Callable, List, Optional
+from typing import List
 
 from hsa_geo.datasets.rdkit_molecule_dataset import (Record,
                                                      RDKitMoleculeDataset)
@@ -76,18 +76,6 @@ class NCITPSA(RDKitMoleculeDataset):
     name = 'nci_tpsa'
     rdkit_files = (('RDDataDir', 'NCI/first_5K.smi'),
                    ('RDDataDir', 'NCI/first_5k.tpsa.csv'))
-
-    def __init__(
-        self,
-        root: str,
-        transform: Optional[Callable] = None,
-        pre_transform: Optional[Callable] = None,
-        pre_filter: Optional[Callable] = None,
-        force_reload: bool = False,
-        log: bool = True,
-    ) -> None:
-        super().__init__(root, transform, pre_transform, pre_filter,
-                         force_reload=force_reload, log=log)
 
     def read_raw(self) -> List[Record]:
         with open(self.raw_paths[0]) as f:
