@@ -1396,10 +1396,9 @@ def _downward_contexts(passes: _Passes) -> Tensor:
             ctx = _streamed_context(passes, i, parent_context)
         else:
             ctx = _bucket_context(passes, i, parent_context)
-        if buckets[i] is layout.leaf_blocks and (
-                tree.fused is not None or i in tree.streamed):
-            # All leaves, the whole output: the fused context has r v, and
-            # a streamed family's softmax weighs v_a itself (r_a = 0).
+        if buckets[i] is layout.leaf_blocks:
+            # All leaves, the whole output: fused (its context has r v) or
+            # streamed (the softmax weighs v_a itself, r_a = 0).
             return ctx.view(v.shape)
         if u_leaf is None:
             u_leaf = v.new_zeros(v.shape)
