@@ -11,7 +11,7 @@ if TYPE_CHECKING:  # the buckets come from hsa_geo.data.hierarchy
     from hsa_geo.data.hierarchy import FamilyBucket
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity: a key of kernel caches
 class SparseFamilies:
     r"""The families whose attention runs on the list of their sibling
     pairs instead of on padded :math:`[F, W, W]` tables: every family of a
@@ -19,7 +19,8 @@ class SparseFamilies:
     allowed pairs) and the families of small buckets (see
     :data:`hsa_geo.data.hierarchy.SPARSE_PAIR_LIMIT`).
 
-    The *members* are the children of these families, leaves first; a pair
+    The *members* are the children of these families, by node id (so
+    leaves first); a pair
     list scores child ``a`` against sibling ``b != a`` as
     :math:`\ell_{ab} = \alpha\, \bar q_a^\top \bar k_b + \log |b|`, reduces
     the scores per ``a`` with a scattered logsumexp and scatters the
@@ -34,9 +35,12 @@ class SparseFamilies:
         self_row (LongTensor): ``[K]`` row of the pair ``(a, a)`` of every
             member in :attr:`Hierarchy.sibling_pairs`.
         src, dst (LongTensor): ``[P']`` members ``a`` and ``b`` of every
-            scored pair.
+            scored pair, sorted by ``src``, then ``dst`` (the order of a
+            CSR matrix).
         row (LongTensor): ``[P']`` row of every scored pair in
             :attr:`Hierarchy.sibling_pairs`.
+        transpose (LongTensor): ``[P']`` the scored pairs sorted by
+            ``dst``, then ``src`` (the order of the transposed matrix).
     """
     leaf: Tensor
     cluster: Tensor
@@ -45,6 +49,7 @@ class SparseFamilies:
     src: Tensor
     dst: Tensor
     row: Tensor
+    transpose: Tensor
 
     @property
     def num_members(self) -> int:
@@ -75,18 +80,24 @@ def sparse_families(buckets: List['FamilyBucket'],
         pair_offset += int((count**2).sum())
     if not parts:
         empty = torch.empty(0, dtype=torch.long, device=device)
-        return SparseFamilies(*(empty, ) * 7)
+        return SparseFamilies(*(empty, ) * 8)
     node, parent, self_row, src, dst, row = (torch.cat(x) for x in zip(*parts))
-    # Leaves first: the member tables are then [leaf rows; cluster rows].
-    perm = torch.argsort((node >= num_leaves).to(torch.int8), stable=True)
+    # By node id, so leaves first: the member tables are then [leaf rows;
+    # cluster rows], and when every leaf is a member, the leaf rows are the
+    # leaves themselves, in order.
+    perm = torch.argsort(node)
     rank = torch.empty_like(perm)
     rank[perm] = torch.arange(perm.numel(), device=device)
     node, parent, self_row = node[perm], parent[perm], self_row[perm]
     is_leaf = node < num_leaves
+    src, dst, size = rank[src], rank[dst], perm.numel()
+    order = torch.argsort(src * size + dst)
+    src, dst, row = src[order], dst[order], row[order]
     return SparseFamilies(leaf=node[is_leaf],
                           cluster=node[~is_leaf] - num_leaves,
                           parent_cluster=parent, self_row=self_row,
-                          src=rank[src], dst=rank[dst], row=row)
+                          src=src, dst=dst, row=row,
+                          transpose=torch.argsort(dst * size + src))
 
 
 def _bucket_pairs(b: 'FamilyBucket', count: Tensor, pair_offset: int,

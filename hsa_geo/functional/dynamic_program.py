@@ -21,7 +21,9 @@ from hsa_geo.data.hierarchy import (WIDE_FAMILY, FamilyBucket, Hierarchy,
                                     HierarchyLayout)
 from hsa_geo.functional.replayed_backward import replayed_backward
 from hsa_geo.functional.softmax_attention import softmax_attention
-from hsa_geo.functional.sparse_family_attention import (scatter_logsumexp,
+from hsa_geo.functional.pair_pattern import PairPattern
+from hsa_geo.functional.sparse_family_attention import (pair_pattern,
+                                                        scatter_logsumexp,
                                                         sparse_contexts,
                                                         sparse_scores)
 
@@ -939,8 +941,9 @@ class _Tree(NamedTuple):
     dtype, the score scale, the finite "minus infinity" ``neg``, the
     layout, the leaf counts of the clusters ``[M]``, the fused leaf path
     when all leaves lie in order in families of one width (:obj:`None`
-    otherwise), the buckets that run as softmax attention, and the intra-op
-    threads of the caller (the passes run on one)."""
+    otherwise), the buckets that run as softmax attention, the intra-op
+    threads of the caller (the passes run on one) and the sparse kernels'
+    pattern of the pair list (:obj:`None` without one)."""
     q: Tensor
     k: Tensor
     v: Tensor
@@ -951,6 +954,7 @@ class _Tree(NamedTuple):
     fused: Optional['_FusedLeaves']
     streamed: FrozenSet[int]
     threads: int
+    pattern: Optional[PairPattern]
 
 
 class _FusedLeaves(NamedTuple):
@@ -1024,7 +1028,7 @@ def _prepare(q: Tensor, k: Tensor, v: Tensor, layout: HierarchyLayout,
                                                    vv.sum(dim=1)))
     size = layout.leaf_count[q.size(0):].to(q.dtype)
     return _Tree(q, k, v, scale, neg, layout, size, fused, streamed,
-                 threads)
+                 threads, pair_pattern(layout.sparse, q.size(1)))
 
 
 def _upward_means(tree: _Tree) -> Dict[int, Tuple[Tensor, Tensor, Tensor]]:
@@ -1062,9 +1066,16 @@ _SPARSE = -1
 def _members(tree: _Tree, leaf_x: Tensor, cluster_x: Optional[Tensor]
              ) -> Tensor:
     r"""A member table of the sparse families: leaf rows, then cluster
-    rows."""
+    rows; ``[K, H, D]`` tables are views of ``[H, K, D]`` storage, the rows
+    of the pair kernels (no copy to reorder them)."""
     sparse = tree.layout.sparse
-    leaf_x = leaf_x.index_select(0, sparse.leaf)
+    if sparse.leaf.numel() < leaf_x.size(0):  # else: all leaves, in order
+        leaf_x = leaf_x.index_select(0, sparse.leaf)
+    if leaf_x.dim() == 3:
+        parts = [leaf_x.transpose(0, 1)]
+        if cluster_x is not None:
+            parts.append(cluster_x.transpose(0, 1))
+        return torch.cat(parts, 1).transpose(0, 1)
     return leaf_x if cluster_x is None else torch.cat([leaf_x, cluster_x])
 
 
@@ -1081,8 +1092,12 @@ def _sparse_scores(tree: _Tree, means: Dict[int, Tuple[Tensor, ...]],
                           tree.cluster_size[sparse.cluster].log()])
     s = sparse_scores(sparse, _members(tree, tree.q, qc),
                       _members(tree, tree.k, kc), log_size, tree.scale,
-                      None if bias is None else bias[sparse.row])
-    lse = scatter_logsumexp(s, sparse.src, sparse.num_members, tree.neg)
+                      None if bias is None else bias[sparse.row],
+                      tree.pattern)
+    counts = None if tree.pattern is None else \
+        tree.pattern.crow[:sparse.num_members + 1].diff()  # (sorted rows)
+    lse = scatter_logsumexp(s, sparse.src, sparse.num_members, tree.neg,
+                            counts)
     num_leaf = sparse.leaf.numel()
     off_lse_leaf[sparse.leaf] = lse[:num_leaf]
     off_lse_clus[sparse.cluster] = lse[num_leaf:]
@@ -1346,7 +1361,7 @@ def _sparse_contexts(passes: _Passes) -> Optional[Tensor]:
     keep = _dropout_scale(s, passes.dropout_p)
     vc = passes.means[_SPARSE][2] if _SPARSE in passes.means else None
     return sparse_contexts(sparse, s, shift, _members(tree, tree.v, vc),
-                           keep)
+                           keep, tree.pattern)
 
 
 def _downward_contexts(passes: _Passes) -> Tensor:
@@ -1370,7 +1385,9 @@ def _downward_contexts(passes: _Passes) -> Tensor:
     sparse_u = _sparse_contexts(passes)
     if sparse_u is not None:
         num_leaf = layout.sparse.leaf.numel()
-        if num_leaf > 0:
+        if u_leaf is None and num_leaf == v.size(0):  # all leaves, in order
+            u_leaf = sparse_u[:num_leaf]
+        elif num_leaf > 0:
             if u_leaf is None:
                 u_leaf = v.new_zeros(v.shape)
             u_leaf[layout.sparse.leaf] = sparse_u[:num_leaf]

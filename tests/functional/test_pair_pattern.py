@@ -1,0 +1,81 @@
+r"""The sparse kernels of pair lists against dense matrices, in float64,
+with first and second derivatives."""
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+from hsa_geo.functional.pair_pattern import PairPattern
+
+SEEDS = st.integers(0, 2**31 - 1)
+
+
+def random_pattern(members: int, heads: int, density: float, seed: int):
+    r"""A pattern of random pairs (any direction, self pairs allowed) and
+    its dense 0/1 mask ``[members, members]``."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(members, members, generator=g) < density
+    src, dst = mask.nonzero(as_tuple=True)  # sorted by src, then dst
+    transpose = torch.argsort(dst * members + src)
+    return PairPattern.build(src, dst, transpose, members, heads), mask
+
+
+def dense_matrix(values: torch.Tensor, mask: torch.Tensor, heads: int):
+    r"""``[H, K, K]`` the matrices of head-major values ``[H * P]``."""
+    out = values.new_zeros((heads, ) + mask.shape)
+    out[:, mask] = values.view(heads, -1)
+    return out
+
+
+@given(members=st.integers(1, 9), heads=st.integers(1, 3),
+       density=st.sampled_from([0.0, 0.3, 1.0]), seed=SEEDS)
+def test_products_match_dense(members, heads, density, seed):
+    pattern, mask = random_pattern(members, heads, density, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    a, b, x = (torch.randn(heads, members, 3, generator=g,
+                           dtype=torch.float64) for _ in range(3))
+    values = torch.randn(heads * int(mask.sum()), generator=g,
+                         dtype=torch.float64)
+    dots = pattern.sampled_dot(a.reshape(-1, 3), b.reshape(-1, 3))
+    expected = (a @ b.transpose(1, 2))[:, mask].reshape(-1)
+    assert torch.allclose(dots, expected, atol=1e-12)
+    out = pattern.matmul(values, x.reshape(-1, 3))
+    assert torch.allclose(out.view(heads, members, 3),
+                          dense_matrix(values, mask, heads) @ x, atol=1e-12)
+
+
+@given(members=st.integers(1, 9), heads=st.integers(1, 3), seed=SEEDS)
+def test_transpose_is_the_transposed_matrix(members, heads, seed):
+    pattern, mask = random_pattern(members, heads, 0.4, seed)
+    values = torch.randn(heads * int(mask.sum()), dtype=torch.float64)
+    dense = dense_matrix(values, mask, heads)
+    flip = pattern.t()
+    x = torch.randn(heads * members, 2, dtype=torch.float64)
+    out = flip.matmul(values[pattern.to_transpose], x)
+    assert torch.allclose(out.view(heads, members, 2),
+                          dense.transpose(1, 2) @ x.view(heads, members, 2),
+                          atol=1e-12)
+    assert torch.equal(flip.t().crow, pattern.crow)
+    assert torch.equal(flip.t().col, pattern.col)
+
+
+@pytest.mark.parametrize('seed', range(4))
+def test_gradients_to_second_order(seed):
+    pattern, mask = random_pattern(6, 2, 0.5, seed)
+    g = torch.Generator().manual_seed(seed)
+    a, b, x = (torch.randn(12, 3, generator=g, dtype=torch.float64,
+                           requires_grad=True) for _ in range(3))
+    values = torch.randn(2 * int(mask.sum()), generator=g,
+                         dtype=torch.float64, requires_grad=True)
+    for f, args in ((pattern.sampled_dot, (a, b)),
+                    (pattern.matmul, (values, x))):
+        assert torch.autograd.gradcheck(f, args)
+        assert torch.autograd.gradgradcheck(f, args)
+
+
+def test_one_input_without_gradient():
+    pattern, mask = random_pattern(5, 1, 0.6, 0)
+    a = torch.randn(5, 2, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, 2, dtype=torch.float64)
+    pattern.sampled_dot(a, b).sum().backward()
+    expected = (mask.to(torch.float64) @ b)
+    assert torch.allclose(a.grad, expected, atol=1e-12)
