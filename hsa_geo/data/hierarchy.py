@@ -23,11 +23,12 @@ WIDE_FAMILY = 1024
 # kinds). Read when a hierarchy's layout is first derived.
 SPARSE_PAIR_LIMIT = 2**15
 # A bucket with a family graph joins the pair list when its allowed pairs
-# are at most this fraction of its padded scores: a table scores a pair
-# with a batched matrix product, many times cheaper than the gathers and
-# scatters of a pair list (an ogbn-arxiv-sized METIS tree whose family
-# graph allows 21% of the pairs ran 2x slower on pair lists).
-SPARSE_DENSITY = 16
+# are at most this fraction of its padded scores, so that the scored pairs
+# are never more than twice the allowed ones: on the sparse kernels of a
+# pair list (docs/math.md, 6.5) an ogbn-arxiv-sized METIS tree whose family
+# graph allows 20% of the pairs runs forward+backward in 0.8x the time of
+# its masked tables.
+SPARSE_DENSITY = 2
 
 
 @dataclass(frozen=True)

@@ -1090,10 +1090,11 @@ def _sparse_scores(tree: _Tree, means: Dict[int, Tuple[Tensor, ...]],
     qc, kc = means[_SPARSE][:2] if _SPARSE in means else (None, None)
     log_size = torch.cat([tree.q.new_zeros(sparse.leaf.numel()),
                           tree.cluster_size[sparse.cluster].log()])
-    s = sparse_scores(sparse, _members(tree, tree.q, qc),
-                      _members(tree, tree.k, kc), log_size, tree.scale,
-                      None if bias is None else bias[sparse.row],
-                      tree.pattern)
+    with _cpu_threads(tree.threads, tree.q.device):  # large kernels
+        s = sparse_scores(sparse, _members(tree, tree.q, qc),
+                          _members(tree, tree.k, kc), log_size, tree.scale,
+                          None if bias is None else bias[sparse.row],
+                          tree.pattern)
     counts = None if tree.pattern is None else \
         tree.pattern.crow[:sparse.num_members + 1].diff()  # (sorted rows)
     lse = scatter_logsumexp(s, sparse.src, sparse.num_members, tree.neg,
@@ -1360,8 +1361,9 @@ def _sparse_contexts(passes: _Passes) -> Optional[Tensor]:
     shift = lse - passes.masses.log_r_clus[sparse.parent_cluster]
     keep = _dropout_scale(s, passes.dropout_p)
     vc = passes.means[_SPARSE][2] if _SPARSE in passes.means else None
-    return sparse_contexts(sparse, s, shift, _members(tree, tree.v, vc),
-                           keep, tree.pattern)
+    with _cpu_threads(tree.threads, tree.q.device):  # large kernels
+        return sparse_contexts(sparse, s, shift, _members(tree, tree.v, vc),
+                               keep, tree.pattern)
 
 
 def _downward_contexts(passes: _Passes) -> Tensor:

@@ -27,12 +27,12 @@ class PairPattern(NamedTuple):
     :math:`HK \times HK` CSR pattern; values are head-major ``[H * P]``.
 
     Attributes:
-        crow, col (LongTensor): the CSR pattern (pairs sorted by ``src``,
-            then ``dst``).
+        crow, col (IntTensor or LongTensor): the CSR pattern (pairs sorted
+            by ``src``, then ``dst``; 32-bit where the sizes allow).
         to_transpose (LongTensor): ``[H * P]`` for every entry of the
             transposed pattern, its entry here.
         from_transpose (LongTensor): the inverse permutation.
-        t_crow, t_col (LongTensor): the transposed pattern.
+        t_crow, t_col (IntTensor or LongTensor): the transposed pattern.
         size (int): :math:`HK`.
     """
     crow: Tensor
@@ -53,13 +53,18 @@ class PairPattern(NamedTuple):
         inverse[transpose] = torch.arange(transpose.numel(),
                                           device=src.device)
         pairs, size = src.numel(), heads * members
+        # 32-bit indices where they fit: the CPU kernels (MKL) convert
+        # 64-bit ones on every call.
+        index = torch.int32 if max(pairs * heads, size) < 2**31 \
+            else torch.long
+        crow, t_crow = (_per_head(_crow(x, members)[:-1], pairs, heads,
+                                  pairs * heads).to(index)
+                        for x in (src, dst[transpose]))
         return PairPattern(
-            _per_head(_crow(src, members)[:-1], pairs, heads, pairs * heads),
-            _per_head(dst, members, heads), _per_head(transpose, pairs, heads),
-            _per_head(inverse, pairs, heads),
-            _per_head(_crow(dst[transpose], members)[:-1], pairs, heads,
-                      pairs * heads),
-            _per_head(src[transpose], members, heads), size)
+            crow, _per_head(dst, members, heads).to(index),
+            _per_head(transpose, pairs, heads),
+            _per_head(inverse, pairs, heads), t_crow,
+            _per_head(src[transpose], members, heads).to(index), size)
 
     def t(self) -> 'PairPattern':
         r"""The transposed pattern."""
@@ -116,7 +121,8 @@ class _SampledDot(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_a = pattern.matmul(grad, b)
         if ctx.needs_input_grad[2]:
-            grad_b = pattern.t().matmul(grad[pattern.to_transpose], a)
+            grad_b = pattern.t().matmul(
+                grad.index_select(0, pattern.to_transpose), a)
         return None, grad_a, grad_b
 
 
@@ -137,5 +143,6 @@ class _PatternMatmul(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_values = pattern.sampled_dot(grad, x)
         if ctx.needs_input_grad[2]:
-            grad_x = pattern.t().matmul(values[pattern.to_transpose], grad)
+            grad_x = pattern.t().matmul(
+                values.index_select(0, pattern.to_transpose), grad)
         return None, grad_values, grad_x

@@ -97,14 +97,16 @@ def sparse_contexts(families: SparseFamilies, s: Tensor, shift: Tensor,
     w = torch.exp(s - shift.index_select(0, src))
     if keep is not None:
         w = w * keep
-    finite = bool(torch.isfinite(v).all())
+    with torch.no_grad():  # one pass: NaN and inf reach the sum
+        finite = bool(torch.isfinite(v.sum()))
     if pattern is not None and finite:
         out = pattern.matmul(w.t().reshape(-1), _head_major(v))
         return out.view(v.size(1), v.size(0), -1).transpose(0, 1)
     terms = w.unsqueeze(-1) * v.index_select(0, families.dst)
     if not finite:
         # A weight that underflowed to 0 is no term at all: an infinite or
-        # NaN value reaches the rows that weigh it, not the others.
+        # NaN value reaches the rows that weigh it, not the others. (A sum
+        # of finite values that overflows lands here too: exact as well.)
         terms = torch.where(w.unsqueeze(-1) > 0, terms, 0.0)
     out = v.new_zeros((families.num_members, ) + v.shape[1:])
     return out.index_add_(0, src, terms)

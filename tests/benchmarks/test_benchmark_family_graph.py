@@ -55,8 +55,10 @@ def test_worker_runs(method):
         assert row['context']['min'] == 300
     if method.endswith('_family'):
         assert row['family_edges'] > 0
+        assert row['scored_pairs'] <= 2 * row['family_edges']
     targets = bench.evaluate_target([row])
-    assert [t['status'] for t in targets] == ['N/A'] * 3
+    scored = 'PASS' if method == 'hsa_core_family' else 'N/A'
+    assert [t['status'] for t in targets] == ['N/A', scored, 'N/A', 'N/A']
     assert bench.format_table([row], markdown=True).count('\n') == 2
 
 
@@ -67,6 +69,19 @@ def test_evaluate_target():
     rows = [row('hsa_conv_family', 3.0), row('transformer_conv', 4.0),
             row('hsa_core_dense', 1.0), row('hsa_core_family', 3.0),
             row('sgformer_attention', 2.0)]
+    rows[3].update(scored_pairs=300, family_edges=100)
     targets = bench.evaluate_target(rows)
-    assert [t['status'] for t in targets] == ['PASS', 'PASS', 'FAIL']
-    assert [t['ratio'] for t in targets] == [0.75, 0.5, 1.5]
+    assert [t['status'] for t in targets] == ['FAIL', 'FAIL', 'PASS', 'FAIL']
+    assert [t['ratio'] for t in targets] == [0.75, 3.0, 0.5, 1.5]
+    rows[0]['fwdbwd_ms'], rows[3]['scored_pairs'] = 2.0, 150
+    assert [t['status'] for t in bench.evaluate_target(rows)][:2] == \
+        ['PASS', 'PASS']
+
+
+def test_scored_pairs_counts_pair_lists_and_tables():
+    from hsa_geo import Hierarchy
+    h = Hierarchy.from_parent([6, 6, 6, 7, 7, 8, 8, 8, -1], 6)
+    # three families of 3, 2 and 3 children: 6 + 2 + 6 ordered pairs
+    assert bench.scored_pairs(h) == 14
+    h = h.with_family_graph(torch.tensor([[0, 3], [1, 4]]))
+    assert bench.scored_pairs(h) == 2

@@ -93,11 +93,11 @@ def test_bias_without_family_graph_matches_dense(f, heads, seed):
 @pytest.mark.parametrize('with_bias', [False, True])
 def test_fused_leaf_path_with_family_graph_and_bias(n, branching, with_bias):
     """Leaves in order in equal power-of-two families run the fused leaf
-    path; the mask and bias apply there too (a family graph that keeps half
+    path; the mask and bias apply there too (a family graph that keeps 90%
     of the pairs is not sparse enough for the pair list)."""
     h = Hierarchy.from_assignments(balanced_assignments(n, branching))
     assert h.layout.leaf_blocks is not None
-    h = h.with_family_graph(random_family_graph(h, n + branching))
+    h = h.with_family_graph(random_family_graph(h, n + branching, 0.9))
     assert h.layout.leaf_blocks is not None
     q, k, v = make(n, 2, 5, n)
     bias = make_bias(h, 2, 3) if with_bias else None

@@ -139,7 +139,7 @@ def test_small_buckets_take_the_pair_list_by_default():
 
 
 def test_sparse_family_graph_scores_only_its_pairs():
-    # 40 children, 2 of the 1,600 pairs allowed: far below 1/16 of the
+    # 40 children, 2 of the 1,600 pairs allowed: far below half of the
     # table, so the family runs on its pair list, even in a large bucket.
     edges = torch.tensor([[0, 5], [5, 0]])
     with layout('tables'):
@@ -153,6 +153,23 @@ def test_sparse_family_graph_scores_only_its_pairs():
             ).abs().max() < EXACT
     assert torch.equal(sparse.row.sort().values,
                        sparse.row.sort().values.unique())
+
+
+@given(f=forests(max_leaves=60), seed=SEEDS,
+       keep=st.sampled_from([0.05, 0.3, 0.6, 0.9]))
+def test_family_graph_scores_at_most_twice_its_pairs(f, seed, keep):
+    g = torch.Generator().manual_seed(seed)
+    with layout('tables'):  # only the family graph's density decides
+        h = Hierarchy.from_parent(f.parent, f.num_leaves)
+        pairs = h.sibling_pairs
+        pairs = pairs[:, pairs[0] != pairs[1]]
+        h = h.with_family_graph(
+            pairs[:, torch.rand(pairs.size(1), generator=g) < keep])
+        buckets = h.layout.buckets
+    for b in buckets:
+        if b.width > 1 and not b.sparse:  # a padded table scores it all
+            assert b.num_families * b.width**2 <= 2 * int(b.allowed.sum())
+    assert h.layout.sparse.num_pairs <= h.family_edge_index.size(1)
 
 
 def test_scatter_logsumexp_empty_and_minus_infinite_rows():
