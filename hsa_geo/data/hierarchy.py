@@ -2,8 +2,8 @@ r"""The tree (forest) that turns a set of leaves into a nested signal."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import (Any, Callable, Iterable, List, NamedTuple, Optional,
-                    Sequence, Tuple, Union)
+from typing import (Any, Callable, Dict, Iterable, List, NamedTuple,
+                    Optional, Sequence, Tuple, Union)
 
 import torch
 from torch import Tensor
@@ -441,7 +441,7 @@ class Hierarchy:
         self._nodes: Optional[_NodeData] = None
         self._families: Optional[_FamilyData] = None
         self._cache = {}  # derived on demand: sibling pairs
-        self._stamp = self._versions()
+        self._restamp()
 
     # Construction ##########################################################
 
@@ -579,7 +579,7 @@ class Hierarchy:
         for key, value in self.__dict__.items():
             out.__dict__[key] = _moved(value, device)
         out._cache = {}
-        out._stamp = out._versions()
+        out._restamp()
         return out
 
     # Validation ############################################################
@@ -681,7 +681,7 @@ class Hierarchy:
             with torch.inference_mode(self._inference):
                 value = derive()
             self.__dict__[name] = value
-            self._stamp = self._versions()
+            self._restamp()
         return value
 
     def _check_unchanged(self):
@@ -752,13 +752,32 @@ class Hierarchy:
 
     def _tensors(self) -> List[Tensor]:
         r"""Every tensor the hierarchy holds, derived data included."""
-        return _tensors_in(self.__dict__.values())
+        return _tensors_in(value for key, value in self.__dict__.items()
+                           if key != '_watched')
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop('_watched', None)
+        state.pop('_stamp', None)
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]):
+        # Copied and unpickled tensors start new version counters.
+        self.__dict__.update(state)
+        self._restamp()
+
+    def _restamp(self):
+        r"""Records the tensors to watch and their versions; called whenever
+        the set of tensors changes (construction, a move, derived data), so
+        that each check reads a flat list instead of walking the layout."""
+        self._watched = self._tensors()
+        self._stamp = self._versions()
 
     def _versions(self) -> tuple:
         # Inference tensors have no version counter, and cannot be changed
         # in place outside inference mode anyway.
         return tuple(None if t.is_inference() else t._version
-                     for t in self._tensors())
+                     for t in self._watched)
 
     @staticmethod
     def _layout_families(parent: Tensor, n: int, edges: Optional[Tensor]

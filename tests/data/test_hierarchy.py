@@ -577,6 +577,24 @@ def test_changing_the_layout_in_place_is_refused(field):
         _attention(h2)
 
 
+@pytest.mark.parametrize('copy_of', ['deepcopy', 'pickle', 'to'])
+def test_copies_check_their_own_tensors(copy_of):
+    """A copy (with its layout derived before) is not mistaken for a
+    modified hierarchy, and an in-place change of the copy is caught."""
+    import copy
+    import pickle
+    h = Hierarchy.from_parent([5, 5, 6, 6, 6, -1, 5], 5)
+    before = _attention(h)  # derives the layout, written in place
+    c = {'deepcopy': copy.deepcopy, 'to': lambda x: x.to('cpu'),
+         'pickle': lambda x: pickle.loads(pickle.dumps(x))}[copy_of](h)
+    assert torch.equal(_attention(c), before)
+    c.family_buckets[-1].mask.copy_(c.family_buckets[-1].mask)
+    with pytest.raises(ValueError, match='modified in place'):
+        _attention(c)
+    if copy_of != 'to':  # (to() on the same device shares the tensors)
+        assert torch.equal(_attention(h), before)
+
+
 def test_hierarchy_built_in_inference_mode():
     with torch.inference_mode():
         h = Hierarchy.from_parent([5, 5, 6, 6, 6, -1, 5], 5)
