@@ -1428,7 +1428,9 @@ def _downward_contexts(passes: _Passes) -> Tensor:
         passes.masses.log_r_leaf).unsqueeze(-1), v)
     if rest_context is not None and rest.numel() > 0:
         out = out.index_add(0, rest, rest_context)
-    return out
+    # (a no-op unless the leaves' contexts are a view of the pair kernels'
+    # head-major output, whose layout the sums above keep)
+    return out.contiguous()
 
 
 def _all_family_weights(passes: _Passes) -> Tensor:

@@ -17,8 +17,12 @@ import torch
 from torch import Tensor
 
 # The devices whose sparse CSR kernels these products need (sampled_addmm
-# and CSR @ dense); elsewhere the callers gather and scatter.
-DEVICES = ('cpu', 'cuda')
+# and CSR @ dense); elsewhere the callers gather and scatter. ROCm builds
+# call their GPUs 'cuda' too: left to the gathers there, untested.
+DEVICES = ('cpu', ) + (('cuda', ) if torch.version.hip is None else ())
+# Emitted once per process on the first CSR tensor; filtered once here,
+# rather than around every call (a global, thread-unsafe switch).
+warnings.filterwarnings('ignore', '.*Sparse CSR tensor support is in beta.*')
 
 
 class PairPattern(NamedTuple):
@@ -73,11 +77,9 @@ class PairPattern(NamedTuple):
 
     def matrix(self, values: Tensor) -> Tensor:
         r"""The sparse CSR matrix of :obj:`values` ``[H * P]``."""
-        with warnings.catch_warnings():  # "CSR support is in beta state"
-            warnings.simplefilter('ignore', UserWarning)
-            return torch.sparse_csr_tensor(self.crow, self.col, values,
-                                           (self.size, self.size),
-                                           check_invariants=False)
+        return torch.sparse_csr_tensor(self.crow, self.col, values,
+                                       (self.size, self.size),
+                                       check_invariants=False)
 
     def sampled_dot(self, a: Tensor, b: Tensor) -> Tensor:
         r"""``[H * P]`` :math:`\langle a_{src}, b_{dst} \rangle` per entry,

@@ -30,9 +30,11 @@ def pair_pattern(families: SparseFamilies,
         return None
     patterns = _PATTERNS.setdefault(families, {})
     if heads not in patterns:
-        patterns[heads] = PairPattern.build(
-            families.src, families.dst, families.transpose,
-            families.num_members, heads)
+        # Never inference tensors: a later double backward saves them.
+        with torch.inference_mode(False):
+            patterns[heads] = PairPattern.build(
+                families.src, families.dst, families.transpose,
+                families.num_members, heads)
     return patterns[heads]
 
 

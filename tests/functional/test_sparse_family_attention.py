@@ -183,3 +183,31 @@ def test_scatter_logsumexp_empty_and_minus_infinite_rows():
     out.sum().backward()
     assert torch.isfinite(s.grad).all()
     assert s.grad[1].item() == 0.0
+
+
+@pytest.mark.parametrize('heads', [1, 3])
+def test_output_is_contiguous_when_every_leaf_is_on_the_pair_list(heads):
+    # Every leaf is a member: their contexts come from the pair kernels'
+    # head-major output, but the result is laid out as any tensor.
+    h = Hierarchy.from_parent([3, 3, 3, -1], 3)
+    assert h.layout.sparse.leaf.numel() == 3
+    q, k, v = qkv(3, heads, 4, 0)
+    out = hierarchical_attention(q, k, v, h)
+    assert out.is_contiguous()
+    assert torch.equal(out.view(3, heads * 4).view(3, heads, 4), out)
+    assert (out - dense(h, q, k, v)).abs().max() < EXACT
+
+
+def test_first_call_in_inference_mode_keeps_higher_derivatives():
+    # The pair kernels' pattern is built on the first call and kept: built
+    # in inference mode, it must still serve a later double backward.
+    h = Hierarchy.from_parent([5, 5, 5, 6, 6, 7, 7, -1], 5)
+    q, k, v = (t.requires_grad_() for t in qkv(5, 2, 4, 1))
+    with torch.inference_mode():
+        hierarchical_attention(q, k, v, h)
+    out = hierarchical_attention(q, k, v, h)
+    g, = torch.autograd.grad(out.pow(2).sum(), q, create_graph=True)
+    grads = torch.autograd.grad(g.sum(), (q, k, v))
+    assert all(torch.isfinite(x).all() for x in grads)
+    assert torch.autograd.gradgradcheck(
+        lambda a, b, c: hierarchical_attention(a, b, c, h), (q, k, v))
