@@ -1,0 +1,267 @@
+r"""A multi-modal nested signal as PyG heterogeneous data: every leaf
+modality a node type with features of its own width, one cluster tree over
+the leaves of all of them."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import torch
+from torch import Tensor
+from torch_geometric.data import HeteroData
+
+from hsa_geo._checks import check_index
+from hsa_geo.data.hierarchy import Hierarchy
+
+# The node type of the clusters, and the relation from a child to its parent
+# cluster: (leaf type, CHILD_OF, CLUSTER) and (CLUSTER, CHILD_OF, CLUSTER).
+CLUSTER = 'cluster'
+CHILD_OF = 'child_of'
+
+
+class HeteroNestedSignal(HeteroData):
+    r"""A nested signal whose leaves come in several modalities (node types
+    of a :class:`~torch_geometric.data.HeteroData`): a news item's words and
+    image patches, a molecule's atoms and SMILES tokens. One
+    :class:`~hsa_geo.data.Hierarchy` spans the leaves of all types, so that
+    attention runs across modalities.
+
+    The tree is stored as edge types, which PyG's
+    :class:`~torch_geometric.loader.DataLoader` batches with the usual
+    per-type increments:
+
+    - ``data[t, 'child_of', 'cluster'].edge_index`` ``[2, N_t]``: ``(leaf,
+      cluster)`` for every leaf of leaf type ``t`` (every leaf has exactly
+      one parent cluster);
+    - ``data['cluster', 'child_of', 'cluster'].edge_index``: ``(cluster,
+      parent cluster)`` for every non-root cluster;
+    - ``data['cluster'].num_nodes``: :math:`M`.
+
+    Every other node type is a *leaf type*, with features ``data[t].x``
+    ``[N_t, F_t]`` (any width) or ``data[t].num_nodes``; edges among leaves,
+    of one type or between two, are ordinary edge types and are kept.
+
+    **Global order.** :attr:`hierarchy` numbers the leaves node type by node
+    type, in the order of :attr:`leaf_types` (the order in which the leaf
+    types were added): the leaves of the first type, then those of the
+    second, ...; cluster ``c`` is node :math:`N + c`. :attr:`leaf_slices`
+    gives each type's rows, :meth:`cat_leaves` and :meth:`split_leaves`
+    convert between ``x_dict`` and ``[N, *]`` tensors, so the whole core
+    (:func:`~hsa_geo.functional.hierarchical_attention`, the dense
+    reference, :class:`~hsa_geo.nn.HSAConv`) runs on the concatenated
+    leaves unchanged. In a batch the leaves of one type from all signals
+    come together, so a batch's order interleaves its signals; the tree
+    follows.
+
+    Family graphs are not stored here yet: :meth:`from_hierarchy` refuses a
+    hierarchy with one.
+
+    Example::
+
+        h = Hierarchy.from_parent([5, 5, 5, 6, 6, -1, 5], 5)  # 3 words, 2
+        data = HeteroNestedSignal.from_hierarchy(               # patches
+            h, {'word': torch.randn(3, 16), 'patch': torch.randn(2, 48)})
+        data.hierarchy        # the tree over the 5 leaves
+        data.leaf_slices      # {'word': slice(0, 3), 'patch': slice(3, 5)}
+    """
+
+    # Construction ##########################################################
+
+    @classmethod
+    def from_hierarchy(cls, hierarchy: Hierarchy,
+                       x_dict: Mapping[str, Any],
+                       **kwargs) -> 'HeteroNestedSignal':
+        r"""Stores :obj:`hierarchy`, whose leaves are those of the types of
+        :obj:`x_dict` in its order (the first ``N_1`` leaves of the first
+        type, ...), beside the features. A value of :obj:`x_dict` is a
+        tensor ``[N_t, *]`` or, for a type without features, its number of
+        leaves ``N_t``. Further attributes (graph-level, e.g. ``y``) go to
+        the signal as they would to a :class:`HeteroData`."""
+        if not isinstance(hierarchy, Hierarchy):
+            raise TypeError(f"'hierarchy' must be a Hierarchy, got "
+                            f"{type(hierarchy).__name__}")
+        if hierarchy.family_edge_index is not None:
+            raise ValueError(
+                "HeteroNestedSignal does not store family graphs yet; build "
+                "the hierarchy without family_edge_index")
+        if not isinstance(x_dict, Mapping) or len(x_dict) == 0:
+            raise ValueError("'x_dict' must map at least one leaf type to its "
+                             "features [N_t, F_t] (or its number of leaves)")
+        counts = {t: _leaf_count(t, x) for t, x in x_dict.items()}
+        if CLUSTER in counts:
+            raise ValueError(f"'{CLUSTER}' is the node type of the clusters; "
+                             f"name the leaf type otherwise")
+        n = sum(counts.values())
+        if n != hierarchy.num_leaves:
+            raise ValueError(
+                f"x_dict holds {n} leaves ({counts}) but the hierarchy has "
+                f"{hierarchy.num_leaves}; leaf i of the hierarchy is row i of "
+                f"the leaf types' rows, type after type")
+        data = cls(**kwargs)
+        parent, start = hierarchy.parent, 0
+        for t, x in x_dict.items():
+            if isinstance(x, Tensor):
+                data[t].x = x
+            else:
+                data[t].num_nodes = counts[t]
+            leaves = torch.arange(counts[t], device=parent.device)
+            cluster = parent[start:start + counts[t]] - n
+            if counts[t] > 0 and bool((cluster < 0).any()):
+                i = int((cluster < 0).nonzero()[0])
+                raise ValueError(
+                    f"leaf {i} of type '{t}' (leaf {start + i} of the "
+                    f"hierarchy) has no parent cluster; in a "
+                    f"HeteroNestedSignal every leaf belongs to a cluster")
+            data[t, CHILD_OF, CLUSTER].edge_index = torch.stack(
+                [leaves, cluster])
+            start += counts[t]
+        clusters = parent[n:]
+        child = (clusters >= 0).nonzero().view(-1)
+        data[CLUSTER].num_nodes = hierarchy.num_clusters
+        data[CLUSTER, CHILD_OF, CLUSTER].edge_index = torch.stack(
+            [child, clusters[child] - n])
+        return data
+
+    # The leaves ############################################################
+
+    @property
+    def leaf_types(self) -> List[str]:
+        r"""The leaf node types, in the global order of the leaves."""
+        return [t for t in self.node_types if t != CLUSTER]
+
+    @property
+    def leaf_slices(self) -> Dict[str, slice]:
+        r"""Each leaf type's rows in the global order of the leaves."""
+        out, start = {}, 0
+        for t in self.leaf_types:
+            count = self._leaf_rows(t)
+            out[t] = slice(start, start + count)
+            start += count
+        return out
+
+    def cat_leaves(self, x_dict: Mapping[str, Tensor]) -> Tensor:
+        r"""``[N, *]``: the tensors of :obj:`x_dict` (one per leaf type, rows
+        of that type, the same trailing shape) in the global order."""
+        missing = [t for t in self.leaf_types if t not in x_dict]
+        if missing:
+            raise ValueError(f"x_dict has no entry for leaf type "
+                             f"'{missing[0]}'; it needs one per leaf type "
+                             f"{self.leaf_types}")
+        for t, rows in self.leaf_slices.items():
+            value = x_dict[t]
+            if not isinstance(value, Tensor) or value.dim() == 0 or \
+                    value.size(0) != rows.stop - rows.start:
+                got = tuple(value.shape) if isinstance(value, Tensor) \
+                    else type(value).__name__
+                raise ValueError(
+                    f"x_dict['{t}'] must be a tensor of "
+                    f"{rows.stop - rows.start} rows (one per leaf of that "
+                    f"type), got {got}")
+        return torch.cat([x_dict[t] for t in self.leaf_types])
+
+    def split_leaves(self, x: Tensor) -> Dict[str, Tensor]:
+        r"""The rows of ``x`` ``[N, *]`` (global order) by leaf type."""
+        slices = self.leaf_slices
+        n = max((s.stop for s in slices.values()), default=0)
+        if not isinstance(x, Tensor) or x.dim() == 0 or x.size(0) != n:
+            raise ValueError(f"'x' must be a tensor with one row per leaf "
+                             f"({n}), got {getattr(x, 'shape', type(x))}")
+        return {t: x[s] for t, s in slices.items()}
+
+    def _leaf_rows(self, t: str) -> int:
+        store = self[t]
+        x = store.get('x')
+        if isinstance(x, Tensor) and x.dim() > 0:
+            return x.size(0)
+        count = store.num_nodes
+        if count is None:
+            raise ValueError(
+                f"leaf type '{t}' has neither features 'x' nor 'num_nodes'; "
+                f"set data['{t}'].x = [N_t, F_t] features")
+        return int(count)
+
+    # The hierarchy #########################################################
+
+    @property
+    def hierarchy(self) -> Hierarchy:
+        r"""The :class:`Hierarchy` over the leaves of all types (of all
+        signals in a batch: one forest), in the global order. Raises a
+        :class:`ValueError` naming the node type and index when the stored
+        tree does not fit the leaves: a leaf without a parent cluster or
+        with two, an id out of range, counts that do not match."""
+        slices = self.leaf_slices
+        n = max((s.stop for s in slices.values()), default=0)
+        if n == 0:
+            raise ValueError("a HeteroNestedSignal needs leaves: add a leaf "
+                             "type with features (data['word'].x = ...)")
+        if CLUSTER not in self.node_types:
+            raise ValueError("this HeteroNestedSignal stores no clusters; "
+                             "build it with HeteroNestedSignal."
+                             "from_hierarchy(hierarchy, x_dict)")
+        m = int(self[CLUSTER].num_nodes)
+        parent = torch.full((n + m, ), -1, dtype=torch.long,
+                            device=self._device())
+        for t, rows in slices.items():
+            leaf, cluster = self._child_of(t, rows.stop - rows.start, m,
+                                           parent.device)
+            parent[leaf + rows.start] = cluster + n
+        child, cluster = self._child_of(CLUSTER, m, m, parent.device)
+        parent[child + n] = cluster + n
+        return Hierarchy.from_parent(parent, n)
+
+    def _child_of(self, t: str, rows: int, m: int, device: Any
+                  ) -> Tuple[Tensor, Tensor]:
+        r"""The checked ``(child, parent cluster)`` ids of type :obj:`t`;
+        every leaf must have exactly one parent, a cluster at most one."""
+        key = (t, CHILD_OF, CLUSTER)
+        if key not in self.edge_types:
+            if t == CLUSTER:  # a forest of one level: no cluster parents
+                return (torch.empty(0, dtype=torch.long, device=device), ) * 2
+            raise ValueError(f"leaf type '{t}' has no parent clusters: "
+                             f"store them as data['{t}', '{CHILD_OF}', "
+                             f"'{CLUSTER}'].edge_index [2, N_t]")
+        name = f"data['{t}', '{CHILD_OF}', '{CLUSTER}'].edge_index"
+        idx = check_index(self[key].edge_index, name)
+        for row, (what, bound) in enumerate(((t, rows), (CLUSTER, m))):
+            bad = (idx[row] < 0) | (idx[row] >= bound)
+            if bool(bad.any()):
+                j = int(bad.nonzero()[0])
+                raise ValueError(
+                    f"{name}[{row}, {j}] = {int(idx[row, j])} is not a node "
+                    f"of type '{what}' (0..{bound - 1}); a PyG operation "
+                    f"may have changed the nodes without the tree")
+        counts = torch.bincount(idx[0], minlength=rows)
+        kind = 'leaf' if t != CLUSTER else 'cluster'
+        if rows > 0 and int(counts.max()) > 1:
+            j = int((counts > 1).nonzero()[0])
+            raise ValueError(f"{kind} {j} of type '{t}' has "
+                             f"{int(counts[j])} parent clusters in {name}; "
+                             f"a hierarchy is a forest")
+        if t != CLUSTER and rows > 0 and int(counts.min()) == 0:
+            j = int((counts == 0).nonzero()[0])
+            raise ValueError(f"leaf {j} of type '{t}' has no parent cluster "
+                             f"in {name}; every leaf belongs to a cluster")
+        return idx[0], idx[1]
+
+    def _device(self) -> Optional[torch.device]:
+        for store in self.edge_stores:
+            index = store.get('edge_index')
+            if isinstance(index, Tensor):
+                return index.device
+        return None
+
+
+def _leaf_count(t: str, x: Any) -> int:
+    r"""The number of leaves of type :obj:`t` given as features ``[N_t,
+    *]`` or as a count."""
+    if not isinstance(t, str):
+        raise TypeError(f"leaf types are node type names (str), got "
+                        f"{type(t).__name__}")
+    if isinstance(x, Tensor):
+        if x.dim() == 0:
+            raise ValueError(f"x_dict['{t}'] must be [N_t, F_t] features "
+                             f"(or N_t), got a 0-d tensor")
+        return x.size(0)
+    if isinstance(x, int) and not isinstance(x, bool) and x >= 0:
+        return x
+    raise TypeError(f"x_dict['{t}'] must be a tensor of features [N_t, F_t] "
+                    f"or a number of leaves, got {type(x).__name__}")
