@@ -138,6 +138,16 @@ class HeteroNestedSignal(HeteroData):
             start += count
         return out
 
+    def leaf_metadata(self) -> Tuple[List[str], List[Tuple[str, str, str]]]:
+        r"""The leaf types and the edge types among leaves: the
+        ``metadata`` for :func:`torch_geometric.nn.to_hetero` of the local
+        layers, without the tree's ``'cluster'`` type and ``'child_of'``
+        relations (messages along them would mix the tree into the
+        features)."""
+        leaves = self.leaf_types
+        return leaves, [e for e in self.edge_types
+                        if e[0] in leaves and e[2] in leaves]
+
     def cat_leaves(self, x_dict: Mapping[str, Tensor]) -> Tensor:
         r"""``[N, *]``: the tensors of :obj:`x_dict` (one per leaf type, rows
         of that type, the same trailing shape) in the global order."""

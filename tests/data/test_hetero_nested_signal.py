@@ -179,3 +179,13 @@ def test_family_graphs_are_refused():
                               torch.tensor([[0], [1]]))
     with pytest.raises(ValueError, match='family graphs'):
         HeteroNestedSignal.from_hierarchy(h, {'word': torch.randn(3, 2)})
+
+
+def test_leaf_metadata_leaves_the_tree_out():
+    data = two_types()
+    data['word', 'next', 'word'].edge_index = torch.tensor([[0], [1]])
+    data['patch', 'shows', 'word'].edge_index = torch.tensor([[0], [2]])
+    types, edges = data.leaf_metadata()
+    assert types == ['word', 'patch']
+    assert edges == [('word', 'next', 'word'), ('patch', 'shows', 'word')]
+    assert ('word', 'child_of', 'cluster') in data.edge_types
