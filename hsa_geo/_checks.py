@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -98,6 +98,17 @@ def check_index(value: Any, name: str, rows: Optional[int] = 2) -> Tensor:
         raise ValueError(f"'{name}' must have shape [{rows}, E], got "
                          f"{tuple(value.shape)}")
     return value.long()
+
+
+def first_out_of_range(index: Tensor, bounds: Sequence[int]
+                       ) -> Optional[Tuple[int, int]]:
+    r"""``(row, column)`` of the first entry of ``index`` ``[R, E]`` outside
+    ``0..bounds[row]-1``, or :obj:`None` if all are in range."""
+    for row, size in enumerate(bounds):
+        bad = (index[row] < 0) | (index[row] >= size)
+        if bool(bad.any()):
+            return row, int(bad.nonzero()[0])
+    return None
 
 
 def check_floating(value: Any, name: str) -> Tensor:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import HeteroData
 
-from hsa_geo._checks import check_index
+from hsa_geo._checks import check_index, first_out_of_range
 from hsa_geo.data.hierarchy import Hierarchy
 
 # The node type of the clusters, and the relation from a child to its parent
@@ -231,14 +231,13 @@ class HeteroNestedSignal(HeteroData):
                              f"'{CLUSTER}'].edge_index [2, N_t]")
         name = f"data['{t}', '{CHILD_OF}', '{CLUSTER}'].edge_index"
         idx = check_index(self[key].edge_index, name)
-        for row, (what, bound) in enumerate(((t, rows), (CLUSTER, m))):
-            bad = (idx[row] < 0) | (idx[row] >= bound)
-            if bool(bad.any()):
-                j = int(bad.nonzero()[0])
-                raise ValueError(
-                    f"{name}[{row}, {j}] = {int(idx[row, j])} is not a node "
-                    f"of type '{what}' (0..{bound - 1}); a PyG operation "
-                    f"may have changed the nodes without the tree")
+        bad = first_out_of_range(idx, (rows, m))
+        if bad is not None:
+            row, j = bad
+            raise ValueError(
+                f"{name}[{row}, {j}] = {int(idx[row, j])} is not a node of "
+                f"type '{(t, CLUSTER)[row]}' (0..{(rows, m)[row] - 1}); a PyG "
+                f"operation may have changed the nodes without the tree")
         counts = torch.bincount(idx[0], minlength=rows)
         kind = 'leaf' if t != CLUSTER else 'cluster'
         if rows > 0 and int(counts.max()) > 1:

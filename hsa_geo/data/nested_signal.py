@@ -9,7 +9,8 @@ from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.data.storage import GlobalStorage
 
-from hsa_geo._checks import check_index, check_int, is_int
+from hsa_geo._checks import (check_index, check_int, first_out_of_range,
+                             is_int)
 from hsa_geo.data.hierarchy import Hierarchy, distinct_sibling_pairs
 from hsa_geo.data.induced_hierarchy import induced_hierarchy
 
@@ -484,14 +485,12 @@ def _checked_pairs(store, name: str, rows: int, cols: int,
     (low0, low1), (high0, high1) = torch.stack(idx.aminmax(dim=1)).tolist()
     if min(low0, low1) >= 0 and high0 < rows and high1 < cols:
         return idx
-    for row, size in ((0, rows), (1, cols)):
-        bad = (idx[row] < 0) | (idx[row] >= size)
-        if bool(bad.any()):
-            j = int(bad.nonzero()[0])
-            raise ValueError(
-                f"{name}[{row}, {j}] = {int(idx[row, j])} is not a valid "
-                f"{what[row]} id (0..{size - 1}); rebuild the signal with "
-                f"NestedSignal.from_hierarchy")
+    row, j = first_out_of_range(idx, (rows, cols))
+    size = (rows, cols)[row]
+    raise ValueError(
+        f"{name}[{row}, {j}] = {int(idx[row, j])} is not a valid "
+        f"{what[row]} id (0..{size - 1}); rebuild the signal with "
+        f"NestedSignal.from_hierarchy")
 
 
 def _sparse_flags(store, m: int, device: torch.device) -> Tensor:
