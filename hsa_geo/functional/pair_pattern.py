@@ -5,7 +5,7 @@ SDDMM) and the weighted sums over them (a sparse-dense product, SpMM).
 On a list of :math:`P` pairs, gathering the ``[P, H, D]`` rows of both ends
 and scattering them back moves :math:`P H D` numbers through memory several
 times per pass, forward and backward; these kernels read the ``[K, H, D]``
-tables in place and write ``[P, H]`` or ``[K, H, D]`` only (about 20x less
+tables in place and write ``[P, H]`` or ``[K, H, D]`` only (3-17x less
 time on a batch of molecules, one CPU thread). Each backward is the other
 product, so the gradients are differentiable to any order."""
 from __future__ import annotations
