@@ -138,6 +138,18 @@ class HeteroNestedSignal(HeteroData):
             start += count
         return out
 
+    def node_modality(self) -> Tensor:
+        r"""``[T]`` the modality of every node of :attr:`hierarchy`: the
+        index of its leaf type in :attr:`leaf_types` for a leaf and for a
+        cluster whose leaves all share one type, ``len(leaf_types)``
+        ("mixed") for the others."""
+        slices = self.leaf_slices
+        counts = torch.tensor([s.stop - s.start for s in slices.values()])
+        hierarchy = self.hierarchy
+        leaf_type = torch.repeat_interleave(torch.arange(len(slices)),
+                                            counts).to(hierarchy.parent.device)
+        return node_modality(hierarchy, leaf_type, len(slices))
+
     def leaf_metadata(self) -> Tuple[List[str], List[Tuple[str, str, str]]]:
         r"""The leaf types and the edge types among leaves: the
         ``metadata`` for :func:`torch_geometric.nn.to_hetero` of the local
@@ -274,3 +286,21 @@ def _leaf_count(t: str, x: Any) -> int:
         return x
     raise TypeError(f"x_dict['{t}'] must be a tensor of features [N_t, F_t] "
                     f"or a number of leaves, got {type(x).__name__}")
+
+
+def node_modality(hierarchy: Hierarchy, leaf_type: Tensor,
+                  mixed: int) -> Tensor:
+    r"""``[T]`` the modality of every node of :obj:`hierarchy`, given
+    ``leaf_type`` ``[N]`` (in ``0..mixed-1``): a leaf's type; for a
+    cluster, the type all its leaves share, or :obj:`mixed`."""
+    parent = hierarchy.parent.to(leaf_type.device)
+    n, t = hierarchy.num_leaves, parent.numel()
+    low = torch.full((t, ), mixed, dtype=torch.long, device=parent.device)
+    high = torch.full((t, ), -1, dtype=torch.long, device=parent.device)
+    low[:n], high[:n] = leaf_type, leaf_type
+    for nodes in reversed(hierarchy.levels[1:]):  # deepest first
+        nodes = nodes.to(parent.device)
+        up = parent[nodes]
+        low.scatter_reduce_(0, up, low[nodes], 'amin')
+        high.scatter_reduce_(0, up, high[nodes], 'amax')
+    return torch.where(low == high, low, mixed)

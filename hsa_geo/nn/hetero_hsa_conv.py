@@ -9,7 +9,8 @@ from torch import Tensor
 from torch_geometric.nn.dense.linear import Linear
 
 from hsa_geo._checks import check_bool, check_float, check_int
-from hsa_geo.data.hetero_nested_signal import HeteroNestedSignal
+from hsa_geo.data.hetero_nested_signal import (HeteroNestedSignal,
+                                               node_modality)
 from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.functional.dynamic_program import hierarchical_attention
 
@@ -184,8 +185,7 @@ class HeteroHSAConv(torch.nn.Module):
         leaf_type = torch.repeat_interleave(
             torch.tensor(index, device=device),
             torch.tensor(counts, device=device))
-        modality = _node_modality(hierarchy, leaf_type,
-                                  len(self.leaf_types))
+        modality = node_modality(hierarchy, leaf_type, len(self.leaf_types))
         a, b = hierarchy.sibling_pairs
         return self.modality_bias[modality[a], modality[b]]
 
@@ -194,20 +194,3 @@ class HeteroHSAConv(torch.nn.Module):
                 f'{self.out_channels}, heads={self.heads}, '
                 f'leaf_types={self.leaf_types}, '
                 f'modality_bias={self.modality_bias is not None})')
-
-
-def _node_modality(hierarchy: Hierarchy, leaf_type: Tensor,
-                   mixed: int) -> Tensor:
-    r"""``[T]`` the modality of every node: a leaf's type; for a cluster,
-    the type all its leaves share, or :obj:`mixed`."""
-    parent = hierarchy.parent.to(leaf_type.device)
-    n, t = hierarchy.num_leaves, parent.numel()
-    low = torch.full((t, ), mixed, dtype=torch.long, device=parent.device)
-    high = torch.full((t, ), -1, dtype=torch.long, device=parent.device)
-    low[:n], high[:n] = leaf_type, leaf_type
-    for nodes in reversed(hierarchy.levels[1:]):  # deepest first
-        nodes = nodes.to(parent.device)
-        up = parent[nodes]
-        low.scatter_reduce_(0, up, low[nodes], 'amin')
-        high.scatter_reduce_(0, up, high[nodes], 'amax')
-    return torch.where(low == high, low, mixed)

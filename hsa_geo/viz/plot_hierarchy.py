@@ -10,6 +10,7 @@ from torch import Tensor
 
 from hsa_geo._checks import (check_float, check_floating, check_index,
                              check_int)
+from hsa_geo.data.hetero_nested_signal import HeteroNestedSignal
 from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.viz._figure import check_axes, check_figure_args, tree_order
 
@@ -54,8 +55,14 @@ def plot_hierarchy(hierarchy: Hierarchy, weights=None, head: int = 0,
       and opacity grow with the weight (``a -> b`` and ``b -> a`` bend to
       opposite sides); a colour bar gives the scale of both.
 
+    Given a :class:`~hsa_geo.data.HeteroNestedSignal`, its tree is drawn
+    and, without :obj:`weights`, every node is coloured by its modality (a
+    leaf's type; a cluster's, when all its leaves share one; grey for
+    mixed clusters), with a legend.
+
     Args:
-        hierarchy (Hierarchy): the tree (forest) to draw.
+        hierarchy (Hierarchy or HeteroNestedSignal): the tree (forest) to
+            draw.
         weights (FamilyWeights, optional): the second output of
             ``hierarchical_attention(q, k, v, hierarchy,
             return_weights=True)``: ``index`` ``[2, P]`` sibling pairs (node
@@ -92,8 +99,14 @@ def plot_hierarchy(hierarchy: Hierarchy, weights=None, head: int = 0,
     Returns:
         matplotlib.figure.Figure: the figure drawn into.
     """
+    modality, names = None, []
+    if isinstance(hierarchy, HeteroNestedSignal):
+        modality, names = hierarchy.node_modality().cpu(), \
+            hierarchy.leaf_types
+        hierarchy = hierarchy.hierarchy
     if not isinstance(hierarchy, Hierarchy):
-        raise TypeError(f"'hierarchy' must be a hsa_geo.data.Hierarchy, got "
+        raise TypeError(f"'hierarchy' must be a hsa_geo.data.Hierarchy or "
+                        f"a HeteroNestedSignal, got "
                         f"{type(hierarchy).__name__}")
     # The range of head is checked against the weights, when there are any.
     head = check_int(head, 'head', low=None if weights is not None else 0)
@@ -180,6 +193,8 @@ def plot_hierarchy(hierarchy: Hierarchy, weights=None, head: int = 0,
         face = [colours(norm(self_w[i])) if i in self_w else
                 ((1.0, 1.0, 1.0, 1.0) if bool(is_root[i]) else
                  (0.8, 0.8, 0.8, 1.0)) for i in range(t)]
+    elif modality is not None:
+        face = _modality_faces(ax, modality, names)
     else:
         face = ['tab:blue' if bool(is_leaf[i]) else 'tab:orange'
                 for i in range(t)]
@@ -245,6 +260,18 @@ def _arcs(ax, x: List[float], y: List[float], pairs, head_px,
         return to_data.transform(a.reshape(-1, 2)).reshape(a.shape)
 
     return back(curve), back(heads)
+
+
+def _modality_faces(ax, modality: torch.Tensor, names: List[str]) -> list:
+    r"""A colour per node by its modality (grey: mixed), and a legend."""
+    from matplotlib.lines import Line2D
+    palette = [f'C{i % 10}' for i in range(len(names))] + ['0.75']
+    ax.legend(handles=[
+        Line2D([], [], marker='o', linestyle='', markerfacecolor=colour,
+               markeredgecolor='k', label=label)
+        for colour, label in zip(palette, names + ['mixed'])],
+        loc='upper right', fontsize=7, frameon=False)
+    return [palette[int(m)] for m in modality]
 
 
 def _tidy_layout(hierarchy: Hierarchy

@@ -189,3 +189,8 @@ def test_leaf_metadata_leaves_the_tree_out():
     assert types == ['word', 'patch']
     assert edges == [('word', 'next', 'word'), ('patch', 'shows', 'word')]
     assert ('word', 'child_of', 'cluster') in data.edge_types
+
+
+def test_node_modality():
+    data = two_types()  # words 0-2 -> 5; patches 3, 4 -> 6 -> 5
+    assert data.node_modality().tolist() == [0, 0, 0, 1, 1, 2, 1]

@@ -7,7 +7,8 @@ from torch_geometric.loader import DataLoader
 
 from hsa_geo import Hierarchy, hierarchical_attention_matrix
 from hsa_geo.data import HeteroNestedSignal
-from hsa_geo.nn.hetero_hsa_conv import HeteroHSAConv, _node_modality
+from hsa_geo.data.hetero_nested_signal import node_modality
+from hsa_geo.nn.hetero_hsa_conv import HeteroHSAConv
 from tests.helpers.strategies import forests
 
 SEEDS = st.integers(0, 2**31 - 1)
@@ -82,7 +83,7 @@ def test_node_modality(f, seed):
     g = torch.Generator().manual_seed(seed)
     h = Hierarchy.from_parent(f.parent, f.num_leaves)
     leaf_type = torch.randint(0, 2, (f.num_leaves, ), generator=g)
-    assert torch.equal(_node_modality(h, leaf_type, 2),
+    assert torch.equal(node_modality(h, leaf_type, 2),
                        modality_by_definition(h, leaf_type, 2))
 
 

@@ -66,6 +66,27 @@ def test_tree_without_weights(tmp_path):
     assert len(fig.axes) == 1  # no colour bar without weights
 
 
+def test_modalities_of_a_multi_modal_signal(tmp_path):
+    from matplotlib.colors import to_rgba
+
+    from hsa_geo.data import HeteroNestedSignal
+    # words 0-3, patches 4-6, atoms 7-8; cluster 9 all words, 10 and 11
+    # (and 13 above 11, 12 the root) mixed
+    tree = Hierarchy.from_parent(
+        [9, 9, 9, 10, 10, 10, 11, 11, 12, 12, 12, 13, -1, 12], 9)
+    data = HeteroNestedSignal.from_hierarchy(
+        tree, {'word': torch.randn(4, 2), 'patch': torch.randn(3, 2),
+               'atom': torch.randn(2, 2)})
+    fig = plot_hierarchy(data, path=tmp_path / 'm.png')
+    ax = fig.axes[0]
+    faces = ax.collections[-1].get_facecolors()
+    expected = ['C0'] * 4 + ['C1'] * 3 + ['C2'] * 2 + ['C0'] + ['0.75'] * 4
+    assert [tuple(f) for f in faces] == [to_rgba(c) for c in expected]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == \
+        ['word', 'patch', 'atom', 'mixed']
+    assert (tmp_path / 'm.png').stat().st_size > 0
+
+
 def test_tree_with_weights_of_every_head(tmp_path):
     h = sequence()
     q, k, v = qkv(h.num_leaves, heads=3)
