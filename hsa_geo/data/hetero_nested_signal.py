@@ -11,6 +11,7 @@ from torch_geometric.data import HeteroData
 
 from hsa_geo._checks import check_index, first_out_of_range
 from hsa_geo.data.hierarchy import Hierarchy
+from hsa_geo.data.tensor_state import same_state, tensor_state
 
 # The node type of the clusters, and the relation from a child to its parent
 # cluster: (leaf type, CHILD_OF, CLUSTER) and (CLUSTER, CHILD_OF, CLUSTER).
@@ -206,10 +207,40 @@ class HeteroNestedSignal(HeteroData):
     @property
     def hierarchy(self) -> Hierarchy:
         r"""The :class:`Hierarchy` over the leaves of all types (of all
-        signals in a batch: one forest), in the global order. Raises a
-        :class:`ValueError` naming the node type and index when the stored
-        tree does not fit the leaves: a leaf without a parent cluster or
-        with two, an id out of range, counts that do not match."""
+        signals in a batch: one forest), in the global order. Built once and
+        cached until the leaf counts or the tree's tensors change (a layer
+        reads it on every call; a new hierarchy would derive its layout
+        again). Raises a :class:`ValueError` naming the node type and index
+        when the stored tree does not fit the leaves: a leaf without a
+        parent cluster or with two, an id out of range, counts that do not
+        match."""
+        state = self._tree_state()
+        cached = self.__dict__.get('_hierarchy_cache')
+        if cached is not None and same_state(cached[0], state):
+            return cached[1]
+        hierarchy = self._build_hierarchy()
+        # Beside the stores, not in them: it is not batched.
+        self.__dict__['_hierarchy_cache'] = (state, hierarchy)
+        return hierarchy
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # Derived data, rebuilt on use (as a NestedSignal's).
+        state = dict(self.__dict__)
+        state.pop('_hierarchy_cache', None)
+        return state
+
+    def _tree_state(self) -> tuple:
+        r"""What :attr:`hierarchy` is built from: the leaf types and their
+        counts, the clusters' count and the parent edges."""
+        counts = tuple((t, s.stop - s.start)
+                       for t, s in self.leaf_slices.items())
+        clusters = self[CLUSTER].num_nodes \
+            if CLUSTER in self.node_types else None
+        return ((None, counts), (None, clusters)) + tuple(
+            item for e in self.edge_types if e[1:] == (CHILD_OF, CLUSTER)
+            for item in ((None, e), tensor_state(self[e].get('edge_index'))))
+
+    def _build_hierarchy(self) -> Hierarchy:
         slices = self.leaf_slices
         n = max((s.stop for s in slices.values()), default=0)
         if n == 0:

@@ -13,6 +13,7 @@ from hsa_geo._checks import (check_index, check_int, first_out_of_range,
                              is_int)
 from hsa_geo.data.hierarchy import Hierarchy, distinct_sibling_pairs
 from hsa_geo.data.induced_hierarchy import induced_hierarchy
+from hsa_geo.data.tensor_state import same_state, tensor_state
 
 # The family graph by the kinds of its ends: (is cluster, is cluster).
 FAMILY_KEYS = {
@@ -276,16 +277,7 @@ class NestedSignal(Data):
         r"""What the hierarchy is decoded from. Tensors are compared by
         identity (the cache holds them, so their ids are not reused) and
         version (in-place changes)."""
-        state = []
-        for key in SIGNAL_KEYS:
-            value = self._store.get(key)
-            if isinstance(value, Tensor):
-                # Inference tensors have no version counter: they cannot be
-                # changed in place outside inference mode anyway.
-                state.append((value, None if value.is_inference() else
-                              value._version))
-            else:
-                state.append((None, value))
+        state = [tensor_state(self._store.get(key)) for key in SIGNAL_KEYS]
         x = self._store.get('x')
         rows = tuple(x.shape[:1]) if isinstance(x, Tensor) else None
         return tuple(state) + ((None, (self.num_nodes, rows)), )
@@ -299,7 +291,7 @@ class NestedSignal(Data):
         reordered by a PyG operation)."""
         state = self._cache_state()
         cached = self._store.__dict__.get('_hierarchy_cache')
-        if cached is not None and _same_state(cached[0], state):
+        if cached is not None and same_state(cached[0], state):
             return cached[1]
         hierarchy = self._build_hierarchy()
         # Beside the stored keys, not among them: it is not batched or saved.
@@ -413,12 +405,6 @@ def _split_family(edges: Tensor, n: int) -> Dict[str, Tensor]:
 
 
 # Decoding the stored keys ##################################################
-
-
-def _same_state(a: tuple, b: tuple) -> bool:
-    return len(a) == len(b) and all(
-        ta is tb and type(va) is type(vb) and va == vb
-        for (ta, va), (tb, vb) in zip(a, b))
 
 
 def _check_rows(x: Any, name: str, n: int):

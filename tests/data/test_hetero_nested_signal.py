@@ -194,3 +194,25 @@ def test_leaf_metadata_leaves_the_tree_out():
 def test_node_modality():
     data = two_types()  # words 0-2 -> 5; patches 3, 4 -> 6 -> 5
     assert data.node_modality().tolist() == [0, 0, 0, 1, 1, 2, 1]
+
+
+def test_hierarchy_is_cached_until_the_tree_changes():
+    data = two_types()
+    h = data.hierarchy
+    assert data.hierarchy is h
+    store = data['patch', 'child_of', 'cluster']
+    store.edge_index = store.edge_index.clone()  # a new tensor: rebuilt
+    assert data.hierarchy is not h
+    assert torch.equal(data.hierarchy.parent, h.parent)
+    data['word', 'child_of', 'cluster'].edge_index[1, 2] = 7  # in place
+    with pytest.raises(ValueError, match="is not a node of type 'cluster'"):
+        data.hierarchy
+    data = two_types()
+    data.hierarchy
+    data['word'].x = torch.randn(2, 4)  # a leaf dropped after the first use
+    with pytest.raises(ValueError, match="is not a node of type 'word'"):
+        data.hierarchy
+    data = two_types()
+    data.hierarchy  # cached, but not pickled
+    assert '_hierarchy_cache' in data.__dict__
+    assert '_hierarchy_cache' not in pickle.loads(pickle.dumps(data)).__dict__
