@@ -1063,13 +1063,20 @@ def _upward_means(tree: _Tree) -> Dict[int, Tuple[Tensor, Tensor, Tensor]]:
 _SPARSE = -1
 
 
+def _all_leaves_are_members(layout: HierarchyLayout, num_leaves: int
+                            ) -> bool:
+    r"""Whether the leaf members of the sparse families are all the leaves;
+    members go by node id, so they are then the leaves in order."""
+    return layout.sparse.leaf.numel() == num_leaves
+
+
 def _members(tree: _Tree, leaf_x: Tensor, cluster_x: Optional[Tensor]
              ) -> Tensor:
     r"""A member table of the sparse families: leaf rows, then cluster
     rows; ``[K, H, D]`` tables are views of ``[H, K, D]`` storage, the rows
     of the pair kernels (no copy to reorder them)."""
     sparse = tree.layout.sparse
-    if sparse.leaf.numel() < leaf_x.size(0):  # else: all leaves, in order
+    if not _all_leaves_are_members(tree.layout, leaf_x.size(0)):
         leaf_x = leaf_x.index_select(0, sparse.leaf)
     if leaf_x.dim() == 3:
         parts = [leaf_x.transpose(0, 1)]
@@ -1387,7 +1394,7 @@ def _downward_contexts(passes: _Passes) -> Tensor:
     sparse_u = _sparse_contexts(passes)
     if sparse_u is not None:
         num_leaf = layout.sparse.leaf.numel()
-        if u_leaf is None and num_leaf == v.size(0):  # all leaves, in order
+        if u_leaf is None and _all_leaves_are_members(layout, v.size(0)):
             u_leaf = sparse_u[:num_leaf]
         elif num_leaf > 0:
             if u_leaf is None:
