@@ -77,26 +77,8 @@ class HeteroNestedSignal(HeteroData):
         tensor ``[N_t, *]`` or, for a type without features, its number of
         leaves ``N_t``. Further attributes (graph-level, e.g. ``y``) go to
         the signal as they would to a :class:`HeteroData`."""
-        if not isinstance(hierarchy, Hierarchy):
-            raise TypeError(f"'hierarchy' must be a Hierarchy, got "
-                            f"{type(hierarchy).__name__}")
-        if hierarchy.family_edge_index is not None:
-            raise ValueError(
-                "HeteroNestedSignal does not store family graphs yet; build "
-                "the hierarchy without family_edge_index")
-        if not isinstance(x_dict, Mapping) or len(x_dict) == 0:
-            raise ValueError("'x_dict' must map at least one leaf type to its "
-                             "features [N_t, F_t] (or its number of leaves)")
-        counts = {t: _leaf_count(t, x) for t, x in x_dict.items()}
-        if CLUSTER in counts:
-            raise ValueError(f"'{CLUSTER}' is the node type of the clusters; "
-                             f"name the leaf type otherwise")
-        n = sum(counts.values())
-        if n != hierarchy.num_leaves:
-            raise ValueError(
-                f"x_dict holds {n} leaves ({counts}) but the hierarchy has "
-                f"{hierarchy.num_leaves}; leaf i of the hierarchy is row i of "
-                f"the leaf types' rows, type after type")
+        counts = _leaf_counts(hierarchy, x_dict)
+        n = hierarchy.num_leaves
         data = cls(**kwargs)
         parent, start = hierarchy.parent, 0
         for t, x in x_dict.items():
@@ -300,6 +282,33 @@ class HeteroNestedSignal(HeteroData):
             if isinstance(index, Tensor):
                 return index.device
         return None
+
+
+def _leaf_counts(hierarchy: Hierarchy,
+                 x_dict: Mapping[str, Any]) -> Dict[str, int]:
+    r"""The number of leaves of every type of :obj:`x_dict`, checked
+    against :obj:`hierarchy`."""
+    if not isinstance(hierarchy, Hierarchy):
+        raise TypeError(f"'hierarchy' must be a Hierarchy, got "
+                        f"{type(hierarchy).__name__}")
+    if hierarchy.family_edge_index is not None:
+        raise ValueError(
+            "HeteroNestedSignal does not store family graphs yet; build "
+            "the hierarchy without family_edge_index")
+    if not isinstance(x_dict, Mapping) or len(x_dict) == 0:
+        raise ValueError("'x_dict' must map at least one leaf type to its "
+                         "features [N_t, F_t] (or its number of leaves)")
+    counts = {t: _leaf_count(t, x) for t, x in x_dict.items()}
+    if CLUSTER in counts:
+        raise ValueError(f"'{CLUSTER}' is the node type of the clusters; "
+                         f"name the leaf type otherwise")
+    n = sum(counts.values())
+    if n != hierarchy.num_leaves:
+        raise ValueError(
+            f"x_dict holds {n} leaves ({counts}) but the hierarchy has "
+            f"{hierarchy.num_leaves}; leaf i of the hierarchy is row i of "
+            f"the leaf types' rows, type after type")
+    return counts
 
 
 def _leaf_count(t: str, x: Any) -> int:
