@@ -248,7 +248,8 @@ def _group_order(groups: Dict[str, str], modalities: List[str]
 def _build(t: str, builder: Builder, data: HeteroData
            ) -> Tuple[NestedSignal, Optional[Tensor]]:
     r"""Runs the builder of modality :obj:`t`; returns its signal and, if
-    the input had nodes, the input node of every leaf."""
+    the input had nodes and the builder kept their attributes, the input
+    node of every leaf."""
     store = data[t]
     inputs = Data(**{k: v for k, v in store.to_dict().items()})
     intra = [data[e].edge_index for e in data.edge_types
@@ -271,11 +272,6 @@ def _build(t: str, builder: Builder, data: HeteroData
             f"MultiModalHierarchy joins dense families only (e.g. use "
             f"GraphHierarchy(family_graph=False))")
     source = signal[SOURCE] if SOURCE in signal else None
-    if has_nodes and source is None:
-        raise ValueError(
-            f"the builder of modality '{t}' dropped the node attribute "
-            f"'{SOURCE}', so its leaves cannot be matched to the input's "
-            f"nodes; a builder must keep node attributes")
     return signal, source
 
 
@@ -342,8 +338,10 @@ def _copy_edges(data: HeteroData, out: HeteroNestedSignal,
             if t not in new_id:
                 raise ValueError(
                     f"edge type {edge_type} joins modality '{t}', whose "
-                    f"leaves its builder made (no input nodes: set "
-                    f"data['{t}'].x or .num_nodes, or drop the edges)")
+                    f"leaves cannot be matched to the input's nodes: its "
+                    f"input has no nodes (set data['{t}'].x or .num_nodes) "
+                    f"or its builder dropped the node attribute "
+                    f"'{SOURCE}' (a builder must keep node attributes)")
         store.edge_index = torch.stack([
             new_id[src].to(index.device)[index[0]],
             new_id[dst].to(index.device)[index[1]]])

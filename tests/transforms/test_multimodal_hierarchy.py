@@ -1,0 +1,236 @@
+r"""MultiModalHierarchy: per-modality subtrees joined under one root (or a
+given upper tree) into a HeteroNestedSignal, edges between modalities
+relabelled, batched by PyG's DataLoader."""
+import pytest
+import torch
+from torch_geometric.data import Data, HeteroData
+from torch_geometric.loader import DataLoader
+
+from hsa_geo import Hierarchy, hierarchical_attention, \
+    hierarchical_attention_matrix
+from hsa_geo.data import HeteroNestedSignal, NestedSignal, induced_hierarchy
+from hsa_geo.transforms import (DocumentHierarchy, GraphHierarchy,
+                                GridHierarchy, MultiModalHierarchy,
+                                SequenceHierarchy, Vocabulary)
+
+TEXT = 'Rain falls in Spain. It stays mainly on the plain.'
+
+
+def news(seed: int = 0) -> HeteroData:
+    g = torch.Generator().manual_seed(seed)
+    data = HeteroData()
+    data['headline'].text = 'Rain in Spain.'
+    data['body'].text = TEXT
+    data['image'].image = torch.rand(3, 24, 32, generator=g)
+    data.y = torch.tensor([seed])
+    return data
+
+
+def news_builders():
+    vocab = Vocabulary.build([TEXT, 'Rain in Spain.'])
+    return {'headline': DocumentHierarchy(vocab=vocab),
+            'body': DocumentHierarchy(vocab=vocab),
+            'image': GridHierarchy(patch_size=8)}
+
+
+def shifted_parent(signal: NestedSignal, leaf_off: int, total: int,
+                   cluster_off: int) -> torch.Tensor:
+    r"""A modality's parents in the joined numbering."""
+    parent, n = signal.hierarchy.parent, signal.hierarchy.num_leaves
+    out = torch.where(parent >= n, parent - n + total + cluster_off,
+                      parent + leaf_off)
+    return torch.where(parent < 0, parent, out)
+
+
+def test_subtrees_are_the_builders_trees_under_one_root():
+    builders = news_builders()
+    data = news()
+    out = MultiModalHierarchy(builders)(data)
+    assert isinstance(out, HeteroNestedSignal)
+    assert out.leaf_types == ['headline', 'body', 'image']
+    h = out.hierarchy
+    parent = h.parent
+    root = h.num_nodes - 1
+    assert int(parent[root]) == -1 and h.num_trees == 1
+    total, leaf_off, cluster_off = h.num_leaves, 0, 0
+    for t, builder in builders.items():
+        alone = builder(Data(**data[t].to_dict()))
+        rows = out.leaf_slices[t]
+        assert rows.start == leaf_off
+        assert torch.equal(out[t].x, alone.x)
+        n, m = alone.hierarchy.num_leaves, alone.hierarchy.num_clusters
+        expected = shifted_parent(alone, leaf_off, total, cluster_off)
+        expected[expected < 0] = root  # each modality's root joins the root
+        got = torch.cat([parent[leaf_off:leaf_off + n],
+                         parent[total + cluster_off:
+                                total + cluster_off + m]])
+        assert torch.equal(got, expected)
+        leaf_off, cluster_off = leaf_off + n, cluster_off + m
+    assert torch.equal(out.y, data.y)
+    assert out['headline'].text == 'Rain in Spain.'
+    assert 'patch_index' in out['image'] and 'cluster_coord' not in \
+        out['image']
+
+
+def test_groups_make_the_upper_tree():
+    out = MultiModalHierarchy(news_builders(),
+                              groups={'headline': 'text', 'body': 'text'}
+                              )(news())
+    h = out.hierarchy
+    root, text = h.num_nodes - 1, h.num_nodes - 2
+    assert int(h.parent[text]) == root
+    assert int(h.parent[root]) == -1
+    children = (h.parent == text).nonzero().view(-1)
+    assert children.numel() == 2  # the headline's root and the body's
+    leaves = h.leaf_count[text]
+    slices = out.leaf_slices
+    assert int(leaves) == slices['body'].stop  # both texts, no patch
+    image_root = int(h.parent[slices['image'].start])
+    while int(h.parent[image_root]) != root:
+        image_root = int(h.parent[image_root])
+    assert int(h.parent[image_root]) == root
+
+
+def test_deeper_groups_and_their_checks():
+    builders = news_builders()
+    groups = {'headline': 'title', 'title': 'text', 'body': 'text'}
+    h = MultiModalHierarchy(builders, groups)(news()).hierarchy
+    assert h.depth >= 4
+    with pytest.raises(ValueError, match='cycle'):
+        MultiModalHierarchy(builders, {'headline': 'a', 'a': 'b', 'b': 'a'})
+    with pytest.raises(ValueError, match='is a modality'):
+        MultiModalHierarchy(builders, {'headline': 'image'})
+    with pytest.raises(ValueError, match='holds no modality'):
+        MultiModalHierarchy(builders, {'x': 'y'})(news())
+    with pytest.raises(ValueError, match="'cluster' is the node type"):
+        MultiModalHierarchy({'cluster': GridHierarchy(8)})
+
+
+def test_single_leaves_and_forests_stay_one_subtree_each():
+    def forest(data):  # two trees of two leaves each
+        h = Hierarchy.from_parent([4, 4, 5, 5, -1, -1], 4)
+        return NestedSignal.from_hierarchy(h, data.x)
+
+    data = HeteroData()
+    data['token'].x = torch.randn(1, 3)
+    data['pair'].x = torch.randn(4, 2)
+    out = MultiModalHierarchy({'token': SequenceHierarchy(2),
+                               'pair': forest})(data)
+    h = out.hierarchy
+    root = h.num_nodes - 1
+    assert h.num_trees == 1
+    assert int(h.parent[0]) == root  # the single token under the root
+    over = int(h.parent[h.parent[1]])  # above the first pair's tree
+    assert over != root and int(h.parent[over]) == root
+    assert int(h.leaf_count[over]) == 4
+
+
+def test_a_heterogeneous_graph_keeps_its_edges_relabelled():
+    from torch_geometric.datasets import FakeHeteroDataset
+    graph = FakeHeteroDataset(num_graphs=1, num_node_types=3,
+                              num_edge_types=6, avg_num_nodes=40)[0]
+    out = MultiModalHierarchy(GraphHierarchy(branching=4,
+                                             tree_order=True))(graph)
+    assert out.leaf_types == graph.node_types
+    assert out.hierarchy.num_trees == 1
+    for edge_type in graph.edge_types:
+        src, _, dst = edge_type
+        old, new = graph[edge_type].edge_index, out[edge_type].edge_index
+        assert torch.equal(out[src].x[new[0]], graph[src].x[old[0]])
+        assert torch.equal(out[dst].x[new[1]], graph[dst].x[old[1]])
+    # node-level attributes follow their nodes
+    assert torch.equal(out['v0'].y, graph['v0'].y[out['v0'].n_id])
+
+
+def test_deterministic_and_batched_by_the_data_loader():
+    transform = MultiModalHierarchy(news_builders())
+    a, b = transform(news(0)), transform(news(0))
+    assert torch.equal(a.hierarchy.parent, b.hierarchy.parent)
+    assert torch.equal(a['image'].x, b['image'].x)
+    signals = [transform(news(s)) for s in range(3)]
+    batch = next(iter(DataLoader(signals, batch_size=3)))
+    h = batch.hierarchy
+    assert h.num_trees == 3
+    q = batch.cat_leaves({t: torch.randn(batch[t].num_nodes, 2,
+                                         dtype=torch.float64)
+                          for t in batch.leaf_types})
+    out = hierarchical_attention(q, q, q, h)
+    for i, signal in enumerate(signals):
+        # the rows of signal i in the batch's global order
+        rows = torch.cat([
+            torch.arange(batch.leaf_slices[t].start, batch.leaf_slices[t]
+                         .stop)[batch[t].batch == i]
+            for t in batch.leaf_types])
+        alone = induced_hierarchy(h, rows)
+        dense = hierarchical_attention_matrix(q[rows], q[rows], alone)
+        assert torch.allclose(out[rows], dense @ q[rows], atol=1e-12)
+        assert alone.num_nodes == signal.hierarchy.num_nodes
+
+
+def test_bad_input_is_refused_with_the_modality_named():
+    builders = news_builders()
+    transform = MultiModalHierarchy(builders)
+    with pytest.raises(TypeError, match='expects a HeteroData'):
+        transform(NestedSignal(x=torch.randn(2, 2)))
+    data = news()
+    del data['body']
+    with pytest.raises(ValueError, match="no node store 'body'"):
+        transform(data)
+    data = news()
+    data['audio'].x = torch.randn(3, 2)
+    with pytest.raises(ValueError, match="'audio' has no builder"):
+        transform(data)
+    data = news()
+    data['body'].text = ''
+    with pytest.raises(ValueError, match="modality 'body'"):
+        transform(data)
+    with pytest.raises(TypeError, match='must be a builder'):
+        MultiModalHierarchy({'body': 3})
+    with pytest.raises(ValueError, match='empty'):
+        MultiModalHierarchy({})
+
+
+def test_family_graphs_and_lost_nodes_are_refused():
+    graph = HeteroData()
+    graph['a'].x = torch.randn(3, 2)
+    graph['a', 'to', 'a'].edge_index = torch.tensor([[0, 1], [1, 2]])
+    with pytest.raises(ValueError, match='family graph'):
+        MultiModalHierarchy(GraphHierarchy(family_graph=True))(graph)
+
+    def drops_nodes(data):
+        h = Hierarchy.from_parent([3, 3, 3, -1], 3)
+        return NestedSignal.from_hierarchy(h, data.x)
+
+    with pytest.raises(ValueError, match="dropped the node attribute"):
+        MultiModalHierarchy({'a': drops_nodes})(graph)
+    del graph['a', 'to', 'a']  # without edges to relabel, that is fine
+    out = MultiModalHierarchy({'a': drops_nodes})(graph)
+    assert torch.equal(out['a'].x, graph['a'].x)
+    data = news()
+    data['image', 'shows', 'body'].edge_index = torch.tensor([[0], [0]])
+    with pytest.raises(ValueError, match="its input has no nodes"):
+        MultiModalHierarchy(news_builders())(data)
+
+
+def test_built_edges_are_stored_where_the_input_had_none():
+    pytest.importorskip('rdkit')
+    from hsa_geo.transforms import MoleculeHierarchy
+    data = HeteroData()
+    data['atom'].smiles = 'c1ccccc1O'
+    out = MultiModalHierarchy({'atom': MoleculeHierarchy()})(data)
+    assert out['atom'].x.size(0) == 7
+    assert out['atom', 'to', 'atom'].edge_index.size(1) == 14
+    assert out['atom', 'to', 'atom'].edge_attr.size(0) == 14
+
+
+def test_as_a_pre_transform_saved_and_loaded_back(tmp_path):
+    from tests.helpers.pre_transform_dataset import PreTransformDataset
+    transform = MultiModalHierarchy(news_builders(), {'body': 'text'})
+    expected = transform(news(1))
+    dataset = PreTransformDataset(str(tmp_path), lambda: [news(1)],
+                                  transform)
+    stored = dataset[0]
+    assert isinstance(stored, HeteroNestedSignal)
+    assert torch.equal(stored.hierarchy.parent, expected.hierarchy.parent)
+    assert torch.equal(stored['image'].x, expected['image'].x)
+    assert 'MultiModalHierarchy' in repr(transform)
