@@ -344,3 +344,8 @@ def node_modality(hierarchy: Hierarchy, leaf_type: Tensor,
         low.scatter_reduce_(0, up, low[nodes], 'amin')
         high.scatter_reduce_(0, up, high[nodes], 'amax')
     return torch.where(low == high, low, mixed)
+
+
+# Datasets save signals and PyG loads them with torch.load(weights_only=True).
+if hasattr(torch.serialization, 'add_safe_globals'):
+    torch.serialization.add_safe_globals([HeteroNestedSignal])

@@ -1,6 +1,8 @@
 r"""MultiModalHierarchy: per-modality subtrees joined under one root (or a
 given upper tree) into a HeteroNestedSignal, edges between modalities
 relabelled, batched by PyG's DataLoader."""
+import warnings
+
 import pytest
 import torch
 from torch_geometric.data import Data, HeteroData
@@ -227,8 +229,12 @@ def test_as_a_pre_transform_saved_and_loaded_back(tmp_path):
     from tests.helpers.pre_transform_dataset import PreTransformDataset
     transform = MultiModalHierarchy(news_builders(), {'body': 'text'})
     expected = transform(news(1))
-    dataset = PreTransformDataset(str(tmp_path), lambda: [news(1)],
-                                  transform)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        dataset = PreTransformDataset(str(tmp_path), lambda: [news(1)],
+                                      transform)
+    # loaded with weights_only=True, not by the unsafe fallback
+    assert not [w for w in caught if 'Weights only' in str(w.message)]
     stored = dataset[0]
     assert isinstance(stored, HeteroNestedSignal)
     assert torch.equal(stored.hierarchy.parent, expected.hierarchy.parent)
