@@ -11,6 +11,7 @@ from torch_geometric.data import HeteroData
 
 from hsa_geo._checks import check_index, first_out_of_range
 from hsa_geo.data.hierarchy import Hierarchy
+from hsa_geo.data.induced_hierarchy import induced_hierarchy
 from hsa_geo.data.tensor_state import same_state, tensor_state
 
 # The node type of the clusters, and the relation from a child to its parent
@@ -78,31 +79,37 @@ class HeteroNestedSignal(HeteroData):
         leaves ``N_t``. Further attributes (graph-level, e.g. ``y``) go to
         the signal as they would to a :class:`HeteroData`."""
         counts = _leaf_counts(hierarchy, x_dict)
-        n = hierarchy.num_leaves
         data = cls(**kwargs)
-        parent, start = hierarchy.parent, 0
         for t, x in x_dict.items():
             if isinstance(x, Tensor):
                 data[t].x = x
             else:
                 data[t].num_nodes = counts[t]
-            leaves = torch.arange(counts[t], device=parent.device)
-            cluster = parent[start:start + counts[t]] - n
-            if counts[t] > 0 and bool((cluster < 0).any()):
+        data._store_tree(hierarchy, counts)
+        return data
+
+    def _store_tree(self, hierarchy: Hierarchy, counts: Dict[str, int]):
+        r"""Stores the parents of :obj:`hierarchy` as the ``child_of`` edge
+        types, for leaf types with :obj:`counts` leaves in this order."""
+        n = hierarchy.num_leaves
+        parent, start = hierarchy.parent, 0
+        for t, count in counts.items():
+            leaves = torch.arange(count, device=parent.device)
+            cluster = parent[start:start + count] - n
+            if count > 0 and bool((cluster < 0).any()):
                 i = int((cluster < 0).nonzero()[0])
                 raise ValueError(
                     f"leaf {i} of type '{t}' (leaf {start + i} of the "
                     f"hierarchy) has no parent cluster; in a "
                     f"HeteroNestedSignal every leaf belongs to a cluster")
-            data[t, CHILD_OF, CLUSTER].edge_index = torch.stack(
+            self[t, CHILD_OF, CLUSTER].edge_index = torch.stack(
                 [leaves, cluster])
-            start += counts[t]
+            start += count
         clusters = parent[n:]
         child = (clusters >= 0).nonzero().view(-1)
-        data[CLUSTER].num_nodes = hierarchy.num_clusters
-        data[CLUSTER, CHILD_OF, CLUSTER].edge_index = torch.stack(
+        self[CLUSTER].num_nodes = hierarchy.num_clusters
+        self[CLUSTER, CHILD_OF, CLUSTER].edge_index = torch.stack(
             [child, clusters[child] - n])
-        return data
 
     # The leaves ############################################################
 
@@ -184,6 +191,51 @@ class HeteroNestedSignal(HeteroData):
                 f"set data['{t}'].x = [N_t, F_t] features")
         return int(count)
 
+    # PyG operations ########################################################
+
+    def subgraph(self, subset_dict: Mapping[str, Tensor]
+                 ) -> 'HeteroNestedSignal':
+        r"""The signal induced by the leaves of :obj:`subset_dict` (leaf
+        type to ``[K_t]`` distinct ids or an ``[N_t]`` mask; a leaf type not
+        named keeps all its leaves): node attributes and edges among leaves
+        as :meth:`HeteroData.subgraph` selects them (leaf ``subset[i]`` of a
+        type becomes leaf ``i``), and the tree that
+        :func:`~hsa_geo.data.induced_hierarchy` induces on the kept leaves
+        (clusters without a kept leaf removed). The clusters follow the
+        leaves, so ``'cluster'`` cannot be named."""
+        if CLUSTER in subset_dict:
+            raise ValueError(f"subset_dict names '{CLUSTER}'; select "
+                             f"leaves only, the clusters follow them")
+        unknown = [t for t in subset_dict if t not in self.leaf_types]
+        if unknown:
+            raise ValueError(f"subset_dict names '{unknown[0]}', which is "
+                             f"not a leaf type of {self.leaf_types}")
+        hierarchy, slices = self.hierarchy, self.leaf_slices
+        kept = {t: _kept_leaves(subset_dict.get(t), s.stop - s.start, t)
+                for t, s in slices.items()}
+        induced, node_map = induced_hierarchy(hierarchy, torch.cat(
+            [ids.to(hierarchy.device) + slices[t].start
+             for t, ids in kept.items()]), return_node_map=True)
+        # Kept clusters in their old order, as the induced tree numbers
+        # them: per-cluster attributes follow.
+        clusters = (node_map[hierarchy.num_leaves:] >= 0).nonzero().view(-1)
+        data = super().subgraph({**kept, CLUSTER: clusters.cpu()})
+        data._store_tree(induced, {t: ids.numel() for t, ids in kept.items()})
+        return data
+
+    def node_type_subgraph(self, node_types: List[str]
+                           ) -> 'HeteroNestedSignal':
+        r"""The signal of the node types :obj:`node_types` only; dropping a
+        leaf type induces the tree on the leaves of the others (see
+        :meth:`subgraph`). Without ``'cluster'``, the result has no tree."""
+        dropped = [t for t in self.leaf_types if t not in node_types]
+        if CLUSTER not in node_types or not dropped:
+            return super().node_type_subgraph(node_types)
+        pruned = self.subgraph({
+            t: torch.zeros(self._leaf_rows(t), dtype=torch.bool)
+            for t in dropped})
+        return HeteroData.node_type_subgraph(pruned, node_types)
+
     # The hierarchy #########################################################
 
     @property
@@ -241,6 +293,14 @@ class HeteroNestedSignal(HeteroData):
             parent[leaf + rows.start] = cluster + n
         child, cluster = self._child_of(CLUSTER, m, m, parent.device)
         parent[child + n] = cluster + n
+        has_child = torch.zeros(m, dtype=torch.bool, device=parent.device)
+        has_child[parent[parent >= 0] - n] = True
+        if not bool(has_child.all()):
+            c = int((~has_child).nonzero()[0])
+            raise ValueError(
+                f"cluster {c} has no children: an operation removed its "
+                f"leaves without the tree; HeteroNestedSignal.subgraph and "
+                f".node_type_subgraph induce the tree on the kept leaves")
         return Hierarchy.from_parent(parent, n)
 
     def _child_of(self, t: str, rows: int, m: int, device: Any
@@ -255,6 +315,10 @@ class HeteroNestedSignal(HeteroData):
                              f"store them as data['{t}', '{CHILD_OF}', "
                              f"'{CLUSTER}'].edge_index [2, N_t]")
         name = f"data['{t}', '{CHILD_OF}', '{CLUSTER}'].edge_index"
+        if self[key].get('edge_index') is None:
+            raise ValueError(f"{name} is missing (a transform such as "
+                             f"ToSparseTensor may have replaced it); the "
+                             f"tree's edge types need their edge_index")
         idx = check_index(self[key].edge_index, name)
         bad = first_out_of_range(idx, (rows, m))
         if bad is not None:
@@ -267,9 +331,12 @@ class HeteroNestedSignal(HeteroData):
         kind = 'leaf' if t != CLUSTER else 'cluster'
         if rows > 0 and int(counts.max()) > 1:
             j = int((counts > 1).nonzero()[0])
-            raise ValueError(f"{kind} {j} of type '{t}' has "
-                             f"{int(counts[j])} parent clusters in {name}; "
-                             f"a hierarchy is a forest")
+            raise ValueError(
+                f"{kind} {j} of type '{t}' has {int(counts[j])} parent "
+                f"clusters in {name}; a hierarchy is a forest. A transform "
+                f"(ToUndirected, AddSelfLoops, Pad, ...) may have added "
+                f"edges to the tree: apply it to the edge types among "
+                f"leaves only")
         if t != CLUSTER and rows > 0 and int(counts.min()) == 0:
             j = int((counts == 0).nonzero()[0])
             raise ValueError(f"leaf {j} of type '{t}' has no parent cluster "
@@ -326,6 +393,29 @@ def _leaf_count(t: str, x: Any) -> int:
         return x
     raise TypeError(f"x_dict['{t}'] must be a tensor of features [N_t, F_t] "
                     f"or a number of leaves, got {type(x).__name__}")
+
+
+def _kept_leaves(subset: Optional[Tensor], count: int, t: str) -> Tensor:
+    r"""``[K_t]`` the kept leaves of type :obj:`t` given as ids, a mask or
+    :obj:`None` (all of them), checked."""
+    if subset is None:
+        return torch.arange(count)
+    name = f"subset_dict['{t}']"
+    if isinstance(subset, Tensor) and subset.dtype == torch.bool:
+        if subset.dim() != 1 or subset.numel() != count:
+            raise ValueError(f"{name} is a mask of shape "
+                             f"{tuple(subset.shape)}; type '{t}' has "
+                             f"{count} leaves, so it needs shape [{count}]")
+        return subset.nonzero().view(-1).cpu()
+    ids = check_index(subset, name, rows=None).cpu()
+    bad = first_out_of_range(ids.view(1, -1), (count, ))
+    if bad is not None:
+        raise ValueError(f"{name}[{bad[1]}] = {int(ids[bad[1]])} is not a "
+                         f"leaf of type '{t}' (0..{count - 1})")
+    if ids.numel() and int(torch.bincount(ids).max()) > 1:
+        raise ValueError(f"{name} lists a leaf twice; every kept leaf must "
+                         f"appear once (use .unique())")
+    return ids
 
 
 def node_modality(hierarchy: Hierarchy, leaf_type: Tensor,

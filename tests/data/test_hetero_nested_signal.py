@@ -5,11 +5,13 @@ import pickle
 
 import pytest
 import torch
+import torch_geometric.transforms as T
 from hypothesis import given, strategies as st
 from torch_geometric.loader import DataLoader
 
 from hsa_geo import Hierarchy, hierarchical_attention, \
     hierarchical_attention_matrix
+from hsa_geo.data import induced_hierarchy
 from hsa_geo.data.hetero_nested_signal import HeteroNestedSignal
 from tests.helpers.strategies import forests
 
@@ -216,3 +218,89 @@ def test_hierarchy_is_cached_until_the_tree_changes():
     data.hierarchy  # cached, but not pickled
     assert '_hierarchy_cache' in data.__dict__
     assert '_hierarchy_cache' not in pickle.loads(pickle.dumps(data)).__dict__
+
+
+def signal_with_ids(seed: int = 0) -> HeteroNestedSignal:
+    r"""Two leaf types, a leaf edge type, a per-cluster attribute, and
+    ``uid``: the global id of every leaf, which moves with its node."""
+    h = Hierarchy.from_parent([6, 6, 7, 7, 8, 8, 9, 9, 9, -1], 6)
+    g = torch.Generator().manual_seed(seed)
+    data = HeteroNestedSignal.from_hierarchy(
+        h, {'word': torch.randn(4, 3, generator=g, dtype=torch.float64),
+            'patch': torch.randn(2, 5, generator=g, dtype=torch.float64)})
+    data['word'].uid = torch.arange(4)
+    data['patch'].uid = torch.arange(4, 6)
+    data['cluster'].uid = torch.arange(6, 10)
+    data['word', 'next', 'word'].edge_index = torch.tensor([[0, 1, 2],
+                                                            [1, 2, 3]])
+    return data
+
+
+PYG_OPERATIONS = {
+    'subgraph': lambda d: d.subgraph({'word': torch.tensor([3, 0])}),
+    'subgraph_mask': lambda d: d.subgraph(
+        {'patch': torch.tensor([False, True])}),
+    'permute': lambda d: d.subgraph({'word': torch.tensor([2, 3, 1, 0])}),
+    'node_type_subgraph': lambda d: d.node_type_subgraph(['patch',
+                                                          'cluster']),
+    'to_undirected': T.ToUndirected(),
+    'add_self_loops': T.AddSelfLoops(),
+    'remove_isolated': T.RemoveIsolatedNodes(),
+    'to_sparse_tensor': T.ToSparseTensor(),
+    'pad': T.Pad(8),
+    'random_node_split': T.RandomNodeSplit(),
+    'normalize_features': T.NormalizeFeatures(),
+    'remove_duplicated_edges': T.RemoveDuplicatedEdges(),
+    'rename': lambda d: d.rename('word', 'token'),
+    'edge_type_subgraph': lambda d: d.edge_type_subgraph(
+        [('word', 'next', 'word')]),
+}
+
+
+# Those that can keep a valid tree do; the others must raise.
+KEEP_THE_TREE = {'subgraph', 'subgraph_mask', 'permute', 'node_type_subgraph',
+                 'remove_isolated', 'random_node_split', 'normalize_features',
+                 'remove_duplicated_edges', 'rename'}
+
+
+@pytest.mark.parametrize('name', sorted(PYG_OPERATIONS))
+def test_pyg_operations_keep_the_tree_or_raise(name):
+    r"""After any PyG operation the signal's tree is the one its surviving
+    leaves induce in the original tree (checked by the dense attention
+    matrix over the leaves' original ids), or reading it raises a
+    ValueError; it is never silently rewired."""
+    data = signal_with_ids()
+    original = data.hierarchy
+    try:
+        out = PYG_OPERATIONS[name](data)
+        h = out.hierarchy
+    except ValueError as error:
+        assert name not in KEEP_THE_TREE, error
+        assert 'cluster' in str(error) or 'tree' in str(error)
+        return
+    assert name in KEEP_THE_TREE
+    uid = torch.cat([out[t].uid for t in out.leaf_types])
+    expected = induced_hierarchy(original, uid)
+    q = torch.randn(h.num_leaves, 1, 2, dtype=torch.float64)
+    assert torch.allclose(hierarchical_attention_matrix(q, q, h),
+                          hierarchical_attention_matrix(q, q, expected))
+    # per-cluster attributes follow their clusters
+    _, node_map = induced_hierarchy(original, uid, return_node_map=True)
+    kept = (node_map[original.num_leaves:] >= 0).nonzero().view(-1) + 6
+    assert torch.equal(out['cluster'].uid, kept)
+
+
+def test_subgraph_checks_its_selection():
+    data = signal_with_ids()
+    with pytest.raises(ValueError, match="select leaves only"):
+        data.subgraph({'cluster': torch.tensor([0])})
+    with pytest.raises(ValueError, match="not a leaf type"):
+        data.subgraph({'audio': torch.tensor([0])})
+    with pytest.raises(ValueError, match=r"subset_dict\['word'\]\[1\] = 7"):
+        data.subgraph({'word': torch.tensor([0, 7])})
+    with pytest.raises(ValueError, match="twice"):
+        data.subgraph({'word': torch.tensor([1, 1])})
+    with pytest.raises(ValueError, match=r"needs shape \[4\]"):
+        data.subgraph({'word': torch.tensor([True, False])})
+    with pytest.raises(ValueError, match="keeps no leaf"):
+        data.node_type_subgraph(['cluster'])
