@@ -1,15 +1,19 @@
-r"""Pictures of HSA: a document tree with its family attention weights, and
-the dense HSA matrix beside softmax attention.
+r"""Pictures of HSA: a document tree with its family attention weights, the
+dense HSA matrix beside softmax attention, and a multi-modal signal.
 
 The first sentences of ``datasets/hsa_intro.txt`` become a tree of
 sentences and words (:class:`~hsa_geo.transforms.DocumentHierarchy`); a
 seeded, untrained :class:`~hsa_geo.nn.HSAConv` gives queries and keys. The
-script writes two PNG files:
+script writes three PNG files:
 
 - ``hierarchy.png``: :func:`hsa_geo.viz.plot_hierarchy` with the family
   weights :math:`\pi_F(a \to b)` of head 0;
 - ``attention_matrix.png``: :func:`hsa_geo.viz.plot_attention_matrix`, the
-  dense :math:`Q` with its family blocks, and softmax attention :math:`P`.
+  dense :math:`Q` with its family blocks, and softmax attention :math:`P`;
+- ``hetero_modalities.png``: a news item of a headline (the paragraph's
+  first sentence), a caption and a 4 x 4-patch image, joined by
+  :class:`~hsa_geo.transforms.MultiModalHierarchy` (texts under one
+  cluster), every node coloured by its modality.
 
 Run ``python examples/pictures.py --out docs/images``.
 """
@@ -20,6 +24,7 @@ import sys
 from pathlib import Path
 
 import torch
+from torch_geometric.data import HeteroData
 
 ROOT = Path(__file__).resolve().parent.parent
 try:
@@ -29,7 +34,9 @@ except ImportError:  # not installed: use the checkout this file is in
 
 from hsa_geo.functional import FamilyWeights  # noqa: E402
 from hsa_geo.nn import HSAConv  # noqa: E402
-from hsa_geo.transforms import DocumentHierarchy, Vocabulary  # noqa: E402
+from hsa_geo.transforms import (DocumentHierarchy,  # noqa: E402
+                                GridHierarchy, MultiModalHierarchy,
+                                Vocabulary)
 from hsa_geo.viz import plot_attention_matrix, plot_hierarchy  # noqa: E402
 
 
@@ -70,8 +77,27 @@ def main():
                    path=args.out / 'hierarchy.png')
     plot_attention_matrix(q, k, hierarchy, softmax=True,
                           path=args.out / 'attention_matrix.png')
-    print(f"wrote {args.out / 'hierarchy.png'} and "
-          f"{args.out / 'attention_matrix.png'} ({hierarchy})")
+    news = news_item(paragraph.split('. ')[0] + '.')
+    plot_hierarchy(news, title='A news item: headline, caption and image '
+                   'patches under one tree', figsize=(12, 4),
+                   path=args.out / 'hetero_modalities.png')
+    print(f"wrote {args.out / 'hierarchy.png'}, "
+          f"{args.out / 'attention_matrix.png'} ({hierarchy}) and "
+          f"{args.out / 'hetero_modalities.png'} ({news.hierarchy})")
+
+
+def news_item(headline: str):
+    r"""A headline, a caption and a 32 x 32 image as one nested signal."""
+    news = HeteroData()
+    news['headline'].text = headline
+    news['caption'].text = 'A tree of clusters over the leaves.'
+    news['image'].image = torch.rand(3, 32, 32)
+    vocab = Vocabulary.build([headline, news['caption'].text])
+    return MultiModalHierarchy(
+        {'headline': DocumentHierarchy(vocab=vocab),
+         'caption': DocumentHierarchy(vocab=vocab),
+         'image': GridHierarchy(patch_size=8)},
+        groups={'headline': 'text', 'caption': 'text'})(news)
 
 
 if __name__ == '__main__':
