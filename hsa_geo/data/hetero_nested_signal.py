@@ -10,6 +10,9 @@ from torch import Tensor
 from torch_geometric.data import HeteroData
 
 from hsa_geo._checks import check_index, first_out_of_range
+from hsa_geo.data.hetero_family_graph import (SIBLING_OF,
+                                              read_family_graph,
+                                              store_family_graph)
 from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.data.induced_hierarchy import induced_hierarchy
 from hsa_geo.data.tensor_state import same_state, tensor_state
@@ -54,8 +57,14 @@ class HeteroNestedSignal(HeteroData):
     come together, so a batch's order interleaves its signals; the tree
     follows.
 
-    Family graphs are not stored here yet: :meth:`from_hierarchy` refuses a
-    hierarchy with one.
+    A family graph (sparse families) is kept as edge types by the node types
+    of the two siblings: ``data[a, 'sibling_of', b].edge_index`` for every
+    pair of types that has pairs, and per cluster
+    ``data['cluster'].sparse_family`` (whether its family attends along the
+    family graph only) and ``data['cluster'].family_pairs`` (how many pairs
+    it has, checked when the tree is read, so that pairs lost by an
+    operation raise). A batch may mix signals with and without a family
+    graph only when the first has one; otherwise reading the tree raises.
 
     Example::
 
@@ -71,13 +80,17 @@ class HeteroNestedSignal(HeteroData):
     @classmethod
     def from_hierarchy(cls, hierarchy: Hierarchy,
                        x_dict: Mapping[str, Any],
+                       sparse_family: Optional[Tensor] = None,
                        **kwargs) -> 'HeteroNestedSignal':
         r"""Stores :obj:`hierarchy`, whose leaves are those of the types of
         :obj:`x_dict` in its order (the first ``N_1`` leaves of the first
         type, ...), beside the features. A value of :obj:`x_dict` is a
         tensor ``[N_t, *]`` or, for a type without features, its number of
-        leaves ``N_t``. Further attributes (graph-level, e.g. ``y``) go to
-        the signal as they would to a :class:`HeteroData`."""
+        leaves ``N_t``. With a family graph, :obj:`sparse_family` ``[M]``
+        (bool) marks the families that attend along it (default: all); the
+        others are dense and their pairs are not stored. Further attributes
+        (graph-level, e.g. ``y``) go to the signal as they would to a
+        :class:`HeteroData`."""
         counts = _leaf_counts(hierarchy, x_dict)
         data = cls(**kwargs)
         for t, x in x_dict.items():
@@ -85,12 +98,14 @@ class HeteroNestedSignal(HeteroData):
                 data[t].x = x
             else:
                 data[t].num_nodes = counts[t]
-        data._store_tree(hierarchy, counts)
+        data._store_tree(hierarchy, counts, sparse_family)
         return data
 
-    def _store_tree(self, hierarchy: Hierarchy, counts: Dict[str, int]):
+    def _store_tree(self, hierarchy: Hierarchy, counts: Dict[str, int],
+                    sparse: Optional[Tensor] = None):
         r"""Stores the parents of :obj:`hierarchy` as the ``child_of`` edge
-        types, for leaf types with :obj:`counts` leaves in this order."""
+        types, for leaf types with :obj:`counts` leaves in this order, and
+        the pairs of the families :obj:`sparse` marks."""
         n = hierarchy.num_leaves
         parent, start = hierarchy.parent, 0
         for t, count in counts.items():
@@ -110,6 +125,18 @@ class HeteroNestedSignal(HeteroData):
         self[CLUSTER].num_nodes = hierarchy.num_clusters
         self[CLUSTER, CHILD_OF, CLUSTER].edge_index = torch.stack(
             [child, clusters[child] - n])
+        if sparse is None:
+            sparse = torch.full((hierarchy.num_clusters, ),
+                                hierarchy.family_edge_index is not None)
+        elif not isinstance(sparse, Tensor) or sparse.dtype != torch.bool \
+                or sparse.shape != (hierarchy.num_clusters, ):
+            raise ValueError(f"'sparse_family' must be a bool tensor "
+                             f"[{hierarchy.num_clusters}] (one flag per "
+                             f"cluster)")
+        slices, start = {}, 0
+        for t, count in counts.items():
+            slices[t], start = slice(start, start + count), start + count
+        store_family_graph(self, hierarchy, slices, sparse, CLUSTER)
 
     # The leaves ############################################################
 
@@ -147,8 +174,8 @@ class HeteroNestedSignal(HeteroData):
         relations (messages along them would mix the tree into the
         features)."""
         leaves = self.leaf_types
-        return leaves, [e for e in self.edge_types
-                        if e[0] in leaves and e[2] in leaves]
+        return leaves, [e for e in self.edge_types if e[0] in leaves
+                        and e[2] in leaves and e[1] != SIBLING_OF]
 
     def cat_leaves(self, x_dict: Mapping[str, Tensor]) -> Tensor:
         r"""``[N, *]``: the tensors of :obj:`x_dict` (one per leaf type, rows
@@ -220,7 +247,9 @@ class HeteroNestedSignal(HeteroData):
         # them: per-cluster attributes follow.
         clusters = (node_map[hierarchy.num_leaves:] >= 0).nonzero().view(-1)
         data = super().subgraph({**kept, CLUSTER: clusters.cpu()})
-        data._store_tree(induced, {t: ids.numel() for t, ids in kept.items()})
+        # The kept clusters' flags: each family stays sparse or dense.
+        data._store_tree(induced, {t: ids.numel() for t, ids in kept.items()},
+                         data[CLUSTER].get('sparse_family'))
         return data
 
     def node_type_subgraph(self, node_types: List[str]
@@ -265,13 +294,18 @@ class HeteroNestedSignal(HeteroData):
 
     def _tree_state(self) -> tuple:
         r"""What :attr:`hierarchy` is built from: the leaf types and their
-        counts, the clusters' count and the parent edges."""
+        counts, the clusters' count and flags, the parent edges and the
+        sibling pairs."""
         counts = tuple((t, s.stop - s.start)
                        for t, s in self.leaf_slices.items())
         clusters = self[CLUSTER].num_nodes \
             if CLUSTER in self.node_types else None
-        return ((None, counts), (None, clusters)) + tuple(
-            item for e in self.edge_types if e[1:] == (CHILD_OF, CLUSTER)
+        flags = tuple(tensor_state(self[CLUSTER].get(key))
+                      for key in ('sparse_family', 'family_pairs')) \
+            if CLUSTER in self.node_types else ()
+        return ((None, counts), (None, clusters)) + flags + tuple(
+            item for e in self.edge_types
+            if e[1:] == (CHILD_OF, CLUSTER) or e[1] == SIBLING_OF
             for item in ((None, e), tensor_state(self[e].get('edge_index'))))
 
     def _build_hierarchy(self) -> Hierarchy:
@@ -301,7 +335,8 @@ class HeteroNestedSignal(HeteroData):
                 f"cluster {c} has no children: an operation removed its "
                 f"leaves without the tree; HeteroNestedSignal.subgraph and "
                 f".node_type_subgraph induce the tree on the kept leaves")
-        return Hierarchy.from_parent(parent, n)
+        return Hierarchy.from_parent(
+            parent, n, read_family_graph(self, parent, slices, CLUSTER))
 
     def _child_of(self, t: str, rows: int, m: int, device: Any
                   ) -> Tuple[Tensor, Tensor]:
@@ -358,10 +393,6 @@ def _leaf_counts(hierarchy: Hierarchy,
     if not isinstance(hierarchy, Hierarchy):
         raise TypeError(f"'hierarchy' must be a Hierarchy, got "
                         f"{type(hierarchy).__name__}")
-    if hierarchy.family_edge_index is not None:
-        raise ValueError(
-            "HeteroNestedSignal does not store family graphs yet; build "
-            "the hierarchy without family_edge_index")
     if not isinstance(x_dict, Mapping) or len(x_dict) == 0:
         raise ValueError("'x_dict' must map at least one leaf type to its "
                          "features [N_t, F_t] (or its number of leaves)")

@@ -12,6 +12,7 @@ from torch_geometric.loader import DataLoader
 from hsa_geo import Hierarchy, hierarchical_attention, \
     hierarchical_attention_matrix
 from hsa_geo.data import induced_hierarchy
+from hsa_geo.data.hierarchy import distinct_sibling_pairs
 from hsa_geo.data.hetero_nested_signal import HeteroNestedSignal
 from tests.helpers.strategies import forests
 
@@ -58,16 +59,9 @@ def test_batch_is_the_forest_of_its_signals(fs, seed):
     q = torch.randn(batch.hierarchy.num_leaves, 1, 3, dtype=torch.float64,
                     generator=torch.Generator().manual_seed(seed))
     Q = dense(batch.hierarchy, q)
-    # Where every signal's leaves went: type by type, signal by signal.
-    where, start = [[] for _ in signals], 0
-    for t in batch.leaf_types:
-        ptr = batch[t].ptr.tolist()
-        for i in range(len(signals)):
-            where[i].append(torch.arange(start + ptr[i], start + ptr[i + 1]))
-        start += ptr[-1]
     seen = torch.zeros_like(Q, dtype=torch.bool)
-    for i, s in enumerate(signals):
-        rows = torch.cat(where[i])
+    # Where every signal's leaves went: type by type, signal by signal.
+    for s, rows in zip(signals, batch_rows(batch, len(signals))):
         block = Q[rows][:, rows]
         assert torch.allclose(block, dense(s.hierarchy, q[rows]),
                               atol=1e-12)
@@ -176,11 +170,97 @@ def test_cat_leaves_checks_its_input():
         data.split_leaves(torch.randn(4, 2))
 
 
-def test_family_graphs_are_refused():
-    h = Hierarchy.from_parent([3, 3, 3, -1], 3,
-                              torch.tensor([[0], [1]]))
-    with pytest.raises(ValueError, match='family graphs'):
-        HeteroNestedSignal.from_hierarchy(h, {'word': torch.randn(3, 2)})
+def with_family_graph(signal: HeteroNestedSignal, seed: int,
+                      keep: float = 0.5) -> HeteroNestedSignal:
+    r"""The signal with a random family graph (about :obj:`keep` of the
+    sibling pairs) on random families; the others stay dense."""
+    h = signal.hierarchy
+    g = torch.Generator().manual_seed(seed)
+    pairs = distinct_sibling_pairs(h.parent, h.num_leaves)
+    pairs = pairs[:, torch.rand(pairs.size(1), generator=g) < keep]
+    sparse = torch.rand(h.num_clusters, generator=g) < 0.7
+    out = HeteroNestedSignal.from_hierarchy(
+        h.with_family_graph(pairs), {t: signal[t].x
+                                     for t in signal.leaf_types},
+        sparse_family=sparse)
+    return out, pairs, sparse
+
+
+def expected_tree(h: Hierarchy, pairs, sparse) -> Hierarchy:
+    r"""The family graph as its flags mean it: the pairs of the sparse
+    families, every pair of the dense ones."""
+    n = h.num_leaves
+    pairs = pairs[:, sparse[h.parent[pairs[0]] - n]]
+    dense_pairs = distinct_sibling_pairs(h.parent, n, ~sparse)
+    return h.with_family_graph(torch.cat([pairs, dense_pairs], dim=1))
+
+
+@given(f=forests(max_leaves=20, root_leaves=False), seed=SEEDS,
+       num_types=st.integers(1, 3))
+def test_family_graphs_round_trip(f, seed, num_types):
+    signal, pairs, sparse = with_family_graph(
+        random_signal(f, seed, num_types), seed)
+    h = signal.hierarchy
+    q = torch.randn(h.num_leaves, 1, 2, dtype=torch.float64)
+    expected = expected_tree(Hierarchy.from_parent(f.parent, f.num_leaves),
+                             pairs, sparse)
+    assert torch.allclose(dense(h, q), dense(expected, q), atol=1e-12)
+    assert signal.leaf_metadata()[1] == []  # the pairs are not leaf edges
+
+
+@given(fs=st.lists(forests(max_leaves=12, root_leaves=False), min_size=2,
+                   max_size=3), seed=SEEDS)
+def test_family_graphs_batch_and_mix_with_dense_signals(fs, seed):
+    signals = [random_signal(f, seed + i, 2) for i, f in enumerate(fs)]
+    signals[0] = with_family_graph(signals[0], seed)[0]
+    batch = next(iter(DataLoader(signals, batch_size=len(signals))))
+    h = batch.hierarchy
+    q = torch.randn(h.num_leaves, 1, 2, dtype=torch.float64)
+    rows = batch_rows(batch, len(signals))
+    for i, signal in enumerate(signals):
+        got = dense(h, q)[rows[i]][:, rows[i]]
+        assert torch.allclose(got, dense(signal.hierarchy, q[rows[i]]),
+                              atol=1e-12)
+
+
+def batch_rows(batch, num_signals: int):
+    r"""The rows of every signal in a batch's global leaf order."""
+    where, start = [[] for _ in range(num_signals)], 0
+    for t in batch.leaf_types:
+        ptr = batch[t].ptr.tolist()
+        for i in range(num_signals):
+            where[i].append(torch.arange(start + ptr[i], start + ptr[i + 1]))
+        start += ptr[-1]
+    return [torch.cat(w) for w in where]
+
+
+def test_lost_family_pairs_raise():
+    h = Hierarchy.from_parent([5, 5, 5, 6, 6, -1, 5], 5,
+                              torch.tensor([[0, 3], [1, 4]]))
+    x_dict = {'word': torch.randn(3, 2), 'patch': torch.randn(2, 2)}
+    sparse = HeteroNestedSignal.from_hierarchy(h, x_dict)
+    plain = HeteroNestedSignal.from_hierarchy(
+        h.with_family_graph(None), x_dict)
+    # A batch whose first signal has no family graph drops the others'.
+    batch = next(iter(DataLoader([plain, sparse], batch_size=2)))
+    with pytest.raises(ValueError, match='dropped or added pairs'):
+        batch.hierarchy
+    sparse['word', 'sibling_of', 'word'].edge_index = torch.empty(
+        2, 0, dtype=torch.long)
+    with pytest.raises(ValueError, match='cluster 0 has 0 stored sibling'):
+        sparse.hierarchy
+
+
+def test_subgraph_keeps_each_family_sparse_or_dense():
+    signal, pairs, sparse = with_family_graph(signal_with_ids(), 3, 0.6)
+    original = expected_tree(signal.hierarchy, pairs, sparse)
+    keep = torch.tensor([3, 1, 0])
+    out = signal.subgraph({'word': keep})
+    # the words kept, then both patches (leaves 4 and 5)
+    expected = induced_hierarchy(original, torch.tensor([3, 1, 0, 4, 5]))
+    q = torch.randn(out.hierarchy.num_leaves, 1, 2, dtype=torch.float64)
+    assert torch.allclose(dense(out.hierarchy, q), dense(expected, q),
+                          atol=1e-12)
 
 
 def test_leaf_metadata_leaves_the_tree_out():
