@@ -11,7 +11,7 @@ from torch_geometric.data import Data, HeteroData
 from torch_geometric.transforms import BaseTransform
 
 from hsa_geo.data.hetero_nested_signal import CLUSTER, HeteroNestedSignal
-from hsa_geo.data.hierarchy import Hierarchy
+from hsa_geo.data.hierarchy import Hierarchy, distinct_sibling_pairs
 from hsa_geo.data.nested_signal import SIGNAL_KEYS, NestedSignal
 
 Builder = Callable[[Data], NestedSignal]
@@ -76,8 +76,9 @@ class MultiModalHierarchy(BaseTransform):
     is deterministic when the builders are, and batches through PyG's
     :class:`~torch_geometric.loader.DataLoader`.
 
-    Family graphs are not joined: a builder that attaches one (e.g.
-    ``GraphHierarchy(family_graph=True)``) is refused.
+    A builder's family graph (``GraphHierarchy(family_graph=True)``) is
+    kept: its modality's families attend along it, the families above the
+    modalities (groups, root, a cluster over a builder's forest) are dense.
 
     Args:
         builders (dict or callable): the builder of every modality, in the
@@ -123,13 +124,19 @@ class MultiModalHierarchy(BaseTransform):
         signals, sources = {}, {}
         for t, builder in builders.items():
             signals[t], sources[t] = _build(t, builder, data)
-        forest, roots = _joined(signals)
+        forest, roots, sparse = _joined(signals)
         parent = self._upper_tree(forest, roots, list(signals))
-        hierarchy = Hierarchy.from_parent(parent, forest.num_leaves)
+        # The groups' and the root's families are dense.
+        sparse = torch.cat([sparse, sparse.new_zeros(
+            parent.numel() - forest.num_nodes)])
+        hierarchy = Hierarchy.from_parent(
+            parent, forest.num_leaves,
+            _family_graph(forest, parent, sparse))
         x_dict = {t: s.x if isinstance(s.x, Tensor) else s.num_nodes
                   for t, s in signals.items()}
         out = HeteroNestedSignal.from_hierarchy(
-            hierarchy, x_dict, **_graph_attributes(data))
+            hierarchy, x_dict, sparse_family=sparse,
+            **_graph_attributes(data))
         for t, signal in signals.items():
             _copy_leaf_attributes(signal, out[t])
         _copy_edges(data, out, sources, signals)
@@ -266,31 +273,31 @@ def _build(t: str, builder: Builder, data: HeteroData
     if not isinstance(signal, NestedSignal):
         raise TypeError(f"the builder of modality '{t}' returned "
                         f"{type(signal).__name__}, not a NestedSignal")
-    if signal.hierarchy.family_edge_index is not None:
-        raise ValueError(
-            f"the builder of modality '{t}' attached a family graph; "
-            f"MultiModalHierarchy joins dense families only (e.g. use "
-            f"GraphHierarchy(family_graph=False))")
     source = signal[SOURCE] if SOURCE in signal else None
     return signal, source
 
 
 def _joined(signals: Dict[str, NestedSignal]
-            ) -> Tuple[Hierarchy, List[int]]:
-    r"""The forest of the modalities' trees (each made one tree) and the
-    root of each in it."""
-    trees, roots, leaf_off, cluster_off = [], [], 0, 0
+            ) -> Tuple[Hierarchy, List[int], Tensor]:
+    r"""The forest of the modalities' trees (each made one tree), the root
+    of each in it, and ``[M]`` whether each cluster's family attends along
+    its modality's family graph."""
+    trees, roots, sparse, leaf_off, cluster_off = [], [], [], 0, 0
     for signal in signals.values():
         h = signal.hierarchy.to('cpu')
         parent, n = h.parent, h.num_leaves
+        flags = torch.full((h.num_clusters, ), h.family_edge_index
+                           is not None)
         top = (parent == -1).nonzero().view(-1)
-        if top.numel() > 1:  # a forest: one cluster over its trees
+        if top.numel() > 1:  # a forest: one (dense) cluster over its trees
             parent = torch.cat([parent, parent.new_full((1, ), -1)])
             parent[top] = h.num_nodes
-            h = Hierarchy.from_parent(parent, n)
+            h = Hierarchy.from_parent(parent, n, h.family_edge_index)
             top = parent.new_tensor([h.num_nodes - 1])
+            flags = torch.cat([flags, flags.new_zeros(1)])
         trees.append(h)
         roots.append(int(top[0]))
+        sparse.append(flags)
     total = sum(h.num_leaves for h in trees)
     shifted = []
     for h, r in zip(trees, roots):
@@ -298,7 +305,20 @@ def _joined(signals: Dict[str, NestedSignal]
                        else total + cluster_off + r - h.num_leaves)
         leaf_off += h.num_leaves
         cluster_off += h.num_clusters
-    return Hierarchy.batch(trees), shifted
+    return Hierarchy.batch(trees), shifted, torch.cat(sparse)
+
+
+def _family_graph(forest: Hierarchy, parent: Tensor, sparse: Tensor
+                  ) -> Optional[Tensor]:
+    r"""The joined tree's family graph: the modalities' pairs in their
+    sparse families, every pair in the others; :obj:`None` if all are
+    dense."""
+    if not bool(sparse.any()):
+        return None
+    n, edges = forest.num_leaves, forest.family_edge_index
+    edges = edges[:, sparse[parent[edges[0]] - n]]
+    return torch.cat([edges, distinct_sibling_pairs(parent, n, ~sparse)],
+                     dim=1)
 
 
 def _graph_attributes(data: HeteroData) -> Dict[str, Any]:

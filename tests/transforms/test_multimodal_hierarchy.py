@@ -192,12 +192,38 @@ def test_bad_input_is_refused_with_the_modality_named():
         MultiModalHierarchy({})
 
 
-def test_family_graphs_and_lost_nodes_are_refused():
+def test_family_graphs_of_builders_are_kept():
+    from torch_geometric.datasets import KarateClub
+    karate = KarateClub()[0]
+    data = HeteroData()
+    data['member'].x = karate.x
+    data['member', 'knows', 'member'].edge_index = karate.edge_index
+    data['note'].x = torch.randn(10, 3)
+    builders = {'member': GraphHierarchy(branching=4, family_graph=True),
+                'note': SequenceHierarchy(4)}
+    out = MultiModalHierarchy(builders)(data)
+    h = out.hierarchy
+    assert h.family_edge_index is not None
+    q = torch.randn(h.num_leaves, 1, 2, dtype=torch.float64)
+    for t, builder in builders.items():
+        alone = builder(Data(**data[t].to_dict(), edge_index=data[
+            t, 'knows', t].edge_index if t == 'member' else None))
+        rows = torch.arange(out.leaf_slices[t].start,
+                            out.leaf_slices[t].stop)
+        part = induced_hierarchy(h, rows)
+        assert torch.allclose(
+            hierarchical_attention_matrix(q[rows], q[rows], part),
+            hierarchical_attention_matrix(q[rows], q[rows],
+                                          alone.hierarchy))
+    # the root's family (members, notes) is dense: both see each other
+    dense = hierarchical_attention_matrix(q, q, h)
+    assert (dense[:34, 34:] > 0).all() and (dense[34:, :34] > 0).all()
+
+
+def test_lost_nodes_are_refused():
     graph = HeteroData()
     graph['a'].x = torch.randn(3, 2)
     graph['a', 'to', 'a'].edge_index = torch.tensor([[0, 1], [1, 2]])
-    with pytest.raises(ValueError, match='family graph'):
-        MultiModalHierarchy(GraphHierarchy(family_graph=True))(graph)
 
     def drops_nodes(data):
         h = Hierarchy.from_parent([3, 3, 3, -1], 3)
