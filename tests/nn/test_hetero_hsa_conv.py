@@ -8,6 +8,7 @@ from torch_geometric.loader import DataLoader
 from hsa_geo import Hierarchy, hierarchical_attention_matrix
 from hsa_geo.data import HeteroNestedSignal
 from hsa_geo.data.hetero_nested_signal import node_modality
+from hsa_geo.data.hierarchy import distinct_sibling_pairs
 from hsa_geo.nn.hetero_hsa_conv import HeteroHSAConv
 from tests.helpers.strategies import forests
 
@@ -15,7 +16,10 @@ SEEDS = st.integers(0, 2**31 - 1)
 WIDTH = {'word': 3, 'patch': 5, 'atom': 2}
 
 
-def signal(f, seed, types=('word', 'patch', 'atom')):
+def signal(f, seed, types=('word', 'patch', 'atom'), family=False):
+    r"""The forest's leaves split into the types in order; with
+    :obj:`family`, a random family graph of about half the sibling
+    pairs."""
     g = torch.Generator().manual_seed(seed)
     cuts = torch.randint(0, f.num_leaves + 1, (len(types) - 1, ),
                          generator=g).sort().values.tolist()
@@ -24,6 +28,10 @@ def signal(f, seed, types=('word', 'patch', 'atom')):
                              generator=g, dtype=torch.float64)
               for i, t in enumerate(types)}
     h = Hierarchy.from_parent(f.parent, f.num_leaves)
+    if family:
+        pairs = distinct_sibling_pairs(h.parent, h.num_leaves)
+        h = h.with_family_graph(
+            pairs[:, torch.rand(pairs.size(1), generator=g) < 0.5])
     return HeteroNestedSignal.from_hierarchy(h, x_dict)
 
 
@@ -64,10 +72,11 @@ def modality_by_definition(hierarchy, leaf_type, mixed):
 
 
 @given(f=forests(max_leaves=18, root_leaves=False), seed=SEEDS,
-       heads=st.integers(1, 2), with_bias=st.booleans())
-def test_matches_the_dense_definition(f, seed, heads, with_bias):
+       heads=st.integers(1, 2), with_bias=st.booleans(),
+       family=st.booleans())
+def test_matches_the_dense_definition(f, seed, heads, with_bias, family):
     torch.manual_seed(seed)
-    data = signal(f, seed)
+    data = signal(f, seed, family=family)
     conv = HeteroHSAConv(WIDTH, 2, list(WIDTH), heads=heads,
                          modality_bias=with_bias).double()
     if with_bias:

@@ -18,11 +18,11 @@ from hsa_geo.transforms import (DocumentHierarchy, GraphHierarchy,
 TEXT = 'Rain falls in Spain. It stays mainly on the plain.'
 
 
-def news(seed: int = 0) -> HeteroData:
+def news(seed: int = 0, body: str = TEXT) -> HeteroData:
     g = torch.Generator().manual_seed(seed)
     data = HeteroData()
     data['headline'].text = 'Rain in Spain.'
-    data['body'].text = TEXT
+    data['body'].text = body
     data['image'].image = torch.rand(3, 24, 32, generator=g)
     data.y = torch.tensor([seed])
     return data
@@ -254,15 +254,17 @@ def test_built_edges_are_stored_where_the_input_had_none():
 def test_as_a_pre_transform_saved_and_loaded_back(tmp_path):
     from tests.helpers.pre_transform_dataset import PreTransformDataset
     transform = MultiModalHierarchy(news_builders(), {'body': 'text'})
-    expected = transform(news(1))
+    items = [news(1), news(2, 'Rain in Spain.')]  # two trees of two sizes
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
-        dataset = PreTransformDataset(str(tmp_path), lambda: [news(1)],
+        dataset = PreTransformDataset(str(tmp_path), lambda: items,
                                       transform)
     # loaded with weights_only=True, not by the unsafe fallback
     assert not [w for w in caught if 'Weights only' in str(w.message)]
-    stored = dataset[0]
-    assert isinstance(stored, HeteroNestedSignal)
-    assert torch.equal(stored.hierarchy.parent, expected.hierarchy.parent)
-    assert torch.equal(stored['image'].x, expected['image'].x)
+    for item, stored in zip(items, dataset):
+        expected = transform(item)
+        assert isinstance(stored, HeteroNestedSignal)
+        assert torch.equal(stored.hierarchy.parent,
+                           expected.hierarchy.parent)
+        assert torch.equal(stored['image'].x, expected['image'].x)
     assert 'MultiModalHierarchy' in repr(transform)
