@@ -23,8 +23,13 @@ def store_family_graph(data, hierarchy: Hierarchy, slices: Dict[str, slice],
     :obj:`cluster`), with ``data[cluster].sparse_family`` and
     ``data[cluster].family_pairs`` ``[M]``, the number of pairs of every
     family: :func:`read_family_graph` checks it, so that pairs lost on the
-    way (a batch whose first signal had no family graph drops the others')
-    raise instead of leaving a family silently without pairs."""
+    way raise instead of leaving a family silently without pairs.
+
+    Every pair of node types gets its edge type, empty where it has no
+    pairs, and every signal its flags: PyG's ``DataLoader`` takes the
+    stores of a batch from its first signal and shifts each store by the
+    signals that have it, so signals with and without family graphs batch
+    in any order only when all of them have the same stores."""
     for edge_type in family_edge_types(data):
         del data[edge_type]
     n, parent = hierarchy.num_leaves, hierarchy.parent
@@ -41,8 +46,7 @@ def store_family_graph(data, hierarchy: Hierarchy, slices: Dict[str, slice],
     for i, a in enumerate(names):
         for j, b in enumerate(names):
             keep = (kind[0] == i) & (kind[1] == j)
-            if bool(keep.any()):
-                data[a, SIBLING_OF, b].edge_index = local[:, keep]
+            data[a, SIBLING_OF, b].edge_index = local[:, keep]
 
 
 def read_family_graph(data, parent: Tensor, slices: Dict[str, slice],
@@ -59,12 +63,12 @@ def read_family_graph(data, parent: Tensor, slices: Dict[str, slice],
     kinds = family_edge_types(data)
     sparse, counts = store.get('sparse_family'), store.get('family_pairs')
     if sparse is None or counts is None:
-        if kinds:
-            raise ValueError(
-                f"the signal stores sibling pairs {kinds[0]} but no "
-                f"data['{cluster}'].sparse_family and .family_pairs; build "
-                f"it with HeteroNestedSignal.from_hierarchy")
-        return None
+        # Never read as "no family graph": a batch whose first signal lacks
+        # them drops the flags and pairs of all the others.
+        raise ValueError(
+            f"the signal has no data['{cluster}'].sparse_family and "
+            f".family_pairs (every signal of a batch needs them); build it "
+            f"with HeteroNestedSignal.from_hierarchy")
     sparse, counts = _checked_flags(sparse, counts, m, cluster)
     offset = {t: (s.start, s.stop - s.start) for t, s in slices.items()}
     offset[cluster] = (n, m)

@@ -63,8 +63,15 @@ class HeteroNestedSignal(HeteroData):
     ``data['cluster'].sparse_family`` (whether its family attends along the
     family graph only) and ``data['cluster'].family_pairs`` (how many pairs
     it has, checked when the tree is read, so that pairs lost by an
-    operation raise). A batch may mix signals with and without a family
-    graph only when the first has one; otherwise reading the tree raises.
+    operation raise); every pair of node types has its edge type, empty
+    where it has no pairs, so that signals with and without family graphs
+    batch together in any order.
+
+    ``data.num_leaf_types`` records the number of leaf types: PyG's
+    ``DataLoader`` batches only signals with the same node types correctly
+    (a type missing from one signal shifts the others' tree), so a batch
+    whose signals had different types raises. Give every signal every leaf
+    type, with 0 rows where it has none.
 
     Example::
 
@@ -133,10 +140,16 @@ class HeteroNestedSignal(HeteroData):
             raise ValueError(f"'sparse_family' must be a bool tensor "
                              f"[{hierarchy.num_clusters}] (one flag per "
                              f"cluster)")
+        elif hierarchy.family_edge_index is None and bool(sparse.any()):
+            raise ValueError("'sparse_family' marks families as sparse but "
+                             "the hierarchy has no family graph: they would "
+                             "attend to nothing but themselves; add the "
+                             "family graph or pass no flags")
         slices, start = {}, 0
         for t, count in counts.items():
             slices[t], start = slice(start, start + count), start + count
         store_family_graph(self, hierarchy, slices, sparse, CLUSTER)
+        self.num_leaf_types = len(counts)
 
     # The leaves ############################################################
 
@@ -263,7 +276,9 @@ class HeteroNestedSignal(HeteroData):
         pruned = self.subgraph({
             t: torch.zeros(self._leaf_rows(t), dtype=torch.bool)
             for t in dropped})
-        return HeteroData.node_type_subgraph(pruned, node_types)
+        out = HeteroData.node_type_subgraph(pruned, node_types)
+        out.num_leaf_types = len(out.leaf_types)
+        return out
 
     # The hierarchy #########################################################
 
@@ -303,7 +318,8 @@ class HeteroNestedSignal(HeteroData):
         flags = tuple(tensor_state(self[CLUSTER].get(key))
                       for key in ('sparse_family', 'family_pairs')) \
             if CLUSTER in self.node_types else ()
-        return ((None, counts), (None, clusters)) + flags + tuple(
+        layout = (tensor_state(self.get('num_leaf_types')), )
+        return ((None, counts), (None, clusters)) + layout + flags + tuple(
             item for e in self.edge_types
             if e[1:] == (CHILD_OF, CLUSTER) or e[1] == SIBLING_OF
             for item in ((None, e), tensor_state(self[e].get('edge_index'))))
@@ -318,6 +334,7 @@ class HeteroNestedSignal(HeteroData):
             raise ValueError("this HeteroNestedSignal stores no clusters; "
                              "build it with HeteroNestedSignal."
                              "from_hierarchy(hierarchy, x_dict)")
+        self._check_leaf_types(len(slices))
         m = int(self[CLUSTER].num_nodes)
         parent = torch.full((n + m, ), -1, dtype=torch.long,
                             device=self._device())
@@ -337,6 +354,24 @@ class HeteroNestedSignal(HeteroData):
                 f".node_type_subgraph induce the tree on the kept leaves")
         return Hierarchy.from_parent(
             parent, n, read_family_graph(self, parent, slices, CLUSTER))
+
+    def _check_leaf_types(self, count: int):
+        r"""Raises unless every signal (of a batch) had :obj:`count` leaf
+        types, as the batch has."""
+        recorded = self.get('num_leaf_types')
+        if recorded is None:
+            raise ValueError("this HeteroNestedSignal has no "
+                             "'num_leaf_types'; build it with "
+                             "HeteroNestedSignal.from_hierarchy")
+        recorded = torch.as_tensor(recorded).view(-1)
+        if bool((recorded != count).any()):
+            i = int((recorded != count).nonzero()[0])
+            raise ValueError(
+                f"signal {i} of this batch had {int(recorded[i])} leaf types "
+                f"but the batch has {count} ({self.leaf_types}): PyG's "
+                f"DataLoader mis-shifts the tree of signals whose node types "
+                f"differ; give every signal every leaf type (0 rows where it "
+                f"has none)")
 
     def _child_of(self, t: str, rows: int, m: int, device: Any
                   ) -> Tuple[Tensor, Tensor]:

@@ -234,21 +234,64 @@ def batch_rows(batch, num_signals: int):
     return [torch.cat(w) for w in where]
 
 
-def test_lost_family_pairs_raise():
+def two_signals():
+    r"""The same tree with and without a family graph."""
     h = Hierarchy.from_parent([5, 5, 5, 6, 6, -1, 5], 5,
                               torch.tensor([[0, 3], [1, 4]]))
-    x_dict = {'word': torch.randn(3, 2), 'patch': torch.randn(2, 2)}
-    sparse = HeteroNestedSignal.from_hierarchy(h, x_dict)
-    plain = HeteroNestedSignal.from_hierarchy(
-        h.with_family_graph(None), x_dict)
-    # A batch whose first signal has no family graph drops the others'.
-    batch = next(iter(DataLoader([plain, sparse], batch_size=2)))
-    with pytest.raises(ValueError, match='dropped or added pairs'):
-        batch.hierarchy
+    x_dict = {'word': torch.randn(3, 2, dtype=torch.float64),
+              'patch': torch.randn(2, 2, dtype=torch.float64)}
+    return (HeteroNestedSignal.from_hierarchy(h, x_dict),
+            HeteroNestedSignal.from_hierarchy(h.with_family_graph(None),
+                                              x_dict))
+
+
+@pytest.mark.parametrize('order', ['SD', 'DS', 'SDS', 'DSD', 'DDS'])
+def test_signals_with_and_without_family_graphs_batch_in_any_order(order):
+    sparse, plain = two_signals()
+    signals = [sparse if c == 'S' else plain for c in order]
+    batch = next(iter(DataLoader(signals, batch_size=len(signals))))
+    h = batch.hierarchy
+    q = torch.randn(h.num_leaves, 1, 2, dtype=torch.float64)
+    for signal, rows in zip(signals, batch_rows(batch, len(signals))):
+        assert torch.allclose(dense(h, q)[rows][:, rows],
+                              dense(signal.hierarchy, q[rows]), atol=1e-12)
+
+
+def test_lost_family_pairs_and_flags_raise():
+    sparse, _ = two_signals()
     sparse['word', 'sibling_of', 'word'].edge_index = torch.empty(
         2, 0, dtype=torch.long)
     with pytest.raises(ValueError, match='cluster 0 has 0 stored sibling'):
         sparse.hierarchy
+    sparse, plain = two_signals()
+    del plain['cluster'].sparse_family
+    # as the first of a batch, it would drop the others' family graphs
+    batch = next(iter(DataLoader([plain, sparse], batch_size=2)))
+    with pytest.raises(ValueError, match='every signal of a batch needs'):
+        batch.hierarchy
+    h = Hierarchy.from_parent([3, 3, 3, -1], 3)
+    with pytest.raises(ValueError, match='no family graph'):
+        HeteroNestedSignal.from_hierarchy(
+            h, {'word': torch.randn(3, 2)},
+            sparse_family=torch.tensor([True]))
+
+
+def test_a_batch_of_signals_with_different_leaf_types_raises():
+    def signal(types):
+        n = sum(types.values())
+        h = Hierarchy.from_parent([n] * n + [-1], n)
+        return HeteroNestedSignal.from_hierarchy(
+            h, {t: torch.randn(c, 3) for t, c in types.items()})
+
+    both = {'word': 2, 'patch': 2}
+    for missing in ({'patch': 2}, {'word': 0, 'patch': 2}):
+        signals = [signal(both), signal(missing), signal(both)]
+        batch = next(iter(DataLoader(signals, batch_size=3)))
+        if 'word' in missing:  # every type, 0 rows: fine
+            assert batch.hierarchy.num_trees == 3
+        else:
+            with pytest.raises(ValueError, match='signal 1 of this batch'):
+                batch.hierarchy
 
 
 def test_subgraph_keeps_each_family_sparse_or_dense():
@@ -300,14 +343,22 @@ def test_hierarchy_is_cached_until_the_tree_changes():
     assert '_hierarchy_cache' not in pickle.loads(pickle.dumps(data)).__dict__
 
 
-def signal_with_ids(seed: int = 0) -> HeteroNestedSignal:
+def signal_with_ids(seed: int = 0, family: bool = False
+                    ) -> HeteroNestedSignal:
     r"""Two leaf types, a leaf edge type, a per-cluster attribute, and
-    ``uid``: the global id of every leaf, which moves with its node."""
+    ``uid``: the global id of every leaf, which moves with its node; with
+    :obj:`family`, a family graph on the two word families (pairs 0 -> 1,
+    3 -> 2, and 7 -> 8 between clusters), the others dense."""
     h = Hierarchy.from_parent([6, 6, 7, 7, 8, 8, 9, 9, 9, -1], 6)
+    sparse = None
+    if family:
+        h = h.with_family_graph(torch.tensor([[0, 3, 7], [1, 2, 8]]))
+        sparse = torch.tensor([True, True, False, True])
     g = torch.Generator().manual_seed(seed)
     data = HeteroNestedSignal.from_hierarchy(
         h, {'word': torch.randn(4, 3, generator=g, dtype=torch.float64),
-            'patch': torch.randn(2, 5, generator=g, dtype=torch.float64)})
+            'patch': torch.randn(2, 5, generator=g, dtype=torch.float64)},
+        sparse_family=sparse)
     data['word'].uid = torch.arange(4)
     data['patch'].uid = torch.arange(4, 6)
     data['cluster'].uid = torch.arange(6, 10)
@@ -343,13 +394,14 @@ KEEP_THE_TREE = {'subgraph', 'subgraph_mask', 'permute', 'node_type_subgraph',
                  'remove_duplicated_edges', 'rename'}
 
 
+@pytest.mark.parametrize('family', [False, True])
 @pytest.mark.parametrize('name', sorted(PYG_OPERATIONS))
-def test_pyg_operations_keep_the_tree_or_raise(name):
+def test_pyg_operations_keep_the_tree_or_raise(name, family):
     r"""After any PyG operation the signal's tree is the one its surviving
     leaves induce in the original tree (checked by the dense attention
     matrix over the leaves' original ids), or reading it raises a
     ValueError; it is never silently rewired."""
-    data = signal_with_ids()
+    data = signal_with_ids(family=family)
     original = data.hierarchy
     try:
         out = PYG_OPERATIONS[name](data)
