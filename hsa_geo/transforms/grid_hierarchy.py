@@ -67,8 +67,8 @@ class GridHierarchy(BaseTransform):
     <hsa_geo.data.NestedSignal.from_data>` with, for :math:`N` leaves and
     :math:`M` clusters (all ``LongTensor`` except ``x``):
 
-    - ``x`` ``[N, *]``: the patch features in leaf (Z) order; in the
-      ``x`` input mode, every other node-level attribute (those for which
+    - ``x`` ``[N, *]``: the patch features in leaf (Z) order; every other
+      node-level attribute given in row-major order (those for which
       ``data.is_node_attr(key)`` holds and whose name has no ``'index'``,
       e.g. ``pos`` or per-patch ``y``) is permuted the same way and
       ``edge_index`` is relabelled; other attributes are kept as they are;
@@ -149,11 +149,9 @@ class GridHierarchy(BaseTransform):
                     f"{cols}) needs {rows * cols} rows, one per patch in "
                     f"row-major order")
         tree = _quadtree(rows, cols, data.x.device)
-        order = tree['patch_index']
-        if image is None:
-            _permute_nodes(data, order)
-        else:
-            data.x = data.x[order]
+        # x, and any per-patch attribute or edge given in row-major order
+        # (also beside an image), follow the patches into Z order.
+        _permute_nodes(data, tree['patch_index'])
         for key in ('patch_index', 'leaf_coord', 'leaf_grid_pos',
                     'cluster_grid_pos', 'cluster_coord'):
             data[key] = tree[key]

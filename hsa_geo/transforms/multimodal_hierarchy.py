@@ -10,7 +10,9 @@ from torch import Tensor
 from torch_geometric.data import Data, HeteroData
 from torch_geometric.transforms import BaseTransform
 
-from hsa_geo.data.hetero_nested_signal import CLUSTER, HeteroNestedSignal
+from hsa_geo.data.hetero_family_graph import SIBLING_OF
+from hsa_geo.data.hetero_nested_signal import (CHILD_OF, CLUSTER,
+                                               HeteroNestedSignal)
 from hsa_geo.data.hierarchy import Hierarchy, distinct_sibling_pairs
 from hsa_geo.data.nested_signal import SIGNAL_KEYS, NestedSignal
 
@@ -147,6 +149,12 @@ class MultiModalHierarchy(BaseTransform):
             raise TypeError(
                 f"MultiModalHierarchy expects a HeteroData with one node "
                 f"store per modality, got {type(data).__name__}")
+        reserved = [e for e in data.edge_types
+                    if e[1] in (CHILD_OF, SIBLING_OF)]
+        if reserved:
+            raise ValueError(
+                f"edge type {reserved[0]} uses a relation that stores the "
+                f"tree ('{CHILD_OF}', '{SIBLING_OF}'); rename it")
         if isinstance(self.builders, dict):
             missing = [t for t in self.builders if t not in data.node_types]
             if missing:
@@ -163,6 +171,9 @@ class MultiModalHierarchy(BaseTransform):
         if len(data.node_types) == 0:
             raise ValueError("the data has no node types; give each "
                              "modality a node store")
+        if CLUSTER in data.node_types:
+            raise ValueError(f"'{CLUSTER}' is the node type of the clusters; "
+                             f"rename the input's node type")
         return {t: self.builders for t in data.node_types}
 
     def _upper_tree(self, forest: Hierarchy, roots: List[int],
@@ -239,16 +250,22 @@ def _group_order(groups: Dict[str, str], modalities: List[str]
                  ) -> List[str]:
     r"""The groups above the modalities, in the order they are first
     named going up from each modality in turn."""
+    parents = set(groups.values())
+    for child, group in groups.items():
+        if child not in modalities and child not in parents:
+            raise ValueError(
+                f"groups names '{child}', which is neither a modality "
+                f"{modalities} nor a group above one; check its spelling")
+        if group in modalities:
+            raise ValueError(f"groups['{child}'] = '{group}' is a modality; "
+                             f"a parent must be a group (a cluster name "
+                             f"that is not a modality)")
     names: List[str] = []
     for t in modalities:
         up = groups.get(t)
         while up is not None and up not in names:
             names.append(up)
             up = groups.get(up)
-    unused = [g for g in groups.values() if g not in names]
-    if unused:
-        raise ValueError(f"group '{unused[0]}' holds no modality; every "
-                         f"group needs a modality below it")
     return names
 
 
@@ -330,11 +347,13 @@ def _graph_attributes(data: HeteroData) -> Dict[str, Any]:
 def _copy_leaf_attributes(signal: NestedSignal, store):
     r"""The per-leaf and non-tensor attributes of a built signal, without
     its tree, edges and per-cluster attributes."""
+    skip = (SOURCE, 'x', 'num_nodes', 'edge_index') + SIGNAL_KEYS
     for key, value in signal.to_dict().items():
-        if key in SIGNAL_KEYS or key in (SOURCE, 'x', 'num_nodes') or \
-                key.startswith('cluster_') or 'edge' in key:
+        if key in skip or key.startswith('cluster_'):
             continue
-        if not isinstance(value, Tensor) or signal.is_node_attr(key):
+        plain = not isinstance(value, Tensor) and \
+            not signal.is_edge_attr(key)
+        if plain or signal.is_node_attr(key):
             store[key] = value
 
 
@@ -343,11 +362,8 @@ def _copy_edges(data: HeteroData, out: HeteroNestedSignal,
                 signals: Dict[str, NestedSignal]):
     r"""The input's edges among modalities, relabelled to the built leaf
     order; a builder's own edges where the input had none."""
-    new_id = {}
-    for t, source in sources.items():
-        if source is not None:
-            new_id[t] = torch.empty_like(source)
-            new_id[t][source] = torch.arange(source.numel())
+    new_id = {t: _new_ids(t, source, data[t].num_nodes, signals[t])
+              for t, source in sources.items() if source is not None}
     for edge_type in data.edge_types:
         src, _, dst = edge_type
         if src not in signals or dst not in signals:
@@ -355,6 +371,9 @@ def _copy_edges(data: HeteroData, out: HeteroNestedSignal,
         store = copy.copy(data[edge_type])
         index = store.edge_index
         for t in (src, dst):
+            if isinstance(new_id.get(t), str):
+                raise ValueError(f"edge type {edge_type} cannot be "
+                                 f"relabelled: {new_id[t]}")
             if t not in new_id:
                 raise ValueError(
                     f"edge type {edge_type} joins modality '{t}', whose "
@@ -374,5 +393,22 @@ def _copy_edges(data: HeteroData, out: HeteroNestedSignal,
             continue
         out[t, BUILT_EDGES, t].edge_index = signal.edge_index
         for key, value in signal.to_dict().items():
-            if key != 'edge_index' and 'edge' in key:
+            if key != 'edge_index' and signal.is_edge_attr(key) and \
+                    key not in SIGNAL_KEYS:
                 out[t, BUILT_EDGES, t][key] = value
+
+
+def _new_ids(t: str, source: Tensor, num_inputs: int,
+             signal: NestedSignal):
+    r"""``[n]`` the leaf of every input node of modality :obj:`t`, or why
+    there is none (a str): the builder must keep every input node exactly
+    once."""
+    n = signal.num_nodes
+    if source.numel() != n or n != num_inputs or not torch.equal(
+            torch.sort(source.cpu()).values, torch.arange(n)):
+        return (f"the builder of modality '{t}' made {n} leaves from "
+                f"{num_inputs} input nodes, not one leaf per node (its "
+                f"'{SOURCE}' is not a permutation of the input nodes)")
+    out = torch.full_like(source, -1)
+    out[source] = torch.arange(n, device=source.device)
+    return out

@@ -183,6 +183,17 @@ def test_node_attributes_follow_the_permutation():
     assert 'patch_index' not in data and data.x.size(0) == n  # input intact
 
 
+def test_per_patch_attributes_beside_an_image_follow_too():
+    # 4 x 4 patches of 2 x 2 pixels; per-patch labels in row-major order
+    data = Data(image=torch.rand(3, 8, 8), num_nodes=16,
+                patch_label=torch.arange(16),
+                edge_index=torch.tensor([[4], [5]]))
+    out = GridHierarchy(patch_size=2)(data)
+    assert torch.equal(out.patch_label, out.patch_index)
+    assert torch.equal(out.patch_index[out.edge_index],
+                       torch.tensor([[4], [5]]))
+
+
 def test_grid_size_as_argument_or_tensor():
     x = torch.randn(6, 2)
     a = GridHierarchy(grid_size=(2, 3))(Data(x=x))

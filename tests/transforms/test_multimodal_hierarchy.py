@@ -102,10 +102,20 @@ def test_deeper_groups_and_their_checks():
         MultiModalHierarchy(builders, {'headline': 'a', 'a': 'b', 'b': 'a'})
     with pytest.raises(ValueError, match='is a modality'):
         MultiModalHierarchy(builders, {'headline': 'image'})
-    with pytest.raises(ValueError, match='holds no modality'):
-        MultiModalHierarchy(builders, {'x': 'y'})(news())
+    with pytest.raises(ValueError, match="'headlin', which is neither"):
+        MultiModalHierarchy(builders, {'headlin': 'text'})(news())
+    # with one builder for every node type, checked against the data
+    with pytest.raises(ValueError, match='is a modality'):
+        MultiModalHierarchy(GridHierarchy(8), {'a': 'b'})(grids('a', 'b'))
     with pytest.raises(ValueError, match="'cluster' is the node type"):
         MultiModalHierarchy({'cluster': GridHierarchy(8)})
+
+
+def grids(*types: str) -> HeteroData:
+    data = HeteroData()
+    for t in types:
+        data[t].image = torch.rand(1, 16, 16)
+    return data
 
 
 def test_single_leaves_and_forests_stay_one_subtree_each():
@@ -149,7 +159,9 @@ def test_deterministic_and_batched_by_the_data_loader():
     a, b = transform(news(0)), transform(news(0))
     assert torch.equal(a.hierarchy.parent, b.hierarchy.parent)
     assert torch.equal(a['image'].x, b['image'].x)
-    signals = [transform(news(s)) for s in range(3)]
+    # three signals of different sizes
+    signals = [transform(news(s, ' '.join([TEXT] * (s + 1))))
+               for s in range(3)]
     batch = next(iter(DataLoader(signals, batch_size=3)))
     h = batch.hierarchy
     assert h.num_trees == 3
@@ -163,10 +175,10 @@ def test_deterministic_and_batched_by_the_data_loader():
             torch.arange(batch.leaf_slices[t].start, batch.leaf_slices[t]
                          .stop)[batch[t].batch == i]
             for t in batch.leaf_types])
-        alone = induced_hierarchy(h, rows)
-        dense = hierarchical_attention_matrix(q[rows], q[rows], alone)
+        # against the signal's own tree, built alone
+        dense = hierarchical_attention_matrix(q[rows], q[rows],
+                                              signal.hierarchy)
         assert torch.allclose(out[rows], dense @ q[rows], atol=1e-12)
-        assert alone.num_nodes == signal.hierarchy.num_nodes
 
 
 def test_bad_input_is_refused_with_the_modality_named():
@@ -268,3 +280,53 @@ def test_as_a_pre_transform_saved_and_loaded_back(tmp_path):
                            expected.hierarchy.parent)
         assert torch.equal(stored['image'].x, expected['image'].x)
     assert 'MultiModalHierarchy' in repr(transform)
+
+
+def test_edges_into_an_image_follow_its_patches_into_z_order():
+    data = HeteroData()
+    data['word'].x = torch.randn(2, 3)
+    data['image'].image = torch.arange(16.).view(1, 4, 4)
+    data['image'].num_nodes = 16  # patches in row-major order
+    data['word', 'sees', 'image'].edge_index = torch.tensor([[0, 1],
+                                                             [4, 9]])
+    out = MultiModalHierarchy({'word': SequenceHierarchy(2),
+                               'image': GridHierarchy(1)})(data)
+    seen = out['word', 'sees', 'image'].edge_index[1]
+    assert out['image'].patch_index[seen].tolist() == [4, 9]
+    assert out['image'].x[seen].view(-1).tolist() == [4.0, 9.0]
+
+
+def test_builders_that_lose_or_repeat_nodes_cannot_carry_edges():
+    def repeats_a_node(data):  # 3 nodes in, 4 leaves out
+        out = Data(x=data.x[[0, 1, 2, 2]],
+                   source_node=data.source_node[[0, 1, 2, 2]])
+        h = Hierarchy.from_parent([4, 4, 4, 4, -1], 4)
+        return NestedSignal.from_data(out, h)
+
+    data = HeteroData()
+    data['a'].x = torch.randn(3, 2)
+    data['a', 'to', 'a'].edge_index = torch.tensor([[0], [1]])
+    with pytest.raises(ValueError, match='made 4 leaves from 3 input'):
+        MultiModalHierarchy({'a': repeats_a_node})(data)
+
+
+def test_leaf_attributes_edge_attributes_and_reserved_names():
+    data = HeteroData()
+    data['a'].x = torch.randn(5, 2)
+    data['a'].knowledge = torch.arange(5)  # per leaf, 'edge' in its name
+    data['a', 'to', 'a'].edge_index = torch.tensor([[0, 1], [1, 2]])
+    data['a', 'to', 'a'].edge_weight = torch.tensor([0.5, 2.0])
+    out = MultiModalHierarchy(SequenceHierarchy(2))(data)
+    assert torch.equal(out['a'].knowledge, torch.arange(5))
+    assert torch.equal(out['a', 'to', 'a'].edge_weight,
+                       torch.tensor([0.5, 2.0]))
+    for edge_type in (('a', 'child_of', 'a'), ('a', 'sibling_of', 'a')):
+        bad = HeteroData()
+        bad['a'].x = torch.randn(3, 2)
+        bad[edge_type].edge_index = torch.tensor([[0], [1]])
+        with pytest.raises(ValueError, match='stores the tree'):
+            MultiModalHierarchy(SequenceHierarchy(2))(bad)
+    bad = HeteroData()
+    bad['cluster'].x = torch.randn(3, 2)
+    with pytest.raises(ValueError, match="node type of the clusters"):
+        MultiModalHierarchy(SequenceHierarchy(2))(bad)
