@@ -46,8 +46,8 @@ class MultiModalMolecules(RDKitMoleculeDataset):
 
     Every modality is made from the *canonical* SMILES of the molecule
     (``Chem.MolToSmiles``), so an item depends on the molecule only, not on
-    how the raw file writes it, and atom :math:`i` of the graph is the
-    :math:`i`-th atom token of the SMILES. The leaf types, in this order:
+    how the raw file writes it, and the atoms of the graph come in the
+    order in which the SMILES writes them. The leaf types, in this order:
 
     - ``'atom'``: ``x`` ``LongTensor [N, 9]``, OGB's atom features
       (:func:`ogb.utils.smiles2graph`), ``smiles`` (:obj:`str`): the

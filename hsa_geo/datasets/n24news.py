@@ -266,8 +266,9 @@ class N24News(InMemoryDataset):
 
     def process(self) -> None:
         train = self._read_items('train')
-        sections = sorted({item['section'] for item in train
-                           if _text(item, ('section', ))})
+        # Read as _sample reads them, so that every label is found.
+        sections = sorted({_text(item, ('section', )) for item in train}
+                          - {None})
         items = train if self.split == 'train' else \
             self._read_items(self.split)
         label = {section: i for i, section in enumerate(sections)}
