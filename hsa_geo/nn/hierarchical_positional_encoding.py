@@ -58,9 +58,16 @@ class HierarchicalPositionalEncoding(torch.nn.Module):
     position in its family, one of
 
     - :obj:`mode='sequence'`: the order among the siblings
-      (:attr:`~hsa_geo.data.Hierarchy.sibling_rank`, increasing node id;
-      roots: 0), :math:`E_\ell` a learnable table of :obj:`max_branching`
-      rows per level;
+      (:attr:`~hsa_geo.data.Hierarchy.sibling_rank` :math:`p`, increasing
+      node id; roots: 0). With :obj:`max_branching` given, :math:`E_\ell` is
+      a learnable table of :obj:`max_branching` rows per level (families
+      can be no wider). Without (the default), any rank works, as on
+      documents whose sentences and paragraphs have any length:
+      :math:`E_\ell(p) = \mathbf{W}_\ell\, \mathbf{s}(p) + \mathbf{b}_\ell`
+      with the sinusoidal code of the Transformer,
+      :math:`\mathbf{s}(p)_{2j} = \sin(p / 10000^{2j/C})`,
+      :math:`\mathbf{s}(p)_{2j+1} = \cos(p / 10000^{2j/C})`, and a
+      learnable :math:`C \times C` map per level;
     - :obj:`mode='grid'`: the 2-D cell :math:`(r, c)` of the node inside its
       parent's block (``grid_pos`` ``[T, 2]``, e.g. ``leaf_grid_pos`` and
       ``cluster_grid_pos`` as :class:`~hsa_geo.transforms.GridHierarchy`
@@ -135,8 +142,9 @@ class HierarchicalPositionalEncoding(torch.nn.Module):
             (default: :obj:`4`)
         max_branching (int, optional): rows of each table in
             :obj:`'sequence'` mode: at least the largest number of children
-            of any node (:attr:`Hierarchy.max_branching`). Required there,
-            unused otherwise. (default: :obj:`None`)
+            of any node (:attr:`Hierarchy.max_branching`); :obj:`None`: the
+            sinusoidal code, for families of any width. Unused in the other
+            modes. (default: :obj:`None`)
         grid_size (int or (int, int), optional): rows and columns of the
             parent's block in :obj:`'grid'` mode. (default: :obj:`2`)
         k (int, optional): number of eigenvectors (:obj:`'laplacian'`) or
@@ -185,12 +193,7 @@ class HierarchicalPositionalEncoding(torch.nn.Module):
         self.grid_size = None
         self.k = None
 
-        if mode == 'sequence':
-            if max_branching is None:
-                raise ValueError(
-                    "mode='sequence' needs 'max_branching', a positive int "
-                    "at least the largest number of children of any node "
-                    "(Hierarchy.max_branching)")
+        if mode == 'sequence' and max_branching is not None:
             max_branching = check_int(max_branching, 'max_branching')
             self.max_branching = max_branching
             self.emb = Parameter(torch.empty(num_levels, max_branching,
@@ -209,7 +212,8 @@ class HierarchicalPositionalEncoding(torch.nn.Module):
             self.col_emb = Parameter(torch.empty(num_levels, size[1],
                                                  channels))
         else:
-            self.k = k = check_int(k, 'k')
+            # The sinusoidal code of a rank has one entry per channel.
+            self.k = k = channels if mode == 'sequence' else check_int(k, 'k')
             self.weight = Parameter(torch.empty(num_levels, k, channels))
             self.bias = Parameter(torch.empty(num_levels, channels))
         self.reset_parameters()
@@ -220,7 +224,7 @@ class HierarchicalPositionalEncoding(torch.nn.Module):
         variance); linear maps as :class:`torch.nn.Linear` weights, zero
         biases."""
         std = 1.0 / math.sqrt(self.num_levels)
-        if self.mode == 'sequence':
+        if self.max_branching is not None:
             torch.nn.init.normal_(self.emb, std=std)
         elif self.mode == 'grid':
             # Row and column embeddings add up: halve each variance.
@@ -277,7 +281,10 @@ class HierarchicalPositionalEncoding(torch.nn.Module):
         lvl = self.node_levels(h)
         if self.mode == 'sequence':
             self._no_grid_pos(grid_pos)
-            return self.emb[lvl, self._ranks(h)]
+            if self.max_branching is not None:
+                return self.emb[lvl, self._ranks(h)]
+            return self._linear(_sinusoid(self._ranks(h), self.k,
+                                          self.weight.dtype), lvl)
         if self.mode == 'grid':
             pos = self._grid_pos(h, signal, grid_pos)
             return self.row_emb[lvl, pos[:, 0]] + self.col_emb[lvl, pos[:, 1]]
@@ -290,9 +297,15 @@ class HierarchicalPositionalEncoding(torch.nn.Module):
                                  device=feat.device).to(feat.dtype) * 2 - 1
             fam = (h.parent - h.num_leaves).clamp(min=0)  # roots: zeros
             feat = feat * sign[fam]
+        return self._linear(feat, lvl)
+
+    def _linear(self, feat: Tensor, lvl: Tensor) -> Tensor:
+        r"""``[T, C]``: :math:`\mathbf{W}_{\ell} \mathbf{p} +
+        \mathbf{b}_{\ell}` for the features ``[T, k]`` of every node at its
+        level."""
         # One matrix product for all levels: scatter each feature row into
         # the block of its level, [T, L * k] @ [L * k, C].
-        t = h.num_nodes
+        t = lvl.numel()
         blocks = feat.new_zeros(t, self.num_levels, self.k)
         blocks = blocks.index_put(
             (torch.arange(t, device=feat.device), lvl), feat)
@@ -351,15 +364,16 @@ class HierarchicalPositionalEncoding(torch.nn.Module):
                 f"(hierarchy.to(device) or module.to(device))")
 
     def _ranks(self, h: Hierarchy) -> Tensor:
-        if h.max_branching > self.max_branching:
+        if self.max_branching is not None and \
+                h.max_branching > self.max_branching:
             raise ValueError(
                 f"the hierarchy has a node with {h.max_branching} children, "
                 f"so sibling ranks go up to {h.max_branching - 1}, but this "
                 f"encoding was built with max_branching={self.max_branching} "
                 f"(ranks 0..{self.max_branching - 1}); build it with "
                 f"max_branching >= {h.max_branching} (the largest "
-                f"Hierarchy.max_branching of your data) or use smaller "
-                f"families")
+                f"Hierarchy.max_branching of your data), or with "
+                f"max_branching=None for families of any width")
         return h.sibling_rank
 
     def _no_grid_pos(self, grid_pos: Optional[Tensor]):
@@ -411,6 +425,23 @@ def _check_grid_tensor(value, name: str, rows: int):
     if value.dim() != 2 or value.size(0) != rows or value.size(1) != 2:
         raise ValueError(f"'{name}' must have shape [{rows}, 2] (one (row, "
                          f"col) per node), got {tuple(value.shape)}")
+
+
+def _sinusoid(position: Tensor, channels: int,
+              dtype: torch.dtype) -> Tensor:
+    r"""``[T, channels]`` the sinusoidal code of the Transformer for the
+    integer positions ``[T]``: :math:`\sin(p / 10000^{2j/C})` in column
+    :math:`2j`, :math:`\cos` of the same in column :math:`2j + 1`."""
+    # float64: positions of wide families (tens of thousands) keep their
+    # phase; the code is cast afterwards.
+    freq = torch.arange(0, channels, 2, dtype=torch.float64,
+                        device=position.device)
+    angle = position.to(torch.float64).unsqueeze(1) / 10000 ** (
+        freq / channels)
+    out = angle.new_empty(position.numel(), channels)
+    out[:, 0::2] = angle.sin()
+    out[:, 1::2] = angle.cos()[:, :channels // 2]
+    return out.to(dtype)
 
 
 def _sum_down_paths(node_pe: Tensor, h: Hierarchy) -> Tensor:

@@ -7,6 +7,7 @@ features against PyG's :class:`AddLaplacianEigenvectorPE` /
 batching through :class:`torch_geometric.loader.DataLoader`, caching,
 devices, and input validation."""
 import gc
+import math
 import time
 
 import networkx as nx
@@ -153,6 +154,41 @@ def test_sequence_matches_slow_construction(f, level, num_levels, extra,
     x = torch.randn(f.num_leaves, 3, dtype=torch.float64)
     torch.testing.assert_close(module(x, h), x + expected, rtol=0,
                                atol=1e-12)
+
+
+@given(forests(max_leaves=16), LEVELS, st.integers(1, 5),
+       st.integers(1, 6), SEEDS)
+def test_sinusoidal_sequence_matches_slow_construction(f, level, num_levels,
+                                                       channels, seed):
+    h = build(f)
+    module = randomise(HPE(channels, 'sequence', num_levels=num_levels,
+                           level=level), seed)
+    lvl, rank = slow_levels(f, level, num_levels), slow_ranks(f)
+
+    def term(n):
+        code = torch.tensor([
+            math.sin(rank[n] / 10000 ** (j / channels)) if j % 2 == 0 else
+            math.cos(rank[n] / 10000 ** ((j - 1) / channels))
+            for j in range(channels)], dtype=torch.float64)
+        return code @ module.weight[lvl[n]] + module.bias[lvl[n]]
+
+    torch.testing.assert_close(module.encode(h), slow_sum(f, term), rtol=0,
+                               atol=1e-12)
+    assert module.positional_features(h).tolist() == rank
+
+
+def test_sinusoidal_sequence_takes_families_of_any_width():
+    # a document-like tree: one sentence of 5,000 words beside one of 3
+    h = Hierarchy.from_parent([5003] * 5000 + [5004] * 3 + [5005] * 2 + [-1],
+                              5003)
+    module = HPE(8, 'sequence')
+    pe = module.encode(h)
+    assert pe.shape == (5003, 8)
+    # every word of the long sentence gets its own code
+    assert torch.unique(pe[:5000], dim=0).size(0) == 5000
+    pe.sum().backward()
+    assert module.weight.grad.abs().sum() > 0
+    assert 'max_branching=None' in repr(module)
 
 
 @given(forests(max_leaves=16), LEVELS, st.integers(1, 4), SEEDS)
@@ -576,8 +612,6 @@ def test_constructor_errors():
         HPE(4, max_branching=2, level='breadth')
     with pytest.raises(TypeError, match="'level' must be a str"):
         HPE(4, max_branching=2, level=0)
-    with pytest.raises(ValueError, match="needs 'max_branching'"):
-        HPE(4, 'sequence')
     with pytest.raises(ValueError, match=r"'channels' must be an int in "
                        r"\[1, inf\), got 0"):
         HPE(0, max_branching=2)
