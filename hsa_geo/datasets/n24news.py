@@ -1,6 +1,5 @@
 r"""N24News: New York Times articles of 24 sections, each with four texts
 and an image, as multi-modal nested signals."""
-import hashlib
 import json
 import os.path as osp
 import warnings
@@ -14,6 +13,7 @@ from torch_geometric.data import HeteroData, InMemoryDataset
 from tqdm import tqdm
 
 from hsa_geo._checks import check_int
+from hsa_geo.datasets.tokenizer_tag import tokenizer_tag
 from hsa_geo.transforms import (DocumentHierarchy, GridHierarchy,
                                 MultiModalHierarchy, Vocabulary)
 
@@ -215,19 +215,9 @@ class N24News(InMemoryDataset):
         if 'image' in self.fields:
             stem += f'_img{self.image_size}_patch{self.patch_size}'
         if self.text_fields:
-            stem += '_' + self._tokenizer_tag()
+            stem += '_' + ('vocab' if self.tokenizer is None else
+                           tokenizer_tag(self.tokenizer))
         return stem
-
-    def _tokenizer_tag(self) -> str:
-        if self.tokenizer is None:
-            return 'vocab'
-        backend = getattr(self.tokenizer, 'backend_tokenizer',
-                          self.tokenizer)
-        # The whole serialised tokenizer, not its name: two tokenizers of
-        # one name but different vocabularies must not share files.
-        text = backend.to_str() if hasattr(backend, 'to_str') else \
-            repr(self.tokenizer)
-        return 'tokenizer-' + hashlib.sha1(text.encode()).hexdigest()[:12]
 
     # PyG's dataset interface ###############################################
 
