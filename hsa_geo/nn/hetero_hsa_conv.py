@@ -8,11 +8,15 @@ import torch
 from torch import Tensor
 from torch_geometric.nn.dense.linear import Linear
 
-from hsa_geo._checks import check_bool, check_float, check_int
+from torch_geometric.typing import EdgeType
+from torch_geometric.utils import scatter
+
+from hsa_geo._checks import check_bool, check_float, check_index, check_int
 from hsa_geo.data.hetero_nested_signal import (HeteroNestedSignal,
                                                node_modality)
 from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.functional.dynamic_program import hierarchical_attention
+from hsa_geo.nn.edge_pair_bias import EdgePairBias
 
 
 class HeteroHSAConv(torch.nn.Module):
@@ -40,6 +44,16 @@ class HeteroHSAConv(torch.nn.Module):
     block of :math:`a` and :math:`b`, so the layer stays the exact KL
     minimiser of docs/math.md, section 6.
 
+    With :obj:`edge_dim`, features of edges between leaves, of one edge type
+    or between two leaf types (a bond between atoms, a caption word that
+    names a patch), enter as :class:`~hsa_geo.nn.HSAConv` takes them
+    (:class:`~hsa_geo.nn.EdgePairBias`): each edge type has its own map
+    :math:`\mathbf{W}^{r}_e` to one value per head, and the bias of sibling
+    :math:`a` attending to :math:`b` is the mean of
+    :math:`\mathbf{W}^{r(e)}_e \mathbf{e}` over all edges, of every type,
+    from a leaf under :math:`a` to a leaf under :math:`b` (0 without
+    edges): constant on the block, so exact too.
+
     Args:
         in_channels (int or Dict[str, int]): input width of every leaf
             type, or of each (``-1``: inferred on the first call).
@@ -56,6 +70,11 @@ class HeteroHSAConv(torch.nn.Module):
             :math:`\mathbf{W}^{t}_{\mathrm{skip}}`. (default: :obj:`True`)
         modality_bias (bool, optional): learn :math:`\beta`, initialised to
             0. (default: :obj:`False`)
+        edge_dim (Dict[Tuple[str, str, str], int], optional): the edge types
+            whose features enter, with their widths (``-1``: inferred on
+            the first call); :meth:`forward` then needs their
+            ``edge_attr`` (and ``edge_index``, read from the signal when
+            not given). (default: :obj:`None`)
 
     Shapes:
         - **input:** ``x_dict`` ``{t: [N_t, F_t]}``, and a
@@ -69,7 +88,8 @@ class HeteroHSAConv(torch.nn.Module):
                  out_channels: int, leaf_types: Sequence[str],
                  heads: int = 1, concat: bool = True, dropout: float = 0.,
                  bias: bool = True, root_weight: bool = True,
-                 modality_bias: bool = False):
+                 modality_bias: bool = False,
+                 edge_dim: Optional[Mapping[EdgeType, int]] = None):
         super().__init__()
         if isinstance(leaf_types, str) or len(leaf_types) == 0 or \
                 len(set(leaf_types)) != len(leaf_types):
@@ -106,6 +126,11 @@ class HeteroHSAConv(torch.nn.Module):
         num = len(leaf_types) + 1
         self.modality_bias = torch.nn.Parameter(
             torch.zeros(num, num, heads)) if modality_bias else None
+        self.edge_types = _check_edge_dim(edge_dim, self.leaf_types)
+        # ModuleDict keys are str: the edge type joined as to_hetero does.
+        self.lin_edge = torch.nn.ModuleDict({
+            '__'.join(e): Linear(edge_dim[e], heads)
+            for e in self.edge_types}) if self.edge_types else None
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -116,15 +141,24 @@ class HeteroHSAConv(torch.nn.Module):
                 lin.reset_parameters()
         if self.modality_bias is not None:
             torch.nn.init.zeros_(self.modality_bias)
+        if self.lin_edge is not None:
+            for lin in self.lin_edge.values():
+                lin.reset_parameters()
 
     def forward(self, x_dict: Mapping[str, Tensor],
                 signal: Union[HeteroNestedSignal, Hierarchy],
-                return_attention_weights: Optional[bool] = None
+                return_attention_weights: Optional[bool] = None, *,
+                edge_attr_dict: Optional[Mapping[EdgeType, Tensor]] = None,
+                edge_index_dict: Optional[Mapping[EdgeType, Tensor]] = None
                 ) -> Union[Dict[str, Tensor],
                            Tuple[Dict[str, Tensor], Tuple[Tensor, Tensor]]]:
         r"""Runs the layer; with :obj:`return_attention_weights` set (to
         anything), also returns ``(sibling_pairs [2, P], weights [P, H])``
-        of the hierarchy, as :class:`~hsa_geo.nn.HSAConv` does."""
+        of the hierarchy, as :class:`~hsa_geo.nn.HSAConv` does. With
+        :obj:`edge_dim`, :obj:`edge_attr_dict` holds ``[E_r, F_r]`` for each
+        of its edge types and :obj:`edge_index_dict` their ``[2, E_r]``
+        (taken from a :class:`~hsa_geo.data.HeteroNestedSignal` when not
+        given)."""
         order, hierarchy = self._order(x_dict, signal)
         counts = [x_dict[t].size(0) for t in order]
         if sum(counts) != hierarchy.num_leaves:
@@ -138,6 +172,15 @@ class HeteroHSAConv(torch.nn.Module):
         pair_bias = None
         if self.modality_bias is not None:
             pair_bias = self._pair_bias(hierarchy, order, counts)
+        if self.lin_edge is not None:
+            edge_bias = self._edge_bias(hierarchy, order, counts, signal,
+                                        edge_attr_dict, edge_index_dict)
+            pair_bias = edge_bias if pair_bias is None else \
+                pair_bias + edge_bias
+        elif edge_attr_dict is not None:
+            raise ValueError("edge_attr_dict was given but this layer has "
+                             "no edge_dim; build it with edge_dim={edge "
+                             "type: width}")
         with_weights = return_attention_weights is not None
         out = hierarchical_attention(
             q, k, v, hierarchy, dropout_p=self.dropout,
@@ -189,8 +232,77 @@ class HeteroHSAConv(torch.nn.Module):
         a, b = hierarchy.sibling_pairs
         return self.modality_bias[modality[a], modality[b]]
 
+    def _edge_bias(self, hierarchy: Hierarchy, order: List[str],
+                   counts: List[int], signal, edge_attr_dict,
+                   edge_index_dict) -> Tensor:
+        r"""``[P, H]``: per sibling pair, the mean of the projected
+        features of the edges between the two subtrees, over all edge
+        types."""
+        if not isinstance(edge_attr_dict, Mapping):
+            raise ValueError(f"this layer has edge_dim: pass edge_attr_dict "
+                             f"with the features of {self.edge_types}")
+        start = dict(zip(order, torch.tensor([0] + counts[:-1]).cumsum(0)
+                         .tolist()))
+        rows, values = [], []
+        for edge_type in self.edge_types:
+            index = _edge_index(edge_type, signal, edge_index_dict)
+            attr = edge_attr_dict.get(edge_type)
+            if not isinstance(attr, Tensor) or attr.dim() != 2 or \
+                    attr.size(0) != index.size(1):
+                raise ValueError(
+                    f"edge_attr_dict[{edge_type}] must be [E, F] features "
+                    f"of its {index.size(1)} edges")
+            src, _, dst = edge_type
+            edges = torch.stack([index[0] + start[src],
+                                 index[1] + start[dst]])
+            row, keep = EdgePairBias.pair_of_edge(hierarchy, edges)
+            rows.append(row[keep])
+            values.append(self.lin_edge['__'.join(edge_type)](attr[keep]))
+        return scatter(torch.cat(values), torch.cat(rows), dim=0,
+                       dim_size=hierarchy.num_sibling_pairs, reduce='mean')
+
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}({self.in_channels}, '
                 f'{self.out_channels}, heads={self.heads}, '
                 f'leaf_types={self.leaf_types}, '
-                f'modality_bias={self.modality_bias is not None})')
+                f'modality_bias={self.modality_bias is not None}'
+                + (f', edge_types={self.edge_types}' if self.edge_types
+                   else '') + ')')
+
+
+def _check_edge_dim(edge_dim, leaf_types: List[str]) -> List[EdgeType]:
+    r"""The edge types of :obj:`edge_dim`, checked: between leaf types,
+    widths positive or -1."""
+    if edge_dim is None:
+        return []
+    if not isinstance(edge_dim, Mapping) or len(edge_dim) == 0:
+        raise ValueError("'edge_dim' must map edge types (src, rel, dst) to "
+                         "their feature widths, e.g. {('atom', 'bond', "
+                         "'atom'): 3}")
+    for edge_type, width in edge_dim.items():
+        if not (isinstance(edge_type, tuple) and len(edge_type) == 3) or \
+                edge_type[0] not in leaf_types or \
+                edge_type[2] not in leaf_types:
+            raise ValueError(f"edge_dim key {edge_type!r} must be an edge "
+                             f"type (src, rel, dst) between leaf types "
+                             f"{leaf_types}")
+        width = check_int(width, f'edge_dim[{edge_type!r}]', low=None)
+        if width != -1 and width < 1:
+            raise ValueError(f"edge_dim[{edge_type!r}] must be positive or "
+                             f"-1 (inferred), got {width}")
+    return list(edge_dim)
+
+
+def _edge_index(edge_type: EdgeType, signal, edge_index_dict) -> Tensor:
+    r"""The ``[2, E]`` edges of :obj:`edge_type`, given or from the
+    signal."""
+    index = None
+    if edge_index_dict is not None:
+        index = edge_index_dict.get(edge_type)
+    elif isinstance(signal, HeteroNestedSignal) and \
+            edge_type in signal.edge_types:
+        index = signal[edge_type].get('edge_index')
+    if index is None:
+        raise ValueError(f"no edge_index for edge type {edge_type}: pass "
+                         f"edge_index_dict or store it in the signal")
+    return check_index(index, f'edge_index_dict[{edge_type}]')

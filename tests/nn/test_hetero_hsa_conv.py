@@ -10,7 +10,7 @@ from hsa_geo.data import HeteroNestedSignal
 from hsa_geo.data.hetero_nested_signal import node_modality
 from hsa_geo.data.hierarchy import distinct_sibling_pairs
 from hsa_geo.nn.hetero_hsa_conv import HeteroHSAConv
-from tests.helpers.strategies import forests
+from tests.helpers.strategies import forests, leaves_under
 
 SEEDS = st.integers(0, 2**31 - 1)
 WIDTH = {'word': 3, 'patch': 5, 'atom': 2}
@@ -35,9 +35,10 @@ def signal(f, seed, types=('word', 'patch', 'atom'), family=False):
     return HeteroNestedSignal.from_hierarchy(h, x_dict)
 
 
-def expected(conv, data):
+def expected(conv, data, edge_bias=None):
     r"""The layer by its definition: per-type projections, the dense HSA
-    matrix with the modality bias of every sibling pair, per-type skips."""
+    matrix with the modality bias (and :obj:`edge_bias`) of every sibling
+    pair, per-type skips."""
     h, c = conv.heads, conv.out_channels
     order = data.leaf_types
     q, k, v = (torch.cat([
@@ -53,6 +54,8 @@ def expected(conv, data):
                                    len(conv.leaf_types))
         a, b = data.hierarchy.sibling_pairs
         bias = conv.modality_bias[m[a], m[b]]
+    if edge_bias is not None:
+        bias = edge_bias if bias is None else bias + edge_bias
     Q = hierarchical_attention_matrix(q, k, data.hierarchy, pair_bias=bias)
     out = torch.einsum('hij,jhd->ihd', Q, v).reshape(-1, h * c)
     parts = dict(zip(order, out.split([data[t].x.size(0) for t in order])))
@@ -85,6 +88,84 @@ def test_matches_the_dense_definition(f, seed, heads, with_bias, family):
     want = expected(conv, data)
     for t in data.leaf_types:
         assert torch.allclose(out[t], want[t], atol=1e-10)
+
+
+EDGE_TYPES = {('word', 'next', 'word'): 2, ('patch', 'shows', 'word'): 3}
+
+
+def with_edges(data, seed):
+    r"""Random edges of both edge types, with features."""
+    g = torch.Generator().manual_seed(seed)
+    for (src, rel, dst), width in EDGE_TYPES.items():
+        ns, nd = data[src].x.size(0), data[dst].x.size(0)
+        e = 6 if ns and nd else 0
+        data[src, rel, dst].edge_index = torch.stack([
+            torch.randint(0, max(ns, 1), (e, ), generator=g),
+            torch.randint(0, max(nd, 1), (e, ), generator=g)])
+        data[src, rel, dst].edge_attr = torch.randn(e, width, generator=g,
+                                                    dtype=torch.float64)
+    return data
+
+
+def edge_bias_by_definition(conv, data):
+    r"""Per sibling pair (a, b): the mean of W_r e over the edges, of all
+    types, from a leaf under a to another leaf under b."""
+    h = data.hierarchy
+    start = {t: s.start for t, s in data.leaf_slices.items()}
+    under = leaves_under(h.parent.tolist(), h.num_leaves)
+    edges = []
+    for (src, rel, dst) in EDGE_TYPES:
+        store = data[src, rel, dst]
+        value = conv.lin_edge['__'.join((src, rel, dst))](store.edge_attr)
+        for (i, j), val in zip(store.edge_index.t().tolist(), value):
+            edges.append((i + start[src], j + start[dst], val))
+    rows = []
+    for a, b in h.sibling_pairs.t().tolist():
+        vals = [val for i, j, val in edges
+                if i != j and i in under[a] and j in under[b]]
+        rows.append(torch.stack(vals).mean(0) if vals else
+                    torch.zeros(conv.heads, dtype=torch.float64))
+    return torch.stack(rows)
+
+
+@given(f=forests(max_leaves=14, root_leaves=False), seed=SEEDS,
+       with_bias=st.booleans())
+def test_edge_features_match_the_dense_definition(f, seed, with_bias):
+    torch.manual_seed(seed)
+    data = with_edges(signal(f, seed, types=('word', 'patch')), seed)
+    conv = HeteroHSAConv({'word': 3, 'patch': 5}, 2, ['word', 'patch'],
+                         heads=2, modality_bias=with_bias,
+                         edge_dim=EDGE_TYPES).double()
+    if with_bias:
+        torch.nn.init.normal_(conv.modality_bias)
+    attr = {e: data[e].edge_attr for e in EDGE_TYPES}
+    out = conv(data.x_dict, data, edge_attr_dict=attr)
+    want = expected(conv, data, edge_bias_by_definition(conv, data))
+    for t in data.leaf_types:
+        assert torch.allclose(out[t], want[t], atol=1e-10)
+
+
+def test_edge_features_are_checked():
+    f = forests_example()
+    data = with_edges(signal(f, 0, types=('word', 'patch')), 0)
+    conv = HeteroHSAConv(-1, 2, ['word', 'patch'], edge_dim={
+        ('word', 'next', 'word'): -1}).double()
+    with pytest.raises(ValueError, match='pass edge_attr_dict'):
+        conv(data.x_dict, data)
+    with pytest.raises(ValueError, match=r'must be \[E, F\]'):
+        conv(data.x_dict, data, edge_attr_dict={
+            ('word', 'next', 'word'): torch.randn(1, 2)})
+    plain = HeteroHSAConv(-1, 2, ['word', 'patch']).double()
+    with pytest.raises(ValueError, match='has no edge_dim'):
+        plain(data.x_dict, data, edge_attr_dict={})
+    with pytest.raises(ValueError, match='between leaf types'):
+        HeteroHSAConv(-1, 2, ['word'], edge_dim={('word', 'x', 'atom'): 2})
+    assert 'edge_types' in repr(conv)
+
+
+def forests_example():
+    from tests.helpers.strategies import Forest
+    return Forest(parent=[6, 6, 6, 7, 7, 7, 8, 8, -1], num_leaves=6)
 
 
 @given(f=forests(max_leaves=20, root_leaves=False), seed=SEEDS)
