@@ -19,8 +19,11 @@ class EdgePairBias(torch.nn.Module):
     \neq j` in one tree, belongs to the block of the children :math:`a`
     and :math:`b` of the lowest common ancestor :math:`F` of :math:`i` and
     :math:`j` (:math:`a` above :math:`i`, :math:`b` above :math:`j`, as in
-    section 3.1). The bias of a sibling pair is the mean of the projected
-    features of its edges :math:`E_{ab}`:
+    section 3.1), and biases :math:`a` attending to :math:`b`: the first
+    end attends to the second, the reverse of PyG's message direction
+    (``edge_index[1]`` receives from ``edge_index[0]``); for undirected
+    graphs both directions are listed anyway. The bias of a sibling pair is
+    the mean of the projected features of its edges :math:`E_{ab}`:
 
     .. math::
         \beta_{ab} = \frac{1}{|E_{ab}|} \sum_{(i, j) \in E_{ab}}

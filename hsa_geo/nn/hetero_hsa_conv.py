@@ -11,7 +11,8 @@ from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.typing import EdgeType
 from torch_geometric.utils import scatter
 
-from hsa_geo._checks import check_bool, check_float, check_index, check_int
+from hsa_geo._checks import (check_bool, check_float, check_index,
+                             check_int, first_out_of_range)
 from hsa_geo.data.hetero_nested_signal import (HeteroNestedSignal,
                                                node_modality)
 from hsa_geo.data.hierarchy import Hierarchy
@@ -52,7 +53,10 @@ class HeteroHSAConv(torch.nn.Module):
     :math:`a` attending to :math:`b` is the mean of
     :math:`\mathbf{W}^{r(e)}_e \mathbf{e}` over all edges, of every type,
     from a leaf under :math:`a` to a leaf under :math:`b` (0 without
-    edges): constant on the block, so exact too.
+    edges): constant on the block, so exact too. As in
+    :class:`~hsa_geo.nn.EdgePairBias`, an edge ``(i, j)`` biases :math:`i`
+    attending to :math:`j` (the reverse of PyG's message direction
+    :math:`j \to i`); add the reverse edge type for the other way.
 
     Args:
         in_channels (int or Dict[str, int]): input width of every leaf
@@ -241,17 +245,38 @@ class HeteroHSAConv(torch.nn.Module):
         if not isinstance(edge_attr_dict, Mapping):
             raise ValueError(f"this layer has edge_dim: pass edge_attr_dict "
                              f"with the features of {self.edge_types}")
+        unknown = [e for e in edge_attr_dict if e not in self.edge_types]
+        if unknown:
+            raise ValueError(f"edge_attr_dict has edge type {unknown[0]}, "
+                             f"which is not one of this layer's edge_dim "
+                             f"{self.edge_types}")
         start = dict(zip(order, torch.tensor([0] + counts[:-1]).cumsum(0)
                          .tolist()))
+        count = dict(zip(order, counts))
         rows, values = [], []
         for edge_type in self.edge_types:
+            missing = [t for t in edge_type[::2] if t not in count]
+            if missing:
+                raise ValueError(f"edge type {edge_type} joins leaf type "
+                                 f"'{missing[0]}', which the signal does "
+                                 f"not have")
             index = _edge_index(edge_type, signal, edge_index_dict)
+            bad = first_out_of_range(index, (count[edge_type[0]],
+                                             count[edge_type[2]]))
+            if bad is not None:
+                row, j = bad
+                raise ValueError(
+                    f"edge_index of {edge_type}[{row}, {j}] = "
+                    f"{int(index[row, j])} is not a leaf of type "
+                    f"'{edge_type[2 * row]}' (0.."
+                    f"{count[edge_type[2 * row]] - 1})")
             attr = edge_attr_dict.get(edge_type)
             if not isinstance(attr, Tensor) or attr.dim() != 2 or \
-                    attr.size(0) != index.size(1):
+                    attr.size(0) != index.size(1) or \
+                    not attr.is_floating_point():
                 raise ValueError(
-                    f"edge_attr_dict[{edge_type}] must be [E, F] features "
-                    f"of its {index.size(1)} edges")
+                    f"edge_attr_dict[{edge_type}] must be [E, F] floating "
+                    f"point features of its {index.size(1)} edges")
             src, _, dst = edge_type
             edges = torch.stack([index[0] + start[src],
                                  index[1] + start[dst]])

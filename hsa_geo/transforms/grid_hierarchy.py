@@ -281,9 +281,18 @@ def _permute_nodes(data: Data, order: Tensor):
     r"""Reorders the node-level attributes of :obj:`data` so that new node
     ``i`` is old node ``order[i]``; relabels ``edge_index``."""
     n = order.numel()
+    edges = data.edge_index.size(1) if data.edge_index is not None else -1
     for key, value in list(data.items()):
         if not isinstance(value, Tensor) or 'index' in key:
             continue
+        if edges == n and key != 'x' and 'edge' not in key and \
+                value.dim() > 0 and value.size(0) == n:
+            # As many edges as patches: PyG tells them apart by the name
+            # alone, and a wrong guess would misalign edges or patches.
+            raise ValueError(
+                f"data.{key} has one row per patch and one per edge ({n}): "
+                f"name an edge attribute with 'edge' (e.g. edge_{key}), or "
+                f"add it after the transform")
         if key == 'x' or data.is_node_attr(key):
             dim = data.__cat_dim__(key, value)
             data[key] = value.index_select(dim, order.to(value.device))

@@ -155,6 +155,15 @@ def test_edge_features_are_checked():
     with pytest.raises(ValueError, match=r'must be \[E, F\]'):
         conv(data.x_dict, data, edge_attr_dict={
             ('word', 'next', 'word'): torch.randn(1, 2)})
+    with pytest.raises(ValueError, match=r"\[0, 0\] = 9 is not a leaf of "
+                       r"type 'word'"):
+        conv(data.x_dict, data, edge_attr_dict={
+            ('word', 'next', 'word'): torch.randn(1, 2, dtype=torch.float64)},
+            edge_index_dict={('word', 'next', 'word'): torch.tensor([[9],
+                                                                     [0]])})
+    with pytest.raises(ValueError, match="not one of this layer's"):
+        conv(data.x_dict, data, edge_attr_dict={
+            ('word', 'rev_next', 'word'): torch.randn(1, 2)})
     plain = HeteroHSAConv(-1, 2, ['word', 'patch']).double()
     with pytest.raises(ValueError, match='has no edge_dim'):
         plain(data.x_dict, data, edge_attr_dict={})

@@ -194,6 +194,21 @@ def test_per_patch_attributes_beside_an_image_follow_too():
                        torch.tensor([[4], [5]]))
 
 
+def test_as_many_edges_as_patches_needs_named_edge_attributes():
+    src = torch.arange(16)
+    ring = torch.stack([src, (src + 1) % 16])
+    data = Data(image=torch.rand(1, 4, 4), num_nodes=16, edge_index=ring,
+                weight=src.float())
+    with pytest.raises(ValueError, match="name an edge attribute"):
+        GridHierarchy(patch_size=1)(data)
+    data = Data(image=torch.rand(1, 4, 4), num_nodes=16, edge_index=ring,
+                edge_weight=src.float())
+    out = GridHierarchy(patch_size=1)(data)
+    # the edges keep their order and their attributes
+    assert torch.equal(out.edge_weight, src.float())
+    assert torch.equal(out.patch_index[out.edge_index], ring)
+
+
 def test_grid_size_as_argument_or_tensor():
     x = torch.randn(6, 2)
     a = GridHierarchy(grid_size=(2, 3))(Data(x=x))
