@@ -1,0 +1,547 @@
+r"""Long-document classification: does attention along a document's tree
+(page -> sections -> paragraphs -> sentences -> tokens) classify whole
+documents as well as softmax attention over all their tokens, at a
+fraction of its cost, and better than the usual ways of making softmax
+affordable (cutting the document, or attending within sentences only)?
+
+Every document is a :class:`~hsa_geo.data.NestedSignal` whose leaves are
+its tokens (:class:`~hsa_geo.datasets.ManPages`,
+:class:`~hsa_geo.datasets.IMDBReviews` or
+:class:`~hsa_geo.datasets.AmazonElec`). ``--model`` chooses the arm
+(``all``, the default, trains every one); every arm runs the same blocks
+(:class:`~hsa_geo.nn.HSATransformerLayer`) and differs only in the tree
+that the attention follows, so which tokens attend to which:
+
+- ``hsa``: HSA along the document's own tree;
+- ``flat``: one root over all tokens of a document, on which HSA *is*
+  softmax attention (exactly, as the tests of the library check), so
+  this is a plain transformer over the whole document, computed by the
+  same layer (no padding, no mask);
+- ``truncated``: as ``flat``, over the first ``--max-tokens`` tokens of a
+  document only, what a transformer of limited length sees; the other
+  tokens are dropped before the embedding and the pooling;
+- ``local``: softmax within each sentence only (block-diagonal
+  attention): every sentence is a tree of its own whose leaves are its
+  tokens, so nothing crosses a sentence. (A token outside every sentence
+  joins the block of its parent, e.g. a paragraph.)
+- ``hsa_pe``: ``hsa`` plus :class:`~hsa_geo.nn.HierarchicalPositionalEncoding`
+  (``mode='sequence'``: the order of every node among its siblings);
+- ``hsa_geometry``: ``hsa`` whose attention adds a learnable bias of the
+  relative position of two siblings and of their level
+  (:class:`~hsa_geo.nn.FamilyGeometryBias`, through
+  :class:`~hsa_geo.nn.HSAConv`'s ``geometry_bias``).
+
+Only the last two see the order of the tokens; the others see a bag of
+tokens with their tree. Every arm has the same learned token embedding,
+``--layers`` blocks of width ``--hidden`` with ``--heads`` heads, the mean
+of the leaves per document and a linear head, the same optimiser, epochs,
+batch size and seeds. Documents are whole by default;
+``--max-doc-tokens`` cuts every document (for every arm) to its first
+tokens, the tree restricted to them, to bound the time of ``flat``, which
+grows with :math:`N^2`: the longest man page (36,490 tokens) takes about
+19 s for one forward and backward of one block on one CPU thread (width
+32, two heads). Its memory stays small (about 130 MiB there): the
+dynamic program never holds a family's :math:`W \times W` score table
+whole.
+
+Reported per arm (mean ± std over seeds, each seed at its best validation
+epoch): accuracy and macro-F1 on the test split, seconds per training
+epoch, **attention FLOPs** per document and **peak memory**:
+
+- FLOPs: multiply-adds counted as 2, forward, summed over heads and layers,
+  averaged over all documents (after ``--max-doc-tokens``), with ``D`` the
+  channels per head. Softmax attention over ``N`` tokens costs
+  ``4 N^2 D`` per head (scores and weighted sum), so ``flat``:
+  ``4 N^2 D``, ``truncated``: ``4 min(N, max_tokens)^2 D``, ``local``:
+  ``sum over blocks of 4 s^2 D``. HSA on a tree of ``T`` nodes with
+  ``P = sum over families of W^2`` ordered sibling pairs
+  (:attr:`~hsa_geo.data.Hierarchy.num_sibling_pairs`): ``2 P D`` family
+  scores, ``2 P D`` weighted sibling values, ``2 N D`` self scores of the
+  leaves, ``3 T D`` upward means of queries, keys and values and ``2 T D``
+  downward contexts: ``(4 P + 2 N + 5 T) D``. The projections, the MLPs
+  and the softmax's exponentials (no ``D`` factor) are left out; they are
+  the same for every arm, or smaller than the terms counted.
+- Memory: the peak resident set size of the process during the run of a
+  seed (Linux ``VmHWM``, reset before every run through
+  ``/proc/self/clear_refs``), less the resident size at the start of the
+  run, after glibc's ``malloc_trim`` has returned freed memory: what
+  training and evaluating the arm added (the first run of a process also
+  pays one-time costs: thread pools, lazily loaded code). Where the peak
+  cannot be reset, the process's ``ru_maxrss`` (then it never decreases
+  over the arms). ``--model <arm>`` measures one arm in a process of its
+  own.
+
+::
+
+    python examples/document_classification.py --seeds 0 1 2 --threads 1
+
+Outputs in ``--out``: ``documents_<dataset>.json`` (configuration,
+machine, and per arm its parameters, FLOPs, per-epoch curves of every
+seed, final metrics and their mean and standard deviation) and
+``documents_<dataset>.png`` (training loss and validation accuracy per
+epoch and arm).
+"""
+import ctypes
+import gc
+import json
+import os
+import os.path as osp
+import resource
+import sys
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch_geometric.loader import DataLoader
+from torch_geometric.nn import global_mean_pool
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from training import (Distributed, Results, Timer,  # noqa: E402
+                      common_parser, machine_description, progress,
+                      seed_everything)
+
+from hsa_geo.data import Hierarchy, NestedSignal  # noqa: E402
+from hsa_geo.data import induced_hierarchy  # noqa: E402
+from hsa_geo.datasets import AmazonElec, IMDBReviews, ManPages  # noqa: E402
+from hsa_geo.nn import (HierarchicalPositionalEncoding,  # noqa: E402
+                        HSAConv, HSATransformerLayer)
+from hsa_geo.transforms import DocumentHierarchy  # noqa: E402
+
+ARMS = ('hsa', 'flat', 'truncated', 'local', 'hsa_pe', 'hsa_geometry')
+DATASETS = ('man-pages', 'imdb', 'elec')
+
+
+# Trees of the arms ########################################################
+
+def flat_tree(batch: Tensor, num_docs: int) -> Hierarchy:
+    r"""One root per document over all its leaves (``batch`` ``[N]``: the
+    document of every leaf): HSA on it is softmax attention."""
+    n = batch.numel()
+    roots = torch.full((num_docs, ), -1, dtype=torch.long,
+                       device=batch.device)
+    return Hierarchy.from_parent(torch.cat([batch + n, roots]), n)
+
+
+def sentence_of_leaves(hierarchy: Hierarchy, cluster_kind: Tensor,
+                       below: List[int]) -> Tensor:
+    r"""``[N]`` the node of every leaf's block: its nearest ancestor whose
+    kind (``cluster_kind`` ``[M]``) is not in :obj:`below` (the kinds under
+    a sentence, e.g. words), so its sentence, or its parent where no
+    sentence holds it."""
+    n, parent = hierarchy.num_leaves, hierarchy.parent
+    node = parent[:n].clone()
+    below = torch.tensor(below, dtype=cluster_kind.dtype,
+                         device=cluster_kind.device)
+    for _ in range(hierarchy.depth):  # one level of words per step
+        inner = torch.isin(cluster_kind[node - n], below) & (parent[node] >= 0)
+        if not inner.any():
+            break
+        node = torch.where(inner, parent[node], node)
+    return node
+
+
+def sentence_forest(hierarchy: Hierarchy, cluster_kind: Tensor,
+                    below: List[int]) -> Hierarchy:
+    r"""Every sentence a tree of its own, its tokens the leaves of one
+    family: HSA on it is softmax within each sentence, nothing across."""
+    n = hierarchy.num_leaves
+    block = sentence_of_leaves(hierarchy, cluster_kind, below)
+    _, block = torch.unique(block, return_inverse=True)
+    roots = torch.full((int(block.max()) + 1, ), -1, dtype=torch.long,
+                       device=block.device)
+    return Hierarchy.from_parent(torch.cat([block + n, roots]), n)
+
+
+def leading_tokens(batch: Tensor, ptr: Tensor, max_tokens: int) -> Tensor:
+    r"""``[N]`` mask of the first :obj:`max_tokens` leaves of every
+    document (leaves in reading order, ``ptr`` of a PyG batch)."""
+    position = torch.arange(batch.numel(), device=batch.device) - ptr[batch]
+    return position < max_tokens
+
+
+class ArmInput:
+    r"""What the blocks of :obj:`arm` read from a batch of documents: the
+    token ids ``x``, the tree, the document of every leaf."""
+    def __init__(self, arm: str, data, below: List[int], max_tokens: int):
+        x, batch = data.x, data.batch
+        self.num_docs = data.num_graphs
+        if arm == 'truncated':
+            keep = leading_tokens(batch, data.ptr, max_tokens)
+            x, batch = x[keep], batch[keep]
+        if arm in ('flat', 'truncated'):
+            tree = flat_tree(batch, self.num_docs)
+        elif arm == 'local':
+            tree = sentence_forest(data.hierarchy, data.cluster_kind, below)
+        else:
+            tree = data.hierarchy
+        self.x, self.batch, self.tree = x, batch, tree
+
+
+def attention_flops(arm: str, tree: Hierarchy, heads: int, channels: int,
+                    layers: int) -> float:
+    r"""Forward attention FLOPs of :obj:`arm` on one document whose
+    :obj:`tree` the arm attends along (see the module's docstring)."""
+    per_head = channels // heads
+    n = tree.num_leaves
+    if arm.startswith('hsa'):
+        flops = (4 * tree.num_sibling_pairs + 2 * n + 5 * tree.num_nodes)
+    else:  # softmax in every family of one level: sum of 4 W^2
+        sizes = torch.bincount(tree.parent[:n] - n).double()
+        flops = float(4 * sizes.pow(2).sum())
+    return float(flops) * per_head * heads * layers
+
+
+# Model #####################################################################
+
+class DocumentClassifier(torch.nn.Module):
+    r"""Token embedding, optional hierarchical positional encoding,
+    :obj:`layers` :class:`~hsa_geo.nn.HSATransformerLayer` blocks (MLP of
+    width ``2 * channels``), the mean of the leaves per document and a
+    linear head. With :obj:`geometry`, each block's attention adds a
+    :class:`~hsa_geo.nn.FamilyGeometryBias`."""
+    def __init__(self, num_tokens: int, channels: int, num_classes: int,
+                 layers: int, heads: int, dropout: float,
+                 position: bool = False, geometry: bool = False):
+        super().__init__()
+        self.embed = torch.nn.Embedding(num_tokens, channels)
+        self.position = HierarchicalPositionalEncoding(
+            channels, mode='sequence') if position else None
+        self.blocks = torch.nn.ModuleList()
+        for _ in range(layers):
+            block = HSATransformerLayer(channels, heads, dropout=dropout,
+                                        ff_channels=2 * channels)
+            if geometry:
+                # The block has no option for it; its attention is a plain
+                # attribute, the same HSAConv with the bias added.
+                block.attn = HSAConv(channels, channels // heads,
+                                     heads=heads, root_weight=False,
+                                     geometry_bias=True)
+            self.blocks.append(block)
+        self.head = torch.nn.Linear(channels, num_classes)
+
+    def forward(self, inputs: ArmInput) -> Tensor:
+        x = self.embed(inputs.x)
+        if self.position is not None:
+            x = self.position(x, inputs.tree)
+        for block in self.blocks:
+            x = block(x, inputs.tree)
+        return self.head(global_mean_pool(x, inputs.batch, inputs.num_docs))
+
+
+def build_model(arm: str, num_tokens: int, num_classes: int,
+                args) -> DocumentClassifier:
+    return DocumentClassifier(num_tokens, args.hidden, num_classes,
+                              args.layers, args.heads, args.dropout,
+                              position=arm == 'hsa_pe',
+                              geometry=arm == 'hsa_geometry')
+
+
+# Data ######################################################################
+
+def load_documents(args):
+    r"""The documents as light :class:`~hsa_geo.data.NestedSignal` objects
+    (token ids, tree, cluster kinds, label), each cut to its first
+    ``--max-doc-tokens`` tokens; the split; the number of token ids and
+    classes; the cluster kinds under a sentence (words)."""
+    if args.dataset == 'man-pages':
+        kwargs = {} if args.paths is None else {
+            'paths': args.paths, 'min_pages_per_section': 2, 'min_freq': 1}
+        dataset = ManPages(osp.join(args.root, 'ManPages'), log=False,
+                           **kwargs)
+        split = dataset.get_idx_split()
+        docs = [dataset[i] for i in range(len(dataset))]
+    else:
+        cls = IMDBReviews if args.dataset == 'imdb' else AmazonElec
+        root = osp.join(args.root, cls.__name__)
+        train, test = cls(root, 'train'), cls(root, 'test')
+        dataset = train
+        # No validation split: a fixed tenth of the training documents.
+        order = torch.randperm(len(train),
+                               generator=torch.Generator().manual_seed(0))
+        cut = len(train) // 10
+        docs = [train[i] for i in range(len(train))] + \
+            [test[i] for i in range(len(test))]
+        split = {'train': order[cut:].sort().values,
+                 'valid': order[:cut].sort().values,
+                 'test': torch.arange(len(train), len(docs))}
+    # ManPages adds page and section above DocumentHierarchy's kinds.
+    kinds = list(getattr(dataset, 'KINDS', DocumentHierarchy.KINDS))
+    below = kinds[kinds.index('sentence') + 1:]
+    docs = [light_document(d, args.max_doc_tokens) for d in docs]
+    return docs, split, len(dataset.vocab), dataset.num_classes, \
+        [kinds.index(k) for k in below]
+
+
+def light_document(data, max_tokens: Optional[int]) -> NestedSignal:
+    r"""Token ids, tree, cluster kinds and label of :obj:`data`, the tree
+    restricted to its first :obj:`max_tokens` tokens where it has more
+    (clusters left without a token go, with their kinds)."""
+    hierarchy, x, kind = data.hierarchy, data.x, data.cluster_kind
+    n = hierarchy.num_leaves
+    if max_tokens is not None and n > max_tokens:
+        hierarchy, node_map = induced_hierarchy(
+            hierarchy, torch.arange(max_tokens), return_node_map=True)
+        x, kind = x[:max_tokens], kind[node_map[n:] >= 0]
+    return NestedSignal.from_hierarchy(hierarchy, x=x, y=data.y.view(-1),
+                                       cluster_kind=kind)
+
+
+# Memory ####################################################################
+
+def _status_kib(field: str) -> Optional[int]:
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith(field + ':'):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+class PeakMemory:
+    r"""Peak resident memory (MiB) of one run above its start: Linux's
+    ``VmHWM`` after a reset through ``/proc/self/clear_refs`` (and
+    ``malloc_trim``, so that the start holds no freed memory); elsewhere
+    the process's ``ru_maxrss``, which cannot be reset."""
+    def __init__(self):
+        # Freed memory that the C allocator keeps would let a run reuse
+        # what an earlier one grew, unseen: give it back to the system.
+        gc.collect()
+        try:
+            ctypes.CDLL('libc.so.6').malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc
+            pass
+        self.resettable = False
+        try:
+            with open('/proc/self/clear_refs', 'w') as f:
+                f.write('5')  # resets the peak to the current size
+            self.resettable = _status_kib('VmHWM') is not None
+        except OSError:
+            pass
+        self.start = _status_kib('VmRSS') if self.resettable else 0
+
+    def peak_mb(self) -> float:
+        if self.resettable:
+            return (_status_kib('VmHWM') - self.start) / 1024
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / (2**20 if sys.platform == 'darwin' else 2**10)
+
+
+# Training ##################################################################
+
+def macro_f1(y_true: Tensor, y_pred: Tensor, num_classes: int) -> float:
+    r"""The mean over the classes present in :obj:`y_true` or
+    :obj:`y_pred` of the F1 score of each."""
+    scores = []
+    for c in range(num_classes):
+        tp = int(((y_pred == c) & (y_true == c)).sum())
+        predicted, actual = int((y_pred == c).sum()), int((y_true == c).sum())
+        if predicted + actual:
+            scores.append(2 * tp / (predicted + actual))
+    return sum(scores) / max(len(scores), 1)
+
+
+def train(model, loader, optimizer, arm: str, below, args,
+          dist: Distributed, epoch: int) -> float:
+    r"""One epoch; the mean loss per document."""
+    model.train()
+    total = count = 0.0
+    for data in progress(loader, epoch, dist, not args.no_progress):
+        data = data.to(dist.device)
+        optimizer.zero_grad()
+        out = model(ArmInput(arm, data, below, args.max_tokens))
+        loss = F.cross_entropy(out, data.y)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * data.num_graphs
+        count += data.num_graphs
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def evaluate(model, loader, arm: str, below, args, device,
+             num_classes: int) -> Dict[str, float]:
+    r"""Accuracy and macro-F1 of the documents of :obj:`loader`."""
+    model.eval()
+    y_true, y_pred = [], []
+    for data in loader:
+        data = data.to(device)
+        out = model(ArmInput(arm, data, below, args.max_tokens))
+        y_pred.append(out.argmax(-1).cpu())
+        y_true.append(data.y.cpu())
+    y_true, y_pred = torch.cat(y_true), torch.cat(y_pred)
+    return {'acc': float((y_true == y_pred).double().mean()),
+            'f1': macro_f1(y_true, y_pred, num_classes)}
+
+
+def run(arm: str, seed: int, docs: List[NestedSignal],
+        split: Dict[str, Tensor], num_tokens: int, num_classes: int,
+        below: List[int], args, dist: Distributed, results: Results):
+    r"""Trains the model of :obj:`arm` from :obj:`seed`; records its curves,
+    its best validation epoch and its peak memory in :obj:`results`."""
+    seed_everything(seed)
+    memory = PeakMemory()
+    model = build_model(arm, num_tokens, num_classes, args).to(dist.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    loaders = {part: DataLoader([docs[int(i)] for i in index],
+                                batch_size=args.batch_size,
+                                shuffle=part == 'train')
+               for part, index in split.items()}
+    print(f'{arm}, seed {seed}:', flush=True)
+    results.start_run(seed)
+    for epoch in range(1, args.epochs + 1):
+        timer = Timer()
+        loss = train(model, loaders['train'], optimizer, arm, below, args,
+                     dist, epoch)
+        seconds = timer.lap()
+        values = {}
+        for part in ('valid', 'test'):
+            scores = evaluate(model, loaders[part], arm, below, args,
+                              dist.device, num_classes)
+            values[part] = scores['acc']
+            values[f'{part}_f1'] = scores['f1']
+        results.add_epoch(epoch, loss=loss, **values, seconds=seconds,
+                          eval_seconds=timer.lap())
+    results.finish_run(
+        num_parameters=sum(p.numel() for p in model.parameters()))
+    results.runs[-1]['peak_memory_mb'] = memory.peak_mb()
+
+
+def mean_flops(arm: str, docs: List[NestedSignal], below: List[int],
+               args) -> float:
+    r"""Attention FLOPs of :obj:`arm` per document, averaged over
+    :obj:`docs` (each document alone, as the arm's tree sees it)."""
+    total = 0.0
+    for doc in docs:
+        batch = torch.zeros(doc.num_nodes, dtype=torch.long)
+        data = doc.clone()
+        data.batch, data.ptr = batch, torch.tensor([0, doc.num_nodes])
+        data.num_graphs = 1
+        tree = ArmInput(arm, data, below, args.max_tokens).tree
+        total += attention_flops(arm, tree, args.heads, args.hidden,
+                                 args.layers)
+    return total / max(len(docs), 1)
+
+
+def plot_arms(arms: Dict[str, Results], path: str, title: str = ''):
+    r"""Training loss and validation accuracy per epoch of every arm: the
+    mean over seeds as a line, minimum to maximum as a band."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for arm, results in arms.items():
+        for ax, key in zip(axes, ('loss', 'valid')):
+            curves = torch.tensor([[e[key] for e in run['epochs']]
+                                   for run in results.runs])
+            epochs = [e['epoch'] for e in results.runs[0]['epochs']]
+            line, = ax.plot(epochs, curves.mean(0).tolist(), marker='.',
+                            label=arm)
+            ax.fill_between(epochs, curves.min(0).values.tolist(),
+                            curves.max(0).values.tolist(),
+                            color=line.get_color(), alpha=0.15)
+    axes[0].set(xlabel='epoch', ylabel='training loss', title='loss')
+    axes[1].set(xlabel='epoch', ylabel='validation accuracy',
+                title='validation accuracy')
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def summary_table(out: Dict) -> str:
+    r"""A Markdown table of the arms of the results :obj:`out`."""
+    rows = ['| arm | test acc | test macro-F1 | s/epoch | attention '
+            'GFLOPs/doc | peak MiB | params |', '|' + ' --- |' * 7]
+    for arm, res in out['arms'].items():
+        summ = res['summary']
+
+        def cell(key: str, digits: int = 4) -> str:
+            s = summ[key]
+            return f'{s["mean"]:.{digits}f} ± {s["std"]:.{digits}f}'
+        rows.append(
+            f'| {arm} | {cell("test")} | {cell("test_f1")} | '
+            f'{cell("seconds_per_epoch", 2)} | '
+            f'{res["attention_flops"] / 1e9:.4f} | '
+            f'{cell("peak_memory_mb", 0)} | '
+            f'{summ["num_parameters"]["mean"]:,.0f} |')
+    return '\n'.join(rows)
+
+
+def write(arms: Dict[str, Results], flops: Dict[str, float], name: str,
+          args, device: torch.device) -> Dict:
+    r"""Writes ``<out>/<name>.json`` and ``<out>/<name>.png``; returns the
+    JSON's content."""
+    out = {'name': name, 'config': vars(args),
+           'machine': machine_description(device), 'metric': 'acc',
+           'higher_is_better': True,
+           'arms': {arm: {'attention_flops': flops[arm], 'runs': r.runs,
+                          'summary': r.summary()}
+                    for arm, r in arms.items()}}
+    os.makedirs(args.out, exist_ok=True)
+    with open(osp.join(args.out, f'{name}.json'), 'w') as f:
+        json.dump(out, f, indent=2, allow_nan=True)
+    plot_arms(arms, osp.join(args.out, f'{name}.png'), title=name)
+    return out
+
+
+def main(argv: List[str] = None) -> Dict:
+    r"""Parses :obj:`argv` (default: the command line), trains every arm
+    once per seed, writes the results and returns them as a :obj:`dict`.
+    """
+    parser = common_parser(
+        'Long documents: HSA along the document tree against flat, '
+        'truncated and sentence-local softmax attention.',
+        datasets=DATASETS, models=ARMS + ('all', ), dataset='man-pages',
+        model='all', epochs=10, hidden=32, batch_size=16)
+    add = parser.add_argument
+    add('--layers', type=int, default=2)
+    add('--heads', type=int, default=2)
+    add('--dropout', type=float, default=0.1)
+    add('--embedding', default='learned', choices=['learned'],
+        help='token inputs: an embedding learned from scratch')
+    add('--max-tokens', type=int, default=512,
+        help='tokens the truncated arm reads per document')
+    add('--max-doc-tokens', type=int, default=None,
+        help='cut every document to its first tokens, for every arm '
+        '(flat attention takes N^2 time); default: whole documents')
+    add('--paths', nargs='+', default=None,
+        help='man-pages: page files or folders to read instead of the '
+        'installed pages (sections with 2 pages are classes)')
+    args = parser.parse_args(argv)
+    if args.ddp:
+        parser.error('this example trains in one process; drop --ddp')
+    dist = Distributed.from_env(False, args.device, args.threads)
+
+    docs, split, num_tokens, num_classes, below = load_documents(args)
+    for part, index in split.items():
+        if index.numel() == 0:
+            raise ValueError(f"the {part!r} split has no document; pass "
+                             f"more pages (a page's split follows a hash "
+                             f"of its name)")
+    name = f'documents_{args.dataset}'
+    lengths = torch.tensor([d.num_nodes for d in docs], dtype=torch.float)
+    print(f'{name}: {len(docs)} documents, {num_classes} classes, tokens '
+          f'per document: mean {lengths.mean():.0f}, max '
+          f'{lengths.max():.0f}; on {dist.device}', flush=True)
+
+    arms, flops = {}, {}
+    for arm in ARMS if args.model == 'all' else (args.model, ):
+        flops[arm] = mean_flops(arm, docs, below, args)
+        arms[arm] = Results(f'{name}_{arm}', vars(args), 'acc', True, dist)
+        for seed in args.seeds:
+            run(arm, seed, docs, split, num_tokens, num_classes, below,
+                args, dist, arms[arm])
+    result = write(arms, flops, name, args, dist.device)
+    print(summary_table(result))
+    return result
+
+
+if __name__ == '__main__':
+    main()
