@@ -83,8 +83,6 @@ epoch and arm).
 """
 import ctypes
 import gc
-import json
-import os
 import os.path as osp
 import resource
 import sys
@@ -98,8 +96,8 @@ from torch_geometric.nn import global_mean_pool
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from training import (Distributed, Results, Timer,  # noqa: E402
-                      common_parser, machine_description, progress,
-                      seed_everything)
+                      common_parser, progress,
+                      seed_everything, write_arms)
 
 from hsa_geo.data import Hierarchy, NestedSignal  # noqa: E402
 from hsa_geo.data import induced_hierarchy  # noqa: E402
@@ -425,36 +423,6 @@ def mean_flops(arm: str, docs: List[NestedSignal], below: List[int],
     return total / max(len(docs), 1)
 
 
-def plot_arms(arms: Dict[str, Results], path: str, title: str = ''):
-    r"""Training loss and validation accuracy per epoch of every arm: the
-    mean over seeds as a line, minimum to maximum as a band."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for arm, results in arms.items():
-        for ax, key in zip(axes, ('loss', 'valid')):
-            curves = torch.tensor([[e[key] for e in run['epochs']]
-                                   for run in results.runs])
-            epochs = [e['epoch'] for e in results.runs[0]['epochs']]
-            line, = ax.plot(epochs, curves.mean(0).tolist(), marker='.',
-                            label=arm)
-            ax.fill_between(epochs, curves.min(0).values.tolist(),
-                            curves.max(0).values.tolist(),
-                            color=line.get_color(), alpha=0.15)
-    axes[0].set(xlabel='epoch', ylabel='training loss', title='loss')
-    axes[1].set(xlabel='epoch', ylabel='validation accuracy',
-                title='validation accuracy')
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def summary_table(out: Dict) -> str:
     r"""A Markdown table of the arms of the results :obj:`out`."""
     rows = ['| arm | test acc | test macro-F1 | s/epoch | attention '
@@ -472,23 +440,6 @@ def summary_table(out: Dict) -> str:
             f'{cell("peak_memory_mb", 0)} | '
             f'{summ["num_parameters"]["mean"]:,.0f} |')
     return '\n'.join(rows)
-
-
-def write(arms: Dict[str, Results], flops: Dict[str, float], name: str,
-          args, device: torch.device) -> Dict:
-    r"""Writes ``<out>/<name>.json`` and ``<out>/<name>.png``; returns the
-    JSON's content."""
-    out = {'name': name, 'config': vars(args),
-           'machine': machine_description(device), 'metric': 'acc',
-           'higher_is_better': True,
-           'arms': {arm: {'attention_flops': flops[arm], 'runs': r.runs,
-                          'summary': r.summary()}
-                    for arm, r in arms.items()}}
-    os.makedirs(args.out, exist_ok=True)
-    with open(osp.join(args.out, f'{name}.json'), 'w') as f:
-        json.dump(out, f, indent=2, allow_nan=True)
-    plot_arms(arms, osp.join(args.out, f'{name}.png'), title=name)
-    return out
 
 
 def main(argv: List[str] = None) -> Dict:
@@ -538,7 +489,9 @@ def main(argv: List[str] = None) -> Dict:
         for seed in args.seeds:
             run(arm, seed, docs, split, num_tokens, num_classes, below,
                 args, dist, arms[arm])
-    result = write(arms, flops, name, args, dist.device)
+    result = write_arms(
+        arms, name, args, dist.device, panels=('loss', 'valid'),
+        extra={arm: {'attention_flops': flops[arm]} for arm in arms})
     print(summary_table(result))
     return result
 

@@ -43,9 +43,7 @@ final metrics and their mean and standard deviation) and
 ``multimodal_<dataset>_<task>.png`` (training loss, validation and test
 metric per epoch: the mean over seeds, the band from minimum to maximum).
 """
-import json
 import math
-import os
 import os.path as osp
 import sys
 from typing import Dict, List, Sequence
@@ -62,8 +60,8 @@ from torch_geometric.nn import GINEConv, global_mean_pool
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from ogbg_mol import Task, mlp  # noqa: E402
 from training import (Distributed, Results, Timer,  # noqa: E402
-                      common_parser, machine_description, progress,
-                      seed_everything)
+                      common_parser, progress,
+                      seed_everything, write_arms)
 
 from hsa_geo.data import (HeteroNestedSignal, Hierarchy,  # noqa: E402
                           induced_hierarchy)
@@ -323,36 +321,6 @@ def run(arm: str, seed: int, dataset, split_idx: Dict[str, Tensor],
         num_parameters=sum(p.numel() for p in model.parameters()))
 
 
-def plot_arms(arms: Dict[str, Results], path: str, title: str = ''):
-    r"""Training loss, validation and test metric per epoch of every arm:
-    the mean over seeds as a line, minimum to maximum as a band."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    metric = ''
-    for arm, results in arms.items():
-        metric = results.metric
-        epochs = [e['epoch'] for e in results.runs[0]['epochs']]
-        for ax, key in zip(axes, ('loss', 'valid', 'test')):
-            curves = torch.tensor([[e[key] for e in run['epochs']]
-                                   for run in results.runs])
-            line, = ax.plot(epochs, curves.mean(0).tolist(), label=arm)
-            ax.fill_between(epochs, curves.min(0).values.tolist(),
-                            curves.max(0).values.tolist(),
-                            color=line.get_color(), alpha=0.15)
-    for ax, name in zip(axes, ('training loss (standardised)',
-                               f'validation {metric}', f'test {metric}')):
-        ax.set(xlabel='epoch', ylabel=name, title=name)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def summary_table(arms: Dict[str, Results]) -> str:
     r"""A Markdown table: per arm the parameters, the validation and test
     metric (mean ± standard deviation over seeds) and seconds per
@@ -369,24 +337,6 @@ def summary_table(arms: Dict[str, Results]) -> str:
                     f'{cell("valid")} | {cell("test")} | '
                     f'{cell("seconds_per_epoch", 2)} |')
     return '\n'.join(rows)
-
-
-def write(arms: Dict[str, Results], name: str, args,
-          device: torch.device) -> Dict:
-    r"""Writes ``<out>/<name>.json`` and ``<out>/<name>.png``; returns the
-    JSON's content."""
-    first = next(iter(arms.values()))
-    out = {'name': name, 'config': vars(args),
-           'machine': machine_description(device),
-           'metric': first.metric,
-           'higher_is_better': first.higher_is_better,
-           'arms': {arm: {'runs': r.runs, 'summary': r.summary()}
-                    for arm, r in arms.items()}}
-    os.makedirs(args.out, exist_ok=True)
-    with open(osp.join(args.out, f'{name}.json'), 'w') as f:
-        json.dump(out, f, indent=2, allow_nan=True)
-    plot_arms(arms, osp.join(args.out, f'{name}.png'), title=name)
-    return out
 
 
 def main(argv: List[str] = None) -> Dict:
@@ -424,7 +374,7 @@ def main(argv: List[str] = None) -> Dict:
                             task.higher_is_better, dist)
         for seed in args.seeds:
             run(arm, seed, dataset, split_idx, task, args, dist, arms[arm])
-    result = write(arms, name, args, dist.device)
+    result = write_arms(arms, name, args, dist.device)
     print(summary_table(arms))
     return result
 

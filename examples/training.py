@@ -548,3 +548,61 @@ if __name__ == '__main__':
     print(results_table(files))
     if '--plot' in sys.argv:
         compare_curves(files, sys.argv[sys.argv.index('--plot') + 1])
+
+
+def plot_arms(arms: Dict[str, 'Results'], path: str, title: str = '',
+              panels: Sequence[str] = ('loss', 'valid', 'test')):
+    r"""One panel per key of :obj:`panels` (training loss, validation and
+    test metric), one curve per arm of a script that trains several: the
+    mean over seeds as a line, minimum to maximum as a band."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.7 * len(panels), 4))
+    metric = next(iter(arms.values())).metric if arms else ''
+    for arm, results in arms.items():
+        epochs = [e['epoch'] for e in results.runs[0]['epochs']]
+        for ax, key in zip(axes, panels):
+            curves = torch.tensor([[e[key] for e in run['epochs']]
+                                   for run in results.runs])
+            line, = ax.plot(epochs, curves.mean(0).tolist(), marker='.',
+                            label=arm)
+            ax.fill_between(epochs, curves.min(0).values.tolist(),
+                            curves.max(0).values.tolist(),
+                            color=line.get_color(), alpha=0.15)
+    names = {'loss': 'training loss', 'valid': f'validation {metric}',
+             'test': f'test {metric}'}
+    for ax, key in zip(axes, panels):
+        name = names.get(key, key)
+        ax.set(xlabel='epoch', ylabel=name, title=name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_arms(arms: Dict[str, 'Results'], name: str, args,
+               device: torch.device, panels: Sequence[str] = (
+                   'loss', 'valid', 'test'),
+               extra: Optional[Dict[str, Dict[str, Any]]] = None
+               ) -> Dict[str, Any]:
+    r"""Writes ``<args.out>/<name>.json`` (configuration, machine, and per
+    arm its runs, summary and the entries of ``extra[arm]``) and
+    ``<args.out>/<name>.png`` (:func:`plot_arms`); returns the JSON's
+    content."""
+    first = next(iter(arms.values()))
+    out = {'name': name, 'config': vars(args),
+           'machine': machine_description(device),
+           'metric': first.metric,
+           'higher_is_better': first.higher_is_better,
+           'arms': {arm: {**(extra or {}).get(arm, {}), 'runs': r.runs,
+                          'summary': r.summary()}
+                    for arm, r in arms.items()}}
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, f'{name}.json'), 'w') as f:
+        json.dump(out, f, indent=2, allow_nan=True)
+    plot_arms(arms, os.path.join(args.out, f'{name}.png'), name, panels)
+    return out
