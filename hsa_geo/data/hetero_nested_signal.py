@@ -145,10 +145,8 @@ class HeteroNestedSignal(HeteroData):
                              "the hierarchy has no family graph: they would "
                              "attend to nothing but themselves; add the "
                              "family graph or pass no flags")
-        slices, start = {}, 0
-        for t, count in counts.items():
-            slices[t], start = slice(start, start + count), start + count
-        store_family_graph(self, hierarchy, slices, sparse, CLUSTER)
+        store_family_graph(self, hierarchy, _slices(counts), sparse,
+                           CLUSTER)
         self.num_leaf_types = len(counts)
 
     # The leaves ############################################################
@@ -161,12 +159,7 @@ class HeteroNestedSignal(HeteroData):
     @property
     def leaf_slices(self) -> Dict[str, slice]:
         r"""Each leaf type's rows in the global order of the leaves."""
-        out, start = {}, 0
-        for t in self.leaf_types:
-            count = self._leaf_rows(t)
-            out[t] = slice(start, start + count)
-            start += count
-        return out
+        return _slices({t: self._leaf_rows(t) for t in self.leaf_types})
 
     def node_modality(self) -> Tensor:
         r"""``[T]`` the modality of every node of :attr:`hierarchy`: the
@@ -459,6 +452,15 @@ def _leaf_count(t: str, x: Any) -> int:
         return x
     raise TypeError(f"x_dict['{t}'] must be a tensor of features [N_t, F_t] "
                     f"or a number of leaves, got {type(x).__name__}")
+
+
+def _slices(counts: Mapping[str, int]) -> Dict[str, slice]:
+    r"""The rows of every leaf type, the types one after the other."""
+    out, start = {}, 0
+    for t, count in counts.items():
+        out[t] = slice(start, start + count)
+        start += count
+    return out
 
 
 def _kept_leaves(subset: Optional[Tensor], count: int, t: str) -> Tensor:
