@@ -97,7 +97,7 @@ from torch_geometric.nn import global_mean_pool
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from training import (Distributed, Results, Timer,  # noqa: E402
                       common_parser, progress,
-                      seed_everything, write_arms)
+                      mean_std_cell, seed_everything, write_arms)
 
 from hsa_geo.data import Hierarchy, NestedSignal  # noqa: E402
 from hsa_geo.data import induced_hierarchy  # noqa: E402
@@ -431,8 +431,7 @@ def summary_table(out: Dict) -> str:
         summ = res['summary']
 
         def cell(key: str, digits: int = 4) -> str:
-            s = summ[key]
-            return f'{s["mean"]:.{digits}f} ± {s["std"]:.{digits}f}'
+            return mean_std_cell(summ, key, digits)
         rows.append(
             f'| {arm} | {cell("test")} | {cell("test_f1")} | '
             f'{cell("seconds_per_epoch", 2)} | '

@@ -61,7 +61,7 @@ sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from ogbg_mol import Task, mlp  # noqa: E402
 from training import (Distributed, Results, Timer,  # noqa: E402
                       common_parser, progress,
-                      seed_everything, write_arms)
+                      mean_std_cell, seed_everything, write_arms)
 
 from hsa_geo.data import (HeteroNestedSignal, Hierarchy,  # noqa: E402
                           induced_hierarchy)
@@ -332,7 +332,7 @@ def summary_table(arms: Dict[str, Results]) -> str:
         s = results.summary()
 
         def cell(key: str, digits: int = 3) -> str:
-            return f'{s[key]["mean"]:.{digits}f} ± {s[key]["std"]:.{digits}f}'
+            return mean_std_cell(s, key, digits)
         rows.append(f'| {arm} | {s["num_parameters"]["mean"]:,.0f} | '
                     f'{cell("valid")} | {cell("test")} | '
                     f'{cell("seconds_per_epoch", 2)} |')

@@ -478,6 +478,15 @@ class Timer:
         return seconds
 
 
+def mean_std_cell(summary: Dict[str, Dict[str, float]], key: str,
+                  digits: int = 4) -> str:
+    r"""``'mean ± std'`` of :obj:`key` in a :meth:`Results.summary`, or
+    ``''`` where it has none: a cell of the results tables."""
+    s = summary.get(key)
+    return '' if s is None else \
+        f'{s["mean"]:.{digits}f} ± {s["std"]:.{digits}f}'
+
+
 def results_table(paths: Sequence[str]) -> str:
     r"""A Markdown table of the results JSON files :obj:`paths`: one row
     per file (dataset, split, model), with the mean ± standard deviation
@@ -491,9 +500,7 @@ def results_table(paths: Sequence[str]) -> str:
         cfg, summ = res['config'], res['summary']
 
         def cell(key: str, digits: int = 4) -> str:
-            s = summ.get(key)
-            return '' if s is None else \
-                f'{s["mean"]:.{digits}f} ± {s["std"]:.{digits}f}'
+            return mean_std_cell(summ, key, digits)
         params = summ.get('num_parameters', {}).get('mean', 0)
         rows.append(
             f'| {cfg.get("dataset", "")} | {cfg.get("split", "")} | '
