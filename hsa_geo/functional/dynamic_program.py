@@ -42,7 +42,11 @@ class FamilyWeights(NamedTuple):
     weight: Tensor
 
 
-def _check_inputs(q: Tensor, k: Tensor, v: Tensor, hierarchy: Hierarchy):
+def check_attention_inputs(q: Tensor, k: Tensor, v: Tensor,
+                           hierarchy: Hierarchy):
+    r"""Raises a :class:`TypeError` or :class:`ValueError` naming what is
+    wrong with queries, keys and values ``[N(, H), D]`` for the leaves of
+    :obj:`hierarchy`."""
     if not isinstance(hierarchy, Hierarchy):
         raise TypeError(f"'hierarchy' must be a hsa_geo.data.Hierarchy, got "
                         f"{type(hierarchy).__name__}")
@@ -885,7 +889,7 @@ def hierarchical_attention(
         with :obj:`return_weights`, also the family weights. Computation is
         in float32 (float64 for float64 inputs).
     """
-    _check_inputs(q, k, v, hierarchy)
+    check_attention_inputs(q, k, v, hierarchy)
     dropout_p = check_float(dropout_p, 'dropout_p', 0.0, 1.0, high_open=True)
     check_bool(training, 'training')
     check_bool(return_weights, 'return_weights')

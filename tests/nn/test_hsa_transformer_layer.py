@@ -155,3 +155,42 @@ def test_layer_reset_parameters_and_nested_signal():
     b = state_of(layer)
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+@given(forests(max_leaves=12), SEEDS)
+def test_query_resolved_layer_is_the_dense_block(f, seed):
+    r"""``query_resolved=True``: the block with the query-resolved matrix
+    in place of HSA's (float64, eval)."""
+    from hsa_geo.functional import query_resolved_attention_matrix
+    h = build(f)
+    torch.manual_seed(seed)
+    layer = HSATransformerLayer(6, heads=2, query_resolved=True).double()
+    layer.eval()
+    x = randn(f.num_leaves, 6, seed=seed, dtype=torch.float64)
+    n, c = x.size(0), 6
+    xn = F.layer_norm(x, (c, ), layer.norm1.weight, layer.norm1.bias,
+                      layer.norm1.eps)
+    q, k, v = linear(layer.attn.lin_qkv, xn).view(n, 3, 2, 3).unbind(1)
+    att = query_resolved_attention_matrix(q, k, h)
+    a = torch.einsum('hij,jhd->ihd', att, v).reshape(n, c)
+    hid = x + linear(layer.lin_out, a)
+    hn = F.layer_norm(hid, (c, ), layer.norm2.weight, layer.norm2.bias,
+                      layer.norm2.eps)
+    ref = hid + linear(layer.mlp[-1], F.gelu(linear(layer.mlp[0], hn)))
+    assert (layer(x, h) - ref).abs().max() < EXACT
+
+
+def test_layer_options_reach_its_attention():
+    layer = HSATransformerLayer(8, heads=2, geometry_bias=True)
+    assert layer.attn.geometry_bias is not None
+    assert repr(layer) == 'HSATransformerLayer(8, heads=2, geometry_bias=True)'
+    h = example_hierarchy()
+    out = layer(randn(NUM_LEAVES, 8), h)
+    out.sum().backward()
+    assert layer.attn.geometry_bias.weight.grad.abs().sum() > 0
+    layer = HSATransformerLayer(8, heads=2, query_resolved=True)
+    assert repr(layer) == \
+        'HSATransformerLayer(8, heads=2, query_resolved=True)'
+    with pytest.raises(ValueError, match='query_resolved'):
+        HSATransformerLayer(8, heads=2, query_resolved=True,
+                            geometry_bias=True)
