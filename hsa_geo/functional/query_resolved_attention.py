@@ -4,17 +4,19 @@ kept on the key side only, so that every query leaf has weights of its own
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+import weakref
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch_geometric.utils import softmax
 
 from hsa_geo._checks import check_bool, check_float
 from hsa_geo._memory import ensure_memory
 from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.functional.dynamic_program import check_attention_inputs
+from hsa_geo.functional.pair_pattern import DEVICES, PairPattern
+from hsa_geo.functional.sparse_family_attention import scatter_logsumexp
 
 
 def query_resolved_attention(q: Tensor, k: Tensor, v: Tensor,
@@ -80,29 +82,76 @@ def query_resolved_attention(q: Tensor, k: Tensor, v: Tensor,
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
 
-    leaf, node = leaf_paths(hierarchy)
-    query, block = query_blocks(hierarchy, leaf, node)
     heads, width = q.size(1), q.size(-1) + v.size(-1)
-    # Gathered rows of q, mean keys and values, kept for the backward.
-    ensure_memory(3 * (query.numel() + leaf.numel()) * heads * width
+    n, t = q.size(0), hierarchy.num_nodes
+    leaf, node, query, block, pattern = _structure(hierarchy, heads)
+    # Scores and weights per pair, kept for the backward; without the
+    # sparse kernels also the gathered rows of q, mean keys and values.
+    per_pair = 4 * heads if pattern is not None else 3 * heads * width
+    ensure_memory((per_pair * query.numel() + 3 * t * heads * width)
                   * q.element_size(), 'query-resolved attention',
                   q.device, f'{query.numel():,} (query, block) pairs')
     size = hierarchy.leaf_count.to(q.device)
     k_mean = subtree_means(k, leaf, node, size)
     v_mean = subtree_means(v, leaf, node, size)
 
-    n = q.size(0)
-    scores = torch.cat([
-        scale * (q * k).sum(-1),
-        scale * (q[query] * k_mean[block]).sum(-1)
-        + size[block].to(dtype).log().unsqueeze(-1)])
-    weight = softmax(scores, torch.cat([torch.arange(n, device=q.device),
-                                        query]), num_nodes=n)
-    weight = F.dropout(weight, dropout_p, training)
-    out = weight[:n].unsqueeze(-1) * v
-    out = out.index_add(0, query, weight[n:].unsqueeze(-1) * v_mean[block])
-    out = out.to(out_dtype)
+    own = scale * (q * k).sum(-1)  # [N, H]
+    if pattern is not None:
+        table = torch.cat([q, q.new_zeros((t - n, ) + q.shape[1:])])
+        dots = pattern.sampled_dot(_head_major(table), _head_major(k_mean))
+        dots = dots.view(heads, -1).t()
+    else:
+        dots = torch.linalg.vecdot(q[query], k_mean[block])
+    scores = torch.add(size[block].to(dtype).log().unsqueeze(-1), dots,
+                       alpha=scale)
+    # Over every query's blocks and itself, so that no segment is empty.
+    lse = scatter_logsumexp(torch.cat([own, scores]),
+                            torch.cat([torch.arange(n, device=q.device),
+                                       query]), n, -math.inf)
+    weight = F.dropout(torch.exp(scores - lse[query]), dropout_p, training)
+    out = F.dropout(torch.exp(own - lse), dropout_p, training).unsqueeze(
+        -1) * v
+    if pattern is not None:
+        context = pattern.matmul(weight.t().reshape(-1),
+                                 _head_major(v_mean))
+        context = context.view(heads, t, -1).transpose(0, 1)[:n]
+    else:
+        context = out.new_zeros(out.shape).index_add_(
+            0, query, weight.unsqueeze(-1) * v_mean[block])
+    out = (out + context).to(out_dtype)
     return out.squeeze(1) if single_head else out
+
+
+def _head_major(x: Tensor) -> Tensor:
+    r"""``[K, H, D]`` as the ``[H * K, D]`` rows of a pattern."""
+    return x.transpose(0, 1).reshape(-1, x.size(-1))
+
+
+# What a hierarchy's pairs are, derived once per hierarchy (and head count
+# for the pattern): the layers of a model attend over one tree in turn.
+_STRUCTURES: 'weakref.WeakKeyDictionary[Hierarchy, Dict[Any, Any]]' = \
+    weakref.WeakKeyDictionary()
+
+
+def _structure(hierarchy: Hierarchy, heads: int) -> Tuple[
+        Tensor, Tensor, Tensor, Tensor, Optional[PairPattern]]:
+    r"""The leaf paths and (query, block) pairs of :obj:`hierarchy`, and
+    their :class:`PairPattern` over the tree's nodes for :obj:`heads`
+    heads (:obj:`None` without pairs or sparse kernels)."""
+    cache = _STRUCTURES.setdefault(hierarchy, {})
+    if 'pairs' not in cache:
+        leaf, node = leaf_paths(hierarchy)
+        cache['pairs'] = (leaf, node) + query_blocks(hierarchy, leaf, node)
+    leaf, node, query, block = cache['pairs']
+    if heads not in cache:
+        cache[heads] = None
+        if query.numel() and query.device.type in DEVICES:
+            t = hierarchy.num_nodes
+            transpose = torch.argsort(block * t + query, stable=True)
+            with torch.inference_mode(False):  # a double backward saves it
+                cache[heads] = PairPattern.build(query, block, transpose, t,
+                                                 heads)
+    return leaf, node, query, block, cache[heads]
 
 
 def leaf_paths(hierarchy: Hierarchy) -> Tuple[Tensor, Tensor]:
@@ -151,4 +200,7 @@ def query_blocks(hierarchy: Hierarchy, leaf: Tensor, node: Tensor
     offset = torch.arange(query.numel(), device=query.device) - \
         torch.repeat_interleave(torch.cumsum(per_path, 0) - per_path,
                                 per_path)
-    return query, target[first + offset]
+    block = target[first + offset]
+    # Sorted by query, then block: the order of the CSR pattern.
+    order = torch.argsort(query * hierarchy.num_nodes + block, stable=True)
+    return query[order], block[order]

@@ -7,6 +7,7 @@ and equal to the minimum a generic optimiser finds over its family (a third
 construction, written here from the parent vector); gradients to second
 order; bad input."""
 import math
+import sys
 from typing import Dict, List, Tuple
 
 import pytest
@@ -204,3 +205,23 @@ def test_bad_input_is_refused():
         query_resolved_attention(q, k, v, [3, 3, 3, -1])
     assert math.isfinite(float(query_resolved_attention(
         100 * q, 100 * k, v, h).abs().max()))
+
+
+@given(forests(max_leaves=12), SEEDS, st.booleans())
+def test_gather_path_gives_the_same(f, seed, graph):
+    r"""Where the device has no sparse CSR kernels, the pairs' rows are
+    gathered instead: the same output and gradients."""
+    module = sys.modules['hsa_geo.functional.query_resolved_attention']
+    h = hierarchy_of(f, seed if graph else None)
+    inputs = [t.requires_grad_() for t in make(f.num_leaves, 2, 3, seed)]
+    results = []
+    for devices in (module.DEVICES, ()):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(module, 'DEVICES', devices)
+            fresh = Hierarchy.from_parent(h.parent, h.num_leaves,
+                                          h.family_edge_index)
+            out = query_resolved_attention(*inputs, fresh)
+            results.append((out, *torch.autograd.grad(
+                out.square().sum(), inputs)))
+    for a, b in zip(*results):
+        assert torch.allclose(a, b, atol=1e-12, rtol=0)
