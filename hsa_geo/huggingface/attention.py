@@ -1,0 +1,420 @@
+r"""Zero-shot HSA inside a pretrained HuggingFace encoder: chosen layers
+run hierarchical self-attention with the layer's own projections, the
+others their own attention."""
+from __future__ import annotations
+
+import copy
+import math
+import weakref
+from dataclasses import dataclass
+from typing import (Any, Dict, Iterable, List, Mapping, Optional, Tuple,
+                    Union)
+
+import torch
+from torch import Tensor
+
+from hsa_geo.data.hierarchy import Hierarchy
+from hsa_geo.functional.dynamic_program import hierarchical_attention
+from hsa_geo.functional.query_resolved_attention import \
+    query_resolved_attention
+from hsa_geo.huggingface.token_forest import TokenForest
+
+#: What a layer runs: family HSA, query-resolved HSA, or the model's own
+#: softmax attention.
+VARIANTS = ('hsa', 'query_resolved', 'softmax')
+#: The name under which the attention function is registered with
+#: ``transformers.AttentionInterface``.
+ATTENTION_NAME = 'hsa_geo'
+#: The keyword of a model call that may carry the forest of the batch.
+FOREST_KWARG = 'hsa_forest'
+
+Forest = Union[TokenForest, Hierarchy]
+# The patched attention modules and what they run, read by the registered
+# function (weak: a model deleted inside a patch leaves nothing behind).
+_ROUTES: 'weakref.WeakKeyDictionary[torch.nn.Module, Tuple[HSAPatch, int]]' \
+    = weakref.WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class HSASpec:
+    r"""What one attention layer runs under :func:`hsa_attention`.
+
+    Args:
+        variant (str): ``'hsa'`` (:func:`~hsa_geo.functional.
+            hierarchical_attention`), ``'query_resolved'``
+            (:func:`~hsa_geo.functional.query_resolved_attention`) or
+            ``'softmax'`` (the model's own attention: the layer is left
+            alone). (default: ``'hsa'``)
+        forest (str): the name of the forest the layer attends along
+            (:meth:`HSAPatch.set_forest`), so that layers may use different
+            trees of the same batch (e.g. words only in the lower layers).
+            (default: ``'default'``)
+    """
+    variant: str = 'hsa'
+    forest: str = 'default'
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"HSASpec.variant must be one of {VARIANTS}, got "
+                             f"{self.variant!r}")
+        if not isinstance(self.forest, str):
+            raise TypeError(f"HSASpec.forest must be the name of a forest "
+                            f"(a str), got {type(self.forest).__name__}")
+
+
+def attention_modules(model: torch.nn.Module) -> List[torch.nn.Module]:
+    r"""The self-attention modules of :obj:`model` that dispatch through
+    ``transformers``' attention interface, in the order of
+    ``model.modules()``: layer ``i`` of :func:`hsa_attention` is entry
+    ``i`` (for BERT and RoBERTa, ``model.encoder.layer[i].attention.self``).
+    A module qualifies when it reads ``config._attn_implementation`` and
+    has the ``scaling`` it passes on, and is no cross-attention. A model
+    that shares one module across its layers (ALBERT) has one entry."""
+    return [m for m in model.modules()
+            if hasattr(getattr(m, 'config', None), '_attn_implementation')
+            and hasattr(m, 'scaling')
+            and 'CrossAttention' not in type(m).__name__
+            and not getattr(m, 'is_cross_attention', False)]
+
+
+class HSAPatch:
+    r"""Runs hierarchical self-attention in chosen attention layers of a
+    pretrained ``transformers`` encoder, with the layers' own projections
+    :math:`W_q, W_k, W_v, W_o` and scale (zero-shot, docs/math.md, 7).
+
+    Every chosen module gets a private copy of the model's config whose
+    ``_attn_implementation`` is :data:`ATTENTION_NAME`, an attention
+    function registered with ``transformers.AttentionInterface``: it turns
+    the module's queries, keys and values ``[B, H, L, D]`` into rows
+    ``b * L + t`` of ``[B L, H, D]`` and runs the layer's variant over the
+    forest of the batch,
+
+    .. math::
+        \mathrm{out}_{b, t} = \mathrm{HSA}(Q, K, V; \mathcal{T})_{bL + t}
+        \quad (\text{or query-resolved HSA}),
+
+    returning ``[B, L, H, D]`` as the model expects. The model's config,
+    the mask it builds and every other layer are untouched; :meth:`remove`
+    (or leaving the ``with`` block, also on an exception) puts the
+    original configs back. The attention mask is not used: the forest says
+    who sees whom (padding positions are trees of their own), and it is
+    checked against the mask. Patched layers return no attention weights
+    (``output_attentions`` gives :obj:`None` for them).
+
+    The forest of the current batch is set with :meth:`set_forest`, or
+    passed with the model call as ``model(**inputs, hsa_forest=forest)``
+    (a forest, or a ``{name: forest}`` dict), which wins over the set one.
+
+    Args:
+        model (torch.nn.Module): a ``transformers`` model whose attention
+            modules dispatch through the attention interface (BERT,
+            RoBERTa, MiniLM, ELECTRA, ... from ``transformers`` 4.54 on).
+        layers (dict or list): ``{i: spec}`` for the chosen layers (see
+            :func:`attention_modules` for the numbering), a spec being an
+            :class:`HSASpec` or a variant name; a list of indices runs
+            ``'hsa'`` in each. Other layers keep their own attention.
+        forest (TokenForest or Hierarchy, optional): the forest named
+            ``'default'``.
+
+    Attributes:
+        calls (dict): ``{i: count}`` how often each patched layer ran HSA.
+    """
+    def __init__(self, model: torch.nn.Module,
+                 layers: Union[Mapping[int, Union[HSASpec, str]],
+                               Iterable[int]],
+                 forest: Optional[Forest] = None):
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"'model' must be a torch.nn.Module (a "
+                            f"transformers model), got "
+                            f"{type(model).__name__}")
+        self.model = model
+        self.modules = attention_modules(model)
+        if not self.modules:
+            raise ValueError(
+                f"{type(model).__name__} has no attention module that "
+                f"dispatches through transformers' AttentionInterface "
+                f"(a module with 'config' and 'scaling'); HSA can be patched "
+                f"into BERT-like encoders of transformers >= 4.54")
+        self.specs = _check_layers(layers, len(self.modules))
+        for index in self.specs:
+            if getattr(self.modules[index], 'is_causal', False):
+                raise ValueError(
+                    f"attention layer {index} is causal (a decoder); HSA "
+                    f"attends both ways along the tree, patch an encoder")
+        self.forests: Dict[str, Forest] = {}
+        self.calls: Dict[int, int] = {}
+        self._saved: Dict[int, Any] = {}
+        self._on_device: Dict[Tuple[str, torch.device], Forest] = {}
+        if forest is not None:
+            self.set_forest(forest)
+
+    # Forests ###############################################################
+
+    def set_forest(self, forest: Forest, name: str = 'default'):
+        r"""Sets the forest of the next batches for the layers whose
+        :attr:`HSASpec.forest` is :obj:`name`: a :class:`TokenForest`
+        (:class:`TokenHierarchy`) or a :class:`~hsa_geo.data.Hierarchy`
+        over the :math:`B L` positions, leaf ``b * L + t``."""
+        self.forests[name] = _check_forest(forest, f'forest {name!r}')
+        self._on_device = {k: v for k, v in self._on_device.items()
+                           if k[0] != name}
+
+    def _forest(self, name: str, passed: Any, device: torch.device
+                ) -> Forest:
+        if passed is not None:
+            if isinstance(passed, Mapping):
+                passed = passed.get(name)
+            if passed is not None:
+                forest = _check_forest(passed, f"'{FOREST_KWARG}'")
+                return forest if _device(forest) == device \
+                    else forest.to(device)
+        if name not in self.forests:
+            raise ValueError(
+                f"no forest named {name!r} is set; call patch.set_forest("
+                f"forest, name={name!r}) before the model, or pass "
+                f"model(..., {FOREST_KWARG}=forest)")
+        key = (name, device)
+        if key not in self._on_device:  # moved once per batch and device
+            forest = self.forests[name]
+            self._on_device[key] = forest if _device(forest) == device \
+                else forest.to(device)
+        return self._on_device[key]
+
+    # Patching ##############################################################
+
+    def apply(self) -> 'HSAPatch':
+        r"""Routes the chosen layers to HSA (idempotent)."""
+        _register()
+        for index, spec in self.specs.items():
+            if spec.variant == 'softmax' or index in self._saved:
+                continue
+            module = self.modules[index]
+            if module in _ROUTES:
+                self.remove()
+                raise ValueError(
+                    f"attention layer {index} is already patched by another "
+                    f"HSAPatch; leave that one first")
+            config = copy.deepcopy(module.config)
+            config._attn_implementation = ATTENTION_NAME
+            self._saved[index] = module.config
+            module.config = config
+            _ROUTES[module] = (self, index)
+        return self
+
+    def remove(self):
+        r"""Gives every patched module its original config back."""
+        for index, config in self._saved.items():
+            module = self.modules[index]
+            module.config = config
+            _ROUTES.pop(module, None)
+        self._saved = {}
+
+    def __enter__(self) -> 'HSAPatch':
+        return self.apply()
+
+    def __exit__(self, *exc: Any):
+        self.remove()
+
+    # Attention #############################################################
+
+    def attention(self, index: int, module: torch.nn.Module, query: Tensor,
+                  key: Tensor, value: Tensor, attention_mask: Optional[Tensor],
+                  dropout: float, scaling: Optional[float],
+                  passed: Any) -> Tensor:
+        r"""``[B, L, H, D]`` the attention of layer :obj:`index` for
+        queries, keys and values ``[B, H, L, D]``."""
+        spec = self.specs[index]
+        batch, heads, length, channels = query.shape
+        if key.size(2) != length:
+            raise ValueError(
+                f"attention layer {index} got {length} queries but "
+                f"{key.size(2)} keys; HSA is self-attention over one "
+                f"sequence (no cache, no cross-attention)")
+        if key.size(1) != heads:  # grouped-query attention
+            key = key.repeat_interleave(heads // key.size(1), dim=1)
+            value = value.repeat_interleave(heads // value.size(1), dim=1)
+        forest = self._forest(spec.forest, passed, query.device)
+        hierarchy = _check_batch(forest, batch, length, attention_mask,
+                                 index)
+        if scaling is None:
+            scaling = getattr(module, 'scaling', None) or \
+                1.0 / math.sqrt(channels)
+        rows = [t.transpose(1, 2).reshape(batch * length, heads, -1)
+                for t in (query, key, value)]
+        function = hierarchical_attention if spec.variant == 'hsa' else \
+            query_resolved_attention
+        out = function(*rows, hierarchy, scale=float(scaling),
+                       dropout_p=dropout, training=module.training)
+        out = out.view(batch, length, heads, -1)
+        if isinstance(forest, TokenForest) and forest.global_leaves.numel():
+            out = _global_rows(out, query, key, value, forest, scaling,
+                               dropout, module.training)
+        self.calls[index] = self.calls.get(index, 0) + 1
+        return out
+
+    def flops(self):
+        r"""The attention FLOPs of one forward of the model on the batch
+        of the set forests (:func:`~hsa_geo.huggingface.
+        model_attention_flops`)."""
+        from hsa_geo.huggingface.flops import model_attention_flops
+        return model_attention_flops(self.model, self.specs, self.forests)
+
+    def __repr__(self) -> str:
+        layers = {i: s.variant for i, s in self.specs.items()}
+        return (f'{self.__class__.__name__}({type(self.model).__name__}, '
+                f'layers={layers}, forests={sorted(self.forests)})')
+
+
+def hsa_attention(model: torch.nn.Module,
+                  layers: Union[Mapping[int, Union[HSASpec, str]],
+                                Iterable[int]],
+                  forest: Optional[Forest] = None) -> HSAPatch:
+    r"""A context manager that runs HSA in the chosen :obj:`layers` of
+    :obj:`model` and undoes it on exit (see :class:`HSAPatch`).
+
+    Example:
+        >>> builder = TokenHierarchy(tokenizer)
+        >>> inputs, forest = builder.encode(texts)
+        >>> with hsa_attention(model, {4: 'hsa', 5: 'query_resolved'},
+        ...                    forest) as patch:
+        ...     out = model(**inputs).last_hidden_state
+    """
+    return HSAPatch(model, layers, forest)
+
+
+def _hsa_attention_forward(module: torch.nn.Module, query: Tensor,
+                           key: Tensor, value: Tensor,
+                           attention_mask: Optional[Tensor],
+                           dropout: float = 0.0,
+                           scaling: Optional[float] = None,
+                           **kwargs: Any) -> Tuple[Tensor, None]:
+    r"""The function registered as :data:`ATTENTION_NAME`: the signature
+    of ``transformers``' attention interface, ``[B, L, H, D]`` out and no
+    weights."""
+    route = _ROUTES.get(module)
+    if route is None:
+        raise RuntimeError(
+            f"{type(module).__name__} asks for attention "
+            f"{ATTENTION_NAME!r} but is not patched; set its config's "
+            f"_attn_implementation through hsa_geo.huggingface.hsa_attention"
+            f" only")
+    patch, index = route
+    out = patch.attention(index, module, query, key, value, attention_mask,
+                          dropout, scaling, kwargs.get(FOREST_KWARG))
+    return out, None
+
+
+def _register():
+    try:
+        from transformers import AttentionInterface
+    except ImportError as e:
+        raise ImportError(
+            f"hsa_geo.huggingface needs transformers >= 4.54 ({e}); install "
+            f"it with pip install 'hsa_geo[huggingface]'") from e
+    AttentionInterface.register(ATTENTION_NAME, _hsa_attention_forward)
+
+
+def _check_layers(layers: Any, count: int) -> Dict[int, HSASpec]:
+    if isinstance(layers, Mapping):
+        items = list(layers.items())
+    elif isinstance(layers, Iterable) and not isinstance(layers, str):
+        items = [(i, 'hsa') for i in layers]
+    else:
+        raise TypeError(f"'layers' must be a dict {{layer: spec}} or a list "
+                        f"of layer indices, got {type(layers).__name__}")
+    specs = {}
+    for index, spec in items:
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise TypeError(f"layer indices must be ints, got {index!r}")
+        if not -count <= index < count:
+            raise ValueError(
+                f"layer {index} does not exist: the model has {count} "
+                f"attention layers (0..{count - 1}, see "
+                f"hsa_geo.huggingface.attention_modules(model))")
+        if isinstance(spec, str):
+            spec = HSASpec(spec)
+        if not isinstance(spec, HSASpec):
+            raise TypeError(f"layers[{index}] must be an HSASpec or one of "
+                            f"{VARIANTS}, got {type(spec).__name__}")
+        index %= count
+        if index in specs:
+            raise ValueError(f"layer {index} is given twice in 'layers'")
+        specs[index] = spec
+    return specs
+
+
+def _check_forest(forest: Any, name: str) -> Forest:
+    if not isinstance(forest, (TokenForest, Hierarchy)):
+        raise TypeError(
+            f"{name} must be a TokenForest (TokenHierarchy(tokenizer)("
+            f"encoding, texts)) or a Hierarchy over the B * L positions, got "
+            f"{type(forest).__name__}")
+    return forest
+
+
+def _device(forest: Forest) -> torch.device:
+    return forest.hierarchy.device if isinstance(forest, TokenForest) \
+        else forest.device
+
+
+def _check_batch(forest: Forest, batch: int, length: int,
+                 attention_mask: Optional[Tensor], index: int) -> Hierarchy:
+    r"""The hierarchy of :obj:`forest` after checking that it covers this
+    batch and, for a :class:`TokenForest`, that its padding is the
+    mask's."""
+    hierarchy = forest.hierarchy if isinstance(forest, TokenForest) \
+        else forest
+    if hierarchy.num_leaves != batch * length:
+        raise ValueError(
+            f"attention layer {index} gets a batch of {batch} x {length} "
+            f"positions but the forest has {hierarchy.num_leaves} leaves; "
+            f"build the forest from this batch's encoding (leaf b * L + t "
+            f"is position t of sequence b)")
+    if isinstance(forest, TokenForest):
+        valid = _mask_keys(attention_mask, batch, length,
+                           forest.valid.device)
+        if valid is not None and not torch.equal(valid, forest.valid):
+            b = int((valid != forest.valid).any(1).nonzero()[0])
+            raise ValueError(
+                f"the padding of the forest does not match the attention "
+                f"mask of the batch (sequence {b}); build the forest from "
+                f"the encoding the model gets")
+    return hierarchy
+
+
+def _mask_keys(mask: Optional[Tensor], batch: int, length: int,
+               device: torch.device) -> Optional[Tensor]:
+    r"""``[B, L]`` the keys the model's mask lets a query see, from a mask
+    in the format of any implementation (:obj:`None` when no format is
+    recognised)."""
+    if mask is None:
+        return torch.ones(batch, length, dtype=torch.bool, device=device)
+    if mask.dim() == 2 and tuple(mask.shape) == (batch, length):
+        return mask.bool().to(device)
+    if mask.dim() != 4 or mask.size(-1) != length:
+        return None
+    if mask.dtype == torch.bool:
+        allowed = mask
+    else:  # additive: 0 where allowed, the dtype's minimum where not
+        allowed = mask > torch.finfo(mask.dtype).min / 2
+    return allowed.any(1).any(1).expand(batch, length).to(device)
+
+
+def _global_rows(out: Tensor, query: Tensor, key: Tensor, value: Tensor,
+                 forest: TokenForest, scaling: float, dropout: float,
+                 training: bool) -> Tensor:
+    r""":obj:`out` ``[B, L, H, D]`` with the rows of the global leaves
+    replaced by softmax attention over the real tokens of their sequence:
+    :math:`\mathrm{softmax}_t(\mathrm{scale}\, q_g^\top k_{b t}) v_{b t}`,
+    in float32 like the HSA rows."""
+    length = out.size(1)
+    rows = forest.global_leaves.to(out.device)
+    b, t = rows // length, rows % length
+    dtype = torch.float64 if query.dtype == torch.float64 else torch.float32
+    q = query[b, :, t].to(dtype)  # [G, H, D]
+    scores = torch.einsum('ghd,ghld->ghl', q, key[b].to(dtype)) * scaling
+    valid = forest.valid.to(out.device)[b].unsqueeze(1)  # [G, 1, L]
+    weight = scores.masked_fill(~valid, float('-inf')).softmax(-1)
+    weight = torch.nn.functional.dropout(weight, dropout, training)
+    rows_out = torch.einsum('ghl,ghld->ghd', weight, value[b].to(dtype))
+    return out.index_put((b, t), rows_out.to(out.dtype))

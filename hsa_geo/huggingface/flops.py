@@ -1,0 +1,196 @@
+r"""Attention FLOPs of a pretrained encoder with HSA in chosen layers, per
+layer and for the whole model, against its dense softmax attention."""
+from __future__ import annotations
+
+from typing import Dict, Iterable, Mapping, NamedTuple, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from hsa_geo._checks import check_int
+from hsa_geo.data.hierarchy import Hierarchy
+from hsa_geo.functional.query_resolved_attention import (leaf_paths,
+                                                         query_blocks)
+from hsa_geo.huggingface.attention import (VARIANTS, Forest, HSASpec,
+                                           _check_layers, attention_modules)
+from hsa_geo.huggingface.token_forest import TokenForest
+
+
+class AttentionFlops(NamedTuple):
+    r"""Forward attention FLOPs of one batch (see
+    :func:`model_attention_flops`).
+
+    Attributes:
+        layers (tuple of float): per attention layer, what it computes.
+        variants (tuple of str): per layer, ``'hsa'``, ``'query_resolved'``
+            or ``'softmax'``.
+        dense (float): the same model with softmax attention in every layer.
+    """
+    layers: Tuple[float, ...]
+    variants: Tuple[str, ...]
+    dense: float
+
+    @property
+    def total(self) -> float:
+        r"""The whole model: the sum over the layers."""
+        return float(sum(self.layers))
+
+    @property
+    def ratio(self) -> float:
+        r""":attr:`total` over :attr:`dense`."""
+        return self.total / self.dense if self.dense else float('nan')
+
+
+def dense_attention_flops(valid: Tensor, heads: int, head_dim: int) -> float:
+    r"""Softmax attention of a padded batch, counting the real tokens of
+    every sequence only (as if each ran alone, unpadded): :math:`2 L_b^2 D`
+    for the scores and :math:`2 L_b^2 D` for the weighted sum of values,
+
+    .. math::
+        \mathrm{FLOPs} = H \sum_b 4 L_b^2 D ,
+
+    multiply-adds counted as 2; the softmax's exponentials (no :math:`D`
+    factor) and the projections are left out.
+
+    Args:
+        valid (BoolTensor): ``[B, L]`` the real tokens (the attention
+            mask); :math:`L_b` is the sum of row :math:`b`.
+        heads (int): :math:`H`.
+        head_dim (int): :math:`D`, channels per head.
+    """
+    heads, head_dim = check_int(heads, 'heads'), check_int(head_dim,
+                                                           'head_dim')
+    if not isinstance(valid, Tensor) or valid.dim() != 2:
+        raise ValueError(
+            f"'valid' must be the [B, L] attention mask of the batch, got "
+            f"{tuple(valid.shape) if isinstance(valid, Tensor) else valid!r}")
+    lengths = valid.bool().sum(1).double()
+    return float(4 * lengths.pow(2).sum()) * head_dim * heads
+
+
+def hsa_attention_flops(forest: Forest, heads: int, head_dim: int,
+                        variant: str = 'hsa') -> float:
+    r"""Forward FLOPs of one attention layer over :obj:`forest`, per head
+    and channel as in ``examples/document_classification.py``:
+
+    .. math::
+        \mathrm{HSA}: (4 P + 2 N + 5 T) D, \qquad
+        \text{query-resolved}: (4 R + 2 N + 2 T) D,
+
+    times :math:`H`, for :math:`N` leaves, :math:`T` nodes, :math:`P =
+    \sum_F |C(F)|^2` ordered sibling pairs (:math:`2 P D` family scores,
+    :math:`2 P D` weighted sibling values), :math:`R` (query, block) pairs
+    of query-resolved HSA (:math:`2 R D` scores, :math:`2 R D` weighted
+    block values), :math:`2 N D` self scores of the leaves, :math:`3 T D`
+    upward means of queries, keys and values and :math:`2 T D` downward
+    contexts (query-resolved: :math:`2 T D` mean keys and values). The
+    exponentials, the projections and the bookkeeping of the tree are left
+    out, as for :func:`dense_attention_flops`.
+
+    For a :class:`TokenForest` the padding leaves are not counted (they are
+    one-leaf trees: no pair, no block), and every global leaf adds the
+    :math:`4 L_b D` of its dense row (the HSA row it replaces is counted
+    too: it is computed). ``variant='softmax'`` gives
+    :func:`dense_attention_flops` and needs a :class:`TokenForest`. For a
+    :class:`~hsa_geo.data.Hierarchy` every leaf counts.
+    """
+    heads, head_dim = check_int(heads, 'heads'), check_int(head_dim,
+                                                           'head_dim')
+    if variant not in VARIANTS:
+        raise ValueError(f"'variant' must be one of {VARIANTS}, got "
+                         f"{variant!r}")
+    if isinstance(forest, TokenForest):
+        hierarchy, padding = forest.hierarchy, int((~forest.valid).sum())
+    elif isinstance(forest, Hierarchy):
+        hierarchy, padding = forest, 0
+    else:
+        raise TypeError(f"'forest' must be a TokenForest or a Hierarchy, got "
+                        f"{type(forest).__name__}")
+    if variant == 'softmax':
+        if not isinstance(forest, TokenForest):
+            raise ValueError(
+                "the softmax count needs the real tokens of every sequence: "
+                "pass a TokenForest (a Hierarchy does not say which leaves "
+                "form a sequence)")
+        return dense_attention_flops(forest.valid, heads, head_dim)
+    leaves = hierarchy.num_leaves - padding
+    nodes = hierarchy.num_nodes - padding
+    if variant == 'hsa':
+        per_channel = 4 * hierarchy.num_sibling_pairs + 2 * leaves + \
+            5 * nodes
+    else:
+        query, _ = query_blocks(hierarchy, *leaf_paths(hierarchy))
+        per_channel = 4 * query.numel() + 2 * leaves + 2 * nodes
+    if isinstance(forest, TokenForest) and forest.global_leaves.numel():
+        lengths = forest.valid.sum(1)
+        sequence = forest.global_leaves.cpu() // forest.seq_len
+        per_channel += 4 * int(lengths.cpu()[sequence].sum())
+    return float(per_channel) * head_dim * heads
+
+
+def model_attention_flops(model: torch.nn.Module,
+                          layers: Union[Mapping[int, Union[HSASpec, str]],
+                                        Iterable[int]],
+                          forests: Union[Forest, Mapping[str, Forest]]
+                          ) -> AttentionFlops:
+    r"""Forward attention FLOPs of :obj:`model` on one batch with the
+    chosen :obj:`layers` running their variant over :obj:`forests` (as
+    :func:`~hsa_geo.huggingface.hsa_attention` runs them) and every other
+    layer dense (:func:`dense_attention_flops`, real tokens only), and the
+    dense count of the whole model for comparison. :math:`H` is
+    ``config.num_attention_heads`` and :math:`D` ``config.head_dim`` or
+    ``hidden_size // H``.
+
+    Args:
+        model (torch.nn.Module): the ``transformers`` model.
+        layers (dict or list): as for :func:`hsa_attention`.
+        forests (TokenForest or dict): the forest of the batch, or
+            ``{name: forest}``; at least one must be a :class:`TokenForest`
+            (the dense layers need the real tokens of every sequence).
+    """
+    modules = attention_modules(model)
+    specs = _check_layers(layers, len(modules))
+    if isinstance(forests, (TokenForest, Hierarchy)):
+        forests = {'default': forests}
+    if not isinstance(forests, Mapping):
+        raise TypeError(f"'forests' must be a TokenForest or a dict {{name: "
+                        f"forest}}, got {type(forests).__name__}")
+    token = [f for f in forests.values() if isinstance(f, TokenForest)]
+    if not token:
+        raise ValueError(
+            "no TokenForest among 'forests': the dense layers are counted on "
+            "the real tokens of every sequence, which only a TokenForest "
+            "knows")
+    heads, head_dim = _head_shape(model)
+    dense = dense_attention_flops(token[0].valid, heads, head_dim)
+    counts, variants = [], []
+    cache: Dict[Tuple[str, str], float] = {}
+    for index in range(len(modules)):
+        spec = specs.get(index, HSASpec('softmax'))
+        variants.append(spec.variant)
+        if spec.variant == 'softmax':
+            counts.append(dense)
+            continue
+        if spec.forest not in forests:
+            raise ValueError(f"layer {index} attends along forest "
+                             f"{spec.forest!r}, which 'forests' lacks")
+        key = (spec.forest, spec.variant)
+        if key not in cache:
+            cache[key] = hsa_attention_flops(forests[spec.forest], heads,
+                                             head_dim, spec.variant)
+        counts.append(cache[key])
+    return AttentionFlops(tuple(counts), tuple(variants), dense * len(modules))
+
+
+def _head_shape(model: torch.nn.Module) -> Tuple[int, int]:
+    config = getattr(model, 'config', None)
+    heads = getattr(config, 'num_attention_heads', None)
+    hidden = getattr(config, 'hidden_size', None)
+    if heads is None or (hidden is None
+                         and getattr(config, 'head_dim', None) is None):
+        raise ValueError(
+            f"{type(model).__name__}.config has no num_attention_heads and "
+            f"hidden_size (or head_dim); count the layers with "
+            f"hsa_attention_flops(forest, heads, head_dim)")
+    head_dim = getattr(config, 'head_dim', None) or hidden // heads
+    return int(heads), int(head_dim)

@@ -1,0 +1,106 @@
+r"""Tests of the attention FLOPs counters of :mod:`hsa_geo.huggingface`
+against hand counts on a small forest."""
+import pytest
+import torch
+
+pytest.importorskip('transformers')
+
+from hsa_geo import Hierarchy  # noqa: E402
+from hsa_geo.huggingface import (HSASpec, TokenForest,  # noqa: E402
+                                 TokenHierarchy, dense_attention_flops,
+                                 hsa_attention, hsa_attention_flops,
+                                 model_attention_flops)
+from tests.helpers.huggingface import (TEXTS, bert_tokenizer,  # noqa: E402
+                                       tiny_model)
+
+pytestmark = pytest.mark.usefixtures('one_thread')
+
+
+def small_forest(global_leaves=()):
+    r"""Two sequences of L = 4: ``[CLS] w w [SEP]`` with the two words in a
+    sentence (node 8) under the root 9; and ``[CLS] w`` under the root 10
+    with two padding positions 6, 7."""
+    parent = torch.tensor([9, 8, 8, 9, 10, 10, -1, -1, 9, -1, -1])
+    valid = torch.tensor([[True] * 4, [True, True, False, False]])
+    special = torch.tensor([[True, False, False, True],
+                            [True, False, False, False]])
+    return TokenForest(Hierarchy.from_parent(parent, 8), valid, special,
+                       torch.tensor(global_leaves, dtype=torch.long))
+
+
+def test_hand_count():
+    heads, dim = 2, 16
+    forest = small_forest()
+    # Real leaves N = 6, nodes T = 11 - 2 padding = 9; sibling pairs P:
+    # node 8 has 2 children (4), node 9 has 3 (9), node 10 has 2 (4).
+    n, t, p = 6, 9, 17
+    assert hsa_attention_flops(forest, heads, dim) == \
+        (4 * p + 2 * n + 5 * t) * dim * heads
+    # (query, block) pairs R: leaf 0: {8, 3}; 1: {2} + {0, 3}; 2: the same;
+    # 3: {0, 8}; 4: {5}; 5: {4}; padding: none.
+    r = 2 + 3 + 3 + 2 + 1 + 1
+    assert hsa_attention_flops(forest, heads, dim, 'query_resolved') == \
+        (4 * r + 2 * n + 2 * t) * dim * heads
+    dense = 4 * (4 ** 2 + 2 ** 2) * dim * heads
+    assert dense_attention_flops(forest.valid, heads, dim) == dense
+    assert hsa_attention_flops(forest, heads, dim, 'softmax') == dense
+    # global rows [CLS] and [SEP] of sequence 0: 4 L_0 D each, on top
+    with_global = small_forest([0, 3])
+    assert hsa_attention_flops(with_global, heads, dim) == \
+        (4 * p + 2 * n + 5 * t + 2 * 4 * 4) * dim * heads
+    # a bare Hierarchy counts every leaf
+    assert hsa_attention_flops(forest.hierarchy, heads, dim) == \
+        (4 * p + 2 * 8 + 5 * 11) * dim * heads
+
+
+def test_model_count():
+    model = tiny_model('bert', bert_tokenizer())  # 3 layers, H 2, D 16
+    forest = small_forest()
+    dense = 4 * (16 + 4) * 16 * 2
+    hsa = hsa_attention_flops(forest, 2, 16)
+    resolved = hsa_attention_flops(forest, 2, 16, 'query_resolved')
+    count = model_attention_flops(
+        model, {1: 'hsa', 2: HSASpec('query_resolved', forest='f')},
+        {'default': forest, 'f': forest})
+    assert count.layers == (dense, hsa, resolved)
+    assert count.variants == ('softmax', 'hsa', 'query_resolved')
+    assert count.dense == 3 * dense
+    assert count.total == dense + hsa + resolved
+    assert count.ratio == pytest.approx(count.total / count.dense)
+    # the patch counts what it runs
+    with hsa_attention(model, {1: 'hsa'}, forest) as patch:
+        assert patch.flops() == model_attention_flops(model, [1], forest)
+
+
+def test_flat_tree_saves_nothing_on_the_scores():
+    r"""On a flat tree HSA scores every pair, like softmax: P = L^2."""
+    tokenizer = bert_tokenizer()
+    _, flat = TokenHierarchy(tokenizer, levels=()).encode(TEXTS)
+    lengths = flat.valid.sum(1)
+    assert flat.hierarchy.num_sibling_pairs == int(lengths.pow(2).sum())
+    _, tree = TokenHierarchy(tokenizer).encode(TEXTS)
+    assert hsa_attention_flops(tree, 2, 16) < \
+        dense_attention_flops(tree.valid, 2, 16)
+
+
+def test_errors():
+    forest = small_forest()
+    with pytest.raises(ValueError, match="'variant' must be one of"):
+        hsa_attention_flops(forest, 2, 16, 'flash')
+    with pytest.raises(TypeError, match='TokenForest or a Hierarchy'):
+        hsa_attention_flops(torch.zeros(2), 2, 16)
+    with pytest.raises(ValueError, match='pass a TokenForest'):
+        hsa_attention_flops(forest.hierarchy, 2, 16, 'softmax')
+    with pytest.raises(ValueError, match=r"'heads' must be an int in"):
+        hsa_attention_flops(forest, 0, 16)
+    with pytest.raises(ValueError, match=r'\[B, L\] attention mask'):
+        dense_attention_flops(torch.ones(3, dtype=torch.bool), 2, 16)
+    model = tiny_model('bert', bert_tokenizer())
+    with pytest.raises(ValueError, match='no TokenForest'):
+        model_attention_flops(model, [0], forest.hierarchy)
+    with pytest.raises(ValueError, match="lacks"):
+        model_attention_flops(model, {0: HSASpec(forest='x')}, forest)
+    with pytest.raises(TypeError, match="'forests' must be"):
+        model_attention_flops(model, [0], [forest])
+    with pytest.raises(ValueError, match='num_attention_heads'):
+        model_attention_flops(torch.nn.Module(), [], forest)
