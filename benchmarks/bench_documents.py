@@ -69,7 +69,7 @@ skips the method, with the reason, where it exceeds ``--max-gb``. (The
 fused CPU kernel of torch holds far less, see the peak memory, but takes
 quadratic time all the same.)
 
-Targets (the issue): on the short documents, an HSA epoch no slower than
+Targets: on the short documents, an HSA epoch no slower than
 the ``flat_sdpa`` epoch; on the long ones, at least 3x faster.
 
 Usage::

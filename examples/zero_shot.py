@@ -66,7 +66,7 @@ the same count (the dense one allows all :math:`L^2`). Reported is the
 share saved, :math:`1 - \text{total} / \text{dense}`, over all 6 layers;
 projections and MLPs (the same in every configuration) are left out.
 
-**Target** (from the issue): at least 40% of the model's attention FLOPs
+**Target**: at least 40% of the model's attention FLOPs
 saved at no more than 1 point of probe accuracy lost, and a closer
 embedding (cosine) than both baselines in the same layers, whose FLOPs
 are equal (window) or close (local) to HSA's (:func:`verdict`). A point of
@@ -493,7 +493,7 @@ def summary_table(rows: Dict[str, Dict[str, Any]]) -> str:
 
 def verdict(rows: Dict[str, Dict[str, Any]], held_out: int
             ) -> Dict[str, Any]:
-    r"""The target of the issue, for the HSA configurations: at least 40%
+    r"""The target, for the HSA configurations: at least 40%
     of the attention FLOPs saved for at most 1 point of probe accuracy
     (the probe criterion), *and* a higher cosine than both baselines in
     the same layers (the fidelity criterion). Per layer set, the closest
