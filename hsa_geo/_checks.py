@@ -41,6 +41,21 @@ def check_int(value: Any, name: str, low: Optional[int] = 1,
     return value
 
 
+def check_num_workers(value: Any) -> int:
+    r"""Returns :obj:`value` after checking that it is a number of worker
+    processes: an integer of at least ``0`` (``0``: no workers, the work is
+    done in this process)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"'num_workers' must be an int (0 to work in this "
+                        f"process, or a number of worker processes), got "
+                        f"{value!r} ({type(value).__name__})")
+    if value < 0:
+        raise ValueError(
+            f"'num_workers' must be 0 (work in this process) or a number of "
+            f"worker processes, e.g. 2 or os.cpu_count(); got {value}")
+    return int(value)
+
+
 def check_float(value: Any, name: str, low: Optional[float] = None,
                 high: Optional[float] = None, low_open: bool = False,
                 high_open: bool = False) -> float:

@@ -17,6 +17,7 @@ from hsa_geo.datasets.man_pages import ManPages
 from hsa_geo.datasets.multimodal_molecules import MultiModalMolecules
 from hsa_geo.datasets.n24news import N24News
 from hsa_geo.datasets.nci_tpsa import NCITPSA
+from hsa_geo.datasets.parallel_map import parallel_map
 from hsa_geo.datasets.random_split import random_split
 from hsa_geo.datasets.rdkit_molecule_dataset import RDKitMoleculeDataset
 from hsa_geo.datasets.scaffold_split import scaffold_split
@@ -31,6 +32,7 @@ __all__ = [
     'MultiModalMolecules',
     'N24News',
     'NCITPSA',
+    'parallel_map',
     'RDKitMoleculeDataset',
     'random_split',
     'scaffold_split',

@@ -5,13 +5,14 @@ that turns every document into a nested signal with
 import json
 import os.path as osp
 import warnings
+from functools import partial
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch_geometric.data import Data, InMemoryDataset
-from tqdm import tqdm
 
-from hsa_geo._checks import check_int
+from hsa_geo._checks import check_int, check_num_workers
+from hsa_geo.datasets.parallel_map import parallel_map
 from hsa_geo.datasets.tokenizer_tag import tokenizer_tag
 from hsa_geo.transforms import DocumentHierarchy, Vocabulary
 
@@ -43,7 +44,10 @@ class DocumentDataset(InMemoryDataset):
     :class:`~hsa_geo.transforms.Vocabulary` built over the training split
     only (every split uses it; a word that is not in it gets
     :attr:`~hsa_geo.transforms.Vocabulary.unk_id`), or those of a
-    HuggingFace :obj:`tokenizer`. Documents are kept whole.
+    HuggingFace :obj:`tokenizer`. Documents are kept whole. With
+    :obj:`num_workers`, worker processes build the trees
+    (:func:`~hsa_geo.datasets.parallel_map`): the same signals in the same
+    order; :obj:`pre_filter` and :obj:`pre_transform` run in this process.
     """
     #: The splits, the first one the training split.
     SPLITS: Tuple[str, ...] = ('train', 'test')
@@ -57,11 +61,12 @@ class DocumentDataset(InMemoryDataset):
                  transform: Optional[Callable],
                  pre_transform: Optional[Callable],
                  pre_filter: Optional[Callable], force_reload: bool,
-                 log: bool) -> None:
+                 log: bool, num_workers: int = 0) -> None:
         if split not in self.SPLITS:
             raise ValueError(f"{self.name}: 'split' must be one of "
                              f"{self.SPLITS}, got {split!r}")
         self.split = split
+        self.num_workers = check_num_workers(num_workers)
         self.min_freq = check_int(min_freq, 'min_freq')
         self.vocab_size = None if vocab_size is None else check_int(
             vocab_size, 'vocab_size')
@@ -141,21 +146,14 @@ class DocumentDataset(InMemoryDataset):
         documents = self.read_documents(self.split)
         document = self._document_hierarchy(
             documents if self.split == self.SPLITS[0] else None)
+        skipped: List[Skipped] = [(doc.source, 'the text is empty')
+                                  for doc in documents if not doc.text.strip()]
+        kept = [doc for doc in documents if doc.text.strip()]
         data_list: List[Data] = []
-        skipped: List[Skipped] = []
-        for doc in tqdm(documents, desc=f'{self.name} {self.split}',
-                        disable=not self.log):
-            if not doc.text.strip():
-                skipped.append((doc.source, 'the text is empty'))
-                continue
-            data = Data(text=doc.text, y=torch.tensor([doc.label]), **{
-                key: torch.tensor([value])
-                for key, value in doc.attrs.items()
-            })
-            try:
-                data = document(data)
-            except ValueError as e:  # say which document
-                raise ValueError(f'{self.name}: {doc.source}: {e}') from e
+        for data in parallel_map(
+                partial(_document_signal, transform=document, name=self.name),
+                kept, num_workers=self.num_workers,
+                desc=f'{self.name} {self.split}', log=self.log):
             if self.pre_filter is not None and not self.pre_filter(data):
                 continue
             if self.pre_transform is not None:
@@ -213,3 +211,16 @@ class DocumentDataset(InMemoryDataset):
 
     def __repr__(self) -> str:
         return f'{self.__class__.__name__}({len(self)}, split={self.split!r})'
+
+
+def _document_signal(doc: Document, transform: DocumentHierarchy,
+                     name: str) -> Data:
+    r"""The signal of a document (a :class:`ValueError` names it)."""
+    data = Data(text=doc.text, y=torch.tensor([doc.label]), **{
+        key: torch.tensor([value])
+        for key, value in doc.attrs.items()
+    })
+    try:
+        return transform(data)
+    except ValueError as e:  # say which document
+        raise ValueError(f'{name}: {doc.source}: {e}') from e

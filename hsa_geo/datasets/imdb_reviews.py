@@ -97,6 +97,11 @@ class IMDBReviews(DocumentDataset):
             (and rebuild the vocabulary). (default: :obj:`False`)
         log (bool, optional): Whether to print to the console and show a
             progress bar while processing. (default: :obj:`True`)
+        num_workers (int): worker processes that build the documents'
+            trees while processing (:func:`~hsa_geo.datasets.parallel_map`);
+            ``0`` builds them in this process. The signals are the same, in
+            the same order; :obj:`pre_filter` and :obj:`pre_transform` run
+            in this process. (default: :obj:`0`)
 
     **STATS:**
 
@@ -141,10 +146,11 @@ class IMDBReviews(DocumentDataset):
         pre_filter: Optional[Callable] = None,
         force_reload: bool = False,
         log: bool = True,
+        num_workers: int = 0,
     ) -> None:
         super().__init__(root, split, tokenizer, min_freq, vocab_size,
                          transform, pre_transform, pre_filter, force_reload,
-                         log)
+                         log, num_workers)
 
     @property
     def source_tag(self) -> str:

@@ -13,16 +13,17 @@ import shutil
 import subprocess
 import unicodedata
 from collections import Counter
+from functools import partial
 from typing import (Any, Callable, Dict, Iterator, List, Optional, Sequence,
                     Tuple, Union)
 
 import torch
 from torch import Tensor
 from torch_geometric.data import Data, InMemoryDataset
-from tqdm import tqdm
 
-from hsa_geo._checks import check_int
+from hsa_geo._checks import check_int, check_num_workers
 from hsa_geo.data import Hierarchy, NestedSignal
+from hsa_geo.datasets.parallel_map import parallel_map
 from hsa_geo.datasets.tokenizer_tag import tokenizer_tag
 from hsa_geo.transforms import DocumentHierarchy, Vocabulary
 
@@ -160,6 +161,11 @@ class ManPages(InMemoryDataset):
             (default: :obj:`False`)
         log (bool, optional): Whether to print to the console and show a
             progress bar while processing. (default: :obj:`True`)
+        num_workers (int): worker processes that build the pages' trees
+            while processing (:func:`~hsa_geo.datasets.parallel_map`); ``0``
+            builds them in this process. The signals are the same, in the
+            same order; :obj:`pre_filter` and :obj:`pre_transform` run in
+            this process. (default: :obj:`0`)
 
     With the defaults, on ``manpages`` and ``manpages-dev`` 6.03 (Debian
     12), :attr:`sections` are ``'2'``, ``'3'``, ``'4'``, ``'5'`` and
@@ -187,8 +193,10 @@ class ManPages(InMemoryDataset):
         pre_filter: Optional[Callable] = None,
         force_reload: bool = False,
         log: bool = True,
+        num_workers: int = 0,
     ) -> None:
         self.paths = _check_paths(paths)
+        self.num_workers = check_num_workers(num_workers)
         self.tokenizer = tokenizer
         if tokenizer is not None:  # refused here, before any file is read
             DocumentHierarchy(tokenizer=tokenizer)
@@ -255,7 +263,7 @@ class ManPages(InMemoryDataset):
         :class:`FileNotFoundError` that names the packages to install when
         the default pages are not installed."""
         pages: Dict[str, Optional[str]] = {}  # page file -> alias target
-        for path in self._find_pages():
+        for path in find_pages(self.paths, self.PACKAGES):
             page = osp.join(osp.basename(osp.dirname(path)),
                             osp.basename(path))
             if page in pages:
@@ -275,35 +283,6 @@ class ManPages(InMemoryDataset):
                 p: t for p, t in pages.items() if t is not None}}, f,
                 indent=0)
 
-    def _find_pages(self) -> List[str]:
-        r"""The page files of :obj:`paths` or of the installed packages,
-        sorted."""
-        if self.paths is None:
-            return _installed_pages(self.PACKAGES)
-        found = []
-        for path in self.paths:
-            if osp.isdir(path):
-                found += [osp.join(d, f) for d, _, files in os.walk(path)
-                          if _SECTION_DIR.fullmatch(osp.basename(d))
-                          for f in files]
-            elif not osp.lexists(path):
-                raise ValueError(f"ManPages: 'paths' names '{path}', which "
-                                 f"does not exist; pass page files or "
-                                 f"folders that hold man<section> folders")
-            elif not _SECTION_DIR.fullmatch(
-                    osp.basename(osp.dirname(path))):
-                raise ValueError(
-                    f"ManPages: the page '{path}' is not in a folder named "
-                    f"man<section> (e.g. man3), which gives its label; move "
-                    f"it into one")
-            else:
-                found.append(path)
-        if not found:
-            raise ValueError(f"ManPages: 'paths' = {self.paths} holds no "
-                             f"page: no file in a folder named man<section> "
-                             f"(e.g. man3/printf.3.gz)")
-        return sorted(found)
-
     def process(self) -> None:
         with open(self.raw_paths[0]) as f:
             listing = json.load(f)
@@ -318,11 +297,11 @@ class ManPages(InMemoryDataset):
 
         data_list: List[NestedSignal] = []
         kept_parts: List[str] = []
-        for page, sections_text in tqdm(texts.items(), desc='ManPages',
-                                        disable=not self.log):
-            data = _page_signal(sections_text, builder)
-            data.y = torch.tensor([sections.index(_label(page))])
-            data.page, data.name, data.section = page, *_name(page)
+        built = parallel_map(
+            partial(_page_data, builder=builder, sections=sections),
+            list(texts.items()), num_workers=self.num_workers,
+            desc='ManPages', log=self.log)
+        for page, data in zip(texts, built):
             if self.pre_filter is not None and not self.pre_filter(data):
                 continue
             if self.pre_transform is not None:
@@ -414,6 +393,47 @@ _SECTION_DIR = re.compile(r'man(\d)\w*')
 _COMPRESSED = {'.gz': gzip.open, '.bz2': bz2.open, '.xz': lzma.open}
 
 
+def find_pages(paths: Optional[Sequence[PathLike]] = None,
+               packages: Sequence[str] = ManPages.PACKAGES) -> List[str]:
+    r"""The page files (and links, see :attr:`ManPages.SKIP_KINDS`) that
+    :class:`ManPages` reads, sorted: those that ``dpkg`` lists for
+    :obj:`packages`, or the files in :obj:`paths` (a folder is searched
+    recursively for ``man<section>`` folders).
+
+    Args:
+        paths (list of str, optional): page files and folders.
+            (default: :obj:`None`, the installed :obj:`packages`)
+        packages (tuple of str): the Debian packages whose pages are read
+            without :obj:`paths`. (default: :attr:`ManPages.PACKAGES`)
+    """
+    paths = _check_paths(paths)
+    if paths is None:
+        return _installed_pages(packages)
+    found = []
+    for path in paths:
+        if osp.isdir(path):
+            found += [osp.join(d, f) for d, _, files in os.walk(path)
+                      if _SECTION_DIR.fullmatch(osp.basename(d))
+                      for f in files]
+        elif not osp.lexists(path):
+            raise ValueError(f"ManPages: 'paths' names '{path}', which "
+                             f"does not exist; pass page files or "
+                             f"folders that hold man<section> folders")
+        elif not _SECTION_DIR.fullmatch(
+                osp.basename(osp.dirname(path))):
+            raise ValueError(
+                f"ManPages: the page '{path}' is not in a folder named "
+                f"man<section> (e.g. man3), which gives its label; move "
+                f"it into one")
+        else:
+            found.append(path)
+    if not found:
+        raise ValueError(f"ManPages: 'paths' = {paths} holds no "
+                         f"page: no file in a folder named man<section> "
+                         f"(e.g. man3/printf.3.gz)")
+    return sorted(found)
+
+
 def _check_paths(paths: Any) -> Optional[List[str]]:
     if paths is None:
         return None
@@ -460,6 +480,22 @@ def _read_source(path: str) -> str:
         return raw.decode('utf-8')
     except UnicodeDecodeError:  # a few old pages are Latin-1
         return raw.decode('latin-1')
+
+
+def read_page(path: PathLike) -> Tuple[str, List[Tuple[int, int]]]:
+    r"""The text of a page file as :class:`ManPages` stores it in
+    ``text``, and the character span of every section in it: the texts
+    that :class:`~hsa_geo.transforms.DocumentHierarchy` turns into the
+    trees of the sections. ``('', [])`` for a page without text or one
+    that only includes another (``.so``).
+
+    Args:
+        path (str): a page file, gzip-, bzip2- or xz-compressed or plain.
+    """
+    reader = _RoffReader()
+    reader.read(_read_source(os.fspath(path)))
+    sections = reader.sections()
+    return _join_page(sections) if sections else ('', [])
 
 
 def _page_name(page: str) -> str:
@@ -531,6 +567,18 @@ def _join_page(sections: List[Section]) -> Tuple[str, List[Tuple[int, int]]]:
         spans.append((start, start + len(text)))
         start += len(text) + len(_SECTION_BREAK)
     return _SECTION_BREAK.join(texts), spans
+
+
+def _page_data(page_sections: Tuple[str, List[Section]],
+               builder: DocumentHierarchy, sections: List[str]
+               ) -> NestedSignal:
+    r"""The signal of a page (name, sections of text) with its label
+    (the index of its section in :obj:`sections`) and names."""
+    page, text = page_sections
+    data = _page_signal(text, builder)
+    data.y = torch.tensor([sections.index(_label(page))])
+    data.page, data.name, data.section = page, *_name(page)
+    return data
 
 
 def _page_signal(sections: List[Section],

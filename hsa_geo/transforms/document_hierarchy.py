@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from bisect import bisect_right
-from collections import Counter
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, \
-    Union
+from typing import Any, Iterator, List, NamedTuple, Optional, Sequence, \
+    Tuple, Union
 
+import numpy as np
 import torch
 from torch_geometric.data import Data
 from torch_geometric.transforms import BaseTransform
 
 from hsa_geo._checks import check_bool, check_int
-from hsa_geo.data.hierarchy import Hierarchy
-from hsa_geo.data.nested_signal import NestedSignal
+from hsa_geo.data.nested_signal import SIGNAL_KEYS, NestedSignal
 from hsa_geo.transforms._inputs import check_data
 from hsa_geo.transforms.vocabulary import Vocabulary
 
@@ -31,11 +29,21 @@ class _Units(NamedTuple):
     word_sentence: List[int]
 
 
+class _Layout(NamedTuple):
+    # _Units with the words as arrays: spans [W, 2] and sentences [W].
+    paragraphs: List[Span]
+    sentences: List[Span]
+    sentence_paragraph: np.ndarray
+    words: np.ndarray
+    word_sentence: np.ndarray
+
+
 class _Tokens(NamedTuple):
-    ids: List[int]
-    tokens: List[str]
-    offsets: List[Span]
-    special: List[bool]
+    # Per token: id, string (None when not stored), span, special or not.
+    ids: np.ndarray
+    tokens: Optional[List[str]]
+    offsets: np.ndarray
+    special: np.ndarray
 
 
 class DocumentHierarchy(BaseTransform):
@@ -147,6 +155,13 @@ class DocumentHierarchy(BaseTransform):
     :class:`~torch_geometric.loader.DataLoader` batch (use ``batch.batch``
     to find the text of a leaf).
 
+    **Building many trees.** Every text is independent: build the trees
+    once, when a dataset is processed (the text datasets of
+    :mod:`hsa_geo.datasets` do, in worker processes with ``num_workers``;
+    see :func:`~hsa_geo.datasets.parallel_map`), or pass the transform as
+    the ``transform`` of a dataset of raw texts and let the workers of a
+    :class:`~torch_geometric.loader.DataLoader` (``num_workers``) call it.
+
     Args:
         tokenizer (optional): a HuggingFace fast tokenizer (see above).
         vocab (Vocabulary, optional): the built-in tokenizer and its ids.
@@ -236,47 +251,65 @@ class DocumentHierarchy(BaseTransform):
         self.keep_single_token_words = check_bool(
             keep_single_token_words, 'keep_single_token_words')
         self.store_tokens = check_bool(store_tokens, 'store_tokens')
+        # The vocabulary's tokens are then the words: one regex pass.
+        self._tokens_are_words = vocab is not None and vocab.punctuation \
+            and vocab.WORD_PATTERN is self.WORD_PATTERN
 
     # Transform #############################################################
 
     def forward(self, data: Union[Data, str]) -> NestedSignal:
         if isinstance(data, str):
-            data = Data(text=data)
-        check_data(data, 'DocumentHierarchy', "a torch_geometric Data with "
-                   "a 'text' attribute, or a str")
-        text = self._text(data)
-        units = self.split(text)
+            attrs, text = {}, _normalized(data)
+        else:
+            check_data(data, 'DocumentHierarchy', "a torch_geometric Data "
+                       "with a 'text' attribute, or a str")
+            text = self._text(data)
+            # The input's attributes, a tree it stores and ours replaced.
+            attrs = {k: v for k, v in data.to_dict().items()
+                     if k not in _REPLACED}
         toks = self._encode(text)
+        layout = self._layout(
+            text, toks.offsets if self._tokens_are_words else None)
         leaves = self._select(toks, text)
-        word = self._assign_words(toks, leaves, units)
-        parent, kind, spans = self._tree(leaves, word, units)
+        word = self._assign_words(toks, leaves, layout)
+        parent, kind, spans = self._tree(word, layout)
 
         n = len(leaves)
-        hierarchy = Hierarchy.from_parent(torch.tensor(parent), n)
-        attrs = {
-            k: v
-            for k, v in data.to_dict().items()
-            if k not in ('num_nodes', 'offsets', 'tokens', 'cluster_kind',
-                         'cluster_offsets')
-        }
-        out = Data(**attrs)
-        out.text = text  # the NFC text that the offsets index
-        out.x = torch.tensor([toks.ids[i] for i in leaves], dtype=torch.long)
-        out.offsets = torch.tensor([toks.offsets[i] for i in leaves],
-                                   dtype=torch.long).view(n, 2)
+        attrs['text'] = text  # the NFC text that the offsets index
+        attrs['offsets'] = _long(toks.offsets[leaves])
         if self.store_tokens:
-            out.tokens = [toks.tokens[i] for i in leaves]
-        out.cluster_kind = torch.tensor(kind, dtype=torch.long)
-        out.cluster_offsets = torch.tensor(spans, dtype=torch.long).view(
-            -1, 2)
-        out.num_nodes = n
-        return NestedSignal.from_data(out, hierarchy)
+            attrs['tokens'] = [toks.tokens[i] for i in leaves.tolist()]
+        attrs['cluster_kind'] = _long(kind)
+        attrs['cluster_offsets'] = _long(spans)
+        attrs['num_nodes'] = n
+        # The stored tree only (see NestedSignal): its Hierarchy is checked
+        # and cached on first use, which a batch or a dataset never makes
+        # of a single signal.
+        m = len(parent) - n
+        return NestedSignal(
+            x=_long(toks.ids[leaves]),
+            leaf_parent_index=_long(np.stack([np.arange(n), parent[:n] - n])),
+            cluster_parent_index=_long(
+                np.stack([np.arange(m - 1), parent[n:-1] - n])),
+            num_clusters=m, **attrs)
 
     def split(self, text: str) -> _Units:
         r"""The paragraphs, sentences and words of :obj:`text` as character
         spans in reading order, with the paragraph of every sentence and the
         sentence of every word (a named tuple ``(paragraphs, sentences,
         sentence_paragraph, words, word_sentence)``)."""
+        layout = self._layout(text)
+        return _Units(layout.paragraphs, layout.sentences,
+                      layout.sentence_paragraph.tolist(),
+                      list(map(tuple, layout.words.tolist())),
+                      layout.word_sentence.tolist())
+
+    # Steps #################################################################
+
+    def _layout(self, text: str, words: Optional[np.ndarray] = None
+                ) -> _Layout:
+        r"""The units of :meth:`split`, words as arrays (their spans
+        :obj:`words` if known)."""
         paragraphs, pos = [], 0
         for m in self.PARAGRAPH_BREAK.finditer(text):
             _add_trimmed(paragraphs, text, pos, m.start())
@@ -296,18 +329,21 @@ class DocumentHierarchy(BaseTransform):
             sentences.append((start, end))
             sentence_paragraph.append(p)
 
-        words, word_sentence = [], []
-        for s, (start, end) in enumerate(sentences):
-            for m in self.WORD_PATTERN.finditer(text, start, end):
-                words.append(m.span())
-                word_sentence.append(s)
-        return _Units(paragraphs, sentences, sentence_paragraph, words,
-                      word_sentence)
-
-    # Steps #################################################################
+        # Sentences cover every non-space character and a word holds none:
+        # the words of the sentences are those of the whole text, each in
+        # the last sentence that starts at or before it.
+        if words is None:
+            words = _spans(self.WORD_PATTERN.finditer(text))
+        word_sentence = np.searchsorted(
+            np.array([s for s, _ in sentences], dtype=np.int64),
+            words[:, 0], side='right') - 1
+        return _Layout(paragraphs, sentences,
+                       np.array(sentence_paragraph, dtype=np.int64), words,
+                       word_sentence)
 
     @staticmethod
     def _text(data: Data) -> str:
+        r"""``data.text`` in NFC, checked."""
         if 'text' not in data:
             raise ValueError(
                 "data has no 'text' attribute; DocumentHierarchy reads the "
@@ -318,57 +354,57 @@ class DocumentHierarchy(BaseTransform):
                 f"data.text must be a str, got {type(text).__name__}; a "
                 f"batch of texts cannot be transformed, apply "
                 f"DocumentHierarchy to one text at a time")
-        if not text.strip():
-            raise ValueError(
-                f"data.text is empty{' (only whitespace)' if text else ''}; "
-                f"DocumentHierarchy needs at least one token of text (filter "
-                f"out empty documents before the transform)")
+        text = _normalized(text)  # an empty text is refused first
         for key in ('x', 'edge_index', 'edge_attr'):
             if key in data and data[key] is not None:
                 raise ValueError(
                     f"data already has '{key}'; DocumentHierarchy makes new "
                     f"leaves (x = token ids), so it takes text only: delete "
                     f"data.{key} first (or store it under another name)")
-        # Composed characters: NFD accents would split words (see Unicode).
-        return unicodedata.normalize('NFC', text)
+        return text
 
     def _encode(self, text: str) -> _Tokens:
         if self.vocab is not None:
             found = self.vocab.tokenize(text)
-            return _Tokens([self.vocab[t] for t, _, _ in found],
-                           [t for t, _, _ in found],
-                           [(s, e) for _, s, e in found],
-                           [False] * len(found))
+            tokens, starts, ends = zip(*found) if found else ((), (), ())
+            return _Tokens(np.array(self.vocab.ids(tokens), dtype=np.int64),
+                           tokens,
+                           np.array((starts, ends), dtype=np.int64).T,
+                           np.zeros(len(tokens), dtype=bool))
         add_special = self.special_tokens == 'root'
         if self._kind == 'tokenizers':
             enc = self._backend.encode(text, add_special_tokens=add_special)
-            return _Tokens(list(enc.ids), list(enc.tokens),
-                           [tuple(o) for o in enc.offsets],
-                           [bool(m) for m in enc.special_tokens_mask])
+            return _Tokens(
+                np.array(enc.ids, dtype=np.int64),
+                enc.tokens if self.store_tokens else None,
+                np.array(enc.offsets, dtype=np.int64).reshape(-1, 2),
+                np.array(enc.special_tokens_mask, dtype=bool))
         enc = self._backend(text, add_special_tokens=add_special,
                             return_offsets_mapping=True,
                             return_special_tokens_mask=True,
                             truncation=False, padding=False, verbose=False)
         ids = list(enc['input_ids'])
-        return _Tokens(ids, list(self._backend.convert_ids_to_tokens(ids)),
-                       [tuple(o) for o in enc['offset_mapping']],
-                       [bool(m) for m in enc['special_tokens_mask']])
+        tokens = self._backend.convert_ids_to_tokens(ids) \
+            if self.store_tokens else None
+        return _Tokens(np.array(ids, dtype=np.int64), tokens,
+                       np.array(enc['offset_mapping'],
+                                dtype=np.int64).reshape(-1, 2),
+                       np.array(enc['special_tokens_mask'], dtype=bool))
 
-    def _select(self, toks: _Tokens, text: str) -> List[int]:
+    def _select(self, toks: _Tokens, text: str) -> np.ndarray:
         r"""The positions of the tokens that become leaves, in order."""
-        specials, content = set(), []
-        for i, (start, end) in enumerate(toks.offsets):
-            if toks.special[i] and start == end:
-                if self.special_tokens == 'root':
-                    specials.add(i)
-            else:
-                content.append(i)
-        if not content:
+        # Special tokens that cover no text hang under the root (or go).
+        special = toks.special & (toks.offsets[:, 0] == toks.offsets[:, 1])
+        content = np.flatnonzero(~special)
+        if content.size == 0:
             raise ValueError(
                 f"data.text yields no tokens ({_preview(text)}): the "
                 f"tokenizer {self._describe_tokenizer()} finds nothing to "
                 f"encode in it; filter out such texts before the transform")
-        total = len(content) + len(specials)
+        if self.special_tokens != 'root':
+            special[:] = False
+        num_special = int(special.sum())
+        total = content.size + num_special
         if self.max_tokens is not None and total > self.max_tokens:
             if not self.truncate:
                 raise ValueError(
@@ -376,78 +412,72 @@ class DocumentHierarchy(BaseTransform):
                     f"{self.max_tokens} ({_preview(text)}); pass "
                     f"truncate=True to keep the first {self.max_tokens}, or "
                     f"raise max_tokens")
-            budget = self.max_tokens - len(specials)
+            budget = self.max_tokens - num_special
             if budget < 1:
                 raise ValueError(
                     f"max_tokens={self.max_tokens} leaves no room for text: "
-                    f"the tokenizer adds {len(specials)} special tokens; "
+                    f"the tokenizer adds {num_special} special tokens; "
                     f"raise max_tokens or pass special_tokens='drop'")
             content = content[:budget]
-        return sorted(specials.union(content))
+        keep = special
+        keep[content] = True
+        return np.flatnonzero(keep)
 
-    def _assign_words(self, toks: _Tokens, leaves: List[int],
-                      units: _Units) -> List[int]:
+    def _assign_words(self, toks: _Tokens, leaves: np.ndarray,
+                      layout: _Layout) -> np.ndarray:
         r"""The word of every leaf (``-1`` for special tokens)."""
-        starts = [s for s, _ in units.words]
-        out = []
-        for i in leaves:
-            start, end = toks.offsets[i]
-            if toks.special[i] and start == end:
-                out.append(-1)
-                continue
-            w = bisect_right(starts, start) - 1
-            if w < 0 or start >= units.words[w][1]:
-                # Starts on whitespace: the next word, or the last one.
-                w = min(w + 1, len(starts) - 1)
-            out.append(w)
-        return out
+        if self._tokens_are_words:
+            return leaves
+        start, end = toks.offsets[leaves].T
+        word_start, word_end = layout.words.T
+        word = np.searchsorted(word_start, start, side='right') - 1
+        # Starts on whitespace: the next word, or the last one.
+        outside = (word < 0) | (start >= word_end[word])
+        word[outside] = np.minimum(word[outside] + 1, len(word_start) - 1)
+        word[toks.special[leaves] & (start == end)] = -1
+        return word
 
-    def _tree(self, leaves: List[int], word: List[int], units: _Units
-              ) -> Tuple[List[int], List[int], List[Span]]:
+    def _tree(self, word: np.ndarray, layout: _Layout
+              ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         r"""Parent vector, cluster kinds and cluster spans."""
-        n = len(leaves)
-
-        def unit_of(level: str, w: int) -> int:
-            if level == 'word':
-                return w
-            s = units.word_sentence[w]
-            return s if level == 'sentence' else units.sentence_paragraph[s]
-
+        n = len(word)
+        leaf = np.flatnonzero(word >= 0)  # not a special token
+        # The unit of every such leaf on each level, and the units' spans.
+        unit = {'word': word[leaf]}
+        unit['sentence'] = layout.word_sentence[unit['word']]
+        unit['paragraph'] = layout.sentence_paragraph[unit['sentence']]
         bottom_up = [lvl for lvl in reversed(self.LEVELS)
                      if lvl in self.levels]
-        span_of = {'word': units.words, 'sentence': units.sentences,
-                   'paragraph': units.paragraphs}
-        node: Dict[str, Dict[int, int]] = {}
-        kind, spans, next_id = [], [], n
+        # Cluster ids: level by level, each in reading order, the units with
+        # enough tokens (a word of one token gets no node).
+        node, kinds, counts, spans, next_id = {}, [], [], [], n
         for level in bottom_up:
-            counts = Counter(unit_of(level, w) for w in word if w >= 0)
+            units = layout.words if level == 'word' else np.array(
+                getattr(layout, level + 's'), dtype=np.int64)
             least = 2 if level == 'word' and \
                 not self.keep_single_token_words else 1
-            node[level] = {}
-            for u in sorted(counts):
-                if counts[u] >= least:
-                    node[level][u] = next_id
-                    next_id += 1
-                    kind.append(self.KINDS.index(level))
-                    spans.append(span_of[level][u])
-        root = next_id
-        kind.append(0)
-        spans.append((units.paragraphs[0][0], units.paragraphs[-1][1]))
+            has_node = np.bincount(unit[level], minlength=len(units)) >= least
+            ids = np.cumsum(has_node)
+            node[level] = np.where(has_node, ids + (next_id - 1), -1)
+            kinds.append(self.KINDS.index(level))
+            counts.append(int(ids[-1]))
+            spans.append(units[has_node])
+            next_id += counts[-1]
+        spans.append(np.array([[layout.paragraphs[0][0],
+                                layout.paragraphs[-1][1]]], dtype=np.int64))
 
-        parent = [root] * (root + 1)
-        parent[root] = -1
-        for i, w in enumerate(word):
-            if w < 0:
-                continue  # a special token: child of the root
-            # The nodes above leaf i, bottom-up: each is the parent of the
-            # one before (writing a cluster's parent once per leaf is cheap).
-            chain = [i] + [
-                node[level][unit_of(level, w)] for level in bottom_up
-                if unit_of(level, w) in node[level]
-            ]
-            for child, up in zip(chain, chain[1:]):
-                parent[child] = up
-        return parent, kind, spans
+        # Every node's parent is the lowest node above it, else the root
+        # (last); of the units with a leaf, only words may have no node.
+        parent = np.full(next_id + 1, next_id, dtype=np.int64)
+        parent[-1] = -1
+        child = leaf
+        for level in bottom_up:
+            above = node[level][unit[level]]
+            has_node = above >= 0
+            parent[child[has_node]] = above[has_node]
+            child = np.where(has_node, above, child)
+        kind = np.repeat(np.array(kinds + [0], dtype=np.int64), counts + [1])
+        return parent, kind, np.concatenate(spans)
 
     def _describe_tokenizer(self) -> str:
         if self.vocab is not None:
@@ -469,6 +499,31 @@ class DocumentHierarchy(BaseTransform):
 
 
 _NON_SPACE = re.compile(r'\S')
+# Input attributes that the output does not take over.
+_REPLACED = frozenset(('num_nodes', 'offsets', 'tokens', 'cluster_kind',
+                       'cluster_offsets') + SIGNAL_KEYS)
+
+
+def _normalized(text: str) -> str:
+    r"""The text in NFC, refused when empty."""
+    if not text.strip():
+        raise ValueError(
+            f"data.text is empty{' (only whitespace)' if text else ''}; "
+            f"DocumentHierarchy needs at least one token of text (filter "
+            f"out empty documents before the transform)")
+    # Composed characters: NFD accents would split words (see Unicode).
+    return unicodedata.normalize('NFC', text)
+
+
+def _spans(matches: Iterator[re.Match]) -> np.ndarray:
+    r"""The ``[k, 2]`` spans of regex matches."""
+    flat = [i for m in matches for i in m.span()]
+    return np.array(flat, dtype=np.int64).reshape(-1, 2)
+
+
+def _long(values: np.ndarray) -> torch.Tensor:
+    # A copy that owns its memory (from_numpy's tensor cannot be resized).
+    return torch.from_numpy(values).clone()
 
 
 def _add_trimmed(spans: List[Span], text: str, start: int, end: int):

@@ -235,16 +235,13 @@ class Vocabulary:
         if not isinstance(text, str):
             raise TypeError(f"'text' must be a str, got "
                             f"{type(text).__name__}")
-        text = _nfc(text)
-        out = []
-        for m in self.WORD_PATTERN.finditer(text):
-            token = m.group()
+        matches = self.WORD_PATTERN.finditer(_nfc(text))
+        if not self.punctuation:
             # Words start with a word character; the rest are single marks.
-            if not self.punctuation and not _is_word_char(token[0]):
-                continue
-            out.append((token.lower() if self.lowercase else token,
-                        m.start(), m.end()))
-        return out
+            matches = (m for m in matches if _is_word_char(m.group()[0]))
+        if self.lowercase:
+            return [(m.group().lower(), m.start(), m.end()) for m in matches]
+        return [(m.group(), m.start(), m.end()) for m in matches]
 
     def encode(self, text: str) -> Tensor:
         r"""The ids of the tokens of :obj:`text`: a ``LongTensor [n]``."""
@@ -260,6 +257,13 @@ class Vocabulary:
         if found is None and isinstance(token, str):
             found = self._stoi.get(_nfc(token))
         return 1 if found is None else found
+
+    def ids(self, tokens: Sequence[str]) -> List[int]:
+        r"""The id of every token of :obj:`tokens`, as
+        :meth:`__getitem__` gives it (in one call, for speed)."""
+        get = self._stoi.get
+        return [self[t] if (found := get(t)) is None else found
+                for t in tokens]
 
     def __contains__(self, token: object) -> bool:
         return token in self._stoi or (isinstance(token, str) and _nfc(

@@ -15,6 +15,7 @@ from hsa_geo.data import NestedSignal
 from hsa_geo.datasets import AmazonElec
 from hsa_geo.nn import HSAConv
 from hsa_geo.transforms import DocumentHierarchy
+from tests.helpers.signals import assert_same_signal
 
 # A long review: 150 sentences, 1,200 tokens on one line.
 LONG = ' '.join(f'Sentence {i} of a very long review.' for i in range(150))
@@ -223,3 +224,14 @@ def test_errors(tmp_path):
                       "empty"):
         dataset = AmazonElec(str(tmp_path), log=False)
     assert dataset.y.tolist() == [1, 0] and dataset.line.tolist() == [0, 2]
+
+
+def test_workers_give_the_same_reviews(tmp_path, train):
+    write_corpus(tmp_path / 'raw')
+    parallel = AmazonElec(str(tmp_path), num_workers=2, log=False)
+    assert parallel.num_workers == 2
+    assert len(parallel) == len(train)
+    for a, b in zip(parallel, train):
+        assert_same_signal(a, b)
+    with pytest.raises(ValueError, match="'num_workers' must be 0"):
+        AmazonElec(str(tmp_path), num_workers=-1)

@@ -15,6 +15,7 @@ from hsa_geo.data import NestedSignal
 from hsa_geo.datasets import IMDBReviews
 from hsa_geo.nn import HSAConv
 from hsa_geo.transforms import DocumentHierarchy
+from tests.helpers.signals import assert_same_signal
 
 # A long review: 40 paragraphs of 3 sentences, 920 tokens.
 LONG = '<br /><br />'.join(
@@ -259,3 +260,36 @@ def test_errors_and_empty_reviews(tmp_path):
     with pytest.raises(ValueError, match="gives the rating 11, but ratings "
                        "are scores from 1 to 10"):
         IMDBReviews(str(tmp_path), force_reload=True, log=False)
+
+
+def test_workers_give_the_same_reviews(tmp_path, train):
+    write_corpus(tmp_path / 'raw')
+    parallel = IMDBReviews(str(tmp_path), num_workers=2, log=False)
+    assert parallel.num_workers == 2
+    assert len(parallel) == len(train)
+    for a, b in zip(parallel, train):
+        assert_same_signal(a, b)
+    assert parallel.vocab == train.vocab
+
+
+def test_a_worker_error_names_the_review(tmp_path):
+    tokenizers = pytest.importorskip('tokenizers')
+    write_corpus(tmp_path / 'raw', {'test': {
+        'pos': {'0_8': 'Zebras were great!'}, 'neg': {'0_3': 'dull'}}})
+    tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel(
+        {'[UNK]': 0}, unk_token='[UNK]'))
+    # Lowercase words vanish: 'dull' gives no token at all.
+    tokenizer.normalizer = tokenizers.normalizers.Replace(
+        tokenizers.Regex('[a-z]+'), '')
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    with pytest.raises(ValueError, match=r"IMDBReviews: aclImdb/test/neg/"
+                       r"0_3.txt: data.text yields no tokens"):
+        IMDBReviews(str(tmp_path), split='test', tokenizer=tokenizer,
+                    log=False, num_workers=2)
+
+
+def test_bad_num_workers(tmp_path):
+    with pytest.raises(ValueError, match="'num_workers' must be 0"):
+        IMDBReviews(str(tmp_path), num_workers=-1)
+    with pytest.raises(TypeError, match="'num_workers' must be an int"):
+        IMDBReviews(str(tmp_path), num_workers='2')

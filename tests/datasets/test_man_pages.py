@@ -12,6 +12,7 @@ from torch_geometric.loader import DataLoader
 
 from hsa_geo.datasets import ManPages
 from hsa_geo.transforms import DocumentHierarchy
+from tests.helpers.signals import assert_same_signal
 
 # Markup the converter handles: comments, font escapes and macros,
 # special characters, .TP tags, .SS, code, a tbl table with a T{ block, a
@@ -295,3 +296,23 @@ def test_installed_pages(tmp_path):
     printf = dataset[1]
     assert 'int printf(const char *restrict format, ...);' in printf.text
     assert printf.num_nodes > 3000  # whole, never truncated
+
+
+def test_workers_give_the_same_pages(tmp_path, dataset):
+    man = write_pages(tmp_path / 'again')
+    parallel = ManPages(str(tmp_path / 'parallel'), paths=[man],
+                        min_pages_per_section=2, min_freq=1, log=False,
+                        num_workers=2)
+    assert parallel.num_workers == 2
+    assert len(parallel) == len(dataset)
+    for a, b in zip(parallel, dataset):
+        assert_same_signal(a, b)
+    assert parallel.vocab == dataset.vocab
+    assert parallel.skipped == dataset.skipped
+    assert torch.equal(parallel.get_idx_split()['train'],
+                       dataset.get_idx_split()['train'])
+
+
+def test_bad_num_workers(tmp_path):
+    with pytest.raises(ValueError, match="'num_workers' must be 0"):
+        ManPages(str(tmp_path), paths=[str(tmp_path)], num_workers=-2)

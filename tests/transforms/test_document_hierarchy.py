@@ -28,6 +28,7 @@ from hsa_geo.functional import hierarchical_attention_matrix  # noqa: E402
 from hsa_geo.transforms.document_hierarchy import \
     DocumentHierarchy  # noqa: E402
 from hsa_geo.transforms.vocabulary import Vocabulary  # noqa: E402
+from tests.helpers.document_reference import reference_tree  # noqa: E402
 from tests.helpers.pre_transform_dataset import (  # noqa: E402
     PreTransformDataset)
 
@@ -767,3 +768,81 @@ def test_odd_texts_give_a_valid_tree_or_a_clear_error(text, punctuation,
         assert 0 <= start < end <= len(nfc)
         assert nfc[start:end].lower() == token
     assert int((out.hierarchy.parent < 0).sum()) == 1  # one tree
+
+
+# The plain per-token oracle #################################################
+
+ORACLE_SETTINGS = [
+    dict(),
+    dict(keep_single_token_words=True),
+    dict(levels=('sentence', )),
+    dict(levels=('paragraph', 'word')),
+    dict(levels=()),
+    dict(max_tokens=7, truncate=True),
+]
+
+
+def same_as_oracle(transform: DocumentHierarchy, text: str):
+    r"""The transform's output is the oracle's, exactly."""
+    data, expected = transform(text), reference_tree(transform, text)
+    assert data.x.dtype == data.offsets.dtype == torch.long
+    assert data.cluster_kind.dtype == data.cluster_offsets.dtype == \
+        torch.long
+    assert data.x.tolist() == expected['x']
+    assert data.offsets.tolist() == expected['offsets']
+    assert data.offsets.shape == (data.num_nodes, 2)
+    assert data.tokens == expected['tokens']
+    assert data.hierarchy.parent.tolist() == expected['parent']
+    assert data.cluster_kind.tolist() == expected['cluster_kind']
+    assert data.cluster_offsets.tolist() == expected['cluster_offsets']
+    assert data.text == unicodedata.normalize('NFC', text)
+
+
+def varied_texts(count: int = 40, seed: int = 0):
+    r"""Texts of every kind of unit boundary, drawn with a fixed seed."""
+    import random
+    rng = random.Random(seed)
+    pieces = (['word', 'Word', 'é', 'x2', "don't", 'e.g.', 'Dr.', 'U.S.',
+               '\u00c5ngstr\u00f6m'] + list('.!?,;-"()\u2019') +
+              [' ', ' ', ' ', '\n', '\n\n', ' \n\t\n ', '... ', '." ', '!) ',
+               '\u00a0', '\u3000'])
+    return [''.join(rng.choice(pieces) for _ in range(rng.randint(1, 120)))
+            for _ in range(count)] + PARAGRAPHS[:3] + [UNICODE_TEXT]
+
+
+@pytest.mark.parametrize('options', ORACLE_SETTINGS)
+def test_vocabulary_trees_match_the_oracle(options):
+    for vocab in (Vocabulary.build([TEXT]),
+                  Vocabulary.build([TEXT], punctuation=False,
+                                   lowercase=False)):
+        transform = DocumentHierarchy(vocab=vocab, **options)
+        for text in varied_texts():
+            if vocab.tokenize(text):
+                same_as_oracle(transform, text)
+
+
+@pytest.mark.parametrize('options', ORACLE_SETTINGS + [
+    dict(special_tokens='drop'),
+    dict(special_tokens='drop', levels=('paragraph', 'word'))])
+def test_tokenizer_trees_match_the_oracle(bert, options):
+    transform = DocumentHierarchy(tokenizer=bert, **options)
+    for text in varied_texts(count=20):
+        if len(plain(bert).encode(text).ids) > 2:  # more than the specials
+            same_as_oracle(transform, text)
+
+
+@given(text=ODD_TEXT, keep=st.booleans())
+def test_odd_texts_match_the_oracle(text, keep):
+    vocab = Vocabulary.build(['a word'])
+    transform = DocumentHierarchy(vocab=vocab, keep_single_token_words=keep)
+    if vocab.tokenize(text):
+        same_as_oracle(transform, text)
+
+
+def test_split_gives_lists_of_spans(vocab):
+    units = DocumentHierarchy(vocab=vocab).split('A cat sat. It slept.')
+    assert units.words[:2] == [(0, 1), (2, 5)]
+    assert all(type(i) is int for span in units.words for i in span)
+    assert units.word_sentence == [0, 0, 0, 0, 1, 1, 1]
+    assert units.sentence_paragraph == [0, 0]
+    assert units.sentences == [(0, 10), (11, 20)]

@@ -289,3 +289,12 @@ def test_repr_and_equality():
     assert vocab != Vocabulary(['b', 'a'], punctuation=False)
     with pytest.raises(TypeError):
         hash(vocab)
+
+
+def test_ids_of_many_tokens_as_one_by_one():
+    vocab = Vocabulary.build(['the caf\u00e9 is open'])
+    tokens = ['the', 'cafe\u0301', 'caf\u00e9', 'closed', '[PAD]', 'open']
+    assert vocab.ids(tokens) == [vocab[t] for t in tokens]
+    assert vocab.ids(tokens)[1] == vocab['caf\u00e9']  # NFD finds it too
+    assert vocab.ids(['closed']) == [vocab.unk_id]
+    assert vocab.ids(()) == []
