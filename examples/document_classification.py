@@ -94,6 +94,9 @@ machine, and per arm its parameters, FLOPs, per-epoch curves of every
 seed, final metrics and their mean and standard deviation) and
 ``documents_<dataset>.png`` (training loss and validation accuracy per
 epoch and arm).
+
+Measured on the man pages, with the study of what HSA needs:
+``examples/results/documents/README.md``.
 """
 import ctypes
 import gc
