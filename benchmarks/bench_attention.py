@@ -956,6 +956,16 @@ def write_json(path: Path, payload: Dict[str, Any]):
     os.replace(tmp, path)
 
 
+def write_markdown(path: Optional[Path], text: str):
+    r"""Writes :obj:`text` to :obj:`path` (the ``--markdown`` file of a
+    benchmark) and says so; nothing when :obj:`path` is :obj:`None`."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    print(f'wrote {path}')
+
+
 def config_of(args: argparse.Namespace) -> Dict[str, Any]:
     return {
         'sizes': sorted(args.sizes),
@@ -1087,12 +1097,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print()
     print(format_targets(payload['targets']))
     print(f"\nwrote {args.out} ({payload['wall_s']:.0f} s)")
-    if args.markdown is not None:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(
-            format_table(rows, args.sizes, args.methods, markdown=True) +
-            '\n')
-        print(f'wrote {args.markdown}')
+    write_markdown(args.markdown, format_table(
+        rows, args.sizes, args.methods, markdown=True) + '\n')
     return 0
 
 

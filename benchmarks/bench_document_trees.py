@@ -502,10 +502,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"\n[{target['status']}] {target['description']}\n         "
           f"{target.get('detail', '')}")
     print(f'\nwrote {args.out}')
-    if args.markdown is not None:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(format_table(rows, markdown=True) + '\n')
-        print(f'wrote {args.markdown}')
+    ba.write_markdown(args.markdown, format_table(rows, markdown=True) + '\n')
     return 0
 
 

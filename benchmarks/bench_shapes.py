@@ -837,10 +837,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ba.write_json(args.json, payload)
     print('\n' + report(rows, targets, machine))
     print(f"wrote {args.json} ({payload['wall_s']:.0f} s)")
-    if args.markdown is not None:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(report(rows, targets, machine, True))
-        print(f'wrote {args.markdown}')
+    ba.write_markdown(args.markdown, report(rows, targets, machine, True))
     return 0
 
 

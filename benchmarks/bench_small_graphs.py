@@ -453,11 +453,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"[{target['status']}] {target['description']}: "
               f"{target.get('detail', '')}")
     print(f'\nwrote {args.out}')
-    if args.markdown is not None:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(format_tables(rows, costs, markdown=True) +
-                                 '\n')
-        print(f'wrote {args.markdown}')
+    ba.write_markdown(args.markdown,
+                      format_tables(rows, costs, markdown=True) + '\n')
     return 0
 
 

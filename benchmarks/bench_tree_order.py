@@ -268,10 +268,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"{r['method']} (round {r['round']}): {r['status']}: "
                   f"{r.get('error', '')[:200]}")
     print(f'\nwrote {args.out}')
-    if args.markdown is not None:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(format_table(summary, markdown=True) + '\n')
-        print(f'wrote {args.markdown}')
+    ba.write_markdown(args.markdown,
+                      format_table(summary, markdown=True) + '\n')
     return 0
 
 
