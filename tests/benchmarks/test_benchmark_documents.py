@@ -2,14 +2,13 @@ r"""Smoke test of ``benchmarks/bench_documents.py``: on a tiny man-pages
 corpus written here, every method runs an epoch of the example's model on
 both corpora (pages and their sections), and the JSON has every row with
 a positive time. No timing is asserted."""
-import gzip
 import json
 import math
 
 import pytest
 
-from tests.examples.test_document_classification import page
 from tests.helpers.benchmarks import load_benchmark
+from tests.helpers.man_page_files import write_man_pages
 
 bench = load_benchmark('bench_documents')
 pytestmark = pytest.mark.usefixtures('one_thread')
@@ -19,14 +18,8 @@ pytestmark = pytest.mark.usefixtures('one_thread')
 def man_pages(tmp_path_factory):
     r"""24 gzipped roff pages of sections 2 and 3 (as the example's test
     writes them), and a root for the processed dataset."""
-    folder = tmp_path_factory.mktemp('man')
-    for i in range(24):
-        section = '23'[i % 2]
-        path = folder / f'man{section}' / f'page{i}.{section}.gz'
-        path.parent.mkdir(exist_ok=True)
-        with gzip.open(path, 'wt') as f:
-            f.write(page(section, i))
-    return str(folder), str(tmp_path_factory.mktemp('data'))
+    folder = write_man_pages(tmp_path_factory.mktemp('man'), 24)
+    return folder, str(tmp_path_factory.mktemp('data'))
 
 
 def test_quick_run_has_every_method_and_corpus(man_pages, tmp_path, capsys):

@@ -2,7 +2,6 @@ r"""``examples/document_classification.py`` trains every arm for one epoch
 on a tiny man-pages corpus written here (gzipped roff pages in ``man2``
 and ``man3`` folders), and writes one JSON with every arm, finite metrics
 and the attention FLOPs that the arms' trees imply."""
-import gzip
 import json
 import math
 
@@ -12,40 +11,21 @@ from torch_geometric.loader import DataLoader
 
 from hsa_geo.functional import hierarchical_attention
 from tests.examples import load_example
+from tests.helpers.man_page_files import write_man_pages
 
 documents = load_example('document_classification')
 pytestmark = pytest.mark.usefixtures('one_thread')
 
 TINY = ['--epochs', '1', '--hidden', '8', '--layers', '1', '--heads', '2',
         '--batch-size', '8', '--max-tokens', '16', '--no-progress']
-WORDS = {'2': 'call kernel process signal file descriptor returns error',
-         '3': 'function library string buffer stream pointer value locale'}
-
-
-def page(section: str, i: int) -> str:
-    r"""A page of a few sections, paragraphs and sentences whose words
-    tell its section."""
-    words = WORDS[section].split()
-    sentence = ' '.join(words[(i + j) % len(words)] for j in range(5 + i % 4))
-    return '\n'.join([
-        f'.TH PAGE{i} {section}', '.SH NAME', f'page{i} \\- a test page',
-        '.SH DESCRIPTION', f'The {sentence}.  It {sentence} again.',
-        '.PP', f'Another {sentence}.  And one more {sentence}.',
-        '.SH NOTES', f'{sentence.capitalize()} here.', ''])
 
 
 @pytest.fixture(scope='module')
 def corpus(tmp_path_factory):
     r"""36 pages of sections 2 and 3 (the hash of these names puts some
     into each part of the split)."""
-    folder = tmp_path_factory.mktemp('man')
-    for i in range(36):
-        section = '23'[i % 2]
-        path = folder / f'man{section}' / f'page{i}.{section}.gz'
-        path.parent.mkdir(exist_ok=True)
-        with gzip.open(path, 'wt') as f:
-            f.write(page(section, i))
-    return str(folder), str(tmp_path_factory.mktemp('data'))
+    folder = write_man_pages(tmp_path_factory.mktemp('man'), 36)
+    return folder, str(tmp_path_factory.mktemp('data'))
 
 
 def test_one_epoch_of_every_arm(corpus, tmp_path):

