@@ -652,6 +652,69 @@ def parse_args(argv: Optional[List[str]]):
     return args
 
 
+def embed_all(model, configs: List[Config], batches: List[Batch],
+              width: int, device: torch.device, timer: Timer
+              ) -> Tuple[Dict[str, List[Tensor]], Dict[str, List[float]]]:
+    r"""Runs the model unpatched and in every configuration on every
+    batch: the sentence embeddings per configuration, and its attention
+    FLOPs with the dense attention FLOPs of the same layers."""
+    heads, head_dim = head_shape(model)
+    embeddings: Dict[str, List[Tensor]] = {c.name: [] for c in configs}
+    flops = {c.name: [0.0, 0.0] for c in configs}
+    for number, batch in enumerate(batches):
+        inputs = {k: v.to(device) for k, v in batch.inputs.items()}
+        batch = Batch(batch.index, inputs,
+                      {k: f.to(device) for k, f in batch.forests.items()})
+        with torch.no_grad():
+            out = model(**inputs, output_hidden_states=True)
+        valid = batch.forests['full'].valid
+        embeddings['unpatched'].append(
+            sentence_embedding(out.last_hidden_state, valid).cpu())
+        dense = hsa_attention_flops(batch.forests['full'], heads, head_dim,
+                                    'softmax') * len(out.hidden_states[1:])
+        flops['unpatched'] = [flops['unpatched'][0] + dense,
+                              flops['unpatched'][1] + dense]
+        for config in configs[1:]:
+            embedding, total, dense = run_config(
+                model, config, batch, out.hidden_states, width)
+            embeddings[config.name].append(embedding.cpu())
+            flops[config.name] = [flops[config.name][0] + total,
+                                  flops[config.name][1] + dense]
+        print(f'batch {number + 1}/{len(batches)} '
+              f'({timer.lap():.0f}s)', flush=True)
+    return embeddings, flops
+
+
+def score(configs: List[Config], embeddings: Dict[str, List[Tensor]],
+          flops: Dict[str, List[float]], probe, y
+          ) -> Tuple[Dict[str, Dict[str, Any]], float]:
+    r"""One row per configuration (cosine to the unpatched embeddings,
+    probe accuracy and agreement, FLOPs saved) against the labels
+    :obj:`y`, and the unpatched probe accuracy."""
+    reference = torch.cat(embeddings['unpatched'])
+    reference_pred = probe.predict(reference.numpy())
+    reference_acc = accuracy(reference_pred, y)
+    rows = {}
+    for config in configs:
+        x = torch.cat(embeddings[config.name])
+        cosine = (x * reference).sum(-1).clamp(-1, 1)
+        predicted = probe.predict(x.numpy())
+        acc = accuracy(predicted, y)
+        rows[config.name] = {
+            'method': config.method, 'layers': list(config.layers),
+            'tree': config.tree,
+            'attention_flops': flops[config.name][0],
+            'dense_flops': flops[config.name][1],
+            'flops_saved': 1 - flops[config.name][0] / flops[config.name][1],
+            'cosine_mean': float(cosine.mean()),
+            'cosine_min': float(cosine.min()),
+            'accuracy': acc,
+            'accuracy_drop': 100 * (reference_acc - acc),
+            'agreement': float(np.mean(predicted == reference_pred)),
+        }
+    return rows, reference_acc
+
+
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     r"""Parses :obj:`argv` (default: the command line), measures every
     configuration, writes the results and returns them as a :obj:`dict`."""
@@ -677,53 +740,11 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     batches = encode_batches(corpus.texts, corpus.held_out, tokenizer, args)
     width = matched_width(batches, heads, head_dim)
     configs = configurations()
-    embeddings: Dict[str, List[Tensor]] = {c.name: [] for c in configs}
-    flops = {c.name: [0.0, 0.0] for c in configs}
-    for number, batch in enumerate(batches):
-        inputs = {k: v.to(device) for k, v in batch.inputs.items()}
-        batch = Batch(batch.index, inputs,
-                      {k: f.to(device) for k, f in batch.forests.items()})
-        with torch.no_grad():
-            out = model(**inputs, output_hidden_states=True)
-        valid = batch.forests['full'].valid
-        embeddings['unpatched'].append(
-            sentence_embedding(out.last_hidden_state, valid).cpu())
-        dense = hsa_attention_flops(batch.forests['full'], heads, head_dim,
-                                    'softmax') * len(out.hidden_states[1:])
-        flops['unpatched'] = [flops['unpatched'][0] + dense,
-                              flops['unpatched'][1] + dense]
-        for config in configs[1:]:
-            embedding, total, dense = run_config(
-                model, config, batch, out.hidden_states, width)
-            embeddings[config.name].append(embedding.cpu())
-            flops[config.name] = [flops[config.name][0] + total,
-                                  flops[config.name][1] + dense]
-        print(f'batch {number + 1}/{len(batches)} '
-              f'({timer.lap():.0f}s)', flush=True)
-
+    embeddings, flops = embed_all(model, configs, batches, width, device,
+                                  timer)
     order = [i for b in batches for i in b.index]
-    y = corpus.labels[order]
-    reference = torch.cat(embeddings['unpatched'])
-    reference_pred = probe.predict(reference.numpy())
-    reference_acc = accuracy(reference_pred, y)
-    rows = {}
-    for config in configs:
-        x = torch.cat(embeddings[config.name])
-        cosine = (x * reference).sum(-1).clamp(-1, 1)
-        predicted = probe.predict(x.numpy())
-        acc = accuracy(predicted, y)
-        rows[config.name] = {
-            'method': config.method, 'layers': list(config.layers),
-            'tree': config.tree,
-            'attention_flops': flops[config.name][0],
-            'dense_flops': flops[config.name][1],
-            'flops_saved': 1 - flops[config.name][0] / flops[config.name][1],
-            'cosine_mean': float(cosine.mean()),
-            'cosine_min': float(cosine.min()),
-            'accuracy': acc,
-            'accuracy_drop': 100 * (reference_acc - acc),
-            'agreement': float(np.mean(predicted == reference_pred)),
-        }
+    rows, reference_acc = score(configs, embeddings, flops, probe,
+                                corpus.labels[order])
     valid_tokens = torch.cat([b.forests['full'].valid.sum(1).float()
                               for b in batches])
     result = {
