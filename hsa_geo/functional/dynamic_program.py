@@ -201,8 +201,8 @@ def _add_rows_(out: Tensor, rows: Rows, x: Tensor):
     index, span = rows
     if span is not None:
         out[span[0]:span[1]] += x
-    else:
-        out.index_add_(0, index, x)
+    else:  # a strided source (a head of q, k, v) takes a slow CPU kernel
+        out.index_add_(0, index, x.contiguous())
 
 
 def _to_slots(bucket: FamilyBucket, leaf_x: Tensor,
@@ -1437,11 +1437,13 @@ def _downward_contexts(passes: _Passes) -> Tensor:
         u_leaf = v.new_zeros(v.shape)
     out = torch.addcmul(u_leaf, torch.exp(
         passes.masses.log_r_leaf).unsqueeze(-1), v)
+    # (a no-op unless the leaves' contexts are a view of the pair kernels'
+    # head-major output, whose layout the sums above keep; before the add,
+    # which is slow into strided rows)
+    out = out.contiguous()
     if rest_context is not None and rest.numel() > 0:
         out = out.index_add(0, rest, rest_context)
-    # (a no-op unless the leaves' contexts are a view of the pair kernels'
-    # head-major output, whose layout the sums above keep)
-    return out.contiguous()
+    return out
 
 
 def _all_family_weights(passes: _Passes) -> Tensor:

@@ -185,6 +185,27 @@ def test_scatter_logsumexp_empty_and_minus_infinite_rows():
     assert s.grad[1].item() == 0.0
 
 
+@pytest.mark.parametrize('counts', [False, True])
+def test_scatter_logsumexp_same_in_both_layouts(counts):
+    # The pair kernels give head-major scores [P, H] (the transpose of a
+    # dense [H, P]): the sums run along the other dimension there.
+    index = torch.tensor([0, 0, 1, 3, 3, 3])
+    rows = torch.randn(3, 6, dtype=torch.float64)
+    head_major = rows.t().requires_grad_()
+    row_major = rows.t().contiguous().requires_grad_()
+    assert head_major.t().is_contiguous()
+    count = torch.bincount(index, minlength=4) if counts else None
+    outs = [scatter_logsumexp(s, index, 4, -1e30, count)
+            for s in (head_major, row_major)]
+    assert torch.allclose(outs[0], outs[1])
+    weights = torch.randn(4, 3, dtype=torch.float64)
+    grads = [torch.autograd.grad((o * weights).sum(), s)[0]
+             for o, s in zip(outs, (head_major, row_major))]
+    assert torch.allclose(grads[0], grads[1])
+    assert torch.allclose(outs[1][2], torch.full((3, ), -1e30,
+                                                 dtype=torch.float64))
+
+
 @pytest.mark.parametrize('heads', [1, 3])
 def test_output_is_contiguous_when_every_leaf_is_on_the_pair_list(heads):
     # Every leaf is a member: their contexts come from the pair kernels'
