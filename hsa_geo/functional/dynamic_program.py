@@ -1357,6 +1357,8 @@ def _streamed_context(passes: _Passes, i: int,
         r = _rows(passes.masses.log_r_clus, b.parent_cluster,
                   b.parent_range).exp()
         out = out * r[:, None, :, None]
+        if parent_context is not None:  # into the fresh product: one
+            return out.add_(parent_context.unsqueeze(1))  # [N, H, D] less
     return out if parent_context is None else \
         out + parent_context.unsqueeze(1)
 
@@ -1435,14 +1437,14 @@ def _downward_contexts(passes: _Passes) -> Tensor:
         _from_slots(buckets[i], ctx, u_leaf)
     if u_leaf is None:
         u_leaf = v.new_zeros(v.shape)
-    out = torch.addcmul(u_leaf, torch.exp(
-        passes.masses.log_r_leaf).unsqueeze(-1), v)
-    # (a no-op unless the leaves' contexts are a view of the pair kernels'
-    # head-major output, whose layout the sums above keep; before the add,
-    # which is slow into strided rows)
-    out = out.contiguous()
+    # A copy only where the leaves' contexts are a view of the pair kernels'
+    # head-major output (adds into strided rows are slow). The buffer is
+    # this pass's own, saved by no backward: the adds run in place, without
+    # two more [N, H, D] tensors.
+    out = u_leaf.contiguous()
+    out.addcmul_(torch.exp(passes.masses.log_r_leaf).unsqueeze(-1), v)
     if rest_context is not None and rest.numel() > 0:
-        out = out.index_add(0, rest, rest_context)
+        out.index_add_(0, rest, rest_context)
     return out
 
 
