@@ -411,6 +411,50 @@ class MemoryMeter:
         return max(0.0, peak - self.baseline) / MIB
 
 
+def live_tensor_peak_mib(call: Callable[[], Any]) -> float:
+    r"""The largest total size of the tensor storages that :obj:`call`
+    creates and holds at once (its gradients included; inputs and anything
+    made before excluded), counted at every operation it dispatches,
+    forward and backward. Unlike a resident-set peak it does not depend on
+    the allocator's caching and fragmentation. Runs :obj:`call` once under
+    a dispatch mode (slower: never inside a timed call)."""
+    import weakref
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    live: Dict[int, int] = {}  # storage address -> bytes
+    total, peak = [0], [0]
+
+    def release(address: int):
+        total[0] -= live.pop(address, 0)
+
+    def storages(values: Any) -> List[Any]:
+        return [t.untyped_storage() for t in tree_flatten(values)[0]
+                if isinstance(t, torch.Tensor) and t.layout == torch.strided]
+
+    class Tracker(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            # An output sharing an argument's storage is a view, not new.
+            seen = {s.data_ptr() for s in storages((args, kwargs))}
+            for storage in storages(out):
+                address = storage.data_ptr()
+                if address in live or address in seen or \
+                        storage.nbytes() == 0:
+                    continue
+                live[address] = storage.nbytes()
+                total[0] += storage.nbytes()
+                peak[0] = max(peak[0], total[0])
+                weakref.finalize(storage, release, address)
+            return out
+
+    with Tracker():
+        call()
+    return peak[0] / MIB
+
+
 # Timing ####################################################################
 
 

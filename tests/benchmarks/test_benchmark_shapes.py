@@ -88,6 +88,9 @@ def test_quick_run(tmp_path):
         for phase in phases:
             assert math.isfinite(row[f'{phase}_ms'])
             assert math.isfinite(row[f'{phase}_peak_mib'])
+        if not row['forward_only']:  # the gradients of q, k, v at least
+            grads = 3 * row['n'] * 4 * 64 * 4 / 2**20
+            assert row['fwdbwd_live_mib'] >= grads
         assert row['output_finite']
     assert {t['status'] for t in payload['targets']} <= {
         'met', 'not met', 'n/a'}

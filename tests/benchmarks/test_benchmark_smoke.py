@@ -137,3 +137,27 @@ def test_report_renders():
     assert linear['measured']['growth'] == 25.0
     assert 'Targets' in bench.format_targets([speedup, linear, projection])
     assert [t['status'] for t in bench.evaluate_targets([])] == ['N/A'] * 3
+
+
+def test_live_tensor_peak_counts_what_the_call_holds_at_once():
+    import torch
+    bench = _load_bench()
+
+    def buffers():  # two 4 MiB buffers alive at most
+        a = torch.empty(2**20)
+        b = torch.empty(2**20)
+        del a
+        c = torch.empty(2**20)
+        return b.view(-1), c
+
+    assert bench.live_tensor_peak_mib(buffers) == 8.0
+    x = torch.randn(2**20, requires_grad=True)
+
+    def backward():
+        y = x * 2
+        y.exp().sum().backward()
+
+    # y, the gradient of y and x.grad (the saved exp is freed with its
+    # backward, before x.grad is made; x is not counted) and the 4-byte
+    # gradient of the sum
+    assert abs(bench.live_tensor_peak_mib(backward) - 12.0) < 1e-3
