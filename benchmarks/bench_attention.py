@@ -416,8 +416,11 @@ def live_tensor_peak_mib(call: Callable[[], Any]) -> float:
     creates and holds at once (its gradients included; inputs and anything
     made before excluded), counted at every operation it dispatches,
     forward and backward. Unlike a resident-set peak it does not depend on
-    the allocator's caching and fragmentation. Runs :obj:`call` once under
-    a dispatch mode (slower: never inside a timed call)."""
+    the allocator's caching and fragmentation; but it sees only the outputs
+    of dispatched operations, not the buffers a kernel allocates and frees
+    inside itself (SDPA's CPU backward makes a dense copy of its output
+    gradient that way). Runs :obj:`call` once under a dispatch mode
+    (slower: never inside a timed call)."""
     import weakref
 
     import torch
