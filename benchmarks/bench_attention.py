@@ -750,6 +750,20 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def source_commit() -> Optional[str]:
+    r"""The checkout's commit, with ``+changes`` when files differ from it
+    (the timings are of the code as it was), or :obj:`None`."""
+    try:
+        def git(*args: str) -> str:
+            return subprocess.run(['git', *args], cwd=REPO_ROOT,
+                                  capture_output=True, text=True,
+                                  check=True, timeout=30).stdout.strip()
+        changed = git('status', '--porcelain', '--untracked-files=no')
+        return git('rev-parse', 'HEAD') + ('+changes' if changed else '')
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def machine_info(device: str, threads: int) -> Dict[str, Any]:
     import torch
     info: Dict[str, Any] = {

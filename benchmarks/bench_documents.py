@@ -94,7 +94,6 @@ from typing import (Any, Callable, Dict, List, NamedTuple, Optional,
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_attention as ba  # noqa: E402  (shared machine and JSON code)
-import bench_small_graphs as bsg  # noqa: E402  (the commit measured)
 
 EXAMPLES_DIR = ba.REPO_ROOT / 'examples'
 CORPORA = ['man_pages', 'man_sections']
@@ -639,7 +638,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             timespec='seconds'),
         'machine': machine,
         'config': {
-            'commit': bsg.source_commit(), 'corpora': corpora,
+            'commit': ba.source_commit(), 'corpora': corpora,
             'methods': {m: LABELS[m] for m in args.methods},
             'model': f'embedding, {LAYERS} blocks of {CHANNELS} channels, '
                      f'{args.heads} heads, MLP {2 * CHANNELS}, dropout '

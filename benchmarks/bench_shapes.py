@@ -776,7 +776,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--in-process', action='store_true',
                    help='run the rows in this process (peaks not clean)')
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--json', type=Path, default=None)
+    p.add_argument('--json', '--out', dest='json', type=Path, default=None)
     p.add_argument('--markdown', type=Path, default=None)
     p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
     p.add_argument('--spec', help=argparse.SUPPRESS)
@@ -807,6 +807,7 @@ def config_of(args: argparse.Namespace) -> Dict[str, Any]:
         'max_repeats': args.max_repeats, 'long_run_s': args.long_run,
         'timeout_s': args.timeout, 'memory_cap_gib': args.memory_cap_gib,
         'in_process': args.in_process, 'seed': args.seed,
+        'commit': ba.source_commit(),
         'timing': ba.TIMING_NOTE, 'memory': ba.MEMORY_NOTE,
         'live_memory': 'fwdbwd_live_mib: the most bytes of tensor storage '
                        'that one untimed forward+backward creates and holds '

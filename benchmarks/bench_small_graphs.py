@@ -69,7 +69,6 @@ import datetime
 import gc
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -353,20 +352,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def source_commit() -> Optional[str]:
-    r"""The checkout's commit, with ``+changes`` when files differ from it
-    (the timings are of the code as it was), or :obj:`None`."""
-    try:
-        def git(*args: str) -> str:
-            return subprocess.run(['git', *args], cwd=ba.REPO_ROOT,
-                                  capture_output=True, text=True,
-                                  check=True, timeout=30).stdout.strip()
-        changed = git('status', '--porcelain', '--untracked-files=no')
-        return git('rev-parse', 'HEAD') + ('+changes' if changed else '')
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def batch_info(plain: List[Any], batch: Any) -> Dict[str, Any]:
     sizes = [data.num_nodes for data in plain]
     hierarchy = batch.hierarchy
@@ -419,7 +404,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         'created': datetime.datetime.now().astimezone().isoformat(
             timespec='seconds'),
         'machine': machine,
-        'config': {'commit': source_commit(), 'smiles': bc.smiles_path(),
+        'config': {'commit': ba.source_commit(), 'smiles': bc.smiles_path(),
                    'selection': 'the first parsable SMILES, in file order',
                    'batch': info, 'channels': args.channels,
                    'heads': HEADS, 'threads': args.threads,

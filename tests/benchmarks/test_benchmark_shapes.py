@@ -72,6 +72,7 @@ def test_quick_run(tmp_path):
                        '--markdown', str(md)]) == 0
     payload = json.loads(out.read_text())
     assert payload['complete'] and payload['machine']['cores'] >= 1
+    assert 'commit' in payload['config']  # None outside a git checkout
     rows = payload['results']
     threads = sorted({1, payload['config']['threads']})
     expected = ([('wide', m, t) for t, _, _ in bench.QUICK_WIDE
