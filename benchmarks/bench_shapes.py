@@ -44,9 +44,8 @@ tensor storage it creates and holds at once, counted at every operation
 (:func:`bench_attention.live_tensor_peak_mib`), which the allocator's
 caching and fragmentation do not blur, but which misses what a kernel
 allocates inside itself: a column beside the peak, not a target. Each
-phase
-is reported as soon as it is measured, so a backward that fails or runs
-out of time keeps its forward. A worker's address space is capped at
+phase is reported as soon as it is measured, so a backward that fails or
+runs out of time keeps its forward. A worker's address space is capped at
 ``--memory-cap-gib`` above its size after the imports: a shape too large
 for the machine fails in its own process instead of pressing on others.
 Errors, refusals (the HSA core refuses family tables that cannot fit) and
