@@ -1077,16 +1077,10 @@ def _all_leaves_are_members(layout: HierarchyLayout, num_leaves: int
 def _members(tree: _Tree, leaf_x: Tensor, cluster_x: Optional[Tensor]
              ) -> Tensor:
     r"""A member table of the sparse families: leaf rows, then cluster
-    rows; ``[K, H, D]`` tables are views of ``[H, K, D]`` storage, the rows
-    of the pair kernels (no copy to reorder them)."""
+    rows (``[K, H, D]`` as they are: the rows of the pair kernels)."""
     sparse = tree.layout.sparse
     if not _all_leaves_are_members(tree.layout, leaf_x.size(0)):
         leaf_x = leaf_x.index_select(0, sparse.leaf)
-    if leaf_x.dim() == 3:
-        parts = [leaf_x.transpose(0, 1)]
-        if cluster_x is not None:
-            parts.append(cluster_x.transpose(0, 1))
-        return torch.cat(parts, 1).transpose(0, 1)
     return leaf_x if cluster_x is None else torch.cat([leaf_x, cluster_x])
 
 
@@ -1107,7 +1101,7 @@ def _sparse_scores(tree: _Tree, means: Dict[int, Tuple[Tensor, ...]],
                           None if bias is None else bias[sparse.row],
                           tree.pattern)
     counts = None if tree.pattern is None else \
-        tree.pattern.crow[:sparse.num_members + 1].diff()  # (sorted rows)
+        tree.pattern.pairs_of  # (sorted rows)
     lse = scatter_logsumexp(s, sparse.src, sparse.num_members, tree.neg,
                             counts)
     num_leaf = sparse.leaf.numel()
@@ -1388,6 +1382,7 @@ def _downward_contexts(passes: _Passes) -> Tensor:
     layout, v = tree.layout, tree.v
     buckets, tables = layout.buckets, passes.scores.tables
     u_leaf = None  # allocated only when needed: 1 GiB at N = 2^20
+    own = True  # whether u_leaf is this pass's buffer (else a view)
     writes: List[Tuple[Rows, Tensor]] = []  # (cluster rows, contexts)
     for i, b in enumerate(buckets):
         if b.kind == 'leaf' or tables[i] is None:
@@ -1401,7 +1396,8 @@ def _downward_contexts(passes: _Passes) -> Tensor:
     if sparse_u is not None:
         num_leaf = layout.sparse.leaf.numel()
         if u_leaf is None and _all_leaves_are_members(layout, v.size(0)):
-            u_leaf = sparse_u[:num_leaf]
+            # (then no leaf family below writes into it)
+            u_leaf, own = sparse_u[:num_leaf], False
         elif num_leaf > 0:
             if u_leaf is None:
                 u_leaf = v.new_zeros(v.shape)
@@ -1437,12 +1433,12 @@ def _downward_contexts(passes: _Passes) -> Tensor:
         _from_slots(buckets[i], ctx, u_leaf)
     if u_leaf is None:
         u_leaf = v.new_zeros(v.shape)
-    # A copy only where the leaves' contexts are a view of the pair kernels'
-    # head-major output (adds into strided rows are slow). The buffer is
-    # this pass's own, saved by no backward: the adds run in place, without
-    # two more [N, H, D] tensors.
-    out = u_leaf.contiguous()
-    out.addcmul_(torch.exp(passes.masses.log_r_leaf).unsqueeze(-1), v)
+    # The buffer is this pass's own, saved by no backward: the adds run in
+    # place, without two more [N, H, D] tensors. Not into the pair kernels'
+    # output, a view that autograd would rebase on its base (copying the
+    # base's gradient in the backward).
+    r = torch.exp(passes.masses.log_r_leaf).unsqueeze(-1)
+    out = u_leaf.addcmul_(r, v) if own else torch.addcmul(u_leaf, r, v)
     if rest_context is not None and rest.numel() > 0:
         out.index_add_(0, rest, rest_context)
     return out

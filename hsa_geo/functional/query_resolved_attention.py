@@ -98,7 +98,7 @@ def query_resolved_attention(q: Tensor, k: Tensor, v: Tensor,
     own = scale * (q * k).sum(-1)  # [N, H]
     if pattern is not None:
         table = torch.cat([q, q.new_zeros((t - n, ) + q.shape[1:])])
-        dots = pattern.sampled_dot(_head_major(table), _head_major(k_mean))
+        dots = pattern.sampled_dot(table, k_mean)
         dots = dots.view(heads, -1).t()
     else:
         dots = torch.linalg.vecdot(q[query], k_mean[block])
@@ -112,19 +112,12 @@ def query_resolved_attention(q: Tensor, k: Tensor, v: Tensor,
     out = F.dropout(torch.exp(own - lse), dropout_p, training).unsqueeze(
         -1) * v
     if pattern is not None:
-        context = pattern.matmul(weight.t().reshape(-1),
-                                 _head_major(v_mean))
-        context = context.view(heads, t, -1).transpose(0, 1)[:n]
+        context = pattern.matmul(weight.t().reshape(-1), v_mean)[:n]
     else:
         context = out.new_zeros(out.shape).index_add_(
             0, query, weight.unsqueeze(-1) * v_mean[block])
     out = (out + context).to(out_dtype)
     return out.squeeze(1) if single_head else out
-
-
-def _head_major(x: Tensor) -> Tensor:
-    r"""``[K, H, D]`` as the ``[H * K, D]`` rows of a pattern."""
-    return x.transpose(0, 1).reshape(-1, x.size(-1))
 
 
 # What a hierarchy's pairs are, derived once per hierarchy (and head count

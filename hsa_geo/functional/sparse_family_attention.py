@@ -38,12 +38,6 @@ def pair_pattern(families: SparseFamilies,
     return patterns[heads]
 
 
-def _head_major(x: Tensor) -> Tensor:
-    r"""``[K, H, D]`` as the ``[H * K, D]`` rows of a pattern (a view if
-    its storage is ``[H, K, D]``)."""
-    return x.transpose(0, 1).reshape(-1, x.size(-1))
-
-
 def sparse_scores(families: SparseFamilies, q: Tensor, k: Tensor,
                   log_size: Tensor, scale: float,
                   bias: Optional[Tensor] = None,
@@ -54,7 +48,7 @@ def sparse_scores(families: SparseFamilies, q: Tensor, k: Tensor,
     ``[P', H]`` rows of a pair bias; on :obj:`pattern` if given."""
     src, dst = families.src, families.dst
     if pattern is not None:
-        dots = pattern.sampled_dot(_head_major(q), _head_major(k))
+        dots = pattern.sampled_dot(q, k)
         dots = dots.view(q.size(1), -1).t()
     else:  # (a product and a sum: einsum would run P * H tiny products)
         dots = torch.linalg.vecdot(q.index_select(0, src),
@@ -105,8 +99,7 @@ def sparse_contexts(families: SparseFamilies, s: Tensor, shift: Tensor,
     with torch.no_grad():  # one pass: NaN and inf reach the sum
         finite = bool(torch.isfinite(v.sum()))
     if pattern is not None and finite:
-        out = pattern.matmul(w.t().reshape(-1), _head_major(v))
-        return out.view(v.size(1), v.size(0), -1).transpose(0, 1)
+        return pattern.matmul(w.t().reshape(-1), v)
     terms = w.unsqueeze(-1) * v.index_select(0, families.dst)
     if not finite:
         # A weight that underflowed to 0 is no term at all: an infinite or
