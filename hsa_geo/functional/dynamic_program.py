@@ -1137,10 +1137,7 @@ def _family_scores(tree: _Tree, means: Dict[int, Tuple[Tensor, ...]],
     logsize_leaf = q.new_zeros(num_leaves)
     logsize_clus = tree.cluster_size.log()
     tables: List[Optional[Tensor]] = []
-    streamed: Dict[int, Tensor] = {}
     for i, (b, bias) in enumerate(zip(tree.layout.buckets, biases)):
-        if i in tree.streamed:
-            streamed[i] = _streamed_family(tree, b, off_lse_leaf)
         if b.width == 1 or b.sparse or i in tree.streamed:
             tables.append(None)  # no sibling, on the pair list, streamed
             continue
@@ -1169,11 +1166,17 @@ def _family_scores(tree: _Tree, means: Dict[int, Tuple[Tensor, ...]],
         g_leaf = tree.fused.diag.view(num_leaves, heads)  # s_ii
     else:
         g_leaf = torch.linalg.vecdot(q, k) * tree.scale
+    pairs = _sparse_scores(tree, means, pair_bias, off_lse_leaf,
+                           off_lse_clus)
+    # The wide families last, so that their backward runs first: the other
+    # readers of q, k, v then add into its gradients, instead of holding
+    # three [N, H, D] sums beside the kernel's own gradients.
+    streamed = {i: _streamed_family(tree, tree.layout.buckets[i],
+                                    off_lse_leaf)
+                for i in sorted(tree.streamed)}
     for i in streamed:  # their whole row logsumexp is in off_lse_leaf
         _from_slots(tree.layout.buckets[i],
                     g_leaf.new_full(streamed[i].shape[:3], neg), g_leaf)
-    pairs = _sparse_scores(tree, means, pair_bias, off_lse_leaf,
-                           off_lse_clus)
     return _Scores(tables, off_lse_leaf, off_lse_clus, g_leaf, pairs,
                    streamed)
 
