@@ -424,9 +424,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         'created': datetime.datetime.now().astimezone().isoformat(
             timespec='seconds'),
         'machine': machine,
-        'config': {'nodes': args.nodes, 'edges': args.edges,
-                   'in_channels': IN_CHANNELS, 'heads': ba.HEADS,
-                   'head_dim': ba.HEAD_DIM, 'branching': ba.BRANCHING,
+        'config': {'commit': ba.source_commit(), 'nodes': args.nodes,
+                   'edges': args.edges, 'in_channels': IN_CHANNELS,
+                   'heads': ba.HEADS, 'head_dim': ba.HEAD_DIM,
+                   'branching': ba.BRANCHING,
                    'community': COMMUNITY, 'p_in': P_IN,
                    'timing': ba.TIMING_NOTE, 'memory': ba.MEMORY_NOTE},
         'results': rows,

@@ -1,6 +1,8 @@
 r"""Smoke test of ``benchmarks/bench_family_graph.py``: the generated graph
 is what it says, the context count equals the support of the dense HSA
-matrix, and every method runs on a small graph. No timing is asserted."""
+matrix, every method runs on a small graph, and a run records its commit. No
+timing is asserted."""
+import json
 import math
 
 import pytest
@@ -85,3 +87,14 @@ def test_scored_pairs_counts_pair_lists_and_tables():
     assert bench.scored_pairs(h) == 14
     h = h.with_family_graph(torch.tensor([[0, 3], [1, 4]]))
     assert bench.scored_pairs(h) == 2
+
+
+def test_main_writes_the_run(tmp_path):
+    out = tmp_path / 'run.json'
+    bench.main(['--nodes', '300', '--edges', '2000', '--methods',
+                'hsa_core_family', '--min-time', '0', '--max-repeats', '1',
+                '--threads', '1', '--out', str(out)])
+    payload = json.loads(out.read_text())
+    assert 'commit' in payload['config']  # None outside a git checkout
+    assert [row['method'] for row in payload['results']] == \
+        ['hsa_core_family']
