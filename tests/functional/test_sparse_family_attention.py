@@ -59,13 +59,16 @@ def sparse_buckets(h: Hierarchy):
 
 @pytest.mark.parametrize('name', LAYOUTS)
 @given(f=forests(max_leaves=30), heads=st.sampled_from([1, 3]),
-       seed=SEEDS, graph=st.booleans(), with_bias=st.booleans())
-def test_both_layouts_match_dense(name, f, heads, seed, graph, with_bias):
+       width=st.sampled_from([4, 64]), seed=SEEDS, graph=st.booleans(),
+       with_bias=st.booleans())
+def test_both_layouts_match_dense(name, f, heads, width, seed, graph,
+                                  with_bias):
+    """64 channels per head take the CPU's other sparse product."""
     with layout(name):
         h = Hierarchy.from_parent(f.parent, f.num_leaves)
         if graph:
             h = family_graph(h, seed)
-        q, k, v = qkv(f.num_leaves, heads, 4, seed)
+        q, k, v = qkv(f.num_leaves, heads, width, seed)
         bias = None
         if with_bias:
             bias = torch.randn(h.num_sibling_pairs, heads,
