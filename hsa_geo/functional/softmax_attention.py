@@ -48,7 +48,9 @@ BLOCK_BYTES = 32 * 2**20
 
 
 def softmax_attention(q: Tensor, k: Tensor, v: Tensor, scale: float,
-                      fused: Optional[bool] = None) -> Tuple[Tensor, Tensor]:
+                      fused: Optional[bool] = None,
+                      key_mask: Optional[Tensor] = None
+                      ) -> Tuple[Tensor, Tensor]:
     r"""Softmax attention inside each of :obj:`B` independent groups of
     :obj:`L` rows, per head, with the row log-partition:
 
@@ -57,13 +59,19 @@ def softmax_attention(q: Tensor, k: Tensor, v: Tensor, scale: float,
         \mathrm{out}_a = \sum_b \exp(\tau \, q_a \cdot k_b -
         \mathrm{lse}_a) \, v_b,
 
-    with :math:`\tau` = :obj:`scale`. Both outputs are differentiable in
-    :obj:`q`, :obj:`k` and :obj:`v`. In plain torch (which materialises the
-    ``L x L`` table that this function never does)::
+    with :math:`\tau` = :obj:`scale`, the sums over the keys :math:`b` of
+    the group that :obj:`key_mask` keeps (all of them without one). Both
+    outputs are differentiable in :obj:`q`, :obj:`k` and :obj:`v`. In
+    plain torch (which materialises the ``L x L`` table that this function
+    never does)::
 
         s = torch.einsum('bahd,bchd->bhac', q, k) * scale
         out = torch.einsum('bhac,bchd->bahd', s.softmax(-1), v)
         lse = s.logsumexp(-1).transpose(1, 2)
+
+    with ``s`` set to :math:`-\infty` where ``key_mask[b, c]`` is
+    :obj:`False` (the padding of groups of fewer than :obj:`L` rows: the
+    padded rows' own outputs are computed too, from the kept keys).
 
     Two implementations, both computing in the dtype of the inputs:
 
@@ -123,6 +131,8 @@ def softmax_attention(q: Tensor, k: Tensor, v: Tensor, scale: float,
             the chunked path, :obj:`None` for the fused kernel where it
             applies. Empty inputs always take the chunked path.
             (default: :obj:`None`)
+        key_mask (torch.BoolTensor, optional): ``[B, L]``, :obj:`True` on
+            the keys that rows attend to. (default: :obj:`None`: all)
 
     Returns:
         ``(out, lse)``: ``[B, L, H, Dv]`` and ``[B, L, H]``.
@@ -136,7 +146,10 @@ def softmax_attention(q: Tensor, k: Tensor, v: Tensor, scale: float,
     """
     _check_inputs(q, k, v)
     scale = check_float(scale, 'scale')
-    return _SoftmaxAttention.apply(q, k, v, scale, _use_fused(q, fused))
+    if key_mask is not None:
+        _check_key_mask(key_mask, q)
+    return _SoftmaxAttention.apply(q, k, v, scale, _use_fused(q, fused),
+                                   key_mask)
 
 
 def _check_inputs(q: Tensor, k: Tensor, v: Tensor):
@@ -159,6 +172,17 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor):
             f"{tuple(k.shape)}, v {tuple(v.shape)}")
 
 
+def _check_key_mask(key_mask: Tensor, q: Tensor):
+    if not isinstance(key_mask, Tensor) or key_mask.dtype != torch.bool:
+        raise TypeError(f"'key_mask' must be a bool tensor, got "
+                        f"{getattr(key_mask, 'dtype', type(key_mask))}")
+    if key_mask.shape != q.shape[:2]:
+        raise ValueError(
+            f"'key_mask' must have shape [B, L] = {tuple(q.shape[:2])} (the "
+            f"groups and rows of q), got {tuple(key_mask.shape)}")
+    check_device(key_mask, 'key_mask', q.device, "'q'")
+
+
 def _use_fused(q: Tensor, fused: Optional[bool]) -> bool:
     possible = _FLASH is not None and _FLASH_BACKWARD is not None and \
         q.device.type == 'cpu' and q.dtype in _FUSED_DTYPES
@@ -176,19 +200,22 @@ class _SoftmaxAttention(torch.autograd.Function):
     ``[B, L, H, *]``, the scale and the choice of path."""
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, scale: float,
-                fused: bool):
+                fused: bool, key_mask: Optional[Tensor]):
         # An unused output gets no gradient instead of a zero-filled one.
         ctx.set_materialize_grads(False)
         run = _fused_forward if fused else _chunked_forward
-        out, lse = run(q, k, v, scale)
+        out, lse = run(q, k, v, scale, key_mask)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.scale, ctx.fused = scale, fused
+        ctx.scale, ctx.fused, ctx.key_mask = scale, fused, key_mask
         return out, lse
 
     @staticmethod
-    def plain(q: Tensor, k: Tensor, v: Tensor, scale: float):
+    def plain(q: Tensor, k: Tensor, v: Tensor, scale: float,
+              key_mask: Optional[Tensor]):
         r"""The forward in differentiable torch operations."""
         s = torch.einsum('bahd,bchd->bhac', q, k) * scale
+        if key_mask is not None:
+            s = s.masked_fill(~key_mask[:, None, None, :], float('-inf'))
         out = torch.einsum('bhac,bchd->bahd', torch.softmax(s, -1), v)
         return out, torch.logsumexp(s, -1).transpose(1, 2)
 
@@ -198,10 +225,11 @@ class _SoftmaxAttention(torch.autograd.Function):
         q, k, v, out, lse = ctx.saved_tensors
         needs = ctx.needs_input_grad[:3]
         if (grad_out is None and grad_lse is None) or not any(needs):
-            return None, None, None, None, None
+            return None, None, None, None, None, None
         if torch.is_grad_enabled():
             grads = replayed_backward(
-                partial(_SoftmaxAttention.plain, scale=ctx.scale),
+                partial(_SoftmaxAttention.plain, scale=ctx.scale,
+                        key_mask=ctx.key_mask),
                 (q, k, v), needs, (grad_out, grad_lse))
         else:
             if grad_lse is not None and not bool(grad_lse.any()):
@@ -210,8 +238,8 @@ class _SoftmaxAttention(torch.autograd.Function):
                 grad_lse = None
             run = _fused_backward if ctx.fused else _chunked_backward
             grads = run(q, k, v, out, lse, grad_out, grad_lse, ctx.scale,
-                        needs)
-        return (*grads, None, None)
+                        needs, ctx.key_mask)
+        return (*grads, None, None, None)
 
 
 def _heads_first(t: Tensor, width: int) -> Tensor:
@@ -225,11 +253,23 @@ def _heads_first(t: Tensor, width: int) -> Tensor:
     return buf.transpose(1, 2)
 
 
-def _fused_forward(q: Tensor, k: Tensor, v: Tensor,
-                   scale: float) -> Tuple[Tensor, Tensor]:
+def _additive_mask(key_mask: Optional[Tensor],
+                   like: Tensor) -> Optional[Tensor]:
+    r"""The kernel's form of :obj:`key_mask`: ``[B, 1, 1, L]``, 0 on kept
+    keys and :math:`-\infty` on the others (broadcast over heads and
+    rows)."""
+    if key_mask is None:
+        return None
+    return like.new_zeros(key_mask.shape).masked_fill_(
+        ~key_mask, float('-inf'))[:, None, None, :]
+
+
+def _fused_forward(q: Tensor, k: Tensor, v: Tensor, scale: float,
+                   key_mask: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
     width = max(q.size(-1), v.size(-1))
     out, lse = _FLASH(*(_heads_first(t, width) for t in (q, k, v)), 0.0,
-                      False, attn_mask=None, scale=scale)
+                      False, attn_mask=_additive_mask(key_mask, q),
+                      scale=scale)
     # The kernel lays both out as [B, L, H, *] in memory: these are dense.
     return out.transpose(1, 2)[..., :v.size(-1)], lse.transpose(1, 2)
 
@@ -237,7 +277,8 @@ def _fused_forward(q: Tensor, k: Tensor, v: Tensor,
 def _fused_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor,
                     lse: Tensor, grad_out: Optional[Tensor],
                     grad_lse: Optional[Tensor], scale: float,
-                    needs: Sequence[bool]) -> Tuple[Optional[Tensor], ...]:
+                    needs: Sequence[bool], key_mask: Optional[Tensor]
+                    ) -> Tuple[Optional[Tensor], ...]:
     d = q.size(-1)
     if grad_out is not None and grad_lse is not None and d == v.size(-1):
         shifted = _shifted_output(out, grad_out, grad_lse)
@@ -254,7 +295,8 @@ def _fused_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor,
         o[..., -1] = -grad_lse.transpose(1, 2)
     grads = _FLASH_BACKWARD(go, *(_heads_first(t, width) for t in (q, k, v)),
                             o, lse.transpose(1, 2), 0.0, False,
-                            attn_mask=None, scale=scale)
+                            attn_mask=_additive_mask(key_mask, q),
+                            scale=scale)
     return tuple(g.transpose(1, 2)[..., :t.size(-1)] if n else None
                  for g, t, n in zip(grads, (q, k, v), needs))
 
@@ -301,8 +343,16 @@ def _finite_or_zero(x: Tensor) -> Tensor:
     return x.masked_fill(x == float('-inf'), 0.0)
 
 
-def _chunked_forward(q: Tensor, k: Tensor, v: Tensor,
-                     scale: float) -> Tuple[Tensor, Tensor]:
+def _masked_(s: Tensor, key_mask: Optional[Tensor], g: slice) -> Tensor:
+    r"""The score tile ``s`` ``[b, H, rows, L]`` of the groups :obj:`g`, with
+    :math:`-\infty` on the keys that :obj:`key_mask` drops, in place."""
+    if key_mask is None:
+        return s
+    return s.masked_fill_(~key_mask[g, None, None, :], float('-inf'))
+
+
+def _chunked_forward(q: Tensor, k: Tensor, v: Tensor, scale: float,
+                     key_mask: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
     # Keys and values are read by every tile: made dense once.
     kt = k.permute(0, 2, 3, 1).contiguous()  # [B, H, D, L]
     vt = v.transpose(1, 2).contiguous()  # [B, H, L, Dv]
@@ -313,7 +363,8 @@ def _chunked_forward(q: Tensor, k: Tensor, v: Tensor,
         # The tile is read four times and written twice; each pass is as
         # costly as the product, so none is spent on scaling or dividing
         # it: the scale goes into q, the normalisation into the output.
-        s = torch.matmul(q[g, r].transpose(1, 2) * scale, kt[g])
+        s = _masked_(torch.matmul(q[g, r].transpose(1, 2) * scale, kt[g]),
+                     key_mask, g)
         shift = _finite_or_zero(s.amax(dim=-1, keepdim=True))
         s.sub_(shift).exp_()
         total = s.sum(dim=-1, keepdim=True)
@@ -326,7 +377,8 @@ def _chunked_forward(q: Tensor, k: Tensor, v: Tensor,
 def _chunked_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor,
                       lse: Tensor, grad_out: Optional[Tensor],
                       grad_lse: Optional[Tensor], scale: float,
-                      needs: Sequence[bool]) -> Tuple[Optional[Tensor], ...]:
+                      needs: Sequence[bool], key_mask: Optional[Tensor]
+                      ) -> Tuple[Optional[Tensor], ...]:
     kt = k.transpose(1, 2).contiguous()  # [B, H, L, D]
     vt = v.transpose(1, 2).contiguous()  # [B, H, L, Dv]
     # The row term -delta_a = grad_lse_a - grad_out_a . out_a, [B, H, L, 1].
@@ -342,7 +394,7 @@ def _chunked_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor,
     gv = torch.zeros_like(vt) if needs[2] and grad_out is not None else None
     for g, r in _tiles(q.shape, q.element_size()):
         qs = q[g, r].transpose(1, 2) * scale  # [b, H, rows, D]
-        p = torch.matmul(qs, kt[g].transpose(-1, -2))
+        p = _masked_(torch.matmul(qs, kt[g].transpose(-1, -2)), key_mask, g)
         p.sub_(shift[g, :, r]).exp_()
         if grad_out is None:  # ds = p * grad_lse, in place
             ds = p.mul_(minus_delta[g, :, r])

@@ -5,8 +5,9 @@ Both paths (PyTorch's fused CPU kernel and the chunked one) are checked in
 float64 against a plain einsum reference written here, for both outputs and
 the gradients of all three inputs under random upstream gradients of both
 outputs; on views of ``[F, W, H, D]`` tables (strided channels included),
-``Dv != D``, one row, empty inputs, score tiles forced small; by
-``gradcheck`` and ``gradgradcheck``; and in float32 against float64.
+``Dv != D``, one row, empty inputs, score tiles forced small, a key mask
+of padding; by ``gradcheck`` and ``gradgradcheck``; and in float32 against
+float64.
 """
 import doctest
 
@@ -24,9 +25,11 @@ PATHS = [pytest.param(True, id='fused', marks=pytest.mark.skipif(
     pytest.param(False, id='chunked')]
 
 
-def reference(q, k, v, scale):
+def reference(q, k, v, scale, key_mask=None):
     r"""``(out, lse)`` through the full ``[B, H, L, L]`` score table."""
     s = torch.einsum('bahd,bchd->bhac', q, k) * scale
+    if key_mask is not None:
+        s = s.masked_fill(~key_mask[:, None, None, :], float('-inf'))
     w = torch.exp(s - s.amax(-1, keepdim=True))
     out = torch.einsum('bhac,bchd->bahd', w / w.sum(-1, keepdim=True), v)
     lse = torch.log(w.sum(-1)) + s.amax(-1)
@@ -202,6 +205,50 @@ def test_non_finite_rows(fused):
     assert (out[0, 0] == 0).all() and out[0, 1].isnan().all()
 
 
+def padding_mask(groups, length, seed):
+    r"""``[B, L]``: a random number of kept keys (at least one) per group,
+    then padding, as the groups of a padded family table."""
+    g = torch.Generator().manual_seed(seed)
+    kept = torch.randint(1, length + 1, (groups, 1), generator=g)
+    return torch.arange(length) < kept
+
+
+@pytest.mark.parametrize('fused', PATHS)
+@pytest.mark.parametrize('shape,dv', [((4, 9, 2, 3), 3), ((3, 6, 2, 5), 2),
+                                      ((2, 1, 1, 4), 4)])
+def test_key_mask(fused, shape, dv):
+    q, k, v = make_qkv(shape, dv, seed=sum(shape))
+    mask = padding_mask(shape[0], shape[1], seed=dv)
+    got = outputs_and_grads(
+        lambda *a: softmax_attention(*a, scale=0.6, fused=fused,
+                                     key_mask=mask), q, k, v, 5)
+    want = outputs_and_grads(lambda *a: reference(*a, 0.6, mask), q, k, v, 5)
+    assert_close(got, want, EXACT)
+    # Dropped keys change nothing: not the outputs, no gradient reaches them.
+    assert (got[3][~mask] == 0).all() and (got[4][~mask] == 0).all()
+
+
+@pytest.mark.parametrize('fused', PATHS)
+def test_key_mask_gradcheck(fused):
+    q, k, v = make_qkv((2, 4, 2, 2), 3, seed=8)
+    mask = torch.tensor([[True, True, False, False], [True] * 4])
+
+    def fn(*a):
+        return softmax_attention(*a, scale=0.8, fused=fused, key_mask=mask)
+    assert torch.autograd.gradcheck(fn, (q, k, v))
+    assert torch.autograd.gradgradcheck(fn, (q, k, v), fast_mode=True)
+
+
+def test_key_mask_small_tiles(monkeypatch):
+    monkeypatch.setattr(module, 'BLOCK_BYTES', 300)
+    q, k, v = make_qkv((3, 10, 2, 4), 3, seed=9)
+    mask = padding_mask(3, 10, seed=1)
+    got = outputs_and_grads(lambda *a: softmax_attention(
+        *a, scale=0.7, fused=False, key_mask=mask), q, k, v, 2)
+    want = outputs_and_grads(lambda *a: reference(*a, 0.7, mask), q, k, v, 2)
+    assert_close(got, want, EXACT)
+
+
 def test_fused_not_applicable():
     q, k, v = make_qkv((1, 3, 1, 2), 2, seed=0, dtype=torch.float16)
     with pytest.raises(ValueError, match='fused'):
@@ -228,6 +275,10 @@ def test_argument_errors():
         softmax_attention(q, k, v, float('inf'))
     with pytest.raises(TypeError, match='fused'):
         softmax_attention(q, k, v, 1.0, fused=1)
+    with pytest.raises(TypeError, match="'key_mask' must be a bool"):
+        softmax_attention(q, k, v, 1.0, key_mask=torch.ones(2, 3))
+    with pytest.raises(ValueError, match=r"shape \[B, L\] = \(2, 3\)"):
+        softmax_attention(q, k, v, 1.0, key_mask=torch.ones(3, 2).bool())
 
 
 def test_doctest():
