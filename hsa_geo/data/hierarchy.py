@@ -275,8 +275,7 @@ def _padded_width(num_children: Tensor) -> Tensor:
                - 3)
     width[wide] = (num_children[wide] + step - 1) // step * step
     # Wide families are few and each is a large piece of work: a table of
-    # its exact width wastes nothing, and a wide family of leaves can then
-    # run as softmax attention without any table.
+    # its exact width wastes nothing.
     exact = num_children > WIDE_FAMILY
     width[exact] = num_children[exact]
     return width

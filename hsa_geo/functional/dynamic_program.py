@@ -17,8 +17,7 @@ from torch import Tensor
 from hsa_geo._checks import (check_bool, check_device, check_float,
                              check_floating)
 from hsa_geo._memory import ensure_memory
-from hsa_geo.data.hierarchy import (WIDE_FAMILY, FamilyBucket, Hierarchy,
-                                    HierarchyLayout)
+from hsa_geo.data.hierarchy import FamilyBucket, Hierarchy, HierarchyLayout
 from hsa_geo.functional.replayed_backward import replayed_backward
 from hsa_geo.functional.softmax_attention import softmax_attention
 from hsa_geo.functional.pair_pattern import PairPattern
@@ -106,16 +105,27 @@ def _invalid(bucket: FamilyBucket) -> Tensor:
     return ~(bucket.mask[:, :, None] & bucket.mask[:, None, :] & ~eye)
 
 
+# The padded width from which a bucket of families of leaves runs as softmax
+# attention rather than on tables (docs/math.md, 6.6).
+STREAMED_WIDTH = 32
+
+
 def _streamed(layout: HierarchyLayout, plain: bool) -> FrozenSet[int]:
     r"""The buckets of wide families of leaves, which run as softmax
     attention without any table (docs/math.md, 6.6), when nothing needs
     their tables (:obj:`plain`: no pair bias, no dropout, no returned
-    weights)."""
+    weights) and no family graph removes pairs from them."""
     if not plain:
         return frozenset()
     return frozenset(i for i, b in enumerate(layout.buckets)
-                     if b.kind == 'leaf' and not b.sparse
-                     and b.width > WIDE_FAMILY)
+                     if _only_leaves(b) and not b.sparse
+                     and b.allowed is None and b.width >= STREAMED_WIDTH)
+
+
+def _only_leaves(bucket: FamilyBucket) -> bool:
+    r"""Whether every real slot of :obj:`bucket` is a leaf (padding aside)."""
+    return bucket.kind == 'leaf' or (bucket.kind == 'mixed'
+                                     and bucket.cluster_slot.numel() == 0)
 
 
 def _ensure_fits(hierarchy: Hierarchy, layout: HierarchyLayout, heads: int,
@@ -220,7 +230,8 @@ def _to_slots(bucket: FamilyBucket, leaf_x: Tensor,
         return cluster_rows.reshape(shape)
     out = leaf_x.new_zeros((shape[0] * shape[1], ) + shape[2:])
     out[bucket.leaf_slot] = leaf_x[bucket.leaf_node]
-    out[bucket.cluster_slot] = cluster_rows
+    if cluster_rows is not None:  # (none in a padded bucket of leaves)
+        out[bucket.cluster_slot] = cluster_rows
     return out.view(shape)
 
 
@@ -1113,14 +1124,14 @@ def _sparse_scores(tree: _Tree, means: Dict[int, Tuple[Tensor, ...]],
 def _streamed_family(tree: _Tree, b: FamilyBucket,
                      off_lse_leaf: Tensor) -> Tensor:
     r"""Softmax attention ``[F, W, H, D_v]`` inside the wide leaf families
-    of :obj:`b`; their row logsumexp, the self pair included, goes into
-    :obj:`off_lse_leaf`, and the caller sets their ``g`` to ``neg``, so
-    that ``logaddexp(lse, neg) = lse`` and their self mass is 0: the
-    softmax already weighs ``v_a`` (docs/math.md, 6.6)."""
+    of :obj:`b`, their padding masked; their row logsumexp, the self pair
+    included, goes into :obj:`off_lse_leaf`, and the caller sets their
+    ``g`` to ``neg``, so that ``logaddexp(lse, neg) = lse`` and their self
+    mass is 0: the softmax already weighs ``v_a`` (docs/math.md, 6.6)."""
     with _cpu_threads(tree.threads, tree.q.device):  # one large kernel
-        out, lse = softmax_attention(*(_to_slots(b, x)
-                                       for x in (tree.q, tree.k, tree.v)),
-                                     tree.scale)
+        out, lse = softmax_attention(
+            *(_to_slots(b, x) for x in (tree.q, tree.k, tree.v)),
+            tree.scale, key_mask=None if b.kind == 'leaf' else b.mask)
     _from_slots(b, lse, off_lse_leaf)
     return out
 
@@ -1168,12 +1179,14 @@ def _family_scores(tree: _Tree, means: Dict[int, Tuple[Tensor, ...]],
         g_leaf = torch.linalg.vecdot(q, k) * tree.scale
     pairs = _sparse_scores(tree, means, pair_bias, off_lse_leaf,
                            off_lse_clus)
-    # The wide families last, so that their backward runs first: the other
-    # readers of q, k, v then add into its gradients, instead of holding
-    # three [N, H, D] sums beside the kernel's own gradients.
-    streamed = {i: _streamed_family(tree, tree.layout.buckets[i],
-                                    off_lse_leaf)
-                for i in sorted(tree.streamed)}
+    # The wide families last, the largest last of all, so that their
+    # backward runs first: the other readers of q, k, v then add into its
+    # gradients, instead of holding three [N, H, D] sums beside the
+    # kernel's own gradients.
+    buckets = tree.layout.buckets
+    streamed = {i: _streamed_family(tree, buckets[i], off_lse_leaf)
+                for i in sorted(tree.streamed, key=lambda i: (
+                    buckets[i].num_families * buckets[i].width, i))}
     for i in streamed:  # their whole row logsumexp is in off_lse_leaf
         _from_slots(tree.layout.buckets[i],
                     g_leaf.new_full(streamed[i].shape[:3], neg), g_leaf)
@@ -1388,11 +1401,14 @@ def _downward_contexts(passes: _Passes) -> Tensor:
     own = True  # whether u_leaf is this pass's buffer (else a view)
     writes: List[Tuple[Rows, Tensor]] = []  # (cluster rows, contexts)
     for i, b in enumerate(buckets):
-        if b.kind == 'leaf' or tables[i] is None:
+        if b.kind == 'leaf' or (tables[i] is None and i not in tree.streamed):
             continue
         if u_leaf is None and b.kind != 'cluster':
             u_leaf = v.new_zeros(v.shape)
-        rows = _from_slots(b, _bucket_context(passes, i, None), u_leaf)
+        # (a padded bucket of leaves: their U_F is added with the rest's)
+        ctx = _streamed_context(passes, i, None) if i in tree.streamed \
+            else _bucket_context(passes, i, None)
+        rows = _from_slots(b, ctx, u_leaf)
         if rows is not None:
             writes.append((_cluster_rows(b), rows))
     sparse_u = _sparse_contexts(passes)

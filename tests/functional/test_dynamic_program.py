@@ -28,6 +28,7 @@ from hypothesis import assume, given, strategies as st
 
 from hsa_geo import Hierarchy, hierarchical_attention, \
     hierarchical_attention_matrix
+from hsa_geo.functional.softmax_attention import softmax_attention
 from tests.helpers.constrained_family import (
     ConstrainedFamily, lbfgs_kl, per_tree_log_softmax, same_tree_mask)
 from tests.helpers.strategies import (
@@ -1031,22 +1032,32 @@ def test_dense_reference_refuses_a_matrix_that_cannot_fit():
 
 
 @contextlib.contextmanager
-def streamed_leaf_families():
-    r"""Every family of leaves of two or more children counts as wide: its
-    table has its exact width and it runs as softmax attention (where no
-    pair bias, dropout or returned weights need its table)."""
-    with unittest.mock.patch('hsa_geo.data.hierarchy.WIDE_FAMILY', 1), \
-            unittest.mock.patch('hsa_geo.data.hierarchy.SPARSE_PAIR_LIMIT',
-                                0), \
-            unittest.mock.patch(
-                'hsa_geo.functional.dynamic_program.WIDE_FAMILY', 1):
+def streamed_leaf_families(padded=False):
+    r"""Every bucket of families of leaves of two or more children counts as
+    wide and runs as softmax attention (where no pair bias, dropout or
+    returned weights need its table); its table has the exact width of
+    its families, or with :obj:`padded` the usual padded width, whose
+    padding the kernel masks."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(unittest.mock.patch(
+            'hsa_geo.data.hierarchy.SPARSE_PAIR_LIMIT', 0))
+        stack.enter_context(unittest.mock.patch(
+            'hsa_geo.functional.dynamic_program.STREAMED_WIDTH', 2))
+        if not padded:
+            stack.enter_context(unittest.mock.patch(
+                'hsa_geo.data.hierarchy.WIDE_FAMILY', 1))
         yield
 
 
+PADDED = pytest.mark.parametrize('padded', [False, True],
+                                 ids=['exact', 'padded'])
+
+
+@PADDED
 @fewer(2)
 @given(f=forests(max_leaves=20), heads=HEADS, d=DIMS, dv=DIMS, seed=SEEDS)
-def test_streamed_leaf_families_match_dense(f, heads, d, dv, seed):
-    with streamed_leaf_families():
+def test_streamed_leaf_families_match_dense(padded, f, heads, d, dv, seed):
+    with streamed_leaf_families(padded):
         h = build(f)
         q, k, v = (t.requires_grad_() for t in
                    make_qkv(f.num_leaves, heads, d, dv, seed))
@@ -1061,15 +1072,47 @@ def test_streamed_leaf_families_match_dense(f, heads, d, dv, seed):
     assert max(max_err(a, b) for a, b in zip(got, want)) <= EXACT
 
 
+@PADDED
 @fewer(8)
 @given(f=forests(max_leaves=6), seed=SEEDS)
-def test_streamed_leaf_families_second_derivatives(f, seed):
-    with streamed_leaf_families():
+def test_streamed_leaf_families_second_derivatives(padded, f, seed):
+    with streamed_leaf_families(padded):
         h = build(f)
         q, k, v = (t.requires_grad_() for t in
                    make_qkv(f.num_leaves, 2, 2, 2, seed))
         assert torch.autograd.gradgradcheck(
             lambda q, k, v: hierarchical_attention(q, k, v, h), (q, k, v))
+
+
+# Paragraphs of 5, 7 and 3 words under a document root: the families of 5
+# and 7 share a bucket of width 8, padded, which runs as softmax attention
+# with its padding masked; the family of 3 shares a bucket with the root.
+PARAGRAPHS = ([15] * 5 + [16] * 7 + [17] * 3 + [18, 18, 18, -1], 15)
+
+
+def test_padded_bucket_of_leaves_is_streamed():
+    parent, num_leaves = PARAGRAPHS
+    with streamed_leaf_families(padded=True):
+        h = Hierarchy.from_parent(parent, num_leaves)
+        kinds = [(b.kind, b.width, b.num_families) for b in h.layout.buckets]
+        assert kinds == [('mixed', 4, 2), ('mixed', 8, 2)]
+        q, k, v = (t.requires_grad_() for t in
+                   make_qkv(num_leaves, 2, 3, 4, seed=1))
+        calls = []
+
+        def spy(*args, key_mask=None, **kwargs):
+            calls.append(key_mask)
+            return softmax_attention(*args, key_mask=key_mask, **kwargs)
+        with unittest.mock.patch(
+                'hsa_geo.functional.dynamic_program.softmax_attention', spy):
+            out = hierarchical_attention(q, k, v, h)
+        assert [m.sum(1).tolist() for m in calls] == [[5, 7]]
+        g = torch.randn_like(out)
+        got = torch.autograd.grad((out * g).sum(), (q, k, v))
+    ref = apply_q(hierarchical_attention_matrix(q, k, h), v)
+    want = torch.autograd.grad((ref * g).sum(), (q, k, v))
+    assert max_err(out, ref) <= EXACT
+    assert max(max_err(a, b) for a, b in zip(got, want)) <= EXACT
 
 
 # All leaves in order in equal-width families: the streamed output is the

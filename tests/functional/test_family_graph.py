@@ -163,6 +163,23 @@ def test_flat_family_graph_is_masked_softmax(n, heads, seed, p):
                    _sdpa(q, k, v, mask)) <= EXACT
 
 
+@pytest.mark.parametrize('n', [200, 1100])
+def test_wide_family_with_a_dense_family_graph_keeps_its_mask(n):
+    """A family graph that keeps most pairs of a wide family of leaves
+    leaves it on its table (not the pair list); the table's mask must hold
+    there too, where a family without a graph runs as plain softmax
+    attention instead (1,100 leaves: exact width; 200: padded to 208)."""
+    h = Hierarchy.from_parent([n] * n + [-1], n)
+    edges = random_family_graph(h, seed=n, p=0.8)
+    h = h.with_family_graph(edges)
+    assert not any(b.sparse for b in h.layout.buckets)
+    q, k, v = make(n, 2, 3, seed=n)
+    mask = torch.eye(n, dtype=torch.bool)
+    mask[edges[0], edges[1]] = True
+    assert max_err(hierarchical_attention(q, k, v, h),
+                   _sdpa(q, k, v, mask)) <= EXACT
+
+
 @given(n=st.integers(1, 25), heads=st.integers(1, 3), seed=SEEDS)
 def test_flat_pair_bias_is_additive_softmax_mask(n, heads, seed):
     f = flat_tree(n)
