@@ -14,7 +14,10 @@ input that the balanced trees of ``bench_attention.py`` do not cover:
   1.5x SDPA's time, peak memory at most SDPA's); the same at N = 65,536,
   where HSA has to run at all; and a *paragraph* tree: a document root over
   paragraphs of 20,000, 500, 500 and 500 words (leaves), against SDPA over
-  all 21,500 leaves.
+  all 21,500 leaves. Besides, documents of about 20,000 words in paragraphs
+  of 31, 127 and 500 words, against SDPA inside each paragraph (batched
+  ``[P, 4, W, 64]``: the attention within paragraphs alone, a lower bound
+  with nothing above the paragraphs); reported, no target.
 * ``--case deep``: 8,000 leaves as (a) a caterpillar (every internal node
   has one leaf child and one internal child, the last two leaves: 7,999
   families, depth 7,999), (b) a balanced binary tree (7,999 families of two,
@@ -80,9 +83,13 @@ from bench_collate import smiles_path  # noqa: E402
 CASES = ['wide', 'deep', 'contention']
 # Wide shapes: (tree, leaves or paragraph sizes, target kind).
 WIDE = [('flat', [16384], 'vs_sdpa'), ('flat', [65536], 'runs'),
-        ('paragraph', [20000, 500, 500, 500], 'vs_sdpa')]
+        ('paragraph', [20000, 500, 500, 500], 'vs_sdpa'),
+        ('paragraph', [500] * 40, 'per_family'),
+        ('paragraph', [127] * 157, 'per_family'),
+        ('paragraph', [31] * 645, 'per_family')]
 QUICK_WIDE = [('flat', [256], 'vs_sdpa'), ('flat', [512], 'runs'),
-              ('paragraph', [200, 20, 20, 20], 'vs_sdpa')]
+              ('paragraph', [200, 20, 20, 20], 'vs_sdpa'),
+              ('paragraph', [40] * 8, 'per_family')]
 DEEP_TREES = ['caterpillar', 'balanced_binary', 'random_recursive',
               'dendrogram']
 DEEP_LEAVES, QUICK_DEEP_LEAVES = 8000, 64
@@ -247,10 +254,26 @@ def build_sdpa(n: int, device: Any, grad: bool) -> ba.Case:
                    [q, k, v])
 
 
+def build_sdpa_per_family(sizes: Sequence[int], device: Any,
+                          grad: bool) -> ba.Case:
+    r"""SDPA inside each of the equal paragraphs :obj:`sizes`, on the
+    ``q, k, v`` that HSA gets, laid out as ``[P, H, W, D]``."""
+    import torch.nn.functional as F
+    p, w = len(sizes), sizes[0]
+    q, k, v = (x.detach().view(p, w, ba.HEADS, ba.HEAD_DIM).transpose(1, 2)
+               .contiguous().requires_grad_(grad)
+               for x in leaf_inputs(p * w, device, False))
+    return ba.Case(lambda: F.scaled_dot_product_attention(q, k, v),
+                   [q, k, v])
+
+
 def build(spec: Dict[str, Any], device: Any) -> ba.Case:
     r"""The :class:`bench_attention.Case` of one row: ``hsa`` over the
-    named tree, ``sdpa`` or ``qkv_projection`` on as many leaves."""
+    named tree, ``sdpa`` or ``qkv_projection`` on as many leaves (``sdpa``
+    inside each paragraph for the target ``'per_family'``)."""
     grad = not spec['forward_only']
+    if spec['method'] == 'sdpa' and spec.get('target') == 'per_family':
+        return build_sdpa_per_family(spec['sizes'], device, grad)
     if spec['method'] == 'sdpa':
         return build_sdpa(spec['n'], device, grad)
     if spec['method'] == 'qkv_projection':
@@ -515,6 +538,8 @@ def wide_targets(rows: List[Dict]) -> List[Dict]:
     for hsa in (r for r in rows if r['case'] == 'wide'
                 and r['method'] == 'hsa'):
         name = f"{hsa['tree']} N={hsa['n']}"
+        if hsa['target'] == 'per_family':
+            continue  # reported in the table, no target
         if hsa['target'] == 'runs':
             ms = value(hsa, 'fwdbwd_ms') if hsa['status'] == 'ok' else None
             t = target('wide', f'{name} runs', f'{name}: HSA forward'
@@ -660,8 +685,7 @@ def wide_table(rows: List[Dict], targets: List[Dict],
                 and r['method'] == 'hsa'):
         sdpa = find(rows, case='wide', method='sdpa', tree=hsa['tree'],
                     n=hsa['n'])
-        shape = hsa['tree'] if 'sizes' not in hsa else \
-            f"{hsa['tree']} {'+'.join(map(str, hsa['sizes']))}"
+        shape = wide_shape(hsa)
         body.append([
             shape, f"{hsa['n']:,}", str(max(hsa.get('sizes', [hsa['n']]))),
             cell(hsa, 'fwd_ms'), cell(hsa, 'fwdbwd_ms'),
@@ -672,6 +696,15 @@ def wide_table(rows: List[Dict], targets: List[Dict],
               ('fwdbwd_ms', 'fwdbwd_peak_mib', 'fwdbwd_live_mib')),
             marks(targets, f"{hsa['tree']} N={hsa['n']} ")])
     return grid(head, body, markdown)
+
+
+def wide_shape(row: Dict) -> str:
+    sizes = row.get('sizes')
+    if sizes is None:
+        return row['tree']
+    if row['target'] == 'per_family':
+        return f"{len(sizes)} paragraphs of {sizes[0]} (SDPA per paragraph)"
+    return f"{row['tree']} {'+'.join(map(str, sizes))}"
 
 
 def deep_table(rows: List[Dict], targets: List[Dict],
