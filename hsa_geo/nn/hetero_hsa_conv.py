@@ -311,6 +311,14 @@ def _check_edge_dim(edge_dim, leaf_types: List[str]) -> List[EdgeType]:
             raise ValueError(f"edge_dim key {edge_type!r} must be an edge "
                              f"type (src, rel, dst) between leaf types "
                              f"{leaf_types}")
+        if any(not isinstance(name, str) or '__' in name or '.' in name
+               for name in edge_type):
+            # Two such types could join to one key and share one Linear.
+            raise ValueError(
+                f"edge_dim key {edge_type!r}: the names of an edge type "
+                f"must be strings without '__' or '.', because its edge "
+                f"bias is stored under '__'.join(edge_type), as PyG's "
+                f"to_hetero does; rename the types (e.g. '__' -> '_')")
         width = check_int(width, f'edge_dim[{edge_type!r}]', low=None)
         if width != -1 and width < 1:
             raise ValueError(f"edge_dim[{edge_type!r}] must be positive or "

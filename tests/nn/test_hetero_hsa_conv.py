@@ -169,6 +169,10 @@ def test_edge_features_are_checked():
         plain(data.x_dict, data, edge_attr_dict={})
     with pytest.raises(ValueError, match='between leaf types'):
         HeteroHSAConv(-1, 2, ['word'], edge_dim={('word', 'x', 'atom'): 2})
+    # ('a__b', 'r', 'c') and ('a', 'b__r', 'c') would share one key.
+    for rel in ('x__y', 'x.y'):
+        with pytest.raises(ValueError, match="without '__' or '.'"):
+            HeteroHSAConv(-1, 2, ['word'], edge_dim={('word', rel, 'word'): 2})
     assert 'edge_types' in repr(conv)
 
 
