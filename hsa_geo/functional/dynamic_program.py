@@ -1188,7 +1188,7 @@ def _family_scores(tree: _Tree, means: Dict[int, Tuple[Tensor, ...]],
                 for i in sorted(tree.streamed, key=lambda i: (
                     buckets[i].num_families * buckets[i].width, i))}
     for i in streamed:  # their whole row logsumexp is in off_lse_leaf
-        _from_slots(tree.layout.buckets[i],
+        _from_slots(buckets[i],
                     g_leaf.new_full(streamed[i].shape[:3], neg), g_leaf)
     return _Scores(tables, off_lse_leaf, off_lse_clus, g_leaf, pairs,
                    streamed)

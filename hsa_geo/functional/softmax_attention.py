@@ -205,8 +205,10 @@ class _SoftmaxAttention(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         run = _fused_forward if fused else _chunked_forward
         out, lse = run(q, k, v, scale, key_mask)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.scale, ctx.fused, ctx.key_mask = scale, fused, key_mask
+        # (saved, so that a mask changed in place before the backward fails
+        # autograd's version check instead of giving other gradients)
+        ctx.save_for_backward(q, k, v, out, lse, key_mask)
+        ctx.scale, ctx.fused = scale, fused
         return out, lse
 
     @staticmethod
@@ -222,14 +224,14 @@ class _SoftmaxAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: Optional[Tensor],
                  grad_lse: Optional[Tensor]):
-        q, k, v, out, lse = ctx.saved_tensors
+        q, k, v, out, lse, key_mask = ctx.saved_tensors
         needs = ctx.needs_input_grad[:3]
         if (grad_out is None and grad_lse is None) or not any(needs):
             return None, None, None, None, None, None
         if torch.is_grad_enabled():
             grads = replayed_backward(
                 partial(_SoftmaxAttention.plain, scale=ctx.scale,
-                        key_mask=ctx.key_mask),
+                        key_mask=key_mask),
                 (q, k, v), needs, (grad_out, grad_lse))
         else:
             if grad_lse is not None and not bool(grad_lse.any()):
@@ -238,7 +240,7 @@ class _SoftmaxAttention(torch.autograd.Function):
                 grad_lse = None
             run = _fused_backward if ctx.fused else _chunked_backward
             grads = run(q, k, v, out, lse, grad_out, grad_lse, ctx.scale,
-                        needs, ctx.key_mask)
+                        needs, key_mask)
         return (*grads, None, None, None)
 
 

@@ -239,6 +239,16 @@ def test_key_mask_gradcheck(fused):
     assert torch.autograd.gradgradcheck(fn, (q, k, v), fast_mode=True)
 
 
+@pytest.mark.parametrize('fused', PATHS)
+def test_key_mask_changed_before_backward_is_refused(fused):
+    q, k, v = make_qkv((2, 4, 2, 3), 3, seed=10)
+    mask = torch.tensor([[True, True, True, False], [True] * 4])
+    out, _ = softmax_attention(q, k, v, 0.5, fused=fused, key_mask=mask)
+    mask[1, 2] = False  # the backward would weigh other keys
+    with pytest.raises(RuntimeError, match='modified by an inplace'):
+        out.sum().backward()
+
+
 def test_key_mask_small_tiles(monkeypatch):
     monkeypatch.setattr(module, 'BLOCK_BYTES', 300)
     q, k, v = make_qkv((3, 10, 2, 4), 3, seed=9)
