@@ -1373,6 +1373,15 @@ def _streamed_context(passes: _Passes, i: int,
         out + parent_context.unsqueeze(1)
 
 
+def _family_context(passes: _Passes, i: int,
+                    parent_context: Optional[Tensor]) -> Tensor:
+    r"""The contexts ``[F, W, H, D_v]`` of bucket :obj:`i`, streamed or on
+    its table."""
+    run = _streamed_context if i in passes.tree.streamed else \
+        _bucket_context
+    return run(passes, i, parent_context)
+
+
 def _sparse_contexts(passes: _Passes) -> Optional[Tensor]:
     r"""``[K, H, D_v]`` the contexts ``u_a`` of the sparse families'
     members."""
@@ -1406,9 +1415,7 @@ def _downward_contexts(passes: _Passes) -> Tensor:
         if u_leaf is None and b.kind != 'cluster':
             u_leaf = v.new_zeros(v.shape)
         # (a padded bucket of leaves: their U_F is added with the rest's)
-        ctx = _streamed_context(passes, i, None) if i in tree.streamed \
-            else _bucket_context(passes, i, None)
-        rows = _from_slots(b, ctx, u_leaf)
+        rows = _from_slots(b, _family_context(passes, i, None), u_leaf)
         if rows is not None:
             writes.append((_cluster_rows(b), rows))
     sparse_u = _sparse_contexts(passes)
@@ -1439,10 +1446,7 @@ def _downward_contexts(passes: _Passes) -> Tensor:
             _paths(layout), tree.cluster_size.numel(),
             [w[0] for w in writes], reads, *(w[1] for w in writes))
     for i, parent_context in zip(leaf_families, parent_contexts):
-        if i in tree.streamed:
-            ctx = _streamed_context(passes, i, parent_context)
-        else:
-            ctx = _bucket_context(passes, i, parent_context)
+        ctx = _family_context(passes, i, parent_context)
         if buckets[i] is layout.leaf_blocks:
             # All leaves, the whole output: fused (its context has r v) or
             # streamed (the softmax weighs v_a itself, r_a = 0).
