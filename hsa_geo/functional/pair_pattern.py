@@ -93,8 +93,12 @@ class PairPattern(NamedTuple):
 
     def matrix(self, values: Tensor) -> Tensor:
         r"""The sparse CSR matrix of head-major :obj:`values` ``[H * P]``."""
-        return torch.sparse_csr_tensor(self.crow, self.col,
-                                       values.index_select(0, self.order),
+        return self.csr(values.index_select(0, self.order))
+
+    def csr(self, entries: Tensor) -> Tensor:
+        r"""The sparse CSR matrix of :obj:`entries` ``[H * P]`` given in
+        the order of the CSR entries."""
+        return torch.sparse_csr_tensor(self.crow, self.col, entries,
                                        (self.size, self.size),
                                        check_invariants=False)
 
@@ -156,8 +160,8 @@ class _SampledDot(torch.autograd.Function):
         # The inputs themselves: rows made here would have no gradient
         # path for a second derivative.
         ctx.save_for_backward(a, b)
-        zeros = a.new_zeros(pattern.col.numel())
-        dots = torch.sparse.sampled_addmm(pattern.matrix(zeros), _rows(a),
+        zeros = pattern.csr(a.new_zeros(pattern.col.numel()))
+        dots = torch.sparse.sampled_addmm(zeros, _rows(a),
                                           _rows(b).t(), beta=0.0).values()
         return dots.index_select(0, pattern.inverse)
 
