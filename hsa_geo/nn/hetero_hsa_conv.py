@@ -99,6 +99,14 @@ class HeteroHSAConv(torch.nn.Module):
                 len(set(leaf_types)) != len(leaf_types):
             raise ValueError(f"'leaf_types' must be a list of distinct "
                              f"node type names, got {leaf_types!r}")
+        for t in leaf_types:
+            # The projections are a ModuleDict keyed by type name.
+            if not isinstance(t, str) or t == '' or '.' in t:
+                raise ValueError(
+                    f"leaf type {t!r}: node type names must be non-empty "
+                    f"strings without '.', because each type's projections "
+                    f"are stored under its name (a '.' would read as a "
+                    f"submodule path); rename the type (e.g. '.' -> '_')")
         if not isinstance(in_channels, Mapping):
             in_channels = {t: in_channels for t in leaf_types}
         for t in leaf_types:

@@ -244,3 +244,6 @@ def test_bad_input():
                 h, {'word': torch.randn(3, 3), 'atom': torch.randn(2, 2)}))
     with pytest.raises(ValueError, match='distinct node type names'):
         HeteroHSAConv(3, 4, ['word', 'word'])
+    for name in ('word.piece', '', 3):
+        with pytest.raises(ValueError, match="non-empty strings without"):
+            HeteroHSAConv(3, 4, ['patch', name])
