@@ -65,7 +65,8 @@ def main():
     conv = HSAConv(dim, dim // heads, heads=heads).eval()
     with torch.no_grad():
         _, (index, weight) = conv(x, hierarchy, return_attention_weights=True)
-        q, k, _ = conv.lin_qkv(x).view(-1, 3, heads, dim // heads).unbind(1)
+        q, k = (lin(x).view(-1, heads, dim // heads)
+                for lin in (conv.lin_query, conv.lin_key))
 
     args.out.mkdir(parents=True, exist_ok=True)
     labels = {i: t for i, t in enumerate(data.tokens)}

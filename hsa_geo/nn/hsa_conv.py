@@ -178,9 +178,13 @@ class HSAConv(MessagePassing):
         self.edge_dim = edge_dim
         self.query_resolved = query_resolved
 
-        # One fused projection: a single matrix product for q, k and v.
-        self.lin_qkv = Linear(in_channels, 3 * heads * out_channels,
-                              bias=bias)
+        # One product each, as TransformerConv: the attention reads rows of
+        # q, k, v, which a strided third of one fused product would make it
+        # copy (and its backward stack again).
+        width = heads * out_channels
+        self.lin_query = Linear(in_channels, width, bias=bias)
+        self.lin_key = Linear(in_channels, width, bias=bias)
+        self.lin_value = Linear(in_channels, width, bias=bias)
         out_size = heads * out_channels if concat else out_channels
         if root_weight:
             self.lin_skip = Linear(in_channels, out_size, bias=bias)
@@ -199,7 +203,9 @@ class HSAConv(MessagePassing):
 
     def reset_parameters(self):
         super().reset_parameters()
-        self.lin_qkv.reset_parameters()
+        self.lin_query.reset_parameters()
+        self.lin_key.reset_parameters()
+        self.lin_value.reset_parameters()
         if self.lin_skip is not None:
             self.lin_skip.reset_parameters()
         if self.lin_beta is not None:
@@ -208,6 +214,17 @@ class HSAConv(MessagePassing):
             self.geometry_bias.reset_parameters()
         if self.lin_edge is not None:
             self.lin_edge.reset_parameters()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Layers saved with one fused projection ``lin_qkv`` (its rows: q,
+        # then k, then v) load into the three.
+        for name in ('weight', 'bias'):
+            fused = state_dict.pop(f'{prefix}lin_qkv.{name}', None)
+            if fused is not None:
+                for lin, part in zip(('query', 'key', 'value'),
+                                     fused.chunk(3)):
+                    state_dict[f'{prefix}lin_{lin}.{name}'] = part
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(
         self,
@@ -282,7 +299,8 @@ class HSAConv(MessagePassing):
         family weights when asked for."""
         hierarchy = self.check_input(x, hierarchy)
         num_leaves, heads, channels = x.size(0), self.heads, self.out_channels
-        q, k, v = self.lin_qkv(x).view(num_leaves, 3, heads, channels).unbind(1)
+        q, k, v = (lin(x).view(num_leaves, heads, channels) for lin in
+                   (self.lin_query, self.lin_key, self.lin_value))
         if self.query_resolved:
             if with_weights:
                 raise ValueError(
@@ -525,7 +543,7 @@ class HSAConv(MessagePassing):
         if x.dim() != 2:
             raise ValueError(f"'x' must be a [N, F] tensor of leaf features, "
                              f"got shape {tuple(x.shape)}")
-        weight = self.lin_qkv.weight
+        weight = self.lin_query.weight
         lazy = isinstance(weight, torch.nn.parameter.UninitializedParameter)
         if x.size(1) == 0:
             raise ValueError("'x' has 0 features per leaf; give each leaf at "
@@ -559,7 +577,7 @@ class HSAConv(MessagePassing):
             options.append('beta=True')
         if self.dropout != 0.:
             options.append(f'dropout={self.dropout}')
-        if self.lin_qkv.bias is None:
+        if self.lin_query.bias is None:
             options.append('bias=False')
         if not self.root_weight:
             options.append('root_weight=False')

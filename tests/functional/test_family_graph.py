@@ -24,6 +24,7 @@ from tests.helpers.constrained_family import (
 from hsa_geo import Hierarchy, NestedSignal, hierarchical_attention, \
     hierarchical_attention_matrix
 from hsa_geo.nn import FamilyGeometryBias, HSAConv
+from tests.helpers.layers import queries_keys_values
 from tests.helpers.strategies import (
     balanced_assignments, fewer, flat_tree, Forest, forests, lca_children)
 
@@ -625,7 +626,7 @@ def test_hsa_conv_geometry_bias_wider_than_max_branching():
         conv.geometry_bias.weight.normal_()
     x = torch.randn(n, 6, dtype=torch.float64)
     out = conv(x, h)
-    q, k, v = conv.lin_qkv(x).view(n, 3, 2, 3).unbind(1)
+    q, k, v = queries_keys_values(conv, x)
     expected = hierarchical_attention(q, k, v, h,
                                       pair_bias=conv.geometry_bias(h))
     assert max_err(out, expected.reshape(n, 6)) <= EXACT
@@ -646,7 +647,7 @@ def test_hsa_conv_geometry_bias_equals_functional():
         conv.geometry_bias.weight.normal_()
     out = conv(x, h)
     assert not torch.allclose(out, plain)
-    q, k, v = conv.lin_qkv(x).view(32, 3, 2, 3).unbind(1)
+    q, k, v = queries_keys_values(conv, x)
     Q = hierarchical_attention_matrix(q, k, h,
                                       pair_bias=conv.geometry_bias(h))
     assert max_err(out, apply_q(Q, v).reshape(32, 6)) <= EXACT

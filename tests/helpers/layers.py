@@ -1,5 +1,6 @@
 r"""Shared helpers of the layer tests: a small irregular hierarchy, seeded
-inputs, and :func:`linear`, a projection from a layer's weights alone."""
+inputs, and :func:`linear` and :func:`queries_keys_values`, projections
+from a layer's weights alone."""
 import torch
 from hypothesis import strategies as st
 
@@ -36,6 +37,14 @@ def linear(lin, x):
     r"""``lin(x)`` from the weights alone."""
     out = x @ lin.weight.t()
     return out if lin.bias is None else out + lin.bias
+
+
+def queries_keys_values(conv, x):
+    r"""``q, k, v`` ``[N, H, C]`` of an :class:`~hsa_geo.nn.HSAConv` from
+    its weights alone."""
+    shape = (x.size(0), conv.heads, conv.out_channels)
+    return tuple(linear(lin, x).view(shape)
+                 for lin in (conv.lin_query, conv.lin_key, conv.lin_value))
 
 
 def state_of(module) -> dict:

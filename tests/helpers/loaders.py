@@ -11,7 +11,7 @@ from torch_geometric.sampler import (BaseSampler, NodeSamplerInput,
 from hsa_geo import Hierarchy, NestedSignal, hierarchical_attention_matrix
 from hsa_geo.nn import HSAConv
 from tests.helpers.attention import random_pairs
-from tests.helpers.layers import linear
+from tests.helpers.layers import linear, queries_keys_values
 from tests.helpers.strategies import Forest
 
 
@@ -39,7 +39,7 @@ def reference_conv(conv: HSAConv, x: Tensor, hierarchy: Hierarchy) -> Tensor:
     r"""``HSAConv(concat=True, root_weight=True, beta=False)`` from its
     weights and the dense HSA matrix: ``Q @ v`` per head plus the skip."""
     n, h, c = x.size(0), conv.heads, conv.out_channels
-    q, k, v = linear(conv.lin_qkv, x).view(n, 3, h, c).unbind(1)
+    q, k, v = queries_keys_values(conv, x)
     att = hierarchical_attention_matrix(q, k, hierarchy)  # [H, N, N]
     out = torch.einsum('hij,jhc->ihc', att, v).reshape(n, h * c)
     return out + linear(conv.lin_skip, x)

@@ -10,6 +10,7 @@ from hypothesis import given, strategies as st
 from hsa_geo import Hierarchy, hierarchical_attention, \
     hierarchical_attention_matrix
 from hsa_geo.nn import EdgePairBias, HSAConv
+from tests.helpers.layers import queries_keys_values
 from tests.helpers.strategies import (
     fewer, Forest, flat_tree, forests, lca_children)
 
@@ -198,7 +199,7 @@ def test_conv_equals_hsa_with_edge_bias():
     edge_index = torch.tensor([[0, 1, 3, 0, 6], [1, 0, 4, 3, 2]])
     edge_attr = torch.randn(5, 2, dtype=torch.float64)
     x = torch.randn(NUM_LEAVES, 4, dtype=torch.float64)
-    q, k, v = conv.lin_qkv(x).view(NUM_LEAVES, 3, 2, 3).unbind(1)
+    q, k, v = queries_keys_values(conv, x)
     att = hierarchical_attention_matrix(
         q, k, h, pair_bias=conv.lin_edge(h, edge_index, edge_attr))
     expected = torch.einsum('hij,jhc->ihc', att, v).reshape(NUM_LEAVES, 6)

@@ -16,7 +16,8 @@ from torch_geometric.nn import Sequential, global_mean_pool
 from hsa_geo import Hierarchy, NestedSignal, hierarchical_attention_matrix
 from hsa_geo.nn import HSAConv, HSATransformerLayer
 from tests.helpers.layers import (EXACT, NUM_LEAVES, PARENT, SEEDS, build,
-                                  example_hierarchy, linear, randn, state_of)
+                                  example_hierarchy, linear,
+                                  queries_keys_values, randn, state_of)
 from tests.helpers.strategies import fewer, flat_tree, forests
 
 
@@ -25,11 +26,11 @@ pytestmark = pytest.mark.usefixtures('one_thread')
 
 def reference_conv(conv: HSAConv, x, hierarchy) -> torch.Tensor:
     r"""The documented formula of :class:`HSAConv`, with the dense HSA matrix:
-    ``q, k, v`` are the three parts of ``lin_qkv(x)`` viewed as
-    ``[N, 3, H, C]``, the attention output is ``Q @ v`` per head, heads are
+    ``q, k, v`` are ``lin_query(x)``, ``lin_key(x)``, ``lin_value(x)`` viewed
+    as ``[N, H, C]``, the attention output is ``Q @ v`` per head, heads are
     concatenated or averaged, then the skip (gated with ``beta``)."""
     n, h, c = x.size(0), conv.heads, conv.out_channels
-    q, k, v = linear(conv.lin_qkv, x).view(n, 3, h, c).unbind(1)
+    q, k, v = queries_keys_values(conv, x)
     att = hierarchical_attention_matrix(q, k, hierarchy)  # [H, N, N]
     out = torch.einsum('hij,jhc->ihc', att, v)
     out = out.reshape(n, h * c) if conv.concat else out.mean(dim=1)
@@ -70,7 +71,8 @@ def test_lazy_in_channels():
     x = randn(NUM_LEAVES, 6)
     out = conv(x, h)
     assert out.shape == (NUM_LEAVES, 16)
-    assert conv.lin_qkv.weight.shape == (3 * 2 * 8, 6)
+    for lin in (conv.lin_query, conv.lin_key, conv.lin_value):
+        assert lin.weight.shape == (2 * 8, 6)
     assert conv.lin_skip.weight.shape == (16, 6)
     # Once materialised it is an ordinary layer: exact and deterministic.
     conv = conv.double()
@@ -83,7 +85,7 @@ def test_lazy_in_channels_with_beta_and_mean():
     conv = HSAConv(-1, 3, heads=2, concat=False, beta=True)
     out = conv(randn(NUM_LEAVES, 5), example_hierarchy())
     assert out.shape == (NUM_LEAVES, 3)
-    assert conv.lin_qkv.weight.shape == (18, 5)
+    assert conv.lin_value.weight.shape == (6, 5)
 
 
 @pytest.mark.parametrize('kwargs', [
@@ -115,6 +117,30 @@ def test_reset_parameters(kwargs):
     conv.reset_parameters()
     for name, p in conv.named_parameters():
         assert not torch.equal(p, first[name]), name
+
+
+@pytest.mark.parametrize('bias', [True, False])
+def test_state_with_one_fused_projection_loads(bias):
+    r"""A state saved with one fused projection ``lin_qkv`` (rows q, k, v)
+    loads into the three projections and gives the same layer."""
+    h = example_hierarchy()
+    conv = HSAConv(5, 3, heads=2, bias=bias).double()
+    state = conv.state_dict()
+    for name in ('weight', 'bias') if bias else ('weight', ):
+        state[f'lin_qkv.{name}'] = torch.cat(
+            [state.pop(f'lin_{lin}.{name}') for lin in
+             ('query', 'key', 'value')])
+    other = HSAConv(5, 3, heads=2, bias=bias).double()
+    other.load_state_dict(state)
+    x = randn(NUM_LEAVES, 5, dtype=torch.float64)
+    assert torch.equal(other(x, h), conv(x, h))
+    fused = torch.nn.Sequential(conv).state_dict()  # under a prefix
+    fused['0.lin_qkv.weight'] = torch.cat(
+        [fused.pop(f'0.lin_{lin}.weight') for lin in
+         ('query', 'key', 'value')])
+    other = torch.nn.Sequential(HSAConv(5, 3, heads=2, bias=bias).double())
+    other.load_state_dict(fused)
+    assert torch.equal(other[0](x, h), conv(x, h))
 
 
 def test_repr():
@@ -195,8 +221,7 @@ def test_passes_equal_dense_hsa_and_fused_kernels(f, heads, sparse, seed):
     torch.manual_seed(seed)
     conv = HSAConv(4, 3, heads=heads, root_weight=False).double()
     x = randn(f.num_leaves, 4, seed=seed, dtype=torch.float64)
-    qkv = linear(conv.lin_qkv, x).view(f.num_leaves, 3, heads, 3)
-    q, k, v = qkv.unbind(1)
+    q, k, v = queries_keys_values(conv, x)
     expected = torch.einsum('hij,jhc->ihc', hierarchical_attention_matrix(
         q, k, h), v).reshape(f.num_leaves, -1)
     (out_p, (pairs_p, w_p)), (out_f, (pairs_f, w_f)) = passes_and_fused(
@@ -225,7 +250,7 @@ def test_passes_with_geometry_and_edge_biases(f, seed):
                             dtype=torch.float64)
     out_p, out_f = passes_and_fused(conv, x, h, edge_index, edge_attr)
     torch.testing.assert_close(out_p, out_f, rtol=0, atol=EXACT)
-    q, k, v = linear(conv.lin_qkv, x).view(f.num_leaves, 3, 2, 2).unbind(1)
+    q, k, v = queries_keys_values(conv, x)
     bias = conv.geometry_bias(h) + conv.lin_edge(h, edge_index, edge_attr)
     att = torch.einsum('hij,jhc->ihc', hierarchical_attention_matrix(
         q, k, h, pair_bias=bias), v).reshape(f.num_leaves, -1)
@@ -342,8 +367,7 @@ def test_equals_dense_hsa_of_own_projections(f, heads, seed):
     torch.manual_seed(seed)
     conv = HSAConv(4, 3, heads=heads, root_weight=False).double()
     x = randn(f.num_leaves, 4, seed=seed, dtype=torch.float64)
-    q, k, v = (x @ conv.lin_qkv.weight.t() + conv.lin_qkv.bias).view(
-        f.num_leaves, 3, heads, 3).unbind(1)
+    q, k, v = queries_keys_values(conv, x)
     att = hierarchical_attention_matrix(q, k, h)
     expected = torch.einsum('hij,jhc->ihc', att, v).reshape(f.num_leaves, -1)
     out = conv(x, h)
@@ -373,7 +397,7 @@ def test_flat_hierarchy_is_softmax_attention(heads):
     torch.manual_seed(0)
     conv = HSAConv(6, c, heads=heads, root_weight=False).double()
     x = randn(n, 6, seed=1, dtype=torch.float64) * 2
-    q, k, v = conv.lin_qkv(x).view(n, 3, heads, c).unbind(1)
+    q, k, v = queries_keys_values(conv, x)
     sdpa = F.scaled_dot_product_attention(q.transpose(0, 1),
                                           k.transpose(0, 1),
                                           v.transpose(0, 1))  # [H, N, C]
@@ -396,7 +420,7 @@ def test_flat_forest_is_block_diagonal_softmax_attention():
     torch.manual_seed(0)
     conv = HSAConv(4, 3, heads=2, root_weight=False).double()
     x = randn(n, 4, seed=2, dtype=torch.float64)
-    q, k, v = conv.lin_qkv(x).view(n, 3, 2, 3).unbind(1)
+    q, k, v = queries_keys_values(conv, x)
     same = torch.tensor(tree)[:, None] == torch.tensor(tree)[None, :]
     sdpa = F.scaled_dot_product_attention(q.transpose(0, 1),
                                           k.transpose(0, 1),
@@ -458,7 +482,7 @@ def test_attention_weights_on_flat_tree_are_softmax():
     conv = HSAConv(4, c, heads=heads).double()
     x = randn(n, 4, dtype=torch.float64)
     _, (pair_index, alpha) = conv(x, h, return_attention_weights=True)
-    q, k, _ = conv.lin_qkv(x).view(n, 3, heads, c).unbind(1)
+    q, k, _ = queries_keys_values(conv, x)
     p = torch.softmax(torch.einsum('ihc,jhc->hij', q, k) / c**0.5, dim=-1)
     expected = p[:, pair_index[0], pair_index[1]].t()
     torch.testing.assert_close(alpha, expected, rtol=0, atol=EXACT)
@@ -703,7 +727,7 @@ def test_query_resolved_conv_is_its_functional():
     torch.manual_seed(0)
     conv = HSAConv(5, 3, heads=2, query_resolved=True).double()
     x = randn(NUM_LEAVES, 5, dtype=torch.float64)
-    q, k, v = linear(conv.lin_qkv, x).view(NUM_LEAVES, 3, 2, 3).unbind(1)
+    q, k, v = queries_keys_values(conv, x)
     ref = query_resolved_attention(q, k, v, h).reshape(NUM_LEAVES, 6) + \
         linear(conv.lin_skip, x)
     assert (conv(x, h) - ref).abs().max() < 1e-12
@@ -714,7 +738,7 @@ def test_query_resolved_conv_is_its_functional():
     conv.train()
     out = conv(randn(NUM_LEAVES, 5), h)
     out.sum().backward()
-    assert conv.lin_qkv.weight.grad.abs().sum() > 0
+    assert conv.lin_query.weight.grad.abs().sum() > 0
 
 
 def test_query_resolved_conv_refuses_what_it_cannot_do():

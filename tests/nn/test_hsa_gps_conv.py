@@ -14,7 +14,8 @@ from hsa_geo import Hierarchy, hierarchical_attention_matrix
 from hsa_geo.nn import HSAConv, HSAGPSConv
 from tests.helpers.gps import molecules, random_edges, signals, tree_batch
 from tests.helpers.layers import (EXACT, NUM_LEAVES, SEEDS, build,
-                                  example_hierarchy, linear, randn)
+                                  example_hierarchy, linear,
+                                  queries_keys_values, randn)
 from tests.helpers.strategies import fewer, forests
 
 pytestmark = pytest.mark.usefixtures('one_thread')
@@ -32,7 +33,7 @@ def dense_attention(attn: HSAConv, x, hierarchy, pair_bias=None):
     r"""``Q @ v`` per head from the dense HSA matrix and the weights of
     :obj:`attn` alone, heads concatenated (no skip connection)."""
     n, heads, c = x.size(0), attn.heads, attn.out_channels
-    q, k, v = linear(attn.lin_qkv, x).view(n, 3, heads, c).unbind(1)
+    q, k, v = queries_keys_values(attn, x)
     att = hierarchical_attention_matrix(q, k, hierarchy, pair_bias=pair_bias)
     return torch.einsum('hij,jhc->ihc', att, v).reshape(n, heads * c)
 

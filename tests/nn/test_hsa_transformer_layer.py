@@ -9,7 +9,8 @@ from hypothesis import given, strategies as st
 from hsa_geo import NestedSignal, hierarchical_attention_matrix
 from hsa_geo.nn import HSATransformerLayer
 from tests.helpers.layers import (EXACT, NUM_LEAVES, SEEDS, build,
-                                  example_hierarchy, linear, randn, state_of)
+                                  example_hierarchy, linear,
+                                  queries_keys_values, randn, state_of)
 from tests.helpers.strategies import fewer, forests
 
 
@@ -21,11 +22,10 @@ pytestmark = pytest.mark.usefixtures('one_thread')
 
 def reference_layer(layer: HSATransformerLayer, x, hierarchy):
     r"""The documented pre-norm block, from the layer's weights (eval)."""
-    n, c, heads = x.size(0), layer.channels, layer.heads
-    d = c // heads
+    n, c = x.size(0), layer.channels
     xn = F.layer_norm(x, (c, ), layer.norm1.weight, layer.norm1.bias,
                       layer.norm1.eps)
-    q, k, v = linear(layer.attn.lin_qkv, xn).view(n, 3, heads, d).unbind(1)
+    q, k, v = queries_keys_values(layer.attn, xn)
     att = hierarchical_attention_matrix(q, k, hierarchy)
     a = torch.einsum('hij,jhd->ihd', att, v).reshape(n, c)
     h = x + linear(layer.lin_out, a)
@@ -170,7 +170,7 @@ def test_query_resolved_layer_is_the_dense_block(f, seed):
     n, c = x.size(0), 6
     xn = F.layer_norm(x, (c, ), layer.norm1.weight, layer.norm1.bias,
                       layer.norm1.eps)
-    q, k, v = linear(layer.attn.lin_qkv, xn).view(n, 3, 2, 3).unbind(1)
+    q, k, v = queries_keys_values(layer.attn, xn)
     att = query_resolved_attention_matrix(q, k, h)
     a = torch.einsum('hij,jhd->ihd', att, v).reshape(n, c)
     hid = x + linear(layer.lin_out, a)

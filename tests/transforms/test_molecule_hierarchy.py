@@ -22,6 +22,7 @@ from torch_geometric.loader import DataLoader
 
 from hsa_geo import Hierarchy, NestedSignal
 from hsa_geo.transforms.molecule_hierarchy import MoleculeHierarchy
+from tests.helpers.layers import queries_keys_values
 from tests.helpers.pre_transform_dataset import PreTransformDataset
 
 try:  # optional: every test but test_missing_rdkit needs it
@@ -876,7 +877,7 @@ def test_hsa_conv_geometry_bias_on_wide_molecules():
         n = x.size(0)
         if n > 50:  # the dense reference is O(N^2) Python work
             continue
-        q, k, v = conv.lin_qkv(x).view(n, 3, 2, 4).unbind(1)
+        q, k, v = queries_keys_values(conv, x)
         Q = hierarchical_attention_matrix(
             q, k, batch.hierarchy, pair_bias=conv.geometry_bias(
                 batch.hierarchy))
