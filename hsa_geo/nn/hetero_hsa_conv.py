@@ -18,6 +18,7 @@ from hsa_geo.data.hetero_nested_signal import (HeteroNestedSignal,
 from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.functional.dynamic_program import hierarchical_attention
 from hsa_geo.nn.edge_pair_bias import EdgePairBias
+from hsa_geo.nn.hsa_conv import split_fused_projection
 
 
 class HeteroHSAConv(torch.nn.Module):
@@ -127,9 +128,11 @@ class HeteroHSAConv(torch.nn.Module):
         self.dropout = check_float(dropout, 'dropout', 0.0, 1.0,
                                    high_open=True)
         width = heads * out_channels
-        self.lin_qkv = torch.nn.ModuleDict({
-            t: Linear(self.in_channels[t], 3 * width, bias=bias)
-            for t in leaf_types})
+        # One product each per type, as HSAConv: q, k, v arrive dense.
+        self.lin_query, self.lin_key, self.lin_value = (
+            torch.nn.ModuleDict({
+                t: Linear(self.in_channels[t], width, bias=bias)
+                for t in leaf_types}) for _ in range(3))
         out_size = width if concat else out_channels
         self.lin_skip = torch.nn.ModuleDict({
             t: Linear(self.in_channels[t], out_size, bias=bias)
@@ -146,8 +149,9 @@ class HeteroHSAConv(torch.nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self):
-        for lin in self.lin_qkv.values():
-            lin.reset_parameters()
+        for lins in (self.lin_query, self.lin_key, self.lin_value):
+            for lin in lins.values():
+                lin.reset_parameters()
         if self.lin_skip is not None:
             for lin in self.lin_skip.values():
                 lin.reset_parameters()
@@ -156,6 +160,10 @@ class HeteroHSAConv(torch.nn.Module):
         if self.lin_edge is not None:
             for lin in self.lin_edge.values():
                 lin.reset_parameters()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        split_fused_projection(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x_dict: Mapping[str, Tensor],
                 signal: Union[HeteroNestedSignal, Hierarchy],
@@ -179,8 +187,9 @@ class HeteroHSAConv(torch.nn.Module):
                 f"({dict(zip(order, counts))}) but the hierarchy has "
                 f"{hierarchy.num_leaves}")
         h, c = self.heads, self.out_channels
-        qkv = torch.cat([self.lin_qkv[t](x_dict[t]) for t in order])
-        q, k, v = qkv.view(-1, 3, h, c).unbind(1)
+        q, k, v = (
+            torch.cat([lins[t](x_dict[t]) for t in order]).view(-1, h, c)
+            for lins in (self.lin_query, self.lin_key, self.lin_value))
         pair_bias = None
         if self.modality_bias is not None:
             pair_bias = self._pair_bias(hierarchy, order, counts)

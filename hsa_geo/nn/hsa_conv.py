@@ -1,7 +1,7 @@
 r"""The hierarchical self-attention layer."""
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Tuple, Union
+from typing import Dict, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -216,14 +216,7 @@ class HSAConv(MessagePassing):
             self.lin_edge.reset_parameters()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Layers saved with one fused projection ``lin_qkv`` (its rows: q,
-        # then k, then v) load into the three.
-        for name in ('weight', 'bias'):
-            fused = state_dict.pop(f'{prefix}lin_qkv.{name}', None)
-            if fused is not None:
-                for lin, part in zip(('query', 'key', 'value'),
-                                     fused.chunk(3)):
-                    state_dict[f'{prefix}lin_{lin}.{name}'] = part
+        split_fused_projection(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(
@@ -660,6 +653,20 @@ def _tree_edges(hierarchy: Hierarchy, dtype: torch.dtype) -> _TreeEdges:
         size[up[0]] / size[up[1]], pairs, height[parent[pairs[1]]], is_self,
         allowed, size, int(height.max()) if height.numel() else 0,
         hierarchy.depth)
+
+
+def split_fused_projection(state_dict: Dict[str, Tensor], prefix: str):
+    r"""Rewrites, in place, the entries of a state saved with one fused
+    projection ``lin_qkv`` (its rows: ``q``, then ``k``, then ``v``) under
+    :obj:`prefix` into those of ``lin_query``, ``lin_key`` and
+    ``lin_value``, so that such states load (for ``lin_qkv.weight`` as for
+    ``lin_qkv.<leaf type>.weight``)."""
+    fused = f'{prefix}lin_qkv.'
+    for key in [key for key in state_dict if key.startswith(fused)]:
+        rest = key[len(fused):]
+        for name, part in zip(('query', 'key', 'value'),
+                              state_dict.pop(key).chunk(3)):
+            state_dict[f'{prefix}lin_{name}.{rest}'] = part
 
 
 def _tree_adjacency(hierarchy: Hierarchy) -> Tensor:

@@ -10,6 +10,7 @@ from hsa_geo.data import HeteroNestedSignal
 from hsa_geo.data.hetero_nested_signal import node_modality
 from hsa_geo.data.hierarchy import distinct_sibling_pairs
 from hsa_geo.nn.hetero_hsa_conv import HeteroHSAConv
+from tests.helpers.layers import linear
 from tests.helpers.strategies import forests, leaves_under
 
 SEEDS = st.integers(0, 2**31 - 1)
@@ -41,10 +42,8 @@ def expected(conv, data, edge_bias=None):
     pair, per-type skips."""
     h, c = conv.heads, conv.out_channels
     order = data.leaf_types
-    q, k, v = (torch.cat([
-        (data[t].x @ conv.lin_qkv[t].weight.t() +
-         conv.lin_qkv[t].bias)[:, i * h * c:(i + 1) * h * c]
-        for t in order]).view(-1, h, c) for i in range(3))
+    q, k, v = (torch.cat([linear(lins[t], data[t].x) for t in order]).view(
+        -1, h, c) for lins in (conv.lin_query, conv.lin_key, conv.lin_value))
     bias = None
     if conv.modality_bias is not None:
         leaf_type = torch.cat([torch.full((data[t].x.size(0), ),
@@ -225,6 +224,25 @@ def test_a_hierarchy_takes_the_layer_order():
     conv = HeteroHSAConv(WIDTH, 4, ['word', 'patch'])
     a, b = conv(data.x_dict, data), conv(data.x_dict, h)
     assert all(torch.allclose(a[t], b[t]) for t in a)
+
+
+def test_state_with_one_fused_projection_loads():
+    r"""A state saved with one fused projection per type, ``lin_qkv``
+    (rows q, k, v), loads into the three projections."""
+    h = Hierarchy.from_parent([5, 5, 5, 6, 6, -1, 5], 5)
+    data = HeteroNestedSignal.from_hierarchy(
+        h, {'word': torch.randn(3, 3), 'patch': torch.randn(2, 5)})
+    conv = HeteroHSAConv(WIDTH, 4, ['word', 'patch'], heads=2)
+    state = conv.state_dict()
+    for t in ('word', 'patch'):
+        for name in ('weight', 'bias'):
+            state[f'lin_qkv.{t}.{name}'] = torch.cat(
+                [state.pop(f'lin_{lin}.{t}.{name}')
+                 for lin in ('query', 'key', 'value')])
+    other = HeteroHSAConv(WIDTH, 4, ['word', 'patch'], heads=2)
+    other.load_state_dict(state)
+    a, b = conv(data.x_dict, data), other(data.x_dict, data)
+    assert all(torch.equal(a[t], b[t]) for t in a)
 
 
 def test_bad_input():
