@@ -588,7 +588,7 @@ def small_graph(num_nodes: int = 10) -> Data:
                               generator=g), edge_index=edge_index)
 
 
-# Family graphs in batches (issue 8, item 1) ################################
+# Family graphs in batches ###################################################
 
 
 @pytest.mark.parametrize('sparse_first', [False, True])
@@ -641,7 +641,7 @@ def test_empty_family_graph_is_not_dense():
         assert_batch_attends_as_parts(Batch.from_data_list(signals), signals)
 
 
-# Subgraphs (issue 8, item 2) ###############################################
+# Subgraphs ##################################################################
 
 
 def family_signal(f: Forest, family: bool, seed: int) -> NestedSignal:
@@ -750,7 +750,7 @@ def test_edge_subgraph_keeps_the_hierarchy():
     assert torch.equal(sub.edge_attr, data.edge_attr[[1, 3]])
 
 
-# PyG operations on the nodes (issue 8, item 3) #############################
+# PyG operations on the nodes ################################################
 
 
 def graph_signal(family: bool = False) -> NestedSignal:
@@ -811,7 +811,7 @@ def test_largest_connected_components_induces_the_tree(family):
                                attention(expected, qkv), rtol=0, atol=EXACT)
 
 
-# Rows of x (issue 8, item 4) ###############################################
+# Rows of x ##################################################################
 
 
 @pytest.mark.parametrize('rows', [4, 6, 10])
@@ -838,7 +838,7 @@ def test_x_rows_checked_in_a_batch():
         batch.hierarchy
 
 
-# Saving and loading (issue 8, item 5) ######################################
+# Saving and loading #########################################################
 
 
 def built_signals() -> List[NestedSignal]:
@@ -896,7 +896,7 @@ def test_copies_keep_working():
             assert_same_signal(other, data)
 
 
-# Bad input (issue 8, item 6) ###############################################
+# Bad input ##################################################################
 
 H5 = Hierarchy.from_parent(EXAMPLE_PARENT, EXAMPLE_LEAVES)
 
@@ -971,7 +971,7 @@ def test_malformed_stored_keys(changes, error, pattern):
         _corrupt(**changes).hierarchy
 
 
-# Property suite: a clear error or the right answer (issue 8, item 7) #######
+# Property suite: a clear error or the right answer ##########################
 
 MODES = st.sampled_from(['dense', 'sparse', 'empty', 'constructor',
                          'legacy'])

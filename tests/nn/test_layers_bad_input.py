@@ -1,7 +1,7 @@
 r"""Bad input to :class:`hsa_geo.nn.HSAConv`,
 :class:`hsa_geo.nn.HSATransformerLayer` and
-:class:`hsa_geo.nn.FamilyGeometryBias` (issue 8, "no silent wrong
-answers"): a wrong type raises :class:`TypeError`, a value out of range
+:class:`hsa_geo.nn.FamilyGeometryBias` (no silent wrong answers): a
+wrong type raises :class:`TypeError`, a value out of range
 :class:`ValueError`, both naming the argument; nothing is silently accepted
 and no error comes from deep inside torch. The property tests draw random
 values of every kind for each argument and accept only a clear error or a

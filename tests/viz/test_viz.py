@@ -368,7 +368,7 @@ def test_degenerate_pictures(tmp_path):
         assert_png(tmp_path / f'{name}.png')
 
 
-# Bad arguments of both pictures (issue 8) ##################################
+# Bad arguments of both pictures #############################################
 
 # Any small value of any plain kind: what a caller might pass by mistake.
 ANYTHING = st.one_of(
