@@ -208,6 +208,23 @@ def test_geometry_bias_forward_rejects_non_hierarchy(value):
         FamilyGeometryBias(2)(value)
 
 
+def test_geometry_bias_refuses_pairs_that_cannot_fit(monkeypatch):
+    r"""Its index temporaries (about 104 bytes per sibling pair) are
+    refused before they are allocated, even where the pair list itself
+    (24 bytes per pair) would fit."""
+    import hsa_geo._memory as memory
+    n = 2000  # one family: 4,000,000 pairs
+    h = Hierarchy.from_parent([n] * n + [-1], n)
+    bias = FamilyGeometryBias(4)
+    monkeypatch.setattr(memory, 'available_memory', lambda device: 200e6)
+    with pytest.raises(ValueError, match='the geometry bias of 4000000 '
+                       'sibling pairs would need .* the widest family '
+                       r'\(node 2000\) has 2000 children'):
+        bias(h)
+    monkeypatch.setattr(memory, 'available_memory', lambda device: 600e6)
+    assert bias(h).shape == (n * n, 4)
+
+
 # Property tests: a clear error or a working module ##########################
 
 CONV_ARGS = dict(in_channels=8, out_channels=4, heads=2, concat=True,
