@@ -51,5 +51,19 @@ def ensure_memory(nbytes: int, what: str, device: torch.device,
         f"more memory")
 
 
+def ensure_pairs_fit(hierarchy, bytes_per_pair: int, what: str):
+    r"""Refuses, before allocating, work of :obj:`bytes_per_pair` for every
+    sibling pair of :obj:`hierarchy` (a pair bias and its index
+    temporaries) that cannot fit; totals under 256 MiB do not ask the
+    system."""
+    pairs = hierarchy.num_sibling_pairs
+    nbytes = pairs * bytes_per_pair
+    if nbytes > 2**28:
+        ensure_memory(nbytes, f'{what} of {pairs} sibling pairs',
+                      hierarchy.device,
+                      'the widest family (node {}) has {} children'
+                      .format(*hierarchy.widest_family))
+
+
 def _gib(nbytes: int) -> str:
     return f'{nbytes / 2**30:.2f} GiB'

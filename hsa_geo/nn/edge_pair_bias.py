@@ -10,6 +10,7 @@ from torch_geometric.utils import scatter
 
 from hsa_geo._checks import (check_device, check_floating, check_index,
                              check_int)
+from hsa_geo._memory import ensure_pairs_fit
 from hsa_geo.data.hierarchy import Hierarchy
 
 
@@ -68,6 +69,11 @@ class EdgePairBias(torch.nn.Module):
     def forward(self, hierarchy: Hierarchy, edge_index: Tensor,
                 edge_attr: Tensor) -> Tensor:
         edge_index, edge_attr = self._check(hierarchy, edge_index, edge_attr)
+        # The pair lists, their sorted keys and the [P, H] output: 80 bytes
+        # per pair besides the output at the peak (measured on one family
+        # of 4,000 children).
+        ensure_pairs_fit(hierarchy, 80 + self.heads * edge_attr.element_size(),
+                         'the edge bias')
         pair_row, keep = self.pair_of_edge(hierarchy, edge_index)
         value = self.lin(edge_attr[keep])
         return scatter(value, pair_row[keep], dim=0,

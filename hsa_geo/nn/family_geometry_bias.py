@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.nn import Parameter
 
 from hsa_geo._checks import check_device, check_int
-from hsa_geo._memory import ensure_memory
+from hsa_geo._memory import ensure_pairs_fit
 from hsa_geo.data.hierarchy import Hierarchy
 
 
@@ -141,7 +141,11 @@ class FamilyGeometryBias(torch.nn.Module):
                             f"got {type(hierarchy).__name__}")
         check_device(hierarchy.parent, 'hierarchy', self.weight.device,
                      'the bias')
-        self._ensure_fits(hierarchy)
+        # The pair lists it caches and its index temporaries, besides the
+        # [P, H] output: 88 bytes per pair at the peak (measured on one
+        # family of 4,000 children).
+        ensure_pairs_fit(hierarchy, 88 + self.heads *
+                         self.weight.element_size(), 'the geometry bias')
         a, b = hierarchy.sibling_pairs
         rank = hierarchy.sibling_rank
         bucket = self.relative_bucket(rank[b] - rank[a])
@@ -153,21 +157,6 @@ class FamilyGeometryBias(torch.nn.Module):
         level = hierarchy.family_level(self.level)[a].clamp(
             max=self.num_levels - 1)
         return self.weight[level, column]
-
-    def _ensure_fits(self, hierarchy: Hierarchy):
-        r"""Refuses, before allocating, a hierarchy whose sibling pairs are
-        too many for the bias: the pair lists it caches and its index
-        temporaries peak at about 13 int64 numbers per pair (measured, 104
-        bytes, on one family of 4,000 children), plus the ``[P, H]``
-        output."""
-        pairs = hierarchy.num_sibling_pairs
-        nbytes = pairs * (_BYTES_PER_PAIR +
-                          self.heads * self.weight.element_size())
-        if nbytes > _GUARDED_BYTES:  # small ones: no need to ask the system
-            ensure_memory(nbytes, f'the geometry bias of {pairs} sibling '
-                          f'pairs', hierarchy.device,
-                          'the widest family (node {}) has {} children'
-                          .format(*hierarchy.widest_family))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A table saved before the far buckets existed has only the
@@ -193,12 +182,6 @@ class FamilyGeometryBias(torch.nn.Module):
                 f'max_branching={self.max_branching}, '
                 f'num_levels={self.num_levels}, level={self.level!r}'
                 f'{extra})')
-
-
-# The peak bytes per sibling pair of the bias besides its output, and the
-# size from which the bias asks the system what memory is left.
-_BYTES_PER_PAIR = 104
-_GUARDED_BYTES = 2**28
 
 
 def _far_thresholds(b: int, max_distance: int, k: int) -> List[int]:

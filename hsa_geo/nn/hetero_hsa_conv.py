@@ -13,6 +13,7 @@ from torch_geometric.utils import scatter
 
 from hsa_geo._checks import (check_bool, check_float, check_index,
                              check_int, first_out_of_range)
+from hsa_geo._memory import ensure_pairs_fit
 from hsa_geo.data.hetero_nested_signal import (HeteroNestedSignal,
                                                node_modality)
 from hsa_geo.data.hierarchy import Hierarchy
@@ -190,6 +191,10 @@ class HeteroHSAConv(torch.nn.Module):
         q, k, v = (
             torch.cat([lins[t](x_dict[t]) for t in order]).view(-1, h, c)
             for lins in (self.lin_query, self.lin_key, self.lin_value))
+        if self.modality_bias is not None or self.lin_edge is not None:
+            # Pair lists, keys and both [P, H] biases (as HSAConv's).
+            ensure_pairs_fit(hierarchy, 80 + 2 * h * q.element_size(),
+                             'the pair biases')
         pair_bias = None
         if self.modality_bias is not None:
             pair_bias = self._pair_bias(hierarchy, order, counts)

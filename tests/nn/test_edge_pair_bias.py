@@ -317,3 +317,21 @@ def test_conv_without_edge_dim_refuses_edges():
 def test_bias_rejects_a_non_hierarchy():
     with pytest.raises(TypeError, match=r"'hierarchy' must be a hsa_geo"):
         EdgePairBias(2, 1)(PARENT, GOOD_INDEX, torch.randn(E, 2))
+
+
+def test_bias_refuses_pairs_that_cannot_fit(monkeypatch):
+    r"""Its pair lists, sorted keys and output (about 96 bytes per sibling
+    pair with 4 heads) are refused before they are allocated, even where
+    the pair list itself (24 bytes per pair) would fit."""
+    import hsa_geo._memory as memory
+    n = 2000  # one family: 4,000,000 pairs
+    h = Hierarchy.from_parent([n] * n + [-1], n)
+    edge_index = torch.tensor([[0, 1], [1, 2]])
+    bias = EdgePairBias(2, 4)
+    monkeypatch.setattr(memory, 'available_memory', lambda device: 200e6)
+    with pytest.raises(ValueError, match='the edge bias of 4000000 sibling '
+                       'pairs would need .* the widest family '
+                       r'\(node 2000\) has 2000 children'):
+        bias(h, edge_index, torch.randn(2, 2))
+    monkeypatch.setattr(memory, 'available_memory', lambda device: 600e6)
+    assert bias(h, edge_index, torch.randn(2, 2)).shape == (n * n, 4)

@@ -245,6 +245,18 @@ def test_state_with_one_fused_projection_loads():
     assert all(torch.equal(a[t], b[t]) for t in a)
 
 
+def test_pair_biases_that_cannot_fit_are_refused(monkeypatch):
+    import hsa_geo._memory as memory
+    n = 2000  # one family: 4,000,000 pairs
+    h = Hierarchy.from_parent([n] * n + [-1], n)
+    data = HeteroNestedSignal.from_hierarchy(h, {'word': torch.randn(n, 3)})
+    conv = HeteroHSAConv(3, 2, ['word'], heads=2, modality_bias=True)
+    monkeypatch.setattr(memory, 'available_memory', lambda device: 200e6)
+    with pytest.raises(ValueError, match='the pair biases of 4000000 '
+                       'sibling pairs would need'):
+        conv(data.x_dict, data)
+
+
 def test_bad_input():
     h = Hierarchy.from_parent([5, 5, 5, 6, 6, -1, 5], 5)
     data = HeteroNestedSignal.from_hierarchy(
