@@ -99,15 +99,7 @@ def plot_hierarchy(hierarchy: Hierarchy, weights=None, head: int = 0,
     Returns:
         matplotlib.figure.Figure: the figure drawn into.
     """
-    modality, names = None, []
-    if isinstance(hierarchy, HeteroNestedSignal):
-        modality, names = hierarchy.node_modality().cpu(), \
-            hierarchy.leaf_types
-        hierarchy = hierarchy.hierarchy
-    if not isinstance(hierarchy, Hierarchy):
-        raise TypeError(f"'hierarchy' must be a hsa_geo.data.Hierarchy or "
-                        f"a HeteroNestedSignal, got "
-                        f"{type(hierarchy).__name__}")
+    hierarchy, modality, names = _tree_of(hierarchy)
     # The range of head is checked against the weights, when there are any.
     head = check_int(head, 'head', low=None if weights is not None else 0)
     colours = check_figure_args(path, cmap, title, figsize, dpi)
@@ -126,11 +118,7 @@ def plot_hierarchy(hierarchy: Hierarchy, weights=None, head: int = 0,
     x, y, _ = _tidy_layout(hierarchy)
     self_w, arrows = _check_weights(weights, head, parent, min_weight)
     labels = _labels(node_labels, t)
-    family = hierarchy.family_edge_index
-    arcs: List[Tuple[int, int]] = []
-    if family is not None:
-        arcs = sorted({(min(a, b), max(a, b))
-                       for a, b in family.cpu().t().tolist()})
+    arcs = _family_arcs(hierarchy)
     for what, count in (('weight arrows', len(arrows)),
                         ('family-graph arcs', len(arcs))):
         if count > max_arrows:
@@ -140,22 +128,11 @@ def plot_hierarchy(hierarchy: Hierarchy, weights=None, head: int = 0,
                 f"or raise max_arrows")
 
     from matplotlib.cm import ScalarMappable
-    from matplotlib.collections import LineCollection, PolyCollection
     from matplotlib.colors import Normalize
-    from matplotlib.figure import Figure
 
-    if ax is None:
-        if figsize is None:
-            figsize = (min(max(4.0, 0.4 * n + 1.0), 40.0),
-                       min(max(3.0, 1.1 * (hierarchy.depth + 1)), 20.0))
-        # A bare Figure, not pyplot: no global state, works on any backend.
-        fig = Figure(figsize=figsize)
-        ax = fig.add_subplot()
-    else:
-        fig = ax.figure
+    fig, ax = _axes(ax, figsize, n, hierarchy.depth)
     norm = Normalize(0.0, 1.0)
     small = 1.0 / max(1.0, n / 40.0)  # shrink marks on wide trees
-
     if self_w is not None or arrows:
         # Before the arcs are laid out: the colour bar takes space from ax.
         fig.colorbar(ScalarMappable(norm=norm, cmap=colours), ax=ax,
@@ -165,7 +142,68 @@ def plot_hierarchy(hierarchy: Hierarchy, weights=None, head: int = 0,
     ax.set_xlim(min(x) - 1.0, max(x) + 1.0)
     ax.set_ylim(min(y) - 0.8, max(y) + 0.6)
     ax.set_axis_off()
+    _draw_edges(ax, x, y, parent, arcs)
+    if arrows:
+        _draw_arrows(ax, x, y, arrows, colours(norm(np.array(
+            [a[2] for a in arrows]))), small)
+    _draw_nodes(ax, x, y, parent, n, _faces(
+        ax, parent, n, self_w, colours, norm, modality, names), small)
+    _draw_labels(ax, x, y, labels, n)
+    if title is None:
+        title = f'{hierarchy!r}' + (f', head {head}' if weights is not None
+                                    else '')
+    if title:
+        ax.set_title(title, fontsize=9)
+    if path is not None:
+        fig.savefig(path, dpi=dpi, bbox_inches='tight')
+    return fig
 
+
+def _tree_of(hierarchy) -> Tuple[Hierarchy, Optional[torch.Tensor],
+                                 List[str]]:
+    r"""The :class:`Hierarchy` to draw, and for a
+    :class:`~hsa_geo.data.HeteroNestedSignal` its node modalities and leaf
+    type names."""
+    modality, names = None, []
+    if isinstance(hierarchy, HeteroNestedSignal):
+        modality, names = hierarchy.node_modality().cpu(), \
+            hierarchy.leaf_types
+        hierarchy = hierarchy.hierarchy
+    if not isinstance(hierarchy, Hierarchy):
+        raise TypeError(f"'hierarchy' must be a hsa_geo.data.Hierarchy or "
+                        f"a HeteroNestedSignal, got "
+                        f"{type(hierarchy).__name__}")
+    return hierarchy, modality, names
+
+
+def _family_arcs(hierarchy: Hierarchy) -> List[Tuple[int, int]]:
+    r"""The family graph's sibling pairs ``(a, b)``, ``a < b``, once each
+    (none without a family graph)."""
+    family = hierarchy.family_edge_index
+    if family is None:
+        return []
+    return sorted({(min(a, b), max(a, b))
+                   for a, b in family.cpu().t().tolist()})
+
+
+def _axes(ax, figsize: Optional[Tuple[float, float]], n: int, depth: int):
+    r"""``(figure, axes)``: those of :obj:`ax`, or a new figure sized by
+    the leaves and the depth."""
+    if ax is not None:
+        return ax.figure, ax
+    from matplotlib.figure import Figure
+    if figsize is None:
+        figsize = (min(max(4.0, 0.4 * n + 1.0), 40.0),
+                   min(max(3.0, 1.1 * (depth + 1)), 20.0))
+    # A bare Figure, not pyplot: no global state, works on any backend.
+    fig = Figure(figsize=figsize)
+    return fig, fig.add_subplot()
+
+
+def _draw_edges(ax, x: List[float], y: List[float], parent: torch.Tensor,
+                arcs: List[Tuple[int, int]]):
+    r"""Tree edges in grey, family-graph arcs dashed."""
+    from matplotlib.collections import LineCollection
     child = (parent >= 0).nonzero().view(-1).tolist()
     segs = [((x[c], y[c]), (x[int(parent[c])], y[int(parent[c])]))
             for c in child]
@@ -176,48 +214,54 @@ def plot_hierarchy(hierarchy: Hierarchy, weights=None, head: int = 0,
         ax.add_collection(LineCollection(lines, colors='0.45',
                                          linewidths=0.8, linestyles='--',
                                          zorder=2))
-    if arrows:
-        w = np.array([a[2] for a in arrows])
-        rgba = colours(norm(w))
-        rgba[:, 3] = 0.25 + 0.75 * w
-        lines, heads = _arcs(ax, x, y, [a[:2] for a in arrows],
-                             2.5 + 4.0 * w, rad=0.3)
-        ax.add_collection(LineCollection(
-            lines, colors=rgba, linewidths=0.5 + 3.0 * w * small, zorder=2))
-        ax.add_collection(PolyCollection(heads, facecolors=rgba,
-                                         edgecolors='none', zorder=2))
 
-    is_leaf = torch.arange(t) < n
-    is_root = parent < 0
+
+def _draw_arrows(ax, x: List[float], y: List[float], arrows, rgba,
+                 small: float):
+    r"""The weight arrows ``(a, b, w)`` in their colours :obj:`rgba`, more
+    opaque and wider the larger ``w``."""
+    from matplotlib.collections import LineCollection, PolyCollection
+    w = np.array([a[2] for a in arrows])
+    rgba[:, 3] = 0.25 + 0.75 * w
+    lines, heads = _arcs(ax, x, y, [a[:2] for a in arrows],
+                         2.5 + 4.0 * w, rad=0.3)
+    ax.add_collection(LineCollection(
+        lines, colors=rgba, linewidths=0.5 + 3.0 * w * small, zorder=2))
+    ax.add_collection(PolyCollection(heads, facecolors=rgba,
+                                     edgecolors='none', zorder=2))
+
+
+def _faces(ax, parent: torch.Tensor, n: int, self_w, colours, norm,
+           modality: Optional[torch.Tensor], names: List[str]) -> list:
+    r"""A face colour per node: its self weight, else its modality, else
+    leaf or cluster."""
+    t = parent.numel()
     if self_w is not None:
-        face = [colours(norm(self_w[i])) if i in self_w else
-                ((1.0, 1.0, 1.0, 1.0) if bool(is_root[i]) else
+        return [colours(norm(self_w[i])) if i in self_w else
+                ((1.0, 1.0, 1.0, 1.0) if bool(parent[i] < 0) else
                  (0.8, 0.8, 0.8, 1.0)) for i in range(t)]
-    elif modality is not None:
-        face = _modality_faces(ax, modality, names)
-    else:
-        face = ['tab:blue' if bool(is_leaf[i]) else 'tab:orange'
-                for i in range(t)]
-    sizes = [(25.0 if bool(is_leaf[i]) else 70.0) * max(small, 0.3)
-             for i in range(t)]
+    if modality is not None:
+        return _modality_faces(ax, modality, names)
+    return ['tab:blue' if i < n else 'tab:orange' for i in range(t)]
+
+
+def _draw_nodes(ax, x: List[float], y: List[float], parent: torch.Tensor,
+                n: int, face: list, small: float):
+    r"""Leaves as small circles, internal nodes as larger ones."""
+    sizes = [(25.0 if i < n else 70.0) * max(small, 0.3)
+             for i in range(parent.numel())]
     ax.scatter(x, y, s=sizes, c=face, edgecolors='k', linewidths=0.6,
                zorder=3)
 
+
+def _draw_labels(ax, x: List[float], y: List[float], labels, n: int):
+    r"""Labels below the leaves and above the internal nodes."""
     for node, text in labels.items():
         below = node < n
         ax.annotate(text, (x[node], y[node]),
                     xytext=(0, -9 if below else 7), textcoords='offset points',
                     ha='center', va='top' if below else 'bottom',
                     fontsize=7, zorder=4)
-
-    if title is None:
-        title = f'{hierarchy!r}' + (f', head {head}' if weights is not None
-                                    else '')
-    if title:
-        ax.set_title(title, fontsize=9)
-    if path is not None:
-        fig.savefig(path, dpi=dpi, bbox_inches='tight')
-    return fig
 
 
 def _arcs(ax, x: List[float], y: List[float], pairs, head_px,
