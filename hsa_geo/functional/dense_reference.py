@@ -9,7 +9,7 @@ pictures); its cost is :math:`O(N^2)` memory and :math:`O(P N^2)` time.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -68,27 +68,7 @@ def hierarchical_attention_matrix(q: Tensor, k: Tensor, hierarchy: Hierarchy,
         scale, 'scale', 0.0, low_open=True)
     n = hierarchy.num_leaves
     parent: List[int] = hierarchy.parent.tolist()
-    children: Dict[int, List[int]] = {}
-    for node, p in enumerate(parent):
-        if p >= 0:
-            children.setdefault(p, []).append(node)
-
-    # Post-order (children before parents) without recursion: deep chains.
-    post, stack = [], [(r, False) for r in range(len(parent)) if parent[r] < 0]
-    while stack:
-        node, expanded = stack.pop()
-        if expanded or node < n:
-            post.append(node)
-        else:
-            stack.append((node, True))
-            stack.extend((c, False) for c in children[node])
-
-    leaves: Dict[int, List[int]] = {}
-    for node in post:
-        leaves[node] = [node] if node < n else [
-            i for c in children[node] for i in leaves[c]
-        ]
-
+    children, post, leaves = _tree(parent, n)
     allowed = None
     if hierarchy.family_edge_index is not None:
         allowed = set(map(tuple, hierarchy.family_edge_index.t().tolist()))
@@ -101,28 +81,73 @@ def hierarchical_attention_matrix(q: Tensor, k: Tensor, hierarchy: Hierarchy,
     s = scale * torch.einsum('ihd,jhd->hij', q, k)  # [H, N, N]
     g: Dict[int, Tensor] = {i: s[:, i, i] for i in range(n)}
     log_pi: Dict[int, Tensor] = {}
-    for fam in post:
+    for fam in post:  # children before parents
         if fam < n:
             continue
         kids = children[fam]
-        logits = s.new_empty(s.size(0), len(kids), len(kids))
-        for ai, a in enumerate(kids):
-            for bi, b in enumerate(kids):
-                if a == b:
-                    logits[:, ai, bi] = g[a]
-                elif allowed is not None and (a, b) not in allowed:
-                    logits[:, ai, bi] = -math.inf
-                else:
-                    block = s[:, leaves[a]][:, :, leaves[b]]
-                    logits[:, ai, bi] = block.mean(dim=(1, 2)) + math.log(
-                        len(leaves[b]))
-                    if (a, b) in bias:
-                        logits[:, ai, bi] += bias[(a, b)]
+        logits = _family_logits(s, g, kids, leaves, allowed, bias)
         lse = torch.logsumexp(logits, dim=-1)  # [H, C]
         sizes = torch.tensor([len(leaves[a]) for a in kids], dtype=s.dtype)
         g[fam] = (lse * sizes / len(leaves[fam])).sum(dim=-1)
         log_pi[fam] = logits - lse.unsqueeze(-1)
+    out = _spread(s, parent, n, post, children, leaves, log_pi)
+    return out.squeeze(0) if single_head else out
 
+
+def _tree(parent: List[int], n: int) -> Tuple[Dict[int, List[int]],
+                                              List[int],
+                                              Dict[int, List[int]]]:
+    r"""The children of every internal node, the nodes in post-order
+    (children before parents) and the leaves under every node."""
+    children: Dict[int, List[int]] = {}
+    for node, p in enumerate(parent):
+        if p >= 0:
+            children.setdefault(p, []).append(node)
+    # Post-order without recursion: deep chains.
+    post, stack = [], [(r, False) for r in range(len(parent)) if parent[r] < 0]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded or node < n:
+            post.append(node)
+        else:
+            stack.append((node, True))
+            stack.extend((c, False) for c in children[node])
+    leaves: Dict[int, List[int]] = {}
+    for node in post:
+        leaves[node] = [node] if node < n else [
+            i for c in children[node] for i in leaves[c]
+        ]
+    return children, post, leaves
+
+
+def _family_logits(s: Tensor, g: Dict[int, Tensor], kids: List[int],
+                   leaves: Dict[int, List[int]], allowed, bias
+                   ) -> Tensor:
+    r"""``[H, C, C]`` the logits of a family of ``C`` children: ``g_a`` on
+    the diagonal, the mean score of the two blocks plus ``log |b|`` (and the
+    pair bias) off it, ``-inf`` where the family graph has no edge."""
+    logits = s.new_empty(s.size(0), len(kids), len(kids))
+    for ai, a in enumerate(kids):
+        for bi, b in enumerate(kids):
+            if a == b:
+                logits[:, ai, bi] = g[a]
+            elif allowed is not None and (a, b) not in allowed:
+                logits[:, ai, bi] = -math.inf
+            else:
+                block = s[:, leaves[a]][:, :, leaves[b]]
+                logits[:, ai, bi] = block.mean(dim=(1, 2)) + math.log(
+                    len(leaves[b]))
+                if (a, b) in bias:
+                    logits[:, ai, bi] += bias[(a, b)]
+    return logits
+
+
+def _spread(s: Tensor, parent: List[int], n: int, post: List[int],
+            children: Dict[int, List[int]], leaves: Dict[int, List[int]],
+            log_pi: Dict[int, Tensor]) -> Tensor:
+    r"""``[H, N, N]``: top-down, the mass ``r_a = r_F pi_F(a -> a)`` of
+    every child, and the weight ``r_F pi_F(a -> b)`` of a sibling ``b``
+    spread evenly over its leaves; a leaf keeps its own mass."""
     log_r: Dict[int, Tensor] = {}
     out = s.new_zeros(s.shape)
     for fam in reversed(post):  # parents before children
@@ -141,7 +166,7 @@ def hierarchical_attention_matrix(q: Tensor, k: Tensor, hierarchy: Hierarchy,
                     cols = torch.tensor(leaves[b])
                     out[:, rows[:, None], cols[None, :]] = (
                         weight / len(leaves[b]))[:, None, None]
-    return out.squeeze(0) if single_head else out
+    return out
 
 
 def _check(q: Tensor, k: Tensor, hierarchy: Hierarchy,
