@@ -245,6 +245,53 @@ def _as_range(index: Tensor) -> Optional[Tuple[int, int]]:
     return None
 
 
+def _allowed_slots(edges: Tensor, edge_fam: Tensor, local: Tensor,
+                   rank: Tensor, count: int, w: int) -> Tensor:
+    r"""``[F, W, W]`` the family graph of a bucket's :obj:`count` families
+    of width :obj:`w`: whether slot ``a`` may attend to slot ``b``
+    (:obj:`local`: each family's row in the bucket, ``-1`` outside it)."""
+    ensure_memory(count * w * w, 'the family graph masks of the families '
+                  f'of width {w}', edges.device)
+    allowed = torch.zeros(count, w, w, dtype=torch.bool, device=edges.device)
+    in_bucket = local[edge_fam] >= 0
+    a, b = edges[:, in_bucket]
+    allowed[local[edge_fam[in_bucket]], rank[a], rank[b]] = True
+    return allowed
+
+
+def _family_bucket(w: int, kind: str, fams: Tensor, n: int, child: Tensor,
+                   flat: Tensor, allowed: Optional[Tensor]) -> FamilyBucket:
+    r"""The bucket of the families :obj:`fams` (cluster ids) of width
+    :obj:`w`, from their children :obj:`child` and the slot ``f * w + s``
+    of each (:obj:`flat`)."""
+    children = torch.full((fams.numel() * w, ), -1, dtype=torch.long,
+                          device=child.device)
+    children[flat] = child
+    source_index = children[:0]
+    if kind != 'mixed':
+        source_index = children if kind == 'leaf' else children - n
+    is_leaf = child < n
+    range_ = _as_range(source_index)
+    return FamilyBucket(
+        width=w,
+        kind=kind,
+        source_range=range_,
+        family=fams + n,
+        parent_cluster=fams,
+        parent_range=_as_range(fams),
+        mask=(children >= 0).view(-1, w),
+        children=children.view(-1, w),
+        source_index=source_index,
+        leaf_slot=flat[is_leaf],
+        leaf_node=child[is_leaf],
+        cluster_slot=flat[~is_leaf],
+        cluster_node=child[~is_leaf] - n,
+        allowed=allowed,
+        sparse=_is_sparse(w, fams.numel(), allowed,
+                          kind == 'leaf' and range_ == (0, n)),
+    )
+
+
 def _is_sparse(width: int, num_families: int, allowed: Optional[Tensor],
                all_leaves_in_order: bool) -> bool:
     r"""Whether a bucket's families run on their pair list: when a family
@@ -811,46 +858,12 @@ class Hierarchy:
             fams = (key == k).nonzero().view(-1)
             local = torch.full((m, ), -1, dtype=torch.long, device=device)
             local[fams] = torch.arange(fams.numel(), device=device)
-            allowed = None
-            if edges is not None:
-                ensure_memory(fams.numel() * w * w, 'the family graph masks '
-                              f'of the families of width {w}', device)
-                allowed = torch.zeros(fams.numel(), w, w, dtype=torch.bool,
-                                      device=device)
-                in_bucket = local[edge_fam] >= 0
-                a, b = edges[:, in_bucket]
-                allowed[local[edge_fam[in_bucket]], rank[a], rank[b]] = True
+            allowed = None if edges is None else _allowed_slots(
+                edges, edge_fam, local, rank, fams.numel(), w)
             sel = local[fam] >= 0
-            c, f, s = child[sel], local[fam[sel]], slot[sel]
-            flat = f * w + s
-            children = torch.full((fams.numel() * w, ), -1, dtype=torch.long,
-                                  device=device)
-            children[flat] = c
-            mask = children >= 0
-            source_index = children[:0]
-            if kd < 2:
-                source_index = children if kd == 0 else children - n
-            is_leaf = c < n
-            range_ = _as_range(source_index)
-            buckets.append(
-                FamilyBucket(
-                    width=w,
-                    kind=('leaf', 'cluster', 'mixed')[kd],
-                    source_range=range_,
-                    family=fams + n,
-                    parent_cluster=fams,
-                    parent_range=_as_range(fams),
-                    mask=mask.view(-1, w),
-                    children=children.view(-1, w),
-                    source_index=source_index,
-                    leaf_slot=flat[is_leaf],
-                    leaf_node=c[is_leaf],
-                    cluster_slot=flat[~is_leaf],
-                    cluster_node=c[~is_leaf] - n,
-                    allowed=allowed,
-                    sparse=_is_sparse(w, fams.numel(), allowed,
-                                      kd == 0 and range_ == (0, n)),
-                ))
+            buckets.append(_family_bucket(
+                w, ('leaf', 'cluster', 'mixed')[kd], fams, n, child[sel],
+                local[fam[sel]] * w + slot[sel], allowed))
         return buckets, rank
 
     # Public properties ######################################################
