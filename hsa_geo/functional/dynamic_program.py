@@ -1405,32 +1405,8 @@ def _downward_contexts(passes: _Passes) -> Tensor:
     run; those add ``U_F`` to ``u_a`` right away."""
     tree = passes.tree
     layout, v = tree.layout, tree.v
-    buckets, tables = layout.buckets, passes.scores.tables
-    u_leaf = None  # allocated only when needed: 1 GiB at N = 2^20
-    own = True  # whether u_leaf is this pass's buffer (else a view)
-    writes: List[Tuple[Rows, Tensor]] = []  # (cluster rows, contexts)
-    for i, b in enumerate(buckets):
-        if b.kind == 'leaf' or (tables[i] is None and i not in tree.streamed):
-            continue
-        if u_leaf is None and b.kind != 'cluster':
-            u_leaf = v.new_zeros(v.shape)
-        # (a padded bucket of leaves: their U_F is added with the rest's)
-        rows = _from_slots(b, _family_context(passes, i, None), u_leaf)
-        if rows is not None:
-            writes.append((_cluster_rows(b), rows))
-    sparse_u = _sparse_contexts(passes)
-    if sparse_u is not None:
-        num_leaf = layout.sparse.leaf.numel()
-        if u_leaf is None and _all_leaves_are_members(layout, v.size(0)):
-            # (then no leaf family below writes into it)
-            u_leaf, own = sparse_u[:num_leaf], False
-        elif num_leaf > 0:
-            if u_leaf is None:
-                u_leaf = v.new_zeros(v.shape)
-            u_leaf[layout.sparse.leaf] = sparse_u[:num_leaf]
-        if num_leaf < sparse_u.size(0):
-            writes.append(((layout.sparse.cluster, None),
-                           sparse_u[num_leaf:]))
+    buckets = layout.buckets
+    u_leaf, own, writes = _upper_contexts(passes)
     # U_F, read by the leaf families and by the leaves outside them (single
     # children, mixed families, root leaves).
     rest = layout.leaves_outside_leaf_families
@@ -1465,6 +1441,44 @@ def _downward_contexts(passes: _Passes) -> Tensor:
     if rest_context is not None and rest.numel() > 0:
         out.index_add_(0, rest, rest_context)
     return out
+
+
+def _upper_contexts(passes: _Passes
+                    ) -> Tuple[Optional[Tensor], bool,
+                               List[Tuple[Rows, Tensor]]]:
+    r"""The contexts ``u_a`` of the families with internal children and of
+    the pair list: ``(u_leaf, own, writes)``, the leaves' ``[N, H, D_v]``
+    (:obj:`None` until one is written; ``own``: whether it is a buffer of
+    this pass rather than a view) and the clusters' ``(rows, contexts)``."""
+    tree = passes.tree
+    layout, v = tree.layout, tree.v
+    buckets, tables = layout.buckets, passes.scores.tables
+    u_leaf = None  # allocated only when needed: 1 GiB at N = 2^20
+    own = True
+    writes: List[Tuple[Rows, Tensor]] = []
+    for i, b in enumerate(buckets):
+        if b.kind == 'leaf' or (tables[i] is None and i not in tree.streamed):
+            continue
+        if u_leaf is None and b.kind != 'cluster':
+            u_leaf = v.new_zeros(v.shape)
+        # (a padded bucket of leaves: their U_F is added with the rest's)
+        rows = _from_slots(b, _family_context(passes, i, None), u_leaf)
+        if rows is not None:
+            writes.append((_cluster_rows(b), rows))
+    sparse_u = _sparse_contexts(passes)
+    if sparse_u is None:
+        return u_leaf, own, writes
+    num_leaf = layout.sparse.leaf.numel()
+    if u_leaf is None and _all_leaves_are_members(layout, v.size(0)):
+        # (then no leaf family below writes into it)
+        u_leaf, own = sparse_u[:num_leaf], False
+    elif num_leaf > 0:
+        if u_leaf is None:
+            u_leaf = v.new_zeros(v.shape)
+        u_leaf[layout.sparse.leaf] = sparse_u[:num_leaf]
+    if num_leaf < sparse_u.size(0):
+        writes.append(((layout.sparse.cluster, None), sparse_u[num_leaf:]))
+    return u_leaf, own, writes
 
 
 def _all_family_weights(passes: _Passes) -> Tensor:
