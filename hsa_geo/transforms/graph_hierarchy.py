@@ -252,38 +252,9 @@ def _top_down(n: int, ptr: np.ndarray, col: np.ndarray, b: int,
     group = np.zeros(n, dtype=np.int64)
     group_cluster = np.zeros(1, dtype=np.int64)
     while nodes.size:
-        num_groups = group_cluster.size
-        sizes = np.bincount(group, minlength=num_groups)
-        starts = np.cumsum(sizes) - sizes
-        pos = np.arange(nodes.size, dtype=np.int64)
-        local = np.empty(n, dtype=np.int64)
-        local[nodes] = pos - starts[group]
-        owner = np.full(n, -1, dtype=np.int64)
-        owner[nodes] = group
-        # The neighbours of all nodes of the level, kept inside their set.
-        deg = ptr[nodes + 1] - ptr[nodes]
-        src = np.repeat(pos, deg)
-        first = np.repeat(ptr[nodes] - (np.cumsum(deg) - deg), deg)
-        nbr = col[first + np.arange(src.size, dtype=np.int64)]
-        keep = owner[nbr] == group[src]
-        src, nbr = src[keep], local[nbr[keep]]
-        lptr = np.zeros(nodes.size + 1, dtype=np.int64)
-        np.cumsum(np.bincount(src, minlength=nodes.size), out=lptr[1:])
-
-        labels = np.empty(nodes.size, dtype=np.int64)
-        num_parts = 0
-        for g in range(num_groups):
-            s, size = int(starts[g]), int(sizes[g])
-            e = s + size
-            capacity = _capacity(size, b)
-            k = -(-size // capacity)
-            part = split(size, lptr[s:e + 1] - lptr[s],
-                         nbr[lptr[s]:lptr[e]], k, capacity)
-            if int(part.max()) < 1:  # no split: never loop forever
-                part = _chunks(size, k)
-            labels[s:e] = part + num_parts
-            num_parts += int(part.max()) + 1
-
+        sizes = np.bincount(group, minlength=group_cluster.size)
+        lptr, nbr = _inner_edges(nodes, group, sizes, ptr, col, n)
+        labels, num_parts = _split_sets(sizes, lptr, nbr, b, split)
         part_size = np.bincount(labels, minlength=num_parts)
         part_owner = np.empty(num_parts, dtype=np.int64)
         part_owner[labels] = group_cluster[group]
@@ -306,6 +277,50 @@ def _top_down(n: int, ptr: np.ndarray, col: np.ndarray, b: int,
         group_cluster = part_id[big]
     parent = np.concatenate([leaf_parent] + cluster_parent)
     return np.where(parent >= 0, parent + n, -1)
+
+
+def _inner_edges(nodes: np.ndarray, group: np.ndarray, sizes: np.ndarray,
+                 ptr: np.ndarray, col: np.ndarray,
+                 n: int) -> Tuple[np.ndarray, np.ndarray]:
+    r"""The CSR ``(ptr, neighbours)`` of the edges inside each set of a
+    level, on the level's positions: :obj:`nodes` by set (:obj:`group`,
+    sets of :obj:`sizes` nodes), neighbours numbered inside their set."""
+    starts = np.cumsum(sizes) - sizes
+    pos = np.arange(nodes.size, dtype=np.int64)
+    local = np.empty(n, dtype=np.int64)
+    local[nodes] = pos - starts[group]
+    owner = np.full(n, -1, dtype=np.int64)
+    owner[nodes] = group
+    deg = ptr[nodes + 1] - ptr[nodes]
+    src = np.repeat(pos, deg)
+    first = np.repeat(ptr[nodes] - (np.cumsum(deg) - deg), deg)
+    nbr = col[first + np.arange(src.size, dtype=np.int64)]
+    keep = owner[nbr] == group[src]
+    src, nbr = src[keep], local[nbr[keep]]
+    lptr = np.zeros(nodes.size + 1, dtype=np.int64)
+    np.cumsum(np.bincount(src, minlength=nodes.size), out=lptr[1:])
+    return lptr, nbr
+
+
+def _split_sets(sizes: np.ndarray, lptr: np.ndarray, nbr: np.ndarray,
+                b: int, split: Splitter) -> Tuple[np.ndarray, int]:
+    r"""Every set of a level split into parts of at most its capacity: the
+    part of every position, numbered across the level, and the number of
+    parts."""
+    labels = np.empty(int(sizes.sum()), dtype=np.int64)
+    num_parts, s = 0, 0
+    for size in sizes.tolist():
+        e = s + size
+        capacity = _capacity(size, b)
+        k = -(-size // capacity)
+        part = split(size, lptr[s:e + 1] - lptr[s], nbr[lptr[s]:lptr[e]], k,
+                     capacity)
+        if int(part.max()) < 1:  # no split: never loop forever
+            part = _chunks(size, k)
+        labels[s:e] = part + num_parts
+        num_parts += int(part.max()) + 1
+        s = e
+    return labels, num_parts
 
 
 def _metis_splitter(seed: int) -> Splitter:
