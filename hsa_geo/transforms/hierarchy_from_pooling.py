@@ -119,6 +119,22 @@ def _cluster_index(level: Level, lvl: int) -> Tuple[Tensor, int]:
     r"""The cluster of every row of one level in ``0..c-1`` (``-1``: a
     root), and the number ``c`` of clusters of the pooled graph."""
     name = f'levels[{lvl}]'
+    level = _level_tensor(level, name)
+    if level.dim() == 1:
+        return _from_cluster_vector(level, name)
+    if level.dim() == 2:
+        return _from_assignment(level, name)
+    if level.dim() == 3:
+        raise ValueError(
+            f"{name} has shape {tuple(level.shape)}: a batched assignment "
+            f"[B, n, c] is not accepted; build one hierarchy per graph from "
+            f"S[b][mask[b]] and join them with Hierarchy.batch")
+    raise ValueError(f"{name} must be a cluster vector [n] or an assignment "
+                     f"matrix [n, c], got shape {tuple(level.shape)}")
+
+
+def _level_tensor(level: Level, name: str) -> Tensor:
+    r""":obj:`level` as a real, non-boolean tensor."""
     if not isinstance(level, Tensor):
         try:
             level = torch.as_tensor(level)
@@ -131,49 +147,51 @@ def _cluster_index(level: Level, lvl: int) -> Tuple[Tensor, int]:
         raise TypeError(f"{name} has dtype {level.dtype}; pass an integer "
                         f"cluster vector [n] or a floating assignment "
                         f"matrix [n, c]")
-    if level.dim() == 1:
-        if level.is_floating_point():
-            raise TypeError(
-                f"{name} is a 1-D floating tensor; a cluster vector must be "
-                f"integer (convert with '.long()'), and an assignment matrix "
-                f"must be 2-D [n, c]")
-        cluster = level.long()
-        bad = cluster < -1
-        if bool(bad.any()):
-            j = int(bad.nonzero()[0])
-            raise ValueError(
-                f"{name}[{j}] = {int(cluster[j])} is negative; use -1 for a "
-                f"node without parent (a root) and cluster ids >= 0")
-        has = cluster >= 0
-        index = torch.full_like(cluster, -1)
-        num = 0
-        if bool(has.any()):
-            index[has], perm = consecutive_cluster(cluster[has])
-            num = perm.numel()
-        return index, num
-    if level.dim() == 2:
-        if not level.is_floating_point():
-            raise TypeError(
-                f"{name} is a 2-D integer tensor of shape "
-                f"{tuple(level.shape)}; an assignment matrix must be "
-                f"floating [n, c] and a cluster vector 1-D [n]")
-        if level.size(1) == 0 and level.size(0) > 0:
-            raise ValueError(f"{name} has shape {tuple(level.shape)}: no "
-                             f"clusters to assign the {level.size(0)} rows "
-                             f"to; it needs c >= 1 columns")
-        finite = torch.isfinite(level)
-        if not bool(finite.all()):
-            i, j = (int(x) for x in (~finite).nonzero()[0])
-            raise ValueError(f"{name}[{i}, {j}] = {float(level[i, j])} is "
-                             f"not finite; the argmax of a row needs finite "
-                             f"scores")
-        index = level.argmax(dim=1) if level.size(0) > 0 else \
-            torch.empty(0, dtype=torch.long, device=level.device)
-        return index, level.size(1)
-    if level.dim() == 3:
+    return level
+
+
+def _from_cluster_vector(level: Tensor, name: str) -> Tuple[Tensor, int]:
+    r"""The consecutive cluster ids of a cluster vector ``[n]`` (``-1``
+    kept: roots) and their number."""
+    if level.is_floating_point():
+        raise TypeError(
+            f"{name} is a 1-D floating tensor; a cluster vector must be "
+            f"integer (convert with '.long()'), and an assignment matrix "
+            f"must be 2-D [n, c]")
+    cluster = level.long()
+    bad = cluster < -1
+    if bool(bad.any()):
+        j = int(bad.nonzero()[0])
         raise ValueError(
-            f"{name} has shape {tuple(level.shape)}: a batched assignment "
-            f"[B, n, c] is not accepted; build one hierarchy per graph from "
-            f"S[b][mask[b]] and join them with Hierarchy.batch")
-    raise ValueError(f"{name} must be a cluster vector [n] or an assignment "
-                     f"matrix [n, c], got shape {tuple(level.shape)}")
+            f"{name}[{j}] = {int(cluster[j])} is negative; use -1 for a "
+            f"node without parent (a root) and cluster ids >= 0")
+    has = cluster >= 0
+    index = torch.full_like(cluster, -1)
+    num = 0
+    if bool(has.any()):
+        index[has], perm = consecutive_cluster(cluster[has])
+        num = perm.numel()
+    return index, num
+
+
+def _from_assignment(level: Tensor, name: str) -> Tuple[Tensor, int]:
+    r"""The argmax cluster of every row of an assignment matrix ``[n, c]``
+    and ``c``."""
+    if not level.is_floating_point():
+        raise TypeError(
+            f"{name} is a 2-D integer tensor of shape "
+            f"{tuple(level.shape)}; an assignment matrix must be "
+            f"floating [n, c] and a cluster vector 1-D [n]")
+    if level.size(1) == 0 and level.size(0) > 0:
+        raise ValueError(f"{name} has shape {tuple(level.shape)}: no "
+                         f"clusters to assign the {level.size(0)} rows "
+                         f"to; it needs c >= 1 columns")
+    finite = torch.isfinite(level)
+    if not bool(finite.all()):
+        i, j = (int(x) for x in (~finite).nonzero()[0])
+        raise ValueError(f"{name}[{i}, {j}] = {float(level[i, j])} is "
+                         f"not finite; the argmax of a row needs finite "
+                         f"scores")
+    index = level.argmax(dim=1) if level.size(0) > 0 else \
+        torch.empty(0, dtype=torch.long, device=level.device)
+    return index, level.size(1)
