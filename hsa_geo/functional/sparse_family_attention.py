@@ -67,14 +67,27 @@ def scatter_logsumexp(s: Tensor, index: Tensor, size: int, fill: float,
     index (the maximum is then a segment reduction, several times
     cheaper)."""
     heads = s.size(1)
+    # Head-major pairs (the pair kernels' scores): reduce and gather along
+    # each head's row (forward+backward 1.15x faster on a batch of
+    # molecules, interleaved with the row-major form). Strides checked, not
+    # is_contiguous(): a size-1 dimension passes that with any stride, and
+    # segment_reduce then reads other memory (one pair, two heads).
+    head_major = counts is not None and s.stride(0) == 1 and \
+        s.stride(1) == s.size(0)
     with torch.no_grad():  # any finite shift is exact; the max keeps exp
-        if counts is not None:
+        if head_major:
+            top = torch.segment_reduce(
+                s.t(), 'max', lengths=counts.expand(heads, -1), axis=1,
+                unsafe=True).t()
+        elif counts is not None:
             top = torch.segment_reduce(s, 'max', lengths=counts, unsafe=True)
         else:
             top = s.new_full((size, heads), fill).scatter_reduce_(
                 0, index.unsqueeze(-1).expand(-1, heads), s, 'amax')
         top = top.clamp_(min=torch.finfo(s.dtype).min)
-    terms = torch.exp(s - top.index_select(0, index))
+        shift = top.t().index_select(1, index).t() if head_major else \
+            top.index_select(0, index)
+    terms = torch.exp(s - shift)
     if terms.t().is_contiguous():  # head-major pairs: a CPU add 4x faster
         total = s.new_zeros(heads, size).index_add_(1, index, terms.t()).t()
     else:

@@ -209,6 +209,26 @@ def test_scatter_logsumexp_same_in_both_layouts(counts):
                                                  dtype=torch.float64))
 
 
+@pytest.mark.parametrize('shape,stride', [((1, 2), (2, 1)), ((1, 2), (1, 1)),
+                                          ((3, 1), (1, 3)), ((3, 1), (1, 1)),
+                                          ((3, 2), (1, 3)), ((3, 2), (2, 1))])
+def test_scatter_logsumexp_any_strides(shape, stride):
+    # Every layout of the scores, size-1 dimensions with any stride included
+    # (one pair of two heads once read other memory as its maximum). Scores
+    # near -1000: a wrong shift near 0 would underflow every term.
+    values = torch.randn(shape[0] * shape[1], dtype=torch.float64) - 1000
+    s = values.as_strided(shape, stride)
+    index = torch.tensor([0, 2, 2])[:shape[0]]
+    count = torch.bincount(index, minlength=3)
+    expected = torch.full((3, shape[1]), -1e30, dtype=torch.float64)
+    for row in range(3):
+        if bool((index == row).any()):
+            expected[row] = s[index == row].logsumexp(0)
+    for _ in range(3):
+        out = scatter_logsumexp(s, index, 3, -1e30, count)
+        torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize('heads', [1, 3])
 def test_output_is_contiguous_when_every_leaf_is_on_the_pair_list(heads):
     # Every leaf is a member: their contexts come from the pair kernels'
