@@ -144,8 +144,7 @@ def plot_hierarchy(hierarchy: Hierarchy, weights=None, head: int = 0,
     ax.set_axis_off()
     _draw_edges(ax, x, y, parent, arcs)
     if arrows:
-        _draw_arrows(ax, x, y, arrows, colours(norm(np.array(
-            [a[2] for a in arrows]))), small)
+        _draw_arrows(ax, x, y, arrows, colours, norm, small)
     _draw_nodes(ax, x, y, parent, n, _faces(
         ax, parent, n, self_w, colours, norm, modality, names), small)
     _draw_labels(ax, x, y, labels, n)
@@ -216,12 +215,13 @@ def _draw_edges(ax, x: List[float], y: List[float], parent: torch.Tensor,
                                          zorder=2))
 
 
-def _draw_arrows(ax, x: List[float], y: List[float], arrows, rgba,
+def _draw_arrows(ax, x: List[float], y: List[float], arrows, colours, norm,
                  small: float):
-    r"""The weight arrows ``(a, b, w)`` in their colours :obj:`rgba`, more
-    opaque and wider the larger ``w``."""
+    r"""The weight arrows ``(a, b, w)``, coloured by ``w``, more opaque and
+    wider the larger ``w``."""
     from matplotlib.collections import LineCollection, PolyCollection
     w = np.array([a[2] for a in arrows])
+    rgba = colours(norm(w))
     rgba[:, 3] = 0.25 + 0.75 * w
     lines, heads = _arcs(ax, x, y, [a[:2] for a in arrows],
                          2.5 + 4.0 * w, rad=0.3)
