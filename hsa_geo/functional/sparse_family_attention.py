@@ -67,28 +67,27 @@ def scatter_logsumexp(s: Tensor, index: Tensor, size: int, fill: float,
     index (the maximum is then a segment reduction, several times
     cheaper)."""
     heads = s.size(1)
-    # Head-major pairs (the pair kernels' scores): reduce and gather along
-    # each head's row (forward+backward 1.15x faster on a batch of
-    # molecules, interleaved with the row-major form). Strides checked, not
-    # is_contiguous(): a size-1 dimension passes that with any stride, and
-    # segment_reduce then reads other memory (one pair, two heads).
-    head_major = counts is not None and s.stride(0) == 1 and \
-        s.stride(1) == s.size(0)
+    # Head-major pairs (the pair kernels' scores, a dense [H, P] seen as
+    # [P, H]) are reduced, gathered and added along each head's row: the add
+    # 4x faster on the CPU, the whole 1.15x on a batch of molecules. Decided
+    # by strides, not is_contiguous(): a size-1 dimension passes that with
+    # any stride, and segment_reduce then reads other memory.
+    head_major = s.stride(0) == 1 and s.stride(1) == s.size(0)
     with torch.no_grad():  # any finite shift is exact; the max keeps exp
-        if head_major:
+        if counts is None:
+            top = s.new_full((size, heads), fill).scatter_reduce_(
+                0, index.unsqueeze(-1).expand(-1, heads), s, 'amax')
+        elif head_major:
             top = torch.segment_reduce(
                 s.t(), 'max', lengths=counts.expand(heads, -1), axis=1,
                 unsafe=True).t()
-        elif counts is not None:
-            top = torch.segment_reduce(s, 'max', lengths=counts, unsafe=True)
         else:
-            top = s.new_full((size, heads), fill).scatter_reduce_(
-                0, index.unsqueeze(-1).expand(-1, heads), s, 'amax')
+            top = torch.segment_reduce(s, 'max', lengths=counts, unsafe=True)
         top = top.clamp_(min=torch.finfo(s.dtype).min)
         shift = top.t().index_select(1, index).t() if head_major else \
             top.index_select(0, index)
     terms = torch.exp(s - shift)
-    if terms.t().is_contiguous():  # head-major pairs: a CPU add 4x faster
+    if head_major:
         total = s.new_zeros(heads, size).index_add_(1, index, terms.t()).t()
     else:
         total = s.new_zeros(size, heads).index_add_(0, index, terms)
