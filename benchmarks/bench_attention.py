@@ -23,12 +23,20 @@ method below, with ``H = 4`` heads of ``D = 64`` channels in float32:
   attention layer pays anyway.
 * ``hsa_conv``: :class:`hsa_geo.nn.HSAConv` ``(256, 64, heads=4)`` on the
   same tree, if it can be imported (skipped otherwise).
+* ``fresh_memory``: ``q * k + v`` on the ``[N, 4, 64]`` inputs, the floor of
+  fresh memory: its forward+backward writes an output and the three input
+  gradients, what the forward+backward of any attention on these inputs
+  writes at least, and next to nothing else. Its growth from one ``N`` to
+  the next is what the machine's memory alone costs (page faults of fresh
+  mappings, most of all in virtual machines).
 
 For each it records the forward time (under :func:`torch.no_grad`), the
 forward+backward time (forward, then ``out.sum().backward()``, with the
 inputs and parameters requiring grad) and the peak memory
-of each phase. The hierarchy or graph is built once, before timing; its
-build time is recorded as ``setup_ms`` but is not part of the timings.
+of each phase, and per timed call the process's user and system CPU time
+and minor page faults (:func:`resource.getrusage`, all threads). The
+hierarchy or graph is built once, before timing; its build time is recorded
+as ``setup_ms`` but is not part of the timings.
 
 How
 ---
@@ -90,7 +98,8 @@ RESULTS_DIR = Path(__file__).resolve().parent / 'results'
 
 DEFAULT_SIZES = [1024, 4096, 16384, 65536, 262144, 1048576]
 QUICK_SIZES = [1024, 4096]
-METHODS = ['hsa', 'sdpa', 'transformer_conv', 'qkv_projection', 'hsa_conv']
+METHODS = ['hsa', 'sdpa', 'transformer_conv', 'qkv_projection', 'hsa_conv',
+           'fresh_memory']
 FORWARD_ONLY = {'qkv_projection'}
 LABELS = {
     'hsa': 'HSA',
@@ -98,6 +107,7 @@ LABELS = {
     'transformer_conv': 'TransformerConv',
     'qkv_projection': 'QKV proj.',
     'hsa_conv': 'HSAConv',
+    'fresh_memory': 'q*k+v floor',
 }
 
 HEADS = 4
@@ -123,6 +133,11 @@ MALLOC_RETAIN_ENV = {
     'MALLOC_TRIM_THRESHOLD_': str(2**36),
     'MALLOC_TOP_PAD_': str(2**30),
 }
+
+# ``--thp``: PyTorch aligns CPU tensors of 2 MiB and more to 2 MiB and asks
+# the kernel for transparent huge pages there (``madvise``), one page fault
+# per 2 MiB instead of per 4 KiB; read once, at the first allocation.
+THP_ENV = {'THP_MEM_ALLOC_ENABLE': '1'}
 
 # Timed calls per phase at least (unless --max-repeats is lower): a single
 # call of a few seconds varies by 20% on a shared 2-core machine.
@@ -274,6 +289,12 @@ def build_qkv_projection(n: int, device: Any, grad: bool) -> Case:
     return Case(lambda: proj(x), [x] + list(proj.parameters()))
 
 
+def build_fresh_memory(n: int, device: Any, grad: bool) -> Case:
+    q, k, v = (_randn(n, HEADS, HEAD_DIM, device=device, grad=grad)
+               for _ in range(3))
+    return Case(lambda: q * k + v, [q, k, v])
+
+
 def _hsa_conv_class():
     import_hsa_geo()
     from hsa_geo.nn import HSAConv
@@ -306,6 +327,7 @@ BUILDERS: Dict[str, Callable[[int, Any, bool], Case]] = {
     'transformer_conv': build_transformer_conv,
     'qkv_projection': build_qkv_projection,
     'hsa_conv': build_hsa_conv,
+    'fresh_memory': build_fresh_memory,
 }
 
 
@@ -466,6 +488,22 @@ class Timing:
     median_s: float
     samples_s: List[float]
     warmup_s: float
+    # per timed call: user and system CPU ms, minor page faults
+    usage: Dict[str, float] = field(default_factory=dict)
+
+
+def _usage() -> List[float]:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return [r.ru_utime, r.ru_stime, float(r.ru_minflt)]
+
+
+def usage_per_call(before: List[float], calls: int) -> Dict[str, float]:
+    r"""The process's user and system CPU time (ms, all threads) and minor
+    page faults per call since :obj:`before` (a :func:`_usage`)."""
+    user, system, faults = (b - a for a, b in zip(before, _usage()))
+    calls = max(1, calls)
+    return {'user_ms': user * 1e3 / calls, 'sys_ms': system * 1e3 / calls,
+            'minor_faults': faults / calls}
 
 
 def measure(call: Callable[[], None], sync: Callable[[], None],
@@ -480,14 +518,17 @@ def measure(call: Callable[[], None], sync: Callable[[], None],
         sync()
         return time.perf_counter() - start
 
+    before = _usage()
     warmup = timed()
     if warmup >= long_run:
-        return Timing(warmup, [warmup], warmup)
+        return Timing(warmup, [warmup], warmup, usage_per_call(before, 1))
+    before = _usage()
     samples: List[float] = []
     while len(samples) < max(1, max_repeats) and (
             len(samples) < MIN_SAMPLES or sum(samples) < min_time):
         samples.append(timed())
-    return Timing(statistics.median(samples), samples, warmup)
+    return Timing(statistics.median(samples), samples, warmup,
+                  usage_per_call(before, len(samples)))
 
 
 # Worker ####################################################################
@@ -499,6 +540,7 @@ def _timing_fields(prefix: str, timing: Timing, peak_mib: float) -> Dict:
         f'{prefix}_samples_ms': [t * 1e3 for t in timing.samples_s],
         f'{prefix}_warmup_ms': timing.warmup_s * 1e3,
         f'{prefix}_peak_mib': peak_mib,
+        **{f'{prefix}_{key}': value for key, value in timing.usage.items()},
     }
 
 
@@ -610,6 +652,8 @@ def worker_env(args: argparse.Namespace) -> Dict[str, str]:
     env = dict(os.environ)
     if args.malloc == 'retain':
         env.update(MALLOC_RETAIN_ENV)
+    if args.thp:
+        env.update(THP_ENV)
     return env
 
 
@@ -772,7 +816,7 @@ def machine_info(device: str, threads: int) -> Dict[str, Any]:
         'cores': usable_cores(),
         'threads': threads,
         'memory_gib': _proc_meminfo_gib(),
-        'load_average_start': _load_average(),
+        'load_average_start': load_average(),
         'platform': platform.platform(),
         'python': platform.python_version(),
         'torch': torch.__version__,
@@ -789,7 +833,7 @@ def machine_info(device: str, threads: int) -> Dict[str, Any]:
     return info
 
 
-def _load_average() -> Optional[List[float]]:
+def load_average() -> Optional[List[float]]:
     r"""1, 5 and 15 minute load averages (other work on the machine skews
     timings, CPU ones most)."""
     try:
@@ -806,6 +850,18 @@ def load_warning(machine: Dict[str, Any]) -> Optional[str]:
     return (f'warning: load average {load[0]:.2f} at the start: other '
             f'processes share the CPU and skew the timings (HSA, made of '
             f'many small parallel kernels, most)')
+
+
+def thp_kernel_mode() -> Optional[str]:
+    r"""The kernel's transparent huge page mode (``always``, ``madvise``
+    or ``never``; :obj:`None` off Linux): ``--thp`` needs one of the first
+    two."""
+    try:
+        text = Path('/sys/kernel/mm/transparent_hugepage/enabled').read_text()
+    except OSError:
+        return None
+    match = re.search(r'\[(\w+)\]', text)
+    return match.group(1) if match else None
 
 
 def _proc_meminfo_gib() -> Optional[float]:
@@ -829,11 +885,11 @@ def lookup(rows: Iterable[Dict], method: str, n: int,
     return None
 
 
-def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
     return a / b if a is not None and b else None
 
 
-def _fmt(value: Optional[float], digits: int = 3) -> str:
+def format_number(value: Optional[float], digits: int = 3) -> str:
     if value is None:
         return '-'
     if value >= 100:
@@ -851,8 +907,8 @@ def _cell(rows: List[Dict], method: str, n: int) -> str:
     if row['status'] != 'ok':
         return row['status']
     peak = row.get('fwdbwd_peak_mib', row.get('fwd_peak_mib'))
-    return (f"{_fmt(row.get('fwd_ms'))} / {_fmt(row.get('fwdbwd_ms'))} / "
-            f"{_fmt(peak)}")
+    return (f"{format_number(row.get('fwd_ms'))} / "
+            f"{format_number(row.get('fwdbwd_ms'))} / {format_number(peak)}")
 
 
 def table_rows(rows: List[Dict], sizes: Sequence[int],
@@ -862,10 +918,10 @@ def table_rows(rows: List[Dict], sizes: Sequence[int],
     ]
     out = [header]
     for n in sorted(sizes):
-        speedup = _ratio(lookup(rows, 'sdpa', n, 'fwdbwd_ms'),
-                         lookup(rows, 'hsa', n, 'fwdbwd_ms'))
-        proj = _ratio(lookup(rows, 'hsa', n, 'fwd_ms'),
-                      lookup(rows, 'qkv_projection', n, 'fwd_ms'))
+        speedup = ratio(lookup(rows, 'sdpa', n, 'fwdbwd_ms'),
+                        lookup(rows, 'hsa', n, 'fwdbwd_ms'))
+        proj = ratio(lookup(rows, 'hsa', n, 'fwd_ms'),
+                     lookup(rows, 'qkv_projection', n, 'fwd_ms'))
         out.append([f'{n:,}'] + [_cell(rows, m, n) for m in methods] + [
             '-' if speedup is None else f'{speedup:.1f}x',
             '-' if proj is None else f'{proj:.2f}x'
@@ -920,19 +976,19 @@ def _missing(*values: Optional[float]) -> bool:
 def target_speedup(rows: List[Dict]) -> Dict[str, Any]:
     sdpa = lookup(rows, 'sdpa', TARGET_N, 'fwdbwd_ms')
     hsa = lookup(rows, 'hsa', TARGET_N, 'fwdbwd_ms')
-    speedup = _ratio(sdpa, hsa)
+    speedup = ratio(sdpa, hsa)
     desc = (f'N = {TARGET_N:,}: HSA forward+backward at least '
             f'{TARGET_SPEEDUP:g}x faster than SDPA forward+backward')
     measured = {'sdpa_fwdbwd_ms': sdpa, 'hsa_fwdbwd_ms': hsa,
                 'speedup': speedup,
-                'fwd_speedup': _ratio(lookup(rows, 'sdpa', TARGET_N, 'fwd_ms'),
-                                      lookup(rows, 'hsa', TARGET_N, 'fwd_ms'))}
+                'fwd_speedup': ratio(lookup(rows, 'sdpa', TARGET_N, 'fwd_ms'),
+                                     lookup(rows, 'hsa', TARGET_N, 'fwd_ms'))}
     if _missing(sdpa, hsa):
         return _target('speedup_vs_sdpa', desc, 'N/A', measured,
                        f'needs hsa and sdpa at N = {TARGET_N:,}')
     detail = (f'SDPA {sdpa:.1f} ms / HSA {hsa:.1f} ms = {speedup:.1f}x '
               f'(needs >= {TARGET_SPEEDUP:g}x); forward: '
-              f"{_fmt(measured['fwd_speedup'])}x")
+              f"{format_number(measured['fwd_speedup'])}x")
     return _target('speedup_vs_sdpa', desc,
                    'PASS' if speedup >= TARGET_SPEEDUP else 'FAIL', measured,
                    detail)
@@ -942,9 +998,11 @@ def target_linear(rows: List[Dict]) -> Dict[str, Any]:
     small = lookup(rows, 'hsa', TARGET_N, 'fwdbwd_ms')
     large = lookup(rows, 'hsa', LARGE_N, 'fwdbwd_ms')
     peak = lookup(rows, 'hsa', LARGE_N, 'fwdbwd_peak_mib')
-    fwd_growth = _ratio(lookup(rows, 'hsa', LARGE_N, 'fwd_ms'),
-                        lookup(rows, 'hsa', TARGET_N, 'fwd_ms'))
-    growth = _ratio(large, small)
+    fwd_growth = ratio(lookup(rows, 'hsa', LARGE_N, 'fwd_ms'),
+                       lookup(rows, 'hsa', TARGET_N, 'fwd_ms'))
+    growth = ratio(large, small)
+    floor = ratio(lookup(rows, 'fresh_memory', LARGE_N, 'fwdbwd_ms'),
+                  lookup(rows, 'fresh_memory', TARGET_N, 'fwdbwd_ms'))
     limit_mib = TARGET_PEAK_BYTES / MIB
     desc = (f'linear growth: HSA forward+backward time(N = {LARGE_N:,}) / '
             f'time(N = {TARGET_N:,}) <= {TARGET_GROWTH:g} (N grows '
@@ -953,14 +1011,19 @@ def target_linear(rows: List[Dict]) -> Dict[str, Any]:
     measured = {'hsa_fwdbwd_ms_small': small, 'hsa_fwdbwd_ms_large': large,
                 'growth': growth, 'fwd_growth': fwd_growth,
                 'hsa_fwdbwd_peak_mib_large': peak,
-                'peak_limit_mib': limit_mib}
+                'peak_limit_mib': limit_mib, 'fresh_memory_growth': floor,
+                'hsa_fwdbwd_sys_ms_large': lookup(rows, 'hsa', LARGE_N,
+                                                  'fwdbwd_sys_ms')}
     if _missing(small, large, peak):
         return _target('linear_growth', desc, 'N/A', measured,
                        f'needs hsa at N = {TARGET_N:,} and N = {LARGE_N:,}')
     ok = growth <= TARGET_GROWTH and peak <= limit_mib
     detail = (f'fwd+bwd {large:.0f} ms / {small:.1f} ms = {growth:.1f} '
-              f'(needs <= {TARGET_GROWTH:g}); forward: {_fmt(fwd_growth)}; '
+              f'(needs <= {TARGET_GROWTH:g}); forward: '
+              f'{format_number(fwd_growth)}; '
               f'peak {peak:.0f} MiB (needs <= {limit_mib:.0f} MiB)')
+    if floor is not None:
+        detail += f'; the q*k+v floor of fresh memory grew {floor:.1f}'
     return _target('linear_growth', desc, 'PASS' if ok else 'FAIL', measured,
                    detail)
 
@@ -968,19 +1031,19 @@ def target_linear(rows: List[Dict]) -> Dict[str, Any]:
 def target_projection(rows: List[Dict]) -> Dict[str, Any]:
     hsa = lookup(rows, 'hsa', TARGET_N, 'fwd_ms')
     proj = lookup(rows, 'qkv_projection', TARGET_N, 'fwd_ms')
-    ratio = _ratio(hsa, proj)
+    proj_ratio = ratio(hsa, proj)
     desc = (f'N = {TARGET_N:,}: HSA core forward at most '
             f'{TARGET_PROJ_RATIO:g}x the time of the fused QKV projection')
     measured = {'hsa_fwd_ms': hsa, 'qkv_projection_fwd_ms': proj,
-                'ratio': ratio}
+                'ratio': proj_ratio}
     if _missing(hsa, proj):
         return _target('forward_vs_projection', desc, 'N/A', measured,
                        f'needs hsa and qkv_projection at N = {TARGET_N:,}')
-    detail = (f'HSA {hsa:.1f} ms / QKV {proj:.1f} ms = {ratio:.2f}x '
+    detail = (f'HSA {hsa:.1f} ms / QKV {proj:.1f} ms = {proj_ratio:.2f}x '
               f'(needs <= {TARGET_PROJ_RATIO:g}x)')
     return _target('forward_vs_projection', desc,
-                   'PASS' if ratio <= TARGET_PROJ_RATIO else 'FAIL', measured,
-                   detail)
+                   'PASS' if proj_ratio <= TARGET_PROJ_RATIO else 'FAIL',
+                   measured, detail)
 
 
 def evaluate_targets(rows: List[Dict]) -> List[Dict[str, Any]]:
@@ -998,7 +1061,8 @@ def format_targets(targets: List[Dict]) -> str:
     return '\n'.join(lines)
 
 
-def format_header(machine: Dict[str, Any], malloc: str = 'default') -> str:
+def format_header(machine: Dict[str, Any], malloc: str = 'default',
+                  thp: bool = False) -> str:
     hw = machine.get('gpu') or machine['cpu']
     return (f"bench_attention on {machine['device']} ({hw}; "
             f"{machine['cores']} cores, {machine['threads']} threads), "
@@ -1006,7 +1070,8 @@ def format_header(machine: Dict[str, Any], malloc: str = 'default') -> str:
             f"{machine['torch_geometric']}, hsa_geo {machine['hsa_geo']}\n"
             f'H = {HEADS} heads x D = {HEAD_DIM}, float32, balanced tree of '
             f'branching {BRANCHING}; ring graph with {RING_NEIGHBOURS} '
-            f'neighbours for TransformerConv; malloc: {malloc}')
+            f'neighbours for TransformerConv; malloc: {malloc}; '
+            f"huge pages: {'THP_MEM_ALLOC_ENABLE=1' if thp else 'default'}")
 
 
 def write_json(path: Path, payload: Dict[str, Any]):
@@ -1046,6 +1111,8 @@ def config_of(args: argparse.Namespace) -> Dict[str, Any]:
         'seed': args.seed,
         'malloc': args.malloc,
         'malloc_env': MALLOC_RETAIN_ENV if args.malloc == 'retain' else {},
+        'thp_env': THP_ENV if args.thp else {},
+        'thp_kernel_mode': thp_kernel_mode(),
         'timing': TIMING_NOTE,
         'memory': MEMORY_NOTE,
     }
@@ -1084,6 +1151,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="'retain': the workers run with glibc tunables "
                         'that keep freed memory in the process (the same '
                         'for every method; see MALLOC_RETAIN_ENV)')
+    parser.add_argument('--thp', action='store_true',
+                        help='the workers run with THP_MEM_ALLOC_ENABLE=1: '
+                        'PyTorch backs CPU tensors of 2 MiB and more with '
+                        'transparent huge pages (the same for every method)')
     parser.add_argument('--quick', action='store_true',
                         help=f'smoke test: N in {QUICK_SIZES}, one repeat')
     parser.add_argument('--out', type=Path, default=None,
@@ -1145,13 +1216,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        wall_s=time.perf_counter() - start)
         write_json(args.out, payload)
 
-    print(format_header(machine, args.malloc), flush=True)
+    print(format_header(machine, args.malloc, args.thp), flush=True)
     warning = load_warning(machine)
     if warning:
         print(warning, flush=True)
     rows = run_all(args, save)
     payload['complete'] = True
-    machine['load_average_end'] = _load_average()
+    machine['load_average_end'] = load_average()
     save(rows)
     print()
     print(format_table(rows, args.sizes, args.methods))

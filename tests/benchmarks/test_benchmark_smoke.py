@@ -42,6 +42,8 @@ def _check_phase(row, prefix):
     assert len(row[f'{prefix}_samples_ms']) == 1
     assert math.isfinite(row[f'{prefix}_peak_mib'])
     assert row[f'{prefix}_peak_mib'] >= 0
+    for key in ('user_ms', 'sys_ms', 'minor_faults'):
+        assert row[f'{prefix}_{key}'] >= 0
 
 
 @pytest.mark.parametrize('method', bench.METHODS)
@@ -63,6 +65,36 @@ def test_worker_returns_sane_row(method):
         assert row['num_nodes'] > N and row['sibling_pairs'] > 0
     if method == 'transformer_conv':
         assert row['num_edges'] == bench.RING_NEIGHBOURS * N
+
+
+def test_usage_per_call_counts_what_the_calls_did():
+    import torch
+    before = bench._usage()
+    for _ in range(2):  # 64 MiB of fresh pages, written
+        torch.ones(2**24).sum()
+    usage = bench.usage_per_call(before, 2)
+    assert usage['user_ms'] + usage['sys_ms'] > 0
+    assert usage['minor_faults'] >= 0
+
+
+def test_fresh_memory_writes_an_output_and_three_gradients():
+    import torch
+    case = bench.build_fresh_memory(8, 'cpu', True)
+    out = case.forward()
+    assert out.shape == (8, bench.HEADS, bench.HEAD_DIM)
+    out.sum().backward()
+    q, k, v = case.grad_leaves
+    assert torch.equal(q.grad, k.detach()) and torch.equal(k.grad, q.detach())
+    assert torch.equal(v.grad, torch.ones_like(v))
+
+
+def test_thp_option_sets_the_workers_environment():
+    args = bench.parse_args(['--thp', '--quick'])
+    assert bench.worker_env(args)['THP_MEM_ALLOC_ENABLE'] == '1'
+    assert bench.config_of(args)['thp_env'] == bench.THP_ENV
+    plain = bench.parse_args(['--quick'])
+    assert bench.config_of(plain)['thp_env'] == {}
+    assert bench.thp_kernel_mode() in (None, 'always', 'madvise', 'never')
 
 
 def test_worker_records_errors():
@@ -135,6 +167,12 @@ def test_report_renders():
     assert linear['status'] == 'FAIL'  # growth 25 > 20, 9000 MiB > 8 GB
     assert projection['status'] == 'FAIL'  # 2.5x > 2x
     assert linear['measured']['growth'] == 25.0
+    assert linear['measured']['fresh_memory_growth'] is None
+    floor = [_fake_row('fresh_memory', small, 1.0, 2.0),
+             _fake_row('fresh_memory', large, 10.0, 36.0)]
+    linear = bench.target_linear(rows + floor)
+    assert linear['measured']['fresh_memory_growth'] == 18.0
+    assert 'floor of fresh memory grew 18.0' in linear['detail']
     assert 'Targets' in bench.format_targets([speedup, linear, projection])
     assert [t['status'] for t in bench.evaluate_targets([])] == ['N/A'] * 3
 
