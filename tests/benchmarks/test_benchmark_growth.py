@@ -26,6 +26,7 @@ def _rows(hsa_large, floor_large=40.0, peak=7000.0):
 def test_summary_of_one_run():
     run = bench.run_summary(_rows(1500.0), SMALL, LARGE)
     assert run['hsa_growth'] == 15.0 and run['floor_growth'] == 20.0
+    assert run['hsa_user_growth'] == 15.0
     assert run['hsa_peak_mib_large'] == 7000.0
     assert run[f'hsa_{LARGE}_fwdbwd_sys_ms'] == 375.0
     assert run[f'fresh_memory_{SMALL}_fwdbwd_minor_faults'] == 10.0 * SMALL
@@ -36,6 +37,8 @@ def test_target_is_the_median_growth_and_every_peak():
             for ms in (1500.0, 2500.0, 1900.0)]
     target = bench.evaluate(runs)
     assert target['median_hsa_growth'] == 19.0
+    assert target['median_hsa_user_growth'] == 19.0
+    assert target['median_floor_growth'] == 20.0
     assert target['status'] == 'PASS'
     runs.append(bench.run_summary(_rows(1000.0, peak=9000.0), SMALL, LARGE))
     assert bench.evaluate(runs)['status'] == 'FAIL'  # one peak above 8 GB
