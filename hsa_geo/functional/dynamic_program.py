@@ -1090,6 +1090,10 @@ def _members(tree: _Tree, leaf_x: Tensor, cluster_x: Optional[Tensor]
     r"""A member table of the sparse families: leaf rows, then cluster
     rows (``[K, H, D]`` as they are: the rows of the pair kernels)."""
     sparse = tree.layout.sparse
+    if sparse.leaf.numel() == 0 and cluster_x is not None:
+        # Not an empty gather of leaf_x: its backward would fill a whole
+        # [N, *S] gradient with zeros.
+        return cluster_x
     if not _all_leaves_are_members(tree.layout, leaf_x.size(0)):
         leaf_x = leaf_x.index_select(0, sparse.leaf)
     return leaf_x if cluster_x is None else torch.cat([leaf_x, cluster_x])
@@ -1116,7 +1120,8 @@ def _sparse_scores(tree: _Tree, means: Dict[int, Tuple[Tensor, ...]],
     lse = scatter_logsumexp(s, sparse.src, sparse.num_members, tree.neg,
                             counts)
     num_leaf = sparse.leaf.numel()
-    off_lse_leaf[sparse.leaf] = lse[:num_leaf]
+    if num_leaf > 0:  # (an empty write's backward clones the whole rows)
+        off_lse_leaf[sparse.leaf] = lse[:num_leaf]
     off_lse_clus[sparse.cluster] = lse[num_leaf:]
     return s
 
@@ -1432,15 +1437,28 @@ def _downward_contexts(passes: _Passes) -> Tensor:
         _from_slots(buckets[i], ctx, u_leaf)
     if u_leaf is None:
         u_leaf = v.new_zeros(v.shape)
-    # The buffer is this pass's own, saved by no backward: the adds run in
-    # place, without two more [N, H, D] tensors. Not into the pair kernels'
-    # output, a view that autograd would rebase on its base (copying the
-    # base's gradient in the backward).
-    r = torch.exp(passes.masses.log_r_leaf).unsqueeze(-1)
-    out = u_leaf.addcmul_(r, v) if own else torch.addcmul(u_leaf, r, v)
+    out = u_leaf
+    # The self term r_a v_a is 0 on the leaves of streamed families (the
+    # softmax weighs v_a itself); where they are all the leaves, it is not
+    # formed, nor its [N, H, D] gradient of v, which would wait through the
+    # wide families' backward for their gradients of v.
+    if not (own and _streamed_leaves(tree) == v.size(0)):
+        # The buffer is this pass's own, saved by no backward: the adds run
+        # in place, without two more [N, H, D] tensors. Not into the pair
+        # kernels' output, a view that autograd would rebase on its base
+        # (copying the base's gradient in the backward).
+        r = torch.exp(passes.masses.log_r_leaf).unsqueeze(-1)
+        out = u_leaf.addcmul_(r, v) if own else torch.addcmul(u_leaf, r, v)
     if rest_context is not None and rest.numel() > 0:
         out.index_add_(0, rest, rest_context)
     return out
+
+
+def _streamed_leaves(tree: _Tree) -> int:
+    r"""The number of leaves in streamed families (each in one family)."""
+    buckets = tree.layout.buckets
+    return sum(buckets[i].children.numel() if buckets[i].kind == 'leaf'
+               else buckets[i].leaf_slot.numel() for i in tree.streamed)
 
 
 def _upper_contexts(passes: _Passes

@@ -24,6 +24,7 @@ from typing import Dict
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 from hypothesis import assume, given, strategies as st
 
 from hsa_geo import Hierarchy, hierarchical_attention, \
@@ -1142,6 +1143,63 @@ def test_streamed_leaves_in_order_match_dense(parent, num_leaves):
     g = torch.randn_like(out)
     got = torch.autograd.grad((out * g).sum(), (q, k, v))
     want = torch.autograd.grad((ref * g).sum(), (q, k, v))
+    assert max(max_err(a, b) for a, b in zip(got, want)) <= EXACT
+
+
+# A document of paragraphs of 5, 6 and 7 words under a root, with every
+# family of leaves streamed: every leaf lies in a streamed family (one
+# padded bucket), and the root's family of three clusters runs on the pair
+# list.
+DOCUMENT = ([18] * 5 + [19] * 6 + [20] * 7 + [21, 21, 21, -1], 18)
+
+
+class _WastedLeafRows(TorchDispatchMode):
+    r"""Records, on ``[num_rows, ...]`` tensors, the gathers and scatters
+    that read or write no row (their backward or result is a whole tensor
+    of zeros or a copy) and the products ``addcmul`` (the self term)."""
+    def __init__(self, num_rows):
+        super().__init__()
+        self.num_rows, self.seen = num_rows, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.__name__.split('.')[0]
+        if name in ('addcmul', 'addcmul_') and \
+                args[0].size(0) == self.num_rows:
+            self.seen.append(name)
+        if name in ('index_select', 'index_add', 'index_add_', 'index'):
+            index = args[2] if name != 'index' else args[1][0]
+            if isinstance(index, torch.Tensor) and index.numel() == 0 and \
+                    args[0].size(0) == self.num_rows:
+                self.seen.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def test_document_of_streamed_paragraphs_matches_dense_without_waste():
+    """The self term r_a v_a, 0 on every leaf of a streamed family, is not
+    formed, and the root's family of clusters gathers and writes no leaf
+    rows: none of them leaves a whole gradient of zeros waiting for the
+    paragraphs' backward. The result and its derivatives are exact."""
+    parent, num_leaves = DOCUMENT
+    h = Hierarchy.from_parent(parent, num_leaves)
+    with unittest.mock.patch('hsa_geo.data.hierarchy.SPARSE_PAIR_LIMIT', 16):
+        kinds = [(b.kind, b.width, b.sparse) for b in h.layout.buckets]
+    assert kinds == [('mixed', 4, True), ('mixed', 8, False)]
+    q, k, v = (t.requires_grad_() for t in make_qkv(num_leaves, 2, 3, 4, 3))
+    spy = _WastedLeafRows(num_leaves)
+    with unittest.mock.patch(
+            'hsa_geo.functional.dynamic_program.STREAMED_WIDTH', 2):
+        with spy:
+            out = hierarchical_attention(q, k, v, h)
+            g = torch.randn_like(out)
+            got = torch.autograd.grad((out * g).sum(), (q, k, v))
+        assert torch.autograd.gradgradcheck(
+            lambda q, k, v: hierarchical_attention(q, k, v, h),
+            tuple(t.requires_grad_() for t in make_qkv(num_leaves, 1, 2, 2,
+                                                       4)))
+    assert spy.seen == []
+    ref = apply_q(hierarchical_attention_matrix(q, k, h), v)
+    want = torch.autograd.grad((ref * g).sum(), (q, k, v))
+    assert max_err(out, ref) <= EXACT
     assert max(max_err(a, b) for a, b in zip(got, want)) <= EXACT
 
 
