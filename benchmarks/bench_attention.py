@@ -442,7 +442,11 @@ def live_tensor_peak_mib(call: Callable[[], Any]) -> float:
     of dispatched operations, not the buffers a kernel allocates and frees
     inside itself (SDPA's CPU backward makes a dense copy of its output
     gradient that way). Runs :obj:`call` once under a dispatch mode
-    (slower: never inside a timed call)."""
+    (slower: never inside a timed call). While a dispatch mode is active,
+    autograd sums the gradients that meet at one tensor out of place
+    instead of in place, so a method whose inputs get several gradients
+    may count up to one tensor more than it holds; PyTorch's profiler
+    (``profile_memory=True``) counts without that effect."""
     import weakref
 
     import torch
