@@ -538,7 +538,9 @@ def measure(call: Callable[[], None], sync: Callable[[], None],
 # Worker ####################################################################
 
 
-def _timing_fields(prefix: str, timing: Timing, peak_mib: float) -> Dict:
+def timing_fields(prefix: str, timing: Timing, peak_mib: float) -> Dict:
+    r"""A phase's row fields (``fwd``, ``fwdbwd``, ...): median, samples
+    and warm-up in ms, peak MiB, and per call the CPU time and faults."""
     return {
         f'{prefix}_ms': timing.median_s * 1e3,
         f'{prefix}_samples_ms': [t * 1e3 for t in timing.samples_s],
@@ -561,7 +563,7 @@ def _run_phases(case: Case, meter: MemoryMeter, sync: Callable[[], None],
 
     with torch.no_grad():
         fwd = measure(forward, sync, **timing)
-    result.update(_timing_fields('fwd', fwd, meter.peak_mib()))
+    result.update(timing_fields('fwd', fwd, meter.peak_mib()))
     if forward_only:
         return result
 
@@ -574,7 +576,7 @@ def _run_phases(case: Case, meter: MemoryMeter, sync: Callable[[], None],
         case.forward().sum().backward()
 
     fwdbwd = measure(forward_backward, sync, **timing)
-    result.update(_timing_fields('fwdbwd', fwdbwd, meter.peak_mib()))
+    result.update(timing_fields('fwdbwd', fwdbwd, meter.peak_mib()))
     return result
 
 

@@ -312,13 +312,6 @@ def cap_address_space(gib: float):
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def phase_fields(phase: str, timing: ba.Timing, peak_mib: float) -> Dict:
-    return {f'{phase}_ms': timing.median_s * 1e3,
-            f'{phase}_samples_ms': [t * 1e3 for t in timing.samples_s],
-            f'{phase}_warmup_ms': timing.warmup_s * 1e3,
-            f'{phase}_peak_mib': peak_mib}
-
-
 def run_case(spec: Dict[str, Any], args: argparse.Namespace,
              emit: Callable[[Dict], None] = lambda row: None) -> Dict:
     r"""Measures one row in this process: the forward, then (unless
@@ -358,7 +351,7 @@ def run_case(spec: Dict[str, Any], args: argparse.Namespace,
         for phase, call in calls:
             meter.start_phase()
             measured = ba.measure(call, sync, **timing)
-            row.update(phase_fields(phase, measured, meter.peak_mib()))
+            row.update(ba.timing_fields(phase, measured, meter.peak_mib()))
             emit(row)
         if not spec['forward_only']:  # one more call, untimed
             phase = 'fwdbwd_live'
