@@ -905,6 +905,19 @@ def format_number(value: Optional[float], digits: int = 3) -> str:
     return f'{value:.2f}'
 
 
+def grid(head: List[str], body: List[List[str]], markdown: bool) -> str:
+    r"""A table of text cells: Markdown, or plain text in aligned columns
+    (the first left-aligned, the others right-aligned)."""
+    if markdown:
+        lines = ['| ' + ' | '.join(head) + ' |',
+                 '|' + '|'.join(['---'] + ['---:'] * (len(head) - 1)) + '|']
+        return '\n'.join(lines + ['| ' + ' | '.join(r) + ' |' for r in body])
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    return '\n'.join('  '.join(x.ljust(w) if i == 0 else x.rjust(w)
+                               for i, (x, w) in enumerate(zip(r, widths)))
+                     for r in [head] + body)
+
+
 def _cell(rows: List[Dict], method: str, n: int) -> str:
     row = next((r for r in rows if r['method'] == method and r['n'] == n),
                None)

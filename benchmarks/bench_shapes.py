@@ -648,17 +648,6 @@ def cell(row: Optional[Dict], key: str) -> str:
     return row['status'] if row['status'] != 'ok' else '-'
 
 
-def grid(head: List[str], body: List[List[str]], markdown: bool) -> str:
-    if markdown:
-        lines = ['| ' + ' | '.join(head) + ' |',
-                 '|' + '|'.join(['---'] + ['---:'] * (len(head) - 1)) + '|']
-        return '\n'.join(lines + ['| ' + ' | '.join(r) + ' |' for r in body])
-    widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    return '\n'.join('  '.join(x.ljust(w) if i == 0 else x.rjust(w)
-                               for i, (x, w) in enumerate(zip(r, widths)))
-                     for r in [head] + body)
-
-
 def marks(targets: List[Dict], prefix: str) -> str:
     r"""The status of every target whose name starts with :obj:`prefix`,
     after the rest of its name."""
@@ -688,7 +677,7 @@ def wide_table(rows: List[Dict], targets: List[Dict],
             *(times(ratio(value(hsa, key), value(sdpa, key))) for key in
               ('fwdbwd_ms', 'fwdbwd_peak_mib', 'fwdbwd_live_mib')),
             marks(targets, f"{hsa['tree']} N={hsa['n']} ")])
-    return grid(head, body, markdown)
+    return ba.grid(head, body, markdown)
 
 
 def wide_shape(row: Dict) -> str:
@@ -717,7 +706,7 @@ def deep_table(rows: List[Dict], targets: List[Dict],
             times(ratio(value(row, 'fwdbwd_ms'), value(ref, 'fwdbwd_ms'))),
             marks(targets, row['tree']) if row['tree'] == 'caterpillar'
             else ''])
-    return grid(head, body, markdown)
+    return ba.grid(head, body, markdown)
 
 
 def contention_table(rows: List[Dict], targets: List[Dict], threads: int,
@@ -734,7 +723,7 @@ def contention_table(rows: List[Dict], targets: List[Dict], threads: int,
                 times(c[k]) for k in ('threads_ratio', 'projection_ratio_1',
                                       'projection_ratio_default')] +
             [marks(targets, f'load {load}: ')])
-    return grid(head, body, markdown)
+    return ba.grid(head, body, markdown)
 
 
 def failures(rows: List[Dict], case: str) -> List[str]:
