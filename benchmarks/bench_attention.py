@@ -238,6 +238,12 @@ def _randn(*shape: int, device: Any, grad: bool):
     return torch.randn(*shape, device=device, requires_grad=grad)
 
 
+def _leaf_qkv(n: int, device: Any, grad: bool) -> List[Any]:
+    r"""``q, k, v``: ``[N, H, D]`` standard normal, drawn in this order."""
+    return [_randn(n, HEADS, HEAD_DIM, device=device, grad=grad)
+            for _ in range(3)]
+
+
 def sibling_pairs(hierarchy) -> int:
     r""":math:`P = \sum_F |C(F)|^2`, the family pairs HSA scores."""
     import torch
@@ -250,8 +256,7 @@ def build_hsa(n: int, device: Any, grad: bool) -> Case:
     start = time.perf_counter()
     hierarchy = balanced_hierarchy(n, device)
     setup = time.perf_counter() - start
-    q, k, v = (_randn(n, HEADS, HEAD_DIM, device=device, grad=grad)
-               for _ in range(3))
+    q, k, v = _leaf_qkv(n, device, grad)
     return Case(
         lambda: functional.hierarchical_attention(q, k, v, hierarchy),
         [q, k, v], {
@@ -290,8 +295,7 @@ def build_qkv_projection(n: int, device: Any, grad: bool) -> Case:
 
 
 def build_fresh_memory(n: int, device: Any, grad: bool) -> Case:
-    q, k, v = (_randn(n, HEADS, HEAD_DIM, device=device, grad=grad)
-               for _ in range(3))
+    q, k, v = _leaf_qkv(n, device, grad)
     return Case(lambda: q * k + v, [q, k, v])
 
 
