@@ -51,7 +51,10 @@ One process. For each thread count (``torch.set_num_threads``, 1 and 2 by
 default) the methods run interleaved, round by round (in reverse order
 every other round, so that a busy machine slows all of them alike), after
 warm-up rounds; each time is the median over the rounds, measured with
-:func:`time.perf_counter`.
+:func:`time.perf_counter`. With ``--device cuda`` the layers, their input
+and the hierarchy live on the GPU (one thread count: the current one) and
+every timed call ends with :func:`torch.cuda.synchronize`; the collate and
+``batch.hierarchy`` stay on the CPU, where a data loader runs them.
 
 Targets, forward+backward, at both sizes and thread counts:
 ``hsa_conv / gps_dense_attention <= 0.5`` and
@@ -61,6 +64,7 @@ Usage::
 
     python benchmarks/bench_small_graphs.py            # 128 molecules
     python benchmarks/bench_small_graphs.py --quick    # 8 molecules, 1 round
+    python benchmarks/bench_small_graphs.py --device cuda
 """
 from __future__ import annotations
 
@@ -160,23 +164,28 @@ def batch_costs(plain: List[Any], nested: List[Any], warmup: int,
     return row
 
 
-def attention_cases(batch: Any, channels: int
+def attention_cases(batch: Any, channels: int, device: Any = 'cpu'
                     ) -> Tuple[Dict[str, ba.Case], Any]:
     r"""The three layers at :obj:`channels` on one shared input ``x``
-    ``[N, channels]``, ready for forward+backward, and the HSAConv."""
+    ``[N, channels]`` on :obj:`device`, ready for forward+backward, and the
+    HSAConv."""
     import torch
     from torch_geometric.nn import GPSConv, TransformerConv
     from torch_geometric.utils import to_dense_batch
 
     from hsa_geo.nn import HSAConv
-    x = torch.randn(batch.num_nodes, channels, requires_grad=True)
-    hierarchy = batch.hierarchy
-    hsa = HSAConv(channels, channels // HEADS, heads=HEADS)
-    gps = GPSConv(channels, None, heads=HEADS, attn_type='multihead')
-    conv = TransformerConv(channels, channels // HEADS, heads=HEADS)
+    x = torch.randn(batch.num_nodes, channels, device=device,
+                    requires_grad=True)
+    hierarchy = batch.hierarchy.to(device)
+    edge_index, index = batch.edge_index.to(device), batch.batch.to(device)
+    hsa = HSAConv(channels, channels // HEADS, heads=HEADS).to(device)
+    gps = GPSConv(channels, None, heads=HEADS,
+                  attn_type='multihead').to(device)
+    conv = TransformerConv(channels, channels // HEADS,
+                           heads=HEADS).to(device)
 
     def gps_attention():  # as GPSConv.forward calls its attention
-        h, mask = to_dense_batch(x, batch.batch)
+        h, mask = to_dense_batch(x, index)
         h, _ = gps.attn(h, h, h, key_padding_mask=~mask, need_weights=False)
         return h[mask]
 
@@ -185,32 +194,49 @@ def attention_cases(batch: Any, channels: int
                             [x] + list(hsa.parameters())),
         'gps_dense_attention': ba.Case(gps_attention,
                                        [x] + list(gps.attn.parameters())),
-        'transformer_conv': ba.Case(lambda: conv(x, batch.edge_index),
+        'transformer_conv': ba.Case(lambda: conv(x, edge_index),
                                     [x] + list(conv.parameters())),
     }, hsa
 
 
-def forward_backward(case: ba.Case) -> Call:
+def synchronize(device: Any) -> Callable[[], None]:
+    r"""What makes a timing on :obj:`device` include its queued kernels
+    (nothing on the CPU)."""
+    import torch
+    device = torch.device(device)
+    if device.type == 'cuda':
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def forward_backward(case: ba.Case, device: Any = 'cpu') -> Call:
+    sync = synchronize(device)
+
     def call() -> None:
         for t in case.grad_leaves:
             t.grad = None
         case.forward().sum().backward()
+        sync()
     return call
 
 
-def fresh_hsa_conv(nested: List[Any], conv: Any, case: ba.Case) -> Call:
+def fresh_hsa_conv(nested: List[Any], conv: Any, case: ba.Case,
+                   device: Any = 'cpu') -> Call:
     r""":obj:`conv`'s first forward+backward on a freshly collated batch
-    (timed alone: the collate and ``batch.hierarchy`` are not part of it),
-    on the input of :obj:`case`."""
+    (timed alone: the collate, ``batch.hierarchy`` and the move to
+    :obj:`device` are not part of it), on the input of :obj:`case`."""
     from torch_geometric.data import Batch
     x = case.grad_leaves[0]
+    sync = synchronize(device)
 
     def call() -> float:
-        hierarchy = Batch.from_data_list(nested).hierarchy
+        hierarchy = Batch.from_data_list(nested).hierarchy.to(device)
         for t in case.grad_leaves:
             t.grad = None
+        sync()
         start = time.perf_counter()
         conv(x, hierarchy).sum().backward()
+        sync()
         return time.perf_counter() - start
     return call
 
@@ -229,11 +255,14 @@ def output_checks(cases: Dict[str, ba.Case]) -> Dict[str, Any]:
 
 
 def attention_row(batch: Any, nested: List[Any], channels: int,
-                  threads: int, warmup: int, rounds: int) -> Dict[str, Any]:
+                  threads: int, warmup: int, rounds: int,
+                  device: Any = 'cpu') -> Dict[str, Any]:
     r"""Median forward+backward ms of every method, interleaved."""
-    cases, hsa = attention_cases(batch, channels)
-    calls: Dict[str, Call] = {m: forward_backward(cases[m]) for m in METHODS}
-    calls['hsa_conv_fresh'] = fresh_hsa_conv(nested, hsa, cases['hsa_conv'])
+    cases, hsa = attention_cases(batch, channels, device)
+    calls: Dict[str, Call] = {m: forward_backward(cases[m], device)
+                              for m in METHODS}
+    calls['hsa_conv_fresh'] = fresh_hsa_conv(nested, hsa, cases['hsa_conv'],
+                                             device)
     row: Dict[str, Any] = {'channels': channels, 'heads': HEADS,
                            'head_dim': channels // HEADS, 'threads': threads,
                            'rounds': rounds,
@@ -321,8 +350,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help=f'molecules in the batch (default: {BATCH_SIZE})')
     p.add_argument('--channels', type=int, nargs='+', default=CHANNELS,
                    help='channels, multiples of 4 (default: 64 256)')
-    p.add_argument('--threads', type=int, nargs='+', default=THREADS,
-                   help='thread counts to run with (default: 1 2)')
+    p.add_argument('--device', default='cpu',
+                   help="where the layers run: 'cpu' or an accelerator "
+                        "such as 'cuda' (default: cpu)")
+    p.add_argument('--threads', type=int, nargs='+', default=None,
+                   help='CPU thread counts to run with (default: 1 2 on '
+                        'the CPU; the current count on an accelerator)')
     p.add_argument('--rounds', type=int, default=None,
                    help=f'timed rounds (default: {ROUNDS})')
     p.add_argument('--warmup', type=int, default=None,
@@ -346,9 +379,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     for name, default in zip(('rounds', 'warmup', 'build_rounds'), defaults):
         if getattr(args, name) is None:
             setattr(args, name, default)
+    if args.threads is None:
+        import torch
+        args.threads = THREADS if torch.device(args.device).type == 'cpu' \
+            else [torch.get_num_threads()]
     if args.out is None:
         suffix = '_quick' if args.quick else ''
-        args.out = ba.RESULTS_DIR / f'bench_small_graphs_cpu{suffix}.json'
+        kind = args.device.split(':')[0]
+        args.out = ba.RESULTS_DIR / f'bench_small_graphs_{kind}{suffix}.json'
     return args
 
 
@@ -368,10 +406,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     start = time.perf_counter()
     import torch
     from torch_geometric.data import Batch
-    machine = ba.machine_info('cpu', max(args.threads))
-    print(f"bench_small_graphs on cpu ({machine['cpu']}; {machine['cores']} "
-          f"cores), torch {machine['torch']}, torch_geometric "
-          f"{machine['torch_geometric']}", flush=True)
+    machine = ba.machine_info(args.device, max(args.threads))
+    where = machine.get('gpu', args.device)
+    print(f"bench_small_graphs on {where} ({machine['cpu']}; "
+          f"{machine['cores']} cores), torch {machine['torch']}, "
+          f"torch_geometric {machine['torch_geometric']}", flush=True)
     warning = ba.load_warning(machine)
     if warning:
         print(warning, flush=True)
@@ -392,7 +431,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for channels in args.channels:
             gc.collect()
             row = attention_row(batch, nested, channels, threads,
-                                args.warmup, args.rounds)
+                                args.warmup, args.rounds, args.device)
             add_per_batch(row, cost)
             rows.append(row)
             print(f"{channels} channels, {threads} thread(s): " + ', '.join(
@@ -407,7 +446,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         'config': {'commit': ba.source_commit(), 'smiles': bc.smiles_path(),
                    'selection': 'the first parsable SMILES, in file order',
                    'batch': info, 'channels': args.channels,
-                   'heads': HEADS, 'threads': args.threads,
+                   'device': args.device, 'heads': HEADS,
+                   'threads': args.threads,
                    'rounds': args.rounds, 'warmup': args.warmup,
                    'build_rounds': args.build_rounds, 'seed': args.seed,
                    'methods': LABELS,
@@ -420,12 +460,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              'parameters requiring grad; methods '
                              'interleaved round by round (reversed every '
                              'other round); median over rounds after '
-                             'warm-up rounds; perf_counter',
+                             'warm-up rounds; perf_counter (after '
+                             'torch.cuda.synchronize on a GPU)',
                    'per_batch': 'collate added (NestedSignal collate minus '
                                 'plain collate) + first batch.hierarchy + '
                                 'first-call extra (first HSAConv '
                                 'forward+backward on a fresh hierarchy '
-                                'minus the steady state)'},
+                                'minus the steady state); collate and '
+                                'hierarchy run on the CPU wherever the '
+                                'layers run'},
         'results': rows,
         'per_batch_costs': costs,
         'targets': targets,

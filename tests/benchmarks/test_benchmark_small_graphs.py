@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from tests.helpers.benchmarks import load_benchmark
 
@@ -31,6 +32,7 @@ def test_main_measures_every_method_and_size(tmp_path, capsys):
     assert batch['atoms'] > batch['molecules']
     assert batch['tree_nodes'] > batch['atoms']
     assert payload['machine']['cores'] >= 1
+    assert payload['config']['device'] == 'cpu'
     commit = payload['config']['commit']
     assert commit is None or len(commit.split('+')[0]) == 40
     rows = payload['results']
@@ -69,6 +71,10 @@ def test_arguments():
     assert (quick.batch_size, quick.rounds, quick.threads) == (
         bench.QUICK_BATCH, 1, [2])
     assert quick.out.name == 'bench_small_graphs_cpu_quick.json'
+    # On an accelerator: one row per size at the current thread count.
+    gpu = bench.parse_args(['--device', 'cuda'])
+    assert gpu.threads == [torch.get_num_threads()]
+    assert gpu.out.name == 'bench_small_graphs_cuda.json'
     with pytest.raises(SystemExit):
         bench.parse_args(['--channels', '66'])
 
@@ -95,3 +101,16 @@ def test_per_batch_cost_adds_collate_hierarchy_and_first_call():
         pytest.approx(0.75)
     assert row['hsa_conv_per_batch_over_transformer_conv'] == \
         pytest.approx(3.0)
+
+
+def test_timed_calls_wait_for_the_accelerator(monkeypatch):
+    # A GPU call returns before its kernels finish: every timed call ends
+    # with a synchronisation of the device it runs on (none on the CPU).
+    waited = []
+    monkeypatch.setattr(torch.cuda, 'synchronize', waited.append)
+    x = torch.ones(3, requires_grad=True)
+    case = bench.ba.Case(lambda: x * 2, [x])
+    bench.forward_backward(case, 'cpu')()
+    assert waited == [] and x.grad.tolist() == [2.0, 2.0, 2.0]
+    bench.forward_backward(case, 'cuda:0')()
+    assert waited == [torch.device('cuda:0')]
