@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The GPU run, prepared to fit in about nine minutes of one machine: the
+# exactness checks on the device, the whole attention benchmark and the
+# small-graph case, each under its own time limit, their JSON, Markdown and
+# logs written to one folder as they finish (a part cut short keeps what it
+# wrote).
+#
+#   bash benchmarks/run_accelerator.sh [OUTDIR] [DEVICE]
+#
+# OUTDIR defaults to benchmarks/results, DEVICE to cuda; BENCH_ARGS (say
+# --quick, to try the script on a CPU) is added to both benchmarks. It runs
+# from the repository root with the machine's own python3 (torch with CUDA,
+# torch_geometric) and this checkout on PYTHONPATH: nothing is installed
+# into that Python.
+# The molecules need RDKit and OGB; on a machine without a package index,
+# bring them as wheels in .whl/ (ignored by git), fetched where pip works:
+#
+#   python3 -m pip download --no-deps --only-binary=:all: \
+#       --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 -d .whl \
+#       rdkit ogb outdated littleutils
+#
+# and they are installed into a temporary folder here.
+set -uo pipefail
+out=${1:-benchmarks/results}
+device=${2:-cuda}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 OUTDATED_IGNORE=1 PYTHONDONTWRITEBYTECODE=1
+if compgen -G '.whl/*.whl' > /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile \
+        --no-cache-dir --upgrade --target /tmp/hsa_geo_site .whl/*.whl \
+        || exit 1
+    export PYTHONPATH=/tmp/hsa_geo_site
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+
+{
+    date -u
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv \
+        2> /dev/null
+    python3 - << 'EOF'
+import torch
+import torch_geometric
+gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+print('torch', torch.__version__, 'cuda', torch.version.cuda,
+      'torch_geometric', torch_geometric.__version__, 'gpu', gpu)
+EOF
+    git log -1 --format='commit %H' 2> /dev/null
+} 2>&1 | tee "$out/accelerator_${device}.txt"
+
+run() {  # run LIMIT_SECONDS LOG COMMAND...: one part, under its limit
+    local limit=$1 log=$2
+    shift 2
+    echo "== $* (at most ${limit} s)"
+    timeout --signal=INT --kill-after=15 "$limit" "$@" 2>&1 | tee "$log"
+    echo "== exit ${PIPESTATUS[0]}"
+}
+
+# 1. Exactness on the device, against the dense reference (float64).
+HSA_GEO_TEST_DEVICE=$device run 120 "$out/accelerator_${device}_tests.log" \
+    python3 -m pytest -q -p no:cacheprovider \
+    tests/functional/test_dynamic_program_devices.py
+# 2. The attention benchmark: every method and size, each in a fresh
+#    process; SDPA up to N = 65,536 as on the CPU.
+run 330 "$out/bench_attention_${device}.log" \
+    python3 benchmarks/bench_attention.py --device "$device" \
+    --min-time 0.5 --timeout 120 --no-progress ${BENCH_ARGS:-} \
+    --out "$out/bench_attention_${device}.json" \
+    --markdown "$out/bench_attention_${device}.md"
+# 3. The small-graph case: 128 molecules, 64 and 256 channels.
+run 120 "$out/bench_small_graphs_${device}.log" \
+    python3 benchmarks/bench_small_graphs.py --device "$device" \
+    ${BENCH_ARGS:-} --out "$out/bench_small_graphs_${device}.json" \
+    --markdown "$out/bench_small_graphs_${device}.md"

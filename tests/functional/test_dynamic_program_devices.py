@@ -1,0 +1,151 @@
+r"""The dynamic program on an accelerator, against the dense reference and
+the dynamic program on the CPU, in float64: random irregular forests, the
+paths that only some shapes take (the pair list and its sparse kernels, the
+fused leaf tables, wide families streamed as softmax attention, family
+graphs with pair biases), gradients to second order, and
+:class:`~hsa_geo.nn.HSAConv`.
+
+The device is ``cuda`` unless the environment variable
+``HSA_GEO_TEST_DEVICE`` names another; skipped where it is missing
+(``benchmarks/run_accelerator.sh`` runs this file on a GPU machine).
+``HSA_GEO_TEST_DEVICE=cpu`` runs the same checks on the CPU."""
+import os
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from hsa_geo import Hierarchy, hierarchical_attention, \
+    hierarchical_attention_matrix
+from hsa_geo.nn import HSAConv
+from tests.helpers.strategies import Forest, flat_tree, forests
+
+DEVICE = torch.device(os.environ.get('HSA_GEO_TEST_DEVICE', 'cuda'))
+pytestmark = pytest.mark.skipif(
+    DEVICE.type == 'cuda' and not torch.cuda.is_available(),
+    reason='needs a CUDA device')
+
+EXACT = 1e-10  # float64 agreement between independent constructions
+SEEDS = st.integers(0, 2**31 - 1)
+
+
+def qkv(n: int, heads: int, d: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, heads, d, generator=g, dtype=torch.float64)
+            for _ in range(3)]
+
+
+def reference(q, k, v, hierarchy: Hierarchy):
+    r"""``Q @ V`` with the dense closed form on the CPU."""
+    Q = hierarchical_attention_matrix(q, k, hierarchy)
+    return torch.einsum('hij,jhd->ihd', Q, v)
+
+
+def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.cpu() - b).abs().max().item() if b.numel() else 0.0
+
+
+def check_against_cpu(hierarchy: Hierarchy, q, k, v, pair_bias=None):
+    r"""Output against the dense reference (without a bias) and the CPU's
+    dynamic program, gradients against the CPU's."""
+    on_device = [x.to(DEVICE, copy=True).requires_grad_() for x in (q, k, v)]
+    cpu = [x.clone().requires_grad_() for x in (q, k, v)]
+    out = hierarchical_attention(
+        *on_device, hierarchy.to(DEVICE),
+        pair_bias=None if pair_bias is None else pair_bias.to(DEVICE))
+    assert out.device == DEVICE
+    expected = hierarchical_attention(*cpu, hierarchy, pair_bias=pair_bias)
+    if pair_bias is None:
+        assert max_err(out, reference(q, k, v, hierarchy)) < EXACT
+    assert max_err(out, expected) < EXACT
+    w = torch.randn_like(expected)
+    (out * w.to(DEVICE)).sum().backward()
+    (expected * w).sum().backward()
+    for a, b in zip(on_device, cpu):
+        assert max_err(a.grad, b.grad) < EXACT
+
+
+@settings(max_examples=25, deadline=None)
+@given(f=forests(max_leaves=30), heads=st.sampled_from([1, 3]),
+       d=st.integers(1, 4), seed=SEEDS)
+def test_random_forests_match_the_dense_reference(f: Forest, heads, d, seed):
+    hierarchy = Hierarchy.from_parent(f.parent, f.num_leaves)
+    check_against_cpu(hierarchy, *qkv(f.num_leaves, heads, d, seed))
+
+
+def test_many_small_trees_on_the_pair_list():
+    # 64 molecule-like trees of 3-11 leaves in two fragments under a root
+    # (two fragments, then the root, per tree): the pair list and its
+    # sparse kernels.
+    g = torch.Generator().manual_seed(0)
+    sizes = torch.randint(3, 12, (64, ), generator=g).tolist()
+    num_leaves = sum(sizes)
+    parent, clusters = [], []
+    for i, size in enumerate(sizes):
+        first = num_leaves + 3 * i
+        parent += [first + j % 2 for j in range(size)]
+        clusters += [first + 2, first + 2, -1]
+    hierarchy = Hierarchy.from_parent(parent + clusters, num_leaves)
+    assert hierarchy.layout.sparse.num_members > 0
+    check_against_cpu(hierarchy, *qkv(num_leaves, 4, 8, 1))
+
+
+@pytest.mark.parametrize('num_leaves', [40, 130])
+def test_wide_family_streamed_as_softmax_attention(num_leaves):
+    f = flat_tree(num_leaves)
+    hierarchy = Hierarchy.from_parent(f.parent, f.num_leaves)
+    q, k, v = qkv(num_leaves, 2, 16, num_leaves)
+    check_against_cpu(hierarchy, q, k, v)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        *(x.transpose(0, 1) for x in (q, k, v))).transpose(0, 1)
+    out = hierarchical_attention(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE),
+                                 hierarchy.to(DEVICE))
+    assert max_err(out, expected) < EXACT
+
+
+def test_balanced_tree_with_a_family_graph_and_bias():
+    # 256 leaves in families of 8, three levels: the fused leaf tables.
+    assignments = [torch.arange(256) // 8, torch.arange(32) // 8,
+                   torch.zeros(4, dtype=torch.long)]
+    hierarchy = Hierarchy.from_assignments(assignments)
+    pairs = hierarchy.sibling_pairs
+    off = pairs[:, pairs[0] != pairs[1]]
+    keep = torch.rand(off.size(1),
+                      generator=torch.Generator().manual_seed(2)) < 0.6
+    graph = hierarchy.with_family_graph(off[:, keep])
+    q, k, v = qkv(256, 2, 4, 3)
+    bias = torch.randn(graph.sibling_pairs.size(1), 2, dtype=torch.float64)
+    check_against_cpu(hierarchy, q, k, v)
+    check_against_cpu(graph, q, k, v, pair_bias=bias)
+
+
+def test_second_derivatives():
+    f = Forest([5, 5, 6, 6, 6, 7, 7, -1], 5)
+    hierarchy = Hierarchy.from_parent(f.parent, f.num_leaves).to(DEVICE)
+    inputs = [x.to(DEVICE).requires_grad_() for x in qkv(5, 2, 3, 4)]
+
+    def run(q, k, v):
+        return hierarchical_attention(q, k, v, hierarchy)
+
+    assert torch.autograd.gradcheck(run, inputs)
+    assert torch.autograd.gradgradcheck(run, inputs)
+
+
+def test_hsa_conv_on_the_device_matches_the_cpu():
+    f = Forest([8, 8, 9, 9, 9, 10, 10, 10, 10, 10, -1], 8)
+    hierarchy = Hierarchy.from_parent(f.parent, f.num_leaves)
+    torch.manual_seed(0)
+    conv = HSAConv(6, 4, heads=2).double()
+    x = torch.randn(8, 6, dtype=torch.float64, requires_grad=True)
+    out = conv(x, hierarchy)
+    out.square().sum().backward()
+    moved = HSAConv(6, 4, heads=2).double().to(DEVICE)
+    moved.load_state_dict(conv.state_dict())
+    x_moved = x.detach().to(DEVICE, copy=True).requires_grad_()
+    out_moved = moved(x_moved, hierarchy.to(DEVICE))
+    out_moved.square().sum().backward()
+    assert max_err(out_moved, out) < EXACT
+    assert max_err(x_moved.grad, x.grad) < EXACT
+    for (name, p), p_moved in zip(conv.named_parameters(),
+                                  moved.parameters()):
+        assert max_err(p_moved.grad, p.grad) < EXACT, name
