@@ -486,7 +486,7 @@ class Hierarchy:
         self._inference = torch.is_inference_mode_enabled()
         self._nodes: Optional[_NodeData] = None
         self._families: Optional[_FamilyData] = None
-        self._cache = {}  # derived on demand: sibling pairs
+        self._cache = {}  # derived on demand: sibling pairs, adjacency
         self._restamp()
 
     # Construction ##########################################################
@@ -1028,6 +1028,23 @@ class Hierarchy:
                 2, 0, dtype=torch.long, device=self.device)
             self._cache['sibling_pairs'] = pairs
         return pairs.clone()
+
+    @property
+    def adjacency(self) -> Tensor:
+        r"""``[T, T]`` the forest as a sparse COO matrix, entry ``(p, c)``
+        ``1.0`` for every child ``c`` of ``p`` (PyG's ``[dst, src]``
+        convention for a message from child to parent). Derived once (on a
+        GPU that takes a synchronisation); a copy."""
+        adjacency = self._cache.get('adjacency')
+        if adjacency is None:
+            child = (self._parent >= 0).nonzero().view(-1)
+            adjacency = torch.sparse_coo_tensor(
+                torch.stack([self._parent[child], child]),
+                torch.ones(child.numel(), device=self.device),
+                (self.num_nodes, self.num_nodes),
+                check_invariants=False).coalesce()
+            self._cache['adjacency'] = adjacency
+        return adjacency.clone()
 
     @property
     def bucket_pairs(self) -> List[Tuple[Tensor, Tensor, Tensor]]:

@@ -306,7 +306,7 @@ class HSAConv(MessagePassing):
         pair_bias = self._pair_bias(hierarchy, edge_index, edge_attr)
         if self.fuses:
             # PyG's rule: a sparse adjacency selects message_and_aggregate.
-            out = self.propagate(_tree_adjacency(hierarchy), q=q, k=k, v=v,
+            out = self.propagate(hierarchy.adjacency, q=q, k=k, v=v,
                                  hierarchy=hierarchy, pair_bias=pair_bias,
                                  with_weights=with_weights)
             weights, self._weights = self._weights, None
@@ -667,13 +667,3 @@ def split_fused_projection(state_dict: Dict[str, Tensor], prefix: str):
         for name, part in zip(('query', 'key', 'value'),
                               state_dict.pop(key).chunk(3)):
             state_dict[f'{prefix}lin_{name}.{rest}'] = part
-
-
-def _tree_adjacency(hierarchy: Hierarchy) -> Tensor:
-    r"""The cluster tree as a sparse ``[T, T]`` parent x child matrix."""
-    parent = hierarchy.parent
-    child = (parent >= 0).nonzero().view(-1)
-    return torch.sparse_coo_tensor(
-        torch.stack([parent[child], child]),
-        torch.ones(child.numel(), device=parent.device),
-        (parent.numel(), parent.numel()), check_invariants=False)

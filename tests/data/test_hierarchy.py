@@ -162,6 +162,22 @@ def test_sibling_pairs_matches_python(f):
 
 
 @given(forests(max_leaves=30))
+def test_adjacency_is_the_forest_parent_by_child(f):
+    h = build(f)
+    adjacency = h.adjacency
+    assert adjacency.is_sparse and adjacency.is_coalesced()
+    assert adjacency.shape == (f.num_nodes, f.num_nodes)
+    expected = torch.zeros(f.num_nodes, f.num_nodes)
+    for child, parent in enumerate(f.parent):
+        if parent >= 0:
+            expected[parent, child] = 1.0
+    assert torch.equal(adjacency.to_dense(), expected)
+    # A copy: changing it changes nothing the hierarchy holds.
+    adjacency.values().fill_(2.0)
+    assert torch.equal(h.adjacency.to_dense(), expected)
+
+
+@given(forests(max_leaves=30))
 def test_family_buckets_cover_every_family_once(f):
     """The padded family tables hold each family exactly once, with exactly
     its children in the real slots."""
