@@ -238,7 +238,7 @@ def _randn(*shape: int, device: Any, grad: bool):
     return torch.randn(*shape, device=device, requires_grad=grad)
 
 
-def _leaf_qkv(n: int, device: Any, grad: bool) -> List[Any]:
+def leaf_qkv(n: int, device: Any, grad: bool) -> List[Any]:
     r"""``q, k, v``: ``[N, H, D]`` standard normal, drawn in this order."""
     return [_randn(n, HEADS, HEAD_DIM, device=device, grad=grad)
             for _ in range(3)]
@@ -256,7 +256,7 @@ def build_hsa(n: int, device: Any, grad: bool) -> Case:
     start = time.perf_counter()
     hierarchy = balanced_hierarchy(n, device)
     setup = time.perf_counter() - start
-    q, k, v = _leaf_qkv(n, device, grad)
+    q, k, v = leaf_qkv(n, device, grad)
     return Case(
         lambda: functional.hierarchical_attention(q, k, v, hierarchy),
         [q, k, v], {
@@ -295,7 +295,7 @@ def build_qkv_projection(n: int, device: Any, grad: bool) -> Case:
 
 
 def build_fresh_memory(n: int, device: Any, grad: bool) -> Case:
-    q, k, v = _leaf_qkv(n, device, grad)
+    q, k, v = leaf_qkv(n, device, grad)
     return Case(lambda: q * k + v, [q, k, v])
 
 
@@ -909,17 +909,23 @@ def format_number(value: Optional[float], digits: int = 3) -> str:
     return f'{value:.2f}'
 
 
-def grid(head: List[str], body: List[List[str]], markdown: bool) -> str:
-    r"""A table of text cells: Markdown, or plain text in aligned columns
-    (the first left-aligned, the others right-aligned)."""
+def grid(head: List[str], body: List[List[str]], markdown: bool, *,
+         left: int = 1, rule: bool = False) -> str:
+    r"""A table of text cells: Markdown, or plain text in padded columns.
+    The first :obj:`left` columns are left-aligned, the others
+    right-aligned (in Markdown through its alignment row); :obj:`rule`
+    draws a line of dashes under the plain text header."""
     if markdown:
-        lines = ['| ' + ' | '.join(head) + ' |',
-                 '|' + '|'.join(['---'] + ['---:'] * (len(head) - 1)) + '|']
+        align = ['---' if i < left else '---:' for i in range(len(head))]
+        lines = ['| ' + ' | '.join(head) + ' |', '|' + '|'.join(align) + '|']
         return '\n'.join(lines + ['| ' + ' | '.join(r) + ' |' for r in body])
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    return '\n'.join('  '.join(x.ljust(w) if i == 0 else x.rjust(w)
-                               for i, (x, w) in enumerate(zip(r, widths)))
-                     for r in [head] + body)
+    lines = ['  '.join(x.ljust(w) if i < left else x.rjust(w)
+                       for i, (x, w) in enumerate(zip(r, widths)))
+             for r in [head] + body]
+    if rule:
+        lines.insert(1, '  '.join('-' * w for w in widths))
+    return '\n'.join(lines)
 
 
 def _cell(rows: List[Dict], method: str, n: int) -> str:
@@ -969,21 +975,18 @@ CELL_LEGEND = ('cells: forward ms / forward+backward ms / peak MiB '
 
 def format_table(rows: List[Dict], sizes: Sequence[int],
                  methods: Sequence[str], markdown: bool = False) -> str:
-    r"""The result table, plain text or Markdown, with notes on skipped and
-    failed entries."""
-    cells = table_rows(rows, sizes, methods)
+    r"""The result table, plain text (with a rule under the header) or
+    Markdown, all columns right-aligned, then the cell legend and notes on
+    skipped and failed entries."""
+    head, *body = table_rows(rows, sizes, methods)
     notes = _notes(rows)
+    table = grid(head, body, markdown, left=0, rule=True)
     if markdown:
-        lines = ['| ' + ' | '.join(r) + ' |' for r in cells]
-        lines.insert(1, '|' + '|'.join(['---:'] * len(cells[0])) + '|')
-        lines += ['', f'_{CELL_LEGEND}_']
+        lines = [table, '', f'_{CELL_LEGEND}_']
         lines += [''] + [f'- {note}' for note in notes] if notes else []
         return '\n'.join(lines)
-    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
-    lines = ['  '.join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
-    lines.insert(1, '  '.join('-' * w for w in widths))
-    lines += ['', CELL_LEGEND] + [f'  {note}' for note in notes]
-    return '\n'.join(lines)
+    return '\n'.join([table, '', CELL_LEGEND] +
+                     [f'  {note}' for note in notes])
 
 
 def _target(name: str, description: str, status: str, measured: Dict,

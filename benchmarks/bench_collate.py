@@ -199,14 +199,7 @@ def format_table(rows: List[Dict[str, Any]], markdown: bool = False) -> str:
             [f"{r[f'{m}_ms']:.2f}" for m in METHODS] +
             [f"{r['added_ms']:.2f}", f"{r['added_ratio']:.2f}x"]
             for r in rows]
-    if markdown:
-        lines = ['| ' + ' | '.join(head) + ' |',
-                 '|' + '|'.join(['---:'] * len(head)) + '|']
-        lines += ['| ' + ' | '.join(row) + ' |' for row in body]
-        return '\n'.join(lines)
-    widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    return '\n'.join('  '.join(c.rjust(w) for c, w in zip(row, widths))
-                     for row in [head] + body)
+    return ba.grid(head, body, markdown, left=0)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -249,15 +249,7 @@ def format_table(rows: List[Dict], markdown: bool = False) -> str:
             f"{r['speedup']:.2f}x",
             f"{r['graphs'][0]} / {r['graphs'][-1]}",
             ', '.join(str(i + 1) for i in r['compiling_batches'])])
-    if markdown:
-        lines = ['| ' + ' | '.join(head) + ' |',
-                 '|' + '|'.join(['---'] + ['---:'] * (len(head) - 1)) + '|']
-        lines += ['| ' + ' | '.join(row) + ' |' for row in body]
-        return '\n'.join(lines)
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
-    fmt = '  '.join(f'{{:<{w}}}' if i == 0 else f'{{:>{w}}}'
-                    for i, w in enumerate(widths))
-    return '\n'.join(fmt.format(*row) for row in [head] + body)
+    return ba.grid(head, body, markdown)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -367,13 +367,7 @@ def format_table(rows: List[Dict[str, Any]], markdown: bool = False) -> str:
             f"{r['seconds']:.2f}", f"{r['us_per_word']:.1f}",
             f"{r['before_us_per_word']:.1f}" if 'speedup' in r else '-',
             f"{r['speedup']:.1f}x" if 'speedup' in r else '-'])
-    if markdown:
-        lines = ['| ' + ' | '.join(head) + ' |',
-                 '|---|---|---|' + '|'.join(['---:'] * 5) + '|']
-        return '\n'.join(lines + ['| ' + ' | '.join(c) + ' |' for c in body])
-    widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    return '\n'.join('  '.join(c.rjust(w) for c, w in zip(row, widths))
-                     for row in [head] + body)
+    return ba.grid(head, body, markdown, left=3)
 
 
 def code_version() -> Dict[str, Any]:

@@ -525,15 +525,7 @@ def format_table(rows: List[Dict[str, Any]], markdown: bool = False) -> str:
                      '-' if ratio is None else f'{ratio:.2f}x',
                      f"{r['tokens_per_second']:,.0f}",
                      f"{r['peak_mib']:.0f}"])
-    if markdown:
-        lines = ['| ' + ' | '.join(head) + ' |',
-                 '|---|---|' + '|'.join(['---:'] * (len(head) - 2)) + '|']
-        return '\n'.join(lines + ['| ' + ' | '.join(b) + ' |'
-                                  for b in body])
-    widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    return '\n'.join('  '.join(c.ljust(w) if i < 2 else c.rjust(w)
-                               for i, (c, w) in enumerate(zip(line, widths)))
-                     for line in [head] + body)
+    return ba.grid(head, body, markdown, left=2)
 
 
 def _per_corpus(values: Sequence[int], name: str,

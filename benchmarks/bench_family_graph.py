@@ -282,16 +282,12 @@ def run_in_subprocess(method: str, args: argparse.Namespace) -> Dict:
                                 'device': args.device}, args.timeout)
 
 
-def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
-    return a / b if a is not None and b else None
-
-
 def _target(rows: List[Dict], method: str, peer: str, bound: float,
             desc: str) -> Dict[str, Any]:
     n = rows[0]['n'] if rows else None
     a = ba.lookup(rows, method, n, 'fwdbwd_ms')
     b = ba.lookup(rows, peer, n, 'fwdbwd_ms')
-    ratio = _ratio(a, b)
+    ratio = ba.ratio(a, b)
     if ratio is None:
         return {'description': desc, 'status': 'N/A', 'ratio': None}
     return {'description': desc, 'ratio': ratio,
@@ -347,21 +343,13 @@ def format_table(rows: List[Dict], markdown: bool = False) -> str:
             continue
         c = r['context']
         setup = r.get('setup_ms')
-        ratios = [_ratio(r['fwdbwd_ms'], p) for p in peers]
+        ratios = [ba.ratio(r['fwdbwd_ms'], p) for p in peers]
         body.append([LABELS[r['method']], f"{r['fwd_ms']:.0f}",
                      f"{r['fwdbwd_ms']:.0f}", f"{r['fwdbwd_peak_mib']:.0f}",
                      f"{c['min']:,.0f} / {c['mean']:,.0f} / {c['max']:,.0f}",
                      '-' if setup is None else f'{setup / 1e3:.1f}'] +
                     ['-' if x is None else f'{x:.2f}x' for x in ratios])
-    if markdown:
-        lines = ['| ' + ' | '.join(head) + ' |',
-                 '|' + '|'.join(['---'] + ['---:'] * (len(head) - 1)) + '|']
-        lines += ['| ' + ' | '.join(row) + ' |' for row in body]
-        return '\n'.join(lines)
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
-    fmt = '  '.join(f'{{:<{w}}}' if i == 0 else f'{{:>{w}}}'
-                    for i, w in enumerate(widths))
-    return '\n'.join(fmt.format(*row) for row in [head] + body)
+    return ba.grid(head, body, markdown)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -237,19 +237,12 @@ def build_hierarchy(spec: Dict[str, Any], device: Any):
 # Worker ###################################################################
 
 
-def leaf_inputs(n: int, device: Any, grad: bool) -> List[Any]:
-    r"""``q, k, v``: ``[N, H, D]`` standard normal, drawn in this order."""
-    import torch
-    return [torch.randn(n, ba.HEADS, ba.HEAD_DIM, device=device,
-                        requires_grad=grad) for _ in range(3)]
-
-
 def build_sdpa(n: int, device: Any, grad: bool) -> ba.Case:
     r"""SDPA on the ``q, k, v`` that HSA gets from the same seed, laid out
     as ``[1, H, N, D]``."""
     import torch.nn.functional as F
     q, k, v = (x.detach().transpose(0, 1).unsqueeze(0).contiguous()
-               .requires_grad_(grad) for x in leaf_inputs(n, device, False))
+               .requires_grad_(grad) for x in ba.leaf_qkv(n, device, False))
     return ba.Case(lambda: F.scaled_dot_product_attention(q, k, v),
                    [q, k, v])
 
@@ -262,7 +255,7 @@ def build_sdpa_per_family(sizes: Sequence[int], device: Any,
     p, w = len(sizes), sizes[0]
     q, k, v = (x.detach().view(p, w, ba.HEADS, ba.HEAD_DIM).transpose(1, 2)
                .contiguous().requires_grad_(grad)
-               for x in leaf_inputs(p * w, device, False))
+               for x in ba.leaf_qkv(p * w, device, False))
     return ba.Case(lambda: F.scaled_dot_product_attention(q, k, v),
                    [q, k, v])
 
@@ -282,7 +275,7 @@ def build(spec: Dict[str, Any], device: Any) -> ba.Case:
     start = time.perf_counter()
     h = build_hierarchy(spec, device)
     setup_ms = (time.perf_counter() - start) * 1e3
-    q, k, v = leaf_inputs(h.num_leaves, device, grad)
+    q, k, v = ba.leaf_qkv(h.num_leaves, device, grad)
     return ba.Case(
         lambda: functional.hierarchical_attention(q, k, v, h), [q, k, v], {
             'setup_ms': setup_ms, 'num_leaves': h.num_leaves,

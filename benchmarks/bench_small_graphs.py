@@ -310,16 +310,6 @@ def evaluate_targets(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return targets
 
 
-def _table(head: List[str], body: List[List[str]], markdown: bool) -> str:
-    if markdown:
-        lines = ['| ' + ' | '.join(head) + ' |',
-                 '|' + '|'.join(['---:'] * len(head)) + '|']
-        return '\n'.join(lines + ['| ' + ' | '.join(r) + ' |' for r in body])
-    widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    return '\n'.join('  '.join(c.rjust(w) for c, w in zip(row, widths))
-                     for row in [head] + body)
-
-
 def format_tables(rows: List[Dict[str, Any]], costs: List[Dict[str, Any]],
                   markdown: bool = False) -> str:
     r"""The attention table (ms and ratios per size and thread count) and
@@ -340,8 +330,8 @@ def format_tables(rows: List[Dict[str, Any]], costs: List[Dict[str, Any]],
     cost_body = [[str(c['threads'])] + [f'{c[k]:.2f}' for k in (
         'plain_collate_ms', 'nested_collate_ms', 'collate_added_ms',
         'hierarchy_ms', 'build_ms', 'build_per_molecule_ms')] for c in costs]
-    return (_table(head, body, markdown) + '\n\n' +
-            _table(cost_head, cost_body, markdown))
+    return (ba.grid(head, body, markdown, left=0) + '\n\n' +
+            ba.grid(cost_head, cost_body, markdown, left=0))
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -176,15 +176,7 @@ def format_table(summary: List[Dict], markdown: bool = False) -> str:
              ratio(s['fwdbwd_ratio']), f"{s['fwdbwd_peak_mib']:.0f}",
              f"{s['order_ms']:.0f}" if 'order_ms' in s else '-']
             for s in summary]
-    if markdown:
-        lines = ['| ' + ' | '.join(head) + ' |',
-                 '|' + '|'.join(['---'] + ['---:'] * (len(head) - 1)) + '|']
-        lines += ['| ' + ' | '.join(row) + ' |' for row in body]
-        return '\n'.join(lines)
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
-    fmt = '  '.join(f'{{:<{w}}}' if i == 0 else f'{{:>{w}}}'
-                    for i, w in enumerate(widths))
-    return '\n'.join(fmt.format(*row) for row in [head] + body)
+    return ba.grid(head, body, markdown)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
