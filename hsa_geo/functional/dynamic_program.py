@@ -1099,6 +1099,13 @@ def _members(tree: _Tree, leaf_x: Tensor, cluster_x: Optional[Tensor]
     return leaf_x if cluster_x is None else torch.cat([leaf_x, cluster_x])
 
 
+def _split_members(x: Tensor, num_leaf: int) -> Tuple[Tensor, Tensor]:
+    r"""The leaf rows and the cluster rows of a member table, as views
+    whose backward is one ``cat`` (two slices would each fill a whole table
+    of zeros for its gradient, and then add them)."""
+    return x.split([num_leaf, x.size(0) - num_leaf])
+
+
 def _sparse_scores(tree: _Tree, means: Dict[int, Tuple[Tensor, ...]],
                    bias: Optional[Tensor], off_lse_leaf: Tensor,
                    off_lse_clus: Tensor) -> Optional[Tensor]:
@@ -1119,10 +1126,10 @@ def _sparse_scores(tree: _Tree, means: Dict[int, Tuple[Tensor, ...]],
         tree.pattern.pairs_of  # (sorted rows)
     lse = scatter_logsumexp(s, sparse.src, sparse.num_members, tree.neg,
                             counts)
-    num_leaf = sparse.leaf.numel()
-    if num_leaf > 0:  # (an empty write's backward clones the whole rows)
-        off_lse_leaf[sparse.leaf] = lse[:num_leaf]
-    off_lse_clus[sparse.cluster] = lse[num_leaf:]
+    lse_leaf, lse_clus = _split_members(lse, sparse.leaf.numel())
+    if lse_leaf.numel() > 0:  # (an empty write's backward clones the rows)
+        off_lse_leaf[sparse.leaf] = lse_leaf
+    off_lse_clus[sparse.cluster] = lse_clus
     return s
 
 
@@ -1486,16 +1493,16 @@ def _upper_contexts(passes: _Passes
     sparse_u = _sparse_contexts(passes)
     if sparse_u is None:
         return u_leaf, own, writes
-    num_leaf = layout.sparse.leaf.numel()
+    leaf_u, cluster_u = _split_members(sparse_u, layout.sparse.leaf.numel())
     if u_leaf is None and _all_leaves_are_members(layout, v.size(0)):
         # (then no leaf family below writes into it)
-        u_leaf, own = sparse_u[:num_leaf], False
-    elif num_leaf > 0:
+        u_leaf, own = leaf_u, False
+    elif leaf_u.numel() > 0:
         if u_leaf is None:
             u_leaf = v.new_zeros(v.shape)
-        u_leaf[layout.sparse.leaf] = sparse_u[:num_leaf]
-    if num_leaf < sparse_u.size(0):
-        writes.append(((layout.sparse.cluster, None), sparse_u[num_leaf:]))
+        u_leaf[layout.sparse.leaf] = leaf_u
+    if cluster_u.size(0) > 0:
+        writes.append(((layout.sparse.cluster, None), cluster_u))
     return u_leaf, own, writes
 
 

@@ -18,6 +18,7 @@ from hypothesis import given, settings, strategies as st
 from hsa_geo import Hierarchy, hierarchical_attention, \
     hierarchical_attention_matrix
 from hsa_geo.nn import HSAConv
+from tests.helpers.attention import fragment_forest
 from tests.helpers.strategies import Forest, flat_tree, forests
 
 DEVICE = torch.device(os.environ.get('HSA_GEO_TEST_DEVICE', 'cuda'))
@@ -74,20 +75,13 @@ def test_random_forests_match_the_dense_reference(f: Forest, heads, d, seed):
 
 
 def test_many_small_trees_on_the_pair_list():
-    # 64 molecule-like trees of 3-11 leaves in two fragments under a root
-    # (two fragments, then the root, per tree): the pair list and its
-    # sparse kernels.
+    # 64 molecule-like trees of 3-11 leaves: the pair list and its sparse
+    # kernels.
     g = torch.Generator().manual_seed(0)
-    sizes = torch.randint(3, 12, (64, ), generator=g).tolist()
-    num_leaves = sum(sizes)
-    parent, clusters = [], []
-    for i, size in enumerate(sizes):
-        first = num_leaves + 3 * i
-        parent += [first + j % 2 for j in range(size)]
-        clusters += [first + 2, first + 2, -1]
-    hierarchy = Hierarchy.from_parent(parent + clusters, num_leaves)
+    hierarchy = fragment_forest(
+        torch.randint(3, 12, (64, ), generator=g).tolist())
     assert hierarchy.layout.sparse.num_members > 0
-    check_against_cpu(hierarchy, *qkv(num_leaves, 4, 8, 1))
+    check_against_cpu(hierarchy, *qkv(hierarchy.num_leaves, 4, 8, 1))
 
 
 @pytest.mark.parametrize('num_leaves', [40, 130])

@@ -27,3 +27,16 @@ def random_pairs(parent: List[int], g: torch.Generator) -> Tensor:
     coin = torch.rand(len(pairs), generator=g).tolist()
     kept = [p for p, c in zip(pairs, coin) if c < 0.5]
     return torch.tensor(kept, dtype=torch.long).view(-1, 2).t()
+
+
+def fragment_forest(sizes: List[int]) -> Hierarchy:
+    r"""Molecule-like trees, one per entry of :obj:`sizes` (at least 2
+    leaves each): the leaves alternate between two fragments under the
+    tree's root. Small families of leaves and of clusters: the pair list."""
+    num_leaves = sum(sizes)
+    parent, clusters = [], []
+    for i, size in enumerate(sizes):
+        first = num_leaves + 3 * i  # two fragments, then the root
+        parent += [first + j % 2 for j in range(size)]
+        clusters += [first + 2, first + 2, -1]
+    return Hierarchy.from_parent(parent + clusters, num_leaves)
