@@ -208,6 +208,7 @@ def _spmm(matrix: Tensor, x: Tensor) -> Tensor:
         # rows of 64 channels and more, slower on narrower ones.
         return torch.sparse.mm(matrix, x, 'sum')
     # matrix @ x fills a zero table, copies it into its output and then
-    # overwrites it; beta = 0 into one zero table writes it once.
-    out = x.new_zeros(matrix.size(0), x.size(1))
+    # overwrites it. With beta = 0 addmm ignores what its input holds (NaN
+    # included, as documented): the output is written once.
+    out = x.new_empty(matrix.size(0), x.size(1))
     return torch.addmm(out, matrix, x, beta=0.0, out=out)
