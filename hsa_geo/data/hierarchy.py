@@ -124,6 +124,12 @@ class HierarchyLayout:
             :attr:`FamilyBucket.sparse`, as one list of sibling pairs.
         cluster_parent (LongTensor): ``[M]`` the parent of every internal
             node, ``0..M-1`` (``-1`` for roots).
+        cluster_order (LongTensor): ``[M]`` the internal nodes by depth,
+            roots first (each depth in increasing id: the children of
+            :attr:`cluster_levels`, level after level, after the roots).
+        cluster_order_parents (list of LongTensor): per entry of
+            :attr:`cluster_levels`, the position in :attr:`cluster_order`
+            of every child's parent.
         cluster_jumps (list of (LongTensor, LongTensor), optional): the
             ancestor tables of pointer doubling over the internal nodes, for
             hierarchies deeper than 32 levels (:obj:`None` otherwise): entry
@@ -146,6 +152,8 @@ class HierarchyLayout:
     sparse: SparseFamilies
     cluster_parent: Tensor
     cluster_jumps: Optional[List[Tuple[Tensor, Tensor]]]
+    cluster_order: Tensor
+    cluster_order_parents: List[Tensor]
 
 
 class _NodeData(NamedTuple):
@@ -157,6 +165,8 @@ class _NodeData(NamedTuple):
     cluster_levels: List[Tuple[Tensor, Tensor]]
     cluster_parent: Tensor
     cluster_jumps: Optional[List[Tuple[Tensor, Tensor]]]
+    cluster_order: Tensor
+    cluster_order_parents: List[Tensor]
     leaves_with_parent: Tensor
     leaf_parent_cluster: Tensor
     num_trees: int
@@ -753,9 +763,15 @@ class Hierarchy:
         # in the internal numbering 0..T-N-1 the dynamic program works in.
         clusters = order[order >= n]
         counts = torch.bincount(depth[n:], minlength=max_depth + 1).tolist()
+        cluster_order = clusters - n
         clusters = clusters[counts[0]:]  # without the roots
         cluster_levels = _LevelViews(
             (clusters - n, parent[clusters] - n), counts[1:])
+        position = torch.empty_like(cluster_order)
+        position[cluster_order] = torch.arange(cluster_order.numel(),
+                                               device=parent.device)
+        order_parents = _LevelViews((position[parent[clusters] - n], ),
+                                    counts[1:])
         cluster_parent = torch.where(parent[n:] >= 0, parent[n:] - n, -1)
         jumps = _ancestor_jumps(cluster_parent, clusters - n) \
             if max_depth > DOUBLING_DEPTH else None
@@ -768,7 +784,9 @@ class Hierarchy:
         return _NodeData(
             height=height, size=size, max_depth=max_depth, levels=by_level,
             cluster_levels=cluster_levels, cluster_parent=cluster_parent,
-            cluster_jumps=jumps, leaves_with_parent=leaf_has_parent,
+            cluster_jumps=jumps, cluster_order=cluster_order,
+            cluster_order_parents=order_parents,
+            leaves_with_parent=leaf_has_parent,
             leaf_parent_cluster=leaf_parent[leaf_has_parent] - n,
             num_trees=int((parent < 0).sum()),
             max_branching=int(num_children.max()) if t > n else 0,
@@ -949,7 +967,9 @@ class Hierarchy:
             leaves_outside_leaf_families=rest,
             outside_parent_cluster=rest_parent, sparse=families.sparse,
             cluster_parent=nodes.cluster_parent,
-            cluster_jumps=nodes.cluster_jumps)
+            cluster_jumps=nodes.cluster_jumps,
+            cluster_order=nodes.cluster_order,
+            cluster_order_parents=nodes.cluster_order_parents)
 
     @property
     def family_buckets(self) -> List[FamilyBucket]:

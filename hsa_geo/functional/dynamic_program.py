@@ -567,15 +567,20 @@ Levels = List[Tuple[Tensor, Tensor]]
 
 class _Paths(NamedTuple):
     r"""The paths of the cluster forest: its depth levels ``(child,
-    parent)`` and, for deep trees, its pointer-doubling ancestor tables
+    parent)``; for deep trees, its pointer-doubling ancestor tables
     ``(node, ancestor)`` (:attr:`HierarchyLayout.cluster_jumps`), which
-    replace the levels in the linear passes."""
+    replace the levels in the linear passes; and the clusters by depth,
+    roots first, with the positions of every level's parents in that
+    order."""
     levels: Levels
     jumps: Optional[Levels]
+    order: Tensor
+    order_parents: List[Tensor]
 
 
 def _paths(layout: HierarchyLayout) -> _Paths:
-    return _Paths(layout.cluster_levels, layout.cluster_jumps)
+    return _Paths(layout.cluster_levels, layout.cluster_jumps,
+                  layout.cluster_order, layout.cluster_order_parents)
 
 
 # The cost of a step (a level or a jump: a few small operations, about
@@ -1245,14 +1250,9 @@ class _ClusterLogPartition(torch.autograd.Function):
         g = base.clone()
         levels = paths.levels
         if levels:
-            counts = [child.numel() for child, _ in levels]
             # rows by depth, roots first; position of every row's parent
-            order = torch.cat([(parent < 0).nonzero().view(-1)] +
-                              [child for child, _ in levels])
-            pos = torch.empty_like(order)
-            pos[order] = torch.arange(order.numel(), device=order.device)
-            up = torch.split(pos[torch.cat([par for _, par in levels])],
-                             counts)
+            order, up = paths.order, paths.order_parents
+            counts = [p.numel() for p in up]
             g_d, off_d = g[order], off[order]
             share_d = share[order].unsqueeze(-1)
             hi = order.numel()

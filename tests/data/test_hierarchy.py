@@ -134,6 +134,15 @@ def test_derived_data_by_pointer_doubling(f, jumps):
         assert child.tolist() == [c for c in range(len(parent))
                                   if depth[n + c] == d]
         assert par.tolist() == [parent[c] for c in child.tolist()]
+    # The clusters by depth, roots first, and where each level's parents
+    # stand in that order.
+    order = layout.cluster_order.tolist()
+    assert order == sorted(range(len(parent)), key=lambda c: (depth[n + c],
+                                                              c))
+    assert len(layout.cluster_order_parents) == len(layout.cluster_levels)
+    for at, (_, par) in zip(layout.cluster_order_parents,
+                            layout.cluster_levels):
+        assert [order[i] for i in at.tolist()] == par.tolist()
     if not jumps or max(depth) == 0:
         assert layout.cluster_jumps is None
         return
