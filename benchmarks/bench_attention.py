@@ -806,7 +806,9 @@ def cpu_model() -> str:
 
 def source_commit() -> Optional[str]:
     r"""The checkout's commit, with ``+changes`` when files differ from it
-    (the timings are of the code as it was), or :obj:`None`."""
+    (the timings are of the code as it was); where there is no git
+    repository (a copy of the working tree on another machine), the
+    environment variable ``HSA_GEO_COMMIT``, else :obj:`None`."""
     try:
         def git(*args: str) -> str:
             return subprocess.run(['git', *args], cwd=REPO_ROOT,
@@ -815,7 +817,7 @@ def source_commit() -> Optional[str]:
         changed = git('status', '--porcelain', '--untracked-files=no')
         return git('rev-parse', 'HEAD') + ('+changes' if changed else '')
     except (OSError, subprocess.SubprocessError):
-        return None
+        return os.environ.get('HSA_GEO_COMMIT')
 
 
 def machine_info(device: str, threads: int) -> Dict[str, Any]:

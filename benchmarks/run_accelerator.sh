@@ -8,7 +8,9 @@
 #   bash benchmarks/run_accelerator.sh [OUTDIR] [DEVICE]
 #
 # OUTDIR defaults to benchmarks/results, DEVICE to cuda; BENCH_ARGS (say
-# --quick, to try the script on a CPU) is added to both benchmarks. It runs
+# --quick, to try the script on a CPU) is added to both benchmarks; on a
+# copy of the working tree without git, HSA_GEO_COMMIT names the commit
+# for the JSON (bench_attention.source_commit). It runs
 # from the repository root with the machine's own python3 (torch with CUDA,
 # torch_geometric) and this checkout on PYTHONPATH: nothing is installed
 # into that Python.
@@ -45,7 +47,8 @@ gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
 print('torch', torch.__version__, 'cuda', torch.version.cuda,
       'torch_geometric', torch_geometric.__version__, 'gpu', gpu)
 EOF
-    git log -1 --format='commit %H' 2> /dev/null
+    git log -1 --format='commit %H' 2> /dev/null \
+        || echo "commit ${HSA_GEO_COMMIT:-unknown (no git here)}"
 } 2>&1 | tee "$out/accelerator_${device}.txt"
 
 run() {  # run LIMIT_SECONDS LOG COMMAND...: one part, under its limit

@@ -199,3 +199,15 @@ def test_live_tensor_peak_counts_what_the_call_holds_at_once():
     # backward, before x.grad is made; x is not counted) and the 4-byte
     # gradient of the sum
     assert abs(bench.live_tensor_peak_mib(backward) - 12.0) < 1e-3
+
+
+def test_source_commit_without_git(monkeypatch):
+    # A copy of the working tree without a repository (another machine):
+    # the commit comes from HSA_GEO_COMMIT, or is unknown.
+    def no_git(*args, **kwargs):
+        raise OSError('no git')
+    monkeypatch.setattr(bench.subprocess, 'run', no_git)
+    monkeypatch.delenv('HSA_GEO_COMMIT', raising=False)
+    assert bench.source_commit() is None
+    monkeypatch.setenv('HSA_GEO_COMMIT', 'abc123')
+    assert bench.source_commit() == 'abc123'
