@@ -62,6 +62,9 @@ def check_attention_inputs(q: Tensor, k: Tensor, v: Tensor,
     if q.size(-1) == 0 or (q.dim() == 3 and q.size(1) == 0):
         raise ValueError(f"q and k need at least one head and one channel "
                          f"per head; got shape {tuple(q.shape)}")
+    if v.size(-1) == 0:
+        raise ValueError(f"v needs at least one channel per head; got shape "
+                         f"{tuple(v.shape)}")
     if q.size(0) != hierarchy.num_leaves:
         raise ValueError(
             f"q, k and v have {q.size(0)} rows but the hierarchy has "

@@ -843,6 +843,15 @@ def test_no_channels_or_no_heads(shape):
         hierarchical_attention(q, q, q, h)
 
 
+@pytest.mark.parametrize('heads', [None, 2])
+def test_values_without_channels(heads):
+    h = build(Forest([4, 4, 5, 5, 5, -1], 4))
+    lead = (4, ) if heads is None else (4, heads)
+    q = torch.randn(*lead, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match='v needs at least one channel'):
+        hierarchical_attention(q, q, q.new_zeros(*lead, 0), h)
+
+
 @pytest.mark.parametrize('which', [0, 1, 2])
 def test_inputs_on_another_device(which):
     q, k, v, h = _valid()
