@@ -10,6 +10,7 @@ time on a batch of molecules, one CPU thread). Each backward is the other
 product, so the gradients are differentiable to any order."""
 from __future__ import annotations
 
+import sys
 import warnings
 from typing import NamedTuple, Optional, Tuple
 
@@ -20,6 +21,14 @@ from torch import Tensor
 # and CSR @ dense); elsewhere the callers gather and scatter. ROCm builds
 # call their GPUs 'cuda' too: left to the gathers there, untested.
 DEVICES = ('cpu', ) + (('cuda', ) if torch.version.hip is None else ())
+# Where CSR @ dense runs MKL's kernel (Linux builds with MKL), addmm with
+# beta = 0 overwrites its output without reading it, so the products write
+# into an empty table; elsewhere PyTorch's own fallback may scale what the
+# output held (NaN or -inf from recycled memory would survive), and the
+# products keep csr @ x. tests/functional/test_pair_pattern.py checks the
+# property on the builds that use it.
+EMPTY_OUTPUT = sys.platform.startswith('linux') and \
+    torch.backends.mkl.is_available()
 # Emitted once per process on the first CSR tensor; filtered once here,
 # rather than around every call (a global, thread-unsafe switch).
 warnings.filterwarnings('ignore', '.*Sparse CSR tensor support is in beta.*')
@@ -209,9 +218,9 @@ def _spmm(matrix: Tensor, x: Tensor) -> Tensor:
         # (behind @) writes a second one and copies it: 1.2-4x faster on
         # rows of 64 channels and more, slower on narrower ones.
         return torch.sparse.mm(matrix, x, 'sum')
-    # On the CPU, matrix @ x fills a zero table, copies it into its output
-    # and then overwrites it. With beta = 0 addmm ignores what its input
-    # holds (NaN included, as documented and checked here): the output is
-    # written once.
+    if not EMPTY_OUTPUT:
+        return matrix @ x
+    # With MKL, matrix @ x fills a zero table, copies it into its output
+    # and then overwrites it; addmm with beta = 0 writes the output once.
     out = x.new_empty(matrix.size(0), x.size(1))
     return torch.addmm(out, matrix, x, beta=0.0, out=out)

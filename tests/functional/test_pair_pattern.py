@@ -4,6 +4,7 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
+from hsa_geo.functional import pair_pattern
 from hsa_geo.functional.pair_pattern import PairPattern
 
 SEEDS = st.integers(0, 2**31 - 1)
@@ -46,6 +47,24 @@ def test_products_match_dense(members, heads, density, width, seed):
     assert torch.allclose(dots, expected, atol=1e-12)
     assert torch.allclose(out.transpose(0, 1),
                           dense_matrix(values, mask, heads) @ x, atol=1e-12)
+
+
+@pytest.mark.skipif(not pair_pattern.EMPTY_OUTPUT,
+                    reason='the products keep csr @ x on this build')
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+def test_addmm_overwrites_an_output_it_does_not_read(dtype):
+    """What the products rely on where they write into an empty table: with
+    beta = 0, addmm into its own input replaces NaN, -inf and huge values,
+    rows without entries included, by exactly csr @ x."""
+    pattern, mask = random_pattern(12, 2, 0.2, 3)
+    assert (mask.sum(1) == 0).any()  # rows without pairs
+    values = torch.randn(2 * int(mask.sum()), dtype=dtype)
+    matrix = pattern.matrix(values)
+    x = torch.randn(24, 3, dtype=dtype)
+    for fill in (float('nan'), float('-inf'), 1e30):
+        out = torch.full((24, 3), fill, dtype=dtype)
+        torch.addmm(out, matrix, x, beta=0.0, out=out)
+        assert torch.equal(out, matrix @ x)
 
 
 @given(members=st.integers(1, 9), heads=st.integers(1, 3), seed=SEEDS)
