@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The GPU run, prepared to fit in about nine minutes of one machine: the
+# The GPU run, prepared to fit in a 10-minute command on one machine: the
 # exactness checks on the device, the whole attention benchmark and the
-# small-graph case, each under its own time limit, their JSON, Markdown and
-# logs written to one folder as they finish (a part cut short keeps what it
-# wrote).
+# small-graph case, each under its own time limit (100 + 300 + 110 s), their
+# JSON, Markdown and logs written to one folder as they finish (a part cut
+# short keeps what it wrote). Every part's exit status is recorded in
+# accelerator_DEVICE.txt; the script exits 1 if any part failed.
 #
 #   bash benchmarks/run_accelerator.sh [OUTDIR] [DEVICE]
 #
@@ -22,17 +23,21 @@
 #       --platform manylinux_2_28_x86_64 -d .whl \
 #       rdkit ogb outdated littleutils
 #
-# and they are installed into a temporary folder here.
+# and they are installed into a temporary folder here (unless python3 has
+# them already).
 set -uo pipefail
 out=${1:-benchmarks/results}
 device=${2:-cuda}
+tag=${device//:/_}  # file names without ':' (cuda:0)
 mkdir -p "$out"
+status=0
 export PYTHONUNBUFFERED=1 OUTDATED_IGNORE=1 PYTHONDONTWRITEBYTECODE=1
-if compgen -G '.whl/*.whl' > /dev/null; then
+if compgen -G '.whl/*.whl' > /dev/null \
+        && ! python3 -c 'import rdkit, ogb' 2> /dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile \
         --no-cache-dir --upgrade --target /tmp/hsa_geo_site .whl/*.whl \
         || exit 1
-    export PYTHONPATH=/tmp/hsa_geo_site
+    export PYTHONPATH=/tmp/hsa_geo_site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 
@@ -49,29 +54,34 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda,
 EOF
     git log -1 --format='commit %H' 2> /dev/null \
         || echo "commit ${HSA_GEO_COMMIT:-unknown (no git here)}"
-} 2>&1 | tee "$out/accelerator_${device}.txt"
+} 2>&1 | tee "$out/accelerator_${tag}.txt"
 
-run() {  # run LIMIT_SECONDS LOG COMMAND...: one part, under its limit
-    local limit=$1 log=$2
+run() {  # run LIMIT_SECONDS LOG COMMAND...: one part, under its limit; its
+    # exit status goes into accelerator_TAG.txt and into the script's own
+    local limit=$1 log=$2 rc
     shift 2
     echo "== $* (at most ${limit} s)"
-    timeout --signal=INT --kill-after=15 "$limit" "$@" 2>&1 | tee "$log"
-    echo "== exit ${PIPESTATUS[0]}"
+    timeout --signal=INT --kill-after=10 "$limit" "$@" 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+    echo "== exit $rc: $(basename "$log")" \
+        | tee -a "$out/accelerator_${tag}.txt"
+    [ "$rc" -eq 0 ] || status=1
 }
 
 # 1. Exactness on the device, against the dense reference (float64).
-HSA_GEO_TEST_DEVICE=$device run 120 "$out/accelerator_${device}_tests.log" \
+HSA_GEO_TEST_DEVICE=$device run 100 "$out/accelerator_${tag}_tests.log" \
     python3 -m pytest -q -p no:cacheprovider \
     tests/functional/test_dynamic_program_devices.py
 # 2. The attention benchmark: every method and size, each in a fresh
 #    process; SDPA up to N = 65,536 as on the CPU.
-run 330 "$out/bench_attention_${device}.log" \
+run 300 "$out/bench_attention_${tag}.log" \
     python3 benchmarks/bench_attention.py --device "$device" \
     --min-time 0.5 --timeout 120 --no-progress ${BENCH_ARGS:-} \
-    --out "$out/bench_attention_${device}.json" \
-    --markdown "$out/bench_attention_${device}.md"
+    --out "$out/bench_attention_${tag}.json" \
+    --markdown "$out/bench_attention_${tag}.md"
 # 3. The small-graph case: 128 molecules, 64 and 256 channels.
-run 120 "$out/bench_small_graphs_${device}.log" \
+run 110 "$out/bench_small_graphs_${tag}.log" \
     python3 benchmarks/bench_small_graphs.py --device "$device" \
-    ${BENCH_ARGS:-} --out "$out/bench_small_graphs_${device}.json" \
-    --markdown "$out/bench_small_graphs_${device}.md"
+    ${BENCH_ARGS:-} --out "$out/bench_small_graphs_${tag}.json" \
+    --markdown "$out/bench_small_graphs_${tag}.md"
+exit $status

@@ -124,12 +124,6 @@ class HierarchyLayout:
             :attr:`FamilyBucket.sparse`, as one list of sibling pairs.
         cluster_parent (LongTensor): ``[M]`` the parent of every internal
             node, ``0..M-1`` (``-1`` for roots).
-        cluster_order (LongTensor): ``[M]`` the internal nodes by depth,
-            roots first (each depth in increasing id: the children of
-            :attr:`cluster_levels`, level after level, after the roots).
-        cluster_order_parents (list of LongTensor): per entry of
-            :attr:`cluster_levels`, the position in :attr:`cluster_order`
-            of every child's parent.
         cluster_jumps (list of (LongTensor, LongTensor), optional): the
             ancestor tables of pointer doubling over the internal nodes, for
             hierarchies deeper than 32 levels (:obj:`None` otherwise): entry
@@ -140,6 +134,12 @@ class HierarchyLayout:
             in all, instead of one per level; the depth order lets a step
             update rows in place a chunk at a time, deepest (or shallowest)
             first, as no chunk reads a row an earlier one wrote.
+        cluster_order (LongTensor): ``[M]`` the internal nodes by depth,
+            roots first (each depth in increasing id: the children of
+            :attr:`cluster_levels`, level after level, after the roots).
+        cluster_order_parents (list of LongTensor): per entry of
+            :attr:`cluster_levels`, the position in :attr:`cluster_order`
+            of every child's parent.
     """
     buckets: List[FamilyBucket]
     cluster_levels: List[Tuple[Tensor, Tensor]]
