@@ -600,6 +600,16 @@ def run_worker(method: str, n: int, device: str = 'cpu',
         max_repeats, long_run, seed)
 
 
+def synchronize(device: Any) -> Callable[[], None]:
+    r"""What makes a timing on :obj:`device` include its queued kernels
+    (nothing on the CPU)."""
+    import torch
+    device = torch.device(device)
+    if device.type == 'cuda':
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
 def measure_case(row: Dict[str, Any], build: Callable[[Any], Case],
                  device: str, forward_only: bool, preload_fn: Callable,
                  threads: Optional[int], min_time: float, max_repeats: int,
@@ -616,8 +626,7 @@ def measure_case(row: Dict[str, Any], build: Callable[[Any], Case],
             torch.set_num_threads(threads)
         torch.manual_seed(seed)
         dev = torch.device(device)
-        sync = ((lambda: torch.cuda.synchronize(dev))
-                if dev.type == 'cuda' else (lambda: None))
+        sync = synchronize(dev)
         meter = MemoryMeter(dev)
         case = build(dev)
         timing = dict(min_time=min_time, max_repeats=max_repeats,

@@ -336,8 +336,7 @@ def run_case(spec: Dict[str, Any], args: argparse.Namespace,
                 t.grad = None
             case.forward().sum().backward()
 
-        sync = (torch.cuda.synchronize if torch.device(args.device).type ==
-                'cuda' else (lambda: None))
+        sync = ba.synchronize(args.device)
         calls = [('fwd', forward)]
         if not spec['forward_only']:
             calls.append(('fwdbwd', forward_backward))

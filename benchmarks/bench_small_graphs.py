@@ -199,18 +199,8 @@ def attention_cases(batch: Any, channels: int, device: Any = 'cpu'
     }, hsa
 
 
-def synchronize(device: Any) -> Callable[[], None]:
-    r"""What makes a timing on :obj:`device` include its queued kernels
-    (nothing on the CPU)."""
-    import torch
-    device = torch.device(device)
-    if device.type == 'cuda':
-        return lambda: torch.cuda.synchronize(device)
-    return lambda: None
-
-
 def forward_backward(case: ba.Case, device: Any = 'cpu') -> Call:
-    sync = synchronize(device)
+    sync = ba.synchronize(device)
 
     def call() -> None:
         for t in case.grad_leaves:
@@ -227,7 +217,7 @@ def fresh_hsa_conv(nested: List[Any], conv: Any, case: ba.Case,
     :obj:`device` are not part of it), on the input of :obj:`case`."""
     from torch_geometric.data import Batch
     x = case.grad_leaves[0]
-    sync = synchronize(device)
+    sync = ba.synchronize(device)
 
     def call() -> float:
         hierarchy = Batch.from_data_list(nested).hierarchy.to(device)
