@@ -1095,6 +1095,19 @@ def test_streamed_leaf_families_second_derivatives(padded, f, seed):
             lambda q, k, v: hierarchical_attention(q, k, v, h), (q, k, v))
 
 
+def _dense_check_under(spy, h: Hierarchy, q, k, v):
+    r"""The output and the gradients of ``q, k, v``, run inside the context
+    :obj:`spy` (a dispatch mode or a patch), against the dense reference."""
+    with spy:
+        out = hierarchical_attention(q, k, v, h)
+        g = torch.randn_like(out)
+        got = torch.autograd.grad((out * g).sum(), (q, k, v))
+    ref = apply_q(hierarchical_attention_matrix(q, k, h), v)
+    want = torch.autograd.grad((ref * g).sum(), (q, k, v))
+    assert max_err(out, ref) <= EXACT
+    assert max(max_err(a, b) for a, b in zip(got, want)) <= EXACT
+
+
 # Paragraphs of 5, 7 and 3 words under a document root: the families of 5
 # and 7 share a bucket of width 8, padded, which runs as softmax attention
 # with its padding masked; the family of 3 shares a bucket with the root.
@@ -1114,16 +1127,10 @@ def test_padded_bucket_of_leaves_is_streamed():
         def spy(*args, key_mask=None, **kwargs):
             calls.append(key_mask)
             return softmax_attention(*args, key_mask=key_mask, **kwargs)
-        with unittest.mock.patch(
-                'hsa_geo.functional.dynamic_program.softmax_attention', spy):
-            out = hierarchical_attention(q, k, v, h)
-        assert [m.sum(1).tolist() for m in calls] == [[5, 7]]
-        g = torch.randn_like(out)
-        got = torch.autograd.grad((out * g).sum(), (q, k, v))
-    ref = apply_q(hierarchical_attention_matrix(q, k, h), v)
-    want = torch.autograd.grad((ref * g).sum(), (q, k, v))
-    assert max_err(out, ref) <= EXACT
-    assert max(max_err(a, b) for a, b in zip(got, want)) <= EXACT
+        _dense_check_under(unittest.mock.patch(
+            'hsa_geo.functional.dynamic_program.softmax_attention', spy),
+            h, q, k, v)
+    assert [m.sum(1).tolist() for m in calls] == [[5, 7]]
 
 
 # All leaves in order in equal-width families: the streamed output is the
@@ -1198,19 +1205,12 @@ def test_document_of_streamed_paragraphs_matches_dense_without_waste():
     spy = _WastedLeafRows(num_leaves)
     with unittest.mock.patch(
             'hsa_geo.functional.dynamic_program.STREAMED_WIDTH', 2):
-        with spy:
-            out = hierarchical_attention(q, k, v, h)
-            g = torch.randn_like(out)
-            got = torch.autograd.grad((out * g).sum(), (q, k, v))
+        _dense_check_under(spy, h, q, k, v)
         assert torch.autograd.gradgradcheck(
             lambda q, k, v: hierarchical_attention(q, k, v, h),
             tuple(t.requires_grad_() for t in make_qkv(num_leaves, 1, 2, 2,
                                                        4)))
     assert spy.seen == []
-    ref = apply_q(hierarchical_attention_matrix(q, k, h), v)
-    want = torch.autograd.grad((ref * g).sum(), (q, k, v))
-    assert max_err(out, ref) <= EXACT
-    assert max(max_err(a, b) for a, b in zip(got, want)) <= EXACT
 
 
 class _SliceBackwards(TorchDispatchMode):
@@ -1235,15 +1235,8 @@ def test_pair_list_splits_member_tables_without_zero_tables():
     q, k, v = (t.requires_grad_() for t in make_qkv(h.num_leaves, 2, 3, 4,
                                                     5))
     spy = _SliceBackwards()
-    with spy:
-        out = hierarchical_attention(q, k, v, h)
-        g = torch.randn_like(out)
-        got = torch.autograd.grad((out * g).sum(), (q, k, v))
+    _dense_check_under(spy, h, q, k, v)
     assert spy.seen == []
-    ref = apply_q(hierarchical_attention_matrix(q, k, h), v)
-    want = torch.autograd.grad((ref * g).sum(), (q, k, v))
-    assert max_err(out, ref) <= EXACT
-    assert max(max_err(a, b) for a, b in zip(got, want)) <= EXACT
 
 
 def test_wide_flat_family_needs_no_table(monkeypatch):
