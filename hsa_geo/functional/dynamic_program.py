@@ -1459,7 +1459,11 @@ def _downward_contexts(passes: _Passes) -> Tensor:
         # (copying the base's gradient in the backward).
         r = torch.exp(passes.masses.log_r_leaf).unsqueeze(-1)
         out = u_leaf.addcmul_(r, v) if own else torch.addcmul(u_leaf, r, v)
-    if rest_context is not None and rest.numel() > 0:
+    if rest_context is not None and rest.numel() == out.size(0):
+        # Every leaf, in order (rest is sorted): an add, whose backward
+        # passes the gradient on instead of gathering a copy of it.
+        out.add_(rest_context)
+    elif rest_context is not None and rest.numel() > 0:
         out.index_add_(0, rest, rest_context)
     return out
 
