@@ -471,14 +471,15 @@ class _HeadwiseContext(torch.autograd.Function):
         bv, bo = _head_buffers(v, chunks, 2)
         ba = _weight_buffer(s, chunks)
         for lo, hi in chunks:
+            finite = None if v.device.type in _HEADWISE_CHECKS else \
+                _finite_heads(v[lo:hi])
             for i in range(v.size(2)):
                 cv = _head(v[lo:hi], i, bv)
                 a = _weights(s, shift, keep, i, lo, hi, ba)
                 buf = bo[:hi - lo]
                 torch.bmm(a, cv, out=buf)
-                # The sum is non-finite if any value is (or if it overflows:
-                # then the exact path runs for nothing); cv is in cache.
-                if not math.isfinite(float(cv.sum())):
+                if not (math.isfinite(float(cv.sum())) if finite is None
+                        else finite[i]):
                     _nonfinite_product_(buf, a, cv)
                 if r is not None:
                     buf.addcmul_(r[lo:hi, :, i].unsqueeze(-1), cv)
@@ -536,6 +537,19 @@ class _HeadwiseContext(torch.autograd.Function):
                         buf.addcmul_(r[lo:hi, :, i].unsqueeze(-1), cg)
                     gv[lo:hi, :, i] = buf
         return (gs if need_s else None), gshift, None, gv, gr, gu
+
+
+# Devices where _HeadwiseContext checks each head's copy for non-finite
+# values while it is in cache, rather than all heads of a chunk at once (on
+# an accelerator one check, one synchronisation, instead of one per head).
+_HEADWISE_CHECKS = ('cpu', )
+
+
+def _finite_heads(v: Tensor) -> List[bool]:
+    r"""Per head of a chunk ``[C, W, H, D]``, whether its values sum to a
+    finite number (they do unless one is infinite or NaN, or the sum
+    overflows: then the exact path runs for nothing)."""
+    return torch.isfinite(v.sum(dim=(0, 1, 3))).tolist()
 
 
 def _nonfinite_product_(out: Tensor, a: Tensor, v: Tensor) -> Tensor:

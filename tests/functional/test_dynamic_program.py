@@ -874,6 +874,12 @@ def test_non_finite_values_propagate_as_ieee(f, heads, seed, data):
         i = data.draw(st.integers(0, f.num_leaves - 1))
         v[i, ..., data.draw(st.integers(0, 2))] = data.draw(
             st.sampled_from([math.inf, -math.inf, math.nan]))
+    _check_ieee(q, k, v, h)
+
+
+def _check_ieee(q, k, v, h):
+    r"""The output is ``sum_j Q_ij v_j`` over the terms with ``Q_ij > 0``,
+    per element, NaN and infinities included."""
     out = hierarchical_attention(q, k, v, h)
     Q = hierarchical_attention_matrix(q, k, h)
     if v.dim() == 2:
@@ -887,6 +893,25 @@ def test_non_finite_values_propagate_as_ieee(f, heads, seed, data):
     finite = ~torch.isnan(ref)
     assert torch.equal(out[finite].isinf(), ref[finite].isinf())
     assert torch.allclose(out[finite], ref[finite], atol=1e-10)
+
+
+@pytest.mark.parametrize('per_head', [True, False])
+def test_non_finite_values_on_the_fused_leaf_path(monkeypatch, per_head):
+    """The fused leaf path checks the values for infinities and NaN per
+    head of each chunk (the CPU) or for all heads of a chunk at once (an
+    accelerator: one synchronisation); either way a non-finite value
+    reaches exactly the outputs that weigh it, in whichever head and chunk
+    it lies."""
+    import hsa_geo.functional.dynamic_program as dp
+    monkeypatch.setattr(dp, '_CPU_CHUNK_ELEMENTS', 16)
+    monkeypatch.setattr(dp, '_HEADWISE_CHECKS', ('cpu', ) if per_head else ())
+    h = Hierarchy.from_assignments(balanced_assignments(64, 4))
+    assert h.layout.leaf_blocks is not None
+    q, k, v = make_qkv(64, 3, 2, 3, 0)
+    for leaf, head, value in ((5, 0, math.inf), (40, 2, -math.inf),
+                              (41, 2, math.inf), (63, 1, math.nan)):
+        v[leaf, head, 1] = value
+    _check_ieee(q, k, v, h)
 
 
 def test_moved_hierarchy_gives_same_output():
