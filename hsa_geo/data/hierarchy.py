@@ -71,6 +71,8 @@ class FamilyBucket:
             (:class:`~hsa_geo.data.sparse_families.SparseFamilies`) rather
             than on this table: for small buckets, and where a family graph
             allows few of the table's pairs.
+        parents_are_roots (bool): whether every family's parent is a root
+            (whose mass is 1: the passes need not scale its families).
     """
     width: int
     kind: str
@@ -87,6 +89,7 @@ class FamilyBucket:
     cluster_node: Tensor
     allowed: Optional[Tensor] = None
     sparse: bool = False
+    parents_are_roots: bool = False
 
     @property
     def num_families(self) -> int:
@@ -270,7 +273,8 @@ def _allowed_slots(edges: Tensor, edge_fam: Tensor, local: Tensor,
 
 
 def _family_bucket(w: int, kind: str, fams: Tensor, n: int, child: Tensor,
-                   flat: Tensor, allowed: Optional[Tensor]) -> FamilyBucket:
+                   flat: Tensor, allowed: Optional[Tensor],
+                   parents_are_roots: bool) -> FamilyBucket:
     r"""The bucket of the families :obj:`fams` (cluster ids) of width
     :obj:`w`, from their children :obj:`child` and the slot ``f * w + s``
     of each (:obj:`flat`)."""
@@ -299,6 +303,7 @@ def _family_bucket(w: int, kind: str, fams: Tensor, n: int, child: Tensor,
         allowed=allowed,
         sparse=_is_sparse(w, fams.numel(), allowed,
                           kind == 'leaf' and range_ == (0, n)),
+        parents_are_roots=parents_are_roots,
     )
 
 
@@ -881,7 +886,8 @@ class Hierarchy:
             sel = local[fam] >= 0
             buckets.append(_family_bucket(
                 w, ('leaf', 'cluster', 'mixed')[kd], fams, n, child[sel],
-                local[fam[sel]] * w + slot[sel], allowed))
+                local[fam[sel]] * w + slot[sel], allowed,
+                bool((parent[fams + n] < 0).all())))
         return buckets, rank
 
     # Public properties ######################################################

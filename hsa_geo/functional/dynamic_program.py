@@ -1391,8 +1391,7 @@ def _streamed_context(passes: _Passes, i: int,
     out = passes.scores.streamed[i]
     # Under roots r_F = 1 with no gradient (their log r is the constant 0):
     # no full-size product in either direction.
-    if not bool((_rows(layout.cluster_parent, b.parent_cluster,
-                       b.parent_range) < 0).all()):
+    if not b.parents_are_roots:
         r = _rows(passes.masses.log_r_clus, b.parent_cluster,
                   b.parent_range).exp()
         out = out * r[:, None, :, None]

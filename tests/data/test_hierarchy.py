@@ -189,7 +189,8 @@ def test_adjacency_is_the_forest_parent_by_child(f):
 @given(forests(max_leaves=30))
 def test_family_buckets_cover_every_family_once(f):
     """The padded family tables hold each family exactly once, with exactly
-    its children in the real slots."""
+    its children in the real slots, and know whether all their parents are
+    roots."""
     h = build(f)
     kids = children_of(f.parent)
     seen = {}
@@ -200,6 +201,8 @@ def test_family_buckets_cover_every_family_once(f):
         for row, fam in enumerate(b.family.tolist()):
             assert fam not in seen
             seen[fam] = sorted(b.children[row][b.mask[row]].tolist())
+        assert b.parents_are_roots == all(
+            f.parent[fam] < 0 for fam in b.family.tolist())
     assert seen == {k: sorted(v) for k, v in kids.items()}
 
 
