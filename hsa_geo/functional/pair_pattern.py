@@ -40,8 +40,8 @@ class PairPattern(NamedTuple):
     column ``a H + h`` are member ``a``'s head ``h``: the dense operands
     are the ``[K, H, D]`` member tables as they are (``[K * H, D]`` rows,
     no transposition). Values are head-major ``[H * P]`` (pair ``p`` of
-    head ``h`` at ``h P + p``) in and out; the CSR orders them by member,
-    then head, then pair.
+    head ``h`` at ``h P + p``) in and out, for the pattern and its
+    transpose alike; the CSR orders them by member, then head, then pair.
 
     Attributes:
         crow, col (IntTensor or LongTensor): the CSR pattern (pairs sorted
@@ -49,13 +49,12 @@ class PairPattern(NamedTuple):
         order (LongTensor): ``[H * P]`` for every CSR entry, its head-major
             value.
         inverse (LongTensor): for every head-major value, its CSR entry.
-        to_transpose (LongTensor): ``[H * P]`` for every head-major value of
-            the transposed pattern, the value here.
-        from_transpose (LongTensor): the inverse permutation.
         pairs_of (LongTensor): ``[K]`` the number of pairs of every member
             (as ``src``).
         t_crow, t_col, t_order, t_inverse, t_pairs_of: the same of the
-            transposed pattern.
+            transposed pattern (pairs sorted by ``dst``, then ``src``), of
+            the same head-major values: a transposed product permutes them
+            once.
         size (int): :math:`KH`.
     """
     crow: Tensor
@@ -63,8 +62,6 @@ class PairPattern(NamedTuple):
     order: Tensor
     inverse: Tensor
     pairs_of: Tensor
-    to_transpose: Tensor
-    from_transpose: Tensor
     t_crow: Tensor
     t_col: Tensor
     t_order: Tensor
@@ -78,25 +75,25 @@ class PairPattern(NamedTuple):
         r"""The pattern of pairs ``(src, dst)`` sorted by ``src`` then
         ``dst``, given ``transpose``, their order sorted by ``dst`` then
         ``src``, for :obj:`heads` heads of :obj:`members` rows each."""
-        inverse = torch.empty_like(transpose)
-        inverse[transpose] = torch.arange(transpose.numel(),
-                                          device=src.device)
         pairs, size = src.numel(), heads * members
         # 32-bit indices where they fit: the CPU kernels (MKL) convert
         # 64-bit ones on every call.
         index = torch.int32 if max(pairs * heads, size) < 2**31 \
             else torch.long
         ahead = _csr(src, dst, members, heads, index)
-        back = _csr(dst[transpose], src[transpose], members, heads, index)
-        return PairPattern(*ahead,
-                           _per_head(transpose, pairs, heads),
-                           _per_head(inverse, pairs, heads), *back, size)
+        t_crow, t_col, t_order, _, t_pairs_of = _csr(
+            dst[transpose], src[transpose], members, heads, index)
+        # Transposed entry -> its head-major value there -> the value here.
+        t_order = _per_head(transpose, pairs, heads)[t_order]
+        t_inverse = torch.empty_like(t_order)
+        t_inverse[t_order] = torch.arange(t_order.numel(), device=src.device)
+        return PairPattern(*ahead, t_crow, t_col, t_order, t_inverse,
+                           t_pairs_of, size)
 
     def t(self) -> 'PairPattern':
-        r"""The transposed pattern."""
+        r"""The transposed pattern (of the same values)."""
         return PairPattern(self.t_crow, self.t_col, self.t_order,
                            self.t_inverse, self.t_pairs_of,
-                           self.from_transpose, self.to_transpose,
                            self.crow, self.col, self.order, self.inverse,
                            self.pairs_of, self.size)
 
@@ -181,8 +178,7 @@ class _SampledDot(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_a = pattern.matmul(grad, b).view(a.shape)
         if ctx.needs_input_grad[2]:
-            grad_b = pattern.t().matmul(
-                grad.index_select(0, pattern.to_transpose), a).view(b.shape)
+            grad_b = pattern.t().matmul(grad, a).view(b.shape)
         return None, grad_a, grad_b
 
 
@@ -203,9 +199,7 @@ class _PatternMatmul(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_values = pattern.sampled_dot(grad, x)
         if ctx.needs_input_grad[2]:
-            grad_x = pattern.t().matmul(
-                values.index_select(0, pattern.to_transpose), grad).view(
-                    x.shape)
+            grad_x = pattern.t().matmul(values, grad).view(x.shape)
         return None, grad_values, grad_x
 
 

@@ -69,15 +69,24 @@ def test_addmm_overwrites_an_output_it_does_not_read(dtype):
 
 @given(members=st.integers(1, 9), heads=st.integers(1, 3), seed=SEEDS)
 def test_transpose_is_the_transposed_matrix(members, heads, seed):
+    """The transposed pattern takes and gives the same head-major values:
+    its product is by the transposed matrices, and its sampled dot of pair
+    ``(a, b)`` is that of ``(b, a)``."""
     pattern, mask = random_pattern(members, heads, 0.4, seed)
     values = torch.randn(heads * int(mask.sum()), dtype=torch.float64)
     dense = dense_matrix(values, mask, heads)
     flip = pattern.t()
-    x = torch.randn(members, heads, 2, dtype=torch.float64)
-    out = flip.matmul(values[pattern.to_transpose], x.view(-1, 2))
+    x, y = (torch.randn(members, heads, 2, dtype=torch.float64)
+            for _ in range(2))
+    out = flip.matmul(values, x.view(-1, 2))
     assert torch.allclose(out.view(members, heads, 2).transpose(0, 1),
                           dense.transpose(1, 2) @ x.transpose(0, 1),
                           atol=1e-12)
+    x, y = x.transpose(0, 1), y.transpose(0, 1)  # [H, K, 2]
+    expected = (y @ x.transpose(1, 2))[:, mask].reshape(-1)
+    assert torch.allclose(flip.sampled_dot(x.transpose(0, 1).contiguous(),
+                                           y.transpose(0, 1).contiguous()),
+                          expected, atol=1e-12)
     assert torch.equal(flip.t().crow, pattern.crow)
     assert torch.equal(flip.t().col, pattern.col)
     assert torch.equal(pattern.pairs_of, mask.sum(1))
