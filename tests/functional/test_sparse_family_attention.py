@@ -175,17 +175,37 @@ def test_family_graph_scores_at_most_twice_its_pairs(f, seed, keep):
     assert h.layout.sparse.num_pairs <= h.family_edge_index.size(1)
 
 
-def test_scatter_logsumexp_empty_and_minus_infinite_rows():
+@pytest.mark.parametrize('fill', [-1e30, float('-inf')])
+def test_scatter_logsumexp_empty_and_minus_infinite_rows(fill):
     s = torch.tensor([[0.0], [float('-inf')], [1.0], [2.0]],
                      requires_grad=True)
     index = torch.tensor([0, 1, 2, 2])
-    out = scatter_logsumexp(s, index, 4, -1e30)
-    expected = torch.tensor([[0.0], [-1e30],
-                             [torch.tensor([1.0, 2.0]).logsumexp(0)], [-1e30]])
-    assert torch.allclose(out, expected)
-    out.sum().backward()
+    out = scatter_logsumexp(s, index, 4, fill)
+    expected = torch.tensor([[0.0], [fill],
+                             [torch.tensor([1.0, 2.0]).logsumexp(0)], [fill]])
+    assert torch.equal(out.isinf(), expected.isinf())
+    assert torch.allclose(out[~out.isinf()], expected[~out.isinf()])
+    out[~out.isinf()].sum().backward()
     assert torch.isfinite(s.grad).all()
     assert s.grad[1].item() == 0.0
+
+
+@pytest.mark.parametrize('layout', ['head_major', 'row_major'])
+@pytest.mark.parametrize('counts', [False, True])
+def test_scatter_logsumexp_second_derivatives(layout, counts):
+    """Its one-step backward is exact to second order, in both layouts,
+    sorted or not, with an empty row."""
+    index = torch.tensor([0, 0, 1, 3, 3, 3])
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randn(3, 6, dtype=torch.float64, generator=g)
+    s = (rows.t() if layout == 'head_major' else rows.t().contiguous())
+    s = s.detach().requires_grad_()
+    count = torch.bincount(index, minlength=4) if counts else None
+
+    def f(s):
+        return scatter_logsumexp(s, index, 4, -1e30, count)[[0, 1, 3]]
+    assert torch.autograd.gradcheck(f, (s, ))
+    assert torch.autograd.gradgradcheck(f, (s, ))
 
 
 @pytest.mark.parametrize('counts', [False, True])
