@@ -30,7 +30,8 @@ from hypothesis import assume, given, strategies as st
 from hsa_geo import Hierarchy, hierarchical_attention, \
     hierarchical_attention_matrix
 from hsa_geo.functional.softmax_attention import softmax_attention
-from tests.helpers.attention import fragment_forest
+from tests.helpers.attention import apply_q, fragment_forest, max_err, \
+    seeded_qkv
 from tests.helpers.constrained_family import (
     ConstrainedFamily, lbfgs_kl, per_tree_log_softmax, same_tree_mask)
 from tests.helpers.strategies import (
@@ -46,26 +47,6 @@ EXACT = 1e-10  # float64 agreement between independent constructions
 
 def build(f: Forest) -> Hierarchy:
     return Hierarchy.from_parent(f.parent, f.num_leaves)
-
-
-def make_qkv(n, heads, d, dv, seed, dtype=torch.float64, mag=1.0):
-    g = torch.Generator().manual_seed(seed)
-    lead = (n, ) if heads is None else (n, heads)
-    q = torch.randn(*lead, d, generator=g, dtype=torch.float64) * mag
-    k = torch.randn(*lead, d, generator=g, dtype=torch.float64) * mag
-    v = torch.randn(*lead, dv, generator=g, dtype=torch.float64)
-    return q.to(dtype), k.to(dtype), v.to(dtype)
-
-
-def apply_q(Q, v):
-    r"""``Q @ V`` per head: ``[H, N, N]`` x ``[N, H, Dv]`` (or 2-D)."""
-    if v.dim() == 2:
-        return Q @ v
-    return torch.einsum('hij,jhd->ihd', Q, v)
-
-
-def max_err(a, b) -> float:
-    return (a.double() - b.double()).abs().max().item() if a.numel() else 0.0
 
 
 # 1. Flat tree == softmax attention ##########################################
@@ -85,7 +66,7 @@ def leaf_sdpa(q, k, v, **kwargs):
 def test_flat_tree_is_softmax(n, heads, d, dv, seed, scale):
     """One root whose children are all leaves: the constraint is empty, so
     HSA is exactly softmax attention."""
-    q, k, v = make_qkv(n, heads, d, dv, seed)
+    q, k, v = seeded_qkv(n, heads, d, seed, dv=dv)
     out = hierarchical_attention(q, k, v, build(flat_tree(n)), scale=scale)
     ref = leaf_sdpa(q, k, v, scale=scale)
     assert out.shape == ref.shape
@@ -99,7 +80,7 @@ def test_forest_of_flat_trees_is_block_softmax(sizes, heads, d, seed):
     mask."""
     h = Hierarchy.batch([build(flat_tree(s)) for s in sizes])
     n = sum(sizes)
-    q, k, v = make_qkv(n, heads, d, d, seed)
+    q, k, v = seeded_qkv(n, heads, d, seed)
     tree = torch.repeat_interleave(torch.arange(len(sizes)),
                                    torch.tensor(sizes))
     mask = tree[:, None] == tree[None, :]
@@ -117,7 +98,7 @@ def test_dense_q_rows_sum_to_one(f, heads, d, seed, scale):
     block (i under a, j under b != a, LCA F) is constant: the reference
     really lies in the constrained family."""
     h = build(f)
-    q, k, _ = make_qkv(f.num_leaves, heads, d, 1, seed)
+    q, k, _ = seeded_qkv(f.num_leaves, heads, d, seed, dv=1)
     Q = hierarchical_attention_matrix(q, k, h, scale=scale)
     n = f.num_leaves
     assert Q.shape == ((n, n) if heads is None else (heads, n, n))
@@ -141,7 +122,7 @@ def test_dense_q_rows_sum_to_one(f, heads, d, seed, scale):
 @given(f=forests(max_leaves=40), heads=HEADS, d=DIMS, seed=SEEDS)
 def test_dp_rows_sum_to_one(f, heads, d, seed):
     """With all values one, every output is one (rows of Q sum to 1)."""
-    q, k, _ = make_qkv(f.num_leaves, heads, d, 1, seed)
+    q, k, _ = seeded_qkv(f.num_leaves, heads, d, seed, dv=1)
     v = torch.ones(q.shape[:-1] + (3, ), dtype=torch.float64)
     out = hierarchical_attention(q, k, v, build(f))
     assert max_err(out, torch.ones_like(out)) <= 1e-12
@@ -156,7 +137,7 @@ def test_dp_matches_dense(f, heads, d, dv, seed, scale):
     """The dynamic program equals Q @ V with Q built densely from the closed
     form (independent code), with value dim != query dim and any scale."""
     h = build(f)
-    q, k, v = make_qkv(f.num_leaves, heads, d, dv, seed)
+    q, k, v = seeded_qkv(f.num_leaves, heads, d, seed, dv=dv)
     out = hierarchical_attention(q, k, v, h, scale=scale)
     assert out.shape == v.shape and out.dtype == torch.float64
     Q = hierarchical_attention_matrix(q, k, h, scale=scale)
@@ -165,7 +146,7 @@ def test_dp_matches_dense(f, heads, d, dv, seed, scale):
 
 def test_default_scale_is_inverse_sqrt_d():
     f = Forest([5, 5, 6, 6, 6, 6, -1], 5)
-    q, k, v = make_qkv(5, 2, 4, 3, 0)
+    q, k, v = seeded_qkv(5, 2, 4, 0, dv=3)
     h = build(f)
     a = hierarchical_attention(q, k, v, h)
     b = hierarchical_attention(q, k, v, h, scale=0.5)
@@ -208,7 +189,7 @@ def test_family_weights(f, heads, d, seed, scale):
     """pi comes in the order of ``sibling_pairs``, each row (fixed a) is a
     distribution over the siblings of a, and pi rebuilds the dense Q."""
     h = build(f)
-    q, k, v = make_qkv(f.num_leaves, heads, d, 2, seed)
+    q, k, v = seeded_qkv(f.num_leaves, heads, d, seed, dv=2)
     out, (index, weight) = hierarchical_attention(q, k, v, h, scale=scale,
                                                   return_weights=True)
     assert max_err(out, hierarchical_attention(q, k, v, h, scale=scale)) == 0
@@ -227,14 +208,14 @@ def test_family_weights(f, heads, d, seed, scale):
 
 def test_family_weights_single_head_and_no_family():
     f = Forest([4, 4, 5, 5, 5, -1], 4)
-    q, k, v = make_qkv(4, None, 3, 2, 1)
+    q, k, v = seeded_qkv(4, None, 3, 1, dv=2)
     out, (index, weight) = hierarchical_attention(q, k, v, build(f),
                                                   return_weights=True)
     assert out.shape == (4, 2)
     assert weight.shape == (index.size(1), ) == (2 * 2 + 3 * 3, )
     # Leaves only: no family, no weights, every leaf attends to itself.
     h = Hierarchy.from_parent([-1, -1, -1], 3)
-    q, k, v = make_qkv(3, 2, 3, 2, 1)
+    q, k, v = seeded_qkv(3, 2, 3, 1, dv=2)
     out, (index, weight) = hierarchical_attention(q, k, v, h,
                                                   return_weights=True)
     assert index.shape == (2, 0) and weight.shape == (0, 2)
@@ -249,7 +230,7 @@ KL_FORESTS = forests(max_leaves=12, max_trees=2, max_depth=3)
 
 def _kl_setup(f, d, seed):
     h = build(f)
-    q, k, v = make_qkv(f.num_leaves, None, d, 1, seed)
+    q, k, v = seeded_qkv(f.num_leaves, None, d, seed, dv=1)
     family = ConstrainedFamily(f)
     log_p = per_tree_log_softmax(f, q, k)
     Q = hierarchical_attention_matrix(q, k, h)
@@ -331,7 +312,7 @@ def test_single_child_nodes_are_transparent(f, data, heads, d, seed):
     m = g.num_nodes - g.num_leaves
     g = relabel(g, list(range(g.num_leaves)),
                 data.draw(st.permutations(range(m))))
-    q, k, v = make_qkv(f.num_leaves, heads, d, 2, seed)
+    q, k, v = seeded_qkv(f.num_leaves, heads, d, seed, dv=2)
     a = hierarchical_attention(q, k, v, build(f))
     b = hierarchical_attention(q, k, v, build(g))
     assert max_err(a, b) <= 1e-12
@@ -341,7 +322,7 @@ def test_single_child_root_above_flat_family():
     """Explicit case: a chain of 5 above the root and of 3 above one leaf of
     a flat tree still gives softmax attention."""
     f = insert_chains(flat_tree(6), [3, 0, 0, 0, 0, 0, 5])
-    q, k, v = make_qkv(6, 2, 3, 3, 7)
+    q, k, v = seeded_qkv(6, 2, 3, 7)
     ref = leaf_sdpa(q, k, v)
     assert max_err(hierarchical_attention(q, k, v, build(f)), ref) <= EXACT
 
@@ -355,7 +336,7 @@ def test_permutation_equivariance(f, data, heads, d, seed):
     leaf_perm = data.draw(st.permutations(range(n)))
     clus_perm = data.draw(st.permutations(range(m)))
     g = relabel(f, leaf_perm, clus_perm)
-    q, k, v = make_qkv(n, heads, d, 3, seed)
+    q, k, v = seeded_qkv(n, heads, d, seed, dv=3)
     perm = torch.tensor(leaf_perm, dtype=torch.long)
 
     def moved(x):
@@ -375,7 +356,7 @@ def test_forest_equals_trees_alone(parts, heads, d, seed):
     """A batch of trees gives every tree exactly what it gets alone."""
     hs = [build(p) for p in parts]
     inputs = [
-        make_qkv(p.num_leaves, heads, d, 2, seed + i)
+        seeded_qkv(p.num_leaves, heads, d, seed + i, dv=2)
         for i, p in enumerate(parts)
     ]
     alone = [hierarchical_attention(q, k, v, h)
@@ -417,7 +398,7 @@ GRAD_CASES = {
 
 
 def _gradcheck(f, heads, d, dv, seed):
-    q, k, v = make_qkv(f.num_leaves, heads, d, dv, seed)
+    q, k, v = seeded_qkv(f.num_leaves, heads, d, seed, dv=dv)
     h = build(f)
     inputs = tuple(x.requires_grad_() for x in (q, k, v))
     assert torch.autograd.gradcheck(
@@ -450,19 +431,19 @@ def _gradgradcheck(h, q, k, v, **kwargs):
 @pytest.mark.parametrize('name', sorted(GRAD_CASES))
 def test_gradgradcheck_cases(name):
     f = GRAD_CASES[name]
-    _gradgradcheck(build(f), *make_qkv(f.num_leaves, 2, 2, 3, 0))
+    _gradgradcheck(build(f), *seeded_qkv(f.num_leaves, 2, 2, 0, dv=3))
 
 
 @fewer(4)
 @given(f=forests(max_leaves=7), heads=st.sampled_from([None, 2]),
        seed=SEEDS)
 def test_gradgradcheck_random(f, heads, seed):
-    _gradgradcheck(build(f), *make_qkv(f.num_leaves, heads, 2, 2, seed))
+    _gradgradcheck(build(f), *seeded_qkv(f.num_leaves, heads, 2, seed))
 
 
 def test_gradgradcheck_fused_leaf_path():
     h = Hierarchy.from_assignments(balanced_assignments(16, 4))
-    _gradgradcheck(h, *make_qkv(16, 2, 2, 2, 0))
+    _gradgradcheck(h, *seeded_qkv(16, 2, 2, 0))
 
 
 @pytest.mark.parametrize('name', sorted(GRAD_CASES))
@@ -472,8 +453,8 @@ def test_gradgradcheck_with_dropout(name):
     differentiate twice."""
     f = GRAD_CASES[name]
     h = build(f)
-    inputs = tuple(x.requires_grad_() for x in make_qkv(f.num_leaves, 2, 2,
-                                                        3, 0))
+    inputs = tuple(x.requires_grad_()
+                   for x in seeded_qkv(f.num_leaves, 2, 2, 0, dv=3))
 
     def dropped(q, k, v):
         torch.manual_seed(0)
@@ -509,7 +490,7 @@ def test_second_derivatives_match_dense(f, heads, d, seed, scale):
     """Hessian-vector products of the dynamic program equal those of the
     dense closed form (which autograd differentiates on its own)."""
     h = build(f)
-    q, k, v = make_qkv(f.num_leaves, heads, d, 2, seed)
+    q, k, v = seeded_qkv(f.num_leaves, heads, d, seed, dv=2)
     dp = hessian_vector_products(
         lambda q, k, v: hierarchical_attention(q, k, v, h, scale=scale),
         q, k, v, seed)
@@ -522,7 +503,7 @@ def test_second_derivatives_match_dense(f, heads, d, seed, scale):
 
 @given(n=st.integers(2, 20), heads=HEADS, seed=SEEDS)
 def test_flat_tree_second_derivatives_are_softmax(n, heads, seed):
-    q, k, v = make_qkv(n, heads, 3, 2, seed)
+    q, k, v = seeded_qkv(n, heads, 3, seed, dv=2)
     h = build(flat_tree(n))
     hsa = hessian_vector_products(
         lambda q, k, v: hierarchical_attention(q, k, v, h), q, k, v, seed)
@@ -539,7 +520,7 @@ def test_tree_passes_in_small_chunks(f, heads, seed):
     random forests (repeated parents, chains, roots at every level) still
     give Q @ V and correct gradients."""
     import hsa_geo.functional.dynamic_program as dp
-    q, k, v = make_qkv(f.num_leaves, heads, 2, 2, seed)
+    q, k, v = seeded_qkv(f.num_leaves, heads, 2, seed)
     h = build(f)
     dense = apply_q(hierarchical_attention_matrix(q, k, h), v)
     inputs = tuple(x.requires_grad_() for x in (q, k, v))
@@ -559,7 +540,7 @@ def test_float32_and_bfloat16(f, heads, d, seed):
     float64 result on the same (rounded) inputs."""
     h = build(f)
     for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2)):
-        q, k, v = make_qkv(f.num_leaves, heads, d, 3, seed, dtype=dtype)
+        q, k, v = seeded_qkv(f.num_leaves, heads, d, seed, dv=3, dtype=dtype)
         out = hierarchical_attention(q, k, v, h)
         assert out.dtype == dtype and out.shape == v.shape
         ref = hierarchical_attention(q.double(), k.double(), v.double(), h)
@@ -673,7 +654,7 @@ DROPOUT_FORESTS = forests(min_leaves=3, max_leaves=8, max_trees=2,
 @given(f=DROPOUT_FORESTS, seed=SEEDS)
 def test_dropout_off_is_a_no_op(f, seed):
     h = build(f)
-    q, k, v = make_qkv(f.num_leaves, 2, 3, 2, seed)
+    q, k, v = seeded_qkv(f.num_leaves, 2, 3, seed, dv=2)
     ref = hierarchical_attention(q, k, v, h)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -688,7 +669,7 @@ def test_dropout_off_is_a_no_op(f, seed):
 def test_dropout_changes_output():
     f = Forest([5, 5, 6, 6, 6, 6, -1], 5)
     h = build(f)
-    q, k, v = make_qkv(5, 2, 3, 2, 0)
+    q, k, v = seeded_qkv(5, 2, 3, 0, dv=2)
     ref = hierarchical_attention(q, k, v, h)
     with torch.random.fork_rng():
         torch.manual_seed(0)
@@ -709,7 +690,7 @@ def test_dropout_is_unbiased(f, seed, p):
     masks); the bound is 6 standard errors per entry."""
     h = build(f)
     samples = 4000
-    q, k, v = make_qkv(f.num_leaves, 1, 3, 2, seed)
+    q, k, v = seeded_qkv(f.num_leaves, 1, 3, seed, dv=2)
     ref = hierarchical_attention(q, k, v, h)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -728,7 +709,7 @@ def test_dropout_is_unbiased(f, seed, p):
 
 def _valid():
     h = build(Forest([4, 4, 5, 5, 5, -1], 4))
-    q, k, v = make_qkv(4, 2, 3, 5, 0)
+    q, k, v = seeded_qkv(4, 2, 3, 0, dv=5)
     return q, k, v, h
 
 
@@ -869,7 +850,7 @@ def test_non_finite_values_propagate_as_ieee(f, heads, seed, data):
     ``y_i = sum_j Q_ij v_j`` over the terms with ``Q_ij > 0`` (a zero weight
     is no term, not ``0 * inf``), per element."""
     h = build(f)
-    q, k, v = make_qkv(f.num_leaves, heads, 2, 3, seed)
+    q, k, v = seeded_qkv(f.num_leaves, heads, 2, seed, dv=3)
     for _ in range(data.draw(st.integers(1, 3))):
         i = data.draw(st.integers(0, f.num_leaves - 1))
         v[i, ..., data.draw(st.integers(0, 2))] = data.draw(
@@ -907,7 +888,7 @@ def test_non_finite_values_on_the_fused_leaf_path(monkeypatch, per_head):
     monkeypatch.setattr(dp, '_HEADWISE_CHECKS', ('cpu', ) if per_head else ())
     h = Hierarchy.from_assignments(balanced_assignments(64, 4))
     assert h.layout.leaf_blocks is not None
-    q, k, v = make_qkv(64, 3, 2, 3, 0)
+    q, k, v = seeded_qkv(64, 3, 2, 0, dv=3)
     for leaf, head, value in ((5, 0, math.inf), (40, 2, -math.inf),
                               (41, 2, math.inf), (63, 1, math.nan)):
         v[leaf, head, 1] = value
@@ -1013,7 +994,7 @@ ANY_VALUE = st.one_of(
 def test_any_argument_gives_a_clear_error_or_the_dense_result(
         f, seed, scale, dropout_p, training, mag):
     h = build(f)
-    q, k, v = make_qkv(f.num_leaves, 2, 3, 2, seed, mag=mag)
+    q, k, v = seeded_qkv(f.num_leaves, 2, 3, seed, dv=2, mag=mag)
     try:
         out = hierarchical_attention(q, k, v, h, scale=scale,
                                      dropout_p=dropout_p, training=training)
@@ -1096,7 +1077,7 @@ def test_streamed_leaf_families_match_dense(padded, f, heads, d, dv, seed):
     with streamed_leaf_families(padded):
         h = build(f)
         q, k, v = (t.requires_grad_() for t in
-                   make_qkv(f.num_leaves, heads, d, dv, seed))
+                   seeded_qkv(f.num_leaves, heads, d, seed, dv=dv))
         out = hierarchical_attention(q, k, v, h)
     ref = apply_q(hierarchical_attention_matrix(q, k, h), v)
     assert max_err(out, ref) <= EXACT
@@ -1115,7 +1096,7 @@ def test_streamed_leaf_families_second_derivatives(padded, f, seed):
     with streamed_leaf_families(padded):
         h = build(f)
         q, k, v = (t.requires_grad_() for t in
-                   make_qkv(f.num_leaves, 2, 2, 2, seed))
+                   seeded_qkv(f.num_leaves, 2, 2, seed))
         assert torch.autograd.gradgradcheck(
             lambda q, k, v: hierarchical_attention(q, k, v, h), (q, k, v))
 
@@ -1146,7 +1127,7 @@ def test_padded_bucket_of_leaves_is_streamed():
         kinds = [(b.kind, b.width, b.num_families) for b in h.layout.buckets]
         assert kinds == [('mixed', 4, 2), ('mixed', 8, 2)]
         q, k, v = (t.requires_grad_() for t in
-                   make_qkv(num_leaves, 2, 3, 4, seed=1))
+                   seeded_qkv(num_leaves, 2, 3, 1, dv=4))
         calls = []
 
         def spy(*args, key_mask=None, **kwargs):
@@ -1174,7 +1155,7 @@ STREAMED_SHAPES = [
 def test_streamed_leaves_in_order_match_dense(parent, num_leaves):
     h = Hierarchy.from_parent(parent, num_leaves)
     q, k, v = (t.requires_grad_() for t in
-               make_qkv(num_leaves, 2, 3, 2, len(parent)))
+               seeded_qkv(num_leaves, 2, 3, len(parent), dv=2))
     with streamed_leaf_families():
         assert h.layout.leaf_blocks is not None
         out = hierarchical_attention(q, k, v, h)
@@ -1226,15 +1207,15 @@ def test_document_of_streamed_paragraphs_matches_dense_without_waste():
     with unittest.mock.patch('hsa_geo.data.hierarchy.SPARSE_PAIR_LIMIT', 16):
         kinds = [(b.kind, b.width, b.sparse) for b in h.layout.buckets]
     assert kinds == [('mixed', 4, True), ('mixed', 8, False)]
-    q, k, v = (t.requires_grad_() for t in make_qkv(num_leaves, 2, 3, 4, 3))
+    q, k, v = (t.requires_grad_()
+               for t in seeded_qkv(num_leaves, 2, 3, 3, dv=4))
     spy = _WastedLeafRows(num_leaves)
     with unittest.mock.patch(
             'hsa_geo.functional.dynamic_program.STREAMED_WIDTH', 2):
         _dense_check_under(spy, h, q, k, v)
         assert torch.autograd.gradgradcheck(
             lambda q, k, v: hierarchical_attention(q, k, v, h),
-            tuple(t.requires_grad_() for t in make_qkv(num_leaves, 1, 2, 2,
-                                                       4)))
+            tuple(t.requires_grad_() for t in seeded_qkv(num_leaves, 1, 2, 4)))
     assert spy.seen == []
 
 
@@ -1257,8 +1238,8 @@ def test_pair_list_splits_member_tables_without_zero_tables():
     backward (and their sum); the result and its gradients are exact."""
     h = fragment_forest([3, 5, 8, 4, 6, 7])
     assert h.layout.sparse.num_members > h.num_leaves  # and fragments
-    q, k, v = (t.requires_grad_() for t in make_qkv(h.num_leaves, 2, 3, 4,
-                                                    5))
+    q, k, v = (t.requires_grad_()
+               for t in seeded_qkv(h.num_leaves, 2, 3, 5, dv=4))
     spy = _SliceBackwards()
     _dense_check_under(spy, h, q, k, v)
     assert spy.seen == []
@@ -1272,7 +1253,7 @@ def test_wide_flat_family_needs_no_table(monkeypatch):
     monkeypatch.setattr(memory, 'available_memory', lambda device: 20e6)
     n = 5000
     h = build(flat_tree(n))
-    q, k, v = make_qkv(n, 2, 4, 3, 0)
+    q, k, v = seeded_qkv(n, 2, 4, 0, dv=3)
     out = hierarchical_attention(q, k, v, h)
     assert max_err(out, leaf_sdpa(q, k, v)) <= EXACT
     with pytest.raises(ValueError, match='would need'):  # tables needed
@@ -1287,7 +1268,7 @@ def test_passes_leave_the_thread_count_as_they_found_it():
     try:
         torch.set_num_threads(2)
         h = Hierarchy.from_assignments(balanced_assignments(64, 4))
-        q, k, v = (t.requires_grad_() for t in make_qkv(64, 2, 3, 3, 0))
+        q, k, v = (t.requires_grad_() for t in seeded_qkv(64, 2, 3, 0))
         out = hierarchical_attention(q, k, v, h)
         assert torch.get_num_threads() == 2
         out.sum().backward()

@@ -15,10 +15,10 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from hsa_geo import Hierarchy, hierarchical_attention, \
-    hierarchical_attention_matrix
+from hsa_geo import Hierarchy, hierarchical_attention
 from hsa_geo.nn import HSAConv
-from tests.helpers.attention import fragment_forest
+from tests.helpers.attention import dense_output, fragment_forest, \
+    max_err, seeded_qkv
 from tests.helpers.strategies import Forest, flat_tree, forests
 
 DEVICE = torch.device(os.environ.get('HSA_GEO_TEST_DEVICE', 'cuda'))
@@ -39,22 +39,6 @@ EXACT = 1e-10  # float64 agreement between independent constructions
 SEEDS = st.integers(0, 2**31 - 1)
 
 
-def qkv(n: int, heads: int, d: int, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(n, heads, d, generator=g, dtype=torch.float64)
-            for _ in range(3)]
-
-
-def reference(q, k, v, hierarchy: Hierarchy):
-    r"""``Q @ V`` with the dense closed form on the CPU."""
-    Q = hierarchical_attention_matrix(q, k, hierarchy)
-    return torch.einsum('hij,jhd->ihd', Q, v)
-
-
-def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a.cpu() - b).abs().max().item() if b.numel() else 0.0
-
-
 def check_against_cpu(hierarchy: Hierarchy, q, k, v, pair_bias=None):
     r"""Output against the dense reference (without a bias) and the CPU's
     dynamic program, gradients against the CPU's."""
@@ -66,7 +50,7 @@ def check_against_cpu(hierarchy: Hierarchy, q, k, v, pair_bias=None):
     assert out.device == DEVICE
     expected = hierarchical_attention(*cpu, hierarchy, pair_bias=pair_bias)
     if pair_bias is None:
-        assert max_err(out, reference(q, k, v, hierarchy)) < EXACT
+        assert max_err(out, dense_output(q, k, v, hierarchy)) < EXACT
     assert max_err(out, expected) < EXACT
     w = torch.randn_like(expected)
     (out * w.to(DEVICE)).sum().backward()
@@ -80,7 +64,7 @@ def check_against_cpu(hierarchy: Hierarchy, q, k, v, pair_bias=None):
        d=st.integers(1, 4), seed=SEEDS)
 def test_random_forests_match_the_dense_reference(f: Forest, heads, d, seed):
     hierarchy = Hierarchy.from_parent(f.parent, f.num_leaves)
-    check_against_cpu(hierarchy, *qkv(f.num_leaves, heads, d, seed))
+    check_against_cpu(hierarchy, *seeded_qkv(f.num_leaves, heads, d, seed))
 
 
 def test_many_small_trees_on_the_pair_list():
@@ -90,14 +74,14 @@ def test_many_small_trees_on_the_pair_list():
     hierarchy = fragment_forest(
         torch.randint(3, 12, (64, ), generator=g).tolist())
     assert hierarchy.layout.sparse.num_members > 0
-    check_against_cpu(hierarchy, *qkv(hierarchy.num_leaves, 4, 8, 1))
+    check_against_cpu(hierarchy, *seeded_qkv(hierarchy.num_leaves, 4, 8, 1))
 
 
 @pytest.mark.parametrize('num_leaves', [40, 130])
 def test_wide_family_streamed_as_softmax_attention(num_leaves):
     f = flat_tree(num_leaves)
     hierarchy = Hierarchy.from_parent(f.parent, f.num_leaves)
-    q, k, v = qkv(num_leaves, 2, 16, num_leaves)
+    q, k, v = seeded_qkv(num_leaves, 2, 16, num_leaves)
     check_against_cpu(hierarchy, q, k, v)
     expected = torch.nn.functional.scaled_dot_product_attention(
         *(x.transpose(0, 1) for x in (q, k, v))).transpose(0, 1)
@@ -116,7 +100,7 @@ def test_balanced_tree_with_a_family_graph_and_bias():
     keep = torch.rand(off.size(1),
                       generator=torch.Generator().manual_seed(2)) < 0.6
     graph = hierarchy.with_family_graph(off[:, keep])
-    q, k, v = qkv(256, 2, 4, 3)
+    q, k, v = seeded_qkv(256, 2, 4, 3)
     bias = torch.randn(graph.sibling_pairs.size(1), 2, dtype=torch.float64)
     check_against_cpu(hierarchy, q, k, v)
     check_against_cpu(graph, q, k, v, pair_bias=bias)
@@ -125,7 +109,7 @@ def test_balanced_tree_with_a_family_graph_and_bias():
 def test_second_derivatives():
     f = Forest([5, 5, 6, 6, 6, 7, 7, -1], 5)
     hierarchy = Hierarchy.from_parent(f.parent, f.num_leaves).to(DEVICE)
-    inputs = [x.to(DEVICE).requires_grad_() for x in qkv(5, 2, 3, 4)]
+    inputs = [x.to(DEVICE).requires_grad_() for x in seeded_qkv(5, 2, 3, 4)]
 
     def run(q, k, v):
         return hierarchical_attention(q, k, v, hierarchy)

@@ -24,6 +24,7 @@ from tests.helpers.constrained_family import (
 from hsa_geo import Hierarchy, NestedSignal, hierarchical_attention, \
     hierarchical_attention_matrix
 from hsa_geo.nn import FamilyGeometryBias, HSAConv
+from tests.helpers.attention import apply_q, max_err
 from tests.helpers.layers import queries_keys_values
 from tests.helpers.strategies import (
     balanced_assignments, fewer, flat_tree, Forest, forests, lca_children)
@@ -52,14 +53,6 @@ def make_bias(h: Hierarchy, heads, seed, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     shape = (h.sibling_pairs.size(1), ) + (() if heads is None else (heads, ))
     return 2.0 * torch.randn(*shape, generator=g, dtype=dtype)
-
-
-def apply_q(Q, v):
-    return Q @ v if v.dim() == 2 else torch.einsum('hij,jhd->ihd', Q, v)
-
-
-def max_err(a, b) -> float:
-    return (a - b).abs().max().item() if a.numel() else 0.0
 
 
 # DP == dense closed form ####################################################

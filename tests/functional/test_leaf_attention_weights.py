@@ -22,19 +22,13 @@ from torch_geometric.utils import softmax
 from hsa_geo import Hierarchy, hierarchical_attention, \
     hierarchical_attention_matrix
 from hsa_geo.functional import FamilyWeights, leaf_attention_weights
+from tests.helpers.attention import max_err, seeded_qkv
 from tests.helpers.strategies import (fewer, flat_tree, Forest, forests,
                                       insert_chains)
 
 SEEDS = st.integers(0, 2**31 - 1)
 HEADS = st.sampled_from([None, 1, 3])  # None: 2-D [N, D] inputs
 EXACT = 1e-12
-
-
-def make_qkv(n, heads, d, seed, requires_grad=False):
-    g = torch.Generator().manual_seed(seed)
-    lead = (n, ) if heads is None else (n, heads)
-    return [torch.randn(*lead, d, generator=g, dtype=torch.float64,
-                        requires_grad=requires_grad) for _ in range(3)]
 
 
 def with_random_family_graph(h: Hierarchy, seed: int, p: float) -> Hierarchy:
@@ -63,10 +57,6 @@ def dense_at(Q: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
     return Q[i, j] if Q.dim() == 2 else Q[:, i, j].t()
 
 
-def max_err(a, b) -> float:
-    return (a - b).abs().max().item() if a.numel() else 0.0
-
-
 # Equal to the dense matrix ##################################################
 
 
@@ -76,7 +66,7 @@ def max_err(a, b) -> float:
 def test_matches_dense_at_every_pair(f, heads, d, seed, p, with_bias):
     h = Hierarchy.from_parent(f.parent, f.num_leaves)
     h = with_random_family_graph(h, seed, p)
-    q, k, v = make_qkv(f.num_leaves, heads, d, seed)
+    q, k, v = seeded_qkv(f.num_leaves, heads, d, seed)
     bias = None
     if with_bias:
         g = torch.Generator().manual_seed(seed + 1)
@@ -97,7 +87,7 @@ def test_matches_dense_at_every_pair(f, heads, d, seed, p, with_bias):
 def test_matches_dense_at_random_edges(f, heads, seed, num_edges):
     r"""Random edges with repeats, self loops and pairs across trees."""
     h = Hierarchy.from_parent(f.parent, f.num_leaves)
-    q, k, v = make_qkv(f.num_leaves, heads, 3, seed)
+    q, k, v = seeded_qkv(f.num_leaves, heads, 3, seed)
     _, weights = hierarchical_attention(q, k, v, h, scale=0.7,
                                         return_weights=True)
     g = torch.Generator().manual_seed(seed)
@@ -118,7 +108,7 @@ def test_uneven_depths_and_long_chains():
     f = insert_chains(f, lengths + [0] * (len(f.parent) - len(lengths)))
     h = Hierarchy.from_parent(f.parent, f.num_leaves)
     assert h.node_depth[:5].tolist() == [1, 42, 23, 23, 0]
-    q, k, v = make_qkv(5, 2, 3, 0)
+    q, k, v = seeded_qkv(5, 2, 3, 0)
     _, weights = hierarchical_attention(q, k, v, h, return_weights=True)
     edge_index = all_pairs(5, 0)
     alpha = leaf_attention_weights(weights, h, edge_index)
@@ -135,7 +125,7 @@ def test_rows_sum_to_one_over_incoming_edges():
     r"""Over the incoming edges of every leaf from all leaves, ``alpha``
     sums to one: the target is the query (PyG's orientation)."""
     h = Hierarchy.from_parent([6, 6, 7, 7, 7, 8, 8, 8, -1], 6)
-    q, k, v = make_qkv(6, 3, 4, 1)
+    q, k, v = seeded_qkv(6, 3, 4, 1)
     _, weights = hierarchical_attention(q, k, v, h, return_weights=True)
     edge_index = all_pairs(6, 1)
     alpha = leaf_attention_weights(weights, h, edge_index)
@@ -155,7 +145,7 @@ def test_flat_tree_is_softmax_over_incoming_edges(n, heads, seed, p):
     :func:`~torch_geometric.utils.softmax` grouped by the target."""
     f = flat_tree(n)
     h = with_random_family_graph(Hierarchy.from_parent(f.parent, n), seed, p)
-    q, k, v = make_qkv(n, heads, 4, seed)
+    q, k, v = seeded_qkv(n, heads, 4, seed)
     _, weights = hierarchical_attention(q, k, v, h, return_weights=True)
     if h.family_edge_index is None:
         graph = all_pairs(n, seed)
@@ -187,7 +177,7 @@ def test_flat_tree_is_softmax_over_incoming_edges(n, heads, seed, p):
 def test_gradcheck_tiny_tree():
     h = Hierarchy.from_parent([5, 5, 6, 6, 6, 7, 7, -1], 5)
     h = h.with_family_graph(torch.tensor([[0, 2, 3, 5], [1, 3, 2, 6]]))
-    q, k, _ = make_qkv(5, 2, 2, 3, requires_grad=True)
+    q, k, _ = seeded_qkv(5, 2, 2, 3, requires_grad=True)
     edge_index = torch.tensor([[1, 0, 2, 4, 3, 0, 2], [0, 0, 1, 2, 2, 4, 3]])
 
     def alpha(q, k):
@@ -203,7 +193,7 @@ def test_gradcheck_tiny_tree():
 def test_gradients_match_dense(f, seed):
     h = Hierarchy.from_parent(f.parent, f.num_leaves)
     assume(h.num_families > 0)  # else nothing depends on q and k
-    q, k, v = make_qkv(f.num_leaves, 2, 3, seed, requires_grad=True)
+    q, k, v = seeded_qkv(f.num_leaves, 2, 3, seed, requires_grad=True)
     edge_index = all_pairs(f.num_leaves, seed)
     g = torch.Generator().manual_seed(seed)
     seed_grad = torch.randn(edge_index.size(1), 2, generator=g,
@@ -223,7 +213,7 @@ def test_gradients_match_dense(f, seed):
 
 def test_single_head_float32_empty_and_no_family():
     h = Hierarchy.from_parent([3, 3, 3, -1], 3)
-    q, k, v = (x.float() for x in make_qkv(3, None, 2, 0))
+    q, k, v = (x.float() for x in seeded_qkv(3, None, 2, 0))
     _, weights = hierarchical_attention(q, k, v, h, return_weights=True)
     edge_index = torch.tensor([[0, 1], [1, 1]], dtype=torch.int32)
     alpha = leaf_attention_weights(weights, h, edge_index)
@@ -233,7 +223,7 @@ def test_single_head_float32_empty_and_no_family():
     assert empty.shape == (0, )
     # Leaves only: every leaf is its own tree and attends to itself.
     h = Hierarchy.from_parent([-1, -1, -1], 3)
-    q, k, v = make_qkv(3, 2, 2, 0)
+    q, k, v = seeded_qkv(3, 2, 2, 0)
     _, weights = hierarchical_attention(q, k, v, h, return_weights=True)
     alpha = leaf_attention_weights(weights, h, torch.tensor([[0, 1, 2],
                                                              [0, 0, 2]]))
@@ -254,7 +244,7 @@ def test_docstring_example():
 
 def _setup():
     h = Hierarchy.from_parent([4, 4, 5, 5, 6, 6, -1], 4)
-    q, k, v = make_qkv(4, 2, 3, 0)
+    q, k, v = seeded_qkv(4, 2, 3, 0)
     _, weights = hierarchical_attention(q, k, v, h, return_weights=True)
     return h, weights, torch.tensor([[0, 1, 2], [1, 3, 2]])
 

@@ -18,7 +18,7 @@ from torch.autograd import gradcheck, gradgradcheck
 from hsa_geo import Hierarchy, hierarchical_attention_matrix
 from hsa_geo.functional import (query_resolved_attention,
                                 query_resolved_attention_matrix)
-from tests.helpers.attention import random_pairs
+from tests.helpers.attention import apply_q, random_pairs
 from tests.helpers.constrained_family import per_tree_log_softmax
 from tests.helpers.strategies import (Forest, flat_tree, forests,
                                       lca_children, leaves_under)
@@ -32,10 +32,6 @@ def make(n, heads, d, seed, dtype=torch.float64):
     lead = (n, ) if heads is None else (n, heads)
     return [2 * torch.randn(*lead, d, generator=g, dtype=dtype)
             for _ in range(3)]
-
-
-def apply_q(Q, v):
-    return Q @ v if v.dim() == 2 else torch.einsum('hij,jhd->ihd', Q, v)
 
 
 def hierarchy_of(f: Forest, graph_seed=None) -> Hierarchy:

@@ -17,6 +17,7 @@ from hypothesis import given, strategies as st
 from hsa_geo import Hierarchy, hierarchical_attention, \
     hierarchical_attention_matrix
 from hsa_geo.functional.sparse_family_attention import scatter_logsumexp
+from tests.helpers.attention import dense_output, seeded_qkv
 from tests.helpers.strategies import forests
 
 SEEDS = st.integers(0, 2**31 - 1)
@@ -32,17 +33,6 @@ def layout(name: str):
     with unittest.mock.patch('hsa_geo.data.hierarchy.SPARSE_PAIR_LIMIT',
                              limit):
         yield
-
-
-def qkv(n, heads, d, seed):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(n, heads, d, generator=g, dtype=torch.float64)
-            for _ in range(3)]
-
-
-def dense(h, q, k, v, bias=None):
-    Q = hierarchical_attention_matrix(q, k, h, pair_bias=bias)
-    return torch.einsum('hij,jhd->ihd', Q, v)
 
 
 def family_graph(h: Hierarchy, seed: int) -> Hierarchy:
@@ -68,7 +58,7 @@ def test_both_layouts_match_dense(name, f, heads, width, seed, graph,
         h = Hierarchy.from_parent(f.parent, f.num_leaves)
         if graph:
             h = family_graph(h, seed)
-        q, k, v = qkv(f.num_leaves, heads, width, seed)
+        q, k, v = seeded_qkv(f.num_leaves, heads, width, seed)
         bias = None
         if with_bias:
             bias = torch.randn(h.num_sibling_pairs, heads,
@@ -104,7 +94,8 @@ def test_gradcheck_both_layouts(name, f, seed, graph):
         h = Hierarchy.from_parent(f.parent, f.num_leaves)
         if graph:
             h = family_graph(h, seed)
-        q, k, v = (t.requires_grad_() for t in qkv(f.num_leaves, 2, 3, seed))
+        q, k, v = (t.requires_grad_()
+                   for t in seeded_qkv(f.num_leaves, 2, 3, seed))
         bias = torch.randn(h.num_sibling_pairs, 2, dtype=torch.float64,
                            requires_grad=True)
 
@@ -121,7 +112,7 @@ def test_dropout_runs_on_both_layouts(name):
     # output without dropout.
     with layout(name):
         h = Hierarchy.from_parent([5, 5, 5, 6, 6, 6, 7, -1], 5)
-        q, k, v = qkv(5, 2, 3, 0)
+        q, k, v = seeded_qkv(5, 2, 3, 0)
         ref = hierarchical_attention(q, k, v, h)
         torch.manual_seed(0)
         mean = torch.stack([
@@ -151,8 +142,8 @@ def test_sparse_family_graph_scores_only_its_pairs():
         assert all(sparse_buckets(h))
     sparse = h.layout.sparse
     assert sparse.num_pairs == 2
-    q, k, v = qkv(40, 2, 3, 0)
-    assert (hierarchical_attention(q, k, v, h) - dense(h, q, k, v)
+    q, k, v = seeded_qkv(40, 2, 3, 0)
+    assert (hierarchical_attention(q, k, v, h) - dense_output(q, k, v, h)
             ).abs().max() < EXACT
     assert torch.equal(sparse.row.sort().values,
                        sparse.row.sort().values.unique())
@@ -255,18 +246,18 @@ def test_output_is_contiguous_when_every_leaf_is_on_the_pair_list(heads):
     # head-major output, but the result is laid out as any tensor.
     h = Hierarchy.from_parent([3, 3, 3, -1], 3)
     assert h.layout.sparse.leaf.numel() == 3
-    q, k, v = qkv(3, heads, 4, 0)
+    q, k, v = seeded_qkv(3, heads, 4, 0)
     out = hierarchical_attention(q, k, v, h)
     assert out.is_contiguous()
     assert torch.equal(out.view(3, heads * 4).view(3, heads, 4), out)
-    assert (out - dense(h, q, k, v)).abs().max() < EXACT
+    assert (out - dense_output(q, k, v, h)).abs().max() < EXACT
 
 
 def test_first_call_in_inference_mode_keeps_higher_derivatives():
     # The pair kernels' pattern is built on the first call and kept: built
     # in inference mode, it must still serve a later double backward.
     h = Hierarchy.from_parent([5, 5, 5, 6, 6, 7, 7, -1], 5)
-    q, k, v = (t.requires_grad_() for t in qkv(5, 2, 4, 1))
+    q, k, v = (t.requires_grad_() for t in seeded_qkv(5, 2, 4, 1))
     with torch.inference_mode():
         hierarchical_attention(q, k, v, h)
     out = hierarchical_attention(q, k, v, h)

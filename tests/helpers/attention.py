@@ -1,16 +1,61 @@
 r"""HSA inputs for tests that compare trees: seeded float64 queries, keys
-and values, and random family graphs."""
-from typing import List
+and values, random family graphs, and the dense reference output."""
+from typing import List, Optional
 
 import torch
 from torch import Tensor
 
-from hsa_geo import Hierarchy, hierarchical_attention
+from hsa_geo import Hierarchy, hierarchical_attention, \
+    hierarchical_attention_matrix
 from tests.helpers.strategies import children_of
 
 
 def attention(hierarchy: Hierarchy, qkv: Tensor) -> Tensor:
     return hierarchical_attention(qkv[0], qkv[1], qkv[2], hierarchy)
+
+
+def seeded_qkv(n: int, heads: Optional[int], d: int, seed: int,
+               dv: Optional[int] = None, dtype: torch.dtype = torch.float64,
+               mag: float = 1.0, requires_grad: bool = False
+               ) -> List[Tensor]:
+    r"""Queries and keys ``[N, H, D]`` and values ``[N, H, Dv]`` (``[N, D]``
+    and ``[N, Dv]`` where :obj:`heads` is ``None``; ``Dv = D`` unless given),
+    drawn in float64 in that order from one generator seeded with
+    :obj:`seed`, queries and keys times :obj:`mag`, then cast to
+    :obj:`dtype`."""
+    g = torch.Generator().manual_seed(seed)
+    lead = (n, ) if heads is None else (n, heads)
+    q = torch.randn(*lead, d, generator=g, dtype=torch.float64) * mag
+    k = torch.randn(*lead, d, generator=g, dtype=torch.float64) * mag
+    v = torch.randn(*lead, dv if dv is not None else d, generator=g,
+                    dtype=torch.float64)
+    return [x.to(dtype).requires_grad_(requires_grad) for x in (q, k, v)]
+
+
+def apply_q(Q: Tensor, v: Tensor) -> Tensor:
+    r"""``Q @ V`` per head: ``[H, N, N]`` x ``[N, H, Dv]`` (or ``[N, N]`` x
+    ``[N, Dv]``)."""
+    if v.dim() == 2:
+        return Q @ v
+    return torch.einsum('hij,jhd->ihd', Q, v)
+
+
+def max_err(a: Tensor, b: Tensor) -> float:
+    r"""The largest absolute difference, in float64 on the CPU; 0 where
+    either is empty."""
+    if a.numel() == 0 or b.numel() == 0:
+        return 0.0
+    diff = a.detach().cpu().double() - b.detach().cpu().double()
+    return diff.abs().max().item()
+
+
+def dense_output(q: Tensor, k: Tensor, v: Tensor, hierarchy: Hierarchy,
+                 pair_bias: Optional[Tensor] = None) -> Tensor:
+    r"""HSA's output from the dense closed form:
+    ``hierarchical_attention_matrix`` applied to :obj:`v`."""
+    return apply_q(
+        hierarchical_attention_matrix(q, k, hierarchy, pair_bias=pair_bias),
+        v)
 
 
 def random_qkv(n: int, seed: int = 0) -> Tensor:

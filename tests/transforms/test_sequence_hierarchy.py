@@ -14,9 +14,9 @@ from hypothesis import given, strategies as st
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 
-from hsa_geo import (Hierarchy, NestedSignal, hierarchical_attention,
-                     hierarchical_attention_matrix)
+from hsa_geo import Hierarchy, NestedSignal, hierarchical_attention
 from hsa_geo.transforms.sequence_hierarchy import SequenceHierarchy
+from tests.helpers.attention import dense_output, seeded_qkv
 from tests.helpers.strategies import (
     fewer, children_of, depth_of, leaves_under, root_of)
 
@@ -44,17 +44,6 @@ def expected_parent(n: int, sizes: List[int]) -> List[int]:
             parent[node] = root
         parent.append(-1)
     return parent
-
-
-def qkv(n, heads=2, d=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(n, heads, d, generator=g, dtype=torch.float64)
-            for _ in range(3)]
-
-
-def dense_out(q, k, v, h):
-    return torch.einsum('hij,jhd->ihd', hierarchical_attention_matrix(q, k, h),
-                        v)
 
 
 # The tree ##################################################################
@@ -138,8 +127,8 @@ def test_single_leaf():
     h = out.hierarchy
     assert h.num_nodes == 1 and h.num_clusters == 0
     assert out.num_clusters == 0
-    y = hierarchical_attention(*qkv(1), h)
-    assert torch.allclose(y, qkv(1)[2])
+    y = hierarchical_attention(*seeded_qkv(1, 2, 4, 0), h)
+    assert torch.allclose(y, seeded_qkv(1, 2, 4, 0)[2])
 
 
 @given(st.integers(1, 60), CHUNKS)
@@ -232,9 +221,9 @@ def test_full_power_of_two_chunks_take_the_fused_path(c0, chunks, upper,
     n = c0 * chunks
     h = SequenceHierarchy([c0] + upper).build(n)
     assert h.layout.leaf_blocks is not None
-    q, k, v = qkv(n, seed=seed)
+    q, k, v = seeded_qkv(n, 2, 4, seed)
     y = hierarchical_attention(q, k, v, h)
-    assert (y - dense_out(q, k, v, h)).abs().max() < EXACT
+    assert (y - dense_output(q, k, v, h)).abs().max() < EXACT
 
 
 def test_fused_path_survives_batching():
@@ -243,16 +232,16 @@ def test_fused_path_survives_batching():
     batch = next(iter(DataLoader(signals, batch_size=3)))
     h = batch.hierarchy
     assert h.layout.leaf_blocks is not None
-    q, k, v = qkv(h.num_leaves, seed=3)
+    q, k, v = seeded_qkv(h.num_leaves, 2, 4, 3)
     y = hierarchical_attention(q, k, v, h)
-    assert (y - dense_out(q, k, v, h)).abs().max() < EXACT
+    assert (y - dense_output(q, k, v, h)).abs().max() < EXACT
 
 
 def test_partial_chunks_agree_with_the_dense_reference():
     h = SequenceHierarchy([3, 2]).build(17)
-    q, k, v = qkv(17, seed=5)
+    q, k, v = seeded_qkv(17, 2, 4, 5)
     y = hierarchical_attention(q, k, v, h)
-    assert (y - dense_out(q, k, v, h)).abs().max() < EXACT
+    assert (y - dense_output(q, k, v, h)).abs().max() < EXACT
 
 
 def test_real_text():
@@ -270,7 +259,7 @@ def test_real_text():
     with torch.no_grad():
         x = emb(ids).view(n, 2, 4)
         y = hierarchical_attention(x, x, x, h)
-        assert (y - dense_out(x, x, x, h)).abs().max() < EXACT
+        assert (y - dense_output(x, x, x, h)).abs().max() < EXACT
 
 
 # Validation ################################################################
