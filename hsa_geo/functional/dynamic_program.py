@@ -1087,8 +1087,7 @@ def _upward_means(tree: _Tree) -> Dict[int, Tuple[Tensor, Tensor, Tensor]]:
         sources = tree.fused.sums
         rows = (blocks.parent_cluster, blocks.parent_range)
     else:
-        lwp = layout.leaves_with_parent
-        sources = tuple(x if lwp.numel() == x.size(0) else x[lwp]
+        sources = tuple(_leaves_with_parent(layout, x)
                         for x in (tree.q, tree.k, tree.v))
         rows = (layout.leaf_parent_cluster, None)
     means = [_SubtreeMean.apply(src, rows, _paths(layout),
@@ -1098,6 +1097,13 @@ def _upward_means(tree: _Tree) -> Dict[int, Tuple[Tensor, Tensor, Tensor]]:
 
 # The key of the sparse families among the buckets' means.
 _SPARSE = -1
+
+
+def _leaves_with_parent(layout: HierarchyLayout, x: Tensor) -> Tensor:
+    r"""The rows of ``x`` ``[N, *S]`` of the leaves that have a parent:
+    ``x`` itself when no leaf is a root."""
+    rows = layout.leaves_with_parent
+    return x if rows.numel() == x.size(0) else x[rows]
 
 
 def _all_leaves_are_members(layout: HierarchyLayout, num_leaves: int
@@ -1232,17 +1238,17 @@ def _log_partitions(tree: _Tree, scores: _Scores) -> _LogPartitions:
     r"""``g`` bottom-up: ``g_F = sum_a |a| / |F| lse_a``, with the row
     logsumexp ``lse_a = logaddexp(off-diagonal lse_a, g_a)``."""
     layout, size = tree.layout, tree.cluster_size
-    lwp, lpc = layout.leaves_with_parent, layout.leaf_parent_cluster
+    leaf_parent = layout.leaf_parent_cluster
     g_leaf = scores.g_leaf
     lse_leaf = _LogAddExp.apply(scores.off_lse_leaf, g_leaf)
     from_leaves = g_leaf.new_zeros(size.numel(), g_leaf.size(1)).index_add(
-        0, lpc, (lse_leaf if lwp.numel() == lse_leaf.size(0) else
-                 lse_leaf[lwp]) / size[lpc].unsqueeze(-1))
-    par = layout.cluster_parent
+        0, leaf_parent, _leaves_with_parent(layout, lse_leaf) /
+        size[leaf_parent].unsqueeze(-1))
+    parent = layout.cluster_parent
     # |c| / |F| of every cluster c in its parent F (0 at roots)
-    share = torch.where(par >= 0, size / size[par.clamp(min=0)], 0.0)
+    share = torch.where(parent >= 0, size / size[parent.clamp(min=0)], 0.0)
     off = scores.off_lse_clus
-    g_clus = _ClusterLogPartition.apply(from_leaves, off, share, par,
+    g_clus = _ClusterLogPartition.apply(from_leaves, off, share, parent,
                                         _paths(layout))
     return _LogPartitions(g_leaf, g_clus, lse_leaf,
                           _LogAddExp.apply(off, g_clus))
