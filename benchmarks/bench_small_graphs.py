@@ -381,25 +381,43 @@ def batch_info(plain: List[Any], batch: Any) -> Dict[str, Any]:
             'tree_nodes': hierarchy.num_nodes, 'depth': hierarchy.depth}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = parse_args(argv)
-    start = time.perf_counter()
+def run_config(args: argparse.Namespace,
+               info: Dict[str, Any]) -> Dict[str, Any]:
+    r"""The run's settings and what each method and column measures."""
+    return {'commit': ba.source_commit(), 'smiles': bc.smiles_path(),
+            'selection': 'the first parsable SMILES, in file order',
+            'batch': info, 'channels': args.channels,
+            'device': args.device, 'heads': HEADS,
+            'threads': args.threads,
+            'rounds': args.rounds, 'warmup': args.warmup,
+            'build_rounds': args.build_rounds, 'seed': args.seed,
+            'methods': LABELS,
+            'gps_dense_attention': 'GPSConv(C, None, heads=4, '
+            "attn_type='multihead').attn as GPSConv.forward calls "
+            'it: to_dense_batch, MultiheadAttention with '
+            'key_padding_mask=~mask, need_weights=False, h[mask]; '
+            'no MPNN, residual, norms or MLP',
+            'timing': 'forward+backward, loss out.sum(), x and '
+                      'parameters requiring grad; methods '
+                      'interleaved round by round (reversed every '
+                      'other round); median over rounds after '
+                      'warm-up rounds; perf_counter (after '
+                      'torch.cuda.synchronize on a GPU)',
+            'per_batch': 'collate added (NestedSignal collate minus '
+                         'plain collate) + first batch.hierarchy + '
+                         'first-call extra (first HSAConv '
+                         'forward+backward on a fresh hierarchy '
+                         'minus the steady state); collate and '
+                         'hierarchy run on the CPU wherever the '
+                         'layers run'}
+
+
+def measure_all(args: argparse.Namespace, plain: List[Any],
+                nested: List[Any], batch: Any
+                ) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+    r"""Per thread count, the per-batch costs and the attention row of
+    every size: ``(rows, costs)``."""
     import torch
-    from torch_geometric.data import Batch
-    machine = ba.machine_info(args.device, max(args.threads))
-    where = machine.get('gpu', args.device)
-    print(f"bench_small_graphs on {where} ({machine['cpu']}; "
-          f"{machine['cores']} cores), torch {machine['torch']}, "
-          f"torch_geometric {machine['torch_geometric']}", flush=True)
-    warning = ba.load_warning(machine)
-    if warning:
-        print(warning, flush=True)
-    plain, nested, _ = bc.load_molecules(args.batch_size)
-    batch = Batch.from_data_list(nested)
-    info = batch_info(plain, batch)
-    print(f"{info['molecules']} molecules, {info['atoms']:,} atoms, "
-          f"{info['directed_bonds']:,} directed bonds, "
-          f"{info['tree_nodes']:,} tree nodes", flush=True)
     rows, costs = [], []
     for threads in args.threads:
         torch.set_num_threads(threads)
@@ -416,45 +434,38 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             rows.append(row)
             print(f"{channels} channels, {threads} thread(s): " + ', '.join(
                 f"{m} {row[f'{m}_ms']:.1f} ms" for m in METHODS), flush=True)
+    return rows, costs
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    from torch_geometric.data import Batch
+    machine = ba.machine_info(args.device, max(args.threads))
+    where = machine.get('gpu', args.device)
+    print(f"bench_small_graphs on {where} ({machine['cpu']}; "
+          f"{machine['cores']} cores), torch {machine['torch']}, "
+          f"torch_geometric {machine['torch_geometric']}", flush=True)
+    warning = ba.load_warning(machine)
+    if warning:
+        print(warning, flush=True)
+    plain, nested, _ = bc.load_molecules(args.batch_size)
+    batch = Batch.from_data_list(nested)
+    info = batch_info(plain, batch)
+    print(f"{info['molecules']} molecules, {info['atoms']:,} atoms, "
+          f"{info['directed_bonds']:,} directed bonds, "
+          f"{info['tree_nodes']:,} tree nodes", flush=True)
+    rows, costs = measure_all(args, plain, nested, batch)
     targets = evaluate_targets(rows)
     machine['load_average_end'] = [round(x, 2) for x in os.getloadavg()]
-    payload = {
+    ba.write_json(args.out, {
         'benchmark': 'bench_small_graphs',
         'created': datetime.datetime.now().astimezone().isoformat(
             timespec='seconds'),
-        'machine': machine,
-        'config': {'commit': ba.source_commit(), 'smiles': bc.smiles_path(),
-                   'selection': 'the first parsable SMILES, in file order',
-                   'batch': info, 'channels': args.channels,
-                   'device': args.device, 'heads': HEADS,
-                   'threads': args.threads,
-                   'rounds': args.rounds, 'warmup': args.warmup,
-                   'build_rounds': args.build_rounds, 'seed': args.seed,
-                   'methods': LABELS,
-                   'gps_dense_attention': 'GPSConv(C, None, heads=4, '
-                   "attn_type='multihead').attn as GPSConv.forward calls "
-                   'it: to_dense_batch, MultiheadAttention with '
-                   'key_padding_mask=~mask, need_weights=False, h[mask]; '
-                   'no MPNN, residual, norms or MLP',
-                   'timing': 'forward+backward, loss out.sum(), x and '
-                             'parameters requiring grad; methods '
-                             'interleaved round by round (reversed every '
-                             'other round); median over rounds after '
-                             'warm-up rounds; perf_counter (after '
-                             'torch.cuda.synchronize on a GPU)',
-                   'per_batch': 'collate added (NestedSignal collate minus '
-                                'plain collate) + first batch.hierarchy + '
-                                'first-call extra (first HSAConv '
-                                'forward+backward on a fresh hierarchy '
-                                'minus the steady state); collate and '
-                                'hierarchy run on the CPU wherever the '
-                                'layers run'},
-        'results': rows,
-        'per_batch_costs': costs,
-        'targets': targets,
+        'machine': machine, 'config': run_config(args, info),
+        'results': rows, 'per_batch_costs': costs, 'targets': targets,
         'wall_s': time.perf_counter() - start,
-    }
-    ba.write_json(args.out, payload)
+    })
     print()
     print(format_tables(rows, costs))
     for target in targets:
