@@ -1185,29 +1185,13 @@ def _family_scores(tree: _Tree, means: Dict[int, Tuple[Tensor, ...]],
     num_leaves, heads = q.size(0), q.size(1)
     off_lse_leaf = q.new_full((num_leaves, heads), neg)
     off_lse_clus = q.new_full((tree.cluster_size.numel(), heads), neg)
-    logsize_leaf = q.new_zeros(num_leaves)
-    logsize_clus = tree.cluster_size.log()
+    log_sizes = (q.new_zeros(num_leaves), tree.cluster_size.log())
     tables: List[Optional[Tensor]] = []
     for i, (b, bias) in enumerate(zip(tree.layout.buckets, biases)):
         if b.width == 1 or b.sparse or i in tree.streamed:
             tables.append(None)  # no sibling, on the pair list, streamed
             continue
-        if tree.fused is not None and b is tree.fused.blocks:
-            s = tree.fused.scores
-        else:
-            qc, kc = means[i][:2] if i in means else (None, None)
-            s = _HeadwiseScores.apply(_to_slots(b, q, qc), _to_slots(b, k, kc),
-                                      tree.scale)[0]
-        # [H, F, W, W]; log|b| = 0 for leaves.
-        if b.kind != 'leaf':
-            s = s + _node_slots(b, logsize_leaf, logsize_clus).unsqueeze(1)
-        if bias is not None:
-            s = s + bias
-        # Not recorded by autograd (which would allocate a masked copy of the
-        # full gradient): a masked logit's gradient is exactly 0 anyway, as
-        # its weight exp(neg - lse) underflows to 0 in both directions.
-        with torch.no_grad():
-            s.masked_fill_(_invalid(b), neg)
+        s = _bucket_scores(tree, i, means, bias, log_sizes)
         tables.append(s)
         rows = _from_slots(b, _RowLogSumExp.apply(s).permute(1, 2, 0),
                            off_lse_leaf)
@@ -1219,19 +1203,51 @@ def _family_scores(tree: _Tree, means: Dict[int, Tuple[Tensor, ...]],
         g_leaf = torch.linalg.vecdot(q, k) * tree.scale
     pairs = _sparse_scores(tree, means, pair_bias, off_lse_leaf,
                            off_lse_clus)
-    # The wide families last, the largest last of all, so that their
-    # backward runs first: the other readers of q, k, v then add into its
-    # gradients, instead of holding three [N, H, D] sums beside the
-    # kernel's own gradients.
+    streamed = _streamed_families(tree, off_lse_leaf, g_leaf)
+    return _Scores(tables, off_lse_leaf, off_lse_clus, g_leaf, pairs,
+                   streamed)
+
+
+def _bucket_scores(tree: _Tree, i: int,
+                   means: Dict[int, Tuple[Tensor, ...]],
+                   bias: Optional[Tensor],
+                   log_sizes: Tuple[Tensor, Tensor]) -> Tensor:
+    r"""``[H, F, W, W]`` the logits ``l_ab`` of bucket :obj:`i`'s table,
+    ``neg`` where masked, from the leaf and cluster log sizes."""
+    b = tree.layout.buckets[i]
+    if tree.fused is not None and b is tree.fused.blocks:
+        s = tree.fused.scores
+    else:
+        qc, kc = means[i][:2] if i in means else (None, None)
+        s = _HeadwiseScores.apply(_to_slots(b, tree.q, qc),
+                                  _to_slots(b, tree.k, kc), tree.scale)[0]
+    if b.kind != 'leaf':  # log|b| = 0 for leaves
+        s = s + _node_slots(b, *log_sizes).unsqueeze(1)
+    if bias is not None:
+        s = s + bias
+    # Not recorded by autograd (which would allocate a masked copy of the
+    # full gradient): a masked logit's gradient is exactly 0 anyway, as
+    # its weight exp(neg - lse) underflows to 0 in both directions.
+    with torch.no_grad():
+        s.masked_fill_(_invalid(b), tree.neg)
+    return s
+
+
+def _streamed_families(tree: _Tree, off_lse_leaf: Tensor,
+                       g_leaf: Tensor) -> Dict[int, Tensor]:
+    r"""Per streamed bucket its softmax attention (:func:`_streamed_family`),
+    with ``g = neg`` on its leaves. The wide families last, the largest
+    last of all, so that their backward runs first: the other readers of
+    ``q, k, v`` then add into its gradients, instead of holding three
+    ``[N, H, D]`` sums beside the kernel's own gradients."""
     buckets = tree.layout.buckets
     streamed = {i: _streamed_family(tree, buckets[i], off_lse_leaf)
                 for i in sorted(tree.streamed, key=lambda i: (
                     buckets[i].num_families * buckets[i].width, i))}
     for i in streamed:  # their whole row logsumexp is in off_lse_leaf
         _from_slots(buckets[i],
-                    g_leaf.new_full(streamed[i].shape[:3], neg), g_leaf)
-    return _Scores(tables, off_lse_leaf, off_lse_clus, g_leaf, pairs,
-                   streamed)
+                    g_leaf.new_full(streamed[i].shape[:3], tree.neg), g_leaf)
+    return streamed
 
 
 def _log_partitions(tree: _Tree, scores: _Scores) -> _LogPartitions:
