@@ -307,6 +307,38 @@ def _family_bucket(w: int, kind: str, fams: Tensor, n: int, child: Tensor,
     )
 
 
+def _checked_clusters(levels: List[Tensor], lvl: int) -> int:
+    r"""The number of clusters ``assignments[lvl]`` maps to, after checking
+    it: leaves at level 0, no id below ``-1``, one entry per cluster in the
+    next level, and no cluster without members."""
+    assign = levels[lvl]
+    size = assign.numel()
+    if lvl == 0 and size == 0:
+        raise ValueError("'assignments[0]' is empty; a hierarchy "
+                         "needs at least one leaf")
+    num_next = int(assign.max()) + 1 if size > 0 else 0
+    if size > 0 and int(assign.min()) < -1:
+        pos = int((assign < -1).nonzero()[0])
+        raise ValueError(
+            f"assignments[{lvl}][{pos}] = {int(assign[pos])} is "
+            f"negative; use -1 for a root and cluster ids >= 0")
+    if lvl + 1 < len(levels) and levels[lvl + 1].numel() != num_next:
+        raise ValueError(
+            f"assignments[{lvl + 1}] has {levels[lvl + 1].numel()} "
+            f"entries but assignments[{lvl}] uses {num_next} "
+            f"clusters (ids 0..{num_next - 1}); level {lvl + 1} needs "
+            f"one entry per cluster of level {lvl + 1}")
+    members = torch.bincount(assign[assign >= 0], minlength=num_next)
+    if num_next > 0 and bool((members == 0).any()):
+        empty = int((members == 0).nonzero()[0])
+        raise ValueError(
+            f"cluster {empty} of level {lvl + 1} has no members in "
+            f"assignments[{lvl}]; cluster ids must be consecutive "
+            f"(relabel with torch_geometric.nn.pool.consecutive."
+            f"consecutive_cluster)")
+    return num_next
+
+
 def _is_sparse(width: int, num_families: int, allowed: Optional[Tensor],
                all_leaves_in_order: bool) -> bool:
     r"""Whether a bucket's families run on their pair list: when a family
@@ -555,31 +587,8 @@ class Hierarchy:
         device = levels[0].device
         offset, parents = 0, []
         for lvl, assign in enumerate(levels):
-            size = assign.numel()
-            if lvl == 0 and size == 0:
-                raise ValueError("'assignments[0]' is empty; a hierarchy "
-                                 "needs at least one leaf")
-            num_next = int(assign.max()) + 1 if size > 0 else 0
-            if size > 0 and int(assign.min()) < -1:
-                pos = int((assign < -1).nonzero()[0])
-                raise ValueError(
-                    f"assignments[{lvl}][{pos}] = {int(assign[pos])} is "
-                    f"negative; use -1 for a root and cluster ids >= 0")
-            if lvl + 1 < len(levels) and levels[lvl + 1].numel() != num_next:
-                raise ValueError(
-                    f"assignments[{lvl + 1}] has {levels[lvl + 1].numel()} "
-                    f"entries but assignments[{lvl}] uses {num_next} "
-                    f"clusters (ids 0..{num_next - 1}); level {lvl + 1} needs "
-                    f"one entry per cluster of level {lvl + 1}")
-            members = torch.bincount(assign[assign >= 0], minlength=num_next)
-            if num_next > 0 and bool((members == 0).any()):
-                empty = int((members == 0).nonzero()[0])
-                raise ValueError(
-                    f"cluster {empty} of level {lvl + 1} has no members in "
-                    f"assignments[{lvl}]; cluster ids must be consecutive "
-                    f"(relabel with torch_geometric.nn.pool.consecutive."
-                    f"consecutive_cluster)")
-            nxt = offset + size
+            num_next = _checked_clusters(levels, lvl)
+            nxt = offset + assign.numel()
             parents.append(torch.where(assign >= 0, assign + nxt, assign))
             offset = nxt
             if lvl + 1 == len(levels) and num_next > 0:
