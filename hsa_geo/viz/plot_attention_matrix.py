@@ -93,8 +93,41 @@ def plot_attention_matrix(q: Tensor, k: Optional[Tensor] = None,
                        ('boundaries', boundaries)):
         check_bool(flag, name)
     check_axes(ax, 2 if softmax else 1)
-    n = _check_inputs(q, k, hierarchy, head, scale, softmax, max_leaves)
+    _check_inputs(q, k, hierarchy, head, scale, softmax, max_leaves)
+    mat, p = _head_matrices(q, k, hierarchy, head, scale, softmax)
+    order, blocks, trees = None, [], []
+    if hierarchy is not None:  # rows and columns in tree order
+        order, blocks, trees = _blocks(hierarchy)
+        perm = torch.tensor(order)
+        mat = mat[perm][:, perm]
+        if p is not None:
+            p = p[perm][:, perm]
 
+    panels = [(mat, title if title is not None else
+               f"{'HSA attention Q' if k is not None else 'attention'}, "
+               f"head {head}")]
+    if p is not None:
+        kl = _total_kl(mat, p)
+        panels.append((p, f'softmax attention P, head {head}\n'
+                       rf'$\sum_i$ KL($Q_i \| P_i$) = {kl:.4g}'))
+    fig, axes = _figure_axes(ax, figsize, len(panels))
+    norm = _colour_norm([m for m, _ in panels], log)
+    for axes_i, (m, label) in zip(axes, panels):
+        image = _draw_panel(axes_i, m, label, norm, cmap, log,
+                            blocks if boundaries else [], trees, order)
+    fig.colorbar(image, ax=axes, fraction=0.046 / len(axes), pad=0.02)
+    if path is not None:
+        fig.savefig(path, dpi=dpi, bbox_inches='tight')
+    return fig
+
+
+def _head_matrices(q: Tensor, k: Optional[Tensor],
+                   hierarchy: Optional[Hierarchy], head: int,
+                   scale: Optional[float], softmax: bool
+                   ) -> Tuple[Tensor, Optional[Tensor]]:
+    r"""``Q`` of :obj:`head` (or the given matrix, :obj:`k` being
+    :obj:`None`) and softmax attention ``P`` when asked for, ``[N, N]`` in
+    float64 on the CPU; :class:`ValueError` if ``Q`` is not finite."""
     if k is None:
         mats = q.detach().unsqueeze(0) if q.dim() == 2 else q.detach()
         soft = None
@@ -105,77 +138,68 @@ def plot_attention_matrix(q: Tensor, k: Optional[Tensor] = None,
         mats = _hsa_matrix(q, k, hierarchy, scale)
         soft = _softmax_matrix(q, k, hierarchy, scale) if softmax else None
     mat = mats[head].cpu().double()
-    p = soft[head].cpu().double() if soft is not None else None
     if not bool(mat.isfinite().all()):
         hint = '; are q and k finite?' if k is not None else ''
         raise ValueError(f"the attention matrix of head {head} holds NaN or "
                          f"inf{hint}")
+    return mat, soft[head].cpu().double() if soft is not None else None
 
-    order, blocks, trees = None, [], []
-    if hierarchy is not None:
-        order, blocks, trees = _blocks(hierarchy)
-        perm = torch.tensor(order)
-        mat = mat[perm][:, perm]
-        if p is not None:
-            p = p[perm][:, perm]
 
-    from matplotlib.collections import LineCollection
-    from matplotlib.colors import LogNorm, Normalize
+def _figure_axes(ax, figsize: Optional[Tuple[float, float]], count: int):
+    r"""The figure and :obj:`count` axes to draw into: :obj:`ax` as given,
+    or a new figure of that many panels side by side."""
     from matplotlib.figure import Figure
-    from matplotlib.patches import Rectangle
-
-    panels = [(mat, title if title is not None else
-               f"{'HSA attention Q' if k is not None else 'attention'}, "
-               f"head {head}")]
-    if p is not None:
-        kl = _total_kl(mat, p)
-        panels.append((p, f'softmax attention P, head {head}\n'
-                       rf'$\sum_i$ KL($Q_i \| P_i$) = {kl:.4g}'))
-    if ax is None:
-        if figsize is None:
-            figsize = (5.2 * len(panels), 4.6)
-        fig = Figure(figsize=figsize)
-        axes = [fig.add_subplot(1, len(panels), i + 1)
-                for i in range(len(panels))]
-    else:
+    if ax is not None:
         axes = list(ax) if isinstance(ax, (list, tuple)) else [ax]
-        fig = axes[0].figure
-    top = max(float(m.max()) for m, _ in panels)
-    if log:
-        vmax = top if top > 0 else 1.0
-        vmin = min((float(m[m > 0].min()) for m, _ in panels
-                    if bool((m > 0).any())), default=vmax)
-        vmin = max(vmin, vmax * 1e-12)
-        # A constant picture (one leaf, all ones) still needs a range.
-        norm = LogNorm(vmin=vmin if vmin < vmax else vmax / 10, vmax=vmax)
-    else:
-        norm = Normalize(vmin=0.0, vmax=top if top > 0 else 1.0)
-    for axes_i, (m, label) in zip(axes, panels):
-        shown = m.masked_fill(m <= 0, float('nan')) if log else m
-        image = axes_i.imshow(shown.numpy(), cmap=cmap, norm=norm,
-                              interpolation='nearest')
-        if boundaries and blocks:
-            axes_i.add_collection(LineCollection(
-                blocks, colors='w', linewidths=max(0.3, 1.2 - n / 400),
-                alpha=0.8))
-        for lo, hi in trees:
-            axes_i.add_patch(Rectangle((lo - 0.5, lo - 0.5), hi - lo, hi - lo,
-                                       fill=False, edgecolor='r',
-                                       linewidth=1.0))
-        if n <= 40:
-            ticks = list(range(n))
-            names = [str(i) for i in (order if order is not None else ticks)]
-            axes_i.set_xticks(ticks, names, fontsize=6, rotation=90)
-            axes_i.set_yticks(ticks, names, fontsize=6)
-        axes_i.set_xlabel('key leaf' + (' (tree order)' if order is not None
-                                        else ''),
-                          fontsize=8)
-        axes_i.set_ylabel('query leaf', fontsize=8)
-        axes_i.set_title(label, fontsize=9)
-    fig.colorbar(image, ax=axes, fraction=0.046 / len(axes), pad=0.02)
-    if path is not None:
-        fig.savefig(path, dpi=dpi, bbox_inches='tight')
-    return fig
+        return axes[0].figure, axes
+    fig = Figure(figsize=figsize if figsize is not None else
+                 (5.2 * count, 4.6))
+    return fig, [fig.add_subplot(1, count, i + 1) for i in range(count)]
+
+
+def _colour_norm(mats: List[Tensor], log: bool):
+    r"""One colour scale for all panels, linear from 0 or logarithmic over
+    the positive entries."""
+    from matplotlib.colors import LogNorm, Normalize
+    top = max(float(m.max()) for m in mats)
+    if not log:
+        return Normalize(vmin=0.0, vmax=top if top > 0 else 1.0)
+    vmax = top if top > 0 else 1.0
+    vmin = min((float(m[m > 0].min()) for m in mats if bool((m > 0).any())),
+               default=vmax)
+    vmin = max(vmin, vmax * 1e-12)
+    # A constant picture (one leaf, all ones) still needs a range.
+    return LogNorm(vmin=vmin if vmin < vmax else vmax / 10, vmax=vmax)
+
+
+def _draw_panel(axes, m: Tensor, label: str, norm, cmap, log: bool,
+                blocks: List, trees: List[Tuple[int, int]],
+                order: Optional[List[int]]):
+    r"""One matrix as an image with its family block lines, tree outlines,
+    leaf ticks (up to 40 leaves) and labels; returns the image."""
+    from matplotlib.collections import LineCollection
+    from matplotlib.patches import Rectangle
+    n = m.size(0)
+    shown = m.masked_fill(m <= 0, float('nan')) if log else m
+    image = axes.imshow(shown.numpy(), cmap=cmap, norm=norm,
+                        interpolation='nearest')
+    if blocks:
+        axes.add_collection(LineCollection(
+            blocks, colors='w', linewidths=max(0.3, 1.2 - n / 400),
+            alpha=0.8))
+    for lo, hi in trees:
+        axes.add_patch(Rectangle((lo - 0.5, lo - 0.5), hi - lo, hi - lo,
+                                 fill=False, edgecolor='r', linewidth=1.0))
+    if n <= 40:
+        ticks = list(range(n))
+        names = [str(i) for i in (order if order is not None else ticks)]
+        axes.set_xticks(ticks, names, fontsize=6, rotation=90)
+        axes.set_yticks(ticks, names, fontsize=6)
+    axes.set_xlabel('key leaf' + (' (tree order)' if order is not None
+                                  else ''), fontsize=8)
+    axes.set_ylabel('query leaf', fontsize=8)
+    axes.set_title(label, fontsize=9)
+    return image
 
 
 def _check_inputs(q, k, hierarchy, head, scale, softmax: bool,
