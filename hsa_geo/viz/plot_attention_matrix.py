@@ -203,9 +203,8 @@ def _draw_panel(axes, m: Tensor, label: str, norm, cmap, log: bool,
 
 
 def _check_inputs(q, k, hierarchy, head, scale, softmax: bool,
-                  max_leaves) -> int:
-    r"""Checks the tensors, the head and the sizes; returns the number
-    :math:`N` of leaves."""
+                  max_leaves) -> None:
+    r"""Checks the tensors, the head and the sizes."""
     check_floating(q, 'q')
     if hierarchy is not None and not isinstance(hierarchy, Hierarchy):
         raise TypeError(f"'hierarchy' must be a hsa_geo.data.Hierarchy or "
@@ -247,7 +246,6 @@ def _check_inputs(q, k, hierarchy, head, scale, softmax: bool,
                          f"{n} leaves but the hierarchy has "
                          f"{hierarchy.num_leaves}; row i must be leaf i")
     check_int(head, 'head', 0, heads - 1)
-    return n
 
 
 def _hsa_matrix(q: Tensor, k: Tensor, hierarchy: Hierarchy,
