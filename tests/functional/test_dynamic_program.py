@@ -30,8 +30,8 @@ from hypothesis import assume, given, strategies as st
 from hsa_geo import Hierarchy, hierarchical_attention, \
     hierarchical_attention_matrix
 from hsa_geo.functional.softmax_attention import softmax_attention
-from tests.helpers.attention import apply_q, fragment_forest, max_err, \
-    seeded_qkv
+from tests.helpers.attention import apply_q, dense_output, \
+    fragment_forest, max_err, seeded_qkv
 from tests.helpers.constrained_family import (
     ConstrainedFamily, lbfgs_kl, per_tree_log_softmax, same_tree_mask)
 from tests.helpers.strategies import (
@@ -522,7 +522,7 @@ def test_tree_passes_in_small_chunks(f, heads, seed):
     import hsa_geo.functional.dynamic_program as dp
     q, k, v = seeded_qkv(f.num_leaves, heads, 2, seed)
     h = build(f)
-    dense = apply_q(hierarchical_attention_matrix(q, k, h), v)
+    dense = dense_output(q, k, v, h)
     inputs = tuple(x.requires_grad_() for x in (q, k, v))
     with unittest.mock.patch.object(dp, '_CPU_CHUNK_ELEMENTS', 8):
         assert max_err(hierarchical_attention(q, k, v, h), dense) <= EXACT
@@ -1079,7 +1079,7 @@ def test_streamed_leaf_families_match_dense(padded, f, heads, d, dv, seed):
         q, k, v = (t.requires_grad_() for t in
                    seeded_qkv(f.num_leaves, heads, d, seed, dv=dv))
         out = hierarchical_attention(q, k, v, h)
-    ref = apply_q(hierarchical_attention_matrix(q, k, h), v)
+    ref = dense_output(q, k, v, h)
     assert max_err(out, ref) <= EXACT
     g = torch.randn_like(out)
     got = torch.autograd.grad((out * g).sum(), (q, k, v), allow_unused=True,
@@ -1108,7 +1108,7 @@ def _dense_check_under(spy, h: Hierarchy, q, k, v):
         out = hierarchical_attention(q, k, v, h)
         g = torch.randn_like(out)
         got = torch.autograd.grad((out * g).sum(), (q, k, v))
-    ref = apply_q(hierarchical_attention_matrix(q, k, h), v)
+    ref = dense_output(q, k, v, h)
     want = torch.autograd.grad((ref * g).sum(), (q, k, v))
     assert max_err(out, ref) <= EXACT
     assert max(max_err(a, b) for a, b in zip(got, want)) <= EXACT
@@ -1161,7 +1161,7 @@ def test_streamed_leaves_in_order_match_dense(parent, num_leaves):
         out = hierarchical_attention(q, k, v, h)
         assert torch.autograd.gradgradcheck(
             lambda q, k, v: hierarchical_attention(q, k, v, h), (q, k, v))
-    ref = apply_q(hierarchical_attention_matrix(q, k, h), v)
+    ref = dense_output(q, k, v, h)
     assert max_err(out, ref) <= EXACT
     g = torch.randn_like(out)
     got = torch.autograd.grad((out * g).sum(), (q, k, v))
