@@ -29,6 +29,8 @@ SPARSE_PAIR_LIMIT = 2**15
 # graph allows 20% of the pairs runs forward+backward in 0.8x the time of
 # its masked tables.
 SPARSE_DENSITY = 2
+# What a pickled Hierarchy holds (its defining tensors, see __getstate__).
+PICKLE_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -505,7 +507,9 @@ class Hierarchy:
 
     Build one with :meth:`from_parent`, :meth:`from_assignments` or
     :meth:`batch`; add a family graph with :meth:`with_family_graph`; move
-    it with :meth:`to`.
+    it with :meth:`to`. A pickle (and a deep copy) holds the parents, the
+    leaf count and the family graph only: they are checked again on loading
+    and the rest is derived again on use, so pickles load in later versions.
 
     Args:
         parent (LongTensor): ``[T]`` parent of every node, ``-1`` for roots.
@@ -833,16 +837,31 @@ class Hierarchy:
         return _tensors_in(value for key, value in self.__dict__.items()
                            if key != '_watched')
 
+    # A pickle (or deep copy) holds what defines the hierarchy, never its
+    # derived data, whose layout changes between versions: it then loads in
+    # any later version, and its parents are checked again on loading.
     def __getstate__(self) -> Dict[str, Any]:
-        state = dict(self.__dict__)
-        state.pop('_watched', None)
-        state.pop('_stamp', None)
-        return state
+        return {'format': PICKLE_FORMAT, 'parent': self._parent,
+                'num_leaves': self._num_leaves,
+                'family_edge_index': self._family_edges,
+                'inference': self._inference}
 
     def __setstate__(self, state: Dict[str, Any]):
-        # Copied and unpickled tensors start new version counters.
-        self.__dict__.update(state)
-        self._restamp()
+        version = state.get('format')
+        if version is None:  # pickled whole by a version before formats
+            state = {'parent': state['_parent'],
+                     'num_leaves': state['_num_leaves'],
+                     'family_edge_index': state['_family_edges'],
+                     'inference': state['_inference']}
+        elif version > PICKLE_FORMAT:
+            raise ValueError(
+                f"this Hierarchy was pickled by a later hsa_geo (format "
+                f"{version}; this version reads formats up to "
+                f"{PICKLE_FORMAT}): upgrade hsa_geo, or pickle its parent "
+                f"and num_leaves instead")
+        self.__init__(state['parent'], state['num_leaves'],
+                      state['family_edge_index'])
+        self._inference = state['inference']
 
     def _restamp(self):
         r"""Records the tensors to watch and their versions; called whenever

@@ -623,6 +623,60 @@ def test_copies_check_their_own_tensors(copy_of):
         assert torch.equal(_attention(h), before)
 
 
+def test_pickle_holds_the_defining_tensors_only():
+    """A pickle carries no derived data (it would not load in a version
+    whose layout differs) and loads with the same tree and family graph,
+    and the inference mode it was built in."""
+    import pickle
+    edges = torch.tensor([[0, 2], [1, 3]])
+    with torch.inference_mode():
+        h = Hierarchy.from_parent([5, 5, 6, 6, 6, -1, 5], 5, edges)
+    h.layout
+    blob = pickle.dumps(h)
+    assert b'_NodeData' not in blob and b'FamilyBucket' not in blob
+    loaded = pickle.loads(blob)
+    assert torch.equal(loaded.parent, h.parent)
+    assert loaded.num_leaves == h.num_leaves
+    assert torch.equal(loaded.family_edge_index, edges)
+    assert loaded.__dict__['_nodes'] is None  # derived again on use
+    assert loaded.__dict__['_inference'] is True
+    assert torch.equal(_attention(loaded), _attention(h))
+
+
+def _pickled_state(h: Hierarchy, **changes) -> Hierarchy:
+    state = h.__getstate__()
+    state.update(changes)
+    out = Hierarchy.__new__(Hierarchy)
+    out.__setstate__(state)
+    return out
+
+
+def test_pickle_of_a_later_format_is_refused():
+    h = Hierarchy.from_parent([5, 5, 6, 6, 6, -1, 5], 5)
+    later = hierarchy_module.PICKLE_FORMAT + 1
+    with pytest.raises(ValueError, match=f'later hsa_geo \\(format {later}'):
+        _pickled_state(h, format=later)
+
+
+def test_pickle_is_checked_on_loading():
+    h = Hierarchy.from_parent([5, 5, 6, 6, 6, -1, 5], 5)
+    with pytest.raises(ValueError, match='cycle'):
+        _pickled_state(h, parent=torch.tensor([5, 5, 6, 6, 6, 6, 5]))
+
+
+def test_pickle_without_a_format_loads_its_tree():
+    """A state pickled whole (before formats) gives its defining tensors
+    and rebuilds the rest."""
+    h = Hierarchy.from_parent([5, 5, 6, 6, 6, -1, 5], 5)
+    before = _attention(h)
+    state = {key: value for key, value in h.__dict__.items()
+             if key not in ('_watched', '_stamp')}
+    old = Hierarchy.__new__(Hierarchy)
+    old.__setstate__(state)
+    assert old.__dict__['_nodes'] is None
+    assert torch.equal(_attention(old), before)
+
+
 def test_hierarchy_built_in_inference_mode():
     with torch.inference_mode():
         h = Hierarchy.from_parent([5, 5, 6, 6, 6, -1, 5], 5)
