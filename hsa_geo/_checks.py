@@ -92,6 +92,13 @@ def check_bool(value: Any, name: str) -> bool:
     return value
 
 
+def check_flags(**flags: Any) -> None:
+    r"""Checks that every keyword argument is a ``bool``, in the order
+    given, so that the first wrong flag of a signature is the one named."""
+    for name, value in flags.items():
+        check_bool(value, name)
+
+
 def check_index(value: Any, name: str, rows: Optional[int] = 2) -> Tensor:
     r"""Returns :obj:`value` as a ``long`` tensor after checking that it is
     an integer tensor (:class:`TypeError` otherwise; ``bool`` is not an

@@ -2,7 +2,8 @@ r"""Hierarchical self-attention across the leaf types of a multi-modal
 nested signal."""
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import (Any, Dict, List, Mapping, Optional, Sequence, Tuple,
+                    Union)
 
 import torch
 from torch import Tensor
@@ -11,7 +12,7 @@ from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.typing import EdgeType
 from torch_geometric.utils import scatter
 
-from hsa_geo._checks import (check_bool, check_float, check_index,
+from hsa_geo._checks import (check_flags, check_float, check_index,
                              check_int, first_out_of_range)
 from hsa_geo._memory import ensure_pairs_fit
 from hsa_geo.data.hetero_nested_signal import (HeteroNestedSignal,
@@ -97,34 +98,13 @@ class HeteroHSAConv(torch.nn.Module):
                  modality_bias: bool = False,
                  edge_dim: Optional[Mapping[EdgeType, int]] = None):
         super().__init__()
-        if isinstance(leaf_types, str) or len(leaf_types) == 0 or \
-                len(set(leaf_types)) != len(leaf_types):
-            raise ValueError(f"'leaf_types' must be a list of distinct "
-                             f"node type names, got {leaf_types!r}")
-        for t in leaf_types:
-            # The projections are a ModuleDict keyed by type name.
-            if not isinstance(t, str) or t == '' or '.' in t:
-                raise ValueError(
-                    f"leaf type {t!r}: node type names must be non-empty "
-                    f"strings without '.', because each type's projections "
-                    f"are stored under its name (a '.' would read as a "
-                    f"submodule path); rename the type (e.g. '.' -> '_')")
-        if not isinstance(in_channels, Mapping):
-            in_channels = {t: in_channels for t in leaf_types}
-        for t in leaf_types:
-            width = check_int(in_channels.get(t), f'in_channels[{t!r}]',
-                              low=None)
-            if width != -1 and width < 1:
-                raise ValueError(f"in_channels[{t!r}] must be positive or "
-                                 f"-1 (inferred), got {width}")
+        _check_leaf_types(leaf_types)
         self.leaf_types = list(leaf_types)
-        self.in_channels = {t: in_channels[t] for t in leaf_types}
+        self.in_channels = _checked_in_channels(in_channels, leaf_types)
         self.out_channels = check_int(out_channels, 'out_channels')
         self.heads = check_int(heads, 'heads')
-        for name, flag in (('concat', concat), ('bias', bias),
-                           ('root_weight', root_weight),
-                           ('modality_bias', modality_bias)):
-            check_bool(flag, name)
+        check_flags(concat=concat, bias=bias, root_weight=root_weight,
+                    modality_bias=modality_bias)
         self.concat = concat
         self.dropout = check_float(dropout, 'dropout', 0.0, 1.0,
                                    high_open=True)
@@ -341,11 +321,45 @@ def _check_edge_dim(edge_dim, leaf_types: List[str]) -> List[EdgeType]:
                 f"must be strings without '__' or '.', because its edge "
                 f"bias is stored under '__'.join(edge_type), as PyG's "
                 f"to_hetero does; rename the types (e.g. '__' -> '_')")
-        width = check_int(width, f'edge_dim[{edge_type!r}]', low=None)
-        if width != -1 and width < 1:
-            raise ValueError(f"edge_dim[{edge_type!r}] must be positive or "
-                             f"-1 (inferred), got {width}")
+        _check_width(width, f'edge_dim[{edge_type!r}]')
     return list(edge_dim)
+
+
+def _check_leaf_types(leaf_types: Sequence[str]) -> None:
+    r"""Checks that :obj:`leaf_types` are distinct names that can key the
+    projections."""
+    if isinstance(leaf_types, str) or len(leaf_types) == 0 or \
+            len(set(leaf_types)) != len(leaf_types):
+        raise ValueError(f"'leaf_types' must be a list of distinct "
+                         f"node type names, got {leaf_types!r}")
+    for t in leaf_types:
+        # The projections are a ModuleDict keyed by type name.
+        if not isinstance(t, str) or t == '' or '.' in t:
+            raise ValueError(
+                f"leaf type {t!r}: node type names must be non-empty "
+                f"strings without '.', because each type's projections "
+                f"are stored under its name (a '.' would read as a "
+                f"submodule path); rename the type (e.g. '.' -> '_')")
+
+
+def _checked_in_channels(in_channels: Union[int, Mapping[str, int]],
+                         leaf_types: Sequence[str]) -> Dict[str, int]:
+    r"""The input width of every leaf type (one for all, or one each),
+    checked."""
+    if not isinstance(in_channels, Mapping):
+        in_channels = {t: in_channels for t in leaf_types}
+    for t in leaf_types:
+        _check_width(in_channels.get(t), f'in_channels[{t!r}]')
+    return {t: in_channels[t] for t in leaf_types}
+
+
+def _check_width(width: Any, name: str) -> None:
+    r"""Checks that :obj:`width`, a number of features, is positive or -1
+    (inferred on the first call)."""
+    width = check_int(width, name, low=None)
+    if width != -1 and width < 1:
+        raise ValueError(f"{name} must be positive or -1 (inferred), got "
+                         f"{width}")
 
 
 def _edge_index(edge_type: EdgeType, signal, edge_index_dict) -> Tensor:

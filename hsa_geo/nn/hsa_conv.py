@@ -1,15 +1,15 @@
 r"""The hierarchical self-attention layer."""
 from __future__ import annotations
 
-from typing import Dict, NamedTuple, Optional, Tuple, Union
+from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.nn.dense.linear import Linear
 
-from hsa_geo._checks import (check_bool, check_device, check_float,
-                             check_floating, check_int)
+from hsa_geo._checks import (check_bool, check_device, check_flags,
+                             check_float, check_floating, check_int)
 from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.functional.dynamic_program import (FamilyWeights,
                                                 hierarchical_attention)
@@ -142,30 +142,11 @@ class HSAConv(MessagePassing):
         _check_message_passing_kwargs(kwargs)
         kwargs.setdefault('aggr', 'add')
         super().__init__(node_dim=0, **kwargs)
-        in_channels = check_int(in_channels, 'in_channels', low=None)
-        if in_channels != -1 and in_channels < 1:
-            raise ValueError(f"'in_channels' must be a positive int, or -1 "
-                             f"to infer it from the first input, got "
-                             f"{in_channels}")
-        out_channels = check_int(out_channels, 'out_channels')
-        heads = check_int(heads, 'heads')
-        for name, flag in (('concat', concat), ('beta', beta), ('bias', bias),
-                           ('root_weight', root_weight),
-                           ('geometry_bias', geometry_bias),
-                           ('query_resolved', query_resolved)):
-            check_bool(flag, name)
-        if query_resolved and (geometry_bias or edge_dim is not None):
-            raise ValueError(
-                "query_resolved=True takes no geometry_bias or edge_dim: "
-                "query-resolved HSA has no family logits to add them to; "
-                "leave them out, or use the family HSA (the default)")
-        dropout = check_float(dropout, 'dropout', 0.0, 1.0, high_open=True)
-        # Checked here even when unused, so that a typo is not ignored;
-        # FamilyGeometryBias repeats the check when it is built.
-        max_branching = check_int(max_branching, 'max_branching', low=2)
-        num_levels = check_int(num_levels, 'num_levels')
-        if edge_dim is not None:
-            edge_dim = check_int(edge_dim, 'edge_dim')
+        (in_channels, out_channels, heads, dropout, max_branching, num_levels,
+         edge_dim) = _checked_arguments(
+            in_channels, out_channels, heads, concat, beta, dropout, bias,
+            root_weight, geometry_bias, max_branching, num_levels, edge_dim,
+            query_resolved)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.heads = heads
@@ -609,6 +590,41 @@ def _check_message_passing_kwargs(kwargs: dict):
                 f"attention is one softmax-weighted sum over the hierarchy "
                 f"(aggr='add', flow='source_to_target', "
                 f"decomposed_layers=1); remove the argument")
+
+
+def _checked_arguments(in_channels: Any, out_channels: Any, heads: Any,
+                       concat: Any, beta: Any, dropout: Any, bias: Any,
+                       root_weight: Any, geometry_bias: Any,
+                       max_branching: Any, num_levels: Any, edge_dim: Any,
+                       query_resolved: Any
+                       ) -> Tuple[int, int, int, float, int, int,
+                                  Optional[int]]:
+    r"""``(in_channels, out_channels, heads, dropout, max_branching,
+    num_levels, edge_dim)`` of :class:`HSAConv`, checked with its flags one
+    by one, so that the first wrong argument is the one that raises."""
+    in_channels = check_int(in_channels, 'in_channels', low=None)
+    if in_channels != -1 and in_channels < 1:
+        raise ValueError(f"'in_channels' must be a positive int, or -1 "
+                         f"to infer it from the first input, got "
+                         f"{in_channels}")
+    out_channels = check_int(out_channels, 'out_channels')
+    heads = check_int(heads, 'heads')
+    check_flags(concat=concat, beta=beta, bias=bias, root_weight=root_weight,
+                geometry_bias=geometry_bias, query_resolved=query_resolved)
+    if query_resolved and (geometry_bias or edge_dim is not None):
+        raise ValueError(
+            "query_resolved=True takes no geometry_bias or edge_dim: "
+            "query-resolved HSA has no family logits to add them to; "
+            "leave them out, or use the family HSA (the default)")
+    dropout = check_float(dropout, 'dropout', 0.0, 1.0, high_open=True)
+    # Checked here even when unused, so that a typo is not ignored;
+    # FamilyGeometryBias repeats the check when it is built.
+    max_branching = check_int(max_branching, 'max_branching', low=2)
+    num_levels = check_int(num_levels, 'num_levels')
+    if edge_dim is not None:
+        edge_dim = check_int(edge_dim, 'edge_dim')
+    return (in_channels, out_channels, heads, dropout, max_branching,
+            num_levels, edge_dim)
 
 
 class _TreeEdges(NamedTuple):
