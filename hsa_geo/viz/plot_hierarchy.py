@@ -2,7 +2,8 @@ r"""Drawing a :class:`~hsa_geo.data.Hierarchy` and its family attention."""
 from __future__ import annotations
 
 import os
-from typing import List, Mapping, Optional, Sequence, Tuple, Union
+from typing import (Dict, List, Mapping, NamedTuple, Optional, Sequence,
+                    Tuple, Union)
 
 import numpy as np
 import torch
@@ -108,6 +109,40 @@ def plot_hierarchy(hierarchy: Hierarchy, weights=None, head: int = 0,
                              high_open=True)
     max_nodes = check_int(max_nodes, 'max_nodes')
     max_arrows = check_int(max_arrows, 'max_arrows')
+    picture = _checked_picture(hierarchy, weights, head, node_labels,
+                               min_weight, max_nodes, max_arrows)
+    fig, ax = _axes(ax, figsize, picture.num_leaves, hierarchy.depth)
+    _draw(fig, ax, picture, colours, modality, names)
+    if title is None:
+        title = f'{hierarchy!r}' + (f', head {head}' if weights is not None
+                                    else '')
+    if title:
+        ax.set_title(title, fontsize=9)
+    if path is not None:
+        fig.savefig(path, dpi=dpi, bbox_inches='tight')
+    return fig
+
+
+class _Picture(NamedTuple):
+    r"""What :func:`plot_hierarchy` draws, checked: the tidy layout, the
+    tree, the weights of one head (``{node: pi(a->a)}`` or :obj:`None`, and
+    the arrows ``(a, b, pi(a->b))``), the family-graph arcs and the
+    labels."""
+    x: List[float]
+    y: List[float]
+    parent: Tensor
+    num_leaves: int
+    self_w: Optional[Dict[int, float]]
+    arrows: List[Tuple[int, int, float]]
+    arcs: List[Tuple[int, int]]
+    labels: Mapping[int, str]
+
+
+def _checked_picture(hierarchy: Hierarchy, weights, head: int,
+                     node_labels: LabelsLike, min_weight: float,
+                     max_nodes: int, max_arrows: int) -> _Picture:
+    r"""The :class:`_Picture` of :obj:`hierarchy`, after checking that it
+    is small enough to draw and that the weights and labels fit it."""
     t, n = hierarchy.num_nodes, hierarchy.num_leaves
     if t > max_nodes:
         raise ValueError(
@@ -126,14 +161,21 @@ def plot_hierarchy(hierarchy: Hierarchy, weights=None, head: int = 0,
                 f"{count} {what} to draw, more than max_arrows="
                 f"{max_arrows}; raise min_weight, draw a smaller hierarchy "
                 f"or raise max_arrows")
+    return _Picture(x, y, parent, n, self_w, arrows, arcs, labels)
 
+
+def _draw(fig, ax, picture: _Picture, colours,
+          modality: Optional[Tensor], names: List[str]):
+    r"""The colour bar (with weights), the tree edges and family-graph
+    arcs, the weight arrows, the nodes (and a legend of the modalities)
+    and the labels, in this order, into :obj:`ax`."""
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
-    fig, ax = _axes(ax, figsize, n, hierarchy.depth)
+    x, y, parent, n = picture.x, picture.y, picture.parent, picture.num_leaves
     norm = Normalize(0.0, 1.0)
     small = 1.0 / max(1.0, n / 40.0)  # shrink marks on wide trees
-    if self_w is not None or arrows:
+    if picture.self_w is not None or picture.arrows:
         # Before the arcs are laid out: the colour bar takes space from ax.
         fig.colorbar(ScalarMappable(norm=norm, cmap=colours), ax=ax,
                      fraction=0.03, pad=0.01,
@@ -142,20 +184,12 @@ def plot_hierarchy(hierarchy: Hierarchy, weights=None, head: int = 0,
     ax.set_xlim(min(x) - 1.0, max(x) + 1.0)
     ax.set_ylim(min(y) - 0.8, max(y) + 0.6)
     ax.set_axis_off()
-    _draw_edges(ax, x, y, parent, arcs)
-    if arrows:
-        _draw_arrows(ax, x, y, arrows, colours, norm, small)
+    _draw_edges(ax, x, y, parent, picture.arcs)
+    if picture.arrows:
+        _draw_arrows(ax, x, y, picture.arrows, colours, norm, small)
     _draw_nodes(ax, x, y, parent, n, _faces(
-        ax, parent, n, self_w, colours, norm, modality, names), small)
-    _draw_labels(ax, x, y, labels, n)
-    if title is None:
-        title = f'{hierarchy!r}' + (f', head {head}' if weights is not None
-                                    else '')
-    if title:
-        ax.set_title(title, fontsize=9)
-    if path is not None:
-        fig.savefig(path, dpi=dpi, bbox_inches='tight')
-    return fig
+        ax, parent, n, picture.self_w, colours, norm, modality, names), small)
+    _draw_labels(ax, x, y, picture.labels, n)
 
 
 def _tree_of(hierarchy) -> Tuple[Hierarchy, Optional[torch.Tensor],
