@@ -27,10 +27,11 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, List, NamedTuple, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 ROOT = Path(__file__).resolve().parent.parent
 try:
@@ -82,9 +83,21 @@ def short(text: str, n: int = 4) -> str:
     return '"' + ' '.join(words[:n]) + (' ..."' if len(words) > n else '"')
 
 
-# Main #######################################################################
+# The steps ##################################################################
 
-def main():
+class Document(NamedTuple):
+    r"""The nested signal of a text, with the tree nodes and the text of its
+    paragraphs and of its sentences."""
+    data: Any  # NestedSignal: word ids under the Hierarchy
+    vocab: Vocabulary
+    paragraph_nodes: List[int]
+    paragraph_text: List[str]
+    sentence_nodes: List[int]
+    sentence_text: List[str]
+
+
+def parse_args() -> argparse.Namespace:
+    r"""The command line."""
     parser = argparse.ArgumentParser(
         description='Hierarchical self-attention over a document tree.')
     parser.add_argument('--text', type=Path, default=DEFAULT_TEXT,
@@ -104,48 +117,58 @@ def main():
     args = parser.parse_args()
     if args.dim % args.heads:
         parser.error('--dim must be a multiple of --heads')
-    torch.manual_seed(args.seed)
-    start = time.perf_counter()
+    return args
 
-    # 1. The nested signal ###################################################
+
+def clusters(data: Any, kind: str) -> Tuple[List[int], List[str]]:
+    r"""Node ids and text of the clusters of one kind, e.g. ``'sentence'``."""
+    kind_id = DocumentHierarchy.KINDS.index(kind)
+    ids = (data.cluster_kind == kind_id).nonzero().view(-1)
+    n = data.hierarchy.num_leaves  # cluster i is tree node n + i
+    return [n + i for i in ids.tolist()], [
+        data.text[a:b] for a, b in data.cluster_offsets[ids].tolist()]
+
+
+def nested_signal(path: Path) -> Document:
+    r"""1. Builds the nested signal of the text and prints its tree."""
     heading('1. A nested signal from text')
-    text = args.text.read_text(encoding='utf-8')
+    text = path.read_text(encoding='utf-8')
     vocab = Vocabulary.build([text], punctuation=False)
     data = DocumentHierarchy(vocab=vocab)(text)  # word ids under the tree
-    hierarchy = data.hierarchy
-    n = hierarchy.num_leaves
-    kinds = DocumentHierarchy.KINDS
-
-    def units(kind: str):  # node ids and text of the clusters of one kind
-        ids = (data.cluster_kind == kinds.index(kind)).nonzero().view(-1)
-        return [n + i for i in ids.tolist()], [
-            data.text[a:b] for a, b in data.cluster_offsets[ids].tolist()]
-
-    paragraph_nodes, paragraph_text = units('paragraph')
-    sentence_nodes, sentence_text = units('sentence')
-    print(f'text:        {args.text}')
-    print(f'tree:        {len(paragraph_nodes)} paragraphs -> '
-          f'{len(sentence_nodes)} sentences -> {n} words '
+    doc = Document(data, vocab, *clusters(data, 'paragraph'),
+                   *clusters(data, 'sentence'))
+    print(f'text:        {path}')
+    print(f'tree:        {len(doc.paragraph_nodes)} paragraphs -> '
+          f'{len(doc.sentence_nodes)} sentences -> '
+          f'{data.hierarchy.num_leaves} words '
           f'({len(set(data.tokens))} distinct)')
     print(f'vocabulary:  {vocab}')
-    print(f'hierarchy:   {hierarchy}')
+    print(f'hierarchy:   {data.hierarchy}')
     print(f'data:        NestedSignal with {", ".join(sorted(data.keys()))}')
+    return doc
 
-    # 2. Attention over the tree #############################################
+
+def attend(doc: Document, dim: int, heads: int) -> Tuple[Tensor, Any]:
+    r"""2. Runs an untrained HSAConv: the word embeddings and the weights."""
     heading('2. Hierarchical self-attention over the document')
-    embedding = torch.nn.Embedding(len(vocab), args.dim)  # seeded, untrained
-    conv = HSAConv(args.dim, args.dim // args.heads, heads=args.heads).eval()
+    embedding = torch.nn.Embedding(len(doc.vocab), dim)  # seeded, untrained
+    conv = HSAConv(dim, dim // heads, heads=heads).eval()
     with torch.no_grad():
-        x = embedding(data.x)
-        out, weights = conv(x, hierarchy, return_attention_weights=True)
+        x = embedding(doc.data.x)
+        out, weights = conv(x, doc.data.hierarchy,
+                            return_attention_weights=True)
     pair_index, alpha = weights
-    print(f'leaves:      one {args.dim}-dim embedding per word id')
+    print(f'leaves:      one {dim}-dim embedding per word id')
     print(f'layer:       {conv}, untrained (random weights)')
     print(f'output:      {tuple(out.shape)}, one vector per word')
     print(f'weights:     pi_F(a -> b) for {pair_index.size(1)} ordered '
           f'sibling pairs (a, b), a == b included, per head: '
           f'{tuple(alpha.shape)}')
+    return x, weights
 
+
+def paragraph_family(doc: Document, weights: Any):
+    r"""Prints the weights of the top family: the paragraphs."""
     print('\nThe top family: the document and its paragraphs. Row a is how '
           'the words of\nparagraph a split their attention: the diagonal '
           'stays inside the paragraph\n(and is shared out among its '
@@ -154,26 +177,36 @@ def main():
           'Untrained, the weights follow mostly the sizes (the log|b| term): '
           'a longer\nsibling draws more attention. Training makes them '
           'depend on content.\n')
-    family_table(weights, paragraph_nodes,
-                 [short(t) for t in paragraph_text])
+    family_table(weights, doc.paragraph_nodes,
+                 [short(t) for t in doc.paragraph_text])
 
-    p = min(max(args.paragraph, 1), len(paragraph_nodes)) - 1
-    parent = hierarchy.parent.tolist()
-    in_p = [i for i, s in enumerate(sentence_nodes)
-            if parent[s] == paragraph_nodes[p]]
+
+def sentence_family(doc: Document, weights: Any, paragraph: int):
+    r"""Prints the weights of the sentences of one paragraph (1-based)."""
+    p = min(max(paragraph, 1), len(doc.paragraph_nodes)) - 1
+    parent = doc.data.hierarchy.parent.tolist()
+    in_p = [i for i, s in enumerate(doc.sentence_nodes)
+            if parent[s] == doc.paragraph_nodes[p]]
     print(f'\nOne sentence family: the sentences of paragraph {p + 1}. The '
           f'diagonal stays inside\nthe sentence (its words attend to each '
           f'other one by one); the rest goes to\nsibling sentences as '
           f'wholes.\n')
-    family_table(weights, [sentence_nodes[i] for i in in_p],
-                 [short(sentence_text[i]) for i in in_p])
+    family_table(weights, [doc.sentence_nodes[i] for i in in_p],
+                 [short(doc.sentence_text[i]) for i in in_p])
 
-    # 3. Checks ##############################################################
-    heading('3. Flat tree = softmax attention')
-    heads, head_dim = args.heads, args.dim // args.heads
-    proj = torch.nn.Linear(args.dim, 3 * args.dim, bias=False)
+
+def queries_keys_values(x: Tensor, heads: int) -> Tuple[Tensor, ...]:
+    r"""Queries, keys and values ``[N, H, D]``: an untrained projection."""
+    n, dim = x.shape
+    proj = torch.nn.Linear(dim, 3 * dim, bias=False)
     with torch.no_grad():
-        q, k, v = proj(x).view(n, 3, heads, head_dim).unbind(1)
+        return proj(x).view(n, 3, heads, dim // heads).unbind(1)
+
+
+def check_flat_tree(q: Tensor, k: Tensor, v: Tensor) -> Hierarchy:
+    r"""3. Compares HSA on a flat tree with softmax; returns the tree."""
+    heading('3. Flat tree = softmax attention')
+    n, heads, head_dim = q.shape
     flat = Hierarchy.from_assignments([torch.zeros(n, dtype=torch.long)])
     with torch.no_grad():
         hsa_flat = hierarchical_attention(q, k, v, flat)
@@ -185,7 +218,12 @@ def main():
     print(f'flat tree:   {flat}')
     print('max |hierarchical_attention(flat) - scaled_dot_product_attention|'
           f' = {(hsa_flat - sdpa).abs().max().item():.2e}')
+    return flat
 
+
+def check_dynamic_program(q: Tensor, k: Tensor, v: Tensor,
+                          hierarchy: Hierarchy):
+    r"""Compares the dynamic program with the dense closed form Q."""
     with torch.no_grad():
         tree_out = hierarchical_attention(q, k, v, hierarchy)
         dense = hierarchical_attention_matrix(q, k, hierarchy)  # [H, N, N]
@@ -197,14 +235,33 @@ def main():
     print('max |row sum of Q - 1|  = '
           f'{(dense.sum(-1) - 1).abs().max().item():.2e}')
 
-    # 4. Cost ################################################################
+
+def cost(hierarchy: Hierarchy, flat: Hierarchy):
+    r"""4. Prints the scores HSA evaluates against dense attention's."""
     heading('4. Cost')
+    n = hierarchy.num_leaves
     pairs = hierarchy.sibling_pairs.size(1)
     print(f'HSA scored {pairs} sibling pairs; dense attention scores N^2 = '
           f'{n}^2 = {n * n} pairs')
     print(f'that is {pairs / (n * n):.1%} of the dense scores '
           f'({n * n / pairs:.0f}x fewer); the flat tree has '
           f'{flat.sibling_pairs.size(1)} pairs, as many as dense attention')
+
+
+# Main #######################################################################
+
+def main():
+    args = parse_args()
+    torch.manual_seed(args.seed)
+    start = time.perf_counter()
+    doc = nested_signal(args.text)
+    x, weights = attend(doc, args.dim, args.heads)
+    paragraph_family(doc, weights)
+    sentence_family(doc, weights, args.paragraph)
+    q, k, v = queries_keys_values(x, args.heads)
+    flat = check_flat_tree(q, k, v)
+    check_dynamic_program(q, k, v, doc.data.hierarchy)
+    cost(doc.data.hierarchy, flat)
     print(f'\ndone in {time.perf_counter() - start:.2f} s')
 
 

