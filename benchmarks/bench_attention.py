@@ -646,8 +646,7 @@ def worker_main(args: argparse.Namespace) -> int:
     row = run_worker(args.method, args.n, args.device, args.threads,
                      args.min_time, args.max_repeats, args.long_run,
                      args.seed)
-    sys.stdout.write(RESULT_MARKER + json.dumps(row) + '\n')
-    sys.stdout.flush()
+    send_result(row)
     return 0
 
 
@@ -871,6 +870,22 @@ def load_warning(machine: Dict[str, Any]) -> Optional[str]:
     return (f'warning: load average {load[0]:.2f} at the start: other '
             f'processes share the CPU and skew the timings (HSA, made of '
             f'many small parallel kernels, most)')
+
+
+def send_result(row: Dict[str, Any]) -> None:
+    r"""Writes a worker's result for :func:`run_in_subprocess` to read:
+    one line, :data:`RESULT_MARKER` and the row as JSON."""
+    sys.stdout.write(RESULT_MARKER + json.dumps(row) + '\n')
+    sys.stdout.flush()
+
+
+def announce(header: str, machine: Dict[str, Any]) -> None:
+    r"""Prints a run's first line, then :func:`load_warning`'s warning if
+    the machine was busy as the run started."""
+    print(header, flush=True)
+    warning = load_warning(machine)
+    if warning:
+        print(warning, flush=True)
 
 
 def thp_kernel_mode() -> Optional[str]:
@@ -1253,10 +1268,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        wall_s=time.perf_counter() - start)
         write_json(args.out, payload)
 
-    print(format_header(machine, args.malloc, args.thp), flush=True)
-    warning = load_warning(machine)
-    if warning:
-        print(warning, flush=True)
+    announce(format_header(machine, args.malloc, args.thp), machine)
     rows = run_all(args, save)
     payload['complete'] = True
     machine['load_average_end'] = load_average()

@@ -236,12 +236,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
     machine = ba.machine_info('cpu', args.threads)
-    print(f"bench_collate on cpu ({machine['cpu']}; {machine['cores']} "
-          f"cores), torch {machine['torch']}, torch_geometric "
-          f"{machine['torch_geometric']}", flush=True)
-    warning = ba.load_warning(machine)
-    if warning:
-        print(warning, flush=True)
+    ba.announce(f"bench_collate on cpu ({machine['cpu']}; {machine['cores']} "
+                f"cores), torch {machine['torch']}, torch_geometric "
+                f"{machine['torch_geometric']}", machine)
     plain, nested, transform_s = load_molecules(args.molecules)
     order = list(range(len(plain)))
     random.Random(args.seed).shuffle(order)

@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import statistics
 import sys
@@ -323,18 +322,14 @@ def run_all(args: argparse.Namespace) -> List[Dict[str, Any]]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     if args.worker:
-        sys.stdout.write(ba.RESULT_MARKER + json.dumps(run_worker(args)) +
-                         '\n')
+        ba.send_result(run_worker(args))
         return 0
     start = time.perf_counter()
     machine = ba.machine_info('cpu', ba.usable_cores())
-    print(f"bench_compile on cpu ({machine['cpu']}; {machine['cores']} "
-          f"cores), torch {machine['torch']}: batches of "
-          f'{args.batch_size} molecules, {args.layers} layers, {HEADS} '
-          f'heads, backend {args.backend}', flush=True)
-    warning = ba.load_warning(machine)
-    if warning:
-        print(warning, flush=True)
+    ba.announce(f"bench_compile on cpu ({machine['cpu']}; {machine['cores']} "
+                f"cores), torch {machine['torch']}: batches of "
+                f'{args.batch_size} molecules, {args.layers} layers, {HEADS} '
+                f'heads, backend {args.backend}', machine)
     rows = run_all(args)
     machine['load_average_end'] = [round(x, 2) for x in os.getloadavg()]
     payload = {

@@ -435,6 +435,55 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
+def describe_corpora(corpus: Dict[str, List[str]]
+                     ) -> Dict[str, Dict[str, Any]]:
+    r"""The documents and words of every corpus, printed too."""
+    stats = {name: describe(corpus[name]) for name in CORPORA}
+    for name, s in stats.items():
+        print(f"{name}: {s['documents']:,} documents, {s['words']:,} words, "
+              f"median {s['median_words']:g} words", flush=True)
+    return stats
+
+
+def measure_paired(corpus: Dict[str, List[str]], transforms: Dict[str, Any],
+                   notes: Dict[str, str], args: argparse.Namespace
+                   ) -> List[Dict[str, Any]]:
+    r"""The rows of :func:`measure_all`; with ``--before-code``, the corpus
+    is first written to a temporary file for the paired serial runs."""
+    with tempfile.TemporaryDirectory() as tmp:
+        paired = None
+        if args.before_code is not None:
+            paired = osp.join(tmp, 'corpus.json')
+            Path(paired).write_text(json.dumps(corpus))
+        return measure_all(corpus, transforms, notes, args, paired)
+
+
+def run_config(args: argparse.Namespace, stats: Dict[str, Dict[str, Any]],
+               notes: Dict[str, str]) -> Dict[str, Any]:
+    r"""The run's settings, the corpora and what the timings measure."""
+    return {'paths': args.paths or 'installed manpages, manpages-dev',
+            'pages': stats['long']['documents'],
+            'corpora': stats, 'tokenizers': notes,
+            'workers': args.workers, 'rounds': args.rounds,
+            'loader_batch': LOADER_BATCH, 'min_freq': MIN_FREQ,
+            'before': str(args.before) if args.before else None,
+            'before_code': args.before_code,
+            'timing': 'median wall time per mode over all documents '
+                      '(perf_counter); words = len(text.split())'}
+
+
+def print_results(rows: List[Dict[str, Any]], target: Dict[str, Any]):
+    r"""The table, why a row was skipped, and the target."""
+    print()
+    print(format_table(rows))
+    for r in rows:
+        if r['status'] != 'ok':
+            print(f"{r['corpus']} {r['tokenizer']} {r['mode']}: skipped: "
+                  f"{r['reason']}")
+    print(f"\n[{target['status']}] {target['description']}\n         "
+          f"{target.get('detail', '')}")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     import torch
@@ -444,57 +493,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     start = time.perf_counter()
     machine = ba.machine_info('cpu', args.threads)
-    print(f"bench_document_trees on cpu ({machine['cpu']}; "
-          f"{machine['cores']} cores, {args.threads} thread(s)), torch "
-          f"{machine['torch']}", flush=True)
-    warning = ba.load_warning(machine)
-    if warning:
-        print(warning, flush=True)
+    ba.announce(f"bench_document_trees on cpu ({machine['cpu']}; "
+                f"{machine['cores']} cores, {args.threads} thread(s)), torch "
+                f"{machine['torch']}", machine)
     corpus = load_corpus(args.paths, args.pages)
-    stats = {name: describe(corpus[name]) for name in CORPORA}
-    for name, s in stats.items():
-        print(f"{name}: {s['documents']:,} documents, {s['words']:,} words, "
-              f"median {s['median_words']:g} words", flush=True)
+    stats = describe_corpora(corpus)
     transforms, notes = make_transforms(corpus, args.tokenizers)
-    with tempfile.TemporaryDirectory() as tmp:
-        paired = None
-        if args.before_code is not None:
-            paired = osp.join(tmp, 'corpus.json')
-            Path(paired).write_text(json.dumps(corpus))
-        rows = measure_all(corpus, transforms, notes, args, paired)
+    rows = measure_paired(corpus, transforms, notes, args)
     before = json.loads(args.before.read_text()) if args.before else None
     add_speedups(rows, before)
     target = evaluate_target(rows)
     machine['load_average_end'] = [round(x, 2) for x in os.getloadavg()]
-    payload = {
+    ba.write_json(args.out, {
         'benchmark': 'bench_document_trees',
         'label': args.label,
         'created': datetime.datetime.now().astimezone().isoformat(
             timespec='seconds'),
         'machine': machine,
         'code': code_version(),
-        'config': {'paths': args.paths or 'installed manpages, '
-                   'manpages-dev', 'pages': stats['long']['documents'],
-                   'corpora': stats, 'tokenizers': notes,
-                   'workers': args.workers, 'rounds': args.rounds,
-                   'loader_batch': LOADER_BATCH, 'min_freq': MIN_FREQ,
-                   'before': str(args.before) if args.before else None,
-                   'before_code': args.before_code,
-                   'timing': 'median wall time per mode over all documents '
-                             '(perf_counter); words = len(text.split())'},
+        'config': run_config(args, stats, notes),
         'results': rows,
         'target': target,
         'wall_s': time.perf_counter() - start,
-    }
-    ba.write_json(args.out, payload)
-    print()
-    print(format_table(rows))
-    for r in rows:
-        if r['status'] != 'ok':
-            print(f"{r['corpus']} {r['tokenizer']} {r['mode']}: skipped: "
-                  f"{r['reason']}")
-    print(f"\n[{target['status']}] {target['description']}\n         "
-          f"{target.get('detail', '')}")
+    })
+    print_results(rows, target)
     print(f'\nwrote {args.out}')
     ba.write_markdown(args.markdown, format_table(rows, markdown=True) + '\n')
     return 0

@@ -595,19 +595,11 @@ def load_corpus(name: str, doc: ModuleType, args: argparse.Namespace
     return build(doc, args, args.max_doc_tokens[name])
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = parse_args(argv)
-    start = time.perf_counter()
-    import torch
-    torch.set_num_threads(args.threads)
-    machine = ba.machine_info('cpu', args.threads)
-    print(f"bench_documents on cpu ({machine['cpu']}; {machine['cores']} "
-          f"cores, {args.threads} thread(s)), torch {machine['torch']}, "
-          f"torch_geometric {machine['torch_geometric']}", flush=True)
-    warning = ba.load_warning(machine)
-    if warning:
-        print(warning, flush=True)
-    doc = load_example()
+def measure_corpora(doc: ModuleType, args: argparse.Namespace
+                    ) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
+    r"""Loads every corpus of ``--corpora``, says what it holds, and times
+    every method on it: ``(rows, corpora)``, the rows of all corpora and
+    what each holds (with the seconds its loading took)."""
     rows, corpora = [], {}
     for name in args.corpora:
         begin = time.perf_counter()
@@ -622,41 +614,40 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"{info['train']['documents']:,} documents, "
               f"{info['train']['tokens']:,} tokens", flush=True)
         rows += measure_corpus(name, corpus, doc, args)
-    targets = evaluate_targets(rows)
-    machine['load_average_end'] = [round(x, 2) for x in os.getloadavg()]
-    payload = {
-        'benchmark': 'bench_documents',
-        'created': datetime.datetime.now().astimezone().isoformat(
-            timespec='seconds'),
-        'machine': machine,
-        'config': {
-            'commit': ba.source_commit(), 'corpora': corpora,
-            'methods': {m: LABELS[m] for m in args.methods},
-            'model': f'embedding, {LAYERS} blocks of {CHANNELS} channels, '
-                     f'{args.heads} heads, MLP {2 * CHANNELS}, dropout '
-                     f'{DROPOUT}, mean of the tokens, linear head; Adam '
-                     f'lr {LR}; batch size {BATCH_SIZE}',
-            'threads': args.threads, 'epochs': args.epochs,
-            'warmup_batches': args.warmup, 'seed': args.seed,
-            'max_docs': args.max_docs, 'max_doc_tokens': args.max_doc_tokens,
-            'max_gb': args.max_gb, 'quick': args.quick,
-            'pages': args.paths or 'installed (manpages, manpages-dev)',
-            'timing': 'the batches of one training epoch (random, or '
-                      'length buckets for flat_sdpa_bucketed), of which '
-                      'about max_docs documents\' worth are timed, drawn '
-                      'by strata of (longest document, tokens); one pass '
-                      '= DataLoader collate, inputs, forward, backward, '
-                      'Adam step over them (perf_counter), after untimed '
-                      'warm-up batches; seconds per epoch = pass seconds '
-                      'x epoch batches / timed batches; median over '
-                      'passes, methods interleaved pass by pass',
-            'memory': 'peak resident set size above the start of each '
-                      'epoch (the example\'s PeakMemory), max over epochs'},
-        'results': rows,
-        'targets': targets,
-        'wall_s': time.perf_counter() - start,
-    }
-    ba.write_json(args.out, payload)
+    return rows, corpora
+
+
+def run_config(args: argparse.Namespace,
+               corpora: Dict[str, Any]) -> Dict[str, Any]:
+    r"""The run's settings and what the timings and the memory measure."""
+    return {
+        'commit': ba.source_commit(), 'corpora': corpora,
+        'methods': {m: LABELS[m] for m in args.methods},
+        'model': f'embedding, {LAYERS} blocks of {CHANNELS} channels, '
+                 f'{args.heads} heads, MLP {2 * CHANNELS}, dropout '
+                 f'{DROPOUT}, mean of the tokens, linear head; Adam '
+                 f'lr {LR}; batch size {BATCH_SIZE}',
+        'threads': args.threads, 'epochs': args.epochs,
+        'warmup_batches': args.warmup, 'seed': args.seed,
+        'max_docs': args.max_docs, 'max_doc_tokens': args.max_doc_tokens,
+        'max_gb': args.max_gb, 'quick': args.quick,
+        'pages': args.paths or 'installed (manpages, manpages-dev)',
+        'timing': 'the batches of one training epoch (random, or '
+                  'length buckets for flat_sdpa_bucketed), of which '
+                  'about max_docs documents\' worth are timed, drawn '
+                  'by strata of (longest document, tokens); one pass '
+                  '= DataLoader collate, inputs, forward, backward, '
+                  'Adam step over them (perf_counter), after untimed '
+                  'warm-up batches; seconds per epoch = pass seconds '
+                  'x epoch batches / timed batches; median over '
+                  'passes, methods interleaved pass by pass',
+        'memory': 'peak resident set size above the start of each '
+                  'epoch (the example\'s PeakMemory), max over epochs'}
+
+
+def print_results(rows: List[Dict[str, Any]],
+                  targets: List[Dict[str, Any]]):
+    r"""The table, why a method was skipped, and the targets."""
     print()
     print(format_table(rows))
     for row in rows:
@@ -666,6 +657,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for target in targets:
         print(f"[{target['status']}] {target['description']}: "
               f"{target.get('detail', '')}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    import torch
+    torch.set_num_threads(args.threads)
+    machine = ba.machine_info('cpu', args.threads)
+    ba.announce(f"bench_documents on cpu ({machine['cpu']}; {machine['cores']} "
+                f"cores, {args.threads} thread(s)), torch {machine['torch']}, "
+                f"torch_geometric {machine['torch_geometric']}", machine)
+    rows, corpora = measure_corpora(load_example(), args)
+    targets = evaluate_targets(rows)
+    machine['load_average_end'] = [round(x, 2) for x in os.getloadavg()]
+    ba.write_json(args.out, {
+        'benchmark': 'bench_documents',
+        'created': datetime.datetime.now().astimezone().isoformat(
+            timespec='seconds'),
+        'machine': machine, 'config': run_config(args, corpora),
+        'results': rows, 'targets': targets,
+        'wall_s': time.perf_counter() - start,
+    })
+    print_results(rows, targets)
     print(f'\nwrote {args.out}')
     ba.write_markdown(args.markdown, format_table(rows, markdown=True) + '\n')
     return 0

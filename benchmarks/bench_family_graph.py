@@ -76,7 +76,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import sys
 import time
 from pathlib import Path
@@ -385,18 +384,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     if args.worker:
-        sys.stdout.write(ba.RESULT_MARKER + json.dumps(run_worker(args)) +
-                         '\n')
+        ba.send_result(run_worker(args))
         return 0
     start = time.perf_counter()
     machine = ba.machine_info(args.device, args.threads)
-    print(f"bench_family_graph on {args.device} ({machine['cpu']}; "
-          f"{machine['cores']} cores), torch {machine['torch']}: "
-          f"{args.nodes:,} nodes, ~{args.edges:,} edges, "
-          f'{IN_CHANNELS} -> {ba.HEADS} heads x {ba.HEAD_DIM}', flush=True)
-    warning = ba.load_warning(machine)
-    if warning:
-        print(warning, flush=True)
+    ba.announce(f"bench_family_graph on {args.device} ({machine['cpu']}; "
+                f"{machine['cores']} cores), torch {machine['torch']}: "
+                f"{args.nodes:,} nodes, ~{args.edges:,} edges, "
+                f'{IN_CHANNELS} -> {ba.HEADS} heads x {ba.HEAD_DIM}', machine)
     rows = []
     try:
         from tqdm import tqdm

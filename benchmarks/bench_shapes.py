@@ -358,12 +358,7 @@ def run_case(spec: Dict[str, Any], args: argparse.Namespace,
 def worker_main(args: argparse.Namespace) -> int:
     spec = json.loads(args.spec)
     cap_address_space(args.memory_cap_gib)
-
-    def emit(row: Dict):
-        sys.stdout.write(ba.RESULT_MARKER + json.dumps(row) + '\n')
-        sys.stdout.flush()
-
-    emit(run_case(spec, args, emit))
+    ba.send_result(run_case(spec, args, ba.send_result))
     return 0
 
 
@@ -828,13 +823,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return worker_main(args)
     start = time.perf_counter()
     machine = ba.machine_info(args.device, args.threads)
-    print(f"bench_shapes on {args.device} ({machine['cpu']}; "
-          f"{machine['cores']} cores, default {args.threads} threads), "
-          f"torch {machine['torch']}, load average "
-          f"{machine['load_average_start']}", flush=True)
-    warning = ba.load_warning(machine)
-    if warning:
-        print(warning, flush=True)
+    ba.announce(f"bench_shapes on {args.device} ({machine['cpu']}; "
+                f"{machine['cores']} cores, default {args.threads} threads), "
+                f"torch {machine['torch']}, load average "
+                f"{machine['load_average_start']}", machine)
     rows: List[Dict] = []
     payload = {'benchmark': 'bench_shapes', 'created':
                datetime.datetime.now().astimezone().isoformat(

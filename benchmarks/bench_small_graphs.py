@@ -443,12 +443,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from torch_geometric.data import Batch
     machine = ba.machine_info(args.device, max(args.threads))
     where = machine.get('gpu', args.device)
-    print(f"bench_small_graphs on {where} ({machine['cpu']}; "
-          f"{machine['cores']} cores), torch {machine['torch']}, "
-          f"torch_geometric {machine['torch_geometric']}", flush=True)
-    warning = ba.load_warning(machine)
-    if warning:
-        print(warning, flush=True)
+    ba.announce(f"bench_small_graphs on {where} ({machine['cpu']}; "
+                f"{machine['cores']} cores), torch {machine['torch']}, "
+                f"torch_geometric {machine['torch_geometric']}", machine)
     plain, nested, _ = bc.load_molecules(args.batch_size)
     batch = Batch.from_data_list(nested)
     info = batch_info(plain, batch)

@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.util
-import json
 import statistics
 import sys
 import time
@@ -211,21 +210,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = parse_args(argv)
-    if args.worker:
-        sys.stdout.write(ba.RESULT_MARKER + json.dumps(run_worker(args)) +
-                         '\n')
-        return 0
-    start = time.perf_counter()
-    machine = ba.machine_info(args.device, args.threads)
-    print(f"bench_tree_order on {args.device} ({machine['cpu']}; "
-          f"{machine['cores']} cores, {args.threads} thread(s)), torch "
-          f"{machine['torch']}: {args.nodes:,} nodes, {args.tree} tree, "
-          f'{IN_CHANNELS} -> {ba.HEADS} heads x {ba.HEAD_DIM}', flush=True)
-    warning = ba.load_warning(machine)
-    if warning:
-        print(warning, flush=True)
+def measure_all(args: argparse.Namespace) -> List[Dict[str, Any]]:
+    r"""Every variant in every round, each in a fresh subprocess, back to
+    back (in reverse order every other round): one row per run."""
     rows = []
     for i in range(args.rounds):
         methods = args.methods if i % 2 == 0 else args.methods[::-1]
@@ -236,23 +223,42 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"round {i}: {method}: {row['status']} "
                   f"{row.get('fwdbwd_ms', float('nan')):.0f} ms fwd+bwd",
                   file=sys.stderr, flush=True)
+    return rows
+
+
+def run_config(args: argparse.Namespace) -> Dict[str, Any]:
+    r"""The run's settings and what the timings and the memory measure."""
+    return {'nodes': args.nodes, 'tree': args.tree,
+            'edges_per_node': EDGES_PER_NODE,
+            'in_channels': IN_CHANNELS, 'heads': ba.HEADS,
+            'head_dim': ba.HEAD_DIM, 'branching': ba.BRANCHING,
+            'threads': args.threads, 'rounds': args.rounds,
+            'timing': ba.TIMING_NOTE, 'memory': ba.MEMORY_NOTE}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        ba.send_result(run_worker(args))
+        return 0
+    start = time.perf_counter()
+    machine = ba.machine_info(args.device, args.threads)
+    ba.announce(f"bench_tree_order on {args.device} ({machine['cpu']}; "
+                f"{machine['cores']} cores, {args.threads} thread(s)), torch "
+                f"{machine['torch']}: {args.nodes:,} nodes, {args.tree} tree, "
+                f'{IN_CHANNELS} -> {ba.HEADS} heads x {ba.HEAD_DIM}', machine)
+    rows = measure_all(args)
     summary = summarize(rows)
-    payload = {
+    ba.write_json(args.out, {
         'benchmark': 'bench_tree_order',
         'created': datetime.datetime.now().astimezone().isoformat(
             timespec='seconds'),
         'machine': machine,
-        'config': {'nodes': args.nodes, 'tree': args.tree,
-                   'edges_per_node': EDGES_PER_NODE,
-                   'in_channels': IN_CHANNELS, 'heads': ba.HEADS,
-                   'head_dim': ba.HEAD_DIM, 'branching': ba.BRANCHING,
-                   'threads': args.threads, 'rounds': args.rounds,
-                   'timing': ba.TIMING_NOTE, 'memory': ba.MEMORY_NOTE},
+        'config': run_config(args),
         'results': rows,
         'summary': summary,
         'wall_s': time.perf_counter() - start,
-    }
-    ba.write_json(args.out, payload)
+    })
     print()
     print(format_table(summary))
     for r in rows:
