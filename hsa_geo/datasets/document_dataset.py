@@ -2,7 +2,6 @@ r"""What the datasets of labelled text documents share: the vocabulary of
 the training split, the processed file names, and the processing loop
 that turns every document into a nested signal with
 :class:`~hsa_geo.transforms.DocumentHierarchy`."""
-import json
 import os.path as osp
 import warnings
 from functools import partial
@@ -13,6 +12,7 @@ from torch_geometric.data import Data, InMemoryDataset
 
 from hsa_geo._checks import check_int, check_num_workers
 from hsa_geo.datasets.parallel_map import parallel_map
+from hsa_geo.datasets.processed_meta import read_meta, write_meta
 from hsa_geo.datasets.tokenizer_tag import tokenizer_tag
 from hsa_geo.transforms import DocumentHierarchy, Vocabulary
 
@@ -81,8 +81,7 @@ class DocumentDataset(InMemoryDataset):
         super().__init__(root, transform, pre_transform, pre_filter,
                          log=log, force_reload=force_reload)
         self.load(self.processed_paths[0])
-        with open(self.processed_paths[1]) as f:
-            meta = json.load(f)
+        meta = read_meta(self.processed_paths[1])
         self.skipped: List[Skipped] = [(s, why) for s, why in
                                        meta['skipped']]
         self.vocab: Optional[Vocabulary] = None
@@ -172,8 +171,7 @@ class DocumentDataset(InMemoryDataset):
                 f"the {self.split!r} split is left ({len(skipped)} empty, "
                 f"the others refused by 'pre_filter')")
         self.save(data_list, self.processed_paths[0])
-        with open(self.processed_paths[1], 'w') as f:
-            json.dump({'skipped': skipped}, f)
+        write_meta(self.processed_paths[1], {'skipped': skipped})
 
     def _document_hierarchy(
             self, train: Optional[List[Document]]) -> DocumentHierarchy:

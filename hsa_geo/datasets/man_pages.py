@@ -24,6 +24,7 @@ from torch_geometric.data import Data, InMemoryDataset
 from hsa_geo._checks import check_int, check_num_workers
 from hsa_geo.data import Hierarchy, NestedSignal
 from hsa_geo.datasets.parallel_map import parallel_map
+from hsa_geo.datasets.processed_meta import read_meta, write_meta
 from hsa_geo.datasets.tokenizer_tag import tokenizer_tag
 from hsa_geo.transforms import DocumentHierarchy, Vocabulary
 
@@ -206,8 +207,7 @@ class ManPages(InMemoryDataset):
         super().__init__(root, transform, pre_transform, pre_filter,
                          log=log, force_reload=force_reload)
         self.load(self.processed_paths[0])
-        with open(self.processed_paths[1]) as f:
-            meta = json.load(f)
+        meta = read_meta(self.processed_paths[1])
         self.sections: List[str] = meta['sections']
         self.skipped: List[Skipped] = [tuple(s) for s in meta['skipped']]
         self._parts: List[str] = meta['parts']
@@ -314,9 +314,8 @@ class ManPages(InMemoryDataset):
                 f"in '{self.raw_dir}' ({len(skipped)} skipped, the others "
                 f"refused by 'pre_filter')")
         self.save(data_list, self.processed_paths[0])
-        with open(self.processed_paths[1], 'w') as f:
-            json.dump({'sections': sections, 'skipped': skipped,
-                       'parts': kept_parts}, f)
+        write_meta(self.processed_paths[1], {
+            'sections': sections, 'skipped': skipped, 'parts': kept_parts})
 
     def _read_pages(self, listing: Dict[str, Any]
                     ) -> Tuple[Dict[str, List[Section]], List[Skipped]]:

@@ -17,6 +17,7 @@ from hsa_geo.data.hetero_nested_signal import HeteroNestedSignal
 from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.data.nested_signal import NestedSignal
 from hsa_geo.datasets.chembl_activity import ChEMBLActivity
+from hsa_geo.datasets.processed_meta import write_meta
 from hsa_geo.datasets.rdkit_molecule_dataset import RDKitMoleculeDataset
 from hsa_geo.transforms.grid_hierarchy import GridHierarchy
 from hsa_geo.transforms.molecule_hierarchy import MoleculeHierarchy
@@ -279,8 +280,7 @@ class MultiModalMolecules(RDKitMoleculeDataset):
                 f"{self.__class__.__name__}: 'pre_filter' kept none of the "
                 f"{len(molecules)} molecules")
         self.save(data_list, self.processed_paths[0])
-        with open(self.processed_paths[1], 'w') as f:
-            json.dump(self.source.skipped, f)
+        write_meta(self.processed_paths[1], {'skipped': self.source.skipped})
         with open(self.processed_paths[2], 'w') as f:
             json.dump(vocabulary, f)
 

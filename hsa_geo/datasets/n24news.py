@@ -13,6 +13,7 @@ from torch_geometric.data import HeteroData, InMemoryDataset
 from tqdm import tqdm
 
 from hsa_geo._checks import check_int
+from hsa_geo.datasets.processed_meta import read_meta, write_meta
 from hsa_geo.datasets.tokenizer_tag import tokenizer_tag
 from hsa_geo.transforms import (DocumentHierarchy, GridHierarchy,
                                 MultiModalHierarchy, Vocabulary)
@@ -191,8 +192,7 @@ class N24News(InMemoryDataset):
         super().__init__(root, transform, pre_transform, pre_filter,
                          log=log, force_reload=force_reload)
         self.load(self.processed_paths[0])
-        with open(self.processed_paths[1]) as f:
-            meta = json.load(f)
+        meta = read_meta(self.processed_paths[1])
         self.sections: List[str] = meta['sections']
         self.skipped: List[Skipped] = [(i, why) for i, why in
                                        meta['skipped']]
@@ -293,8 +293,8 @@ class N24News(InMemoryDataset):
                 f"skipped for missing data, the others refused by "
                 f"'pre_filter')")
         self.save(data_list, self.processed_paths[0])
-        with open(self.processed_paths[1], 'w') as f:
-            json.dump({'sections': sections, 'skipped': skipped}, f)
+        write_meta(self.processed_paths[1],
+                   {'sections': sections, 'skipped': skipped})
 
     # Reading ###############################################################
 

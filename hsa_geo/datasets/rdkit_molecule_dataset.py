@@ -1,5 +1,4 @@
 r"""The base of the molecule datasets whose raw files ship inside RDKit."""
-import json
 import os.path as osp
 import shutil
 import warnings
@@ -9,6 +8,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data, InMemoryDataset
 
+from hsa_geo.datasets.processed_meta import read_meta, write_meta
 from hsa_geo.datasets.random_split import random_split
 from hsa_geo.datasets.scaffold_split import scaffold_split
 
@@ -66,9 +66,9 @@ class RDKitMoleculeDataset(InMemoryDataset):
         super().__init__(root, transform, pre_transform, pre_filter,
                          log=log, force_reload=force_reload)
         self.load(self.processed_paths[0])
-        with open(self.processed_paths[1]) as f:
-            self.skipped: List[Tuple[str, str]] = [
-                (compound_id, smiles) for compound_id, smiles in json.load(f)]
+        self.skipped: List[Tuple[str, str]] = [
+            (compound_id, smiles) for compound_id, smiles in
+            read_meta(self.processed_paths[1])['skipped']]
 
     # What a subclass defines ###############################################
 
@@ -191,8 +191,7 @@ class RDKitMoleculeDataset(InMemoryDataset):
                 f"{self.__class__.__name__}: 'pre_filter' kept none of the "
                 f"{len(records) - len(skipped)} molecules")
         self.save(data_list, self.processed_paths[0])
-        with open(self.processed_paths[1], 'w') as f:
-            json.dump(skipped, f)
+        write_meta(self.processed_paths[1], {'skipped': skipped})
 
     # Splits and summary ####################################################
 

@@ -66,6 +66,21 @@ def test_loaded_back_without_processing(dataset, monkeypatch):
         assert again[i].smiles == dataset[i].smiles
 
 
+def test_files_of_another_format_are_refused(dataset, tmp_path):
+    """Processed files of an earlier format raise, with the fix; processing
+    again (force_reload=True) replaces them."""
+    import shutil
+    root = tmp_path / 'copy'
+    shutil.copytree(dataset.root, root)
+    processed = ChEMBLActivity(str(root), log=False).processed_paths
+    (root / processed[1]).write_text('[]')  # as before processed formats
+    with pytest.raises(ValueError, match='force_reload=True'):
+        ChEMBLActivity(str(root), log=False)
+    again = ChEMBLActivity(str(root), force_reload=True, log=False)
+    assert len(again) == len(dataset)
+    assert len(ChEMBLActivity(str(root), log=False)) == len(dataset)
+
+
 def test_unparsable_molecules_are_skipped_and_counted(tmp_path):
     with open(osp.join(DATA, 'CHEMBL2321810.smi')) as f:
         lines = [line for line in f if line.strip()][:20]

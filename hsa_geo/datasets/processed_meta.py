@@ -1,0 +1,43 @@
+r"""The side file of a processed dataset: what processing found beside the
+signals (skipped items, section names, ...), stamped with the format the
+signals were stored in."""
+import json
+import os.path as osp
+from typing import Any, Dict
+
+# The format of the processed signals. Raised whenever processing changes
+# what a stored signal holds (its keys, its tree, its features), so that
+# files processed before are refused instead of read as if they were new.
+PROCESSED_FORMAT = 1
+
+
+def write_meta(path: str, meta: Dict[str, Any]) -> None:
+    r"""Writes :obj:`meta` as JSON to :obj:`path`, with the format."""
+    with open(path, 'w') as f:
+        json.dump({'format': PROCESSED_FORMAT, **meta}, f)
+
+
+def read_meta(path: str) -> Dict[str, Any]:
+    r"""The side file written by :func:`write_meta`; raises a
+    :class:`ValueError` when the signals beside it were processed in
+    another format (by another version of :mod:`hsa_geo`).
+
+    Examples:
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), 'meta.json')
+        >>> write_meta(path, {'skipped': []})
+        >>> read_meta(path)['skipped']
+        []
+    """
+    with open(path) as f:
+        meta = json.load(f)
+    found = meta.get('format') if isinstance(meta, dict) else None
+    if found != PROCESSED_FORMAT:
+        made = 'a version of hsa_geo before processed formats' \
+            if found is None else f'format {found}'
+        raise ValueError(
+            f"the processed files in '{osp.dirname(path)}' were made by "
+            f"{made}, and this version reads format {PROCESSED_FORMAT}: "
+            f"process the dataset again (pass force_reload=True) or "
+            f"delete that folder")
+    return meta

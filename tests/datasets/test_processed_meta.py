@@ -1,0 +1,32 @@
+import doctest
+import json
+
+import pytest
+
+import hsa_geo.datasets.processed_meta as module
+from hsa_geo.datasets.processed_meta import (PROCESSED_FORMAT, read_meta,
+                                             write_meta)
+
+
+def test_written_meta_reads_back(tmp_path):
+    path = str(tmp_path / 'meta.json')
+    write_meta(path, {'skipped': [['a', 'b']], 'sections': ['x']})
+    assert read_meta(path) == {'format': PROCESSED_FORMAT,
+                               'skipped': [['a', 'b']], 'sections': ['x']}
+
+
+@pytest.mark.parametrize('stored, made', [
+    ({'skipped': []}, 'before processed formats'),
+    ([['c1', 'CC']], 'before processed formats'),  # a bare list, as once
+    ({'format': PROCESSED_FORMAT + 1, 'skipped': []},
+     f'format {PROCESSED_FORMAT + 1}'),
+])
+def test_other_formats_are_refused(tmp_path, stored, made):
+    path = tmp_path / 'meta.json'
+    path.write_text(json.dumps(stored))
+    with pytest.raises(ValueError, match=f'{made}.*force_reload=True'):
+        read_meta(str(path))
+
+
+def test_doctest():
+    assert doctest.testmod(module, raise_on_error=True).attempted > 0
