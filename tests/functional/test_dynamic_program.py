@@ -1277,3 +1277,41 @@ def test_passes_leave_the_thread_count_as_they_found_it():
         assert max_err(hierarchical_attention(q, k, v, h), out) <= EXACT
     finally:
         torch.set_num_threads(threads)
+
+
+class _HostReads(torch.overrides.TorchFunctionMode):
+    r"""Records the reads of tensor values into Python: on an accelerator
+    each one waits for the device to finish the work queued before it."""
+    NAMES = {'item', 'tolist', 'nonzero', 'unique', 'masked_select',
+             '__bool__', '__float__', '__int__', '__index__'}
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, '__name__', None) in self.NAMES:
+            self.seen.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize('shape,most', [
+    ('small trees', 1),  # the pair list's check for non-finite values
+    ('flat', 0),  # streamed as softmax attention
+    ('balanced', 2),  # one chunk of fused leaf families, the pair list
+])
+def test_host_reads_per_step(monkeypatch, shape, most):
+    """Once its layout is derived, a forward and backward read tensor values
+    into Python only where named above, with the checks an accelerator
+    runs: the passes never wait for the device."""
+    import hsa_geo.functional.dynamic_program as dp
+    monkeypatch.setattr(dp, '_HEADWISE_CHECKS', ())  # as on an accelerator
+    h = {'small trees': lambda: fragment_forest([5, 9, 3, 12, 7] * 8),
+         'flat': lambda: build(flat_tree(1500)),
+         'balanced': lambda: Hierarchy.from_assignments(
+             balanced_assignments(4096, 16))}[shape]()
+    qkv = seeded_qkv(h.num_leaves, 4, 8, 0, requires_grad=True)
+    hierarchical_attention(*qkv, h).sum().backward()  # derives the layout
+    with _HostReads() as reads:
+        hierarchical_attention(*qkv, h).sum().backward()
+    assert len(reads.seen) <= most, reads.seen
