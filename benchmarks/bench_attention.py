@@ -77,6 +77,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import inspect
 import json
@@ -91,7 +92,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from typing import (Any, Callable, Dict, Iterable, Iterator, List, Optional,
+                    Sequence)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(__file__).resolve().parent / 'results'
@@ -877,6 +879,26 @@ def send_result(row: Dict[str, Any]) -> None:
     one line, :data:`RESULT_MARKER` and the row as JSON."""
     sys.stdout.write(RESULT_MARKER + json.dumps(row) + '\n')
     sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def competing_processes(count: int, lifetime: float) -> Iterator[List]:
+    r"""Starts :obj:`count` CPU-bound Python processes (a busy loop) and
+    kills them on exit, errors included; each also ends by itself after
+    :obj:`lifetime` seconds, should this process die first."""
+    code = f'import time\nend = time.time() + {lifetime}\n' \
+        'while time.time() < end:\n    pass\n'
+    procs: List[subprocess.Popen] = []
+    try:
+        for _ in range(count):
+            procs.append(subprocess.Popen([sys.executable, '-c', code]))
+        time.sleep(0.2 if count else 0.0)  # let them reach the loop
+        yield procs
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
 
 
 def announce(header: str, machine: Dict[str, Any]) -> None:

@@ -65,7 +65,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import os
@@ -74,7 +73,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_attention as ba  # noqa: E402  (shared timing and memory code)
@@ -407,26 +406,6 @@ def run_spec(spec: Dict[str, Any], args: argparse.Namespace) -> Dict:
     return row
 
 
-@contextlib.contextmanager
-def competing_processes(count: int, lifetime: float) -> Iterator[List]:
-    r"""Starts :obj:`count` CPU-bound Python processes (a busy loop) and
-    kills them on exit, errors included; each also ends by itself after
-    :obj:`lifetime` seconds, should this process die first."""
-    code = f'import time\nend = time.time() + {lifetime}\n' \
-        'while time.time() < end:\n    pass\n'
-    procs: List[subprocess.Popen] = []
-    try:
-        for _ in range(count):
-            procs.append(subprocess.Popen([sys.executable, '-c', code]))
-        time.sleep(0.2 if count else 0.0)  # let them reach the loop
-        yield procs
-    finally:
-        for p in procs:
-            p.kill()
-        for p in procs:
-            p.wait()
-
-
 # Cases ####################################################################
 
 
@@ -464,7 +443,7 @@ def run_contention(args: argparse.Namespace, on_row: Callable) -> None:
             for threads in sorted({1, args.threads}):
                 spec = spec_of('contention', method, 'balanced16', n,
                                threads, forward_only=True, load=load)
-                with competing_processes(load, args.timeout + 60):
+                with ba.competing_processes(load, args.timeout + 60):
                     row = run_spec(spec, args)
                     row['load_average'] = [round(x, 2)
                                            for x in os.getloadavg()]

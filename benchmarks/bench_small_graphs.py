@@ -60,11 +60,19 @@ Targets, forward+backward, at both sizes and thread counts:
 ``hsa_conv / gps_dense_attention <= 0.5`` and
 ``hsa_conv / transformer_conv <= 2``.
 
+A shared CPU (``--competing``, e.g. ``1 2``): with that many CPU-bound
+processes (a busy loop each, as :func:`bench_attention.competing_processes`
+starts them around every row), ``hsa_conv`` and ``transformer_conv`` at the
+first size, with each thread count, interleaved as above. Reported (a
+second table), no target: ``hsa_conv / transformer_conv`` and each
+method's time with its most threads over its time with one.
+
 Usage::
 
     python benchmarks/bench_small_graphs.py            # 128 molecules
     python benchmarks/bench_small_graphs.py --quick    # 8 molecules, 1 round
     python benchmarks/bench_small_graphs.py --device cuda
+    python benchmarks/bench_small_graphs.py --channels 64 --competing 1 2
 """
 from __future__ import annotations
 
@@ -96,6 +104,8 @@ LABELS = {
     'transformer_conv': 'TransformerConv',
 }
 TARGETS = {'gps_dense_attention': 0.5, 'transformer_conv': 2.0}
+SHARED_CPU_METHODS = ['hsa_conv', 'transformer_conv']
+SHARED_CPU_LIFETIME = 600.0  # s: a busy process ends by itself after it
 
 Call = Callable[[], Optional[float]]
 
@@ -265,6 +275,65 @@ def attention_row(batch: Any, nested: List[Any], channels: int,
     return row
 
 
+def shared_cpu_rows(batch: Any, args: argparse.Namespace
+                    ) -> List[Dict[str, Any]]:
+    r"""Per number of competing processes and thread count, the median
+    forward+backward ms of HSAConv and TransformerConv at the first size,
+    interleaved, with the busy processes running."""
+    import torch
+    rows = []
+    channels = args.channels[0]
+    for load in args.competing:
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            torch.manual_seed(args.seed)
+            gc.collect()
+            cases, _ = attention_cases(batch, channels, args.device)
+            calls: Dict[str, Call] = {
+                m: forward_backward(cases[m], args.device)
+                for m in SHARED_CPU_METHODS}
+            with ba.competing_processes(load, SHARED_CPU_LIFETIME):
+                row = _median_fields(interleaved(calls, args.warmup,
+                                                 args.rounds))
+            row.update(competing=load, threads=threads, channels=channels)
+            rows.append(row)
+            print(f"{load} competing process(es), {threads} thread(s): " +
+                  ', '.join(f"{m} {row[f'{m}_ms']:.1f} ms"
+                            for m in SHARED_CPU_METHODS), flush=True)
+    return add_thread_ratios(rows)
+
+
+def add_thread_ratios(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    r"""Adds HSAConv / TransformerConv and, per method, its time over its
+    one-thread time under the same load."""
+    one = {r['competing']: r for r in rows if r['threads'] == 1}
+    for r in rows:
+        r['hsa_conv_over_transformer_conv'] = \
+            r['hsa_conv_ms'] / r['transformer_conv_ms']
+        for m in SHARED_CPU_METHODS:
+            base = one.get(r['competing'])
+            r[f'{m}_over_one_thread'] = None if base is None else \
+                r[f'{m}_ms'] / base[f'{m}_ms']
+    return rows
+
+
+def format_shared_cpu(rows: List[Dict[str, Any]],
+                      markdown: bool = False) -> str:
+    r"""The table of :func:`shared_cpu_rows`."""
+    head = ['competing processes', 'threads', 'HSAConv ms',
+            'TransformerConv ms', 'HSAConv / TransformerConv',
+            'HSAConv / its 1 thread', 'TransformerConv / its 1 thread']
+
+    def ratio(value: Optional[float]) -> str:
+        return '-' if value is None else f'{value:.2f}x'
+    body = [[str(r['competing']), str(r['threads']),
+             f"{r['hsa_conv_ms']:.1f}", f"{r['transformer_conv_ms']:.1f}",
+             ratio(r['hsa_conv_over_transformer_conv']),
+             ratio(r['hsa_conv_over_one_thread']),
+             ratio(r['transformer_conv_over_one_thread'])] for r in rows]
+    return ba.grid(head, body, markdown, left=0)
+
+
 def add_per_batch(row: Dict[str, Any], costs: Dict[str, Any]):
     r"""What one batch costs HSA beyond the layer's steady state, and the
     ratios with it included."""
@@ -343,12 +412,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--build-rounds', type=int, default=None,
                    help=f'timed MoleculeHierarchy passes (default: '
                         f'{BUILD_ROUNDS})')
+    p.add_argument('--competing', type=int, nargs='*', default=[],
+                   help='also run HSAConv and TransformerConv at the first '
+                        'size with this many busy processes (e.g. 1 2; '
+                        'default: none)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--quick', action='store_true',
                    help=f'{QUICK_BATCH} molecules, one round')
     p.add_argument('--json', '--out', dest='out', type=Path, default=None)
     p.add_argument('--markdown', type=Path, default=None)
     args = p.parse_args(argv)
+    if any(n < 0 for n in args.competing):
+        p.error('--competing takes counts of processes, 0 or more')
     bad = [c for c in args.channels if c < HEADS or c % HEADS]
     if bad:
         p.error(f'--channels must be positive multiples of {HEADS}, got '
@@ -391,6 +466,10 @@ def run_config(args: argparse.Namespace,
             'threads': args.threads,
             'rounds': args.rounds, 'warmup': args.warmup,
             'build_rounds': args.build_rounds, 'seed': args.seed,
+            'competing': args.competing,
+            'shared_cpu': 'with N busy-loop Python processes started '
+                          'before and killed after each row: HSAConv and '
+                          'TransformerConv at the first size, interleaved',
             'methods': LABELS,
             'gps_dense_attention': 'GPSConv(C, None, heads=4, '
             "attn_type='multihead').attn as GPSConv.forward calls "
@@ -453,6 +532,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"{info['directed_bonds']:,} directed bonds, "
           f"{info['tree_nodes']:,} tree nodes", flush=True)
     rows, costs = measure_all(args, plain, nested, batch)
+    shared = shared_cpu_rows(batch, args)
     targets = evaluate_targets(rows)
     machine['load_average_end'] = [round(x, 2) for x in os.getloadavg()]
     ba.write_json(args.out, {
@@ -461,16 +541,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             timespec='seconds'),
         'machine': machine, 'config': run_config(args, info),
         'results': rows, 'per_batch_costs': costs, 'targets': targets,
+        'shared_cpu': shared,
         'wall_s': time.perf_counter() - start,
     })
     print()
     print(format_tables(rows, costs))
+    if shared:
+        print('\n' + format_shared_cpu(shared))
     for target in targets:
         print(f"[{target['status']}] {target['description']}: "
               f"{target.get('detail', '')}")
     print(f'\nwrote {args.out}')
-    ba.write_markdown(args.markdown,
-                      format_tables(rows, costs, markdown=True) + '\n')
+    ba.write_markdown(args.markdown, format_tables(rows, costs, True) + (
+        '\n\n' + format_shared_cpu(shared, True) if shared else '') + '\n')
     return 0
 
 

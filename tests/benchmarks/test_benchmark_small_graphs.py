@@ -58,9 +58,43 @@ def test_main_measures_every_method_and_size(tmp_path, capsys):
             cost['build_ms'] / bench.QUICK_BATCH)
     assert len(payload['targets']) == 2 * len(rows)
     assert {t['status'] for t in payload['targets']} <= {'PASS', 'FAIL'}
+    assert payload['shared_cpu'] == []  # only with --competing
     printed = capsys.readouterr().out
     assert 'GPS dense attention ms' in printed and 'HSAConv / ' in printed
     assert md.read_text().startswith('| channels | threads |')
+    assert 'competing processes' not in printed
+
+
+def test_shared_cpu_rows(tmp_path, capsys):
+    out, md = tmp_path / 'shared.json', tmp_path / 'shared.md'
+    assert bench.main(['--quick', '--threads', '1', '--channels', '64',
+                       '--competing', '0', '1', '--json', str(out),
+                       '--markdown', str(md)]) == 0
+    rows = json.loads(out.read_text())['shared_cpu']
+    assert [(r['competing'], r['threads'], r['channels']) for r in rows] == [
+        (0, 1, 64), (1, 1, 64)]
+    for row in rows:
+        for method in bench.SHARED_CPU_METHODS:
+            assert _finite_positive(row[f'{method}_ms'])
+            assert row[f'{method}_over_one_thread'] == 1.0
+        assert row['hsa_conv_over_transformer_conv'] == pytest.approx(
+            row['hsa_conv_ms'] / row['transformer_conv_ms'])
+    assert 'competing processes' in capsys.readouterr().out
+    assert '| competing processes | threads |' in md.read_text()
+
+
+def test_thread_ratios_are_per_load():
+    rows = [dict(competing=c, threads=t, hsa_conv_ms=h, transformer_conv_ms=1.0)
+            for c, t, h in ((0, 1, 2.0), (0, 2, 3.0), (1, 1, 4.0),
+                            (1, 2, 10.0))]
+    rows = bench.add_thread_ratios(rows)
+    assert [r['hsa_conv_over_one_thread'] for r in rows] == [
+        1.0, 1.5, 1.0, 2.5]
+    # Without a one-thread row under that load: no ratio.
+    lone = bench.add_thread_ratios([dict(
+        competing=2, threads=2, hsa_conv_ms=1.0, transformer_conv_ms=1.0)])
+    assert lone[0]['hsa_conv_over_one_thread'] is None
+    assert '| 2 | 2 |' in bench.format_shared_cpu(lone, markdown=True)
 
 
 def test_arguments():
@@ -77,6 +111,9 @@ def test_arguments():
     assert gpu.out.name == 'bench_small_graphs_cuda.json'
     with pytest.raises(SystemExit):
         bench.parse_args(['--channels', '66'])
+    assert args.competing == []
+    with pytest.raises(SystemExit):
+        bench.parse_args(['--competing', '-1'])
 
 
 def test_target_logic():

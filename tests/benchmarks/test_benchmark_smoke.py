@@ -211,3 +211,11 @@ def test_source_commit_without_git(monkeypatch):
     assert bench.source_commit() is None
     monkeypatch.setenv('HSA_GEO_COMMIT', 'abc123')
     assert bench.source_commit() == 'abc123'
+
+
+def test_competing_processes_end_even_on_error():
+    with pytest.raises(RuntimeError):
+        with bench.competing_processes(1, 60) as procs:
+            assert procs[0].poll() is None
+            raise RuntimeError('measurement failed')
+    assert procs[0].poll() is not None
