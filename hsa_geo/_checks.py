@@ -41,6 +41,17 @@ def check_int(value: Any, name: str, low: Optional[int] = 1,
     return value
 
 
+def check_width(value: Any, name: str) -> int:
+    r"""Returns :obj:`value`, a number of input features, after checking that
+    it is a positive integer or ``-1`` (inferred from the first input, as
+    PyG's lazy layers do)."""
+    value = check_int(value, name, low=None)
+    if value != -1 and value < 1:
+        raise ValueError(f"'{name}' must be a positive int, or -1 to infer "
+                         f"it from the first input, got {value}")
+    return value
+
+
 def check_num_workers(value: Any) -> int:
     r"""Returns :obj:`value` after checking that it is a number of worker
     processes: an integer of at least ``0`` (``0``: no workers, the work is

@@ -2,8 +2,7 @@ r"""Hierarchical self-attention across the leaf types of a multi-modal
 nested signal."""
 from __future__ import annotations
 
-from typing import (Any, Dict, List, Mapping, Optional, Sequence, Tuple,
-                    Union)
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -13,7 +12,7 @@ from torch_geometric.typing import EdgeType
 from torch_geometric.utils import scatter
 
 from hsa_geo._checks import (check_flags, check_float, check_index,
-                             check_int, first_out_of_range)
+                             check_int, check_width, first_out_of_range)
 from hsa_geo._memory import ensure_pairs_fit
 from hsa_geo.data.hetero_nested_signal import (HeteroNestedSignal,
                                                node_modality)
@@ -321,7 +320,7 @@ def _check_edge_dim(edge_dim, leaf_types: List[str]) -> List[EdgeType]:
                 f"must be strings without '__' or '.', because its edge "
                 f"bias is stored under '__'.join(edge_type), as PyG's "
                 f"to_hetero does; rename the types (e.g. '__' -> '_')")
-        _check_width(width, f'edge_dim[{edge_type!r}]')
+        check_width(width, f'edge_dim[{edge_type!r}]')
     return list(edge_dim)
 
 
@@ -349,17 +348,8 @@ def _checked_in_channels(in_channels: Union[int, Mapping[str, int]],
     if not isinstance(in_channels, Mapping):
         in_channels = {t: in_channels for t in leaf_types}
     for t in leaf_types:
-        _check_width(in_channels.get(t), f'in_channels[{t!r}]')
+        check_width(in_channels.get(t), f'in_channels[{t!r}]')
     return {t: in_channels[t] for t in leaf_types}
-
-
-def _check_width(width: Any, name: str) -> None:
-    r"""Checks that :obj:`width`, a number of features, is positive or -1
-    (inferred on the first call)."""
-    width = check_int(width, name, low=None)
-    if width != -1 and width < 1:
-        raise ValueError(f"{name} must be positive or -1 (inferred), got "
-                         f"{width}")
 
 
 def _edge_index(edge_type: EdgeType, signal, edge_index_dict) -> Tensor:

@@ -9,7 +9,8 @@ from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.nn.dense.linear import Linear
 
 from hsa_geo._checks import (check_bool, check_device, check_flags,
-                             check_float, check_floating, check_int)
+                             check_float, check_floating, check_int,
+                             check_width)
 from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.functional.dynamic_program import (FamilyWeights,
                                                 hierarchical_attention)
@@ -144,9 +145,11 @@ class HSAConv(MessagePassing):
         super().__init__(node_dim=0, **kwargs)
         (in_channels, out_channels, heads, dropout, max_branching, num_levels,
          edge_dim) = _checked_arguments(
-            in_channels, out_channels, heads, concat, beta, dropout, bias,
-            root_weight, geometry_bias, max_branching, num_levels, edge_dim,
-            query_resolved)
+            in_channels=in_channels, out_channels=out_channels, heads=heads,
+            concat=concat, beta=beta, dropout=dropout, bias=bias,
+            root_weight=root_weight, geometry_bias=geometry_bias,
+            max_branching=max_branching, num_levels=num_levels,
+            edge_dim=edge_dim, query_resolved=query_resolved)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.heads = heads
@@ -592,7 +595,7 @@ def _check_message_passing_kwargs(kwargs: dict):
                 f"decomposed_layers=1); remove the argument")
 
 
-def _checked_arguments(in_channels: Any, out_channels: Any, heads: Any,
+def _checked_arguments(*, in_channels: Any, out_channels: Any, heads: Any,
                        concat: Any, beta: Any, dropout: Any, bias: Any,
                        root_weight: Any, geometry_bias: Any,
                        max_branching: Any, num_levels: Any, edge_dim: Any,
@@ -602,11 +605,7 @@ def _checked_arguments(in_channels: Any, out_channels: Any, heads: Any,
     r"""``(in_channels, out_channels, heads, dropout, max_branching,
     num_levels, edge_dim)`` of :class:`HSAConv`, checked with its flags one
     by one, so that the first wrong argument is the one that raises."""
-    in_channels = check_int(in_channels, 'in_channels', low=None)
-    if in_channels != -1 and in_channels < 1:
-        raise ValueError(f"'in_channels' must be a positive int, or -1 "
-                         f"to infer it from the first input, got "
-                         f"{in_channels}")
+    in_channels = check_width(in_channels, 'in_channels')
     out_channels = check_int(out_channels, 'out_channels')
     heads = check_int(heads, 'heads')
     check_flags(concat=concat, beta=beta, bias=bias, root_weight=root_weight,

@@ -8,7 +8,7 @@ from typing import List, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from hsa_geo._checks import (check_bool, check_device, check_float,
+from hsa_geo._checks import (check_device, check_flags, check_float,
                              check_floating, check_int)
 from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.viz._figure import check_axes, check_figure_args, tree_order
@@ -89,9 +89,7 @@ def plot_attention_matrix(q: Tensor, k: Optional[Tensor] = None,
         matplotlib.figure.Figure: the figure drawn into.
     """
     cmap = check_figure_args(path, cmap, title, figsize, dpi)
-    for name, flag in (('softmax', softmax), ('log', log),
-                       ('boundaries', boundaries)):
-        check_bool(flag, name)
+    check_flags(softmax=softmax, log=log, boundaries=boundaries)
     check_axes(ax, 2 if softmax else 1)
     _check_inputs(q, k, hierarchy, head, scale, softmax, max_leaves)
     mat, p = _head_matrices(q, k, hierarchy, head, scale, softmax)

@@ -175,6 +175,23 @@ def test_edge_features_are_checked():
     assert 'edge_types' in repr(conv)
 
 
+@pytest.mark.parametrize('kwargs,error,pattern', [
+    (dict(in_channels=0), ValueError,
+     r"'in_channels\['word'\]' must be a positive int, or -1"),
+    (dict(in_channels={'word': 3, 'patch': -2}), ValueError,
+     r"'in_channels\['patch'\]' must be a positive int, or -1"),
+    (dict(in_channels={'word': 3}), TypeError,
+     r"'in_channels\['patch'\]' must be an int"),
+    (dict(edge_dim={('word', 'next', 'word'): 0}), ValueError,
+     r"'edge_dim\[\('word', 'next', 'word'\)\]' must be a positive int"),
+])
+def test_widths_positive_or_inferred(kwargs, error, pattern):
+    kwargs = dict(dict(in_channels=-1, out_channels=2,
+                       leaf_types=['word', 'patch']), **kwargs)
+    with pytest.raises(error, match=pattern):
+        HeteroHSAConv(**kwargs)
+
+
 def forests_example():
     from tests.helpers.strategies import Forest
     return Forest(parent=[6, 6, 6, 7, 7, 7, 8, 8, -1], num_leaves=6)

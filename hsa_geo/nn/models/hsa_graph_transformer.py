@@ -14,7 +14,7 @@ from torch_geometric.nn.pool import (global_add_pool, global_max_pool,
                                      global_mean_pool)
 from torch_geometric.nn.resolver import activation_resolver
 
-from hsa_geo._checks import check_float, check_int
+from hsa_geo._checks import check_float, check_int, check_width
 from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.nn.hsa_gps_conv import HSAGPSConv
 
@@ -135,7 +135,7 @@ class HSAGraphTransformer(torch.nn.Module):
         attn_kwargs: Optional[Dict[str, Any]] = None,
     ):
         super().__init__()
-        self.in_channels = _check_in_channels(in_channels)
+        self.in_channels = check_width(in_channels, 'in_channels')
         self.hidden_channels = check_int(hidden_channels, 'hidden_channels')
         self.out_channels = check_int(out_channels, 'out_channels')
         self.num_layers = check_int(num_layers, 'num_layers')
@@ -252,14 +252,6 @@ class HSAGraphTransformer(torch.nn.Module):
         return (f'{self.__class__.__name__}({self.in_channels}, '
                 f'{self.hidden_channels}, {self.out_channels}, '
                 f'{", ".join(options)})')
-
-
-def _check_in_channels(in_channels: Any) -> int:
-    in_channels = check_int(in_channels, 'in_channels', low=None)
-    if in_channels != -1 and in_channels < 1:
-        raise ValueError(f"'in_channels' must be a positive int, or -1 to "
-                         f"infer it from the first input, got {in_channels}")
-    return in_channels
 
 
 def _check_choice(value: Any, name: str, choices: tuple) -> Any:
