@@ -19,11 +19,12 @@ Then gradients, dtypes, numerical range, dropout and input validation.
 import contextlib
 import math
 import unittest.mock
-from typing import Dict
+from typing import Dict, Iterator
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from hypothesis import assume, given, strategies as st
 
@@ -1279,20 +1280,52 @@ def test_passes_leave_the_thread_count_as_they_found_it():
         torch.set_num_threads(threads)
 
 
-class _HostReads(torch.overrides.TorchFunctionMode):
-    r"""Records the reads of tensor values into Python: on an accelerator
-    each one waits for the device to finish the work queued before it."""
-    NAMES = {'item', 'tolist', 'nonzero', 'unique', 'masked_select',
-             '__bool__', '__float__', '__int__', '__index__'}
+_HOST_READS = ('item', 'tolist', 'cpu', 'numpy', 'nonzero', 'unique',
+               'masked_select', 'bincount', '__bool__', '__float__',
+               '__int__', '__index__')
 
-    def __init__(self):
-        super().__init__()
-        self.seen = []
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if getattr(func, '__name__', None) in self.NAMES:
-            self.seen.append(func.__name__)
-        return func(*args, **(kwargs or {}))
+@contextlib.contextmanager
+def _host_reads(monkeypatch) -> Iterator[list]:
+    r"""Records every read of tensor values into Python in the block,
+    forward and backward (on an accelerator each one waits for the device):
+    the methods that read, boolean-mask indexing, and ``repeat_interleave``
+    without ``output_size``, patched on the tensor class and in
+    :mod:`torch` for the block."""
+    seen: list = []
+
+    def counted(name, original):
+        def method(*args, **kwargs):
+            seen.append(name)
+            return original(*args, **kwargs)
+        return method
+
+    for name in _HOST_READS:
+        monkeypatch.setattr(torch.Tensor, name,
+                            counted(name, getattr(torch.Tensor, name)))
+        if hasattr(torch, name):
+            monkeypatch.setattr(torch, name, counted(name, getattr(torch,
+                                                                   name)))
+    getitem, repeat = torch.Tensor.__getitem__, torch.repeat_interleave
+
+    def masked_getitem(self, index):
+        indices = index if isinstance(index, tuple) else (index, )
+        if any(isinstance(i, Tensor) and i.dtype == torch.bool
+               for i in indices):
+            seen.append('boolean mask')
+        return getitem(self, index)
+
+    def repeat_interleave(x, repeats=None, *args, **kwargs):
+        if isinstance(repeats, Tensor) and 'output_size' not in kwargs:
+            seen.append('repeat_interleave')
+        return repeat(x, repeats, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, '__getitem__', masked_getitem)
+    monkeypatch.setattr(torch, 'repeat_interleave', repeat_interleave)
+    try:
+        yield seen
+    finally:
+        monkeypatch.undo()
 
 
 @pytest.mark.parametrize('shape,most', [
@@ -1305,13 +1338,34 @@ def test_host_reads_per_step(monkeypatch, shape, most):
     into Python only where named above, with the checks an accelerator
     runs: the passes never wait for the device."""
     import hsa_geo.functional.dynamic_program as dp
-    monkeypatch.setattr(dp, '_HEADWISE_CHECKS', ())  # as on an accelerator
     h = {'small trees': lambda: fragment_forest([5, 9, 3, 12, 7] * 8),
          'flat': lambda: build(flat_tree(1500)),
          'balanced': lambda: Hierarchy.from_assignments(
              balanced_assignments(4096, 16))}[shape]()
     qkv = seeded_qkv(h.num_leaves, 4, 8, 0, requires_grad=True)
     hierarchical_attention(*qkv, h).sum().backward()  # derives the layout
-    with _HostReads() as reads:
-        hierarchical_attention(*qkv, h).sum().backward()
-    assert len(reads.seen) <= most, reads.seen
+    with monkeypatch.context() as patch:
+        patch.setattr(dp, '_HEADWISE_CHECKS', ())  # as on an accelerator
+        with _host_reads(patch) as reads:
+            hierarchical_attention(*qkv, h).sum().backward()
+    assert len(reads) <= most, reads
+
+
+def test_host_reads_are_counted_in_the_backward(monkeypatch):
+    """The count sees a read made inside a custom backward: here one added
+    to the head copies of the fused leaf path, which its backward makes."""
+    import hsa_geo.functional.dynamic_program as dp
+    head = dp._head
+
+    def reading_head(x, i, buf):
+        x.sum().item()
+        return head(x, i, buf)
+
+    h = Hierarchy.from_assignments(balanced_assignments(256, 16))
+    qkv = seeded_qkv(256, 4, 8, 0, requires_grad=True)
+    out = hierarchical_attention(*qkv, h)
+    with monkeypatch.context() as patch:
+        patch.setattr(dp, '_head', reading_head)
+        with _host_reads(patch) as reads:
+            out.sum().backward()
+    assert reads.count('item') >= 4  # (one per head at least)

@@ -136,3 +136,27 @@ def test_hsa_conv_on_the_device_matches_the_cpu():
     for (name, p), p_moved in zip(conv.named_parameters(),
                                   moved.parameters()):
         assert max_err(p_moved.grad, p.grad) < EXACT, name
+
+
+def test_synchronisations_per_step():
+    """On a GPU, a forward+backward on a derived layout waits for the device
+    at most once on the pair list (its check for non-finite values), as the
+    host reads counted on the CPU (``test_host_reads_per_step``)."""
+    if DEVICE.type != 'cuda':
+        pytest.skip('counts CUDA synchronisations')
+    import warnings
+    h = fragment_forest([5, 9, 3, 12, 7] * 8).to(DEVICE)
+    qkv = [x.to(DEVICE).requires_grad_()
+           for x in seeded_qkv(h.num_leaves, 4, 8, 0)]
+    hierarchical_attention(*qkv, h).sum().backward()  # derives the layout
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('warn')
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            hierarchical_attention(*qkv, h).sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    syncs = [str(w.message) for w in caught
+             if 'synchroniz' in str(w.message).lower()]
+    assert len(syncs) <= 1, syncs
