@@ -508,8 +508,9 @@ class Hierarchy:
     Build one with :meth:`from_parent`, :meth:`from_assignments` or
     :meth:`batch`; add a family graph with :meth:`with_family_graph`; move
     it with :meth:`to`. A pickle (and a deep copy) holds the parents, the
-    leaf count and the family graph only: they are checked again on loading
-    and the rest is derived again on use, so pickles load in later versions.
+    leaf count, the family graph and the inference mode only: they are
+    checked again on loading and the rest is derived again on use, so
+    pickles load in later versions.
 
     Args:
         parent (LongTensor): ``[T]`` parent of every node, ``-1`` for roots.
@@ -848,19 +849,21 @@ class Hierarchy:
 
     def __setstate__(self, state: Dict[str, Any]):
         version = state.get('format')
-        if version is None:  # pickled whole by a version before formats
+        if version is None:
+            # Pickled whole by a version before formats (which loads only
+            # while its derived classes have the fields of this version's).
             state = {'parent': state['_parent'],
                      'num_leaves': state['_num_leaves'],
-                     'family_edge_index': state['_family_edges'],
-                     'inference': state['_inference']}
+                     'family_edge_index': state.get('_family_edges'),
+                     'inference': state.get('_inference', False)}
         elif version > PICKLE_FORMAT:
             raise ValueError(
                 f"this Hierarchy was pickled by a later hsa_geo (format "
                 f"{version}; this version reads formats up to "
                 f"{PICKLE_FORMAT}): upgrade hsa_geo, or pickle its parent "
                 f"and num_leaves instead")
-        self.__init__(state['parent'], state['num_leaves'],
-                      state['family_edge_index'])
+        Hierarchy.__init__(self, state['parent'], state['num_leaves'],
+                           state['family_edge_index'])
         self._inference = state['inference']
 
     def _restamp(self):

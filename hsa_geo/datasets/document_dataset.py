@@ -80,8 +80,8 @@ class DocumentDataset(InMemoryDataset):
                     f"leave them at their defaults with a tokenizer")
         super().__init__(root, transform, pre_transform, pre_filter,
                          log=log, force_reload=force_reload)
+        meta = read_meta(self.processed_paths[1])  # (its format first)
         self.load(self.processed_paths[0])
-        meta = read_meta(self.processed_paths[1])
         self.skipped: List[Skipped] = [(s, why) for s, why in
                                        meta['skipped']]
         self.vocab: Optional[Vocabulary] = None

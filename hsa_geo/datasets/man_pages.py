@@ -206,8 +206,8 @@ class ManPages(InMemoryDataset):
         self.min_freq = check_int(min_freq, 'min_freq')
         super().__init__(root, transform, pre_transform, pre_filter,
                          log=log, force_reload=force_reload)
+        meta = read_meta(self.processed_paths[1])  # (its format first)
         self.load(self.processed_paths[0])
-        meta = read_meta(self.processed_paths[1])
         self.sections: List[str] = meta['sections']
         self.skipped: List[Skipped] = [tuple(s) for s in meta['skipped']]
         self._parts: List[str] = meta['parts']

@@ -191,8 +191,8 @@ class N24News(InMemoryDataset):
             DocumentHierarchy(tokenizer=tokenizer)
         super().__init__(root, transform, pre_transform, pre_filter,
                          log=log, force_reload=force_reload)
+        meta = read_meta(self.processed_paths[1])  # (its format first)
         self.load(self.processed_paths[0])
-        meta = read_meta(self.processed_paths[1])
         self.sections: List[str] = meta['sections']
         self.skipped: List[Skipped] = [(i, why) for i, why in
                                        meta['skipped']]

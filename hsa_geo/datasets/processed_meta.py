@@ -32,12 +32,19 @@ def read_meta(path: str) -> Dict[str, Any]:
     with open(path) as f:
         meta = json.load(f)
     found = meta.get('format') if isinstance(meta, dict) else None
-    if found != PROCESSED_FORMAT:
-        made = 'a version of hsa_geo before processed formats' \
-            if found is None else f'format {found}'
+    if found == PROCESSED_FORMAT:
+        return meta
+    folder = osp.dirname(path)
+    if isinstance(found, int) and found > PROCESSED_FORMAT:
         raise ValueError(
-            f"the processed files in '{osp.dirname(path)}' were made by "
-            f"{made}, and this version reads format {PROCESSED_FORMAT}: "
-            f"process the dataset again (pass force_reload=True) or "
-            f"delete that folder")
-    return meta
+            f"the processed files in '{folder}' were made by a later "
+            f"hsa_geo (format {found}; this version reads format "
+            f"{PROCESSED_FORMAT}): upgrade hsa_geo to read them, or pass "
+            f"force_reload=True to process the dataset again in this "
+            f"version's format (which replaces them)")
+    made = 'a version of hsa_geo before processed formats' \
+        if found is None else f'format {found!r}'
+    raise ValueError(
+        f"the processed files in '{folder}' were made by {made}, and this "
+        f"version reads format {PROCESSED_FORMAT}: process the dataset "
+        f"again (pass force_reload=True) or delete that folder")

@@ -65,10 +65,11 @@ class RDKitMoleculeDataset(InMemoryDataset):
     ) -> None:
         super().__init__(root, transform, pre_transform, pre_filter,
                          log=log, force_reload=force_reload)
+        meta = read_meta(self.processed_paths[1])  # (its format first)
         self.load(self.processed_paths[0])
         self.skipped: List[Tuple[str, str]] = [
             (compound_id, smiles) for compound_id, smiles in
-            read_meta(self.processed_paths[1])['skipped']]
+            meta['skipped']]
 
     # What a subclass defines ###############################################
 

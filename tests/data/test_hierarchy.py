@@ -675,6 +675,13 @@ def test_pickle_without_a_format_loads_its_tree():
     old.__setstate__(state)
     assert old.__dict__['_nodes'] is None
     assert torch.equal(_attention(old), before)
+    # Older still: no family graph and no inference mode stored.
+    for key in ('_family_edges', '_inference'):
+        state.pop(key)
+    older = Hierarchy.__new__(Hierarchy)
+    older.__setstate__(state)
+    assert older.family_edge_index is None
+    assert torch.equal(_attention(older), before)
 
 
 def test_hierarchy_built_in_inference_mode():

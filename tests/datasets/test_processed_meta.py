@@ -19,7 +19,8 @@ def test_written_meta_reads_back(tmp_path):
     ({'skipped': []}, 'before processed formats'),
     ([['c1', 'CC']], 'before processed formats'),  # a bare list, as once
     ({'format': PROCESSED_FORMAT + 1, 'skipped': []},
-     f'format {PROCESSED_FORMAT + 1}'),
+     f'later hsa_geo \\(format {PROCESSED_FORMAT + 1}.*upgrade hsa_geo'),
+    ({'format': 'x', 'skipped': []}, "format 'x'"),
 ])
 def test_other_formats_are_refused(tmp_path, stored, made):
     path = tmp_path / 'meta.json'
