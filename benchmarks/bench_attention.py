@@ -705,12 +705,8 @@ def run_command(cmd: List[str], base: Dict[str, Any], timeout: float,
         return dict(base, status='timeout',
                     error=f'no result within --timeout {timeout:g} s')
     wall = time.perf_counter() - start
-    lines = [
-        line for line in proc.stdout.splitlines()
-        if line.startswith(RESULT_MARKER)
-    ]
-    if lines:
-        row = json.loads(lines[-1][len(RESULT_MARKER):])
+    row = read_result(proc.stdout)
+    if row is not None:
         row['worker_wall_s'] = wall
         return row
     if proc.returncode < 0:
@@ -899,6 +895,16 @@ def competing_processes(count: int, lifetime: float) -> Iterator[List]:
             p.kill()
         for p in procs:
             p.wait()
+
+
+def read_result(stdout: Any) -> Optional[Dict[str, Any]]:
+    r"""The last result line a worker wrote with :func:`send_result` in its
+    output (text or bytes), or :obj:`None`."""
+    if isinstance(stdout, bytes):
+        stdout = stdout.decode(errors='replace')
+    lines = [line for line in (stdout or '').splitlines()
+             if line.startswith(RESULT_MARKER)]
+    return json.loads(lines[-1][len(RESULT_MARKER):]) if lines else None
 
 
 def announce(header: str, machine: Dict[str, Any]) -> None:

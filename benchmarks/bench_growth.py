@@ -153,7 +153,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     run_args = attention_args(args)
     start = time.perf_counter()
     machine = ba.machine_info(run_args.device, run_args.threads)
-    print(ba.format_header(machine, args.malloc, args.thp), flush=True)
+    ba.announce(ba.format_header(machine, args.malloc, args.thp), machine)
     payload: Dict[str, Any] = {
         'benchmark': 'bench_growth',
         'created': datetime.datetime.now().astimezone().isoformat(

@@ -364,15 +364,6 @@ def worker_main(args: argparse.Namespace) -> int:
 # Orchestration ############################################################
 
 
-def last_row(stdout: Any) -> Optional[Dict]:
-    r"""The last row a worker printed, if any."""
-    if isinstance(stdout, bytes):
-        stdout = stdout.decode(errors='replace')
-    lines = [line for line in (stdout or '').splitlines()
-             if line.startswith(ba.RESULT_MARKER)]
-    return json.loads(lines[-1][len(ba.RESULT_MARKER):]) if lines else None
-
-
 def run_spec(spec: Dict[str, Any], args: argparse.Namespace) -> Dict:
     r"""One row, in a fresh worker process (in this one with
     ``--in-process``). A timeout keeps the phases the worker reported before
@@ -391,12 +382,12 @@ def run_spec(spec: Dict[str, Any], args: argparse.Namespace) -> Dict:
         proc = subprocess.run(cmd, capture_output=True, text=True,
                               timeout=args.timeout)
     except subprocess.TimeoutExpired as e:
-        row = last_row(e.stdout) or dict(spec)
+        row = ba.read_result(e.stdout) or dict(spec)
         phase = 'fwdbwd' if 'fwd_ms' in row else 'fwd'
         return dict(row, status='timeout', worker_wall_s=args.timeout,
                     error=f'{phase}: no result within --timeout '
                     f'{args.timeout:g} s')
-    row = last_row(proc.stdout)
+    row = ba.read_result(proc.stdout)
     if row is None or (row['status'] != 'ok' and 'error' not in row):
         why = (f'killed by signal {-proc.returncode}' if proc.returncode < 0
                else f'exit code {proc.returncode}')

@@ -64,8 +64,8 @@ A shared CPU (``--competing``, e.g. ``1 2``): with that many CPU-bound
 processes (a busy loop each, as :func:`bench_attention.competing_processes`
 starts them around every row), ``hsa_conv`` and ``transformer_conv`` at the
 first size, with each thread count, interleaved as above. Reported (a
-second table), no target: ``hsa_conv / transformer_conv`` and each
-method's time with its most threads over its time with one.
+second table), no target: ``hsa_conv / transformer_conv`` and, per row,
+each method's time over its own one-thread time under the same load.
 
 Usage::
 
@@ -424,6 +424,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if any(n < 0 for n in args.competing):
         p.error('--competing takes counts of processes, 0 or more')
+    if args.competing and args.device != 'cpu':
+        p.error('--competing measures a shared CPU: run it with --device cpu')
     bad = [c for c in args.channels if c < HEADS or c % HEADS]
     if bad:
         p.error(f'--channels must be positive multiples of {HEADS}, got '
@@ -552,8 +554,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"[{target['status']}] {target['description']}: "
               f"{target.get('detail', '')}")
     print(f'\nwrote {args.out}')
-    ba.write_markdown(args.markdown, format_tables(rows, costs, True) + (
-        '\n\n' + format_shared_cpu(shared, True) if shared else '') + '\n')
+    tables = format_tables(rows, costs, markdown=True)
+    if shared:
+        tables += '\n\n' + format_shared_cpu(shared, markdown=True)
+    ba.write_markdown(args.markdown, tables + '\n')
     return 0
 
 

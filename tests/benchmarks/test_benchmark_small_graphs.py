@@ -114,6 +114,8 @@ def test_arguments():
     assert args.competing == []
     with pytest.raises(SystemExit):
         bench.parse_args(['--competing', '-1'])
+    with pytest.raises(SystemExit):
+        bench.parse_args(['--competing', '1', '--device', 'cuda'])
 
 
 def test_target_logic():
