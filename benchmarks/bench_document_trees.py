@@ -472,7 +472,8 @@ def run_config(args: argparse.Namespace, stats: Dict[str, Dict[str, Any]],
                       '(perf_counter); words = len(text.split())'}
 
 
-def print_results(rows: List[Dict[str, Any]], target: Dict[str, Any]):
+def print_results(rows: List[Dict[str, Any]],
+                  target: Dict[str, Any]) -> None:
     r"""The table, why a row was skipped, and the target."""
     print()
     print(format_table(rows))

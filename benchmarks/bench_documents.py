@@ -646,7 +646,7 @@ def run_config(args: argparse.Namespace,
 
 
 def print_results(rows: List[Dict[str, Any]],
-                  targets: List[Dict[str, Any]]):
+                  targets: List[Dict[str, Any]]) -> None:
     r"""The table, why a method was skipped, and the targets."""
     print()
     print(format_table(rows))

@@ -39,7 +39,7 @@ try:
 except ImportError:  # not installed: use the checkout this file is in
     sys.path.insert(0, str(ROOT))
 
-from hsa_geo.data import Hierarchy  # noqa: E402
+from hsa_geo.data import Hierarchy, NestedSignal  # noqa: E402
 from hsa_geo.functional import (  # noqa: E402
     hierarchical_attention, hierarchical_attention_matrix)
 from hsa_geo.nn import HSAConv  # noqa: E402
@@ -50,7 +50,7 @@ DEFAULT_TEXT = ROOT / 'datasets' / 'hsa_intro.txt'
 
 # Printing ###################################################################
 
-def heading(title: str):
+def heading(title: str) -> None:
     print(f'\n== {title} ' + '=' * max(3, 74 - len(title)))
 
 
@@ -88,7 +88,7 @@ def short(text: str, n: int = 4) -> str:
 class Document(NamedTuple):
     r"""The nested signal of a text, with the tree nodes and the text of its
     paragraphs and of its sentences."""
-    data: Any  # NestedSignal: word ids under the Hierarchy
+    data: NestedSignal  # word ids under the Hierarchy
     vocab: Vocabulary
     paragraph_nodes: List[int]
     paragraph_text: List[str]
@@ -120,7 +120,7 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def clusters(data: Any, kind: str) -> Tuple[List[int], List[str]]:
+def clusters(data: NestedSignal, kind: str) -> Tuple[List[int], List[str]]:
     r"""Node ids and text of the clusters of one kind, e.g. ``'sentence'``."""
     kind_id = DocumentHierarchy.KINDS.index(kind)
     ids = (data.cluster_kind == kind_id).nonzero().view(-1)
@@ -167,7 +167,7 @@ def attend(doc: Document, dim: int, heads: int) -> Tuple[Tensor, Any]:
     return x, weights
 
 
-def paragraph_family(doc: Document, weights: Any):
+def paragraph_family(doc: Document, weights: Any) -> None:
     r"""Prints the weights of the top family: the paragraphs."""
     print('\nThe top family: the document and its paragraphs. Row a is how '
           'the words of\nparagraph a split their attention: the diagonal '
@@ -181,7 +181,7 @@ def paragraph_family(doc: Document, weights: Any):
                  [short(t) for t in doc.paragraph_text])
 
 
-def sentence_family(doc: Document, weights: Any, paragraph: int):
+def sentence_family(doc: Document, weights: Any, paragraph: int) -> None:
     r"""Prints the weights of the sentences of one paragraph (1-based)."""
     p = min(max(paragraph, 1), len(doc.paragraph_nodes)) - 1
     parent = doc.data.hierarchy.parent.tolist()
@@ -222,7 +222,7 @@ def check_flat_tree(q: Tensor, k: Tensor, v: Tensor) -> Hierarchy:
 
 
 def check_dynamic_program(q: Tensor, k: Tensor, v: Tensor,
-                          hierarchy: Hierarchy):
+                          hierarchy: Hierarchy) -> None:
     r"""Compares the dynamic program with the dense closed form Q."""
     with torch.no_grad():
         tree_out = hierarchical_attention(q, k, v, hierarchy)
@@ -236,7 +236,7 @@ def check_dynamic_program(q: Tensor, k: Tensor, v: Tensor,
           f'{(dense.sum(-1) - 1).abs().max().item():.2e}')
 
 
-def cost(hierarchy: Hierarchy, flat: Hierarchy):
+def cost(hierarchy: Hierarchy, flat: Hierarchy) -> None:
     r"""4. Prints the scores HSA evaluates against dense attention's."""
     heading('4. Cost')
     n = hierarchy.num_leaves
@@ -250,7 +250,7 @@ def cost(hierarchy: Hierarchy, flat: Hierarchy):
 
 # Main #######################################################################
 
-def main():
+def main() -> None:
     args = parse_args()
     torch.manual_seed(args.seed)
     start = time.perf_counter()

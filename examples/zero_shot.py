@@ -716,7 +716,8 @@ def score(configs: List[Config], embeddings: Dict[str, List[Tensor]],
 
 
 def fit_unpatched_probe(model: torch.nn.Module, tokenizer: Any,
-                        corpus: Corpus, args, device: torch.device
+                        corpus: Corpus, args: argparse.Namespace,
+                        device: torch.device
                         ) -> Tuple[Any, Tensor]:
     r"""The probe, fitted on the unpatched embeddings of the training
     pages, and those embeddings."""
