@@ -1,6 +1,7 @@
 r"""The tree (forest) that turns a set of leaves into a nested signal."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, fields, replace
 from typing import (Any, Callable, Dict, Iterable, List, NamedTuple,
                     Optional, Sequence, Tuple, Union)
@@ -507,10 +508,10 @@ class Hierarchy:
 
     Build one with :meth:`from_parent`, :meth:`from_assignments` or
     :meth:`batch`; add a family graph with :meth:`with_family_graph`; move
-    it with :meth:`to`. A pickle (and a deep copy) holds the parents, the
-    leaf count, the family graph and the inference mode only: they are
-    checked again on loading and the rest is derived again on use, so
-    pickles load in later versions.
+    it with :meth:`to`. A pickle holds the parents, the leaf count, the
+    family graph and the inference mode only: they are checked again on
+    loading and the rest is derived again on use, so pickles load in later
+    versions. Copies (:mod:`copy`) keep what was derived.
 
     Args:
         parent (LongTensor): ``[T]`` parent of every node, ``-1`` for roots.
@@ -838,9 +839,25 @@ class Hierarchy:
         return _tensors_in(value for key, value in self.__dict__.items()
                            if key != '_watched')
 
-    # A pickle (or deep copy) holds what defines the hierarchy, never its
-    # derived data, whose layout changes between versions: it then loads in
-    # any later version, and its parents are checked again on loading.
+    # Copies within a process keep the derived data, which is current here.
+    def __copy__(self) -> 'Hierarchy':
+        out = object.__new__(Hierarchy)  # sharing the (immutable) tensors
+        out.__dict__.update(self.__dict__)
+        out._cache = dict(self._cache)
+        out._restamp()
+        return out
+
+    def __deepcopy__(self, memo: Dict[int, Any]) -> 'Hierarchy':
+        out = object.__new__(Hierarchy)
+        for key, value in self.__dict__.items():
+            if key not in ('_watched', '_stamp'):
+                out.__dict__[key] = copy.deepcopy(value, memo)
+        out._restamp()
+        return out
+
+    # A pickle holds what defines the hierarchy, never its derived data,
+    # whose layout changes between versions: it then loads in any later
+    # version, and its parents are checked again on loading.
     def __getstate__(self) -> Dict[str, Any]:
         return {'format': PICKLE_FORMAT, 'parent': self._parent,
                 'num_leaves': self._num_leaves,

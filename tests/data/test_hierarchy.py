@@ -605,21 +605,24 @@ def test_changing_the_layout_in_place_is_refused(field):
         _attention(h2)
 
 
-@pytest.mark.parametrize('copy_of', ['deepcopy', 'pickle', 'to'])
+@pytest.mark.parametrize('copy_of', ['copy', 'deepcopy', 'pickle', 'to'])
 def test_copies_check_their_own_tensors(copy_of):
     """A copy (with its layout derived before) is not mistaken for a
-    modified hierarchy, and an in-place change of the copy is caught."""
+    modified hierarchy, and an in-place change of the copy is caught.
+    Copies keep the derived data; a pickle derives it again."""
     import copy
     import pickle
     h = Hierarchy.from_parent([5, 5, 6, 6, 6, -1, 5], 5)
     before = _attention(h)  # derives the layout, written in place
-    c = {'deepcopy': copy.deepcopy, 'to': lambda x: x.to('cpu'),
+    c = {'copy': copy.copy, 'deepcopy': copy.deepcopy,
+         'to': lambda x: x.to('cpu'),
          'pickle': lambda x: pickle.loads(pickle.dumps(x))}[copy_of](h)
+    assert (c.__dict__['_families'] is None) == (copy_of == 'pickle')
     assert torch.equal(_attention(c), before)
     c.family_buckets[-1].mask.copy_(c.family_buckets[-1].mask)
     with pytest.raises(ValueError, match='modified in place'):
         _attention(c)
-    if copy_of != 'to':  # (to() on the same device shares the tensors)
+    if copy_of in ('deepcopy', 'pickle'):  # (the others share tensors)
         assert torch.equal(_attention(h), before)
 
 
