@@ -907,6 +907,11 @@ def read_result(stdout: Any) -> Optional[Dict[str, Any]]:
     return json.loads(lines[-1][len(RESULT_MARKER):]) if lines else None
 
 
+def timestamp() -> str:
+    r"""Now, in the local time zone, to the second: a run's ``created``."""
+    return datetime.datetime.now().astimezone().isoformat(timespec='seconds')
+
+
 def announce(header: str, machine: Dict[str, Any]) -> None:
     r"""Prints a run's first line, then :func:`load_warning`'s warning if
     the machine was busy as the run started."""
@@ -1284,8 +1289,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     machine = machine_info(args.device, args.threads)
     payload: Dict[str, Any] = {
         'benchmark': 'bench_attention',
-        'created': datetime.datetime.now().astimezone().isoformat(
-            timespec='seconds'),
+        'created': timestamp(),
         'machine': machine,
         'config': config_of(args),
         'complete': False,

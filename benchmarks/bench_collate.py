@@ -42,7 +42,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import os
 import random
@@ -256,8 +255,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     machine['load_average_end'] = [round(x, 2) for x in os.getloadavg()]
     payload = {
         'benchmark': 'bench_collate',
-        'created': datetime.datetime.now().astimezone().isoformat(
-            timespec='seconds'),
+        'created': ba.timestamp(),
         'machine': machine,
         'config': {'smiles': smiles_path(), 'molecules': len(plain),
                    'atoms': sum(d.num_nodes for d in plain),

@@ -51,7 +51,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import statistics
 import sys
@@ -334,8 +333,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     machine['load_average_end'] = [round(x, 2) for x in os.getloadavg()]
     payload = {
         'benchmark': 'bench_compile',
-        'created': datetime.datetime.now().astimezone().isoformat(
-            timespec='seconds'),
+        'created': ba.timestamp(),
         'machine': machine,
         'config': {'models': args.models, 'channels': args.channels,
                    'layers': args.layers, 'heads': HEADS,

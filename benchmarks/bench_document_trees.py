@@ -64,7 +64,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import os.path as osp
@@ -508,8 +507,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ba.write_json(args.out, {
         'benchmark': 'bench_document_trees',
         'label': args.label,
-        'created': datetime.datetime.now().astimezone().isoformat(
-            timespec='seconds'),
+        'created': ba.timestamp(),
         'machine': machine,
         'code': code_version(),
         'config': run_config(args, stats, notes),

@@ -80,7 +80,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib
 import math
 import os
@@ -673,8 +672,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     machine['load_average_end'] = [round(x, 2) for x in os.getloadavg()]
     ba.write_json(args.out, {
         'benchmark': 'bench_documents',
-        'created': datetime.datetime.now().astimezone().isoformat(
-            timespec='seconds'),
+        'created': ba.timestamp(),
         'machine': machine, 'config': run_config(args, corpora),
         'results': rows, 'targets': targets,
         'wall_s': time.perf_counter() - start,

@@ -75,7 +75,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
 import time
 from pathlib import Path
@@ -404,8 +403,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     targets = evaluate_target(rows)
     payload = {
         'benchmark': 'bench_family_graph',
-        'created': datetime.datetime.now().astimezone().isoformat(
-            timespec='seconds'),
+        'created': ba.timestamp(),
         'machine': machine,
         'config': {'commit': ba.source_commit(), 'nodes': args.nodes,
                    'edges': args.edges, 'in_channels': IN_CHANNELS,

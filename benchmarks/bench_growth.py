@@ -24,7 +24,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import statistics
 import sys
 import time
@@ -156,8 +155,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ba.announce(ba.format_header(machine, args.malloc, args.thp), machine)
     payload: Dict[str, Any] = {
         'benchmark': 'bench_growth',
-        'created': datetime.datetime.now().astimezone().isoformat(
-            timespec='seconds'),
+        'created': ba.timestamp(),
         'commit': ba.source_commit(), 'machine': machine,
         'config': ba.config_of(run_args), 'runs': [], 'rows': [],
     }

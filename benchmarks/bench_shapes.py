@@ -65,7 +65,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import resource
@@ -798,9 +797,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 f"torch {machine['torch']}, load average "
                 f"{machine['load_average_start']}", machine)
     rows: List[Dict] = []
-    payload = {'benchmark': 'bench_shapes', 'created':
-               datetime.datetime.now().astimezone().isoformat(
-                   timespec='seconds'), 'machine': machine,
+    payload = {'benchmark': 'bench_shapes', 'created': ba.timestamp(),
+               'machine': machine,
                'config': config_of(args), 'complete': False}
 
     def on_row(row: Dict):

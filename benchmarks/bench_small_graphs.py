@@ -77,7 +77,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import os
 import statistics
@@ -539,8 +538,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     machine['load_average_end'] = [round(x, 2) for x in os.getloadavg()]
     ba.write_json(args.out, {
         'benchmark': 'bench_small_graphs',
-        'created': datetime.datetime.now().astimezone().isoformat(
-            timespec='seconds'),
+        'created': ba.timestamp(),
         'machine': machine, 'config': run_config(args, info),
         'results': rows, 'per_batch_costs': costs, 'targets': targets,
         'shared_cpu': shared,

@@ -40,7 +40,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib.util
 import statistics
 import sys
@@ -251,8 +250,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     summary = summarize(rows)
     ba.write_json(args.out, {
         'benchmark': 'bench_tree_order',
-        'created': datetime.datetime.now().astimezone().isoformat(
-            timespec='seconds'),
+        'created': ba.timestamp(),
         'machine': machine,
         'config': run_config(args),
         'results': rows,
