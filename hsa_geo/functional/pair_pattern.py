@@ -85,10 +85,8 @@ class PairPattern(NamedTuple):
             dst[transpose], src[transpose], members, heads, index)
         # Transposed entry -> its head-major value there -> the value here.
         t_order = _per_head(transpose, pairs, heads)[t_order]
-        t_inverse = torch.empty_like(t_order)
-        t_inverse[t_order] = torch.arange(t_order.numel(), device=src.device)
-        return PairPattern(*ahead, t_crow, t_col, t_order, t_inverse,
-                           t_pairs_of, size)
+        return PairPattern(*ahead, t_crow, t_col, t_order,
+                           _inverse(t_order), t_pairs_of, size)
 
     def t(self) -> 'PairPattern':
         r"""The transposed pattern (of the same values)."""
@@ -143,14 +141,21 @@ def _csr(src: Tensor, dst: Tensor, members: int, heads: int,
     entry = first + head * count[src] + \
         (torch.arange(pairs, device=src.device) - start[src])
     inverse = entry.view(-1)  # head-major value -> CSR entry
-    order = torch.empty_like(inverse)
-    order[inverse] = torch.arange(inverse.numel(), device=src.device)
+    order = _inverse(inverse)
     col = torch.empty_like(inverse)
     col[inverse] = (dst * heads + head).view(-1)
     row_start = heads * start + head * count  # [H, K]: rows h, a
     crow = torch.cat([row_start.t().reshape(-1),
                       row_start.new_full((1, ), heads * pairs)])
     return crow.to(index), col.to(index), order, inverse, count
+
+
+def _inverse(permutation: Tensor) -> Tensor:
+    r"""The inverse of :obj:`permutation`: ``out[permutation[i]] = i``."""
+    out = torch.empty_like(permutation)
+    out[permutation] = torch.arange(permutation.numel(),
+                                    device=permutation.device)
+    return out
 
 
 def _per_head(x: Tensor, step: int, heads: int) -> Tensor:
