@@ -651,12 +651,8 @@ class Hierarchy:
     def to(self, device: Union[str, torch.device]) -> 'Hierarchy':
         r"""Returns a copy whose tensors live on :obj:`device` (the derived
         data built so far is moved, not recomputed)."""
-        out = object.__new__(Hierarchy)
-        for key, value in self.__dict__.items():
-            out.__dict__[key] = _moved(value, device)
-        out._cache = {}
-        out._restamp()
-        return out
+        return self._copied(lambda value: _moved(value, device),
+                            empty_cache=True)
 
     # Validation ############################################################
 
@@ -848,10 +844,18 @@ class Hierarchy:
         return out
 
     def __deepcopy__(self, memo: Dict[int, Any]) -> 'Hierarchy':
+        return self._copied(lambda value: copy.deepcopy(value, memo))
+
+    def _copied(self, convert: Callable[[Any], Any],
+                empty_cache: bool = False) -> 'Hierarchy':
+        r"""A hierarchy of :obj:`convert` of every attribute (the cache
+        empty if asked) but the version stamps, which it takes anew."""
         out = object.__new__(Hierarchy)
         for key, value in self.__dict__.items():
-            if key not in ('_watched', '_stamp'):
-                out.__dict__[key] = copy.deepcopy(value, memo)
+            if key in ('_watched', '_stamp'):
+                continue
+            out.__dict__[key] = {} if key == '_cache' and empty_cache \
+                else convert(value)
         out._restamp()
         return out
 
