@@ -12,7 +12,8 @@ from torch_geometric.data import Data, InMemoryDataset
 
 from hsa_geo._checks import check_int, check_num_workers
 from hsa_geo.datasets.parallel_map import parallel_map
-from hsa_geo.datasets.processed_meta import read_meta, write_meta
+from hsa_geo.datasets.processed_meta import (load_processed,
+                                             write_meta)
 from hsa_geo.datasets.tokenizer_tag import tokenizer_tag
 from hsa_geo.transforms import DocumentHierarchy, Vocabulary
 
@@ -80,8 +81,7 @@ class DocumentDataset(InMemoryDataset):
                     f"leave them at their defaults with a tokenizer")
         super().__init__(root, transform, pre_transform, pre_filter,
                          log=log, force_reload=force_reload)
-        meta = read_meta(self.processed_paths[1])  # (its format first)
-        self.load(self.processed_paths[0])
+        meta = load_processed(self)
         self.skipped: List[Skipped] = [(s, why) for s, why in
                                        meta['skipped']]
         self.vocab: Optional[Vocabulary] = None

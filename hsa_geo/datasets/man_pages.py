@@ -24,7 +24,8 @@ from torch_geometric.data import Data, InMemoryDataset
 from hsa_geo._checks import check_int, check_num_workers
 from hsa_geo.data import Hierarchy, NestedSignal
 from hsa_geo.datasets.parallel_map import parallel_map
-from hsa_geo.datasets.processed_meta import read_meta, write_meta
+from hsa_geo.datasets.processed_meta import (load_processed,
+                                             write_meta)
 from hsa_geo.datasets.tokenizer_tag import tokenizer_tag
 from hsa_geo.transforms import DocumentHierarchy, Vocabulary
 
@@ -206,8 +207,7 @@ class ManPages(InMemoryDataset):
         self.min_freq = check_int(min_freq, 'min_freq')
         super().__init__(root, transform, pre_transform, pre_filter,
                          log=log, force_reload=force_reload)
-        meta = read_meta(self.processed_paths[1])  # (its format first)
-        self.load(self.processed_paths[0])
+        meta = load_processed(self)
         self.sections: List[str] = meta['sections']
         self.skipped: List[Skipped] = [tuple(s) for s in meta['skipped']]
         self._parts: List[str] = meta['parts']

@@ -13,7 +13,8 @@ from torch_geometric.data import HeteroData, InMemoryDataset
 from tqdm import tqdm
 
 from hsa_geo._checks import check_int
-from hsa_geo.datasets.processed_meta import read_meta, write_meta
+from hsa_geo.datasets.processed_meta import (load_processed,
+                                             write_meta)
 from hsa_geo.datasets.tokenizer_tag import tokenizer_tag
 from hsa_geo.transforms import (DocumentHierarchy, GridHierarchy,
                                 MultiModalHierarchy, Vocabulary)
@@ -191,8 +192,7 @@ class N24News(InMemoryDataset):
             DocumentHierarchy(tokenizer=tokenizer)
         super().__init__(root, transform, pre_transform, pre_filter,
                          log=log, force_reload=force_reload)
-        meta = read_meta(self.processed_paths[1])  # (its format first)
-        self.load(self.processed_paths[0])
+        meta = load_processed(self)
         self.sections: List[str] = meta['sections']
         self.skipped: List[Skipped] = [(i, why) for i, why in
                                        meta['skipped']]

@@ -5,6 +5,8 @@ import json
 import os.path as osp
 from typing import Any, Dict
 
+from torch_geometric.data import InMemoryDataset
+
 # The format of the processed signals. Raised whenever processing changes
 # what a stored signal holds (its keys, its tree, its features), so that
 # files processed before are refused instead of read as if they were new.
@@ -48,3 +50,13 @@ def read_meta(path: str) -> Dict[str, Any]:
         f"the processed files in '{folder}' were made by {made}, and this "
         f"version reads format {PROCESSED_FORMAT}: process the dataset "
         f"again (pass force_reload=True) or delete that folder")
+
+
+def load_processed(dataset: InMemoryDataset) -> Dict[str, Any]:
+    r"""Loads the processed signals of :obj:`dataset` (its first processed
+    file) and returns its side file (the second), read first: an error
+    about the format then comes before any error loading signals stored in
+    another format."""
+    meta = read_meta(dataset.processed_paths[1])
+    dataset.load(dataset.processed_paths[0])
+    return meta

@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data, InMemoryDataset
 
-from hsa_geo.datasets.processed_meta import read_meta, write_meta
+from hsa_geo.datasets.processed_meta import (load_processed,
+                                             write_meta)
 from hsa_geo.datasets.random_split import random_split
 from hsa_geo.datasets.scaffold_split import scaffold_split
 
@@ -65,8 +66,7 @@ class RDKitMoleculeDataset(InMemoryDataset):
     ) -> None:
         super().__init__(root, transform, pre_transform, pre_filter,
                          log=log, force_reload=force_reload)
-        meta = read_meta(self.processed_paths[1])  # (its format first)
-        self.load(self.processed_paths[0])
+        meta = load_processed(self)
         self.skipped: List[Tuple[str, str]] = [
             (compound_id, smiles) for compound_id, smiles in
             meta['skipped']]
