@@ -429,6 +429,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if bad:
         p.error(f'--channels must be positive multiples of {HEADS}, got '
                 f'{bad[0]}')
+    return with_defaults(args)
+
+
+def with_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    r"""Fills in the options left unset, which depend on ``--quick`` and
+    ``--device``."""
     args.batch_size = args.batch_size or (QUICK_BATCH if args.quick
                                           else BATCH_SIZE)
     defaults = (1, 1, 1) if args.quick else (ROUNDS, WARMUP, BUILD_ROUNDS)
