@@ -10,11 +10,15 @@ from hsa_geo.functional.pair_pattern import PairPattern
 SEEDS = st.integers(0, 2**31 - 1)
 
 
-def random_pattern(members: int, heads: int, density: float, seed: int):
-    r"""A pattern of random pairs (any direction, self pairs allowed) and
-    its dense 0/1 mask ``[members, members]``."""
+def random_pattern(members: int, heads: int, density: float, seed: int,
+                   symmetric: bool = False):
+    r"""A pattern of random pairs (any direction, self pairs allowed; with
+    each pair's reverse if :obj:`symmetric`) and its dense 0/1 mask
+    ``[members, members]``."""
     g = torch.Generator().manual_seed(seed)
     mask = torch.rand(members, members, generator=g) < density
+    if symmetric:
+        mask = mask | mask.t()
     src, dst = mask.nonzero(as_tuple=True)  # sorted by src, then dst
     transpose = torch.argsort(dst * members + src)
     return PairPattern.build(src, dst, transpose, members, heads), mask
@@ -67,12 +71,15 @@ def test_addmm_overwrites_an_output_it_does_not_read(dtype):
         assert torch.equal(out, matrix @ x)
 
 
-@given(members=st.integers(1, 9), heads=st.integers(1, 3), seed=SEEDS)
-def test_transpose_is_the_transposed_matrix(members, heads, seed):
+@given(members=st.integers(1, 9), heads=st.integers(1, 3), seed=SEEDS,
+       symmetric=st.booleans())
+def test_transpose_is_the_transposed_matrix(members, heads, seed,
+                                            symmetric):
     """The transposed pattern takes and gives the same head-major values:
     its product is by the transposed matrices, and its sampled dot of pair
-    ``(a, b)`` is that of ``(b, a)``."""
-    pattern, mask = random_pattern(members, heads, 0.4, seed)
+    ``(a, b)`` is that of ``(b, a)``; a symmetric list (as families
+    without a family graph give) shares the pattern with it."""
+    pattern, mask = random_pattern(members, heads, 0.4, seed, symmetric)
     values = torch.randn(heads * int(mask.sum()), dtype=torch.float64)
     dense = dense_matrix(values, mask, heads)
     flip = pattern.t()
@@ -91,6 +98,9 @@ def test_transpose_is_the_transposed_matrix(members, heads, seed):
     assert torch.equal(flip.t().col, pattern.col)
     assert torch.equal(pattern.pairs_of, mask.sum(1))
     assert torch.equal(flip.pairs_of, mask.sum(0))
+    if symmetric:
+        assert torch.equal(flip.crow, pattern.crow)
+        assert torch.equal(flip.col, pattern.col)
 
 
 @pytest.mark.parametrize('seed,width', [(0, 3), (1, 3), (2, 3), (3, 64)])
