@@ -11,6 +11,7 @@ from torch import Tensor
 
 from hsa_geo._checks import check_index, check_int
 from hsa_geo._memory import ensure_memory
+from hsa_geo._permutation import inverse_permutation
 from hsa_geo.data.sparse_families import SparseFamilies, sparse_families
 
 IndexLike = Union[Tensor, Sequence[int]]
@@ -261,13 +262,17 @@ def _as_range(index: Tensor) -> Optional[Tuple[int, int]]:
     return None
 
 
-def _allowed_slots(edges: Tensor, edge_fam: Tensor, local: Tensor,
-                   rank: Tensor, count: int, w: int) -> Tensor:
-    r"""``[F, W, W]`` the family graph of a bucket's :obj:`count` families
-    of width :obj:`w`: whether slot ``a`` may attend to slot ``b``
-    (:obj:`local`: each family's row in the bucket, ``-1`` outside it)."""
+def _allowed_slots(edges: Tensor, edge_fam: Tensor, fams: Tensor,
+                   rank: Tensor, m: int, w: int) -> Tensor:
+    r"""``[F, W, W]`` the family graph of a bucket's families :obj:`fams`
+    (of the :obj:`m`) of width :obj:`w`: whether slot ``a`` may attend to
+    slot ``b``."""
+    count = fams.numel()
     ensure_memory(count * w * w, 'the family graph masks of the families '
                   f'of width {w}', edges.device)
+    # Each family's row in the bucket, -1 outside it.
+    local = torch.full((m, ), -1, dtype=torch.long, device=edges.device)
+    local[fams] = torch.arange(count, device=edges.device)
     allowed = torch.zeros(count, w, w, dtype=torch.bool, device=edges.device)
     in_bucket = local[edge_fam] >= 0
     a, b = edges[:, in_bucket]
@@ -282,8 +287,7 @@ def _family_bucket(w: int, kind: str, fams: Tensor, n: int, child: Tensor,
     :obj:`w`, from their children :obj:`child` and the slot ``f * w + s``
     of each (:obj:`flat`)."""
     children = torch.full((fams.numel() * w, ), -1, dtype=torch.long,
-                          device=child.device)
-    children[flat] = child
+                          device=child.device).scatter_(0, flat, child)
     source_index = children[:0]
     if kind != 'mixed':
         source_index = children if kind == 'leaf' else children - n
@@ -783,9 +787,7 @@ class Hierarchy:
         clusters = clusters[counts[0]:]  # without the roots
         cluster_levels = _LevelViews(
             (clusters - n, parent[clusters] - n), counts[1:])
-        position = torch.empty_like(cluster_order)
-        position[cluster_order] = torch.arange(cluster_order.numel(),
-                                               device=parent.device)
+        position = inverse_permutation(cluster_order)
         order_parents = _LevelViews((position[parent[clusters] - n], ),
                                     counts[1:])
         cluster_parent = torch.where(parent[n:] >= 0, parent[n:] - n, -1)
@@ -828,7 +830,7 @@ class Hierarchy:
         return _FamilyData(buckets=buckets, sibling_rank=rank,
                            leaf_blocks=leaf_blocks,
                            outside=(rest, parent[rest] - n),
-                           sparse=sparse_families(buckets, n))
+                           sparse=sparse_families(buckets, n, parent.numel()))
 
     def _tensors(self) -> List[Tensor]:
         r"""Every tensor the hierarchy holds, derived data included."""
@@ -916,8 +918,9 @@ class Hierarchy:
         child, fam = child[perm], fam[perm]
         num_children = torch.bincount(fam, minlength=m)
         start = torch.cumsum(num_children, 0) - num_children
-        slot = torch.arange(child.numel(), device=device) - start[fam]
-        rank[child] = slot
+        slot = torch.arange(child.numel(), device=device) - \
+            start.index_select(0, fam)
+        rank.scatter_(0, child, slot)
         width = _padded_width(num_children)
         num_leaf_children = torch.bincount(fam[child < n], minlength=m)
         full = num_children == width
@@ -925,21 +928,32 @@ class Hierarchy:
         kind[full & (num_leaf_children == num_children)] = 0  # leaf
         kind[full & (num_leaf_children == 0)] = 1  # cluster
         key = width * 3 + kind
+        # Families by key, then id, and children by their family's key,
+        # then family, then slot: every bucket is a slice of both (no mask
+        # over all nodes per bucket: this runs on every new batch).
+        fam_order = torch.argsort(key, stable=True)
+        by_key = torch.argsort(key.index_select(0, fam), stable=True)
+        child, fam, slot = (x.index_select(0, by_key)
+                            for x in (child, fam, slot))
+        local = inverse_permutation(fam_order).index_select(0, fam)
+        keys, counts = torch.unique_consecutive(
+            key.index_select(0, fam_order), return_counts=True)
+        ends = torch.cumsum(num_children.index_select(0, fam_order), 0)
+        ends = ends.index_select(0, torch.cumsum(counts, 0) - 1)
+        edge_fam = None if edges is None else parent[edges[0]] - n
+        f0 = c0 = 0
         buckets = []
-        if edges is not None:  # the family of every pair
-            edge_fam = parent[edges[0]] - n
-        for k in torch.unique(key).tolist():
+        for k, f1, c1 in zip(*(x.tolist() for x in (keys, counts, ends))):
+            f1 += f0
             w, kd = divmod(k, 3)
-            fams = (key == k).nonzero().view(-1)
-            local = torch.full((m, ), -1, dtype=torch.long, device=device)
-            local[fams] = torch.arange(fams.numel(), device=device)
+            fams = fam_order[f0:f1]
             allowed = None if edges is None else _allowed_slots(
-                edges, edge_fam, local, rank, fams.numel(), w)
-            sel = local[fam] >= 0
+                edges, edge_fam, fams, rank, m, w)
             buckets.append(_family_bucket(
-                w, ('leaf', 'cluster', 'mixed')[kd], fams, n, child[sel],
-                local[fam[sel]] * w + slot[sel], allowed,
+                w, ('leaf', 'cluster', 'mixed')[kd], fams, n, child[c0:c1],
+                (local[c0:c1] - f0) * w + slot[c0:c1], allowed,
                 bool((parent[fams + n] < 0).all())))
+            f0, c0 = f1, c1
         return buckets, rank
 
     # Public properties ######################################################

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, List, Union
 import torch
 from torch import Tensor
 
+from hsa_geo._permutation import inverse_permutation
+
 if TYPE_CHECKING:  # the buckets come from hsa_geo.data.hierarchy
     from hsa_geo.data.hierarchy import FamilyBucket
 
@@ -64,12 +66,12 @@ class SparseFamilies:
                                 for f in fields(self)))
 
 
-def sparse_families(buckets: List['FamilyBucket'],
-                    num_leaves: int) -> SparseFamilies:
+def sparse_families(buckets: List['FamilyBucket'], num_leaves: int,
+                    num_nodes: int) -> SparseFamilies:
     r"""The :class:`SparseFamilies` of the buckets flagged
-    :attr:`~hsa_geo.data.hierarchy.FamilyBucket.sparse`; row offsets count
-    the real pairs of every bucket, in order, as
-    :attr:`Hierarchy.sibling_pairs` does."""
+    :attr:`~hsa_geo.data.hierarchy.FamilyBucket.sparse` of a hierarchy of
+    :obj:`num_nodes` nodes; row offsets count the real pairs of every
+    bucket, in order, as :attr:`Hierarchy.sibling_pairs` does."""
     device = buckets[0].family.device if buckets else torch.device('cpu')
     parts, pair_offset, member_offset = [], 0, 0
     for b in buckets:
@@ -81,40 +83,63 @@ def sparse_families(buckets: List['FamilyBucket'],
     if not parts:
         empty = torch.empty(0, dtype=torch.long, device=device)
         return SparseFamilies(*(empty, ) * 8)
-    node, parent, self_row, src, dst, row = (torch.cat(x) for x in zip(*parts))
+    node, parent, self_row, src, dst, row, src_rank, dst_rank = (
+        torch.cat(x) for x in zip(*parts))
     # By node id, so leaves first: the member tables are then [leaf rows;
     # cluster rows], and when every leaf is a member, the leaf rows are the
-    # leaves themselves, in order.
-    perm = torch.argsort(node)
-    rank = torch.empty_like(perm)
-    rank[perm] = torch.arange(perm.numel(), device=device)
-    node, parent, self_row = node[perm], parent[perm], self_row[perm]
+    # leaves themselves, in order. The ids are distinct: counted, not
+    # sorted (sorts and advanced indexing cost several times more on the
+    # CPU, and this runs on every new batch).
+    present = torch.zeros(num_nodes, dtype=torch.long, device=device)
+    present.index_fill_(0, node, 1)
+    rank = (torch.cumsum(present, 0) - 1).index_select(0, node)
+    perm = inverse_permutation(rank)
+    node, parent, self_row = (x.index_select(0, perm)
+                              for x in (node, parent, self_row))
+    src, dst = rank.index_select(0, src), rank.index_select(0, dst)
+    # Sorted by (src, dst) and by (dst, src): a pair's place is past the
+    # pairs of the members before, plus its rank among its member's pairs
+    # (a family's slots, hence its members, are in increasing node id).
+    at = _first(src, node.numel()) + src_rank
+    t_at = _first(dst, node.numel()) + dst_rank
+    src, dst, row = (torch.empty_like(x).scatter_(0, at, x)
+                     for x in (src, dst, row))
     is_leaf = node < num_leaves
-    src, dst, size = rank[src], rank[dst], perm.numel()
-    order = torch.argsort(src * size + dst)
-    src, dst, row = src[order], dst[order], row[order]
     return SparseFamilies(leaf=node[is_leaf],
                           cluster=node[~is_leaf] - num_leaves,
                           parent_cluster=parent, self_row=self_row,
                           src=src, dst=dst, row=row,
-                          transpose=torch.argsort(dst * size + src))
+                          transpose=torch.empty_like(at).scatter_(
+                              0, t_at, at))
+
+
+def _first(member: Tensor, size: int) -> Tensor:
+    r"""For every pair of :obj:`member` ``[P']``, the number of pairs of
+    the members before its own (of :obj:`size`)."""
+    count = torch.bincount(member, minlength=size)
+    return (torch.cumsum(count, 0) - count).index_select(0, member)
 
 
 def _bucket_pairs(b: 'FamilyBucket', count: Tensor, pair_offset: int,
                   member_offset: int) -> tuple:
     r"""Members and scored pairs of one bucket: ``(node, parent, self row,
-    src, dst, row)`` with members numbered from :obj:`member_offset`."""
+    src, dst, row, src rank, dst rank)`` with members numbered from
+    :obj:`member_offset`; a pair's ranks are its place among the pairs of
+    its ``src`` (by ``dst``) and among those of its ``dst`` (by ``src``)."""
     # Real slots are the first count[f] of family f.
     first_pair = pair_offset + torch.cumsum(count**2, 0) - count**2
     first_slot = member_offset + torch.cumsum(count, 0) - count
     f, i = b.mask.nonzero(as_tuple=True)
-    if b.allowed is not None:
-        pf, pi, pj = b.allowed.nonzero(as_tuple=True)
-    else:
+    pairs = b.allowed
+    if pairs is None:
         eye = torch.eye(b.width, dtype=torch.bool, device=b.mask.device)
-        pf, pi, pj = (b.mask.unsqueeze(2) & b.mask.unsqueeze(1)
-                      & ~eye).nonzero(as_tuple=True)
+        pairs = b.mask.unsqueeze(2) & b.mask.unsqueeze(1) & ~eye
+    pf, pi, pj = pairs.nonzero(as_tuple=True)
+    at = (pf * b.width + pi) * b.width + pj
+    ranks = [(pairs.cumsum(dim) - 1).view(-1).index_select(0, at)
+             for dim in (2, 1)]
+    slot = first_slot.index_select(0, pf)
     return (b.children[f, i], b.parent_cluster[f],
-            first_pair[f] + i * count[f] + i,
-            first_slot[pf] + pi, first_slot[pf] + pj,
-            first_pair[pf] + pi * count[pf] + pj)
+            first_pair[f] + i * count[f] + i, slot + pi, slot + pj,
+            first_pair.index_select(0, pf) + pi * count.index_select(0, pf)
+            + pj, *ranks)
