@@ -137,16 +137,25 @@ def _median_fields(samples: Dict[str, List[float]]) -> Dict[str, Any]:
 def batch_costs(plain: List[Any], nested: List[Any], warmup: int,
                 rounds: int, build_rounds: int) -> Dict[str, Any]:
     r"""Per batch: PyG's collate of the plain molecules and of the nested
-    signals, the first ``batch.hierarchy`` of a fresh batch, and
-    :class:`MoleculeHierarchy` over all molecules (the one-off build)."""
+    signals, the first ``batch.hierarchy`` of a fresh batch, the layout and
+    pair pattern its first forward derives (part of the first-call extra),
+    and :class:`MoleculeHierarchy` over all molecules (the one-off
+    build)."""
     from torch_geometric.data import Batch
 
+    from hsa_geo.functional.sparse_family_attention import pair_pattern
     from hsa_geo.transforms import MoleculeHierarchy
 
     def hierarchy() -> float:
         batch = Batch.from_data_list(nested)
         start = time.perf_counter()
         batch.hierarchy
+        return time.perf_counter() - start
+
+    def layout() -> float:
+        tree = Batch.from_data_list(nested).hierarchy
+        start = time.perf_counter()
+        pair_pattern(tree.layout.sparse, HEADS)
         return time.perf_counter() - start
 
     def collate(items: List[Any]) -> Call:
@@ -164,6 +173,7 @@ def batch_costs(plain: List[Any], nested: List[Any], warmup: int,
         'plain_collate': collate(plain),
         'nested_collate': collate(nested),
         'hierarchy': hierarchy,
+        'layout': layout,
     }, warmup, rounds))
     row.update(_median_fields(interleaved({'build': build}, min(warmup, 1),
                                           build_rounds)))
@@ -384,10 +394,12 @@ def format_tables(rows: List[Dict[str, Any]], costs: List[Dict[str, Any]],
             for r in rows]
     cost_head = ['threads', 'PyG collate ms', 'collate NestedSignal ms',
                  'collate added ms', 'batch.hierarchy ms',
+                 'layout + pair pattern ms',
                  'MoleculeHierarchy ms per batch', 'per molecule ms']
     cost_body = [[str(c['threads'])] + [f'{c[k]:.2f}' for k in (
         'plain_collate_ms', 'nested_collate_ms', 'collate_added_ms',
-        'hierarchy_ms', 'build_ms', 'build_per_molecule_ms')] for c in costs]
+        'hierarchy_ms', 'layout_ms', 'build_ms', 'build_per_molecule_ms')]
+        for c in costs]
     return (ba.grid(head, body, markdown, left=0) + '\n\n' +
             ba.grid(cost_head, cost_body, markdown, left=0))
 
@@ -495,7 +507,10 @@ def run_config(args: argparse.Namespace,
                          'forward+backward on a fresh hierarchy '
                          'minus the steady state); collate and '
                          'hierarchy run on the CPU wherever the '
-                         'layers run'}
+                         'layers run; layout: the first '
+                         'hierarchy.layout and pair pattern of a '
+                         'fresh batch, timed alone (part of the '
+                         'first-call extra, not added again)'}
 
 
 def measure_all(args: argparse.Namespace, plain: List[Any],

@@ -52,7 +52,8 @@ def test_main_measures_every_method_and_size(tmp_path, capsys):
     costs = payload['per_batch_costs']
     assert [c['threads'] for c in costs] == [1]
     for cost in costs:
-        for key in ('plain_collate', 'nested_collate', 'hierarchy', 'build'):
+        for key in ('plain_collate', 'nested_collate', 'hierarchy', 'layout',
+                    'build'):
             assert _finite_positive(cost[f'{key}_ms'])
         assert cost['build_per_molecule_ms'] == pytest.approx(
             cost['build_ms'] / bench.QUICK_BATCH)
