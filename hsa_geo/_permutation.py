@@ -5,9 +5,11 @@ from torch import Tensor
 
 
 def inverse_permutation(permutation: Tensor) -> Tensor:
-    r"""The inverse of the 1-D :obj:`permutation`: ``out[permutation[i]] =
-    i``, where every element lies in it. A scatter: several times faster on
-    the CPU than assigning through ``out[permutation]``."""
+    r"""The inverse of :obj:`permutation`, a 1-D ``LongTensor`` holding
+    every index ``0..n-1`` once: ``out[permutation[i]] = i``. A scatter,
+    several times faster on the CPU than assigning through
+    ``out[permutation]``; on anything but a permutation, some entries are
+    left unset."""
     return torch.empty_like(permutation).scatter_(
         0, permutation, torch.arange(permutation.numel(),
                                      device=permutation.device))

@@ -935,7 +935,7 @@ class Hierarchy:
         by_key = torch.argsort(key.index_select(0, fam), stable=True)
         child, fam, slot = (x.index_select(0, by_key)
                             for x in (child, fam, slot))
-        local = inverse_permutation(fam_order).index_select(0, fam)
+        position = inverse_permutation(fam_order).index_select(0, fam)
         keys, counts = torch.unique_consecutive(
             key.index_select(0, fam_order), return_counts=True)
         ends = torch.cumsum(num_children.index_select(0, fam_order), 0)
@@ -951,7 +951,7 @@ class Hierarchy:
                 edges, edge_fam, fams, rank, m, w)
             buckets.append(_family_bucket(
                 w, ('leaf', 'cluster', 'mixed')[kd], fams, n, child[c0:c1],
-                (local[c0:c1] - f0) * w + slot[c0:c1], allowed,
+                (position[c0:c1] - f0) * w + slot[c0:c1], allowed,
                 bool((parent[fams + n] < 0).all())))
             f0, c0 = f1, c1
         return buckets, rank

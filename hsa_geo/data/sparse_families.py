@@ -2,7 +2,7 @@ r"""Families whose attention runs on a list of their sibling pairs."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, List, Union
+from typing import TYPE_CHECKING, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -135,11 +135,31 @@ def _bucket_pairs(b: 'FamilyBucket', count: Tensor, pair_offset: int,
         eye = torch.eye(b.width, dtype=torch.bool, device=b.mask.device)
         pairs = b.mask.unsqueeze(2) & b.mask.unsqueeze(1) & ~eye
     pf, pi, pj = pairs.nonzero(as_tuple=True)
-    at = (pf * b.width + pi) * b.width + pj
-    ranks = [(pairs.cumsum(dim) - 1).view(-1).index_select(0, at)
-             for dim in (2, 1)]
     slot = first_slot.index_select(0, pf)
     return (b.children[f, i], b.parent_cluster[f],
             first_pair[f] + i * count[f] + i, slot + pi, slot + pj,
             first_pair.index_select(0, pf) + pi * count.index_select(0, pf)
-            + pj, *ranks)
+            + pj, *_pair_ranks(b.allowed, pf, pi, pj))
+
+
+def _pair_ranks(allowed: Optional[Tensor], f: Tensor, i: Tensor,
+                j: Tensor) -> Tuple[Tensor, Tensor]:
+    r"""The rank of every pair ``(f, i, j)`` (listed row-major) among the
+    pairs of its row ``(f, i)`` and among those of its column ``(f, j)``:
+    in closed form where every pair of distinct slots is allowed; else in
+    :math:`O(P)` memory, never the :math:`[F, W, W]` sums of a family
+    graph's table (gigabytes for a wide family)."""
+    if allowed is None:
+        return j - (j > i).long(), i - (i > j).long()
+    width = allowed.size(1)
+
+    def first(count: Tensor, key: Tensor) -> Tensor:
+        count = count.view(-1)
+        return (torch.cumsum(count, 0) - count).index_select(0, key)
+
+    # A row's pairs are consecutive; a column's, after a stable sort.
+    key = f * width + j
+    by_column = inverse_permutation(torch.argsort(key, stable=True))
+    row = torch.arange(f.numel(), device=f.device) - \
+        first(allowed.sum(2), f * width + i)
+    return row, by_column - first(allowed.sum(1), key)

@@ -145,7 +145,8 @@ def _csr(src: Tensor, dst: Tensor, members: int, heads: int,
     head = torch.arange(heads, device=src.device).unsqueeze(1)
     # Entry of pair p, head h: past the H * start[src] entries of the
     # members before, the h * count[src] of the heads before, and the
-    # pairs of src before p. (index_select, not [src]: several times
+    # p - start[src] pairs of src before p: h * count[src] + p +
+    # (H - 1) * start[src]. (index_select, not [src]: several times
     # faster on the CPU, and this runs on every new batch; as few [H * P]
     # tensors as can be, each of them fresh memory to fault in.)
     start_src = start.index_select(0, src)
