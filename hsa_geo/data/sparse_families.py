@@ -116,8 +116,14 @@ def sparse_families(buckets: List['FamilyBucket'], num_leaves: int,
 def _first(member: Tensor, size: int) -> Tensor:
     r"""For every pair of :obj:`member` ``[P']``, the number of pairs of
     the members before its own (of :obj:`size`)."""
-    count = torch.bincount(member, minlength=size)
-    return (torch.cumsum(count, 0) - count).index_select(0, member)
+    return _before(torch.bincount(member, minlength=size), member)
+
+
+def _before(count: Tensor, group: Tensor) -> Tensor:
+    r"""For every item of :obj:`group`, the number of items of the groups
+    before its own, given every group's :obj:`count` (flattened)."""
+    count = count.view(-1)
+    return (torch.cumsum(count, 0) - count).index_select(0, group)
 
 
 def _bucket_pairs(b: 'FamilyBucket', count: Tensor, pair_offset: int,
@@ -152,14 +158,9 @@ def _pair_ranks(allowed: Optional[Tensor], f: Tensor, i: Tensor,
     if allowed is None:
         return j - (j > i).long(), i - (i > j).long()
     width = allowed.size(1)
-
-    def first(count: Tensor, key: Tensor) -> Tensor:
-        count = count.view(-1)
-        return (torch.cumsum(count, 0) - count).index_select(0, key)
-
     # A row's pairs are consecutive; a column's, after a stable sort.
     key = f * width + j
     by_column = inverse_permutation(torch.argsort(key, stable=True))
     row = torch.arange(f.numel(), device=f.device) - \
-        first(allowed.sum(2), f * width + i)
-    return row, by_column - first(allowed.sum(1), key)
+        _before(allowed.sum(2), f * width + i)
+    return row, by_column - _before(allowed.sum(1), key)
