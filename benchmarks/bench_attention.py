@@ -1167,6 +1167,24 @@ def write_json(path: Path, payload: Dict[str, Any]):
     os.replace(tmp, path)
 
 
+def default_out(stem: str, quick: bool) -> Path:
+    r"""A script's results file when ``--out`` is not given:
+    ``results/<stem>.json``, or ``<stem>_quick.json`` for a quick run."""
+    return RESULTS_DIR / f"{stem}{'_quick' if quick else ''}.json"
+
+
+def publish(out: Path, payload: Dict[str, Any],
+            table: Callable[[bool], str], markdown: Optional[Path]):
+    r"""The end of a run: writes :obj:`payload` to :obj:`out`, prints the
+    table (``table(markdown=False)``) and where the JSON went, and writes
+    the table as Markdown to :obj:`markdown` if given."""
+    write_json(out, payload)
+    print()
+    print(table(False))
+    print(f'\nwrote {out}')
+    write_markdown(markdown, table(True) + '\n')
+
+
 def write_markdown(path: Optional[Path], text: str):
     r"""Writes :obj:`text` to :obj:`path` (the ``--markdown`` file of a
     benchmark) and says so; nothing when :obj:`path` is :obj:`None`."""

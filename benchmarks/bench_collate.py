@@ -226,8 +226,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.warmup is None:
         args.warmup = 1 if args.quick else WARMUP
     if args.out is None:
-        suffix = '_quick' if args.quick else ''
-        args.out = ba.RESULTS_DIR / f'bench_collate_cpu{suffix}.json'
+        args.out = ba.default_out('bench_collate_cpu', args.quick)
     return args
 
 

@@ -292,8 +292,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args.threads = [t or ba.usable_cores() for t in args.threads]
     args.threads = sorted(set(args.threads), key=args.threads.index)
     if args.out is None:
-        suffix = '_quick' if args.quick else ''
-        args.out = ba.RESULTS_DIR / f'bench_compile_cpu{suffix}.json'
+        args.out = ba.default_out('bench_compile_cpu', args.quick)
     return args
 
 
@@ -349,11 +348,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         'results': rows,
         'wall_s': time.perf_counter() - start,
     }
-    ba.write_json(args.out, payload)
-    print()
-    print(format_table(rows))
-    print(f'\nwrote {args.out}')
-    ba.write_markdown(args.markdown, format_table(rows, markdown=True) + '\n')
+    ba.publish(args.out, payload, lambda md: format_table(rows, md),
+               args.markdown)
     return 0
 
 

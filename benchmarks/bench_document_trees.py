@@ -424,8 +424,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.quick:
         args.pages = args.pages or QUICK_PAGES
     if args.out is None:
-        suffix = '_quick' if args.quick else ''
-        args.out = ba.RESULTS_DIR / f'bench_document_trees_cpu{suffix}.json'
+        args.out = ba.default_out('bench_document_trees_cpu', args.quick)
     if args.before_code is not None:
         args.before_code = str(Path(args.before_code).resolve())
     if args.before is None and BEFORE.is_file() and \

@@ -583,8 +583,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.warmup is None:
         args.warmup = 1 if args.quick else WARMUP_BATCHES
     if args.out is None:
-        suffix = '_quick' if args.quick else ''
-        args.out = ba.RESULTS_DIR / f'bench_documents_cpu{suffix}.json'
+        args.out = ba.default_out('bench_documents_cpu', args.quick)
     return args
 
 

@@ -141,9 +141,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args.small, args.large = ((1024, 16384) if args.quick else
                               (ba.TARGET_N, ba.LARGE_N))
     if args.out is None:
-        suffix = ('_thp' if args.thp else '') + ('_quick' if args.quick
-                                                 else '')
-        args.out = ba.RESULTS_DIR / f'bench_growth_cpu{suffix}.json'
+        args.out = ba.default_out(
+            'bench_growth_cpu' + ('_thp' if args.thp else ''), args.quick)
     return args
 
 

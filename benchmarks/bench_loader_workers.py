@@ -169,8 +169,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.batches < 2:
         p.error('--batches must be at least 2 (the first is not timed)')
     if args.out is None:
-        suffix = '_quick' if args.quick else ''
-        args.out = ba.RESULTS_DIR / f'bench_loader_workers_cpu{suffix}.json'
+        args.out = ba.default_out('bench_loader_workers_cpu', args.quick)
     return args
 
 
@@ -188,7 +187,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise SystemExit(f'only {len(plain)} molecules: fewer batches')
     rows = add_ratios([row for strategy in args.strategies
                        for row in measure(plain, nested, strategy, args)])
-    ba.write_json(args.out, {
+    ba.publish(args.out, {
         'benchmark': 'bench_loader_workers', 'created': ba.timestamp(),
         'machine': machine,
         'config': {'smiles': bc.smiles_path(), 'batch_size': args.batch_size,
@@ -198,11 +197,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              'the worker has every batch ready, then '
                              'batch.hierarchy.layout; medians over the '
                              'timed batches of all rounds; perf_counter'},
-        'results': rows, 'wall_s': time.perf_counter() - start})
-    print()
-    print(format_table(rows))
-    print(f'\nwrote {args.out}')
-    ba.write_markdown(args.markdown, format_table(rows, markdown=True) + '\n')
+        'results': rows, 'wall_s': time.perf_counter() - start},
+        lambda md: format_table(rows, md), args.markdown)
     return 0
 
 
