@@ -2,7 +2,7 @@ r"""Families whose attention runs on a list of their sibling pairs."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Iterator, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -72,28 +72,21 @@ def sparse_families(buckets: List['FamilyBucket'], num_leaves: int,
     :attr:`~hsa_geo.data.hierarchy.FamilyBucket.sparse` of a hierarchy of
     :obj:`num_nodes` nodes; row offsets count the real pairs of every
     bucket, in order, as :attr:`Hierarchy.sibling_pairs` does."""
-    device = buckets[0].family.device if buckets else torch.device('cpu')
-    parts, pair_offset, member_offset = [], 0, 0
-    for b in buckets:
-        count = b.mask.sum(1)
-        if b.sparse:
-            parts.append(_bucket_pairs(b, count, pair_offset, member_offset))
-            member_offset += int(count.sum())
-        pair_offset += int((count**2).sum())
-    if not parts:
+    sparse = list(_sparse_buckets(buckets))
+    if not sparse:
+        device = buckets[0].family.device if buckets else \
+            torch.device('cpu')
         empty = torch.empty(0, dtype=torch.long, device=device)
         return SparseFamilies(*(empty, ) * 8)
+    if all(b.allowed is None for b, _, _ in sparse):
+        return _all_siblings(sparse, num_leaves, num_nodes)
+    parts, member_offset = [], 0
+    for b, count, pair_offset in sparse:
+        parts.append(_bucket_pairs(b, count, pair_offset, member_offset))
+        member_offset += int(count.sum())
     node, parent, self_row, src, dst, row, src_rank, dst_rank = (
         torch.cat(x) for x in zip(*parts))
-    # By node id, so leaves first: the member tables are then [leaf rows;
-    # cluster rows], and when every leaf is a member, the leaf rows are the
-    # leaves themselves, in order. The ids are distinct: counted, not
-    # sorted (sorts and advanced indexing cost several times more on the
-    # CPU, and this runs on every new batch).
-    present = torch.zeros(num_nodes, dtype=torch.long, device=device)
-    present.index_fill_(0, node, 1)
-    rank = (torch.cumsum(present, 0) - 1).index_select(0, node)
-    perm = inverse_permutation(rank)
+    rank, perm = _by_node_id(node, num_nodes)
     node, parent, self_row = (x.index_select(0, perm)
                               for x in (node, parent, self_row))
     src, dst = rank.index_select(0, src), rank.index_select(0, dst)
@@ -104,13 +97,82 @@ def sparse_families(buckets: List['FamilyBucket'], num_leaves: int,
     t_at = _first(dst, node.numel()) + dst_rank
     src, dst, row = (torch.empty_like(x).scatter_(0, at, x)
                      for x in (src, dst, row))
+    return _with_members(node, num_leaves, parent_cluster=parent,
+                         self_row=self_row, src=src, dst=dst, row=row,
+                         transpose=torch.empty_like(at).scatter_(0, t_at,
+                                                                 at))
+
+
+def _sparse_buckets(buckets: List['FamilyBucket']
+                    ) -> Iterator[Tuple['FamilyBucket', Tensor, int]]:
+    r"""The sparse buckets, each with its families' child counts and the
+    row in :attr:`Hierarchy.sibling_pairs` of its first pair."""
+    pair_offset = 0
+    for b in buckets:
+        count = b.mask.sum(1)
+        if b.sparse:
+            yield b, count, pair_offset
+        pair_offset += int((count * count).sum())
+
+
+def _by_node_id(node: Tensor, num_nodes: int) -> Tuple[Tensor, Tensor]:
+    r"""The rank of every member :obj:`node` (distinct ids) by node id, and
+    the permutation that sorts them. By node id, so leaves first: the member
+    tables are then [leaf rows; cluster rows], and when every leaf is a
+    member, the leaf rows are the leaves themselves, in order."""
+    # Counted, not sorted: sorts and advanced indexing cost several times
+    # more on the CPU, and this runs on every new batch.
+    present = torch.zeros(num_nodes, dtype=torch.long, device=node.device)
+    present.index_fill_(0, node, 1)
+    rank = (torch.cumsum(present, 0) - 1).index_select(0, node)
+    return rank, inverse_permutation(rank)
+
+
+def _with_members(node: Tensor, num_leaves: int,
+                  **pairs: Tensor) -> SparseFamilies:
+    r""":class:`SparseFamilies` of the members :obj:`node` (by node id)
+    and the other fields."""
     is_leaf = node < num_leaves
     return SparseFamilies(leaf=node[is_leaf],
-                          cluster=node[~is_leaf] - num_leaves,
-                          parent_cluster=parent, self_row=self_row,
-                          src=src, dst=dst, row=row,
-                          transpose=torch.empty_like(at).scatter_(
-                              0, t_at, at))
+                          cluster=node[~is_leaf] - num_leaves, **pairs)
+
+
+def _all_siblings(sparse: List[Tuple['FamilyBucket', Tensor, int]],
+                  num_leaves: int, num_nodes: int) -> SparseFamilies:
+    r""":func:`sparse_families` where every sparse family scores all pairs
+    of distinct siblings (no family graph): the pairs in closed form, a few
+    operations per bucket instead of a pass over each bucket's pairs."""
+    count, node, parent, first_row = (torch.cat(x) for x in zip(*(
+        (c, b.children[b.mask], b.parent_cluster,
+         offset + torch.cumsum(c * c, 0) - c * c) for b, c, offset in sparse)))
+    device = node.device
+    # Per member, by node id: its family, slot i and family size c.
+    rank, perm = _by_node_id(node, num_nodes)
+    family = torch.repeat_interleave(
+        torch.arange(count.numel(), device=device), count)
+    start = torch.cumsum(count, 0) - count  # a family's first member
+    slot = torch.arange(node.numel(), device=device) - \
+        start.index_select(0, family)
+    node, family, slot = (x.index_select(0, perm)
+                          for x in (node, family, slot))
+    size = count.index_select(0, family)
+    row0 = first_row.index_select(0, family) + slot * size
+    # Member a's pairs (a, b), b != a, in slot order, which is node order:
+    # the list comes out sorted by (src, dst).
+    src = torch.repeat_interleave(
+        torch.arange(node.numel(), device=device), size - 1)
+    r = torch.arange(src.numel(), device=device) - _before(size - 1, src)
+    i = slot.index_select(0, src)
+    j = r + (r >= i).long()
+    dst = rank.index_select(
+        0, start.index_select(0, family.index_select(0, src)) + j)
+    # The list is symmetric, so sorting it by (dst, src) swaps every pair:
+    # (b, a) is pair i - [i > j] of b.
+    return _with_members(
+        node, num_leaves, parent_cluster=parent.index_select(0, family),
+        self_row=row0 + slot, src=src, dst=dst,
+        row=row0.index_select(0, src) + j,
+        transpose=_before(size - 1, dst) + i - (i > j).long())
 
 
 def _first(member: Tensor, size: int) -> Tensor:
