@@ -2,7 +2,7 @@ r"""Families whose attention runs on a list of their sibling pairs."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Iterator, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Iterator, List, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -78,6 +78,8 @@ def sparse_families(buckets: List['FamilyBucket'], num_leaves: int,
             torch.device('cpu')
         empty = torch.empty(0, dtype=torch.long, device=device)
         return SparseFamilies(*(empty, ) * 8)
+    # A hierarchy with a family graph gives every bucket its table of
+    # allowed pairs (dense families allow every pair); one without, none.
     if all(b.allowed is None for b, _, _ in sparse):
         return _all_siblings(sparse, num_leaves, num_nodes)
     parts, member_offset = [], 0
@@ -190,7 +192,8 @@ def _before(count: Tensor, group: Tensor) -> Tensor:
 
 def _bucket_pairs(b: 'FamilyBucket', count: Tensor, pair_offset: int,
                   member_offset: int) -> tuple:
-    r"""Members and scored pairs of one bucket: ``(node, parent, self row,
+    r"""Members and scored pairs (those of its family graph table
+    :attr:`allowed`) of one bucket: ``(node, parent, self row,
     src, dst, row, src rank, dst rank)`` with members numbered from
     :obj:`member_offset`; a pair's ranks are its place among the pairs of
     its ``src`` (by ``dst``) and among those of its ``dst`` (by ``src``)."""
@@ -198,11 +201,7 @@ def _bucket_pairs(b: 'FamilyBucket', count: Tensor, pair_offset: int,
     first_pair = pair_offset + torch.cumsum(count**2, 0) - count**2
     first_slot = member_offset + torch.cumsum(count, 0) - count
     f, i = b.mask.nonzero(as_tuple=True)
-    pairs = b.allowed
-    if pairs is None:
-        eye = torch.eye(b.width, dtype=torch.bool, device=b.mask.device)
-        pairs = b.mask.unsqueeze(2) & b.mask.unsqueeze(1) & ~eye
-    pf, pi, pj = pairs.nonzero(as_tuple=True)
+    pf, pi, pj = b.allowed.nonzero(as_tuple=True)
     slot = first_slot.index_select(0, pf)
     return (b.children[f, i], b.parent_cluster[f],
             first_pair[f] + i * count[f] + i, slot + pi, slot + pj,
@@ -210,15 +209,13 @@ def _bucket_pairs(b: 'FamilyBucket', count: Tensor, pair_offset: int,
             + pj, *_pair_ranks(b.allowed, pf, pi, pj))
 
 
-def _pair_ranks(allowed: Optional[Tensor], f: Tensor, i: Tensor,
+def _pair_ranks(allowed: Tensor, f: Tensor, i: Tensor,
                 j: Tensor) -> Tuple[Tensor, Tensor]:
     r"""The rank of every pair ``(f, i, j)`` (listed row-major) among the
-    pairs of its row ``(f, i)`` and among those of its column ``(f, j)``:
-    in closed form where every pair of distinct slots is allowed; else in
-    :math:`O(P)` memory, never the :math:`[F, W, W]` sums of a family
-    graph's table (gigabytes for a wide family)."""
-    if allowed is None:
-        return j - (j > i).long(), i - (i > j).long()
+    pairs of its row ``(f, i)`` and among those of its column ``(f, j)``
+    in the family graph's table :obj:`allowed`, in :math:`O(P)` memory,
+    never the :math:`[F, W, W]` sums of that table (gigabytes for a wide
+    family)."""
     width = allowed.size(1)
     # A row's pairs are consecutive; a column's, after a stable sort.
     key = f * width + j
