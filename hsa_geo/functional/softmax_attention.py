@@ -49,7 +49,8 @@ BLOCK_BYTES = 32 * 2**20
 
 def softmax_attention(q: Tensor, k: Tensor, v: Tensor, scale: float,
                       fused: Optional[bool] = None,
-                      key_mask: Optional[Tensor] = None
+                      key_mask: Optional[Tensor] = None,
+                      recompute_output: bool = False
                       ) -> Tuple[Tensor, Tensor]:
     r"""Softmax attention inside each of :obj:`B` independent groups of
     :obj:`L` rows, per head, with the row log-partition:
@@ -109,6 +110,11 @@ def softmax_attention(q: Tensor, k: Tensor, v: Tensor, scale: float,
     shifted ``out`` (one copy more than the backward of
     :func:`torch.nn.functional.scaled_dot_product_attention`), or, where a
     channel is added, five widened copies ``[B, L, H, max(D, Dv) + 1]``.
+    With :obj:`recompute_output`, ``out`` is not stored: the backward
+    computes it again (one more forward kernel) and shifts that copy in
+    place. A caller that keeps no reference to ``out`` until the backward
+    (one that scales it out of place, say) then holds one ``[B, L, H,
+    Dv]`` table less while the backward runs.
     A second derivative (``create_graph=True``) replays the plain form
     above with
     :func:`~hsa_geo.functional.replayed_backward.replayed_backward`, which
@@ -133,6 +139,8 @@ def softmax_attention(q: Tensor, k: Tensor, v: Tensor, scale: float,
             (default: :obj:`None`)
         key_mask (torch.BoolTensor, optional): ``[B, L]``, :obj:`True` on
             the keys that rows attend to. (default: :obj:`None`: all)
+        recompute_output (bool): recompute ``out`` in the backward instead
+            of storing it. (default: :obj:`False`)
 
     Returns:
         ``(out, lse)``: ``[B, L, H, Dv]`` and ``[B, L, H]``.
@@ -148,8 +156,9 @@ def softmax_attention(q: Tensor, k: Tensor, v: Tensor, scale: float,
     scale = check_float(scale, 'scale')
     if key_mask is not None:
         _check_key_mask(key_mask, q)
+    check_bool(recompute_output, 'recompute_output')
     return _SoftmaxAttention.apply(q, k, v, scale, _use_fused(q, fused),
-                                   key_mask)
+                                   key_mask, recompute_output)
 
 
 def _check_inputs(q: Tensor, k: Tensor, v: Tensor):
@@ -197,17 +206,19 @@ def _use_fused(q: Tensor, fused: Optional[bool]) -> bool:
 
 class _SoftmaxAttention(torch.autograd.Function):
     r"""``(out, lse)`` of :func:`softmax_attention`, from ``q``, ``k``, ``v``
-    ``[B, L, H, *]``, the scale and the choice of path."""
+    ``[B, L, H, *]``, the scale, the choice of path, the key mask and
+    whether to recompute ``out`` in the backward."""
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, scale: float,
-                fused: bool, key_mask: Optional[Tensor]):
+                fused: bool, key_mask: Optional[Tensor], recompute: bool):
         # An unused output gets no gradient instead of a zero-filled one.
         ctx.set_materialize_grads(False)
         run = _fused_forward if fused else _chunked_forward
         out, lse = run(q, k, v, scale, key_mask)
         # (saved, so that a mask changed in place before the backward fails
         # autograd's version check instead of giving other gradients)
-        ctx.save_for_backward(q, k, v, out, lse, key_mask)
+        ctx.save_for_backward(q, k, v, None if recompute else out, lse,
+                              key_mask)
         ctx.scale, ctx.fused = scale, fused
         return out, lse
 
@@ -227,7 +238,7 @@ class _SoftmaxAttention(torch.autograd.Function):
         q, k, v, out, lse, key_mask = ctx.saved_tensors
         needs = ctx.needs_input_grad[:3]
         if (grad_out is None and grad_lse is None) or not any(needs):
-            return None, None, None, None, None, None
+            return (None, ) * 7
         if torch.is_grad_enabled():
             grads = replayed_backward(
                 partial(_SoftmaxAttention.plain, scale=ctx.scale,
@@ -238,10 +249,15 @@ class _SoftmaxAttention(torch.autograd.Function):
                 # A zero gradient of lse (a family whose rows' lse feeds
                 # only masses that underflow to 0) needs no shifted output.
                 grad_lse = None
-            run = _fused_backward if ctx.fused else _chunked_backward
-            grads = run(q, k, v, out, lse, grad_out, grad_lse, ctx.scale,
-                        needs, key_mask)
-        return (*grads, None, None, None)
+            own = out is None  # recomputed: this backward's own copy
+            if own:
+                forward = _fused_forward if ctx.fused else _chunked_forward
+                out = forward(q, k, v, ctx.scale, key_mask)[0]
+            args = (q, k, v, out, lse, grad_out, grad_lse, ctx.scale, needs,
+                    key_mask)
+            grads = _fused_backward(*args, own) if ctx.fused else \
+                _chunked_backward(*args)
+        return (*grads, None, None, None, None)
 
 
 def _heads_first(t: Tensor, width: int) -> Tensor:
@@ -279,11 +295,13 @@ def _fused_forward(q: Tensor, k: Tensor, v: Tensor, scale: float,
 def _fused_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor,
                     lse: Tensor, grad_out: Optional[Tensor],
                     grad_lse: Optional[Tensor], scale: float,
-                    needs: Sequence[bool], key_mask: Optional[Tensor]
-                    ) -> Tuple[Optional[Tensor], ...]:
+                    needs: Sequence[bool], key_mask: Optional[Tensor],
+                    own: bool = False) -> Tuple[Optional[Tensor], ...]:
+    r"""The kernel's backward; :obj:`own`: :obj:`out` is this backward's
+    own copy, shifted in place."""
     d = q.size(-1)
     if grad_out is not None and grad_lse is not None and d == v.size(-1):
-        shifted = _shifted_output(out, grad_out, grad_lse)
+        shifted = _shifted_output(out, grad_out, grad_lse, own)
         if shifted is not None:  # lse's gradient is folded into it
             out, grad_lse = shifted, None
     # Else one more channel carries it (see softmax_attention).
@@ -303,12 +321,13 @@ def _fused_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor,
                  for g, t, n in zip(grads, (q, k, v), needs))
 
 
-def _shifted_output(out: Tensor, grad_out: Tensor,
-                    grad_lse: Tensor) -> Optional[Tensor]:
+def _shifted_output(out: Tensor, grad_out: Tensor, grad_lse: Tensor,
+                    in_place: bool = False) -> Optional[Tensor]:
     r"""``out_a - grad_lse_a * grad_out_a / |grad_out_a|^2`` ``[B, L, H, Dv]``
-    (see :func:`softmax_attention`), or :obj:`None` where a row with a
-    gradient of ``lse`` has a ``grad_out`` whose squared norm is zero,
-    subnormal or infinite."""
+    (see :func:`softmax_attention`; into :obj:`out` itself with
+    :obj:`in_place`), or :obj:`None` where a row with a gradient of ``lse``
+    has a ``grad_out`` whose squared norm is zero, subnormal or
+    infinite."""
     # A norm reduces without the full-size product that vecdot makes.
     sq = torch.linalg.vector_norm(grad_out, dim=-1).square_()
     coef = torch.where(grad_lse == 0, 0.0, grad_lse / sq)
@@ -316,6 +335,8 @@ def _shifted_output(out: Tensor, grad_out: Tensor,
                                 & sq.isfinite())
     if not bool((usable & coef.isfinite()).all()):
         return None
+    if in_place:
+        return out.addcmul_(coef.unsqueeze(-1), grad_out, value=-1)
     return torch.addcmul(out, coef.unsqueeze(-1), grad_out, value=-1)
 
 

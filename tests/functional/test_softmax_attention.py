@@ -6,8 +6,8 @@ float64 against a plain einsum reference written here, for both outputs and
 the gradients of all three inputs under random upstream gradients of both
 outputs; on views of ``[F, W, H, D]`` tables (strided channels included),
 ``Dv != D``, one row, empty inputs, score tiles forced small, a key mask
-of padding; by ``gradcheck`` and ``gradgradcheck``; and in float32 against
-float64.
+of padding; with the output recomputed in the backward instead of stored;
+by ``gradcheck`` and ``gradgradcheck``; and in float32 against float64.
 """
 import doctest
 
@@ -267,6 +267,47 @@ def test_fused_not_applicable():
     assert out.dtype == lse.dtype == torch.float16
 
 
+@pytest.mark.parametrize('fused', PATHS)
+@pytest.mark.parametrize('masked', [False, True])
+def test_recomputed_output(fused, masked):
+    # Not stored for the backward, recomputed there and shifted in place:
+    # the same values, and a retained graph gives the same gradients twice.
+    q, k, v = make_qkv((2, 6, 2, 4), 4, seed=12)
+    mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2]) \
+        if masked else None
+    want = outputs_and_grads(lambda *a: reference(*a, 0.7, mask), q, k, v, 6)
+    for _ in range(2):
+        got = outputs_and_grads(lambda *a: softmax_attention(
+            *a, scale=0.7, fused=fused, key_mask=mask,
+            recompute_output=True), q, k, v, 6)
+        assert_close(got, want, EXACT)
+    out, lse = softmax_attention(q, k, v, 0.7, fused=fused, key_mask=mask,
+                                 recompute_output=True)
+    grads = [torch.randn_like(out), torch.randn_like(lse)]
+    loss = (out * grads[0]).sum() + (lse * grads[1]).sum()
+    first = torch.autograd.grad(loss, (q, k, v), retain_graph=True)
+    assert_close(torch.autograd.grad(loss, (q, k, v)), first, 0.0)
+    assert torch.autograd.gradcheck(lambda *a: softmax_attention(
+        *a, scale=0.7, fused=fused, key_mask=mask, recompute_output=True),
+        (q, k, v))
+    assert torch.autograd.gradgradcheck(lambda *a: softmax_attention(
+        *a, scale=0.7, fused=fused, key_mask=mask, recompute_output=True),
+        (q, k, v))
+
+
+@pytest.mark.parametrize('recompute', [False, True])
+def test_recomputed_output_is_not_stored(recompute):
+    q, k, v = make_qkv((2, 6, 2, 4), 5, seed=13)
+    saved = []
+
+    def pack(t):
+        saved.append(t.data_ptr())
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out, _ = softmax_attention(q, k, v, 0.5, recompute_output=recompute)
+    assert saved.count(out.data_ptr()) == 1 - recompute
+
+
 def test_argument_errors():
     q, k, v = make_qkv((2, 3, 2, 4), 5, seed=0)
     with pytest.raises(ValueError, match='4-D'):
@@ -285,6 +326,8 @@ def test_argument_errors():
         softmax_attention(q, k, v, float('inf'))
     with pytest.raises(TypeError, match='fused'):
         softmax_attention(q, k, v, 1.0, fused=1)
+    with pytest.raises(TypeError, match='recompute_output'):
+        softmax_attention(q, k, v, 1.0, recompute_output=None)
     with pytest.raises(TypeError, match="'key_mask' must be a bool"):
         softmax_attention(q, k, v, 1.0, key_mask=torch.ones(2, 3))
     with pytest.raises(ValueError, match=r"shape \[B, L\] = \(2, 3\)"):
