@@ -825,6 +825,38 @@ class _LogAddExp(torch.autograd.Function):
         return grad * torch.exp(a - out), grad * torch.exp(b - out)
 
 
+class _FamilyScale(torch.autograd.Function):
+    r"""``x * r`` for a family table ``x`` ``[F, W, H, D]`` and a factor per
+    family and head ``r`` ``[F, H]``. The gradient of ``r``, ``<grad, x>``
+    per family and head, is reduced row by row (one batched product)
+    instead of through autograd's full-size product ``grad * x``, which at
+    a wide family is the largest temporary of the backward."""
+    @staticmethod
+    def forward(ctx, x: Tensor, r: Tensor) -> Tensor:
+        ctx.save_for_backward(x, r)
+        return _FamilyScale.plain(x, r)
+
+    @staticmethod
+    def plain(x: Tensor, r: Tensor) -> Tensor:
+        r"""The forward in differentiable torch operations."""
+        return x * r[:, None, :, None]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # large kernels: all threads
+        x, r = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return replayed_backward(_FamilyScale.plain, (x, r),
+                                     ctx.needs_input_grad, (grad, ))
+        grad_x = grad_r = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _FamilyScale.plain(grad, r)
+        if ctx.needs_input_grad[1]:
+            d = x.size(-1)
+            dots = torch.bmm(grad.reshape(-1, 1, d), x.reshape(-1, d, 1))
+            grad_r = dots.view(x.shape[:3]).sum(dim=1)
+        return grad_x, grad_r
+
+
 def _dropout_keep(shape, p: float, like: Tensor) -> Tensor:
     return torch.empty(shape, device=like.device).bernoulli_(1.0 - p).bool()
 
@@ -1169,9 +1201,12 @@ def _streamed_family(tree: _Tree, b: FamilyBucket,
     ``g`` to ``neg``, so that ``logaddexp(lse, neg) = lse`` and their self
     mass is 0: the softmax already weighs ``v_a`` (docs/math.md, 6.6)."""
     with _cpu_threads(tree.threads, tree.q.device):  # one large kernel
+        # Below roots the contexts scale out (out of place), which then
+        # dies before the backward: recomputed there, not held.
         out, lse = softmax_attention(
             *(_to_slots(b, x) for x in (tree.q, tree.k, tree.v)),
-            tree.scale, key_mask=None if b.kind == 'leaf' else b.mask)
+            tree.scale, key_mask=None if b.kind == 'leaf' else b.mask,
+            recompute_output=not b.parents_are_roots)
     _from_slots(b, lse, off_lse_leaf)
     return out
 
@@ -1181,26 +1216,26 @@ def _family_scores(tree: _Tree, means: Dict[int, Tuple[Tensor, ...]],
                    pair_bias: Optional[Tensor]) -> _Scores:
     r"""The off-diagonal logits of every family and their logsumexp per
     row."""
-    q, k, neg = tree.q, tree.k, tree.neg
+    q, neg = tree.q, tree.neg
     num_leaves, heads = q.size(0), q.size(1)
     off_lse_leaf = q.new_full((num_leaves, heads), neg)
     off_lse_clus = q.new_full((tree.cluster_size.numel(), heads), neg)
     log_sizes = (q.new_zeros(num_leaves), tree.cluster_size.log())
     tables: List[Optional[Tensor]] = []
+    diagonals: List[Tuple[FamilyBucket, Tensor]] = []
     for i, (b, bias) in enumerate(zip(tree.layout.buckets, biases)):
         if b.width == 1 or b.sparse or i in tree.streamed:
             tables.append(None)  # no sibling, on the pair list, streamed
             continue
-        s = _bucket_scores(tree, i, means, bias, log_sizes)
+        s, diagonal = _bucket_scores(tree, i, means, bias, log_sizes)
         tables.append(s)
+        if b.kind != 'cluster':
+            diagonals.append((b, diagonal))
         rows = _from_slots(b, _RowLogSumExp.apply(s).permute(1, 2, 0),
                            off_lse_leaf)
         if rows is not None:
             _set_rows_(off_lse_clus, _cluster_rows(b), rows)
-    if tree.fused is not None:
-        g_leaf = tree.fused.diag.view(num_leaves, heads)  # s_ii
-    else:
-        g_leaf = torch.linalg.vecdot(q, k) * tree.scale
+    g_leaf = _leaf_diagonal(tree, diagonals)
     pairs = _sparse_scores(tree, means, pair_bias, off_lse_leaf,
                            off_lse_clus)
     streamed = _streamed_families(tree, off_lse_leaf, g_leaf)
@@ -1211,16 +1246,18 @@ def _family_scores(tree: _Tree, means: Dict[int, Tuple[Tensor, ...]],
 def _bucket_scores(tree: _Tree, i: int,
                    means: Dict[int, Tuple[Tensor, ...]],
                    bias: Optional[Tensor],
-                   log_sizes: Tuple[Tensor, Tensor]) -> Tensor:
+                   log_sizes: Tuple[Tensor, Tensor]) -> Tuple[Tensor, Tensor]:
     r"""``[H, F, W, W]`` the logits ``l_ab`` of bucket :obj:`i`'s table,
-    ``neg`` where masked, from the leaf and cluster log sizes."""
+    ``neg`` where masked, from the leaf and cluster log sizes, and the
+    scores ``s_aa`` ``[F, W, H]`` of its slots."""
     b = tree.layout.buckets[i]
     if tree.fused is not None and b is tree.fused.blocks:
-        s = tree.fused.scores
+        s, diagonal = tree.fused.scores, tree.fused.diag
     else:
         qc, kc = means[i][:2] if i in means else (None, None)
-        s = _HeadwiseScores.apply(_to_slots(b, tree.q, qc),
-                                  _to_slots(b, tree.k, kc), tree.scale)[0]
+        s, diagonal = _HeadwiseScores.apply(
+            _to_slots(b, tree.q, qc), _to_slots(b, tree.k, kc),
+            tree.scale)[:2]
     if b.kind != 'leaf':  # log|b| = 0 for leaves
         s = s + _node_slots(b, *log_sizes).unsqueeze(1)
     if bias is not None:
@@ -1230,7 +1267,26 @@ def _bucket_scores(tree: _Tree, i: int,
     # its weight exp(neg - lse) underflows to 0 in both directions.
     with torch.no_grad():
         s.masked_fill_(_invalid(b), tree.neg)
-    return s
+    return s, diagonal
+
+
+def _leaf_diagonal(tree: _Tree,
+                   diagonals: List[Tuple[FamilyBucket, Tensor]]) -> Tensor:
+    r"""``g_i = s_ii`` ``[N, H]``, from the diagonals of the tables with
+    leaves where those hold every leaf outside the streamed families (whose
+    ``g`` :func:`_streamed_families` sets): one ``<q_i, k_i>`` over all
+    leaves would cost two more ``[N, H, D]`` tensors at once in its
+    backward. Else that product."""
+    q = tree.q
+    if tree.fused is not None:
+        return tree.fused.diag.view(q.shape[:2])
+    held = sum(_leaf_count(b) for b, _ in diagonals)
+    if held + _streamed_leaves(tree) < q.size(0):
+        return torch.linalg.vecdot(q, tree.k) * tree.scale
+    g = q.new_empty(q.shape[:2])
+    for b, diagonal in diagonals:
+        _from_slots(b, diagonal, g)
+    return g
 
 
 def _streamed_families(tree: _Tree, off_lse_leaf: Tensor,
@@ -1416,7 +1472,7 @@ def _streamed_context(passes: _Passes, i: int,
     if not b.parents_are_roots:
         r = _rows(passes.masses.log_r_clus, b.parent_cluster,
                   b.parent_range).exp()
-        out = out * r[:, None, :, None]
+        out = _FamilyScale.apply(out, r)
         if parent_context is not None:  # into the fresh product: one
             return out.add_(parent_context.unsqueeze(1))  # [N, H, D] less
     return out if parent_context is None else \
@@ -1505,9 +1561,13 @@ def _downward_contexts(passes: _Passes) -> Tensor:
 
 def _streamed_leaves(tree: _Tree) -> int:
     r"""The number of leaves in streamed families (each in one family)."""
-    buckets = tree.layout.buckets
-    return sum(buckets[i].children.numel() if buckets[i].kind == 'leaf'
-               else buckets[i].leaf_slot.numel() for i in tree.streamed)
+    return sum(_leaf_count(tree.layout.buckets[i]) for i in tree.streamed)
+
+
+def _leaf_count(bucket: FamilyBucket) -> int:
+    r"""The number of leaves among a bucket's children."""
+    return bucket.children.numel() if bucket.kind == 'leaf' else \
+        bucket.leaf_slot.numel()
 
 
 def _upper_contexts(passes: _Passes

@@ -1220,6 +1220,65 @@ def test_document_of_streamed_paragraphs_matches_dense_without_waste():
     assert spy.seen == []
 
 
+class _FullSizeProducts(TorchDispatchMode):
+    r"""Records the products ``mul`` of two tensors of one shape
+    :obj:`shape` (an ``[N, H, D]`` product or a full-size family table's):
+    each is a full-size temporary, forward or backward."""
+    def __init__(self, shape):
+        super().__init__()
+        self.shape, self.seen = tuple(shape), 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.__name__.split('.')[0] == 'mul' and all(
+                isinstance(a, Tensor) and tuple(a.shape) == self.shape
+                for a in args[:2]):
+            self.seen += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_streamed_paragraph_masses_take_no_full_size_product():
+    """The paragraphs' softmax attention is scaled by their masses r_F <
+    1; the gradient of r_F reduces <grad, out> without the full-size
+    product grad * out. The result and its derivatives are exact."""
+    parent, num_leaves = DOCUMENT
+    h = Hierarchy.from_parent(parent, num_leaves)
+    with unittest.mock.patch('hsa_geo.data.hierarchy.SPARSE_PAIR_LIMIT', 16):
+        assert not h.layout.buckets[1].sparse  # (the layout is kept)
+    q, k, v = (t.requires_grad_()
+               for t in seeded_qkv(num_leaves, 2, 3, 5, dv=3))
+    spy = _FullSizeProducts((3, 8, 2, 3))  # paragraphs padded to 8 slots
+    with unittest.mock.patch(
+            'hsa_geo.functional.dynamic_program.STREAMED_WIDTH', 2):
+        _dense_check_under(spy, h, q, k, v)
+    assert spy.seen == 0
+
+
+# A root over paragraphs of 3 and 5 words (each family in a table), and
+# the same with a paragraph of 1 word (a single child): g_i = <q_i, k_i>
+# comes from the tables' diagonals where they hold every leaf.
+WORDS = {False: ([8] * 3 + [9] * 5 + [10, 10, -1], 8),
+         True: ([9] * 3 + [10] * 5 + [11, 12, 12, 12, -1], 9)}
+
+
+@pytest.mark.parametrize('single', [False, True],
+                         ids=['tables', 'single_child'])
+def test_leaf_diagonal_from_the_tables(single):
+    parent, num_leaves = WORDS[single]
+    h = Hierarchy.from_parent(parent, num_leaves)
+    q, k, v = (t.requires_grad_()
+               for t in seeded_qkv(num_leaves, 2, 3, 6, dv=4))
+    spy = _FullSizeProducts(q.shape)
+    with unittest.mock.patch('hsa_geo.data.hierarchy.SPARSE_PAIR_LIMIT', 0):
+        assert h.layout.leaf_blocks is None
+        assert not any(b.sparse for b in h.layout.buckets)
+        _dense_check_under(spy, h, q, k, v)
+        assert torch.autograd.gradgradcheck(
+            lambda q, k, v: hierarchical_attention(q, k, v, h), (q, k, v))
+    # The product over all leaves, forward and backward (two), only where
+    # a leaf is outside every table.
+    assert spy.seen == 3 * single
+
+
 class _SliceBackwards(TorchDispatchMode):
     r"""Records slices' backwards: each is a whole table of zeros around
     the slice's gradient."""
