@@ -11,10 +11,10 @@ input that the balanced trees of ``bench_attention.py`` do not cover:
   one root) of N = 16,384 leaves against
   :func:`torch.nn.functional.scaled_dot_product_attention` on the same
   ``q, k, v`` as ``[1, 4, N, 64]`` (targets: HSA forward+backward at most
-  1.5x SDPA's time, peak memory at most SDPA's); the same at N = 65,536,
-  where HSA has to run at all; and a *paragraph* tree: a document root over
-  paragraphs of 20,000, 500, 500 and 500 words (leaves), against SDPA over
-  all 21,500 leaves. Besides, documents of about 20,000 words in paragraphs
+  1.5x SDPA's time, memory at its peak at most SDPA's); the same at
+  N = 65,536, where HSA has to run at all; and a *paragraph* tree: a
+  document root over paragraphs of 20,000, 500, 500 and 500 words
+  (leaves), against SDPA over all 21,500 leaves. Besides, documents of about 20,000 words in paragraphs
   of 31, 127 and 500 words, against SDPA inside each paragraph (batched
   ``[P, 4, W, 64]``: the attention within paragraphs alone, a lower bound
   with nothing above the paragraphs); reported, no target.
@@ -46,7 +46,16 @@ untimed forward+backward counts the *live tensor peak*: the most bytes of
 tensor storage it creates and holds at once, counted at every operation
 (:func:`bench_attention.live_tensor_peak_mib`), which the allocator's
 caching and fragmentation do not blur, but which misses what a kernel
-allocates inside itself: a column beside the peak, not a target. Each
+allocates inside itself: a column beside the peak, not a target. The
+wide rows with a target against SDPA also get a *call peak*, the memory
+target: in one more fresh worker, whose glibc maps every block of 64 KiB
+and more on its own (``MALLOC_MMAP_THRESHOLD_``, so that a freed tensor
+leaves the resident set at once), one forward+backward settles caches, and
+the next one's resident set peak over its resident set at its start is
+what the call itself holds at its peak, kernels' internal buffers
+included; unlike the peak above, neither the one-off memory of a first
+call (code pages, caches) nor the blocks the allocator happens to retain
+count, so it does not vary from run to run. Each
 phase is reported as soon as it is measured, so a backward that fails or
 runs out of time keeps its forward. A worker's address space is capped at
 ``--memory-cap-gib`` above its size after the imports: a shape too large
@@ -322,6 +331,11 @@ def run_case(spec: Dict[str, Any], args: argparse.Namespace,
         meter = ba.MemoryMeter(torch.device(args.device))
         case = build(spec, args.device)
         row.update(case.info, memory_method=meter.method)
+        if spec.get('call_peak'):
+            phase = 'fwdbwd_call'
+            row['fwdbwd_call_mib'] = call_peak_mib(case)
+            row['status'] = 'ok'
+            return row
 
         def forward():
             with torch.no_grad():
@@ -353,6 +367,33 @@ def run_case(spec: Dict[str, Any], args: argparse.Namespace,
     return row
 
 
+# glibc maps every block of this size and more on its own (and unmaps it
+# when freed) in the workers that measure the call peak.
+CALL_PEAK_MMAP_THRESHOLD = 64 * 1024
+
+
+def call_peak_mib(case: ba.Case) -> Optional[float]:
+    r"""The resident set's growth during one untimed forward+backward over
+    the resident set at its start, after one call that settles caches (in
+    a worker whose glibc maps every block of
+    :data:`CALL_PEAK_MMAP_THRESHOLD` and more on its own, so that a freed
+    tensor leaves the resident set at once): what the call itself holds at
+    its peak, the buffers kernels allocate inside themselves included, and
+    neither the one-off memory of the first call (code pages, caches) nor
+    the allocator's retained blocks. :obj:`None` without ``clear_refs``."""
+    def clear():  # (before the start is taken: the gradients are fresh)
+        for t in case.grad_leaves:
+            t.grad = None
+
+    case.forward().sum().backward()
+    clear()
+    if not ba.reset_peak_rss():
+        return None
+    start = ba.current_rss_bytes()
+    case.forward().sum().backward()
+    return max(0.0, ba.peak_rss_bytes() - start) / ba.MIB
+
+
 def worker_main(args: argparse.Namespace) -> int:
     spec = json.loads(args.spec)
     cap_address_space(args.memory_cap_gib)
@@ -377,9 +418,12 @@ def run_spec(spec: Dict[str, Any], args: argparse.Namespace) -> Dict:
            str(args.max_repeats), '--long-run', str(args.long_run),
            '--seed', str(args.seed), '--memory-cap-gib',
            str(args.memory_cap_gib)]
+    env = dict(os.environ)
+    if spec.get('call_peak'):
+        env['MALLOC_MMAP_THRESHOLD_'] = str(CALL_PEAK_MMAP_THRESHOLD)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True,
-                              timeout=args.timeout)
+                              timeout=args.timeout, env=env)
     except subprocess.TimeoutExpired as e:
         row = ba.read_result(e.stdout) or dict(spec)
         phase = 'fwdbwd' if 'fwd_ms' in row else 'fwd'
@@ -409,9 +453,13 @@ def run_wide(args: argparse.Namespace, on_row: Callable) -> None:
     for tree, sizes, target in (QUICK_WIDE if args.quick else WIDE):
         extra = {'sizes': sizes} if tree == 'paragraph' else {}
         for method in ('hsa', 'sdpa'):
-            on_row(run_spec(spec_of('wide', method, tree, sum(sizes),
-                                    args.threads, target=target, **extra),
-                            args))
+            spec = spec_of('wide', method, tree, sum(sizes), args.threads,
+                           target=target, **extra)
+            row = run_spec(spec, args)
+            if target == 'vs_sdpa' and row['status'] == 'ok':
+                peak = run_spec(dict(spec, call_peak=True), args)
+                row['fwdbwd_call_mib'] = peak.get('fwdbwd_call_mib')
+            on_row(row)
 
 
 def run_deep(args: argparse.Namespace, on_row: Callable) -> None:
@@ -503,9 +551,9 @@ def wide_targets(rows: List[Dict]) -> List[Dict]:
         elif sdpa is None or sdpa['status'] != 'ok':
             missing, why = 'n/a', f'SDPA {failure(sdpa)}'
         else:  # a peak of zero: nothing above the baseline's resolution
-            missing, why = 'n/a', 'SDPA peak not above its baseline'
+            missing, why = 'n/a', 'SDPA call peak not measured or zero'
         for key, limit, what in (('fwdbwd_ms', TARGET_WIDE_TIME, 'time'),
-                                 ('fwdbwd_peak_mib', TARGET_WIDE_PEAK,
+                                 ('fwdbwd_call_mib', TARGET_WIDE_PEAK,
                                   'peak memory')):
             measured = ratio(value(hsa, key), value(sdpa, key))
             out.append(target('wide', f'{name} {what}', f'{name}: HSA '
@@ -615,8 +663,9 @@ def marks(targets: List[Dict], prefix: str) -> str:
 def wide_table(rows: List[Dict], targets: List[Dict],
                markdown: bool) -> str:
     head = ['shape', 'N', 'widest family', 'HSA fwd ms', 'HSA fwd+bwd ms',
-            'HSA peak MiB', 'HSA live MiB', 'SDPA fwd ms', 'SDPA fwd+bwd ms',
-            'SDPA peak MiB', 'SDPA live MiB', 'time HSA/SDPA',
+            'HSA call MiB', 'HSA peak MiB', 'HSA live MiB', 'SDPA fwd ms',
+            'SDPA fwd+bwd ms', 'SDPA call MiB', 'SDPA peak MiB',
+            'SDPA live MiB', 'time HSA/SDPA', 'call HSA/SDPA',
             'peak HSA/SDPA', 'live HSA/SDPA', 'targets']
     body = []
     for hsa in (r for r in rows if r['case'] == 'wide'
@@ -626,12 +675,12 @@ def wide_table(rows: List[Dict], targets: List[Dict],
         shape = wide_shape(hsa)
         body.append([
             shape, f"{hsa['n']:,}", str(max(hsa.get('sizes', [hsa['n']]))),
-            cell(hsa, 'fwd_ms'), cell(hsa, 'fwdbwd_ms'),
-            cell(hsa, 'fwdbwd_peak_mib'), cell(hsa, 'fwdbwd_live_mib'),
-            cell(sdpa, 'fwd_ms'), cell(sdpa, 'fwdbwd_ms'),
-            cell(sdpa, 'fwdbwd_peak_mib'), cell(sdpa, 'fwdbwd_live_mib'),
+            *(cell(row, key) for row in (hsa, sdpa) for key in (
+                'fwd_ms', 'fwdbwd_ms', 'fwdbwd_call_mib', 'fwdbwd_peak_mib',
+                'fwdbwd_live_mib')),
             *(times(ratio(value(hsa, key), value(sdpa, key))) for key in
-              ('fwdbwd_ms', 'fwdbwd_peak_mib', 'fwdbwd_live_mib')),
+              ('fwdbwd_ms', 'fwdbwd_call_mib', 'fwdbwd_peak_mib',
+               'fwdbwd_live_mib')),
             marks(targets, f"{hsa['tree']} N={hsa['n']} ")])
     return ba.grid(head, body, markdown)
 
@@ -783,6 +832,12 @@ def config_of(args: argparse.Namespace) -> Dict[str, Any]:
                        'that one untimed forward+backward creates and holds '
                        'at once (its gradients included, inputs excluded), '
                        'counted at every dispatched operation',
+        'call_memory': 'fwdbwd_call_mib (the peak memory target): in a '
+                       'fresh worker with MALLOC_MMAP_THRESHOLD_='
+                       f'{CALL_PEAK_MMAP_THRESHOLD}, after one settling '
+                       'call, the resident set peak of one '
+                       'forward+backward over the resident set at its '
+                       'start',
     }
 
 

@@ -57,6 +57,18 @@ def test_worker_timeout_becomes_a_row():
     assert 'timeout' in row['error']
 
 
+def test_call_peak_counts_what_the_call_holds():
+    # In a fresh worker: one forward+backward holds at least the gradients
+    # of q, k and v (fresh blocks, each mapped on its own).
+    args = bench.parse_args([])
+    n = 2048
+    spec = bench.spec_of('wide', 'hsa', 'flat', n, 1, target='vs_sdpa',
+                         call_peak=True)
+    row = bench.run_spec(spec, args)
+    assert row['status'] == 'ok', row.get('error')
+    assert row['fwdbwd_call_mib'] >= 3 * n * 4 * 64 * 4 / 2**20
+
+
 def test_quick_run(tmp_path):
     out, md = tmp_path / 'shapes.json', tmp_path / 'shapes.md'
     # One thread: on a busy 2-core machine two-thread rows can take seconds.
@@ -85,6 +97,8 @@ def test_quick_run(tmp_path):
             grads = 3 * row['n'] * 4 * 64 * 4 / 2**20
             assert row['fwdbwd_live_mib'] >= grads
         assert row['output_finite']
+        if row['case'] == 'wide' and row['target'] == 'vs_sdpa':
+            assert row['fwdbwd_call_mib'] >= 0
     assert {t['status'] for t in payload['targets']} <= {
         'met', 'not met', 'n/a'}
     assert {t['case'] for t in payload['targets']} == set(bench.CASES)
