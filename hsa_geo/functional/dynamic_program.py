@@ -1472,7 +1472,10 @@ def _streamed_context(passes: _Passes, i: int,
     if not b.parents_are_roots:
         r = _rows(passes.masses.log_r_clus, b.parent_cluster,
                   b.parent_range).exp()
-        out = _FamilyScale.apply(out, r)
+        if torch.is_grad_enabled() and (out.requires_grad or r.requires_grad):
+            out = _FamilyScale.apply(out, r)
+        else:  # the kernel's fresh output, which nothing else reads
+            out = out.mul_(r[:, None, :, None])
         if parent_context is not None:  # into the fresh product: one
             return out.add_(parent_context.unsqueeze(1))  # [N, H, D] less
     return out if parent_context is None else \

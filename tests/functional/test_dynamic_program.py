@@ -1250,7 +1250,28 @@ def test_streamed_paragraph_masses_take_no_full_size_product():
     with unittest.mock.patch(
             'hsa_geo.functional.dynamic_program.STREAMED_WIDTH', 2):
         _dense_check_under(spy, h, q, k, v)
-    assert spy.seen == 0
+        assert spy.seen == 0
+        # Without gradients the output is scaled in place: no second table.
+        scaled = _TableProducts((3, 8, 2, 3))
+        with torch.no_grad(), scaled:
+            out = hierarchical_attention(q, k, v, h)
+    assert max_err(out, dense_output(q, k, v, h)) <= EXACT
+    assert scaled.seen == ['mul_']
+
+
+class _TableProducts(TorchDispatchMode):
+    r"""Records the products ``mul`` and ``mul_`` whose output has the
+    shape :obj:`shape`."""
+    def __init__(self, shape):
+        super().__init__()
+        self.shape, self.seen = tuple(shape), []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func.__name__.split('.')[0]
+        if name in ('mul', 'mul_') and tuple(out.shape) == self.shape:
+            self.seen.append(name)
+        return out
 
 
 # A root over paragraphs of 3 and 5 words (each family in a table), and
