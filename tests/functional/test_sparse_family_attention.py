@@ -18,7 +18,7 @@ from hsa_geo import Hierarchy, hierarchical_attention, \
     hierarchical_attention_matrix
 from hsa_geo.functional.sparse_family_attention import scatter_logsumexp
 from tests.helpers.attention import dense_output, seeded_qkv
-from tests.helpers.strategies import forests
+from tests.helpers.strategies import fewer, forests
 
 SEEDS = st.integers(0, 2**31 - 1)
 LAYOUTS = ['tables', 'pairs']
@@ -88,6 +88,7 @@ def test_both_layouts_match_dense(name, f, heads, width, seed, graph,
 
 
 @pytest.mark.parametrize('name', LAYOUTS)
+@fewer(4)  # second derivatives: the slowest check of the suite
 @given(f=forests(max_leaves=7), seed=SEEDS, graph=st.booleans())
 def test_gradcheck_both_layouts(name, f, seed, graph):
     with layout(name):
