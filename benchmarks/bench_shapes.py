@@ -14,8 +14,9 @@ input that the balanced trees of ``bench_attention.py`` do not cover:
   1.5x SDPA's time, memory at its peak at most SDPA's); the same at
   N = 65,536, where HSA has to run at all; and a *paragraph* tree: a
   document root over paragraphs of 20,000, 500, 500 and 500 words
-  (leaves), against SDPA over all 21,500 leaves. Besides, documents of about 20,000 words in paragraphs
-  of 31, 127 and 500 words, against SDPA inside each paragraph (batched
+  (leaves), against SDPA over all 21,500 leaves. Besides, documents of
+  about 20,000 words in paragraphs of 31, 127 and 500 words, against SDPA
+  inside each paragraph (batched
   ``[P, 4, W, 64]``: the attention within paragraphs alone, a lower bound
   with nothing above the paragraphs); reported, no target.
 * ``--case deep``: 8,000 leaves as (a) a caterpillar (every internal node
