@@ -60,13 +60,23 @@ READY_PER_BATCH_S, READY_S = 0.15, 1.0
 
 
 def count_tensors(batch: Any) -> int:
-    r"""The tensors a batch sends: its stores' and its slice and increment
-    tables'."""
+    r"""The tensors a batch sends to the main process: those its pickle
+    holds (its stores' and its slice and increment tables'), each once."""
+    import io
+    import pickle
+
     import torch
-    values = [v for store in batch.stores for v in store.values()]
-    for table in (batch._slice_dict, batch._inc_dict):
-        values.extend(table.values())
-    return sum(isinstance(v, torch.Tensor) for v in values)
+    seen = set()
+
+    class Counter(pickle.Pickler):
+        def persistent_id(self, obj):
+            if isinstance(obj, torch.Tensor):
+                seen.add(id(obj))
+                return len(seen)  # (stands in for the tensor)
+            return None
+
+    Counter(io.BytesIO()).dump(batch)
+    return len(seen)
 
 
 def one_round(items: List[Any], batch_size: int, batches: int,
