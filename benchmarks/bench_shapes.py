@@ -344,15 +344,10 @@ def run_case(spec: Dict[str, Any], args: argparse.Namespace,
             if 'output_finite' not in row:  # checked on the warm-up call
                 row['output_finite'] = bool(torch.isfinite(out).all())
 
-        def forward_backward():
-            for t in case.grad_leaves:
-                t.grad = None
-            case.forward().sum().backward()
-
         sync = ba.synchronize(args.device)
         calls = [('fwd', forward)]
         if not spec['forward_only']:
-            calls.append(('fwdbwd', forward_backward))
+            calls.append(('fwdbwd', lambda: forward_backward(case)))
         for phase, call in calls:
             meter.start_phase()
             measured = ba.measure(call, sync, **timing)
@@ -361,11 +356,23 @@ def run_case(spec: Dict[str, Any], args: argparse.Namespace,
         if not spec['forward_only']:  # one more call, untimed
             phase = 'fwdbwd_live'
             row['fwdbwd_live_mib'] = ba.live_tensor_peak_mib(
-                forward_backward)
+                lambda: forward_backward(case))
         row['status'] = 'ok'
     except Exception as e:  # out of memory and refusals included
         row['error'] = f'{phase}: {type(e).__name__}: {e}'[:2000]
     return row
+
+
+def clear_grads(case: ba.Case):
+    for t in case.grad_leaves:
+        t.grad = None
+
+
+def forward_backward(case: ba.Case):
+    r"""One forward+backward of :obj:`case` (loss ``out.sum()``) on fresh
+    gradients."""
+    clear_grads(case)
+    case.forward().sum().backward()
 
 
 # glibc maps every block of this size and more on its own (and unmaps it
@@ -382,16 +389,12 @@ def call_peak_mib(case: ba.Case) -> Optional[float]:
     its peak, the buffers kernels allocate inside themselves included, and
     neither the one-off memory of the first call (code pages, caches) nor
     the allocator's retained blocks. :obj:`None` without ``clear_refs``."""
-    def clear():  # (before the start is taken: the gradients are fresh)
-        for t in case.grad_leaves:
-            t.grad = None
-
-    case.forward().sum().backward()
-    clear()
+    forward_backward(case)
+    clear_grads(case)  # before the start is taken: the gradients are fresh
     if not ba.reset_peak_rss():
         return None
     start = ba.current_rss_bytes()
-    case.forward().sum().backward()
+    forward_backward(case)
     return max(0.0, ba.peak_rss_bytes() - start) / ba.MIB
 
 
