@@ -346,7 +346,11 @@ class _HeadwiseScores(torch.autograd.Function):
     ``s[h, f, a, b] = alpha * <x[f, a, h], y[f, b, h]>`` (``[H, F, W, W]``),
     ``diag[f, a, h] = s[h, f, a, a]`` (``[F, W, H]``) and the sums of ``x``
     and ``y`` over each family (``[F, H, D]``), from two ``[F, W, H, D]``
-    family tables.
+    family tables. With a finite "minus infinity" :obj:`neg`, the
+    diagonal of ``s`` is set to it and the off-diagonal row logsumexp
+    ``[H, F, W]`` is a fifth output: its gradient then joins the scores'
+    own chunk by chunk in the backward, instead of as a second full-size
+    gradient of ``s`` that autograd adds to the first.
 
     One batched product per head and chunk of families. Heads are staged
     through reused buffers (CPU ``bmm`` clones every matrix of a strided
@@ -354,11 +358,12 @@ class _HeadwiseScores(torch.autograd.Function):
     tensor: generic autograd of per-head views would zero-fill a full-size
     gradient per head and allocate one more per term."""
     @staticmethod
-    def forward(ctx, x: Tensor, y: Tensor, alpha: float):
-        ctx.save_for_backward(x, y)
+    def forward(ctx, x: Tensor, y: Tensor, alpha: float,
+                neg: Optional[float] = None):
         ctx.alpha = alpha
-        heads = x.size(2)
-        out = x.new_empty(heads, x.size(0), x.size(1), y.size(1))
+        heads, width = x.size(2), y.size(1)
+        out = x.new_empty(heads, x.size(0), x.size(1), width)
+        lse = None if neg is None else out.new_empty(out.shape[:-1])
         diag = x.new_empty(x.shape[:3])
         x_sum = x.new_empty(x.size(0), heads, x.size(3))
         y_sum = y.new_empty(y.size(0), heads, y.size(3))
@@ -368,51 +373,77 @@ class _HeadwiseScores(torch.autograd.Function):
             for i in range(heads):
                 cx = _head(x[lo:hi], i, bx)
                 cy = _head(y[lo:hi], i, by)
-                torch.bmm(cx, cy.transpose(1, 2), out=out[i, lo:hi])
+                s = out[i, lo:hi]
+                torch.bmm(cx, cy.transpose(1, 2), out=s).mul_(alpha)
                 diag[lo:hi, :, i] = torch.linalg.vecdot(cx, cy)
                 torch.sum(cx, dim=1, out=x_sum[lo:hi, i])
                 torch.sum(cy, dim=1, out=y_sum[lo:hi, i])
-        return out.mul_(alpha), diag.mul_(alpha), x_sum, y_sum
+                if lse is not None:
+                    s.diagonal(dim1=1, dim2=2).fill_(neg)
+                    torch.logsumexp(s, dim=-1, out=lse[i, lo:hi])
+        ctx.save_for_backward(x, y, out if lse is not None else None, lse)
+        ctx.neg = neg
+        outs = (out, diag.mul_(alpha), x_sum, y_sum)
+        return outs if lse is None else outs + (lse, )
 
     @staticmethod
-    def plain(x: Tensor, y: Tensor, alpha: float):
+    def plain(x: Tensor, y: Tensor, alpha: float,
+              neg: Optional[float] = None):
         r"""The forward in differentiable torch operations."""
-        return (torch.einsum('fahd,fbhd->hfab', x, y) * alpha,
-                (x * y).sum(-1) * alpha, x.sum(1), y.sum(1))
+        s = torch.einsum('fahd,fbhd->hfab', x, y) * alpha
+        outs = (s, (x * y).sum(-1) * alpha, x.sum(1), y.sum(1))
+        if neg is None:
+            return outs
+        eye = torch.eye(s.size(-1), dtype=torch.bool, device=s.device)
+        s = s.masked_fill(eye, neg)
+        return (s, ) + outs[1:] + (torch.logsumexp(s, dim=-1), )
 
     @staticmethod
     @_serial
     def backward(ctx, grad: Tensor, grad_diag: Tensor, grad_x_sum: Tensor,
-                 grad_y_sum: Tensor):
-        x, y = ctx.saved_tensors
+                 grad_y_sum: Tensor, grad_lse: Optional[Tensor] = None):
+        x, y, s, lse = ctx.saved_tensors
         alpha = ctx.alpha
         if torch.is_grad_enabled():
             return replayed_backward(
-                _HeadwiseScores.plain, (x, y, alpha), ctx.needs_input_grad,
-                (grad, grad_diag, grad_x_sum, grad_y_sum))
+                _HeadwiseScores.plain, (x, y, alpha, ctx.neg),
+                ctx.needs_input_grad,
+                (grad, grad_diag, grad_x_sum, grad_y_sum, grad_lse))
         gx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
         gy = torch.empty_like(y) if ctx.needs_input_grad[1] else None
         chunks = _chunks(x)
         bx, by, bo = _head_buffers(x, chunks, 3)
+        bs = None if lse is None else _weight_buffer(grad, chunks)
         for lo, hi in chunks:
             for i in range(x.size(2)):
                 cx = _head(x[lo:hi], i, bx)
                 cy = _head(y[lo:hi], i, by)
                 out = bo[:hi - lo]
                 gd = grad_diag[lo:hi, :, i].unsqueeze(-1)
+                gs = grad[i, lo:hi] if lse is None else _with_row_lse(
+                    grad, s, lse, grad_lse, i, lo, hi, bs)
                 # alpha * (G Y + diag(g) Y) + broadcast of the family-sum
                 # gradient.
                 if gx is not None:
-                    torch.bmm(grad[i, lo:hi], cy, out=out)
+                    torch.bmm(gs, cy, out=out)
                     out.addcmul_(gd, cy)
                     gx[lo:hi, :, i] = out.mul_(alpha).add_(
                         grad_x_sum[lo:hi, i].unsqueeze(1))
                 if gy is not None:
-                    torch.bmm(grad[i, lo:hi].transpose(1, 2), cx, out=out)
+                    torch.bmm(gs.transpose(1, 2), cx, out=out)
                     out.addcmul_(gd, cx)
                     gy[lo:hi, :, i] = out.mul_(alpha).add_(
                         grad_y_sum[lo:hi, i].unsqueeze(1))
-        return gx, gy, None
+        return gx, gy, None, None
+
+
+def _with_row_lse(grad: Tensor, s: Tensor, lse: Tensor, grad_lse: Tensor,
+                  i: int, lo: int, hi: int, buf: Tensor) -> Tensor:
+    r"""Head :obj:`i` of families ``lo:hi`` of the scores' gradient with
+    their row logsumexp's added, ``grad + exp(s - lse) grad_lse``, in
+    :obj:`buf` (the masked diagonal's term underflows to 0)."""
+    return _weights(s, lse.unsqueeze(-1), None, i, lo, hi, buf).mul_(
+        grad_lse[i, lo:hi].unsqueeze(-1)).add_(grad[i, lo:hi])
 
 
 class _RowLogSumExp(torch.autograd.Function):
@@ -981,7 +1012,8 @@ def hierarchical_attention(
 
     threads = torch.get_num_threads()
     with _cpu_threads(1, q.device):  # see _serial
-        tree = _prepare(q, k, v, layout, scale, streamed, threads)
+        tree = _prepare(q, k, v, layout, scale, streamed, threads,
+                        pair_bias is not None)
         means = _upward_means(tree)
         scores = _family_scores(
             tree, means,
@@ -1031,12 +1063,15 @@ class _FusedLeaves(NamedTuple):
     :obj:`blocks`, ``v`` as its ``[F, W, H, D]`` table), their scores
     ``[H, F, W, W]``, the diagonal ``s_ii`` ``[F, W, H]`` and the family
     sums of ``q``, ``k``, ``v`` ``[F, H, D]``: computed once, in one step
-    whose backward writes each input gradient once."""
+    whose backward writes each input gradient once. Without a pair bias
+    or a family graph that step also masks the diagonal and gives the
+    off-diagonal row logsumexp ``[H, F, W]`` (else :obj:`None`)."""
     blocks: FamilyBucket
     v_table: Tensor
     scores: Tensor
     diag: Tensor
     sums: Tuple[Tensor, Tensor, Tensor]
+    row_lse: Optional[Tensor]
 
 
 class _Scores(NamedTuple):
@@ -1082,7 +1117,7 @@ class _Passes(NamedTuple):
 
 def _prepare(q: Tensor, k: Tensor, v: Tensor, layout: HierarchyLayout,
              scale: Optional[float], streamed: FrozenSet[int],
-             threads: int) -> _Tree:
+             threads: int, biased: bool) -> _Tree:
     if scale is None:
         scale = 1.0 / math.sqrt(q.size(-1))
     # A finite "minus infinity": rows without off-diagonal entries stay
@@ -1092,9 +1127,14 @@ def _prepare(q: Tensor, k: Tensor, v: Tensor, layout: HierarchyLayout,
     if blocks is not None and blocks.width > 1 and \
             not any(layout.buckets[i] is blocks for i in streamed):
         qv, kv, vv = (_to_slots(blocks, x) for x in (q, k, v))
-        s, diag, q_sum, k_sum = _HeadwiseScores.apply(qv, kv, scale)
-        fused = _FusedLeaves(blocks, vv, s, diag, (q_sum, k_sum,
-                                                   vv.sum(dim=1)))
+        # Only the diagonal masked (no family graph), nothing added to the
+        # scores (no bias): their row logsumexp in the same step.
+        plain = blocks.allowed is None and not biased
+        s, diag, q_sum, k_sum, *lse = _HeadwiseScores.apply(
+            qv, kv, scale, neg if plain else None)
+        fused = _FusedLeaves(blocks, vv, s, diag,
+                             (q_sum, k_sum, vv.sum(dim=1)),
+                             lse[0] if lse else None)
     size = layout.leaf_count[q.size(0):].to(q.dtype)
     return _Tree(q, k, v, scale, neg, layout, size, fused, streamed,
                  threads, pair_pattern(layout.sparse, q.size(1)))
@@ -1227,12 +1267,11 @@ def _family_scores(tree: _Tree, means: Dict[int, Tuple[Tensor, ...]],
         if b.width == 1 or b.sparse or i in tree.streamed:
             tables.append(None)  # no sibling, on the pair list, streamed
             continue
-        s, diagonal = _bucket_scores(tree, i, means, bias, log_sizes)
+        s, diagonal, lse = _bucket_scores(tree, i, means, bias, log_sizes)
         tables.append(s)
         if b.kind != 'cluster':
             diagonals.append((b, diagonal))
-        rows = _from_slots(b, _RowLogSumExp.apply(s).permute(1, 2, 0),
-                           off_lse_leaf)
+        rows = _from_slots(b, lse.permute(1, 2, 0), off_lse_leaf)
         if rows is not None:
             _set_rows_(off_lse_clus, _cluster_rows(b), rows)
     g_leaf = _leaf_diagonal(tree, diagonals)
@@ -1246,13 +1285,18 @@ def _family_scores(tree: _Tree, means: Dict[int, Tuple[Tensor, ...]],
 def _bucket_scores(tree: _Tree, i: int,
                    means: Dict[int, Tuple[Tensor, ...]],
                    bias: Optional[Tensor],
-                   log_sizes: Tuple[Tensor, Tensor]) -> Tuple[Tensor, Tensor]:
+                   log_sizes: Tuple[Tensor, Tensor]
+                   ) -> Tuple[Tensor, Tensor, Tensor]:
     r"""``[H, F, W, W]`` the logits ``l_ab`` of bucket :obj:`i`'s table,
-    ``neg`` where masked, from the leaf and cluster log sizes, and the
-    scores ``s_aa`` ``[F, W, H]`` of its slots."""
+    ``neg`` where masked, from the leaf and cluster log sizes, the scores
+    ``s_aa`` ``[F, W, H]`` of its slots and the logits' row logsumexp
+    ``[H, F, W]``."""
     b = tree.layout.buckets[i]
-    if tree.fused is not None and b is tree.fused.blocks:
-        s, diagonal = tree.fused.scores, tree.fused.diag
+    fused = tree.fused
+    if fused is not None and b is fused.blocks:
+        if fused.row_lse is not None:  # masked and reduced in one step
+            return fused.scores, fused.diag, fused.row_lse
+        s, diagonal = fused.scores, fused.diag
     else:
         qc, kc = means[i][:2] if i in means else (None, None)
         s, diagonal = _HeadwiseScores.apply(
@@ -1267,7 +1311,7 @@ def _bucket_scores(tree: _Tree, i: int,
     # its weight exp(neg - lse) underflows to 0 in both directions.
     with torch.no_grad():
         s.masked_fill_(_invalid(b), tree.neg)
-    return s, diagonal
+    return s, diagonal, _RowLogSumExp.apply(s)
 
 
 def _leaf_diagonal(tree: _Tree,

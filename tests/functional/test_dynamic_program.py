@@ -1303,6 +1303,54 @@ def test_leaf_diagonal_from_the_tables(single):
     assert spy.seen == 3 * single
 
 
+def _strided(x) -> list:
+    r"""The strided tensors in a nest of arguments or results."""
+    return [t for t in torch.utils._pytree.tree_leaves(x)
+            if isinstance(t, Tensor) and t.layout == torch.strided]
+
+
+class _FreshTables(TorchDispatchMode):
+    r"""Counts the operations whose output of shape :obj:`shape` is a fresh
+    tensor (not a view of, or written into, one of their arguments)."""
+    def __init__(self, shape):
+        super().__init__()
+        self.shape, self.seen = tuple(shape), 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        given = {t.untyped_storage().data_ptr() for t in _strided(
+            (args, kwargs))}
+        self.seen += sum(1 for t in _strided(out)
+                         if tuple(t.shape) == self.shape
+                         and t.untyped_storage().data_ptr() not in given)
+        return out
+
+
+@pytest.mark.parametrize('bias', [False, True], ids=['plain', 'pair_bias'])
+def test_fused_leaf_scores_take_one_gradient(bias):
+    """The fused leaf families' scores feed their row logsumexp and their
+    context: the backward forms one gradient of the scores, not one per
+    use and their sum. With a pair bias (added to the scores after the
+    product) the row logsumexp is its own step. Exact either way, to the
+    second derivative."""
+    h = Hierarchy.from_assignments(balanced_assignments(16, 4))
+    assert h.layout.leaf_blocks is not None
+    q, k, v = (t.requires_grad_() for t in seeded_qkv(16, 2, 2, 7))
+    spy = _FreshTables((2, 4, 4, 4))  # [H, F, W, W]
+    beta = torch.randn(h.sibling_pairs.size(1), 2, dtype=torch.float64,
+                       requires_grad=True) if bias else None
+    with spy:
+        out = hierarchical_attention(q, k, v, h, pair_bias=beta)
+        out.sum().backward()
+    if not bias:
+        assert spy.seen == 2  # the scores and one gradient
+    assert max_err(out, dense_output(q, k, v, h, pair_bias=beta)) <= EXACT
+    inputs = (q, k, v) + ((beta, ) if bias else ())
+    assert torch.autograd.gradgradcheck(
+        lambda q, k, v, *b: hierarchical_attention(
+            q, k, v, h, pair_bias=b[0] if b else None), inputs)
+
+
 class _SliceBackwards(TorchDispatchMode):
     r"""Records slices' backwards: each is a whole table of zeros around
     the slice's gradient."""
