@@ -349,8 +349,9 @@ class _HeadwiseScores(torch.autograd.Function):
     family tables. With a finite "minus infinity" :obj:`neg`, the
     diagonal of ``s`` is set to it and the off-diagonal row logsumexp
     ``[H, F, W]`` is a fifth output: its gradient then joins the scores'
-    own chunk by chunk in the backward, instead of as a second full-size
-    gradient of ``s`` that autograd adds to the first.
+    own chunk by chunk in the backward (on the chunk's scores recomputed),
+    instead of as a second full-size gradient of ``s`` that autograd adds
+    to the first.
 
     One batched product per head and chunk of families. Heads are staged
     through reused buffers (CPU ``bmm`` clones every matrix of a strided
@@ -373,15 +374,15 @@ class _HeadwiseScores(torch.autograd.Function):
             for i in range(heads):
                 cx = _head(x[lo:hi], i, bx)
                 cy = _head(y[lo:hi], i, by)
-                s = out[i, lo:hi]
-                torch.bmm(cx, cy.transpose(1, 2), out=s).mul_(alpha)
+                s = _chunk_scores(cx, cy, alpha, neg, out[i, lo:hi])
                 diag[lo:hi, :, i] = torch.linalg.vecdot(cx, cy)
                 torch.sum(cx, dim=1, out=x_sum[lo:hi, i])
                 torch.sum(cy, dim=1, out=y_sum[lo:hi, i])
                 if lse is not None:
-                    s.diagonal(dim1=1, dim2=2).fill_(neg)
                     torch.logsumexp(s, dim=-1, out=lse[i, lo:hi])
-        ctx.save_for_backward(x, y, out if lse is not None else None, lse)
+        # Not the scores: the backward recomputes a chunk's where it needs
+        # them, instead of holding them beside the input gradients.
+        ctx.save_for_backward(x, y, lse)
         ctx.neg = neg
         outs = (out, diag.mul_(alpha), x_sum, y_sum)
         return outs if lse is None else outs + (lse, )
@@ -402,7 +403,7 @@ class _HeadwiseScores(torch.autograd.Function):
     @_serial
     def backward(ctx, grad: Tensor, grad_diag: Tensor, grad_x_sum: Tensor,
                  grad_y_sum: Tensor, grad_lse: Optional[Tensor] = None):
-        x, y, s, lse = ctx.saved_tensors
+        x, y, lse = ctx.saved_tensors
         alpha = ctx.alpha
         if torch.is_grad_enabled():
             return replayed_backward(
@@ -420,8 +421,11 @@ class _HeadwiseScores(torch.autograd.Function):
                 cy = _head(y[lo:hi], i, by)
                 out = bo[:hi - lo]
                 gd = grad_diag[lo:hi, :, i].unsqueeze(-1)
-                gs = grad[i, lo:hi] if lse is None else _with_row_lse(
-                    grad, s, lse, grad_lse, i, lo, hi, bs)
+                gs = grad[i, lo:hi]
+                if lse is not None:  # + exp(s - lse) grad_lse
+                    gs = _chunk_scores(cx, cy, alpha, ctx.neg, bs[:hi - lo])
+                    gs = gs.sub_(lse[i, lo:hi, :, None]).exp_().mul_(
+                        grad_lse[i, lo:hi, :, None]).add_(grad[i, lo:hi])
                 # alpha * (G Y + diag(g) Y) + broadcast of the family-sum
                 # gradient.
                 if gx is not None:
@@ -437,13 +441,14 @@ class _HeadwiseScores(torch.autograd.Function):
         return gx, gy, None, None
 
 
-def _with_row_lse(grad: Tensor, s: Tensor, lse: Tensor, grad_lse: Tensor,
-                  i: int, lo: int, hi: int, buf: Tensor) -> Tensor:
-    r"""Head :obj:`i` of families ``lo:hi`` of the scores' gradient with
-    their row logsumexp's added, ``grad + exp(s - lse) grad_lse``, in
-    :obj:`buf` (the masked diagonal's term underflows to 0)."""
-    return _weights(s, lse.unsqueeze(-1), None, i, lo, hi, buf).mul_(
-        grad_lse[i, lo:hi].unsqueeze(-1)).add_(grad[i, lo:hi])
+def _chunk_scores(cx: Tensor, cy: Tensor, alpha: float, neg: Optional[float],
+                  out: Tensor) -> Tensor:
+    r"""``alpha * cx @ cy^T`` of one head and chunk of families ``[C, W,
+    W]`` into :obj:`out`, with the diagonal set to :obj:`neg` if given."""
+    torch.bmm(cx, cy.transpose(1, 2), out=out).mul_(alpha)
+    if neg is not None:
+        out.diagonal(dim1=1, dim2=2).fill_(neg)
+    return out
 
 
 class _RowLogSumExp(torch.autograd.Function):
