@@ -103,9 +103,15 @@ def _invalid(bucket: FamilyBucket) -> Tensor:
         return ~bucket.allowed
     eye = torch.eye(bucket.width, dtype=torch.bool,
                     device=bucket.mask.device)
-    if bucket.kind != 'mixed':
+    if _only_diagonal_invalid(bucket):
         return eye
     return ~(bucket.mask[:, :, None] & bucket.mask[:, None, :] & ~eye)
+
+
+def _only_diagonal_invalid(bucket: FamilyBucket) -> bool:
+    r"""Whether :func:`_invalid` of :obj:`bucket` is the diagonal alone (no
+    family graph, no padding)."""
+    return bucket.allowed is None and bucket.kind != 'mixed'
 
 
 # The padded width from which a bucket of families of leaves runs as softmax
@@ -422,10 +428,10 @@ class _HeadwiseScores(torch.autograd.Function):
                 out = bo[:hi - lo]
                 gd = grad_diag[lo:hi, :, i].unsqueeze(-1)
                 gs = grad[i, lo:hi]
-                if lse is not None:  # + exp(s - lse) grad_lse
-                    gs = _chunk_scores(cx, cy, alpha, ctx.neg, bs[:hi - lo])
-                    gs = gs.sub_(lse[i, lo:hi, :, None]).exp_().mul_(
-                        grad_lse[i, lo:hi, :, None]).add_(grad[i, lo:hi])
+                if lse is not None:  # + the row logsumexp's gradient
+                    sc = _chunk_scores(cx, cy, alpha, ctx.neg, bs[:hi - lo])
+                    gs = _row_lse_gradient(sc, lse[i, lo:hi],
+                                           grad_lse[i, lo:hi], sc).add_(gs)
                 # alpha * (G Y + diag(g) Y) + broadcast of the family-sum
                 # gradient.
                 if gx is not None:
@@ -476,10 +482,18 @@ class _RowLogSumExp(torch.autograd.Function):
         for lo, hi in _family_ranges(s.size(1), s.size(2) * s.size(3),
                                      s.device):
             for i in range(s.size(0)):
-                torch.sub(s[i, lo:hi], lse[i, lo:hi].unsqueeze(-1),
-                          out=out[i, lo:hi]).exp_().mul_(
-                              grad[i, lo:hi].unsqueeze(-1))
+                _row_lse_gradient(s[i, lo:hi], lse[i, lo:hi], grad[i, lo:hi],
+                                  out[i, lo:hi])
         return out
+
+
+def _row_lse_gradient(s: Tensor, lse: Tensor, grad: Tensor,
+                      out: Tensor) -> Tensor:
+    r"""The gradient ``exp(s - lse) grad`` of the row logsumexp ``lse``
+    ``[C, W]`` of scores ``s`` ``[C, W, W]`` into :obj:`out` (which may be
+    :obj:`s`)."""
+    return torch.sub(s, lse.unsqueeze(-1), out=out).exp_().mul_(
+        grad.unsqueeze(-1))
 
 
 class _HeadwiseContext(torch.autograd.Function):
@@ -1132,9 +1146,9 @@ def _prepare(q: Tensor, k: Tensor, v: Tensor, layout: HierarchyLayout,
     if blocks is not None and blocks.width > 1 and \
             not any(layout.buckets[i] is blocks for i in streamed):
         qv, kv, vv = (_to_slots(blocks, x) for x in (q, k, v))
-        # Only the diagonal masked (no family graph), nothing added to the
-        # scores (no bias): their row logsumexp in the same step.
-        plain = blocks.allowed is None and not biased
+        # Only the diagonal masked, nothing added to the scores (no bias):
+        # their row logsumexp in the same step.
+        plain = _only_diagonal_invalid(blocks) and not biased
         s, diag, q_sum, k_sum, *lse = _HeadwiseScores.apply(
             qv, kv, scale, neg if plain else None)
         fused = _FusedLeaves(blocks, vv, s, diag,

@@ -1105,14 +1105,14 @@ def test_streamed_leaf_families_second_derivatives(padded, f, seed):
             lambda q, k, v: hierarchical_attention(q, k, v, h), (q, k, v))
 
 
-def _dense_check_under(spy, h: Hierarchy, q, k, v):
+def _dense_check_under(spy, h: Hierarchy, q, k, v, pair_bias=None):
     r"""The output and the gradients of ``q, k, v``, run inside the context
     :obj:`spy` (a dispatch mode or a patch), against the dense reference."""
     with spy:
-        out = hierarchical_attention(q, k, v, h)
+        out = hierarchical_attention(q, k, v, h, pair_bias=pair_bias)
         g = torch.randn_like(out)
         got = torch.autograd.grad((out * g).sum(), (q, k, v))
-    ref = dense_output(q, k, v, h)
+    ref = dense_output(q, k, v, h, pair_bias=pair_bias)
     want = torch.autograd.grad((ref * g).sum(), (q, k, v))
     assert max_err(out, ref) <= EXACT
     assert max(max_err(a, b) for a, b in zip(got, want)) <= EXACT
@@ -1339,12 +1339,9 @@ def test_fused_leaf_scores_take_one_gradient(bias):
     spy = _FreshTables((2, 4, 4, 4))  # [H, F, W, W]
     beta = torch.randn(h.sibling_pairs.size(1), 2, dtype=torch.float64,
                        requires_grad=True) if bias else None
-    with spy:
-        out = hierarchical_attention(q, k, v, h, pair_bias=beta)
-        out.sum().backward()
+    _dense_check_under(spy, h, q, k, v, pair_bias=beta)
     if not bias:
         assert spy.seen == 2  # the scores and one gradient
-    assert max_err(out, dense_output(q, k, v, h, pair_bias=beta)) <= EXACT
     inputs = (q, k, v) + ((beta, ) if bias else ())
     assert torch.autograd.gradgradcheck(
         lambda q, k, v, *b: hierarchical_attention(
