@@ -9,7 +9,9 @@
 #   3. bench_family_graph.py and bench_tree_order.py;
 #   4. bench_attention.py, every method and size;
 #   5. bench_growth.py, five back-to-back runs (the growth target);
-#   6. bench_shapes.py, the wide case (the longest, about 17 minutes).
+#   6. bench_shapes.py, the wide case (the longest, about 17 minutes);
+#   7. bench_collate.py and bench_loader_workers.py (nested signals in a
+#      DataLoader).
 #
 #   bash benchmarks/run_cpu.sh [OUTDIR]
 #
@@ -74,5 +76,10 @@ run bench_growth_cpu python3 benchmarks/bench_growth.py --runs 5 \
 run bench_shapes_cpu_wide python3 benchmarks/bench_shapes.py --case wide \
     --json "$out/bench_shapes_cpu_wide.json" \
     --markdown "$out/bench_shapes_cpu_wide.md"
+for bench in collate loader_workers; do
+    run "bench_${bench}_cpu" python3 "benchmarks/bench_$bench.py" \
+        --out "$out/bench_${bench}_cpu.json" \
+        --markdown "$out/bench_${bench}_cpu.md"
+done
 date -u | tee -a "$out/run_cpu.txt"
 exit $status
