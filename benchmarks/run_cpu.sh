@@ -41,9 +41,11 @@ export PYTHONUNBUFFERED=1 OUTDATED_IGNORE=1
     git log -1 --format='commit %H' 2> /dev/null
 } 2>&1 | tee "$out/run_cpu.txt"
 
-run() {  # run NAME COMMAND...: one part; NAME.log, and its exit status
+run() {  # run NAME COMMAND...: one part, writing NAME.json and NAME.md;
+    # NAME.log, and its exit status
     local name=$1 rc
     shift
+    set -- "$@" --out "$out/$name.json" --markdown "$out/$name.md"
     echo "== $(date -u +%T) $*"
     "$@" 2>&1 | tee "$out/$name.log"
     rc=${PIPESTATUS[0]}
@@ -53,33 +55,21 @@ run() {  # run NAME COMMAND...: one part; NAME.log, and its exit status
 }
 
 for tag in '' _repeat1 _repeat2; do
-    run "bench_small_graphs_cpu$tag" python3 benchmarks/bench_small_graphs.py \
-        --json "$out/bench_small_graphs_cpu$tag.json" \
-        --markdown "$out/bench_small_graphs_cpu$tag.md"
+    run "bench_small_graphs_cpu$tag" python3 benchmarks/bench_small_graphs.py
 done
 run bench_small_graphs_cpu_shared python3 benchmarks/bench_small_graphs.py \
-    --channels 64 --competing 0 1 2 \
-    --json "$out/bench_small_graphs_cpu_shared.json" \
-    --markdown "$out/bench_small_graphs_cpu_shared.md"
+    --channels 64 --competing 0 1 2
 for case in deep contention; do
     run "bench_shapes_cpu_$case" python3 benchmarks/bench_shapes.py \
-        --case "$case" --json "$out/bench_shapes_cpu_$case.json" \
-        --markdown "$out/bench_shapes_cpu_$case.md"
+        --case "$case"
 done
 for bench in family_graph tree_order attention; do
-    run "bench_${bench}_cpu" python3 "benchmarks/bench_$bench.py" \
-        --out "$out/bench_${bench}_cpu.json" \
-        --markdown "$out/bench_${bench}_cpu.md"
+    run "bench_${bench}_cpu" python3 "benchmarks/bench_$bench.py"
 done
-run bench_growth_cpu python3 benchmarks/bench_growth.py --runs 5 \
-    --out "$out/bench_growth_cpu.json" --markdown "$out/bench_growth_cpu.md"
-run bench_shapes_cpu_wide python3 benchmarks/bench_shapes.py --case wide \
-    --json "$out/bench_shapes_cpu_wide.json" \
-    --markdown "$out/bench_shapes_cpu_wide.md"
+run bench_growth_cpu python3 benchmarks/bench_growth.py --runs 5
+run bench_shapes_cpu_wide python3 benchmarks/bench_shapes.py --case wide
 for bench in collate loader_workers; do
-    run "bench_${bench}_cpu" python3 "benchmarks/bench_$bench.py" \
-        --out "$out/bench_${bench}_cpu.json" \
-        --markdown "$out/bench_${bench}_cpu.md"
+    run "bench_${bench}_cpu" python3 "benchmarks/bench_$bench.py"
 done
 date -u | tee -a "$out/run_cpu.txt"
 exit $status
