@@ -901,10 +901,87 @@ class _FamilyScale(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = _FamilyScale.plain(grad, r)
         if ctx.needs_input_grad[1]:
-            d = x.size(-1)
-            dots = torch.bmm(grad.reshape(-1, 1, d), x.reshape(-1, d, 1))
-            grad_r = dots.view(x.shape[:3]).sum(dim=1)
+            grad_r = _row_dot(grad, x).sum(dim=1)
         return grad_x, grad_r
+
+
+def _row_dot(x: Tensor, y: Tensor) -> Tensor:
+    r"""``<x, y>`` over the last dimension, ``[*S, D] -> [*S]``, as one
+    batched product: :func:`torch.linalg.vecdot` forms the full-size
+    product ``x * y`` first (at large ``N`` a fresh, page-faulted block)."""
+    d = x.size(-1)
+    return torch.bmm(x.reshape(-1, 1, d), y.reshape(-1, d, 1)).view(
+        x.shape[:-1])
+
+
+class _RowDot(torch.autograd.Function):
+    r""":func:`_row_dot` with the backward of the product: ``grad * y``
+    and ``grad * x``."""
+    @staticmethod
+    def forward(ctx, x: Tensor, y: Tensor) -> Tensor:
+        ctx.save_for_backward(x, y)
+        return _row_dot(x, y)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # large kernels: all threads
+        x, y = ctx.saved_tensors
+        grad = grad.unsqueeze(-1)
+        return (grad * y if ctx.needs_input_grad[0] else None,
+                grad * x if ctx.needs_input_grad[1] else None)
+
+
+class _SelfTerm(torch.autograd.Function):
+    r"""``u + r * v`` for ``u, v`` ``[N, H, D]`` and ``r`` ``[N, H, 1]``,
+    into :obj:`u` itself when :obj:`in_place`. The gradient of ``r`` is
+    one batched product (:func:`_row_dot`), where autograd's
+    :func:`torch.addcmul` forms two full-size temporaries (``grad * v``
+    and a copy of it scaled by 1)."""
+    @staticmethod
+    def forward(ctx, u: Tensor, r: Tensor, v: Tensor,
+                in_place: bool) -> Tensor:
+        ctx.save_for_backward(r, v)
+        if not in_place:
+            return torch.addcmul(u, r, v)
+        ctx.mark_dirty(u)
+        return u.addcmul_(r, v)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # large kernels: all threads
+        r, v = ctx.saved_tensors
+        need_u, need_r, need_v, _ = ctx.needs_input_grad
+        grad_r = _row_dot(grad, v).unsqueeze(-1) if need_r else None
+        return (grad if need_u else None, grad_r,
+                grad * r if need_v else None, None)
+
+
+class _AddParentRows(torch.autograd.Function):
+    r"""``out += table[index]`` in place for ``out`` ``[N, *S]``, a table
+    ``[M, *S]`` and ``index`` ``[N]``, gathered a cache-sized chunk of rows
+    at a time into one reused buffer: a gather of all rows at once is a
+    fresh ``[N, *S]`` block (at large ``N``, page-faulted). The backward
+    passes the gradient on and adds it into the table's rows."""
+    @staticmethod
+    def forward(ctx, out: Tensor, table: Tensor, index: Tensor) -> Tensor:
+        ctx.mark_dirty(out)
+        ctx.save_for_backward(index)
+        ctx.num_rows = table.size(0)
+        ranges = _family_ranges(out.size(0), out[0].numel(), out.device)
+        buf = table.new_empty((max(hi - lo for lo, hi in ranges), ) +
+                              table.shape[1:]) if ranges else None
+        for lo, hi in ranges:
+            rows = torch.index_select(table, 0, index[lo:hi],
+                                      out=buf[:hi - lo])
+            out[lo:hi] += rows
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # differentiable: linear in grad
+        index, = ctx.saved_tensors
+        grad_table = None
+        if ctx.needs_input_grad[1]:
+            grad_table = grad.new_zeros(
+                (ctx.num_rows, ) + grad.shape[1:]).index_add_(0, index, grad)
+        return grad, grad_table, None
 
 
 def _dropout_keep(shape, p: float, like: Tensor) -> Tensor:
@@ -1293,9 +1370,13 @@ def _family_scores(tree: _Tree, means: Dict[int, Tuple[Tensor, ...]],
         rows = _from_slots(b, lse.permute(1, 2, 0), off_lse_leaf)
         if rows is not None:
             _set_rows_(off_lse_clus, _cluster_rows(b), rows)
-    g_leaf = _leaf_diagonal(tree, diagonals)
     pairs = _sparse_scores(tree, means, pair_bias, off_lse_leaf,
                            off_lse_clus)
+    # After the pair scores: autograd then runs the diagonal's backward
+    # first, and its fresh gradients of q and k take the member tables'
+    # rows in place (the other way round, views first, each sum is a fresh
+    # [N, H, D] tensor).
+    g_leaf = _leaf_diagonal(tree, diagonals)
     streamed = _streamed_families(tree, off_lse_leaf, g_leaf)
     return _Scores(tables, off_lse_leaf, off_lse_clus, g_leaf, pairs,
                    streamed)
@@ -1345,7 +1426,7 @@ def _leaf_diagonal(tree: _Tree,
         return tree.fused.diag.view(q.shape[:2])
     held = sum(_leaf_count(b) for b, _ in diagonals)
     if held + _streamed_leaves(tree) < q.size(0):
-        return torch.linalg.vecdot(q, tree.k) * tree.scale
+        return _RowDot.apply(q, tree.k) * tree.scale
     g = q.new_empty(q.shape[:2])
     for b, diagonal in diagonals:
         _from_slots(b, diagonal, g)
@@ -1580,8 +1661,9 @@ def _downward_contexts(passes: _Passes) -> Tensor:
     buckets = layout.buckets
     u_leaf, own, writes = _upper_contexts(passes)
     # U_F, read by the leaf families and by the leaves outside them (single
-    # children, mixed families, root leaves).
-    rest = layout.leaves_outside_leaf_families
+    # children, mixed families, root leaves): where those are every leaf,
+    # the whole table, added in chunks by _leaf_output.
+    num_clusters = tree.cluster_size.numel()
     leaf_families = [i for i, b in enumerate(buckets)
                      if b.kind == 'leaf' and b.width > 1 and not b.sparse]
     parent_contexts = [None] * len(leaf_families)
@@ -1589,10 +1671,13 @@ def _downward_contexts(passes: _Passes) -> Tensor:
     if writes:
         reads = [(buckets[i].parent_cluster, buckets[i].parent_range)
                  for i in leaf_families]
-        reads.append((layout.outside_parent_cluster, None))
+        reads.append((layout.outside_parent_cluster, None) if
+                     layout.leaves_outside_leaf_families.numel() < v.size(0)
+                     else (torch.arange(num_clusters, device=v.device),
+                           (0, num_clusters)))
         *parent_contexts, rest_context = _PathSum.apply(
-            _paths(layout), tree.cluster_size.numel(),
-            [w[0] for w in writes], reads, *(w[1] for w in writes))
+            _paths(layout), num_clusters, [w[0] for w in writes], reads,
+            *(w[1] for w in writes))
     for i, parent_context in zip(leaf_families, parent_contexts):
         ctx = _family_context(passes, i, parent_context)
         if buckets[i] is layout.leaf_blocks:
@@ -1604,6 +1689,18 @@ def _downward_contexts(passes: _Passes) -> Tensor:
         _from_slots(buckets[i], ctx, u_leaf)
     if u_leaf is None:
         u_leaf = v.new_zeros(v.shape)
+    return _leaf_output(passes, u_leaf, own, rest_context)
+
+
+def _leaf_output(passes: _Passes, u_leaf: Tensor, own: bool,
+                 rest_context: Optional[Tensor]) -> Tensor:
+    r"""The output ``[N, H, D_v]`` from the leaves' contexts ``u_a``
+    (:obj:`own`: a buffer of this pass) with the self terms ``r_a v_a`` and
+    the contexts ``U_F`` of the leaves outside leaf families: gathered
+    ``[R, H, D_v]``, or where those are every leaf, the clusters' whole
+    table."""
+    tree = passes.tree
+    v, rest = tree.v, tree.layout.leaves_outside_leaf_families
     out = u_leaf
     # The self term r_a v_a is 0 on the leaves of streamed families (the
     # softmax weighs v_a itself); where they are all the leaves, it is not
@@ -1615,11 +1712,11 @@ def _downward_contexts(passes: _Passes) -> Tensor:
         # kernels' output, a view that autograd would rebase on its base
         # (copying the base's gradient in the backward).
         r = torch.exp(passes.masses.log_r_leaf).unsqueeze(-1)
-        out = u_leaf.addcmul_(r, v) if own else torch.addcmul(u_leaf, r, v)
+        out = _SelfTerm.apply(u_leaf, r, v, own)
     if rest_context is not None and rest.numel() == out.size(0):
-        # Every leaf, in order (rest is sorted): an add, whose backward
-        # passes the gradient on instead of gathering a copy of it.
-        out.add_(rest_context)
+        # Every leaf, in order (rest is sorted).
+        out = _AddParentRows.apply(out, rest_context,
+                                   tree.layout.outside_parent_cluster)
     elif rest_context is not None and rest.numel() > 0:
         out.index_add_(0, rest, rest_context)
     return out

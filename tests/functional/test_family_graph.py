@@ -11,6 +11,7 @@ matrix against the KL minimiser of the constrained family (a third,
 optimiser-side construction) with the same mask and bias.
 """
 import math
+import unittest.mock
 from typing import Dict, Tuple
 
 import pytest
@@ -309,6 +310,27 @@ def test_derivatives_fused_path_with_family_graph_and_bias(order):
     assert DERIVATIVE_CHECKS[order](
         lambda q, k, v, b: hierarchical_attention(q, k, v, h, pair_bias=b),
         (q, k, v, bias))
+
+
+@pytest.mark.parametrize('order', sorted(DERIVATIVE_CHECKS))
+def test_every_leaf_on_the_pair_list_in_small_chunks(order):
+    """Every leaf in a family on the pair list: the output adds the
+    parents' contexts U_F from the clusters' table a few rows at a time
+    (chunks of one row forced), and the self terms r_a v_a with their own
+    backward. Exact against the dense reference, derivatives too."""
+    import hsa_geo.functional.dynamic_program as dp
+    h = Hierarchy.from_assignments(balanced_assignments(16, 4))
+    # (seed 1: the last leaf's parent has a context)
+    h = h.with_family_graph(random_family_graph(h, 1))
+    assert h.layout.leaves_outside_leaf_families.numel() == 16
+    assert h.layout.sparse.leaf.numel() == 16
+    q, k, v = (t.requires_grad_() for t in make(16, 2, 3, 1))
+    with unittest.mock.patch.object(dp, '_CPU_CHUNK_ELEMENTS', 1):
+        out = hierarchical_attention(q, k, v, h)
+        assert max_err(out, apply_q(hierarchical_attention_matrix(
+            q, k, h), v)) <= EXACT
+        assert DERIVATIVE_CHECKS[order](
+            lambda q, k, v: hierarchical_attention(q, k, v, h), (q, k, v))
 
 
 def test_dataloader_batches_family_graphs():
