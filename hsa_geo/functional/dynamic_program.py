@@ -1274,6 +1274,14 @@ def _leaves_with_parent(layout: HierarchyLayout, x: Tensor) -> Tensor:
     return x if rows.numel() == x.size(0) else x[rows]
 
 
+def _all_leaves_outside_leaf_families(layout: HierarchyLayout,
+                                      num_leaves: int) -> bool:
+    r"""Whether every leaf reads its parent's context ``U_F`` on its own
+    (none is in a leaf family): the output then adds the clusters' whole
+    table (:class:`_AddParentRows`), not a gathered copy."""
+    return layout.leaves_outside_leaf_families.numel() == num_leaves
+
+
 def _all_leaves_are_members(layout: HierarchyLayout, num_leaves: int
                             ) -> bool:
     r"""Whether the leaf members of the sparse families are all the leaves;
@@ -1671,10 +1679,10 @@ def _downward_contexts(passes: _Passes) -> Tensor:
     if writes:
         reads = [(buckets[i].parent_cluster, buckets[i].parent_range)
                  for i in leaf_families]
-        reads.append((layout.outside_parent_cluster, None) if
-                     layout.leaves_outside_leaf_families.numel() < v.size(0)
-                     else (torch.arange(num_clusters, device=v.device),
-                           (0, num_clusters)))
+        reads.append((torch.arange(num_clusters, device=v.device),
+                      (0, num_clusters))
+                     if _all_leaves_outside_leaf_families(layout, v.size(0))
+                     else (layout.outside_parent_cluster, None))
         *parent_contexts, rest_context = _PathSum.apply(
             _paths(layout), num_clusters, [w[0] for w in writes], reads,
             *(w[1] for w in writes))
@@ -1713,7 +1721,8 @@ def _leaf_output(passes: _Passes, u_leaf: Tensor, own: bool,
         # (copying the base's gradient in the backward).
         r = torch.exp(passes.masses.log_r_leaf).unsqueeze(-1)
         out = _SelfTerm.apply(u_leaf, r, v, own)
-    if rest_context is not None and rest.numel() == out.size(0):
+    if rest_context is not None and \
+            _all_leaves_outside_leaf_families(tree.layout, v.size(0)):
         # Every leaf, in order (rest is sorted).
         out = _AddParentRows.apply(out, rest_context,
                                    tree.layout.outside_parent_cluster)
