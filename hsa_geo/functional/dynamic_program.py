@@ -908,7 +908,11 @@ class _FamilyScale(torch.autograd.Function):
 def _row_dot(x: Tensor, y: Tensor) -> Tensor:
     r"""``<x, y>`` over the last dimension, ``[*S, D] -> [*S]``, as one
     batched product: :func:`torch.linalg.vecdot` forms the full-size
-    product ``x * y`` first (at large ``N`` a fresh, page-faulted block)."""
+    product ``x * y`` first (at large ``N`` a fresh, page-faulted block).
+    At cache size, where that product costs nothing, vecdot: the batched
+    product of many one-row matrices is the slower kernel there."""
+    if x.numel() <= _CPU_CHUNK_ELEMENTS:
+        return torch.linalg.vecdot(x, y)
     d = x.size(-1)
     return torch.bmm(x.reshape(-1, 1, d), y.reshape(-1, d, 1)).view(
         x.shape[:-1])
@@ -959,7 +963,9 @@ class _AddParentRows(torch.autograd.Function):
     ``[M, *S]`` and ``index`` ``[N]``, gathered a cache-sized chunk of rows
     at a time into one reused buffer: a gather of all rows at once is a
     fresh ``[N, *S]`` block (at large ``N``, page-faulted). The backward
-    passes the gradient on and adds it into the table's rows."""
+    passes the gradient on and adds it into the table's rows, a chunk at a
+    time too: a gradient that is not contiguous (``out.sum()``'s is a
+    broadcast) is copied a chunk at a time, not into one more block."""
     @staticmethod
     def forward(ctx, out: Tensor, table: Tensor, index: Tensor) -> Tensor:
         ctx.mark_dirty(out)
@@ -979,8 +985,10 @@ class _AddParentRows(torch.autograd.Function):
         index, = ctx.saved_tensors
         grad_table = None
         if ctx.needs_input_grad[1]:
-            grad_table = grad.new_zeros(
-                (ctx.num_rows, ) + grad.shape[1:]).index_add_(0, index, grad)
+            grad_table = grad.new_zeros((ctx.num_rows, ) + grad.shape[1:])
+            for lo, hi in _family_ranges(grad.size(0), grad[0].numel(),
+                                         grad.device):
+                _add_rows_(grad_table, (index[lo:hi], None), grad[lo:hi])
         return grad, grad_table, None
 
 
@@ -1434,7 +1442,10 @@ def _leaf_diagonal(tree: _Tree,
         return tree.fused.diag.view(q.shape[:2])
     held = sum(_leaf_count(b) for b, _ in diagonals)
     if held + _streamed_leaves(tree) < q.size(0):
-        return _RowDot.apply(q, tree.k) * tree.scale
+        # At cache size, autograd's product is the faster one (_row_dot).
+        dot = torch.linalg.vecdot if q.numel() <= _CPU_CHUNK_ELEMENTS \
+            else _RowDot.apply
+        return dot(q, tree.k) * tree.scale
     g = q.new_empty(q.shape[:2])
     for b, diagonal in diagonals:
         _from_slots(b, diagonal, g)

@@ -1250,8 +1250,11 @@ def test_streamed_paragraph_masses_take_no_full_size_product():
     q, k, v = (t.requires_grad_()
                for t in seeded_qkv(num_leaves, 2, 3, 5, dv=3))
     spy = _FullSizeProducts((3, 8, 2, 3))  # paragraphs padded to 8 slots
+    # No chunk is cache-sized (where the plain product is the faster one).
     with unittest.mock.patch(
-            'hsa_geo.functional.dynamic_program.STREAMED_WIDTH', 2):
+            'hsa_geo.functional.dynamic_program.STREAMED_WIDTH', 2), \
+            unittest.mock.patch(
+                'hsa_geo.functional.dynamic_program._CPU_CHUNK_ELEMENTS', 0):
         _dense_check_under(spy, h, q, k, v)
         assert spy.seen == 0
         # Without gradients the output is scaled in place: no second table.
@@ -1292,7 +1295,10 @@ def test_leaf_diagonal_from_the_tables(single):
     q, k, v = (t.requires_grad_()
                for t in seeded_qkv(num_leaves, 2, 3, 6, dv=4))
     spy = _RowDots(q.shape)
-    with unittest.mock.patch('hsa_geo.data.hierarchy.SPARSE_PAIR_LIMIT', 0):
+    # No chunk is cache-sized: the row products are batched, as at large N.
+    with unittest.mock.patch('hsa_geo.data.hierarchy.SPARSE_PAIR_LIMIT', 0), \
+            unittest.mock.patch(
+                'hsa_geo.functional.dynamic_program._CPU_CHUNK_ELEMENTS', 0):
         assert h.layout.leaf_blocks is None
         assert not any(b.sparse for b in h.layout.buckets)
         _dense_check_under(spy, h, q, k, v)
