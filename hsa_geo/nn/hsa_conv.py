@@ -257,8 +257,8 @@ class HSAConv(MessagePassing):
                 beta = self.lin_beta(torch.cat([out, x_r, out - x_r], dim=-1))
                 beta = beta.sigmoid()
                 out = beta * x_r + (1 - beta) * out
-            else:
-                out = out + x_r
+            else:  # into x_r, which no backward saves: no fresh [N, F]
+                out = x_r.add_(out)
 
         if weights is not None:
             return out, (weights.index, weights.weight)
