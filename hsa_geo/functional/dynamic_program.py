@@ -905,13 +905,20 @@ class _FamilyScale(torch.autograd.Function):
         return grad_x, grad_r
 
 
+def _cache_sized(x: Tensor) -> bool:
+    r"""Whether :obj:`x` is no larger than a chunk: a temporary like it is
+    no fresh, page-faulted block, so plain full-size kernels are the
+    faster ones."""
+    return x.numel() <= _CPU_CHUNK_ELEMENTS
+
+
 def _row_dot(x: Tensor, y: Tensor) -> Tensor:
     r"""``<x, y>`` over the last dimension, ``[*S, D] -> [*S]``, as one
     batched product: :func:`torch.linalg.vecdot` forms the full-size
     product ``x * y`` first (at large ``N`` a fresh, page-faulted block).
-    At cache size, where that product costs nothing, vecdot: the batched
-    product of many one-row matrices is the slower kernel there."""
-    if x.numel() <= _CPU_CHUNK_ELEMENTS:
+    At cache size (:func:`_cache_sized`) vecdot: the batched product of
+    many one-row matrices is the slower kernel there."""
+    if _cache_sized(x):
         return torch.linalg.vecdot(x, y)
     d = x.size(-1)
     return torch.bmm(x.reshape(-1, 1, d), y.reshape(-1, d, 1)).view(
@@ -1443,8 +1450,7 @@ def _leaf_diagonal(tree: _Tree,
     held = sum(_leaf_count(b) for b, _ in diagonals)
     if held + _streamed_leaves(tree) < q.size(0):
         # At cache size, autograd's product is the faster one (_row_dot).
-        dot = torch.linalg.vecdot if q.numel() <= _CPU_CHUNK_ELEMENTS \
-            else _RowDot.apply
+        dot = torch.linalg.vecdot if _cache_sized(q) else _RowDot.apply
         return dot(q, tree.k) * tree.scale
     g = q.new_empty(q.shape[:2])
     for b, diagonal in diagonals:
