@@ -111,10 +111,11 @@ def softmax_attention(q: Tensor, k: Tensor, v: Tensor, scale: float,
     :func:`torch.nn.functional.scaled_dot_product_attention`), or, where a
     channel is added, five widened copies ``[B, L, H, max(D, Dv) + 1]``.
     With :obj:`recompute_output`, ``out`` is not stored: the backward
-    computes it again (one more forward kernel) and shifts that copy in
-    place. A caller that keeps no reference to ``out`` until the backward
-    (one that scales it out of place, say) then holds one ``[B, L, H,
-    Dv]`` table less while the backward runs.
+    computes it again (one more forward kernel) where it reads it (the
+    fused path always, the chunked one only with a gradient of ``out``)
+    and shifts that copy in place. A caller that keeps no reference to
+    ``out`` until the backward (one that scales it out of place, say)
+    then holds one ``[B, L, H, Dv]`` table less while the backward runs.
     A second derivative (``create_graph=True``) replays the plain form
     above with
     :func:`~hsa_geo.functional.replayed_backward.replayed_backward`, which
@@ -249,7 +250,9 @@ class _SoftmaxAttention(torch.autograd.Function):
                 # A zero gradient of lse (a family whose rows' lse feeds
                 # only masses that underflow to 0) needs no shifted output.
                 grad_lse = None
-            own = out is None  # recomputed: this backward's own copy
+            # Recomputed (this backward's own copy) where it is read: by the
+            # kernel always, by the chunked path only with grad_out.
+            own = out is None and (ctx.fused or grad_out is not None)
             if own:
                 forward = _fused_forward if ctx.fused else _chunked_forward
                 out = forward(q, k, v, ctx.scale, key_mask)[0]
@@ -397,20 +400,15 @@ def _chunked_forward(q: Tensor, k: Tensor, v: Tensor, scale: float,
     return out, lse
 
 
-def _chunked_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor,
+def _chunked_backward(q: Tensor, k: Tensor, v: Tensor, out: Optional[Tensor],
                       lse: Tensor, grad_out: Optional[Tensor],
                       grad_lse: Optional[Tensor], scale: float,
                       needs: Sequence[bool], key_mask: Optional[Tensor]
                       ) -> Tuple[Optional[Tensor], ...]:
+    r"""The backward of the chunked path, tile by tile (:obj:`out` is read
+    only with :obj:`grad_out`)."""
     kt = k.transpose(1, 2).contiguous()  # [B, H, L, D]
     vt = v.transpose(1, 2).contiguous()  # [B, H, L, Dv]
-    # The row term -delta_a = grad_lse_a - grad_out_a . out_a, [B, H, L, 1].
-    minus_delta = q.new_zeros(q.shape[:3])
-    if grad_out is not None:
-        minus_delta -= torch.linalg.vecdot(grad_out, out)
-    if grad_lse is not None:
-        minus_delta += grad_lse
-    minus_delta = minus_delta.transpose(1, 2).unsqueeze(-1)
     shift = _finite_or_zero(lse).transpose(1, 2).unsqueeze(-1)
     gq = q.new_empty(q.shape) if needs[0] else None
     gk = torch.zeros_like(kt) if needs[1] else None
@@ -419,14 +417,15 @@ def _chunked_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor,
         qs = q[g, r].transpose(1, 2) * scale  # [b, H, rows, D]
         p = _masked_(torch.matmul(qs, kt[g].transpose(-1, -2)), key_mask, g)
         p.sub_(shift[g, :, r]).exp_()
+        minus_delta = _minus_delta(lse, out, grad_out, grad_lse, g, r)
         if grad_out is None:  # ds = p * grad_lse, in place
-            ds = p.mul_(minus_delta[g, :, r])
+            ds = p.mul_(minus_delta)
         else:
             go = grad_out[g, r].transpose(1, 2)
             if gv is not None:
                 gv[g] += torch.matmul(p.transpose(-1, -2), go)
             ds = torch.matmul(go, vt[g].transpose(-1, -2))
-            ds.add_(minus_delta[g, :, r]).mul_(p)
+            ds.add_(minus_delta).mul_(p)
         if gq is not None:
             gq[g, r] = torch.matmul(ds, kt[g]).mul_(scale).transpose(1, 2)
         if gk is not None:
@@ -435,3 +434,18 @@ def _chunked_backward(q: Tensor, k: Tensor, v: Tensor, out: Tensor,
         gv = torch.zeros_like(vt)
     return (gq, None if gk is None else gk.transpose(1, 2),
             None if gv is None else gv.transpose(1, 2))
+
+
+def _minus_delta(lse: Tensor, out: Optional[Tensor],
+                 grad_out: Optional[Tensor], grad_lse: Optional[Tensor],
+                 g: slice, r: slice) -> Tensor:
+    r"""The row term ``-delta_a = grad_lse_a - grad_out_a . out_a`` of the
+    tile's rows, ``[b, H, rows, 1]`` (zero without either gradient): per
+    tile, so that the product ``grad_out * out`` is never formed at full
+    size."""
+    term = torch.zeros_like(lse[g, r])
+    if grad_out is not None:
+        term -= torch.linalg.vecdot(grad_out[g, r], out[g, r])
+    if grad_lse is not None:
+        term += grad_lse[g, r]
+    return term.transpose(1, 2).unsqueeze(-1)

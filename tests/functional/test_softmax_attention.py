@@ -13,6 +13,7 @@ import doctest
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from hsa_geo.functional import softmax_attention as module
 from hsa_geo.functional.softmax_attention import softmax_attention
@@ -306,6 +307,59 @@ def test_recomputed_output_is_not_stored(recompute):
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out, _ = softmax_attention(q, k, v, 0.5, recompute_output=recompute)
     assert saved.count(out.data_ptr()) == 1 - recompute
+
+
+def test_output_recomputed_only_where_read():
+    # With a gradient of lse alone, the chunked backward does not read out:
+    # one forward kernel in all, and the gradients of the reference.
+    q, k, v = make_qkv((2, 6, 2, 4), 3, seed=14)
+    v = v.detach()  # (lse does not depend on it)
+    want = outputs_and_grads(lambda *a: reference(*a, 0.6), q, k, v, 3,
+                             use=(False, True))
+    calls = []
+    forward = module._chunked_forward
+
+    def counted(*args):
+        calls.append(1)
+        return forward(*args)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(module, '_chunked_forward', counted)
+        got = outputs_and_grads(lambda *a: softmax_attention(
+            *a, scale=0.6, fused=False, recompute_output=True), q, k, v, 3,
+            use=(False, True))
+    assert len(calls) == 1
+    assert_close(got, want, EXACT)
+
+
+class _FullSizeProducts(TorchDispatchMode):
+    r"""Counts the products ``mul`` of two tensors of shape :obj:`shape`."""
+    def __init__(self, shape):
+        super().__init__()
+        self.shape, self.seen = tuple(shape), 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.__name__.split('.')[0] == 'mul' and all(
+                isinstance(a, torch.Tensor) and tuple(a.shape) == self.shape
+                for a in args[:2]):
+            self.seen += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_chunked_row_term_per_tile(monkeypatch):
+    # The row term grad_out . out is reduced tile by tile: the chunked
+    # backward forms no [B, L, H, Dv] product (a full-size temporary).
+    monkeypatch.setattr(module, 'BLOCK_BYTES', 2000)
+    q, k, v = make_qkv((3, 10, 2, 4), 4, seed=15)
+    got = softmax_attention(q, k, v, scale=0.7, fused=False)
+    want = reference(q, k, v, 0.7)
+    g = torch.Generator().manual_seed(16)
+    grads = [torch.randn(t.shape, generator=g, dtype=t.dtype) for t in got]
+    spy = _FullSizeProducts(v.shape)
+    with spy:
+        got = [*got, *torch.autograd.grad(got, (q, k, v), grads)]
+    assert spy.seen == 0
+    assert_close(got, [*want, *torch.autograd.grad(want, (q, k, v), grads)],
+                 EXACT)
 
 
 def test_argument_errors():
