@@ -1053,12 +1053,14 @@ def test_dense_reference_refuses_a_matrix_that_cannot_fit():
 
 
 @contextlib.contextmanager
-def streamed_leaf_families(padded=False):
+def streamed_leaf_families(padded=False, chunked=False):
     r"""Every bucket of families of leaves of two or more children counts as
     wide and runs as softmax attention (where no pair bias, dropout or
     returned weights need its table); its table has the exact width of
     its families, or with :obj:`padded` the usual padded width, whose
-    padding the kernel masks."""
+    padding the kernel masks. With :obj:`chunked`, the softmax attention
+    takes the chunked path that accelerators run (instead of the CPU
+    kernel), one query row per tile."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(unittest.mock.patch(
             'hsa_geo.data.hierarchy.SPARSE_PAIR_LIMIT', 0))
@@ -1067,18 +1069,28 @@ def streamed_leaf_families(padded=False):
         if not padded:
             stack.enter_context(unittest.mock.patch(
                 'hsa_geo.data.hierarchy.WIDE_FAMILY', 1))
+        if chunked:
+            stack.enter_context(unittest.mock.patch(
+                'hsa_geo.functional.softmax_attention._use_fused',
+                lambda q, fused: False))
+            stack.enter_context(unittest.mock.patch(
+                'hsa_geo.functional.softmax_attention.BLOCK_BYTES', 1))
         yield
 
 
 PADDED = pytest.mark.parametrize('padded', [False, True],
                                  ids=['exact', 'padded'])
+CHUNKED = pytest.mark.parametrize('chunked', [False, True],
+                                  ids=['kernel', 'chunked'])
 
 
+@CHUNKED
 @PADDED
 @fewer(2)
 @given(f=forests(max_leaves=20), heads=HEADS, d=DIMS, dv=DIMS, seed=SEEDS)
-def test_streamed_leaf_families_match_dense(padded, f, heads, d, dv, seed):
-    with streamed_leaf_families(padded):
+def test_streamed_leaf_families_match_dense(padded, chunked, f, heads, d, dv,
+                                            seed):
+    with streamed_leaf_families(padded, chunked):
         h = build(f)
         q, k, v = (t.requires_grad_() for t in
                    seeded_qkv(f.num_leaves, heads, d, seed, dv=dv))
@@ -1093,11 +1105,12 @@ def test_streamed_leaf_families_match_dense(padded, f, heads, d, dv, seed):
     assert max(max_err(a, b) for a, b in zip(got, want)) <= EXACT
 
 
+@CHUNKED
 @PADDED
 @fewer(8)
 @given(f=forests(max_leaves=6), seed=SEEDS)
-def test_streamed_leaf_families_second_derivatives(padded, f, seed):
-    with streamed_leaf_families(padded):
+def test_streamed_leaf_families_second_derivatives(padded, chunked, f, seed):
+    with streamed_leaf_families(padded, chunked):
         h = build(f)
         q, k, v = (t.requires_grad_() for t in
                    seeded_qkv(f.num_leaves, 2, 2, seed))
