@@ -31,7 +31,7 @@ from hypothesis import assume, given, strategies as st
 from hsa_geo import Hierarchy, hierarchical_attention, \
     hierarchical_attention_matrix
 from hsa_geo.functional.softmax_attention import softmax_attention
-from tests.helpers.attention import apply_q, dense_output, \
+from tests.helpers.attention import FullSizeProducts, apply_q, dense_output, \
     fragment_forest, max_err, seeded_qkv
 from tests.helpers.constrained_family import (
     ConstrainedFamily, lbfgs_kl, per_tree_log_softmax, same_tree_mask)
@@ -1236,22 +1236,6 @@ def test_document_of_streamed_paragraphs_matches_dense_without_waste():
     assert spy.seen == []
 
 
-class _FullSizeProducts(TorchDispatchMode):
-    r"""Records the products ``mul`` of two tensors of one shape
-    :obj:`shape` (an ``[N, H, D]`` product or a full-size family table's):
-    each is a full-size temporary, forward or backward."""
-    def __init__(self, shape):
-        super().__init__()
-        self.shape, self.seen = tuple(shape), 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.__name__.split('.')[0] == 'mul' and all(
-                isinstance(a, Tensor) and tuple(a.shape) == self.shape
-                for a in args[:2]):
-            self.seen += 1
-        return func(*args, **(kwargs or {}))
-
-
 def test_streamed_paragraph_masses_take_no_full_size_product():
     """The paragraphs' softmax attention is scaled by their masses r_F <
     1; the gradient of r_F reduces <grad, out> without the full-size
@@ -1262,7 +1246,7 @@ def test_streamed_paragraph_masses_take_no_full_size_product():
         assert not h.layout.buckets[1].sparse  # (the layout is kept)
     q, k, v = (t.requires_grad_()
                for t in seeded_qkv(num_leaves, 2, 3, 5, dv=3))
-    spy = _FullSizeProducts((3, 8, 2, 3))  # paragraphs padded to 8 slots
+    spy = FullSizeProducts((3, 8, 2, 3))  # paragraphs padded to 8 slots
     # No chunk is cache-sized (where the plain product is the faster one).
     with unittest.mock.patch(
             'hsa_geo.functional.dynamic_program.STREAMED_WIDTH', 2), \
@@ -1321,7 +1305,7 @@ def test_leaf_diagonal_from_the_tables(single):
     assert spy.seen == single
 
 
-class _RowDots(_FullSizeProducts):
+class _RowDots(FullSizeProducts):
     r"""Counts the row products ``<x_i, y_i>`` over all rows of ``[N, H,
     D]`` tensors (one batched product of ``[N H, 1, D]`` and ``[N H, D,
     1]``) as well as the full-size products."""

@@ -13,10 +13,10 @@ import doctest
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from hsa_geo.functional import softmax_attention as module
 from hsa_geo.functional.softmax_attention import softmax_attention
+from tests.helpers.attention import FullSizeProducts
 
 EXACT = 1e-12
 HAS_KERNEL = hasattr(torch.ops.aten,
@@ -331,20 +331,6 @@ def test_output_recomputed_only_where_read():
     assert_close(got, want, EXACT)
 
 
-class _FullSizeProducts(TorchDispatchMode):
-    r"""Counts the products ``mul`` of two tensors of shape :obj:`shape`."""
-    def __init__(self, shape):
-        super().__init__()
-        self.shape, self.seen = tuple(shape), 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.__name__.split('.')[0] == 'mul' and all(
-                isinstance(a, torch.Tensor) and tuple(a.shape) == self.shape
-                for a in args[:2]):
-            self.seen += 1
-        return func(*args, **(kwargs or {}))
-
-
 def test_chunked_row_term_per_tile(monkeypatch):
     # The row term grad_out . out is reduced tile by tile: the chunked
     # backward forms no [B, L, H, Dv] product (a full-size temporary).
@@ -354,7 +340,7 @@ def test_chunked_row_term_per_tile(monkeypatch):
     want = reference(q, k, v, 0.7)
     g = torch.Generator().manual_seed(16)
     grads = [torch.randn(t.shape, generator=g, dtype=t.dtype) for t in got]
-    spy = _FullSizeProducts(v.shape)
+    spy = FullSizeProducts(v.shape)
     with spy:
         got = [*got, *torch.autograd.grad(got, (q, k, v), grads)]
     assert spy.seen == 0

@@ -1,9 +1,11 @@
 r"""HSA inputs for tests that compare trees: seeded float64 queries, keys
-and values, random family graphs, and the dense reference output."""
+and values, random family graphs, and the dense reference output; a spy
+on full-size products."""
 from typing import List, Optional
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from hsa_geo import Hierarchy, hierarchical_attention, \
     hierarchical_attention_matrix
@@ -85,3 +87,19 @@ def fragment_forest(sizes: List[int]) -> Hierarchy:
         parent += [first + j % 2 for j in range(size)]
         clusters += [first + 2, first + 2, -1]
     return Hierarchy.from_parent(parent + clusters, num_leaves)
+
+
+class FullSizeProducts(TorchDispatchMode):
+    r"""Records the products ``mul`` of two tensors of one shape
+    :obj:`shape` (an ``[N, H, D]`` product or a full-size family table's):
+    each is a full-size temporary, forward or backward."""
+    def __init__(self, shape):
+        super().__init__()
+        self.shape, self.seen = tuple(shape), 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.__name__.split('.')[0] == 'mul' and all(
+                isinstance(a, Tensor) and tuple(a.shape) == self.shape
+                for a in args[:2]):
+            self.seen += 1
+        return func(*args, **(kwargs or {}))
