@@ -201,7 +201,8 @@ def _rows(x: Tensor, index: Tensor,
     return x[span[0]:span[1]]
 
 
-Rows = Tuple[Tensor, Optional[Tuple[int, int]]]
+# Rows of a table: (index, span); with a span, the index is not read.
+Rows = Tuple[Optional[Tensor], Optional[Tuple[int, int]]]
 
 
 def _cluster_rows(bucket: FamilyBucket) -> Optional[Rows]:
@@ -1696,8 +1697,7 @@ def _downward_contexts(passes: _Passes) -> Tensor:
     if writes:
         reads = [(buckets[i].parent_cluster, buckets[i].parent_range)
                  for i in leaf_families]
-        reads.append((torch.arange(num_clusters, device=v.device),
-                      (0, num_clusters))
+        reads.append((None, (0, num_clusters))  # the whole table
                      if _all_leaves_outside_leaf_families(layout, v.size(0))
                      else (layout.outside_parent_cluster, None))
         *parent_contexts, rest_context = _PathSum.apply(
