@@ -13,6 +13,7 @@ from hsa_geo._checks import check_index, check_int
 from hsa_geo._memory import ensure_memory
 from hsa_geo._permutation import inverse_permutation
 from hsa_geo.data.sparse_families import SparseFamilies, sparse_families
+from hsa_geo.data.tensor_state import cache_mode
 
 IndexLike = Union[Tensor, Sequence[int]]
 
@@ -512,8 +513,8 @@ class Hierarchy:
 
     Build one with :meth:`from_parent`, :meth:`from_assignments` or
     :meth:`batch`; add a family graph with :meth:`with_family_graph`; move
-    it with :meth:`to`. A pickle holds the parents, the leaf count, the
-    family graph and the inference mode only: they are checked again on
+    it with :meth:`to`. A pickle holds the parents, the leaf count and the
+    family graph only: they are checked again on
     loading and the rest is derived again on use, so pickles load in later
     versions. Copies (:mod:`copy`) keep what was derived.
 
@@ -533,14 +534,16 @@ class Hierarchy:
                 f"'parent' has {parent.numel()} entries but num_leaves="
                 f"{num_leaves}; it needs one entry per node, leaves first "
                 f"(T >= num_leaves)")
-        # A private copy: the caller may go on modifying its tensor.
-        self._parent = parent.clone()
-        self._num_leaves = num_leaves
-        self._depth = self._check()
-        self._family_edges = self._check_family_edges(family_edge_index)
+        # Private copies (the caller may go on modifying its tensors), and
+        # normal tensors even when built under inference mode, so that a
+        # hierarchy made during an evaluation can be trained on.
+        with cache_mode():
+            self._parent = parent.clone()
+            self._num_leaves = num_leaves
+            self._depth = self._check()
+            self._family_edges = self._check_family_edges(family_edge_index)
         # Derived on first use (a batch may only be checked, never attended
-        # over), under the inference mode the hierarchy was built in.
-        self._inference = torch.is_inference_mode_enabled()
+        # over).
         self._nodes: Optional[_NodeData] = None
         self._families: Optional[_FamilyData] = None
         self._cache = {}  # derived on demand: sibling pairs, adjacency
@@ -655,8 +658,9 @@ class Hierarchy:
     def to(self, device: Union[str, torch.device]) -> 'Hierarchy':
         r"""Returns a copy whose tensors live on :obj:`device` (the derived
         data built so far is moved, not recomputed)."""
-        return self._copied(lambda value: _moved(value, device),
-                            empty_cache=True)
+        with cache_mode():
+            return self._copied(lambda value: _moved(value, device),
+                                empty_cache=True)
 
     # Validation ############################################################
 
@@ -754,7 +758,7 @@ class Hierarchy:
         value = self.__dict__[name]
         if value is None:
             self._check_unchanged()
-            with torch.inference_mode(self._inference):
+            with cache_mode():
                 value = derive()
             self.__dict__[name] = value
             self._restamp()
@@ -868,7 +872,9 @@ class Hierarchy:
         return {'format': PICKLE_FORMAT, 'parent': self._parent,
                 'num_leaves': self._num_leaves,
                 'family_edge_index': self._family_edges,
-                'inference': self._inference}
+                # (read by earlier versions; the tensors are never
+                # inference tensors now)
+                'inference': False}
 
     def __setstate__(self, state: Dict[str, Any]):
         version = state.get('format')
@@ -877,8 +883,7 @@ class Hierarchy:
             # while its derived classes have the fields of this version's).
             state = {'parent': state['_parent'],
                      'num_leaves': state['_num_leaves'],
-                     'family_edge_index': state.get('_family_edges'),
-                     'inference': state.get('_inference', False)}
+                     'family_edge_index': state.get('_family_edges')}
         elif version > PICKLE_FORMAT:
             raise ValueError(
                 f"this Hierarchy was pickled by a later hsa_geo (format "
@@ -887,7 +892,6 @@ class Hierarchy:
                 f"and num_leaves instead")
         Hierarchy.__init__(self, state['parent'], state['num_leaves'],
                            state['family_edge_index'])
-        self._inference = state['inference']
 
     def _restamp(self):
         r"""Records the tensors to watch and their versions; called whenever
@@ -1111,13 +1115,14 @@ class Hierarchy:
         weights. (A copy.)"""
         pairs = self._cache.get('sibling_pairs')
         if pairs is None:
-            parts = [
-                torch.stack([b.children[f, i], b.children[f, j]])
-                for b, (f, i, j) in zip(self._family_data().buckets,
-                                        self.bucket_pairs)
-            ]
-            pairs = torch.cat(parts, dim=1) if parts else torch.empty(
-                2, 0, dtype=torch.long, device=self.device)
+            with cache_mode():
+                parts = [
+                    torch.stack([b.children[f, i], b.children[f, j]])
+                    for b, (f, i, j) in zip(self._family_data().buckets,
+                                            self.bucket_pairs)
+                ]
+                pairs = torch.cat(parts, dim=1) if parts else torch.empty(
+                    2, 0, dtype=torch.long, device=self.device)
             self._cache['sibling_pairs'] = pairs
         return pairs.clone()
 
@@ -1129,12 +1134,13 @@ class Hierarchy:
         GPU that takes a synchronisation); a copy."""
         adjacency = self._cache.get('adjacency')
         if adjacency is None:
-            child = (self._parent >= 0).nonzero().view(-1)
-            adjacency = torch.sparse_coo_tensor(
-                torch.stack([self._parent[child], child]),
-                torch.ones(child.numel(), device=self.device),
-                (self.num_nodes, self.num_nodes),
-                check_invariants=False).coalesce()
+            with cache_mode():
+                child = (self._parent >= 0).nonzero().view(-1)
+                adjacency = torch.sparse_coo_tensor(
+                    torch.stack([self._parent[child], child]),
+                    torch.ones(child.numel(), device=self.device),
+                    (self.num_nodes, self.num_nodes),
+                    check_invariants=False).coalesce()
             self._cache['adjacency'] = adjacency
         return adjacency.clone()
 
@@ -1150,8 +1156,10 @@ class Hierarchy:
                 'hierarchy (a pair bias or family weights need them)',
                 self.device, 'the widest family (node {}) has {} children'
                 .format(*self.widest_family))
-            cached = [(b.mask.unsqueeze(2) & b.mask.unsqueeze(1)).nonzero(
-                as_tuple=True) for b in self._family_data().buckets]
+            with cache_mode():
+                cached = [(b.mask.unsqueeze(2) & b.mask.unsqueeze(1))
+                          .nonzero(as_tuple=True)
+                          for b in self._family_data().buckets]
             self._cache['bucket_pairs'] = cached
         return cached
 

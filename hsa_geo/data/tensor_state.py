@@ -1,8 +1,22 @@
 r"""What a cached derivation was made from, to tell when it is stale:
-tensors by identity and version, other values by equality."""
-from typing import Any, Tuple
+tensors by identity and version, other values by equality; and the mode
+in which tensors that outlive the call are made."""
+import contextlib
+from typing import Any, Iterator, Tuple
 
+import torch
 from torch import Tensor
+
+
+@contextlib.contextmanager
+def cache_mode() -> Iterator[None]:
+    r"""Makes tensors that outlive the call (caches, derived index data) as
+    normal tensors without autograd history, even inside
+    :func:`torch.inference_mode`: an inference tensor can never be saved for
+    a backward, so a cache filled during an evaluation would break the
+    training after it."""
+    with torch.inference_mode(False), torch.no_grad():
+        yield
 
 
 def tensor_state(value: Any) -> Tuple[Any, Any]:

@@ -14,6 +14,7 @@ from torch import Tensor
 from hsa_geo._checks import check_bool, check_float
 from hsa_geo._memory import ensure_memory
 from hsa_geo.data.hierarchy import Hierarchy
+from hsa_geo.data.tensor_state import cache_mode
 from hsa_geo.functional.dynamic_program import check_attention_inputs
 from hsa_geo.functional.pair_pattern import DEVICES, PairPattern
 from hsa_geo.functional.sparse_family_attention import scatter_logsumexp
@@ -133,15 +134,17 @@ def _structure(hierarchy: Hierarchy, heads: int) -> Tuple[
     heads (:obj:`None` without pairs or sparse kernels)."""
     cache = _STRUCTURES.setdefault(hierarchy, {})
     if 'pairs' not in cache:
-        leaf, node = leaf_paths(hierarchy)
-        cache['pairs'] = (leaf, node) + query_blocks(hierarchy, leaf, node)
+        with cache_mode():  # saved by backwards after this call
+            leaf, node = leaf_paths(hierarchy)
+            cache['pairs'] = (leaf, node) + query_blocks(hierarchy, leaf,
+                                                         node)
     leaf, node, query, block = cache['pairs']
     if heads not in cache:
         cache[heads] = None
         if query.numel() and query.device.type in DEVICES:
             t = hierarchy.num_nodes
-            transpose = torch.argsort(block * t + query, stable=True)
-            with torch.inference_mode(False):  # a double backward saves it
+            with cache_mode():  # a double backward saves it
+                transpose = torch.argsort(block * t + query, stable=True)
                 cache[heads] = PairPattern.build(query, block, transpose, t,
                                                  heads)
     return leaf, node, query, block, cache[heads]

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from hsa_geo.data.sparse_families import SparseFamilies
+from hsa_geo.data.tensor_state import cache_mode
 from hsa_geo.functional.pair_pattern import DEVICES, PairPattern
 
 
@@ -31,7 +32,7 @@ def pair_pattern(families: SparseFamilies,
     patterns = _PATTERNS.setdefault(families, {})
     if heads not in patterns:
         # Never inference tensors: a later double backward saves them.
-        with torch.inference_mode(False):
+        with cache_mode():
             patterns[heads] = PairPattern.build(
                 families.src, families.dst, families.transpose,
                 families.num_members, heads)

@@ -628,8 +628,8 @@ def test_copies_check_their_own_tensors(copy_of):
 
 def test_pickle_holds_the_defining_tensors_only():
     """A pickle carries no derived data (it would not load in a version
-    whose layout differs) and loads with the same tree and family graph,
-    and the inference mode it was built in."""
+    whose layout differs) and loads with the same tree and family
+    graph."""
     import pickle
     edges = torch.tensor([[0, 2], [1, 3]])
     with torch.inference_mode():
@@ -642,7 +642,7 @@ def test_pickle_holds_the_defining_tensors_only():
     assert loaded.num_leaves == h.num_leaves
     assert torch.equal(loaded.family_edge_index, edges)
     assert loaded.__dict__['_nodes'] is None  # derived again on use
-    assert loaded.__dict__['_inference'] is True
+    assert not loaded.parent.is_inference()
     assert torch.equal(_attention(loaded), _attention(h))
 
 
@@ -674,6 +674,7 @@ def test_pickle_without_a_format_loads_its_tree():
     before = _attention(h)
     state = {key: value for key, value in h.__dict__.items()
              if key not in ('_watched', '_stamp')}
+    state['_inference'] = True  # (stored by those versions)
     old = Hierarchy.__new__(Hierarchy)
     old.__setstate__(state)
     assert old.__dict__['_nodes'] is None
@@ -687,10 +688,39 @@ def test_pickle_without_a_format_loads_its_tree():
     assert torch.equal(_attention(older), before)
 
 
-def test_hierarchy_built_in_inference_mode():
+def _trains(h: Hierarchy) -> bool:
+    q, k, v = (torch.randn(h.num_leaves, 2, 3, requires_grad=True)
+               for _ in range(3))
+    hierarchical_attention(q, k, v, h, pair_bias=torch.zeros(
+        h.num_sibling_pairs, 2, requires_grad=True)).sum().backward()
+    return all(t.grad is not None for t in (q, k, v))
+
+
+def test_hierarchy_built_in_inference_mode_trains():
+    """A hierarchy made during an evaluation (a dataset's preprocessing,
+    a cached signal's first read) holds normal tensors: the attention's
+    backward can save them."""
+    parent = torch.tensor([5, 5, 6, 6, 6, -1, 5])
     with torch.inference_mode():
-        h = Hierarchy.from_parent([5, 5, 6, 6, 6, -1, 5], 5)
-    assert _attention(h).isfinite().all()
+        h = Hierarchy.from_parent(parent, 5)
+        assert _attention(h).isfinite().all()
+        moved = h.to('cpu')
+    assert not h.parent.is_inference()
+    assert _trains(h) and _trains(moved)
+
+
+@pytest.mark.parametrize('first_use', ['layout', 'sibling_pairs',
+                                       'bucket_pairs', 'adjacency'])
+def test_derived_data_first_used_in_inference_mode_trains(first_use):
+    """What a hierarchy derives and keeps is made outside inference mode,
+    whatever the mode of its first use."""
+    h = Hierarchy.from_parent([5, 5, 6, 6, 6, -1, 5], 5)
+    with torch.inference_mode():
+        getattr(h, first_use)
+    derived = [b.children for b in h.family_buckets] + \
+        [h.sibling_pairs, h.adjacency] + list(h.bucket_pairs[0])
+    assert not any(t.is_inference() for t in derived)
+    assert _trains(h)
 
 
 # Wrong types ###############################################################

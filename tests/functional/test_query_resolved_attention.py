@@ -176,6 +176,21 @@ def test_gradients_to_second_order(graph):
     assert gradgradcheck(fn, (q, k, v))
 
 
+def test_first_call_in_inference_mode_then_training():
+    """The structure cached on a hierarchy's first call holds normal
+    tensors: an evaluation under inference mode, then training (to second
+    order, which saves the pair pattern too)."""
+    h = hierarchy_of(Forest([5, 5, 6, 6, 7, 6, 7, -1], 5), 3)
+    q, k, v = [t.requires_grad_() for t in make(5, 2, 2, 0)]
+    with torch.inference_mode():
+        expected = query_resolved_attention(q, k, v, h)
+    out = query_resolved_attention(q, k, v, h)
+    assert torch.equal(out.detach(), expected)
+    grad, = torch.autograd.grad(out.sum(), q, create_graph=True)
+    grad.sum().backward()
+    assert k.grad is not None
+
+
 def test_float32_inputs_and_one_head():
     f = Forest([5, 5, 6, 6, 6, 7, 7, -1], 5)
     h = hierarchy_of(f)
