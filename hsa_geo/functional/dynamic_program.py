@@ -14,6 +14,7 @@ from typing import (Callable, Dict, FrozenSet, Iterator, List, NamedTuple,
 import torch
 from torch import Tensor
 
+from hsa_geo._autocast import autocast_off
 from hsa_geo._checks import (check_bool, check_device, check_float,
                              check_floating)
 from hsa_geo._memory import ensure_memory
@@ -1095,7 +1096,8 @@ def hierarchical_attention(
     Returns:
         Tensor ``[N, H, D_v]`` (or ``[N, D_v]``) in the dtype of :obj:`v`;
         with :obj:`return_weights`, also the family weights. Computation is
-        in float32 (float64 for float64 inputs).
+        in float32 (float64 for float64 inputs), also under
+        :func:`torch.autocast`.
     """
     check_attention_inputs(q, k, v, hierarchy)
     dropout_p = check_float(dropout_p, 'dropout_p', 0.0, 1.0, high_open=True)
@@ -1123,7 +1125,7 @@ def hierarchical_attention(
                      for t in (q, k, v, pair_bias)), streamed)
 
     threads = torch.get_num_threads()
-    with _cpu_threads(1, q.device):  # see _serial
+    with _cpu_threads(1, q.device), autocast_off(q.device):  # see _serial
         tree = _prepare(q, k, v, layout, scale, streamed, threads,
                         pair_bias is not None)
         means = _upward_means(tree)

@@ -28,6 +28,7 @@ from typing import Iterator, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from hsa_geo._autocast import autocast_off
 from hsa_geo._checks import (check_bool, check_device, check_float,
                              check_floating)
 from hsa_geo.functional.replayed_backward import replayed_backward
@@ -74,7 +75,8 @@ def softmax_attention(q: Tensor, k: Tensor, v: Tensor, scale: float,
     :obj:`False` (the padding of groups of fewer than :obj:`L` rows: the
     padded rows' own outputs are computed too, from the kept keys).
 
-    Two implementations, both computing in the dtype of the inputs:
+    Two implementations, both computing in the dtype of the inputs (also
+    under :func:`torch.autocast`):
 
     * fused (``float32`` and ``float64`` on CPU): PyTorch's flash-attention
       kernel, which also returns :math:`\mathrm{lse}`. Its backward takes no
@@ -158,8 +160,9 @@ def softmax_attention(q: Tensor, k: Tensor, v: Tensor, scale: float,
     if key_mask is not None:
         _check_key_mask(key_mask, q)
     check_bool(recompute_output, 'recompute_output')
-    return _SoftmaxAttention.apply(q, k, v, scale, _use_fused(q, fused),
-                                   key_mask, recompute_output)
+    with autocast_off(q.device):
+        return _SoftmaxAttention.apply(q, k, v, scale, _use_fused(q, fused),
+                                       key_mask, recompute_output)
 
 
 def _check_inputs(q: Tensor, k: Tensor, v: Tensor):

@@ -548,6 +548,23 @@ def test_float32_and_bfloat16(f, heads, d, seed):
         assert torch.allclose(out.double(), ref, atol=tol, rtol=tol)
 
 
+@given(f=forests(max_leaves=30), heads=HEADS, seed=SEEDS)
+def test_autocast_computes_in_float32(f, heads, seed):
+    """Under autocast the passes still run in float32: the output and
+    the gradients (the backward outside autocast, as PyTorch recommends)
+    are float32's, bit for bit (lower-precision products would differ,
+    and mixed dtypes would fail the in-place sums)."""
+    h = build(f)
+    q, k, v = (t.float().requires_grad_() for t in
+               seeded_qkv(f.num_leaves, heads, 4, seed, dv=3))
+
+    def run(autocast):
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast):
+            out = hierarchical_attention(q, k, v, h)
+        return [out, *torch.autograd.grad(out.square().sum(), (q, k, v))]
+    assert all(torch.equal(a, b) for a, b in zip(run(True), run(False)))
+
+
 def _extreme_inputs(case, n, seed, dtype):
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(n, 2, 4, generator=g, dtype=torch.float64)

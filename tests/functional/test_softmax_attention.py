@@ -194,6 +194,24 @@ def test_float32(fused):
 
 
 @pytest.mark.parametrize('fused', PATHS)
+def test_autocast_computes_in_the_inputs_dtype(fused):
+    """A forward under autocast (the backward outside it, as PyTorch
+    recommends) gives float32's outputs and gradients, bit for bit: no
+    product runs in the lower precision."""
+    q, k, v = make_qkv((2, 40, 2, 8), 8, seed=5, dtype=torch.float32)
+
+    def run(*a):
+        return softmax_attention(*a, scale=0.25, fused=fused)
+
+    def autocast_run(*a):
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            return run(*a)
+    want = outputs_and_grads(run, q, k, v, 7)
+    got = outputs_and_grads(autocast_run, q, k, v, 7)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+@pytest.mark.parametrize('fused', PATHS)
 def test_non_finite_rows(fused):
     # Row 0 scores -inf against both keys: a zero output, as PyTorch's
     # kernel gives. Row 1 scores +inf: NaN.
