@@ -180,3 +180,35 @@ def check_heads(channels: Any, heads: Any) -> Tuple[int, int]:
                          f"({channels}): each head gets channels // "
                          f"heads of them")
     return channels, heads
+
+
+def check_dtype(value: Tensor, name: str, weight: Tensor, owner: str):
+    r"""Checks that the tensor :obj:`value` has the dtype of :obj:`weight`,
+    the weights of :obj:`owner`, unless autocast is on (its matrix products
+    cast their inputs themselves)."""
+    if value.dtype != weight.dtype and \
+            not torch.is_autocast_enabled(value.device.type):
+        raise TypeError(f"'{name}' has dtype {value.dtype} but {owner} "
+                        f"{weight.dtype}; convert one with "
+                        f"'.to({weight.dtype})' or '.to({value.dtype})'")
+
+
+def check_features(value: Tensor, name: str, weight: Tensor, width: str,
+                   row: str = 'leaf', rows: str = 'N'):
+    r"""Checks that the 2-D tensor :obj:`value` ``[rows, F]`` fits the
+    projection whose weight is :obj:`weight` ``[*, F]``: at least one
+    feature per :obj:`row`, ``F`` features (the layer's argument
+    :obj:`width`), its dtype and its device. A lazy weight
+    (:class:`~torch.nn.parameter.UninitializedParameter`) takes any width
+    and dtype."""
+    if value.size(1) == 0:
+        raise ValueError(f"'{name}' has 0 features per {row}; give each "
+                         f"{row} at least one")
+    lazy = isinstance(weight, torch.nn.parameter.UninitializedParameter)
+    if not lazy and value.size(1) != weight.size(1):
+        raise ValueError(f"'{name}' has {value.size(1)} features but the "
+                         f"layer takes {weight.size(1)} ({width}); give "
+                         f"{name} the shape [{rows}, {weight.size(1)}]")
+    if not lazy:
+        check_dtype(value, name, weight, "the layer's weights")
+    check_device(value, name, weight.device, 'the layer')

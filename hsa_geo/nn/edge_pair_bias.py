@@ -8,8 +8,8 @@ from torch import Tensor
 from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.utils import scatter
 
-from hsa_geo._checks import (check_device, check_floating, check_index,
-                             check_int)
+from hsa_geo._checks import (check_device, check_dtype, check_floating,
+                             check_index, check_int)
 from hsa_geo._memory import ensure_pairs_fit
 from hsa_geo.data.hierarchy import Hierarchy
 
@@ -141,12 +141,7 @@ class EdgePairBias(torch.nn.Module):
                 f"{tuple(edge_attr.shape)}")
         weight = self.lin.weight
         check_device(edge_attr, 'edge_attr', weight.device, 'the layer')
-        if edge_attr.dtype != weight.dtype and \
-                not torch.is_autocast_enabled(edge_attr.device.type):
-            raise TypeError(
-                f"'edge_attr' has dtype {edge_attr.dtype} but the edge "
-                f"projection {weight.dtype}; convert one with "
-                f"'.to({weight.dtype})' or '.to({edge_attr.dtype})'")
+        check_dtype(edge_attr, 'edge_attr', weight, 'the edge projection')
         return edge_index, edge_attr
 
     def __repr__(self) -> str:

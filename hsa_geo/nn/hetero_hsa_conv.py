@@ -11,8 +11,10 @@ from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.typing import EdgeType
 from torch_geometric.utils import scatter
 
-from hsa_geo._checks import (check_flags, check_float, check_index,
-                             check_int, check_width, first_out_of_range)
+from hsa_geo._checks import (check_bool, check_device, check_features,
+                             check_flags, check_float, check_floating,
+                             check_index, check_int, check_width,
+                             first_out_of_range)
 from hsa_geo._memory import ensure_pairs_fit
 from hsa_geo.data.hetero_nested_signal import (HeteroNestedSignal,
                                                node_modality)
@@ -152,20 +154,24 @@ class HeteroHSAConv(torch.nn.Module):
                 edge_index_dict: Optional[Mapping[EdgeType, Tensor]] = None
                 ) -> Union[Dict[str, Tensor],
                            Tuple[Dict[str, Tensor], Tuple[Tensor, Tensor]]]:
-        r"""Runs the layer; with :obj:`return_attention_weights` set (to
-        anything), also returns ``(sibling_pairs [2, P], weights [P, H])``
-        of the hierarchy, as :class:`~hsa_geo.nn.HSAConv` does. With
-        :obj:`edge_dim`, :obj:`edge_attr_dict` holds ``[E_r, F_r]`` for each
-        of its edge types and :obj:`edge_index_dict` their ``[2, E_r]``
-        (taken from a :class:`~hsa_geo.data.HeteroNestedSignal` when not
-        given)."""
-        order, hierarchy = self._order(x_dict, signal)
-        counts = [x_dict[t].size(0) for t in order]
-        if sum(counts) != hierarchy.num_leaves:
-            raise ValueError(
-                f"x_dict holds {sum(counts)} leaves "
-                f"({dict(zip(order, counts))}) but the hierarchy has "
-                f"{hierarchy.num_leaves}")
+        r"""Runs the layer; with :obj:`return_attention_weights` set
+        (:obj:`True` or :obj:`False`), also returns ``(sibling_pairs [2, P],
+        weights [P, H])`` of the hierarchy, as :class:`~hsa_geo.nn.HSAConv`
+        does. With :obj:`edge_dim`, :obj:`edge_attr_dict` holds
+        ``[E_r, F_r]`` for each of its edge types and
+        :obj:`edge_index_dict` their ``[2, E_r]`` (taken from a
+        :class:`~hsa_geo.data.HeteroNestedSignal` when not given).
+
+        Raises :class:`TypeError` for features that are not floating point
+        tensors of the layer's dtype and :class:`ValueError` for an
+        ``x_dict[t]`` whose rows are not the leaves of type ``t`` of the
+        signal or whose width is not the layer's, as
+        :meth:`HSAConv.check_input <hsa_geo.nn.HSAConv.check_input>`
+        does."""
+        with_weights = return_attention_weights is not None
+        if with_weights:
+            check_bool(return_attention_weights, 'return_attention_weights')
+        order, hierarchy, counts = self._check_input(x_dict, signal)
         h, c = self.heads, self.out_channels
         q, k, v = (
             torch.cat([lins[t](x_dict[t]) for t in order]).view(-1, h, c)
@@ -186,7 +192,6 @@ class HeteroHSAConv(torch.nn.Module):
             raise ValueError("edge_attr_dict was given but this layer has "
                              "no edge_dim; build it with edge_dim={edge "
                              "type: width}")
-        with_weights = return_attention_weights is not None
         out = hierarchical_attention(
             q, k, v, hierarchy, dropout_p=self.dropout,
             training=self.training, return_weights=with_weights,
@@ -201,11 +206,13 @@ class HeteroHSAConv(torch.nn.Module):
             return out_dict, (weights.index, weights.weight)
         return out_dict
 
-    def _order(self, x_dict: Mapping[str, Tensor],
-               signal: Union[HeteroNestedSignal, Hierarchy]
-               ) -> Tuple[List[str], Hierarchy]:
-        r"""The leaf types in the order of the hierarchy's leaves, and the
-        hierarchy; checks that :obj:`x_dict` has exactly those types."""
+    def _check_input(self, x_dict: Mapping[str, Tensor],
+                     signal: Union[HeteroNestedSignal, Hierarchy]
+                     ) -> Tuple[List[str], Hierarchy, List[int]]:
+        r"""The leaf types in the order of the hierarchy's leaves, the
+        hierarchy and the number of leaves of each type; checks that
+        :obj:`x_dict` holds one ``[N_t, F_t]`` tensor per type that fits
+        the signal's leaves of that type and the type's projections."""
         if isinstance(signal, HeteroNestedSignal):
             order, hierarchy = signal.leaf_types, signal.hierarchy
         elif isinstance(signal, Hierarchy):
@@ -217,12 +224,33 @@ class HeteroHSAConv(torch.nn.Module):
         if unknown:
             raise ValueError(f"leaf type {sorted(unknown)[0]!r} is not one "
                              f"of this layer's {self.leaf_types}")
+        # A plain Hierarchy tells only the total number of leaves.
+        slices = signal.leaf_slices if isinstance(
+            signal, HeteroNestedSignal) else None
         for t in order:
             x = x_dict.get(t) if isinstance(x_dict, Mapping) else None
             if not isinstance(x, Tensor) or x.dim() != 2:
                 raise ValueError(f"x_dict[{t!r}] must be a [N_t, F_t] "
                                  f"tensor of that type's leaf features")
-        return list(order), hierarchy
+            name = f'x_dict[{t!r}]'
+            check_floating(x, name)
+            check_features(x, name, self.lin_query[t].weight,
+                           f'in_channels[{t!r}]')
+            check_device(x, name, hierarchy.device, 'the hierarchy')
+            if slices is not None and \
+                    x.size(0) != slices[t].stop - slices[t].start:
+                raise ValueError(
+                    f"x_dict[{t!r}] has {x.size(0)} rows but the signal has "
+                    f"{slices[t].stop - slices[t].start} leaves of type "
+                    f"{t!r}; row i must hold the features of the signal's "
+                    f"leaf i of that type")
+        counts = [x_dict[t].size(0) for t in order]
+        if sum(counts) != hierarchy.num_leaves:
+            raise ValueError(
+                f"x_dict holds {sum(counts)} leaves "
+                f"({dict(zip(order, counts))}) but the hierarchy has "
+                f"{hierarchy.num_leaves}")
+        return list(order), hierarchy, counts
 
     def _pair_bias(self, hierarchy: Hierarchy, order: List[str],
                    counts: List[int]) -> Tensor:
@@ -278,22 +306,36 @@ class HeteroHSAConv(torch.nn.Module):
                 raise ValueError(
                     f"edge_attr_dict[{edge_type}] must be [E, F] floating "
                     f"point features of its {index.size(1)} edges")
+            lin = self.lin_edge['__'.join(edge_type)]
+            check_features(attr, f'edge_attr_dict[{edge_type}]', lin.weight,
+                           f'edge_dim[{edge_type!r}]', row='edge', rows='E')
             src, _, dst = edge_type
             edges = torch.stack([index[0] + start[src],
                                  index[1] + start[dst]])
             row, keep = EdgePairBias.pair_of_edge(hierarchy, edges)
             rows.append(row[keep])
-            values.append(self.lin_edge['__'.join(edge_type)](attr[keep]))
+            values.append(lin(attr[keep]))
         return scatter(torch.cat(values), torch.cat(rows), dim=0,
                        dim_size=hierarchy.num_sibling_pairs, reduce='mean')
 
     def __repr__(self) -> str:
+        # The options that differ from their defaults, in the order of the
+        # signature, after the heads.
+        options = [f'heads={self.heads}']
+        if not self.concat:
+            options.append('concat=False')
+        if self.dropout != 0.:
+            options.append(f'dropout={self.dropout}')
+        if self.lin_query[self.leaf_types[0]].bias is None:
+            options.append('bias=False')
+        if self.lin_skip is None:
+            options.append('root_weight=False')
+        options += [f'leaf_types={self.leaf_types}',
+                    f'modality_bias={self.modality_bias is not None}']
+        if self.edge_types:
+            options.append(f'edge_types={self.edge_types}')
         return (f'{self.__class__.__name__}({self.in_channels}, '
-                f'{self.out_channels}, heads={self.heads}, '
-                f'leaf_types={self.leaf_types}, '
-                f'modality_bias={self.modality_bias is not None}'
-                + (f', edge_types={self.edge_types}' if self.edge_types
-                   else '') + ')')
+                f'{self.out_channels}, {", ".join(options)})')
 
 
 def _check_edge_dim(edge_dim, leaf_types: List[str]) -> List[EdgeType]:

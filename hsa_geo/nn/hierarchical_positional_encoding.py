@@ -13,6 +13,7 @@ from torch.nn import Parameter
 
 from hsa_geo._checks import check_device, check_floating, check_int
 from hsa_geo.data.hierarchy import FamilyBucket, Hierarchy
+from hsa_geo.data.tensor_state import cache_mode
 
 if TYPE_CHECKING:  # pragma: no cover
     from hsa_geo.data.nested_signal import NestedSignal
@@ -132,6 +133,11 @@ class HierarchicalPositionalEncoding(torch.nn.Module):
     arbitrary basis of their eigenspace; signs are made canonical (first
     clearly non-zero entry positive) before the random training flips.
 
+    Every argument is checked in every mode, also where the mode does not
+    use it, so that a typo is not ignored: a value of the wrong type raises
+    :class:`TypeError`, one out of range (``k=0``, ``grid_size=(2, 0)``)
+    :class:`ValueError`.
+
     Args:
         channels (int): size :math:`C` of the encoding (of each leaf
             feature it is added to).
@@ -146,9 +152,11 @@ class HierarchicalPositionalEncoding(torch.nn.Module):
             sinusoidal code, for families of any width. Unused in the other
             modes. (default: :obj:`None`)
         grid_size (int or (int, int), optional): rows and columns of the
-            parent's block in :obj:`'grid'` mode. (default: :obj:`2`)
+            parent's block in :obj:`'grid'` mode; unused in the others.
+            (default: :obj:`2`)
         k (int, optional): number of eigenvectors (:obj:`'laplacian'`) or
-            walk length (:obj:`'random_walk'`). (default: :obj:`4`)
+            walk length (:obj:`'random_walk'`); unused in the others.
+            (default: :obj:`4`)
         level (str, optional): ``'height'`` or ``'depth'``, see above.
             (default: :obj:`'height'`)
 
@@ -185,6 +193,18 @@ class HierarchicalPositionalEncoding(torch.nn.Module):
                              f"(counted from the roots)")
         channels = check_int(channels, 'channels')
         num_levels = check_int(num_levels, 'num_levels')
+        # Checked in every mode, also where unused, so that a typo is not
+        # ignored.
+        if max_branching is not None:
+            max_branching = check_int(max_branching, 'max_branching')
+        size = (grid_size, grid_size) if not isinstance(
+            grid_size, (tuple, list)) else tuple(grid_size)
+        if len(size) != 2:
+            raise ValueError(f"'grid_size' must be a positive int or a "
+                             f"pair of them, got {grid_size!r}")
+        size = tuple(check_int(v, f'grid_size[{i}]')
+                     for i, v in enumerate(size))
+        k = check_int(k, 'k')
         self.channels = channels
         self.mode = mode
         self.num_levels = num_levels
@@ -194,18 +214,10 @@ class HierarchicalPositionalEncoding(torch.nn.Module):
         self.k = None
 
         if mode == 'sequence' and max_branching is not None:
-            max_branching = check_int(max_branching, 'max_branching')
             self.max_branching = max_branching
             self.emb = Parameter(torch.empty(num_levels, max_branching,
                                              channels))
         elif mode == 'grid':
-            size = (grid_size, grid_size) if not isinstance(
-                grid_size, (tuple, list)) else tuple(grid_size)
-            if len(size) != 2:
-                raise ValueError(f"'grid_size' must be a positive int or a "
-                                 f"pair of them, got {grid_size!r}")
-            size = tuple(check_int(v, f'grid_size[{i}]')
-                         for i, v in enumerate(size))
             self.grid_size = size
             self.row_emb = Parameter(torch.empty(num_levels, size[0],
                                                  channels))
@@ -213,7 +225,7 @@ class HierarchicalPositionalEncoding(torch.nn.Module):
                                                  channels))
         else:
             # The sinusoidal code of a rank has one entry per channel.
-            self.k = k = channels if mode == 'sequence' else check_int(k, 'k')
+            self.k = k = channels if mode == 'sequence' else k
             self.weight = Parameter(torch.empty(num_levels, k, channels))
             self.bias = Parameter(torch.empty(num_levels, channels))
         self.reset_parameters()
@@ -475,8 +487,7 @@ def _family_features(h: Hierarchy, mode: str, k: int) -> Tensor:
             "information; give the hierarchy a family graph "
             "(Hierarchy.with_family_graph) or use mode='sequence' (ordered "
             "children), 'grid' or 'random_walk'")
-    # Normal tensors even under inference mode: the cache outlives it.
-    with torch.inference_mode(False), torch.no_grad():
+    with cache_mode():  # the cache outlives an inference mode
         out = torch.zeros(h.num_nodes, k, dtype=torch.float64,
                           device=h.device)
         for bucket in h.family_buckets:

@@ -1,16 +1,16 @@
 r"""The hierarchical self-attention layer."""
 from __future__ import annotations
 
-from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.nn.dense.linear import Linear
 
-from hsa_geo._checks import (check_bool, check_device, check_flags,
-                             check_float, check_floating, check_int,
-                             check_width)
+from hsa_geo._checks import (check_bool, check_device, check_features,
+                             check_flags, check_float, check_floating,
+                             check_int, check_width)
 from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.functional.dynamic_program import (FamilyWeights,
                                                 hierarchical_attention)
@@ -121,7 +121,8 @@ class HSAConv(MessagePassing):
           :obj:`concat=False`; with :obj:`return_attention_weights` set
           (:obj:`True` or :obj:`False`) also
           ``(pair_index [2, P], alpha [P, H])``, the sibling pairs ``(a, b)``
-          (tree node ids) and :math:`\pi_F(a \to b)`.
+          (tree node ids) and :math:`\pi_F(a \to b)`, normalised over
+          ``a = pair_index[0]``, see :meth:`forward`.
     """
     def __init__(
         self,
@@ -225,11 +226,17 @@ class HSAConv(MessagePassing):
                 as :obj:`edge_index`. (default: :obj:`None`)
             return_attention_weights (bool, optional): will additionally
                 return the tuple ``(pair_index, alpha)`` whenever it is set,
-                regardless of its value (:obj:`True` or :obj:`False`), as
-                :class:`~torch_geometric.nn.conv.TransformerConv` does:
-                the sibling pairs ``[2, P]`` and their family attention
-                weights ``[P, H]``. :obj:`None`: the output only.
-                (default: :obj:`None`)
+                regardless of its value (:obj:`True` or :obj:`False`):
+                the sibling pairs ``(a, b)`` ``[2, P]`` of tree node ids
+                (self pairs ``(a, a)`` included) and their family attention
+                weights :math:`\pi_F(a \to b)` ``[P, H]``, how much the
+                attending node ``a = pair_index[0]`` attends to ``b =
+                pair_index[1]``; they sum to one over the pairs of each
+                ``pair_index[0]``. This is the reverse of
+                :class:`~torch_geometric.nn.conv.TransformerConv`, whose
+                weights sum to one over the targets ``edge_index[1]``;
+                ``pair_index.flip(0)`` gives its orientation.
+                :obj:`None`: the output only. (default: :obj:`None`)
 
         Raises :class:`TypeError` for an :obj:`x` that is not a floating
         point tensor of the layer's dtype or a :obj:`hierarchy` that is
@@ -520,22 +527,7 @@ class HSAConv(MessagePassing):
         if x.dim() != 2:
             raise ValueError(f"'x' must be a [N, F] tensor of leaf features, "
                              f"got shape {tuple(x.shape)}")
-        weight = self.lin_query.weight
-        lazy = isinstance(weight, torch.nn.parameter.UninitializedParameter)
-        if x.size(1) == 0:
-            raise ValueError("'x' has 0 features per leaf; give each leaf at "
-                             "least one")
-        if not lazy and x.size(1) != weight.size(1):
-            raise ValueError(f"'x' has {x.size(1)} features but the layer "
-                             f"takes {weight.size(1)} (in_channels); give x "
-                             f"the shape [N, {weight.size(1)}]")
-        # Under autocast the matrix products cast x themselves.
-        if not lazy and x.dtype != weight.dtype and \
-                not torch.is_autocast_enabled(x.device.type):
-            raise TypeError(f"'x' has dtype {x.dtype} but the layer's "
-                            f"weights {weight.dtype}; convert one with "
-                            f"'.to({weight.dtype})' or '.to({x.dtype})'")
-        check_device(x, 'x', weight.device, 'the layer')
+        check_features(x, 'x', self.lin_query.weight, 'in_channels')
         check_device(x, 'x', hierarchy.device, 'the hierarchy')
         if x.size(0) != hierarchy.num_leaves:
             raise ValueError(
@@ -545,9 +537,22 @@ class HSAConv(MessagePassing):
         return hierarchy
 
     def __repr__(self) -> str:
-        # Every option that differs from its default, in the order of the
-        # signature; with a geometry bias, always the size of its table.
-        options = [f'heads={self.heads}']
+        options = [f'heads={self.heads}'] + self.repr_options()
+        return (f'{self.__class__.__name__}({self.in_channels}, '
+                f'{self.out_channels}, {", ".join(options)})')
+
+    def repr_options(self, root_weight: bool = True) -> List[str]:
+        r"""``'name=value'`` of every option after :obj:`heads` that differs
+        from its default, in the order of the signature (with a geometry
+        bias, always the size of its table): the reprs of this layer and of
+        layers that build one from their own arguments.
+
+        Args:
+            root_weight (bool): the default of :obj:`root_weight` to compare
+                with (a layer that builds this one may have another).
+                (default: :obj:`True`)
+        """
+        options = []
         if not self.concat:
             options.append('concat=False')
         if self.beta:
@@ -556,8 +561,8 @@ class HSAConv(MessagePassing):
             options.append(f'dropout={self.dropout}')
         if self.lin_query.bias is None:
             options.append('bias=False')
-        if not self.root_weight:
-            options.append('root_weight=False')
+        if self.root_weight != root_weight:
+            options.append(f'root_weight={self.root_weight}')
         if self.geometry_bias is not None:
             options.append('geometry_bias=True')
         if self.geometry_bias is not None or self.max_branching != 16:
@@ -568,8 +573,7 @@ class HSAConv(MessagePassing):
             options.append(f'edge_dim={self.edge_dim}')
         if self.query_resolved:
             options.append('query_resolved=True')
-        return (f'{self.__class__.__name__}({self.in_channels}, '
-                f'{self.out_channels}, {", ".join(options)})')
+        return options
 
 
 # What HSA's dynamic program is: a sum of attention-weighted values, from

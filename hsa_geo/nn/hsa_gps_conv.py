@@ -14,6 +14,7 @@ from torch_geometric.nn.inits import reset
 from torch_geometric.nn.resolver import (activation_resolver,
                                          normalization_resolver)
 from torch_geometric.typing import Adj
+from torch_geometric.utils import is_sparse
 
 from hsa_geo._checks import check_float, check_heads, check_index
 from hsa_geo.data.hierarchy import Hierarchy
@@ -94,7 +95,9 @@ class HSAGPSConv(torch.nn.Module):
             ``root_weight`` (:obj:`False` unless given: the residual is the
             skip connection), ... With ``edge_dim``, the attention reads the
             leaf edges and their features ``edge_attr`` from the
-            :obj:`kwargs` of :meth:`forward`. (default: :obj:`None`)
+            :obj:`kwargs` of :meth:`forward`; its :obj:`edge_index` must
+            then be a ``[2, E]`` tensor in the order of ``edge_attr``, not a
+            sparse adjacency. (default: :obj:`None`)
 
     Shapes:
         - **input:**
@@ -188,7 +191,7 @@ class HSAGPSConv(torch.nn.Module):
         # Checked first, so that bad input fails with a message about x and
         # the hierarchy rather than inside the local layer.
         hierarchy = self.attn.check_input(x, hierarchy)
-        self._check_extra_input(x, batch, kwargs)
+        self._check_extra_input(x, edge_index, batch, kwargs)
         attn_edges = self.attn.edge_dim is not None
 
         hs = []
@@ -227,9 +230,10 @@ class HSAGPSConv(torch.nn.Module):
             return x
         return norm(x, batch=batch) if self.norm_with_batch else norm(x)
 
-    def _check_extra_input(self, x: Tensor, batch: Optional[Tensor],
-                           kwargs: Dict[str, Any]):
-        r"""Refuses a malformed :obj:`batch` and arguments no part reads."""
+    def _check_extra_input(self, x: Tensor, edge_index: Adj,
+                           batch: Optional[Tensor], kwargs: Dict[str, Any]):
+        r"""Refuses a malformed :obj:`batch`, arguments no part reads and a
+        sparse adjacency where the attention reads edge features."""
         if batch is not None:
             batch = check_index(batch, 'batch', rows=None)
             if batch.numel() != x.size(0):
@@ -241,6 +245,18 @@ class HSAGPSConv(torch.nn.Module):
             raise ValueError(f"'edge_attr' is missing: the attention has "
                              f"edge_dim={edge_dim}, so forward needs "
                              f"edge_attr=[E, {edge_dim}] (E may be 0)")
+        # Row e of edge_attr belongs to column e of edge_index; a sparse
+        # adjacency has no such columns (local layers read it as a whole).
+        if edge_dim is not None and is_sparse(edge_index):
+            layout = edge_index.layout if isinstance(edge_index, Tensor) \
+                else type(edge_index).__name__
+            raise TypeError(
+                f"the attention's edge features need 'edge_index' as a "
+                f"[2, E] tensor whose column e joins the two leaves of "
+                f"edge_attr[e], got a sparse adjacency ({layout}); pass the "
+                f"edge_index [2, E] in the order of edge_attr (e.g. from "
+                f"torch_geometric.utils.to_edge_index), or build the layer "
+                f"without edge_dim in attn_kwargs")
         if self.conv is None:
             unread = {key for key, value in kwargs.items() if value is not None}
             why = 'there is no local conv'
@@ -260,8 +276,21 @@ class HSAGPSConv(torch.nn.Module):
                 f"...), or leave them out")
 
     def __repr__(self) -> str:
+        # The options that differ from their defaults, in the order of the
+        # signature; activation and norms as the modules they resolved to.
+        options = [f'conv={self.conv}', f'heads={self.heads}']
+        if self.dropout != 0.:
+            options.append(f'dropout={self.dropout}')
+        if repr(self.mlp[1]) != 'ReLU()':
+            options.append(f'act={self.mlp[1]}')
+        if self.norm1 is None or repr(self.norm1) != repr(
+                normalization_resolver('batch_norm', self.channels)):
+            options.append(f'norm={self.norm1}')
+        attn = self.attn.repr_options(root_weight=False)
+        if attn:
+            options.append(f'attn_kwargs=dict({", ".join(attn)})')
         return (f'{self.__class__.__name__}({self.channels}, '
-                f'conv={self.conv}, heads={self.heads})')
+                f'{", ".join(options)})')
 
 
 def _kwargs(value: Optional[Mapping], name: str) -> Mapping:

@@ -126,10 +126,23 @@ class HSATransformerLayer(torch.nn.Module):
         return x + F.dropout(h, p=self.dropout, training=self.training)
 
     def __repr__(self) -> str:
+        # The options that differ from their defaults, in the order of the
+        # signature; the activation as the module it resolved to.
+        attn, ff_channels = self.attn, self.mlp[0].out_features
         options = [f'heads={self.heads}']
-        if self.attn.geometry_bias is not None:
+        if self.dropout != 0.:
+            options.append(f'dropout={self.dropout}')
+        if attn.dropout != 0.:
+            options.append(f'attn_dropout={attn.dropout}')
+        if ff_channels != 4 * self.channels:
+            options.append(f'ff_channels={ff_channels}')
+        if repr(self.mlp[1]) != repr(torch.nn.GELU()):
+            options.append(f'act={self.mlp[1]}')
+        if attn.edge_dim is not None:
+            options.append(f'edge_dim={attn.edge_dim}')
+        if attn.geometry_bias is not None:
             options.append('geometry_bias=True')
-        if self.attn.query_resolved:
+        if attn.query_resolved:
             options.append('query_resolved=True')
         return (f'{self.__class__.__name__}({self.channels}, '
                 f'{", ".join(options)})')

@@ -294,3 +294,83 @@ def test_bad_input():
     for name in ('word.piece', '', 3):
         with pytest.raises(ValueError, match="non-empty strings without"):
             HeteroHSAConv(3, 4, ['patch', name])
+
+
+def test_every_type_must_fit_the_signal_and_the_layer():
+    r"""Each leaf type's rows are its leaves in the signal (not only the
+    total), and its width and dtype those of its projections."""
+    h = Hierarchy.from_parent([5, 5, 5, 6, 6, -1, 5], 5)
+    data = HeteroNestedSignal.from_hierarchy(
+        h, {'word': torch.randn(3, 4), 'patch': torch.randn(2, 4)})
+    conv = HeteroHSAConv(4, 4, ['word', 'patch'], modality_bias=True)
+    with pytest.raises(ValueError, match=r"x_dict\['word'\] has 2 rows but "
+                       r"the signal has 3 leaves of type 'word'"):
+        conv({'word': torch.randn(2, 4), 'patch': torch.randn(3, 4)}, data)
+    with pytest.raises(ValueError, match=r"'x_dict\['word'\]' has 5 "
+                       r"features but the layer takes 4 "
+                       r"\(in_channels\['word'\]\)"):
+        conv({'word': torch.randn(3, 5), 'patch': torch.randn(2, 4)}, data)
+    with pytest.raises(TypeError, match=r"'x_dict\['word'\]' has dtype "
+                       r"torch.float64 but the layer's weights "
+                       r"torch.float32"):
+        conv({t: x.double() for t, x in data.x_dict.items()}, data)
+    with pytest.raises(TypeError, match=r"'x_dict\['word'\]' must be a "
+                       r"floating point tensor"):
+        conv({t: x.long() for t, x in data.x_dict.items()}, data)
+    # A lazy layer takes any width once, then that width.
+    lazy = HeteroHSAConv({'word': -1, 'patch': 4}, 4, ['word', 'patch'])
+    assert lazy(data.x_dict, data)['word'].shape == (3, 4)
+    with pytest.raises(ValueError, match=r"'x_dict\['word'\]' has 2 "
+                       r"features but the layer takes 4"):
+        lazy({'word': torch.randn(3, 2), 'patch': torch.randn(2, 4)}, data)
+
+
+def test_return_attention_weights_must_be_a_bool():
+    h = Hierarchy.from_parent([5, 5, 5, 6, 6, -1, 5], 5)
+    data = HeteroNestedSignal.from_hierarchy(
+        h, {'word': torch.randn(3, 3), 'patch': torch.randn(2, 5)})
+    conv = HeteroHSAConv(WIDTH, 4, ['word', 'patch'])
+    for value in ('no', 1, 0):
+        with pytest.raises(TypeError, match="'return_attention_weights' "
+                           "must be True or False"):
+            conv(data.x_dict, data, return_attention_weights=value)
+    for value in (True, False):
+        out = conv(data.x_dict, data, return_attention_weights=value)
+        assert isinstance(out, tuple) and len(out[1]) == 2
+
+
+def test_edge_features_must_fit_the_layer():
+    h = Hierarchy.from_parent([5, 5, 5, 6, 6, -1, 5], 5)
+    data = HeteroNestedSignal.from_hierarchy(
+        h, {'word': torch.randn(3, 3), 'patch': torch.randn(2, 3)})
+    edge_type = ('word', 'r', 'patch')
+    edge_index = {edge_type: torch.tensor([[0, 1], [0, 1]])}
+    conv = HeteroHSAConv(3, 4, ['word', 'patch'], edge_dim={edge_type: 2})
+    with pytest.raises(ValueError, match=r"has 3 features but the layer "
+                       r"takes 2 \(edge_dim\[\('word', 'r', 'patch'\)\]\)"):
+        conv(data.x_dict, data, edge_attr_dict={edge_type: torch.randn(2, 3)},
+             edge_index_dict=edge_index)
+    with pytest.raises(TypeError, match=r"edge_attr_dict\[\('word', 'r', "
+                       r"'patch'\)\]' has dtype torch.float64"):
+        conv(data.x_dict, data, edge_attr_dict={
+            edge_type: torch.randn(2, 2, dtype=torch.float64)},
+            edge_index_dict=edge_index)
+    out = conv(data.x_dict, data, edge_attr_dict={edge_type: torch.randn(
+        2, 2)}, edge_index_dict=edge_index)
+    assert out['word'].shape == (3, 4)
+
+
+@pytest.mark.parametrize('kwargs,shown', [
+    (dict(), ''),
+    (dict(concat=False), 'concat=False, '),
+    (dict(dropout=0.5), 'dropout=0.5, '),
+    (dict(bias=False), 'bias=False, '),
+    (dict(root_weight=False), 'root_weight=False, '),
+    (dict(concat=False, dropout=0.5, bias=False, root_weight=False),
+     'concat=False, dropout=0.5, bias=False, root_weight=False, '),
+])
+def test_repr_shows_every_non_default_option(kwargs, shown):
+    conv = HeteroHSAConv(3, 4, ['word', 'patch'], heads=2, **kwargs)
+    assert repr(conv) == (
+        f"HeteroHSAConv({{'word': 3, 'patch': 3}}, 4, heads=2, {shown}"
+        f"leaf_types=['word', 'patch'], modality_bias=False)")

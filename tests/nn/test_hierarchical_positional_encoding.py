@@ -766,3 +766,21 @@ def test_sizes_give_a_module_or_a_clear_error(value, name, mode):
         assert name in str(e)
     else:
         assert module.channels >= 1
+
+
+@pytest.mark.parametrize('mode', ['sequence', 'grid', 'laplacian',
+                                  'random_walk'])
+@pytest.mark.parametrize('kwargs,error,pattern', [
+    (dict(k=-5), ValueError, "'k' must be an int in"),
+    (dict(k=2.5), TypeError, "'k' must be an int"),
+    (dict(max_branching=-5), ValueError, "'max_branching' must be an int in"),
+    (dict(max_branching='8'), TypeError, "'max_branching' must be an int"),
+    (dict(grid_size='abc'), TypeError, r"'grid_size\[0\]' must be an int"),
+    (dict(grid_size=(2, 0)), ValueError, r"'grid_size\[1\]' must be an int"),
+    (dict(grid_size=(2, 2, 2)), ValueError, "'grid_size' must be a positive"),
+])
+def test_arguments_are_checked_in_every_mode(mode, kwargs, error, pattern):
+    r"""Every argument is checked, also where the mode does not use it, so
+    that a typo is not ignored."""
+    with pytest.raises(error, match=pattern):
+        HPE(4, mode, **kwargs)

@@ -589,6 +589,42 @@ def test_gradient_matches_reference():
         torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize('kwargs', [dict(), dict(geometry_bias=True),
+                                    dict(query_resolved=True)])
+def test_trains_after_an_evaluation_in_inference_mode(kwargs):
+    """A signal whose hierarchy (and the layer's caches on it) is first
+    made during an evaluation under inference mode trains afterwards."""
+    torch.manual_seed(0)
+    h = example_hierarchy()
+    # (a deep copy holds no decoded hierarchy: the evaluation decodes it)
+    data = copy.deepcopy(NestedSignal.from_hierarchy(
+        h, x=randn(NUM_LEAVES, 3)))
+    conv = HSAConv(3, 2, heads=2, **kwargs).eval()
+    with torch.inference_mode():
+        expected = conv(data.x, data)
+    out = conv.train()(data.x, data)
+    assert torch.allclose(out, expected, atol=1e-6)
+    out.sum().backward()
+    assert all(p.grad is not None for p in conv.parameters())
+
+
+@pytest.mark.parametrize('kwargs', [dict(), dict(geometry_bias=True),
+                                    dict(query_resolved=True)])
+def test_runs_under_autocast(kwargs):
+    """Under autocast the projections run in bfloat16 and the attention in
+    float32 (a tree of mixed depth, which mixed dtypes used to fail)."""
+    torch.manual_seed(0)
+    conv = HSAConv(3, 2, heads=2, **kwargs)
+    x = randn(NUM_LEAVES, 3)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = conv(x, example_hierarchy())
+    assert out.dtype == torch.bfloat16
+    assert torch.allclose(out.float(), conv(x, example_hierarchy()),
+                          atol=0.05)
+    out.float().sum().backward()
+    assert all(p.grad is not None for p in conv.parameters())
+
+
 # HSAConv in a small PyG model ##############################################
 
 
@@ -752,3 +788,22 @@ def test_query_resolved_conv_refuses_what_it_cannot_do():
     with pytest.raises(ValueError, match='no family weights'):
         conv(randn(NUM_LEAVES, 4), example_hierarchy(),
              return_attention_weights=True)
+
+
+def test_attention_weights_sum_to_one_over_the_attending_node():
+    r"""``alpha[p]`` is how much ``pair_index[0, p]`` attends to
+    ``pair_index[1, p]``: the weights of every node sum to one over the
+    pairs it starts (not, as in TransformerConv, over their targets)."""
+    from torch_geometric.utils import scatter
+    h = Hierarchy.from_parent([6, 6, 7, 7, 7, 8, 9, 9, 9, -1], 6)
+    conv = HSAConv(3, 2, heads=2, geometry_bias=True).double()
+    torch.nn.init.normal_(conv.geometry_bias.weight)
+    x = torch.randn(6, 3, dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(0))
+    _, (index, alpha) = conv(x, h, return_attention_weights=True)
+    assert bool((index[0] == index[1]).any())  # self pairs included
+    attending = torch.unique(index[0])
+    total = scatter(alpha, index[0], dim=0, reduce='sum')[attending]
+    torch.testing.assert_close(total, torch.ones_like(total))
+    by_target = scatter(alpha, index[1], dim=0, reduce='sum')[attending]
+    assert not torch.allclose(by_target, torch.ones_like(by_target))

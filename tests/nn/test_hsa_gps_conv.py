@@ -294,6 +294,29 @@ def test_repr():
     assert repr(HSAGPSConv(4, conv)) == f'HSAGPSConv(4, conv={conv}, heads=1)'
 
 
+@pytest.mark.parametrize('kwargs,shown', [
+    (dict(dropout=0.1), ', dropout=0.1'),
+    (dict(act='gelu'), ", act=GELU(approximate='none')"),
+    (dict(norm=None), ', norm=None'),
+    (dict(norm='layer_norm'), ', norm=LayerNorm(8, affine=True, mode=graph)'),
+    (dict(attn_kwargs=dict(dropout=0.2)), ', attn_kwargs=dict(dropout=0.2)'),
+    (dict(attn_kwargs=dict(root_weight=False)), ''),  # the default here
+    (dict(attn_kwargs=dict(root_weight=True)),
+     ', attn_kwargs=dict(root_weight=True)'),
+    (dict(dropout=0.1, attn_kwargs=dict(edge_dim=3, geometry_bias=True)),
+     ', dropout=0.1, attn_kwargs=dict(geometry_bias=True, max_branching=16, '
+     'num_levels=8, edge_dim=3)'),
+])
+def test_repr_shows_every_non_default_option(kwargs, shown):
+    layer = HSAGPSConv(8, None, heads=2, **kwargs)
+    assert repr(layer) == f'HSAGPSConv(8, conv=None, heads=2{shown})'
+    if 'act' not in kwargs and 'norm' not in kwargs:
+        again = eval(repr(layer))  # a call that builds the same layer
+        assert repr(again) == repr(layer)
+        assert [p.shape for p in again.parameters()] == \
+            [p.shape for p in layer.parameters()]
+
+
 def test_nested_signal_as_hierarchy():
     signal = signals(8)[2]
     layer = HSAGPSConv(8, gin(8)).eval()
@@ -352,6 +375,29 @@ def test_bad_forward_input():
     wrong.forward = lambda x, edge_index: x[:, :4]
     with pytest.raises(ValueError, match="'conv' must map x"):
         HSAGPSConv(8, wrong)(x, edge_index, h)
+
+
+def test_edge_features_need_an_edge_index_tensor():
+    r"""The attention reads edge features row by row with the columns of
+    an ``edge_index`` ``[2, E]``: a sparse adjacency is refused with that
+    reason, while without edge features it goes to the local layer."""
+    from torch_geometric.nn import GCNConv
+    from torch_geometric.utils import to_torch_csr_tensor
+    h = example_hierarchy()
+    edge_index = torch.tensor([[0, 1, 2, 3, 5, 6], [1, 0, 4, 6, 3, 2]])
+    edge_attr = randn(6, 8, seed=1)
+    x = randn(NUM_LEAVES, 8)
+    # PyG's sparse form: the transposed adjacency, adj_t[i, j] for j -> i.
+    adj = to_torch_csr_tensor(edge_index.flip(0),
+                              size=(NUM_LEAVES, NUM_LEAVES))
+    layer = HSAGPSConv(8, GCNConv(8, 8), heads=2,
+                       attn_kwargs=dict(edge_dim=8)).eval()
+    with pytest.raises(TypeError, match=r"edge features need 'edge_index' as "
+                       r"a \[2, E\] tensor.*got a sparse adjacency"):
+        layer(x, adj, h, edge_attr=edge_attr)
+    assert layer(x, edge_index, h, edge_attr=edge_attr).shape == x.shape
+    plain = HSAGPSConv(8, GCNConv(8, 8), heads=2).eval()
+    torch.testing.assert_close(plain(x, adj, h), plain(x, edge_index, h))
 
 
 # PyG's GPSConv #############################################################

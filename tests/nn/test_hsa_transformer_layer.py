@@ -194,3 +194,26 @@ def test_layer_options_reach_its_attention():
     with pytest.raises(ValueError, match='query_resolved'):
         HSATransformerLayer(8, heads=2, query_resolved=True,
                             geometry_bias=True)
+
+
+@pytest.mark.parametrize('kwargs,shown', [
+    (dict(), ''),
+    (dict(dropout=0.1), ', dropout=0.1'),
+    (dict(attn_dropout=0.2), ', attn_dropout=0.2'),
+    (dict(ff_channels=7), ', ff_channels=7'),
+    (dict(ff_channels=32), ''),  # the default, 4 * channels
+    (dict(act='relu'), ', act=ReLU()'),
+    (dict(act='leaky_relu', act_kwargs=dict(negative_slope=0.2)),
+     ', act=LeakyReLU(negative_slope=0.2)'),
+    (dict(edge_dim=3), ', edge_dim=3'),
+    (dict(dropout=0.1, attn_dropout=0.2, ff_channels=7, edge_dim=3),
+     ', dropout=0.1, attn_dropout=0.2, ff_channels=7, edge_dim=3'),
+])
+def test_repr_shows_every_non_default_option(kwargs, shown):
+    layer = HSATransformerLayer(8, heads=2, **kwargs)
+    assert repr(layer) == f'HSATransformerLayer(8, heads=2{shown})'
+    if 'act' not in kwargs:  # the repr is a call that builds the same
+        again = eval(repr(layer))
+        assert [p.shape for p in again.parameters()] == \
+            [p.shape for p in layer.parameters()]
+        assert repr(again) == repr(layer)
