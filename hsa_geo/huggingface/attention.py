@@ -69,7 +69,8 @@ def attention_modules(model: torch.nn.Module) -> List[torch.nn.Module]:
     ``i`` (for BERT and RoBERTa, ``model.encoder.layer[i].attention.self``).
     A module qualifies when it reads ``config._attn_implementation`` and
     has the ``scaling`` it passes on, and is no cross-attention. A model
-    that shares one module across its layers (ALBERT) has one entry."""
+    that shares one module across its layers (ALBERT) has one entry, and
+    patching it patches every layer that runs it."""
     return [m for m in model.modules()
             if hasattr(getattr(m, 'config', None), '_attn_implementation')
             and hasattr(m, 'scaling')
@@ -98,8 +99,14 @@ class HSAPatch:
     (or leaving the ``with`` block, also on an exception) puts the
     original configs back. The attention mask is not used: the forest says
     who sees whom (padding positions are trees of their own), and it is
-    checked against the mask. Patched layers return no attention weights
-    (``output_attentions`` gives :obj:`None` for them).
+    checked against the mask.
+
+    Patched layers compute no attention weights. With
+    ``output_attentions=True`` (and an implementation that returns weights,
+    such as ``'eager'``) each of them gives a placeholder of NaNs of the
+    shape ``[B, H, L, L]`` of the others (an expanded scalar: no memory),
+    so that ``attentions[i]`` stays the weights of the ``i``-th attention
+    call.
 
     The forest of the current batch is set with :meth:`set_forest`, or
     passed with the model call as ``model(**inputs, hsa_forest=forest)``
@@ -118,6 +125,12 @@ class HSAPatch:
 
     Attributes:
         calls (dict): ``{i: count}`` how often each patched layer ran HSA.
+        call_order (list of int, optional): the attention modules (indices
+            of :func:`attention_modules`), one per attention call, in the
+            order they ran during the last forward of :obj:`model` under
+            the patch (:obj:`None` before the first); :meth:`flops` counts
+            it. A module shared by several layers (ALBERT) appears once per
+            layer.
     """
     def __init__(self, model: torch.nn.Module,
                  layers: Union[Mapping[int, Union[HSASpec, str]],
@@ -143,6 +156,9 @@ class HSAPatch:
                     f"attends both ways along the tree, patch an encoder")
         self.forests: Dict[str, Forest] = {}
         self.calls: Dict[int, int] = {}
+        self.call_order: Optional[List[int]] = None
+        self._recording = False
+        self._hooks: List[Any] = []
         self._saved: Dict[int, Any] = {}
         self._on_device: Dict[Tuple[str, torch.device], Forest] = {}
         if forest is not None:
@@ -185,6 +201,8 @@ class HSAPatch:
     def apply(self) -> 'HSAPatch':
         r"""Routes the chosen layers to HSA (idempotent)."""
         _register()
+        if not self._hooks:
+            self._record_calls()
         for index, spec in self.specs.items():
             if spec.variant == 'softmax' or index in self._saved:
                 continue
@@ -208,6 +226,33 @@ class HSAPatch:
             module.config = config
             _ROUTES.pop(module, None)
         self._saved = {}
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks, self._recording = [], False
+
+    def _record_calls(self):
+        r"""Hooks that fill :attr:`call_order` during each forward of the
+        model; the calls of every attention module are recorded, as a
+        module may run several times (layers sharing it) or not at all."""
+        def start(*_: Any):
+            self.call_order, self._recording = [], True
+
+        def stop(*_: Any):
+            # Recomputations after the forward (gradient checkpointing)
+            # are no calls of the forward.
+            self._recording = False
+
+        def called(index: int):
+            def hook(*_: Any):
+                if self._recording:
+                    self.call_order.append(index)
+            return hook
+
+        self._hooks = [self.model.register_forward_pre_hook(start),
+                       self.model.register_forward_hook(stop,
+                                                        always_call=True)]
+        self._hooks += [module.register_forward_pre_hook(called(index))
+                        for index, module in enumerate(self.modules)]
 
     def __enter__(self) -> 'HSAPatch':
         return self.apply()
@@ -255,9 +300,12 @@ class HSAPatch:
     def flops(self):
         r"""The attention FLOPs of one forward of the model on the batch
         of the set forests (:func:`~hsa_geo.huggingface.
-        model_attention_flops`)."""
+        model_attention_flops`), one entry per attention call of the last
+        forward under the patch (:attr:`call_order`); before any forward,
+        one per attention module."""
         from hsa_geo.huggingface.flops import model_attention_flops
-        return model_attention_flops(self.model, self.specs, self.forests)
+        return model_attention_flops(self.model, self.specs, self.forests,
+                                     call_order=self.call_order)
 
     def __repr__(self) -> str:
         layers = {i: s.variant for i, s in self.specs.items()}
@@ -287,10 +335,10 @@ def _hsa_attention_forward(module: torch.nn.Module, query: Tensor,
                            attention_mask: Optional[Tensor],
                            dropout: float = 0.0,
                            scaling: Optional[float] = None,
-                           **kwargs: Any) -> Tuple[Tensor, None]:
+                           **kwargs: Any) -> Tuple[Tensor, Tensor]:
     r"""The function registered as :data:`ATTENTION_NAME`: the signature
-    of ``transformers``' attention interface, ``[B, L, H, D]`` out and no
-    weights."""
+    of ``transformers``' attention interface, ``[B, L, H, D]`` out and a
+    ``[B, H, L, L]`` placeholder of NaNs for the weights."""
     route = _ROUTES.get(module)
     if route is None:
         raise RuntimeError(
@@ -301,7 +349,12 @@ def _hsa_attention_forward(module: torch.nn.Module, query: Tensor,
     patch, index = route
     out = patch.attention(index, module, query, key, value, attention_mask,
                           dropout, scaling, kwargs.get(FOREST_KWARG))
-    return out, None
+    # transformers leaves None weights out of `attentions`, which would
+    # shift the layers after this one; an expanded scalar costs nothing.
+    batch, heads, length, _ = query.shape
+    weights = query.new_full((), float('nan')).expand(batch, heads, length,
+                                                      length)
+    return out, weights
 
 
 def _register():

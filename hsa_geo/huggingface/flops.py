@@ -2,7 +2,8 @@ r"""Attention FLOPs of a pretrained encoder with HSA in chosen layers, per
 layer and for the whole model, against its dense softmax attention."""
 from __future__ import annotations
 
-from typing import Dict, Iterable, Mapping, NamedTuple, Tuple, Union
+from typing import (Dict, Iterable, List, Mapping, NamedTuple, Optional,
+                    Sequence, Tuple, Union)
 
 import torch
 from torch import Tensor
@@ -21,10 +22,12 @@ class AttentionFlops(NamedTuple):
     :func:`model_attention_flops`).
 
     Attributes:
-        layers (tuple of float): per attention layer, what it computes.
-        variants (tuple of str): per layer, ``'hsa'``, ``'query_resolved'``
+        layers (tuple of float): per attention call of the forward, in the
+            order they run, what it computes (one per layer; a module that
+            several layers share, as in ALBERT, has one entry per layer).
+        variants (tuple of str): per call, ``'hsa'``, ``'query_resolved'``
             or ``'softmax'``.
-        dense (float): the same model with softmax attention in every layer.
+        dense (float): the same model with softmax attention in every call.
     """
     layers: Tuple[float, ...]
     variants: Tuple[str, ...]
@@ -131,15 +134,24 @@ def hsa_attention_flops(forest: Forest, heads: int, head_dim: int,
 def model_attention_flops(model: torch.nn.Module,
                           layers: Union[Mapping[int, Union[HSASpec, str]],
                                         Iterable[int]],
-                          forests: Union[Forest, Mapping[str, Forest]]
+                          forests: Union[Forest, Mapping[str, Forest]],
+                          call_order: Optional[Sequence[int]] = None
                           ) -> AttentionFlops:
     r"""Forward attention FLOPs of :obj:`model` on one batch with the
     chosen :obj:`layers` running their variant over :obj:`forests` (as
     :func:`~hsa_geo.huggingface.hsa_attention` runs them) and every other
     layer dense (:func:`dense_attention_flops`, real tokens only), and the
-    dense count of the whole model for comparison. :math:`H` is
-    ``config.num_attention_heads`` and :math:`D` ``config.head_dim`` or
-    ``hidden_size // H``.
+    dense count of the whole model for comparison, counting every attention
+    call of one forward. :math:`H` is ``config.num_attention_heads`` and
+    :math:`D` ``config.head_dim`` or ``hidden_size // H``.
+
+    Without :obj:`call_order`, every attention module is taken to run once
+    per forward (one module per layer). A model whose layers share modules
+    (ALBERT, where ``config.num_hidden_layers * config.inner_group_num``
+    differs from the number of modules) is refused then: measure its
+    forward with :meth:`HSAPatch.flops` after running it under
+    :func:`~hsa_geo.huggingface.hsa_attention`, or pass
+    :obj:`call_order`.
 
     Args:
         model (torch.nn.Module): the ``transformers`` model.
@@ -147,9 +159,14 @@ def model_attention_flops(model: torch.nn.Module,
         forests (TokenForest or dict): the forest of the batch, or
             ``{name: forest}``; at least one must be a :class:`TokenForest`
             (the dense layers need the real tokens of every sequence).
+        call_order (list of int, optional): the attention modules (indices
+            of :func:`~hsa_geo.huggingface.attention_modules`) that one
+            forward runs, one per call, in order
+            (:attr:`HSAPatch.call_order`). (default: :obj:`None`)
     """
     modules = attention_modules(model)
     specs = _check_layers(layers, len(modules))
+    calls = _call_order(model, len(modules), call_order)
     if isinstance(forests, (TokenForest, Hierarchy)):
         forests = {'default': forests}
     if not isinstance(forests, Mapping):
@@ -165,7 +182,7 @@ def model_attention_flops(model: torch.nn.Module,
     dense = dense_attention_flops(token[0].valid, heads, head_dim)
     counts, variants = [], []
     cache: Dict[Tuple[str, str], float] = {}
-    for index in range(len(modules)):
+    for index in calls:
         spec = specs.get(index, HSASpec('softmax'))
         variants.append(spec.variant)
         if spec.variant == 'softmax':
@@ -179,7 +196,43 @@ def model_attention_flops(model: torch.nn.Module,
             cache[key] = hsa_attention_flops(forests[spec.forest], heads,
                                              head_dim, spec.variant)
         counts.append(cache[key])
-    return AttentionFlops(tuple(counts), tuple(variants), dense * len(modules))
+    return AttentionFlops(tuple(counts), tuple(variants), dense * len(calls))
+
+
+def _call_order(model: torch.nn.Module, count: int,
+                call_order: Optional[Sequence[int]]) -> List[int]:
+    r"""The attention modules one forward of :obj:`model` runs, in order,
+    from :obj:`call_order` or, when each module runs once, the
+    configuration."""
+    if call_order is not None:
+        if isinstance(call_order, (str, Mapping)) or \
+                not isinstance(call_order, Iterable):
+            raise TypeError(f"'call_order' must be a list of attention "
+                            f"module indices, got "
+                            f"{type(call_order).__name__}")
+        order = list(call_order)
+        for index in order:
+            if isinstance(index, bool) or not isinstance(index, int) or \
+                    not 0 <= index < count:
+                raise ValueError(
+                    f"'call_order' must hold attention module indices in "
+                    f"0..{count - 1} (see hsa_geo.huggingface."
+                    f"attention_modules(model)), got {index!r}")
+        return order
+    config = getattr(model, 'config', None)
+    layers = getattr(config, 'num_hidden_layers', None)
+    if isinstance(layers, int):
+        # ALBERT runs the inner_group_num layers of a group per layer.
+        calls = layers * getattr(config, 'inner_group_num', 1)
+        if calls != count:
+            raise ValueError(
+                f"{type(model).__name__} makes {calls} attention calls per "
+                f"forward with {count} attention modules: its layers share "
+                f"modules, and which call runs which module is known only "
+                f"from a forward; run the model inside hsa_attention(model, "
+                f"layers, forest) and call patch.flops(), or pass "
+                f"call_order=patch.call_order")
+    return list(range(count))
 
 
 def _head_shape(model: torch.nn.Module) -> Tuple[int, int]:

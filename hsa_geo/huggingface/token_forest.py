@@ -281,6 +281,9 @@ def _check_texts(texts: Any) -> List[str]:
         raise TypeError(f"'texts' must be a list of str (one per sequence of"
                         f" the batch), got {type(texts).__name__}; wrap a "
                         f"single text as [text]")
+    if len(texts) == 0:
+        raise ValueError("'texts' is empty; pass a list of at least one "
+                         "text (one per sequence of the batch)")
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"texts[{i}] must be a str, got "

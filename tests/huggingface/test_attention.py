@@ -228,6 +228,53 @@ def test_patch_is_undone(setup):
     assert 'HSAPatch(' in repr(patch)
 
 
+def test_output_attentions_keep_the_layer_positions(setup):
+    _, tokenizer, model = setup
+    model.config._attn_implementation = 'eager'
+    try:
+        inputs, forest = TokenHierarchy(tokenizer).encode(TEXTS)
+        with torch.no_grad():
+            reference = model(**inputs, output_attentions=True).attentions
+            with hsa_attention(model, [1], forest):
+                patched = model(**inputs, output_attentions=True).attentions
+    finally:
+        model.config._attn_implementation = 'sdpa'
+    assert len(reference) == len(patched) == 3
+    torch.testing.assert_close(patched[0], reference[0])
+    assert patched[1].shape == reference[1].shape
+    assert bool(patched[1].isnan().all())
+    # Layer 2 gets other inputs: its weights differ but are weights.
+    assert torch.allclose(patched[2].sum(-1), torch.ones(()))
+
+
+def test_call_order_of_the_last_forward(setup):
+    _, tokenizer, model = setup
+    inputs, forest = TokenHierarchy(tokenizer).encode(TEXTS)
+    # transformers 5 renames gradient checkpointing
+    prefix = 'activation' if hasattr(model, 'activation_checkpointing_enable') \
+        else 'gradient'
+    model.train()
+    getattr(model, f'{prefix}_checkpointing_enable')()
+    try:
+        with hsa_attention(model, {0: 'hsa', 2: 'softmax'}, forest) as patch:
+            assert patch.call_order is None
+            last_hidden(model, inputs)
+            assert patch.call_order == [0, 1, 2]
+            # checkpointed layers run again in the backward: no new calls
+            out = model(**inputs).last_hidden_state
+            out[forest.valid].sum().backward()
+            assert patch.call_order == [0, 1, 2]
+            assert patch.calls == {0: 3}
+    finally:
+        getattr(model, f'{prefix}_checkpointing_disable')()
+        model.eval()
+        model.zero_grad()
+    # the hooks are gone with the patch
+    last_hidden(model, inputs)
+    assert patch.call_order == [0, 1, 2]
+    assert patch.calls == {0: 3}
+
+
 def test_training_mode_and_gradients(setup):
     _, tokenizer, model = setup
     inputs, forest = TokenHierarchy(tokenizer,

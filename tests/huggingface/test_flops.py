@@ -72,6 +72,55 @@ def test_model_count():
         assert patch.flops() == model_attention_flops(model, [1], forest)
 
 
+def tiny_albert(tokenizer, layers, groups=1):
+    r"""A randomly initialised ``AlbertModel``: :obj:`groups` attention
+    modules shared by :obj:`layers` layers, H 2, D 16."""
+    import transformers
+    config = transformers.AlbertConfig(
+        vocab_size=len(tokenizer), embedding_size=16, hidden_size=32,
+        num_hidden_layers=layers, num_hidden_groups=groups,
+        num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=160, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    return transformers.AlbertModel(config).eval()
+
+
+def test_shared_attention_modules_count_every_call():
+    tokenizer = bert_tokenizer()
+    inputs, forest = TokenHierarchy(tokenizer).encode(TEXTS)
+    dense = dense_attention_flops(forest.valid, 2, 16)
+    hsa = hsa_attention_flops(forest, 2, 16)
+    model = tiny_albert(tokenizer, layers=4)  # one module, run 4 times
+    with pytest.raises(ValueError, match='4 attention calls per forward '
+                                         'with 1 attention modules'):
+        model_attention_flops(model, [0], forest)
+    with hsa_attention(model, [0], forest) as patch:
+        with pytest.raises(ValueError, match='share'):
+            patch.flops()  # no forward measured yet
+        with torch.no_grad():
+            model(**inputs)
+        count = patch.flops()
+    assert patch.calls == {0: 4} and patch.call_order == [0] * 4
+    assert count.layers == (hsa, ) * 4
+    assert count.variants == ('hsa', ) * 4
+    assert count.dense == 4 * dense
+    assert count == model_attention_flops(model, [0], forest,
+                                          call_order=[0] * 4)
+    # two groups of two layers each
+    model = tiny_albert(tokenizer, layers=4, groups=2)
+    with hsa_attention(model, {1: 'hsa'}, forest) as patch:
+        with torch.no_grad():
+            model(**inputs)
+        count = patch.flops()
+    assert patch.call_order == [0, 0, 1, 1]
+    assert count.layers == (dense, dense, hsa, hsa)
+    assert count.variants == ('softmax', 'softmax', 'hsa', 'hsa')
+    assert count.dense == 4 * dense
+    # one module per layer: counted without a forward
+    model = tiny_albert(tokenizer, layers=2, groups=2)
+    assert model_attention_flops(model, [1], forest).layers == (dense, hsa)
+
+
 def test_flat_tree_saves_nothing_on_the_scores():
     r"""On a flat tree HSA scores every pair, like softmax: P = L^2."""
     tokenizer = bert_tokenizer()
@@ -104,3 +153,7 @@ def test_errors():
         model_attention_flops(model, [0], [forest])
     with pytest.raises(ValueError, match='num_attention_heads'):
         model_attention_flops(torch.nn.Module(), [], forest)
+    with pytest.raises(ValueError, match=r'indices in 0\.\.2.*got 3'):
+        model_attention_flops(model, [0], forest, call_order=[0, 3])
+    with pytest.raises(TypeError, match="'call_order' must be a list"):
+        model_attention_flops(model, [0], forest, call_order=3)

@@ -157,3 +157,13 @@ def test_errors():
     with pytest.raises(ValueError, match='pair of texts'):
         builder(pair, [TEXTS[0]])
     assert repr(builder).startswith('TokenHierarchy(tokenizer=')
+
+
+def test_empty_list_of_texts():
+    tokenizer = bert_tokenizer()
+    builder = TokenHierarchy(tokenizer)
+    with pytest.raises(ValueError, match="'texts' is empty"):
+        builder.encode([])
+    encoding = tokenizer(TEXTS, padding=True, return_offsets_mapping=True)
+    with pytest.raises(ValueError, match="'texts' is empty"):
+        builder(encoding, [])
