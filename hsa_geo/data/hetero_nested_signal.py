@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor
-from torch_geometric.data import HeteroData
+from torch_geometric.data import Batch, HeteroData
 
 from hsa_geo._checks import check_index, first_out_of_range
 from hsa_geo.data.hetero_family_graph import (SIBLING_OF,
@@ -15,6 +15,8 @@ from hsa_geo.data.hetero_family_graph import (SIBLING_OF,
                                               store_family_graph)
 from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.data.induced_hierarchy import induced_hierarchy
+from hsa_geo.data.nested_signal import (check_kept_leaves, map_batch,
+                                        split_by_signal)
 from hsa_geo.data.tensor_state import same_state, tensor_state
 
 # The node type of the clusters, and the relation from a child to its parent
@@ -235,7 +237,13 @@ class HeteroNestedSignal(HeteroData):
         type becomes leaf ``i``), and the tree that
         :func:`~hsa_geo.data.induced_hierarchy` induces on the kept leaves
         (clusters without a kept leaf removed). The clusters follow the
-        leaves, so ``'cluster'`` cannot be named."""
+        leaves, so ``'cluster'`` cannot be named.
+
+        Of a :class:`~torch_geometric.data.Batch`, the batch of the
+        subgraphs of its signals: every signal must keep a leaf, and the
+        kept leaves of each type must list those of each signal together,
+        in the order of the signals (as a mask, or sorted ids, does);
+        otherwise it raises :class:`ValueError`."""
         if CLUSTER in subset_dict:
             raise ValueError(f"subset_dict names '{CLUSTER}'; select "
                              f"leaves only, the clusters follow them")
@@ -243,6 +251,8 @@ class HeteroNestedSignal(HeteroData):
         if unknown:
             raise ValueError(f"subset_dict names '{unknown[0]}', which is "
                              f"not a leaf type of {self.leaf_types}")
+        if isinstance(self, Batch):
+            return self._batch_subgraph(subset_dict)
         hierarchy, slices = self.hierarchy, self.leaf_slices
         kept = {t: _kept_leaves(subset_dict.get(t), s.stop - s.start, t)
                 for t, s in slices.items()}
@@ -258,14 +268,33 @@ class HeteroNestedSignal(HeteroData):
                          data[CLUSTER].get('sparse_family'))
         return data
 
+    def _batch_subgraph(self, subset_dict: Mapping[str, Tensor]) -> Batch:
+        r""":meth:`subgraph` of a batch, signal by signal."""
+        parts = {t: split_by_signal(
+            _kept_leaves(subset, self._leaf_rows(t), t), self[t].ptr,
+            f"subset_dict['{t}']") for t, subset in subset_dict.items()}
+        # A type not named keeps all its leaves.
+        kept = sum(torch.tensor([part.numel() for part in parts[t]])
+                   if t in parts else self[t].ptr.diff().cpu()
+                   for t in self.leaf_types)
+        check_kept_leaves(kept, 'subset_dict')
+        return map_batch(self, lambda i, data: data.subgraph(
+            {t: part[i] for t, part in parts.items()}), 'subgraph')
+
     def node_type_subgraph(self, node_types: List[str]
                            ) -> 'HeteroNestedSignal':
         r"""The signal of the node types :obj:`node_types` only; dropping a
         leaf type induces the tree on the leaves of the others (see
-        :meth:`subgraph`). Without ``'cluster'``, the result has no tree."""
+        :meth:`subgraph`). Without ``'cluster'``, the result has no tree.
+        Of a :class:`~torch_geometric.data.Batch`, the batch of the results
+        of its signals."""
         dropped = [t for t in self.leaf_types if t not in node_types]
         if CLUSTER not in node_types or not dropped:
             return super().node_type_subgraph(node_types)
+        if isinstance(self, Batch):
+            return map_batch(
+                self, lambda i, data: data.node_type_subgraph(node_types),
+                'node_type_subgraph')
         pruned = self.subgraph({
             t: torch.zeros(self._leaf_rows(t), dtype=torch.bool)
             for t in dropped})

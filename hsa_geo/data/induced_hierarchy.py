@@ -46,7 +46,7 @@ def induced_hierarchy(hierarchy: Hierarchy, subset: Tensor,
         raise TypeError(f"'hierarchy' must be a Hierarchy, got "
                         f"{type(hierarchy).__name__}")
     check_bool(return_node_map, 'return_node_map')
-    leaves = _leaf_subset(subset, hierarchy.num_leaves).to(hierarchy.device)
+    leaves = leaf_subset(subset, hierarchy.num_leaves).to(hierarchy.device)
     node_map = _node_map(hierarchy, leaves)
     kept = (node_map >= 0).nonzero().view(-1)
     old_parent = hierarchy.parent[kept]
@@ -62,8 +62,11 @@ def induced_hierarchy(hierarchy: Hierarchy, subset: Tensor,
     return (out, node_map) if return_node_map else out
 
 
-def _leaf_subset(subset: Tensor, num_leaves: int) -> Tensor:
-    r"""``[K]`` the kept leaf ids of :obj:`subset` (ids or mask), checked."""
+def leaf_subset(subset: Tensor, num_leaves: int) -> Tensor:
+    r"""``[K]`` the kept leaf ids of :obj:`subset`, leaf ids ``[K]`` or a
+    bool mask ``[N]`` over :obj:`num_leaves` leaves, checked as
+    :func:`induced_hierarchy` checks them (:class:`ValueError` for an id
+    out of range or listed twice)."""
     if not isinstance(subset, Tensor):
         raise TypeError(f"'subset' must be a tensor of leaf ids [K] or a "
                         f"bool mask [N], got {type(subset).__name__}")

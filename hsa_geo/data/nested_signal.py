@@ -2,17 +2,19 @@ r"""A nested signal as PyG data: leaves, leaf edges and the cluster tree."""
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
-from torch_geometric.data import Data
+from torch_geometric.data import Batch, Data
+from torch_geometric.data.data import BaseData
 from torch_geometric.data.storage import GlobalStorage
+from torch_geometric.utils import select
 
 from hsa_geo._checks import (check_index, check_int, first_out_of_range,
                              is_int)
 from hsa_geo.data.hierarchy import Hierarchy, distinct_sibling_pairs
-from hsa_geo.data.induced_hierarchy import induced_hierarchy
+from hsa_geo.data.induced_hierarchy import leaf_subset, induced_hierarchy
 from hsa_geo.data.tensor_state import same_state, tensor_state
 
 # The family graph by the kinds of its ends: (is cluster, is cluster).
@@ -30,6 +32,8 @@ HIERARCHY_KEYS = ('leaf_parent_index', 'cluster_parent_index', *FAMILY_KEYS,
                   'sparse_family', 'num_clusters', 'num_leaves')
 # Every key a NestedSignal adds to its data: the tree and the leaf guard.
 SIGNAL_KEYS = HIERARCHY_KEYS + ('leaf_index', )
+# The counts of a signal: an int each, a [B] tensor in a batch.
+COUNT_KEYS = ('num_clusters', 'num_leaves')
 
 _CHANGED = ("a PyG operation (subgraph, NeighborLoader, RemoveIsolatedNodes, "
             "VirtualNode, ...) changed the nodes without the tree; use "
@@ -46,18 +50,39 @@ class NestedSignalStorage(GlobalStorage):
     keys of the tree live in their own index spaces, so here they are neither,
     whatever their size: such an operation leaves them unchanged, and
     :attr:`NestedSignal.hierarchy` then finds that the nodes no longer match
-    the leaves. ``leaf_index`` is per node only. The decoded hierarchy is
-    cached here, and is neither pickled nor deep-copied.
+    the leaves. ``leaf_index`` is per node only. Nor are the per-cluster
+    attributes (keys starting with ``cluster_``, see
+    :func:`is_cluster_key`), whose rows follow the clusters: only
+    :meth:`NestedSignal.subgraph` and the loaders of :mod:`hsa_geo.loader`
+    select them. The decoded hierarchy is cached here, and is neither
+    pickled nor deep-copied.
+
+    A count (``num_clusters``, ``num_leaves``) given as a 0-d integer
+    tensor is stored as an :obj:`int`, as :class:`NestedSignal` stores it,
+    so that the signal batches with others. Once a signal with a tree gets
+    its leaves (``x`` or ``num_nodes`` set after construction), it gets the
+    leaf keys ``num_leaves`` and ``leaf_index`` it lacks.
     """
     def is_node_attr(self, key: str) -> bool:
-        if key in HIERARCHY_KEYS:
+        if key in HIERARCHY_KEYS or is_cluster_key(key):
             return False
         return super().is_node_attr(key)
 
     def is_edge_attr(self, key: str) -> bool:
-        if key in SIGNAL_KEYS:
+        if key in SIGNAL_KEYS or is_cluster_key(key):
             return False
         return super().is_edge_attr(key)
+
+    def __setitem__(self, key: str, value: Any):
+        if key in COUNT_KEYS and isinstance(value, Tensor) and \
+                value.dim() == 0 and not value.is_floating_point() and \
+                not value.is_complex() and value.dtype != torch.bool:
+            # Also what separating a batch gives (see __cat_dim__); a
+            # tensor among the ints of other signals would not collate.
+            value = int(value)
+        super().__setitem__(key, value)
+        if key in ('x', 'num_nodes'):
+            _default_leaf_keys(self)
 
     def __getstate__(self) -> Dict[str, Any]:
         out = super().__getstate__()
@@ -96,15 +121,27 @@ class NestedSignal(Data):
       with and without a family graph: each keeps its own attention.
 
     Cluster ``c`` is node ``N + c`` of the :class:`Hierarchy` that
-    :attr:`hierarchy` returns. A signal built without some of these keys
-    (e.g. by calling :class:`NestedSignal` with the parent indices only) gets
-    the others by default, so that it batches with any other: no family
-    graph (every family sparse if family keys come without
-    ``sparse_family``, as earlier versions stored them), ``num_leaves`` the
-    number of nodes. These keys are neither node nor edge attributes (see
-    :class:`NestedSignalStorage`); the cached hierarchy is never saved, so
-    ``torch.save`` and ``torch.load(..., weights_only=True)`` round-trip a
-    signal.
+    :attr:`hierarchy` returns. A signal built by calling
+    :class:`NestedSignal` with ``leaf_parent_index``,
+    ``cluster_parent_index`` and ``num_clusters`` (an :obj:`int` or a 0-d
+    integer tensor) gets the other keys by default, so that it batches with
+    any other signal, in any order: no family graph (every family sparse if
+    family keys come without ``sparse_family``, as earlier versions stored
+    them), ``num_leaves`` the number of nodes (the rows of ``x``, or
+    ``num_nodes``; given at construction or set afterwards). So do the
+    signals of :meth:`~torch_geometric.data.Batch.to_data_list` and of a
+    dataset. A signal that never gets its leaves (neither ``x`` nor
+    ``num_nodes``) has no ``num_leaves`` and does not batch. These keys are
+    neither node nor edge attributes (see :class:`NestedSignalStorage`);
+    the cached hierarchy is never saved, so ``torch.save`` and
+    ``torch.load(..., weights_only=True)`` round-trip a signal.
+
+    Per-cluster attributes are keys starting with ``cluster_`` (e.g.
+    ``cluster_kind`` ``[M]``, ``cluster_grid_pos`` ``[M, 2]`` of the
+    builders in :mod:`hsa_geo.transforms`), row ``c`` for cluster ``c``:
+    they are concatenated in a batch (the clusters of a batch are those of
+    its signals, one after the other), and :meth:`subgraph` keeps the rows
+    of the kept clusters.
 
     Beside the tree, ``leaf_index`` ``[N]`` (``0..N-1``) is a node attribute:
     it moves with the nodes through any PyG operation, so that
@@ -114,7 +151,9 @@ class NestedSignal(Data):
     :class:`~torch_geometric.transforms.LargestConnectedComponents`) returns
     the signal with the induced hierarchy (see
     :func:`~hsa_geo.data.induced_hierarchy`); ``edge_subgraph`` keeps all
-    nodes and the hierarchy.
+    nodes and the hierarchy. :meth:`subgraph` of a
+    :class:`~torch_geometric.data.Batch` subgraphs its signals one by one
+    and batches them again (see there).
 
     Args:
         x (Tensor, optional): leaf features ``[N, F]`` (or token ids
@@ -124,7 +163,7 @@ class NestedSignal(Data):
         y (Tensor, optional): targets.
         leaf_parent_index (LongTensor, optional): see above.
         cluster_parent_index (LongTensor, optional): see above.
-        num_clusters (int, optional): see above.
+        num_clusters (int or Tensor, optional): see above.
         **kwargs: further attributes, as for
             :class:`~torch_geometric.data.Data` (the other keys above among
             them).
@@ -166,15 +205,7 @@ class NestedSignal(Data):
             store['sparse_family'] = torch.full((m, ), sparse,
                                                 dtype=torch.bool,
                                                 device=lpi.device)
-        n = store.get('num_nodes')
-        x = store.get('x')
-        if n is None and isinstance(x, Tensor) and x.dim() > 0:
-            n = x.size(0)
-        if 'num_leaves' not in store and is_int(n, low=0):
-            store['num_leaves'] = n
-        n = store.get('num_leaves')
-        if 'leaf_index' not in store and is_int(n, low=0):
-            store['leaf_index'] = torch.arange(n, **kw)
+        _default_leaf_keys(store)
 
     def __getstate__(self) -> Dict[str, Any]:
         # The attribute classes of PyG's feature and graph stores are the same
@@ -264,6 +295,13 @@ class NestedSignal(Data):
             return _column(m if kinds[0] else n, m if kinds[1] else n)
         return super().__inc__(key, value, *args, **kwargs)
 
+    def __cat_dim__(self, key: str, value: Any, *args, **kwargs) -> Any:
+        # One count per signal: separating a batch gives it back as a 0-d
+        # tensor (stored as an int), not as a [1] tensor.
+        if key in COUNT_KEYS:
+            return None
+        return super().__cat_dim__(key, value, *args, **kwargs)
+
     def _total_clusters(self) -> int:
         return _count(self._store.get('num_clusters', 0), 'num_clusters')
 
@@ -349,15 +387,33 @@ class NestedSignal(Data):
         r"""The signal induced by the leaves :obj:`subset` (``[K]`` distinct
         leaf ids or an ``[N]`` mask): node attributes and leaf edges as
         :meth:`torch_geometric.data.Data.subgraph` selects them (leaf
-        ``subset[i]`` becomes leaf ``i``), and the hierarchy that
-        :func:`~hsa_geo.data.induced_hierarchy` induces on them; each family
-        keeps its family graph or stays dense."""
+        ``subset[i]`` becomes leaf ``i``), the hierarchy that
+        :func:`~hsa_geo.data.induced_hierarchy` induces on them (each family
+        keeps its family graph or stays dense), and the rows of the kept
+        clusters of the per-cluster attributes (``cluster_*``), in the
+        induced tree's order.
+
+        Of a :class:`~torch_geometric.data.Batch`, the batch of the
+        subgraphs of its signals: :obj:`subset` must keep at least one leaf
+        of every signal and list the kept leaves of each signal together,
+        in the order of the signals (as a mask, or sorted ids, does);
+        otherwise it raises :class:`ValueError`."""
+        if isinstance(self, Batch):
+            leaves = leaf_subset(subset, self.num_nodes)
+            parts = split_by_signal(leaves, self.ptr, 'subset')
+            check_kept_leaves(torch.tensor([p.numel() for p in parts]),
+                              "'subset'")
+            return map_batch(self, lambda i, data: data.subgraph(parts[i]),
+                             'subgraph')
         hierarchy = self.hierarchy
         induced, node_map = induced_hierarchy(hierarchy, subset,
                                               return_node_map=True)
         n, k = hierarchy.num_leaves, induced.num_leaves
+        # The kept clusters in their old order, as the induced tree numbers
+        # them.
+        clusters = (node_map[n:] >= 0).nonzero().view(-1)
         sparse = _sparse_flags(self._store, hierarchy.num_clusters,
-                               hierarchy.device)[node_map[n:] >= 0]
+                               hierarchy.device)[clusters]
         keys = tree_keys(induced)
         edges = induced.family_edge_index
         if edges is not None:
@@ -365,10 +421,124 @@ class NestedSignal(Data):
             edges = edges[:, sparse[induced.parent[edges[0]] - k]]
             keys.update(_split_family(edges, k))
         keys['sparse_family'] = sparse
+        keys.update(select_cluster_attrs(self, clusters,
+                                         hierarchy.num_clusters))
         data = super().subgraph(subset)
         for key, value in keys.items():
             data[key] = value
         return data
+
+
+def is_cluster_key(key: str) -> bool:
+    r"""Whether :obj:`key` names a per-cluster attribute of a
+    :class:`NestedSignal`: it starts with ``cluster_`` and is not
+    ``cluster_parent_index`` (the tree)."""
+    return key.startswith('cluster_') and key not in HIERARCHY_KEYS
+
+
+def select_cluster_attrs(data: Data, clusters: Tensor,
+                         num_clusters: int) -> Dict[str, Any]:
+    r"""The per-cluster attributes of :obj:`data` (see
+    :func:`is_cluster_key`), each with one row per cluster of its
+    :obj:`num_clusters`, at the rows :obj:`clusters` (the old ids of the
+    kept clusters, in their new order).
+
+    Raises:
+        TypeError: if such an attribute is neither a tensor nor a list.
+        ValueError: if it does not have one row per cluster.
+    """
+    out = {}
+    for key, value in data.items():
+        if not is_cluster_key(key):
+            continue
+        if isinstance(value, Tensor) and value.dim() > 0:
+            dim = data.__cat_dim__(key, value)
+            rows = value.size(dim)
+            index = clusters.to(value.device)
+        elif isinstance(value, list):
+            dim, rows, index = 0, len(value), clusters
+        else:
+            kind = '0-d tensor' if isinstance(value, Tensor) else \
+                type(value).__name__
+            raise TypeError(
+                f"'{key}' is a {kind}, but keys starting with "
+                f"'cluster_' hold one row per cluster (row c for cluster "
+                f"c); store it as a tensor [{num_clusters}, *] or rename it")
+        if rows != num_clusters:
+            raise ValueError(
+                f"'{key}' has {rows} rows but the hierarchy has "
+                f"{num_clusters} clusters; keys starting with 'cluster_' "
+                f"hold one row per cluster (row c for cluster c, node "
+                f"N + c): give it {num_clusters} rows or rename it")
+        out[key] = select(value, index, dim)
+    return out
+
+
+def split_by_signal(ids: Tensor, ptr: Tensor, name: str) -> List[Tensor]:
+    r"""The node ids :obj:`ids` ``[K]`` of a batch whose signals start at
+    :obj:`ptr` ``[B + 1]``, split by signal as ids within each signal.
+
+    Raises:
+        ValueError: if the ids of a signal do not come together, in the
+            order of the signals.
+    """
+    ptr = ptr.to(ids.device)
+    signal = torch.bucketize(ids, ptr[1:], right=True)
+    back = (signal[1:] < signal[:-1]).nonzero().view(-1)
+    if back.numel():
+        j = int(back[0]) + 1
+        raise ValueError(
+            f"{name}[{j}] = {int(ids[j])} is a node of signal "
+            f"{int(signal[j])} of this batch, after one of signal "
+            f"{int(signal[j - 1])}; a batch keeps the nodes of each signal "
+            f"together, in the order of the signals: sort the ids (e.g. "
+            f"{name}.sort().values), or subgraph the signals before "
+            f"batching them")
+    counts = torch.bincount(signal, minlength=ptr.numel() - 1)
+    return list((ids - ptr[signal]).split(counts.tolist()))
+
+
+def check_kept_leaves(counts: Tensor, name: str):
+    r"""Raises :class:`ValueError` unless every signal of a batch keeps
+    some of its leaves (:obj:`counts` ``[B]``) in a subgraph."""
+    if bool((counts == 0).any()):
+        i = int((counts == 0).nonzero()[0])
+        raise ValueError(
+            f"{name} keeps no leaf of signal {i} of this batch, but every "
+            f"signal needs leaves; remove that signal from the list before "
+            f"batching")
+
+
+def map_batch(batch: Batch, fn: Callable[[int, BaseData], BaseData],
+              operation: str) -> Batch:
+    r"""The batch of ``fn(i, data)`` for every signal ``data`` of
+    :obj:`batch` (``i``: its position), batched as :obj:`batch` was (the
+    same ``follow_batch`` keys).
+
+    Raises:
+        ValueError: if :obj:`batch` has an attribute that was set after
+            batching: it cannot be split among the signals.
+    """
+    follow = set()
+    for store in batch.stores:
+        slices = batch._slice_dict if store._key is None else \
+            batch._slice_dict.get(store._key, {})
+        for key in store.keys():
+            if key in slices or key in ('batch', 'ptr', 'num_nodes'):
+                continue
+            stem = key.rsplit('_', 1)[0]
+            if key.endswith(('_batch', '_ptr')) and stem in slices:
+                follow.add(stem)  # added by follow_batch
+            else:
+                where = f"['{store._key}']" if store._key else ''
+                raise ValueError(
+                    f"'{key}'{where} was set on this batch after batching "
+                    f"and cannot be split among its signals, which "
+                    f"{operation} works on one by one; set it on the "
+                    f"signals before batching, or apply {operation} to "
+                    f"them (batch.to_data_list()) and batch the results")
+    items = [fn(i, data) for i, data in enumerate(batch.to_data_list())]
+    return Batch.from_data_list(items, follow_batch=sorted(follow))
 
 
 def tree_keys(hierarchy: Hierarchy) -> Dict[str, Any]:
@@ -404,6 +574,27 @@ def _split_family(edges: Tensor, n: int) -> Dict[str, Tensor]:
         key: local[:, (is_cluster[0] == ca) & (is_cluster[1] == cb)]
         for key, (ca, cb) in FAMILY_KEYS.items()
     }
+
+
+def _default_leaf_keys(store: GlobalStorage):
+    r"""Adds ``num_leaves`` and ``leaf_index`` to the store of a single
+    signal that has a tree and leaves (``x`` or ``num_nodes``) but lacks
+    them."""
+    lpi, m = store.get('leaf_parent_index'), store.get('num_clusters')
+    # A collated store ([B] counts) keeps the keys its slices describe.
+    if not isinstance(lpi, Tensor) or isinstance(m, Tensor):
+        return
+    if 'num_leaves' not in store:
+        n = store.get('num_nodes')
+        x = store.get('x')
+        if n is None and isinstance(x, Tensor) and x.dim() > 0:
+            n = x.size(0)
+        if is_int(n, low=0):
+            store['num_leaves'] = n
+    n = store.get('num_leaves')
+    if 'leaf_index' not in store and is_int(n, low=0):
+        store['leaf_index'] = torch.arange(n, dtype=torch.long,
+                                           device=lpi.device)
 
 
 # Decoding the stored keys ##################################################

@@ -12,7 +12,7 @@ from torch_geometric.sampler.base import SubgraphType
 
 from hsa_geo._checks import check_bool
 from hsa_geo.data.induced_hierarchy import induced_hierarchy
-from hsa_geo.data.nested_signal import NestedSignal
+from hsa_geo.data.nested_signal import NestedSignal, select_cluster_attrs
 from hsa_geo.loader._inputs import signal_hierarchy
 
 
@@ -29,11 +29,12 @@ class HierarchyNeighborLoader(NeighborLoader):
     PyG's own loader filters the node attributes and leaves the tree of a
     signal untouched, so that ``batch.hierarchy`` raises (the nodes no
     longer match the leaves); this loader rebuilds each batch from the
-    sampled node ids instead. The sampled edges, ``n_id``, ``e_id``,
-    ``input_id`` and ``batch_size`` are PyG's. HSA on a batch is HSA over
-    the hierarchy restricted to the sampled nodes: a seed receives context
-    from every sampled node through the tree, not only along the sampled
-    edges.
+    sampled node ids instead, and keeps the rows of its clusters of the
+    per-cluster attributes (``cluster_*``). The sampled edges, ``n_id``,
+    ``e_id``, ``input_id`` and ``batch_size`` are PyG's. HSA on a batch is
+    HSA over the hierarchy restricted to the sampled nodes: a seed receives
+    context from every sampled node through the tree, not only along the
+    sampled edges.
 
     PyG samples with a compiled backend, ``pyg-lib`` or ``torch-sparse``
     (``torch-sparse`` only for ``subgraph_type='induced'``); without one
@@ -105,7 +106,14 @@ class HierarchyNeighborLoader(NeighborLoader):
         # leaf_index moves with the nodes: the ids of the sampled leaves in
         # the full signal, whatever the sampler or its output transform did.
         leaves = data.leaf_index if 'leaf_index' in data else data.n_id
-        hierarchy = induced_hierarchy(self.hierarchy, leaves)
+        hierarchy, node_map = induced_hierarchy(self.hierarchy, leaves,
+                                                return_node_map=True)
+        n, m = self.hierarchy.num_leaves, self.hierarchy.num_clusters
+        # PyG copies the per-cluster attributes whole: the batch keeps the
+        # rows of its clusters, in the induced tree's order.
+        clusters = (node_map[n:] >= 0).nonzero().view(-1)
+        for key, value in select_cluster_attrs(data, clusters, m).items():
+            data[key] = value
         batch = NestedSignal.from_data(data, hierarchy)
         if self.signal_transform is not None:
             batch = self.signal_transform(batch)

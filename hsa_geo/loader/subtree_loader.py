@@ -10,7 +10,9 @@ from torch_geometric.utils import select
 
 from hsa_geo._checks import check_bool, check_index, check_int
 from hsa_geo.data.hierarchy import Hierarchy
-from hsa_geo.data.nested_signal import SIGNAL_KEYS, NestedSignal
+from hsa_geo.data.nested_signal import (SIGNAL_KEYS, NestedSignal,
+                                        is_cluster_key,
+                                        select_cluster_attrs)
 from hsa_geo.loader._inputs import signal_hierarchy
 
 
@@ -56,10 +58,11 @@ class SubtreeLoader(torch.utils.data.DataLoader):
     of a batch attend to each other through their common ancestors, and
     not to the subtrees of other batches.
 
-    Graph-level attributes are copied to every batch. A batch also carries
-    ``n_id`` (``[K]``, the node id in :obj:`data` of each of its leaves:
-    ``out[i]`` of a model belongs to node ``n_id[i]``) and ``e_id`` (the
-    edge id in :obj:`data` of each of its edges), as PyG's loaders do.
+    Graph-level attributes are copied to every batch, and the per-cluster
+    ones (``cluster_*``) keep the rows of the batch's clusters. A batch also
+    carries ``n_id`` (``[K]``, the node id in :obj:`data` of each of its
+    leaves: ``out[i]`` of a model belongs to node ``n_id[i]``) and ``e_id``
+    (the edge id in :obj:`data` of each of its edges), as PyG's loaders do.
 
     The subtrees, their leaves, internal nodes, edges and family-graph pairs
     are grouped once, at construction; a batch costs a few vectorised
@@ -138,8 +141,11 @@ class SubtreeLoader(torch.utils.data.DataLoader):
         induced = Hierarchy.from_parent(parent, n_id.numel(),
                                         _family(part, subtrees, node_map))
         e_id = self._edge_ids(subtrees, node_map)
-        return NestedSignal.from_hierarchy(
-            induced, **self._attributes(n_id, e_id, node_map))
+        attrs = self._attributes(n_id, e_id, node_map)
+        attrs.update(select_cluster_attrs(
+            self.data, clusters - self.hierarchy.num_leaves,
+            self.hierarchy.num_clusters))
+        return NestedSignal.from_hierarchy(induced, **attrs)
 
     def _edge_ids(self, subtrees: Tensor, node_map: _NodeMap) -> Tensor:
         r"""The edges from the batch's leaves to its leaves, in their order
@@ -158,7 +164,8 @@ class SubtreeLoader(torch.utils.data.DataLoader):
         data = self.data
         out: Dict[str, Any] = {}
         for key, value in data.items():
-            if key in SIGNAL_KEYS or key == 'num_nodes':
+            if key in SIGNAL_KEYS or key == 'num_nodes' or \
+                    is_cluster_key(key):
                 continue
             if key == 'edge_index':
                 out[key] = node_map(self.partition.edge_index[:, e_id])

@@ -495,6 +495,8 @@ class DocumentHierarchy(BaseTransform):
             args.append(f'truncate={self.truncate}')
         if self.keep_single_token_words:
             args.append('keep_single_token_words=True')
+        if not self.store_tokens:
+            args.append('store_tokens=False')
         return f'{self.__class__.__name__}({", ".join(args)})'
 
 

@@ -7,10 +7,11 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+from torch_geometric.data import Batch
 from torch_geometric.transforms import BaseTransform
 
 from hsa_geo.data.hierarchy import Hierarchy
-from hsa_geo.data.nested_signal import NestedSignal
+from hsa_geo.data.nested_signal import NestedSignal, map_batch
 
 
 class TreeOrder(BaseTransform):
@@ -45,7 +46,11 @@ class TreeOrder(BaseTransform):
     it is permuted with the nodes, so that it keeps pointing to the
     original nodes (applying :class:`TreeOrder` twice gives the same
     signal; the second permutation is the identity). In a batch, its values
-    are node ids within each signal.
+    are node ids within each signal: a batch of ordered signals is in tree
+    order, and :class:`TreeOrder` orders a
+    :class:`~torch_geometric.data.Batch` signal by signal and batches them
+    again (:class:`ValueError` if an attribute was set on the batch after
+    batching: it cannot be split among the signals).
 
     Args:
         attr (str, optional): the node attribute that stores :math:`\pi`;
@@ -67,6 +72,11 @@ class TreeOrder(BaseTransform):
                 f"TreeOrder needs a NestedSignal (a graph with a hierarchy "
                 f"over its nodes), got {type(data).__name__}; build one with "
                 f"a hierarchy transform such as GraphHierarchy first")
+        if isinstance(data, Batch):
+            # Signal by signal: then the stored permutation is split with
+            # the signals, and holds ids within each.
+            return map_batch(data, lambda i, signal: self(signal),
+                             'TreeOrder')
         perm = _tree_order(data.hierarchy)
         stored = self.attr is not None and self.attr in data
         if stored:  # an earlier permutation: composed by subgraph below

@@ -306,6 +306,74 @@ def test_subgraph_keeps_each_family_sparse_or_dense():
                           atol=1e-12)
 
 
+def _batch_of_three():
+    h = Hierarchy.from_parent([5, 5, 5, 6, 6, -1, 5], 5,
+                              torch.tensor([[0, 3], [1, 4]]))
+    signals = []
+    for i, (words, patches) in enumerate([(3, 2), (2, 3), (4, 1)]):
+        x_dict = {'word': torch.randn(words, 2, dtype=torch.float64),
+                  'patch': torch.randn(patches, 3, dtype=torch.float64)}
+        parent = [5] * words + [6] * patches + [-1, 5]
+        tree = Hierarchy.from_parent(parent, 5)
+        signal = HeteroNestedSignal.from_hierarchy(
+            h if i == 0 else tree, x_dict, y=torch.tensor([i]))
+        signal['cluster'].name = torch.tensor([10 * i, 10 * i + 1])
+        signals.append(signal)
+    return signals, next(iter(DataLoader(signals, batch_size=3)))
+
+
+def test_subgraph_of_a_batch_subgraphs_each_signal():
+    signals, batch = _batch_of_three()
+    # words: 0-2 | 3-4 | 5-8; patches: 0-1 | 2-4 | 5
+    for subset, parts in [
+            ({'word': torch.tensor([1, 2, 4, 8])},
+             [{'word': torch.tensor([1, 2])}, {'word': torch.tensor([1])},
+              {'word': torch.tensor([3])}]),
+            ({'word': torch.tensor([0, 5, 6]), 'patch': torch.tensor(
+                [True, False, False, False, True, True])},
+             [{'word': torch.tensor([0]), 'patch': torch.tensor([0])},
+              {'word': torch.zeros(0, dtype=torch.long),
+               'patch': torch.tensor([2])},
+              {'word': torch.tensor([0, 1]), 'patch': torch.tensor([0])}])]:
+        sub = batch.subgraph(subset)
+        expected = [s.subgraph(p) for s, p in zip(signals, parts)]
+        assert sub.num_graphs == 3
+        rows = batch_rows(sub, 3)
+        h = sub.hierarchy
+        q = torch.randn(h.num_leaves, 1, 2, dtype=torch.float64)
+        for exp, back, r in zip(expected, sub.to_data_list(), rows):
+            assert torch.allclose(dense(h, q)[r][:, r],
+                                  dense(exp.hierarchy, q[r]), atol=1e-12)
+            assert torch.equal(back.hierarchy.parent, exp.hierarchy.parent)
+            for t in ('word', 'patch'):
+                assert torch.equal(back[t].x, exp[t].x)
+            assert torch.equal(back['cluster'].name, exp['cluster'].name)
+            assert torch.equal(back.y, exp.y)
+
+
+def test_node_type_subgraph_of_a_batch_works_signal_by_signal():
+    signals, batch = _batch_of_three()
+    out = batch.node_type_subgraph(['patch', 'cluster'])
+    expected = [s.node_type_subgraph(['patch', 'cluster']) for s in signals]
+    assert out.leaf_types == ['patch']
+    for back, exp in zip(out.to_data_list(), expected):
+        assert torch.equal(back.hierarchy.parent, exp.hierarchy.parent)
+        assert torch.equal(back['patch'].x, exp['patch'].x)
+        assert torch.equal(back['cluster'].name, exp['cluster'].name)
+
+
+@pytest.mark.parametrize('subset,pattern', [
+    ({'word': torch.tensor([3, 0])}, r"subset_dict\['word'\]\[1\] = 0 is a "
+     r"node of signal 0 of this batch, after one of signal 1"),
+    ({'word': torch.tensor([0, 5]), 'patch': torch.tensor([0, 5])},
+     "subset_dict keeps no leaf of signal 1 of this batch"),
+])
+def test_subgraph_of_a_batch_bad_subsets(subset, pattern):
+    _, batch = _batch_of_three()
+    with pytest.raises(ValueError, match=pattern):
+        batch.subgraph(subset)
+
+
 def test_leaf_metadata_leaves_the_tree_out():
     data = two_types()
     data['word', 'next', 'word'].edge_index = torch.tensor([[0], [1]])

@@ -17,6 +17,7 @@ from torch_geometric.loader.utils import filter_data
 from torch_geometric.utils import subgraph as pyg_subgraph
 
 from hsa_geo import Hierarchy, NestedSignal, hierarchical_attention
+from hsa_geo.data import induced_hierarchy
 from hsa_geo.transforms import GraphHierarchy, SequenceHierarchy
 from tests.helpers.attention import attention, random_pairs, random_qkv
 from tests.helpers.strategies import (
@@ -629,6 +630,63 @@ def test_signal_without_family_keys_collates_with_others():
         assert_batch_attends_as_parts(batch, signals)
 
 
+def _hand_built(x_later: bool = False, **kwargs) -> NestedSignal:
+    r"""The example built by calling :class:`NestedSignal` with the parent
+    indices, and ``x`` at construction or afterwards."""
+    stored = example()
+    x = torch.randn(EXAMPLE_LEAVES, 4, dtype=torch.float64)
+    kwargs.setdefault('num_clusters', stored.num_clusters)
+    out = NestedSignal(x=None if x_later else x,
+                       leaf_parent_index=stored.leaf_parent_index,
+                       cluster_parent_index=stored.cluster_parent_index,
+                       **kwargs)
+    if x_later:
+        out.x = x
+    return out
+
+
+@pytest.mark.parametrize('build', [
+    lambda: _hand_built(x_later=True),
+    lambda: _hand_built(num_clusters=torch.tensor(3)),
+    lambda: _hand_built(num_clusters=torch.tensor(3, dtype=torch.int32)),
+], ids=['x_later', 'tensor_num_clusters', 'int32_num_clusters'])
+def test_hand_built_signal_batches_with_any_other(build):
+    graph = graph_signal(family=True)
+    signal = build()
+    other = NestedSignal.from_hierarchy(graph.hierarchy, graph.x)
+    assert signal.num_clusters == 3 and type(signal.num_clusters) is int
+    assert signal.num_leaves == EXAMPLE_LEAVES
+    assert signal.leaf_index.tolist() == list(range(EXAMPLE_LEAVES))
+    for signals in ([signal, other], [other, signal], [signal, signal]):
+        batch = Batch.from_data_list(signals)
+        assert_batch_attends_as_parts(batch, signals)
+        for part, back in zip(signals, batch.to_data_list()):
+            assert_same_hierarchy(back.hierarchy, part.hierarchy)
+
+
+def test_num_nodes_set_later_gives_the_leaves():
+    stored = example(x=False)
+    signal = NestedSignal(leaf_parent_index=stored.leaf_parent_index,
+                          cluster_parent_index=stored.cluster_parent_index,
+                          num_clusters=3)
+    assert 'num_leaves' not in signal  # no leaves yet
+    signal.num_nodes = EXAMPLE_LEAVES
+    assert signal.num_leaves == EXAMPLE_LEAVES
+    batch = Batch.from_data_list([stored, signal])
+    assert_same_hierarchy(batch.to_data_list()[1].hierarchy,
+                          stored.hierarchy)
+
+
+def test_unbatched_signals_batch_with_fresh_ones():
+    r"""Separating a batch gives counts as ints, as a fresh signal has."""
+    fresh = example()
+    back = Batch.from_data_list([fresh, fresh]).to_data_list()[0]
+    assert type(back.num_clusters) is int and type(back.num_leaves) is int
+    for signals in ([back, fresh], [fresh, back]):
+        assert_batch_attends_as_parts(Batch.from_data_list(signals),
+                                      signals)
+
+
 def test_empty_family_graph_is_not_dense():
     r"""An empty family graph (only self pairs) differs from none; the flag
     keeps them apart in a batch."""
@@ -734,9 +792,129 @@ def test_subgraph_of_a_mixed_batch_keeps_each_family():
     torch.testing.assert_close(attention(sub.hierarchy, qkv),
                                attention(expected, qkv), rtol=0, atol=EXACT)
     # Dense families stay flagged dense, with no pairs stored for them.
-    m = sub.num_clusters
+    m = sub.hierarchy.num_clusters
     assert sub.sparse_family.shape == (m, ) and bool(sub.sparse_family.any())
     assert not bool(sub.sparse_family.all())
+
+
+def _signals_with_clusters() -> List[NestedSignal]:
+    r"""Signals with per-cluster attributes: rows numbered as the
+    clusters, and a list."""
+    out = []
+    for i, n in enumerate([6, 8, 7]):
+        data = GraphHierarchy(branching=2, family_graph=i == 1)(
+            small_graph(n))
+        m = data.num_clusters
+        data.cluster_id = torch.arange(100 * i, 100 * i + m)
+        data.cluster_pos = torch.arange(2 * m).view(m, 2) + 100 * i
+        out.append(data)
+    return out
+
+
+def _check_batch_subgraph(batch, signals, parts):
+    r"""``batch.subgraph`` is the batch of each signal's subgraph."""
+    subset = torch.cat([part + int(batch.ptr[i])
+                        for i, part in enumerate(parts)])
+    for chosen in (subset, _mask(subset, batch.num_nodes)):
+        if chosen.dtype == torch.bool and not bool(
+                (subset.diff() > 0).all()):
+            continue  # a mask keeps the leaves in increasing order
+        sub = batch.subgraph(chosen)
+        expected = [s.subgraph(p) for s, p in zip(signals, parts)]
+        assert isinstance(sub, Batch) and sub.num_graphs == len(signals)
+        assert sub.ptr.tolist() == [0] + torch.tensor(
+            [p.numel() for p in parts]).cumsum(0).tolist()
+        assert_batch_attends_as_parts(sub, expected)
+        assert torch.equal(sub.x, batch.x[subset])
+        for back, exp in zip(sub.to_data_list(), expected):
+            assert_same_hierarchy(back.hierarchy, exp.hierarchy)
+            for key in ('x', 'edge_index', 'cluster_id',
+                        'cluster_pos', 'sparse_family'):
+                assert torch.equal(back[key], exp[key]), key
+
+
+def _mask(ids: torch.Tensor, n: int) -> torch.Tensor:
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[ids] = True
+    return mask
+
+
+def test_subgraph_of_a_batch_subgraphs_each_signal():
+    signals = _signals_with_clusters()
+    batch = Batch.from_data_list(signals)
+    _check_batch_subgraph(batch, signals, [
+        torch.tensor([1, 2, 4]), torch.tensor([6, 0, 3]),
+        torch.tensor([2])])
+    _check_batch_subgraph(batch, signals, [
+        torch.arange(6), torch.tensor([0, 1, 5]), torch.tensor([0, 3])])
+
+
+def test_subgraph_of_a_batch_follows_the_batch_keys():
+    signals = _signals_with_clusters()
+    batch = Batch.from_data_list(signals, follow_batch=['cluster_id'])
+    sub = batch.subgraph(torch.tensor([0, 1, 7, 8, 15, 17]))
+    assert sub.cluster_id_batch.tolist() == [
+        i for i, d in enumerate(sub.to_data_list())
+        for _ in range(d.num_clusters)]
+    batch.extra = torch.ones(3)
+    with pytest.raises(ValueError, match="'extra' was set on this batch "
+                       "after batching"):
+        batch.subgraph(torch.tensor([0, 1, 7, 8, 15, 17]))
+
+
+@pytest.mark.parametrize('subset,pattern', [
+    (torch.tensor([7, 0, 15]), r"subset\[1\] = 0 is a node of signal 0 of "
+     r"this batch, after one of signal 1"),
+    (torch.tensor([0, 1, 15]), "keeps no leaf of signal 1 of this batch"),
+    (torch.tensor([True] * 6 + [False] * 15),
+     "keeps no leaf of signal 1 of this batch"),
+])
+def test_subgraph_of_a_batch_bad_subsets(subset, pattern):
+    batch = Batch.from_data_list(_signals_with_clusters())
+    with pytest.raises(ValueError, match=pattern):
+        batch.subgraph(subset)
+
+
+def test_subgraph_selects_per_cluster_rows():
+    r"""Rows of ``cluster_*`` keys follow the kept clusters, both when
+    there are fewer clusters than leaves and when there are as many (PyG's
+    size rule took them for node attributes)."""
+    data = GraphHierarchy(branching=2)(small_graph())
+    n, m = data.num_nodes, data.num_clusters
+    assert m < n
+    data.cluster_id = torch.arange(m)
+    data.cluster_names = [f'c{c}' for c in range(m)]
+    assert not data.is_node_attr('cluster_id')
+    assert not data.is_edge_attr('cluster_id')
+    for keep in (torch.tensor([0, 1]), torch.tensor([9, 0, 7])):
+        sub = data.subgraph(keep)
+        _, node_map = induced_hierarchy(data.hierarchy, keep,
+                                        return_node_map=True)
+        kept = (node_map[n:] >= 0).nonzero().view(-1)
+        assert sub.cluster_id.tolist() == kept.tolist()
+        assert sub.cluster_names == [f'c{c}' for c in kept.tolist()]
+        assert sub.cluster_id.numel() == sub.hierarchy.num_clusters
+    # As many clusters as leaves; the component {0, 1} keeps clusters 0
+    # (their parent) and 2 (the root).
+    f = Forest([3, 3, 4, 5, 5, -1], 3)
+    data = NestedSignal.from_hierarchy(
+        build(f), torch.randn(3, 2), edge_index=torch.tensor([[0, 1],
+                                                              [1, 0]]),
+        cluster_id=torch.arange(3))
+    sub = T.LargestConnectedComponents()(data)
+    assert sub.cluster_id.tolist() == [0, 2]
+
+
+@pytest.mark.parametrize('value,error,pattern', [
+    (torch.arange(4), ValueError, "'cluster_id' has 4 rows but the "
+     "hierarchy has 3 clusters"),
+    (torch.tensor(1), TypeError, "'cluster_id' is a 0-d tensor"),
+    ('a', TypeError, "'cluster_id' is a str"),
+])
+def test_subgraph_bad_per_cluster_rows(value, error, pattern):
+    data = example(cluster_id=value)
+    with pytest.raises(error, match=pattern):
+        data.subgraph(torch.tensor([0, 1]))
 
 
 def test_edge_subgraph_keeps_the_hierarchy():

@@ -1,6 +1,7 @@
 r"""Shared helpers of the loader and heterogeneous-model tests: nested signals
-on random forests, the dense formula of :class:`~hsa_geo.nn.HSAConv`, and a
-plain-Python neighbour sampler (no compiled backend needed)."""
+on random forests (with per-cluster attributes), the dense formula of
+:class:`~hsa_geo.nn.HSAConv`, and a plain-Python neighbour sampler (no
+compiled backend needed)."""
 from typing import List, Optional
 
 import torch
@@ -9,6 +10,7 @@ from torch_geometric.sampler import (BaseSampler, NodeSamplerInput,
                                      SamplerOutput)
 
 from hsa_geo import Hierarchy, NestedSignal, hierarchical_attention_matrix
+from hsa_geo.data import induced_hierarchy
 from hsa_geo.nn import HSAConv
 from tests.helpers.attention import random_pairs
 from tests.helpers.layers import linear, queries_keys_values
@@ -33,6 +35,25 @@ def random_signal(f: Forest, seed: int = 0, family: bool = False,
         edge_attr=torch.randn(num_edges, 2, dtype=torch.float64,
                               generator=g),
         y=torch.randint(0, 3, (n, ), generator=g), tag=torch.tensor([7]))
+
+
+def with_cluster_rows(data: NestedSignal) -> NestedSignal:
+    r""":obj:`data` with per-cluster attributes: a row number and a list."""
+    m = data.num_clusters
+    data.cluster_id = torch.arange(m) + 100
+    data.cluster_name = [f'c{c}' for c in range(m)]
+    return data
+
+
+def check_cluster_rows(data: NestedSignal, batch: NestedSignal):
+    r"""The batch keeps the rows of its clusters, in its tree's order."""
+    n = data.num_nodes
+    _, node_map = induced_hierarchy(data.hierarchy, batch.n_id,
+                                    return_node_map=True)
+    kept = (node_map[n:] >= 0).nonzero().view(-1)
+    assert batch.hierarchy.num_clusters == kept.numel()
+    assert batch.cluster_id.tolist() == (kept + 100).tolist()
+    assert batch.cluster_name == [f'c{c}' for c in kept.tolist()]
 
 
 def reference_conv(conv: HSAConv, x: Tensor, hierarchy: Hierarchy) -> Tensor:

@@ -16,8 +16,9 @@ from hsa_geo.data import induced_hierarchy
 from hsa_geo.loader import HierarchyNeighborLoader
 from hsa_geo.nn import HSAConv
 from tests.helpers.layers import EXACT, SEEDS
-from tests.helpers.loaders import (FirstNeighbors, random_signal,
-                                   reference_conv)
+from tests.helpers.loaders import (FirstNeighbors, check_cluster_rows,
+                                   random_signal, reference_conv,
+                                   with_cluster_rows)
 from tests.helpers.strategies import Forest, fewer, forests, induced_forest
 
 pytestmark = pytest.mark.usefixtures('one_thread')
@@ -83,6 +84,19 @@ def test_example():
     assert torch.equal(data.edge_index[:, batch.e_id],
                        batch.n_id[batch.edge_index])
     assert torch.equal(batch.edge_attr, data.edge_attr[batch.e_id])
+
+
+@pytest.mark.parametrize('f', [
+    Forest([8, 8, 8, 9, 9, 10, 10, 10, 11, 11, 11, -1], 8),
+    Forest([3, 3, 4, 5, 5, -1], 3),  # as many clusters as leaves
+])
+def test_batches_keep_the_rows_of_their_clusters(f):
+    data = with_cluster_rows(random_signal(f, seed=2, num_edges=2))
+    for batch in loader_of(data, batch_size=2):
+        check_cluster_rows(data, batch)
+    data.cluster_id = torch.arange(f.num_leaves + 1)
+    with pytest.raises(ValueError, match="'cluster_id' has"):
+        next(iter(loader_of(data, batch_size=2)))
 
 
 def test_pyg_loader_leaves_the_tree_behind():

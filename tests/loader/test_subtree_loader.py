@@ -14,7 +14,8 @@ from hsa_geo import Hierarchy, NestedSignal
 from hsa_geo.loader import SubtreeLoader
 from hsa_geo.nn import HSAConv
 from tests.helpers.layers import EXACT, SEEDS
-from tests.helpers.loaders import random_signal, reference_conv
+from tests.helpers.loaders import (check_cluster_rows, random_signal,
+                                   reference_conv, with_cluster_rows)
 from tests.helpers.strategies import (Forest, ancestors, depth_of, fewer,
                                       forests, induced_forest)
 
@@ -65,6 +66,22 @@ def test_example():
     assert whole.edge_index.tolist() == data.edge_index.tolist()
     leaves = SubtreeLoader(data, level=2, batch_size=3)
     assert [b.n_id.tolist() for b in leaves] == [[0, 1, 2], [3]]
+
+
+@pytest.mark.parametrize('f', [
+    Forest([8, 8, 8, 9, 9, 10, 10, 10, 11, 11, 11, -1], 8),
+    Forest([3, 3, 4, 5, 5, -1], 3),  # as many clusters as leaves
+])
+@pytest.mark.parametrize('level,batch_size', [(1, 1), (1, 2), (2, 2)])
+def test_batches_keep_the_rows_of_their_clusters(f, level, batch_size):
+    data = with_cluster_rows(random_signal(f, seed=2))
+    for batch in SubtreeLoader(data, level=level, batch_size=batch_size):
+        check_cluster_rows(data, batch)
+        ref = data.subgraph(batch.n_id)
+        assert torch.equal(batch.cluster_id, ref.cluster_id)
+    data.cluster_id = torch.arange(f.num_leaves + 1)
+    with pytest.raises(ValueError, match="'cluster_id' has"):
+        next(iter(SubtreeLoader(data)))
 
 
 @fewer(2)

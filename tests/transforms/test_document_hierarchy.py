@@ -605,6 +605,16 @@ def test_repr(vocab):
         f"keep_single_token_words=True)")
 
 
+def test_repr_store_tokens(vocab):
+    r"""A dataset compares the repr of its pre_transform to tell whether
+    its processed files are stale: the output differs, so must the repr."""
+    without = DocumentHierarchy(vocab=vocab, store_tokens=False)
+    assert repr(without) == (
+        f"DocumentHierarchy(vocab={vocab!r}, "
+        f"levels=('paragraph', 'sentence', 'word'), store_tokens=False)")
+    assert repr(without) != repr(DocumentHierarchy(vocab=vocab))
+
+
 def test_repr_tokenizer(bert):
     assert repr(DocumentHierarchy(
         tokenizer=bert, levels=['sentence'], max_tokens=512,

@@ -13,7 +13,7 @@ from typing import List
 import pytest
 import torch
 from hypothesis import given, strategies as st
-from torch_geometric.data import Data
+from torch_geometric.data import Batch, Data
 
 from hsa_geo import Hierarchy, NestedSignal, hierarchical_attention_matrix
 from hsa_geo.nn import HSAConv
@@ -190,6 +190,30 @@ def test_graph_hierarchy_option():
         'tree_order=True)')
     with pytest.raises(TypeError, match='tree_order'):
         GraphHierarchy(tree_order=1)
+
+
+@given(fs=st.lists(forests(max_leaves=10), min_size=1, max_size=3),
+       seed=st.integers(0, 2**16), attr=st.sampled_from(['n_id', None]))
+def test_a_batch_is_ordered_signal_by_signal(fs, seed, attr):
+    r"""As ordering every signal before batching: ``attr`` holds node ids
+    within each signal, and the batch separates again."""
+    signals = [random_signal(f, seed + i, i % 2 == 1)
+               for i, f in enumerate(fs)]
+    signals[0].cluster_id = torch.arange(signals[0].num_clusters)
+    for s in signals[1:]:
+        s.cluster_id = torch.arange(s.num_clusters) + 100
+    transform = TreeOrder(attr)
+    expected = [transform(s) for s in signals]
+    out = transform(Batch.from_data_list(signals))
+    assert isinstance(out, Batch)
+    reference = Batch.from_data_list(expected)
+    assert set(out.keys()) == set(reference.keys())
+    for key in reference.keys():
+        assert torch.equal(out[key], reference[key]), key
+    for got, exp in zip(out.to_data_list(), expected):
+        assert torch.equal(got.hierarchy.parent, exp.hierarchy.parent)
+        if attr is not None:
+            assert torch.equal(got.n_id, exp.n_id)
 
 
 def test_errors():
