@@ -212,3 +212,31 @@ def check_features(value: Tensor, name: str, weight: Tensor, width: str,
     if not lazy:
         check_dtype(value, name, weight, "the layer's weights")
     check_device(value, name, weight.device, 'the layer')
+
+
+def check_pair_bias(bias: Tensor, hierarchy: Any,
+                    heads: torch.Size) -> Tensor:
+    r"""Checks a pair bias for :obj:`hierarchy` (a
+    :class:`~hsa_geo.data.Hierarchy`) and :obj:`heads` (the shape between
+    the rows and the channels of ``q``: ``()`` or ``(H, )``) and returns it
+    as ``[P, prod(heads)]``: :class:`TypeError` unless floating point,
+    :class:`ValueError` unless ``[P, *heads]`` on the hierarchy's device
+    with no NaN or ``+inf``."""
+    num_pairs = hierarchy.num_sibling_pairs
+    shape = (num_pairs, ) + tuple(heads)
+    check_floating(bias, 'pair_bias')
+    if tuple(bias.shape) != shape:
+        raise ValueError(
+            f"'pair_bias' must have shape {shape}: one row per sibling pair "
+            f"of the hierarchy (hierarchy.sibling_pairs, P = {num_pairs})"
+            f"{' and one column per head' if heads else ''}; got "
+            f"{tuple(bias.shape)}")
+    check_device(bias, 'pair_bias', hierarchy.device, 'the hierarchy')
+    bad = torch.isnan(bias) | torch.isposinf(bias)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"'pair_bias' row {row} holds NaN or +inf; a bias must be finite "
+            f"or -inf (-inf forbids the pair, like a missing family-graph "
+            f"edge)")
+    return bias.reshape(num_pairs, math.prod(heads))

@@ -14,7 +14,8 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from hsa_geo._checks import check_device, check_float, check_floating
+from hsa_geo._checks import (check_device, check_float, check_floating,
+                             check_pair_bias)
 from hsa_geo._memory import ensure_memory
 from hsa_geo.data.hierarchy import Hierarchy
 
@@ -53,9 +54,14 @@ def hierarchical_attention_matrix(q: Tensor, k: Tensor, hierarchy: Hierarchy,
             one row per pair of :attr:`Hierarchy.sibling_pairs`.
 
     Returns:
-        Tensor ``[H, N, N]`` (``[N, N]`` for 2-D inputs); rows sum to one.
+        Tensor ``[H, N, N]`` (``[N, N]`` for 2-D inputs) in the wider
+        dtype of :obj:`q` and :obj:`k`; rows sum to one.
     """
     _check(q, k, hierarchy, pair_bias)
+    # in the wider dtype, as hierarchical_attention computes in float64
+    # when one input is float64
+    dtype = torch.promote_types(q.dtype, k.dtype)
+    q, k = q.to(dtype), k.to(dtype)
     single_head = q.dim() == 2
     if single_head:
         q, k = q.unsqueeze(1), k.unsqueeze(1)
@@ -185,11 +191,5 @@ def _check(q: Tensor, k: Tensor, hierarchy: Hierarchy,
                          f"{hierarchy.num_leaves} leaves")
     check_device(q, 'q', hierarchy.device, 'the hierarchy')
     check_device(k, 'k', hierarchy.device, 'the hierarchy')
-    if pair_bias is None:
-        return
-    check_floating(pair_bias, 'pair_bias')
-    shape = (hierarchy.num_sibling_pairs, ) + tuple(q.shape[1:-1])
-    if tuple(pair_bias.shape) != shape:
-        raise ValueError(f"'pair_bias' must have shape {shape} (one row per "
-                         f"pair of hierarchy.sibling_pairs), got "
-                         f"{tuple(pair_bias.shape)}")
+    if pair_bias is not None:
+        check_pair_bias(pair_bias, hierarchy, q.shape[1:-1])

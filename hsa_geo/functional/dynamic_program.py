@@ -16,7 +16,7 @@ from torch import Tensor
 
 from hsa_geo._autocast import autocast_off
 from hsa_geo._checks import (check_bool, check_device, check_float,
-                             check_floating)
+                             check_floating, check_pair_bias)
 from hsa_geo._memory import ensure_memory
 from hsa_geo.data.hierarchy import FamilyBucket, Hierarchy, HierarchyLayout
 from hsa_geo.functional.replayed_backward import replayed_backward
@@ -72,28 +72,6 @@ def check_attention_inputs(q: Tensor, k: Tensor, v: Tensor,
             f"{hierarchy.num_leaves} leaves; row i must be leaf i")
     for name, t in (('q', q), ('k', k), ('v', v)):
         check_device(t, name, hierarchy.device, 'the hierarchy')
-
-
-def _check_pair_bias(bias: Tensor, hierarchy: Hierarchy,
-                     heads: torch.Size) -> Tensor:
-    num_pairs = hierarchy.num_sibling_pairs
-    shape = (num_pairs, ) + tuple(heads)
-    check_floating(bias, 'pair_bias')
-    if tuple(bias.shape) != shape:
-        raise ValueError(
-            f"'pair_bias' must have shape {shape}: one row per sibling pair "
-            f"of the hierarchy (hierarchy.sibling_pairs, P = {num_pairs})"
-            f"{' and one column per head' if heads else ''}; got "
-            f"{tuple(bias.shape)}")
-    check_device(bias, 'pair_bias', hierarchy.device, 'the hierarchy')
-    bad = torch.isnan(bias) | torch.isposinf(bias)
-    if bool(bad.any()):
-        row = int(bad.nonzero()[0, 0])
-        raise ValueError(
-            f"'pair_bias' row {row} holds NaN or +inf; a bias must be finite "
-            f"or -inf (-inf forbids the pair, like a missing family-graph "
-            f"edge)")
-    return bias.reshape(num_pairs, math.prod(heads))
 
 
 def _invalid(bucket: FamilyBucket) -> Tensor:
@@ -1107,7 +1085,7 @@ def hierarchical_attention(
         scale = check_float(scale, 'scale', 0.0, low_open=True)
     single_head = q.dim() == 2
     if pair_bias is not None:
-        pair_bias = _check_pair_bias(pair_bias, hierarchy, q.shape[1:-1])
+        pair_bias = check_pair_bias(pair_bias, hierarchy, q.shape[1:-1])
     if single_head:
         q, k, v = q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)
     out_dtype = v.dtype

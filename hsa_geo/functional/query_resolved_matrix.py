@@ -44,9 +44,14 @@ def query_resolved_attention_matrix(q: Tensor, k: Tensor,
         scale (float, optional): :math:`1/\sqrt{D}` if :obj:`None`.
 
     Returns:
-        Tensor ``[H, N, N]`` (``[N, N]`` for 2-D inputs); rows sum to one.
+        Tensor ``[H, N, N]`` (``[N, N]`` for 2-D inputs) in the wider
+        dtype of :obj:`q` and :obj:`k`; rows sum to one.
     """
     check_attention_inputs(q, k, k, hierarchy)
+    # in the wider dtype, as query_resolved_attention computes in float64
+    # when one input is float64
+    dtype = torch.promote_types(q.dtype, k.dtype)
+    q, k = q.to(dtype), k.to(dtype)
     single_head = q.dim() == 2
     if single_head:
         q, k = q.unsqueeze(1), k.unsqueeze(1)
