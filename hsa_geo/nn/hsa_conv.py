@@ -82,7 +82,10 @@ class HSAConv(MessagePassing):
         heads (int, optional): number of attention heads. (default: :obj:`1`)
         concat (bool, optional): concatenate the heads (else average them).
             (default: :obj:`True`)
-        beta (bool, optional): gated skip connection. (default: :obj:`False`)
+        beta (bool, optional): gated skip connection; it gates the skip
+            projection, so without :obj:`root_weight` it is ignored, as in
+            :class:`~torch_geometric.nn.conv.TransformerConv`.
+            (default: :obj:`False`)
         dropout (float, optional): dropout on the family attention weights
             in training, in :math:`[0, 1)`. (default: :obj:`0.`)
         bias (bool, optional): learn additive biases. (default: :obj:`True`)

@@ -141,6 +141,16 @@ class HSAGPSConv(torch.nn.Module):
                 f"maps 'channels' to 'channels' with 'heads' concatenated "
                 f"heads; set 'channels' and 'heads' of HSAGPSConv instead")
         attn_kwargs.setdefault('root_weight', False)
+        if attn_kwargs.get('beta') and not attn_kwargs['root_weight']:
+            # HSAConv ignores beta without its skip projection (as
+            # TransformerConv does); here that default is ours, not the
+            # user's.
+            raise ValueError(
+                "attn_kwargs=dict(beta=True) gates the attention's skip "
+                "projection, which HSAGPSConv leaves out by default (the "
+                "residual is its skip connection); pass "
+                "attn_kwargs=dict(beta=True, root_weight=True), or leave "
+                "beta out")
         self.attn = HSAConv(channels, channels // heads, heads=heads,
                             **attn_kwargs)
 

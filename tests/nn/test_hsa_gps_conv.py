@@ -303,6 +303,8 @@ def test_repr():
     (dict(attn_kwargs=dict(root_weight=False)), ''),  # the default here
     (dict(attn_kwargs=dict(root_weight=True)),
      ', attn_kwargs=dict(root_weight=True)'),
+    (dict(attn_kwargs=dict(beta=True, root_weight=True)),
+     ', attn_kwargs=dict(beta=True, root_weight=True)'),
     (dict(dropout=0.1, attn_kwargs=dict(edge_dim=3, geometry_bias=True)),
      ', dropout=0.1, attn_kwargs=dict(geometry_bias=True, max_branching=16, '
      'num_levels=8, edge_dim=3)'),
@@ -344,6 +346,8 @@ def test_nested_signal_as_hierarchy():
      "'attn_kwargs' must be a dict"),
     (dict(norm_kwargs=1), TypeError, "'norm_kwargs' must be a dict"),
     (dict(attn_kwargs=dict(dropout=1.5)), ValueError, "'dropout'"),
+    (dict(attn_kwargs=dict(beta=True)), ValueError,
+     "pass attn_kwargs=dict\\(beta=True, root_weight=True\\)"),
 ])
 def test_bad_arguments(kwargs, error, pattern):
     args = dict(channels=8, conv=None)
