@@ -35,9 +35,10 @@ class ChEMBLActivity(RDKitMoleculeDataset):
       1,017 compounds (68%) are active; with 7.0 (100 nM), 353.
 
     The two tasks (and every threshold) are processed into files of their
-    own, so they coexist under one :obj:`root`. Graphs and splits are as in
-    :class:`~hsa_geo.datasets.RDKitMoleculeDataset`: OGB's features
-    (``x`` ``[N, 9]``, ``edge_attr`` ``[E, 3]``), ``smiles``,
+    own (``regression.pt``, ``classification_6.0.pt``, named by the exact
+    threshold), so they coexist under one :obj:`root`. Graphs and splits
+    are as in :class:`~hsa_geo.datasets.RDKitMoleculeDataset`: OGB's
+    features (``x`` ``[N, 9]``, ``edge_attr`` ``[E, 3]``), ``smiles``,
     ``compound_id`` (the identifier of the raw file), and
     :meth:`get_idx_split` (``'scaffold'``: 278 Bemis-Murcko scaffolds;
     ``'random'``). Every SMILES of the file parses, so :attr:`skipped` is
@@ -63,7 +64,10 @@ class ChEMBLActivity(RDKitMoleculeDataset):
             :obj:`torch_geometric.data.Data` object and returns a boolean
             value, indicating whether the data object should be included in
             the final dataset. (default: :obj:`None`)
-        force_reload (bool, optional): Whether to re-process the dataset.
+        force_reload (bool, optional): Whether to re-process the dataset;
+            needed to change the :obj:`pre_transform` or :obj:`pre_filter`
+            of a task or threshold processed before (see
+            :mod:`~hsa_geo.datasets.processed_meta`).
             (default: :obj:`False`)
         log (bool, optional): Whether to print to the console while
             processing. (default: :obj:`True`)
@@ -113,7 +117,8 @@ class ChEMBLActivity(RDKitMoleculeDataset):
     def processed_stem(self) -> str:
         if self.task == 'regression':
             return 'regression'
-        return f'classification_{self.threshold:g}'
+        # The exact threshold: 6.0 and 6.0000001 label differently.
+        return f'classification_{self.threshold!r}'
 
     @property
     def task_type(self) -> str:
@@ -146,6 +151,6 @@ class ChEMBLActivity(RDKitMoleculeDataset):
 
     def __repr__(self) -> str:
         threshold = '' if self.task == 'regression' else \
-            f', threshold={self.threshold:g}'
+            f', threshold={self.threshold!r}'
         return (f'{self.__class__.__name__}({len(self)}, '
                 f'task={self.task!r}{threshold})')

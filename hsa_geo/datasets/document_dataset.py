@@ -12,8 +12,8 @@ from torch_geometric.data import Data, InMemoryDataset
 
 from hsa_geo._checks import check_int, check_num_workers
 from hsa_geo.datasets.parallel_map import parallel_map
-from hsa_geo.datasets.processed_meta import (load_processed,
-                                             write_meta)
+from hsa_geo.datasets.processed_meta import (folder_record_ignored,
+                                             load_processed, write_meta)
 from hsa_geo.datasets.tokenizer_tag import tokenizer_tag
 from hsa_geo.transforms import DocumentHierarchy, Vocabulary
 
@@ -49,6 +49,10 @@ class DocumentDataset(InMemoryDataset):
     :obj:`num_workers`, worker processes build the trees
     (:func:`~hsa_geo.datasets.parallel_map`): the same signals in the same
     order; :obj:`pre_filter` and :obj:`pre_transform` run in this process.
+    Every split (:attr:`processed_stem`) records the two with its files,
+    and loading it with others raises a :class:`ValueError` until
+    :obj:`force_reload=True` processes it again (see
+    :mod:`~hsa_geo.datasets.processed_meta`).
     """
     #: The splits, the first one the training split.
     SPLITS: Tuple[str, ...] = ('train', 'test')
@@ -79,8 +83,9 @@ class DocumentDataset(InMemoryDataset):
                     f"{self.name}: 'min_freq' and 'vocab_size' shape the "
                     f"built-in vocabulary, which a 'tokenizer' replaces; "
                     f"leave them at their defaults with a tokenizer")
-        super().__init__(root, transform, pre_transform, pre_filter,
-                         log=log, force_reload=force_reload)
+        with folder_record_ignored():  # load_processed checks the variant
+            super().__init__(root, transform, pre_transform, pre_filter,
+                             log=log, force_reload=force_reload)
         meta = load_processed(self)
         self.skipped: List[Skipped] = [(s, why) for s, why in
                                        meta['skipped']]
@@ -171,7 +176,7 @@ class DocumentDataset(InMemoryDataset):
                 f"the {self.split!r} split is left ({len(skipped)} empty, "
                 f"the others refused by 'pre_filter')")
         self.save(data_list, self.processed_paths[0])
-        write_meta(self.processed_paths[1], {'skipped': skipped})
+        write_meta(self.processed_paths[1], {'skipped': skipped}, self)
 
     def _document_hierarchy(
             self, train: Optional[List[Document]]) -> DocumentHierarchy:

@@ -94,7 +94,10 @@ class IMDBReviews(DocumentDataset):
             indicating whether the data object should be included in the
             final dataset. (default: :obj:`None`)
         force_reload (bool, optional): Whether to re-process the dataset
-            (and rebuild the vocabulary). (default: :obj:`False`)
+            (and rebuild the vocabulary); needed to change the
+            :obj:`pre_transform` or :obj:`pre_filter` of a split processed
+            before (see :mod:`~hsa_geo.datasets.processed_meta`).
+            (default: :obj:`False`)
         log (bool, optional): Whether to print to the console and show a
             progress bar while processing. (default: :obj:`True`)
         num_workers (int): worker processes that build the documents'

@@ -24,8 +24,8 @@ from torch_geometric.data import Data, InMemoryDataset
 from hsa_geo._checks import check_int, check_num_workers
 from hsa_geo.data import Hierarchy, NestedSignal
 from hsa_geo.datasets.parallel_map import parallel_map
-from hsa_geo.datasets.processed_meta import (load_processed,
-                                             write_meta)
+from hsa_geo.datasets.processed_meta import (folder_record_ignored,
+                                             load_processed, write_meta)
 from hsa_geo.datasets.tokenizer_tag import tokenizer_tag
 from hsa_geo.transforms import DocumentHierarchy, Vocabulary
 
@@ -159,7 +159,10 @@ class ManPages(InMemoryDataset):
             :class:`~hsa_geo.data.NestedSignal` and returns a boolean value,
             indicating whether the data object should be included in the
             final dataset. (default: :obj:`None`)
-        force_reload (bool, optional): Whether to re-process the dataset.
+        force_reload (bool, optional): Whether to re-process the dataset;
+            needed to change the :obj:`pre_transform` or :obj:`pre_filter`
+            of a variant processed before (see
+            :mod:`~hsa_geo.datasets.processed_meta`).
             (default: :obj:`False`)
         log (bool, optional): Whether to print to the console and show a
             progress bar while processing. (default: :obj:`True`)
@@ -205,8 +208,9 @@ class ManPages(InMemoryDataset):
         self.min_pages_per_section = check_int(min_pages_per_section,
                                                'min_pages_per_section')
         self.min_freq = check_int(min_freq, 'min_freq')
-        super().__init__(root, transform, pre_transform, pre_filter,
-                         log=log, force_reload=force_reload)
+        with folder_record_ignored():  # load_processed checks the variant
+            super().__init__(root, transform, pre_transform, pre_filter,
+                             log=log, force_reload=force_reload)
         meta = load_processed(self)
         self.sections: List[str] = meta['sections']
         self.skipped: List[Skipped] = [tuple(s) for s in meta['skipped']]
@@ -315,7 +319,8 @@ class ManPages(InMemoryDataset):
                 f"refused by 'pre_filter')")
         self.save(data_list, self.processed_paths[0])
         write_meta(self.processed_paths[1], {
-            'sections': sections, 'skipped': skipped, 'parts': kept_parts})
+            'sections': sections, 'skipped': skipped, 'parts': kept_parts},
+            self)
 
     def _read_pages(self, listing: Dict[str, Any]
                     ) -> Tuple[Dict[str, List[Section]], List[Skipped]]:
@@ -357,9 +362,11 @@ class ManPages(InMemoryDataset):
         r"""The training, validation and test indices, as OGB's
         ``get_idx_split`` returns them: a :obj:`dict` with the keys
         ``'train'``, ``'valid'`` and ``'test'``, each a sorted
-        ``LongTensor`` of indices into this dataset (see *Split*)."""
+        ``LongTensor`` of indices into this dataset (see *Split*), also
+        where it is a subset or a shuffle of the processed pages."""
+        parts = [self._parts[i] for i in self.indices()]
         return {
-            part: torch.tensor([i for i, p in enumerate(self._parts)
+            part: torch.tensor([i for i, p in enumerate(parts)
                                 if p == part], dtype=torch.long)
             for part, _ in self.SPLIT
         }

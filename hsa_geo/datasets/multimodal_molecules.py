@@ -95,7 +95,9 @@ class MultiModalMolecules(RDKitMoleculeDataset):
     lexicographic order); id ``0`` (``'[PAD]'``) is reserved for padding
     and unknown tokens. Processing is deterministic (the same depiction
     pixels and token ids for the same RDKit) and writes
-    ``{task}_image{image_size}_patch{patch_size}`` files to
+    ``{variant}_image{image_size}_patch{patch_size}`` files (the variant
+    named as the source names it: ``regression``,
+    ``classification_6.0``) to
     ``root/chembl2321810/multimodal`` (the source's files stay in
     ``root/chembl2321810/{raw,processed}``); the 1,017 depictions and trees
     take about 20 s on one CPU core, and their file holds about 60 MB.
@@ -132,7 +134,10 @@ class MultiModalMolecules(RDKitMoleculeDataset):
             whether to keep it; it runs before the depiction, so a subset
             processes quickly. (default: :obj:`None`)
         force_reload (bool, optional): Whether to re-process the dataset
-            and its source. (default: :obj:`False`)
+            and its source; needed to change the :obj:`pre_transform` or
+            :obj:`pre_filter` of a variant processed before (see
+            :mod:`~hsa_geo.datasets.processed_meta`).
+            (default: :obj:`False`)
         log (bool, optional): Whether to print to the console (and show a
             progress bar) while processing. (default: :obj:`True`)
 
@@ -280,7 +285,8 @@ class MultiModalMolecules(RDKitMoleculeDataset):
                 f"{self.__class__.__name__}: 'pre_filter' kept none of the "
                 f"{len(molecules)} molecules")
         self.save(data_list, self.processed_paths[0])
-        write_meta(self.processed_paths[1], {'skipped': self.source.skipped})
+        write_meta(self.processed_paths[1], {'skipped': self.source.skipped},
+                   self)
         with open(self.processed_paths[2], 'w') as f:
             json.dump(vocabulary, f)
 
@@ -327,7 +333,7 @@ class MultiModalMolecules(RDKitMoleculeDataset):
 
     def __repr__(self) -> str:
         threshold = '' if self.task == 'regression' else \
-            f', threshold={self.threshold:g}'
+            f', threshold={self.threshold!r}'
         return (f'{self.__class__.__name__}({len(self)}, name={self.name!r}, '
                 f'task={self.task!r}{threshold}, image_size='
                 f'{self.image_size}, patch_size={self.patch_size})')

@@ -13,8 +13,8 @@ from torch_geometric.data import HeteroData, InMemoryDataset
 from tqdm import tqdm
 
 from hsa_geo._checks import check_int
-from hsa_geo.datasets.processed_meta import (load_processed,
-                                             write_meta)
+from hsa_geo.datasets.processed_meta import (folder_record_ignored,
+                                             load_processed, write_meta)
 from hsa_geo.datasets.tokenizer_tag import tokenizer_tag
 from hsa_geo.transforms import (DocumentHierarchy, GridHierarchy,
                                 MultiModalHierarchy, Vocabulary)
@@ -125,7 +125,10 @@ class N24News(InMemoryDataset):
             :class:`~hsa_geo.data.HeteroNestedSignal` and returns a boolean
             value, indicating whether the data object should be included in
             the final dataset. (default: :obj:`None`)
-        force_reload (bool, optional): Whether to re-process the dataset.
+        force_reload (bool, optional): Whether to re-process the dataset;
+            needed to change the :obj:`pre_transform` or :obj:`pre_filter`
+            of a split processed before (see
+            :mod:`~hsa_geo.datasets.processed_meta`).
             (default: :obj:`False`)
         log (bool, optional): Whether to print to the console and show a
             progress bar while processing. (default: :obj:`True`)
@@ -190,8 +193,9 @@ class N24News(InMemoryDataset):
         self.tokenizer = tokenizer
         if tokenizer is not None:  # refused here, before any file is read
             DocumentHierarchy(tokenizer=tokenizer)
-        super().__init__(root, transform, pre_transform, pre_filter,
-                         log=log, force_reload=force_reload)
+        with folder_record_ignored():  # load_processed checks the variant
+            super().__init__(root, transform, pre_transform, pre_filter,
+                             log=log, force_reload=force_reload)
         meta = load_processed(self)
         self.sections: List[str] = meta['sections']
         self.skipped: List[Skipped] = [(i, why) for i, why in
@@ -294,7 +298,7 @@ class N24News(InMemoryDataset):
                 f"'pre_filter')")
         self.save(data_list, self.processed_paths[0])
         write_meta(self.processed_paths[1],
-                   {'sections': sections, 'skipped': skipped})
+                   {'sections': sections, 'skipped': skipped}, self)
 
     # Reading ###############################################################
 

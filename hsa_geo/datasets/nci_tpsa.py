@@ -51,7 +51,10 @@ class NCITPSA(RDKitMoleculeDataset):
             :obj:`torch_geometric.data.Data` object and returns a boolean
             value, indicating whether the data object should be included in
             the final dataset. (default: :obj:`None`)
-        force_reload (bool, optional): Whether to re-process the dataset.
+        force_reload (bool, optional): Whether to re-process the dataset;
+            needed to change the :obj:`pre_transform` or :obj:`pre_filter`
+            it was processed with before (see
+            :mod:`~hsa_geo.datasets.processed_meta`).
             (default: :obj:`False`)
         log (bool, optional): Whether to print to the console while
             processing. (default: :obj:`True`)

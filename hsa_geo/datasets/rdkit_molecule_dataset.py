@@ -8,8 +8,8 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data, InMemoryDataset
 
-from hsa_geo.datasets.processed_meta import (load_processed,
-                                             write_meta)
+from hsa_geo.datasets.processed_meta import (folder_record_ignored,
+                                             load_processed, write_meta)
 from hsa_geo.datasets.random_split import random_split
 from hsa_geo.datasets.scaffold_split import scaffold_split
 
@@ -44,6 +44,10 @@ class RDKitMoleculeDataset(InMemoryDataset):
     in :attr:`skipped`; then :obj:`pre_filter` and :obj:`pre_transform`
     apply, in this order (for example
     :class:`~hsa_geo.transforms.MoleculeHierarchy` as :obj:`pre_transform`).
+    Every variant (:attr:`processed_stem`) records the two with its files,
+    and loading it with others raises a :class:`ValueError` until
+    :obj:`force_reload=True` processes it again (see
+    :mod:`~hsa_geo.datasets.processed_meta`).
     :meth:`get_idx_split` gives a scaffold or a random split in the format
     of OGB's, and :attr:`task_type`, :attr:`eval_metric` and
     :attr:`num_tasks` are named as OGB names them.
@@ -64,8 +68,9 @@ class RDKitMoleculeDataset(InMemoryDataset):
         force_reload: bool = False,
         log: bool = True,
     ) -> None:
-        super().__init__(root, transform, pre_transform, pre_filter,
-                         log=log, force_reload=force_reload)
+        with folder_record_ignored():  # load_processed checks the variant
+            super().__init__(root, transform, pre_transform, pre_filter,
+                             log=log, force_reload=force_reload)
         meta = load_processed(self)
         self.skipped: List[Tuple[str, str]] = [
             (compound_id, smiles) for compound_id, smiles in
@@ -192,7 +197,7 @@ class RDKitMoleculeDataset(InMemoryDataset):
                 f"{self.__class__.__name__}: 'pre_filter' kept none of the "
                 f"{len(records) - len(skipped)} molecules")
         self.save(data_list, self.processed_paths[0])
-        write_meta(self.processed_paths[1], {'skipped': skipped})
+        write_meta(self.processed_paths[1], {'skipped': skipped}, self)
 
     # Splits and summary ####################################################
 

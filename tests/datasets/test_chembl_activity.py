@@ -1,10 +1,13 @@
 import csv
+import json
 import os.path as osp
+import warnings
 
 import pytest
 import torch
 
 from hsa_geo.datasets import ChEMBLActivity
+from hsa_geo.datasets.processed_meta import read_meta
 
 RDConfig = pytest.importorskip('rdkit.RDConfig')
 smiles2graph = pytest.importorskip('ogb.utils').smiles2graph
@@ -69,7 +72,7 @@ def test_classification(root, regression, threshold, actives):
     assert dataset.task_type == 'binary classification'
     assert dataset.eval_metric == 'rocauc'
     assert repr(dataset) == (f"ChEMBLActivity(1017, task='classification', "
-                             f"threshold={threshold:g})")
+                             f"threshold={threshold!r})")
     y = torch.cat([data.y for data in dataset])
     assert y.dtype == torch.long and y.shape == (1017, 1)
     activity = torch.cat([data.y for data in regression])
@@ -77,8 +80,58 @@ def test_classification(root, regression, threshold, actives):
     assert int(y.sum()) == actives
     # The variants are files of their own under one root.
     assert osp.isfile(osp.join(dataset.processed_dir,
-                               f'classification_{threshold:g}.pt'))
+                               f'classification_{threshold!r}.pt'))
     assert osp.isfile(osp.join(dataset.processed_dir, 'regression.pt'))
+
+
+def test_thresholds_that_print_alike_are_variants_of_their_own(root):
+    molecules, activity = read_rdkit_files()
+    # Act 6.0 is active at 6.0 only; '{:g}' prints both thresholds as 6.
+    for threshold in (6.0, 6.0000001):
+        dataset = ChEMBLActivity(root, task='classification',
+                                 threshold=threshold, log=False)
+        assert [data.y.item() for data in dataset] == [
+            int(activity[c] >= threshold) for _, c in molecules]
+        assert repr(dataset).endswith(f'threshold={threshold!r})')
+        assert osp.basename(dataset.processed_paths[0]) == \
+            f'classification_{threshold!r}.pt'
+
+
+def fewer(data):
+    return data.num_nodes < 30
+
+
+def test_a_variant_made_with_another_pre_filter_is_refused(tmp_path):
+    root = str(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        ChEMBLActivity(root, log=False)
+        few = ChEMBLActivity(root, task='classification', pre_filter=fewer,
+                             log=False)
+        assert len(ChEMBLActivity(root, log=False)) == 1017
+    # PyG's one record per folder is that of the variant processed last.
+    assert not [w for w in caught if 'pre_filter' in str(w.message)]
+    with pytest.raises(ValueError, match=(
+            r"'regression\.pt' .* made with pre_filter=None, but "
+            r"pre_filter=<function fewer> was given.*force_reload=True")):
+        ChEMBLActivity(root, pre_filter=fewer, log=False)
+    again = ChEMBLActivity(root, pre_filter=fewer, force_reload=True,
+                           log=False)
+    assert len(again) == len(few) < 1017
+    assert max(data.num_nodes for data in again) < 30
+    assert len(ChEMBLActivity(root, pre_filter=fewer, log=False)) == len(few)
+
+
+def test_files_of_an_earlier_version_are_processed_again(tmp_path):
+    root = str(tmp_path)
+    path = ChEMBLActivity(root, pre_filter=fewer, log=False).processed_paths[1]
+    # The side file without the pre-processing it was made with.
+    meta = read_meta(path)
+    meta.pop('pre_transform', None), meta.pop('pre_filter', None)
+    with open(path, 'w') as f:
+        json.dump(meta, f)
+    assert len(ChEMBLActivity(root, log=False)) == 1017
+    assert read_meta(path)['pre_filter'] == 'None'
 
 
 def test_bad_arguments(root):

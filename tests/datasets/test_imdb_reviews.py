@@ -10,6 +10,7 @@ import warnings
 import pytest
 import torch
 from torch_geometric.loader import DataLoader
+from torch_geometric.transforms import BaseTransform
 
 from hsa_geo.data import NestedSignal
 from hsa_geo.datasets import IMDBReviews
@@ -167,6 +168,40 @@ def test_the_splits_share_the_training_vocabulary(root, train):
         warnings.simplefilter('error')
         again = IMDBReviews(root, split='test', log=False)
     assert torch.equal(again.x, test.x)
+
+
+class Tag(BaseTransform):
+    r"""Stores :obj:`value` in every review."""
+    def __init__(self, value):
+        self.value = value
+
+    def forward(self, data):
+        data.tag = torch.tensor([self.value])
+        return data
+
+    def __repr__(self):
+        return f'Tag({self.value})'
+
+
+def test_a_split_made_with_another_pre_transform_is_refused(tmp_path):
+    write_corpus(tmp_path / 'raw')
+    root = str(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        IMDBReviews(root, pre_transform=Tag(1), log=False)
+        IMDBReviews(root, split='test', pre_transform=Tag(2), log=False)
+        train = IMDBReviews(root, pre_transform=Tag(1), log=False)
+    # PyG's one record per folder is that of the split processed last.
+    assert not [w for w in caught if 'pre_transform' in str(w.message)]
+    assert train.tag.tolist() == [1] * len(train)
+    with pytest.raises(ValueError, match=(
+            r"'train_aclImdb_vocab-min1\.pt' .* made with pre_transform="
+            r"Tag\(1\), but pre_transform=Tag\(2\) was given.*"
+            r"force_reload=True")):
+        IMDBReviews(root, pre_transform=Tag(2), log=False)
+    train = IMDBReviews(root, pre_transform=Tag(2), force_reload=True,
+                        log=False)
+    assert train.tag.tolist() == [2] * len(train)
 
 
 def test_a_data_loader_batch_through_hsa_conv(train):

@@ -191,6 +191,38 @@ def test_split_and_vocabulary(dataset):
     assert beta.x[words.index('betaword')] == dataset.vocab.unk_id
 
 
+def test_split_of_a_subset(dataset):
+    pages = [d.page for d in dataset]
+    part = {pages[i]: name for name, index in dataset.get_idx_split().items()
+            for i in index.tolist()}
+    for subset in (dataset[1:], dataset[[3, 0, 1]], dataset.shuffle()):
+        split = subset.get_idx_split()
+        # Indices into the subset, every page in the part it has in full.
+        assert sorted(torch.cat(list(split.values())).tolist()) == \
+            list(range(len(subset)))
+        for name, index in split.items():
+            assert index.tolist() == sorted(index.tolist())
+            assert {part[subset[i].page] for i in index.tolist()} <= {name}
+
+
+def has_beta(data):
+    return 'beta' in data.text
+
+
+def test_other_pre_filter_is_refused(tmp_path, dataset):
+    with pytest.raises(ValueError, match=(
+            r"'min2_vocab1\.pt' .* made with pre_filter=None, but "
+            r"pre_filter=<function has_beta> was given.*force_reload=True")):
+        ManPages(str(tmp_path / 'root'), paths=[str(tmp_path / 'man')],
+                 min_pages_per_section=2, min_freq=1, pre_filter=has_beta,
+                 log=False)
+    only = ManPages(str(tmp_path / 'root'), paths=[str(tmp_path / 'man')],
+                    min_pages_per_section=2, min_freq=1, pre_filter=has_beta,
+                    force_reload=True, log=False)
+    assert [d.page for d in only] == ['man2/beta.2']
+    assert only.get_idx_split()['test'].tolist() == [0]
+
+
 def test_batching(dataset):
     batch = next(iter(DataLoader(dataset, batch_size=4)))
     assert batch.hierarchy.num_trees == 4

@@ -112,8 +112,16 @@ def test_labels_are_chembl_activity_s(root, dataset, chembl):
                                 pre_filter=few, log=False)
     assert other.task_type == 'binary classification'
     assert other.eval_metric == 'rocauc'
+    assert repr(other) == (
+        "MultiModalMolecules(24, name='chembl', task='classification', "
+        "threshold=7.0, image_size=32, patch_size=16)")
     assert osp.isfile(osp.join(other.processed_dir,
-                               'classification_7_image32_patch16.pt'))
+                               'classification_7.0_image32_patch16.pt'))
+    with pytest.raises(ValueError, match=(
+            r"'classification_7\.0_image32_patch16\.pt' .* made with "
+            r"pre_filter=<function few>, but pre_filter=None was given")):
+        MultiModalMolecules(root, task='classification', threshold=7.0,
+                            image_size=32, patch_size=16, log=False)
     actives = by_compound(ChEMBLActivity(root, task='classification',
                                          threshold=7.0, log=False))
     assert len(other) == len(dataset)

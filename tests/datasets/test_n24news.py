@@ -166,6 +166,27 @@ def test_splits_share_labels_and_vocabulary(root, train):
         N24News(root, split='dev')
 
 
+def sports(data):
+    return int(data.y) == 2
+
+
+def test_a_split_made_with_another_pre_filter_is_refused(tmp_path):
+    root = write_raw(tmp_path, SPLITS)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        N24News(root, fields=('headline', ), log=False)
+        N24News(root, split='val', fields=('headline', ),
+                pre_filter=sports, log=False)
+        assert len(N24News(root, fields=('headline', ), log=False)) == 4
+    # PyG's one record per folder is that of the split processed last.
+    assert not [w for w in caught if 'pre_filter' in str(w.message)]
+    with pytest.raises(ValueError, match=(
+            r"'train_headline_vocab\.pt' .* made with pre_filter=None, but "
+            r"pre_filter=<function sports> was given.*force_reload")):
+        N24News(root, fields=('headline', ), pre_filter=sports,
+                log=False)
+
+
 def test_field_selection(root, train, tmp_path):
     both = N24News(root, fields=('image', 'headline'), image_size=32,
                    log=False)
