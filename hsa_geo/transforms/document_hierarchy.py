@@ -14,6 +14,7 @@ from torch_geometric.transforms import BaseTransform
 
 from hsa_geo._checks import check_bool, check_int
 from hsa_geo.data.nested_signal import SIGNAL_KEYS, NestedSignal
+from hsa_geo.datasets.tokenizer_tag import tokenizer_tag
 from hsa_geo.transforms._inputs import check_data
 from hsa_geo.transforms.vocabulary import Vocabulary
 
@@ -161,6 +162,10 @@ class DocumentHierarchy(BaseTransform):
     see :func:`~hsa_geo.datasets.parallel_map`), or pass the transform as
     the ``transform`` of a dataset of raw texts and let the workers of a
     :class:`~torch_geometric.loader.DataLoader` (``num_workers``) call it.
+    The :func:`repr` names all that decides the output, the vocabulary by
+    its size and :attr:`Vocabulary.digest` and the tokenizer by its
+    :func:`~hsa_geo.datasets.tokenizer_tag` (with padding and truncation
+    off), so that a dataset notices when its ``pre_transform`` changed.
 
     Args:
         tokenizer (optional): a HuggingFace fast tokenizer (see above).
@@ -484,9 +489,25 @@ class DocumentHierarchy(BaseTransform):
             return repr(self.vocab)
         return type(self.tokenizer).__name__
 
+    def _tokenizer_tag(self) -> str:
+        r"""The :func:`~hsa_geo.datasets.tokenizer_tag` of the tokenizer as
+        it encodes: without padding and truncation."""
+        if self._kind == 'tokenizers':
+            return tokenizer_tag(self._backend)  # the private copy
+        backend = getattr(self.tokenizer, 'backend_tokenizer', None)
+        if hasattr(backend, 'to_str'):
+            # transformers switches off the truncation of the tokenizer
+            # itself on the first call: tag a copy, so that the repr is the
+            # same before and after.
+            return tokenizer_tag(_without_padding(backend))
+        return tokenizer_tag(self.tokenizer)
+
     def __repr__(self) -> str:
+        # Everything that changes the output: datasets compare the repr of
+        # their pre_transform to tell whether their files are stale.
         args = [f'vocab={self.vocab!r}' if self.vocab is not None else
-                f'tokenizer={type(self.tokenizer).__name__}',
+                f'tokenizer={type(self.tokenizer).__name__}'
+                f'({self._tokenizer_tag()!r})',
                 f'levels={self.levels}']
         if self.vocab is None:
             args.append(f'special_tokens={self.special_tokens!r}')
@@ -561,6 +582,15 @@ def _check_levels(levels, allowed: Tuple[str, ...]) -> Tuple[str, ...]:
     return tuple(levels)
 
 
+def _without_padding(tokenizer: Any) -> Any:
+    r"""A copy of a :class:`tokenizers.Tokenizer` without padding and
+    truncation."""
+    copy = type(tokenizer).from_str(tokenizer.to_str())
+    copy.no_padding()
+    copy.no_truncation()
+    return copy
+
+
 def _wrap_tokenizer(tokenizer: Any) -> Tuple[str, Any]:
     r"""``('tokenizers', private copy without padding and truncation)`` or
     ``('transformers', tokenizer)``."""
@@ -568,10 +598,7 @@ def _wrap_tokenizer(tokenizer: Any) -> Tuple[str, Any]:
     if module == 'tokenizers' and hasattr(tokenizer, 'to_str'):
         # A copy: switching off padding/truncation must not change the
         # caller's tokenizer (tokenizer.json files often enable both).
-        copy = type(tokenizer).from_str(tokenizer.to_str())
-        copy.no_padding()
-        copy.no_truncation()
-        return 'tokenizers', copy
+        return 'tokenizers', _without_padding(tokenizer)
     if hasattr(tokenizer, 'is_fast') and callable(tokenizer):
         if not tokenizer.is_fast:
             raise ValueError(

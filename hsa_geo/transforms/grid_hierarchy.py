@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.transforms import BaseTransform
+from torch_geometric.utils import select
 
 from hsa_geo._checks import check_bool, check_int
 from hsa_geo.data.hierarchy import Hierarchy
@@ -70,8 +71,10 @@ class GridHierarchy(BaseTransform):
     - ``x`` ``[N, *]``: the patch features in leaf (Z) order; every other
       node-level attribute given in row-major order (those for which
       ``data.is_node_attr(key)`` holds and whose name has no ``'index'``,
-      e.g. ``pos`` or per-patch ``y``) is permuted the same way and
-      ``edge_index`` is relabelled; other attributes are kept as they are;
+      e.g. ``pos``, per-patch ``y`` or a list of patch names) is permuted
+      the same way, as :meth:`~torch_geometric.data.Data.subgraph` selects
+      nodes (a tuple comes out as a list), and ``edge_index`` is
+      relabelled; other attributes are kept as they are;
     - ``patch_index`` ``[N]``: the row-major index ``r * K + c`` of the
       patch of every leaf, so ``x_row_major[patch_index] == x`` and
       ``x_row_major = x[patch_index.argsort()]``. In a DataLoader batch it
@@ -278,25 +281,38 @@ def _quadtree(rows: int, cols: int, device: torch.device) -> dict:
 
 
 def _permute_nodes(data: Data, order: Tensor):
-    r"""Reorders the node-level attributes of :obj:`data` so that new node
-    ``i`` is old node ``order[i]``; relabels ``edge_index``."""
+    r"""Reorders the node-level attributes of :obj:`data` (tensors, and
+    lists or tuples of one entry per node) so that new node ``i`` is old
+    node ``order[i]``; relabels ``edge_index``."""
     n = order.numel()
     edges = data.edge_index.size(1) if data.edge_index is not None else -1
     for key, value in list(data.items()):
-        if not isinstance(value, Tensor) or 'index' in key:
-            continue
-        if edges == n and key != 'x' and 'edge' not in key and \
-                value.dim() > 0 and value.size(0) == n:
+        if 'index' in key or key == 'grid_size' or not isinstance(
+                value, (Tensor, list, tuple)):
+            continue  # grid_size is read already, and replaced
+        if edges == n and key != 'x' and _length(value) == n:
+            if 'edge' in key:
+                continue  # an edge attribute: the edges keep their order
             # As many edges as patches: PyG tells them apart by the name
             # alone, and a wrong guess would misalign edges or patches.
             raise ValueError(
-                f"data.{key} has one row per patch and one per edge ({n}): "
+                f"data.{key} has one entry per patch and one per edge ({n}): "
                 f"name an edge attribute with 'edge' (e.g. edge_{key}), or "
                 f"add it after the transform")
         if key == 'x' or data.is_node_attr(key):
-            dim = data.__cat_dim__(key, value)
-            data[key] = value.index_select(dim, order.to(value.device))
+            # PyG's select, as Data.subgraph (and so TreeOrder) permutes.
+            index = order.to(value.device) if isinstance(value, Tensor) \
+                else order.cpu()
+            data[key] = select(value, index, data.__cat_dim__(key, value))
     if data.edge_index is not None:
         new_id = torch.empty_like(order)
         new_id[order] = torch.arange(n, device=order.device)
         data.edge_index = new_id.to(data.edge_index.device)[data.edge_index]
+
+
+def _length(value) -> int:
+    r"""The number of entries along the first dimension (``-1`` for a
+    0-dimensional tensor)."""
+    if isinstance(value, Tensor):
+        return value.size(0) if value.dim() > 0 else -1
+    return len(value)

@@ -44,7 +44,10 @@ class MultiModalHierarchy(BaseTransform):
     :class:`~torch_geometric.data.Data` with the attributes of
     ``data[t]`` and, if the input has edge types from :math:`t` to
     :math:`t`, their ``edge_index`` concatenated (what
-    :class:`GraphHierarchy` partitions). A heterogeneous *graph* thus
+    :class:`GraphHierarchy` partitions) and their ``edge_attr``
+    concatenated in the same order (the bond features from which
+    :class:`MoleculeHierarchy` rebuilds a molecule without ``smiles``), if
+    they have one: all of them or none. A heterogeneous *graph* thus
     becomes a nested signal with ``MultiModalHierarchy(GraphHierarchy())``:
     one builder for every node type.
 
@@ -276,10 +279,13 @@ def _build(t: str, builder: Builder, data: HeteroData
     node of every leaf."""
     store = data[t]
     inputs = Data(**{k: v for k, v in store.to_dict().items()})
-    intra = [data[e].edge_index for e in data.edge_types
-             if e[0] == t and e[2] == t]
+    intra = [e for e in data.edge_types if e[0] == t and e[2] == t]
     if intra:
-        inputs.edge_index = torch.cat(intra, dim=1)
+        inputs.edge_index = torch.cat([data[e].edge_index for e in intra],
+                                      dim=1)
+        edge_attr = _edge_attr(t, data, intra)
+        if edge_attr is not None:
+            inputs.edge_attr = edge_attr
     has_nodes = 'x' in store or 'num_nodes' in store
     if has_nodes:
         inputs[SOURCE] = torch.arange(store.num_nodes)
@@ -292,6 +298,33 @@ def _build(t: str, builder: Builder, data: HeteroData
                         f"{type(signal).__name__}, not a NestedSignal")
     source = signal[SOURCE] if SOURCE in signal else None
     return signal, source
+
+
+def _edge_attr(t: str, data: HeteroData,
+               edge_types: List[Tuple[str, str, str]]) -> Optional[Tensor]:
+    r"""The ``edge_attr`` of the :obj:`edge_types` within modality
+    :obj:`t`, concatenated in their order (as their ``edge_index``), or
+    :obj:`None` if none has one."""
+    given = [e for e in edge_types if 'edge_attr' in data[e]]
+    if not given:
+        return None
+    if len(given) < len(edge_types):
+        missing = next(e for e in edge_types if e not in given)
+        raise ValueError(
+            f"modality '{t}': edge type {given[0]} has edge_attr but "
+            f"{missing} has none, so the builder cannot get one row per "
+            f"edge; set edge_attr on every edge type from '{t}' to '{t}' "
+            f"or on none")
+    values = [data[e].edge_attr for e in edge_types]
+    try:
+        return torch.cat(values, dim=0)
+    except (RuntimeError, TypeError):
+        shapes = [tuple(v.shape) if isinstance(v, Tensor) else
+                  type(v).__name__ for v in values]
+        raise ValueError(
+            f"modality '{t}': the edge_attr of its edge types do not "
+            f"concatenate (shapes {shapes} of {edge_types}); give them the "
+            f"same features per edge") from None
 
 
 def _joined(signals: Dict[str, NestedSignal]

@@ -3,6 +3,7 @@ r"""A word vocabulary with a built-in regex tokenizer, for
 HuggingFace tokenizer."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -294,6 +295,16 @@ class Vocabulary:
         r"""A copy of the token-to-id mapping."""
         return dict(self._stoi)
 
+    @property
+    def digest(self) -> str:
+        r"""A short name of the tokens: the first 12 hex digits of the
+        SHA-1 of :attr:`tokens` (in id order, as JSON). Vocabularies of
+        other tokens or another token order have other digests, in every
+        process (it is in the :func:`repr`, which datasets compare to find
+        files processed with another vocabulary)."""
+        text = json.dumps(self._itos, ensure_ascii=False)
+        return hashlib.sha1(text.encode('utf-8')).hexdigest()[:12]
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Vocabulary):
             return NotImplemented
@@ -304,7 +315,7 @@ class Vocabulary:
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(size={len(self)}, '
-                f'lowercase={self.lowercase}, '
+                f'digest={self.digest!r}, lowercase={self.lowercase}, '
                 f'punctuation={self.punctuation})')
 
 

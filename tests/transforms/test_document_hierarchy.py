@@ -377,8 +377,9 @@ def test_transformers_tokenizer(bert, request):
     assert data.tokens == auto.convert_ids_to_tokens(data.x.tolist())
     same = DocumentHierarchy(tokenizer=bert)(TEXT)
     assert data.hierarchy.parent.tolist() == same.hierarchy.parent.tolist()
-    assert repr(DocumentHierarchy(tokenizer=auto)).startswith(
-        f'DocumentHierarchy(tokenizer={type(auto).__name__}, ')
+    assert re.match(rf"DocumentHierarchy\(tokenizer={type(auto).__name__}"
+                    rf"\('tokenizer-[0-9a-f]{{12}}'\), ",
+                    repr(DocumentHierarchy(tokenizer=auto)))
 
 
 def _trained(kind: str):
@@ -616,11 +617,74 @@ def test_repr_store_tokens(vocab):
 
 
 def test_repr_tokenizer(bert):
-    assert repr(DocumentHierarchy(
-        tokenizer=bert, levels=['sentence'], max_tokens=512,
-        truncate=True, special_tokens='drop')) == (
-        "DocumentHierarchy(tokenizer=Tokenizer, levels=('sentence',), "
-        "special_tokens='drop', max_tokens=512, truncate=True)")
+    assert re.fullmatch(
+        r"DocumentHierarchy\(tokenizer=Tokenizer\('tokenizer-[0-9a-f]{12}'"
+        r"\), levels=\('sentence',\), special_tokens='drop', "
+        r"max_tokens=512, truncate=True\)",
+        repr(DocumentHierarchy(tokenizer=bert, levels=['sentence'],
+                               max_tokens=512, truncate=True,
+                               special_tokens='drop')))
+
+
+def test_repr_tells_vocabularies_apart(tmp_path):
+    r"""Two vocabularies of one size give other ids, so other reprs: a
+    dataset processed with one and opened with the other warns that its
+    pre_transform differs instead of serving the old ids."""
+    first = Vocabulary.build(['the cat sat'])
+    second = Vocabulary.build(['dog bird fish'])
+    assert len(first) == len(second)
+    a, b = DocumentHierarchy(vocab=first), DocumentHierarchy(vocab=second)
+    assert a('the cat sat').x.tolist() != b('the cat sat').x.tolist()
+    assert repr(a) != repr(b)
+    assert repr(a) == repr(DocumentHierarchy(
+        vocab=Vocabulary.build(['the cat sat'])))
+
+    def make():
+        return [Data(text='the cat sat')]
+
+    PreTransformDataset(str(tmp_path), make, a)
+    with pytest.warns(UserWarning, match='pre_transform'):
+        PreTransformDataset(str(tmp_path), make, b)
+
+
+def _word_level(words, truncate: bool = False):
+    r"""A word-level ``tokenizers.Tokenizer`` with the ids of :obj:`words`
+    in order (``'[UNK]'`` first)."""
+    tokenizers = pytest.importorskip('tokenizers')
+    from tokenizers import models, pre_tokenizers
+    vocab = {w: i for i, w in enumerate(['[UNK]'] + list(words))}
+    tok = tokenizers.Tokenizer(models.WordLevel(vocab, unk_token='[UNK]'))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    if truncate:
+        tok.enable_padding(length=16)
+        tok.enable_truncation(16)
+    return tok
+
+
+def test_repr_tells_tokenizers_apart():
+    a = DocumentHierarchy(tokenizer=_word_level(['the', 'cat']))
+    b = DocumentHierarchy(tokenizer=_word_level(['cat', 'the']))
+    assert a('the cat').x.tolist() != b('the cat').x.tolist()
+    assert repr(a) != repr(b)
+    # Padding and truncation are switched off, so they do not count.
+    same = DocumentHierarchy(tokenizer=_word_level(['the', 'cat'], True))
+    assert repr(same) == repr(a)
+
+
+def test_repr_of_a_transformers_tokenizer():
+    transformers = pytest.importorskip('transformers')
+
+    def auto(words):
+        return transformers.PreTrainedTokenizerFast(
+            tokenizer_object=_word_level(words, truncate=True))
+
+    a = DocumentHierarchy(tokenizer=auto(['the', 'cat']))
+    b = DocumentHierarchy(tokenizer=auto(['cat', 'the']))
+    assert a('the cat').x.tolist() != b('the cat').x.tolist()
+    assert repr(a) != repr(b)
+    # Calling a transformers tokenizer switches its truncation off; the
+    # repr of a fresh transform must still match that of a used one.
+    assert repr(a) == repr(DocumentHierarchy(tokenizer=auto(['the', 'cat'])))
 
 
 # Errors #####################################################################

@@ -194,6 +194,29 @@ def test_per_patch_attributes_beside_an_image_follow_too():
                        torch.tensor([[4], [5]]))
 
 
+def test_per_patch_lists_follow_the_permutation():
+    # A list is a node attribute when it has one entry per node, as for
+    # TreeOrder: it is permuted like x.
+    names = [f'p{i}' for i in range(8)]
+    data = grid(2, 4, name=names, tags=tuple(names[::-1]),
+                pos=torch.arange(8.).view(8, 1), labels=['a', 'b'])
+    out = GridHierarchy()(data)
+    order = out.patch_index.tolist()
+    assert order == [0, 1, 4, 5, 2, 3, 6, 7]
+    assert out.pos.view(-1).tolist() == order
+    assert out.name == [names[i] for i in order]
+    assert list(out.tags) == [names[::-1][i] for i in order]
+    assert out.labels == ['a', 'b']  # not per patch
+    assert data.name == names  # the input is not changed
+    # beside an image, too
+    data = Data(image=torch.rand(1, 2, 4), num_nodes=8, name=names)
+    assert GridHierarchy(patch_size=1)(data).name == \
+        [names[i] for i in order]
+    # a grid_size tuple is read, not permuted, also with two patches
+    data = grid(1, 2, edge_index=torch.tensor([[0, 1], [1, 0]]))
+    assert GridHierarchy()(data).grid_size.tolist() == [[1, 2]]
+
+
 def test_as_many_edges_as_patches_needs_named_edge_attributes():
     src = torch.arange(16)
     ring = torch.stack([src, (src + 1) % 16])
@@ -202,10 +225,16 @@ def test_as_many_edges_as_patches_needs_named_edge_attributes():
     with pytest.raises(ValueError, match="name an edge attribute"):
         GridHierarchy(patch_size=1)(data)
     data = Data(image=torch.rand(1, 4, 4), num_nodes=16, edge_index=ring,
-                edge_weight=src.float())
+                kind=['single'] * 16)
+    with pytest.raises(ValueError, match="name an edge attribute"):
+        GridHierarchy(patch_size=1)(data)
+    data = Data(image=torch.rand(1, 4, 4), num_nodes=16, edge_index=ring,
+                edge_weight=src.float(),
+                edge_kind=[str(i) for i in range(16)])
     out = GridHierarchy(patch_size=1)(data)
     # the edges keep their order and their attributes
     assert torch.equal(out.edge_weight, src.float())
+    assert out.edge_kind == [str(i) for i in range(16)]
     assert torch.equal(out.patch_index[out.edge_index], ring)
 
 

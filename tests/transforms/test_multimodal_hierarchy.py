@@ -330,3 +330,71 @@ def test_leaf_attributes_edge_attributes_and_reserved_names():
     bad['cluster'].x = torch.randn(3, 2)
     with pytest.raises(ValueError, match="node type of the clusters"):
         MultiModalHierarchy(SequenceHierarchy(2))(bad)
+
+
+def test_repr_tells_the_builders_vocabularies_apart():
+    first = Vocabulary.build(['the cat sat'])
+    second = Vocabulary.build(['dog bird fish'])
+    assert len(first) == len(second)
+    a = MultiModalHierarchy({'text': DocumentHierarchy(vocab=first)})
+    b = MultiModalHierarchy({'text': DocumentHierarchy(vocab=second)})
+    assert repr(a) != repr(b)
+
+
+def _atoms(smiles: str) -> Data:
+    pytest.importorskip('rdkit')
+    from torch_geometric.utils import from_smiles
+    graph = from_smiles(smiles)
+    return Data(x=graph.x, edge_index=graph.edge_index,
+                edge_attr=graph.edge_attr)
+
+
+def test_bond_features_reach_the_builder():
+    from hsa_geo.transforms import MoleculeHierarchy
+    mol = _atoms('CC(=O)Oc1ccccc1C(=O)O')  # aspirin
+    data = HeteroData()
+    data['atom'].x = mol.x
+    data['atom', 'bond', 'atom'].edge_index = mol.edge_index
+    data['atom', 'bond', 'atom'].edge_attr = mol.edge_attr
+    out = MultiModalHierarchy({'atom': MoleculeHierarchy()})(data)
+    alone = MoleculeHierarchy()(mol)
+    n = alone.num_nodes
+    assert out['atom'].x.size(0) == n
+    assert torch.equal(out['atom'].x, alone.x)
+    assert out.hierarchy.parent[:n].tolist() == \
+        alone.hierarchy.parent[:n].tolist()
+    assert torch.equal(out['atom', 'bond', 'atom'].edge_attr, mol.edge_attr)
+
+
+def test_edge_attributes_of_several_edge_types_are_concatenated():
+    mol = _atoms('CC(=O)O')
+    double = mol.edge_attr[:, 0] == 2  # PyG's bond type DOUBLE
+    seen = []
+
+    def builder(data):
+        seen.append(data)
+        return SequenceHierarchy(2)(data)
+
+    data = HeteroData()
+    data['atom'].x = mol.x
+    for name, keep in (('single', ~double), ('double', double)):
+        data['atom', name, 'atom'].edge_index = mol.edge_index[:, keep]
+        data['atom', name, 'atom'].edge_attr = mol.edge_attr[keep]
+    MultiModalHierarchy({'atom': builder})(data)
+    given = seen[0]
+    assert given.edge_attr.size(0) == given.edge_index.size(1)
+    # every edge with its own features
+    features = {tuple(e): a.tolist() for e, a in zip(
+        mol.edge_index.t().tolist(), mol.edge_attr)}
+    assert [features[tuple(e)] for e in given.edge_index.t().tolist()] == \
+        given.edge_attr.tolist()
+
+    del data['atom', 'double', 'atom'].edge_attr
+    with pytest.raises(ValueError, match=r"modality 'atom': edge type "
+                       r"\('atom', 'single', 'atom'\) has edge_attr but "
+                       r"\('atom', 'double', 'atom'\) has none"):
+        MultiModalHierarchy({'atom': builder})(data)
+    data['atom', 'double', 'atom'].edge_attr = mol.edge_attr[double][:, :2]
+    with pytest.raises(ValueError, match=r"modality 'atom': the edge_attr "
+                       r"of its edge types do not concatenate"):
+        MultiModalHierarchy({'atom': builder})(data)

@@ -284,13 +284,30 @@ def test_build_sizes_are_checked(min_freq, max_size):
 
 def test_repr_and_equality():
     vocab = Vocabulary(['a', 'b'], punctuation=False)
-    assert repr(vocab) == ('Vocabulary(size=4, lowercase=True, '
-                           'punctuation=False)')
+    assert repr(vocab) == ("Vocabulary(size=4, digest='f73133b8dde5', "
+                           "lowercase=True, punctuation=False)")
     assert vocab == Vocabulary(['a', 'b'], punctuation=False)
     assert vocab != Vocabulary(['a', 'b'])
     assert vocab != Vocabulary(['b', 'a'], punctuation=False)
     with pytest.raises(TypeError):
         hash(vocab)
+
+
+def test_repr_names_the_tokens():
+    r"""Vocabularies of one size but other tokens give other ids, so their
+    reprs differ (a dataset compares the repr of its pre_transform to find
+    stale files); the digest is that of the tokens, the same in every
+    process."""
+    vocab = Vocabulary(['a', 'b'])
+    assert repr(vocab) == ("Vocabulary(size=4, digest='f73133b8dde5', "
+                           "lowercase=True, punctuation=True)")
+    assert vocab.digest == 'f73133b8dde5'
+    assert repr(Vocabulary(['b', 'a'])) == (
+        "Vocabulary(size=4, digest='d22bde917383', lowercase=True, "
+        "punctuation=True)")
+    assert repr(Vocabulary(['a', 'b'], unk_token='<unk>')) != repr(vocab)
+    assert repr(Vocabulary(['a', 'c'])) != repr(vocab)
+    assert repr(Vocabulary.build(['b a'])) == repr(vocab)  # same content
 
 
 def test_ids_of_many_tokens_as_one_by_one():
