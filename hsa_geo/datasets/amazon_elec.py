@@ -62,8 +62,9 @@ class AmazonElec(DocumentDataset):
     positive (``2`` in ``.cat``) and ``0`` for negative (``1``); ``line``
     ``LongTensor [1]``: the review's line in its file, from ``0``.
 
-    An empty review is skipped with a warning and listed in
-    :attr:`skipped` as ``(file and line, reason)``. Then :obj:`pre_filter`
+    An empty review (blank, or one in which the tokenizer finds no token)
+    is skipped with a warning and listed in :attr:`skipped` as ``(file and
+    line, reason)``. Then :obj:`pre_filter`
     and :obj:`pre_transform` apply, in this order. Every combination of
     split, training size, :obj:`tokenized`, vocabulary options and
     tokenizer is processed into files of its own, so they coexist under one

@@ -16,6 +16,7 @@ from hsa_geo.datasets.processed_meta import (folder_record_ignored,
                                              load_processed, write_meta)
 from hsa_geo.datasets.tokenizer_tag import tokenizer_tag
 from hsa_geo.transforms import DocumentHierarchy, Vocabulary
+from hsa_geo.transforms.document_hierarchy import EmptyTextError
 
 # Why a document was skipped: (where it was read, reason).
 Skipped = Tuple[str, str]
@@ -154,10 +155,13 @@ class DocumentDataset(InMemoryDataset):
                                   for doc in documents if not doc.text.strip()]
         kept = [doc for doc in documents if doc.text.strip()]
         data_list: List[Data] = []
-        for data in parallel_map(
+        for doc, data in zip(kept, parallel_map(
                 partial(_document_signal, transform=document, name=self.name),
                 kept, num_workers=self.num_workers,
-                desc=f'{self.name} {self.split}', log=self.log):
+                desc=f'{self.name} {self.split}', log=self.log)):
+            if data is None:
+                skipped.append((doc.source, 'the text has no tokens'))
+                continue
             if self.pre_filter is not None and not self.pre_filter(data):
                 continue
             if self.pre_transform is not None:
@@ -209,7 +213,8 @@ class DocumentDataset(InMemoryDataset):
 
     @property
     def num_skipped(self) -> int:
-        r"""How many documents of the split were skipped as empty."""
+        r"""How many documents of the split were skipped as empty (blank,
+        or without a token for the tokenizer)."""
         return len(self.skipped)
 
     def __repr__(self) -> str:
@@ -217,13 +222,16 @@ class DocumentDataset(InMemoryDataset):
 
 
 def _document_signal(doc: Document, transform: DocumentHierarchy,
-                     name: str) -> Data:
-    r"""The signal of a document (a :class:`ValueError` names it)."""
+                     name: str) -> Optional[Data]:
+    r"""The signal of a document (a :class:`ValueError` names it);
+    :obj:`None` for a text in which the tokenizer finds no token."""
     data = Data(text=doc.text, y=torch.tensor([doc.label]), **{
         key: torch.tensor([value])
         for key, value in doc.attrs.items()
     })
     try:
         return transform(data)
+    except EmptyTextError:
+        return None
     except ValueError as e:  # say which document
         raise ValueError(f'{name}: {doc.source}: {e}') from e

@@ -58,8 +58,9 @@ class IMDBReviews(DocumentDataset):
     ``pos`` and ``0`` for ``neg``; ``rating`` ``LongTensor [1]``: the score
     out of 10; ``review_id`` ``LongTensor [1]``: the ``<id>`` of the file.
 
-    An empty review is skipped with a warning and listed in
-    :attr:`skipped` as ``(file, reason)``. Then :obj:`pre_filter` and
+    An empty review (blank, or one in which the tokenizer finds no token)
+    is skipped with a warning and listed in :attr:`skipped` as ``(file,
+    reason)``. Then :obj:`pre_filter` and
     :obj:`pre_transform` apply, in this order. Every combination of split,
     vocabulary options and tokenizer is processed into files of its own,
     so they coexist under one :obj:`root`; the vocabulary is saved next to

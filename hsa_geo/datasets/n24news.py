@@ -307,7 +307,11 @@ class N24News(InMemoryDataset):
         read fields are strings (or missing)."""
         path = osp.join(self.raw_dir, self.SPLITS[split])
         with open(path, encoding='utf-8') as f:
-            items = json.load(f)
+            try:
+                items = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"'{path}' is not valid JSON ({e}); it "
+                                 f"must hold a JSON list of articles") from e
         if not isinstance(items, list):
             raise ValueError(f"'{path}' must hold a JSON list of articles, "
                              f"got a {type(items).__name__}")

@@ -1,4 +1,5 @@
 r"""A seeded random train/valid/test split, as index tensors."""
+import math
 from typing import Dict, Tuple
 
 import torch
@@ -57,6 +58,9 @@ def split_points(num_items: int,
         raise ValueError(
             f"'fractions' must be three non-negative numbers (train, valid, "
             f"test) that sum to 1, got {tuple(fractions)}")
-    train_end = int(fractions[0] * num_items)
-    valid_end = int((fractions[0] + fractions[1]) * num_items)
+    # A product meant to be an integer may round just below it in floating
+    # point (0.29 * 100 = 28.999999999999996): the floor of the fractions
+    # as written.
+    train_end = math.floor(fractions[0] * num_items + 1e-9)
+    valid_end = math.floor((fractions[0] + fractions[1]) * num_items + 1e-9)
     return train_end, valid_end

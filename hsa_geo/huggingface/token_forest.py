@@ -52,6 +52,10 @@ class TokenForest(NamedTuple):
                            self.global_leaves.to(device))
 
 
+# What TokenHierarchy.encode passes to the tokenizer itself.
+_ENCODE_SETS = ('return_offsets_mapping', 'return_tensors')
+
+
 class TokenHierarchy:
     r"""Builds the :class:`TokenForest` of a padded batch encoded by a
     HuggingFace fast tokenizer, for HSA inside a pretrained encoder
@@ -164,6 +168,13 @@ class TokenHierarchy:
         (without ``offset_mapping``, which models do not take) and the
         forest."""
         texts = _check_texts(texts)
+        fixed = [key for key in _ENCODE_SETS if key in kwargs]
+        if fixed:
+            raise TypeError(
+                f"encode sets {fixed[0]!r} itself ({_ENCODE_SETS}); leave it "
+                f"out, or call the tokenizer with "
+                f"return_offsets_mapping=True and pass its output to "
+                f"TokenHierarchy(...)(encoding, texts)")
         kwargs.setdefault('padding', True)
         encoding = self.tokenizer(texts, return_offsets_mapping=True,
                                   return_tensors='pt', **kwargs)
@@ -271,9 +282,14 @@ class TokenHierarchy:
         return {'word': words, 'sentence': sentence, 'paragraph': paragraph}
 
     def __repr__(self) -> str:
+        # Everything that changes the forest, the tokenizer by its tag (two
+        # tokenizers of one class can split a text differently).
         return (f'{self.__class__.__name__}(tokenizer='
-                f'{type(self.tokenizer).__name__}, levels={self.levels}, '
-                f'special_tokens={self.special_tokens!r})')
+                f'{type(self.tokenizer).__name__}'
+                f'({self._splitter.tokenizer_tag!r}), levels={self.levels}, '
+                f'special_tokens={self.special_tokens!r}'
+                + (', keep_single_token_words=True'
+                   if self.keep_single_token_words else '') + ')')
 
 
 def _check_texts(texts: Any) -> List[str]:

@@ -39,6 +39,12 @@ class _Layout(NamedTuple):
     word_sentence: np.ndarray
 
 
+class EmptyTextError(ValueError):
+    r"""The :class:`ValueError` of :class:`DocumentHierarchy` for a text in
+    which the tokenizer finds no token (zero-width spaces, say, which
+    :meth:`str.strip` keeps): datasets skip such documents as empty."""
+
+
 class _Tokens(NamedTuple):
     # Per token: id, string (None when not stored), span, special or not.
     ids: np.ndarray
@@ -402,7 +408,7 @@ class DocumentHierarchy(BaseTransform):
         special = toks.special & (toks.offsets[:, 0] == toks.offsets[:, 1])
         content = np.flatnonzero(~special)
         if content.size == 0:
-            raise ValueError(
+            raise EmptyTextError(
                 f"data.text yields no tokens ({_preview(text)}): the "
                 f"tokenizer {self._describe_tokenizer()} finds nothing to "
                 f"encode in it; filter out such texts before the transform")
@@ -489,9 +495,13 @@ class DocumentHierarchy(BaseTransform):
             return repr(self.vocab)
         return type(self.tokenizer).__name__
 
-    def _tokenizer_tag(self) -> str:
+    @property
+    def tokenizer_tag(self) -> Optional[str]:
         r"""The :func:`~hsa_geo.datasets.tokenizer_tag` of the tokenizer as
-        it encodes: without padding and truncation."""
+        it encodes (without padding and truncation); :obj:`None` with a
+        vocabulary."""
+        if self.tokenizer is None:
+            return None
         if self._kind == 'tokenizers':
             return tokenizer_tag(self._backend)  # the private copy
         backend = getattr(self.tokenizer, 'backend_tokenizer', None)
@@ -507,7 +517,7 @@ class DocumentHierarchy(BaseTransform):
         # their pre_transform to tell whether their files are stale.
         args = [f'vocab={self.vocab!r}' if self.vocab is not None else
                 f'tokenizer={type(self.tokenizer).__name__}'
-                f'({self._tokenizer_tag()!r})',
+                f'({self.tokenizer_tag!r})',
                 f'levels={self.levels}']
         if self.vocab is None:
             args.append(f'special_tokens={self.special_tokens!r}')

@@ -196,6 +196,27 @@ def test_a_tokenizer_instead_of_the_vocabulary(tmp_path):
     assert dataset.processed_stem.startswith('test_elec25k_tokenizer-')
 
 
+def test_a_review_without_tokens_is_skipped(tmp_path):
+    """A review that is not blank but in which the tokenizer finds no token
+    (zero-width spaces, which BERT's normalizer removes) is skipped and
+    listed as an empty one is, not an error that stops the whole split."""
+    tokenizers = pytest.importorskip('tokenizers')
+    corpus = {'elec-test': [('Do not buy.', 'Do not buy .', '1'),
+                            ('\u200b\u200b', '\u200b\u200b', '2')]}
+    write_corpus(tmp_path / 'raw', corpus)
+    words = ['[UNK]', 'do', 'not', 'buy', '.']
+    tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel(
+        {w: i for i, w in enumerate(words)}, unk_token='[UNK]'))
+    tokenizer.normalizer = tokenizers.normalizers.BertNormalizer()
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    with pytest.warns(UserWarning, match='skipped 1 of the 2'):
+        dataset = AmazonElec(str(tmp_path), split='test',
+                             tokenizer=tokenizer, log=False)
+    assert len(dataset) == 1 and dataset[0].x.tolist() == [1, 2, 3, 4]
+    assert dataset.skipped == [("'elec/elec-test.txt' line 2",
+                                'the text has no tokens')]
+
+
 def test_errors(tmp_path):
     with pytest.raises(ValueError, match="'train_size' must be one of"):
         AmazonElec(str(tmp_path), train_size='30k')

@@ -307,7 +307,9 @@ def test_workers_give_the_same_reviews(tmp_path, train):
     assert parallel.vocab == train.vocab
 
 
-def test_a_worker_error_names_the_review(tmp_path):
+def test_a_review_without_tokens_is_skipped_in_workers(tmp_path):
+    """A review in which the tokenizer finds no token is skipped and
+    listed, as a blank one is, also when workers build the trees."""
     tokenizers = pytest.importorskip('tokenizers')
     write_corpus(tmp_path / 'raw', {'test': {
         'pos': {'0_8': 'Zebras were great!'}, 'neg': {'0_3': 'dull'}}})
@@ -317,10 +319,12 @@ def test_a_worker_error_names_the_review(tmp_path):
     tokenizer.normalizer = tokenizers.normalizers.Replace(
         tokenizers.Regex('[a-z]+'), '')
     tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    with pytest.raises(ValueError, match=r"IMDBReviews: aclImdb/test/neg/"
-                       r"0_3.txt: data.text yields no tokens"):
-        IMDBReviews(str(tmp_path), split='test', tokenizer=tokenizer,
-                    log=False, num_workers=2)
+    with pytest.warns(UserWarning, match='skipped 1 of the 2'):
+        dataset = IMDBReviews(str(tmp_path), split='test',
+                              tokenizer=tokenizer, log=False, num_workers=2)
+    assert len(dataset) == 1
+    assert dataset.skipped == [('aclImdb/test/neg/0_3.txt',
+                                'the text has no tokens')]
 
 
 def test_bad_num_workers(tmp_path):

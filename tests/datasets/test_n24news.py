@@ -272,6 +272,11 @@ def test_errors_in_the_files(tmp_path):
     with pytest.raises(ValueError, match="section 'Opinion', which no "
                        "training article has"):
         N24News(root, split='test', log=False)
+    with open(tmp_path / 'raw' / 'news' / 'nytimes_train.json', 'w') as f:
+        f.write('[{"headline": "cut off')
+    with pytest.raises(ValueError, match="nytimes_train.json' is not valid "
+                       "JSON"):
+        N24News(root, log=False, force_reload=True)
 
 
 def test_download_says_where_to_get_the_files(tmp_path):

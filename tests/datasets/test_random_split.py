@@ -35,6 +35,10 @@ def test_seeded_and_independent_of_the_global_random_state():
 def test_fractions():
     split = random_split(20, fractions=(0.5, 0.25, 0.25), seed=0)
     assert [len(index) for index in split.values()] == [10, 5, 5]
+    # 0.29 * 100 is 28.999999999999996 in floating point: the floor of
+    # the fractions as written
+    split = random_split(100, fractions=(0.29, 0.01, 0.7), seed=0)
+    assert [len(index) for index in split.values()] == [29, 1, 70]
     for bad in [(0.8, 0.1), (0.8, 0.2, 0.1), (1.2, -0.1, -0.1)]:
         with pytest.raises(ValueError, match='sum to 1'):
             random_split(10, fractions=bad)

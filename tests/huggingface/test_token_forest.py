@@ -157,6 +157,24 @@ def test_errors():
     with pytest.raises(ValueError, match='pair of texts'):
         builder(pair, [TEXTS[0]])
     assert repr(builder).startswith('TokenHierarchy(tokenizer=')
+    for key in ('return_tensors', 'return_offsets_mapping'):
+        with pytest.raises(TypeError, match=f"encode sets '{key}' itself"):
+            builder.encode(TEXTS, **{key: 'np' if key == 'return_tensors'
+                                     else False})
+
+
+def test_repr_names_what_changes_the_forest():
+    """Options and tokenizers that change the forest change the repr,
+    as the repr of DocumentHierarchy does."""
+    bert, roberta = bert_tokenizer(), roberta_tokenizer()
+    plain = TokenHierarchy(bert)
+    words = TokenHierarchy(bert, keep_single_token_words=True)
+    assert repr(words) != repr(plain)
+    assert repr(words).endswith(', keep_single_token_words=True)')
+    assert repr(TokenHierarchy(roberta)) != repr(plain)
+    before = repr(plain)
+    plain.encode(TEXTS, truncation=True, max_length=8)
+    assert repr(plain) == before  # a used tokenizer tags as a fresh one
 
 
 def test_empty_list_of_texts():
