@@ -163,12 +163,17 @@ class HSAGPSConv(torch.nn.Module):
         )
 
         norm_kwargs = _kwargs(norm_kwargs, 'norm_kwargs')
-        self.norm1 = normalization_resolver(norm, channels, **norm_kwargs)
+        # norm1 follows the local layer: none without one (parameters
+        # that never get a gradient would stall DistributedDataParallel).
+        self.norm1 = None if conv is None else normalization_resolver(
+            norm, channels, **norm_kwargs)
         self.norm2 = normalization_resolver(norm, channels, **norm_kwargs)
         self.norm3 = normalization_resolver(norm, channels, **norm_kwargs)
 
-        self.norm_with_batch = self.norm1 is not None and _takes(
-            self.norm1.forward, 'batch')
+        self.norm_with_batch = self.norm3 is not None and _takes(
+            self.norm3.forward, 'batch')
+        if self.norm1 is None:  # states saved by earlier versions have it
+            self._register_load_state_dict_pre_hook(_drop_unused_norm)
         # Edge features go to the local layer only if it reads them, so
         # that e.g. GINConv runs beside an attention with edge features.
         self.conv_with_edge_attr = conv is not None and _takes(
@@ -293,14 +298,21 @@ class HSAGPSConv(torch.nn.Module):
             options.append(f'dropout={self.dropout}')
         if repr(self.mlp[1]) != 'ReLU()':
             options.append(f'act={self.mlp[1]}')
-        if self.norm1 is None or repr(self.norm1) != repr(
+        if self.norm3 is None or repr(self.norm3) != repr(
                 normalization_resolver('batch_norm', self.channels)):
-            options.append(f'norm={self.norm1}')
+            options.append(f'norm={self.norm3}')
         attn = self.attn.repr_options(root_weight=False)
         if attn:
             options.append(f'attn_kwargs=dict({", ".join(attn)})')
         return (f'{self.__class__.__name__}({self.channels}, '
                 f'{", ".join(options)})')
+
+
+def _drop_unused_norm(state_dict: Dict[str, Any], prefix: str, *args: Any):
+    r"""Drops ``norm1`` from a state of a layer without a local layer
+    (earlier versions had one there, which never got a gradient)."""
+    for key in [k for k in state_dict if k.startswith(prefix + 'norm1.')]:
+        del state_dict[key]
 
 
 def _kwargs(value: Optional[Mapping], name: str) -> Mapping:

@@ -243,16 +243,32 @@ def test_gradcheck():
         lambda x: layer(x, edge_index, h, batch), (x, ))
 
 
-def test_gradients_reach_every_parameter():
+@pytest.mark.parametrize('local', [True, False])
+def test_gradients_reach_every_parameter(local):
+    """Also without a local layer: no norm waits for its output (a
+    parameter without a gradient stalls DistributedDataParallel)."""
     h = example_hierarchy()
     edge_index, edge_attr = random_edges(NUM_LEAVES, 0, dtype=torch.float32)
-    layer = HSAGPSConv(8, gin(8, edge_dim=3), heads=2,
+    layer = HSAGPSConv(8, gin(8, edge_dim=3) if local else None, heads=2,
                        attn_kwargs=dict(edge_dim=3, geometry_bias=True))
     layer(randn(NUM_LEAVES, 8), edge_index, h,
           edge_attr=edge_attr).square().sum().backward()
     missing = [name for name, p in layer.named_parameters() if p.grad is None
                or not p.grad.abs().sum() > 0]
     assert not missing
+
+
+def test_state_of_a_layer_without_local_layer_loads():
+    """A state saved when a layer without a local layer still had its
+    first norm loads (the norm is dropped)."""
+    layer = HSAGPSConv(8, None, heads=2)
+    state = layer.state_dict()
+    state.update({f'norm1.module.{key}': value for key, value in
+                  layer.norm2.module.state_dict().items()})
+    again = HSAGPSConv(8, None, heads=2)
+    again.load_state_dict(state)
+    for key, value in layer.state_dict().items():
+        assert torch.equal(again.state_dict()[key], value)
 
 
 def test_dropout_train_vs_eval():

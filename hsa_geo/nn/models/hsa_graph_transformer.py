@@ -7,6 +7,7 @@ from typing import Any, Callable, Dict, Optional, Union
 import torch
 from torch import Tensor
 from torch.nn import Sequential
+from torch_geometric.data import Batch
 from torch_geometric.nn.conv import GCNConv, GINConv, GINEConv
 from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.nn.inits import reset
@@ -219,8 +220,10 @@ class HSAGraphTransformer(torch.nn.Module):
                 required with :obj:`edge_dim` and refused without it.
                 (default: :obj:`None`)
             batch (Tensor, optional): the graph of every node ``[N]``, for
-                graph-aware norms and the graph readout; :obj:`None`: one
-                graph. (default: :obj:`None`)
+                graph-aware norms and the graph readout; :obj:`None`: the
+                ``batch`` of :obj:`hierarchy` where it is a collated
+                :class:`~torch_geometric.data.Batch`, else one graph.
+                (default: :obj:`None`)
         """
         kwargs = {}
         if self.edge_encoder is not None:
@@ -234,6 +237,9 @@ class HSAGraphTransformer(torch.nn.Module):
                              "'edge_attr' would be ignored; build it with "
                              "edge_dim=D to use them, or leave them out")
 
+        if batch is None and isinstance(hierarchy, Batch):
+            # (not one prediction for the whole batch)
+            batch = hierarchy.batch
         x = self.node_encoder(x)
         for conv in self.convs:
             x = conv(x, edge_index, hierarchy, batch, **kwargs)

@@ -77,6 +77,19 @@ def test_batch_equals_each_graph_alone(task, norm):
         torch.testing.assert_close(rows, alone, rtol=1e-5, atol=1e-5)
 
 
+def test_a_collated_hierarchy_gives_the_batch():
+    """Without 'batch', a collated batch of signals is pooled graph by
+    graph, not into one prediction."""
+    torch.manual_seed(0)
+    model = HSAGraphTransformer(5, 8, 2, heads=2, local_conv='gin',
+                                task='graph').eval()
+    batch = collate(signals(5))
+    out = model(batch.x, batch.edge_index, batch)
+    torch.testing.assert_close(out, model(batch.x, batch.edge_index, batch,
+                                          batch=batch.batch))
+    assert out.shape == (batch.num_graphs, 2)
+
+
 def train(model, batch, loss_fn, steps: int = 20):
     r"""Losses before and after :obj:`steps` full-batch Adam steps."""
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
