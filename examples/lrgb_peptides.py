@@ -50,7 +50,8 @@ from torch_geometric.datasets import LRGBDataset
 from torch_geometric.loader import DataLoader
 from torch_geometric.nn import BatchNorm, GINEConv, GPSConv, global_mean_pool
 from training import (Distributed, Results, Timer, common_parser,
-                      peak_memory_mb, progress, seed_everything)
+                      parse_checked, peak_memory_mb, positive_int,
+                      probability, progress, seed_everything)
 
 from hsa_geo.nn.models import HSAGraphTransformer
 from hsa_geo.transforms import GraphHierarchy, MoleculeHierarchy
@@ -67,15 +68,16 @@ def parse_args(argv: Optional[Sequence[str]] = None):
                            dataset='peptides-func', model='hsa', epochs=200,
                            hidden=96, lr=1e-3, batch_size=32)
     add = parser.add_argument
-    add('--layers', type=int, default=4, help='number of blocks / layers')
-    add('--heads', type=int, default=4, help='attention heads')
-    add('--dropout', type=float, default=0.1)
+    add('--layers', type=positive_int, default=4,
+        help='number of blocks / layers')
+    add('--heads', type=positive_int, default=4, help='attention heads')
+    add('--dropout', type=probability, default=0.1)
     add('--hierarchy', default='molecule', choices=['molecule', 'metis'],
         help='the tree of every peptide (computed once; a different '
         'choice needs a fresh --root)')
     add('--attn-type', default='multihead',
         choices=['multihead', 'performer'], help='the attention of gps')
-    return parser.parse_args(argv)
+    return parse_checked(parser, argv)
 
 
 # Data and metrics ###########################################################

@@ -60,8 +60,9 @@ from torch_geometric.nn import GINEConv, global_mean_pool
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from ogbg_mol import Task, mlp  # noqa: E402
 from training import (Distributed, Results, Timer,  # noqa: E402
-                      common_parser, progress,
-                      mean_std_cell, seed_everything, write_arms)
+                      common_parser, mean_std_cell, parse_checked,
+                      positive_int, probability, progress,
+                      seed_everything, write_arms)
 
 from hsa_geo.data import (HeteroNestedSignal, Hierarchy,  # noqa: E402
                           induced_hierarchy)
@@ -350,10 +351,10 @@ def main(argv: List[str] = None) -> Dict:
         model='all', epochs=10, hidden=32)
     parser.add_argument('--task', default='regression',
                         choices=['regression', 'classification'])
-    parser.add_argument('--layers', type=int, default=2)
-    parser.add_argument('--heads', type=int, default=2)
-    parser.add_argument('--dropout', type=float, default=0.1)
-    args = parser.parse_args(argv)
+    parser.add_argument('--layers', type=positive_int, default=2)
+    parser.add_argument('--heads', type=positive_int, default=2)
+    parser.add_argument('--dropout', type=probability, default=0.1)
+    args = parse_checked(parser, argv)
     if args.ddp:
         parser.error('this example trains in one process; drop --ddp')
     dist = Distributed.from_env(False, args.device, args.threads)

@@ -54,7 +54,8 @@ from torch_geometric.nn import global_mean_pool
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from training import (Distributed, Results, Timer,  # noqa: E402
-                      common_parser, progress, seed_everything)
+                      common_parser, parse_checked, positive_int,
+                      probability, progress, seed_everything)
 
 from hsa_geo.datasets import NCITPSA, ChEMBLActivity  # noqa: E402
 from hsa_geo.nn.models import HSAGraphTransformer  # noqa: E402
@@ -421,16 +422,16 @@ def main(argv=None) -> Dict:
                            'baseline.',
                            OGB_DATASETS + tuple(RDKIT_DATASETS), MODELS,
                            dataset='ogbg-molhiv', model='hsa', epochs=50)
-    parser.add_argument('--layers', type=int, default=4)
-    parser.add_argument('--heads', type=int, default=4)
-    parser.add_argument('--dropout', type=float, default=0.1)
+    parser.add_argument('--layers', type=positive_int, default=4)
+    parser.add_argument('--heads', type=positive_int, default=4)
+    parser.add_argument('--dropout', type=probability, default=0.1)
     parser.add_argument('--attn-dropout', type=float, default=0.1)
     parser.add_argument('--split', default='scaffold',
                         choices=['scaffold', 'random'],
                         help='split of the RDKit sets (OGB: scaffold)')
     parser.add_argument('--save-model', action='store_true',
                         help='save the weights of the best epoch')
-    args = parser.parse_args(argv)
+    args = parse_checked(parser, argv)
     if args.dataset not in RDKIT_DATASETS and args.split != 'scaffold':
         parser.error(f'{args.dataset} has OGB\'s scaffold split only')
 

@@ -64,7 +64,8 @@ from torch_geometric.data.storage import GlobalStorage
 from torch_geometric.nn import BatchNorm, GCNConv, TransformerConv
 from torch_geometric.nn.models import Polynormer, SGFormer
 from training import (Distributed, Results, Timer, common_parser,
-                      peak_memory_mb, progress, reset_peak_memory,
+                      parse_checked, peak_memory_mb, positive_int,
+                      probability, progress, reset_peak_memory,
                       seed_everything)
 
 from hsa_geo.data import NestedSignal
@@ -86,9 +87,10 @@ def parse_args(argv: Optional[Sequence[str]] = None):
                            dataset='ogbn-arxiv', model='hsa', epochs=500,
                            hidden=128, lr=0.005, batch_size=16)
     add = parser.add_argument
-    add('--layers', type=int, default=3, help='number of blocks / layers')
-    add('--heads', type=int, default=4, help='attention heads')
-    add('--dropout', type=float, default=0.5)
+    add('--layers', type=positive_int, default=3,
+        help='number of blocks / layers')
+    add('--heads', type=positive_int, default=4, help='attention heads')
+    add('--dropout', type=probability, default=0.5)
     add('--branching', type=int, default=16,
         help='largest family of the METIS tree (the tree is cached in the '
         'processed files: a new value needs a fresh --root)')
@@ -98,14 +100,14 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     add('--local-epochs', type=int, default=0,
         help='Polynormer: epochs with local attention only before its '
         'global attention is switched on')
-    add('--num-nodes', type=int, default=SYNTHETIC['num_nodes'],
+    add('--num-nodes', type=positive_int, default=SYNTHETIC['num_nodes'],
         help='synthetic-arxiv: nodes')
     add('--num-edges', type=int, default=SYNTHETIC['num_edges'],
         help='synthetic-arxiv: directed edges drawn (duplicates and self '
         'loops are then removed)')
     add('--save-predictions', action='store_true',
         help='write <out>/<name>_predictions.pt (best epoch of each seed)')
-    args = parser.parse_args(argv)
+    args = parse_checked(parser, argv)
     if args.ddp and args.dataset != 'ogbn-products':
         parser.error('--ddp splits the subtree mini-batches of '
                      'ogbn-products among the ranks; the full-graph '

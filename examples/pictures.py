@@ -51,6 +51,8 @@ def main():
                         '(default: %(default)s)')
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args()
+    if args.sentences < 1:
+        parser.error('--sentences must be at least 1')
     torch.manual_seed(args.seed)
 
     paragraph = args.text.read_text(encoding='utf-8').strip().split('\n\n')[0]

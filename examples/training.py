@@ -53,6 +53,58 @@ from torch import Tensor
 from tqdm import tqdm
 
 
+def positive_int(text: str) -> int:
+    r"""An ``argparse`` type: an int of at least 1 (a bad value is a usage
+    error, not a traceback from deep in the run)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'must be at least 1, got {text}')
+    return value
+
+
+def positive_float(text: str) -> float:
+    r"""An ``argparse`` type: a finite float above 0."""
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f'must be above 0, got {text}')
+    return value
+
+
+def probability(text: str) -> float:
+    r"""An ``argparse`` type: a dropout probability in [0, 1)."""
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f'must be in [0, 1), got {text}')
+    return value
+
+
+def device_name(text: str) -> str:
+    r"""An ``argparse`` type: ``'auto'`` or a name :class:`torch.device`
+    reads (``'cpu'``, ``'cuda'``, ``'cuda:1'``, ...)."""
+    if text != 'auto':
+        try:
+            torch.device(text)
+        except RuntimeError:
+            raise argparse.ArgumentTypeError(
+                f"must be 'auto' or a device such as 'cpu' or 'cuda:0', got "
+                f"{text!r}") from None
+    return text
+
+
+def parse_checked(parser: argparse.ArgumentParser,
+                  argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    r"""``parser.parse_args(argv)``, with a usage error where ``--heads``
+    does not divide ``--hidden`` (each head gets hidden // heads
+    channels)."""
+    args = parser.parse_args(argv)
+    heads, hidden = getattr(args, 'heads', None), getattr(args, 'hidden',
+                                                          None)
+    if heads is not None and hidden is not None and hidden % heads:
+        parser.error(f'--heads {heads} must divide --hidden {hidden} (each '
+                     f'head gets hidden // heads channels)')
+    return args
+
+
 def common_parser(description: str, datasets: Sequence[str],
                   models: Sequence[str], dataset: str, model: str,
                   epochs: int = 50, hidden: int = 64, lr: float = 1e-3,
@@ -81,14 +133,15 @@ def common_parser(description: str, datasets: Sequence[str],
         add('--model', default=model, choices=list(models))
     add('--root', default='data', help='where datasets are stored')
     add('--out', default='results', help='folder for results JSON and PNG')
-    add('--epochs', type=int, default=epochs)
+    add('--epochs', type=positive_int, default=epochs)
     add('--seed', '--seeds', dest='seeds', type=int, nargs='+', default=[0],
         help='one run per seed')
-    add('--device', default='auto')
-    add('--hidden', type=int, default=hidden, help='hidden channels')
-    add('--lr', type=float, default=lr, help='learning rate')
-    add('--batch-size', type=int, default=batch_size)
-    add('--threads', type=int, default=None,
+    add('--device', type=device_name, default='auto')
+    add('--hidden', type=positive_int, default=hidden,
+        help='hidden channels')
+    add('--lr', type=positive_float, default=lr, help='learning rate')
+    add('--batch-size', type=positive_int, default=batch_size)
+    add('--threads', type=positive_int, default=None,
         help='intra-op threads of torch (default: torch\'s choice; under '
         '--ddp on CPUs: the cores shared among the ranks)')
     add('--ddp', action='store_true',
@@ -507,13 +560,15 @@ def results_table(paths: Sequence[str]) -> str:
 
         def cell(key: str, digits: int = 4) -> str:
             return mean_std_cell(summ, key, digits)
-        params = summ.get('num_parameters', {}).get('mean', 0)
+        # (not every script records its parameters: '-', not 0)
+        params = summ.get('num_parameters', {}).get('mean')
+        params = '-' if params is None else f'{params:,.0f}'
         rows.append(
             f'| {cfg.get("dataset", "")} | {cfg.get("split", "")} | '
             f'{cfg.get("model", "")} | {len(res["runs"])} | '
             f'{cell("test")} {res["metric"]} | {cell("valid")} | '
             f'{cell("seconds_per_epoch", 2)} | '
-            f'{summ["peak_memory_mb"]["mean"]:.0f} | {params:,.0f} |')
+            f'{summ["peak_memory_mb"]["mean"]:.0f} | {params} |')
     return '\n'.join(rows)
 
 

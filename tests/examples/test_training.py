@@ -37,6 +37,34 @@ def test_options_and_seeds():
         parser().parse_args(['--model', 'x'])
 
 
+@pytest.mark.parametrize('argv', [
+    ['--epochs', '0'], ['--epochs', '-1'], ['--hidden', '0'],
+    ['--batch-size', '0'], ['--threads', '0'], ['--lr', '0'],
+    ['--lr', 'nan'], ['--device', 'bogus'],
+])
+def test_bad_options_are_usage_errors(argv, capsys):
+    """Out-of-range values stop at the command line (exit code 2, a
+    message naming the option), not in a traceback from the run."""
+    with pytest.raises(SystemExit) as exit_info:
+        parser().parse_args(argv)
+    assert exit_info.value.code == 2
+    assert f'argument {argv[0]}' in capsys.readouterr().err
+
+
+def test_heads_must_divide_hidden(capsys):
+    p = parser()
+    p.add_argument('--heads', type=training.positive_int, default=2)
+    p.add_argument('--dropout', type=training.probability, default=0.1)
+    assert training.parse_checked(p, ['--hidden', '8']).heads == 2
+    with pytest.raises(SystemExit):
+        training.parse_checked(p, ['--hidden', '9'])
+    assert '--heads 2 must divide --hidden 9' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        training.parse_checked(p, ['--dropout', '1.5'])
+    assert training.parse_checked(p, ['--device', 'cuda:1']).device == \
+        'cuda:1'
+
+
 def test_seed_and_device():
     training.seed_everything(5)
     a = torch.rand(3)
