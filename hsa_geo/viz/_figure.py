@@ -51,6 +51,13 @@ def check_figure_args(path, cmap, title, figsize, dpi):
         if folder and not os.path.isdir(folder):
             raise ValueError(f"the folder of 'path' ({folder!r}) does not "
                              f"exist; create it first")
+        from matplotlib.backend_bases import FigureCanvasBase
+        formats = FigureCanvasBase.get_supported_filetypes()
+        suffix = os.path.splitext(name)[1][1:].lower()
+        if suffix and suffix not in formats:
+            raise ValueError(f"'path' ends in '.{suffix}', a format "
+                             f"matplotlib does not write; use one of "
+                             f"{sorted(formats)} (e.g. 'tree.png')")
     if title is not None and not isinstance(title, str):
         raise TypeError(f"'title' must be a str or None, got "
                         f"{type(title).__name__}")

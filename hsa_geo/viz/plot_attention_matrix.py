@@ -83,7 +83,8 @@ def plot_attention_matrix(q: Tensor, k: Optional[Tensor] = None,
     raises :class:`TypeError` (``head=True``, ``softmax=1``, integer
     :obj:`q`), a value out of range :class:`ValueError` (``head=-1``: heads
     are ``0..H-1``; shapes that do not fit; a :obj:`path` in a missing
-    folder); a matrix holding NaN or inf raises :class:`ValueError` too.
+    folder or with a suffix matplotlib cannot write); a matrix holding NaN,
+    inf or negative entries raises :class:`ValueError` too.
 
     Returns:
         matplotlib.figure.Figure: the figure drawn into.
@@ -140,6 +141,10 @@ def _head_matrices(q: Tensor, k: Optional[Tensor],
         hint = '; are q and k finite?' if k is not None else ''
         raise ValueError(f"the attention matrix of head {head} holds NaN or "
                          f"inf{hint}")
+    if bool((mat < 0).any()):  # (only a given matrix can be)
+        raise ValueError(f"the attention matrix of head {head} has negative "
+                         f"entries ({float(mat.min()):.3g}); attention "
+                         f"weights are >= 0: pass weights, not scores")
     return mat, soft[head].cpu().double() if soft is not None else None
 
 

@@ -95,7 +95,8 @@ def plot_hierarchy(hierarchy: Hierarchy, weights=None, head: int = 0,
     :obj:`node_labels`, ``dpi=72.5``), a value out of range
     :class:`ValueError` (``head=-1``: heads are ``0..H-1``; a
     :obj:`min_weight` outside :math:`[0, 1)`; weights outside
-    :math:`[0, 1]`; a :obj:`path` in a missing folder).
+    :math:`[0, 1]`; a :obj:`path` in a missing folder or with a suffix
+    matplotlib cannot write).
 
     Returns:
         matplotlib.figure.Figure: the figure drawn into.

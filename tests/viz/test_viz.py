@@ -425,6 +425,28 @@ def test_matrix_rejects_non_finite_values():
         plot_attention_matrix(m)
 
 
+def test_matrix_rejects_negative_entries():
+    """Scores instead of weights would draw a misleading picture."""
+    m = torch.rand(3, 3)
+    m[0, 1] = -0.5
+    with pytest.raises(ValueError, match=r'negative entries \(-0\.5\); '
+                       r'attention weights are >= 0'):
+        plot_attention_matrix(m)
+
+
+def test_path_suffix_is_checked_before_drawing(tmp_path):
+    """A format matplotlib cannot write is refused before anything is
+    drawn (and a path without suffix, a PNG, is fine)."""
+    for plot, arg in ((plot_hierarchy, EXAMPLE),
+                      (plot_attention_matrix, torch.rand(3, 3))):
+        with pytest.raises(ValueError, match=r"ends in '\.foo', a format "
+                           r"matplotlib does not write"):
+            plot(arg, path=str(tmp_path / 'x.foo'))
+        assert not (tmp_path / 'x.foo').exists()
+    plot_attention_matrix(torch.rand(3, 3), path=str(tmp_path / 'plain'))
+    assert (tmp_path / 'plain.png').read_bytes()[:4] == b'\x89PNG'
+
+
 @pytest.mark.parametrize('kwargs,error,pattern', [
     (dict(head=-1), ValueError, r"'head' must be an int in \[0, 1\]"),
     (dict(head=-1, weights=None), ValueError, r"'head' must be an int in"),
