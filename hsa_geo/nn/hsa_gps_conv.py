@@ -86,7 +86,10 @@ class HSAGPSConv(torch.nn.Module):
             :func:`~torch_geometric.nn.resolver.normalization_resolver`;
             one whose forward takes ``batch`` (``'graph_norm'``,
             ``'layer_norm'``, ...) receives :obj:`batch`. :obj:`None`: no
-            normalization. (default: :obj:`"batch_norm"`)
+            normalization. ``'batch_norm'`` needs more than one node per
+            input in training, as :class:`torch.nn.BatchNorm1d` does (a
+            single one-node graph fails there; use ``'layer_norm'``).
+            (default: :obj:`"batch_norm"`)
         norm_kwargs (Dict[str, Any], optional): arguments of the
             normalization. (default: :obj:`None`)
         attn_kwargs (Dict[str, Any], optional): further arguments of
