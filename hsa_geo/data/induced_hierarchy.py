@@ -62,6 +62,14 @@ def induced_hierarchy(hierarchy: Hierarchy, subset: Tensor,
     return (out, node_map) if return_node_map else out
 
 
+def kept_clusters(node_map: Tensor, num_leaves: int) -> Tensor:
+    r"""``[M']`` the old cluster ids (``0..M-1``) of the clusters that
+    :func:`induced_hierarchy` keeps, from its ``node_map`` over a tree of
+    :obj:`num_leaves` leaves: in their old order, which is the order of
+    their new ids."""
+    return (node_map[num_leaves:] >= 0).nonzero().view(-1)
+
+
 def leaf_subset(subset: Tensor, num_leaves: int) -> Tensor:
     r"""``[K]`` the kept leaf ids of :obj:`subset`, leaf ids ``[K]`` or a
     bool mask ``[N]`` over :obj:`num_leaves` leaves, checked as

@@ -14,7 +14,8 @@ from torch_geometric.utils import select
 from hsa_geo._checks import (check_index, check_int, first_out_of_range,
                              is_int)
 from hsa_geo.data.hierarchy import Hierarchy, distinct_sibling_pairs
-from hsa_geo.data.induced_hierarchy import leaf_subset, induced_hierarchy
+from hsa_geo.data.induced_hierarchy import (induced_hierarchy,
+                                            kept_clusters, leaf_subset)
 from hsa_geo.data.tensor_state import same_state, tensor_state
 
 # The family graph by the kinds of its ends: (is cluster, is cluster).
@@ -409,9 +410,7 @@ class NestedSignal(Data):
         induced, node_map = induced_hierarchy(hierarchy, subset,
                                               return_node_map=True)
         n, k = hierarchy.num_leaves, induced.num_leaves
-        # The kept clusters in their old order, as the induced tree numbers
-        # them.
-        clusters = (node_map[n:] >= 0).nonzero().view(-1)
+        clusters = kept_clusters(node_map, n)
         sparse = _sparse_flags(self._store, hierarchy.num_clusters,
                                hierarchy.device)[clusters]
         keys = tree_keys(induced)

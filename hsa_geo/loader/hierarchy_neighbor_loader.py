@@ -11,7 +11,7 @@ from torch_geometric.sampler import BaseSampler, SamplerOutput
 from torch_geometric.sampler.base import SubgraphType
 
 from hsa_geo._checks import check_bool
-from hsa_geo.data.induced_hierarchy import induced_hierarchy
+from hsa_geo.data.induced_hierarchy import induced_hierarchy, kept_clusters
 from hsa_geo.data.nested_signal import NestedSignal, select_cluster_attrs
 from hsa_geo.loader._inputs import signal_hierarchy
 
@@ -111,8 +111,8 @@ class HierarchyNeighborLoader(NeighborLoader):
         n, m = self.hierarchy.num_leaves, self.hierarchy.num_clusters
         # PyG copies the per-cluster attributes whole: the batch keeps the
         # rows of its clusters, in the induced tree's order.
-        clusters = (node_map[n:] >= 0).nonzero().view(-1)
-        for key, value in select_cluster_attrs(data, clusters, m).items():
+        for key, value in select_cluster_attrs(
+                data, kept_clusters(node_map, n), m).items():
             data[key] = value
         batch = NestedSignal.from_data(data, hierarchy)
         if self.signal_transform is not None:
