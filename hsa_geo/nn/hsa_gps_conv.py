@@ -136,26 +136,8 @@ class HSAGPSConv(torch.nn.Module):
         self.dropout = check_float(dropout, 'dropout', 0.0, 1.0,
                                    high_open=True)
 
-        attn_kwargs = dict(_kwargs(attn_kwargs, 'attn_kwargs'))
-        fixed = [key for key in _FIXED_ATTN_KWARGS if key in attn_kwargs]
-        if fixed:
-            raise ValueError(
-                f"'attn_kwargs' must not set {fixed[0]!r}: the attention "
-                f"maps 'channels' to 'channels' with 'heads' concatenated "
-                f"heads; set 'channels' and 'heads' of HSAGPSConv instead")
-        attn_kwargs.setdefault('root_weight', False)
-        if attn_kwargs.get('beta') and not attn_kwargs['root_weight']:
-            # HSAConv ignores beta without its skip projection (as
-            # TransformerConv does); here that default is ours, not the
-            # user's.
-            raise ValueError(
-                "attn_kwargs=dict(beta=True) gates the attention's skip "
-                "projection, which HSAGPSConv leaves out by default (the "
-                "residual is its skip connection); pass "
-                "attn_kwargs=dict(beta=True, root_weight=True), or leave "
-                "beta out")
         self.attn = HSAConv(channels, channels // heads, heads=heads,
-                            **attn_kwargs)
+                            **_attention_kwargs(attn_kwargs))
 
         self.mlp = Sequential(
             Linear(channels, channels * 2),
@@ -316,6 +298,31 @@ def _drop_unused_norm(state_dict: Dict[str, Any], prefix: str, *args: Any):
     (earlier versions had one there, which never got a gradient)."""
     for key in [k for k in state_dict if k.startswith(prefix + 'norm1.')]:
         del state_dict[key]
+
+
+def _attention_kwargs(value: Optional[Mapping]) -> Dict[str, Any]:
+    r"""The arguments of the attention from :obj:`attn_kwargs`, checked:
+    not those HSAGPSConv sets itself, and ``root_weight`` :obj:`False`
+    unless given."""
+    attn_kwargs = dict(_kwargs(value, 'attn_kwargs'))
+    fixed = [key for key in _FIXED_ATTN_KWARGS if key in attn_kwargs]
+    if fixed:
+        raise ValueError(
+            f"'attn_kwargs' must not set {fixed[0]!r}: the attention "
+            f"maps 'channels' to 'channels' with 'heads' concatenated "
+            f"heads; set 'channels' and 'heads' of HSAGPSConv instead")
+    attn_kwargs.setdefault('root_weight', False)
+    if attn_kwargs.get('beta') and not attn_kwargs['root_weight']:
+        # HSAConv ignores beta without its skip projection (as
+        # TransformerConv does); here that default is ours, not the
+        # user's.
+        raise ValueError(
+            "attn_kwargs=dict(beta=True) gates the attention's skip "
+            "projection, which HSAGPSConv leaves out by default (the "
+            "residual is its skip connection); pass "
+            "attn_kwargs=dict(beta=True, root_weight=True), or leave "
+            "beta out")
+    return attn_kwargs
 
 
 def _kwargs(value: Optional[Mapping], name: str) -> Mapping:
