@@ -107,15 +107,22 @@ echo "torch==$(torch_version)" >"$CONSTRAINTS"
 
 # hsa_geo #####################################################################
 
+# The optional C++ kernels build with the package where a compiler is found.
+kernels() {
+    say "fused pair-list kernels: $("$PYTHON" -c 'from hsa_geo.functional.fused_pair_kernels import fused_pairs_variant as v; print(v() or "not built (no C++ compiler); PyTorch operations instead")')"
+}
+
 if [ "$MODE" = demo ]; then
     say "installing hsa_geo (editable): pip install -e ."
     "${PIP[@]}" --constraint "$CONSTRAINTS" -e .
+    kernels
     say "running examples/demo.py"
     "$PYTHON" examples/demo.py "$@"
     say "demo done in $((SECONDS - START)) s"
 else
     say "installing hsa_geo with its test extra (editable): pip install -e .[test]"
     "${PIP[@]}" --constraint "$CONSTRAINTS" -e ".[test]"
+    kernels
     say "running the tests: python -m pytest tests -q"
     status=0
     "$PYTHON" -m pytest tests -q "$@" || status=$?

@@ -21,6 +21,8 @@ from hsa_geo._memory import ensure_memory
 from hsa_geo.data.hierarchy import FamilyBucket, Hierarchy, HierarchyLayout
 from hsa_geo.functional.replayed_backward import replayed_backward
 from hsa_geo.functional.softmax_attention import softmax_attention
+from hsa_geo.functional.fused_pair_kernels import (
+    fused_contexts, fused_pairs_apply, fused_scores_lse)
 from hsa_geo.functional.pair_pattern import PairPattern
 from hsa_geo.functional.sparse_family_attention import (pair_pattern,
                                                         scatter_logsumexp,
@@ -1317,15 +1319,19 @@ def _sparse_scores(tree: _Tree, means: Dict[int, Tuple[Tensor, ...]],
     qc, kc = means[_SPARSE][:2] if _SPARSE in means else (None, None)
     log_size = torch.cat([tree.q.new_zeros(sparse.leaf.numel()),
                           tree.cluster_size[sparse.cluster].log()])
-    with _cpu_threads(tree.threads, tree.q.device):  # large kernels
-        s = sparse_scores(sparse, _members(tree, tree.q, qc),
-                          _members(tree, tree.k, kc), log_size, tree.scale,
-                          None if bias is None else bias[sparse.row],
-                          tree.pattern)
-    counts = None if tree.pattern is None else \
-        tree.pattern.pairs_of  # (sorted rows)
-    lse = scatter_logsumexp(s, sparse.src, sparse.num_members, tree.neg,
-                            counts)
+    q, k = _members(tree, tree.q, qc), _members(tree, tree.k, kc)
+    bias = None if bias is None else bias[sparse.row]
+    if fused_pairs_apply(q, k, log_size, *([] if bias is None else [bias])):
+        s, lse = fused_scores_lse(sparse, q, k, log_size, tree.scale,
+                                  tree.neg, bias)
+    else:
+        with _cpu_threads(tree.threads, tree.q.device):  # large kernels
+            s = sparse_scores(sparse, q, k, log_size, tree.scale, bias,
+                              tree.pattern)
+        counts = None if tree.pattern is None else \
+            tree.pattern.pairs_of  # (sorted rows)
+        lse = scatter_logsumexp(s, sparse.src, sparse.num_members, tree.neg,
+                                counts)
     lse_leaf, lse_clus = _split_members(lse, sparse.leaf.numel())
     if lse_leaf.numel() > 0:  # (an empty write's backward clones the rows)
         off_lse_leaf[sparse.leaf] = lse_leaf
@@ -1652,9 +1658,14 @@ def _sparse_contexts(passes: _Passes) -> Optional[Tensor]:
     shift = lse - passes.masses.log_r_clus[sparse.parent_cluster]
     keep = _dropout_scale(s, passes.dropout_p)
     vc = passes.means[_SPARSE][2] if _SPARSE in passes.means else None
+    v = _members(tree, tree.v, vc)
+    if fused_pairs_apply(s, shift, v, *([] if keep is None else [keep])):
+        with torch.no_grad():  # one pass: NaN and inf reach the sum
+            finite = bool(torch.isfinite(v.sum()))
+        if finite:
+            return fused_contexts(sparse, s, shift, v, keep)
     with _cpu_threads(tree.threads, tree.q.device):  # large kernels
-        return sparse_contexts(sparse, s, shift, _members(tree, tree.v, vc),
-                               keep, tree.pattern)
+        return sparse_contexts(sparse, s, shift, v, keep, tree.pattern)
 
 
 def _downward_contexts(passes: _Passes) -> Tensor:

@@ -4,8 +4,9 @@ list of sibling pairs (:class:`~hsa_geo.data.sparse_families.SparseFamilies`).
 Small buckets and every family of a family graph take the pair list by
 default. Here each property is checked with the layout forced both ways
 (``SPARSE_PAIR_LIMIT`` 0: tables wherever there is no family graph; a huge
-limit: the pair list everywhere but the fused leaf path), against the dense
-closed form in float64.
+limit: the pair list everywhere but the fused leaf path), the pair list on
+its fused CPU kernels where they are built (``pairs``) and on PyTorch
+operations (``pairs_torch``), against the dense closed form in float64.
 """
 import contextlib
 import unittest.mock
@@ -16,12 +17,13 @@ from hypothesis import given, strategies as st
 
 from hsa_geo import Hierarchy, hierarchical_attention, \
     hierarchical_attention_matrix
+from hsa_geo.functional.fused_pair_kernels import fused_pairs
 from hsa_geo.functional.sparse_family_attention import scatter_logsumexp
 from tests.helpers.attention import dense_output, seeded_qkv
 from tests.helpers.strategies import fewer, forests
 
 SEEDS = st.integers(0, 2**31 - 1)
-LAYOUTS = ['tables', 'pairs']
+LAYOUTS = ['tables', 'pairs', 'pairs_torch']
 EXACT = 1e-10
 
 
@@ -31,7 +33,7 @@ def layout(name: str):
     the pair list wherever they can."""
     limit = 0 if name == 'tables' else 2**62
     with unittest.mock.patch('hsa_geo.data.hierarchy.SPARSE_PAIR_LIMIT',
-                             limit):
+                             limit), fused_pairs(name != 'pairs_torch'):
         yield
 
 
@@ -67,7 +69,7 @@ def test_both_layouts_match_dense(name, f, heads, width, seed, graph,
                                         return_weights=True)
         Q = hierarchical_attention_matrix(q, k, h, pair_bias=bias)
         assert (out - torch.einsum('hij,jhd->ihd', Q, v)).abs().max() < EXACT
-        if name == 'pairs':  # all but a fused leaf bucket
+        if name != 'tables':  # all but a fused leaf bucket
             assert all(
                 b.source_range == (0, f.num_leaves) and b.kind == 'leaf'
                 for b in h.family_buckets if not b.sparse and b.width > 1)
@@ -76,7 +78,7 @@ def test_both_layouts_match_dense(name, f, heads, width, seed, graph,
     # Family weights rebuild Q's diagonal blocks: checked through the
     # leaf-level rows of the flat families elsewhere; here they must agree
     # between the two layouts.
-    with layout('tables' if name == 'pairs' else 'pairs'):
+    with layout('pairs' if name == 'tables' else 'tables'):
         h2 = Hierarchy.from_parent(f.parent, f.num_leaves)
         if graph:
             h2 = family_graph(h2, seed)

@@ -1,0 +1,28 @@
+"""Builds the optional C++ kernels of the pair list (hsa_geo/csrc).
+
+They need a C++ compiler and Python's headers, nothing else (no PyTorch
+headers). Where they do not build, the install goes on without them and the
+attention runs the same computation as PyTorch operations. On x86-64 a
+second build uses AVX2 and FMA; the package loads it where PyTorch reports
+those instructions (hsa_geo/functional/fused_pair_kernels.py)."""
+import platform
+
+from setuptools import Extension, setup
+
+SOURCE = 'hsa_geo/csrc/pair_kernels.cpp'
+# -fno-trapping-math: the exp of a row vectorises (no trap handler is ever
+# installed); -fopenmp-simd: the loops' simd pragmas, without OpenMP.
+FLAGS = ['-O3', '-std=c++14', '-fopenmp-simd', '-fno-trapping-math']
+
+
+def kernels(name: str, flags: list) -> Extension:
+    return Extension(f'hsa_geo.{name}', [SOURCE], language='c++',
+                     extra_compile_args=FLAGS + flags,
+                     define_macros=[('HSA_MODULE', name)], optional=True)
+
+
+modules = [kernels('_pair_kernels', [])]
+if platform.machine().lower() in ('x86_64', 'amd64'):
+    modules.append(kernels('_pair_kernels_avx2', ['-mavx2', '-mfma']))
+
+setup(ext_modules=modules)
