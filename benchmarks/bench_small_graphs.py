@@ -97,6 +97,9 @@ ROUNDS, WARMUP, BUILD_ROUNDS = 20, 3, 5
 QUICK_BATCH = 8
 METHODS = ['hsa_conv', 'gps_dense_attention', 'transformer_conv']
 PEERS = METHODS[1:]
+# HSAConv with the pair list on PyTorch operations instead of the fused
+# kernels (where they are built): what the kernels buy, in the same rounds.
+TORCH_PAIRS = 'hsa_conv_torch_pairs'
 LABELS = {
     'hsa_conv': 'HSAConv',
     'gps_dense_attention': 'GPS dense attention',
@@ -192,6 +195,8 @@ def attention_cases(batch: Any, channels: int, device: Any = 'cpu'
     from torch_geometric.nn import GPSConv, TransformerConv
     from torch_geometric.utils import to_dense_batch
 
+    from hsa_geo.functional.fused_pair_kernels import (fused_pairs,
+                                                       fused_pairs_variant)
     from hsa_geo.nn import HSAConv
     x = torch.randn(batch.num_nodes, channels, device=device,
                     requires_grad=True)
@@ -208,7 +213,14 @@ def attention_cases(batch: Any, channels: int, device: Any = 'cpu'
         h, _ = gps.attn(h, h, h, key_padding_mask=~mask, need_weights=False)
         return h[mask]
 
+    def hsa_torch_pairs():
+        with fused_pairs(False):
+            return hsa(x, hierarchy)
+
+    extra = {} if fused_pairs_variant() is None else {
+        TORCH_PAIRS: ba.Case(hsa_torch_pairs, [x] + list(hsa.parameters()))}
     return {
+        **extra,
         'hsa_conv': ba.Case(lambda: hsa(x, hierarchy),
                             [x] + list(hsa.parameters())),
         'gps_dense_attention': ba.Case(gps_attention,
@@ -269,7 +281,7 @@ def attention_row(batch: Any, nested: List[Any], channels: int,
     r"""Median forward+backward ms of every method, interleaved."""
     cases, hsa = attention_cases(batch, channels, device)
     calls: Dict[str, Call] = {m: forward_backward(cases[m], device)
-                              for m in METHODS}
+                              for m in METHODS + [TORCH_PAIRS] if m in cases}
     calls['hsa_conv_fresh'] = fresh_hsa_conv(nested, hsa, cases['hsa_conv'],
                                              device)
     row: Dict[str, Any] = {'channels': channels, 'heads': HEADS,
@@ -281,6 +293,9 @@ def attention_row(batch: Any, nested: List[Any], channels: int,
         row['hsa_conv_ms']
     for peer in PEERS:
         row[f'hsa_conv_over_{peer}'] = row['hsa_conv_ms'] / row[f'{peer}_ms']
+    if TORCH_PAIRS in calls:
+        row['torch_pairs_over_fused'] = row[f'{TORCH_PAIRS}_ms'] / \
+            row['hsa_conv_ms']
     return row
 
 
@@ -378,6 +393,13 @@ def evaluate_targets(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return targets
 
 
+def _torch_pairs_cell(row: Dict[str, Any]) -> str:
+    if 'torch_pairs_over_fused' not in row:
+        return '-'
+    return (f"{row[f'{TORCH_PAIRS}_ms']:.1f} "
+            f"({row['torch_pairs_over_fused']:.2f}x)")
+
+
 def format_tables(rows: List[Dict[str, Any]], costs: List[Dict[str, Any]],
                   markdown: bool = False) -> str:
     r"""The attention table (ms and ratios per size and thread count) and
@@ -385,12 +407,14 @@ def format_tables(rows: List[Dict[str, Any]], costs: List[Dict[str, Any]],
     head = (['channels', 'threads'] + [f'{LABELS[m]} ms' for m in METHODS] +
             [f'HSAConv / {LABELS[p]} (<= {TARGETS[p]:g})' for p in PEERS] +
             ['HSA per-batch ms'] +
-            [f'(HSAConv + per-batch) / {LABELS[p]}' for p in PEERS])
+            [f'(HSAConv + per-batch) / {LABELS[p]}' for p in PEERS] +
+            ['HSAConv, pairs on PyTorch ops ms (/ fused)'])
     body = [[str(r['channels']), str(r['threads'])] +
             [f"{r[f'{m}_ms']:.1f}" for m in METHODS] +
             [f"{r[f'hsa_conv_over_{p}']:.2f}x" for p in PEERS] +
             [f"{r['per_batch_ms']:.1f}"] +
-            [f"{r[f'hsa_conv_per_batch_over_{p}']:.2f}x" for p in PEERS]
+            [f"{r[f'hsa_conv_per_batch_over_{p}']:.2f}x" for p in PEERS] +
+            [_torch_pairs_cell(r)]
             for r in rows]
     cost_head = ['threads', 'PyG collate ms', 'collate NestedSignal ms',
                  'collate added ms', 'batch.hierarchy ms',
@@ -478,6 +502,7 @@ def batch_info(plain: List[Any], batch: Any) -> Dict[str, Any]:
 def run_config(args: argparse.Namespace,
                info: Dict[str, Any]) -> Dict[str, Any]:
     r"""The run's settings and what each method and column measures."""
+    from hsa_geo.functional.fused_pair_kernels import fused_pairs_variant
     return {'commit': ba.source_commit(), 'smiles': bc.smiles_path(),
             'selection': 'the first parsable SMILES, in file order',
             'batch': info, 'channels': args.channels,
@@ -490,6 +515,10 @@ def run_config(args: argparse.Namespace,
                           'before and killed after each row: HSAConv and '
                           'TransformerConv at the first size, interleaved',
             'methods': LABELS,
+            'fused_pairs_variant': fused_pairs_variant(),
+            TORCH_PAIRS: 'HSAConv with the pair list on PyTorch operations '
+                         '(fused_pairs(False)), interleaved with the rest; '
+                         'absent where the fused kernels are not built',
             'gps_dense_attention': 'GPSConv(C, None, heads=4, '
             "attn_type='multihead').attn as GPSConv.forward calls "
             'it: to_dense_batch, MultiheadAttention with '
