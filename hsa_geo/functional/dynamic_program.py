@@ -1321,13 +1321,16 @@ def _sparse_scores(tree: _Tree, means: Dict[int, Tuple[Tensor, ...]],
                           tree.cluster_size[sparse.cluster].log()])
     q, k = _members(tree, tree.q, qc), _members(tree, tree.k, kc)
     bias = None if bias is None else bias[sparse.row]
-    if fused_pairs_apply(q, k, log_size, *([] if bias is None else [bias])):
-        s, lse = fused_scores_lse(sparse, q, k, log_size, tree.scale,
-                                  tree.neg, bias)
-    else:
-        with _cpu_threads(tree.threads, tree.q.device):  # large kernels
+    fused = fused_pairs_apply(q, k, log_size,
+                              *([] if bias is None else [bias]))
+    with _cpu_threads(tree.threads, tree.q.device):  # large kernels
+        if fused:
+            s, lse = fused_scores_lse(sparse, q, k, log_size, tree.scale,
+                                      tree.neg, bias)
+        else:
             s = sparse_scores(sparse, q, k, log_size, tree.scale, bias,
                               tree.pattern)
+    if not fused:
         counts = None if tree.pattern is None else \
             tree.pattern.pairs_of  # (sorted rows)
         lse = scatter_logsumexp(s, sparse.src, sparse.num_members, tree.neg,
@@ -1659,12 +1662,13 @@ def _sparse_contexts(passes: _Passes) -> Optional[Tensor]:
     keep = _dropout_scale(s, passes.dropout_p)
     vc = passes.means[_SPARSE][2] if _SPARSE in passes.means else None
     v = _members(tree, tree.v, vc)
-    if fused_pairs_apply(s, shift, v, *([] if keep is None else [keep])):
+    fused = fused_pairs_apply(s, shift, v, *([] if keep is None else [keep]))
+    if fused:
         with torch.no_grad():  # one pass: NaN and inf reach the sum
-            finite = bool(torch.isfinite(v.sum()))
-        if finite:
-            return fused_contexts(sparse, s, shift, v, keep)
+            fused = bool(torch.isfinite(v.sum()))
     with _cpu_threads(tree.threads, tree.q.device):  # large kernels
+        if fused:
+            return fused_contexts(sparse, s, shift, v, keep)
         return sparse_contexts(sparse, s, shift, v, keep, tree.pattern)
 
 

@@ -30,6 +30,7 @@ from hsa_geo.functional.sparse_family_attention import (scatter_logsumexp,
 _MODULES = {'avx2': 'hsa_geo._pair_kernels_avx2',
             'baseline': 'hsa_geo._pair_kernels'}
 _DTYPES = (torch.float32, torch.float64)
+_GRAIN = 2**23
 
 
 def _built() -> Dict[str, ModuleType]:
@@ -119,11 +120,19 @@ class _Index(NamedTuple):
     trowptr: Tensor
     tperm: Tensor
 
-    def args(self, heads: int) -> tuple:
-        return (self.rowptr.numel() - 1, self.src.numel(), heads,
+    def args(self, heads: int, width: int) -> tuple:
+        r"""The kernels' description of the list for ``[K, heads,
+        width]`` tables, with the threads a pass may take."""
+        pairs = self.src.numel()
+        # A thread per _GRAIN products, at most the caller's intra-op
+        # threads: starting one costs tens of microseconds, and more while
+        # PyTorch's own workers spin after a parallel region.
+        threads = max(1, min(torch.get_num_threads(),
+                             pairs * heads * width // _GRAIN))
+        return (self.rowptr.numel() - 1, pairs, heads,
                 self.rowptr.data_ptr(), self.src.data_ptr(),
                 self.dst.data_ptr(), self.trowptr.data_ptr(),
-                self.tperm.data_ptr())
+                self.tperm.data_ptr(), threads)
 
 
 _INDEX: 'weakref.WeakKeyDictionary[SparseFamilies, _Index]' = \
@@ -138,14 +147,20 @@ def _index(families: SparseFamilies) -> _Index:
             def rowptr(ids: Tensor) -> Tensor:
                 counts = torch.bincount(ids, minlength=K)
                 return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+
+            def dense(ids: Tensor) -> Tensor:  # what the kernels read
+                return ids.to(torch.long).contiguous()
             _INDEX[families] = _Index(
-                rowptr(families.src), families.src.contiguous(),
-                families.dst.contiguous(), rowptr(families.dst),
-                families.transpose.contiguous())
+                rowptr(families.src), dense(families.src),
+                dense(families.dst), rowptr(families.dst),
+                dense(families.transpose))
     return _INDEX[families]
 
 
 def _addresses(*tensors: Optional[Tensor]) -> Tuple[int, ...]:
+    r"""The data addresses of contiguous tensors (0 for :obj:`None`),
+    which the caller keeps alive until the kernel returns."""
+    assert all(x is None or x.is_contiguous() for x in tensors)
     return tuple(0 if x is None else x.data_ptr() for x in tensors)
 
 
@@ -169,7 +184,7 @@ class _ScoresLse(torch.autograd.Function):
         lse = q.new_empty(K, H)
         ctx.kernels = _kernels()  # the backward's, whatever the switch then
         ctx.kernels.scores_lse(
-            index.args(H), q.dtype == torch.float64, D, scale, fill,
+            index.args(H, D), q.dtype == torch.float64, D, scale, fill,
             _addresses(q, k, log_size, bias, s, lse, prob))
         ctx.save_for_backward(q, k, log_size, bias, prob)
         ctx.families, ctx.scale, ctx.fill = families, scale, fill
@@ -196,11 +211,13 @@ class _ScoresLse(torch.autograd.Function):
         grad_q = torch.empty_like(q) if need[1] else None
         grad_k = torch.empty_like(k) if need[2] else None
         grad_log_size = torch.empty_like(log_size) if need[3] else None
+        # Dense copies held by names: an address outlives no temporary.
+        grad_s, grad_lse = _dense(grad_s), _dense(grad_lse)
         ctx.kernels.scores_lse_backward(
-            _index(ctx.families).args(q.size(1)), q.dtype == torch.float64,
+            _index(ctx.families).args(*q.shape[1:]), q.dtype == torch.float64,
             q.size(2), ctx.scale, 0.0, _addresses(
-                q, k, prob, _dense(grad_s), _dense(grad_lse), gs, grad_q,
-                grad_k, grad_log_size))
+                q, k, prob, grad_s, grad_lse, gs, grad_q, grad_k,
+                grad_log_size))
         return (None, grad_q, grad_k, grad_log_size,
                 gs if need[4] else None, None, None)
 
@@ -218,7 +235,7 @@ class _Contexts(torch.autograd.Function):
         weight = s.new_empty(s.shape)
         ctx.kernels = _kernels()  # the backward's, whatever the switch then
         ctx.kernels.contexts(
-            _index(families).args(H), v.dtype == torch.float64, D, 0.0, 0.0,
+            _index(families).args(H, D), v.dtype == torch.float64, D, 0.0, 0.0,
             _addresses(s, shift, keep, v, u, weight))
         ctx.save_for_backward(s, shift, keep, v, weight)
         ctx.families = families
@@ -240,10 +257,11 @@ class _Contexts(torch.autograd.Function):
         gs = torch.empty_like(s)
         grad_shift = torch.empty_like(shift) if need[2] else None
         grad_v = torch.empty_like(v) if need[4] else None
+        grad = grad.contiguous()  # held by a name: see above
         ctx.kernels.contexts_backward(
-            _index(ctx.families).args(v.size(1)), v.dtype == torch.float64,
-            v.size(2), 0.0, 0.0, _addresses(weight, v, _dense(grad), gs,
-                                            grad_shift, grad_v))
+            _index(ctx.families).args(*v.shape[1:]), v.dtype == torch.float64,
+            v.size(2), 0.0, 0.0, _addresses(weight, v, grad, gs, grad_shift,
+                                            grad_v))
         return (None, gs if need[1] else None, grad_shift, None, grad_v)
 
 

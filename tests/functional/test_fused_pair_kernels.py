@@ -213,3 +213,26 @@ def test_nan_and_infinite_scores_propagate_as_in_torch(variant, dtype):
     for a, b in zip(got, expected):
         assert a.isnan().any() and torch.equal(a.isnan(), b.isnan())
         assert close(a.nan_to_num(0.0), b.nan_to_num(0.0), TOL[dtype])
+
+
+@needs_kernels
+@pytest.mark.parametrize('variant', VARIANTS)
+def test_expanded_gradients(variant):
+    """A loss ``out.sum()`` sends stride-0 gradients into both backwards;
+    the kernels read dense copies of them."""
+    from tests.helpers.strategies import Forest
+    f = Forest(parent=[9, 9, 9, 10, 10, 10, 10, 11, 11, 12, 12, 12, -1],
+               num_leaves=9)
+    sparse = pair_list(f, 0, False)
+    q, k, v, log_size, bias, keep = inputs(sparse, 2, 4, 0, torch.float64,
+                                           False)
+    leaves = [t.requires_grad_() for t in (q, k, v, log_size, bias)]
+    grads = []
+    for run in (plain, fused):
+        with fused_pairs(True, variant):
+            _, lse, u = run(sparse, q, k, v, log_size, bias, keep, -1e30)
+        for _ in range(3):  # freed copies would be reused by now
+            torch.empty(10**6).fill_(float('nan'))
+        grads.append(torch.autograd.grad(lse.sum() + u.sum(), leaves))
+    for a, b in zip(*grads):
+        assert close(b, a, TOL[torch.float64])
