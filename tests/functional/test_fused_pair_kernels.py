@@ -236,3 +236,31 @@ def test_expanded_gradients(variant):
         grads.append(torch.autograd.grad(lse.sum() + u.sum(), leaves))
     for a, b in zip(*grads):
         assert close(b, a, TOL[torch.float64])
+
+
+@needs_kernels
+@pytest.mark.parametrize('variant', VARIANTS)
+def test_long_lists_split_over_threads_with_the_same_bits(variant):
+    """A list of 72,630 pairs at 4 x 64 channels is long enough for two
+    threads: the same numbers as one thread, bit for bit, and as the
+    PyTorch operations to rounding."""
+    from tests.helpers.strategies import Forest
+    f = Forest(parent=[270] * 270 + [-1], num_leaves=270)
+    sparse = pair_list(f, 0, False)
+    q, k, v, log_size, bias, keep = inputs(sparse, 4, 64, 0, torch.float64,
+                                           False)
+    leaves = [t.requires_grad_() for t in (q, k, v, log_size, bias)]
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count, run in [(1, fused), (2, fused), (2, plain)]:
+            torch.set_num_threads(count)
+            with fused_pairs(True, variant):
+                _, lse, u = run(sparse, q, k, v, log_size, bias, keep, -1e30)
+            grads = torch.autograd.grad(lse.sum() + (u * u).sum(), leaves)
+            results.append((lse, u) + grads)
+    finally:
+        torch.set_num_threads(threads)
+    for one, two, ref in zip(*results):
+        assert torch.equal(one, two)
+        assert close(two.detach(), ref.detach(), TOL[torch.float64])
