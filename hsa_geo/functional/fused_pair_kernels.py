@@ -4,14 +4,16 @@ contexts, each one compiled pass over the list (``hsa_geo/csrc``) instead of
 a dozen tensor operations and two sparse products, forward and backward.
 
 The kernels are built with the package where a C++ compiler is found
-(``setup.py``); without them, or for tensors they do not take (not on the
-CPU, not float32 or float64), :func:`fused_pairs_apply` says so and the
-attention runs the same arithmetic as PyTorch operations
+(``setup.py``); without them, with ``HSA_GEO_FUSED_PAIRS=0`` in the
+environment, inside ``fused_pairs(False)``, or for tensors they do not take
+(not on the CPU, not float32 or float64), :func:`fused_pairs_apply` says so
+and the attention runs the same arithmetic as PyTorch operations
 (:mod:`~hsa_geo.functional.sparse_family_attention`). Their results agree
 to rounding; higher derivatives replay those operations
 (:func:`~hsa_geo.functional.replayed_backward.replayed_backward`)."""
 import contextlib
 import importlib
+import os
 import weakref
 from types import ModuleType
 from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
@@ -52,7 +54,11 @@ def _default(built: Dict[str, ModuleType]) -> Optional[str]:
 
 
 _BUILT = _built()
-_state = {'variant': _default(_BUILT)}
+# HSA_GEO_FUSED_PAIRS=0 in the environment starts a process without them
+# (fused_pairs(True) still turns them on).
+_OFF = os.environ.get('HSA_GEO_FUSED_PAIRS', '1').strip().lower() in (
+    '0', 'off', 'false', 'no')
+_state = {'variant': None if _OFF else _default(_BUILT)}
 
 
 def fused_pairs_variants() -> List[str]:

@@ -264,3 +264,23 @@ def test_long_lists_split_over_threads_with_the_same_bits(variant):
     for one, two, ref in zip(*results):
         assert torch.equal(one, two)
         assert close(two.detach(), ref.detach(), TOL[torch.float64])
+
+
+@pytest.mark.parametrize('value, expected', [('0', None), ('off', None),
+                                             ('1', 'default')])
+def test_environment_switch(value, expected):
+    """``HSA_GEO_FUSED_PAIRS=0`` starts a process without the kernels;
+    ``fused_pairs(True)`` still turns them on there."""
+    import os
+    import subprocess
+    import sys
+    code = ('from hsa_geo.functional.fused_pair_kernels import *\n'
+            'print(fused_pairs_variant())\n'
+            'with fused_pairs(True):\n'
+            '    print(fused_pairs_variant())\n')
+    env = dict(os.environ, HSA_GEO_FUSED_PAIRS=value)
+    out = subprocess.run([sys.executable, '-c', code], env=env, check=True,
+                         capture_output=True, text=True).stdout.split()
+    default = VARIANTS[0] if VARIANTS else None
+    assert out[0] == str(default if expected == 'default' else None)
+    assert out[1] == str(default)
