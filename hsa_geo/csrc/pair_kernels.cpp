@@ -7,10 +7,10 @@
 // order) for those of ``b``, so every output row is written by one loop (no
 // atomics, the same sums in the same order on every call).
 //
-// Threads: the caller says how many a pass may take (one for a batch of
-// molecules, whose passes take 0.1-0.4 ms: a thread started per pass made
-// them slower, PyTorch's OpenMP workers still spinning on the cores after
-// its own parallel regions; several for long lists).
+// One thread: the package runs these kernels on short lists only
+// (fused_pair_kernels.py, FUSED_PAIRS_LIMIT), whose passes take 0.1-0.4 ms;
+// a thread started per pass made them slower (PyTorch's OpenMP workers
+// keep spinning on the cores after its own parallel regions).
 //
 // The module takes raw addresses of contiguous CPU tensors (float32 or
 // float64; indices int64) and sizes; hsa_geo/functional/fused_pair_kernels.py
@@ -24,7 +24,6 @@
 #include <cstring>
 #include <algorithm>
 #include <limits>
-#include <thread>
 #include <vector>
 
 namespace {
@@ -86,31 +85,13 @@ struct Pairs {
   const idx *dst;     // [P]
   const idx *trowptr; // [K + 1] pairs of member b in the transposed order
   const idx *tperm;   // [P] the pairs sorted by dst, then src
-  int threads;        // at most this many threads per pass
 };
 
-// f(begin, end) over consecutive ranges of the K rows of rowptr, one per
-// thread, of about as many pairs each; the calling thread takes the first.
-// Every row is written by one thread, so the sums do not depend on it.
-template <typename F>
-void split_rows(const idx *rowptr, idx K, int threads, const F &f) {
-  if (threads <= 1 || K < 2) return f(idx(0), K);
-  std::vector<idx> cut(threads + 1, K);
-  cut[0] = 0;
-  for (int i = 1; i < threads; ++i)
-    cut[i] = std::lower_bound(rowptr, rowptr + K, rowptr[K] * i / threads) -
-             rowptr;
-  std::vector<std::thread> pool;
-  for (int i = 1; i < threads; ++i)
-    if (cut[i] < cut[i + 1]) pool.emplace_back(f, cut[i], cut[i + 1]);
-  f(cut[0], cut[1]);
-  for (auto &worker : pool) worker.join();
-}
-
-// The longest of rows [a0, a1), for the per-row buffers.
-inline idx longest_row(const idx *rowptr, idx a0, idx a1) {
+// The longest row of the list, for the per-row buffers.
+inline idx longest_row(const Pairs &g) {
   idx n = 0;
-  for (idx a = a0; a < a1; ++a) n = std::max(n, rowptr[a + 1] - rowptr[a]);
+  for (idx a = 0; a < g.K; ++a)
+    n = std::max(n, g.rowptr[a + 1] - g.rowptr[a]);
   return n;
 }
 
@@ -150,31 +131,29 @@ void scores_lse(const Pairs &g, idx D, const T *q, const T *k,
                 T *lse, T *prob) {
   const idx H = g.H;
   if (W) D = W;  // a width known at compile time: unrolled, vectorised
-  split_rows(g.rowptr, g.K, g.threads, [&](idx a0, idx a1) {
-    std::vector<T> top(H), total(H), rep(longest_row(g.rowptr, a0, a1) * H);
-    for (idx a = a0; a < a1; ++a) {
-      const idx lo = g.rowptr[a], n = g.rowptr[a + 1] - lo;
-      T *sa = s + lo * H, *pa = prob + lo * H;
-      for (idx p = 0; p < n; ++p) {
-        const idx b = g.dst[lo + p];
-        for (idx h = 0; h < H; ++h)
-          sa[p * H + h] =
-              scale * dot(q + (a * H + h) * D, k + (b * H + h) * D, D) +
-              log_size[b] + (bias ? bias[(lo + p) * H + h] : T(0));
-      }
-      row_max(sa, n, H, top.data());
-      row_exp(sa, top.data(), n, H, rep.data(), pa);
-      for (idx h = 0; h < H; ++h) total[h] = 0;
-      for (idx p = 0; p < n; ++p)
-        for (idx h = 0; h < H; ++h) total[h] += pa[p * H + h];
-      for (idx h = 0; h < H; ++h) {
-        lse[a * H + h] = total[h] == 0 ? fill : top[h] + std::log(total[h]);
-        total[h] = total[h] == 0 ? T(0) : T(1) / total[h];
-      }
-      for (idx p = 0; p < n; ++p)
-        for (idx h = 0; h < H; ++h) pa[p * H + h] *= total[h];
+  std::vector<T> top(H), total(H), rep(longest_row(g) * H);
+  for (idx a = 0; a < g.K; ++a) {
+    const idx lo = g.rowptr[a], n = g.rowptr[a + 1] - lo;
+    T *sa = s + lo * H, *pa = prob + lo * H;
+    for (idx p = 0; p < n; ++p) {
+      const idx b = g.dst[lo + p];
+      for (idx h = 0; h < H; ++h)
+        sa[p * H + h] =
+            scale * dot(q + (a * H + h) * D, k + (b * H + h) * D, D) +
+            log_size[b] + (bias ? bias[(lo + p) * H + h] : T(0));
     }
-  });
+    row_max(sa, n, H, top.data());
+    row_exp(sa, top.data(), n, H, rep.data(), pa);
+    for (idx h = 0; h < H; ++h) total[h] = 0;
+    for (idx p = 0; p < n; ++p)
+      for (idx h = 0; h < H; ++h) total[h] += pa[p * H + h];
+    for (idx h = 0; h < H; ++h) {
+      lse[a * H + h] = total[h] == 0 ? fill : top[h] + std::log(total[h]);
+      total[h] = total[h] == 0 ? T(0) : T(1) / total[h];
+    }
+    for (idx p = 0; p < n; ++p)
+      for (idx h = 0; h < H; ++h) pa[p * H + h] *= total[h];
+  }
 }
 
 // The backward of scores_lse: gs[p, h] = grad_s + grad_lse[a] prob (the
@@ -189,42 +168,38 @@ void scores_lse_backward(const Pairs &g, idx D, const T *q, const T *k,
                          T *grad_log_size) {
   const idx H = g.H;
   if (W) D = W;  // a width known at compile time: unrolled, vectorised
-  split_rows(g.rowptr, g.K, g.threads, [&](idx a0, idx a1) {
-    for (idx a = a0; a < a1; ++a) {
-      for (idx p = g.rowptr[a]; p < g.rowptr[a + 1]; ++p)
-        for (idx h = 0; h < H; ++h) {
-          T x = grad_s ? grad_s[p * H + h] : T(0);
-          if (grad_lse) x += grad_lse[a * H + h] * prob[p * H + h];
-          gs[p * H + h] = x;
-        }
-      if (!grad_q) continue;
-      T *out = grad_q + a * H * D;
-      for (idx d = 0; d < H * D; ++d) out[d] = 0;
-      for (idx p = g.rowptr[a]; p < g.rowptr[a + 1]; ++p)
-        for (idx h = 0; h < H; ++h)
-          axpy(scale * gs[p * H + h], k + (g.dst[p] * H + h) * D,
-               out + h * D, D);
-    }
-  });
-  if (!grad_k && !grad_log_size) return;
-  split_rows(g.trowptr, g.K, g.threads, [&](idx b0, idx b1) {
-    for (idx b = b0; b < b1; ++b) {
-      T *out = grad_k ? grad_k + b * H * D : nullptr;
-      if (out)
-        for (idx d = 0; d < H * D; ++d) out[d] = 0;
-      T total = 0;
-      for (idx j = g.trowptr[b]; j < g.trowptr[b + 1]; ++j) {
-        const idx p = g.tperm[j], a = g.src[p];
-        for (idx h = 0; h < H; ++h) {
-          total += gs[p * H + h];
-          if (out)
-            axpy(scale * gs[p * H + h], q + (a * H + h) * D, out + h * D,
-                 D);
-        }
+  for (idx a = 0; a < g.K; ++a) {
+    for (idx p = g.rowptr[a]; p < g.rowptr[a + 1]; ++p)
+      for (idx h = 0; h < H; ++h) {
+        T x = grad_s ? grad_s[p * H + h] : T(0);
+        if (grad_lse) x += grad_lse[a * H + h] * prob[p * H + h];
+        gs[p * H + h] = x;
       }
-      if (grad_log_size) grad_log_size[b] = total;
+    if (!grad_q) continue;
+    T *out = grad_q + a * H * D;
+    for (idx d = 0; d < H * D; ++d) out[d] = 0;
+    for (idx p = g.rowptr[a]; p < g.rowptr[a + 1]; ++p)
+      for (idx h = 0; h < H; ++h)
+        axpy(scale * gs[p * H + h], k + (g.dst[p] * H + h) * D,
+             out + h * D, D);
+  }
+  if (!grad_k && !grad_log_size) return;
+  for (idx b = 0; b < g.K; ++b) {
+    T *out = grad_k ? grad_k + b * H * D : nullptr;
+    if (out)
+      for (idx d = 0; d < H * D; ++d) out[d] = 0;
+    T total = 0;
+    for (idx j = g.trowptr[b]; j < g.trowptr[b + 1]; ++j) {
+      const idx p = g.tperm[j], a = g.src[p];
+      for (idx h = 0; h < H; ++h) {
+        total += gs[p * H + h];
+        if (out)
+          axpy(scale * gs[p * H + h], q + (a * H + h) * D, out + h * D,
+               D);
+      }
     }
-  });
+    if (grad_log_size) grad_log_size[b] = total;
+  }
 }
 
 // u[a, h] = sum_p w[p, h] v[b, h] with w = exp(s - shift[a]) (* keep),
@@ -234,22 +209,20 @@ void contexts(const Pairs &g, idx D, const T *s, const T *shift,
               const T *keep, const T *v, T *u, T *weight) {
   const idx H = g.H;
   if (W) D = W;  // a width known at compile time: unrolled, vectorised
-  split_rows(g.rowptr, g.K, g.threads, [&](idx a0, idx a1) {
-    std::vector<T> rep(longest_row(g.rowptr, a0, a1) * H);
-    for (idx a = a0; a < a1; ++a) {
-      const idx lo = g.rowptr[a], n = g.rowptr[a + 1] - lo;
-      T *w = weight + lo * H, *out = u + a * H * D;
-      row_exp(s + lo * H, shift + a * H, n, H, rep.data(), w);
-      if (keep)
-        for (idx j = 0; j < n * H; ++j) w[j] *= keep[lo * H + j];
-      for (idx d = 0; d < H * D; ++d) out[d] = 0;
-      for (idx p = 0; p < n; ++p) {
-        const T *vb = v + g.dst[lo + p] * H * D;
-        for (idx h = 0; h < H; ++h)
-          axpy(w[p * H + h], vb + h * D, out + h * D, D);
-      }
+  std::vector<T> rep(longest_row(g) * H);
+  for (idx a = 0; a < g.K; ++a) {
+    const idx lo = g.rowptr[a], n = g.rowptr[a + 1] - lo;
+    T *w = weight + lo * H, *out = u + a * H * D;
+    row_exp(s + lo * H, shift + a * H, n, H, rep.data(), w);
+    if (keep)
+      for (idx j = 0; j < n * H; ++j) w[j] *= keep[lo * H + j];
+    for (idx d = 0; d < H * D; ++d) out[d] = 0;
+    for (idx p = 0; p < n; ++p) {
+      const T *vb = v + g.dst[lo + p] * H * D;
+      for (idx h = 0; h < H; ++h)
+        axpy(w[p * H + h], vb + h * D, out + h * D, D);
     }
-  });
+  }
 }
 
 // The backward of contexts: gs[p, h] = w <grad_u[a], v_b> (the gradient of
@@ -259,32 +232,28 @@ void contexts_backward(const Pairs &g, idx D, const T *weight, const T *v,
                        const T *grad_u, T *gs, T *grad_shift, T *grad_v) {
   const idx H = g.H;
   if (W) D = W;  // a width known at compile time: unrolled, vectorised
-  split_rows(g.rowptr, g.K, g.threads, [&](idx a0, idx a1) {
-    for (idx a = a0; a < a1; ++a)
-      for (idx h = 0; h < H; ++h) {
-        const T *ga = grad_u + (a * H + h) * D;
-        T total = 0;
-        for (idx p = g.rowptr[a]; p < g.rowptr[a + 1]; ++p) {
-          const T x =
-              weight[p * H + h] * dot(ga, v + (g.dst[p] * H + h) * D, D);
-          gs[p * H + h] = x;
-          total += x;
-        }
-        if (grad_shift) grad_shift[a * H + h] = -total;
+  for (idx a = 0; a < g.K; ++a)
+    for (idx h = 0; h < H; ++h) {
+      const T *ga = grad_u + (a * H + h) * D;
+      T total = 0;
+      for (idx p = g.rowptr[a]; p < g.rowptr[a + 1]; ++p) {
+        const T x =
+            weight[p * H + h] * dot(ga, v + (g.dst[p] * H + h) * D, D);
+        gs[p * H + h] = x;
+        total += x;
       }
-  });
-  if (!grad_v) return;
-  split_rows(g.trowptr, g.K, g.threads, [&](idx b0, idx b1) {
-    for (idx b = b0; b < b1; ++b) {
-      T *out = grad_v + b * H * D;
-      for (idx d = 0; d < H * D; ++d) out[d] = 0;
-      for (idx j = g.trowptr[b]; j < g.trowptr[b + 1]; ++j) {
-        const idx p = g.tperm[j], a = g.src[p];
-        for (idx h = 0; h < H; ++h)
-          axpy(weight[p * H + h], grad_u + (a * H + h) * D, out + h * D, D);
-      }
+      if (grad_shift) grad_shift[a * H + h] = -total;
     }
-  });
+  if (!grad_v) return;
+  for (idx b = 0; b < g.K; ++b) {
+    T *out = grad_v + b * H * D;
+    for (idx d = 0; d < H * D; ++d) out[d] = 0;
+    for (idx j = g.trowptr[b]; j < g.trowptr[b + 1]; ++j) {
+      const idx p = g.tperm[j], a = g.src[p];
+      for (idx h = 0; h < H; ++h)
+        axpy(weight[p * H + h], grad_u + (a * H + h) * D, out + h * D, D);
+    }
+  }
 }
 
 // ---- Python bindings: addresses as integers (0 for an absent tensor) ----
@@ -296,13 +265,12 @@ inline T *at(Py_ssize_t address) {
 
 bool parse_pairs(PyObject *tuple, Pairs *g) {
   Py_ssize_t K, P, H, rowptr, src, dst, trowptr, tperm;
-  int threads;
-  if (!PyArg_ParseTuple(tuple, "nnnnnnnni", &K, &P, &H, &rowptr, &src, &dst,
-                        &trowptr, &tperm, &threads))
+  if (!PyArg_ParseTuple(tuple, "nnnnnnnn", &K, &P, &H, &rowptr, &src, &dst,
+                        &trowptr, &tperm))
     return false;
   *g = Pairs{K, P, H, at<const idx>(rowptr), at<const idx>(src),
              at<const idx>(dst), at<const idx>(trowptr),
-             at<const idx>(tperm), threads};
+             at<const idx>(tperm)};
   return true;
 }
 

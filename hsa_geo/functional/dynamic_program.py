@@ -1322,7 +1322,8 @@ def _sparse_scores(tree: _Tree, means: Dict[int, Tuple[Tensor, ...]],
     q, k = _members(tree, tree.q, qc), _members(tree, tree.k, kc)
     bias = None if bias is None else bias[sparse.row]
     fused = fused_pairs_apply(q, k, log_size,
-                              *([] if bias is None else [bias]))
+                              *([] if bias is None else [bias]),
+                              products=sparse.num_pairs * q.size(1) * q.size(2))
     with _cpu_threads(tree.threads, tree.q.device):  # large kernels
         if fused:
             s, lse = fused_scores_lse(sparse, q, k, log_size, tree.scale,
@@ -1662,7 +1663,8 @@ def _sparse_contexts(passes: _Passes) -> Optional[Tensor]:
     keep = _dropout_scale(s, passes.dropout_p)
     vc = passes.means[_SPARSE][2] if _SPARSE in passes.means else None
     v = _members(tree, tree.v, vc)
-    fused = fused_pairs_apply(s, shift, v, *([] if keep is None else [keep]))
+    fused = fused_pairs_apply(s, shift, v, *([] if keep is None else [keep]),
+                              products=sparse.num_pairs * v.size(1) * v.size(2))
     if fused:
         with torch.no_grad():  # one pass: NaN and inf reach the sum
             fused = bool(torch.isfinite(v.sum()))

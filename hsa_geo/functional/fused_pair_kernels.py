@@ -5,8 +5,9 @@ a dozen tensor operations and two sparse products, forward and backward.
 
 The kernels are built with the package where a C++ compiler is found
 (``setup.py``); without them, with ``HSA_GEO_FUSED_PAIRS=0`` in the
-environment, inside ``fused_pairs(False)``, or for tensors they do not take
-(not on the CPU, not float32 or float64), :func:`fused_pairs_apply` says so
+environment, inside ``fused_pairs(False)``, for tensors they do not take
+(not on the CPU, not float32 or float64), or for lists longer than
+:data:`FUSED_PAIRS_LIMIT`, :func:`fused_pairs_apply` says so
 and the attention runs the same arithmetic as PyTorch operations
 (:mod:`~hsa_geo.functional.sparse_family_attention`). Their results agree
 to rounding; higher derivatives replay those operations
@@ -32,7 +33,13 @@ from hsa_geo.functional.sparse_family_attention import (scatter_logsumexp,
 _MODULES = {'avx2': 'hsa_geo._pair_kernels_avx2',
             'baseline': 'hsa_geo._pair_kernels'}
 _DTYPES = (torch.float32, torch.float64)
-_GRAIN = 2**23
+# The longest lists the attention runs on the kernels, in products
+# P' * H * D per pass. The kernels run on one thread: they win where a call's
+# fixed cost dominates (a batch of 128 molecules, 0.94 million products)
+# and lose to PyTorch's multi-threaded sparse products on long lists (the
+# ogbn-arxiv-sized family graph, 152 million: 1.1-1.4x slower in fresh
+# processes). The crossing between the two was not measured.
+FUSED_PAIRS_LIMIT = 2**23
 
 
 def _built() -> Dict[str, ModuleType]:
@@ -102,10 +109,12 @@ def fused_pairs(enabled: bool, variant: Optional[str] = None
         _state['variant'] = before
 
 
-def fused_pairs_apply(*tensors: Tensor) -> bool:
+def fused_pairs_apply(*tensors: Tensor, products: int = 0) -> bool:
     r"""Whether the fused kernels run on :obj:`tensors`: built, enabled,
-    and all of them on the CPU in one dtype, float32 or float64."""
-    if _state['variant'] is None:
+    all of them on the CPU in one dtype, float32 or float64, and a list of
+    at most :data:`FUSED_PAIRS_LIMIT` :obj:`products` (pairs x heads x
+    channels per head)."""
+    if _state['variant'] is None or products > FUSED_PAIRS_LIMIT:
         return False
     dtype = tensors[0].dtype
     return dtype in _DTYPES and all(
@@ -126,19 +135,11 @@ class _Index(NamedTuple):
     trowptr: Tensor
     tperm: Tensor
 
-    def args(self, heads: int, width: int) -> tuple:
-        r"""The kernels' description of the list for ``[K, heads,
-        width]`` tables, with the threads a pass may take."""
-        pairs = self.src.numel()
-        # A thread per _GRAIN products, at most the caller's intra-op
-        # threads: starting one costs tens of microseconds, and more while
-        # PyTorch's own workers spin after a parallel region.
-        threads = max(1, min(torch.get_num_threads(),
-                             pairs * heads * width // _GRAIN))
-        return (self.rowptr.numel() - 1, pairs, heads,
+    def args(self, heads: int) -> tuple:
+        return (self.rowptr.numel() - 1, self.src.numel(), heads,
                 self.rowptr.data_ptr(), self.src.data_ptr(),
                 self.dst.data_ptr(), self.trowptr.data_ptr(),
-                self.tperm.data_ptr(), threads)
+                self.tperm.data_ptr())
 
 
 _INDEX: 'weakref.WeakKeyDictionary[SparseFamilies, _Index]' = \
@@ -190,7 +191,7 @@ class _ScoresLse(torch.autograd.Function):
         lse = q.new_empty(K, H)
         ctx.kernels = _kernels()  # the backward's, whatever the switch then
         ctx.kernels.scores_lse(
-            index.args(H, D), q.dtype == torch.float64, D, scale, fill,
+            index.args(H), q.dtype == torch.float64, D, scale, fill,
             _addresses(q, k, log_size, bias, s, lse, prob))
         ctx.save_for_backward(q, k, log_size, bias, prob)
         ctx.families, ctx.scale, ctx.fill = families, scale, fill
@@ -220,7 +221,7 @@ class _ScoresLse(torch.autograd.Function):
         # Dense copies held by names: an address outlives no temporary.
         grad_s, grad_lse = _dense(grad_s), _dense(grad_lse)
         ctx.kernels.scores_lse_backward(
-            _index(ctx.families).args(*q.shape[1:]), q.dtype == torch.float64,
+            _index(ctx.families).args(q.size(1)), q.dtype == torch.float64,
             q.size(2), ctx.scale, 0.0, _addresses(
                 q, k, prob, grad_s, grad_lse, gs, grad_q, grad_k,
                 grad_log_size))
@@ -241,7 +242,7 @@ class _Contexts(torch.autograd.Function):
         weight = s.new_empty(s.shape)
         ctx.kernels = _kernels()  # the backward's, whatever the switch then
         ctx.kernels.contexts(
-            _index(families).args(H, D), v.dtype == torch.float64, D, 0.0, 0.0,
+            _index(families).args(H), v.dtype == torch.float64, D, 0.0, 0.0,
             _addresses(s, shift, keep, v, u, weight))
         ctx.save_for_backward(s, shift, keep, v, weight)
         ctx.families = families
@@ -265,7 +266,7 @@ class _Contexts(torch.autograd.Function):
         grad_v = torch.empty_like(v) if need[4] else None
         grad = grad.contiguous()  # held by a name: see above
         ctx.kernels.contexts_backward(
-            _index(ctx.families).args(*v.shape[1:]), v.dtype == torch.float64,
+            _index(ctx.families).args(v.size(1)), v.dtype == torch.float64,
             v.size(2), 0.0, 0.0, _addresses(weight, v, grad, gs, grad_shift,
                                             grad_v))
         return (None, gs if need[1] else None, grad_shift, None, grad_v)

@@ -239,31 +239,23 @@ def test_expanded_gradients(variant):
 
 
 @needs_kernels
-@pytest.mark.parametrize('variant', VARIANTS)
-def test_long_lists_split_over_threads_with_the_same_bits(variant):
-    """A list of 72,630 pairs at 4 x 64 channels is long enough for two
-    threads: the same numbers as one thread, bit for bit, and as the
-    PyTorch operations to rounding."""
-    from tests.helpers.strategies import Forest
-    f = Forest(parent=[270] * 270 + [-1], num_leaves=270)
-    sparse = pair_list(f, 0, False)
-    q, k, v, log_size, bias, keep = inputs(sparse, 4, 64, 0, torch.float64,
-                                           False)
-    leaves = [t.requires_grad_() for t in (q, k, v, log_size, bias)]
-    threads = torch.get_num_threads()
-    results = []
-    try:
-        for count, run in [(1, fused), (2, fused), (2, plain)]:
-            torch.set_num_threads(count)
-            with fused_pairs(True, variant):
-                _, lse, u = run(sparse, q, k, v, log_size, bias, keep, -1e30)
-            grads = torch.autograd.grad(lse.sum() + (u * u).sum(), leaves)
-            results.append((lse, u) + grads)
-    finally:
-        torch.set_num_threads(threads)
-    for one, two, ref in zip(*results):
-        assert torch.equal(one, two)
-        assert close(two.detach(), ref.detach(), TOL[torch.float64])
+@pytest.mark.parametrize('limit, calls', [(0, 0), (10**9, 1)])
+def test_lists_above_the_limit_take_torch_operations(limit, calls):
+    """The attention runs a list of more products than FUSED_PAIRS_LIMIT
+    on PyTorch operations (the kernels run on one thread), with the same
+    result."""
+    import hsa_geo.functional.dynamic_program as dp
+    h = Hierarchy.from_parent([9, 9, 9, 10, 10, 10, 10, 11, 11, 12, 12, 12,
+                               -1], 9)
+    q, k, v = seeded_qkv(9, 2, 4, 0)
+    expected = hierarchical_attention(q, k, v, h)
+    with unittest.mock.patch(
+            'hsa_geo.functional.fused_pair_kernels.FUSED_PAIRS_LIMIT',
+            limit), unittest.mock.patch.object(
+                dp, 'fused_scores_lse', wraps=dp.fused_scores_lse) as spy:
+        out = hierarchical_attention(q, k, v, h)
+    assert spy.call_count == calls
+    assert close(out, expected, TOL[torch.float64])
 
 
 @pytest.mark.parametrize('value, expected', [('0', None), ('off', None),
