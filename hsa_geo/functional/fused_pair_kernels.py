@@ -37,8 +37,8 @@ _DTYPES = (torch.float32, torch.float64)
 # P' * H * D per pass. The kernels run on one thread: they win where a call's
 # fixed cost dominates (a batch of 128 molecules, 0.94 million products)
 # and lose to PyTorch's multi-threaded sparse products on long lists (the
-# ogbn-arxiv-sized family graph, 152 million: 1.1-1.4x slower in fresh
-# processes). The crossing between the two was not measured.
+# ogbn-arxiv-sized family graph, 152 million: the HSA core 1.09-1.36x
+# slower in fresh processes). The crossing between the two was not measured.
 FUSED_PAIRS_LIMIT = 2**23
 
 
