@@ -29,7 +29,9 @@ VARIANTS = fused_pairs_variants()
 needs_kernels = pytest.mark.skipif(
     not VARIANTS, reason='the fused kernels were not built (no compiler)')
 SEEDS = st.integers(0, 2**31 - 1)
-TOL = {torch.float64: 1e-12, torch.float32: 2e-5}
+# float32: both computations are about 1e-5 off the float64 result on
+# gradients that sum a few hundred terms, in different orders.
+TOL = {torch.float64: 1e-12, torch.float32: 1e-4}
 
 
 def pair_list(f, seed: int, graph: bool):
