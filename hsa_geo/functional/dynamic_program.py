@@ -24,7 +24,8 @@ from hsa_geo.functional.softmax_attention import softmax_attention
 from hsa_geo.functional.fused_pair_kernels import (
     fused_contexts, fused_pairs_apply, fused_scores_lse)
 from hsa_geo.functional.pair_pattern import PairPattern
-from hsa_geo.functional.sparse_family_attention import (pair_pattern,
+from hsa_geo.functional.sparse_family_attention import (all_finite,
+                                                        pair_pattern,
                                                         scatter_logsumexp,
                                                         sparse_contexts,
                                                         sparse_scores)
@@ -1321,17 +1322,14 @@ def _sparse_scores(tree: _Tree, means: Dict[int, Tuple[Tensor, ...]],
                           tree.cluster_size[sparse.cluster].log()])
     q, k = _members(tree, tree.q, qc), _members(tree, tree.k, kc)
     bias = None if bias is None else bias[sparse.row]
-    fused = fused_pairs_apply(q, k, log_size,
-                              *([] if bias is None else [bias]),
-                              products=sparse.num_pairs * q.size(1) * q.size(2))
-    with _cpu_threads(tree.threads, tree.q.device):  # large kernels
-        if fused:
-            s, lse = fused_scores_lse(sparse, q, k, log_size, tree.scale,
-                                      tree.neg, bias)
-        else:
+    if fused_pairs_apply(q, k, log_size, *([] if bias is None else [bias]),
+                         products=sparse.num_pairs * q.size(1) * q.size(2)):
+        s, lse = fused_scores_lse(sparse, q, k, log_size, tree.scale,
+                                  tree.neg, bias)
+    else:
+        with _cpu_threads(tree.threads, tree.q.device):  # large kernels
             s = sparse_scores(sparse, q, k, log_size, tree.scale, bias,
                               tree.pattern)
-    if not fused:
         counts = None if tree.pattern is None else \
             tree.pattern.pairs_of  # (sorted rows)
         lse = scatter_logsumexp(s, sparse.src, sparse.num_members, tree.neg,
@@ -1663,14 +1661,11 @@ def _sparse_contexts(passes: _Passes) -> Optional[Tensor]:
     keep = _dropout_scale(s, passes.dropout_p)
     vc = passes.means[_SPARSE][2] if _SPARSE in passes.means else None
     v = _members(tree, tree.v, vc)
-    fused = fused_pairs_apply(s, shift, v, *([] if keep is None else [keep]),
-                              products=sparse.num_pairs * v.size(1) * v.size(2))
-    if fused:
-        with torch.no_grad():  # one pass: NaN and inf reach the sum
-            fused = bool(torch.isfinite(v.sum()))
+    if fused_pairs_apply(s, shift, v, *([] if keep is None else [keep]),
+                         products=sparse.num_pairs * v.size(1) * v.size(2)) \
+            and all_finite(v):
+        return fused_contexts(sparse, s, shift, v, keep)
     with _cpu_threads(tree.threads, tree.q.device):  # large kernels
-        if fused:
-            return fused_contexts(sparse, s, shift, v, keep)
         return sparse_contexts(sparse, s, shift, v, keep, tree.pattern)
 
 

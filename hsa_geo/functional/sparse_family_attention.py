@@ -97,6 +97,13 @@ def scatter_logsumexp(s: Tensor, index: Tensor, size: int, fill: float,
                        top + torch.log(torch.where(empty, 1.0, total)))
 
 
+def all_finite(x: Tensor) -> bool:
+    r"""Whether every entry of :obj:`x` is finite (the sparse products and
+    the fused kernels take only finite values)."""
+    with torch.no_grad():  # one pass: NaN and inf reach the sum
+        return bool(torch.isfinite(x.sum()))
+
+
 def sparse_contexts(families: SparseFamilies, s: Tensor, shift: Tensor,
                     v: Tensor, keep: Optional[Tensor] = None,
                     pattern: Optional[PairPattern] = None) -> Tensor:
@@ -109,8 +116,7 @@ def sparse_contexts(families: SparseFamilies, s: Tensor, shift: Tensor,
     w = torch.exp(s - shift.index_select(0, src))
     if keep is not None:
         w = w * keep
-    with torch.no_grad():  # one pass: NaN and inf reach the sum
-        finite = bool(torch.isfinite(v.sum()))
+    finite = all_finite(v)
     if pattern is not None and finite:
         return pattern.matmul(w.t().reshape(-1), v)
     terms = w.unsqueeze(-1) * v.index_select(0, families.dst)
