@@ -188,6 +188,7 @@ def _tree(edge_index, num_nodes: int, family_graph: bool, device: Any,
     info['depth'] = hierarchy.depth
     info['sibling_pairs'] = hierarchy.sibling_pairs.size(1)
     info['scored_pairs'] = scored_pairs(hierarchy)
+    info['pair_list_pairs'] = hierarchy.layout.sparse.num_pairs
     if hierarchy.family_edge_index is not None:
         info['family_edges'] = hierarchy.family_edge_index.size(1)
     info['context'] = _stats(context_size(hierarchy.to('cpu')))

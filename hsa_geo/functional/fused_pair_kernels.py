@@ -65,7 +65,8 @@ _BUILT = _built()
 # (fused_pairs(True) still turns them on).
 _OFF = os.environ.get('HSA_GEO_FUSED_PAIRS', '1').strip().lower() in (
     '0', 'off', 'false', 'no')
-_state = {'variant': None if _OFF else _default(_BUILT)}
+_state = {'variant': None if _OFF else _default(_BUILT),
+          'limit': FUSED_PAIRS_LIMIT}
 
 
 def fused_pairs_variants() -> List[str]:
@@ -83,13 +84,14 @@ def fused_pairs_variant() -> Optional[str]:
 
 
 @contextlib.contextmanager
-def fused_pairs(enabled: bool, variant: Optional[str] = None
-                ) -> Iterator[None]:
+def fused_pairs(enabled: bool, variant: Optional[str] = None,
+                max_products: Optional[int] = None) -> Iterator[None]:
     r"""Within the block, the pair list runs on the fused kernels if
     :obj:`enabled` (in :obj:`variant`, one of
     :func:`fused_pairs_variants`; by default the fastest this CPU runs),
-    and on PyTorch operations otherwise; for comparisons of the two. A
-    process-wide switch, not thread-local.
+    for lists of at most :obj:`max_products` products (by default
+    :data:`FUSED_PAIRS_LIMIT`), and on PyTorch operations otherwise; for
+    comparisons of the two. A process-wide switch, not thread-local.
 
     .. code-block:: python
 
@@ -101,20 +103,28 @@ def fused_pairs(enabled: bool, variant: Optional[str] = None
             f"fused_pairs: variant {variant!r} is not available here; "
             f"this install and CPU have {fused_pairs_variants()} (an empty "
             f"list: the package was installed without a C++ compiler)")
-    before = _state['variant']
+    if max_products is not None and (isinstance(max_products, bool) or
+                                     not isinstance(max_products, int) or
+                                     max_products < 0):
+        raise ValueError(
+            f"fused_pairs: max_products must be a non-negative int (pairs "
+            f"x heads x channels per head), got {max_products!r}")
+    before = dict(_state)
     _state['variant'] = (variant or _default(_BUILT)) if enabled else None
+    if max_products is not None:
+        _state['limit'] = max_products
     try:
         yield
     finally:
-        _state['variant'] = before
+        _state.update(before)
 
 
 def fused_pairs_apply(*tensors: Tensor, products: int = 0) -> bool:
     r"""Whether the fused kernels run on :obj:`tensors`: built, enabled,
     all of them on the CPU in one dtype, float32 or float64, and a list of
     at most :data:`FUSED_PAIRS_LIMIT` :obj:`products` (pairs x heads x
-    channels per head)."""
-    if _state['variant'] is None or products > FUSED_PAIRS_LIMIT:
+    channels per head; :func:`fused_pairs` may set another limit)."""
+    if _state['variant'] is None or products > _state['limit']:
         return False
     dtype = tensors[0].dtype
     return dtype in _DTYPES and all(

@@ -240,24 +240,38 @@ def test_expanded_gradients(variant):
         assert close(b, a, TOL[torch.float64])
 
 
-@needs_kernels
-@pytest.mark.parametrize('limit, calls', [(0, 0), (10**9, 1)])
-def test_lists_above_the_limit_take_torch_operations(limit, calls):
-    """The attention runs a list of more products than FUSED_PAIRS_LIMIT
-    on PyTorch operations (the kernels run on one thread), with the same
-    result."""
+def _pair_list_calls(h: Hierarchy, q, k, v, **switch) -> tuple:
     import hsa_geo.functional.dynamic_program as dp
+    with fused_pairs(True, **switch), unittest.mock.patch.object(
+            dp, 'fused_scores_lse', wraps=dp.fused_scores_lse) as spy:
+        out = hierarchical_attention(q, k, v, h)
+    return spy.call_count, out
+
+
+@needs_kernels
+@pytest.mark.parametrize('limit, calls', [(0, 0), (9 * 2 * 4 - 1, 0),
+                                          (10**9, 1)])
+def test_lists_above_the_limit_take_torch_operations(limit, calls):
+    """The attention runs a list of more products than the limit
+    (FUSED_PAIRS_LIMIT, or fused_pairs' max_products) on PyTorch operations
+    (the kernels run on one thread), with the same result."""
     h = Hierarchy.from_parent([9, 9, 9, 10, 10, 10, 10, 11, 11, 12, 12, 12,
                                -1], 9)
     q, k, v = seeded_qkv(9, 2, 4, 0)
     expected = hierarchical_attention(q, k, v, h)
-    with unittest.mock.patch(
-            'hsa_geo.functional.fused_pair_kernels.FUSED_PAIRS_LIMIT',
-            limit), unittest.mock.patch.object(
-                dp, 'fused_scores_lse', wraps=dp.fused_scores_lse) as spy:
-        out = hierarchical_attention(q, k, v, h)
-    assert spy.call_count == calls
+    assert h.layout.sparse.num_pairs * 2 * 4 > 9 * 2 * 4 - 1
+    count, out = _pair_list_calls(h, q, k, v, max_products=limit)
+    assert count == calls
     assert close(out, expected, TOL[torch.float64])
+    # The limit is the block's: the default one holds again after it.
+    assert _pair_list_calls(h, q, k, v)[0] == 1
+
+
+@pytest.mark.parametrize('bad', [-1, 2.5, True, '10'])
+def test_max_products_must_be_a_count(bad):
+    with pytest.raises(ValueError, match='max_products'):
+        with fused_pairs(True, max_products=bad):
+            pass
 
 
 @pytest.mark.parametrize('value, expected', [('0', None), ('off', None),
