@@ -6,7 +6,8 @@
 #   1. bench_small_graphs.py three times (the molecule batch; the ratios of
 #      one run move by a few per cent), then once with competing processes;
 #   2. bench_shapes.py, the deep and the contention cases;
-#   3. bench_family_graph.py and bench_tree_order.py;
+#   3. bench_family_graph.py, bench_pair_kernels.py (the fused kernels'
+#      limit) and bench_tree_order.py;
 #   4. bench_attention.py, every method and size;
 #   5. bench_growth.py, five back-to-back runs (the growth target);
 #   6. bench_shapes.py, the wide case (the longest, about 17 minutes);
@@ -63,7 +64,7 @@ for case in deep contention; do
     run "bench_shapes_cpu_$case" python3 benchmarks/bench_shapes.py \
         --case "$case"
 done
-for bench in family_graph tree_order attention; do
+for bench in family_graph pair_kernels tree_order attention; do
     run "bench_${bench}_cpu" python3 "benchmarks/bench_$bench.py"
 done
 run bench_growth_cpu python3 benchmarks/bench_growth.py --runs 5

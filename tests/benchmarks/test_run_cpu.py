@@ -13,7 +13,8 @@ SCRIPT = pathlib.Path(__file__).parents[2] / 'benchmarks' / 'run_cpu.sh'
 PARTS = ['bench_small_graphs_cpu', 'bench_small_graphs_cpu_repeat1',
          'bench_small_graphs_cpu_repeat2', 'bench_small_graphs_cpu_shared',
          'bench_shapes_cpu_deep', 'bench_shapes_cpu_contention',
-         'bench_family_graph_cpu', 'bench_tree_order_cpu',
+         'bench_family_graph_cpu', 'bench_pair_kernels_cpu',
+         'bench_tree_order_cpu',
          'bench_attention_cpu', 'bench_growth_cpu', 'bench_shapes_cpu_wide',
          'bench_collate_cpu', 'bench_loader_workers_cpu']
 
