@@ -16,7 +16,7 @@ from hsa_geo._checks import (check_bool, check_device, check_features,
                              check_index, check_int, check_width,
                              first_out_of_range)
 from hsa_geo._memory import ensure_pairs_fit
-from hsa_geo.data.hetero_nested_signal import (HeteroNestedSignal,
+from hsa_geo.data.hetero_nested_signal import (CLUSTER, HeteroNestedSignal,
                                                node_modality)
 from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.functional.dynamic_program import hierarchical_attention
@@ -167,7 +167,9 @@ class HeteroHSAConv(torch.nn.Module):
         ``x_dict[t]`` whose rows are not the leaves of type ``t`` of the
         signal or whose width is not the layer's, as
         :meth:`HSAConv.check_input <hsa_geo.nn.HSAConv.check_input>`
-        does."""
+        does, and for features of a type that is not a leaf type of the
+        signal (they would be dropped; ``'cluster'`` features and empty
+        tensors are left alone)."""
         with_weights = return_attention_weights is not None
         if with_weights:
             check_bool(return_attention_weights, 'return_attention_weights')
@@ -244,6 +246,7 @@ class HeteroHSAConv(torch.nn.Module):
                     f"{slices[t].stop - slices[t].start} leaves of type "
                     f"{t!r}; row i must hold the features of the signal's "
                     f"leaf i of that type")
+        _check_no_unused_features(x_dict, order)
         counts = [x_dict[t].size(0) for t in order]
         if sum(counts) != hierarchy.num_leaves:
             raise ValueError(
@@ -392,6 +395,23 @@ def _checked_in_channels(in_channels: Union[int, Mapping[str, int]],
     for t in leaf_types:
         check_width(in_channels.get(t), f'in_channels[{t!r}]')
     return {t: in_channels[t] for t in leaf_types}
+
+
+def _check_no_unused_features(x_dict: Mapping[str, Tensor],
+                              order: List[str]) -> None:
+    r"""Refuses features the layer would drop: rows for a type that is not
+    one of the leaf types in :obj:`order` (a typo, or a type the signal
+    has no leaves of). The clusters' features (``'cluster'``) are not
+    leaves and are left alone, as are empty tensors."""
+    for t, x in x_dict.items():
+        if t in order or t == CLUSTER or (isinstance(x, Tensor) and
+                                          x.numel() == 0):
+            continue
+        raise ValueError(
+            f"x_dict[{t!r}] holds features, but {t!r} is not a leaf type "
+            f"of this signal ({order}), so the layer would drop them; "
+            f"remove the key, or give the signal (and the layer) that leaf "
+            f"type")
 
 
 def _edge_index(edge_type: EdgeType, signal, edge_index_dict) -> Tensor:

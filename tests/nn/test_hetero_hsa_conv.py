@@ -325,6 +325,32 @@ def test_every_type_must_fit_the_signal_and_the_layer():
         lazy({'word': torch.randn(3, 2), 'patch': torch.randn(2, 4)}, data)
 
 
+def test_features_the_layer_would_drop_are_refused():
+    r"""Features of a type that is not one of the signal's leaf types (a
+    typo, a type the signal lacks) would be dropped: they raise; cluster
+    features and empty tensors of other types are left alone."""
+    h = Hierarchy.from_parent([5, 5, 5, 6, 6, -1, 5], 5)
+    data = HeteroNestedSignal.from_hierarchy(
+        h, {'word': torch.randn(3, 4), 'patch': torch.randn(2, 4)})
+    conv = HeteroHSAConv(4, 4, ['word', 'patch', 'atom'])
+    x_dict = dict(data.x_dict)
+    for extra in ('wrod', 'atom'):
+        with pytest.raises(ValueError, match=rf"x_dict\['{extra}'\] holds "
+                           rf"features, but '{extra}' is not a leaf type"):
+            conv({**x_dict, extra: torch.randn(2, 4)}, data)
+    expected = conv(x_dict, data)
+    for kept in ({'atom': torch.randn(0, 4)},
+                 {'cluster': torch.randn(2, 7)}):
+        out = conv({**x_dict, **kept}, data)
+        assert out.keys() == expected.keys()
+        for t in out:
+            assert torch.equal(out[t], expected[t])
+    # A plain hierarchy: the layer's own types are the leaf types.
+    two = HeteroHSAConv(4, 4, ['word', 'patch'])
+    with pytest.raises(ValueError, match=r"x_dict\['atom'\] holds"):
+        two({**x_dict, 'atom': torch.randn(1, 4)}, h)
+
+
 def test_return_attention_weights_must_be_a_bool():
     h = Hierarchy.from_parent([5, 5, 5, 6, 6, -1, 5], 5)
     data = HeteroNestedSignal.from_hierarchy(
