@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CPU reference run: every case the README's performance tables come
 # from, one after the other, on the code of this checkout, their JSON and
-# Markdown written to one folder (about an hour on a 2-core machine):
+# Markdown written to one folder (about 70 minutes on a 2-core machine):
 #
 #   1. bench_small_graphs.py three times (the molecule batch; the ratios of
 #      one run move by a few per cent), then once with competing processes;

@@ -35,10 +35,10 @@ _MODULES = {'avx2': 'hsa_geo._pair_kernels_avx2',
 _DTYPES = (torch.float32, torch.float64)
 # The longest lists the attention runs on the kernels, in products
 # P' * H * D per pass. The kernels run on one thread: they win where a call's
-# fixed cost dominates (a batch of 128 molecules, 0.94 million products)
-# and lose to PyTorch's multi-threaded sparse products on long lists (the
-# ogbn-arxiv-sized family graph, 152 million: the HSA core 1.09-1.36x
-# slower in fresh processes). The crossing between the two was not measured.
+# fixed cost or rows of one or two pairs dominate (128 molecules, 0.94
+# million products; deep trees up to 7.7 million) and tie or lose to
+# PyTorch's sparse products on family graphs (1.37x slower at 9.0 million;
+# benchmarks/bench_pair_kernels.py). The limit lies between the two.
 FUSED_PAIRS_LIMIT = 2**23
 
 
