@@ -15,8 +15,8 @@ from hsa_geo.data.hetero_family_graph import (SIBLING_OF,
                                               store_family_graph)
 from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.data.induced_hierarchy import induced_hierarchy
-from hsa_geo.data.nested_signal import (check_kept_leaves, map_batch,
-                                        split_by_signal)
+from hsa_geo.data.nested_signal import (check_kept_leaves, is_cluster_key,
+                                        map_batch, split_by_signal)
 from hsa_geo.data.tensor_state import same_state, tensor_state
 
 # The node type of the clusters, and the relation from a child to its parent
@@ -237,7 +237,10 @@ class HeteroNestedSignal(HeteroData):
         type becomes leaf ``i``), and the tree that
         :func:`~hsa_geo.data.induced_hierarchy` induces on the kept leaves
         (clusters without a kept leaf removed). The clusters follow the
-        leaves, so ``'cluster'`` cannot be named.
+        leaves, so ``'cluster'`` cannot be named. Per-cluster attributes
+        follow the clusters from ``data['cluster']``; one on the global
+        store (``data.cluster_*``) would not, and raises
+        :class:`ValueError`.
 
         Of a :class:`~torch_geometric.data.Batch`, the batch of the
         subgraphs of its signals: every signal must keep a leaf, and the
@@ -247,6 +250,7 @@ class HeteroNestedSignal(HeteroData):
         if CLUSTER in subset_dict:
             raise ValueError(f"subset_dict names '{CLUSTER}'; select "
                              f"leaves only, the clusters follow them")
+        self._check_no_global_cluster_keys('subgraph')
         unknown = [t for t in subset_dict if t not in self.leaf_types]
         if unknown:
             raise ValueError(f"subset_dict names '{unknown[0]}', which is "
@@ -267,6 +271,21 @@ class HeteroNestedSignal(HeteroData):
         data._store_tree(induced, {t: ids.numel() for t, ids in kept.items()},
                          data[CLUSTER].get('sparse_family'))
         return data
+
+    def _check_no_global_cluster_keys(self, operation: str) -> None:
+        r"""Per-cluster attributes live in ``data['cluster']``, where
+        :meth:`subgraph` keeps them aligned with the kept clusters; one on
+        the global store (a :class:`~hsa_geo.data.NestedSignal` habit)
+        would keep its old rows, so :obj:`operation` refuses it."""
+        keys = [key for key in self._global_store.keys()
+                if is_cluster_key(key)]
+        if keys:
+            raise ValueError(
+                f"{operation}: data.{keys[0]} is on the global store, where "
+                f"{operation} cannot keep its rows aligned with the kept "
+                f"clusters; store per-cluster attributes of a "
+                f"HeteroNestedSignal in data['{CLUSTER}'] (e.g. "
+                f"data['{CLUSTER}'].{keys[0][len('cluster_'):]})")
 
     def _batch_subgraph(self, subset_dict: Mapping[str, Tensor]) -> Batch:
         r""":meth:`subgraph` of a batch, signal by signal."""

@@ -306,6 +306,28 @@ def test_subgraph_keeps_each_family_sparse_or_dense():
                           atol=1e-12)
 
 
+def test_subgraph_refuses_cluster_attributes_on_the_global_store():
+    r"""A per-cluster attribute on the global store would keep the old
+    clusters' rows after a subgraph: it raises; in data['cluster'] it
+    follows the kept clusters."""
+    h = Hierarchy.from_parent([5, 5, 5, 6, 6, -1, 5], 5)
+    signal = HeteroNestedSignal.from_hierarchy(
+        h, {'word': torch.randn(3, 2), 'patch': torch.randn(2, 3)})
+    signal['cluster'].kind = torch.tensor([7, 8])
+    # Dropping both patches drops cluster 1 (their parent, node 6).
+    out = signal.subgraph({'patch': torch.tensor([], dtype=torch.long)})
+    assert out['cluster'].kind.tolist() == [7]
+    signal.cluster_kind = torch.tensor([7, 8])
+    for operation in (lambda s: s.subgraph({'word': torch.tensor([0])}),
+                      lambda s: s.node_type_subgraph(['word', 'cluster'])):
+        with pytest.raises(ValueError, match=r"data.cluster_kind is on the "
+                           r"global store.*data\['cluster'\].kind"):
+            operation(signal)
+    batch = next(iter(DataLoader([signal, signal], batch_size=2)))
+    with pytest.raises(ValueError, match='data.cluster_kind'):
+        batch.subgraph({'word': torch.tensor([0, 3])})
+
+
 def _batch_of_three():
     h = Hierarchy.from_parent([5, 5, 5, 6, 6, -1, 5], 5,
                               torch.tensor([[0, 3], [1, 4]]))
