@@ -789,6 +789,25 @@ def run_all(args: argparse.Namespace,
     return rows
 
 
+def add_worker_arguments(parser: argparse.ArgumentParser,
+                         max_repeats: int) -> None:
+    r"""The options of a benchmark that runs its rows in worker
+    subprocesses with :func:`measure_case`: the device, the timing
+    (``--min-time``, ``--max-repeats``, ``--long-run``), a worker's
+    ``--timeout``, ``--seed``, the outputs (``--out``, ``--markdown``) and
+    the hidden ``--worker`` flag."""
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--min-time', type=float, default=2.0)
+    parser.add_argument('--max-repeats', type=int, default=max_repeats)
+    parser.add_argument('--long-run', type=float, default=20.0)
+    parser.add_argument('--timeout', type=float, default=1800.0)
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--out', type=Path, default=None)
+    parser.add_argument('--markdown', type=Path, default=None)
+    parser.add_argument('--worker', action='store_true',
+                        help=argparse.SUPPRESS)
+
+
 # Machine information #######################################################
 
 

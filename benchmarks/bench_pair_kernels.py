@@ -140,17 +140,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--sizes', type=int, nargs='+', default=None)
     p.add_argument('--threads', type=int, nargs='+', default=None)
     p.add_argument('--rounds', type=int, default=ROUNDS)
-    p.add_argument('--device', default='cpu')
-    p.add_argument('--min-time', type=float, default=2.0)
-    p.add_argument('--max-repeats', type=int, default=5)
-    p.add_argument('--long-run', type=float, default=20.0)
-    p.add_argument('--timeout', type=float, default=1800.0)
-    p.add_argument('--seed', type=int, default=0)
+    ba.add_worker_arguments(p, max_repeats=5)
     p.add_argument('--quick', action='store_true',
                    help=f'{QUICK_SIZES} nodes, one repeat')
-    p.add_argument('--out', type=Path, default=None)
-    p.add_argument('--markdown', type=Path, default=None)
-    p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
     p.add_argument('--mode', choices=MODES, help=argparse.SUPPRESS)
     p.add_argument('--nodes', type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -161,10 +153,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         args.max_repeats, args.min_time, args.rounds = 1, 0.0, 1
     args.sizes = args.sizes or (QUICK_SIZES if args.quick else SIZES)
     args.threads = args.threads or sorted({1, ba.usable_cores()})
-    if args.out is None:
-        suffix = '_quick' if args.quick else ''
-        args.out = ba.RESULTS_DIR / f'bench_pair_kernels_{args.device}' \
-            f'{suffix}.json'
+    args.out = args.out or ba.default_out(f'bench_pair_kernels_{args.device}',
+                                          args.quick)
     return args
 
 

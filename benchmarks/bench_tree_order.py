@@ -185,27 +185,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    default='metis' if have_metis else 'synthetic')
     p.add_argument('--methods', nargs='+', default=METHODS, choices=METHODS)
     p.add_argument('--rounds', type=int, default=3)
-    p.add_argument('--device', default='cpu')
     p.add_argument('--threads', type=int, default=1)
-    p.add_argument('--min-time', type=float, default=2.0)
-    p.add_argument('--max-repeats', type=int, default=7)
-    p.add_argument('--long-run', type=float, default=20.0)
-    p.add_argument('--timeout', type=float, default=1800.0)
-    p.add_argument('--seed', type=int, default=0)
+    ba.add_worker_arguments(p, max_repeats=7)
     p.add_argument('--quick', action='store_true',
                    help=f'{QUICK_NODES:,} nodes, one round, one repeat')
-    p.add_argument('--out', type=Path, default=None)
-    p.add_argument('--markdown', type=Path, default=None)
-    p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
     p.add_argument('--method', choices=METHODS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
         args.max_repeats, args.min_time, args.rounds = 1, 0.0, 1
     args.nodes = args.nodes or (QUICK_NODES if args.quick else NUM_NODES)
-    if args.out is None:
-        suffix = '_quick' if args.quick else ''
-        args.out = ba.RESULTS_DIR / f'bench_tree_order_{args.device}' \
-            f'{suffix}.json'
+    args.out = args.out or ba.default_out(f'bench_tree_order_{args.device}',
+                                          args.quick)
     return args
 
 
