@@ -7,10 +7,12 @@
 // order) for those of ``b``, so every output row is written by one loop (no
 // atomics, the same sums in the same order on every call).
 //
-// One thread: the package runs these kernels on short lists only
-// (fused_pair_kernels.py, FUSED_PAIRS_LIMIT), whose passes take 0.1-0.4 ms;
-// a thread started per pass made them slower (PyTorch's OpenMP workers
-// keep spinning on the cores after its own parallel regions).
+// Threads: the rows are split among the caller's OpenMP threads where the
+// build has OpenMP (setup.py: with GCC, whose libgomp is the one PyTorch's
+// wheels load, so the kernels run on PyTorch's own thread team; a thread
+// started per pass was slower, as PyTorch's workers keep spinning on the
+// cores after their regions). Each output row is still written by one
+// loop, so the result does not depend on the number of threads.
 //
 // The module takes raw addresses of contiguous CPU tensors (float32 or
 // float64; indices int64) and sizes; hsa_geo/functional/fused_pair_kernels.py
@@ -29,6 +31,10 @@
 namespace {
 
 typedef int64_t idx;
+
+// Lists below this many products P' H D run on one thread: a parallel
+// region costs a few microseconds.
+const idx kParallelProducts = idx(1) << 15;
 
 template <typename T>
 inline T dot(const T *x, const T *y, idx n) {
@@ -80,12 +86,20 @@ inline float vexp(float x) {
 }
 struct Pairs {
   idx K, P, H;
+  int threads;        // the rows are split among this many threads
   const idx *rowptr;  // [K + 1] pairs of member a (sorted by src)
   const idx *src;     // [P]
   const idx *dst;     // [P]
   const idx *trowptr; // [K + 1] pairs of member b in the transposed order
   const idx *tperm;   // [P] the pairs sorted by dst, then src
 };
+
+// The threads of a pass over the list: the caller's, or one for a short
+// list. Rows are handed out kRowChunk at a time (their lengths differ).
+inline int team(const Pairs &g, idx D) {
+  return g.P * g.H * D < kParallelProducts ? 1 : std::max(g.threads, 1);
+}
+const int kRowChunk = 16;
 
 // The longest row of the list, for the per-row buffers.
 inline idx longest_row(const Pairs &g) {
@@ -131,7 +145,11 @@ void scores_lse(const Pairs &g, idx D, const T *q, const T *k,
                 T *lse, T *prob) {
   const idx H = g.H;
   if (W) D = W;  // a width known at compile time: unrolled, vectorised
-  std::vector<T> top(H), total(H), rep(longest_row(g) * H);
+  const idx longest = longest_row(g);
+#pragma omp parallel num_threads(team(g, D))
+  {
+  std::vector<T> top(H), total(H), rep(longest * H);
+#pragma omp for schedule(dynamic, kRowChunk)
   for (idx a = 0; a < g.K; ++a) {
     const idx lo = g.rowptr[a], n = g.rowptr[a + 1] - lo;
     T *sa = s + lo * H, *pa = prob + lo * H;
@@ -154,6 +172,7 @@ void scores_lse(const Pairs &g, idx D, const T *q, const T *k,
     for (idx p = 0; p < n; ++p)
       for (idx h = 0; h < H; ++h) pa[p * H + h] *= total[h];
   }
+  }
 }
 
 // The backward of scores_lse: gs[p, h] = grad_s + grad_lse[a] prob (the
@@ -168,6 +187,9 @@ void scores_lse_backward(const Pairs &g, idx D, const T *q, const T *k,
                          T *grad_log_size) {
   const idx H = g.H;
   if (W) D = W;  // a width known at compile time: unrolled, vectorised
+#pragma omp parallel num_threads(team(g, D))
+  {
+#pragma omp for schedule(dynamic, kRowChunk)
   for (idx a = 0; a < g.K; ++a) {
     for (idx p = g.rowptr[a]; p < g.rowptr[a + 1]; ++p)
       for (idx h = 0; h < H; ++h) {
@@ -183,7 +205,9 @@ void scores_lse_backward(const Pairs &g, idx D, const T *q, const T *k,
         axpy(scale * gs[p * H + h], k + (g.dst[p] * H + h) * D,
              out + h * D, D);
   }
-  if (!grad_k && !grad_log_size) return;
+  // (the loop's barrier: every gs is written before it is read below)
+  if (grad_k || grad_log_size) {
+#pragma omp for schedule(dynamic, kRowChunk)
   for (idx b = 0; b < g.K; ++b) {
     T *out = grad_k ? grad_k + b * H * D : nullptr;
     if (out)
@@ -200,6 +224,8 @@ void scores_lse_backward(const Pairs &g, idx D, const T *q, const T *k,
     }
     if (grad_log_size) grad_log_size[b] = total;
   }
+  }
+  }
 }
 
 // u[a, h] = sum_p w[p, h] v[b, h] with w = exp(s - shift[a]) (* keep),
@@ -209,7 +235,11 @@ void contexts(const Pairs &g, idx D, const T *s, const T *shift,
               const T *keep, const T *v, T *u, T *weight) {
   const idx H = g.H;
   if (W) D = W;  // a width known at compile time: unrolled, vectorised
-  std::vector<T> rep(longest_row(g) * H);
+  const idx longest = longest_row(g);
+#pragma omp parallel num_threads(team(g, D))
+  {
+  std::vector<T> rep(longest * H);
+#pragma omp for schedule(dynamic, kRowChunk)
   for (idx a = 0; a < g.K; ++a) {
     const idx lo = g.rowptr[a], n = g.rowptr[a + 1] - lo;
     T *w = weight + lo * H, *out = u + a * H * D;
@@ -223,6 +253,7 @@ void contexts(const Pairs &g, idx D, const T *s, const T *shift,
         axpy(w[p * H + h], vb + h * D, out + h * D, D);
     }
   }
+  }
 }
 
 // The backward of contexts: gs[p, h] = w <grad_u[a], v_b> (the gradient of
@@ -232,6 +263,9 @@ void contexts_backward(const Pairs &g, idx D, const T *weight, const T *v,
                        const T *grad_u, T *gs, T *grad_shift, T *grad_v) {
   const idx H = g.H;
   if (W) D = W;  // a width known at compile time: unrolled, vectorised
+#pragma omp parallel num_threads(team(g, D))
+  {
+#pragma omp for schedule(dynamic, kRowChunk)
   for (idx a = 0; a < g.K; ++a)
     for (idx h = 0; h < H; ++h) {
       const T *ga = grad_u + (a * H + h) * D;
@@ -244,7 +278,8 @@ void contexts_backward(const Pairs &g, idx D, const T *weight, const T *v,
       }
       if (grad_shift) grad_shift[a * H + h] = -total;
     }
-  if (!grad_v) return;
+  if (grad_v) {
+#pragma omp for schedule(dynamic, kRowChunk)
   for (idx b = 0; b < g.K; ++b) {
     T *out = grad_v + b * H * D;
     for (idx d = 0; d < H * D; ++d) out[d] = 0;
@@ -253,6 +288,8 @@ void contexts_backward(const Pairs &g, idx D, const T *weight, const T *v,
       for (idx h = 0; h < H; ++h)
         axpy(weight[p * H + h], grad_u + (a * H + h) * D, out + h * D, D);
     }
+  }
+  }
   }
 }
 
@@ -265,10 +302,11 @@ inline T *at(Py_ssize_t address) {
 
 bool parse_pairs(PyObject *tuple, Pairs *g) {
   Py_ssize_t K, P, H, rowptr, src, dst, trowptr, tperm;
-  if (!PyArg_ParseTuple(tuple, "nnnnnnnn", &K, &P, &H, &rowptr, &src, &dst,
-                        &trowptr, &tperm))
+  int threads;
+  if (!PyArg_ParseTuple(tuple, "nnninnnnn", &K, &P, &H, &threads, &rowptr,
+                        &src, &dst, &trowptr, &tperm))
     return false;
-  *g = Pairs{K, P, H, at<const idx>(rowptr), at<const idx>(src),
+  *g = Pairs{K, P, H, threads, at<const idx>(rowptr), at<const idx>(src),
              at<const idx>(dst), at<const idx>(trowptr),
              at<const idx>(tperm)};
   return true;

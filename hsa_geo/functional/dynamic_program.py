@@ -1324,8 +1324,9 @@ def _sparse_scores(tree: _Tree, means: Dict[int, Tuple[Tensor, ...]],
     bias = None if bias is None else bias[sparse.row]
     if fused_pairs_apply(q, k, log_size, *([] if bias is None else [bias]),
                          products=sparse.num_pairs * q.size(1) * q.size(2)):
-        s, lse = fused_scores_lse(sparse, q, k, log_size, tree.scale,
-                                  tree.neg, bias)
+        with _cpu_threads(tree.threads, tree.q.device):  # kernels' threads
+            s, lse = fused_scores_lse(sparse, q, k, log_size, tree.scale,
+                                      tree.neg, bias)
     else:
         with _cpu_threads(tree.threads, tree.q.device):  # large kernels
             s = sparse_scores(sparse, q, k, log_size, tree.scale, bias,
@@ -1664,7 +1665,8 @@ def _sparse_contexts(passes: _Passes) -> Optional[Tensor]:
     if fused_pairs_apply(s, shift, v, *([] if keep is None else [keep]),
                          products=sparse.num_pairs * v.size(1) * v.size(2)) \
             and all_finite(v):
-        return fused_contexts(sparse, s, shift, v, keep)
+        with _cpu_threads(tree.threads, tree.q.device):  # kernels' threads
+            return fused_contexts(sparse, s, shift, v, keep)
     with _cpu_threads(tree.threads, tree.q.device):  # large kernels
         return sparse_contexts(sparse, s, shift, v, keep, tree.pattern)
 

@@ -146,7 +146,9 @@ class _Index(NamedTuple):
     tperm: Tensor
 
     def args(self, heads: int) -> tuple:
+        # The rows are split among PyTorch's intra-op threads of the call.
         return (self.rowptr.numel() - 1, self.src.numel(), heads,
+                torch.get_num_threads(),
                 self.rowptr.data_ptr(), self.src.data_ptr(),
                 self.dst.data_ptr(), self.trowptr.data_ptr(),
                 self.tperm.data_ptr())

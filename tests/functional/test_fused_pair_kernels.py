@@ -159,6 +159,55 @@ def test_kernels_are_deterministic_and_outlive_the_switch():
     assert torch.equal(outs[0][1], outs[1][1])
 
 
+def uneven_forest(seed: int):
+    r"""A forest whose pair list is long enough for the kernels' threads
+    (at least 2^15 products at 4 heads x 16): 60 families of 1 to 12
+    leaves under 20 clusters of 3 families, rows of very different
+    lengths."""
+    from tests.helpers.strategies import Forest
+    g = torch.Generator().manual_seed(seed)
+    widths = torch.randint(1, 13, (60, ), generator=g).tolist()
+    num_leaves = sum(widths)
+    parent, family = [], num_leaves  # family clusters first
+    for w in widths:
+        parent += [family] * w
+        family += 1
+    # the families under 20 clusters in turn, those under a root
+    parent += [family + i % 20 for i in range(len(widths))]
+    parent += [family + 20] * 20 + [-1]
+    return Forest(parent=parent, num_leaves=num_leaves)
+
+
+@needs_kernels
+@pytest.mark.parametrize('variant', VARIANTS)
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+@pytest.mark.parametrize('graph', [False, True])
+def test_threads_split_rows_not_results(variant, dtype, graph):
+    """A list long enough for several threads: the kernels match the
+    PyTorch operations, and give the same bits on one thread and on two
+    (every row is written by one loop)."""
+    sparse = pair_list(uneven_forest(3), 3, graph)
+    assert sparse.num_pairs * 4 * 16 >= 2**15
+    q, k, v, log_size, bias, keep = inputs(sparse, 4, 16, 0, dtype, True)
+    leaves = [t.requires_grad_() for t in (q, k, v, log_size, bias)]
+    results = []
+    for threads, run in ((2, fused), (1, fused), (2, plain)):
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            with fused_pairs(True, variant):
+                s, lse, u = run(sparse, q, k, v, log_size, bias, keep, -1e30)
+                grads = torch.autograd.grad(
+                    (s.exp() * keep).sum() + lse.sum() + u.square().sum(),
+                    leaves)
+        finally:
+            torch.set_num_threads(before)
+        results.append([lse, u] + list(grads))
+    for two, one, ops in zip(*results):
+        assert torch.equal(two, one)
+        assert close(two, ops, TOL[dtype])
+
+
 @needs_kernels
 def test_nonfinite_values_take_the_exact_path():
     """An infinite value reaches only the rows that weigh it, as the
