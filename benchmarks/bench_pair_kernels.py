@@ -16,11 +16,11 @@ several sizes up to ogbn-arxiv's 169,343 nodes, and
   :data:`hsa_geo.functional.fused_pair_kernels.FUSED_PAIRS_LIMIT`);
 * ``torch``: on PyTorch operations (``fused_pairs(False)``);
 
-each at every thread count (the kernels run on one thread, PyTorch's
-sparse products on all). Each row reports the list's length in products
-``P' H D`` per pass, the unit of the limit. The ratio ``kernels / torch``
-per size and thread count says where the limit belongs; the table marks
-the sizes the default limit sends to the kernels.
+each at every thread count (both split their work among the threads).
+Each row reports the list's length in products ``P' H D`` per pass, the
+unit of the limit. The ratio ``kernels / torch`` per size and thread count
+says where the limit belongs; the table marks the sizes the default limit
+sends to the kernels.
 
 How
 ---

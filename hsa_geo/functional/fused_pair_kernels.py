@@ -34,10 +34,10 @@ _MODULES = {'avx2': 'hsa_geo._pair_kernels_avx2',
             'baseline': 'hsa_geo._pair_kernels'}
 _DTYPES = (torch.float32, torch.float64)
 # The longest lists the attention runs on the kernels, in products
-# P' * H * D per pass. The kernels run on one thread: they win where a call's
-# fixed cost or rows of one or two pairs dominate (128 molecules, 0.94
-# million products; deep trees up to 7.7 million) and tie or lose to
-# PyTorch's sparse products on family graphs (1.37x slower at 9.0 million;
+# P' * H * D per pass. The kernels win where a call's fixed cost or rows of
+# one or two pairs dominate (128 molecules, 0.94 million products; deep
+# trees up to 7.7 million) and tie or lose to PyTorch's sparse products on
+# family graphs (1.31-1.37x slower at 9.0 million, on one thread or two;
 # benchmarks/bench_pair_kernels.py). The limit lies between the two.
 FUSED_PAIRS_LIMIT = 2**23
 

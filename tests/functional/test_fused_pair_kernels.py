@@ -303,7 +303,8 @@ def _pair_list_calls(h: Hierarchy, q, k, v, **switch) -> tuple:
 def test_lists_above_the_limit_take_torch_operations(limit, calls):
     """The attention runs a list of more products than the limit
     (FUSED_PAIRS_LIMIT, or fused_pairs' max_products) on PyTorch operations
-    (the kernels run on one thread), with the same result."""
+    (where the kernels lose to PyTorch's sparse products), with the same
+    result."""
     h = Hierarchy.from_parent([9, 9, 9, 10, 10, 10, 10, 11, 11, 12, 12, 12,
                                -1], 9)
     q, k, v = seeded_qkv(9, 2, 4, 0)
