@@ -109,7 +109,7 @@ echo "torch==$(torch_version)" >"$CONSTRAINTS"
 
 # The optional C++ kernels build with the package where a compiler is found.
 kernels() {
-    say "fused pair-list kernels: $("$PYTHON" -c 'from hsa_geo.functional.fused_pair_kernels import fused_pairs_variant as v; print(v() or "not built (no C++ compiler); PyTorch operations instead")')"
+    say "fused pair-list kernels: $("$PYTHON" -c 'from hsa_geo.functional.fused_pair_kernels import fused_pairs_variant as v, fused_pairs_threaded as t; print((v() + (", on PyTorch threads" if t() else ", one thread")) if v() else "not built (no C++ compiler); PyTorch operations instead")')"
 }
 
 if [ "$MODE" = demo ]; then

@@ -413,5 +413,16 @@ PyModuleDef module = {PyModuleDef_HEAD_INIT, HSA_STR(HSA_MODULE),
 }  // namespace
 
 PyMODINIT_FUNC HSA_CAT(PyInit_, HSA_MODULE)(void) {
-  return PyModule_Create(&module);
+  PyObject *m = PyModule_Create(&module);
+  // openmp: whether this build splits the rows among threads (setup.py).
+#ifdef _OPENMP
+  const long openmp = 1;
+#else
+  const long openmp = 0;
+#endif
+  if (m && PyModule_AddIntConstant(m, "openmp", openmp) < 0) {
+    Py_DECREF(m);
+    return nullptr;
+  }
+  return m;
 }

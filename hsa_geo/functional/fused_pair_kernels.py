@@ -83,6 +83,16 @@ def fused_pairs_variant() -> Optional[str]:
     return _state['variant']
 
 
+def fused_pairs_threaded() -> bool:
+    r"""Whether the kernels in use split a list's rows among PyTorch's
+    intra-op threads (built with OpenMP: with GCC, whose ``libgomp`` is
+    PyTorch's own); :obj:`False` for single-threaded builds and where the
+    PyTorch operations run."""
+    variant = _state['variant']
+    return variant is not None and bool(getattr(_BUILT[variant], 'openmp',
+                                                0))
+
+
 @contextlib.contextmanager
 def fused_pairs(enabled: bool, variant: Optional[str] = None,
                 max_products: Optional[int] = None) -> Iterator[None]:

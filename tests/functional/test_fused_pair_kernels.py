@@ -16,6 +16,7 @@ from hsa_geo import Hierarchy, hierarchical_attention
 from hsa_geo.functional.fused_pair_kernels import (fused_contexts,
                                                    fused_pairs,
                                                    fused_pairs_apply,
+                                                   fused_pairs_threaded,
                                                    fused_pairs_variant,
                                                    fused_pairs_variants,
                                                    fused_scores_lse)
@@ -206,6 +207,20 @@ def test_threads_split_rows_not_results(variant, dtype, graph):
     for two, one, ops in zip(*results):
         assert torch.equal(two, one)
         assert close(two, ops, TOL[dtype])
+
+
+def test_threaded_kernels_share_pytorchs_openmp_runtime():
+    """A threaded build binds to the OpenMP runtime PyTorch loaded: one
+    libgomp in the process, so the kernels' threads are PyTorch's own."""
+    import os
+    assert isinstance(fused_pairs_threaded(), bool)
+    with fused_pairs(False):
+        assert fused_pairs_threaded() is False
+    if not fused_pairs_threaded() or not os.path.exists('/proc/self/maps'):
+        pytest.skip('no threaded kernels here, or no /proc/self/maps')
+    with open('/proc/self/maps') as maps:
+        runtimes = {line.split()[-1] for line in maps if 'libgomp' in line}
+    assert len(runtimes) == 1, runtimes
 
 
 @needs_kernels
