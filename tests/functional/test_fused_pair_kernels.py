@@ -211,15 +211,20 @@ def test_threads_split_rows_not_results(variant, dtype, graph):
 
 def test_threaded_kernels_share_pytorchs_openmp_runtime():
     """A threaded build binds to the OpenMP runtime PyTorch loaded: one
-    libgomp in the process, so the kernels' threads are PyTorch's own."""
+    library of the soname the kernels need (``libgomp.so.1``) in the
+    process, so the kernels' threads are PyTorch's own. (Other packages
+    may bring their own renamed copies, such as scikit-learn's
+    ``libgomp-<hash>.so.1``; the kernels do not bind to those.)"""
     import os
+    import re
     assert isinstance(fused_pairs_threaded(), bool)
     with fused_pairs(False):
         assert fused_pairs_threaded() is False
     if not fused_pairs_threaded() or not os.path.exists('/proc/self/maps'):
         pytest.skip('no threaded kernels here, or no /proc/self/maps')
     with open('/proc/self/maps') as maps:
-        runtimes = {line.split()[-1] for line in maps if 'libgomp' in line}
+        runtimes = {line.split()[-1] for line in maps
+                    if re.search(r'/libgomp\.so\.1(\.\d+)*$', line.strip())}
     assert len(runtimes) == 1, runtimes
 
 
