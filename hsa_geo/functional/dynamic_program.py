@@ -1662,12 +1662,12 @@ def _sparse_contexts(passes: _Passes) -> Optional[Tensor]:
     keep = _dropout_scale(s, passes.dropout_p)
     vc = passes.means[_SPARSE][2] if _SPARSE in passes.means else None
     v = _members(tree, tree.v, vc)
-    if fused_pairs_apply(s, shift, v, *([] if keep is None else [keep]),
-                         products=sparse.num_pairs * v.size(1) * v.size(2)) \
-            and all_finite(v):
-        with _cpu_threads(tree.threads, tree.q.device):  # kernels' threads
-            return fused_contexts(sparse, s, shift, v, keep)
+    fused = fused_pairs_apply(
+        s, shift, v, *([] if keep is None else [keep]),
+        products=sparse.num_pairs * v.size(1) * v.size(2)) and all_finite(v)
     with _cpu_threads(tree.threads, tree.q.device):  # large kernels
+        if fused:
+            return fused_contexts(sparse, s, shift, v, keep)
         return sparse_contexts(sparse, s, shift, v, keep, tree.pattern)
 
 
