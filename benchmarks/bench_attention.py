@@ -808,6 +808,15 @@ def add_worker_arguments(parser: argparse.ArgumentParser,
                         help=argparse.SUPPRESS)
 
 
+def worker_arguments(args: argparse.Namespace) -> List[str]:
+    r"""The options of :func:`add_worker_arguments` that a worker
+    subprocess takes, as its command line: the device, the timing and the
+    seed of :obj:`args`."""
+    return ['--device', str(args.device), '--min-time', str(args.min_time),
+            '--max-repeats', str(args.max_repeats), '--long-run',
+            str(args.long_run), '--seed', str(args.seed)]
+
+
 # Machine information #######################################################
 
 

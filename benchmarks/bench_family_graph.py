@@ -273,10 +273,8 @@ def run_worker(args: argparse.Namespace) -> Dict[str, Any]:
 def run_in_subprocess(method: str, args: argparse.Namespace) -> Dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), '--worker',
            '--method', method, '--nodes', str(args.nodes), '--edges',
-           str(args.edges), '--device', args.device, '--threads',
-           str(args.threads), '--min-time', str(args.min_time),
-           '--max-repeats', str(args.max_repeats), '--long-run',
-           str(args.long_run), '--seed', str(args.seed)]
+           str(args.edges), '--threads', str(args.threads)] + \
+        ba.worker_arguments(args)
     return ba.run_command(cmd, {'method': method, 'n': args.nodes,
                                 'device': args.device}, args.timeout)
 

@@ -87,10 +87,8 @@ def run_worker(args: argparse.Namespace) -> Dict[str, Any]:
 def run_in_subprocess(mode: str, nodes: int, threads: int,
                       args: argparse.Namespace) -> Dict[str, Any]:
     cmd = [sys.executable, str(Path(__file__).resolve()), '--worker',
-           '--mode', mode, '--nodes', str(nodes), '--device', args.device,
-           '--threads', str(threads), '--min-time', str(args.min_time),
-           '--max-repeats', str(args.max_repeats), '--long-run',
-           str(args.long_run), '--seed', str(args.seed)]
+           '--mode', mode, '--nodes', str(nodes), '--threads',
+           str(threads)] + ba.worker_arguments(args)
     return ba.run_command(cmd, {'method': mode, 'n': nodes,
                                 'device': args.device,
                                 'threads': threads}, args.timeout)

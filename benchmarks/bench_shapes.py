@@ -417,11 +417,8 @@ def run_spec(spec: Dict[str, Any], args: argparse.Namespace) -> Dict:
         return dict(run_case(spec, args),
                     worker_wall_s=time.perf_counter() - start)
     cmd = [sys.executable, str(Path(__file__).resolve()), '--worker',
-           '--spec', json.dumps(spec), '--device', args.device,
-           '--min-time', str(args.min_time), '--max-repeats',
-           str(args.max_repeats), '--long-run', str(args.long_run),
-           '--seed', str(args.seed), '--memory-cap-gib',
-           str(args.memory_cap_gib)]
+           '--spec', json.dumps(spec), '--memory-cap-gib',
+           str(args.memory_cap_gib)] + ba.worker_arguments(args)
     env = dict(os.environ)
     if spec.get('call_peak'):
         env['MALLOC_MMAP_THRESHOLD_'] = str(CALL_PEAK_MMAP_THRESHOLD)
