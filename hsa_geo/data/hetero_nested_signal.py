@@ -250,7 +250,7 @@ class HeteroNestedSignal(HeteroData):
         if CLUSTER in subset_dict:
             raise ValueError(f"subset_dict names '{CLUSTER}'; select "
                              f"leaves only, the clusters follow them")
-        self._check_no_global_cluster_keys('subgraph')
+        self._check_no_global_cluster_keys()
         unknown = [t for t in subset_dict if t not in self.leaf_types]
         if unknown:
             raise ValueError(f"subset_dict names '{unknown[0]}', which is "
@@ -272,17 +272,17 @@ class HeteroNestedSignal(HeteroData):
                          data[CLUSTER].get('sparse_family'))
         return data
 
-    def _check_no_global_cluster_keys(self, operation: str) -> None:
+    def _check_no_global_cluster_keys(self) -> None:
         r"""Per-cluster attributes live in ``data['cluster']``, where
         :meth:`subgraph` keeps them aligned with the kept clusters; one on
         the global store (a :class:`~hsa_geo.data.NestedSignal` habit)
-        would keep its old rows, so :obj:`operation` refuses it."""
+        would keep its old rows, so :meth:`subgraph` refuses it."""
         keys = [key for key in self._global_store.keys()
                 if is_cluster_key(key)]
         if keys:
             raise ValueError(
-                f"{operation}: data.{keys[0]} is on the global store, where "
-                f"{operation} cannot keep its rows aligned with the kept "
+                f"subgraph: data.{keys[0]} is on the global store, where "
+                f"subgraph cannot keep its rows aligned with the kept "
                 f"clusters; store per-cluster attributes of a "
                 f"HeteroNestedSignal in data['{CLUSTER}'] (e.g. "
                 f"data['{CLUSTER}'].{keys[0][len('cluster_'):]})")
