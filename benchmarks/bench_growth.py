@@ -15,15 +15,25 @@ The target (``bench_attention``'s): the median HSA growth over the runs
 what the machine alone adds: with 4 KiB pages a virtual machine can make
 first touches of fresh memory dearer per page at the larger size.
 
+Before the runs, a probe in a fresh process measures what the machine
+charges for fresh memory (:func:`page_reuse_costs`): the system CPU time
+per page fault of filling 2 GiB of new tensors, first, then again right
+after freeing them and after pauses of 1, 3 and 10 s. A virtual machine
+that hands freed memory back to its host (free page reporting) charges
+much more after a pause: memory freed seconds ago costs the host's work
+again, so a call that lasts seconds pays more per page than a short one.
+
 Usage::
 
     python benchmarks/bench_growth.py                  # 5 runs
     python benchmarks/bench_growth.py --thp            # huge pages
     python benchmarks/bench_growth.py --runs 1 --quick # smoke test
+    python benchmarks/bench_growth.py --runs 0         # the probe only
 """
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import sys
 import time
@@ -34,6 +44,58 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_attention as ba  # noqa: E402
 
 METHODS = ['hsa', 'fresh_memory']
+
+
+# The probe of fresh memory: GiB filled, and the pauses (s) between freeing
+# them and filling them again.
+REUSE_GIB = 2.0
+REUSE_PAUSES = (0.0, 1.0, 3.0, 10.0)
+_BLOCK = 2**26  # float32 elements per tensor: 256 MiB
+
+
+def _fill_cost(gib: float) -> float:
+    r"""Fills :obj:`gib` GiB of new float32 tensors, frees them and returns
+    the system CPU time per minor page fault (microseconds)."""
+    import torch
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    blocks = [torch.ones(_BLOCK) for _ in range(max(1, round(gib * 4)))]
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    del blocks
+    faults = max(1, after.ru_minflt - before.ru_minflt)
+    return (after.ru_stime - before.ru_stime) * 1e6 / faults
+
+
+def page_reuse_costs(gib: float = REUSE_GIB,
+                     pauses: Sequence[float] = REUSE_PAUSES
+                     ) -> Dict[str, Any]:
+    r"""Microseconds of system time per page fault of filling :obj:`gib`
+    GiB of new tensors: the first time in this process, then again after
+    each pause (seconds) since the previous fill was freed."""
+    costs = {'first': _fill_cost(gib)}
+    for pause in pauses:
+        time.sleep(pause)
+        costs[f'after_{pause:g}s'] = _fill_cost(gib)
+    return {'gib': gib, 'us_per_fault': costs}
+
+
+def measure_page_reuse(args: argparse.Namespace) -> Dict[str, Any]:
+    r""":func:`page_reuse_costs` in a fresh process at the runs' thread
+    count (a failure becomes a row with ``status`` ``'error'``)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()),
+           '--page-reuse-worker']
+    if args.threads is not None:
+        cmd += ['--threads', str(args.threads)]
+    return ba.run_command(cmd, {'probe': 'page_reuse'}, args.timeout)
+
+
+def format_page_reuse(probe: Dict[str, Any]) -> str:
+    costs = probe.get('us_per_fault')
+    if not costs:
+        return f"fresh memory probe: {probe.get('error', 'no result')}"
+    text = ', '.join(f"{k.replace('_', ' ')} {ba.format_number(v)}"
+                     for k, v in costs.items())
+    return (f"fresh memory (us of system time per 4 KiB page fault, "
+            f"{probe['gib']:g} GiB filled): {text}")
 
 
 def attention_args(args: argparse.Namespace) -> argparse.Namespace:
@@ -137,6 +199,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help='N = 1,024 and 16,384, one call each')
     parser.add_argument('--out', type=Path, default=None)
     parser.add_argument('--markdown', type=Path, default=None)
+    parser.add_argument('--page-reuse-worker', action='store_true',
+                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.small, args.large = ((1024, 16384) if args.quick else
                               (ba.TARGET_N, ba.LARGE_N))
@@ -148,6 +212,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    if args.page_reuse_worker:
+        if args.threads is not None:
+            import torch
+            torch.set_num_threads(args.threads)
+        ba.send_result(page_reuse_costs())
+        return 0
     run_args = attention_args(args)
     start = time.perf_counter()
     machine = ba.machine_info(run_args.device, run_args.threads)
@@ -157,7 +227,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         'created': ba.timestamp(),
         'commit': ba.source_commit(), 'machine': machine,
         'config': ba.config_of(run_args), 'runs': [], 'rows': [],
+        'page_reuse': measure_page_reuse(args),
     }
+    print(format_page_reuse(payload['page_reuse']), flush=True)
     for i in range(args.runs):
         rows = ba.run_all(run_args, lambda rows: None)
         summary = run_summary(rows, args.small, args.large)
@@ -174,10 +246,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(format_runs(payload['runs'], args.small, args.large))
     print()
     print(format_target(payload['target'], args.runs))
+    print(format_page_reuse(payload['page_reuse']))
     print(f'\nwrote {args.out} ({payload["wall_s"]:.0f} s)')
     ba.write_markdown(args.markdown, format_runs(
         payload['runs'], args.small, args.large, markdown=True) + '\n\n' +
-        format_target(payload['target'], args.runs) + '\n')
+        format_target(payload['target'], args.runs) + '\n\n' +
+        format_page_reuse(payload['page_reuse']) + '\n')
     return 0
 
 

@@ -57,6 +57,8 @@ def test_main_writes_the_runs(tmp_path, monkeypatch, capsys):
         return _rows(1500.0 + 100 * len(calls))
 
     monkeypatch.setattr(ba, 'run_all', run_all)
+    probe = {'gib': 2.0, 'us_per_fault': {'first': 20.0, 'after_0s': 1.5}}
+    monkeypatch.setattr(bench, 'measure_page_reuse', lambda args: probe)
     out = tmp_path / 'growth.json'
     markdown = tmp_path / 'growth.md'
     assert bench.main(['--runs', '2', '--thp', '--out', str(out),
@@ -72,3 +74,19 @@ def test_main_writes_the_runs(tmp_path, monkeypatch, capsys):
     text = capsys.readouterr().out
     assert '[PASS] median HSA growth over 2 run(s) 16.5' in text
     assert markdown.read_text().startswith('| run |')
+    assert payload['page_reuse'] == probe
+    assert 'first 20.0, after 0s 1.50' in markdown.read_text()
+
+
+def test_page_reuse_probe_fills_fresh_memory_after_each_pause():
+    costs = bench.page_reuse_costs(0.25, (0.0, 0.01))
+    assert costs['gib'] == 0.25
+    assert list(costs['us_per_fault']) == ['first', 'after_0s',
+                                           'after_0.01s']
+    assert all(v >= 0 for v in costs['us_per_fault'].values())
+
+
+def test_failed_probe_is_reported_not_raised():
+    text = bench.format_page_reuse({'probe': 'page_reuse', 'status': 'error',
+                                    'error': 'worker exited with code 1'})
+    assert text == 'fresh memory probe: worker exited with code 1'
