@@ -839,16 +839,19 @@ def cpu_model() -> str:
 
 
 def source_commit() -> Optional[str]:
-    r"""The checkout's commit, with ``+changes`` when files differ from it
-    (the timings are of the code as it was); where there is no git
-    repository (a copy of the working tree on another machine), the
-    environment variable ``HSA_GEO_COMMIT``, else :obj:`None`."""
+    r"""The checkout's commit, with ``+changes`` when tracked files differ
+    from it (the timings are of the code as it was); files under
+    ``benchmarks/results`` do not count, since a run writes its own results
+    there. Where there is no git repository (a copy of the working tree on
+    another machine), the environment variable ``HSA_GEO_COMMIT``, else
+    :obj:`None`."""
     try:
         def git(*args: str) -> str:
             return subprocess.run(['git', *args], cwd=REPO_ROOT,
                                   capture_output=True, text=True,
                                   check=True, timeout=30).stdout.strip()
-        changed = git('status', '--porcelain', '--untracked-files=no')
+        changed = git('status', '--porcelain', '--untracked-files=no',
+                      '--', '.', ':(exclude)benchmarks/results')
         return git('rev-parse', 'HEAD') + ('+changes' if changed else '')
     except (OSError, subprocess.SubprocessError):
         return os.environ.get('HSA_GEO_COMMIT')

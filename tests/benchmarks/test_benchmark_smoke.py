@@ -3,6 +3,7 @@ N = 1,024 in this process and returns sane fields; the table and the target
 report render. No timing is asserted."""
 import importlib.util
 import math
+import subprocess
 import sys
 from pathlib import Path
 
@@ -219,3 +220,25 @@ def test_competing_processes_end_even_on_error():
             assert procs[0].poll() is None
             raise RuntimeError('measurement failed')
     assert procs[0].poll() is not None
+
+
+def test_source_commit_ignores_results(tmp_path, monkeypatch):
+    # A run writes its results into benchmarks/results: that is no change
+    # to the code it timed; any other tracked file is.
+    def git(*args):
+        subprocess.run(['git', '-c', 'user.name=t', '-c', 'user.email=t@t',
+                        *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+    (tmp_path / 'benchmarks' / 'results').mkdir(parents=True)
+    (tmp_path / 'benchmarks' / 'results' / 'a.json').write_text('{}')
+    (tmp_path / 'code.py').write_text('x = 1\n')
+    git('init', '-q')
+    git('add', '.')
+    git('commit', '-q', '-m', 'start')
+    monkeypatch.setattr(bench, 'REPO_ROOT', tmp_path)
+    head = bench.source_commit()
+    assert head is not None and '+' not in head
+    (tmp_path / 'benchmarks' / 'results' / 'a.json').write_text('{"t": 1}')
+    assert bench.source_commit() == head
+    (tmp_path / 'code.py').write_text('x = 2\n')
+    assert bench.source_commit() == head + '+changes'
