@@ -5,6 +5,7 @@ headers). Where they do not build, the install goes on without them and the
 attention runs the same computation as PyTorch operations. On x86-64 a
 second build uses AVX2 and FMA; the package loads it where PyTorch reports
 those instructions (hsa_geo/functional/fused_pair_kernels.py)."""
+import functools
 import platform
 import subprocess
 
@@ -23,9 +24,10 @@ def kernels(name: str, flags: list) -> Extension:
                      define_macros=[('HSA_MODULE', name)], optional=True)
 
 
-def is_gcc(command: list) -> bool:
+@functools.lru_cache(maxsize=None)  # asked once for both builds
+def is_gcc(compiler: str) -> bool:
     try:
-        out = subprocess.run(command[:1] + ['--version'], check=True,
+        out = subprocess.run([compiler, '--version'], check=True,
                              capture_output=True, text=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return False
@@ -39,7 +41,7 @@ class BuildKernels(build_ext):
     one. With another compiler they build without threads."""
 
     def build_extension(self, ext: Extension) -> None:
-        if is_gcc(self.compiler.compiler_so):
+        if is_gcc(self.compiler.compiler_so[0]):
             ext.extra_compile_args = ext.extra_compile_args + ['-fopenmp']
             ext.extra_link_args = ext.extra_link_args + ['-fopenmp']
         super().build_extension(ext)
