@@ -11,8 +11,8 @@ from torch_geometric.data.data import BaseData
 from torch_geometric.data.storage import GlobalStorage
 from torch_geometric.utils import select
 
-from hsa_geo._checks import (check_index, check_int, first_out_of_range,
-                             is_int)
+from hsa_geo._checks import (check_bool, check_index, check_int,
+                             first_out_of_range, is_int)
 from hsa_geo.data.hierarchy import Hierarchy, distinct_sibling_pairs
 from hsa_geo.data.induced_hierarchy import (induced_hierarchy,
                                             kept_clusters, leaf_subset)
@@ -254,17 +254,22 @@ class NestedSignal(Data):
         if x is None:
             kwargs['num_nodes'] = n
         data = cls(x=x, **tree_keys(hierarchy), **kwargs)
+        check_cluster_attrs(data, hierarchy.num_clusters)
         data._store.__dict__['_hierarchy_cache'] = (data._cache_state(),
                                                     hierarchy)
         return data
 
     @classmethod
-    def from_data(cls, data: Data, hierarchy: Hierarchy) -> 'NestedSignal':
+    def from_data(cls, data: Data, hierarchy: Hierarchy,
+                  cluster_attrs_of_new_tree: bool = False) -> 'NestedSignal':
         r"""A :class:`NestedSignal` with every attribute of :obj:`data`
         (``x``, ``edge_index``, ``y``, ...) and :obj:`hierarchy` over its
         nodes, which become the leaves: what the builders in
         :mod:`hsa_geo.transforms` return. A tree that :obj:`data` already
-        stores is replaced."""
+        stores is replaced, and its per-cluster attributes (``cluster_*``)
+        are dropped with it, unless :obj:`cluster_attrs_of_new_tree` says
+        that they were already made for :obj:`hierarchy` (one row per
+        cluster, checked)."""
         if not isinstance(data, Data):
             raise TypeError(f"'data' must be a torch_geometric Data, got "
                             f"{type(data).__name__}")
@@ -276,8 +281,13 @@ class NestedSignal(Data):
             raise ValueError(
                 f"data has {n} nodes but the hierarchy has "
                 f"{hierarchy.num_leaves} leaves; node i must be leaf i")
+        # The per-cluster attributes of a replaced tree go with it.
+        replaced = 'leaf_parent_index' in data and \
+            not check_bool(cluster_attrs_of_new_tree,
+                           'cluster_attrs_of_new_tree')
         attrs = {k: v for k, v in data.to_dict().items()
-                 if k not in SIGNAL_KEYS}
+                 if k not in SIGNAL_KEYS and
+                 not (replaced and is_cluster_key(k))}
         x = attrs.pop('x', None)
         return cls.from_hierarchy(hierarchy, x, **attrs)
 
@@ -348,8 +358,10 @@ class NestedSignal(Data):
             raise ValueError(
                 "this NestedSignal stores no hierarchy: build it with "
                 "NestedSignal.from_hierarchy(hierarchy, x, ...)")
+        _check_tree_keys(store)
         n, m = self._total_leaves(), self._total_clusters()
         self._check_leaves(num_nodes, n)
+        check_cluster_attrs(self, m)
         parent = _parent_vector(store, n, m)
         sparse = _sparse_flags(store, m, parent.device)
         family = _family_graph(store, parent, n, sparse)
@@ -448,29 +460,45 @@ def select_cluster_attrs(data: Data, clusters: Tensor,
     """
     out = {}
     for key, value in data.items():
-        if not is_cluster_key(key):
-            continue
-        if isinstance(value, Tensor) and value.dim() > 0:
-            dim = data.__cat_dim__(key, value)
-            rows = value.size(dim)
-            index = clusters.to(value.device)
-        elif isinstance(value, list):
-            dim, rows, index = 0, len(value), clusters
-        else:
-            kind = '0-d tensor' if isinstance(value, Tensor) else \
-                type(value).__name__
-            raise TypeError(
-                f"'{key}' is a {kind}, but keys starting with "
-                f"'cluster_' hold one row per cluster (row c for cluster "
-                f"c); store it as a tensor [{num_clusters}, *] or rename it")
-        if rows != num_clusters:
-            raise ValueError(
-                f"'{key}' has {rows} rows but the hierarchy has "
-                f"{num_clusters} clusters; keys starting with 'cluster_' "
-                f"hold one row per cluster (row c for cluster c, node "
-                f"N + c): give it {num_clusters} rows or rename it")
-        out[key] = select(value, index, dim)
+        if is_cluster_key(key):
+            dim = _cluster_rows_dim(data, key, value, num_clusters)
+            index = clusters.to(value.device) \
+                if isinstance(value, Tensor) else clusters
+            out[key] = select(value, index, dim)
     return out
+
+
+def check_cluster_attrs(data: Data, num_clusters: int):
+    r"""Raises as :func:`select_cluster_attrs` does unless every
+    per-cluster attribute of :obj:`data` has :obj:`num_clusters` rows."""
+    for key, value in data.items():
+        if is_cluster_key(key):
+            _cluster_rows_dim(data, key, value, num_clusters)
+
+
+def _cluster_rows_dim(data: Data, key: str, value: Any,
+                      num_clusters: int) -> int:
+    r"""The dimension of the rows of per-cluster attribute :obj:`key`,
+    checked to hold one row per cluster."""
+    if isinstance(value, Tensor) and value.dim() > 0:
+        dim = data.__cat_dim__(key, value)
+        rows = value.size(dim)
+    elif isinstance(value, list):
+        dim, rows = 0, len(value)
+    else:
+        kind = '0-d tensor' if isinstance(value, Tensor) else \
+            type(value).__name__
+        raise TypeError(
+            f"'{key}' is a {kind}, but keys starting with "
+            f"'cluster_' hold one row per cluster (row c for cluster "
+            f"c); store it as a tensor [{num_clusters}, *] or rename it")
+    if rows != num_clusters:
+        raise ValueError(
+            f"'{key}' has {rows} rows but the hierarchy has "
+            f"{num_clusters} clusters; keys starting with 'cluster_' "
+            f"hold one row per cluster (row c for cluster c, node "
+            f"N + c): give it {num_clusters} rows or rename it")
+    return dim
 
 
 def split_by_signal(ids: Tensor, ptr: Tensor, name: str) -> List[Tensor]:
@@ -671,12 +699,43 @@ def _checked_pairs(store, name: str, rows: int, cols: int,
         f"NestedSignal.from_hierarchy")
 
 
+def _check_tree_keys(store):
+    r"""Raises :class:`ValueError` where a key of the tree that the others
+    need is missing (an operation dropped it: ``DataLoader(exclude_keys=
+    ...)``, ``del``), rather than decoding another tree or family graph.
+    Signals get every key when built (:meth:`NestedSignal._default_keys`),
+    so a missing one was removed."""
+    fix = ("an operation removed a key (DataLoader(exclude_keys=...), "
+           "del, ...); keep the tree's keys, or rebuild the signal with "
+           "NestedSignal.from_hierarchy")
+    if 'num_clusters' not in store:
+        raise ValueError(f"this NestedSignal stores a tree but no "
+                         f"'num_clusters' (the number of its clusters): "
+                         f"{fix}")
+    present = [key for key in FAMILY_KEYS if key in store]
+    if not present:  # no family graph: every family dense
+        return
+    missing = [key for key in FAMILY_KEYS if key not in store]
+    if missing:
+        raise ValueError(
+            f"the family graph is stored in the four keys "
+            f"{', '.join(FAMILY_KEYS)} (empty [2, 0] where a kind has no "
+            f"pairs); this NestedSignal lacks {', '.join(missing)}, so its "
+            f"pairs would be lost: {fix}")
+    if 'sparse_family' not in store:
+        raise ValueError(
+            f"this NestedSignal has the family graph's keys but no "
+            f"'sparse_family' ([M] bool: which families attend along the "
+            f"family graph), without which no family is known to be "
+            f"dense: {fix}")
+
+
 def _sparse_flags(store, m: int, device: torch.device) -> Tensor:
-    r"""``[M]`` whether each family uses the family graph."""
+    r"""``[M]`` whether each family uses the family graph (none without
+    the family graph's keys; see :func:`_check_tree_keys`)."""
     flags = store.get('sparse_family')
-    if flags is None:  # signals of earlier versions: all or nothing
-        sparse = any(key in store for key in FAMILY_KEYS)
-        return torch.full((m, ), sparse, dtype=torch.bool, device=device)
+    if flags is None:
+        return torch.zeros(m, dtype=torch.bool, device=device)
     if not isinstance(flags, Tensor) or flags.dtype != torch.bool:
         got = flags.dtype if isinstance(flags, Tensor) else \
             type(flags).__name__

@@ -114,7 +114,8 @@ class HierarchyNeighborLoader(NeighborLoader):
         for key, value in select_cluster_attrs(
                 data, kept_clusters(node_map, n), m).items():
             data[key] = value
-        batch = NestedSignal.from_data(data, hierarchy)
+        batch = NestedSignal.from_data(data, hierarchy,
+                                       cluster_attrs_of_new_tree=True)
         if self.signal_transform is not None:
             batch = self.signal_transform(batch)
         return batch

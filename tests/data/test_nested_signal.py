@@ -912,7 +912,10 @@ def test_subgraph_selects_per_cluster_rows():
     ('a', TypeError, "'cluster_id' is a str"),
 ])
 def test_subgraph_bad_per_cluster_rows(value, error, pattern):
-    data = example(cluster_id=value)
+    with pytest.raises(error, match=pattern):
+        example(cluster_id=value)
+    data = example()
+    data.cluster_id = value  # set after the signal was built
     with pytest.raises(error, match=pattern):
         data.subgraph(torch.tensor([0, 1]))
 
@@ -1331,3 +1334,79 @@ def test_mutation_after_caching_is_never_silent(f, mode, seed, draws):
         assert h.family_edge_index is None
     else:
         assert set(map(tuple, h.family_edge_index.t().tolist())) == pairs
+
+
+def family_example() -> NestedSignal:
+    r"""The example tree with a family graph (one pair in each family)."""
+    h = Hierarchy.from_parent(EXAMPLE_PARENT, EXAMPLE_LEAVES,
+                              torch.tensor([[0, 2], [1, 6]]))
+    return NestedSignal.from_hierarchy(h, torch.randn(EXAMPLE_LEAVES, 3))
+
+
+@pytest.mark.parametrize('make', [example, family_example])
+@pytest.mark.parametrize('key, match', [
+    ('sparse_family', "no 'sparse_family'"),
+    ('family_ll_index', 'lacks family_ll_index'),
+    ('family_cc_index', 'lacks family_cc_index'),
+    ('num_clusters', "no 'num_clusters'"),
+])
+def test_dropped_tree_key_raises(make, key, match):
+    r"""A key of the tree dropped by the loader (or deleted) raises instead
+    of decoding another attention: without 'sparse_family' every family
+    would read as sparse with no pairs, without one family key its pairs
+    would be lost."""
+    signals = [make(), make()]
+    loader = DataLoader(signals, batch_size=2, exclude_keys=[key])
+    with pytest.raises(ValueError, match=match):
+        next(iter(loader)).hierarchy
+    data = make()
+    del data[key]
+    with pytest.raises(ValueError, match=match):
+        data.hierarchy
+
+
+def test_legacy_family_keys_mean_every_family_sparse():
+    r"""Family keys given without 'sparse_family' (as earlier versions
+    stored them) still mean every family sparse: the signal gets its flags
+    when built, so the decoding never needs to guess."""
+    keys = {k: v for k, v in family_example().to_dict().items()
+            if k in ('leaf_parent_index', 'cluster_parent_index') or
+            (k.startswith('family_') and k != 'sparse_family')}
+    data = NestedSignal(x=torch.randn(EXAMPLE_LEAVES, 3),
+                        num_clusters=torch.tensor(3), **keys)
+    assert data.sparse_family.tolist() == [True] * 3
+    assert data.hierarchy.family_edge_index.size(1) == \
+        family_example().hierarchy.family_edge_index.size(1)
+
+
+def test_cluster_attrs_need_a_row_per_cluster():
+    h = Hierarchy.from_parent(EXAMPLE_PARENT, EXAMPLE_LEAVES)
+    with pytest.raises(ValueError, match="'cluster_kind' has 2 rows but "
+                       "the hierarchy has 3 clusters"):
+        NestedSignal.from_hierarchy(h, cluster_kind=torch.arange(2))
+    data = example(cluster_kind=torch.arange(3))
+    data.cluster_kind = torch.arange(4)
+    batch = Batch.from_data_list([data, example(cluster_kind=torch.arange(3))])
+    with pytest.raises(ValueError, match="'cluster_kind' has 7 rows"):
+        batch.hierarchy
+
+
+def test_from_data_drops_the_replaced_trees_cluster_attrs():
+    r"""A new tree over the same nodes does not inherit the per-cluster rows
+    of the old one (same count or not); those of data without a tree are
+    the new tree's."""
+    old = example(cluster_pos=torch.arange(6).view(3, 2))
+    h = Hierarchy.from_parent([5, 5, 5, 6, 6, 7, 7, -1], EXAMPLE_LEAVES)
+    new = NestedSignal.from_data(old, h)
+    assert 'cluster_pos' not in new and torch.equal(new.x, old.x)
+    plain = Data(x=old.x, cluster_pos=torch.zeros(3, 2))
+    assert torch.equal(NestedSignal.from_data(plain, h).cluster_pos,
+                       torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="'cluster_pos' has 2 rows"):
+        NestedSignal.from_data(Data(x=old.x, cluster_pos=torch.zeros(2, 2)),
+                               h)
+    # Rows already made for the new tree (as a loader selects them) stay.
+    kept = NestedSignal.from_data(old, h, cluster_attrs_of_new_tree=True)
+    assert torch.equal(kept.cluster_pos, old.cluster_pos)
+    with pytest.raises(TypeError, match="'cluster_attrs_of_new_tree'"):
+        NestedSignal.from_data(old, h, cluster_attrs_of_new_tree=1)

@@ -655,8 +655,8 @@ def test_grid_errors():
         module.encode(h, bad)
     data = NestedSignal.from_hierarchy(
         h, torch.zeros(7, 4), leaf_grid_pos=torch.zeros(7, 2,
-                                                        dtype=torch.long),
-        cluster_grid_pos=torch.zeros(2, 2, dtype=torch.long))
+                                                        dtype=torch.long))
+    data.cluster_grid_pos = torch.zeros(2, 2, dtype=torch.long)
     with pytest.raises(ValueError, match=r"'cluster_grid_pos' must have "
                        r"shape \[3, 2\]"):
         module.encode(data)
