@@ -405,14 +405,23 @@ class HeteroNestedSignal(HeteroData):
                              "'num_leaf_types'; build it with "
                              "HeteroNestedSignal.from_hierarchy")
         recorded = torch.as_tensor(recorded).view(-1)
+        fix = ("PyG's DataLoader mis-shifts the tree of signals whose node "
+               "types differ; give every signal every leaf type (0 rows "
+               "where it has none)")
         if bool((recorded != count).any()):
             i = int((recorded != count).nonzero()[0])
             raise ValueError(
                 f"signal {i} of this batch had {int(recorded[i])} leaf types "
-                f"but the batch has {count} ({self.leaf_types}): PyG's "
-                f"DataLoader mis-shifts the tree of signals whose node types "
-                f"differ; give every signal every leaf type (0 rows where it "
-                f"has none)")
+                f"but the batch has {count} ({self.leaf_types}): {fix}")
+        # As many types but other names: a type then lacks some signals.
+        for t in self.leaf_types:
+            ptr = self[t].get('ptr')
+            if ptr is not None and ptr.numel() != recorded.numel() + 1:
+                raise ValueError(
+                    f"leaf type '{t}' has the leaves of {ptr.numel() - 1} "
+                    f"of the {recorded.numel()} signals of this batch: the "
+                    f"signals' leaf types differ (the batch took "
+                    f"{self.leaf_types} from its first signal): {fix}")
 
     def _child_of(self, t: str, rows: int, m: int, device: Any
                   ) -> Tuple[Tensor, Tensor]:

@@ -292,6 +292,14 @@ def test_a_batch_of_signals_with_different_leaf_types_raises():
         else:
             with pytest.raises(ValueError, match='signal 1 of this batch'):
                 batch.hierarchy
+    # As many types under other names: 'image' would be dropped, and the
+    # second signal's tree would lose its leaves.
+    for second in ({'word': 2, 'image': 2}, {'image': 2, 'word': 2}):
+        batch = next(iter(DataLoader([signal(both), signal(second)],
+                                     batch_size=2)))
+        with pytest.raises(ValueError, match="leaf type '.*' has the "
+                           "leaves of 1 of the 2 signals"):
+            batch.hierarchy
 
 
 def test_subgraph_keeps_each_family_sparse_or_dense():
