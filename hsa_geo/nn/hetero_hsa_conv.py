@@ -88,7 +88,8 @@ class HeteroHSAConv(torch.nn.Module):
         - **input:** ``x_dict`` ``{t: [N_t, F_t]}``, and a
           :class:`~hsa_geo.data.HeteroNestedSignal` (or a
           :class:`~hsa_geo.data.Hierarchy` whose leaves are those of
-          :obj:`leaf_types` in that order)
+          :obj:`leaf_types` in that order; :obj:`x_dict` must then list
+          its types in that order too, else :class:`ValueError`)
         - **output:** ``{t: [N_t, heads * out_channels]}`` (``[N_t,
           out_channels]`` without :obj:`concat`)
     """
@@ -247,6 +248,8 @@ class HeteroHSAConv(torch.nn.Module):
                     f"{t!r}; row i must hold the features of the signal's "
                     f"leaf i of that type")
         _check_no_unused_features(x_dict, order)
+        if slices is None:
+            _check_plain_order(x_dict, order)
         counts = [x_dict[t].size(0) for t in order]
         if sum(counts) != hierarchy.num_leaves:
             raise ValueError(
@@ -412,6 +415,20 @@ def _check_no_unused_features(x_dict: Mapping[str, Tensor],
             f"of this signal ({order}), so the layer would drop them; "
             f"remove the key, or give the signal (and the layer) that leaf "
             f"type")
+
+
+def _check_plain_order(x_dict: Mapping[str, Tensor], order: List[str]):
+    r"""With a plain :class:`Hierarchy` the leaves are read in the layer's
+    type order; an :obj:`x_dict` listing its types in another order (that
+    of a signal, say) most likely belongs to leaves in that order."""
+    given = [t for t in x_dict if t in order]
+    if given != [t for t in order if t in given]:
+        raise ValueError(
+            f"with a plain Hierarchy, HeteroHSAConv reads the leaves type "
+            f"by type in the order of its leaf_types {order}, but x_dict "
+            f"lists {given}: pass the HeteroNestedSignal itself (it knows "
+            f"its order), or build x_dict in the order {order} if the "
+            f"hierarchy's leaves are in that order")
 
 
 def _edge_index(edge_type: EdgeType, signal, edge_index_dict) -> Tensor:

@@ -241,6 +241,15 @@ def test_a_hierarchy_takes_the_layer_order():
     conv = HeteroHSAConv(WIDTH, 4, ['word', 'patch'])
     a, b = conv(data.x_dict, data), conv(data.x_dict, h)
     assert all(torch.allclose(a[t], b[t]) for t in a)
+    # The signal's order differs from the layer's: its plain hierarchy
+    # would be read in the layer's order, pairing leaves with wrong rows.
+    other = HeteroNestedSignal.from_hierarchy(
+        Hierarchy.from_parent([5, 5, 6, 6, 6, -1, 5], 5),
+        {'patch': torch.randn(2, 5), 'word': torch.randn(3, 3)})
+    conv(other.x_dict, other)
+    with pytest.raises(ValueError, match=r"x_dict lists \['patch', "
+                       r"'word'\]: pass the HeteroNestedSignal"):
+        conv(other.x_dict, other.hierarchy)
 
 
 def test_state_with_one_fused_projection_loads():
