@@ -142,6 +142,12 @@ class EdgePairBias(torch.nn.Module):
         weight = self.lin.weight
         check_device(edge_attr, 'edge_attr', weight.device, 'the layer')
         check_dtype(edge_attr, 'edge_attr', weight, 'the edge projection')
+        # Else the projected bias fails its own check, which names no input.
+        bad = ~torch.isfinite(edge_attr)
+        if bool(bad.any()):
+            row = int(bad.nonzero()[0, 0])
+            raise ValueError(f"'edge_attr' row {row} (edge {row}) holds NaN "
+                             f"or inf; edge features must be finite")
         return edge_index, edge_attr
 
     def __repr__(self) -> str:

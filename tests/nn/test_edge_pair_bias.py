@@ -299,6 +299,10 @@ GOOD_INDEX = torch.tensor([[0, 1, 3], [1, 0, 4]])
      r"'edge_attr' must be a floating point tensor"),
     (GOOD_INDEX, torch.randn(E, 2, dtype=torch.float64), TypeError,
      r"'edge_attr' has dtype torch.float64"),
+    (GOOD_INDEX, torch.tensor([[0., 1], [2, float('nan')], [0, 0]]),
+     ValueError, r"'edge_attr' row 1 \(edge 1\) holds NaN or inf"),
+    (GOOD_INDEX, torch.tensor([[0., 1], [2, 0], [float('-inf'), 0]]),
+     ValueError, r"'edge_attr' row 2 \(edge 2\) holds NaN or inf"),
 ])
 def test_conv_rejects_bad_edges(edge_index, edge_attr, error, pattern):
     conv = HSAConv(4, 3, heads=2, edge_dim=2)
