@@ -408,6 +408,14 @@ class HeteroNestedSignal(HeteroData):
         fix = ("PyG's DataLoader mis-shifts the tree of signals whose node "
                "types differ; give every signal every leaf type (0 rows "
                "where it has none)")
+        if not isinstance(self, Batch) and int(recorded[0]) != count:
+            raise ValueError(
+                f"this signal was built with {int(recorded[0])} leaf types "
+                f"but has {count} ({self.leaf_types}): an operation dropped "
+                f"or added node types without the tree (edge_type_subgraph "
+                f"keeps only the types of the kept edges); "
+                f"HeteroNestedSignal.node_type_subgraph induces the tree on "
+                f"the kept leaf types")
         if bool((recorded != count).any()):
             i = int((recorded != count).nonzero()[0])
             raise ValueError(

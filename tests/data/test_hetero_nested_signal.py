@@ -302,6 +302,18 @@ def test_a_batch_of_signals_with_different_leaf_types_raises():
             batch.hierarchy
 
 
+def test_a_signal_that_lost_a_leaf_type_says_so():
+    r"""A single signal is told what happened to it, not to a batch."""
+    h = Hierarchy.from_parent([5, 5, 5, 6, 6, -1, 5], 5)
+    data = HeteroNestedSignal.from_hierarchy(
+        h, {'word': torch.randn(3, 2), 'patch': torch.randn(2, 2)})
+    out = data.edge_type_subgraph([('word', 'child_of', 'cluster'),
+                                   ('cluster', 'child_of', 'cluster')])
+    with pytest.raises(ValueError, match=r"this signal was built with 2 "
+                       r"leaf types but has 1 \(\['word'\]\)"):
+        out.hierarchy
+
+
 def test_subgraph_keeps_each_family_sparse_or_dense():
     signal, pairs, sparse = with_family_graph(signal_with_ids(), 3, 0.6)
     original = expected_tree(signal.hierarchy, pairs, sparse)
