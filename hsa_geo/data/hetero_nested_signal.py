@@ -15,7 +15,8 @@ from hsa_geo.data.hetero_family_graph import (SIBLING_OF,
                                               store_family_graph)
 from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.data.induced_hierarchy import induced_hierarchy
-from hsa_geo.data.nested_signal import (check_kept_leaves, is_cluster_key,
+from hsa_geo.data.nested_signal import (CONCAT_REFUSED, REBATCH_REFUSED,
+                                        check_kept_leaves, is_cluster_key,
                                         map_batch, split_by_signal)
 from hsa_geo.data.tensor_state import same_state, tensor_state
 
@@ -299,6 +300,16 @@ class HeteroNestedSignal(HeteroData):
         check_kept_leaves(kept, 'subset_dict')
         return map_batch(self, lambda i, data: data.subgraph(
             {t: part[i] for t, part in parts.items()}), 'subgraph')
+
+    def __inc__(self, key: str, value: Any, *args, **kwargs) -> Any:
+        if isinstance(self, Batch):  # (only collating asks a batch)
+            raise ValueError(
+                REBATCH_REFUSED.format(cls='HeteroNestedSignal'))
+        return super().__inc__(key, value, *args, **kwargs)
+
+    def concat(self, data: HeteroData) -> 'HeteroNestedSignal':
+        r"""Refused, as :meth:`hsa_geo.data.NestedSignal.concat`."""
+        raise ValueError(CONCAT_REFUSED.format(cls='HeteroNestedSignal'))
 
     def node_type_subgraph(self, node_types: List[str]
                            ) -> 'HeteroNestedSignal':

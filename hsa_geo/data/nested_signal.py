@@ -41,6 +41,19 @@ _CHANGED = ("a PyG operation (subgraph, NeighborLoader, RemoveIsolatedNodes, "
             "NestedSignal.subgraph, or rebuild the signal with "
             "NestedSignal.from_hierarchy")
 
+# What collating batches of nested signals says: their counts (and PyG's
+# batch vectors, of types with no rows in a batch) are already per signal.
+REBATCH_REFUSED = (
+    "a Batch of {cls}s cannot be batched again: batch the signals "
+    "themselves, e.g. Batch.from_data_list(batch_a.to_data_list() + "
+    "batch_b.to_data_list())")
+# What concat of nested signals says (see NestedSignal.concat).
+CONCAT_REFUSED = (
+    "{cls}.concat is not supported: the tree of a signal is over its own "
+    "nodes. For several signals side by side (a forest, one tree each), "
+    "batch them: Batch.from_data_list([a, b]) or a DataLoader; for one tree "
+    "over all their nodes, build that Hierarchy and {cls}.from_hierarchy")
+
 
 class NestedSignalStorage(GlobalStorage):
     r"""The storage of a :class:`NestedSignal`.
@@ -294,6 +307,8 @@ class NestedSignal(Data):
     # Batching ##############################################################
 
     def __inc__(self, key: str, value: Any, *args, **kwargs) -> Any:
+        if isinstance(self, Batch):  # (only collating asks a batch)
+            raise ValueError(REBATCH_REFUSED.format(cls='NestedSignal'))
         # Tree ids shift by the leaves and clusters of the signals before;
         # leaf_index by their rows, so that a batch checks every row.
         if key == 'leaf_index':
@@ -305,6 +320,12 @@ class NestedSignal(Data):
             n, m = self._total_leaves(), self._total_clusters()
             return _column(m if kinds[0] else n, m if kinds[1] else n)
         return super().__inc__(key, value, *args, **kwargs)
+
+    def concat(self, data: Data) -> 'NestedSignal':
+        r"""Refused: a signal's tree is over its own nodes, so the nodes of
+        another signal would have no place in it. Raises
+        :class:`ValueError`."""
+        raise ValueError(CONCAT_REFUSED.format(cls='NestedSignal'))
 
     def __cat_dim__(self, key: str, value: Any, *args, **kwargs) -> Any:
         # One count per signal: separating a batch gives it back as a 0-d

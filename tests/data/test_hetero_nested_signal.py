@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch_geometric.transforms as T
 from hypothesis import given, strategies as st
+from torch_geometric.data import Batch
 from torch_geometric.loader import DataLoader
 
 from hsa_geo import Hierarchy, hierarchical_attention, \
@@ -67,6 +68,22 @@ def test_batch_is_the_forest_of_its_signals(fs, seed):
                               atol=1e-12)
         seen[rows.unsqueeze(1), rows] = True
     assert (Q[~seen] == 0).all()  # no attention across signals
+
+
+def test_a_batch_of_batches_raises():
+    # PyG would collate them, with batch vectors that miss the signals
+    # without leaves of a type
+    batch = Batch.from_data_list([two_types(), two_types()])
+    with pytest.raises(ValueError, match="a Batch of HeteroNestedSignals "
+                       "cannot be batched again"):
+        Batch.from_data_list([batch, batch])
+
+
+def test_concat_raises():
+    a, b = two_types(), two_types()
+    with pytest.raises(ValueError, match="HeteroNestedSignal.concat is not "
+                       "supported"):
+        a.concat(b)
 
 
 def test_the_core_runs_on_the_concatenated_leaves():

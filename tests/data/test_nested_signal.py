@@ -402,6 +402,25 @@ def test_unbatching_gives_back_each_signal(signals):
                               signals[i].hierarchy)
 
 
+def test_batch_of_batches_raises():
+    batch = Batch.from_data_list([example(), example()])
+    with pytest.raises(ValueError, match=r"NestedSignals cannot be batched "
+                       r"again.*to_data_list\(\)"):
+        Batch.from_data_list([batch, batch])
+    # what the message proposes
+    again = Batch.from_data_list(batch.to_data_list() + batch.to_data_list())
+    assert_same_hierarchy(again.hierarchy, Hierarchy.batch(
+        [example().hierarchy] * 4))
+
+
+@pytest.mark.parametrize('first_batched', [False, True])
+def test_concat_raises(first_batched):
+    a = Batch.from_data_list([example()]) if first_batched else example()
+    with pytest.raises(ValueError, match=r"NestedSignal.concat is not "
+                       r"supported.*Batch.from_data_list\(\[a, b\]\)"):
+        a.concat(example())
+
+
 def test_batch_without_x():
     hs = [Hierarchy.from_parent(p, n) for p, n in (
         ([2, 2, -1], 2), ([-1], 1), ([3, 3, 4, 4, -1], 3))]
