@@ -118,6 +118,12 @@ def check_index(value: Any, name: str, rows: Optional[int] = 2) -> Tensor:
     if not isinstance(value, Tensor):
         raise TypeError(f"'{name}' must be an integer tensor, got "
                         f"{type(value).__name__}")
+    if value.layout != torch.strided:  # (its dtype is not the point)
+        hint = ("; for an adjacency, pass its [2, E] edge list "
+                "(torch_geometric.utils.to_edge_index), in the order of the "
+                "edge features" if 'edge_index' in name else "")
+        raise TypeError(f"'{name}' must be a dense integer tensor, got a "
+                        f"sparse one ({value.layout}){hint}")
     if value.dtype == torch.bool or value.is_floating_point() or \
             value.is_complex():
         raise TypeError(

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Dropout, Linear, Sequential
+from torch_geometric.data import Batch
 from torch_geometric.nn.inits import reset
 from torch_geometric.nn.resolver import (activation_resolver,
                                          normalization_resolver)
@@ -107,7 +108,9 @@ class HSAGPSConv(torch.nn.Module):
           leaf features :math:`(N, C)`, leaf edges :math:`(2, E)`, a
           :class:`~hsa_geo.data.Hierarchy` over the :math:`N` leaves (or a
           :class:`~hsa_geo.data.NestedSignal` or batch of them holding
-          ``.hierarchy``), batch vector :math:`(N)` *(optional)*, further
+          ``.hierarchy``), batch vector :math:`(N)` *(optional; without
+          it, the ``batch`` of a collated batch given as the hierarchy)*,
+          further
           arguments of :obj:`conv` (e.g. ``edge_attr`` :math:`(E, D)`)
         - **output:** leaf features :math:`(N, C)`
     """
@@ -188,6 +191,10 @@ class HSAGPSConv(torch.nn.Module):
         it. Arguments that no part would read raise a
         :class:`ValueError`, as do a :obj:`hierarchy` whose leaves are not
         the rows of :obj:`x` and a :obj:`batch` that is not ``[N]``."""
+        if batch is None and isinstance(hierarchy, Batch):
+            # A collated batch of signals: graph-aware norms per graph, as
+            # HSAGraphTransformer does, not over the whole mini-batch.
+            batch = hierarchy.batch
         # Checked first, so that bad input fails with a message about x and
         # the hierarchy rather than inside the local layer.
         hierarchy = self.attn.check_input(x, hierarchy)

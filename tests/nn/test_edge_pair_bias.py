@@ -311,6 +311,17 @@ def test_conv_rejects_bad_edges(edge_index, edge_attr, error, pattern):
         conv(torch.randn(NUM_LEAVES, 4), h, edge_index, edge_attr)
 
 
+@pytest.mark.parametrize('dtype', [torch.float32, torch.long])
+def test_conv_refuses_a_sparse_adjacency(dtype):
+    conv = HSAConv(4, 3, heads=2, edge_dim=2)
+    h = Hierarchy.from_parent(PARENT, NUM_LEAVES)
+    adj = torch.sparse_coo_tensor(GOOD_INDEX, torch.ones(E, dtype=dtype),
+                                  (NUM_LEAVES, NUM_LEAVES))
+    with pytest.raises(TypeError, match=r"'edge_index' must be a dense "
+                       r"integer tensor, got a sparse one.*to_edge_index"):
+        conv(torch.randn(NUM_LEAVES, 4), h, adj, torch.randn(E, 2))
+
+
 def test_conv_without_edge_dim_refuses_edges():
     conv = HSAConv(4, 3)
     h = Hierarchy.from_parent(PARENT, NUM_LEAVES)

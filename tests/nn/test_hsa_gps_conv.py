@@ -199,6 +199,24 @@ def test_batch_equals_each_signal_alone(norm):
                                    atol=1e-5)
 
 
+@pytest.mark.parametrize('norm', ['graph_norm', 'layer_norm'])
+def test_a_collated_batch_as_hierarchy_gives_the_batch_vector(norm):
+    """Graph-aware norms run per graph (as HSAGraphTransformer's blocks),
+    not over the whole batch, when the batch comes as the hierarchy."""
+    data = signals(5)
+    torch.manual_seed(0)
+    layer = HSAGPSConv(5, gin(5), heads=1, norm=norm).eval()
+    randomize_norms(layer)
+    batch = next(iter(DataLoader(data, batch_size=len(data))))
+    out = layer(batch.x, batch.edge_index, batch)
+    torch.testing.assert_close(
+        out, layer(batch.x, batch.edge_index, batch, batch.batch))
+    for i, signal in enumerate(data):
+        torch.testing.assert_close(
+            out[batch.batch == i], layer(signal.x, signal.edge_index,
+                                         signal), rtol=1e-5, atol=1e-5)
+
+
 def test_batch_of_molecules_equals_each_molecule_alone():
     data = molecules()
     if data is None:

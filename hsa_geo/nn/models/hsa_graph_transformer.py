@@ -222,8 +222,10 @@ class HSAGraphTransformer(torch.nn.Module):
             batch (Tensor, optional): the graph of every node ``[N]``, for
                 graph-aware norms and the graph readout; :obj:`None`: the
                 ``batch`` of :obj:`hierarchy` where it is a collated
-                :class:`~torch_geometric.data.Batch`, else one graph.
-                (default: :obj:`None`)
+                :class:`~torch_geometric.data.Batch`, else one graph; for
+                ``task='graph'`` a plain :class:`Hierarchy` of several trees
+                then raises :class:`ValueError` (it does not say which
+                trees are one graph). (default: :obj:`None`)
         """
         kwargs = {}
         if self.edge_encoder is not None:
@@ -240,6 +242,20 @@ class HSAGraphTransformer(torch.nn.Module):
         if batch is None and isinstance(hierarchy, Batch):
             # (not one prediction for the whole batch)
             batch = hierarchy.batch
+        if batch is None and self.task == 'graph' and \
+                isinstance(hierarchy, Hierarchy) and hierarchy.num_trees > 1:
+            # A plain Hierarchy does not say which trees form one graph; a
+            # collated batch's (batch.hierarchy) would be pooled into one
+            # prediction for all its graphs.
+            raise ValueError(
+                f"task='graph' pools one prediction per graph of 'batch', "
+                f"but 'batch' is None and 'hierarchy' is a plain Hierarchy "
+                f"of {hierarchy.num_trees} trees (that of a collated "
+                f"mini-batch?), so all {hierarchy.num_leaves} nodes would "
+                f"be pooled into one prediction; pass batch=data.batch (or "
+                f"the collated NestedSignal itself as 'hierarchy'), or "
+                f"batch=torch.zeros(N, dtype=torch.long) if the trees are "
+                f"one graph")
         x = self.node_encoder(x)
         for conv in self.convs:
             x = conv(x, edge_index, hierarchy, batch, **kwargs)

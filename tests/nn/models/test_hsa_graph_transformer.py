@@ -90,6 +90,24 @@ def test_a_collated_hierarchy_gives_the_batch():
     assert out.shape == (batch.num_graphs, 2)
 
 
+def test_graph_task_refuses_a_plain_forest_without_batch():
+    """A batch's plain Hierarchy does not say which trees are one graph:
+    pooled, the whole batch would give one prediction."""
+    torch.manual_seed(0)
+    model = HSAGraphTransformer(5, 8, 2, heads=2, local_conv='gin',
+                                task='graph').eval()
+    batch = collate(signals(5))
+    trees = batch.hierarchy.num_trees
+    with pytest.raises(ValueError, match=f"'batch' is None and 'hierarchy' "
+                       f"is a plain Hierarchy of {trees} trees"):
+        model(batch.x, batch.edge_index, batch.hierarchy)
+    assert model(batch.x, batch.edge_index, batch.hierarchy,
+                 batch=batch.batch).shape == (batch.num_graphs, 2)
+    one = torch.zeros(batch.num_nodes, dtype=torch.long)
+    assert model(batch.x, batch.edge_index, batch.hierarchy,
+                 batch=one).shape == (1, 2)
+
+
 def train(model, batch, loss_fn, steps: int = 20):
     r"""Losses before and after :obj:`steps` full-batch Adam steps."""
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
