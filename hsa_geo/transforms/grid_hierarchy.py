@@ -155,11 +155,15 @@ class GridHierarchy(BaseTransform):
         # x, and any per-patch attribute or edge given in row-major order
         # (also beside an image), follow the patches into Z order.
         _permute_nodes(data, tree['patch_index'])
-        for key in ('patch_index', 'leaf_coord', 'leaf_grid_pos',
-                    'cluster_grid_pos', 'cluster_coord'):
+        for key in ('patch_index', 'leaf_coord', 'leaf_grid_pos'):
             data[key] = tree[key]
         data.grid_size = torch.tensor([[rows, cols]], device=data.x.device)
-        return NestedSignal.from_data(data, tree['hierarchy'])
+        # Per-cluster rows after from_data, which drops those of a tree
+        # that data already stores (a signal given again).
+        signal = NestedSignal.from_data(data, tree['hierarchy'])
+        for key in ('cluster_grid_pos', 'cluster_coord'):
+            signal[key] = tree[key]
+        return signal
 
     def _patches(self, image) -> Tuple[Tensor, int, int]:
         ph, pw = self.patch_size

@@ -3,7 +3,6 @@ molecule (RDKit)."""
 from __future__ import annotations
 
 import contextlib
-import copy
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import torch
@@ -246,9 +245,11 @@ class MoleculeHierarchy(BaseTransform):
         group, kinds = self._groups(brics, mol)
         parent, cluster_kind = self._tree(group, kinds)
         hierarchy = Hierarchy.from_parent(torch.tensor(parent), n)
-        data = copy.copy(data)  # forward() may be called on the caller's data
-        data.cluster_kind = torch.tensor(cluster_kind, dtype=torch.long)
-        return NestedSignal.from_data(data, hierarchy)
+        # Set after from_data, which drops a tree's per-cluster rows that
+        # data already stores (a signal given again).
+        signal = NestedSignal.from_data(data, hierarchy)
+        signal.cluster_kind = torch.tensor(cluster_kind, dtype=torch.long)
+        return signal
 
     # Steps #################################################################
 

@@ -448,3 +448,16 @@ def test_the_input_is_not_changed():
     data = Data(image=torch.rand(3, 8, 8))
     GridHierarchy(patch_size=4)(data)
     assert 'image' in data and data.x is None
+
+
+def test_a_signal_of_another_tree_gets_the_grids_cluster_rows():
+    from hsa_geo.transforms import SequenceHierarchy
+    x = torch.randn(16, 3)
+    seq = SequenceHierarchy([2])(Data(x=x, grid_size=(4, 4)))
+    seq.cluster_old = torch.zeros(seq.hierarchy.num_clusters)
+    out = GridHierarchy()(seq)
+    plain = GridHierarchy()(Data(x=x, grid_size=(4, 4)))
+    assert 'cluster_old' not in out  # the rows of the replaced tree
+    for key in ('cluster_coord', 'cluster_grid_pos'):
+        assert torch.equal(out[key], plain[key])
+    assert out.hierarchy.parent.tolist() == plain.hierarchy.parent.tolist()

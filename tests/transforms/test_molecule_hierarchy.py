@@ -887,3 +887,11 @@ def test_hsa_conv_geometry_bias_on_wide_molecules():
     assert checked == 2
     # The far buckets of the leaf level learn from the wide families.
     assert conv.geometry_bias.weight.grad[0, 16:].abs().sum() > 0
+
+
+def test_a_signal_given_again_keeps_its_cluster_kinds():
+    t = MoleculeHierarchy()
+    once = t('c1ccccc1CC(=O)NC')
+    twice = t(once)
+    assert torch.equal(twice.cluster_kind, once.cluster_kind)
+    assert twice.hierarchy.parent.tolist() == once.hierarchy.parent.tolist()
