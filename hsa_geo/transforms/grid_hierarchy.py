@@ -125,6 +125,14 @@ class GridHierarchy(BaseTransform):
     def forward(self, data: Data) -> NestedSignal:
         # A shallow copy: the caller's data keeps its image and rows.
         data = copy.copy(check_data(data, 'GridHierarchy'))
+        if 'patch_index' in data:
+            raise ValueError(
+                "data already has 'patch_index', so it is the output of "
+                "GridHierarchy: its rows are in Z order, not row-major, and "
+                "cutting them again would scramble them; apply "
+                "GridHierarchy once, or restore the row-major grid first "
+                "(x = data.x[data.patch_index.argsort()]) and delete "
+                "data.patch_index")
         image = data['image'] if 'image' in data else None
         x = data.x
         if image is not None and x is not None:

@@ -24,10 +24,12 @@ def hierarchy_from_pooling(levels: Sequence[Level],
     Every level is one of
 
     - a ``cluster`` vector ``[n_l]`` (integer), as
-      :func:`~torch_geometric.nn.pool.graclus`,
-      :func:`~torch_geometric.nn.pool.voxel_grid` or
-      :func:`~torch_geometric.nn.pool.fps`-style poolings return it: node
-      ``i`` of level ``l`` goes to cluster ``cluster[i]``. Ids need not be
+      :func:`~torch_geometric.nn.pool.graclus` or
+      :func:`~torch_geometric.nn.pool.voxel_grid` return it (for
+      :func:`~torch_geometric.nn.pool.fps`, which returns the indices of
+      the sampled points, assign every point to one, e.g. with
+      :func:`~torch_geometric.nn.pool.nearest`): node ``i`` of level
+      ``l`` goes to cluster ``cluster[i]``. Ids need not be
       consecutive; the clusters are its distinct ids in increasing order,
       relabelled ``0, 1, ...`` as
       :func:`~torch_geometric.nn.pool.consecutive.consecutive_cluster` (and

@@ -282,6 +282,7 @@ class MoleculeHierarchy(BaseTransform):
         :obj:`features` or the one detected."""
         x = _check_x(data.x, self.features)
         if reference is not None:
+            reference = _with_hydrogens(chem, reference, data.num_nodes)
             _check_graph(reference, data)
         if x.size(1) == 1:
             return _read_atom_types(x, reference)
@@ -434,6 +435,22 @@ def _mol_from_smiles(chem, smiles: Any):
     raise ValueError(
         f"smiles {smiles!r} is not a valid SMILES ({reason}); fix or drop "
         f"this molecule before the transform")
+
+
+def _with_hydrogens(chem, reference: _Reference, n: int) -> _Reference:
+    r"""The molecule of a SMILES with its hydrogens as atoms
+    (``Chem.AddHs``, as ``from_smiles(..., with_hydrogen=True)`` makes the
+    graph) where that, and not the SMILES as parsed, has the graph's
+    :obj:`n` atoms; the checks of the atoms and bonds then follow."""
+    mol = reference.mol
+    if reference.name == 'data.mol' or mol.GetNumAtoms() == n:
+        return reference
+    with_h = chem.AddHs(mol)
+    if with_h.GetNumAtoms() != n:
+        return reference
+    return _Reference(with_h, f'{reference.name} with its hydrogens as '
+                      f'atoms (Chem.AddHs)', f'{reference.short} with '
+                      f'hydrogens (Chem.AddHs)')
 
 
 def _check_no_dummy_atoms(reference: _Reference):

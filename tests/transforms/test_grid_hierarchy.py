@@ -461,3 +461,18 @@ def test_a_signal_of_another_tree_gets_the_grids_cluster_rows():
     for key in ('cluster_coord', 'cluster_grid_pos'):
         assert torch.equal(out[key], plain[key])
     assert out.hierarchy.parent.tolist() == plain.hierarchy.parent.tolist()
+
+
+@pytest.mark.parametrize('data', [
+    Data(x=torch.arange(16.).view(-1, 1), grid_size=(4, 4)),
+    Data(image=torch.rand(3, 16, 16)),
+])
+def test_its_own_output_is_refused(data):
+    t = GridHierarchy(patch_size=4)
+    once = t(data)
+    with pytest.raises(ValueError, match="output of GridHierarchy: its rows "
+                       "are in Z order"):
+        t(once)
+    # the way back that the message gives
+    back = Data(x=once.x[once.patch_index.argsort()], grid_size=(4, 4))
+    assert torch.equal(t(back).x, once.x)

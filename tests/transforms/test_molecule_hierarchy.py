@@ -895,3 +895,23 @@ def test_a_signal_given_again_keeps_its_cluster_kinds():
     twice = t(once)
     assert torch.equal(twice.cluster_kind, once.cluster_kind)
     assert twice.hierarchy.parent.tolist() == once.hierarchy.parent.tolist()
+
+
+@pytest.mark.parametrize('smiles', ['c1ccccc1O', 'CCO', 'CC(=O)[O-].[Na+]'])
+def test_pyg_graph_with_hydrogens_and_its_smiles(smiles):
+    from rdkit import Chem
+    from torch_geometric.utils import from_smiles
+    graph = from_smiles(smiles, with_hydrogen=True)
+    out = MoleculeHierarchy()(graph)
+    expected = MoleculeHierarchy()(Chem.AddHs(Chem.MolFromSmiles(smiles)))
+    assert out.hierarchy.parent.tolist() == \
+        expected.hierarchy.parent.tolist()
+    assert torch.equal(out.x, graph.x)
+
+
+def test_hydrogens_in_another_atom_order_still_raise():
+    from torch_geometric.utils import from_smiles
+    graph = from_smiles('CCO', with_hydrogen=True)
+    graph.smiles = 'OCC'  # the same 9 atoms with Hs, in another order
+    with pytest.raises(ValueError, match='atomic number|bonds'):
+        MoleculeHierarchy()(graph)
