@@ -264,6 +264,17 @@ class MoleculeHierarchy(BaseTransform):
                 f"features='zinc' makes no features for {reference.name}: "
                 f"the dictionary of ZINC atom types is not part of PyG; give "
                 f"data.x, or choose features='ogb' or 'pyg' to featurize it")
+        given = [k for k in ('edge_index', 'edge_attr')
+                 if k in data and data[k] is not None]
+        if given:
+            raise ValueError(
+                f"data has {' and '.join(repr(k) for k in given)} but no "
+                f"'x': MoleculeHierarchy featurizes {reference.name} "
+                f"itself, with its own bonds and bond features, which would "
+                f"replace data.{given[0]}; delete "
+                f"{' and '.join('data.' + k for k in given)}, or give the "
+                f"atom features x too (then the bonds are checked against "
+                f"the molecule)")
         layout = _PYG if self.features == 'pyg' else _OGB
         if layout is _OGB:
             _check_no_dummy_atoms(reference)

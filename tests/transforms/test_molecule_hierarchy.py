@@ -915,3 +915,15 @@ def test_hydrogens_in_another_atom_order_still_raise():
     graph.smiles = 'OCC'  # the same 9 atoms with Hs, in another order
     with pytest.raises(ValueError, match='atomic number|bonds'):
         MoleculeHierarchy()(graph)
+
+
+@pytest.mark.parametrize('attrs', [
+    dict(edge_index=torch.tensor([[0, 2], [2, 0]])),
+    dict(edge_attr=torch.ones(4, 3, dtype=torch.long)),
+])
+def test_edges_without_x_are_not_replaced_silently(attrs):
+    with pytest.raises(ValueError, match="but no 'x': MoleculeHierarchy "
+                       "featurizes"):
+        MoleculeHierarchy()(Data(smiles='CCO', **attrs))
+    out = MoleculeHierarchy()(Data(smiles='CCO', y=torch.tensor([1.])))
+    assert out.edge_index.size(1) == 4 and out.x.shape == (3, 9)
