@@ -9,6 +9,10 @@ from typing import Any
 
 from torch_geometric.data import Batch, Data
 
+# The node attribute that MultiModalHierarchy adds to every builder's input
+# (see there): per node, whatever the number of edges.
+SOURCE = 'source_node'
+
 
 def check_data(data: Any, transform: str, accepts: str = 'a '
                'torch_geometric Data') -> Data:

@@ -14,7 +14,7 @@ from torch_geometric.utils import select
 from hsa_geo._checks import check_bool, check_int
 from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.data.nested_signal import NestedSignal
-from hsa_geo.transforms._inputs import check_data
+from hsa_geo.transforms._inputs import SOURCE, check_data
 
 PairLike = Union[int, Sequence[int]]
 
@@ -302,7 +302,8 @@ def _permute_nodes(data: Data, order: Tensor):
         if 'index' in key or key == 'grid_size' or not isinstance(
                 value, (Tensor, list, tuple)):
             continue  # grid_size is read already, and replaced
-        if edges == n and key != 'x' and _length(value) == n:
+        if edges == n and key not in ('x', SOURCE) and \
+                _length(value) == n:
             if 'edge' in key:
                 continue  # an edge attribute: the edges keep their order
             # As many edges as patches: PyG tells them apart by the name

@@ -15,12 +15,13 @@ from hsa_geo.data.hetero_nested_signal import (CHILD_OF, CLUSTER,
                                                HeteroNestedSignal)
 from hsa_geo.data.hierarchy import Hierarchy, distinct_sibling_pairs
 from hsa_geo.data.nested_signal import SIGNAL_KEYS, NestedSignal
+from hsa_geo.transforms._inputs import SOURCE
 
 Builder = Callable[[Data], NestedSignal]
-# The node attribute that follows every input node through a builder, so
-# that the edges between modalities can be relabelled after it reorders
-# its leaves (GridHierarchy's Z order, GraphHierarchy's tree order).
-SOURCE = 'source_node'
+# SOURCE: the node attribute that follows every input node through a
+# builder, so that the edges between modalities can be relabelled after it
+# reorders its leaves (GridHierarchy's Z order, GraphHierarchy's tree
+# order).
 # The relation under which a builder's own leaf edges are stored (bonds
 # that MoleculeHierarchy reads from a SMILES string).
 BUILT_EDGES = 'to'

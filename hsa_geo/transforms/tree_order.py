@@ -11,7 +11,14 @@ from torch_geometric.data import Batch
 from torch_geometric.transforms import BaseTransform
 
 from hsa_geo.data.hierarchy import Hierarchy
-from hsa_geo.data.nested_signal import NestedSignal, map_batch
+from hsa_geo.data.nested_signal import (SIGNAL_KEYS, NestedSignal,
+                                        is_cluster_key, map_batch)
+from hsa_geo.transforms._inputs import SOURCE
+
+# Node attributes by name: PyG's own (those it counts the nodes by), the
+# builders' per-leaf outputs and MultiModalHierarchy's node guard.
+_NODE_KEYS = frozenset(('x', 'feat', 'pos', 'batch', 'node_type', 'n_id',
+                        'tf', 'patch_index', SOURCE))
 
 
 class TreeOrder(BaseTransform):
@@ -35,8 +42,14 @@ class TreeOrder(BaseTransform):
     :meth:`~hsa_geo.data.NestedSignal.subgraph` on all nodes: new node
     :math:`i` is old node :math:`\pi(i)`, every node attribute follows its
     node, :obj:`edge_index` is relabelled (edges and edge attributes keep
-    their order), and the internal nodes, the family graph and the dense or
-    sparse kind of every family stay as they are. HSA on the result is HSA
+    their order), and so are the other lists of node ids that PyG offsets
+    by the number of nodes in a batch (``[k, *]`` integer tensors named
+    ``face`` or ``*_index``, such as the ``edge_label_index`` of
+    :class:`~torch_geometric.transforms.RandomLinkSplit`); the internal
+    nodes, the family graph and the dense or sparse kind of every family
+    stay as they are. An attribute of a graph with as many edges as nodes
+    that PyG could take for either raises :class:`ValueError` (its name
+    decides: see the message). HSA on the result is HSA
     on the input, rows permuted: :math:`\mathrm{HSA}(X_\pi)_i =
     \mathrm{HSA}(X)_{\pi(i)}`.
 
@@ -78,6 +91,7 @@ class TreeOrder(BaseTransform):
             return map_batch(data, lambda i, signal: self(signal),
                              'TreeOrder')
         perm = _tree_order(data.hierarchy)
+        _check_node_or_edge(data, self.attr)
         stored = self.attr is not None and self.attr in data
         if stored:  # an earlier permutation: composed by subgraph below
             value = data[self.attr]
@@ -91,12 +105,53 @@ class TreeOrder(BaseTransform):
         if not torch.equal(perm, torch.arange(perm.numel(),
                                               device=perm.device)):
             data = data.subgraph(perm)
+            _relabel_node_ids(data, perm)
         if self.attr is not None and not stored:
             data[self.attr] = perm
         return data
 
     def __repr__(self) -> str:
         return f'{self.__class__.__name__}(attr={self.attr!r})'
+
+
+def _relabel_node_ids(data: NestedSignal, perm: Tensor):
+    r"""Relabels, in place, the attributes of :obj:`data` other than
+    ``edge_index`` (done by ``subgraph``) and the tree that hold node ids:
+    ``[k, *]`` integer tensors that PyG increments by the number of nodes
+    in a batch (named ``face`` or ``*_index``)."""
+    new_id = torch.empty_like(perm)
+    new_id[perm] = torch.arange(perm.numel(), device=perm.device)
+    for key, value in list(data.items()):
+        if key == 'edge_index' or key in SIGNAL_KEYS or \
+                is_cluster_key(key) or not isinstance(value, Tensor) or \
+                value.dim() < 2 or value.is_floating_point() or \
+                value.is_complex() or value.dtype == torch.bool or not (
+                    key == 'face' or key.endswith('_index')):
+            continue
+        data[key] = new_id.to(value.device)[value]
+
+
+def _check_node_or_edge(data: NestedSignal, attr: Optional[str]):
+    r"""Raises :class:`ValueError` where an attribute of a graph with as
+    many edges as nodes could be either: PyG tells them apart by the name
+    alone (``'edge'`` in it), and a wrong guess would permute an edge
+    feature with the nodes while the edges keep their order."""
+    n = data.num_nodes
+    if data.edge_index is None or data.num_edges != n:
+        return
+    for key in list(data.keys()):
+        if key in SIGNAL_KEYS or key in _NODE_KEYS or key == attr or \
+                'edge' in key or key.startswith('leaf_') or \
+                is_cluster_key(key):
+            continue
+        if data.is_node_attr(key):
+            raise ValueError(
+                f"'{key}' has one entry per node and one per edge ({n}): "
+                f"TreeOrder permutes the nodes and keeps the edges in "
+                f"order, and PyG tells node and edge attributes of such a "
+                f"graph apart by the name alone; name an edge attribute "
+                f"with 'edge' (e.g. 'edge_{key}'), or add it after the "
+                f"transform")
 
 
 def _tree_order(hierarchy: Hierarchy) -> Tensor:

@@ -398,3 +398,19 @@ def test_edge_attributes_of_several_edge_types_are_concatenated():
     with pytest.raises(ValueError, match=r"modality 'atom': the edge_attr "
                        r"of its edge types do not concatenate"):
         MultiModalHierarchy({'atom': builder})(data)
+
+
+def test_a_grid_with_as_many_edges_as_patches():
+    """The node guard that MultiModalHierarchy adds is a node attribute,
+    however many edges the modality has."""
+    from hsa_geo.transforms import GridHierarchy
+    rows, cols = 2, 3
+    ei = torch.stack([torch.arange(6), (torch.arange(6) + 1) % 6])
+    d = HeteroData()
+    d['patch'].x = torch.arange(6).float().view(-1, 1)
+    d['patch'].grid_size = (rows, cols)
+    d['patch', 'next', 'patch'].edge_index = ei
+    out = MultiModalHierarchy({'patch': GridHierarchy()})(d)
+    x = out['patch'].x.view(-1).long()  # the row-major id of every leaf
+    assert torch.equal(x[out['patch', 'next', 'patch'].edge_index], ei)
+    assert torch.equal(x, out['patch'].patch_index)

@@ -231,3 +231,49 @@ def test_errors():
     with pytest.raises(ValueError, match='hierarchy'):
         TreeOrder()(NestedSignal(x=torch.randn(3, 1)))
     assert repr(TreeOrder()) == "TreeOrder(attr='n_id')"
+
+
+# Attributes that PyG tells apart by name #################################
+
+
+def _ring(n=12, **attrs):
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    return Data(x=torch.randn(n, 3), edge_index=torch.stack(
+        [perm, perm.roll(1)]), **attrs)
+
+
+def test_attributes_of_nodes_or_edges_are_refused():
+    """With as many edges as nodes, 'bond' could be either: permuted with
+    the nodes, an edge feature would land on other edges."""
+    with pytest.raises(ValueError, match="'bond' has one entry per node "
+                       "and one per edge"):
+        GraphHierarchy(branching=3, tree_order=True)(
+            _ring(bond=torch.arange(12)))
+    d = _ring(edge_bond=torch.arange(12), pos=torch.arange(12.))
+    out = GraphHierarchy(branching=3, tree_order=True)(d)
+    assert torch.equal(out.edge_bond, d.edge_bond)
+    assert torch.equal(out.pos, d.pos[out.n_id])
+    assert torch.equal(out.n_id[out.edge_index], d.edge_index)
+
+
+def _graph(n=30, **attrs):
+    import torch_geometric.transforms as T
+    g = torch.Generator().manual_seed(0)
+    return T.ToUndirected()(Data(
+        x=torch.randn(n, 4, generator=g),
+        edge_index=torch.randint(0, n, (2, 80), generator=g), **attrs))
+
+
+def test_other_lists_of_node_ids_are_relabelled():
+    import torch_geometric.transforms as T
+    train, _, _ = T.RandomLinkSplit(num_val=0.1, num_test=0.1)(_graph())
+    out = GraphHierarchy(branching=4, tree_order=True)(train)
+    assert torch.equal(out.n_id[out.edge_index], train.edge_index)
+    assert torch.equal(out.n_id[out.edge_label_index],
+                       train.edge_label_index)
+    assert torch.equal(out.edge_label, train.edge_label)
+    again = TreeOrder()(out)  # already in tree order: unchanged
+    assert torch.equal(again.edge_label_index, out.edge_label_index)
+    mesh = _graph(face=torch.randint(0, 30, (3, 20)))
+    out = GraphHierarchy(branching=4, tree_order=True)(mesh)
+    assert torch.equal(out.n_id[out.face], mesh.face)
