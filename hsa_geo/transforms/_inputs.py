@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from torch_geometric.data import Batch, Data
+from torch_geometric.utils import is_sparse
 
 # The node attribute that MultiModalHierarchy adds to every builder's input
 # (see there): per node, whatever the number of edges.
@@ -57,3 +58,19 @@ def check_num_nodes(data: Any, transform: str, leaves: str = "the rows of "
             f"leaves are {leaves}, so set at least one (filter out empty "
             f"graphs before the transform)")
     return int(n)
+
+
+def check_no_sparse_adjacency(data: Any, transform: str):
+    r"""Raises :class:`ValueError` if :obj:`data` stores its edges as a
+    sparse adjacency (``adj_t`` of :class:`~torch_geometric.transforms.
+    ToSparseTensor`, or any sparse tensor whose name holds ``'adj'``): the
+    builders read and relabel ``edge_index`` only, so such an adjacency
+    would be ignored, or left in the old node order after a permutation."""
+    for key, value in data.items():
+        if 'adj' in key and is_sparse(value):
+            raise ValueError(
+                f"{transform} got '{key}', a sparse adjacency (as "
+                f"T.ToSparseTensor makes it); {transform} reads and "
+                f"relabels 'edge_index' only, so '{key}' would be ignored or "
+                f"left in the old node order: apply T.ToSparseTensor after "
+                f"{transform} (e.g. last in T.Compose)")

@@ -15,7 +15,8 @@ from torch_geometric.transforms import BaseTransform
 from hsa_geo._checks import check_bool, check_index, check_int
 from hsa_geo.data.hierarchy import Hierarchy, parent_depths
 from hsa_geo.data.nested_signal import NestedSignal
-from hsa_geo.transforms._inputs import check_num_nodes
+from hsa_geo.transforms._inputs import (check_no_sparse_adjacency,
+                                        check_num_nodes)
 from hsa_geo.transforms.tree_order import TreeOrder
 
 _METHODS = ('metis', 'louvain', 'graclus')
@@ -139,6 +140,7 @@ class GraphHierarchy(BaseTransform):
         attributes) as a :class:`~hsa_geo.data.NestedSignal` carrying the
         tree over its nodes."""
         n = check_num_nodes(data, 'GraphHierarchy')
+        check_no_sparse_adjacency(data, 'GraphHierarchy')
         edge_index = _check_edge_index(data.edge_index, n)
         parent = torch.from_numpy(self._parent(edge_index, n))
         family = None

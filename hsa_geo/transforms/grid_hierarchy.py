@@ -14,7 +14,8 @@ from torch_geometric.utils import select
 from hsa_geo._checks import check_bool, check_int
 from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.data.nested_signal import NestedSignal
-from hsa_geo.transforms._inputs import SOURCE, check_data
+from hsa_geo.transforms._inputs import (SOURCE, check_data,
+                                        check_no_sparse_adjacency)
 
 PairLike = Union[int, Sequence[int]]
 
@@ -125,6 +126,7 @@ class GridHierarchy(BaseTransform):
     def forward(self, data: Data) -> NestedSignal:
         # A shallow copy: the caller's data keeps its image and rows.
         data = copy.copy(check_data(data, 'GridHierarchy'))
+        check_no_sparse_adjacency(data, 'GridHierarchy')
         if 'patch_index' in data:
             raise ValueError(
                 "data already has 'patch_index', so it is the output of "

@@ -153,6 +153,14 @@ class MultiModalHierarchy(BaseTransform):
             raise TypeError(
                 f"MultiModalHierarchy expects a HeteroData with one node "
                 f"store per modality, got {type(data).__name__}")
+        no_index = [e for e in data.edge_types
+                    if 'edge_index' not in data[e]]
+        if no_index:
+            keys = ', '.join(repr(k) for k in data[no_index[0]].keys())
+            raise ValueError(
+                f"edge type {no_index[0]} has no 'edge_index' (it has "
+                f"{keys}); MultiModalHierarchy reads and relabels the "
+                f"edges from 'edge_index': apply T.ToSparseTensor after it")
         reserved = [e for e in data.edge_types
                     if e[1] in (CHILD_OF, SIBLING_OF)]
         if reserved:

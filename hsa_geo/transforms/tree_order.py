@@ -13,7 +13,7 @@ from torch_geometric.transforms import BaseTransform
 from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.data.nested_signal import (SIGNAL_KEYS, NestedSignal,
                                         is_cluster_key, map_batch)
-from hsa_geo.transforms._inputs import SOURCE
+from hsa_geo.transforms._inputs import SOURCE, check_no_sparse_adjacency
 
 # Node attributes by name: PyG's own (those it counts the nodes by), the
 # builders' per-leaf outputs and MultiModalHierarchy's node guard.
@@ -90,6 +90,7 @@ class TreeOrder(BaseTransform):
             # the signals, and holds ids within each.
             return map_batch(data, lambda i, signal: self(signal),
                              'TreeOrder')
+        check_no_sparse_adjacency(data, 'TreeOrder')
         perm = _tree_order(data.hierarchy)
         _check_node_or_edge(data, self.attr)
         stored = self.attr is not None and self.attr in data

@@ -629,3 +629,27 @@ def test_family_graph_needs_edges(method):
                 r"empty and no node would see another; use "
                 r"family_graph=False")):
             GraphHierarchy(method, 2, family_graph=True)(data)
+
+
+def _sparse_graph(n=12):
+    import torch_geometric.transforms as T
+    ei = torch.stack([torch.arange(n - 1), torch.arange(1, n)])
+    return T.ToSparseTensor()(Data(x=torch.randn(n, 2), edge_index=ei))
+
+
+def test_a_sparse_adjacency_is_refused():
+    """The builder reads edge_index only: adj_t would be ignored."""
+    with pytest.raises(ValueError, match="'adj_t', a sparse adjacency.*"
+                       "T.ToSparseTensor after GraphHierarchy"):
+        GraphHierarchy(branching=3)(_sparse_graph())
+
+
+def test_sparse_node_features_follow_the_nodes():
+    n = 12
+    d = Data(x=torch.arange(n).float().view(-1, 1),
+             edge_index=torch.randint(0, n, (2, 30),
+                                      generator=torch.Generator()
+                                      .manual_seed(0)),
+             xs=torch.eye(n).to_sparse())
+    out = GraphHierarchy(branching=3, tree_order=True)(d)
+    assert torch.equal(out.xs.to_dense(), torch.eye(n)[out.n_id])

@@ -476,3 +476,11 @@ def test_its_own_output_is_refused(data):
     # the way back that the message gives
     back = Data(x=once.x[once.patch_index.argsort()], grid_size=(4, 4))
     assert torch.equal(t(back).x, once.x)
+
+
+def test_a_sparse_adjacency_is_refused():
+    import torch_geometric.transforms as T
+    d = T.ToSparseTensor()(Data(x=torch.randn(16, 2), grid_size=(4, 4),
+                                edge_index=torch.tensor([[2], [8]])))
+    with pytest.raises(ValueError, match="'adj_t', a sparse adjacency"):
+        GridHierarchy()(d)

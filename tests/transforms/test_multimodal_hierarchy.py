@@ -414,3 +414,14 @@ def test_a_grid_with_as_many_edges_as_patches():
     x = out['patch'].x.view(-1).long()  # the row-major id of every leaf
     assert torch.equal(x[out['patch', 'next', 'patch'].edge_index], ei)
     assert torch.equal(x, out['patch'].patch_index)
+
+
+def test_edge_types_without_edge_index_are_refused():
+    import torch_geometric.transforms as T
+    d = HeteroData()
+    d['a'].x = torch.randn(8, 2)
+    d['a', 'r', 'a'].edge_index = torch.randint(0, 8, (2, 10))
+    with pytest.raises(ValueError, match="has no 'edge_index' \\(it has "
+                       "'adj_t'\\)"):
+        MultiModalHierarchy(GraphHierarchy(branching=3))(
+            T.ToSparseTensor()(d))

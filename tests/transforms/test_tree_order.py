@@ -277,3 +277,12 @@ def test_other_lists_of_node_ids_are_relabelled():
     mesh = _graph(face=torch.randint(0, 30, (3, 20)))
     out = GraphHierarchy(branching=4, tree_order=True)(mesh)
     assert torch.equal(out.n_id[out.face], mesh.face)
+
+
+def test_a_sparse_adjacency_is_refused():
+    import torch_geometric.transforms as T
+    h = Hierarchy.from_parent(torch.tensor([6, 7, 6, 7, 6, 7, 8, 8, -1]), 6)
+    ei = torch.stack([torch.arange(5), torch.arange(1, 6)])
+    data = T.ToSparseTensor()(Data(x=torch.randn(6, 2), edge_index=ei))
+    with pytest.raises(ValueError, match="T.ToSparseTensor after TreeOrder"):
+        TreeOrder()(NestedSignal.from_data(data, h))
