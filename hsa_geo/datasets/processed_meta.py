@@ -42,7 +42,8 @@ from torch_geometric.data import InMemoryDataset
 # The format of the processed signals. Raised whenever processing changes
 # what a stored signal holds (its keys, its tree, its features), so that
 # files processed before are refused instead of read as if they were new.
-PROCESSED_FORMAT = 1
+# 2: the word rule keeps combining marks in their word (Vocabulary).
+PROCESSED_FORMAT = 2
 
 
 # What pre_processing records, in this order.

@@ -18,6 +18,29 @@ from hsa_geo._checks import check_bool, check_int
 
 PathLike = Union[str, os.PathLike]
 
+
+def _marks() -> str:
+    r"""A regex character class of the Unicode combining marks (category
+    M: vowel signs, viramas, harakat, ...), which ``\w`` does not match
+    though they belong to the word before them. They all lie in the planes
+    scanned (0, 1 and 14's variation selectors): a 10 ms scan, not 60."""
+    codes = [c for lo, hi in ((0x300, 0x20000), (0xE0000, 0xE1000))
+             for c in range(lo, hi)
+             if unicodedata.category(chr(c)).startswith('M')]
+    ranges = []
+    for c in codes:
+        if ranges and ranges[-1][1] == c - 1:
+            ranges[-1][1] = c
+        else:
+            ranges.append([c, c])
+    return '[' + ''.join(re.escape(chr(a)) + '-' + re.escape(chr(b))
+                         for a, b in ranges) + ']'
+
+
+# A run of word characters, each followed by the marks on it; the class of
+# ~300 ranges is tried only past U+02FF (no mark lies below): English text
+# tokenizes 1.15x slower than with \w+ alone, not 1.7x.
+_WORD = r"\w+(?:(?=[^\x00-\u02ff])" + _marks() + r"+\w*)*"
 _FORMAT = 'hsa_geo.Vocabulary'
 _VERSION = 1
 # The entries of a saved vocabulary: their JSON type, and how to say it.
@@ -36,7 +59,8 @@ class Vocabulary:
     and punctuation marks.
 
     **Tokenizer.** A token is a match of :attr:`WORD_PATTERN`: either a run
-    of word characters (Unicode letters, digits and ``_``) that may contain
+    of word characters (Unicode letters, digits and ``_``, each with the
+    combining marks on it: ``'नमस्ते'`` is one word) that may contain
     inner apostrophes (``don't``, ``Kullback``), or a single character that
     is neither a word character nor whitespace (``,``, ``-``, ``"``). So
     ``"Kullback-Leibler's"`` is ``Kullback``, ``-``, ``Leibler's``. With
@@ -85,7 +109,8 @@ class Vocabulary:
     """
     #: One token: a word (inner apostrophes allowed) or one other
     #: non-space character. Also the word rule of DocumentHierarchy.
-    WORD_PATTERN = re.compile(r"\w+(?:['\u2019]\w+)*|[^\w\s]")
+    WORD_PATTERN = re.compile(_WORD + r"(?:['\u2019]" + _WORD +
+                              r")*|[^\w\s]")
 
     def __init__(self, tokens: Sequence[str], pad_token: str = '[PAD]',
                  unk_token: str = '[UNK]', lowercase: bool = True,

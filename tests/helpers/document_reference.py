@@ -13,7 +13,11 @@ from hsa_geo.transforms import DocumentHierarchy
 
 PARAGRAPH_BREAK = re.compile(r'\n\s*\n')
 SENTENCE_END = re.compile(r'[.!?]+["\'\u201d\u2019)\]]*(?=\s)')
-WORD = re.compile(r"\w+(?:['\u2019]\w+)*|[^\w\s]")
+# A word character: \w, or any combining mark (category M) after one.
+_MARKS = ''.join(re.escape(chr(c)) for c in range(0x110000)
+                 if unicodedata.category(chr(c)).startswith('M'))
+_CHAR = rf'(?:\w|[{_MARKS}])'
+WORD = re.compile(rf"\w{_CHAR}*(?:['\u2019]\w{_CHAR}*)*|[^\w\s]")
 LEVELS = ('paragraph', 'sentence', 'word')
 KINDS = ('document', 'paragraph', 'sentence', 'word')
 

@@ -317,3 +317,21 @@ def test_ids_of_many_tokens_as_one_by_one():
     assert vocab.ids(tokens)[1] == vocab['caf\u00e9']  # NFD finds it too
     assert vocab.ids(['closed']) == [vocab.unk_id]
     assert vocab.ids(()) == []
+
+
+@pytest.mark.parametrize('text, words', [
+    ('नमस्ते दुनिया', ['नमस्ते', 'दुनिया']),
+    ('สวัสดีครับ', ['สวัสดีครับ']),
+    ('مَرْحَبًا', ['مَرْحَبًا']),
+    ('q\u0303uick, don\u2019t', ['q\u0303uick', ',', 'don\u2019t']),
+])
+@pytest.mark.parametrize('punctuation', [True, False])
+def test_combining_marks_stay_in_their_word(text, words, punctuation):
+    """\\w does not match vowel signs, viramas or harakat: they split
+    words (or were dropped without punctuation) before."""
+    from hsa_geo.transforms import DocumentHierarchy
+    vocab = Vocabulary([], lowercase=False, punctuation=punctuation)
+    expected = [w for w in words if punctuation or w != ',']
+    assert [t for t, _, _ in vocab.tokenize(text)] == expected
+    units = DocumentHierarchy(vocab=vocab).split(text)
+    assert len(units.words) == len(words)
