@@ -71,11 +71,20 @@ def attention_modules(model: torch.nn.Module) -> List[torch.nn.Module]:
     has the ``scaling`` it passes on, and is no cross-attention. A model
     that shares one module across its layers (ALBERT) has one entry, and
     patching it patches every layer that runs it."""
-    return [m for m in model.modules()
+    return [m for name, m in model.named_modules()
             if hasattr(getattr(m, 'config', None), '_attn_implementation')
             and hasattr(m, 'scaling')
             and 'CrossAttention' not in type(m).__name__
-            and not getattr(m, 'is_cross_attention', False)]
+            and not getattr(m, 'is_cross_attention', False)
+            and not name.rsplit('.', 1)[-1].lower().endswith(
+                _CROSS_ATTENTION_NAMES)]
+
+
+#: Attribute names under which encoder-decoder models (BART, Marian,
+#: Pegasus, Whisper, ...) keep a cross-attention module of the class of
+#: their self-attention (told apart only by the call).
+_CROSS_ATTENTION_NAMES = ('encoder_attn', 'crossattention', 'cross_attn',
+                          'cross_attention')
 
 
 class HSAPatch:
@@ -161,6 +170,8 @@ class HSAPatch:
         self._hooks: List[Any] = []
         self._saved: Dict[int, Any] = {}
         self._on_device: Dict[Tuple[str, torch.device], Forest] = {}
+        # The forests the last forward under the patch attended along.
+        self._ran: Dict[str, Forest] = {}
         if forest is not None:
             self.set_forest(forest)
 
@@ -236,6 +247,7 @@ class HSAPatch:
         module may run several times (layers sharing it) or not at all."""
         def start(*_: Any):
             self.call_order, self._recording = [], True
+            self._ran = {}
 
         def stop(*_: Any):
             # Recomputations after the forward (gradient checkpointing)
@@ -295,16 +307,23 @@ class HSAPatch:
             out = _global_rows(out, query, key, value, forest, scaling,
                                dropout, module.training)
         self.calls[index] = self.calls.get(index, 0) + 1
+        if self._recording:
+            self._ran[spec.forest] = forest
         return out
 
     def flops(self):
         r"""The attention FLOPs of one forward of the model on the batch
-        of the set forests (:func:`~hsa_geo.huggingface.
-        model_attention_flops`), one entry per attention call of the last
+        of the forests the last forward attended along (those passed with
+        the call, else the set ones; before any forward, the set forests;
+        :func:`~hsa_geo.huggingface.model_attention_flops`), one entry
+        per attention call of the last
         forward under the patch (:attr:`call_order`); before any forward,
         one per attention module."""
         from hsa_geo.huggingface.flops import model_attention_flops
-        return model_attention_flops(self.model, self.specs, self.forests,
+        forests = dict(self.forests)
+        if self.call_order is not None:  # the forests that ran win
+            forests.update(self._ran)
+        return model_attention_flops(self.model, self.specs, forests,
                                      call_order=self.call_order)
 
     def __repr__(self) -> str:
@@ -347,14 +366,38 @@ def _hsa_attention_forward(module: torch.nn.Module, query: Tensor,
             f"_attn_implementation through hsa_geo.huggingface.hsa_attention"
             f" only")
     patch, index = route
+    for name in _UNSUPPORTED_KWARGS:
+        if kwargs.get(name) is not None:
+            raise ValueError(
+                f"attention layer {index} ({type(module).__name__}) passes "
+                f"{name}={kwargs[name]!r} to its attention function; HSA "
+                f"attends along the forest with plain softmax scores and "
+                f"would silently drop it ({_UNSUPPORTED_KWARGS[name]}); patch "
+                f"only layers without it")
     out = patch.attention(index, module, query, key, value, attention_mask,
                           dropout, scaling, kwargs.get(FOREST_KWARG))
     # transformers leaves None weights out of `attentions`, which would
     # shift the layers after this one; an expanded scalar costs nothing.
+    # Where the layer's own implementation returns no weights (sdpa,
+    # flash, flex), neither does the patched layer, for the same reason.
+    original = patch._saved[index]._attn_implementation
+    if isinstance(original, str) and original.startswith(
+            ('sdpa', 'flash', 'flex', 'paged')):
+        return out, None
     batch, heads, length, _ = query.shape
     weights = query.new_full((), float('nan')).expand(batch, heads, length,
                                                       length)
     return out, weights
+
+
+#: Keywords of the attention interface that change the scores; HSA
+#: cannot honour them.
+_UNSUPPORTED_KWARGS = {
+    'sliding_window': 'a local window of keys',
+    'softcap': 'a tanh soft cap of the scores',
+    's_aux': 'attention sinks',
+    'sinks': 'attention sinks',
+}
 
 
 def _register():
@@ -417,6 +460,8 @@ def _check_batch(forest: Forest, batch: int, length: int,
     mask's."""
     hierarchy = forest.hierarchy if isinstance(forest, TokenForest) \
         else forest
+    # For every forest: the mask may hide nothing but padding keys.
+    keys = _mask_keys(attention_mask, batch, length, hierarchy.device, index)
     if hierarchy.num_leaves != batch * length:
         raise ValueError(
             f"attention layer {index} gets a batch of {batch} x {length} "
@@ -424,8 +469,7 @@ def _check_batch(forest: Forest, batch: int, length: int,
             f"build the forest from this batch's encoding (leaf b * L + t "
             f"is position t of sequence b)")
     if isinstance(forest, TokenForest):
-        valid = _mask_keys(attention_mask, batch, length,
-                           forest.valid.device)
+        valid = None if keys is None else keys.to(forest.valid.device)
         if valid is not None and not torch.equal(valid, forest.valid):
             b = int((valid != forest.valid).any(1).nonzero()[0])
             raise ValueError(
@@ -435,13 +479,21 @@ def _check_batch(forest: Forest, batch: int, length: int,
     return hierarchy
 
 
-def _mask_keys(mask: Optional[Tensor], batch: int, length: int,
-               device: torch.device) -> Optional[Tensor]:
+def _mask_keys(mask: Any, batch: int, length: int, device: torch.device,
+               index: int) -> Optional[Tensor]:
     r"""``[B, L]`` the keys the model's mask lets a query see, from a mask
     in the format of any implementation (:obj:`None` when no format is
-    recognised)."""
+    recognised). A mask that does more than hide padding keys (causal,
+    sliding-window, block-diagonal, or additive biases) raises: HSA does
+    not read it and would silently attend past it."""
     if mask is None:
         return torch.ones(batch, length, dtype=torch.bool, device=device)
+    if not isinstance(mask, Tensor):
+        raise ValueError(
+            f"attention layer {index} got an attention mask of type "
+            f"{type(mask).__name__}, which HSA cannot check against the "
+            f"forest; load the model with attn_implementation='sdpa' or "
+            f"'eager' to patch it")
     if mask.dim() == 2 and tuple(mask.shape) == (batch, length):
         return mask.bool().to(device)
     if mask.dim() != 4 or mask.size(-1) != length:
@@ -450,7 +502,29 @@ def _mask_keys(mask: Optional[Tensor], batch: int, length: int,
         allowed = mask
     else:  # additive: 0 where allowed, the dtype's minimum where not
         allowed = mask > torch.finfo(mask.dtype).min / 2
-    return allowed.any(1).any(1).expand(batch, length).to(device)
+        if bool((mask[allowed] != 0).any()):
+            raise ValueError(
+                f"attention layer {index} got an additive attention mask "
+                f"that adds a bias to allowed scores (a position bias or "
+                f"a dynamic mask); HSA does not read the mask and would "
+                f"silently drop it; patch only layers whose mask hides "
+                f"padding only")
+    keys = allowed.any(1).any(1).expand(batch, length)
+    # Only padding: every real query of a sequence sees the same keys.
+    rows = allowed.expand(batch, -1, -1, -1)
+    if rows.size(2) == length:
+        differs = (rows != keys[:, None, None, :]).any(-1) & \
+            keys[:, None, :]  # [B, H, Q]
+        if bool(differs.any()):
+            b, _, t = (int(i) for i in differs.nonzero()[0])
+            raise ValueError(
+                f"attention layer {index} got an attention mask that hides "
+                f"keys other than padding from query {t} of sequence {b} (a "
+                f"causal, sliding-window or custom 4-D mask); HSA does not "
+                f"read the mask, only the forest, and would silently attend "
+                f"past it; pass a [B, L] padding mask, or patch only layers "
+                f"whose mask hides padding only")
+    return keys.to(device)
 
 
 def _global_rows(out: Tensor, query: Tensor, key: Tensor, value: Tensor,

@@ -353,3 +353,136 @@ def test_missing_transformers(setup, monkeypatch):
     with pytest.raises(ImportError, match=r"hsa_geo\[huggingface\]"):
         hsa_attention(model, [0]).apply()
     assert attention_modules(model)[0].config is model.config
+
+
+# What the model's attention does beside the scores #######################
+
+
+def _model_class(name: str):
+    r"""A transformers class, or a skip where this version lacks it."""
+    if not hasattr(transformers, name):
+        pytest.skip(f'transformers {transformers.__version__} has no {name}')
+    return getattr(transformers, name)
+
+
+def _flat_forest(batch: int, length: int) -> Hierarchy:
+    parent = torch.cat([torch.full((length, ), batch * length + b)
+                        for b in range(batch)] + [torch.full((batch, ), -1)])
+    return Hierarchy.from_parent(parent, batch * length)
+
+
+@pytest.mark.parametrize('implementation', ['sdpa', 'eager'])
+@pytest.mark.parametrize('kind', ['bool', 'additive'])
+def test_a_mask_that_hides_more_than_padding_raises(implementation, kind):
+    """HSA reads the forest, not the mask: a block-diagonal (or causal)
+    4-D mask would be dropped without a word."""
+    tokenizer = bert_tokenizer()
+    model = tiny_model('bert', tokenizer)
+    model.set_attn_implementation(implementation)
+    inputs, flat = TokenHierarchy(tokenizer, levels=()).encode(TEXTS)
+    length = inputs['input_ids'].size(1)
+    pad = inputs['attention_mask'][:, None, None, :].bool().expand(
+        -1, 1, length, length)
+    mask = pad.clone()
+    mask[0, 0, :5, 5:] = False
+    mask[0, 0, 5:, :5] = False
+    if kind == 'additive':
+        mask = torch.zeros(mask.shape).masked_fill(
+            ~mask, torch.finfo(torch.float32).min)
+    with pytest.raises(ValueError, match='hides keys other than padding '
+                                         'from query 0 of sequence 0'):
+        with torch.no_grad(), hsa_attention(model, [0], flat):
+            model(input_ids=inputs['input_ids'], attention_mask=mask)
+    # a 4-D mask of padding only runs and equals the model
+    with torch.no_grad():
+        ref = model(**inputs).last_hidden_state
+        with hsa_attention(model, [0, 1, 2], flat):
+            out = model(input_ids=inputs['input_ids'],
+                        attention_mask=pad).last_hidden_state
+    torch.testing.assert_close(out[flat.valid], ref[flat.valid], atol=ATOL,
+                               rtol=0)
+
+
+@pytest.mark.parametrize('implementation', ['eager', 'sdpa'])
+def test_a_causal_mask_raises_without_is_causal(implementation):
+    """A decoder whose attention has no is_causal attribute (Doge) is
+    caught by its mask."""
+    config = _model_class('DogeConfig')(
+        vocab_size=100, hidden_size=32, intermediate_size=64,
+        num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+        max_position_embeddings=64)
+    config._attn_implementation = implementation
+    model = _model_class('DogeForCausalLM')(config).eval()
+    with pytest.raises(ValueError, match='attention layer 0 got an'):
+        with torch.no_grad(), hsa_attention(model, [0], _flat_forest(1, 8)):
+            model(input_ids=torch.randint(3, 100, (1, 8)))
+
+
+def test_sliding_windows_and_soft_caps_raise():
+    torch.manual_seed(0)
+    ids = torch.randint(0, 100, (2, 12))
+    config = _model_class('Gemma3TextConfig')(
+        vocab_size=100, hidden_size=32, intermediate_size=64,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=16, sliding_window=4,
+        layer_types=['sliding_attention', 'full_attention'],
+        use_bidirectional_attention=True, max_position_embeddings=64)
+    model = _model_class('Gemma3TextModel')(config).eval()
+    with pytest.raises(ValueError, match='passes sliding_window='):
+        with torch.no_grad(), hsa_attention(model, [0], _flat_forest(2, 12)):
+            model(input_ids=ids)
+    # its full-attention layer (grouped queries, head_dim != width / heads)
+    with torch.no_grad():
+        ref = model(input_ids=ids).last_hidden_state
+        with hsa_attention(model, [1], _flat_forest(2, 12)):
+            out = model(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(out, ref, atol=ATOL, rtol=0)
+    config = _model_class('Gemma2Config')(
+        vocab_size=100, hidden_size=32, intermediate_size=64,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=16, use_bidirectional_attention=True,
+        attn_logit_softcapping=1.0, max_position_embeddings=64)
+    config._attn_implementation = 'eager'
+    model = _model_class('Gemma2Model')(config).eval()
+    with pytest.raises(ValueError, match='softcap'):
+        with torch.no_grad(), hsa_attention(model, [1], _flat_forest(2, 12)):
+            model(input_ids=ids)
+
+
+def test_cross_attention_of_encoder_decoders_is_not_listed():
+    config = transformers.BartConfig(
+        vocab_size=100, d_model=32, encoder_layers=2, decoder_layers=2,
+        encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=64)
+    model = transformers.BartModel(config)
+    expected = [layer.self_attn for layer in model.encoder.layers] + \
+        [layer.self_attn for layer in model.decoder.layers]
+    assert attention_modules(model) == expected
+
+
+def test_a_block_mask_of_flex_attention_raises():
+    tokenizer = bert_tokenizer()
+    model = tiny_model('bert', tokenizer)
+    try:
+        model.set_attn_implementation('flex_attention')
+    except (ImportError, ValueError) as e:
+        pytest.skip(f'no flex_attention here: {e}')
+    inputs, forest = TokenHierarchy(tokenizer).encode(TEXTS)
+    with pytest.raises(ValueError, match="BlockMask.*attn_implementation="
+                                         "'sdpa'"):
+        with torch.no_grad(), hsa_attention(model, [0], forest):
+            model(**inputs)
+
+
+def test_sdpa_output_attentions_keep_their_layers():
+    """sdpa returns no weights: neither does a patched layer, or
+    attentions[i] would be another layer's."""
+    tokenizer = bert_tokenizer()
+    model = tiny_model('bert', tokenizer)
+    model.set_attn_implementation('sdpa')
+    inputs, forest = TokenHierarchy(tokenizer).encode(TEXTS)
+    with torch.no_grad():
+        reference = model(**inputs, output_attentions=True).attentions
+        with hsa_attention(model, [1], forest):
+            patched = model(**inputs, output_attentions=True).attentions
+    assert len(patched) == len(reference)

@@ -157,3 +157,19 @@ def test_errors():
         model_attention_flops(model, [0], forest, call_order=[0, 3])
     with pytest.raises(TypeError, match="'call_order' must be a list"):
         model_attention_flops(model, [0], forest, call_order=3)
+
+
+def test_flops_count_the_forest_passed_with_the_call():
+    tokenizer = bert_tokenizer()
+    model = tiny_model('bert', tokenizer)
+    builder = TokenHierarchy(tokenizer)
+    _, small = builder.encode(TEXTS[:1])
+    inputs, forest = builder.encode(TEXTS)
+    layers = {0: 'hsa', 1: 'query_resolved'}
+    expected = model_attention_flops(model, layers, forest)
+    with torch.no_grad(), hsa_attention(model, layers, small) as patch:
+        model(**inputs, hsa_forest=forest)
+        assert patch.flops() == expected
+    with torch.no_grad(), hsa_attention(model, layers) as patch:
+        model(**inputs, hsa_forest=forest)
+        assert patch.flops() == expected
