@@ -224,6 +224,15 @@ def _call_order(model: torch.nn.Module, count: int,
     if isinstance(layers, int):
         # ALBERT runs the inner_group_num layers of a group per layer.
         calls = layers * getattr(config, 'inner_group_num', 1)
+        if calls != count and getattr(config, 'is_encoder_decoder', False):
+            raise ValueError(
+                f"{type(model).__name__} is an encoder-decoder: its {count} "
+                f"attention modules are not those of its "
+                f"config.num_hidden_layers = {layers} layers, one each, and "
+                f"which call runs which module is known only from a "
+                f"forward; run the model inside hsa_attention(model, "
+                f"layers, forest) and call patch.flops(), or pass "
+                f"call_order=patch.call_order")
         if calls != count:
             raise ValueError(
                 f"{type(model).__name__} makes {calls} attention calls per "

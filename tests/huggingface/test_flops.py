@@ -173,3 +173,19 @@ def test_flops_count_the_forest_passed_with_the_call():
     with torch.no_grad(), hsa_attention(model, layers) as patch:
         model(**inputs, hsa_forest=forest)
         assert patch.flops() == expected
+
+
+def test_an_encoder_decoder_is_not_taken_for_shared_layers():
+    import transformers
+    config = transformers.BartConfig(
+        vocab_size=100, d_model=32, encoder_layers=2, decoder_layers=2,
+        encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=64)
+    forest = TokenForest(Hierarchy.from_parent(torch.tensor([4] * 4 + [-1]),
+                                               4),
+                         torch.ones(1, 4, dtype=torch.bool),
+                         torch.zeros(1, 4, dtype=torch.bool),
+                         torch.zeros(0, dtype=torch.long))
+    with pytest.raises(ValueError, match="BartModel is an encoder-decoder: "
+                       "its 4 attention modules"):
+        model_attention_flops(transformers.BartModel(config), [0], forest)
