@@ -1,5 +1,6 @@
 r"""Elec: Amazon electronics product reviews for sentiment classification,
 as nested signals of their text."""
+import codecs
 import os
 import os.path as osp
 from typing import Any, Callable, List, Optional
@@ -211,6 +212,8 @@ class AmazonElec(DocumentDataset):
                 f"download it again)")
         with open(path, 'rb') as f:
             raw = f.read()
+        # A byte order mark is an encoding signature, not text.
+        raw = raw.removeprefix(codecs.BOM_UTF8)
         # Not str.splitlines: it also splits at '\r', '\x0b', '\x1c',
         # '\u2028', ..., which a review may hold, and would shift every
         # later review against its label.

@@ -1,5 +1,6 @@
 r"""Measured activities of a ChEMBL compound series, from RDKit."""
 import csv
+import math
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -7,7 +8,8 @@ from torch import Tensor
 
 from hsa_geo._checks import check_float
 from hsa_geo.datasets.rdkit_molecule_dataset import (Record,
-                                                     RDKitMoleculeDataset)
+                                                     RDKitMoleculeDataset,
+                                                     read_smiles_file)
 
 
 class ChEMBLActivity(RDKitMoleculeDataset):
@@ -133,20 +135,39 @@ class ChEMBLActivity(RDKitMoleculeDataset):
 
     def read_raw(self) -> List[Record]:
         activity: Dict[str, float] = {}
-        with open(self.raw_paths[1], newline='') as f:
-            for row in csv.DictReader(f):
-                activity[row['Name'].strip()] = float(row['Act'])
-        records = []
-        with open(self.raw_paths[0]) as f:
-            for line in f:
-                if not line.strip():
-                    continue
-                smiles, compound_id = line.split()[:2]
-                if compound_id not in activity:
+        path = self.raw_paths[1]
+        with open(path, newline='', encoding='utf-8-sig') as f:
+            reader = csv.DictReader(f)
+            if not {'Name', 'Act'} <= set(reader.fieldnames or ()):
+                raise ValueError(
+                    f"'{path}' must start with the header line 'Name,Act', "
+                    f"got the columns {reader.fieldnames}")
+            for row in reader:
+                name = (row['Name'] or '').strip()
+                try:
+                    value = float(row['Act'])
+                except (TypeError, ValueError):
+                    value = math.nan
+                if not math.isfinite(value):
                     raise ValueError(
-                        f"Compound {compound_id} of '{self.raw_paths[0]}' "
-                        f"has no activity in '{self.raw_paths[1]}'")
-                records.append((smiles, compound_id, activity[compound_id]))
+                        f"Line {reader.line_num} of '{path}': compound "
+                        f"{name!r} has the activity {row['Act']!r}, which "
+                        f"is not a finite number; remove the compound or "
+                        f"give its measured value")
+                if name in activity:
+                    raise ValueError(
+                        f"Line {reader.line_num} of '{path}': compound "
+                        f"{name!r} has a second activity ({value}; the "
+                        f"first is {activity[name]}); keep one value per "
+                        f"compound")
+                activity[name] = value
+        records = []
+        for smiles, compound_id in read_smiles_file(self.raw_paths[0]):
+            if compound_id not in activity:
+                raise ValueError(
+                    f"Compound {compound_id} of '{self.raw_paths[0]}' "
+                    f"has no activity in '{self.raw_paths[1]}'")
+            records.append((smiles, compound_id, activity[compound_id]))
         return records
 
     def __repr__(self) -> str:

@@ -12,7 +12,8 @@ from torch_geometric.data import Data, InMemoryDataset
 
 from hsa_geo._checks import check_int, check_num_workers
 from hsa_geo.datasets.parallel_map import parallel_map
-from hsa_geo.datasets.processed_meta import (folder_record_ignored,
+from hsa_geo.datasets.processed_meta import (check_vocabulary,
+                                             folder_record_ignored,
                                              load_processed, write_meta)
 from hsa_geo.datasets.tokenizer_tag import tokenizer_tag
 from hsa_geo.transforms import DocumentHierarchy, Vocabulary
@@ -93,6 +94,7 @@ class DocumentDataset(InMemoryDataset):
         self.vocab: Optional[Vocabulary] = None
         if tokenizer is None:
             self.vocab = Vocabulary.load(self.processed_paths[2])
+            check_vocabulary(self, meta, self.vocab, self.processed_paths[2])
 
     # For subclasses ########################################################
 
@@ -180,7 +182,10 @@ class DocumentDataset(InMemoryDataset):
                 f"the {self.split!r} split is left ({len(skipped)} empty, "
                 f"the others refused by 'pre_filter')")
         self.save(data_list, self.processed_paths[0])
-        write_meta(self.processed_paths[1], {'skipped': skipped}, self)
+        meta: Dict[str, Any] = {'skipped': skipped}
+        if document.vocab is not None:
+            meta['vocab'] = document.vocab.digest
+        write_meta(self.processed_paths[1], meta, self)
 
     def _document_hierarchy(
             self, train: Optional[List[Document]]) -> DocumentHierarchy:

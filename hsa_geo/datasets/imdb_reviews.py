@@ -179,7 +179,8 @@ class IMDBReviews(DocumentDataset):
                     f"{self.url} into '{self.raw_dir}' (or delete that "
                     f"folder to download it again)")
             for review_id, rating, file in self._review_files(path, name):
-                with open(osp.join(path, file), encoding='utf-8',
+                # utf-8-sig: a byte order mark is not text.
+                with open(osp.join(path, file), encoding='utf-8-sig',
                           errors='replace') as f:
                     text = self.review_text(f.read())
                 documents.append(Document(

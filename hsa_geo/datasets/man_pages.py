@@ -2,6 +2,7 @@ r"""ManPages: the Linux manual pages of Debian's ``manpages`` and
 ``manpages-dev`` packages, read offline, as nested signals labelled by
 their manual section."""
 import bz2
+import codecs
 import gzip
 import hashlib
 import json
@@ -267,15 +268,19 @@ class ManPages(InMemoryDataset):
         :class:`FileNotFoundError` that names the packages to install when
         the default pages are not installed."""
         pages: Dict[str, Optional[str]] = {}  # page file -> alias target
+        names: Dict[str, str] = {}  # page name -> its file
         for path in find_pages(self.paths, self.PACKAGES):
             page = osp.join(osp.basename(osp.dirname(path)),
                             osp.basename(path))
-            if page in pages:
+            # 'man3/foo.3' and 'man3/foo.3.gz' are the same page.
+            if _page_name(page) in names:
                 raise ValueError(
                     f"ManPages: two page files are '{page}' (one is "
-                    f"'{path}'); every page needs its own file name within "
-                    f"its man<section> folder, so pass only one of them in "
-                    f"'paths'")
+                    f"'{path}', the other '{names[_page_name(page)]}'); "
+                    f"every page needs its own file name within its "
+                    f"man<section> folder, compressed or not, so pass only "
+                    f"one of them in 'paths'")
+            names[_page_name(page)] = path
             pages[page] = os.readlink(path) if osp.islink(path) else None
             if pages[page] is None:
                 os.makedirs(osp.join(self.raw_dir, osp.dirname(page)),
@@ -481,7 +486,8 @@ def _installed_pages(packages: Sequence[str]) -> List[str]:
 def _read_source(path: str) -> str:
     opener = _COMPRESSED.get(osp.splitext(path)[1], open)
     with opener(path, 'rb') as f:
-        raw = f.read()
+        # A byte order mark would hide the first request.
+        raw = f.read().removeprefix(codecs.BOM_UTF8)
     try:
         return raw.decode('utf-8')
     except UnicodeDecodeError:  # a few old pages are Latin-1

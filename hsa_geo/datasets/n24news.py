@@ -13,7 +13,8 @@ from torch_geometric.data import HeteroData, InMemoryDataset
 from tqdm import tqdm
 
 from hsa_geo._checks import check_int
-from hsa_geo.datasets.processed_meta import (folder_record_ignored,
+from hsa_geo.datasets.processed_meta import (check_vocabulary,
+                                             folder_record_ignored,
                                              load_processed, write_meta)
 from hsa_geo.datasets.tokenizer_tag import tokenizer_tag
 from hsa_geo.transforms import (DocumentHierarchy, GridHierarchy,
@@ -203,6 +204,7 @@ class N24News(InMemoryDataset):
         self.vocab: Optional[Vocabulary] = None
         if self.text_fields and tokenizer is None:
             self.vocab = Vocabulary.load(self.processed_paths[2])
+            check_vocabulary(self, meta, self.vocab, self.processed_paths[2])
 
     # Options ###############################################################
 
@@ -266,8 +268,9 @@ class N24News(InMemoryDataset):
         items = train if self.split == 'train' else \
             self._read_items(self.split)
         label = {section: i for i, section in enumerate(sections)}
+        builders = self._builders(train)
         transform = MultiModalHierarchy(
-            self._builders(train), {t: 'text' for t in self.text_fields})
+            builders, {t: 'text' for t in self.text_fields})
 
         data_list: List[HeteroData] = []
         skipped: List[Skipped] = []
@@ -297,8 +300,12 @@ class N24News(InMemoryDataset):
                 f"skipped for missing data, the others refused by "
                 f"'pre_filter')")
         self.save(data_list, self.processed_paths[0])
-        write_meta(self.processed_paths[1],
-                   {'sections': sections, 'skipped': skipped}, self)
+        meta: Dict[str, Any] = {'sections': sections, 'skipped': skipped}
+        vocab = getattr(builders.get(self.text_fields[0]), 'vocab', None) \
+            if self.text_fields else None
+        if vocab is not None:
+            meta['vocab'] = vocab.digest
+        write_meta(self.processed_paths[1], meta, self)
 
     # Reading ###############################################################
 
@@ -335,10 +342,15 @@ class N24News(InMemoryDataset):
         builders: Dict[str, Callable] = {}
         if self.text_fields:
             if self.tokenizer is None:
-                vocab = Vocabulary.build(
-                    text for item in train for t in self.text_fields
-                    if (text := _text(item, self.TEXT_KEYS[t])))
-                vocab.save(self.processed_paths[2])
+                path = self.processed_paths[2]
+                if osp.exists(path) and not self.force_reload:
+                    # Built by another split already: the splits share it.
+                    vocab = Vocabulary.load(path)
+                else:
+                    vocab = Vocabulary.build(
+                        text for item in train for t in self.text_fields
+                        if (text := _text(item, self.TEXT_KEYS[t])))
+                    vocab.save(path)
                 document = DocumentHierarchy(vocab=vocab, store_tokens=False)
             else:
                 document = DocumentHierarchy(tokenizer=self.tokenizer,

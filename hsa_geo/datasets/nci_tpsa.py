@@ -3,7 +3,8 @@ RDKit."""
 from typing import List
 
 from hsa_geo.datasets.rdkit_molecule_dataset import (Record,
-                                                     RDKitMoleculeDataset)
+                                                     RDKitMoleculeDataset,
+                                                     read_smiles_file)
 
 
 class NCITPSA(RDKitMoleculeDataset):
@@ -81,8 +82,7 @@ class NCITPSA(RDKitMoleculeDataset):
                    ('RDDataDir', 'NCI/first_5k.tpsa.csv'))
 
     def read_raw(self) -> List[Record]:
-        with open(self.raw_paths[0]) as f:
-            molecules = [line.split()[:2] for line in f if line.strip()]
+        molecules = read_smiles_file(self.raw_paths[0])
         with open(self.raw_paths[1]) as f:
             # '#' lines say how the values were computed.
             labels = [line.strip().rsplit(',', 1) for line in f

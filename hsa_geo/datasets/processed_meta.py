@@ -158,3 +158,23 @@ def load_processed(dataset: InMemoryDataset) -> Dict[str, Any]:
             f"or use another root to keep both")
     dataset.load(dataset.processed_paths[0])
     return meta
+
+
+def check_vocabulary(dataset: InMemoryDataset, meta: Dict[str, Any],
+                     vocab: Any, path: str) -> None:
+    r"""Raises a :class:`ValueError` where the processed signals of
+    :obj:`dataset` (side file :obj:`meta`) were made with another
+    vocabulary than :obj:`vocab`, the one saved at :obj:`path` that several
+    variants share: their token ids would be read with the wrong tokens.
+    Side files that do not record the vocabulary are not checked."""
+    made = meta.get('vocab')
+    if made is None or made == vocab.digest:
+        return
+    raise ValueError(
+        f"{dataset.__class__.__name__}: the processed file "
+        f"'{osp.basename(dataset.processed_paths[0])}' in "
+        f"'{osp.dirname(dataset.processed_paths[0])}' holds the token ids of "
+        f"the vocabulary with digest {made!r}, but '{osp.basename(path)}' "
+        f"is now the vocabulary {vocab.digest!r} (rebuilt since, when "
+        f"another split was processed from changed training data); pass "
+        f"force_reload=True to process it again with that vocabulary")

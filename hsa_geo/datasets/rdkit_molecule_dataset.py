@@ -17,6 +17,25 @@ from hsa_geo.datasets.scaffold_split import scaffold_split
 Record = Tuple[str, str, float]
 
 
+def read_smiles_file(path: str) -> List[Tuple[str, str]]:
+    r"""The ``(SMILES, compound identifier)`` of every line of a ``.smi``
+    file of RDKit's (blank lines skipped); a line without both raises a
+    :class:`ValueError` naming it."""
+    molecules = []
+    with open(path) as f:
+        for i, line in enumerate(f):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) < 2:
+                raise ValueError(
+                    f"Line {i + 1} of '{path}' is {line.strip()!r}, but a "
+                    f"line holds a SMILES and a compound identifier "
+                    f"separated by a blank")
+            molecules.append((fields[0], fields[1]))
+    return molecules
+
+
 class RDKitMoleculeDataset(InMemoryDataset):
     r"""The base of the molecule datasets of :mod:`hsa_geo.datasets`: sets
     of molecules with one label each, whose raw files ship inside the

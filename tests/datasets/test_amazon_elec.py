@@ -256,3 +256,14 @@ def test_workers_give_the_same_reviews(tmp_path, train):
         assert_same_signal(a, b)
     with pytest.raises(ValueError, match="'num_workers' must be 0"):
         AmazonElec(str(tmp_path), num_workers=-1)
+
+
+def test_a_byte_order_mark_is_not_text(tmp_path):
+    elec = tmp_path / 'raw' / 'elec'
+    elec.mkdir(parents=True)
+    (elec / 'elec-25k-train.txt').write_text('Works great.\nBad cable.\n',
+                                             encoding='utf-8-sig')
+    (elec / 'elec-25k-train.cat').write_text('2\n1\n')
+    dataset = AmazonElec(str(tmp_path), log=False)
+    assert dataset[0].text == 'Works great.'
+    assert '\ufeff' not in dataset.vocab.tokens

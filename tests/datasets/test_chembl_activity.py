@@ -152,3 +152,35 @@ def test_compound_without_activity(tmp_path):
                                for _, c in molecules[:5]))
     with pytest.raises(ValueError, match='Compound 42 .* has no activity'):
         ChEMBLActivity(str(tmp_path), log=False)
+
+
+def _write_raw(root, smi, act):
+    import os
+    raw = os.path.join(root, 'chembl2321810', 'raw')
+    os.makedirs(raw, exist_ok=True)
+    with open(os.path.join(raw, 'CHEMBL2321810.smi'), 'w') as f:
+        f.write(smi)
+    with open(os.path.join(raw, 'CHEMBL2321810_act.csv'), 'w') as f:
+        f.write(act)
+
+
+@pytest.mark.parametrize('act, match', [
+    ('Name,Act\n1,7.5\n2,nan\n', r"Line 3 .*compound '2' has the activity "
+                                 r"'nan', which is not a finite number"),
+    ('Name,Act\n1,7.5\n2,\n', r"compound '2' has the activity ''"),
+    ('Name,Act\n1,7.5\n2,5.0\n2,8.0\n', r"Line 4 .*compound '2' has a "
+                                        r"second activity"),
+])
+def test_activities_that_are_no_label_are_refused(tmp_path, act, match):
+    _write_raw(str(tmp_path), 'CCO 1\nc1ccccc1O 2\n', act)
+    with pytest.raises(ValueError, match=match):
+        ChEMBLActivity(str(tmp_path), task='classification', log=False)
+
+
+def test_a_byte_order_mark_and_a_line_without_identifier(tmp_path):
+    _write_raw(str(tmp_path), 'CCO 1\nCCN 2\n', '\ufeffName,Act\n1,7.5\n2,5\n')
+    dataset = ChEMBLActivity(str(tmp_path), log=False)
+    assert dataset.y.view(-1).tolist() == [7.5, 5.0]
+    _write_raw(str(tmp_path / 'b'), 'CCO 1\nCCN\n', 'Name,Act\n1,7.5\n')
+    with pytest.raises(ValueError, match=r"Line 2 of .* is 'CCN'"):
+        ChEMBLActivity(str(tmp_path / 'b'), log=False)

@@ -332,3 +332,46 @@ def test_bad_num_workers(tmp_path):
         IMDBReviews(str(tmp_path), num_workers=-1)
     with pytest.raises(TypeError, match="'num_workers' must be an int"):
         IMDBReviews(str(tmp_path), num_workers='2')
+
+
+# Raw data that changes, and byte order marks ###############################
+
+
+def _write_review(root, split, folder, name, text, encoding='utf-8'):
+    path = os.path.join(root, 'raw', 'aclImdb', split, folder)
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, name), 'w', encoding=encoding) as f:
+        f.write(text)
+
+
+def test_a_split_of_another_vocabulary_is_refused(tmp_path):
+    """The splits share one vocabulary file: a split cached with the ids
+    of a vocabulary rebuilt since is not read with the new one."""
+    root = str(tmp_path)
+    _write_review(root, 'train', 'pos', '0_9.txt', 'A great film.')
+    _write_review(root, 'train', 'neg', '0_1.txt', 'A bad film.')
+    _write_review(root, 'test', 'pos', '0_8.txt', 'A great film.')
+    _write_review(root, 'test', 'neg', '0_2.txt', 'A bad film.')
+    IMDBReviews(root, log=False)
+    IMDBReviews(root, split='test', log=False)
+    _write_review(root, 'train', 'neg', '1_2.txt',
+                  'Terrible terrible terrible acting acting, bad bad.')
+    IMDBReviews(root, force_reload=True, log=False)
+    with pytest.raises(ValueError, match=r"'test_aclImdb_vocab-min1\.pt'.*"
+                       r"vocabulary.*force_reload=True"):
+        IMDBReviews(root, split='test', log=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        test = IMDBReviews(root, split='test', force_reload=True, log=False)
+    for data in test:
+        assert data.x.tolist() == test.vocab.encode(data.text).tolist()
+
+
+def test_a_byte_order_mark_is_not_text(tmp_path):
+    for folder, name, text in (('pos', '0_9.txt', 'Great film.'),
+                               ('neg', '0_1.txt', 'Bad film.')):
+        _write_review(str(tmp_path), 'train', folder, name, text,
+                      encoding='utf-8-sig')
+    dataset = IMDBReviews(str(tmp_path), log=False)
+    assert [d.text for d in dataset] == ['Bad film.', 'Great film.']
+    assert '\ufeff' not in dataset.vocab.tokens

@@ -348,3 +348,27 @@ def test_workers_give_the_same_pages(tmp_path, dataset):
 def test_bad_num_workers(tmp_path):
     with pytest.raises(ValueError, match="'num_workers' must be 0"):
         ManPages(str(tmp_path), paths=[str(tmp_path)], num_workers=-2)
+
+
+def test_a_page_compressed_and_plain_is_refused(tmp_path):
+    page = '.TH X 3\n.SH NAME\n{0} \\- page\n.SH DESCRIPTION\nThe word {0}.\n'
+    (tmp_path / 'a' / 'man3').mkdir(parents=True)
+    (tmp_path / 'b' / 'man3').mkdir(parents=True)
+    (tmp_path / 'a' / 'man3' / 'foo.3').write_text(page.format('plain'))
+    (tmp_path / 'a' / 'man3' / 'bar.3').write_text(page.format('bar'))
+    with gzip.open(tmp_path / 'b' / 'man3' / 'foo.3.gz', 'wt') as f:
+        f.write(page.format('gzip'))
+    with pytest.raises(ValueError, match=(
+            r"two page files are .man3/foo\.3(\.gz)?. \(one is "
+            r".*foo\.3.*, the other .*foo\.3")):
+        ManPages(str(tmp_path / 'root'),
+                 paths=[str(tmp_path / 'a'), str(tmp_path / 'b')],
+                 min_pages_per_section=1, min_freq=1, log=False)
+
+
+def test_a_byte_order_mark_does_not_hide_the_first_request(tmp_path):
+    from hsa_geo.datasets.man_pages import read_page
+    (tmp_path / 'man3').mkdir()
+    page = tmp_path / 'man3' / 'foo.3'
+    page.write_bytes(b'\xef\xbb\xbf.TH FOO 3\n.SH NAME\nfoo \\- bar\n')
+    assert read_page(page)[0] == 'NAME\n\nfoo - bar'

@@ -345,3 +345,30 @@ def test_a_data_loader_batch_through_hetero_hsa_conv(train):
     loss = sum(o.square().sum() for o in out.values())
     loss.backward()
     assert embed.weight.grad is not None
+
+
+def test_splits_keep_the_vocabulary_they_were_made_with(tmp_path):
+    """Processing another split reuses the vocabulary file the splits
+    share, even after the training items changed."""
+    import os
+
+    def write(split, heads):
+        os.makedirs(osp.join(tmp_path, 'raw', 'news'), exist_ok=True)
+        items = [{'section': s, 'headline': h, 'image_id': str(i)}
+                 for i, (s, h) in enumerate(heads)]
+        with open(osp.join(tmp_path, 'raw', 'news',
+                           f'nytimes_{split}.json'), 'w') as f:
+            json.dump(items, f)
+
+    root = str(tmp_path)
+    write('train', [('Books', 'A new novel.'), ('Sports', 'The game ends.')])
+    write('test', [('Books', 'The novel ends.')])
+    write('dev', [('Sports', 'A game.')])
+    N24News(root, fields=('headline', ), log=False)
+    N24News(root, split='test', fields=('headline', ), log=False)
+    write('train', [('Books', 'Zebra zebra zebra yak yak novel.'),
+                    ('Sports', 'The game ends.')])
+    N24News(root, split='val', fields=('headline', ), log=False)
+    test = N24News(root, split='test', fields=('headline', ), log=False)
+    text = test[0]['headline']
+    assert text.x.tolist() == test.vocab.encode(text.text).tolist()

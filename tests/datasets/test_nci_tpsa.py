@@ -61,3 +61,15 @@ def test_files_out_of_step(tmp_path):
     (raw / 'first_5k.tpsa.csv').write_text(''.join(lines[:4]))
     with pytest.raises(ValueError, match='4 molecules but .* 3 values'):
         NCITPSA(str(tmp_path), log=False)
+
+
+def test_a_line_without_identifier(tmp_path):
+    molecules, lines = read_rdkit_files()
+    raw = tmp_path / 'nci_tpsa' / 'raw'
+    raw.mkdir(parents=True)
+    (raw / 'first_5K.smi').write_text(
+        f'{molecules[0][0]}\t{molecules[0][1]}\n{molecules[1][0]}\n')
+    (raw / 'first_5k.tpsa.csv').write_text(''.join(lines[:3]))
+    with pytest.raises(ValueError, match=r"Line 2 of .* is .*, but a line "
+                       r"holds a SMILES and a compound identifier"):
+        NCITPSA(str(tmp_path), log=False)
