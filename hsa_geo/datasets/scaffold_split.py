@@ -23,9 +23,10 @@ def scaffold_split(
     :func:`rdkit.Chem.Scaffolds.MurckoScaffold.MurckoScaffoldSmiles`
     (its ring systems and the linkers between them; ``''`` for an acyclic
     molecule, so all acyclic molecules form one set). The scaffold sets are
-    taken from largest to smallest (ties: the set whose last index is
+    taken from largest to smallest (ties: the set whose first index is
     larger first, as in the split that OGB's molecule datasets were made
-    with, `Hu et al. (2020) <https://arxiv.org/abs/1905.12265>`_) and each
+    with, `Hu et al. (2020) <https://arxiv.org/abs/1905.12265>`_, and
+    DeepChem's) and each
     goes to the training part if it fits under
     :math:`\lfloor f_\text{train} n \rfloor` molecules, else to the
     validation part if that keeps training and validation under
@@ -62,8 +63,10 @@ def scaffold_split(
     for i, scaffold in enumerate(murcko_scaffolds(smiles,
                                                   include_chirality)):
         groups.setdefault(scaffold, []).append(i)
+    # Ties by the first index, as Hu et al.'s splitters.py sorts them
+    # ((len(x[1]), x[1][0]), reverse=True); a group's indices ascend.
     ordered = sorted(groups.values(), key=lambda group: (len(group),
-                                                         group[-1]),
+                                                         group[0]),
                      reverse=True)
     train: List[int] = []
     valid: List[int] = []

@@ -82,3 +82,12 @@ def test_bad_input():
         scaffold_split(['CCO', 'C1CC'])
     with pytest.raises(ValueError, match='sum to 1'):
         scaffold_split(['CCO'], fractions=(0.9, 0.2, 0.0))
+
+
+def test_ties_of_sets_larger_than_one_go_by_their_first_molecule():
+    """Hu et al. sort the scaffold sets by (size, first index), largest
+    first: of benzene {0, 3} and cyclohexane {1, 2}, cyclohexane trains."""
+    smiles = ['c1ccccc1O', 'C1CCCCC1O', 'C1CCCCC1N', 'c1ccccc1N']
+    split = scaffold_split(smiles, fractions=(0.5, 0.25, 0.25))
+    assert split['train'].tolist() == [1, 2]
+    assert split['test'].tolist() == [0, 3]
