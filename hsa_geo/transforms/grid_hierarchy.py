@@ -16,6 +16,7 @@ from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.data.nested_signal import NestedSignal
 from hsa_geo.transforms._inputs import (SOURCE, check_data,
                                         check_no_sparse_adjacency)
+from hsa_geo.transforms._node_ids import relabel_node_ids
 
 PairLike = Union[int, Sequence[int]]
 
@@ -74,8 +75,10 @@ class GridHierarchy(BaseTransform):
       ``data.is_node_attr(key)`` holds and whose name has no ``'index'``,
       e.g. ``pos``, per-patch ``y`` or a list of patch names) is permuted
       the same way, as :meth:`~torch_geometric.data.Data.subgraph` selects
-      nodes (a tuple comes out as a list), and ``edge_index`` is
-      relabelled; other attributes are kept as they are;
+      nodes (a tuple comes out as a list), and ``edge_index`` and the
+      other lists of node ids (``face``, ``[k, *]`` integer ``*_index``
+      such as ``edge_label_index``) are relabelled; other attributes are
+      kept as they are;
     - ``patch_index`` ``[N]``: the row-major index ``r * K + c`` of the
       patch of every leaf, so ``x_row_major[patch_index] == x`` and
       ``x_row_major = x[patch_index.argsort()]``. In a DataLoader batch it
@@ -297,7 +300,8 @@ def _quadtree(rows: int, cols: int, device: torch.device) -> dict:
 def _permute_nodes(data: Data, order: Tensor):
     r"""Reorders the node-level attributes of :obj:`data` (tensors, and
     lists or tuples of one entry per node) so that new node ``i`` is old
-    node ``order[i]``; relabels ``edge_index``."""
+    node ``order[i]``; relabels ``edge_index`` and the other lists of node
+    ids (``face``, ``[k, *]`` ``*_index``)."""
     n = order.numel()
     edges = data.edge_index.size(1) if data.edge_index is not None else -1
     for key, value in list(data.items()):
@@ -319,10 +323,7 @@ def _permute_nodes(data: Data, order: Tensor):
             index = order.to(value.device) if isinstance(value, Tensor) \
                 else order.cpu()
             data[key] = select(value, index, data.__cat_dim__(key, value))
-    if data.edge_index is not None:
-        new_id = torch.empty_like(order)
-        new_id[order] = torch.arange(n, device=order.device)
-        data.edge_index = new_id.to(data.edge_index.device)[data.edge_index]
+    relabel_node_ids(data, order)
 
 
 def _length(value) -> int:

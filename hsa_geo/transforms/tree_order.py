@@ -14,6 +14,7 @@ from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.data.nested_signal import (SIGNAL_KEYS, NestedSignal,
                                         is_cluster_key, map_batch)
 from hsa_geo.transforms._inputs import SOURCE, check_no_sparse_adjacency
+from hsa_geo.transforms._node_ids import relabel_node_ids
 
 # Node attributes by name: PyG's own (those it counts the nodes by), the
 # builders' per-leaf outputs and MultiModalHierarchy's node guard.
@@ -106,30 +107,14 @@ class TreeOrder(BaseTransform):
         if not torch.equal(perm, torch.arange(perm.numel(),
                                               device=perm.device)):
             data = data.subgraph(perm)
-            _relabel_node_ids(data, perm)
+            # (edge_index relabelled by subgraph)
+            relabel_node_ids(data, perm, skip=('edge_index', ))
         if self.attr is not None and not stored:
             data[self.attr] = perm
         return data
 
     def __repr__(self) -> str:
         return f'{self.__class__.__name__}(attr={self.attr!r})'
-
-
-def _relabel_node_ids(data: NestedSignal, perm: Tensor):
-    r"""Relabels, in place, the attributes of :obj:`data` other than
-    ``edge_index`` (done by ``subgraph``) and the tree that hold node ids:
-    ``[k, *]`` integer tensors that PyG increments by the number of nodes
-    in a batch (named ``face`` or ``*_index``)."""
-    new_id = torch.empty_like(perm)
-    new_id[perm] = torch.arange(perm.numel(), device=perm.device)
-    for key, value in list(data.items()):
-        if key == 'edge_index' or key in SIGNAL_KEYS or \
-                is_cluster_key(key) or not isinstance(value, Tensor) or \
-                value.dim() < 2 or value.is_floating_point() or \
-                value.is_complex() or value.dtype == torch.bool or not (
-                    key == 'face' or key.endswith('_index')):
-            continue
-        data[key] = new_id.to(value.device)[value]
 
 
 def _check_node_or_edge(data: NestedSignal, attr: Optional[str]):

@@ -484,3 +484,20 @@ def test_a_sparse_adjacency_is_refused():
                                 edge_index=torch.tensor([[2], [8]])))
     with pytest.raises(ValueError, match="'adj_t', a sparse adjacency"):
         GridHierarchy()(d)
+
+
+def test_other_lists_of_node_ids_follow_the_patches():
+    """Like edge_index, face and [k, *] *_index hold patch ids: the
+    patches' Z order relabels them."""
+    g = torch.Generator().manual_seed(0)
+    edge_index = torch.randint(0, 16, (2, 10), generator=g)
+    face = torch.randint(0, 16, (3, 5), generator=g)
+    label_index = torch.randint(0, 16, (2, 7), generator=g)
+    data = Data(x=torch.arange(16.).view(-1, 1), grid_size=(4, 4),
+                edge_index=edge_index, face=face,
+                edge_label_index=label_index)
+    out = GridHierarchy()(data)
+    old = out.x.view(-1).long()  # the row-major id of every new patch
+    assert torch.equal(old[out.edge_index], edge_index)
+    assert torch.equal(old[out.face], face)
+    assert torch.equal(old[out.edge_label_index], label_index)
