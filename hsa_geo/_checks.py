@@ -15,6 +15,7 @@ from typing import Any, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
+from torch_geometric.utils import is_sparse
 
 
 def is_int(value: Any, low: int = 1) -> bool:
@@ -86,8 +87,9 @@ def check_float(value: Any, name: str, low: Optional[float] = None,
     if high is not None:
         bad = bad or value > high or (high_open and value == high)
     if bad:
-        lo = '(' if low_open else '['
-        hi = ')' if high_open else ']'
+        # An unbounded end is open: infinities are refused.
+        lo = '(' if low_open or low is None else '['
+        hi = ')' if high_open or high is None else ']'
         span = f"{lo}{'-inf' if low is None else low}, " \
             f"{'inf' if high is None else high}{hi}"
         raise ValueError(f"'{name}' must be a finite number in {span}, got "
@@ -246,3 +248,15 @@ def check_pair_bias(bias: Tensor, hierarchy: Any,
             f"or -inf (-inf forbids the pair, like a missing family-graph "
             f"edge)")
     return bias.reshape(num_pairs, math.prod(heads))
+
+
+def sparse_adjacency_key(data: Any) -> Optional[str]:
+    r"""The key under which :obj:`data` (a PyG ``Data``) stores its edges
+    as a sparse adjacency, if it does: a sparse tensor whose key holds
+    ``'adj'``, as ``adj_t`` of
+    :class:`~torch_geometric.transforms.ToSparseTensor` (sparse node
+    features are not edges)."""
+    for key, value in data.items():
+        if 'adj' in key and is_sparse(value):
+            return key
+    return None

@@ -14,6 +14,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from hsa_geo._autocast import autocast_off
 from hsa_geo._checks import (check_device, check_float, check_floating,
                              check_pair_bias)
 from hsa_geo._memory import ensure_memory
@@ -84,7 +85,9 @@ def hierarchical_attention_matrix(q: Tensor, k: Tensor, hierarchy: Hierarchy,
         for p, (a, b) in enumerate(hierarchy.sibling_pairs.t().tolist()):
             bias[(a, b)] = rows[p]
 
-    s = scale * torch.einsum('ihd,jhd->hij', q, k)  # [H, N, N]
+    # in that dtype also under autocast, as the dynamic program computes
+    with autocast_off(q.device):
+        s = scale * torch.einsum('ihd,jhd->hij', q, k)  # [H, N, N]
     g: Dict[int, Tensor] = {i: s[:, i, i] for i in range(n)}
     log_pi: Dict[int, Tensor] = {}
     for fam in post:  # children before parents

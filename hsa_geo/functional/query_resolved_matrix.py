@@ -14,6 +14,7 @@ from typing import Dict, List, Optional
 import torch
 from torch import Tensor
 
+from hsa_geo._autocast import autocast_off
 from hsa_geo._checks import check_float
 from hsa_geo._memory import ensure_memory
 from hsa_geo.data.hierarchy import Hierarchy
@@ -71,7 +72,9 @@ def query_resolved_attention_matrix(q: Tensor, k: Tensor,
     if hierarchy.family_edge_index is not None:
         allowed = set(map(tuple, hierarchy.family_edge_index.t().tolist()))
 
-    s = scale * torch.einsum('ihd,jhd->hij', q, k)  # [H, N, N]
+    # in that dtype also under autocast, as the dynamic program computes
+    with autocast_off(q.device):
+        s = scale * torch.einsum('ihd,jhd->hij', q, k)  # [H, N, N]
     m = torch.full_like(s, -math.inf)
     for i in range(n):
         m[:, i, i] = s[:, i, i]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch_geometric.data import Data, HeteroData
+from torch_geometric.data import Batch, Data, HeteroData
 
 from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.data.nested_signal import NestedSignal
@@ -31,6 +31,14 @@ def signal_hierarchy(data: Any, loader: str) -> Hierarchy:
     if not isinstance(data, Data):
         raise TypeError(f"{loader} takes a hsa_geo.data.NestedSignal, got "
                         f"{type(data).__name__}")
+    if isinstance(data, Batch):
+        raise ValueError(
+            f"{loader} takes one NestedSignal, got a Batch of "
+            f"{data.num_graphs} signals, whose per-signal attributes (ptr, "
+            f"graph-level ones such as y) it would copy whole into every "
+            f"mini-batch; batch small signals with "
+            f"torch_geometric.loader.DataLoader, or pass the loader one "
+            f"signal (batch.get_example(i))")
     if not isinstance(data, NestedSignal):
         raise ValueError(
             f"{loader} needs a NestedSignal (a Data with a hierarchy over its "

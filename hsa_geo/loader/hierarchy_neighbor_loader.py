@@ -10,7 +10,7 @@ from torch_geometric.loader import NeighborLoader
 from torch_geometric.sampler import BaseSampler, SamplerOutput
 from torch_geometric.sampler.base import SubgraphType
 
-from hsa_geo._checks import check_bool
+from hsa_geo._checks import check_bool, check_index
 from hsa_geo.data.induced_hierarchy import induced_hierarchy, kept_clusters
 from hsa_geo.data.nested_signal import NestedSignal, select_cluster_attrs
 from hsa_geo.loader._inputs import signal_hierarchy
@@ -89,6 +89,8 @@ class HierarchyNeighborLoader(NeighborLoader):
         if transform is not None and not callable(transform):
             raise TypeError(f"'transform' must be callable, got "
                             f"{type(transform).__name__}")
+        if input_nodes is not None:
+            _check_input_nodes(input_nodes, hierarchy.num_leaves)
         if neighbor_sampler is None:
             _check_sampler_backend(SubgraphType(subgraph_type))
         self.hierarchy = hierarchy
@@ -119,6 +121,28 @@ class HierarchyNeighborLoader(NeighborLoader):
         if self.signal_transform is not None:
             batch = self.signal_transform(batch)
         return batch
+
+
+def _check_input_nodes(input_nodes, n: int):
+    r"""Raises unless :obj:`input_nodes` is an ``[N]`` bool mask or a
+    1-D tensor of node ids in ``0..N-1`` (PyG reads any bool tensor as the
+    ids of its :obj:`True` entries)."""
+    if isinstance(input_nodes, torch.Tensor) and \
+            input_nodes.dtype == torch.bool:
+        if tuple(input_nodes.shape) != (n, ):
+            raise ValueError(
+                f"'input_nodes' is a mask of shape "
+                f"{tuple(input_nodes.shape)} but the signal has {n} nodes "
+                f"(the leaves); give one flag per node, [{n}], or the ids "
+                f"of the seed nodes")
+        return
+    ids = check_index(input_nodes, 'input_nodes', rows=None)
+    bad = (ids < 0) | (ids >= n)
+    if bool(bad.any()):
+        j = int(bad.nonzero()[0])
+        raise ValueError(
+            f"input_nodes[{j}] = {int(ids[j])} is not a node id "
+            f"(0..{n - 1}); the seeds are leaves of the hierarchy")
 
 
 def _check_sampler_backend(subgraph_type: SubgraphType):

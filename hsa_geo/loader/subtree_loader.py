@@ -8,7 +8,8 @@ import torch.utils.data
 from torch import Tensor
 from torch_geometric.utils import select
 
-from hsa_geo._checks import check_bool, check_index, check_int
+from hsa_geo._checks import (check_bool, check_index, check_int,
+                             sparse_adjacency_key)
 from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.data.nested_signal import (SIGNAL_KEYS, NestedSignal,
                                         is_cluster_key,
@@ -105,6 +106,7 @@ class SubtreeLoader(torch.utils.data.DataLoader):
             raise TypeError(
                 "SubtreeLoader makes its own batches and takes no "
                 "'collate_fn'; transform the batches in the training loop")
+        _check_no_sparse_adjacency(data)
         self.data = data
         self.hierarchy = hierarchy
         self.level = level
@@ -197,6 +199,23 @@ class _NodeMap:
         pos = torch.searchsorted(self.sorted, index)
         pos = pos.clamp(max=self.sorted.numel() - 1)
         return torch.where(self.sorted[pos] == index, self.order[pos], -1)
+
+
+def _check_no_sparse_adjacency(data: NestedSignal):
+    r"""Raises :class:`ValueError` if :obj:`data` stores its edges as a
+    sparse adjacency (a sparse attribute whose key holds ``'adj'``, as
+    ``adj_t`` of :class:`~torch_geometric.transforms.ToSparseTensor`):
+    batches take their edges from ``edge_index``, and would get the whole
+    adjacency copied and none of its edges."""
+    key = sparse_adjacency_key(data)
+    if key is not None:
+        raise ValueError(
+                f"'{key}' is a sparse adjacency; SubtreeLoader takes the "
+                f"edges of a batch from 'edge_index' and would copy "
+                f"'{key}' whole into every batch, with none of its edges: "
+                f"load the signal with its [2, E] 'edge_index' (before "
+                f"T.ToSparseTensor()) and apply T.ToSparseTensor() to each "
+                f"batch")
 
 
 def _edges(data: NestedSignal, hierarchy: Hierarchy) -> Tensor:

@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from torch_geometric.data import Batch, Data
-from torch_geometric.utils import is_sparse
+
+from hsa_geo._checks import sparse_adjacency_key
 
 # The node attribute that MultiModalHierarchy adds to every builder's input
 # (see there): per node, whatever the number of edges.
@@ -66,9 +67,9 @@ def check_no_sparse_adjacency(data: Any, transform: str):
     ToSparseTensor`, or any sparse tensor whose name holds ``'adj'``): the
     builders read and relabel ``edge_index`` only, so such an adjacency
     would be ignored, or left in the old node order after a permutation."""
-    for key, value in data.items():
-        if 'adj' in key and is_sparse(value):
-            raise ValueError(
+    key = sparse_adjacency_key(data)
+    if key is not None:
+        raise ValueError(
                 f"{transform} got '{key}', a sparse adjacency (as "
                 f"T.ToSparseTensor makes it); {transform} reads and "
                 f"relabels 'edge_index' only, so '{key}' would be ignored or "

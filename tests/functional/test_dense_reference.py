@@ -50,3 +50,23 @@ def test_pair_bias_of_the_wrong_shape_is_refused():
     with pytest.raises(ValueError, match='one column per head'):
         hierarchical_attention_matrix(
             q, k, h, pair_bias=torch.zeros(h.num_sibling_pairs))
+
+
+def test_the_matrix_keeps_its_dtype_under_autocast():
+    """As hierarchical_attention: autocast ran the scores in bfloat16."""
+    from hsa_geo.functional import query_resolved_attention_matrix
+    torch.manual_seed(0)
+    h = Hierarchy.from_parent([4, 4, 5, 5, 6, 6, -1], 4)
+    q, k, v = (3 * torch.randn(3, 4, 2, 8)).unbind(0)
+    for matrix in (hierarchical_attention_matrix,
+                   query_resolved_attention_matrix):
+        expected = matrix(q, k, h)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            got = matrix(q, k, h)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, expected)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = hierarchical_attention(q, k, v, h)
+        m = hierarchical_attention_matrix(q, k, h)
+    torch.testing.assert_close(out, torch.einsum('hij,jhd->ihd', m, v),
+                               rtol=1e-5, atol=1e-5)

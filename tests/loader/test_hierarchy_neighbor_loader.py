@@ -165,3 +165,53 @@ def test_bad_arguments():
     h = Hierarchy.from_parent([2, 2, -1], 2)
     with pytest.raises(TypeError, match='NestedSignal, got Hierarchy'):
         HierarchyNeighborLoader(h, NUM_NEIGHBORS)
+
+
+# input_nodes and other inputs ###########################################
+
+
+def _loader(input_nodes):
+    h = Hierarchy.from_parent([4, 4, 5, 5, 6, 6, -1], 4)
+    edge_index = torch.tensor([[0, 1, 2, 3], [1, 0, 3, 2]])
+    data = NestedSignal.from_hierarchy(h, torch.randn(4, 2),
+                                       edge_index=edge_index)
+    return HierarchyNeighborLoader(
+        data, [1], input_nodes=input_nodes, batch_size=4,
+        neighbor_sampler=FirstNeighbors(edge_index, 4, [1]))
+
+
+@pytest.mark.parametrize('mask_rows', [3, 6])
+def test_a_mask_of_another_length_is_refused(mask_rows):
+    """PyG reads any bool tensor as the ids of its True entries: a short
+    mask gave other seeds."""
+    with pytest.raises(ValueError, match=r"'input_nodes' is a mask of shape"):
+        _loader(torch.ones(mask_rows, dtype=torch.bool))
+
+
+@pytest.mark.parametrize('ids', [[4], [-1], [0, 7]])
+def test_seed_ids_out_of_range_are_refused(ids):
+    with pytest.raises(ValueError, match='is not a node id'):
+        _loader(torch.tensor(ids))
+    with pytest.raises(TypeError, match="'input_nodes' must have an integer"):
+        _loader(torch.tensor([1.0]))
+
+
+def test_masks_and_ids_of_seeds_load():
+    mask = torch.tensor([False, True, False, True])
+    assert [b.n_id[:b.batch_size].tolist() for b in _loader(mask)] == \
+        [[1, 3]]
+    ids = torch.tensor([3, 1], dtype=torch.int32)
+    assert [b.n_id[:b.batch_size].tolist() for b in _loader(ids)] == \
+        [[3, 1]]
+
+
+def test_a_batch_of_signals_is_refused():
+    from torch_geometric.data import Batch
+    batch = Batch.from_data_list([
+        NestedSignal.from_hierarchy(Hierarchy.from_parent([2, 2, -1], 2),
+                                    torch.randn(2, 1),
+                                    edge_index=torch.tensor([[0], [1]]),
+                                    y=torch.tensor([float(i)]))
+        for i in range(3)])
+    with pytest.raises(ValueError, match='got a Batch of 3 signals'):
+        HierarchyNeighborLoader(batch, [1], neighbor_sampler=object())

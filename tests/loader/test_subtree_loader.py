@@ -273,3 +273,45 @@ def test_bad_arguments(kwargs, error, match):
     data = NestedSignal.from_hierarchy(h, torch.randn(4, 2))
     with pytest.raises(error, match=match):
         SubtreeLoader(data, **kwargs)
+
+
+# Inputs the loader refuses #################################################
+
+
+def _small_signal():
+    h = Hierarchy.from_parent([4, 4, 5, 5, 6, 6, -1], 4)
+    return NestedSignal.from_hierarchy(
+        h, torch.randn(4, 8),
+        edge_index=torch.tensor([[0, 1, 1, 3, 2], [1, 0, 2, 2, 3]]),
+        edge_attr=torch.randn(5, 3))
+
+
+@pytest.mark.parametrize('remove_edge_index', [True, False])
+def test_a_sparse_adjacency_is_refused(remove_edge_index):
+    """Batches take their edges from edge_index: adj_t would be copied
+    whole into every batch, with none of its edges."""
+    import warnings
+
+    import torch_geometric.transforms as T
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        data = T.ToSparseTensor(remove_edge_index=remove_edge_index)(
+            _small_signal())
+    with pytest.raises(ValueError, match="'adj_t' is a sparse adjacency"):
+        SubtreeLoader(data)
+    batches = list(SubtreeLoader(_small_signal()))
+    assert [b.edge_index.size(1) for b in batches] == [2, 2]
+
+
+def test_a_batch_of_signals_is_refused():
+    """Its per-signal attributes (ptr, y) would be copied whole into every
+    mini-batch."""
+    from torch_geometric.data import Batch
+    batch = Batch.from_data_list([
+        NestedSignal.from_hierarchy(Hierarchy.from_parent([2, 2, -1], 2),
+                                    torch.randn(2, 1),
+                                    edge_index=torch.tensor([[0], [1]]),
+                                    y=torch.tensor([float(i)]))
+        for i in range(3)])
+    with pytest.raises(ValueError, match='got a Batch of 3 signals'):
+        SubtreeLoader(batch, level=0)
