@@ -108,3 +108,16 @@ class FirstNeighbors(BaseSampler):
 
     def sample_from_edges(self, inputs, neg_sampling=None):
         raise NotImplementedError('node-level sampling only')
+
+
+def batch_of_signals(count: int = 3):
+    r"""A :class:`~torch_geometric.data.Batch` of :obj:`count` two-leaf
+    signals with an edge and a graph-level ``y`` each (what the loaders
+    refuse)."""
+    from torch_geometric.data import Batch
+    return Batch.from_data_list([
+        NestedSignal.from_hierarchy(Hierarchy.from_parent([2, 2, -1], 2),
+                                    torch.randn(2, 1),
+                                    edge_index=torch.tensor([[0], [1]]),
+                                    y=torch.tensor([float(i)]))
+        for i in range(count)])

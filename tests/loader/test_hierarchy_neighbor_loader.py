@@ -206,12 +206,7 @@ def test_masks_and_ids_of_seeds_load():
 
 
 def test_a_batch_of_signals_is_refused():
-    from torch_geometric.data import Batch
-    batch = Batch.from_data_list([
-        NestedSignal.from_hierarchy(Hierarchy.from_parent([2, 2, -1], 2),
-                                    torch.randn(2, 1),
-                                    edge_index=torch.tensor([[0], [1]]),
-                                    y=torch.tensor([float(i)]))
-        for i in range(3)])
+    from tests.helpers.loaders import batch_of_signals
+    batch = batch_of_signals(3)
     with pytest.raises(ValueError, match='got a Batch of 3 signals'):
         HierarchyNeighborLoader(batch, [1], neighbor_sampler=object())

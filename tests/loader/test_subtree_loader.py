@@ -306,12 +306,7 @@ def test_a_sparse_adjacency_is_refused(remove_edge_index):
 def test_a_batch_of_signals_is_refused():
     """Its per-signal attributes (ptr, y) would be copied whole into every
     mini-batch."""
-    from torch_geometric.data import Batch
-    batch = Batch.from_data_list([
-        NestedSignal.from_hierarchy(Hierarchy.from_parent([2, 2, -1], 2),
-                                    torch.randn(2, 1),
-                                    edge_index=torch.tensor([[0], [1]]),
-                                    y=torch.tensor([float(i)]))
-        for i in range(3)])
+    from tests.helpers.loaders import batch_of_signals
+    batch = batch_of_signals(3)
     with pytest.raises(ValueError, match='got a Batch of 3 signals'):
         SubtreeLoader(batch, level=0)
