@@ -480,6 +480,21 @@ def distinct_sibling_pairs(parent: Tensor, num_leaves: int,
     return torch.stack([a[keep], b[keep]])
 
 
+def _first_occurrences(edges: Tensor, num_nodes: int) -> Tensor:
+    r"""The pairs of :obj:`edges` ``[2, E]`` with every repeated pair kept
+    once, at its first place (a copy): a family graph is a set of pairs,
+    and a pair listed twice (edges coarsened to the same two siblings) must
+    not count twice where the pairs are read as a list."""
+    key = edges[0] * num_nodes + edges[1]
+    order = torch.argsort(key, stable=True)
+    sorted_key = key[order]
+    first = torch.ones_like(sorted_key, dtype=torch.bool)
+    first[1:] = sorted_key[1:] != sorted_key[:-1]
+    keep = torch.zeros_like(first)
+    keep[order[first]] = True
+    return edges[:, keep]
+
+
 def _path_of(parent: List[int], start: int, limit: int = 12) -> str:
     seen, path, node = set(), [], start
     while node != -1 and node not in seen and len(path) < limit:
@@ -523,7 +538,7 @@ class Hierarchy:
         num_leaves (int): :math:`N`.
         family_edge_index (LongTensor, optional): ``[2, E]`` the family
             graph, as pairs ``(a, b)`` of node ids of two different children
-            of one parent.
+            of one parent (a pair listed more than once is kept once).
     """
     def __init__(self, parent: IndexLike, num_leaves: int,
                  family_edge_index: Optional[Tensor] = None):
@@ -742,7 +757,7 @@ class Hierarchy:
                 f"{name}[:, {j}] = ({int(edges[0, j])}, {int(edges[1, j])}) "
                 f"is a self pair; every child keeps its self pair, so list "
                 f"only pairs of different siblings (remove_self_loops)")
-        return edges.clone()
+        return _first_occurrences(edges, t)
 
     # Derived data ##########################################################
 
@@ -837,9 +852,11 @@ class Hierarchy:
                            sparse=sparse_families(buckets, n, parent.numel()))
 
     def _tensors(self) -> List[Tensor]:
-        r"""Every tensor the hierarchy holds, derived data included."""
-        return _tensors_in(value for key, value in self.__dict__.items()
-                           if key != '_watched')
+        r"""Every tensor the hierarchy holds, derived data and the cached
+        pair lists included."""
+        return _tensors_in(
+            [value for key, value in self.__dict__.items()
+             if key != '_watched'] + list(self._cache.values()))
 
     # Copies within a process keep the derived data, which is current here.
     def __copy__(self) -> 'Hierarchy':
@@ -1148,9 +1165,11 @@ class Hierarchy:
     def bucket_pairs(self) -> List[Tuple[Tensor, Tensor, Tensor]]:
         r"""Per bucket of :attr:`family_buckets`, ``(family, slot a, slot
         b)`` of its real sibling pairs, row-major: the order of
-        :attr:`sibling_pairs`, bucket after bucket."""
+        :attr:`sibling_pairs`, bucket after bucket. The hierarchy's own
+        tensors, not copies: one changed in place raises at the next use."""
         cached = self._cache.get('bucket_pairs')
         if cached is None:
+            self._check_unchanged()
             ensure_memory(
                 self.num_sibling_pairs * 3 * 8, 'the sibling pairs of this '
                 'hierarchy (a pair bias or family weights need them)',
@@ -1161,6 +1180,7 @@ class Hierarchy:
                           .nonzero(as_tuple=True)
                           for b in self._family_data().buckets]
             self._cache['bucket_pairs'] = cached
+            self._restamp()  # (watched from now on)
         return cached
 
     def __repr__(self) -> str:

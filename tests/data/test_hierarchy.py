@@ -786,3 +786,45 @@ def test_distinct_sibling_pairs_are_the_off_diagonal_sibling_pairs(f, data):
     chosen = distinct_sibling_pairs(h.parent, h.num_leaves, families)
     assert set(zip(*chosen.tolist())) == {
         (a, b) for a, b in off if families[f.parent[a] - f.num_leaves]}
+
+
+def test_cached_pair_lists_changed_in_place_raise():
+    """bucket_pairs hands out the hierarchy's own tensors: a change made
+    to one in place is caught, as for every other tensor of it."""
+    parent = [16 + i // 4 for i in range(16)] + [20] * 4 + [-1]
+    h = Hierarchy.from_parent(parent, 16)
+    q = torch.randn(16, 2, 4, dtype=torch.float64)
+    bias = torch.randn(h.num_sibling_pairs, 2, dtype=torch.float64)
+    hierarchical_attention(q, q, q, h, pair_bias=bias)
+    family, a, b = h.bucket_pairs[0]
+    b.copy_(b.flip(0))
+    with pytest.raises(ValueError, match="modified in place"):
+        hierarchical_attention(q, q, q, h, pair_bias=bias)
+
+
+_DUP_PARENT = [5, 5, 6, 6, 7, 7, 7, -1]  # leaf 4, clusters 5 and 6 under 7
+_DUP_PAIRS = torch.tensor([[0, 1, 2, 3, 5, 6, 4],
+                           [1, 0, 3, 2, 6, 5, 5]])
+
+
+def test_a_family_pair_listed_twice_is_kept_once():
+    """A family graph is a set: query-resolved attention read a repeated
+    pair twice (hierarchical_attention did not)."""
+    from hsa_geo.functional import (query_resolved_attention,
+                                    query_resolved_attention_matrix)
+    dup = torch.cat([_DUP_PAIRS, _DUP_PAIRS[:, [6, 0, 6]]], dim=1)
+    h = Hierarchy.from_parent(_DUP_PARENT, 5, dup)
+    assert torch.equal(h.family_edge_index, _DUP_PAIRS)  # first places
+    assert 'family_edges=7' in repr(h)
+    once = Hierarchy.from_parent(_DUP_PARENT, 5, _DUP_PAIRS)
+    q, k, v = torch.randn(3, 5, 2, 4, dtype=torch.float64).unbind(0)
+    out = query_resolved_attention(q, k, v, h)
+    ref = torch.einsum('hij,jhd->ihd',
+                       query_resolved_attention_matrix(q, k, h), v)
+    assert torch.allclose(out, ref, atol=1e-12)
+    assert torch.allclose(out, query_resolved_attention(q, k, v, once),
+                          atol=1e-12)
+    again = Hierarchy.from_parent(_DUP_PARENT, 5).with_family_graph(
+        torch.cat([_DUP_PAIRS, _DUP_PAIRS], dim=1))
+    assert torch.equal(again.family_edge_index, _DUP_PAIRS)
+    assert Hierarchy.batch([again, again]).family_edge_index.size(1) == 14
