@@ -74,6 +74,15 @@ def check_figure_args(path, cmap, title, figsize, dpi):
     return check_cmap(cmap)
 
 
+def save_figure(fig, path, dpi: int):
+    r"""Saves :obj:`fig` at :obj:`path` itself, in the format its suffix
+    names, PNG without one (matplotlib alone would append the extension of
+    ``rcParams['savefig.format']`` to a path without a suffix, and write
+    that format)."""
+    suffix = os.path.splitext(os.fspath(path))[1][1:].lower()
+    fig.savefig(path, dpi=dpi, bbox_inches='tight', format=suffix or 'png')
+
+
 def check_cmap(cmap):
     r"""The matplotlib colour map named by :obj:`cmap` (or :obj:`cmap`)."""
     from matplotlib import colormaps

@@ -11,7 +11,8 @@ from torch import Tensor
 from hsa_geo._checks import (check_device, check_flags, check_float,
                              check_floating, check_int)
 from hsa_geo.data.hierarchy import Hierarchy
-from hsa_geo.viz._figure import check_axes, check_figure_args, tree_order
+from hsa_geo.viz._figure import (check_axes, check_figure_args,
+                                 save_figure, tree_order)
 
 # An N x N image above this is unreadable and its dense matrix costly.
 MAX_LEAVES = 2000
@@ -116,7 +117,7 @@ def plot_attention_matrix(q: Tensor, k: Optional[Tensor] = None,
                             blocks if boundaries else [], trees, order)
     fig.colorbar(image, ax=axes, fraction=0.046 / len(axes), pad=0.02)
     if path is not None:
-        fig.savefig(path, dpi=dpi, bbox_inches='tight')
+        save_figure(fig, path, dpi)
     return fig
 
 

@@ -13,7 +13,8 @@ from hsa_geo._checks import (check_float, check_floating, check_index,
                              check_int)
 from hsa_geo.data.hetero_nested_signal import HeteroNestedSignal
 from hsa_geo.data.hierarchy import Hierarchy
-from hsa_geo.viz._figure import check_axes, check_figure_args, tree_order
+from hsa_geo.viz._figure import (check_axes, check_figure_args,
+                                 save_figure, tree_order)
 
 # Above these sizes a picture is unreadable and drawing it slow: refuse
 # instead of hanging.
@@ -120,7 +121,7 @@ def plot_hierarchy(hierarchy: Hierarchy, weights=None, head: int = 0,
     if title:
         ax.set_title(title, fontsize=9)
     if path is not None:
-        fig.savefig(path, dpi=dpi, bbox_inches='tight')
+        save_figure(fig, path, dpi)
     return fig
 
 

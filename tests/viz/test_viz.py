@@ -436,7 +436,7 @@ def test_matrix_rejects_negative_entries():
 
 def test_path_suffix_is_checked_before_drawing(tmp_path):
     """A format matplotlib cannot write is refused before anything is
-    drawn (and a path without suffix, a PNG, is fine)."""
+    drawn (and a path without suffix, a PNG at that path, is fine)."""
     for plot, arg in ((plot_hierarchy, EXAMPLE),
                       (plot_attention_matrix, torch.rand(3, 3))):
         with pytest.raises(ValueError, match=r"ends in '\.foo', a format "
@@ -444,7 +444,7 @@ def test_path_suffix_is_checked_before_drawing(tmp_path):
             plot(arg, path=str(tmp_path / 'x.foo'))
         assert not (tmp_path / 'x.foo').exists()
     plot_attention_matrix(torch.rand(3, 3), path=str(tmp_path / 'plain'))
-    assert (tmp_path / 'plain.png').read_bytes()[:4] == b'\x89PNG'
+    assert (tmp_path / 'plain').read_bytes()[:4] == b'\x89PNG'
 
 
 @pytest.mark.parametrize('kwargs,error,pattern', [
@@ -546,3 +546,19 @@ def test_hierarchy_arguments_property(name, value):
     except (TypeError, ValueError):
         return
     assert isinstance(fig, Figure)
+
+
+@pytest.mark.parametrize('plot,arg', [(plot_hierarchy, EXAMPLE),
+                                      (plot_attention_matrix, None)])
+@pytest.mark.parametrize('rc_format', ['png', 'svg'])
+def test_a_path_without_suffix_is_a_png_at_that_path(tmp_path, plot, arg,
+                                                     rc_format):
+    """matplotlib alone would write path.<savefig.format>."""
+    import matplotlib
+    arg = torch.rand(4, 4) if arg is None else arg
+    with matplotlib.rc_context({'savefig.format': rc_format}):
+        plot(arg, path=tmp_path / 'picture')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['picture']
+    assert (tmp_path / 'picture').read_bytes()[:4] == b'\x89PNG'
+    plot(arg, path=tmp_path / 'picture.v2.SVG')
+    assert b'<svg' in (tmp_path / 'picture.v2.SVG').read_bytes()[:400]
