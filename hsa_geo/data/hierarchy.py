@@ -640,6 +640,11 @@ class Hierarchy:
             if not isinstance(h, Hierarchy):
                 raise TypeError(f"hierarchies[{i}] must be a Hierarchy, got "
                                 f"{type(h).__name__}")
+            if h.device != hierarchies[0].device:
+                raise ValueError(
+                    f"hierarchies[{i}] is on {h.device} but hierarchies[0] "
+                    f"on {hierarchies[0].device}; move them to one device "
+                    f"first (Hierarchy.to)")
         num_leaves = sum(h.num_leaves for h in hierarchies)
         leaf_off, clus_off, parts_leaf, parts_clus = 0, num_leaves, [], []
         sparse = [h._family_edges is not None for h in hierarchies]

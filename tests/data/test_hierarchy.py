@@ -828,3 +828,10 @@ def test_a_family_pair_listed_twice_is_kept_once():
         torch.cat([_DUP_PAIRS, _DUP_PAIRS], dim=1))
     assert torch.equal(again.family_edge_index, _DUP_PAIRS)
     assert Hierarchy.batch([again, again]).family_edge_index.size(1) == 14
+
+
+def test_batch_of_hierarchies_on_two_devices_raises():
+    h = Hierarchy.from_parent([2, 2, -1], 2)
+    with pytest.raises(ValueError, match=r"hierarchies\[1\] is on meta but "
+                       r"hierarchies\[0\] on cpu"):
+        Hierarchy.batch([h, h.to('meta')])
