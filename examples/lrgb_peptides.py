@@ -199,15 +199,27 @@ class GPS(torch.nn.Module):
             x = conv(x, edge_index, batch, edge_attr=edge_attr)
         return self.head(global_mean_pool(x, batch))
 
+    def redraw_projections(self):
+        r"""Draws new random features of every Performer attention (as
+        ogbg_mol.py does once per epoch)."""
+        for conv in self.convs:
+            if hasattr(conv.attn, 'redraw_projection_matrix'):
+                conv.attn.redraw_projection_matrix()
+
 
 def build_model(args, out_channels: int) -> torch.nn.Module:
     hidden = args.hidden
     if args.model == 'hsa':
-        return HSAGraphTransformer(
+        model = HSAGraphTransformer(
             9, hidden, out_channels, num_layers=args.layers,
             heads=args.heads, dropout=args.dropout, local_conv='gine',
             edge_dim=3, task='graph', node_encoder=AtomEncoder(hidden),
             edge_encoder=BondEncoder(hidden))
+        # The same two-layer head as GINE and GPS (the model's own is one
+        # Linear).
+        model.head = Sequential(Linear(hidden, hidden), ReLU(),
+                                Linear(hidden, out_channels))
+        return model
     if args.model == 'gine':
         return GINE(hidden, out_channels, args.layers, args.dropout)
     return GPS(hidden, out_channels, args.layers, args.heads, args.dropout,
@@ -284,6 +296,8 @@ def run_seed(args, seed: int, splits: Dict[str, LRGBDataset],
     for epoch in range(1, args.epochs + 1):
         if sampler is not None:
             sampler.set_epoch(epoch)
+        if isinstance(net, GPS):
+            net.redraw_projections()  # new Performer features per epoch
         timer = Timer()
         loss, train = train_epoch(args, model, loader, optimizer, epoch,
                                   dist)

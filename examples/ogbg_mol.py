@@ -369,10 +369,14 @@ def run(seed: int, dataset, task: Task, args, dist: Distributed,
     train_set = dataset[split_idx['train']]
     sampler = dist.sampler(train_set, shuffle=True, seed=seed)
     # The virtual node's batch norm runs over the molecules of a batch:
-    # a last batch of one molecule would fail in training mode.
+    # a last batch of one molecule would fail in training mode. Drop the
+    # last batch only then, so that every model sees the same molecules
+    # per epoch (dropping it always cost gine-vn up to batch_size - 1).
+    shard = len(sampler) if sampler is not None else len(train_set)
     loader = DataLoader(train_set, batch_size=args.batch_size,
                         shuffle=sampler is None, sampler=sampler,
-                        drop_last=args.model == 'gine-vn')
+                        drop_last=args.model == 'gine-vn'
+                        and shard % args.batch_size == 1)
 
     results.start_run(seed)
     best = None

@@ -109,3 +109,14 @@ def test_ddp_two_cpu_processes(root, tmp_path):
                               lrgb.Distributed(0, 1, 0, 'cpu')).items()}
     assert result['runs'][0]['scored'] == {'val': sizes['val'],
                                            'test': sizes['test']}
+
+
+def test_every_model_gets_the_same_head():
+    """HSA's own head is one Linear; the baselines' two layers: the
+    comparison gives HSA theirs."""
+    heads = []
+    for model in ('hsa', 'gine', 'gps'):
+        args = lrgb.parse_args(['--model', model])
+        head = lrgb.build_model(args, 10).head
+        heads.append([type(m).__name__ for m in head.modules()][1:])
+    assert heads[0] == heads[1] == heads[2] == ['Linear', 'ReLU', 'Linear']
