@@ -12,6 +12,7 @@ from hsa_geo._checks import (check_device, check_dtype, check_floating,
                              check_index, check_int)
 from hsa_geo._memory import ensure_pairs_fit
 from hsa_geo.data.hierarchy import Hierarchy
+from hsa_geo.functional.sparse_family_attention import all_finite
 
 
 class EdgePairBias(torch.nn.Module):
@@ -143,11 +144,14 @@ class EdgePairBias(torch.nn.Module):
         check_device(edge_attr, 'edge_attr', weight.device, 'the layer')
         check_dtype(edge_attr, 'edge_attr', weight, 'the edge projection')
         # Else the projected bias fails its own check, which names no input.
-        bad = ~torch.isfinite(edge_attr)
-        if bool(bad.any()):
-            row = int(bad.nonzero()[0, 0])
-            raise ValueError(f"'edge_attr' row {row} (edge {row}) holds NaN "
-                             f"or inf; edge features must be finite")
+        # (One sum on every call; the row is looked for only when it is not
+        # finite, an overflow of finite values included.)
+        if not all_finite(edge_attr):
+            bad = ~torch.isfinite(edge_attr)
+            if bool(bad.any()):
+                row = int(bad.nonzero()[0, 0])
+                raise ValueError(f"'edge_attr' row {row} (edge {row}) holds "
+                                 f"NaN or inf; edge features must be finite")
         return edge_index, edge_attr
 
     def __repr__(self) -> str:
