@@ -510,21 +510,27 @@ def _mask_keys(mask: Any, batch: int, length: int, device: torch.device,
                 f"silently drop it; patch only layers whose mask hides "
                 f"padding only")
     keys = allowed.any(1).any(1).expand(batch, length)
-    # Only padding: every real query of a sequence sees the same keys.
-    rows = allowed.expand(batch, -1, -1, -1)
-    if rows.size(2) == length:
-        differs = (rows != keys[:, None, None, :]).any(-1) & \
-            keys[:, None, :]  # [B, H, Q]
-        if bool(differs.any()):
-            b, _, t = (int(i) for i in differs.nonzero()[0])
-            raise ValueError(
-                f"attention layer {index} got an attention mask that hides "
-                f"keys other than padding from query {t} of sequence {b} (a "
-                f"causal, sliding-window or custom 4-D mask); HSA does not "
-                f"read the mask, only the forest, and would silently attend "
-                f"past it; pass a [B, L] padding mask, or patch only layers "
-                f"whose mask hides padding only")
+    _check_padding_only(allowed.expand(batch, -1, -1, -1), keys, index)
     return keys.to(device)
+
+
+def _check_padding_only(allowed: Tensor, keys: Tensor, index: int):
+    r"""Raises unless every real query of a sequence may see the same
+    keys, :obj:`keys` ``[B, L]``, in a 4-D mask :obj:`allowed` ``[B, H,
+    Q, L]`` (a mask of one row per sequence, ``Q = 1``, can only be)."""
+    if allowed.size(2) != keys.size(1):
+        return
+    differs = (allowed != keys[:, None, None, :]).any(-1) & \
+        keys[:, None, :]  # [B, H, Q]
+    if bool(differs.any()):
+        b, _, t = (int(i) for i in differs.nonzero()[0])
+        raise ValueError(
+            f"attention layer {index} got an attention mask that hides "
+            f"keys other than padding from query {t} of sequence {b} (a "
+            f"causal, sliding-window or custom 4-D mask); HSA does not "
+            f"read the mask, only the forest, and would silently attend "
+            f"past it; pass a [B, L] padding mask, or patch only layers "
+            f"whose mask hides padding only")
 
 
 def _global_rows(out: Tensor, query: Tensor, key: Tensor, value: Tensor,

@@ -210,12 +210,12 @@ def _check_no_sparse_adjacency(data: NestedSignal):
     key = sparse_adjacency_key(data)
     if key is not None:
         raise ValueError(
-                f"'{key}' is a sparse adjacency; SubtreeLoader takes the "
-                f"edges of a batch from 'edge_index' and would copy "
-                f"'{key}' whole into every batch, with none of its edges: "
-                f"load the signal with its [2, E] 'edge_index' (before "
-                f"T.ToSparseTensor()) and apply T.ToSparseTensor() to each "
-                f"batch")
+            f"'{key}' is a sparse adjacency; SubtreeLoader takes the "
+            f"edges of a batch from 'edge_index' and would copy "
+            f"'{key}' whole into every batch, with none of its edges: "
+            f"load the signal with its [2, E] 'edge_index' (before "
+            f"T.ToSparseTensor()) and apply T.ToSparseTensor() to each "
+            f"batch")
 
 
 def _edges(data: NestedSignal, hierarchy: Hierarchy) -> Tensor:

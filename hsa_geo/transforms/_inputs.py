@@ -70,8 +70,8 @@ def check_no_sparse_adjacency(data: Any, transform: str):
     key = sparse_adjacency_key(data)
     if key is not None:
         raise ValueError(
-                f"{transform} got '{key}', a sparse adjacency (as "
-                f"T.ToSparseTensor makes it); {transform} reads and "
-                f"relabels 'edge_index' only, so '{key}' would be ignored or "
-                f"left in the old node order: apply T.ToSparseTensor after "
-                f"{transform} (e.g. last in T.Compose)")
+            f"{transform} got '{key}', a sparse adjacency (as "
+            f"T.ToSparseTensor makes it); {transform} reads and "
+            f"relabels 'edge_index' only, so '{key}' would be ignored or "
+            f"left in the old node order: apply T.ToSparseTensor after "
+            f"{transform} (e.g. last in T.Compose)")
