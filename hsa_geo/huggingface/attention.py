@@ -172,6 +172,9 @@ class HSAPatch:
         self._on_device: Dict[Tuple[str, torch.device], Forest] = {}
         # The forests the last forward under the patch attended along.
         self._ran: Dict[str, Forest] = {}
+        # The last mask checked and its keys: transformers hands every
+        # layer the same mask, checked once (an O(B H L^2) pass).
+        self._mask_seen: Optional[Tuple[Any, ...]] = None
         if forest is not None:
             self.set_forest(forest)
 
@@ -247,12 +250,12 @@ class HSAPatch:
         module may run several times (layers sharing it) or not at all."""
         def start(*_: Any):
             self.call_order, self._recording = [], True
-            self._ran = {}
+            self._ran, self._mask_seen = {}, None
 
         def stop(*_: Any):
             # Recomputations after the forward (gradient checkpointing)
             # are no calls of the forward.
-            self._recording = False
+            self._recording, self._mask_seen = False, None
 
         def called(index: int):
             def hook(*_: Any):
@@ -291,8 +294,9 @@ class HSAPatch:
             key = key.repeat_interleave(heads // key.size(1), dim=1)
             value = value.repeat_interleave(heads // value.size(1), dim=1)
         forest = self._forest(spec.forest, passed, query.device)
-        hierarchy = _check_batch(forest, batch, length, attention_mask,
-                                 index)
+        keys = self._mask_keys(attention_mask, batch, length,
+                               _device(forest), index)
+        hierarchy = _check_batch(forest, batch, length, keys, index)
         if scaling is None:
             scaling = getattr(module, 'scaling', None) or \
                 1.0 / math.sqrt(channels)
@@ -310,6 +314,20 @@ class HSAPatch:
         if self._recording:
             self._ran[spec.forest] = forest
         return out
+
+    def _mask_keys(self, mask: Any, batch: int, length: int,
+                   device: torch.device, index: int) -> Optional[Tensor]:
+        r""":func:`_mask_keys`, computed once for the mask the layers of
+        one forward share: the same tensor, unchanged since (its version)
+        and of the same batch, is not checked again."""
+        seen = (mask, getattr(mask, '_version', None), batch, length,
+                device)
+        last = self._mask_seen
+        if last is not None and last[0] is mask and last[1:-1] == seen[1:]:
+            return last[-1]
+        keys = _mask_keys(mask, batch, length, device, index)
+        self._mask_seen = seen + (keys, )
+        return keys
 
     def flops(self):
         r"""The attention FLOPs of one forward of the model on the batch
@@ -454,14 +472,12 @@ def _device(forest: Forest) -> torch.device:
 
 
 def _check_batch(forest: Forest, batch: int, length: int,
-                 attention_mask: Optional[Tensor], index: int) -> Hierarchy:
+                 keys: Optional[Tensor], index: int) -> Hierarchy:
     r"""The hierarchy of :obj:`forest` after checking that it covers this
-    batch and, for a :class:`TokenForest`, that its padding is the
-    mask's."""
+    batch and, for a :class:`TokenForest`, that its padding is the mask's
+    (:obj:`keys` ``[B, L]``, from :func:`_mask_keys`)."""
     hierarchy = forest.hierarchy if isinstance(forest, TokenForest) \
         else forest
-    # For every forest: the mask may hide nothing but padding keys.
-    keys = _mask_keys(attention_mask, batch, length, hierarchy.device, index)
     if hierarchy.num_leaves != batch * length:
         raise ValueError(
             f"attention layer {index} gets a batch of {batch} x {length} "

@@ -486,3 +486,35 @@ def test_sdpa_output_attentions_keep_their_layers():
         with hsa_attention(model, [1], forest):
             patched = model(**inputs, output_attentions=True).attentions
     assert len(patched) == len(reference)
+
+
+def test_the_shared_mask_is_checked_once_per_forward(monkeypatch):
+    """Every layer gets the same mask: its O(B H L^2) check runs once, and
+    again for a mask changed in place since."""
+    import hsa_geo.huggingface.attention as module
+    tokenizer = bert_tokenizer()
+    model = tiny_model('bert', tokenizer)
+    model.set_attn_implementation('eager')
+    inputs, flat = TokenHierarchy(tokenizer, levels=()).encode(TEXTS)
+    checks = []
+    check = module._mask_keys
+    monkeypatch.setattr(module, '_mask_keys',
+                        lambda *args: checks.append(1) or check(*args))
+    layers = list(range(len(attention_modules(model))))
+    with torch.no_grad(), hsa_attention(model, layers, flat) as patch:
+        model(**inputs)
+        model(**inputs)
+    assert len(layers) > 1 and patch.calls == {i: 2 for i in layers}
+    assert len(checks) == 2  # one per forward
+
+    batch, length = inputs['input_ids'].shape
+    q = torch.randn(batch, 2, length, 4)
+    mask = inputs['attention_mask'][:, None, None, :].bool().expand(
+        -1, 1, length, length).clone()
+    with hsa_attention(model, layers, flat) as patch:
+        run = lambda: patch.attention(  # noqa: E731
+            0, patch.modules[0], q, q, q, mask, 0.0, None, None)
+        run()
+        mask[0, 0, :5, 5:] = False  # a block-diagonal mask now
+        with pytest.raises(ValueError, match='hides keys other than'):
+            run()
