@@ -546,37 +546,60 @@ def mean_std_cell(summary: Dict[str, Dict[str, float]], key: str,
         f'{s["mean"]:.{digits}f} ± {s["std"]:.{digits}f}'
 
 
+def result_sets(path: str) -> List[Dict[str, Any]]:
+    r"""The result sets of the results JSON file :obj:`path`, each a dict
+    of ``label``, ``config``, ``metric``, ``runs`` and ``summary``: one for
+    a file of :meth:`Results.write`, one per arm for a file of
+    :func:`write_arms` (the arm is the label)."""
+    with open(path) as f:
+        res = json.load(f)
+    cfg = res.get('config', {})
+    if 'summary' in res and 'runs' in res:
+        label = cfg.get('model') or os.path.basename(path)
+        return [{'label': str(label), 'config': cfg, 'metric': res['metric'],
+                 'runs': res['runs'], 'summary': res['summary']}]
+    if 'arms' in res:
+        return [{'label': arm, 'config': cfg, 'metric': res['metric'],
+                 'runs': r['runs'], 'summary': r['summary']}
+                for arm, r in res['arms'].items()]
+    raise ValueError(
+        f"{path} is not a results file of the training scripts (it has "
+        f"neither 'summary' and 'runs' nor 'arms'); pass the JSON files "
+        f"that the scripts write to --out")
+
+
 def results_table(paths: Sequence[str]) -> str:
     r"""A Markdown table of the results JSON files :obj:`paths`: one row
-    per file (dataset, split, model), with the mean ± standard deviation
-    over seeds of the test and validation metric, the seconds per epoch,
-    the peak memory and the number of parameters."""
+    per result set (:func:`result_sets`: dataset, split, model or arm),
+    with the mean ± standard deviation over seeds of the test and
+    validation metric, the seconds per epoch, the peak memory and the
+    number of parameters."""
     rows = ['| dataset | split | model | seeds | test | valid | s/epoch | '
             'peak MiB | params |', '|' + ' --- |' * 9]
     for path in paths:
-        with open(path) as f:
-            res = json.load(f)
-        cfg, summ = res['config'], res['summary']
+        for res in result_sets(path):
+            cfg, summ = res['config'], res['summary']
 
-        def cell(key: str, digits: int = 4) -> str:
-            return mean_std_cell(summ, key, digits)
-        # (not every script records its parameters: '-', not 0)
-        params = summ.get('num_parameters', {}).get('mean')
-        params = '-' if params is None else f'{params:,.0f}'
-        rows.append(
-            f'| {cfg.get("dataset", "")} | {cfg.get("split", "")} | '
-            f'{cfg.get("model", "")} | {len(res["runs"])} | '
-            f'{cell("test")} {res["metric"]} | {cell("valid")} | '
-            f'{cell("seconds_per_epoch", 2)} | '
-            f'{summ["peak_memory_mb"]["mean"]:.0f} | {params} |')
+            def cell(key: str, digits: int = 4) -> str:
+                return mean_std_cell(summ, key, digits)
+            # (not every script records its parameters: '-', not 0)
+            params = summ.get('num_parameters', {}).get('mean')
+            params = '-' if params is None else f'{params:,.0f}'
+            rows.append(
+                f'| {cfg.get("dataset", "")} | {cfg.get("split") or ""} | '
+                f'{res["label"]} | {len(res["runs"])} | '
+                f'{cell("test")} {res["metric"]} | {cell("valid")} | '
+                f'{cell("seconds_per_epoch", 2)} | '
+                f'{summ["peak_memory_mb"]["mean"]:.0f} | {params} |')
     return '\n'.join(rows)
 
 
 def compare_curves(paths: Sequence[str], path: str, title: str = ''):
     r"""Plots, for several results JSON files :obj:`paths` (e.g. one per
-    model on the same split), the training loss (left) and the validation
-    metric (right) per epoch: the mean over seeds as a line, the minimum
-    to maximum over seeds as a band, one colour per file, into the PNG
+    model on the same split, or one with several arms), the training loss
+    (left) and the validation metric (right) per epoch of each result set
+    (:func:`result_sets`): the mean over seeds as a line, the minimum to
+    maximum over seeds as a band, one colour per set, into the PNG
     :obj:`path`."""
     import matplotlib
     matplotlib.use('Agg')
@@ -584,16 +607,14 @@ def compare_curves(paths: Sequence[str], path: str, title: str = ''):
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     metric = ''
-    for file in paths:
-        with open(file) as f:
-            res = json.load(f)
+    for res in (r for file in paths for r in result_sets(file)):
         metric = res['metric']
-        label = res['config'].get('model', os.path.basename(file))
         for ax, key in zip(axes, ('loss', 'valid')):
             curves = torch.tensor([[e[key] for e in run['epochs']]
                                    for run in res['runs']])
             epochs = [e['epoch'] for e in res['runs'][0]['epochs']]
-            line, = ax.plot(epochs, curves.mean(0).tolist(), label=label)
+            line, = ax.plot(epochs, curves.mean(0).tolist(),
+                            label=res['label'])
             ax.fill_between(epochs, curves.min(0).values.tolist(),
                             curves.max(0).values.tolist(),
                             color=line.get_color(), alpha=0.15)
@@ -607,15 +628,6 @@ def compare_curves(paths: Sequence[str], path: str, title: str = ''):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-if __name__ == '__main__':
-    # python examples/training.py results/*.json [--plot curves.png]: the
-    # table of results (and their curves in one picture).
-    files = [a for a in sys.argv[1:] if a.endswith('.json')]
-    print(results_table(files))
-    if '--plot' in sys.argv:
-        compare_curves(files, sys.argv[sys.argv.index('--plot') + 1])
 
 
 def plot_arms(arms: Dict[str, 'Results'], path: str, title: str = '',
@@ -674,3 +686,27 @@ def write_arms(arms: Dict[str, 'Results'], name: str, args,
         json.dump(out, f, indent=2, allow_nan=True)
     plot_arms(arms, os.path.join(args.out, f'{name}.png'), name, panels)
     return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    r"""``python examples/training.py results/*.json [--plot curves.png]``:
+    the results files as one table (and their curves in one picture)."""
+    parser = argparse.ArgumentParser(
+        description='The results JSON files of the example scripts as one '
+                    'Markdown table, and their curves in one picture.')
+    parser.add_argument('files', nargs='+', metavar='RESULTS.json')
+    parser.add_argument('--plot', metavar='CURVES.png',
+                        help='also draw the training loss and validation '
+                             'metric of every file into this PNG')
+    args = parser.parse_args(argv)
+    try:
+        print(results_table(args.files))
+        if args.plot:
+            compare_curves(args.files, args.plot)
+    except (OSError, ValueError, KeyError) as error:
+        parser.error(str(error))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -163,6 +163,35 @@ def test_results_files(tmp_path, capsys):
     assert not (tmp_path / 'rank1').exists()  # only rank 0 writes
 
 
+def test_the_results_command(tmp_path, capsys):
+    """``python examples/training.py FILES [--plot PNG]``: files of one
+    model and files of several arms (one row each), usage on --help, and
+    a JSON of no training script named."""
+    with pytest.raises(SystemExit) as exit:
+        training.main(['--help'])
+    assert exit.value.code == 0 and 'RESULTS.json' in capsys.readouterr().out
+    one = training.Results('one', {'model': 'gine', 'dataset': 'd'}, 'rmse',
+                           False)
+    fill(one, {0: [0.5, 0.4]})
+    arms = {arm: training.Results(arm, {}, 'rmse', False)
+            for arm in ('flat', 'hsa')}
+    for results in arms.values():
+        fill(results, {0: [0.3, 0.2], 1: [0.6, 0.1]})
+    args = type('Args', (), {'out': str(tmp_path)})()
+    training.write_arms(arms, 'arms', args, torch.device('cpu'))
+    files = [one.write(str(tmp_path)), str(tmp_path / 'arms.json')]
+    capsys.readouterr()
+    assert training.main(files + ['--plot', str(tmp_path / 'c.png')]) == 0
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert [r.split(' | ')[2] for r in rows] == ['gine', 'flat', 'hsa']
+    assert (tmp_path / 'c.png').read_bytes()[:4] == b'\x89PNG'
+    other = tmp_path / 'other.json'
+    other.write_text(json.dumps({'verdict': 'ok'}))
+    with pytest.raises(SystemExit):
+        training.main([str(other)])
+    assert 'other.json is not a results file' in capsys.readouterr().err
+
+
 def test_single_process_is_the_identity(monkeypatch):
     dist = training.Distributed.from_env(False, 'cpu')
     assert not dist.enabled and dist.is_main and dist.world_size == 1
