@@ -1,7 +1,8 @@
-r"""Relabelling the lists of node ids that a graph carries, for the
-transforms that reorder its nodes (:class:`~hsa_geo.transforms.TreeOrder`,
+r"""Relabelling the lists of node ids that a graph carries, and telling
+node attributes from edge attributes, for the transforms that reorder its
+nodes (:class:`~hsa_geo.transforms.TreeOrder`,
 :class:`~hsa_geo.transforms.GridHierarchy`)."""
-from typing import Collection
+from typing import Collection, List
 
 import torch
 from torch import Tensor
@@ -9,6 +10,38 @@ from torch_geometric.data import Data
 
 from hsa_geo._permutation import inverse_permutation
 from hsa_geo.data.nested_signal import SIGNAL_KEYS, is_cluster_key
+from hsa_geo.transforms._inputs import SOURCE
+
+# Node attributes by name: PyG's own (those it counts the nodes by), the
+# builders' per-leaf outputs and MultiModalHierarchy's node guard.
+NODE_KEYS = frozenset(('x', 'feat', 'pos', 'batch', 'node_type', 'n_id',
+                       'tf', 'patch_index', SOURCE))
+
+
+def check_node_or_edge(data: Data, transform: str,
+                       exempt: Collection[str] = ()) -> None:
+    r"""Raises :class:`ValueError` where an attribute of a graph with as
+    many edges as nodes could be either: PyG tells them apart by the name
+    alone (``'edge'`` in it), and a wrong guess would permute an edge
+    feature with the nodes while the edges keep their order. Node
+    attributes by name (:data:`NODE_KEYS`, ``leaf_*``, and :obj:`exempt`),
+    a tree's keys and lists of node ids (``face``, ``*_index``) pass."""
+    n = data.num_nodes
+    if data.edge_index is None or data.num_edges != n:
+        return
+    for key in list(data.keys()):
+        if key in NODE_KEYS or key in exempt or key in SIGNAL_KEYS or \
+                is_cluster_key(key) or key.startswith('leaf_') or \
+                'edge' in key or 'index' in key or key == 'face':
+            continue
+        if data.is_node_attr(key):
+            raise ValueError(
+                f"'{key}' has one entry per node and one per edge ({n}): "
+                f"{transform} permutes the nodes and keeps the edges in "
+                f"order, and PyG tells node and edge attributes of such a "
+                f"graph apart by the name alone; name an edge attribute "
+                f"with 'edge' (e.g. 'edge_{key}'), or add it after the "
+                f"transform")
 
 
 def relabel_node_ids(data: Data, order: Tensor,
@@ -27,3 +60,16 @@ def relabel_node_ids(data: Data, order: Tensor,
                     key == 'face' or key.endswith('_index')):
             continue
         data[key] = new_id.to(value.device)[value]
+
+
+def edge_lists(data: Data) -> List[str]:
+    r"""The lists and tuples named as edge attributes (``'edge'`` in the
+    name) of a graph with as many edges as nodes: PyG's
+    :meth:`~torch_geometric.data.Data.is_node_attr` takes them for node
+    attributes (it goes by the length alone), so a transform that
+    permutes the nodes must leave them out."""
+    n = data.num_nodes
+    if data.edge_index is None or data.num_edges != n:
+        return []
+    return [key for key, value in data.items() if 'edge' in key and
+            isinstance(value, (list, tuple)) and len(value) == n]

@@ -14,9 +14,9 @@ from torch_geometric.utils import select
 from hsa_geo._checks import check_bool, check_int
 from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.data.nested_signal import NestedSignal
-from hsa_geo.transforms._inputs import (SOURCE, check_data,
-                                        check_no_sparse_adjacency)
-from hsa_geo.transforms._node_ids import relabel_node_ids
+from hsa_geo.transforms._inputs import check_data, check_no_sparse_adjacency
+from hsa_geo.transforms._node_ids import (check_node_or_edge, edge_lists,
+                                          relabel_node_ids)
 
 PairLike = Union[int, Sequence[int]]
 
@@ -78,7 +78,10 @@ class GridHierarchy(BaseTransform):
       nodes (a tuple comes out as a list), and ``edge_index`` and the
       other lists of node ids (``face``, ``[k, *]`` integer ``*_index``
       such as ``edge_label_index``) are relabelled; other attributes are
-      kept as they are;
+      kept as they are. With as many edges as patches, an attribute that
+      PyG could take for a node or an edge one raises, as in
+      :class:`~hsa_geo.transforms.TreeOrder` (name edge attributes with
+      ``'edge'``; those, lists too, keep the order of the edges);
     - ``patch_index`` ``[N]``: the row-major index ``r * K + c`` of the
       patch of every leaf, so ``x_row_major[patch_index] == x`` and
       ``x_row_major = x[patch_index.argsort()]``. In a DataLoader batch it
@@ -302,33 +305,15 @@ def _permute_nodes(data: Data, order: Tensor):
     lists or tuples of one entry per node) so that new node ``i`` is old
     node ``order[i]``; relabels ``edge_index`` and the other lists of node
     ids (``face``, ``[k, *]`` ``*_index``)."""
-    n = order.numel()
-    edges = data.edge_index.size(1) if data.edge_index is not None else -1
+    check_node_or_edge(data, 'GridHierarchy', exempt=('grid_size', ))
+    edges = edge_lists(data)  # (the edges keep their order)
     for key, value in list(data.items()):
-        if 'index' in key or key == 'grid_size' or not isinstance(
-                value, (Tensor, list, tuple)):
+        if 'index' in key or key == 'grid_size' or key in edges or \
+                not isinstance(value, (Tensor, list, tuple)):
             continue  # grid_size is read already, and replaced
-        if edges == n and key not in ('x', SOURCE) and \
-                _length(value) == n:
-            if 'edge' in key:
-                continue  # an edge attribute: the edges keep their order
-            # As many edges as patches: PyG tells them apart by the name
-            # alone, and a wrong guess would misalign edges or patches.
-            raise ValueError(
-                f"data.{key} has one entry per patch and one per edge ({n}): "
-                f"name an edge attribute with 'edge' (e.g. edge_{key}), or "
-                f"add it after the transform")
         if key == 'x' or data.is_node_attr(key):
             # PyG's select, as Data.subgraph (and so TreeOrder) permutes.
             index = order.to(value.device) if isinstance(value, Tensor) \
                 else order.cpu()
             data[key] = select(value, index, data.__cat_dim__(key, value))
     relabel_node_ids(data, order)
-
-
-def _length(value) -> int:
-    r"""The number of entries along the first dimension (``-1`` for a
-    0-dimensional tensor)."""
-    if isinstance(value, Tensor):
-        return value.size(0) if value.dim() > 0 else -1
-    return len(value)

@@ -3,6 +3,7 @@ that the attention reads the families of the leaves as views of the node
 features instead of gathering them."""
 from __future__ import annotations
 
+import copy
 from typing import Optional
 
 import torch
@@ -11,15 +12,10 @@ from torch_geometric.data import Batch
 from torch_geometric.transforms import BaseTransform
 
 from hsa_geo.data.hierarchy import Hierarchy
-from hsa_geo.data.nested_signal import (SIGNAL_KEYS, NestedSignal,
-                                        is_cluster_key, map_batch)
-from hsa_geo.transforms._inputs import SOURCE, check_no_sparse_adjacency
-from hsa_geo.transforms._node_ids import relabel_node_ids
-
-# Node attributes by name: PyG's own (those it counts the nodes by), the
-# builders' per-leaf outputs and MultiModalHierarchy's node guard.
-_NODE_KEYS = frozenset(('x', 'feat', 'pos', 'batch', 'node_type', 'n_id',
-                        'tf', 'patch_index', SOURCE))
+from hsa_geo.data.nested_signal import NestedSignal, map_batch
+from hsa_geo.transforms._inputs import check_no_sparse_adjacency
+from hsa_geo.transforms._node_ids import (check_node_or_edge, edge_lists,
+                                          relabel_node_ids)
 
 
 class TreeOrder(BaseTransform):
@@ -93,7 +89,7 @@ class TreeOrder(BaseTransform):
                              'TreeOrder')
         check_no_sparse_adjacency(data, 'TreeOrder')
         perm = _tree_order(data.hierarchy)
-        _check_node_or_edge(data, self.attr)
+        check_node_or_edge(data, 'TreeOrder', exempt=(self.attr, ))
         stored = self.attr is not None and self.attr in data
         if stored:  # an earlier permutation: composed by subgraph below
             value = data[self.attr]
@@ -106,7 +102,7 @@ class TreeOrder(BaseTransform):
                     f"another 'attr'")
         if not torch.equal(perm, torch.arange(perm.numel(),
                                               device=perm.device)):
-            data = data.subgraph(perm)
+            data = _subgraph(data, perm)
             # (edge_index relabelled by subgraph)
             relabel_node_ids(data, perm, skip=('edge_index', ))
         if self.attr is not None and not stored:
@@ -117,27 +113,19 @@ class TreeOrder(BaseTransform):
         return f'{self.__class__.__name__}(attr={self.attr!r})'
 
 
-def _check_node_or_edge(data: NestedSignal, attr: Optional[str]):
-    r"""Raises :class:`ValueError` where an attribute of a graph with as
-    many edges as nodes could be either: PyG tells them apart by the name
-    alone (``'edge'`` in it), and a wrong guess would permute an edge
-    feature with the nodes while the edges keep their order."""
-    n = data.num_nodes
-    if data.edge_index is None or data.num_edges != n:
-        return
-    for key in list(data.keys()):
-        if key in SIGNAL_KEYS or key in _NODE_KEYS or key == attr or \
-                'edge' in key or key.startswith('leaf_') or \
-                is_cluster_key(key):
-            continue
-        if data.is_node_attr(key):
-            raise ValueError(
-                f"'{key}' has one entry per node and one per edge ({n}): "
-                f"TreeOrder permutes the nodes and keeps the edges in "
-                f"order, and PyG tells node and edge attributes of such a "
-                f"graph apart by the name alone; name an edge attribute "
-                f"with 'edge' (e.g. 'edge_{key}'), or add it after the "
-                f"transform")
+def _subgraph(data: NestedSignal, perm: Tensor) -> NestedSignal:
+    r""":meth:`~hsa_geo.data.NestedSignal.subgraph` on all nodes, the
+    edge lists that PyG would permute as nodes (:func:`edge_lists`) kept
+    in the order of the edges, which stay in theirs."""
+    kept = {key: data[key] for key in edge_lists(data)}
+    if kept:
+        data = copy.copy(data)
+        for key in kept:
+            del data[key]
+    data = data.subgraph(perm)
+    for key, value in kept.items():
+        data[key] = value
+    return data
 
 
 def _tree_order(hierarchy: Hierarchy) -> Tensor:

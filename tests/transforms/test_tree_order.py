@@ -254,6 +254,13 @@ def test_attributes_of_nodes_or_edges_are_refused():
     assert torch.equal(out.edge_bond, d.edge_bond)
     assert torch.equal(out.pos, d.pos[out.n_id])
     assert torch.equal(out.n_id[out.edge_index], d.edge_index)
+    # a list of one entry per edge stays with its edge, as edge tensors do
+    # (PyG's is_node_attr goes by the length of a list alone)
+    kinds = [f'bond {i}' for i in range(12)]
+    d = _ring(edge_kind=kinds, edge_bond=torch.arange(12))
+    out = GraphHierarchy(branching=3, tree_order=True)(d)
+    assert out.edge_kind == kinds and d.edge_kind == kinds
+    assert torch.equal(out.edge_bond, d.edge_bond)
 
 
 def _graph(n=30, **attrs):
