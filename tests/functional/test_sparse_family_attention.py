@@ -269,3 +269,34 @@ def test_first_call_in_inference_mode_keeps_higher_derivatives():
     assert all(torch.isfinite(x).all() for x in grads)
     assert torch.autograd.gradgradcheck(
         lambda a, b, c: hierarchical_attention(a, b, c, h), (q, k, v))
+
+
+@pytest.mark.parametrize('name', LAYOUTS)
+@pytest.mark.parametrize('parent, n', [
+    ([6] * 6 + [-1], 6),  # one family: one factor per weight
+    ([7, 7, 8, 8, 8, 9, 9, 9, 9, -1], 7),  # leaves beside clusters
+])
+def test_dropout_drops_every_kind_of_weight(name, parent, n):
+    """With one-hot values, out[i, j] is Q_ij times the dropout factors on
+    the path of the weights that carry i to j: 0 where one of them was
+    dropped, else Q_ij / (1 - p)^m. Weights to siblings (off the diagonal)
+    must be dropped too, not only the self weights."""
+    p, heads = 0.5, 3
+    with layout(name):
+        h = Hierarchy.from_parent(parent, n)
+        q, k, _ = seeded_qkv(n, heads, 4, 0)
+        v = torch.eye(n, dtype=q.dtype).unsqueeze(1).repeat(1, heads, 1)
+        dense = hierarchical_attention_matrix(q, k, h)  # [H, N, N]
+        torch.manual_seed(0)
+        out = hierarchical_attention(q, k, v, h, dropout_p=p,
+                                     training=True).permute(1, 0, 2)
+    ratio = out / dense
+    factors = torch.tensor([0.0] + [(1 - p)**-m for m in range(1, 4)],
+                           dtype=q.dtype)
+    assert ((ratio.unsqueeze(-1) - factors).abs().min(-1).values <
+            EXACT).all()
+    off = ~torch.eye(n, dtype=torch.bool)
+    dropped = (out == 0) & off
+    assert dropped.any() and (~dropped & off).any()
+    if len(parent) == n + 1:  # one family: each pair has its own factor
+        assert (ratio[:, off] == 0).sum() > 0.3 * off.sum() * heads
