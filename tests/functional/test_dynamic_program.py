@@ -1008,26 +1008,35 @@ ANY_VALUE = st.one_of(
     st.builds(torch.tensor, st.floats(-2, 2)))
 
 
+VALID = {'scale': st.one_of(st.none(), st.floats(0.01, 10)),
+         'dropout_p': st.one_of(st.just(0.0), st.floats(0.0, 0.9)),
+         'training': st.booleans()}
+
+
 @fewer(2)
-@given(f=forests(max_leaves=10), seed=SEEDS, scale=ANY_VALUE,
-       dropout_p=ANY_VALUE, training=ANY_VALUE, mag=st.sampled_from(
-           [1.0, 1e4, 1e12]))
+@given(f=forests(max_leaves=10), seed=SEEDS, data=st.data(),
+       bad=st.sampled_from([None, 'scale', 'dropout_p', 'training']),
+       mag=st.sampled_from([1.0, 1e4, 1e12]))
 def test_any_argument_gives_a_clear_error_or_the_dense_result(
-        f, seed, scale, dropout_p, training, mag):
+        f, seed, data, bad, mag):
+    """Valid arguments but at most one (:obj:`bad`), drawn from anything:
+    an error that names that argument, or the dense result (also for
+    queries and keys of magnitude up to 1e12)."""
+    args = {name: data.draw(ANY_VALUE if name == bad else valid, name)
+            for name, valid in VALID.items()}
     h = build(f)
     q, k, v = seeded_qkv(f.num_leaves, 2, 3, seed, dv=2, mag=mag)
     try:
-        out = hierarchical_attention(q, k, v, h, scale=scale,
-                                     dropout_p=dropout_p, training=training)
+        out = hierarchical_attention(q, k, v, h, **args)
     except (TypeError, ValueError) as e:
-        assert str(e) and ("'scale'" in str(e) or "'dropout_p'" in str(e)
-                           or "'training'" in str(e))
+        assert bad is not None and f"'{bad}'" in str(e)
         return
     assert out.isfinite().all()
-    if dropout_p == 0 or training is False:  # no randomness: exact
-        Q = hierarchical_attention_matrix(q, k, h, scale=float(scale) if
-                                          scale is not None else None)
-        assert max_err(out, apply_q(Q, v)) <= 1e-8 * max(1.0, mag)
+    if args['dropout_p'] == 0 or args['training'] is False:  # exact
+        scale = args['scale']
+        Q = hierarchical_attention_matrix(
+            q, k, h, scale=None if scale is None else float(scale))
+        assert max_err(out, apply_q(Q, v)) <= 1e-8
 
 
 # The dense reference's own input checks ####################################
