@@ -227,18 +227,35 @@ def test_geometry_bias_refuses_pairs_that_cannot_fit(monkeypatch):
 
 # Property tests: a clear error or a working module ##########################
 
-CONV_ARGS = dict(in_channels=8, out_channels=4, heads=2, concat=True,
-                 beta=False, dropout=0.0, bias=True, root_weight=True,
-                 geometry_bias=False, max_branching=4, num_levels=3)
+# Each argument drawn from its valid values or from anything: both branches
+# run, and an error must name an argument that was drawn from anything.
+CONV_ARGS = dict(
+    in_channels=st.one_of(st.just(-1), st.integers(1, 9)),
+    out_channels=st.integers(1, 6), heads=st.integers(1, 4),
+    concat=st.booleans(), beta=st.booleans(), dropout=st.floats(0.0, 0.9),
+    bias=st.booleans(), root_weight=st.booleans(),
+    geometry_bias=st.booleans(), max_branching=st.integers(4, 8),
+    num_levels=st.integers(3, 6))
 
 
-@given(st.sampled_from(sorted(CONV_ARGS)), ANYTHING,
-       st.sampled_from(sorted(CONV_ARGS)), ANYTHING)
-def test_conv_arguments_property(name, value, other, other_value):
-    args = dict(CONV_ARGS, **{name: value, other: other_value})
+def draw_args(data, valid, bad):
+    r"""One value per argument of :obj:`valid`: from its valid values,
+    or from :data:`ANYTHING` for the arguments in :obj:`bad`."""
+    return {name: data.draw(ANYTHING if name in bad else strategy, name)
+            for name, strategy in valid.items()}
+
+
+def assert_names_one_of(error: Exception, bad):
+    assert any(f"'{name}'" in str(error) for name in bad), (bad, error)
+
+
+@given(st.data(), st.sets(st.sampled_from(sorted(CONV_ARGS)), max_size=2))
+def test_conv_arguments_property(data, bad):
+    args = draw_args(data, CONV_ARGS, bad)
     try:
         conv = HSAConv(**args)
-    except CLEAR:
+    except CLEAR as e:
+        assert_names_one_of(e, bad)
         return
     x = torch.randn(NUM_LEAVES, 5 if conv.in_channels == -1 else
                     conv.in_channels)
@@ -251,10 +268,16 @@ def test_conv_arguments_property(name, value, other, other_value):
 FLOAT_DTYPES = [torch.float32, torch.float64, torch.int64, torch.bool]
 
 
-@given(st.lists(st.integers(0, 9), max_size=3),
-       st.sampled_from(FLOAT_DTYPES),
-       st.sampled_from(['hierarchy', 'signal', 'tensor', 'none', 'list']))
-def test_conv_forward_property(shape, dtype, kind):
+KINDS = ['hierarchy', 'signal', 'tensor', 'none', 'list']
+
+
+@given(st.one_of(
+    st.tuples(st.just([NUM_LEAVES, 4]), st.just(torch.float32),
+              st.sampled_from(KINDS[:2])),  # valid
+    st.tuples(st.lists(st.integers(0, 9), max_size=3),
+              st.sampled_from(FLOAT_DTYPES), st.sampled_from(KINDS))))
+def test_conv_forward_property(args):
+    shape, dtype, kind = args
     conv = HSAConv(4, 3, heads=2)
     x = torch.zeros(shape, dtype=dtype)
     h = example_hierarchy()
@@ -263,33 +286,47 @@ def test_conv_forward_property(shape, dtype, kind):
                      signal=NestedSignal.from_hierarchy(h))[kind]
     try:
         out = conv(x, hierarchy)
-    except CLEAR:
+    except CLEAR as e:
+        assert "'x'" in str(e) or "'hierarchy'" in str(e) or \
+            "dtype" in str(e), e
+        assert shape != [NUM_LEAVES, 4] or dtype != torch.float32 \
+            or kind not in ('hierarchy', 'signal')
         return
     assert out.shape == (NUM_LEAVES, 6)
 
 
-LAYER_ARGS = dict(channels=8, heads=2, dropout=0.0, attn_dropout=0.0,
-                  ff_channels=None, act='gelu', act_kwargs=None)
+LAYER_ARGS = dict(channels=st.integers(1, 4).map(lambda c: 2 * c),
+                  heads=st.just(2), dropout=st.floats(0.0, 0.9),
+                  attn_dropout=st.floats(0.0, 0.9),
+                  ff_channels=st.one_of(st.none(), st.integers(1, 16)),
+                  act=st.sampled_from(['gelu', 'relu']),
+                  act_kwargs=st.none())
 
 
-@given(st.sampled_from(sorted(LAYER_ARGS)), ANYTHING)
-def test_layer_arguments_property(name, value):
+@given(st.data(), st.sets(st.sampled_from(sorted(LAYER_ARGS)), max_size=1))
+def test_layer_arguments_property(data, bad):
     try:
-        layer = HSATransformerLayer(**dict(LAYER_ARGS, **{name: value}))
-    except CLEAR:
+        layer = HSATransformerLayer(**draw_args(data, LAYER_ARGS, bad))
+    except CLEAR as e:
+        assert_names_one_of(e, bad)
         return
     out = layer(torch.randn(NUM_LEAVES, layer.channels), example_hierarchy())
     assert out.shape == (NUM_LEAVES, layer.channels)
     assert bool(out.isfinite().all())
 
 
-@given(st.sampled_from(['heads', 'max_branching', 'num_levels', 'level']),
-       ANYTHING)
-def test_geometry_bias_arguments_property(name, value):
-    args = dict(heads=2, max_branching=4, num_levels=3, level='height')
+GEOMETRY_ARGS = dict(heads=st.integers(1, 4), max_branching=st.integers(4, 8),
+                     num_levels=st.integers(3, 6),
+                     level=st.sampled_from(['height', 'depth']))
+
+
+@given(st.data(), st.sets(st.sampled_from(sorted(GEOMETRY_ARGS)),
+                          max_size=1))
+def test_geometry_bias_arguments_property(data, bad):
     try:
-        bias = FamilyGeometryBias(**dict(args, **{name: value}))
-    except CLEAR:
+        bias = FamilyGeometryBias(**draw_args(data, GEOMETRY_ARGS, bad))
+    except CLEAR as e:
+        assert_names_one_of(e, bad)
         return
     out = bias(example_hierarchy())
     assert out.shape == (example_hierarchy().sibling_pairs.size(1),
