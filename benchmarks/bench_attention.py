@@ -1089,6 +1089,29 @@ def _missing(*values: Optional[float]) -> bool:
     return any(v is None for v in values)
 
 
+def hsa_failure(rows: Iterable[Dict], *sizes: int) -> Optional[str]:
+    r"""Why HSA has no result at one of :obj:`sizes` in this run although
+    it was asked for (an error, a timeout, or skipped after failing at a
+    smaller N), or :obj:`None`: such a target is failed, not
+    unmeasured."""
+    for row in rows:
+        if row['method'] == 'hsa' and row['n'] in sizes and \
+                row['status'] != 'ok':
+            why = row.get('reason') or row.get('error') or row['status']
+            return f"HSA at N = {row['n']:,}: {row['status']} ({why})"
+    return None
+
+
+def _unmeasured(rows: List[Dict], name: str, desc: str, measured: Dict,
+                needs: str, *sizes: int) -> Dict[str, Any]:
+    r"""The verdict of a target without its numbers: ``FAIL`` where HSA
+    failed at one of :obj:`sizes` (:func:`hsa_failure`), else ``N/A``."""
+    failure = hsa_failure(rows, *sizes)
+    if failure is not None:
+        return _target(name, desc, 'FAIL', measured, failure)
+    return _target(name, desc, 'N/A', measured, needs)
+
+
 def target_speedup(rows: List[Dict]) -> Dict[str, Any]:
     sdpa = lookup(rows, 'sdpa', TARGET_N, 'fwdbwd_ms')
     hsa = lookup(rows, 'hsa', TARGET_N, 'fwdbwd_ms')
@@ -1100,8 +1123,9 @@ def target_speedup(rows: List[Dict]) -> Dict[str, Any]:
                 'fwd_speedup': ratio(lookup(rows, 'sdpa', TARGET_N, 'fwd_ms'),
                                      lookup(rows, 'hsa', TARGET_N, 'fwd_ms'))}
     if _missing(sdpa, hsa):
-        return _target('speedup_vs_sdpa', desc, 'N/A', measured,
-                       f'needs hsa and sdpa at N = {TARGET_N:,}')
+        return _unmeasured(rows, 'speedup_vs_sdpa', desc, measured,
+                           f'needs hsa and sdpa at N = {TARGET_N:,}',
+                           TARGET_N)
     detail = (f'SDPA {sdpa:.1f} ms / HSA {hsa:.1f} ms = {speedup:.1f}x '
               f'(needs >= {TARGET_SPEEDUP:g}x); forward: '
               f"{format_number(measured['fwd_speedup'])}x")
@@ -1131,8 +1155,9 @@ def target_linear(rows: List[Dict]) -> Dict[str, Any]:
                 'hsa_fwdbwd_sys_ms_large': lookup(rows, 'hsa', LARGE_N,
                                                   'fwdbwd_sys_ms')}
     if _missing(small, large, peak):
-        return _target('linear_growth', desc, 'N/A', measured,
-                       f'needs hsa at N = {TARGET_N:,} and N = {LARGE_N:,}')
+        return _unmeasured(rows, 'linear_growth', desc, measured,
+                           f'needs hsa at N = {TARGET_N:,} and N = '
+                           f'{LARGE_N:,}', TARGET_N, LARGE_N)
     ok = growth <= TARGET_GROWTH and peak <= limit_mib
     detail = (f'fwd+bwd {large:.0f} ms / {small:.1f} ms = {growth:.1f} '
               f'(needs <= {TARGET_GROWTH:g}); forward: '
@@ -1153,8 +1178,9 @@ def target_projection(rows: List[Dict]) -> Dict[str, Any]:
     measured = {'hsa_fwd_ms': hsa, 'qkv_projection_fwd_ms': proj,
                 'ratio': proj_ratio}
     if _missing(hsa, proj):
-        return _target('forward_vs_projection', desc, 'N/A', measured,
-                       f'needs hsa and qkv_projection at N = {TARGET_N:,}')
+        return _unmeasured(rows, 'forward_vs_projection', desc, measured,
+                           f'needs hsa and qkv_projection at N = '
+                           f'{TARGET_N:,}', TARGET_N)
     detail = (f'HSA {hsa:.1f} ms / QKV {proj:.1f} ms = {proj_ratio:.2f}x '
               f'(needs <= {TARGET_PROJ_RATIO:g}x)')
     return _target('forward_vs_projection', desc,

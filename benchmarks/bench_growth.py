@@ -126,6 +126,7 @@ def run_summary(rows: List[Dict], small: int, large: int) -> Dict[str, Any]:
         'floor_growth': ba.ratio(value('fresh_memory', large, 'fwdbwd_ms'),
                                  value('fresh_memory', small, 'fwdbwd_ms')),
         'hsa_peak_mib_large': value('hsa', large, 'fwdbwd_peak_mib'),
+        'hsa_failure': ba.hsa_failure(rows, small, large),
     }
     for method in METHODS:
         for n in (small, large):
@@ -146,7 +147,10 @@ def evaluate(runs: List[Dict]) -> Dict[str, Any]:
     peaks = [r['hsa_peak_mib_large'] for r in runs]
     known = [p for p in peaks if p is not None]
     limit = ba.TARGET_PEAK_BYTES / ba.MIB
-    if growth is None or len(known) < len(peaks):
+    failures = [r['hsa_failure'] for r in runs if r.get('hsa_failure')]
+    if failures:  # HSA could not run: failed, not unmeasured
+        status = 'FAIL'
+    elif growth is None or len(known) < len(peaks):
         status = 'N/A'
     else:
         status = 'PASS' if growth <= ba.TARGET_GROWTH and \
@@ -155,7 +159,8 @@ def evaluate(runs: List[Dict]) -> Dict[str, Any]:
             'median_floor_growth': _median(runs, 'floor_growth'),
             'median_hsa_user_growth': _median(runs, 'hsa_user_growth'),
             'max_peak_mib': max(known, default=None),
-            'peak_limit_mib': limit, 'growth_limit': ba.TARGET_GROWTH}
+            'peak_limit_mib': limit, 'growth_limit': ba.TARGET_GROWTH,
+            'hsa_failures': failures}
 
 
 def format_runs(runs: List[Dict], small: int, large: int,

@@ -82,7 +82,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_attention as ba  # noqa: E402  (shared timing and memory code)
@@ -460,6 +460,9 @@ def run_wide(args: argparse.Namespace, on_row: Callable) -> None:
             if target == 'vs_sdpa' and row['status'] == 'ok':
                 peak = run_spec(dict(spec, call_peak=True), args)
                 row['fwdbwd_call_mib'] = peak.get('fwdbwd_call_mib')
+                row['call_peak_status'] = peak['status']
+                if peak['status'] != 'ok':
+                    row['call_peak_error'] = failure(peak)
             on_row(row)
 
 
@@ -547,20 +550,32 @@ def wide_targets(rows: List[Dict]) -> List[Dict]:
             continue
         sdpa = find(rows, case='wide', method='sdpa', tree=hsa['tree'],
                     n=hsa['n'])
-        if hsa['status'] != 'ok':
-            missing, why = 'not met', f'HSA {failure(hsa)}'
-        elif sdpa is None or sdpa['status'] != 'ok':
-            missing, why = 'n/a', f'SDPA {failure(sdpa)}'
-        else:  # a peak of zero: nothing above the baseline's resolution
-            missing, why = 'n/a', 'SDPA call peak not measured or zero'
         for key, limit, what in (('fwdbwd_ms', TARGET_WIDE_TIME, 'time'),
                                  ('fwdbwd_call_mib', TARGET_WIDE_PEAK,
                                   'peak memory')):
-            measured = ratio(value(hsa, key), value(sdpa, key))
+            # (a call peak of zero: nothing above the baseline's resolution)
+            measured = ratio(value(hsa, key) or None, value(sdpa, key))
+            missing, why = _why_unmeasured(hsa, sdpa, key)
             out.append(target('wide', f'{name} {what}', f'{name}: HSA '
                               f'forward+backward {what} <= {limit:g}x '
                               f'SDPA', measured, limit, missing, why))
     return out
+
+
+def _why_unmeasured(hsa: Dict, sdpa: Optional[Dict], key: str
+                    ) -> Tuple[str, str]:
+    r"""The verdict and reason of a wide family's target on :obj:`key`
+    without a ratio: ``not met`` where HSA (or its call-peak worker)
+    failed or measured nothing, ``n/a`` where SDPA did."""
+    if hsa['status'] != 'ok':
+        return 'not met', f'HSA {failure(hsa)}'
+    if key == 'fwdbwd_call_mib' and not hsa.get(key):
+        return 'not met', 'HSA call peak: ' + hsa.get(
+            'call_peak_error', 'not measured or zero')
+    if sdpa is None or sdpa['status'] != 'ok':
+        return 'n/a', f'SDPA {failure(sdpa)}'
+    return 'n/a', 'SDPA call peak: ' + sdpa.get('call_peak_error',
+                                                'not measured or zero')
 
 
 def deep_reference(rows: List[Dict], row: Dict) -> Optional[Dict]:
@@ -605,6 +620,18 @@ def contention_loads(rows: List[Dict]) -> List[int]:
     return sorted({r['load'] for r in rows if r['case'] == 'contention'})
 
 
+def _contention_missing(rows: List[Dict], load: int,
+                        hsa_threads: Sequence[int]) -> Tuple[str, str]:
+    r"""``not met`` where an HSA row of a ratio failed or is missing (HSA
+    could not run), else ``n/a`` (a projection's row failed)."""
+    for t in hsa_threads:
+        row = find(rows, case='contention', method='hsa', load=load,
+                   threads=t)
+        if row is None or row['status'] != 'ok':
+            return 'not met', f'HSA with {t} thread(s): {failure(row)}'
+    return 'n/a', 'a QKV projection row failed'
+
+
 def contention_targets(rows: List[Dict], threads: int) -> List[Dict]:
     out = []
     for load in contention_loads(rows):
@@ -614,7 +641,7 @@ def contention_targets(rows: List[Dict], threads: int) -> List[Dict]:
                           f'{who}: HSA forward with {threads} threads <= '
                           f'{TARGET_THREADS:g}x with 1 thread',
                           c['threads_ratio'], TARGET_THREADS,
-                          why='a row failed'))
+                          *_contention_missing(rows, load, (1, threads))))
         for t in sorted({1, threads}):
             key = 'projection_ratio_1' if t == 1 else \
                 'projection_ratio_default'
@@ -622,7 +649,7 @@ def contention_targets(rows: List[Dict], threads: int) -> List[Dict]:
                               f'{who}, {t} thread(s): '
                               f'HSA forward <= {TARGET_PROJECTION:g}x the '
                               f'QKV projection', c[key], TARGET_PROJECTION,
-                              why='a row failed'))
+                              *_contention_missing(rows, load, (t, ))))
     return out
 
 

@@ -47,6 +47,11 @@ def test_target_is_the_median_growth_and_every_peak():
     assert bench.evaluate(slow)['status'] == 'FAIL'
     missing = [bench.run_summary(_rows(1500.0)[:2], SMALL, LARGE)]
     assert bench.evaluate(missing)['status'] == 'N/A'
+    killed = _rows(1500.0)[:2] + [{'method': 'hsa', 'n': LARGE,
+                                   'status': 'error', 'error': 'signal 9'}]
+    target = bench.evaluate([bench.run_summary(killed, SMALL, LARGE)])
+    assert target['status'] == 'FAIL' and 'signal 9' in \
+        target['hsa_failures'][0]
 
 
 def test_main_writes_the_runs(tmp_path, monkeypatch, capsys):

@@ -105,3 +105,38 @@ def test_quick_run(tmp_path):
     text = md.read_text()
     for heading in ('### wide', '### deep', '### contention', '### targets'):
         assert heading in text
+
+
+def test_a_target_hsa_could_not_run_is_not_met():
+    """HSA failing (or its call-peak worker) is 'not met'; only a peer's
+    failure leaves a target unmeasured ('n/a')."""
+    def wide(method, **extra):
+        return dict(dict(case='wide', method=method, tree='flat', n=8,
+                         target='vs_sdpa', status='ok', fwdbwd_ms=10.0,
+                         fwdbwd_call_mib=5.0), **extra)
+
+    def verdicts(rows):
+        return {t['name']: t['status']
+                for t in bench.evaluate_targets(rows, 2)}
+
+    ok = verdicts([wide('hsa'), wide('sdpa')])
+    assert set(ok.values()) == {'met'}
+    peak = 'flat N=8 peak memory'
+    for hsa in (wide('hsa', fwdbwd_call_mib=None, call_peak_status='error',
+                     call_peak_error='error: killed'),
+                wide('hsa', fwdbwd_call_mib=0.0)):
+        assert verdicts([hsa, wide('sdpa')])[peak] == 'not met'
+    assert verdicts([wide('hsa'), wide('sdpa', fwdbwd_call_mib=None)])[
+        peak] == 'n/a'
+
+    def contention(method, threads, status='ok'):
+        return dict(case='contention', method=method, load=1,
+                    threads=threads, status=status, fwd_ms=1.0)
+    rows = [contention('hsa', 1), contention('hsa', 2, 'timeout'),
+            contention('qkv_projection', 1), contention('qkv_projection', 2)]
+    got = verdicts(rows)
+    assert got['load 1: threads'] == 'not met'
+    assert got['load 1: HSA/QKV 2t'] == 'not met'
+    assert got['load 1: HSA/QKV 1t'] == 'met'
+    rows[1]['status'], rows[3]['status'] = 'ok', 'error'
+    assert verdicts(rows)['load 1: HSA/QKV 2t'] == 'n/a'

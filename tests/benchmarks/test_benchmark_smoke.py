@@ -176,6 +176,16 @@ def test_report_renders():
     assert 'floor of fresh memory grew 18.0' in linear['detail']
     assert 'Targets' in bench.format_targets([speedup, linear, projection])
     assert [t['status'] for t in bench.evaluate_targets([])] == ['N/A'] * 3
+    # HSA asked for but without a result: failed, not unmeasured
+    killed = {'method': 'hsa', 'n': large, 'device': 'cpu',
+              'status': 'error', 'error': 'killed by signal 9'}
+    linear = bench.target_linear(rows[:3] + [killed])
+    assert linear['status'] == 'FAIL' and 'signal 9' in linear['detail']
+    skipped = dict(killed, status='skipped', reason='failed at smaller N')
+    assert bench.target_linear(rows[:3] + [skipped])['status'] == 'FAIL'
+    timeout = dict(killed, n=small, status='timeout')
+    assert [t['status'] for t in bench.evaluate_targets(
+        [timeout] + rows[1:3])] == ['FAIL'] * 3
 
 
 def test_live_tensor_peak_counts_what_the_call_holds_at_once():
