@@ -48,7 +48,7 @@ fresh processes, alternately with this checkout's, ``--rounds`` times each
 (the serial rows are then these paired runs: load from other work slows
 both alike); else the serial rows of ``--before`` (a JSON of this script,
 by default ``results/bench_document_trees_cpu_before.json`` when it
-exists).
+exists), for the corpora it measured with the same words and threads.
 
 Target: on the short documents, tree building per word is at least 5x
 faster than before (the best of ``serial`` and ``workers``, for every
@@ -310,13 +310,27 @@ def add_paired(row: Dict[str, Any], samples: Dict[str, List[float]]):
 # Report ####################################################################
 
 
-def add_speedups(rows: List[Dict[str, Any]], before: Optional[Dict]):
+def comparable_corpora(before: Optional[Dict], stats: Dict[str, Dict],
+                       threads: int) -> List[str]:
+    r"""The corpora of this run that the run :obj:`before` measured too:
+    the same words, with as many threads."""
+    if before is None or before.get('machine', {}).get('threads') != threads:
+        return []
+    earlier = before.get('config', {}).get('corpora', {})
+    return [name for name, s in stats.items()
+            if earlier.get(name, {}).get('words') == s['words']]
+
+
+def add_speedups(rows: List[Dict[str, Any]], before: Optional[Dict],
+                 corpora: Sequence[str] = ()):
     r"""``before_us_per_word`` and ``speedup`` of every measured row: the
     serial time per word of its corpus and tokenizer before (paired runs of
-    ``--before-code``, else the run :obj:`before`) over its own."""
+    ``--before-code``, else the run :obj:`before` on the :obj:`corpora`
+    it shares with this one: :func:`comparable_corpora`) over its own."""
     reference = {(r['corpus'], r['tokenizer']): r['us_per_word']
                  for r in (before or {'results': []})['results']
-                 if r['mode'] == 'serial' and r['status'] == 'ok'}
+                 if r['mode'] == 'serial' and r['status'] == 'ok'
+                 and r['corpus'] in corpora}
     # Paired runs of --before-code, where there are, instead.
     reference.update({(r['corpus'], r['tokenizer']): r['before_us_per_word']
                       for r in rows if r.get('paired')})
@@ -327,7 +341,9 @@ def add_speedups(rows: List[Dict[str, Any]], before: Optional[Dict]):
             row['speedup'] = ref / row['us_per_word']
 
 
-def evaluate_target(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+def evaluate_target(rows: List[Dict[str, Any]],
+                    tokenizers: Sequence[str] = TOKENIZERS
+                    ) -> Dict[str, Any]:
     desc = (f'on the {TARGET_CORPUS} documents, building the trees is at '
             f'least {TARGET_SPEEDUP:g}x faster per word than before (the '
             f'best of serial and workers, every tokenizer)')
@@ -338,8 +354,10 @@ def evaluate_target(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
                     r['tokenizer'] not in best
                     or r['speedup'] > best[r['tokenizer']]['speedup']):
             best[r['tokenizer']] = r
-    if not best:
-        return {'description': desc, 'status': 'N/A'}
+    unmeasured = [tok for tok in tokenizers if tok not in best]
+    if unmeasured:  # 'every tokenizer' needs each of them
+        return {'description': desc, 'status': 'N/A',
+                'detail': f"no speedup for {', '.join(unmeasured)}"}
     worst = min(r['speedup'] for r in best.values())
     detail = '; '.join(f"{tok}: {r['speedup']:.1f}x ({mode_label(r)})"
                        for tok, r in best.items())
@@ -500,8 +518,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     transforms, notes = make_transforms(corpus, args.tokenizers)
     rows = measure_paired(corpus, transforms, notes, args)
     before = json.loads(args.before.read_text()) if args.before else None
-    add_speedups(rows, before)
-    target = evaluate_target(rows)
+    add_speedups(rows, before,
+                 comparable_corpora(before, stats, args.threads))
+    target = evaluate_target(rows, args.tokenizers)
     machine['load_average_end'] = [round(x, 2) for x in os.getloadavg()]
     ba.write_json(args.out, {
         'benchmark': 'bench_document_trees',

@@ -44,10 +44,14 @@ def test_corpus_of_sections_and_pages(pages):
 def test_main_writes_rows_table_and_target(tmp_path, pages, capsys):
     out, md = tmp_path / 'trees.json', tmp_path / 'trees.md'
     before = tmp_path / 'before.json'
-    before.write_text(json.dumps({'results': [
-        dict(corpus=c, tokenizer=t, mode='serial', status='ok',
-             us_per_word=1e6) for c in bench.CORPORA
-        for t in bench.TOKENIZERS]}))
+    corpus = bench.load_corpus([pages])
+    before.write_text(json.dumps({
+        'machine': {'threads': 1},
+        'config': {'corpora': {c: bench.describe(corpus[c])
+                               for c in bench.CORPORA}},
+        'results': [dict(corpus=c, tokenizer=t, mode='serial', status='ok',
+                         us_per_word=1e6) for c in bench.CORPORA
+                    for t in bench.TOKENIZERS]}))
     assert bench.main(['--quick', '--paths', pages, '--workers', '2',
                        '--before', str(before), '--label', 'smoke',
                        '--out', str(out), '--markdown', str(md)]) == 0
@@ -88,6 +92,27 @@ def test_target_logic():
     rows[2]['speedup'] = 6.0
     assert bench.evaluate_target(rows)['status'] == 'PASS'
     assert bench.evaluate_target(rows[3:])['status'] == 'N/A'
+    # every tokenizer asked for: one without a speedup leaves it open
+    vocab_only = bench.evaluate_target(rows[:2])
+    assert vocab_only['status'] == 'N/A' and 'minilm' in vocab_only['detail']
+    assert bench.evaluate_target(rows[:2], ['vocab'])['status'] == 'PASS'
+
+
+def test_speedups_only_against_the_same_corpus_and_threads():
+    stats = {'short': {'words': 100}, 'long': {'words': 100}}
+    before = {'machine': {'threads': 1},
+              'config': {'corpora': {'short': {'words': 100},
+                                     'long': {'words': 900}}},
+              'results': [dict(corpus=c, tokenizer='vocab', mode='serial',
+                               status='ok', us_per_word=8.0)
+                          for c in ('short', 'long')]}
+    assert bench.comparable_corpora(before, stats, 1) == ['short']
+    assert bench.comparable_corpora(before, stats, 2) == []
+    assert bench.comparable_corpora(None, stats, 1) == []
+    rows = [dict(corpus=c, tokenizer='vocab', mode='serial', status='ok',
+                 us_per_word=2.0) for c in ('short', 'long')]
+    bench.add_speedups(rows, before, ['short'])
+    assert rows[0]['speedup'] == 4.0 and 'speedup' not in rows[1]
 
 
 def test_paired_with_earlier_code(tmp_path, pages):
