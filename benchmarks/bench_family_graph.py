@@ -49,7 +49,9 @@ attention matrix closest in KL divergence to softmax attention among those
 constant on the tree's blocks, restricted to the family graph's pairs if
 one is given.
 
-The tree is built once per worker, before timing (``setup_ms``). Besides
+The tree is built once per worker, before timing (``setup_ms``), and so
+is what the first call derives from it and caches, the layout and the
+pattern of its pair list (``layout_ms``). Besides
 time, each row reports how much of the graph each node receives context
 from: the number of leaves ``j`` with ``Q[i, j] > 0``, computed exactly from
 the tree and the family graph for HSA (for TransformerConv it is the
@@ -184,6 +186,7 @@ def _tree(edge_index, num_nodes: int, family_graph: bool, device: Any,
                             num_nodes=num_nodes))
     hierarchy = signal.hierarchy.to(device)
     info['setup_ms'] = (time.perf_counter() - start) * 1e3
+    info['layout_ms'] = ba.layout_ms(hierarchy)
     info['num_tree_nodes'] = hierarchy.num_nodes
     info['depth'] = hierarchy.depth
     info['sibling_pairs'] = hierarchy.sibling_pairs.size(1)

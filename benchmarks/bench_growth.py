@@ -102,7 +102,7 @@ def attention_args(args: argparse.Namespace) -> argparse.Namespace:
     r""":mod:`bench_attention`'s arguments for one run."""
     argv = ['--methods', *METHODS, '--sizes', str(args.small),
             str(args.large), '--timeout', str(args.timeout), '--malloc',
-            args.malloc, '--no-progress']
+            args.malloc, '--no-progress', '--device', 'cpu']
     if args.threads is not None:
         argv += ['--threads', str(args.threads)]
     if args.thp:

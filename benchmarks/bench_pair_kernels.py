@@ -107,11 +107,19 @@ def compare(rows: List[Dict[str, Any]], limit: int) -> List[Dict]:
         if not all(times.values()):
             continue
         kernels, torch = (statistics.median(times[m]) for m in MODES)
+        # Per round: the rounds where both modes ran (a failed row drops
+        # its round, not the pairing of the others).
+        by_round = {m: {r.get('round'): r['fwdbwd_ms'] for r in ok
+                        if r['method'] == m} for m in MODES}
+        paired = sorted(set(by_round['kernels']) & set(by_round['torch']),
+                        key=str)
         products = ok[0]['pair_list_products']
         out.append({'n': key[0], 'threads': key[1], 'products': products,
                     'kernels_ms': kernels, 'torch_ms': torch,
-                    'kernels_rounds_ms': times['kernels'],
-                    'torch_rounds_ms': times['torch'],
+                    'kernels_rounds_ms': [by_round['kernels'][i]
+                                          for i in paired],
+                    'torch_rounds_ms': [by_round['torch'][i]
+                                        for i in paired],
                     'ratio': kernels / torch,
                     'default_takes_kernels': products <= limit})
     return out
@@ -180,6 +188,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     rows.append(run_in_subprocess(mode, nodes, threads,
                                                   args))
                     r = rows[-1]
+                    r['round'] = round_
                     print(f"{nodes:,} nodes, {threads} thread(s), {mode}: "
                           + (f"{r['fwdbwd_ms']:.0f} ms"
                              if r['status'] == 'ok' else r['status']),

@@ -99,6 +99,7 @@ def build(method: str, tree: str, n: int, device: Any) -> ba.Case:
         signal = TreeOrder()(signal)
         info['order_ms'] = (time.perf_counter() - start) * 1e3
     hierarchy = signal.hierarchy.to(device)
+    info['layout_ms'] = ba.layout_ms(hierarchy)
     info['fused'] = hierarchy.layout.leaf_blocks is not None
     info['depth'] = hierarchy.depth
     x = signal.x.to(device).requires_grad_()
@@ -150,10 +151,11 @@ def summarize(rows: List[Dict]) -> List[Dict[str, Any]]:
             s[key] = statistics.median(r[key] for r in ok)
         if 'order_ms' in ok[0]:
             s['order_ms'] = statistics.median(r['order_ms'] for r in ok)
-        base = by_method.get(baseline.get(method), [])
-        for key in ('fwd_ms', 'fwdbwd_ms'):
-            ratios = [r[key] / b[key] for r, b in zip(ok, base)
-                      if r['round'] == b['round']]
+        base = {b['round']: b
+                for b in by_method.get(baseline.get(method), [])}
+        for key in ('fwd_ms', 'fwdbwd_ms'):  # rounds where both ran
+            ratios = [r[key] / base[r['round']][key] for r in ok
+                      if r['round'] in base]
             s[key.replace('_ms', '_ratio')] = \
                 statistics.median(ratios) if ratios else None
         out.append(s)

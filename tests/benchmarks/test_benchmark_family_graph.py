@@ -55,6 +55,8 @@ def test_worker_runs(method):
     assert 1 <= row['context']['min'] <= row['context']['max'] <= 300
     if method in bench.GLOBAL_PEERS:
         assert row['context']['min'] == 300
+    if method.startswith('hsa'):  # the first call's derivations, untimed
+        assert row['layout_ms'] > 0 and row['setup_ms'] > 0
     if method.endswith('_family'):
         assert row['family_edges'] > 0
         assert row['scored_pairs'] <= 2 * row['family_edges']

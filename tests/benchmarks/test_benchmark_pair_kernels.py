@@ -46,13 +46,15 @@ def test_the_modes_take_the_paths_they_name(mode, monkeypatch):
 
 
 def test_compare_takes_the_medians_over_rounds():
-    def row(mode, ms, n=10, threads=1):
+    def row(mode, ms, round_=0, n=10, threads=1):
         return {'method': mode, 'n': n, 'threads': threads, 'status': 'ok',
-                'fwdbwd_ms': ms, 'pair_list_products': 1000 * n}
+                'fwdbwd_ms': ms, 'pair_list_products': 1000 * n,
+                'round': round_}
 
-    rows = [row('kernels', 1.0), row('torch', 2.0), row('kernels', 3.0),
-            row('torch', 2.0), row('kernels', 2.0), row('torch', 8.0),
-            row('kernels', 5.0, n=20), row('torch', 4.0, n=20),
+    rows = [row('kernels', 1.0), row('torch', 2.0), row('kernels', 3.0, 1),
+            row('torch', 2.0, 1), row('kernels', 2.0, 2),
+            row('torch', 8.0, 2), row('kernels', 5.0, n=20),
+            row('torch', 4.0, n=20),
             dict(row('torch', 1.0, n=30), status='error'),
             row('kernels', 1.0, n=30)]
     out = bench.compare(rows, limit=15000)
@@ -62,6 +64,10 @@ def test_compare_takes_the_medians_over_rounds():
     assert [c['default_takes_kernels'] for c in out] == [True, False]
     table = bench.format_table(out, markdown=True)
     assert table.count('\n') == 3 and '0.50, 1.50, 0.25' in table
+    # A failed row drops its round only: the others stay paired.
+    rows[1]['status'] = 'error'
+    assert '| 1.50, 0.25 |' in bench.format_table(
+        bench.compare(rows, limit=15000), markdown=True)
 
 
 @pytest.mark.skipif(fused_pairs_variant() is None,

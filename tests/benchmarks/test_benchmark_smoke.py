@@ -252,3 +252,13 @@ def test_source_commit_ignores_results(tmp_path, monkeypatch):
     assert bench.source_commit() == head
     (tmp_path / 'code.py').write_text('x = 2\n')
     assert bench.source_commit() == head + '+changes'
+
+
+def test_devices_the_benchmarks_can_time():
+    import argparse
+    bench = _load_bench()
+    assert bench.device_arg('cpu') == 'cpu'
+    assert bench.device_arg('cuda:1') == 'cuda:1'
+    for name in ('xpu', 'mps', 'gpu0'):
+        with pytest.raises(argparse.ArgumentTypeError):
+            bench.device_arg(name)

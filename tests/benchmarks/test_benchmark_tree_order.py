@@ -50,3 +50,17 @@ def test_workers_and_summary(tree):
     assert summary[0]['fwdbwd_ratio'] is None
     assert summary[1]['fwdbwd_ratio'] > 0
     assert bench.format_table(summary, markdown=True).count('\n') == 5
+
+
+def test_ratios_pair_rows_of_the_same_round():
+    """A round where the original order failed drops that round's ratio
+    only (rows were paired by position: every later pair was off)."""
+    def row(method, round_, ms, status='ok'):
+        return dict(method=method, round=round_, status=status, fused=False,
+                    fwd_ms=ms, fwdbwd_ms=2 * ms, fwdbwd_peak_mib=1.0,
+                    setup_ms=1.0)
+    rows = [row('original', 0, 1.0, 'error'), row('tree_order', 0, 9.0),
+            row('original', 1, 4.0), row('tree_order', 1, 2.0),
+            row('original', 2, 8.0), row('tree_order', 2, 2.0)]
+    summary = {s['method']: s for s in bench.summarize(rows)}
+    assert summary['tree_order']['fwd_ratio'] == (0.5 + 0.25) / 2
