@@ -41,8 +41,8 @@ How
 ---
 The machinery of ``bench_attention.py``: one fresh subprocess per row (so
 peak memory is clean), one warm-up call, then the median of repeated calls
-(a warm-up longer than ``--long-run`` seconds is the only sample); the peak
-is the resident set size over the one right after the imports. One more,
+(after a warm-up longer than ``--long-run`` seconds, one timed call); the
+peak is the resident set size over the one right after the imports. One more,
 untimed forward+backward counts the *live tensor peak*: the most bytes of
 tensor storage it creates and holds at once, counted at every operation
 (:func:`bench_attention.live_tensor_peak_mib`), which the allocator's
