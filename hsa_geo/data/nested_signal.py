@@ -1,6 +1,7 @@
 r"""A nested signal as PyG data: leaves, leaf edges and the cluster tree."""
 from __future__ import annotations
 
+import copy
 from functools import lru_cache
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -9,7 +10,7 @@ from torch import Tensor
 from torch_geometric.data import Batch, Data
 from torch_geometric.data.data import BaseData
 from torch_geometric.data.storage import GlobalStorage
-from torch_geometric.utils import select
+from torch_geometric.utils import select, subgraph
 
 from hsa_geo._checks import (check_bool, check_index, check_int,
                              first_out_of_range, is_int)
@@ -455,10 +456,42 @@ class NestedSignal(Data):
         keys['sparse_family'] = sparse
         keys.update(select_cluster_attrs(self, clusters,
                                          hierarchy.num_clusters))
-        data = super().subgraph(subset)
+        data = _subgraph_keeping_edge_lists(self, subset)
         for key, value in keys.items():
             data[key] = value
         return data
+
+
+def edge_lists(data: Data) -> List[str]:
+    r"""The lists and tuples named as edge attributes (``'edge'`` in the
+    name) of a graph with as many edges as nodes: PyG's
+    :meth:`~torch_geometric.data.Data.is_node_attr` takes them for node
+    attributes (it goes by the length alone), so a subgraph or a
+    transform that permutes the nodes must leave them out."""
+    n = data.num_nodes
+    if data.edge_index is None or data.num_edges != n:
+        return []
+    return [key for key, value in data.items() if 'edge' in key and
+            isinstance(value, (list, tuple)) and len(value) == n]
+
+
+def _subgraph_keeping_edge_lists(data: NestedSignal, subset: Tensor
+                                 ) -> NestedSignal:
+    r""":meth:`torch_geometric.data.Data.subgraph` of :obj:`data`, with the
+    lists of one entry per edge (:func:`edge_lists`) selected with their
+    edges, not taken for node attributes."""
+    lists = {key: data[key] for key in edge_lists(data)}
+    if not lists:
+        return Data.subgraph(data, subset)
+    source = copy.copy(data)
+    for key in lists:
+        del source[key]
+    out = Data.subgraph(source, subset)
+    _, _, kept = subgraph(subset, data.edge_index, num_nodes=data.num_nodes,
+                          return_edge_mask=True)
+    for key, value in lists.items():
+        out[key] = select(value, kept, 0)
+    return out
 
 
 def is_cluster_key(key: str) -> bool:

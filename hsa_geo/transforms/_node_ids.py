@@ -2,7 +2,7 @@ r"""Relabelling the lists of node ids that a graph carries, and telling
 node attributes from edge attributes, for the transforms that reorder its
 nodes (:class:`~hsa_geo.transforms.TreeOrder`,
 :class:`~hsa_geo.transforms.GridHierarchy`)."""
-from typing import Collection, List
+from typing import Collection
 
 import torch
 from torch import Tensor
@@ -60,16 +60,3 @@ def relabel_node_ids(data: Data, order: Tensor,
                     key == 'face' or key.endswith('_index')):
             continue
         data[key] = new_id.to(value.device)[value]
-
-
-def edge_lists(data: Data) -> List[str]:
-    r"""The lists and tuples named as edge attributes (``'edge'`` in the
-    name) of a graph with as many edges as nodes: PyG's
-    :meth:`~torch_geometric.data.Data.is_node_attr` takes them for node
-    attributes (it goes by the length alone), so a transform that
-    permutes the nodes must leave them out."""
-    n = data.num_nodes
-    if data.edge_index is None or data.num_edges != n:
-        return []
-    return [key for key, value in data.items() if 'edge' in key and
-            isinstance(value, (list, tuple)) and len(value) == n]

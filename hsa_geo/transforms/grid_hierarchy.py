@@ -13,9 +13,9 @@ from torch_geometric.utils import select
 
 from hsa_geo._checks import check_bool, check_int
 from hsa_geo.data.hierarchy import Hierarchy
-from hsa_geo.data.nested_signal import NestedSignal
+from hsa_geo.data.nested_signal import NestedSignal, edge_lists
 from hsa_geo.transforms._inputs import check_data, check_no_sparse_adjacency
-from hsa_geo.transforms._node_ids import (check_node_or_edge, edge_lists,
+from hsa_geo.transforms._node_ids import (check_node_or_edge,
                                           relabel_node_ids)
 
 PairLike = Union[int, Sequence[int]]

@@ -3,7 +3,6 @@ that the attention reads the families of the leaves as views of the node
 features instead of gathering them."""
 from __future__ import annotations
 
-import copy
 from typing import Optional
 
 import torch
@@ -14,7 +13,7 @@ from torch_geometric.transforms import BaseTransform
 from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.data.nested_signal import NestedSignal, map_batch
 from hsa_geo.transforms._inputs import check_no_sparse_adjacency
-from hsa_geo.transforms._node_ids import (check_node_or_edge, edge_lists,
+from hsa_geo.transforms._node_ids import (check_node_or_edge,
                                           relabel_node_ids)
 
 
@@ -102,7 +101,7 @@ class TreeOrder(BaseTransform):
                     f"another 'attr'")
         if not torch.equal(perm, torch.arange(perm.numel(),
                                               device=perm.device)):
-            data = _subgraph(data, perm)
+            data = data.subgraph(perm)
             # (edge_index relabelled by subgraph)
             relabel_node_ids(data, perm, skip=('edge_index', ))
         if self.attr is not None and not stored:
@@ -111,21 +110,6 @@ class TreeOrder(BaseTransform):
 
     def __repr__(self) -> str:
         return f'{self.__class__.__name__}(attr={self.attr!r})'
-
-
-def _subgraph(data: NestedSignal, perm: Tensor) -> NestedSignal:
-    r""":meth:`~hsa_geo.data.NestedSignal.subgraph` on all nodes, the
-    edge lists that PyG would permute as nodes (:func:`edge_lists`) kept
-    in the order of the edges, which stay in theirs."""
-    kept = {key: data[key] for key in edge_lists(data)}
-    if kept:
-        data = copy.copy(data)
-        for key in kept:
-            del data[key]
-    data = data.subgraph(perm)
-    for key, value in kept.items():
-        data[key] = value
-    return data
 
 
 def _tree_order(hierarchy: Hierarchy) -> Tensor:

@@ -1429,3 +1429,21 @@ def test_from_data_drops_the_replaced_trees_cluster_attrs():
     assert torch.equal(kept.cluster_pos, old.cluster_pos)
     with pytest.raises(TypeError, match="'cluster_attrs_of_new_tree'"):
         NestedSignal.from_data(old, h, cluster_attrs_of_new_tree=1)
+
+
+def test_subgraph_keeps_edge_lists_with_their_edges():
+    """With as many edges as nodes, PyG's Data.subgraph takes a list of one
+    entry per edge for a node attribute (it goes by the length alone) and
+    selects it by the kept nodes; a signal selects it by the kept edges."""
+    src = torch.arange(16)
+    ring = torch.stack([src, (src + 1) % 16])
+    kinds = [f'bond {i}' for i in range(16)]
+    data = Data(x=torch.randn(16, 2), edge_index=ring, edge_kind=kinds,
+                edge_weight=src.float())
+    h = Hierarchy.from_parent(torch.tensor([17, 16] * 8 + [-1, -1]), 16)
+    signal = NestedSignal.from_data(data, h)
+    sub = signal.subgraph(torch.arange(8))
+    assert sub.edge_index.size(1) == 7  # the ring's edges among nodes 0-7
+    assert sub.edge_kind == kinds[:7] and signal.edge_kind == kinds
+    assert torch.equal(sub.edge_weight, src[:7].float())
+    assert sub.x.size(0) == 8
