@@ -21,7 +21,7 @@ from hsa_geo.data import induced_hierarchy
 from hsa_geo.transforms import GraphHierarchy, SequenceHierarchy
 from tests.helpers.attention import attention, random_pairs, random_qkv
 from tests.helpers.strategies import (
-    children_of, fewer, Forest, forests, induced_forest)
+    children_of, fewer, Forest, forests, induced_forest, subset_values)
 
 SEEDS = st.integers(0, 2**31 - 1)
 EXACT = 1e-10
@@ -1209,15 +1209,15 @@ def test_mixed_batches_equal_each_signal_alone(items, batch_size, seed):
         assert_batch_attends_as_parts(batch, parts, seed)
 
 
-@given(forests(max_leaves=10), st.booleans(),
-       st.lists(st.integers(-1, 11), max_size=11),
+@given(forests(max_leaves=10), st.booleans(), st.data(),
        st.sampled_from([torch.long, torch.int32, torch.float32, torch.bool]),
        SEEDS)
-def test_subgraph_any_subset(f, family, values, dtype, seed):
+def test_subgraph_any_subset(f, family, draw, dtype, seed):
     r"""Subsets of any kind (permutations, repeats, out of range, empty,
     full, masks of any size, float): a clear error or the induced
     signal."""
     n = f.num_leaves
+    values = draw.draw(subset_values(n), 'values')
     data = family_signal(f, family, seed)
     if dtype == torch.bool:
         subset = torch.tensor([v % 2 == 0 for v in values], dtype=torch.bool)

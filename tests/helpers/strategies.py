@@ -135,6 +135,20 @@ def forests(draw, min_leaves: int = 1, max_leaves: int = 20,
     return _flatten(trees, draw, shuffle)
 
 
+def subset_values(num_leaves: int):
+    r"""Leaf ids of a subset of :obj:`num_leaves` leaves: half the time
+    distinct ids in range in any order (all of them, a permutation, in
+    one in eight draws), else any short list of small integers (out of
+    range, repeated, empty)."""
+    ids = list(range(num_leaves))
+    valid = st.permutations(ids).flatmap(
+        lambda p: st.integers(1, len(p)).map(lambda k: list(p[:k])))
+    anything = st.lists(st.integers(-2, num_leaves + 2),
+                        max_size=num_leaves + 2)
+    return st.one_of(valid, st.permutations(ids).map(list), anything,
+                     anything)
+
+
 def single_trees(**kwargs):
     r""":func:`forests` restricted to one root."""
     kwargs.setdefault('root_leaves', False)
