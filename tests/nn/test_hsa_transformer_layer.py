@@ -155,6 +155,16 @@ def test_layer_reset_parameters_and_nested_signal():
     b = state_of(layer)
     for key in a:
         assert torch.equal(a[key], b[key]), key
+    # every parameter is reset: norms to ones and zeros, the rest redrawn
+    for p in layer.parameters():
+        torch.nn.init.constant_(p, 0.3)
+    layer.reset_parameters()
+    for name, p in layer.named_parameters():
+        if 'norm' in name:
+            expected = 1.0 if name.endswith('weight') else 0.0
+            assert torch.equal(p, torch.full_like(p, expected)), name
+        else:
+            assert not torch.equal(p, torch.full_like(p, 0.3)), name
 
 
 @given(forests(max_leaves=12), SEEDS)
