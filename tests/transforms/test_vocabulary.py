@@ -269,17 +269,25 @@ def test_odd_text_gives_valid_tokens(text, lowercase, punctuation):
     assert (ids != vocab.unk_id).all()
 
 
-@given(st.one_of(st.integers(-3, 3), st.floats(allow_nan=True),
-                 st.booleans(), st.text(max_size=2), st.none()),
-       st.one_of(st.none(), st.integers(-3, 3), st.floats(), st.booleans()))
+@given(st.one_of(st.integers(0, 3), st.integers(-3, 3),
+                 st.floats(allow_nan=True), st.booleans(),
+                 st.text(max_size=2), st.none()),
+       st.one_of(st.none(), st.integers(0, 3), st.integers(-3, 3),
+                 st.floats(), st.booleans()))
 def test_build_sizes_are_checked(min_freq, max_size):
+    """A clear error, or the tokens seen at least min_freq times, the
+    most frequent first, at most max_size of them (beside the two
+    special tokens)."""
     try:
         vocab = Vocabulary.build(['a b b'], min_freq=min_freq,
                                  max_size=max_size)
     except (TypeError, ValueError) as e:
         assert 'min_freq' in str(e) or 'max_size' in str(e)
     else:
-        assert len(vocab) >= 2
+        kept = [t for t, count in (('b', 2), ('a', 1)) if count >= min_freq]
+        kept = kept[:max_size] if max_size is not None else kept
+        assert len(vocab) == 2 + len(kept)
+        assert [t in vocab for t in 'ab'] == [t in kept for t in 'ab']
 
 
 def test_repr_and_equality():
