@@ -1021,20 +1021,22 @@ def hierarchical_attention(
             \operatorname{logsumexp}_b l_{ab}, \\
         \pi_F(a \to b) &= \operatorname{softmax}_b(l_{ab}), \qquad
         r_a = r_F \, \pi_F(a \to a), \quad r_{\mathrm{root}} = 1, \\
-        y_i &= r_i v_i + \sum_{F \ni i} r_F \sum_{b \neq a}
-            \pi_F(a \to b) \, \bar v_b .
+        y_i &= r_i v_i + \sum_{F \text{ above } i} r_F
+            \sum_{b \neq a_F(i)} \pi_F(a_F(i) \to b) \, \bar v_b ,
 
-    The upward pass (means, :math:`g`) and the downward pass (:math:`r`,
+    with :math:`a_F(i)` the child of :math:`F` above leaf :math:`i`. The
+    upward pass (means, :math:`g`) and the downward pass (:math:`r`,
     context) are scatter reductions level by level over the tree. On trees
     deeper than 32 levels, the linear ones (the means, :math:`r`, the
     contexts, and the backward of :math:`g`) take :math:`\log_2
     \mathrm{depth}` pointer-doubling steps instead wherever the steps saved
     outweigh the rows moved more often; only the forward of :math:`g`
     keeps one small step per level. The attention inside families is one
-    batched product per family width. All
-    of it runs in log space, and nothing of size :math:`N \times N` is built:
-    time and memory are :math:`O(T H D + P H D)` with :math:`P = \sum_F
-    |C(F)|^2` sibling pairs (families are padded to a power-of-two width
+    batched product per family width. All of it runs in log space, and
+    nothing larger than a family's table is built (:math:`N \times N` only
+    for a flat tree that needs its table: a pair bias, dropout or returned
+    weights): time and memory are :math:`O(T H D + P H D)` with :math:`P =
+    \sum_F |C(F)|^2` sibling pairs (families are padded to a power-of-two width
     up to 64 children, at most quadrupling their pairs, and by at most an
     eighth above, at most 1.27x). A hierarchy whose family tables cannot fit
     in the device's memory is refused with a :class:`ValueError` naming the

@@ -90,7 +90,7 @@ _CROSS_ATTENTION_NAMES = ('encoder_attn', 'crossattention', 'cross_attn',
 class HSAPatch:
     r"""Runs hierarchical self-attention in chosen attention layers of a
     pretrained ``transformers`` encoder, with the layers' own projections
-    :math:`W_q, W_k, W_v, W_o` and scale (zero-shot, docs/math.md, 7).
+    :math:`W_q, W_k, W_v, W_o` and scale (zero-shot, docs/math.md, 6.11).
 
     Every chosen module gets a private copy of the model's config whose
     ``_attn_implementation`` is :data:`ATTENTION_NAME`, an attention

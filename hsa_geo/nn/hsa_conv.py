@@ -472,10 +472,10 @@ class HSAConv(MessagePassing):
     def _downward(self, pi: Tensor, v_mean: Tensor, v: Tensor,
                   tree: '_TreeEdges') -> Tensor:
         r"""Sibling -> sibling, then parent -> child, top-down: the
-        contexts :math:`u_a = \sum_{b \neq a} \pi_F(a \to b) \bar v_b`, the
-        masses :math:`r_a = r_F \pi_F(a \to a)` and the collected contexts
-        :math:`U_a = U_F + r_F u_a`; the output :math:`y_i = U_i + r_i
-        v_i`."""
+        contexts :math:`u_a = r_F \sum_{b \neq a} \pi_F(a \to b) \bar
+        v_b`, the masses :math:`r_a = r_F \pi_F(a \to a)` and the
+        collected contexts :math:`U_a = U_F + u_a` (docs/math.md, 3.3); the
+        output :math:`y_i = U_i + r_i v_i`."""
         num_nodes, num_leaves = tree.size.numel(), v.size(0)
         if self.training and self.dropout > 0.0:
             keep = torch.rand_like(pi) >= self.dropout
