@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from hsa_geo.data.hierarchy import Hierarchy
+from hsa_geo.data.tensor_state import same_state, tensor_state
 from hsa_geo.functional.dynamic_program import hierarchical_attention
 from hsa_geo.functional.query_resolved_attention import \
     query_resolved_attention
@@ -320,13 +321,13 @@ class HSAPatch:
         r""":func:`_mask_keys`, computed once for the mask the layers of
         one forward share: the same tensor, unchanged since (its version)
         and of the same batch, is not checked again."""
-        seen = (mask, getattr(mask, '_version', None), batch, length,
-                device)
-        last = self._mask_seen
-        if last is not None and last[0] is mask and last[1:-1] == seen[1:]:
-            return last[-1]
+        seen = (tensor_state(mask), tensor_state(batch),
+                tensor_state(length), tensor_state(device))
+        if self._mask_seen is not None and \
+                same_state(self._mask_seen[0], seen):
+            return self._mask_seen[1]
         keys = _mask_keys(mask, batch, length, device, index)
-        self._mask_seen = seen + (keys, )
+        self._mask_seen = (seen, keys)
         return keys
 
     def flops(self):

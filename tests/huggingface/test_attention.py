@@ -506,6 +506,9 @@ def test_the_shared_mask_is_checked_once_per_forward(monkeypatch):
         model(**inputs)
     assert len(layers) > 1 and patch.calls == {i: 2 for i in layers}
     assert len(checks) == 2  # one per forward
+    with torch.inference_mode(), hsa_attention(model, layers, flat):
+        model(**inputs)  # a mask without a version counter
+    assert len(checks) == 3
 
     batch, length = inputs['input_ids'].shape
     q = torch.randn(batch, 2, length, 4)
