@@ -25,14 +25,14 @@ def check_node_or_edge(data: Data, transform: str,
     alone (``'edge'`` in it), and a wrong guess would permute an edge
     feature with the nodes while the edges keep their order. Node
     attributes by name (:data:`NODE_KEYS`, ``leaf_*``, and :obj:`exempt`),
-    a tree's keys and lists of node ids (``face``, ``*_index``) pass."""
+    a tree's keys and lists of node ids (:func:`is_id_list`) pass."""
     n = data.num_nodes
     if data.edge_index is None or data.num_edges != n:
         return
-    for key in list(data.keys()):
+    for key, value in list(data.items()):
         if key in NODE_KEYS or key in exempt or key in SIGNAL_KEYS or \
                 is_cluster_key(key) or key.startswith('leaf_') or \
-                'edge' in key or 'index' in key or key == 'face':
+                'edge' in key or is_id_list(key, value):
             continue
         if data.is_node_attr(key):
             raise ValueError(
@@ -54,9 +54,16 @@ def relabel_node_ids(data: Data, order: Tensor,
     new_id = inverse_permutation(order)
     for key, value in list(data.items()):
         if key in skip or key in SIGNAL_KEYS or is_cluster_key(key) or \
-                not isinstance(value, Tensor) or value.dim() < 2 or \
-                value.is_floating_point() or value.is_complex() or \
-                value.dtype == torch.bool or not (
-                    key == 'face' or key.endswith('_index')):
+                not is_id_list(key, value):
             continue
         data[key] = new_id.to(value.device)[value]
+
+
+def is_id_list(key: str, value) -> bool:
+    r"""Whether :obj:`value` is a list of node ids that PyG increments by
+    the number of nodes in a batch: a ``[k, *]`` integer tensor named
+    ``face`` or ``*_index``."""
+    return isinstance(value, Tensor) and value.dim() >= 2 and \
+        not (value.is_floating_point() or value.is_complex() or
+             value.dtype == torch.bool) and \
+        (key == 'face' or key.endswith('_index'))

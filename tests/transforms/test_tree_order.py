@@ -256,6 +256,10 @@ def test_attributes_of_nodes_or_edges_are_refused():
     assert torch.equal(out.n_id[out.edge_index], d.edge_index)
     # a list of one entry per edge stays with its edge, as edge tensors do
     # (PyG's is_node_attr goes by the length of a list alone)
+    with pytest.raises(ValueError, match="'bond_index' has one entry per "
+                       "node and one per edge"):  # 1-D: no list of ids
+        GraphHierarchy(branching=3, tree_order=True)(
+            _ring(bond_index=torch.arange(12)))
     kinds = [f'bond {i}' for i in range(12)]
     d = _ring(edge_kind=kinds, edge_bond=torch.arange(12))
     out = GraphHierarchy(branching=3, tree_order=True)(d)
