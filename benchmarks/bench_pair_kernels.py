@@ -109,10 +109,9 @@ def compare(rows: List[Dict[str, Any]], limit: int) -> List[Dict]:
         kernels, torch = (statistics.median(times[m]) for m in MODES)
         # Per round: the rounds where both modes ran (a failed row drops
         # its round, not the pairing of the others).
-        by_round = {m: {r.get('round'): r['fwdbwd_ms'] for r in ok
+        by_round = {m: {r.get('round', 0): r['fwdbwd_ms'] for r in ok
                         if r['method'] == m} for m in MODES}
-        paired = sorted(set(by_round['kernels']) & set(by_round['torch']),
-                        key=str)
+        paired = sorted(set(by_round['kernels']) & set(by_round['torch']))
         products = ok[0]['pair_list_products']
         out.append({'n': key[0], 'threads': key[1], 'products': products,
                     'kernels_ms': kernels, 'torch_ms': torch,

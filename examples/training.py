@@ -553,19 +553,24 @@ def result_sets(path: str) -> List[Dict[str, Any]]:
     :func:`write_arms` (the arm is the label)."""
     with open(path) as f:
         res = json.load(f)
-    cfg = res.get('config', {})
-    if 'summary' in res and 'runs' in res:
+    sets = []
+    if isinstance(res, dict) and 'summary' in res and 'runs' in res:
+        cfg = res.get('config', {})
         label = cfg.get('model') or os.path.basename(path)
-        return [{'label': str(label), 'config': cfg, 'metric': res['metric'],
-                 'runs': res['runs'], 'summary': res['summary']}]
-    if 'arms' in res:
-        return [{'label': arm, 'config': cfg, 'metric': res['metric'],
-                 'runs': r['runs'], 'summary': r['summary']}
-                for arm, r in res['arms'].items()]
-    raise ValueError(
-        f"{path} is not a results file of the training scripts (it has "
-        f"neither 'summary' and 'runs' nor 'arms'); pass the JSON files "
-        f"that the scripts write to --out")
+        sets = [dict(res, label=str(label), config=cfg)]
+    elif isinstance(res, dict) and isinstance(res.get('arms'), dict):
+        sets = [dict(r, label=arm, config=res.get('config', {}),
+                     metric=res.get('metric'))
+                for arm, r in res['arms'].items() if isinstance(r, dict)]
+    keys = ('runs', 'summary', 'metric')
+    if not sets or any(k not in r for r in sets for k in keys) or any(
+            'peak_memory_mb' not in r['summary'] for r in sets):
+        raise ValueError(
+            f"{path} is not a results file of the training scripts (no "
+            f"runs with a summary, metric and peak memory, as one model or "
+            f"as arms); pass the JSON files that the scripts write to "
+            f"--out")
+    return [{k: r[k] for k in ('label', 'config') + keys} for r in sets]
 
 
 def results_table(paths: Sequence[str]) -> str:

@@ -185,11 +185,14 @@ def test_the_results_command(tmp_path, capsys):
     rows = capsys.readouterr().out.splitlines()[2:]
     assert [r.split(' | ')[2] for r in rows] == ['gine', 'flat', 'hsa']
     assert (tmp_path / 'c.png').read_bytes()[:4] == b'\x89PNG'
-    other = tmp_path / 'other.json'
-    other.write_text(json.dumps({'verdict': 'ok'}))
-    with pytest.raises(SystemExit):
-        training.main([str(other)])
-    assert 'other.json is not a results file' in capsys.readouterr().err
+    for i, content in enumerate([{'verdict': 'ok'}, [1, 2], {
+            'arms': {'a': {'runs': []}}, 'metric': 'acc'}]):
+        other = tmp_path / f'other{i}.json'
+        other.write_text(json.dumps(content))
+        with pytest.raises(SystemExit):
+            training.main([str(other)])
+        assert f'other{i}.json is not a results file' in \
+            capsys.readouterr().err
 
 
 def test_single_process_is_the_identity(monkeypatch):
