@@ -1,4 +1,5 @@
 import os.path as osp
+import warnings
 
 import pytest
 import torch
@@ -43,7 +44,14 @@ def test_the_real_files(tmp_path):
         assert dataset[i].edge_attr.size(1) == 3
     assert repr(dataset) == "NCITPSA(4991, task_type='regression')"
     # Loaded back from the processed files: no warning, the same list.
-    again = NCITPSA(str(tmp_path), log=False)
+
+    def fail(self):
+        raise AssertionError('processed again')
+
+    with pytest.MonkeyPatch.context() as patch, warnings.catch_warnings():
+        patch.setattr(NCITPSA, 'process', fail)
+        warnings.simplefilter('error')
+        again = NCITPSA(str(tmp_path), log=False)
     assert again.skipped == dataset.skipped and len(again) == 4991
 
 

@@ -2,6 +2,7 @@ r"""parallel_map: the results of the built-in map, in order, from worker
 processes; tensors come back whole; errors are raised here."""
 import doctest
 import importlib
+import os
 
 import pytest
 import torch
@@ -37,6 +38,13 @@ def test_closures_reach_forked_workers():
     offset = 5
     assert list(parallel_map(lambda i: i + offset, [1, 2, 3],
                              num_workers=2)) == [6, 7, 8]
+
+
+@pytest.mark.parametrize('num_workers', [1, 2])
+def test_workers_are_other_processes(num_workers):
+    pids = set(parallel_map(lambda i: os.getpid(), range(8),
+                            num_workers=num_workers, chunksize=1))
+    assert os.getpid() not in pids and 1 <= len(pids) <= num_workers
 
 
 def test_in_process_it_is_lazy():
