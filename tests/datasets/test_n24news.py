@@ -95,6 +95,24 @@ def below_root(h, node: int) -> int:
     return node
 
 
+def same_tree(whole, leaves: slice, part) -> bool:
+    r"""Whether the tree :obj:`part` is the subtree of :obj:`whole` above
+    its leaves :obj:`leaves` (leaf ``i`` of :obj:`part` is leaf
+    ``leaves.start + i``): every node of :obj:`part` matches one node of
+    :obj:`whole` on the paths up from the leaves."""
+    up, down = whole.parent.tolist(), part.parent.tolist()
+    if leaves.stop - leaves.start != part.num_leaves:
+        return False
+    match = {}
+    for i in range(part.num_leaves):
+        a, b = leaves.start + i, i
+        while down[b] >= 0:
+            a, b = up[a], down[b]
+            if a < 0 or match.setdefault(b, a) != a:
+                return False
+    return len(set(match.values())) == len(match)
+
+
 def test_signals_of_the_training_split(train):
     assert len(train) == 4 and train.skipped == []
     assert train.sections == ['Books', 'Science', 'Sports']
@@ -116,6 +134,8 @@ def test_signals_of_the_training_split(train):
             assert data[t].text == item[key]
             assert torch.equal(data[t].x, alone.x)
             assert bool((data[t].x > 1).all())  # no token is unknown
+            assert same_tree(data.hierarchy, data.leaf_slices[t],
+                             alone.hierarchy)
         # A 64 x 64 RGB image in [0, 1] cut into 16 patches of 16 x 16.
         x = data['image'].x
         assert x.shape == (16, 3 * 16 * 16) and x.dtype == torch.float
