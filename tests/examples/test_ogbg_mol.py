@@ -50,13 +50,18 @@ def run(root, out, *argv):
     return name, result
 
 
-def check_predictions(out, name, result, evaluate, split_idx):
-    r"""The saved predictions of every split cover it exactly, and the
-    metric recomputed from them is the one reported."""
+def check_predictions(out, name, result, evaluate, split_idx, labels):
+    r"""The saved predictions of every split cover it exactly, each beside
+    the dataset's label of its molecule (:obj:`labels`), and the metric
+    recomputed from them is the one reported."""
     for run_ in result['runs']:
         saved = torch.load(out / f'{name}_seed{run_["seed"]}_predictions.pt')
         for split in ('train', 'valid', 'test'):
             assert torch.equal(saved[split]['index'], split_idx[split])
+            y_true = saved[split]['y_true']
+            torch.testing.assert_close(
+                y_true, labels[split_idx[split]].reshape(y_true.shape).to(
+                    y_true.dtype), rtol=0, atol=0, equal_nan=True)
             value = evaluate(saved[split]['y_true'], saved[split]['y_pred'])
             assert math.isfinite(value)
             assert value == pytest.approx(run_['final'][split], abs=1e-12)
@@ -104,10 +109,10 @@ def test_one_epoch_of_every_model(root, tmp_path, model):
     assert (tmp_path / f'{name}.png').stat().st_size > 1000
 
     evaluator = Evaluator('ogbg-molhiv')
-    split_idx = ogbg_mol.PygGraphPropPredDataset(
-        'ogbg-molhiv', root).get_idx_split()
+    dataset = ogbg_mol.PygGraphPropPredDataset('ogbg-molhiv', root)
     check_predictions(tmp_path, name, result, lambda y, p: evaluator.eval(
-        {'y_true': y, 'y_pred': p})['rocauc'], split_idx)
+        {'y_true': y, 'y_pred': p})['rocauc'], dataset.get_idx_split(),
+        dataset.y)
 
 
 def test_seeds_aggregate(root, tmp_path):
@@ -137,10 +142,10 @@ def test_regression_with_missing_labels(tmp_path):
         metric = evaluator.eval_metric
         assert result['metric'] == metric
         assert result['higher_is_better'] == (metric != 'rmse')
-        split_idx = ogbg_mol.PygGraphPropPredDataset(
-            name, root).get_idx_split()
+        dataset = ogbg_mol.PygGraphPropPredDataset(name, root)
         check_predictions(tmp_path, stem, result, lambda y, p: evaluator.eval(
-            {'y_true': y, 'y_pred': p})[metric], split_idx)
+            {'y_true': y, 'y_pred': p})[metric], dataset.get_idx_split(),
+            dataset.y)
 
 
 def test_ogb_sets_have_only_their_split(root, tmp_path):
@@ -172,7 +177,7 @@ def test_rdkit_chembl_set(tmp_path, monkeypatch):
                   **kwargs)
     assert len(dataset) == 41
     check_predictions(tmp_path, stem, result, rmse,
-                      dataset.get_idx_split('random', seed=0))
+                      dataset.get_idx_split('random', seed=0), dataset.y)
 
 
 def test_task_metrics_of_the_rdkit_sets():
