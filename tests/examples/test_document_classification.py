@@ -98,13 +98,17 @@ def test_trees_of_the_arms(corpus):
     assert cut.cluster_kind[-1] == dataset.KINDS.index('page')
 
 
-def test_jobs_give_the_runs_of_one_process(corpus, tmp_path):
+def test_jobs_give_the_runs_of_one_process(corpus, tmp_path, monkeypatch):
     r"""``--jobs 2`` trains the runs in two spawned processes, one thread
     each; every run is the one a single process trains from its seed."""
     pages, root = corpus
     argv = ['--paths', pages, '--root', root, *TINY, '--model', 'hsa',
             '--seeds', '0', '1', '--threads', '1']
     one = documents.main([*argv, '--out', str(tmp_path / 'one')])
+
+    def not_here(*args, **kwargs):  # (spawned workers import their own)
+        raise AssertionError('a run of --jobs 2 trained in this process')
+    monkeypatch.setattr(documents, 'run', not_here)
     two = documents.main([*argv, '--out', str(tmp_path / 'two'),
                           '--jobs', '2'])
     runs_one, runs_two = one['arms']['hsa']['runs'], two['arms']['hsa']['runs']

@@ -154,8 +154,13 @@ def test_synthetic_graph_is_generated_once(tmp_path):
                    {k: v.numpy() for k, v in saved['split'].items()})
     cached = list((tmp_path / 'data' / 'synthetic_arxiv').iterdir())
     assert len(cached) == 1
-    data, split, classes = ogbn_arxiv.load_synthetic(
-        str(tmp_path / 'data'), 300, 1800, 16)
+
+    def not_again(*args, **kwargs):
+        raise AssertionError('the synthetic graph was generated again')
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ogbn_arxiv, 'community_graph', not_again)
+        data, split, classes = ogbn_arxiv.load_synthetic(
+            str(tmp_path / 'data'), 300, 1800, 16)
     assert classes == 40 and data.x.shape == (300, 128)
     assert data.hierarchy.num_leaves == 300
     assert sum(v.numel() for v in split.values()) == 300
