@@ -514,16 +514,31 @@ def test_matrix_arguments_property(name, value):
     assert isinstance(fig, Figure)
 
 
-@given(st.lists(st.integers(0, 6), max_size=4),
-       st.sampled_from([torch.float64, torch.int64]),
-       st.booleans(), st.booleans())
-def test_matrix_shapes_property(shape, dtype, with_k, with_hierarchy):
+# Inputs that draw: queries and keys [5, (H,) D] over EXAMPLE's 5 leaves,
+# or a matrix [N, N] / [H, N, N] with or without the tree.
+VALID_SHAPES = [([5, 3], True, True), ([5, 2, 3], True, True),
+                ([5, 5], False, False), ([2, 5, 5], False, False),
+                ([5, 5], False, True), ([2, 5, 5], False, True)]
+
+
+@given(st.one_of(
+    st.tuples(st.sampled_from(VALID_SHAPES), st.just(torch.float64)),
+    st.tuples(st.tuples(st.lists(st.integers(0, 6), max_size=4),
+                        st.booleans(), st.booleans()),
+              st.sampled_from([torch.float64, torch.int64]))))
+def test_matrix_shapes_property(case):
+    """Any shape and dtype: a clear error, and a figure for every valid
+    input."""
+    (shape, with_k, with_hierarchy), dtype = case
     q = torch.rand(shape, dtype=torch.float64).to(dtype)
     k = q.clone() if with_k else None
+    valid = ((shape, with_k, with_hierarchy) in VALID_SHAPES and
+             dtype == torch.float64)
     try:
         fig = plot_attention_matrix(
             q, k, EXAMPLE if with_hierarchy else None)
     except (TypeError, ValueError):
+        assert not valid
         return
     assert isinstance(fig, Figure)
 
