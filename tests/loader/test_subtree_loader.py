@@ -310,3 +310,18 @@ def test_a_batch_of_signals_is_refused():
     batch = batch_of_signals(3)
     with pytest.raises(ValueError, match='got a Batch of 3 signals'):
         SubtreeLoader(batch, level=0)
+
+
+def test_edge_lists_follow_their_edges():
+    """On a graph with as many edges as nodes, a list of one entry per
+    edge is selected with the kept edges (PyG's is_node_attr would take it
+    for a node attribute: one kind per node, for edges that were cut)."""
+    src = torch.arange(16)
+    ring = torch.stack([src, (src + 1) % 16])
+    kinds = [f'bond {i}' for i in range(16)]
+    h = Hierarchy.from_parent(torch.tensor([17, 16] * 8 + [-1, -1]), 16)
+    signal = NestedSignal.from_data(Data(
+        x=torch.randn(16, 2), edge_index=ring, edge_kind=kinds), h)
+    for batch in SubtreeLoader(signal, batch_size=1):
+        assert len(batch.edge_kind) == batch.edge_index.size(1)
+        assert batch.edge_kind == [kinds[i] for i in batch.e_id.tolist()]
