@@ -1,7 +1,6 @@
 r"""A nested signal as PyG data: leaves, leaf edges and the cluster tree."""
 from __future__ import annotations
 
-import copy
 from functools import lru_cache
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -10,7 +9,7 @@ from torch import Tensor
 from torch_geometric.data import Batch, Data
 from torch_geometric.data.data import BaseData
 from torch_geometric.data.storage import GlobalStorage
-from torch_geometric.utils import select, subgraph
+from torch_geometric.utils import select
 
 from hsa_geo._checks import (check_bool, check_index, check_int,
                              first_out_of_range, is_int)
@@ -69,8 +68,9 @@ class NestedSignalStorage(GlobalStorage):
     attributes (keys starting with ``cluster_``, see
     :func:`is_cluster_key`), whose rows follow the clusters: only
     :meth:`NestedSignal.subgraph` and the loaders of :mod:`hsa_geo.loader`
-    select them. The decoded hierarchy is cached here, and is neither
-    pickled nor deep-copied.
+    select them. A list named as an edge attribute on a graph with as
+    many edges as nodes is per edge (:func:`is_edge_list`). The decoded
+    hierarchy is cached here, and is neither pickled nor deep-copied.
 
     A count (``num_clusters``, ``num_leaves``) given as a 0-d integer
     tensor is stored as an :obj:`int`, as :class:`NestedSignal` stores it,
@@ -79,14 +79,15 @@ class NestedSignalStorage(GlobalStorage):
     leaf keys ``num_leaves`` and ``leaf_index`` it lacks.
     """
     def is_node_attr(self, key: str) -> bool:
-        if key in HIERARCHY_KEYS or is_cluster_key(key):
+        if key in HIERARCHY_KEYS or is_cluster_key(key) or \
+                is_edge_list(self, key):
             return False
         return super().is_node_attr(key)
 
     def is_edge_attr(self, key: str) -> bool:
         if key in SIGNAL_KEYS or is_cluster_key(key):
             return False
-        return super().is_edge_attr(key)
+        return is_edge_list(self, key) or super().is_edge_attr(key)
 
     def __setitem__(self, key: str, value: Any):
         if key in COUNT_KEYS and isinstance(value, Tensor) and \
@@ -456,42 +457,29 @@ class NestedSignal(Data):
         keys['sparse_family'] = sparse
         keys.update(select_cluster_attrs(self, clusters,
                                          hierarchy.num_clusters))
-        data = _subgraph_keeping_edge_lists(self, subset)
+        data = super().subgraph(subset)
         for key, value in keys.items():
             data[key] = value
         return data
 
 
+def is_edge_list(data: Any, key: str) -> bool:
+    r"""Whether :obj:`key` of :obj:`data` (a ``Data`` or its storage) is a
+    list or tuple named as an edge attribute (``'edge'`` in the name) on a
+    graph with as many edges as nodes. PyG's
+    :meth:`~torch_geometric.data.Data.is_node_attr` takes it for a node
+    attribute (it goes by a list's length alone), so a subgraph would
+    select it by the kept nodes and a permutation of the nodes would move
+    it; it is an edge attribute."""
+    value = data[key]
+    return 'edge' in key and isinstance(value, (list, tuple)) and \
+        'edge_index' in data and data.edge_index is not None and \
+        len(value) == data.num_edges == data.num_nodes
+
+
 def edge_lists(data: Data) -> List[str]:
-    r"""The lists and tuples named as edge attributes (``'edge'`` in the
-    name) of a graph with as many edges as nodes: PyG's
-    :meth:`~torch_geometric.data.Data.is_node_attr` takes them for node
-    attributes (it goes by the length alone), so a subgraph or a
-    transform that permutes the nodes must leave them out."""
-    n = data.num_nodes
-    if data.edge_index is None or data.num_edges != n:
-        return []
-    return [key for key, value in data.items() if 'edge' in key and
-            isinstance(value, (list, tuple)) and len(value) == n]
-
-
-def _subgraph_keeping_edge_lists(data: NestedSignal, subset: Tensor
-                                 ) -> NestedSignal:
-    r""":meth:`torch_geometric.data.Data.subgraph` of :obj:`data`, with the
-    lists of one entry per edge (:func:`edge_lists`) selected with their
-    edges, not taken for node attributes."""
-    lists = {key: data[key] for key in edge_lists(data)}
-    if not lists:
-        return Data.subgraph(data, subset)
-    source = copy.copy(data)
-    for key in lists:
-        del source[key]
-    out = Data.subgraph(source, subset)
-    _, _, kept = subgraph(subset, data.edge_index, num_nodes=data.num_nodes,
-                          return_edge_mask=True)
-    for key, value in lists.items():
-        out[key] = select(value, kept, 0)
-    return out
+    r"""The keys of :obj:`data` that :func:`is_edge_list` holds for."""
+    return [key for key in data.keys() if is_edge_list(data, key)]
 
 
 def is_cluster_key(key: str) -> bool:

@@ -12,7 +12,7 @@ from hsa_geo._checks import (check_bool, check_index, check_int,
                              sparse_adjacency_key)
 from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.data.nested_signal import (SIGNAL_KEYS, NestedSignal,
-                                        edge_lists, is_cluster_key,
+                                        is_cluster_key,
                                         select_cluster_attrs)
 from hsa_geo.loader._inputs import signal_hierarchy
 
@@ -165,15 +165,12 @@ class SubtreeLoader(torch.utils.data.DataLoader):
         graph-level ones copied, ``edge_index`` relabelled."""
         data = self.data
         out: Dict[str, Any] = {}
-        edges = edge_lists(data)  # (PyG would take them for node lists)
         for key, value in data.items():
             if key in SIGNAL_KEYS or key == 'num_nodes' or \
                     is_cluster_key(key):
                 continue
             if key == 'edge_index':
                 out[key] = node_map(self.partition.edge_index[:, e_id])
-            elif key in edges:
-                out[key] = select(value, e_id, 0)
             elif data.is_node_attr(key):
                 out[key] = select(value, n_id, data.__cat_dim__(key, value))
             elif data.is_edge_attr(key):
