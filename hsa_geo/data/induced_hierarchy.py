@@ -6,7 +6,7 @@ from typing import Tuple, Union
 import torch
 from torch import Tensor
 
-from hsa_geo._checks import check_bool, check_index
+from hsa_geo._checks import check_bool, check_index, first_out_of_range
 from hsa_geo.data.hierarchy import Hierarchy
 
 
@@ -87,9 +87,9 @@ def leaf_subset(subset: Tensor, num_leaves: int) -> Tensor:
         leaves = subset.nonzero().view(-1)
     else:
         leaves = check_index(subset, 'subset', rows=None)
-        bad = (leaves < 0) | (leaves >= num_leaves)
-        if bool(bad.any()):
-            j = int(bad.nonzero()[0])
+        bad = first_out_of_range(leaves.view(1, -1), [num_leaves])
+        if bad is not None:
+            j = bad[1]
             raise ValueError(
                 f"subset[{j}] = {int(leaves[j])} is not a leaf id "
                 f"(0..{num_leaves - 1})")

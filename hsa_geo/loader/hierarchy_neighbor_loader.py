@@ -10,7 +10,7 @@ from torch_geometric.loader import NeighborLoader
 from torch_geometric.sampler import BaseSampler, SamplerOutput
 from torch_geometric.sampler.base import SubgraphType
 
-from hsa_geo._checks import check_bool, check_index
+from hsa_geo._checks import check_bool, check_index, first_out_of_range
 from hsa_geo.data.induced_hierarchy import induced_hierarchy, kept_clusters
 from hsa_geo.data.nested_signal import NestedSignal, select_cluster_attrs
 from hsa_geo.loader._inputs import signal_hierarchy
@@ -137,9 +137,9 @@ def _check_input_nodes(input_nodes, n: int):
                 f"of the seed nodes")
         return
     ids = check_index(input_nodes, 'input_nodes', rows=None)
-    bad = (ids < 0) | (ids >= n)
-    if bool(bad.any()):
-        j = int(bad.nonzero()[0])
+    bad = first_out_of_range(ids.view(1, -1), [n])
+    if bad is not None:
+        j = bad[1]
         raise ValueError(
             f"input_nodes[{j}] = {int(ids[j])} is not a node id "
             f"(0..{n - 1}); the seeds are leaves of the hierarchy")
