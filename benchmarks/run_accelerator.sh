@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# The GPU run, prepared to fit in a 10-minute command on one machine: the
-# exactness checks on the device, the whole attention benchmark and the
-# small-graph case, each under its own time limit (100 + 300 + 110 s), their
-# JSON, Markdown and logs written to one folder as they finish (a part cut
-# short keeps what it wrote). Every part's exit status is recorded in
+# The GPU run: the exactness checks on the device, the whole attention
+# benchmark and the small-graph case, each under its own time limit
+# (100 + 300 + 110 s by default, inside one 10-minute command), their JSON,
+# Markdown and logs written to one folder as they finish (a part cut short
+# keeps what it wrote). Every part's exit status is added to
 # accelerator_DEVICE.txt; the script exits 1 if any part failed.
 #
-#   bash benchmarks/run_accelerator.sh [OUTDIR] [DEVICE]
+#   bash benchmarks/run_accelerator.sh [OUTDIR] [DEVICE] [PART[:SECONDS]...]
 #
-# OUTDIR defaults to benchmarks/results, DEVICE to cuda; BENCH_ARGS (say
-# --quick, to try the script on a CPU) is added to both benchmarks; on a
-# copy of the working tree without git, HSA_GEO_COMMIT names the commit
-# for the JSON (bench_attention.source_commit). It runs
+# OUTDIR defaults to benchmarks/results, DEVICE to cuda; PARTS to all three,
+# in this order: tests, small_graphs, attention. A part may name its own
+# limit, to split the run over two commands with a longer limit for the
+# attention benchmark (`tests small_graphs`, then `attention:420`).
+# BENCH_ARGS (say --quick, to try the script on a CPU) is added to both
+# benchmarks; on a copy of the working tree without git, HSA_GEO_COMMIT
+# names the commit for the JSON (bench_attention.source_commit). It runs
 # from the repository root with the machine's own python3 (torch with CUDA,
 # torch_geometric) and this checkout on PYTHONPATH: nothing is installed
 # into that Python.
@@ -28,6 +31,15 @@
 set -uo pipefail
 out=${1:-benchmarks/results}
 device=${2:-cuda}
+shift $(( $# < 2 ? $# : 2 ))
+if [ $# -gt 0 ]; then parts=("$@"); else parts=(tests small_graphs attention); fi
+for part in "${parts[@]}"; do
+    [[ $part =~ ^(tests|small_graphs|attention)(:[0-9]+)?$ ]] || {
+        echo "unknown part ${part}: tests, small_graphs or attention," \
+            "each with :SECONDS if you like" >&2
+        exit 2
+    }
+done
 tag=${device//:/_}  # file names without ':' (cuda:0)
 mkdir -p "$out"
 status=0
@@ -54,7 +66,7 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda,
 EOF
     git log -1 --format='commit %H' 2> /dev/null \
         || echo "commit ${HSA_GEO_COMMIT:-unknown (no git here)}"
-} 2>&1 | tee "$out/accelerator_${tag}.txt"
+} 2>&1 | tee -a "$out/accelerator_${tag}.txt"
 
 run() {  # run LIMIT_SECONDS LOG COMMAND...: one part, under its limit; its
     # exit status goes into accelerator_TAG.txt and into the script's own
@@ -68,20 +80,34 @@ run() {  # run LIMIT_SECONDS LOG COMMAND...: one part, under its limit; its
     [ "$rc" -eq 0 ] || status=1
 }
 
-# 1. Exactness on the device, against the dense reference (float64).
-HSA_GEO_TEST_DEVICE=$device run 100 "$out/accelerator_${tag}_tests.log" \
-    python3 -m pytest -q -p no:cacheprovider \
-    tests/functional/test_dynamic_program_devices.py
-# 2. The attention benchmark: every method and size, each in a fresh
-#    process; SDPA up to N = 65,536 as on the CPU.
-run 300 "$out/bench_attention_${tag}.log" \
-    python3 benchmarks/bench_attention.py --device "$device" \
-    --min-time 0.5 --timeout 120 --no-progress ${BENCH_ARGS:-} \
-    --out "$out/bench_attention_${tag}.json" \
-    --markdown "$out/bench_attention_${tag}.md"
-# 3. The small-graph case: 128 molecules, 64 and 256 channels.
-run 110 "$out/bench_small_graphs_${tag}.log" \
-    python3 benchmarks/bench_small_graphs.py --device "$device" \
-    ${BENCH_ARGS:-} --out "$out/bench_small_graphs_${tag}.json" \
-    --markdown "$out/bench_small_graphs_${tag}.md"
+limit() {  # limit PART DEFAULT: the seconds a part was given, or DEFAULT
+    local part
+    for part in "${parts[@]}"; do
+        case $part in "$1":*) echo "${part#*:}"; return ;; esac
+    done
+    echo "$2"
+}
+
+for part in "${parts[@]}"; do
+    case ${part%%:*} in
+    tests)  # Exactness on the device, against the dense reference.
+        HSA_GEO_TEST_DEVICE=$device run "$(limit tests 100)" \
+            "$out/accelerator_${tag}_tests.log" \
+            python3 -m pytest -q -p no:cacheprovider \
+            tests/functional/test_dynamic_program_devices.py ;;
+    small_graphs)  # 128 molecules, 64 and 256 channels.
+        run "$(limit small_graphs 110)" \
+            "$out/bench_small_graphs_${tag}.log" \
+            python3 benchmarks/bench_small_graphs.py --device "$device" \
+            ${BENCH_ARGS:-} --out "$out/bench_small_graphs_${tag}.json" \
+            --markdown "$out/bench_small_graphs_${tag}.md" ;;
+    attention)  # Every method and size in fresh processes; SDPA up to
+        # N = 65,536 as on the CPU.
+        run "$(limit attention 300)" "$out/bench_attention_${tag}.log" \
+            python3 benchmarks/bench_attention.py --device "$device" \
+            --min-time 0.5 --timeout 120 --no-progress ${BENCH_ARGS:-} \
+            --out "$out/bench_attention_${tag}.json" \
+            --markdown "$out/bench_attention_${tag}.md" ;;
+    esac
+done
 exit $status
