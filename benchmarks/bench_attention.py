@@ -867,12 +867,15 @@ def cpu_model() -> str:
 
 
 def source_commit() -> Optional[str]:
-    r"""The checkout's commit, with ``+changes`` when tracked files differ
-    from it (the timings are of the code as it was); files under
-    ``benchmarks/results`` do not count, since a run writes its own results
-    there. Where there is no git repository (a copy of the working tree on
-    another machine), the environment variable ``HSA_GEO_COMMIT``, else
-    :obj:`None`."""
+    r"""The commit named by the environment variable ``HSA_GEO_COMMIT``
+    where it is set (a copy of the working tree on another machine, whose
+    git metadata, if any, need not be the tree's); else the checkout's
+    commit, with ``+changes`` when tracked files differ from it (the timings
+    are of the code as it was), files under ``benchmarks/results`` not
+    counting, since a run writes its own results there; else (no git
+    repository) :obj:`None`."""
+    if os.environ.get('HSA_GEO_COMMIT'):
+        return os.environ['HSA_GEO_COMMIT']
     try:
         def git(*args: str) -> str:
             return subprocess.run(['git', *args], cwd=REPO_ROOT,
@@ -882,7 +885,7 @@ def source_commit() -> Optional[str]:
                       '--', '.', ':(exclude)benchmarks/results')
         return git('rev-parse', 'HEAD') + ('+changes' if changed else '')
     except (OSError, subprocess.SubprocessError):
-        return os.environ.get('HSA_GEO_COMMIT')
+        return None
 
 
 def machine_info(device: str, threads: int) -> Dict[str, Any]:
@@ -1282,6 +1285,7 @@ def write_markdown(path: Optional[Path], text: str):
 
 def config_of(args: argparse.Namespace) -> Dict[str, Any]:
     return {
+        'commit': source_commit(),
         'sizes': sorted(args.sizes),
         'methods': args.methods,
         'heads': HEADS,

@@ -13,8 +13,9 @@
 # limit, to split the run over two commands with a longer limit for the
 # attention benchmark (`tests small_graphs`, then `attention:420`).
 # BENCH_ARGS (say --quick, to try the script on a CPU) is added to both
-# benchmarks; on a copy of the working tree without git, HSA_GEO_COMMIT
-# names the commit for the JSON (bench_attention.source_commit). It runs
+# benchmarks; on a copy of the working tree (without git, or with the git
+# metadata of another commit), HSA_GEO_COMMIT names the commit for the
+# header and the JSON (bench_attention.source_commit). It runs
 # from the repository root with the machine's own python3 (torch with CUDA,
 # torch_geometric) and this checkout on PYTHONPATH: nothing is installed
 # into that Python.
@@ -64,8 +65,12 @@ gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
 print('torch', torch.__version__, 'cuda', torch.version.cuda,
       'torch_geometric', torch_geometric.__version__, 'gpu', gpu)
 EOF
-    git log -1 --format='commit %H' 2> /dev/null \
-        || echo "commit ${HSA_GEO_COMMIT:-unknown (no git here)}"
+    if [ -n "${HSA_GEO_COMMIT:-}" ]; then  # a copied tree's .git may lag
+        echo "commit $HSA_GEO_COMMIT"
+    else
+        git log -1 --format='commit %H' 2> /dev/null \
+            || echo 'commit unknown (no git here)'
+    fi
 } 2>&1 | tee -a "$out/accelerator_${tag}.txt"
 
 run() {  # run LIMIT_SECONDS LOG COMMAND...: one part, under its limit; its

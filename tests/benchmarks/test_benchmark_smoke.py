@@ -222,6 +222,14 @@ def test_source_commit_without_git(monkeypatch):
     assert bench.source_commit() == 'abc123'
 
 
+def test_source_commit_named_wins_over_git(monkeypatch):
+    # A copied tree may carry git metadata of another commit than its own.
+    monkeypatch.setenv('HSA_GEO_COMMIT', 'abc123')
+    assert bench.source_commit() == 'abc123'
+    monkeypatch.delenv('HSA_GEO_COMMIT')
+    assert len(bench.source_commit().split('+')[0]) == 40
+
+
 def test_competing_processes_end_even_on_error():
     with pytest.raises(RuntimeError):
         with bench.competing_processes(1, 60) as procs:
