@@ -8,10 +8,13 @@
 #
 #   bash benchmarks/run_accelerator.sh [OUTDIR] [DEVICE] [PART[:SECONDS]...]
 #
-# OUTDIR defaults to benchmarks/results, DEVICE to cuda; PARTS to all three,
-# in this order: tests, small_graphs, attention. A part may name its own
-# limit, to split the run over two commands with a longer limit for the
-# attention benchmark (`tests small_graphs`, then `attention:420`).
+# OUTDIR defaults to benchmarks/results, DEVICE to cuda; PARTS to the three
+# above, in this order: tests, small_graphs, attention. Two more parts run
+# only when named: wide and deep, bench_shapes.py's wide families against
+# SDPA and deep trees against a balanced one, on the device (120 and 90 s).
+# A part may name its own limit, to split the run over commands with a
+# longer limit for the attention benchmark (`tests small_graphs`, then
+# `attention:420`).
 # BENCH_ARGS (say --quick, to try the script on a CPU) is added to both
 # benchmarks; on a copy of the working tree (without git, or with the git
 # metadata of another commit), HSA_GEO_COMMIT names the commit for the
@@ -35,8 +38,9 @@ device=${2:-cuda}
 shift $(( $# < 2 ? $# : 2 ))
 if [ $# -gt 0 ]; then parts=("$@"); else parts=(tests small_graphs attention); fi
 for part in "${parts[@]}"; do
-    [[ $part =~ ^(tests|small_graphs|attention)(:[0-9]+)?$ ]] || {
-        echo "unknown part ${part}: tests, small_graphs or attention," \
+    [[ $part =~ ^(tests|small_graphs|attention|wide|deep)(:[0-9]+)?$ ]] || {
+        echo "unknown part ${part}: tests, small_graphs, attention, wide" \
+            "or deep," \
             "each with :SECONDS if you like" >&2
         exit 2
     }
@@ -94,7 +98,8 @@ limit() {  # limit PART DEFAULT: the seconds a part was given, or DEFAULT
 }
 
 for part in "${parts[@]}"; do
-    case ${part%%:*} in
+    name=${part%%:*}
+    case $name in
     tests)  # Exactness on the device, against the dense reference.
         HSA_GEO_TEST_DEVICE=$device run "$(limit tests 100)" \
             "$out/accelerator_${tag}_tests.log" \
@@ -113,6 +118,13 @@ for part in "${parts[@]}"; do
             --min-time 0.5 --timeout 120 --no-progress ${BENCH_ARGS:-} \
             --out "$out/bench_attention_${tag}.json" \
             --markdown "$out/bench_attention_${tag}.md" ;;
+    wide|deep)  # bench_shapes.py's case of that name, workers as on the CPU.
+        if [ "$name" = wide ]; then seconds=120; else seconds=90; fi
+        run "$(limit "$name" $seconds)" "$out/bench_shapes_${name}_${tag}.log" \
+            python3 benchmarks/bench_shapes.py --case "$name" \
+            --device "$device" --min-time 0.5 --timeout 60 ${BENCH_ARGS:-} \
+            --json "$out/bench_shapes_${name}_${tag}.json" \
+            --markdown "$out/bench_shapes_${name}_${tag}.md" ;;
     esac
 done
 exit $status
