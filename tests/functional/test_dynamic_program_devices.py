@@ -35,6 +35,7 @@ def _present(device: torch.device) -> bool:
 pytestmark = pytest.mark.skipif(not _present(DEVICE),
                                 reason=f'needs the device {DEVICE}')
 
+
 def same_device(device: torch.device, wanted: torch.device) -> bool:
     # 'cuda' names the current GPU: a tensor on it says 'cuda:0'.
     return device.type == wanted.type and wanted.index in (None, device.index)
