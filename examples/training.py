@@ -38,6 +38,7 @@ predictions of all ranks; only rank 0 logs and writes files.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import math
@@ -573,29 +574,41 @@ def result_sets(path: str) -> List[Dict[str, Any]]:
     return [{k: r[k] for k in ('label', 'config') + keys} for r in sets]
 
 
+def labelled_sets(paths: Sequence[str]) -> List[Dict[str, Any]]:
+    r"""The result sets of every file of :obj:`paths` in order
+    (:func:`result_sets`), a label that more than one of them has followed
+    by its file's name (two files of arms of the same names, say), so that
+    no two rows or curves read alike."""
+    sets = [(path, r) for path in paths for r in result_sets(path)]
+    counts = collections.Counter(r['label'] for _, r in sets)
+    for path, r in sets:
+        if counts[r['label']] > 1:
+            r['label'] = f"{r['label']} ({os.path.basename(path)})"
+    return [r for _, r in sets]
+
+
 def results_table(paths: Sequence[str]) -> str:
     r"""A Markdown table of the results JSON files :obj:`paths`: one row
-    per result set (:func:`result_sets`: dataset, split, model or arm),
+    per result set (:func:`labelled_sets`: dataset, split, model or arm),
     with the mean ± standard deviation over seeds of the test and
     validation metric, the seconds per epoch, the peak memory and the
     number of parameters."""
     rows = ['| dataset | split | model | seeds | test | valid | s/epoch | '
             'peak MiB | params |', '|' + ' --- |' * 9]
-    for path in paths:
-        for res in result_sets(path):
-            cfg, summ = res['config'], res['summary']
+    for res in labelled_sets(paths):
+        cfg, summ = res['config'], res['summary']
 
-            def cell(key: str, digits: int = 4) -> str:
-                return mean_std_cell(summ, key, digits)
-            # (not every script records its parameters: '-', not 0)
-            params = summ.get('num_parameters', {}).get('mean')
-            params = '-' if params is None else f'{params:,.0f}'
-            rows.append(
-                f'| {cfg.get("dataset", "")} | {cfg.get("split") or ""} | '
-                f'{res["label"]} | {len(res["runs"])} | '
-                f'{cell("test")} {res["metric"]} | {cell("valid")} | '
-                f'{cell("seconds_per_epoch", 2)} | '
-                f'{summ["peak_memory_mb"]["mean"]:.0f} | {params} |')
+        def cell(key: str, digits: int = 4) -> str:
+            return mean_std_cell(summ, key, digits)
+        # (not every script records its parameters: '-', not 0)
+        params = summ.get('num_parameters', {}).get('mean')
+        params = '-' if params is None else f'{params:,.0f}'
+        rows.append(
+            f'| {cfg.get("dataset", "")} | {cfg.get("split") or ""} | '
+            f'{res["label"]} | {len(res["runs"])} | '
+            f'{cell("test")} {res["metric"]} | {cell("valid")} | '
+            f'{cell("seconds_per_epoch", 2)} | '
+            f'{summ["peak_memory_mb"]["mean"]:.0f} | {params} |')
     return '\n'.join(rows)
 
 
@@ -603,7 +616,7 @@ def compare_curves(paths: Sequence[str], path: str, title: str = ''):
     r"""Plots, for several results JSON files :obj:`paths` (e.g. one per
     model on the same split, or one with several arms), the training loss
     (left) and the validation metric (right) per epoch of each result set
-    (:func:`result_sets`): the mean over seeds as a line, the minimum to
+    (:func:`labelled_sets`): the mean over seeds as a line, the minimum to
     maximum over seeds as a band, one colour per set, into the PNG
     :obj:`path`."""
     import matplotlib
@@ -612,7 +625,7 @@ def compare_curves(paths: Sequence[str], path: str, title: str = ''):
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     metric = ''
-    for res in (r for file in paths for r in result_sets(file)):
+    for res in labelled_sets(paths):
         metric = res['metric']
         for ax, key in zip(axes, ('loss', 'valid')):
             curves = torch.tensor([[e[key] for e in run['epochs']]

@@ -185,6 +185,18 @@ def test_the_results_command(tmp_path, capsys):
     rows = capsys.readouterr().out.splitlines()[2:]
     assert [r.split(' | ')[2] for r in rows] == ['gine', 'flat', 'hsa']
     assert (tmp_path / 'c.png').read_bytes()[:4] == b'\x89PNG'
+    # A second file of arms of the same names: its rows name their file.
+    (tmp_path / 'again').mkdir()
+    training.write_arms(arms, 'again', type('Args', (), {
+        'out': str(tmp_path / 'again')})(), torch.device('cpu'))
+    files.append(str(tmp_path / 'again' / 'again.json'))
+    assert training.main(files) == 0
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert [r.split(' | ')[2] for r in rows] == [
+        'gine', 'flat (arms.json)', 'hsa (arms.json)', 'flat (again.json)',
+        'hsa (again.json)']
+    assert [r['label'] for r in training.labelled_sets(files)] == [
+        r.split(' | ')[2] for r in rows]
     for i, content in enumerate([{'verdict': 'ok'}, [1, 2], {
             'arms': {'a': {'runs': []}}, 'metric': 'acc'}]):
         other = tmp_path / f'other{i}.json'
