@@ -3,9 +3,9 @@ device busy time and host synchronisations per call.
 
 On a GPU the attention on balanced trees takes about the same few
 milliseconds from 1,024 to 65,536 leaves (``bench_attention.py``): each call
-launches a few hundred kernels, so the host's launch time, not the device,
-sets the pace until the tree is large. This script shows it per call, with
-:mod:`torch.profiler`, for the core
+launches a few hundred kernels, so the host's work (operator dispatch and
+kernel launches), not the device, sets the pace until the tree is large.
+This script shows it per call, with :mod:`torch.profiler`, for the core
 :func:`hsa_geo.functional.hierarchical_attention` on ``[N, 4, 64]`` float32
 inputs over the balanced trees of branching 16 of ``bench_attention.py``:
 
@@ -16,8 +16,8 @@ inputs over the balanced trees of branching 16 of ``bench_attention.py``:
   variants), the device's busy time (the sum of the kernels' own times,
   the profiler table's "Self CUDA time total") and the host-device copies
   and synchronisations (each ``cudaStreamSynchronize`` stalls the host
-  until the queue drains; ``cudaDeviceSynchronize`` is this script's own,
-  after the call);
+  until the queue drains; of the ``cudaDeviceSynchronize`` calls, one is
+  this script's own, after the call);
 * the profiler's table of operators by their own host time.
 
 Usage::
@@ -48,17 +48,6 @@ import bench_attention as ba  # noqa: E402
 
 LAUNCHES = ('cudaLaunchKernel', 'cudaLaunchKernelExC', 'cuLaunchKernel',
             'cuLaunchKernelEx')
-
-
-def balanced_tree(n: int, device: torch.device):
-    r"""The balanced tree of branching ``ba.BRANCHING`` over :obj:`n`
-    leaves, on :obj:`device`."""
-    from hsa_geo import Hierarchy
-    assignments, m = [], n
-    while m > 1:
-        assignments.append(torch.arange(m) // ba.BRANCHING)
-        m = (m + ba.BRANCHING - 1) // ba.BRANCHING
-    return Hierarchy.from_assignments(assignments).to(device)
 
 
 def report(name: str, fn: Callable[[], None], sync: Callable[[], None],
@@ -95,7 +84,7 @@ def profile_size(n: int, device: torch.device, backward: bool,
                  activities: List[ProfilerActivity]) -> List[str]:
     from hsa_geo import hierarchical_attention
     sync = ba.synchronize(device)
-    tree = balanced_tree(n, device)
+    tree = ba.balanced_hierarchy(n).to(device)
     q, k, v = (torch.randn(n, ba.HEADS, ba.HEAD_DIM, device=device)
                for _ in range(3))
     grads = [x.clone().requires_grad_() for x in (q, k, v)]
@@ -122,7 +111,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--backward-at', type=int, default=65536,
                    help='the size whose forward+backward is profiled too')
     p.add_argument('--out', type=Path, default=None)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.backward_at not in args.sizes:
+        p.error(f'--backward-at {args.backward_at} is none of --sizes '
+                f'{args.sizes}')
+    return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -3,6 +3,8 @@ per size and phase asked for, each with the profiler's operator table, the
 same text printed and written. No timing is asserted."""
 import re
 
+import pytest
+
 from tests.helpers.benchmarks import load_benchmark
 
 bench = load_benchmark('profile_launches')
@@ -24,8 +26,14 @@ def test_main_profiles_each_size_and_the_backward_where_asked(tmp_path,
     assert text.count('aten::') >= 3 and 'Self CPU' in text
 
 
-def test_the_tree_is_balanced_with_the_benchmark_branching():
-    tree = bench.balanced_tree(300, bench.torch.device('cpu'))
-    assert tree.num_leaves == 300
-    assert tree.max_branching == bench.ba.BRANCHING
-    assert tree.depth == 3  # 300 -> 19 -> 2 -> 1
+def test_a_backward_size_outside_the_sizes_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(['--device', 'cpu', '--sizes', '40', '--backward-at',
+                    '300'])
+    assert '--backward-at 300 is none of --sizes [40]' in \
+        capsys.readouterr().err
+
+
+def test_one_leaf():
+    assert bench.main(['--device', 'cpu', '--sizes', '1', '--backward-at',
+                       '1']) == 0
