@@ -9,9 +9,10 @@ This script shows it per call, with :mod:`torch.profiler`, for the core
 :func:`hsa_geo.functional.hierarchical_attention` on ``[N, 4, 64]`` float32
 inputs over the balanced trees of branching 16 of ``bench_attention.py``:
 
-* wall time per call (the mean of 10 calls after 3 warm-ups,
-  synchronised), forward under :func:`torch.no_grad`, and forward+backward
-  (``out.sum().backward()``) at one size;
+* wall time per call, timed as ``bench_attention.py`` times its rows
+  (:func:`bench_attention.measure`: one warm-up, then the median of
+  synchronised calls), forward under :func:`torch.no_grad`, and
+  forward+backward (``out.sum().backward()``) at one size;
 * in one profiled call: kernel launches (``cudaLaunchKernel`` and its
   variants), the device's busy time (the sum of the kernels' own times,
   the profiler table's "Self CUDA time total") and the host-device copies
@@ -27,15 +28,16 @@ Usage::
         --backward-at 4096                                    # try it
 
 The output is text (``--out``). ``benchmarks/results/profile_launches_cuda
-.txt`` is the H200's, from a first version of this script whose "GPU busy"
-also summed the operators' self device times, each kernel twice: there the
-"Self CUDA time total" under each table is the device time.
+.txt`` is the H200's, from a first version of this script: its wall times
+are means of 10 calls after 3 warm-ups with one synchronisation at the end,
+and its "GPU busy" also summed the operators' self device times, each
+kernel twice (the "Self CUDA time total" under each table is the device
+time).
 """
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
@@ -54,14 +56,9 @@ def report(name: str, fn: Callable[[], None], sync: Callable[[], None],
            activities: List[ProfilerActivity]) -> str:
     r"""One paragraph of :obj:`fn`'s costs: wall time per call, launches,
     device time, copies and synchronisations, the operator table."""
-    for _ in range(3):
-        fn()
-    sync()
-    start = time.perf_counter()
-    for _ in range(10):
-        fn()
-    sync()
-    ms = (time.perf_counter() - start) * 100
+    # Timed as bench_attention times its rows, so the two agree.
+    ms = ba.measure(fn, sync, min_time=2.0, max_repeats=10,
+                    long_run=20.0).median_s * 1e3
     with profile(activities=activities) as prof:
         fn()
         sync()
