@@ -158,7 +158,7 @@ class HSAPatch:
                 f"dispatches through transformers' AttentionInterface "
                 f"(a module with 'config' and 'scaling'); HSA can be patched "
                 f"into BERT-like encoders of transformers >= 4.54")
-        self.specs = _check_layers(layers, len(self.modules))
+        self.specs = layer_specs(layers, len(self.modules))
         for index in self.specs:
             if getattr(self.modules[index], 'is_causal', False):
                 raise ValueError(
@@ -429,7 +429,12 @@ def _register():
     AttentionInterface.register(ATTENTION_NAME, _hsa_attention_forward)
 
 
-def _check_layers(layers: Any, count: int) -> Dict[int, HSASpec]:
+def layer_specs(layers: Any, count: int) -> Dict[int, HSASpec]:
+    r"""The checked :obj:`layers` argument of :class:`HSAPatch` (a dict
+    ``{layer: spec}`` or a list of layer indices, ``spec`` an
+    :class:`HSASpec` or a variant's name) for a model of :obj:`count`
+    attention layers, as ``{index in 0..count-1: HSASpec}``; a
+    :class:`TypeError` or :class:`ValueError` says what is wrong."""
     if isinstance(layers, Mapping):
         items = list(layers.items())
     elif isinstance(layers, Iterable) and not isinstance(layers, str):

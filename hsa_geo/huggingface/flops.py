@@ -13,7 +13,7 @@ from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.functional.query_resolved_attention import (leaf_paths,
                                                          query_blocks)
 from hsa_geo.huggingface.attention import (VARIANTS, Forest, HSASpec,
-                                           _check_layers, attention_modules)
+                                           attention_modules, layer_specs)
 from hsa_geo.huggingface.token_forest import TokenForest
 
 
@@ -165,7 +165,7 @@ def model_attention_flops(model: torch.nn.Module,
             (:attr:`HSAPatch.call_order`). (default: :obj:`None`)
     """
     modules = attention_modules(model)
-    specs = _check_layers(layers, len(modules))
+    specs = layer_specs(layers, len(modules))
     calls = _call_order(model, len(modules), call_order)
     if isinstance(forests, (TokenForest, Hierarchy)):
         forests = {'default': forests}
