@@ -400,7 +400,7 @@ def call_peak_mib(case: ba.Case) -> Optional[float]:
 
 def worker_main(args: argparse.Namespace) -> int:
     spec = json.loads(args.spec)
-    if args.device == 'cpu':  # (a GPU runtime maps far more address space)
+    if args.device.split(':')[0] == 'cpu':  # (a GPU runtime maps far more)
         cap_address_space(args.memory_cap_gib)
     ba.send_result(run_case(spec, args, ba.send_result))
     return 0

@@ -140,3 +140,17 @@ def test_a_target_hsa_could_not_run_is_not_met():
     assert got['load 1: HSA/QKV 1t'] == 'met'
     rows[1]['status'], rows[3]['status'] = 'ok', 'error'
     assert verdicts(rows)['load 1: HSA/QKV 2t'] == 'n/a'
+
+
+@pytest.mark.parametrize('device,capped', [
+    ('cpu', True), ('cpu:0', True), ('cuda', False), ('cuda:1', False)])
+def test_workers_cap_the_address_space_on_the_cpu_only(
+        monkeypatch, device, capped):
+    caps = []
+    monkeypatch.setattr(bench, 'cap_address_space', caps.append)
+    monkeypatch.setattr(bench, 'run_case', lambda spec, args, send: spec)
+    monkeypatch.setattr(bench.ba, 'send_result', lambda row: None)
+    args = type('Args', (), {'spec': '{}', 'device': device,
+                             'memory_cap_gib': 3.0})()
+    assert bench.worker_main(args) == 0
+    assert caps == ([3.0] if capped else [])
