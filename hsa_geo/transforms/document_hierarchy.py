@@ -14,7 +14,7 @@ from torch_geometric.transforms import BaseTransform
 
 from hsa_geo._checks import check_bool, check_int
 from hsa_geo.data.nested_signal import SIGNAL_KEYS, NestedSignal
-from hsa_geo.datasets.tokenizer_tag import tokenizer_tag
+from hsa_geo.datasets.tokenizer_tag import plain_copy, tokenizer_tag
 from hsa_geo.transforms._inputs import check_data
 from hsa_geo.transforms.vocabulary import Vocabulary
 
@@ -502,14 +502,6 @@ class DocumentHierarchy(BaseTransform):
         vocabulary."""
         if self.tokenizer is None:
             return None
-        if self._kind == 'tokenizers':
-            return tokenizer_tag(self._backend)  # the private copy
-        backend = getattr(self.tokenizer, 'backend_tokenizer', None)
-        if hasattr(backend, 'to_str'):
-            # transformers switches off the truncation of the tokenizer
-            # itself on the first call: tag a copy, so that the repr is the
-            # same before and after.
-            return tokenizer_tag(_without_padding(backend))
         return tokenizer_tag(self.tokenizer)
 
     def __repr__(self) -> str:
@@ -592,15 +584,6 @@ def _check_levels(levels, allowed: Tuple[str, ...]) -> Tuple[str, ...]:
     return tuple(levels)
 
 
-def _without_padding(tokenizer: Any) -> Any:
-    r"""A copy of a :class:`tokenizers.Tokenizer` without padding and
-    truncation."""
-    copy = type(tokenizer).from_str(tokenizer.to_str())
-    copy.no_padding()
-    copy.no_truncation()
-    return copy
-
-
 def _wrap_tokenizer(tokenizer: Any) -> Tuple[str, Any]:
     r"""``('tokenizers', private copy without padding and truncation)`` or
     ``('transformers', tokenizer)``."""
@@ -608,7 +591,7 @@ def _wrap_tokenizer(tokenizer: Any) -> Tuple[str, Any]:
     if module == 'tokenizers' and hasattr(tokenizer, 'to_str'):
         # A copy: switching off padding/truncation must not change the
         # caller's tokenizer (tokenizer.json files often enable both).
-        return 'tokenizers', _without_padding(tokenizer)
+        return 'tokenizers', plain_copy(tokenizer)
     if hasattr(tokenizer, 'is_fast') and callable(tokenizer):
         if not tokenizer.is_fast:
             raise ValueError(
