@@ -81,6 +81,19 @@ def attention_modules(model: torch.nn.Module) -> List[torch.nn.Module]:
                 _CROSS_ATTENTION_NAMES)]
 
 
+def patchable_modules(model: torch.nn.Module) -> List[torch.nn.Module]:
+    r""":func:`attention_modules`, or :class:`ValueError` where
+    :obj:`model` has none."""
+    modules = attention_modules(model)
+    if not modules:
+        raise ValueError(
+            f"{type(model).__name__} has no attention module that "
+            f"dispatches through transformers' AttentionInterface "
+            f"(a module with 'config' and 'scaling'); HSA can be patched "
+            f"into BERT-like encoders of transformers >= 4.54")
+    return modules
+
+
 #: Attribute names under which encoder-decoder models (BART, Marian,
 #: Pegasus, Whisper, ...) keep a cross-attention module of the class of
 #: their self-attention (told apart only by the call).
@@ -151,13 +164,7 @@ class HSAPatch:
                             f"transformers model), got "
                             f"{type(model).__name__}")
         self.model = model
-        self.modules = attention_modules(model)
-        if not self.modules:
-            raise ValueError(
-                f"{type(model).__name__} has no attention module that "
-                f"dispatches through transformers' AttentionInterface "
-                f"(a module with 'config' and 'scaling'); HSA can be patched "
-                f"into BERT-like encoders of transformers >= 4.54")
+        self.modules = patchable_modules(model)
         self.specs = layer_specs(layers, len(self.modules))
         for index in self.specs:
             if getattr(self.modules[index], 'is_causal', False):

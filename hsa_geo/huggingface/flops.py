@@ -13,7 +13,7 @@ from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.functional.query_resolved_attention import (leaf_paths,
                                                          query_blocks)
 from hsa_geo.huggingface.attention import (VARIANTS, Forest, HSASpec,
-                                           attention_modules, layer_specs)
+                                           layer_specs, patchable_modules)
 from hsa_geo.huggingface.token_forest import TokenForest
 
 
@@ -142,8 +142,12 @@ def model_attention_flops(model: torch.nn.Module,
     :func:`~hsa_geo.huggingface.hsa_attention` runs them) and every other
     layer dense (:func:`dense_attention_flops`, real tokens only), and the
     dense count of the whole model for comparison, counting every attention
-    call of one forward. :math:`H` is ``config.num_attention_heads`` and
-    :math:`D` ``config.head_dim`` or ``hidden_size // H``.
+    call of one forward. :math:`H` and :math:`D` are each attention
+    module's own (``num_attention_heads`` or ``num_heads`` and
+    ``attention_head_size`` or ``head_dim``, as BERT and Llama name them;
+    where a module has neither, ``config.num_attention_heads`` and
+    ``config.head_dim`` or ``hidden_size // H``): MobileBERT's heads, for
+    one, have ``true_hidden_size // H`` channels.
 
     Without :obj:`call_order`, every attention module is taken to run once
     per forward (one module per layer). A model whose layers share modules
@@ -164,7 +168,7 @@ def model_attention_flops(model: torch.nn.Module,
             forward runs, one per call, in order
             (:attr:`HSAPatch.call_order`). (default: :obj:`None`)
     """
-    modules = attention_modules(model)
+    modules = patchable_modules(model)
     specs = layer_specs(layers, len(modules))
     calls = _call_order(model, len(modules), call_order)
     if isinstance(forests, (TokenForest, Hierarchy)):
@@ -178,25 +182,27 @@ def model_attention_flops(model: torch.nn.Module,
             "no TokenForest among 'forests': the dense layers are counted on "
             "the real tokens of every sequence, which only a TokenForest "
             "knows")
-    heads, head_dim = _head_shape(model)
-    dense = dense_attention_flops(token[0].valid, heads, head_dim)
-    counts, variants = [], []
-    cache: Dict[Tuple[str, str], float] = {}
+    shapes = [_head_shape(module, model) for module in modules]
+    counts, variants, dense = [], [], 0.0
+    cache: Dict[Tuple[str, str, Tuple[int, int]], float] = {}
     for index in calls:
         spec = specs.get(index, HSASpec('softmax'))
         variants.append(spec.variant)
-        if spec.variant == 'softmax':
-            counts.append(dense)
-            continue
-        if spec.forest not in forests:
-            raise ValueError(f"layer {index} attends along forest "
-                             f"{spec.forest!r}, which 'forests' lacks")
-        key = (spec.forest, spec.variant)
+        key = ('', 'softmax', shapes[index])
         if key not in cache:
-            cache[key] = hsa_attention_flops(forests[spec.forest], heads,
-                                             head_dim, spec.variant)
+            cache[key] = dense_attention_flops(token[0].valid,
+                                               *shapes[index])
+        dense += cache[key]
+        if spec.variant != 'softmax':
+            if spec.forest not in forests:
+                raise ValueError(f"layer {index} attends along forest "
+                                 f"{spec.forest!r}, which 'forests' lacks")
+            key = (spec.forest, spec.variant, shapes[index])
+            if key not in cache:
+                cache[key] = hsa_attention_flops(
+                    forests[spec.forest], *shapes[index], spec.variant)
         counts.append(cache[key])
-    return AttentionFlops(tuple(counts), tuple(variants), dense * len(calls))
+    return AttentionFlops(tuple(counts), tuple(variants), dense)
 
 
 def _call_order(model: torch.nn.Module, count: int,
@@ -244,15 +250,34 @@ def _call_order(model: torch.nn.Module, count: int,
     return list(range(count))
 
 
-def _head_shape(model: torch.nn.Module) -> Tuple[int, int]:
+def _head_shape(module: torch.nn.Module,
+                model: torch.nn.Module) -> Tuple[int, int]:
+    r"""``(H, D)`` of one attention module: its own attributes where it has
+    them (heads need not have ``hidden_size // H`` channels), else the
+    model's config."""
     config = getattr(model, 'config', None)
-    heads = getattr(config, 'num_attention_heads', None)
-    hidden = getattr(config, 'hidden_size', None)
-    if heads is None or (hidden is None
-                         and getattr(config, 'head_dim', None) is None):
+    heads = _first(module, ('num_attention_heads', 'num_heads', 'n_heads'))
+    if heads is None:
+        heads = getattr(config, 'num_attention_heads', None)
+    head_dim = _first(module, ('attention_head_size', 'head_dim'))
+    if head_dim is None:
+        head_dim = getattr(config, 'head_dim', None)
+    if head_dim is None and heads and \
+            isinstance(getattr(config, 'hidden_size', None), int):
+        head_dim = config.hidden_size // heads
+    if heads is None or head_dim is None:
         raise ValueError(
-            f"{type(model).__name__}.config has no num_attention_heads and "
-            f"hidden_size (or head_dim); count the layers with "
-            f"hsa_attention_flops(forest, heads, head_dim)")
-    head_dim = getattr(config, 'head_dim', None) or hidden // heads
+            f"{type(module).__name__} of {type(model).__name__} names no "
+            f"number of heads and channels per head (num_attention_heads "
+            f"and attention_head_size or head_dim, on the module or its "
+            f"config); count the layers with hsa_attention_flops(forest, "
+            f"heads, head_dim)")
     return int(heads), int(head_dim)
+
+
+def _first(module: torch.nn.Module, names: Sequence[str]) -> Optional[int]:
+    for name in names:
+        value = getattr(module, name, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None

@@ -151,7 +151,7 @@ def test_errors():
         model_attention_flops(model, {0: HSASpec(forest='x')}, forest)
     with pytest.raises(TypeError, match="'forests' must be"):
         model_attention_flops(model, [0], [forest])
-    with pytest.raises(ValueError, match='num_attention_heads'):
+    with pytest.raises(ValueError, match='Module has no attention module'):
         model_attention_flops(torch.nn.Module(), [], forest)
     with pytest.raises(ValueError, match=r'indices in 0\.\.2.*got 3'):
         model_attention_flops(model, [0], forest, call_order=[0, 3])
@@ -189,3 +189,41 @@ def test_an_encoder_decoder_is_not_taken_for_shared_layers():
     with pytest.raises(ValueError, match="BartModel is an encoder-decoder: "
                        "its 4 attention modules"):
         model_attention_flops(transformers.BartModel(config), [0], forest)
+
+
+def test_heads_are_counted_with_their_own_channels():
+    r"""MobileBERT's heads have ``true_hidden_size // H`` channels, not
+    ``hidden_size // H``: the count reads them from the attention
+    modules, as the patch sees them."""
+    import transformers
+    tokenizer = bert_tokenizer()
+    inputs, forest = TokenHierarchy(tokenizer).encode(TEXTS)
+    config = transformers.MobileBertConfig(
+        vocab_size=len(tokenizer), hidden_size=64, embedding_size=32,
+        intra_bottleneck_size=16, true_hidden_size=16,
+        num_attention_heads=4, num_hidden_layers=2, intermediate_size=32,
+        num_feedforward_networks=1, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    model = transformers.MobileBertModel(config).eval()
+    dense = dense_attention_flops(forest.valid, 4, 4)  # D = 16 // 4
+    hsa = hsa_attention_flops(forest, 4, 4)
+    count = model_attention_flops(model, [1], forest)
+    assert count.layers == (dense, hsa) and count.dense == 2 * dense
+    with hsa_attention(model, [1], forest) as patch:
+        with torch.no_grad():
+            model(**inputs)
+        assert patch.flops() == count
+
+
+def test_a_module_without_head_sizes_falls_back_to_the_config():
+    model = tiny_model('bert', bert_tokenizer())  # H 2, D 16
+    forest = small_forest()
+    expected = model_attention_flops(model, [1], forest)
+    for module in model.modules():
+        for name in ('num_attention_heads', 'attention_head_size'):
+            if hasattr(module, name):
+                delattr(module, name)
+    assert model_attention_flops(model, [1], forest) == expected
+    model.config = type('Config', (), {})()  # the modules keep theirs
+    with pytest.raises(ValueError, match='names no number of heads'):
+        model_attention_flops(model, [1], forest)
