@@ -55,7 +55,9 @@ class HierarchyNeighborLoader(NeighborLoader):
             repeats nodes, and a leaf is in a hierarchy once.
             (default: :obj:`False`)
         transform (callable, optional): applied to each batch after its
-            hierarchy is induced. (default: :obj:`None`)
+            hierarchy is induced; it must keep the seeds as the first
+            ``batch_size`` nodes (:class:`~hsa_geo.transforms.TreeOrder`,
+            which would move them, raises). (default: :obj:`None`)
         neighbor_sampler (BaseSampler, optional): the sampler; :obj:`None`:
             PyG's :class:`~torch_geometric.sampler.NeighborSampler`.
             (default: :obj:`None`)

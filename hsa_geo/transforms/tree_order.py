@@ -61,6 +61,15 @@ class TreeOrder(BaseTransform):
     again (:class:`ValueError` if an attribute was set on the batch after
     batching: it cannot be split among the signals).
 
+    A mini-batch of a neighbour loader (a signal with ``batch_size``, as
+    :class:`~hsa_geo.loader.HierarchyNeighborLoader` gives) raises
+    :class:`ValueError`: its seed nodes are its first ``batch_size`` nodes
+    (``out[:batch.batch_size]``), and the permutation would move them
+    while ``batch_size`` and ``input_id`` stay. To order such a batch
+    anyway, delete its ``batch_size`` and find the seeds through the
+    stored permutation: with ``TreeOrder(attr='perm')``, the rows where
+    ``perm < batch_size``.
+
     Args:
         attr (str, optional): the node attribute that stores :math:`\pi`;
             :obj:`None` stores nothing. (default: :obj:`'n_id'`)
@@ -87,6 +96,7 @@ class TreeOrder(BaseTransform):
             return map_batch(data, lambda i, signal: self(signal),
                              'TreeOrder')
         check_no_sparse_adjacency(data, 'TreeOrder')
+        _check_not_sampled(data)
         perm = _tree_order(data.hierarchy)
         check_node_or_edge(data, 'TreeOrder', exempt=(self.attr, ))
         stored = self.attr is not None and self.attr in data
@@ -110,6 +120,24 @@ class TreeOrder(BaseTransform):
 
     def __repr__(self) -> str:
         return f'{self.__class__.__name__}(attr={self.attr!r})'
+
+
+def _check_not_sampled(data: NestedSignal):
+    r"""Raises :class:`ValueError` if :obj:`data` is a mini-batch of a
+    neighbour loader (it has ``batch_size``): its seeds are its first
+    ``batch_size`` nodes, which the permutation would move while
+    ``batch_size`` and ``input_id`` stay."""
+    if 'batch_size' not in data:
+        return
+    raise ValueError(
+        f"this signal has 'batch_size' ({data.batch_size}): it is a "
+        f"mini-batch of a neighbour loader (such as "
+        f"HierarchyNeighborLoader), whose seed nodes are its first "
+        f"batch_size nodes (out[:batch_size]); TreeOrder would move them "
+        f"while 'batch_size' and 'input_id' stay. Use the batch as it is, "
+        f"or delete 'batch_size' first and find the seeds through the "
+        f"stored permutation (with TreeOrder(attr='perm'), the rows where "
+        f"perm < batch_size)")
 
 
 def _tree_order(hierarchy: Hierarchy) -> Tensor:

@@ -233,6 +233,31 @@ def test_errors():
     assert repr(TreeOrder()) == "TreeOrder(attr='n_id')"
 
 
+def test_a_neighbour_loader_batch_is_refused():
+    """Its seeds are its first batch_size rows: ordered, out[:batch_size]
+    would read other nodes."""
+    from hsa_geo.loader import HierarchyNeighborLoader
+    from tests.helpers.loaders import FirstNeighbors
+    g = torch.Generator().manual_seed(0)
+    edge_index = torch.randint(0, 40, (2, 120), generator=g)
+    signal = GraphHierarchy(branching=4)(Data(
+        x=torch.randn(40, 2, generator=g), edge_index=edge_index))
+    loader = HierarchyNeighborLoader(
+        signal, [2, 2], input_nodes=torch.tensor([3, 17, 25, 31]),
+        batch_size=4, neighbor_sampler=FirstNeighbors(edge_index, 40, [2, 2]),
+        transform=TreeOrder())
+    with pytest.raises(ValueError, match="has 'batch_size' \\(4\\): it is a "
+                       "mini-batch of a neighbour loader"):
+        next(iter(loader))
+    # the way the message gives: the seeds where perm < batch_size
+    loader.signal_transform = None
+    batch = next(iter(loader))
+    del batch.batch_size
+    out = TreeOrder(attr='perm')(batch)
+    seeds = out.n_id[(out.perm < 4).nonzero().view(-1)]
+    assert sorted(seeds.tolist()) == [3, 17, 25, 31]
+
+
 # Attributes that PyG tells apart by name #################################
 
 
