@@ -2,7 +2,7 @@ r"""Relabelling the lists of node ids that a graph carries, and telling
 node attributes from edge attributes, for the transforms that reorder its
 nodes (:class:`~hsa_geo.transforms.TreeOrder`,
 :class:`~hsa_geo.transforms.GridHierarchy`)."""
-from typing import Collection
+from typing import Collection, Dict
 
 import torch
 from torch import Tensor
@@ -25,14 +25,16 @@ def check_node_or_edge(data: Data, transform: str,
     alone (``'edge'`` in it), and a wrong guess would permute an edge
     feature with the nodes while the edges keep their order. Node
     attributes by name (:data:`NODE_KEYS`, ``leaf_*``, and :obj:`exempt`),
-    a tree's keys and lists of node ids (:func:`is_id_list`) pass."""
+    a tree's keys and ``[k, *]`` lists of node ids (:func:`is_id_list`)
+    pass."""
     n = data.num_nodes
     if data.edge_index is None or data.num_edges != n:
         return
     for key, value in list(data.items()):
         if key in NODE_KEYS or key in exempt or key in SIGNAL_KEYS or \
                 is_cluster_key(key) or key.startswith('leaf_') or \
-                'edge' in key or is_id_list(key, value):
+                'edge' in key or (is_id_list(key, value) and
+                                  value.dim() > 1):
             continue
         if data.is_node_attr(key):
             raise ValueError(
@@ -44,26 +46,54 @@ def check_node_or_edge(data: Data, transform: str,
                 f"transform")
 
 
-def relabel_node_ids(data: Data, order: Tensor,
-                     skip: Collection[str] = ()) -> None:
-    r"""Relabels, in place, the attributes of :obj:`data` that hold node
-    ids after its nodes were reordered (new node ``i`` is old node
-    ``order[i]``): ``[k, *]`` integer tensors that PyG increments by the
-    number of nodes in a batch (``edge_index``, ``face``, any
-    ``*_index``), but not a tree's keys nor the keys in :obj:`skip`."""
-    new_id = inverse_permutation(order)
-    for key, value in list(data.items()):
-        if key in skip or key in SIGNAL_KEYS or is_cluster_key(key) or \
-                not is_id_list(key, value):
+def node_id_lists(data: Data, transform: str,
+                  exempt: Collection[str] = ()) -> Dict[str, Tensor]:
+    r"""The attributes of :obj:`data` that hold node ids (:func:`is_id_list`,
+    PyG's rule), but not a tree's keys, :data:`NODE_KEYS` and the keys in
+    :obj:`exempt`: the transform relabels them and keeps their order.
+
+    Raises:
+        ValueError: for a 1-D one that PyG takes for a node attribute (one
+            entry per node): it could be a list of ids, only relabelled, or
+            a node attribute, also permuted.
+    """
+    lists = {}
+    for key, value in data.items():
+        if key in exempt or key in NODE_KEYS or key in SIGNAL_KEYS or \
+                is_cluster_key(key) or not is_id_list(key, value):
             continue
+        if value.dim() == 1 and data.is_node_attr(key):
+            n = value.numel()
+            raise ValueError(
+                f"'{key}' holds node ids (PyG offsets a key with 'index' "
+                f"in its name by the nodes of a batch) and has one entry "
+                f"per node ({n}): it could be a list of node ids, which "
+                f"{transform} relabels, or a node attribute, which it also "
+                f"permutes; store a list as [1, {n}] "
+                f"(value.view(1, -1)), name a node attribute without "
+                f"'index', or add it after the transform")
+        lists[key] = value
+    return lists
+
+
+def relabel_node_ids(data: Data, order: Tensor,
+                     lists: Dict[str, Tensor]) -> None:
+    r"""Sets, in :obj:`data`, the lists of node ids :obj:`lists` (from
+    :func:`node_id_lists`, as they were before the nodes were reordered)
+    relabelled for the new order (new node ``i`` is old node
+    ``order[i]``), in their own order."""
+    new_id = inverse_permutation(order)
+    for key, value in lists.items():
         data[key] = new_id.to(value.device)[value]
 
 
 def is_id_list(key: str, value) -> bool:
-    r"""Whether :obj:`value` is a list of node ids that PyG increments by
-    the number of nodes in a batch: a ``[k, *]`` integer tensor named
-    ``face`` or ``*_index``."""
-    return isinstance(value, Tensor) and value.dim() >= 2 and \
+    r"""Whether :obj:`value` is a list of node ids by PyG's rule for the
+    attributes it offsets by the number of nodes in a batch
+    (:meth:`~torch_geometric.data.Data.__inc__`): an integer tensor named
+    ``face`` or with ``'index'`` but not ``'batch'`` in its name (PyG
+    offsets those by the number of graphs)."""
+    return isinstance(value, Tensor) and \
         not (value.is_floating_point() or value.is_complex() or
              value.dtype == torch.bool) and \
-        (key == 'face' or key.endswith('_index'))
+        (key == 'face' or 'index' in key) and 'batch' not in key

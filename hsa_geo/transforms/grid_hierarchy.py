@@ -16,7 +16,7 @@ from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.data.nested_signal import NestedSignal, edge_lists
 from hsa_geo.transforms._inputs import check_data, check_no_sparse_adjacency
 from hsa_geo.transforms._node_ids import (check_node_or_edge,
-                                          relabel_node_ids)
+                                          node_id_lists, relabel_node_ids)
 
 PairLike = Union[int, Sequence[int]]
 
@@ -72,14 +72,18 @@ class GridHierarchy(BaseTransform):
 
     - ``x`` ``[N, *]``: the patch features in leaf (Z) order; every other
       node-level attribute given in row-major order (those for which
-      ``data.is_node_attr(key)`` holds and whose name has no ``'index'``,
-      e.g. ``pos``, per-patch ``y`` or a list of patch names) is permuted
+      ``data.is_node_attr(key)`` holds, e.g. ``pos``, per-patch ``y`` or a
+      list of patch names, other than the lists of node ids) is permuted
       the same way, as :meth:`~torch_geometric.data.Data.subgraph` selects
       nodes (a tuple comes out as a list), and ``edge_index`` and the
-      other lists of node ids (``face``, ``[k, *]`` integer ``*_index``
-      such as ``edge_label_index``) are relabelled; other attributes are
-      kept as they are. With as many edges as patches, an attribute that
-      PyG could take for a node or an edge one raises, as in
+      other lists of node ids are relabelled and keep their order: the
+      integer tensors that PyG offsets by the number of nodes in a batch,
+      named ``face`` or with ``'index'`` but not ``'batch'`` in the name
+      (e.g. ``edge_label_index`` or a 1-D ``query_index``); a 1-D one with
+      one entry per patch could also be a node attribute and raises
+      :class:`ValueError` (a list of ids is stored as ``[1, N]``). Other
+      attributes are kept as they are. With as many edges as patches, an
+      attribute that PyG could take for a node or an edge one raises, as in
       :class:`~hsa_geo.transforms.TreeOrder` (name edge attributes with
       ``'edge'``; those, lists too, keep the order of the edges);
     - ``patch_index`` ``[N]``: the row-major index ``r * K + c`` of the
@@ -304,11 +308,12 @@ def _permute_nodes(data: Data, order: Tensor):
     r"""Reorders the node-level attributes of :obj:`data` (tensors, and
     lists or tuples of one entry per node) so that new node ``i`` is old
     node ``order[i]``; relabels ``edge_index`` and the other lists of node
-    ids (``face``, ``[k, *]`` ``*_index``)."""
+    ids (see :func:`~hsa_geo.transforms._node_ids.node_id_lists`)."""
     check_node_or_edge(data, 'GridHierarchy', exempt=('grid_size', ))
+    lists = node_id_lists(data, 'GridHierarchy', exempt=('grid_size', ))
     edges = edge_lists(data)  # (the edges keep their order)
     for key, value in list(data.items()):
-        if 'index' in key or key == 'grid_size' or key in edges or \
+        if key in lists or key == 'grid_size' or key in edges or \
                 not isinstance(value, (Tensor, list, tuple)):
             continue  # grid_size is read already, and replaced
         if key == 'x' or data.is_node_attr(key):
@@ -316,4 +321,4 @@ def _permute_nodes(data: Data, order: Tensor):
             index = order.to(value.device) if isinstance(value, Tensor) \
                 else order.cpu()
             data[key] = select(value, index, data.__cat_dim__(key, value))
-    relabel_node_ids(data, order)
+    relabel_node_ids(data, order, lists)

@@ -14,7 +14,7 @@ from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.data.nested_signal import NestedSignal, map_batch
 from hsa_geo.transforms._inputs import check_no_sparse_adjacency
 from hsa_geo.transforms._node_ids import (check_node_or_edge,
-                                          relabel_node_ids)
+                                          node_id_lists, relabel_node_ids)
 
 
 class TreeOrder(BaseTransform):
@@ -38,14 +38,19 @@ class TreeOrder(BaseTransform):
     :meth:`~hsa_geo.data.NestedSignal.subgraph` on all nodes: new node
     :math:`i` is old node :math:`\pi(i)`, every node attribute follows its
     node, :obj:`edge_index` is relabelled (edges and edge attributes keep
-    their order), and so are the other lists of node ids that PyG offsets
-    by the number of nodes in a batch (``[k, *]`` integer tensors named
-    ``face`` or ``*_index``, such as the ``edge_label_index`` of
-    :class:`~torch_geometric.transforms.RandomLinkSplit`); the internal
-    nodes, the family graph and the dense or sparse kind of every family
-    stay as they are. An attribute of a graph with as many edges as nodes
-    that PyG could take for either raises :class:`ValueError` (its name
-    decides: see the message). HSA on the result is HSA
+    their order), and so are, in their own order, the other lists of node
+    ids: the integer tensors that PyG offsets by the number of nodes in a
+    batch, named ``face`` or with ``'index'`` but not ``'batch'`` in the
+    name (such as the ``edge_label_index`` of
+    :class:`~torch_geometric.transforms.RandomLinkSplit`, an
+    ``edge_index_neg`` or a 1-D ``root_index``), other than the tree's
+    keys and ``patch_index``; the internal nodes, the family graph and
+    the dense or sparse kind of every family stay as they are. A 1-D such
+    list with one entry per node could also be a node attribute and
+    raises :class:`ValueError` (a list of ids is stored as ``[1, N]``),
+    as does an attribute of a graph with as many edges as nodes that PyG
+    could take for either (its name decides: see the message). HSA on
+    the result is HSA
     on the input, rows permuted: :math:`\mathrm{HSA}(X_\pi)_i =
     \mathrm{HSA}(X)_{\pi(i)}`.
 
@@ -99,6 +104,7 @@ class TreeOrder(BaseTransform):
         _check_not_sampled(data)
         perm = _tree_order(data.hierarchy)
         check_node_or_edge(data, 'TreeOrder', exempt=(self.attr, ))
+        lists = node_id_lists(data, 'TreeOrder', exempt=(self.attr, ))
         stored = self.attr is not None and self.attr in data
         if stored:  # an earlier permutation: composed by subgraph below
             value = data[self.attr]
@@ -112,8 +118,9 @@ class TreeOrder(BaseTransform):
         if not torch.equal(perm, torch.arange(perm.numel(),
                                               device=perm.device)):
             data = data.subgraph(perm)
-            # (edge_index relabelled by subgraph)
-            relabel_node_ids(data, perm, skip=('edge_index', ))
+            # From the lists as they were: subgraph permutes the columns of
+            # a [k, N] one as if it were a node attribute.
+            relabel_node_ids(data, perm, lists)
         if self.attr is not None and not stored:
             data[self.attr] = perm
         return data

@@ -501,3 +501,23 @@ def test_other_lists_of_node_ids_follow_the_patches():
     assert torch.equal(old[out.edge_index], edge_index)
     assert torch.equal(old[out.face], face)
     assert torch.equal(old[out.edge_label_index], label_index)
+
+
+def test_every_key_pyg_offsets_by_the_nodes_follows_the_patches():
+    """As PyG offsets them in a batch: 1-D lists and keys with 'index'
+    anywhere in the name hold patch ids; other keys with 'index' are
+    node attributes like any other."""
+    lists = dict(query_index=torch.tensor([2, 5]),
+                 edge_index_neg=torch.tensor([[1, 3], [12, 6]]))
+    data = Data(x=torch.arange(16.).view(-1, 1), grid_size=(4, 4),
+                index_weight=torch.arange(16.), **lists)
+    out = GridHierarchy()(data)
+    old = out.x.view(-1).long()  # the row-major id of every new patch
+    for key, value in lists.items():
+        assert torch.equal(old[out[key]], value), key
+    assert torch.equal(out.index_weight, out.x.view(-1))
+    data = Data(x=torch.arange(16.).view(-1, 1), grid_size=(4, 4),
+                nbr_index=torch.arange(16))
+    with pytest.raises(ValueError, match="'nbr_index' holds node ids .* one "
+                       "entry per node \\(16\\)"):
+        GridHierarchy()(data)

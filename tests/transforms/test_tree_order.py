@@ -315,6 +315,42 @@ def test_other_lists_of_node_ids_are_relabelled():
     assert torch.equal(out.n_id[out.face], mesh.face)
 
 
+def test_every_key_pyg_offsets_by_the_nodes_is_relabelled():
+    """PyG offsets in a batch every key with 'index' in its name: 1-D
+    lists, edge_index_neg, and a [k, N] list whose columns are not nodes
+    keep their order and point to the same nodes."""
+    g = torch.Generator().manual_seed(1)
+    lists = dict(root_index=torch.tensor([5, 7]),
+                 edge_index_neg=torch.randint(0, 30, (2, 9), generator=g),
+                 edge_label_index=torch.randint(0, 30, (2, 30), generator=g),
+                 anchor_index=torch.tensor(4))
+    data = _graph(**lists)
+    out = GraphHierarchy(branching=4, tree_order=True)(data)
+    for key, value in lists.items():
+        assert torch.equal(out.n_id[out[key]], value), key
+    # in a batch, the ids within each signal
+    signals = [GraphHierarchy(branching=3)(_graph(
+        n=n, root_index=torch.tensor([2]),
+        edge_index_neg=torch.tensor([[0], [6]]))) for n in (30, 7)]
+    batch = Batch.from_data_list(signals)
+    ordered = TreeOrder()(batch)
+    assert torch.equal(ordered.x[ordered.root_index], batch.x[batch.root_index])
+    assert torch.equal(ordered.x[ordered.edge_index_neg],
+                       batch.x[batch.edge_index_neg])
+
+
+def test_a_list_of_node_ids_with_one_per_node_is_refused():
+    """It could be a node attribute too: permuted, or only relabelled."""
+    signal = GraphHierarchy(branching=4)(_graph())
+    signal.nbr_index = torch.arange(30).roll(1)
+    with pytest.raises(ValueError, match="'nbr_index' holds node ids .* one "
+                       "entry per node \\(30\\).*store a list as \\[1, 30\\]"):
+        TreeOrder()(signal)
+    signal.nbr_index = signal.nbr_index.view(1, -1)  # the message's way
+    out = TreeOrder()(signal)
+    assert torch.equal(out.n_id[out.nbr_index], signal.nbr_index)
+
+
 def test_a_sparse_adjacency_is_refused():
     import torch_geometric.transforms as T
     h = Hierarchy.from_parent(torch.tensor([6, 7, 6, 7, 6, 7, 8, 8, -1]), 6)
