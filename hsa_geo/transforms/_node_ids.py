@@ -55,7 +55,8 @@ def node_id_lists(data: Data, transform: str,
     Raises:
         ValueError: for a 1-D one that PyG takes for a node attribute (one
             entry per node): it could be a list of ids, only relabelled, or
-            a node attribute, also permuted.
+            a node attribute, also permuted; for an id outside
+            ``0..N-1``, padding such as ``-1`` included.
     """
     lists = {}
     for key, value in data.items():
@@ -72,8 +73,28 @@ def node_id_lists(data: Data, transform: str,
                 f"permutes; store a list as [1, {n}] "
                 f"(value.view(1, -1)), name a node attribute without "
                 f"'index', or add it after the transform")
+        _check_in_range(key, value, data.num_nodes, transform)
         lists[key] = value
     return lists
+
+
+def _check_in_range(key: str, value: Tensor, n: int, transform: str):
+    r"""Raises :class:`ValueError` unless every entry of the list of node
+    ids :obj:`value` is a node id, in ``0..n-1``: a negative one would
+    index from the end, and PyG would offset padding such as ``-1`` into
+    the nodes of another graph of a batch."""
+    bad = (value < 0) | (value >= n)
+    if not bool(bad.any()):
+        return
+    where = bad.nonzero()[0].tolist()
+    raise ValueError(
+        f"{key}[{', '.join(map(str, where))}] = {int(value[tuple(where)])} "
+        f"is not a node id (0..{n - 1}): {transform} relabels '{key}' as a "
+        f"list of node ids, as PyG offsets a key with 'index' in its name "
+        f"(or 'face') by the nodes of a batch, which would turn padding "
+        f"such as -1 into a node of another graph; drop the entries that "
+        f"are no node, store the list under a name without 'index', or add "
+        f"it after the transform")
 
 
 def relabel_node_ids(data: Data, order: Tensor,

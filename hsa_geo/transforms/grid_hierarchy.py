@@ -81,7 +81,9 @@ class GridHierarchy(BaseTransform):
       named ``face`` or with ``'index'`` but not ``'batch'`` in the name
       (e.g. ``edge_label_index`` or a 1-D ``query_index``); a 1-D one with
       one entry per patch could also be a node attribute and raises
-      :class:`ValueError` (a list of ids is stored as ``[1, N]``). Other
+      :class:`ValueError` (a list of ids is stored as ``[1, N]``), so does
+      an entry that is no patch id in ``0..N-1`` (e.g. ``-1`` padding,
+      which PyG would offset into another graph's patches). Other
       attributes are kept as they are. With as many edges as patches, an
       attribute that PyG could take for a node or an edge one raises, as in
       :class:`~hsa_geo.transforms.TreeOrder` (name edge attributes with

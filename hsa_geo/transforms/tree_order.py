@@ -47,12 +47,13 @@ class TreeOrder(BaseTransform):
     keys and ``patch_index``; the internal nodes, the family graph and
     the dense or sparse kind of every family stay as they are. A 1-D such
     list with one entry per node could also be a node attribute and
-    raises :class:`ValueError` (a list of ids is stored as ``[1, N]``),
-    as does an attribute of a graph with as many edges as nodes that PyG
+    raises :class:`ValueError` (a list of ids is stored as ``[1, N]``), so
+    does an entry of such a list that is no node id in ``0..N-1`` (PyG
+    would offset padding such as ``-1`` into another graph's nodes), and
+    so does an attribute of a graph with as many edges as nodes that PyG
     could take for either (its name decides: see the message). HSA on
-    the result is HSA
-    on the input, rows permuted: :math:`\mathrm{HSA}(X_\pi)_i =
-    \mathrm{HSA}(X)_{\pi(i)}`.
+    the result is HSA on the input, rows permuted:
+    :math:`\mathrm{HSA}(X_\pi)_i = \mathrm{HSA}(X)_{\pi(i)}`.
 
     :math:`\pi` is stored as the node attribute :obj:`attr` (like PyG's
     :obj:`n_id`), so predictions map back with

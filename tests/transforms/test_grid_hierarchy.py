@@ -503,6 +503,14 @@ def test_other_lists_of_node_ids_follow_the_patches():
     assert torch.equal(old[out.edge_label_index], label_index)
 
 
+def test_an_id_that_is_no_patch_is_refused():
+    data = Data(x=torch.arange(16.).view(-1, 1), grid_size=(4, 4),
+                query_index=torch.tensor([3, -1]))
+    with pytest.raises(ValueError, match=r"query_index\[1\] = -1 is not a "
+                       r"node id \(0..15\): GridHierarchy relabels"):
+        GridHierarchy()(data)
+
+
 def test_every_key_pyg_offsets_by_the_nodes_follows_the_patches():
     """As PyG offsets them in a batch: 1-D lists and keys with 'index'
     anywhere in the name hold patch ids; other keys with 'index' are

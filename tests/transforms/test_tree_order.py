@@ -351,6 +351,17 @@ def test_a_list_of_node_ids_with_one_per_node_is_refused():
     assert torch.equal(out.n_id[out.nbr_index], signal.nbr_index)
 
 
+@pytest.mark.parametrize('bad', [-1, 30])
+def test_an_id_that_is_no_node_is_refused(bad):
+    """-1 padding would be relabelled as the last node, and PyG offsets it
+    into another graph's nodes in a batch."""
+    signal = GraphHierarchy(branching=4)(_graph())
+    signal.nbr_index = torch.tensor([[1, bad], [0, 2]])
+    with pytest.raises(ValueError, match=f"nbr_index\\[0, 1\\] = {bad} is not "
+                       f"a node id \\(0..29\\): TreeOrder relabels"):
+        TreeOrder()(signal)
+
+
 def test_a_sparse_adjacency_is_refused():
     import torch_geometric.transforms as T
     h = Hierarchy.from_parent(torch.tensor([6, 7, 6, 7, 6, 7, 8, 8, -1]), 6)
