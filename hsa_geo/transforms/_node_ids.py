@@ -1,12 +1,15 @@
-r"""Relabelling the lists of node ids that a graph carries, and telling
-node attributes from edge attributes, for the transforms that reorder its
-nodes (:class:`~hsa_geo.transforms.TreeOrder`,
+r"""Relabelling the lists of node ids that a graph carries, telling node
+attributes from edge attributes and selecting the rows of node attributes,
+for the transforms that reorder its nodes
+(:class:`~hsa_geo.transforms.TreeOrder`,
 :class:`~hsa_geo.transforms.GridHierarchy`)."""
-from typing import Collection, Dict
+from typing import Any, Collection, Dict
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch_geometric.data import Data
+from torch_geometric.utils import select
 
 from hsa_geo._permutation import inverse_permutation
 from hsa_geo.data.nested_signal import SIGNAL_KEYS, is_cluster_key
@@ -61,7 +64,15 @@ def node_id_lists(data: Data, transform: str,
     lists = {}
     for key, value in data.items():
         if key in exempt or key in NODE_KEYS or key in SIGNAL_KEYS or \
-                is_cluster_key(key) or not is_id_list(key, value):
+                is_cluster_key(key):
+            continue
+        if isinstance(value, np.ndarray) and _is_id_key(key) and \
+                np.issubdtype(value.dtype, np.integer):
+            raise ValueError(
+                f"'{key}' is a numpy array named as a list of node ids: "
+                f"{transform} relabels (and PyG offsets in a batch) only "
+                f"tensors; convert it with torch.from_numpy")
+        if not is_id_list(key, value):
             continue
         if value.dim() == 1 and data.is_node_attr(key):
             n = value.numel()
@@ -108,6 +119,21 @@ def relabel_node_ids(data: Data, order: Tensor,
         data[key] = new_id.to(value.device)[value]
 
 
+def select_nodes(data: Data, key: str, value: Any, order: Tensor) -> Any:
+    r"""The node attribute :obj:`value` of :obj:`data` with new node ``i``
+    old node ``order[i]``, rows taken along PyG's
+    :meth:`~torch_geometric.data.Data.__cat_dim__` as
+    :meth:`~torch_geometric.data.Data.subgraph` takes them: a tensor, a
+    list or tuple (as a list), or a numpy array, which PyG's
+    :func:`~torch_geometric.utils.select` does not take."""
+    dim = data.__cat_dim__(key, value)
+    if isinstance(value, np.ndarray):
+        return np.take(value, order.cpu().numpy(), axis=dim)
+    index = order.to(value.device) if isinstance(value, Tensor) \
+        else order.cpu()
+    return select(value, index, dim)
+
+
 def is_id_list(key: str, value) -> bool:
     r"""Whether :obj:`value` is a list of node ids by PyG's rule for the
     attributes it offsets by the number of nodes in a batch
@@ -116,5 +142,8 @@ def is_id_list(key: str, value) -> bool:
     offsets those by the number of graphs)."""
     return isinstance(value, Tensor) and \
         not (value.is_floating_point() or value.is_complex() or
-             value.dtype == torch.bool) and \
-        (key == 'face' or 'index' in key) and 'batch' not in key
+             value.dtype == torch.bool) and _is_id_key(key)
+
+
+def _is_id_key(key: str) -> bool:
+    return (key == 'face' or 'index' in key) and 'batch' not in key

@@ -4,19 +4,20 @@ from __future__ import annotations
 import copy
 from typing import Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.data import Data
 from torch_geometric.transforms import BaseTransform
-from torch_geometric.utils import select
 
 from hsa_geo._checks import check_bool, check_int
 from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.data.nested_signal import NestedSignal, edge_lists
 from hsa_geo.transforms._inputs import check_data, check_no_sparse_adjacency
 from hsa_geo.transforms._node_ids import (check_node_or_edge,
-                                          node_id_lists, relabel_node_ids)
+                                          node_id_lists, relabel_node_ids,
+                                          select_nodes)
 
 PairLike = Union[int, Sequence[int]]
 
@@ -72,15 +73,17 @@ class GridHierarchy(BaseTransform):
 
     - ``x`` ``[N, *]``: the patch features in leaf (Z) order; every other
       node-level attribute given in row-major order (those for which
-      ``data.is_node_attr(key)`` holds, e.g. ``pos``, per-patch ``y`` or a
-      list of patch names, other than the lists of node ids) is permuted
-      the same way, as :meth:`~torch_geometric.data.Data.subgraph` selects
-      nodes (a tuple comes out as a list), and ``edge_index`` and the
-      other lists of node ids are relabelled and keep their order: the
-      integer tensors that PyG offsets by the number of nodes in a batch,
-      named ``face`` or with ``'index'`` but not ``'batch'`` in the name
-      (e.g. ``edge_label_index`` or a 1-D ``query_index``); a 1-D one with
-      one entry per patch could also be a node attribute and raises
+      ``data.is_node_attr(key)`` holds, e.g. ``pos``, per-patch ``y``, a
+      numpy array or a list of patch names, other than the lists of node
+      ids) is permuted the same way, as
+      :meth:`~torch_geometric.data.Data.subgraph` selects nodes (a tuple
+      comes out as a list), and ``edge_index`` and the other lists of node
+      ids are relabelled and keep their order: the integer tensors that
+      PyG offsets by the number of nodes in a batch, named ``face`` or
+      with ``'index'`` but not ``'batch'`` in the name (e.g.
+      ``edge_label_index`` or a 1-D ``query_index``; an integer numpy array
+      so named raises, as PyG offsets only tensors); a 1-D one with one
+      entry per patch could also be a node attribute and raises
       :class:`ValueError` (a list of ids is stored as ``[1, N]``), so does
       an entry that is no patch id in ``0..N-1`` (e.g. ``-1`` padding,
       which PyG would offset into another graph's patches). Other
@@ -307,20 +310,19 @@ def _quadtree(rows: int, cols: int, device: torch.device) -> dict:
 
 
 def _permute_nodes(data: Data, order: Tensor):
-    r"""Reorders the node-level attributes of :obj:`data` (tensors, and
-    lists or tuples of one entry per node) so that new node ``i`` is old
-    node ``order[i]``; relabels ``edge_index`` and the other lists of node
-    ids (see :func:`~hsa_geo.transforms._node_ids.node_id_lists`)."""
+    r"""Reorders the node-level attributes of :obj:`data` (tensors, numpy
+    arrays, and lists or tuples of one entry per node) so that new node
+    ``i`` is old node ``order[i]``; relabels ``edge_index`` and the other
+    lists of node ids (see
+    :func:`~hsa_geo.transforms._node_ids.node_id_lists`)."""
     check_node_or_edge(data, 'GridHierarchy', exempt=('grid_size', ))
     lists = node_id_lists(data, 'GridHierarchy', exempt=('grid_size', ))
     edges = edge_lists(data)  # (the edges keep their order)
     for key, value in list(data.items()):
         if key in lists or key == 'grid_size' or key in edges or \
-                not isinstance(value, (Tensor, list, tuple)):
+                not isinstance(value, (Tensor, list, tuple, np.ndarray)):
             continue  # grid_size is read already, and replaced
         if key == 'x' or data.is_node_attr(key):
-            # PyG's select, as Data.subgraph (and so TreeOrder) permutes.
-            index = order.to(value.device) if isinstance(value, Tensor) \
-                else order.cpu()
-            data[key] = select(value, index, data.__cat_dim__(key, value))
+            # As Data.subgraph (and so TreeOrder) permutes.
+            data[key] = select_nodes(data, key, value, order)
     relabel_node_ids(data, order, lists)

@@ -3,8 +3,10 @@ that the attention reads the families of the leaves as views of the node
 features instead of gathering them."""
 from __future__ import annotations
 
+import copy
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch_geometric.data import Batch
@@ -14,7 +16,8 @@ from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.data.nested_signal import NestedSignal, map_batch
 from hsa_geo.transforms._inputs import check_no_sparse_adjacency
 from hsa_geo.transforms._node_ids import (check_node_or_edge,
-                                          node_id_lists, relabel_node_ids)
+                                          node_id_lists, relabel_node_ids,
+                                          select_nodes)
 
 
 class TreeOrder(BaseTransform):
@@ -37,15 +40,18 @@ class TreeOrder(BaseTransform):
     The permutation :math:`\pi` is applied with
     :meth:`~hsa_geo.data.NestedSignal.subgraph` on all nodes: new node
     :math:`i` is old node :math:`\pi(i)`, every node attribute follows its
-    node, :obj:`edge_index` is relabelled (edges and edge attributes keep
+    node (a numpy array too, which PyG's subgraph does not take),
+    :obj:`edge_index` is relabelled (edges and edge attributes keep
     their order), and so are, in their own order, the other lists of node
     ids: the integer tensors that PyG offsets by the number of nodes in a
     batch, named ``face`` or with ``'index'`` but not ``'batch'`` in the
     name (such as the ``edge_label_index`` of
     :class:`~torch_geometric.transforms.RandomLinkSplit`, an
     ``edge_index_neg`` or a 1-D ``root_index``), other than the tree's
-    keys and ``patch_index``; the internal nodes, the family graph and
-    the dense or sparse kind of every family stay as they are. A 1-D such
+    keys and ``patch_index`` (an integer numpy array so named raises
+    :class:`ValueError`: PyG offsets only tensors); the internal nodes,
+    the family graph and the dense or sparse kind of every family stay as
+    they are. A 1-D such
     list with one entry per node could also be a node attribute and
     raises :class:`ValueError` (a list of ids is stored as ``[1, N]``), so
     does an entry of such a list that is no node id in ``0..N-1`` (PyG
@@ -118,7 +124,7 @@ class TreeOrder(BaseTransform):
                     f"another 'attr'")
         if not torch.equal(perm, torch.arange(perm.numel(),
                                               device=perm.device)):
-            data = data.subgraph(perm)
+            data = _subgraph(data, perm)
             # From the lists as they were: subgraph permutes the columns of
             # a [k, N] one as if it were a node attribute.
             relabel_node_ids(data, perm, lists)
@@ -128,6 +134,22 @@ class TreeOrder(BaseTransform):
 
     def __repr__(self) -> str:
         return f'{self.__class__.__name__}(attr={self.attr!r})'
+
+
+def _subgraph(data: NestedSignal, perm: Tensor) -> NestedSignal:
+    r""":meth:`~hsa_geo.data.NestedSignal.subgraph` of the nodes
+    :obj:`perm`, with the numpy arrays, which PyG's select does not take,
+    set aside and put back: those of one row per node permuted."""
+    arrays = {key: value for key, value in data.items()
+              if isinstance(value, np.ndarray)}
+    rest = copy.copy(data)  # (the caller's data keeps its arrays)
+    for key in arrays:
+        del rest[key]
+    out = rest.subgraph(perm)
+    for key, value in arrays.items():
+        out[key] = select_nodes(data, key, value, perm) \
+            if data.is_node_attr(key) else value
+    return out
 
 
 def _check_not_sampled(data: NestedSignal):

@@ -8,6 +8,7 @@ validation."""
 import math
 from typing import List, Tuple
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, strategies as st
@@ -501,6 +502,19 @@ def test_other_lists_of_node_ids_follow_the_patches():
     assert torch.equal(old[out.edge_index], edge_index)
     assert torch.equal(old[out.face], face)
     assert torch.equal(old[out.edge_label_index], label_index)
+
+
+def test_numpy_node_attributes_follow_the_patches():
+    data = Data(x=torch.arange(16.).view(-1, 1), grid_size=(4, 4),
+                label=np.arange(16), meta=np.arange(3))
+    out = GridHierarchy()(data)
+    assert out.label.tolist() == out.x.view(-1).long().tolist()
+    assert np.array_equal(out.meta, data.meta)  # not per patch: kept
+    data = Data(x=torch.arange(16.).view(-1, 1), grid_size=(4, 4),
+                query_index=np.array([2, 5]))
+    with pytest.raises(ValueError, match="'query_index' is a numpy array "
+                       "named as a list of node ids.*torch.from_numpy"):
+        GridHierarchy()(data)
 
 
 def test_an_id_that_is_no_patch_is_refused():

@@ -10,6 +10,7 @@ is idempotent; balanced trees get the fused leaf layout;
 import importlib.util
 from typing import List
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, strategies as st
@@ -349,6 +350,22 @@ def test_a_list_of_node_ids_with_one_per_node_is_refused():
     signal.nbr_index = signal.nbr_index.view(1, -1)  # the message's way
     out = TreeOrder()(signal)
     assert torch.equal(out.n_id[out.nbr_index], signal.nbr_index)
+
+
+def test_numpy_node_attributes_follow_their_nodes():
+    """PyG's subgraph takes no numpy array: they are permuted aside."""
+    names = np.array([f'v{i}' for i in range(30)])
+    data = _graph(names=names, y=np.arange(60).reshape(30, 2),
+                  meta=np.arange(3))
+    out = GraphHierarchy(branching=4, tree_order=True)(data)
+    assert out.names.tolist() == [f'v{i}' for i in out.n_id.tolist()]
+    assert np.array_equal(out.y, data.y[out.n_id.numpy()])
+    assert np.array_equal(out.meta, data.meta)  # not per node: kept
+    assert data.names is names  # the input keeps its arrays
+    data = _graph(root_index=np.array([5]))
+    with pytest.raises(ValueError, match="'root_index' is a numpy array "
+                       "named as a list of node ids.*torch.from_numpy"):
+        GraphHierarchy(branching=4, tree_order=True)(data)
 
 
 @pytest.mark.parametrize('bad', [-1, 30])
