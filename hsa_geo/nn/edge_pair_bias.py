@@ -143,16 +143,23 @@ class EdgePairBias(torch.nn.Module):
         weight = self.lin.weight
         check_device(edge_attr, 'edge_attr', weight.device, 'the layer')
         check_dtype(edge_attr, 'edge_attr', weight, 'the edge projection')
-        # Else the projected bias fails its own check, which names no input.
-        # (One sum on every call; the row is looked for only when it is not
-        # finite, an overflow of finite values included.)
+        self.check_finite(edge_attr, 'edge_attr')
+        return edge_index, edge_attr
+
+    @staticmethod
+    def check_finite(edge_attr: Tensor, name: str):
+        r"""Checks that the edge features :obj:`edge_attr` ``[E, F_e]``
+        (the argument :obj:`name`) hold no NaN or inf, naming the first
+        edge that does: else the projected bias fails its own check, which
+        names no input, or an inf silently forbids a pair (bias -inf)."""
+        # One sum on every call; the row is looked for only when it is not
+        # finite, an overflow of finite values included.
         if not all_finite(edge_attr):
             bad = ~torch.isfinite(edge_attr)
             if bool(bad.any()):
                 row = int(bad.nonzero()[0, 0])
-                raise ValueError(f"'edge_attr' row {row} (edge {row}) holds "
+                raise ValueError(f"'{name}' row {row} (edge {row}) holds "
                                  f"NaN or inf; edge features must be finite")
-        return edge_index, edge_attr
 
     def __repr__(self) -> str:
         return (f'{self.__class__.__name__}(edge_dim={self.edge_dim}, '

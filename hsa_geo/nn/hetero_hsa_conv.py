@@ -168,9 +168,10 @@ class HeteroHSAConv(torch.nn.Module):
         ``x_dict[t]`` whose rows are not the leaves of type ``t`` of the
         signal or whose width is not the layer's, as
         :meth:`HSAConv.check_input <hsa_geo.nn.HSAConv.check_input>`
-        does, and for features of a type that is not a leaf type of the
+        does, for features of a type that is not a leaf type of the
         signal (they would be dropped; ``'cluster'`` features and empty
-        tensors are left alone)."""
+        tensors are left alone), and for edge features holding NaN or inf,
+        as :class:`~hsa_geo.nn.EdgePairBias` does."""
         with_weights = return_attention_weights is not None
         if with_weights:
             check_bool(return_attention_weights, 'return_attention_weights')
@@ -315,6 +316,7 @@ class HeteroHSAConv(torch.nn.Module):
             lin = self.lin_edge['__'.join(edge_type)]
             check_features(attr, f'edge_attr_dict[{edge_type}]', lin.weight,
                            f'edge_dim[{edge_type!r}]', row='edge', rows='E')
+            EdgePairBias.check_finite(attr, f'edge_attr_dict[{edge_type}]')
             src, _, dst = edge_type
             edges = torch.stack([index[0] + start[src],
                                  index[1] + start[dst]])

@@ -395,6 +395,23 @@ def test_edge_features_must_fit_the_layer():
     assert out['word'].shape == (3, 4)
 
 
+@pytest.mark.parametrize('value', [float('nan'), float('inf'),
+                                   float('-inf')])
+def test_edge_features_must_be_finite(value):
+    # An inf would bias its pair by -inf, silently forbidding it.
+    h = Hierarchy.from_parent([5, 5, 5, 6, 6, -1, 5], 5)
+    data = HeteroNestedSignal.from_hierarchy(
+        h, {'word': torch.randn(3, 3), 'patch': torch.randn(2, 3)})
+    edge_type = ('word', 'r', 'patch')
+    conv = HeteroHSAConv(3, 4, ['word', 'patch'], edge_dim={edge_type: 2})
+    attr = torch.randn(2, 2)
+    attr[1, 0] = value
+    with pytest.raises(ValueError, match=r"edge_attr_dict\[\('word', 'r', "
+                       r"'patch'\)\]' row 1 \(edge 1\) holds NaN or inf"):
+        conv(data.x_dict, data, edge_attr_dict={edge_type: attr},
+             edge_index_dict={edge_type: torch.tensor([[0, 1], [0, 1]])})
+
+
 @pytest.mark.parametrize('kwargs,shown', [
     (dict(), ''),
     (dict(concat=False), 'concat=False, '),
