@@ -285,6 +285,7 @@ class HSAConv(MessagePassing):
         r"""The attention part of :meth:`forward`: ``[N, H, C]`` and the
         family weights when asked for."""
         hierarchy = self.check_input(x, hierarchy)
+        self._check_edges(edge_index, edge_attr)
         num_leaves, heads, channels = x.size(0), self.heads, self.out_channels
         q, k, v = (lin(x).view(num_leaves, heads, channels) for lin in
                    (self.lin_query, self.lin_key, self.lin_value))
@@ -309,15 +310,21 @@ class HSAConv(MessagePassing):
                                                        pair_bias)
         return out, weights if with_weights else None
 
-    def _pair_bias(self, hierarchy: Hierarchy, edge_index: Optional[Tensor],
-                   edge_attr: Optional[Tensor]) -> Optional[Tensor]:
-        r"""The geometry bias plus the edge bias (either may be absent)."""
+    def _check_edges(self, edge_index: Optional[Tensor],
+                     edge_attr: Optional[Tensor]):
+        r"""Checks that the leaf edges are given exactly when the layer has
+        :obj:`edge_dim` (their contents are :class:`EdgePairBias`'s to
+        check)."""
         if self.lin_edge is None:
             if edge_index is not None or edge_attr is not None:
+                # query_resolved=True cannot take edge_dim at all.
+                fix = ("query-resolved HSA takes no edge features; use the "
+                       "family HSA (query_resolved=False) with edge_dim=F_e"
+                       if self.query_resolved else
+                       "build it with edge_dim=F_e to use them")
                 raise ValueError(
-                    "this HSAConv has no edge features, so 'edge_index' and "
-                    "'edge_attr' would be ignored; build it with "
-                    "edge_dim=F_e to use them, or leave them out")
+                    f"this HSAConv has no edge features, so 'edge_index' and "
+                    f"'edge_attr' would be ignored; {fix}, or leave them out")
         else:
             for name, value in (('edge_index', edge_index),
                                 ('edge_attr', edge_attr)):
@@ -327,6 +334,10 @@ class HSAConv(MessagePassing):
                         f"edge_dim={self.edge_dim}, so forward needs "
                         f"edge_index [2, E] and edge_attr "
                         f"[E, {self.edge_dim}] (E may be 0)")
+
+    def _pair_bias(self, hierarchy: Hierarchy, edge_index: Optional[Tensor],
+                   edge_attr: Optional[Tensor]) -> Optional[Tensor]:
+        r"""The geometry bias plus the edge bias (either may be absent)."""
         biases = []
         if self.geometry_bias is not None:
             biases.append(self.geometry_bias(hierarchy))

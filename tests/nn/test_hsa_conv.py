@@ -788,6 +788,12 @@ def test_query_resolved_conv_refuses_what_it_cannot_do():
     with pytest.raises(ValueError, match='no family weights'):
         conv(randn(NUM_LEAVES, 4), example_hierarchy(),
              return_attention_weights=True)
+    edge_index, edge_attr = torch.tensor([[0, 1], [1, 2]]), randn(2, 3)
+    for edges in ((edge_index, edge_attr), (edge_index, None),
+                  (None, edge_attr)):
+        with pytest.raises(ValueError, match="would be ignored; "
+                           "query-resolved HSA takes no edge features"):
+            conv(randn(NUM_LEAVES, 4), example_hierarchy(), *edges)
 
 
 def test_attention_weights_sum_to_one_over_the_attending_node():

@@ -201,6 +201,9 @@ def test_layer_options_reach_its_attention():
     layer = HSATransformerLayer(8, heads=2, query_resolved=True)
     assert repr(layer) == \
         'HSATransformerLayer(8, heads=2, query_resolved=True)'
+    with pytest.raises(ValueError, match='would be ignored'):
+        layer(randn(NUM_LEAVES, 8), h, torch.tensor([[0, 1], [1, 2]]),
+              randn(2, 3))
     with pytest.raises(ValueError, match='query_resolved'):
         HSATransformerLayer(8, heads=2, query_resolved=True,
                             geometry_bias=True)
