@@ -161,7 +161,10 @@ class HeteroHSAConv(torch.nn.Module):
         does. With :obj:`edge_dim`, :obj:`edge_attr_dict` holds
         ``[E_r, F_r]`` for each of its edge types and
         :obj:`edge_index_dict` their ``[2, E_r]`` (taken from a
-        :class:`~hsa_geo.data.HeteroNestedSignal` when not given).
+        :class:`~hsa_geo.data.HeteroNestedSignal` when not given); both
+        are refused (:class:`ValueError`) without :obj:`edge_dim`, and so
+        is an edge type in either that is not one of :obj:`edge_dim`'s:
+        the layer would ignore it.
 
         Raises :class:`TypeError` for features that are not floating point
         tensors of the layer's dtype and :class:`ValueError` for an
@@ -192,10 +195,14 @@ class HeteroHSAConv(torch.nn.Module):
                                         edge_attr_dict, edge_index_dict)
             pair_bias = edge_bias if pair_bias is None else \
                 pair_bias + edge_bias
-        elif edge_attr_dict is not None:
-            raise ValueError("edge_attr_dict was given but this layer has "
-                             "no edge_dim; build it with edge_dim={edge "
-                             "type: width}")
+        else:
+            for name, given in (('edge_attr_dict', edge_attr_dict),
+                                ('edge_index_dict', edge_index_dict)):
+                if given is not None:
+                    raise ValueError(
+                        f"{name} was given but this layer has no edge_dim, "
+                        f"so it would be ignored; build it with "
+                        f"edge_dim={{edge type: width}}, or leave it out")
         out = hierarchical_attention(
             q, k, v, hierarchy, dropout_p=self.dropout,
             training=self.training, return_weights=with_weights,
@@ -281,11 +288,19 @@ class HeteroHSAConv(torch.nn.Module):
         if not isinstance(edge_attr_dict, Mapping):
             raise ValueError(f"this layer has edge_dim: pass edge_attr_dict "
                              f"with the features of {self.edge_types}")
-        unknown = [e for e in edge_attr_dict if e not in self.edge_types]
-        if unknown:
-            raise ValueError(f"edge_attr_dict has edge type {unknown[0]}, "
-                             f"which is not one of this layer's edge_dim "
-                             f"{self.edge_types}")
+        if edge_index_dict is not None and \
+                not isinstance(edge_index_dict, Mapping):
+            raise TypeError(f"'edge_index_dict' must map edge types to their "
+                            f"[2, E] edges, got "
+                            f"{type(edge_index_dict).__name__}")
+        for name, given in (('edge_attr_dict', edge_attr_dict),
+                            ('edge_index_dict', edge_index_dict or {})):
+            unknown = [e for e in given if e not in self.edge_types]
+            if unknown:
+                raise ValueError(
+                    f"{name} has edge type {unknown[0]}, which is not one of "
+                    f"this layer's edge_dim {self.edge_types}, so it would "
+                    f"be ignored; leave it out, or add it to edge_dim")
         start = dict(zip(order, torch.tensor([0] + counts[:-1]).cumsum(0)
                          .tolist()))
         count = dict(zip(order, counts))

@@ -395,6 +395,31 @@ def test_edge_features_must_fit_the_layer():
     assert out['word'].shape == (3, 4)
 
 
+def test_edges_the_layer_would_ignore_are_refused():
+    h = Hierarchy.from_parent([5, 5, 5, 6, 6, -1, 5], 5)
+    data = HeteroNestedSignal.from_hierarchy(
+        h, {'word': torch.randn(3, 3), 'patch': torch.randn(2, 3)})
+    edge_type, other = ('word', 'r', 'patch'), ('patch', 'r', 'word')
+    edges = torch.tensor([[0], [1]])
+    plain = HeteroHSAConv(3, 4, ['word', 'patch'])
+    with pytest.raises(ValueError, match="edge_index_dict was given but this "
+                       "layer has no edge_dim, so it would be ignored"):
+        plain(data.x_dict, data, edge_index_dict={edge_type: edges})
+    conv = HeteroHSAConv(3, 4, ['word', 'patch'], edge_dim={edge_type: 2})
+    attr = {edge_type: torch.randn(1, 2)}
+    with pytest.raises(ValueError, match=r"edge_index_dict has edge type "
+                       r"\('patch', 'r', 'word'\), which is not one of this "
+                       r"layer's edge_dim .*, so it would be ignored"):
+        conv(data.x_dict, data, edge_attr_dict=attr,
+             edge_index_dict={edge_type: edges, other: edges.flip(0)})
+    with pytest.raises(TypeError, match="'edge_index_dict' must map edge "
+                       "types"):
+        conv(data.x_dict, data, edge_attr_dict=attr, edge_index_dict=edges)
+    out = conv(data.x_dict, data, edge_attr_dict=attr,
+               edge_index_dict={edge_type: edges})
+    assert out['patch'].shape == (2, 4)
+
+
 @pytest.mark.parametrize('value', [float('nan'), float('inf'),
                                    float('-inf')])
 def test_edge_features_must_be_finite(value):
