@@ -19,7 +19,8 @@ from hsa_geo._memory import ensure_pairs_fit
 from hsa_geo.data.hetero_nested_signal import (CLUSTER, HeteroNestedSignal,
                                                node_modality)
 from hsa_geo.data.hierarchy import Hierarchy
-from hsa_geo.functional.dynamic_program import hierarchical_attention
+from hsa_geo.functional.dynamic_program import (FamilyWeights,
+                                                hierarchical_attention)
 from hsa_geo.nn.edge_pair_bias import EdgePairBias
 from hsa_geo.nn.hsa_conv import split_fused_projection
 
@@ -154,13 +155,14 @@ class HeteroHSAConv(torch.nn.Module):
                 edge_attr_dict: Optional[Mapping[EdgeType, Tensor]] = None,
                 edge_index_dict: Optional[Mapping[EdgeType, Tensor]] = None
                 ) -> Union[Dict[str, Tensor],
-                           Tuple[Dict[str, Tensor], Tuple[Tensor, Tensor]]]:
+                           Tuple[Dict[str, Tensor], FamilyWeights]]:
         r"""Runs the layer; with :obj:`return_attention_weights` set
         (:obj:`True` or :obj:`False`), also returns ``(sibling_pairs [2, P],
-        weights [P, H])`` of the hierarchy, as :class:`~hsa_geo.nn.HSAConv`
-        does. With :obj:`edge_dim`, :obj:`edge_attr_dict` holds
-        ``[E_r, F_r]`` for each of its edge types and
-        :obj:`edge_index_dict` their ``[2, E_r]`` (taken from a
+        weights [P, H])`` of the hierarchy, a
+        :class:`~hsa_geo.functional.FamilyWeights`, as
+        :class:`~hsa_geo.nn.HSAConv` does. With :obj:`edge_dim`,
+        :obj:`edge_attr_dict` holds ``[E_r, F_r]`` for each of its edge
+        types and :obj:`edge_index_dict` their ``[2, E_r]`` (taken from a
         :class:`~hsa_geo.data.HeteroNestedSignal` when not given); both
         are refused (:class:`ValueError`) without :obj:`edge_dim`, and so
         is an edge type in either that is not one of :obj:`edge_dim`'s:
@@ -214,7 +216,7 @@ class HeteroHSAConv(torch.nn.Module):
             out_dict = {t: y + self.lin_skip[t](x_dict[t])
                         for t, y in out_dict.items()}
         if weights is not None:
-            return out_dict, (weights.index, weights.weight)
+            return out_dict, weights
         return out_dict
 
     def _check_input(self, x_dict: Mapping[str, Tensor],

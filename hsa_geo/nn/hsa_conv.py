@@ -214,7 +214,7 @@ class HSAConv(MessagePassing):
         edge_index: Optional[Tensor] = None,
         edge_attr: Optional[Tensor] = None,
         return_attention_weights: Optional[bool] = None,
-    ) -> Union[Tensor, Tuple[Tensor, Tuple[Tensor, Tensor]]]:
+    ) -> Union[Tensor, Tuple[Tensor, FamilyWeights]]:
         r"""Runs the layer.
 
         Args:
@@ -238,7 +238,10 @@ class HSAConv(MessagePassing):
                 ``pair_index[0]``. This is the reverse of
                 :class:`~torch_geometric.nn.conv.TransformerConv`, whose
                 weights sum to one over the targets ``edge_index[1]``;
-                ``pair_index.flip(0)`` gives its orientation.
+                ``pair_index.flip(0)`` gives its orientation. The tuple is
+                a :class:`~hsa_geo.functional.FamilyWeights` ``(index,
+                weight)``, which
+                :func:`~hsa_geo.functional.leaf_attention_weights` takes.
                 :obj:`None`: the output only. (default: :obj:`None`)
 
         Raises :class:`TypeError` for an :obj:`x` that is not a floating
@@ -271,7 +274,7 @@ class HSAConv(MessagePassing):
                 out = x_r.add_(out)
 
         if weights is not None:
-            return out, (weights.index, weights.weight)
+            return out, weights
         return out
 
     # torch.compile traces the projections around it and runs this part as

@@ -9,6 +9,7 @@ from hsa_geo import Hierarchy, hierarchical_attention_matrix
 from hsa_geo.data import HeteroNestedSignal
 from hsa_geo.data.hetero_nested_signal import node_modality
 from hsa_geo.data.hierarchy import distinct_sibling_pairs
+from hsa_geo.functional import leaf_attention_weights
 from hsa_geo.nn.hetero_hsa_conv import HeteroHSAConv
 from tests.helpers.layers import linear
 from tests.helpers.strategies import forests, leaves_under
@@ -372,6 +373,10 @@ def test_return_attention_weights_must_be_a_bool():
     for value in (True, False):
         out = conv(data.x_dict, data, return_attention_weights=value)
         assert isinstance(out, tuple) and len(out[1]) == 2
+        # The family weights leaf_attention_weights takes.
+        alpha = leaf_attention_weights(out[1], data.hierarchy,
+                                       torch.tensor([[0, 1], [1, 0]]))
+        assert alpha.shape == (2, conv.heads)
 
 
 def test_edge_features_must_fit_the_layer():

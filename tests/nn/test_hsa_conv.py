@@ -475,6 +475,24 @@ def test_return_attention_weights(heads):
         torch.testing.assert_close(res, out)
 
 
+@pytest.mark.parametrize('fuse', [True, False])
+def test_attention_weights_give_the_leaf_weights(fuse):
+    from hsa_geo.functional import FamilyWeights, leaf_attention_weights
+    h = example_hierarchy()
+    torch.manual_seed(0)
+    conv = HSAConv(5, 4, heads=2).double()
+    conv.fuse = fuse
+    x = randn(NUM_LEAVES, 5, dtype=torch.float64)
+    _, weights = conv(x, h, return_attention_weights=True)
+    assert isinstance(weights, FamilyWeights)
+    edge_index = torch.tensor([[1, 2, 3, 0], [0, 0, 0, 0]])
+    q, k, _ = queries_keys_values(conv, x)
+    dense = hierarchical_attention_matrix(q, k, h)  # [H, N, N]
+    torch.testing.assert_close(
+        leaf_attention_weights(weights, h, edge_index),
+        dense[:, edge_index[1], edge_index[0]].t(), rtol=0, atol=EXACT)
+
+
 def test_attention_weights_on_flat_tree_are_softmax():
     n, heads, c = 6, 2, 3
     h = build(flat_tree(n))
