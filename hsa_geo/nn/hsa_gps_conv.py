@@ -86,10 +86,12 @@ class HSAGPSConv(torch.nn.Module):
         norm (str or Callable, optional): the normalization, resolved by
             :func:`~torch_geometric.nn.resolver.normalization_resolver`;
             one whose forward takes ``batch`` (``'graph_norm'``,
-            ``'layer_norm'``, ...) receives :obj:`batch`. :obj:`None`: no
-            normalization. ``'batch_norm'`` needs more than one node per
-            input in training, as :class:`torch.nn.BatchNorm1d` does (a
-            single one-node graph fails there; use ``'layer_norm'``).
+            ``'layer_norm'``, ...) receives :obj:`batch` (all zeros when
+            there is none: one graph, normalised as in a batch).
+            :obj:`None`: no normalization. ``'batch_norm'`` needs more
+            than one node per input in training, as
+            :class:`torch.nn.BatchNorm1d` does (a single one-node graph
+            fails there; use ``'layer_norm'``).
             (default: :obj:`"batch_norm"`)
         norm_kwargs (Dict[str, Any], optional): arguments of the
             normalization. (default: :obj:`None`)
@@ -199,6 +201,10 @@ class HSAGPSConv(torch.nn.Module):
         # the hierarchy rather than inside the local layer.
         hierarchy = self.attn.check_input(x, hierarchy)
         self._check_extra_input(x, edge_index, batch, kwargs)
+        if batch is None and self.norm_with_batch:
+            # One graph, as in a batch: PyG's LayerNorm without a batch
+            # divides by std + eps rather than sqrt(var + eps).
+            batch = torch.zeros(x.size(0), dtype=torch.long, device=x.device)
         attn_edges = self.attn.edge_dim is not None
 
         hs = []

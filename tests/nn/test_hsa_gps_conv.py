@@ -199,6 +199,21 @@ def test_batch_equals_each_signal_alone(norm):
                                    atol=1e-5)
 
 
+def test_one_graph_without_batch_is_normalised_as_in_a_batch():
+    # PyG's LayerNorm divides by std + eps without a batch and by
+    # sqrt(var + eps) with one; small features make eps tell them apart.
+    data = signals(3)
+    torch.manual_seed(0)
+    layer = HSAGPSConv(3, gin(3), norm='layer_norm').double().eval()
+    for signal in data:
+        x = signal.x.double() * 1e-3
+        zeros = torch.zeros(x.size(0), dtype=torch.long)
+        torch.testing.assert_close(
+            layer(x, signal.edge_index, signal.hierarchy),
+            layer(x, signal.edge_index, signal.hierarchy, zeros),
+            rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize('norm', ['graph_norm', 'layer_norm'])
 def test_a_collated_batch_as_hierarchy_gives_the_batch_vector(norm):
     """Graph-aware norms run per graph (as HSAGraphTransformer's blocks),
