@@ -69,7 +69,8 @@ class EdgePairBias(torch.nn.Module):
 
     def forward(self, hierarchy: Hierarchy, edge_index: Tensor,
                 edge_attr: Tensor) -> Tensor:
-        edge_index, edge_attr = self._check(hierarchy, edge_index, edge_attr)
+        edge_index, edge_attr = self.check_input(hierarchy, edge_index,
+                                                 edge_attr)
         # The pair lists, their sorted keys and the [P, H] output: 80 bytes
         # per pair besides the output at the peak (measured on one family
         # of 4,000 children).
@@ -116,8 +117,12 @@ class EdgePairBias(torch.nn.Module):
             if keys.numel() else where
         return row, keep
 
-    def _check(self, hierarchy: Hierarchy, edge_index: Tensor,
-               edge_attr: Tensor) -> Tuple[Tensor, Tensor]:
+    def check_input(self, hierarchy: Hierarchy, edge_index: Tensor,
+                    edge_attr: Tensor) -> Tuple[Tensor, Tensor]:
+        r"""Checks the input of :meth:`forward` and returns
+        :obj:`edge_index` (as ``long``) and :obj:`edge_attr`: edges between
+        the hierarchy's leaves, ``[E, edge_dim]`` finite features of the
+        layer's dtype, all on its devices."""
         if not isinstance(hierarchy, Hierarchy):
             raise TypeError(f"'hierarchy' must be a hsa_geo.data.Hierarchy, "
                             f"got {type(hierarchy).__name__}")

@@ -192,7 +192,10 @@ class HSAGPSConv(torch.nn.Module):
         has an ``edge_dim``, and to :obj:`conv` only if its forward takes
         it. Arguments that no part would read raise a
         :class:`ValueError`, as do a :obj:`hierarchy` whose leaves are not
-        the rows of :obj:`x` and a :obj:`batch` that is not ``[N]``."""
+        the rows of :obj:`x` and a :obj:`batch` that is not ``[N]``; with
+        the attention's ``edge_dim``, edges and features that
+        :class:`~hsa_geo.nn.EdgePairBias` refuses raise before
+        :obj:`conv` runs."""
         if batch is None and isinstance(hierarchy, Batch):
             # A collated batch of signals: graph-aware norms per graph, as
             # HSAGraphTransformer does, not over the whole mini-batch.
@@ -200,7 +203,7 @@ class HSAGPSConv(torch.nn.Module):
         # Checked first, so that bad input fails with a message about x and
         # the hierarchy rather than inside the local layer.
         hierarchy = self.attn.check_input(x, hierarchy)
-        self._check_extra_input(x, edge_index, batch, kwargs)
+        self._check_extra_input(x, edge_index, hierarchy, batch, kwargs)
         if batch is None and self.norm_with_batch:
             # One graph, as in a batch: PyG's LayerNorm without a batch
             # divides by std + eps rather than sqrt(var + eps).
@@ -244,9 +247,12 @@ class HSAGPSConv(torch.nn.Module):
         return norm(x, batch=batch) if self.norm_with_batch else norm(x)
 
     def _check_extra_input(self, x: Tensor, edge_index: Adj,
-                           batch: Optional[Tensor], kwargs: Dict[str, Any]):
-        r"""Refuses a malformed :obj:`batch`, arguments no part reads and a
-        sparse adjacency where the attention reads edge features."""
+                           hierarchy: Hierarchy, batch: Optional[Tensor],
+                           kwargs: Dict[str, Any]):
+        r"""Refuses a malformed :obj:`batch`, arguments no part reads, a
+        sparse adjacency where the attention reads edge features and edges
+        the attention would refuse (before the local layer fails on them
+        with a message of its own)."""
         if batch is not None:
             batch = check_index(batch, 'batch', rows=None)
             if batch.numel() != x.size(0):
@@ -270,6 +276,9 @@ class HSAGPSConv(torch.nn.Module):
                 f"edge_index [2, E] in the order of edge_attr (e.g. from "
                 f"torch_geometric.utils.to_edge_index), or build the layer "
                 f"without edge_dim in attn_kwargs")
+        if edge_dim is not None:
+            self.attn.lin_edge.check_input(hierarchy, edge_index,
+                                           kwargs['edge_attr'])
         if self.conv is None:
             unread = {key for key, value in kwargs.items() if value is not None}
             why = 'there is no local conv'

@@ -430,6 +430,27 @@ def test_bad_forward_input():
         HSAGPSConv(8, wrong)(x, edge_index, h)
 
 
+def test_bad_edge_features_are_refused_before_the_local_conv():
+    # The local conv would fail on them first, with a message of its own.
+    h = example_hierarchy()
+    edge_index = torch.tensor([[0, 1, 2, 3], [1, 2, 3, 4]])
+    layer = HSAGPSConv(8, gin(8, edge_dim=8),
+                       attn_kwargs=dict(edge_dim=8)).eval()
+    x = randn(NUM_LEAVES, 8)
+    for edge_attr, error, pattern in (
+            (randn(3, 8), ValueError,
+             r"'edge_attr' must have shape \[E, edge_dim\] = \[4, 8\]"),
+            (randn(4, 5), ValueError,
+             r"'edge_attr' must have shape \[E, edge_dim\] = \[4, 8\]"),
+            (randn(4, 8, dtype=torch.float64), TypeError,
+             "'edge_attr' has dtype torch.float64")):
+        with pytest.raises(error, match=pattern):
+            layer(x, edge_index, h, edge_attr=edge_attr)
+    with pytest.raises(ValueError, match="'edge_index' holds ids from 0 to "
+                       "12 but the hierarchy has 7 leaves"):
+        layer(x, edge_index * 3, h, edge_attr=randn(4, 8))
+
+
 def test_edge_features_need_an_edge_index_tensor():
     r"""The attention reads edge features row by row with the columns of
     an ``edge_index`` ``[2, E]``: a sparse adjacency is refused with that
