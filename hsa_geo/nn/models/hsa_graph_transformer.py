@@ -14,8 +14,10 @@ from torch_geometric.nn.inits import reset
 from torch_geometric.nn.pool import (global_add_pool, global_max_pool,
                                      global_mean_pool)
 from torch_geometric.nn.resolver import activation_resolver
+from torch_geometric.utils import is_sparse
 
-from hsa_geo._checks import check_float, check_int, check_width
+from hsa_geo._checks import (check_features, check_float, check_floating,
+                             check_int, check_width)
 from hsa_geo.data.hierarchy import Hierarchy
 from hsa_geo.nn.hsa_gps_conv import HSAGPSConv
 
@@ -226,18 +228,18 @@ class HSAGraphTransformer(torch.nn.Module):
                 ``task='graph'`` a plain :class:`Hierarchy` of several trees
                 then raises :class:`ValueError` (it does not say which
                 trees are one graph). (default: :obj:`None`)
+
+        With the default encoders (``Linear``), :obj:`x` and
+        :obj:`edge_attr` are checked before they are encoded, as
+        :meth:`HSAConv.check_input <hsa_geo.nn.HSAConv.check_input>` checks
+        its input: :class:`TypeError` unless floating point tensors of the
+        model's dtype, :class:`ValueError` unless ``[N, in_channels]`` and
+        ``[E, edge_dim]``.
         """
-        kwargs = {}
-        if self.edge_encoder is not None:
-            if edge_attr is None:
-                raise ValueError(f"'edge_attr' is missing: the model has "
-                                 f"edge_dim={self.edge_dim}, so forward "
-                                 f"needs edge_attr [E, {self.edge_dim}]")
-            kwargs['edge_attr'] = self.edge_encoder(edge_attr)
-        elif edge_attr is not None:
-            raise ValueError("the model has no edge features, so "
-                             "'edge_attr' would be ignored; build it with "
-                             "edge_dim=D to use them, or leave them out")
+        if isinstance(self.node_encoder, Linear):
+            _check_linear_input(x, 'x', self.node_encoder, 'in_channels',
+                                'node', 'N')
+        kwargs = self._encode_edges(edge_index, edge_attr)
 
         if batch is None and isinstance(hierarchy, Batch):
             # (not one prediction for the whole batch)
@@ -263,6 +265,35 @@ class HSAGraphTransformer(torch.nn.Module):
             x = _POOLS[self.pool](x, batch)
         return self.head(x)
 
+    def _encode_edges(self, edge_index: Tensor, edge_attr: Optional[Tensor]
+                      ) -> Dict[str, Tensor]:
+        r"""The encoded edge features for the blocks (none without
+        :obj:`edge_dim`), checked first."""
+        if self.edge_encoder is None:
+            if edge_attr is not None:
+                raise ValueError("the model has no edge features, so "
+                                 "'edge_attr' would be ignored; build it with "
+                                 "edge_dim=D to use them, or leave them out")
+            return {}
+        if edge_attr is None:
+            raise ValueError(f"'edge_attr' is missing: the model has "
+                             f"edge_dim={self.edge_dim}, so forward "
+                             f"needs edge_attr [E, {self.edge_dim}]")
+        if isinstance(self.edge_encoder, Linear):
+            _check_linear_input(edge_attr, 'edge_attr', self.edge_encoder,
+                                'edge_dim', 'edge', 'E')
+        # (A sparse adjacency has no columns; the blocks refuse it with
+        # edge features.)
+        if isinstance(edge_attr, Tensor) and edge_attr.dim() > 0 and \
+                isinstance(edge_index, Tensor) and edge_index.dim() == 2 \
+                and not is_sparse(edge_index) and \
+                edge_attr.size(0) != edge_index.size(1):
+            raise ValueError(
+                f"'edge_attr' has {edge_attr.size(0)} rows but 'edge_index' "
+                f"has {edge_index.size(1)} edges; row e must hold the "
+                f"features of edge e (column e of edge_index)")
+        return {'edge_attr': self.edge_encoder(edge_attr)}
+
     def __repr__(self) -> str:
         options = [f'num_layers={self.num_layers}', f'heads={self.heads}',
                    f'local_conv={self.local_conv!r}']
@@ -283,6 +314,19 @@ def _check_choice(value: Any, name: str, choices: tuple) -> Any:
     if value not in choices:
         raise ValueError(f"'{name}' must be one of {choices}, got {value!r}")
     return value
+
+
+def _check_linear_input(value: Any, name: str, encoder: Linear, width: str,
+                        row: str, rows: str):
+    r"""Checks that :obj:`value` is ``[rows, F]`` features that fit the
+    ``Linear`` :obj:`encoder` (other encoders take what they take, e.g.
+    OGB's integer ids), so that bad input fails here with a message
+    rather than inside the product."""
+    check_floating(value, name)
+    if value.dim() != 2:
+        raise ValueError(f"'{name}' must be a [{rows}, F] tensor of {row} "
+                         f"features, got shape {tuple(value.shape)}")
+    check_features(value, name, encoder.weight, width, row=row, rows=rows)
 
 
 def _check_encoders(node_encoder: Any, edge_encoder: Any,

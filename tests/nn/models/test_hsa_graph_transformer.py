@@ -248,3 +248,29 @@ def test_bad_forward_input():
         model(batch.x[:-1], batch.edge_index, batch)
     with pytest.raises(TypeError, match="'hierarchy' must be a"):
         model(batch.x, batch.edge_index, batch.edge_index)
+
+
+@pytest.mark.parametrize('change, error, pattern', [
+    (dict(x=lambda x: x[:, :4]), ValueError,
+     r"'x' has 4 features but the layer takes 5 \(in_channels\)"),
+    (dict(x=lambda x: x.double()), TypeError,
+     "'x' has dtype torch.float64"),
+    (dict(x=lambda x: x.long()), TypeError,
+     "'x' must be a floating point tensor"),
+    (dict(x=lambda x: x[0]), ValueError, r"'x' must be a \[N, F\] tensor"),
+    (dict(edge_attr=lambda e: e[:, :2]), ValueError,
+     r"'edge_attr' has 2 features but the layer takes 3 \(edge_dim\)"),
+    (dict(edge_attr=lambda e: e[:-1]), ValueError,
+     "'edge_attr' has 37 rows but 'edge_index' has 38 edges"),
+    (dict(edge_attr=lambda e: e.double()), TypeError,
+     "'edge_attr' has dtype torch.float64"),
+])
+def test_input_is_checked_before_the_default_encoders(change, error,
+                                                      pattern):
+    # Else it fails inside the encoders' products, naming no argument.
+    batch = collate(signals(5))
+    model = HSAGraphTransformer(5, 8, 2, local_conv='gine', edge_dim=3)
+    x = change.get('x', lambda x: x)(batch.x)
+    edge_attr = change.get('edge_attr', lambda e: e)(batch.edge_attr)
+    with pytest.raises(error, match=pattern):
+        model(x, batch.edge_index, batch, edge_attr)
