@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -298,9 +298,23 @@ class HSAGPSConv(torch.nn.Module):
                 f"...), or leave them out")
 
     def __repr__(self) -> str:
-        # The options that differ from their defaults, in the order of the
-        # signature; activation and norms as the modules they resolved to.
         options = [f'conv={self.conv}', f'heads={self.heads}']
+        options += self.repr_options()
+        return (f'{self.__class__.__name__}({self.channels}, '
+                f'{", ".join(options)})')
+
+    def repr_options(self, attn_set: Sequence[str] = ()) -> List[str]:
+        r"""``'name=value'`` of every option after :obj:`heads` that differs
+        from its default, in the order of the signature, the activation and
+        the norm as the modules they resolved to: the reprs of this layer
+        and of models built of it.
+
+        Args:
+            attn_set (Sequence[str]): arguments of the attention that such
+                a model sets itself and shows under its own names, left out
+                of ``attn_kwargs``. (default: :obj:`()`)
+        """
+        options = []
         if self.dropout != 0.:
             options.append(f'dropout={self.dropout}')
         if repr(self.mlp[1]) != 'ReLU()':
@@ -308,11 +322,11 @@ class HSAGPSConv(torch.nn.Module):
         if self.norm3 is None or repr(self.norm3) != repr(
                 normalization_resolver('batch_norm', self.channels)):
             options.append(f'norm={self.norm3}')
-        attn = self.attn.repr_options(root_weight=False)
+        attn = [option for option in self.attn.repr_options(
+            root_weight=False) if option.split('=')[0] not in attn_set]
         if attn:
             options.append(f'attn_kwargs=dict({", ".join(attn)})')
-        return (f'{self.__class__.__name__}({self.channels}, '
-                f'{", ".join(options)})')
+        return options
 
 
 def _drop_unused_norm(state_dict: Dict[str, Any], prefix: str, *args: Any):

@@ -295,13 +295,19 @@ class HSAGraphTransformer(torch.nn.Module):
         return {'edge_attr': self.edge_encoder(edge_attr)}
 
     def __repr__(self) -> str:
-        options = [f'num_layers={self.num_layers}', f'heads={self.heads}',
-                   f'local_conv={self.local_conv!r}']
+        # Then the options of the blocks that differ from their defaults,
+        # as HSAGPSConv shows them, but for those the model sets itself.
+        block = self.convs[0]
+        options = [f'num_layers={self.num_layers}', f'heads={self.heads}']
+        if block.attn.dropout != 0.:
+            options.append(f'attn_dropout={block.attn.dropout}')
+        options.append(f'local_conv={self.local_conv!r}')
         if self.edge_dim is not None:
             options.append(f'edge_dim={self.edge_dim}')
         options.append(f'task={self.task!r}')
         if self.task == 'graph':
             options.append(f'pool={self.pool!r}')
+        options += block.repr_options(attn_set=('dropout', 'edge_dim'))
         return (f'{self.__class__.__name__}({self.in_channels}, '
                 f'{self.hidden_channels}, {self.out_channels}, '
                 f'{", ".join(options)})')

@@ -210,6 +210,25 @@ def test_repr_and_package():
     assert imported and not any(name.startswith('ogb') for name in imported)
 
 
+@pytest.mark.parametrize('kwargs, shown', [
+    (dict(attn_dropout=0.3), "heads=1, attn_dropout=0.3, local_conv='gin', "
+     "task='node')"),
+    (dict(dropout=0.5), "task='node', dropout=0.5)"),
+    (dict(act='gelu'), "task='node', act=GELU(approximate='none'))"),
+    (dict(norm='layer_norm'),
+     "task='node', norm=LayerNorm(8, affine=True, mode=graph))"),
+    (dict(norm=None), "task='node', norm=None)"),
+    (dict(attn_kwargs=dict(geometry_bias=True, query_resolved=False)),
+     "task='node', attn_kwargs=dict(geometry_bias=True, max_branching=16, "
+     "num_levels=8))"),
+    # The attention's dropout and edge_dim are the model's own options.
+    (dict(attn_dropout=0.3, edge_dim=3, local_conv='gine'),
+     "attn_dropout=0.3, local_conv='gine', edge_dim=3, task='node')"),
+])
+def test_repr_shows_every_non_default_option(kwargs, shown):
+    assert repr(HSAGraphTransformer(5, 8, 2, **kwargs)).endswith(shown)
+
+
 @pytest.mark.parametrize('kwargs, error, pattern', [
     (dict(hidden_channels=6, heads=4), ValueError,
      "'heads' \\(4\\) must divide 'hidden_channels' \\(6\\)"),
