@@ -11,7 +11,8 @@ import torch
 from torch import Tensor
 from torch.nn import Parameter
 
-from hsa_geo._checks import check_device, check_floating, check_int
+from hsa_geo._checks import (check_device, check_dtype, check_floating,
+                             check_int)
 from hsa_geo.data.hierarchy import FamilyBucket, Hierarchy
 from hsa_geo.data.tensor_state import cache_mode
 
@@ -263,9 +264,16 @@ class HierarchicalPositionalEncoding(torch.nn.Module):
 
         Returns:
             ``x + pe``, ``[N, C]``.
+
+        Raises :class:`TypeError` for an :obj:`x` that is not a floating
+        point tensor of the encoding's dtype (any dtype under autocast), as
+        the other layers do, and :class:`ValueError` for one that is not
+        ``[N, C]``.
         """
         h, _ = self._resolve(hierarchy)
         check_floating(x, 'x')
+        check_dtype(x, 'x', next(self.parameters()),
+                    "the encoding's parameters")
         if x.dim() != 2 or x.size(0) != h.num_leaves or \
                 x.size(1) != self.channels:
             raise ValueError(
@@ -274,7 +282,7 @@ class HierarchicalPositionalEncoding(torch.nn.Module):
                 f"hierarchy, channels={self.channels}), got "
                 f"{tuple(x.shape)}")
         pe = self.encode(hierarchy, grid_pos)
-        return x + pe.to(x.dtype)
+        return x + pe.to(x.dtype)  # (under autocast, x may be half)
 
     def encode(self, hierarchy: Union[Hierarchy, 'NestedSignal'],
                grid_pos: Optional[Tensor] = None) -> Tensor:

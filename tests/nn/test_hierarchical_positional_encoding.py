@@ -456,12 +456,21 @@ def test_repr():
         "k=6, level='depth')")
 
 
-def test_dtype_follows_x():
+def test_x_must_have_the_dtype_of_the_encoding():
+    # As every layer: no silent cast of x or of the encoding.
     h = example()
     module = HPE(3, max_branching=3)
-    out = module(torch.zeros(7, 3, dtype=torch.float64), h)
+    with pytest.raises(TypeError, match="'x' has dtype torch.float64 but "
+                       "the encoding's parameters torch.float32"):
+        module(torch.zeros(7, 3, dtype=torch.float64), h)
+    out = module.double()(torch.zeros(7, 3, dtype=torch.float64), h)
     assert out.dtype == torch.float64
-    torch.testing.assert_close(out, module.encode(h).double())
+    torch.testing.assert_close(out, module.encode(h))
+    # Autocast casts itself: half features take a float32 encoding.
+    module.float()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = module(torch.zeros(7, 3, dtype=torch.bfloat16), h)
+    assert out.dtype == torch.bfloat16
 
 
 # Gradients ###################################################################
