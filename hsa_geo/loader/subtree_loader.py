@@ -82,7 +82,10 @@ class SubtreeLoader(torch.utils.data.DataLoader):
         **kwargs (optional): further arguments of
             :class:`torch.utils.data.DataLoader`, such as :obj:`drop_last`,
             :obj:`generator` or :obj:`num_workers` (not
-            :obj:`collate_fn`: the loader makes its own batches).
+            :obj:`collate_fn`: the loader makes its own batches). A
+            :obj:`sampler` or :obj:`batch_sampler` of subtree ids must not
+            repeat one within a batch (draw without replacement): a batch
+            with a subtree twice raises :class:`ValueError`.
 
     Examples:
         >>> h = Hierarchy.from_parent([4, 4, 5, 5, 6, 6, -1], 4)
@@ -129,6 +132,7 @@ class SubtreeLoader(torch.utils.data.DataLoader):
         part = self.partition
         subtrees = torch.as_tensor(batch, dtype=torch.long,
                                    device=part.roots.device)
+        _check_distinct(subtrees)
         n_id = part.leaf_perm[_gather_ranges(part.leaf_ptr, subtrees)]
         clusters = torch.cat([
             part.cluster_perm[_gather_ranges(part.cluster_ptr, subtrees)],
@@ -199,6 +203,20 @@ class _NodeMap:
         pos = torch.searchsorted(self.sorted, index)
         pos = pos.clamp(max=self.sorted.numel() - 1)
         return torch.where(self.sorted[pos] == index, self.order[pos], -1)
+
+
+def _check_distinct(subtrees: Tensor):
+    r"""Raises :class:`ValueError` if a batch draws a subtree twice (a
+    sampler with replacement): its leaves would sit twice in one tree,
+    which no induced signal holds."""
+    ids = subtrees.sort().values
+    repeated = ids[1:][ids[1:] == ids[:-1]]
+    if repeated.numel() > 0:
+        raise ValueError(
+            f"the sampler put subtree {int(repeated[0])} into one batch "
+            f"more than once; a batch holds every leaf once: use a sampler "
+            f"without replacement (e.g. WeightedRandomSampler(..., "
+            f"replacement=False))")
 
 
 def _check_no_sparse_adjacency(data: NestedSignal):

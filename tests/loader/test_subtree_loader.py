@@ -325,3 +325,21 @@ def test_edge_lists_follow_their_edges():
     for batch in SubtreeLoader(signal, batch_size=1):
         assert len(batch.edge_kind) == batch.edge_index.size(1)
         assert batch.edge_kind == [kinds[i] for i in batch.e_id.tolist()]
+
+
+@pytest.mark.parametrize('kwargs', [
+    dict(batch_size=2, sampler=[0, 0]),
+    dict(batch_sampler=[[1, 0, 1]]),
+    dict(batch_size=2, sampler=torch.utils.data.WeightedRandomSampler(
+        [1.0, 1.0], 2, generator=torch.Generator().manual_seed(0))),
+])
+def test_a_subtree_drawn_twice_into_a_batch_is_refused(kwargs):
+    """Its leaves would sit twice in one tree, with every edge twice: no
+    signal that leaves induce (NestedSignal.subgraph refuses them)."""
+    loader = SubtreeLoader(_small_signal(), level=1, **kwargs)
+    with pytest.raises(ValueError, match='subtree [01] into one batch more '
+                       'than once.*without replacement'):
+        next(iter(loader))
+    batch_sampler = [[1, 0]]
+    (batch, ) = SubtreeLoader(_small_signal(), batch_sampler=batch_sampler)
+    assert batch.n_id.tolist() == [2, 3, 0, 1]
