@@ -41,7 +41,8 @@ class HeteroNestedSignal(HeteroData):
       cluster)`` for every leaf of leaf type ``t`` (every leaf has exactly
       one parent cluster);
     - ``data['cluster', 'child_of', 'cluster'].edge_index``: ``(cluster,
-      parent cluster)`` for every non-root cluster;
+      parent cluster)`` for every non-root cluster (``[2, 0]`` in a forest
+      of one level; a signal without this edge type raises);
     - ``data['cluster'].num_nodes``: :math:`M`.
 
     Every other node type is a *leaf type*, with features ``data[t].x``
@@ -448,8 +449,16 @@ class HeteroNestedSignal(HeteroData):
         every leaf must have exactly one parent, a cluster at most one."""
         key = (t, CHILD_OF, CLUSTER)
         if key not in self.edge_types:
-            if t == CLUSTER:  # a forest of one level: no cluster parents
-                return (torch.empty(0, dtype=torch.long, device=device), ) * 2
+            # Stored by every signal, empty in a forest of one level: its
+            # loss would split the trees silently.
+            if t == CLUSTER:
+                raise ValueError(
+                    f"this HeteroNestedSignal lacks the edge type "
+                    f"('{CLUSTER}', '{CHILD_OF}', '{CLUSTER}') (the parent "
+                    f"of every non-root cluster): an operation removed it "
+                    f"(edge_type_subgraph, del, ...); keep the tree's edge "
+                    f"types, or rebuild the signal with HeteroNestedSignal."
+                    f"from_hierarchy")
             raise ValueError(f"leaf type '{t}' has no parent clusters: "
                              f"store them as data['{t}', '{CHILD_OF}', "
                              f"'{CLUSTER}'].edge_index [2, N_t]")

@@ -331,6 +331,32 @@ def test_a_signal_that_lost_a_leaf_type_says_so():
         out.hierarchy
 
 
+def test_a_signal_that_lost_the_clusters_parents_says_so():
+    r"""Without ('cluster', 'child_of', 'cluster') every cluster would be a
+    root: the tree split in silence. A forest of one level stores the edge
+    type empty, and batches with it."""
+    h = Hierarchy.from_parent([3, 3, 4, 4, -1], 3)
+    data = HeteroNestedSignal.from_hierarchy(
+        h, {'word': torch.randn(2, 4), 'patch': torch.randn(1, 6)})
+    data['word', 'next', 'word'].edge_index = torch.tensor([[0], [1]])
+    assert data.hierarchy.num_trees == 1
+    kept = [e for e in data.edge_types
+            if e != ('cluster', 'child_of', 'cluster')]
+    dropped = data.clone()
+    del dropped['cluster', 'child_of', 'cluster']
+    for out in (data.edge_type_subgraph(kept), dropped):
+        with pytest.raises(ValueError, match=r"lacks the edge type "
+                           r"\('cluster', 'child_of', 'cluster'\).*an "
+                           r"operation removed it"):
+            out.hierarchy
+    flat = HeteroNestedSignal.from_hierarchy(
+        Hierarchy.from_parent([2, 3, -1, -1], 2),
+        {'word': torch.randn(1, 4), 'patch': torch.randn(1, 6)})
+    assert flat['cluster', 'child_of', 'cluster'].edge_index.shape == (2, 0)
+    batch = Batch.from_data_list([flat, flat])
+    assert batch.hierarchy.parent.tolist() == [4, 6, 5, 7, -1, -1, -1, -1]
+
+
 def test_subgraph_keeps_each_family_sparse_or_dense():
     signal, pairs, sparse = with_family_graph(signal_with_ids(), 3, 0.6)
     original = expected_tree(signal.hierarchy, pairs, sparse)
