@@ -6,6 +6,9 @@ from typing import Optional
 
 import torch
 
+# Totals under 256 MiB do not ask the system (a file read per call).
+ASK_ABOVE = 2**28
+
 
 def available_memory(device: torch.device) -> Optional[int]:
     r"""Bytes that :obj:`device` can still allocate: free plus cached
@@ -54,11 +57,11 @@ def ensure_memory(nbytes: int, what: str, device: torch.device,
 def ensure_pairs_fit(hierarchy, bytes_per_pair: int, what: str):
     r"""Refuses, before allocating, work of :obj:`bytes_per_pair` for every
     sibling pair of :obj:`hierarchy` (a pair bias and its index
-    temporaries) that cannot fit; totals under 256 MiB do not ask the
-    system."""
+    temporaries) that cannot fit; totals under :data:`ASK_ABOVE` do not
+    ask the system."""
     pairs = hierarchy.num_sibling_pairs
     nbytes = pairs * bytes_per_pair
-    if nbytes > 2**28:
+    if nbytes > ASK_ABOVE:
         ensure_memory(nbytes, f'{what} of {pairs} sibling pairs',
                       hierarchy.device,
                       'the widest family (node {}) has {} children'

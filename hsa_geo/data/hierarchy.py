@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from hsa_geo._checks import check_index, check_int
-from hsa_geo._memory import ensure_memory
+from hsa_geo._memory import ASK_ABOVE, ensure_memory
 from hsa_geo._permutation import inverse_permutation
 from hsa_geo.data.sparse_families import SparseFamilies, sparse_families
 from hsa_geo.data.tensor_state import cache_mode
@@ -460,7 +460,9 @@ def distinct_sibling_pairs(parent: Tensor, num_leaves: int,
     r"""``[2, P]`` every ordered pair of distinct siblings, from the
     ``[T]`` :obj:`parent` vector of a forest, in the families whose
     internal node ``c`` (``0..M-1``) has ``families[c]`` (all families if
-    :obj:`None`): the family graph that makes those families dense."""
+    :obj:`None`): the family graph that makes those families dense.
+    Raises a :class:`ValueError` before allocating when they cannot fit in
+    memory, naming the widest of those families."""
     child = (parent >= 0).nonzero().view(-1)
     family = parent[child] - num_leaves
     if families is not None:
@@ -468,6 +470,7 @@ def distinct_sibling_pairs(parent: Tensor, num_leaves: int,
     order = torch.argsort(family, stable=True)
     child, family = child[order], family[order]
     size = torch.bincount(family, minlength=parent.numel() - num_leaves)
+    _ensure_pairs_fit(size, num_leaves, parent.device)
     start = torch.cumsum(size, 0) - size
     # Child i pairs with the size[family[i]] children from start[family[i]].
     reps = size[family]
@@ -478,6 +481,24 @@ def distinct_sibling_pairs(parent: Tensor, num_leaves: int,
     b = child[start[family].repeat_interleave(reps) + offset]
     keep = a != b
     return torch.stack([a[keep], b[keep]])
+
+
+def _ensure_pairs_fit(size: Tensor, num_leaves: int, device: torch.device):
+    r"""Refuses the pairs of :func:`distinct_sibling_pairs` for families of
+    :obj:`size` children when they cannot fit: about ten int64 at the peak
+    per child and sibling (the pairs and their index temporaries)."""
+    nbytes = int((size * size).sum()) * 80
+    if nbytes <= ASK_ABOVE:
+        return
+    widest = int(size.argmax())
+    ensure_memory(
+        nbytes, 'listing every sibling pair of the dense families', device,
+        f"the widest of them (node {widest + num_leaves}) has "
+        f"{int(size[widest])} children. A family graph lists every pair "
+        f"of a dense family when other families are sparse (a hierarchy "
+        f"or batch mixing both): give that family a family graph of its "
+        f"own (mark it sparse), or batch it apart from the signals with "
+        f"family graphs")
 
 
 def _first_occurrences(edges: Tensor, num_nodes: int) -> Tensor:

@@ -788,6 +788,30 @@ def test_distinct_sibling_pairs_are_the_off_diagonal_sibling_pairs(f, data):
         (a, b) for a, b in off if families[f.parent[a] - f.num_leaves]}
 
 
+def test_dense_pairs_that_cannot_fit_are_refused(monkeypatch):
+    r"""Beside a sparse family, every pair of a dense family is listed
+    (about 80 bytes per child and sibling): one too wide for the memory is
+    refused before the pairs are allocated, naming it."""
+    import hsa_geo._memory as memory
+    w = 2000  # 4,000,000 children and siblings: about 320 MB
+    wide = Hierarchy.from_parent([w] * w + [-1], w)
+    small = Hierarchy.from_parent([2, 2, -1], 2, torch.tensor([[0], [1]]))
+    monkeypatch.setattr(memory, 'available_memory', lambda device: 200e6)
+    match = (r'listing every sibling pair of the dense families would need '
+             r'.* the widest of them \(node 2000\) has 2000 children.*give '
+             r'that family a family graph')
+    with pytest.raises(ValueError, match=match):
+        Hierarchy.batch([small, wide])
+    with pytest.raises(ValueError, match=match):
+        distinct_sibling_pairs(wide.parent, w)
+    # Families left out cost nothing.
+    assert distinct_sibling_pairs(
+        wide.parent, w, torch.tensor([False])).shape == (2, 0)
+    narrow = Hierarchy.from_parent([50] * 50 + [-1], 50)
+    batch = Hierarchy.batch([small, narrow])
+    assert batch.family_edge_index.size(1) == 1 + 50 * 49
+
+
 def test_cached_pair_lists_changed_in_place_raise():
     """bucket_pairs hands out the hierarchy's own tensors: a change made
     to one in place is caught, as for every other tensor of it."""
