@@ -893,7 +893,9 @@ class Hierarchy:
         return out
 
     def __deepcopy__(self, memo: Dict[int, Any]) -> 'Hierarchy':
-        return self._copied(lambda value: copy.deepcopy(value, memo))
+        # Normal tensors, as every tensor of a hierarchy (see _versions).
+        with cache_mode():
+            return self._copied(lambda value: copy.deepcopy(value, memo))
 
     def _copied(self, convert: Callable[[Any], Any],
                 empty_cache: bool = False) -> 'Hierarchy':
@@ -944,10 +946,9 @@ class Hierarchy:
         self._stamp = self._versions()
 
     def _versions(self) -> tuple:
-        # Inference tensors have no version counter, and cannot be changed
-        # in place outside inference mode anyway.
-        return tuple(None if t.is_inference() else t._version
-                     for t in self._watched)
+        # Every tensor of a hierarchy is made under cache_mode, never an
+        # inference tensor, whose in-place changes no version would count.
+        return tuple(t._version for t in self._watched)
 
     @staticmethod
     def _layout_families(parent: Tensor, n: int, edges: Optional[Tensor]

@@ -1,5 +1,6 @@
 r"""What a cached derivation was made from, to tell when it is stale:
-tensors by identity and version, other values by equality; and the mode
+tensors by identity and version (inference tensors, which have none, by
+their values), other values by equality; and the mode
 in which tensors that outlive the call are made."""
 import contextlib
 from typing import Any, Iterator, Tuple
@@ -22,12 +23,29 @@ def cache_mode() -> Iterator[None]:
 def tensor_state(value: Any) -> Tuple[Any, Any]:
     r"""``(tensor, version)`` for a tensor, ``(None, value)`` otherwise. A
     cache that keeps the state keeps the tensor, so its id is not reused;
-    the version catches in-place changes."""
+    the version catches in-place changes. An inference tensor has no
+    version: a copy of its values stands for it (one copy and one
+    comparison per read, while inference mode lasts)."""
     if isinstance(value, Tensor):
-        # Inference tensors have no version counter: they cannot be
-        # changed in place outside inference mode anyway.
-        return value, None if value.is_inference() else value._version
+        if value.is_inference():
+            return value, _Values(value)
+        return value, value._version
     return None, value
+
+
+class _Values:
+    r"""The values of an inference tensor, copied: inside
+    :func:`torch.inference_mode` it can be changed in place, and nothing
+    counts the changes."""
+    __slots__ = ('values', )
+
+    def __init__(self, tensor: Tensor):
+        self.values = tensor.clone()
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, _Values) and \
+            self.values.shape == other.values.shape and \
+            torch.equal(self.values, other.values)
 
 
 def same_state(a: tuple, b: tuple) -> bool:

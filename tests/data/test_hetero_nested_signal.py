@@ -469,6 +469,19 @@ def test_leaf_metadata_leaves_the_tree_out():
     assert ('word', 'child_of', 'cluster') in data.edge_types
 
 
+def test_in_place_change_under_inference_mode_is_seen():
+    r"""As a NestedSignal's: inference tensors track no version, so the
+    cached tree is checked against their values."""
+    h = Hierarchy.from_parent([4, 4, 5, 5, 6, 6, -1], 4)
+    with torch.inference_mode():
+        data = HeteroNestedSignal.from_hierarchy(
+            h, {'a': torch.randn(2, 3), 'b': torch.randn(2, 5)})
+        cached = data.hierarchy
+        assert data.hierarchy is cached
+        data['a', 'child_of', 'cluster'].edge_index[1, 0] = 1
+        assert data.hierarchy.parent.tolist() == [5, 4, 5, 5, 6, 6, -1]
+
+
 def test_node_modality():
     data = two_types()  # words 0-2 -> 5; patches 3, 4 -> 6 -> 5
     assert data.node_modality().tolist() == [0, 0, 0, 1, 1, 2, 1]

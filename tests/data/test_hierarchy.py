@@ -709,6 +709,23 @@ def test_hierarchy_built_in_inference_mode_trains():
     assert _trains(h) and _trains(moved)
 
 
+def test_deep_copy_in_inference_mode_checks_its_tensors():
+    """A deep copy made during an evaluation holds normal tensors, whose
+    versions count the changes made in place (an inference tensor's would
+    not, inside inference mode)."""
+    import copy
+    h = Hierarchy.from_parent([5, 5, 6, 6, 6, -1, 5], 5)
+    before = _attention(h)
+    with torch.inference_mode():
+        c = copy.deepcopy(h)
+        assert not any(t.is_inference() for t in c._tensors())
+        assert torch.equal(_attention(c), before)
+        c.family_buckets[-1].mask.copy_(c.family_buckets[-1].mask)
+        with pytest.raises(ValueError, match='modified in place'):
+            _attention(c)
+    assert _trains(copy.deepcopy(h))
+
+
 @pytest.mark.parametrize('first_use', ['layout', 'sibling_pairs',
                                        'bucket_pairs', 'adjacency'])
 def test_derived_data_first_used_in_inference_mode_trains(first_use):

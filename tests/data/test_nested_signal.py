@@ -443,6 +443,22 @@ def test_inference_mode():
         assert_same_hierarchy(batch.hierarchy, expected)  # cached or not
 
 
+def test_in_place_change_under_inference_mode_is_seen():
+    r"""Inference tensors track no version: the cached hierarchy is
+    checked against their values, so a change made in place inside
+    :func:`torch.inference_mode` rebuilds it."""
+    h = Hierarchy.from_parent([4, 4, 5, 5, 6, 6, -1], 4)
+    with torch.inference_mode():
+        data = NestedSignal.from_hierarchy(h, torch.randn(4, 8))
+        cached = data.hierarchy
+        assert data.hierarchy is cached
+        data.leaf_parent_index[1, 0] = 1  # leaf 0 moves to cluster 1
+        assert data.hierarchy.parent.tolist() == [5, 4, 5, 5, 6, 6, -1]
+        assert data.hierarchy is data.hierarchy
+    # Read outside inference mode too.
+    assert data.hierarchy.parent.tolist() == [5, 4, 5, 5, 6, 6, -1]
+
+
 def test_to_cpu_keeps_working():
     data = example()
     moved = data.to('cpu')
