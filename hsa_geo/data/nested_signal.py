@@ -501,21 +501,42 @@ def select_cluster_attrs(data: Data, clusters: Tensor,
         ValueError: if it does not have one row per cluster.
     """
     out = {}
-    for key, value in data.items():
-        if is_cluster_key(key):
-            dim = _cluster_rows_dim(data, key, value, num_clusters)
-            index = clusters.to(value.device) \
-                if isinstance(value, Tensor) else clusters
-            out[key] = select(value, index, dim)
+    for key in cluster_keys(data):
+        value = data[key]
+        dim = _cluster_rows_dim(data, key, value, num_clusters)
+        index = clusters.to(value.device) \
+            if isinstance(value, Tensor) else clusters
+        out[key] = select(value, index, dim)
     return out
 
 
 def check_cluster_attrs(data: Data, num_clusters: int):
     r"""Raises as :func:`select_cluster_attrs` does unless every
     per-cluster attribute of :obj:`data` has :obj:`num_clusters` rows."""
-    for key, value in data.items():
-        if is_cluster_key(key):
-            _cluster_rows_dim(data, key, value, num_clusters)
+    for key in cluster_keys(data):
+        _cluster_rows_dim(data, key, data[key], num_clusters)
+
+
+def cluster_keys(data: Data) -> List[str]:
+    r"""The keys of the per-cluster attributes of :obj:`data` (see
+    :func:`is_cluster_key`), without the ``cluster_*_batch`` and
+    ``cluster_*_ptr`` that ``follow_batch`` adds to a batch (the signal of
+    each cluster, and where each signal's clusters start)."""
+    return [key for key in data.keys()
+            if is_cluster_key(key) and not is_follow_batch_key(data, key)]
+
+
+def is_follow_batch_key(data: BaseData, key: str,
+                        store_key: Optional[Any] = None) -> bool:
+    r"""Whether :obj:`key` (of the store :obj:`store_key` of a
+    heterogeneous batch) is one that ``follow_batch`` added to the batch
+    :obj:`data`: ``<attr>_batch`` or ``<attr>_ptr`` of a batched
+    ``<attr>``."""
+    if not isinstance(data, Batch) or not key.endswith(('_batch', '_ptr')):
+        return False
+    slices = data._slice_dict if store_key is None else \
+        data._slice_dict.get(store_key, {})
+    return key.rsplit('_', 1)[0] in slices
 
 
 def _cluster_rows_dim(data: Data, key: str, value: Any,
@@ -595,9 +616,8 @@ def map_batch(batch: Batch, fn: Callable[[int, BaseData], BaseData],
         for key in store.keys():
             if key in slices or key in ('batch', 'ptr', 'num_nodes'):
                 continue
-            stem = key.rsplit('_', 1)[0]
-            if key.endswith(('_batch', '_ptr')) and stem in slices:
-                follow.add(stem)  # added by follow_batch
+            if is_follow_batch_key(batch, key, store._key):
+                follow.add(key.rsplit('_', 1)[0])
             else:
                 where = f"['{store._key}']" if store._key else ''
                 raise ValueError(

@@ -897,6 +897,23 @@ def test_subgraph_of_a_batch_follows_the_batch_keys():
         batch.subgraph(torch.tensor([0, 1, 7, 8, 15, 17]))
 
 
+def test_follow_batch_keys_are_not_per_cluster_attributes():
+    r"""follow_batch adds 'cluster_id_batch' (a row per cluster) and
+    'cluster_id_ptr' (one per signal, plus one): they describe the batch,
+    not the clusters, and the tree is read past them."""
+    signals = _signals_with_clusters()
+    loader = DataLoader(signals, batch_size=3, follow_batch=['cluster_id'])
+    batch = next(iter(loader))
+    assert 'cluster_id_ptr' in batch.keys()
+    expected = Hierarchy.batch([s.hierarchy for s in signals])
+    assert_same_hierarchy(batch.hierarchy, expected)
+    # A key of that name set on a signal is its own: checked.
+    data = signals[0].clone()
+    data.cluster_id_ptr = torch.zeros(data.num_clusters + 1)
+    with pytest.raises(ValueError, match="'cluster_id_ptr' has"):
+        data.hierarchy
+
+
 @pytest.mark.parametrize('subset,pattern', [
     (torch.tensor([7, 0, 15]), r"subset\[1\] = 0 is a node of signal 0 of "
      r"this batch, after one of signal 1"),
