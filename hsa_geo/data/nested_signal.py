@@ -498,7 +498,9 @@ def select_cluster_attrs(data: Data, clusters: Tensor,
 
     Raises:
         TypeError: if such an attribute is neither a tensor nor a list.
-        ValueError: if it does not have one row per cluster.
+        ValueError: if it does not have one row per cluster, or is a list
+            in a batch (PyG batches lists as the list of the signals'
+            lists).
     """
     out = {}
     for key in cluster_keys(data):
@@ -546,6 +548,15 @@ def _cluster_rows_dim(data: Data, key: str, value: Any,
     if isinstance(value, Tensor) and value.dim() > 0:
         dim = data.__cat_dim__(key, value)
         rows = value.size(dim)
+    elif isinstance(value, list) and isinstance(data, Batch):
+        # Its length is the number of signals: rows read from it would
+        # belong to other clusters whenever the counts happen to agree.
+        raise ValueError(
+            f"'{key}' is a list, which PyG batches as the list of the "
+            f"signals' lists, not one row per cluster of the batch; store "
+            f"per-cluster values that are batched as a tensor "
+            f"[{num_clusters}, *] (e.g. ids into a list kept aside), or "
+            f"read the list from each signal (batch.to_data_list())")
     elif isinstance(value, list):
         dim, rows = 0, len(value)
     else:

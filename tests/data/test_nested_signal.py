@@ -927,6 +927,24 @@ def test_subgraph_of_a_batch_bad_subsets(subset, pattern):
         batch.subgraph(subset)
 
 
+def test_a_list_of_cluster_rows_in_a_batch_is_refused():
+    r"""PyG batches a list as the list of the signals' lists: with one
+    cluster per signal it even has a row per cluster of the batch, each
+    the wrong one. The signals keep their lists."""
+    h = Hierarchy.from_parent([2, 2, -1], 2)
+    signals = [NestedSignal.from_hierarchy(h, torch.randn(2, 3),
+                                           cluster_names=[name])
+               for name in ('a', 'b')]
+    batch = Batch.from_data_list(signals)
+    assert batch.cluster_names == [['a'], ['b']]
+    with pytest.raises(ValueError, match="'cluster_names' is a list, which "
+                       "PyG batches as the list of the signals' lists.*as "
+                       r"a tensor \[2, \*\]"):
+        batch.hierarchy
+    assert [d.cluster_names for d in batch.to_data_list()] == [['a'], ['b']]
+    assert signals[0].subgraph(torch.tensor([1])).cluster_names == ['a']
+
+
 def test_subgraph_selects_per_cluster_rows():
     r"""Rows of ``cluster_*`` keys follow the kept clusters, both when
     there are fewer clusters than leaves and when there are as many (PyG's
