@@ -179,7 +179,8 @@ class NestedSignal(Data):
         y (Tensor, optional): targets.
         leaf_parent_index (LongTensor, optional): see above.
         cluster_parent_index (LongTensor, optional): see above.
-        num_clusters (int or Tensor, optional): see above.
+        num_clusters (int or Tensor, optional): see above (an int >= 0 or
+            a 0-d integer tensor; anything else raises).
         **kwargs: further attributes, as for
             :class:`~torch_geometric.data.Data` (the other keys above among
             them).
@@ -200,6 +201,7 @@ class NestedSignal(Data):
                      num_clusters=num_clusters, **kwargs)
         for key, value in attrs.items():
             setattr(self, key, value)
+        _check_num_clusters(self._store)
         self._default_keys()
 
     def _default_keys(self):
@@ -674,6 +676,25 @@ def _split_family(edges: Tensor, n: int) -> Dict[str, Tensor]:
         key: local[:, (is_cluster[0] == ca) & (is_cluster[1] == cb)]
         for key, (ca, cb) in FAMILY_KEYS.items()
     }
+
+
+def _check_num_clusters(store: GlobalStorage):
+    r"""Raises unless ``num_clusters`` (if given) is an ``int`` >= 0 (a 0-d
+    integer tensor is stored as one), or the ``[B]`` counts of a collated
+    store (with its ``[B]`` ``num_leaves``, as a dataset loads it); an
+    integer of another type (NumPy's) is stored as an ``int``."""
+    m = store.get('num_clusters')
+    if m is None or (type(m) is int and m >= 0):
+        return
+    n = store.get('num_leaves')
+    if isinstance(m, Tensor):
+        if m.dim() == 1 and isinstance(n, Tensor) and n.shape == m.shape:
+            return  # collated: checked when the tree is read
+        raise TypeError(
+            f"'num_clusters' must be an int or a 0-d integer tensor (the "
+            f"clusters of one signal), got a {m.dtype} tensor of shape "
+            f"{tuple(m.shape)}; pass int(num_clusters)")
+    store['num_clusters'] = check_int(m, 'num_clusters', low=0)
 
 
 def _default_leaf_keys(store: GlobalStorage):

@@ -680,6 +680,42 @@ def _hand_built(x_later: bool = False, **kwargs) -> NestedSignal:
     return out
 
 
+@pytest.mark.parametrize('num_clusters,error,pattern', [
+    (3.0, TypeError, r"'num_clusters' must be an int, got 3\.0"),
+    (True, TypeError, r"'num_clusters' must be an int, got True"),
+    ('3', TypeError, r"'num_clusters' must be an int, got '3'"),
+    (-1, ValueError, r"'num_clusters' must be an int in"),
+    (torch.tensor([3]), TypeError, r"'num_clusters' must be an int or a 0-d "
+     r"integer tensor .*shape \(1,\)"),
+    (torch.tensor(3.0), TypeError, r"'num_clusters' must be an int or a 0-d "
+     r"integer tensor"),
+])
+def test_hand_built_signal_refuses_a_bad_num_clusters(num_clusters, error,
+                                                      pattern):
+    r"""Named at construction: a float or a string was read later as a
+    signal without defaults (a misleading missing key), and a [1] tensor
+    as a dataset's collated store, which then did not batch."""
+    with pytest.raises(error, match=pattern):
+        _hand_built(num_clusters=num_clusters)
+
+
+def test_hand_built_signal_stores_a_numpy_count_as_an_int():
+    import numpy as np
+    signal = _hand_built(num_clusters=np.int64(3))
+    assert type(signal.num_clusters) is int
+    assert_same_hierarchy(signal.hierarchy, example().hierarchy)
+
+
+def test_a_saved_dataset_of_signals_loads_its_counts():
+    r"""InMemoryDataset.load builds its collated store with the [B] counts
+    as num_clusters: still a valid argument there."""
+    from torch_geometric.data import InMemoryDataset
+    signals = [example(), example()]
+    collated, _ = InMemoryDataset.collate(signals)
+    loaded = NestedSignal.from_dict(collated.to_dict())
+    assert loaded.num_clusters.tolist() == [s.num_clusters for s in signals]
+
+
 @pytest.mark.parametrize('build', [
     lambda: _hand_built(x_later=True),
     lambda: _hand_built(num_clusters=torch.tensor(3)),
