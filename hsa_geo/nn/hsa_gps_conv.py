@@ -276,7 +276,9 @@ class HSAGPSConv(torch.nn.Module):
                 f"edge_index [2, E] in the order of edge_attr (e.g. from "
                 f"torch_geometric.utils.to_edge_index), or build the layer "
                 f"without edge_dim in attn_kwargs")
-        if edge_dim is not None:
+        if edge_dim is not None and not torch.compiler.is_compiling():
+            # (reads values: under torch.compile the attention's own check,
+            # which runs eagerly, refuses them after the local layer)
             self.attn.lin_edge.check_input(hierarchy, edge_index,
                                            kwargs['edge_attr'])
         if self.conv is None:
