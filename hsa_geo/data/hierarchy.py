@@ -387,8 +387,17 @@ def parent_depths(parent: Tensor) -> Tensor:
     r"""``[T]`` the number of edges from every node up to its root, for a
     parent vector of a forest (``-1`` at roots), by pointer doubling in
     :math:`O(T \log \mathrm{depth})`."""
-    # dist[i] = number of edges from i to `anc[i]`; both double each round.
-    dist = (parent >= 0).long()
+    return path_sums(parent, (parent >= 0).long())
+
+
+def path_sums(parent: Tensor, weight: Tensor) -> Tensor:
+    r"""``[T]`` per node, the sum of :obj:`weight` ``[T]`` over the node and
+    its ancestors below its root (a root's own weight is never added), for
+    a parent vector of a forest (``-1`` at roots), by pointer doubling in
+    :math:`O(T \log \mathrm{depth})`."""
+    # dist[i] = the sum from i up to, not including, `anc[i]`; both double
+    # each round.
+    dist = torch.where(parent >= 0, weight, 0)
     anc = parent.clone()
     while True:
         live = anc >= 0

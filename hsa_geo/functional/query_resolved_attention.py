@@ -13,7 +13,7 @@ from torch import Tensor
 
 from hsa_geo._checks import check_bool, check_float
 from hsa_geo._memory import ensure_memory
-from hsa_geo.data.hierarchy import Hierarchy
+from hsa_geo.data.hierarchy import Hierarchy, path_sums
 from hsa_geo.data.tensor_state import cache_mode
 from hsa_geo.functional.dynamic_program import check_attention_inputs
 from hsa_geo.functional.pair_pattern import DEVICES, PairPattern
@@ -85,13 +85,8 @@ def query_resolved_attention(q: Tensor, k: Tensor, v: Tensor,
 
     heads, width = q.size(1), q.size(-1) + v.size(-1)
     n, t = q.size(0), hierarchy.num_nodes
+    _ensure_fits(hierarchy, heads, width, q)
     leaf, node, query, block, pattern = _structure(hierarchy, heads)
-    # Scores and weights per pair, kept for the backward; without the
-    # sparse kernels also the gathered rows of q, mean keys and values.
-    per_pair = 4 * heads if pattern is not None else 3 * heads * width
-    ensure_memory((per_pair * query.numel() + 3 * t * heads * width)
-                  * q.element_size(), 'query-resolved attention',
-                  q.device, f'{query.numel():,} (query, block) pairs')
     size = hierarchy.leaf_count.to(q.device)
     k_mean = subtree_means(k, leaf, node, size)
     v_mean = subtree_means(v, leaf, node, size)
@@ -119,6 +114,44 @@ def query_resolved_attention(q: Tensor, k: Tensor, v: Tensor,
             0, query, weight.unsqueeze(-1) * v_mean[block])
     out = (out + context).to(out_dtype)
     return out.squeeze(1) if single_head else out
+
+
+def _ensure_fits(hierarchy: Hierarchy, heads: int, width: int, q: Tensor):
+    r"""Refuses, before the pairs are listed, a call whose (query, block)
+    pairs (:math:`O(N \cdot \mathrm{depth} \cdot b)`: quadratic in
+    :math:`N` on a chain of families) cannot fit: the listing itself, its
+    temporaries and pattern, and the scores and weights per pair kept for
+    the backward (without the sparse kernels also the gathered rows of q,
+    mean keys and values)."""
+    pairs, entries = _pair_counts(hierarchy)
+    cache = _STRUCTURES.get(hierarchy, {})
+    listed = 0 if heads in cache else 80 * pairs + 16 * entries
+    kernels = q.device.type in DEVICES
+    per_pair = 4 * heads if kernels else 3 * heads * width
+    ensure_memory(listed + (per_pair * pairs + 3 * hierarchy.num_nodes *
+                            heads * width) * q.element_size(),
+                  'query-resolved attention', q.device,
+                  f'{pairs:,} (query, block) pairs')
+
+
+def _pair_counts(hierarchy: Hierarchy) -> Tuple[int, int]:
+    r"""The number of (query, block) pairs of :func:`query_blocks` and of
+    entries of :func:`leaf_paths`, counted without listing them (once per
+    hierarchy)."""
+    cache = _STRUCTURES.setdefault(hierarchy, {})
+    if 'counts' not in cache:
+        pairs = hierarchy.family_edge_index
+        if pairs is None:
+            pairs = hierarchy.sibling_pairs
+        parent, n = hierarchy.parent, hierarchy.num_leaves
+        # Blocks seen by a node: its siblings (along the family graph).
+        blocks = torch.bincount(pairs[0, pairs[0] != pairs[1]],
+                                minlength=parent.numel())
+        # (roots have no siblings: path_sums leaving them out loses none)
+        per_leaf = path_sums(parent, blocks)[:n]
+        depth = path_sums(parent, torch.ones_like(parent))[:n]
+        cache['counts'] = (int(per_leaf.sum()), int(depth.sum()) + n)
+    return cache['counts']
 
 
 # What a hierarchy's pairs are, derived once per hierarchy (and head count

@@ -236,3 +236,37 @@ def test_gather_path_gives_the_same(f, seed, graph):
                 out.square().sum(), inputs)))
     for a, b in zip(*results):
         assert torch.allclose(a, b, atol=1e-12, rtol=0)
+
+
+@given(forests(max_leaves=14), SEEDS, st.booleans())
+def test_pairs_are_counted_as_listed(f, seed, graph):
+    r"""The memory check counts the (query, block) pairs and the leaf paths
+    without listing them: the counts are those of the lists."""
+    module = sys.modules['hsa_geo.functional.query_resolved_attention']
+    h = hierarchy_of(f, seed if graph else None)
+    leaf, node = module.leaf_paths(h)
+    query, _ = module.query_blocks(h, leaf, node)
+    assert module._pair_counts(h) == (query.numel(), leaf.numel())
+
+
+def test_too_many_pairs_are_refused_before_they_are_listed(monkeypatch):
+    r"""A chain of families, each a leaf beside the rest of the chain, has
+    about N^2 / 2 (query, block) pairs: refused before :func:`leaf_paths`
+    lists any of them."""
+    import hsa_geo._memory as memory
+    module = sys.modules['hsa_geo.functional.query_resolved_attention']
+    n = 3000
+    # leaf i and node n + i - 1 under node n + i
+    parent = torch.cat([torch.arange(n, 2 * n - 1), torch.tensor([2 * n - 2]),
+                        torch.arange(n + 1, 2 * n - 1), torch.tensor([-1])])
+    h = Hierarchy.from_parent(parent, n)
+    q, k, v = make(n, 2, 4, 0, torch.float32)
+    monkeypatch.setattr(memory, 'available_memory', lambda device: 64e6)
+
+    def listing(*args):
+        raise AssertionError('the pairs were listed')
+
+    monkeypatch.setattr(module, 'leaf_paths', listing)
+    with pytest.raises(ValueError, match=r'4,50[0-9],[0-9]{3} \(query, '
+                                         r'block\) pairs'):
+        query_resolved_attention(q, k, v, h)
