@@ -94,21 +94,21 @@ def plot_attention_matrix(q: Tensor, k: Optional[Tensor] = None,
     check_flags(softmax=softmax, log=log, boundaries=boundaries)
     check_axes(ax, 2 if softmax else 1)
     _check_inputs(q, k, hierarchy, head, scale, softmax, max_leaves)
-    mat, p = _head_matrices(q, k, hierarchy, head, scale, softmax)
+    mat, log_p = _head_matrices(q, k, hierarchy, head, scale, softmax)
     order, blocks, trees = None, [], []
     if hierarchy is not None:  # rows and columns in tree order
         order, blocks, trees = _blocks(hierarchy)
         perm = torch.tensor(order)
         mat = mat[perm][:, perm]
-        if p is not None:
-            p = p[perm][:, perm]
+        if log_p is not None:
+            log_p = log_p[perm][:, perm]
 
     panels = [(mat, title if title is not None else
                f"{'HSA attention Q' if k is not None else 'attention'}, "
                f"head {head}")]
-    if p is not None:
-        kl = _total_kl(mat, p)
-        panels.append((p, f'softmax attention P, head {head}\n'
+    if log_p is not None:
+        kl = _total_kl(mat, log_p)
+        panels.append((log_p.exp(), f'softmax attention P, head {head}\n'
                        rf'$\sum_i$ KL($Q_i \| P_i$) = {kl:.4g}'))
     fig, axes = _figure_axes(ax, figsize, len(panels))
     norm = _colour_norm([m for m, _ in panels], log)
@@ -126,8 +126,9 @@ def _head_matrices(q: Tensor, k: Optional[Tensor],
                    scale: Optional[float], softmax: bool
                    ) -> Tuple[Tensor, Optional[Tensor]]:
     r"""``Q`` of :obj:`head` (or the given matrix, :obj:`k` being
-    :obj:`None`) and softmax attention ``P`` when asked for, ``[N, N]`` in
-    float64 on the CPU; :class:`ValueError` if ``Q`` is not finite."""
+    :obj:`None`) and softmax attention's :math:`\log P` when asked for,
+    ``[N, N]`` in float64 on the CPU; :class:`ValueError` if ``Q`` is not
+    finite."""
     if k is None:
         mats = q.detach().unsqueeze(0) if q.dim() == 2 else q.detach()
         soft = None
@@ -136,7 +137,8 @@ def _head_matrices(q: Tensor, k: Optional[Tensor],
         if q.dim() == 2:
             q, k = q.unsqueeze(1), k.unsqueeze(1)
         mats = _hsa_matrix(q, k, hierarchy, scale)
-        soft = _softmax_matrix(q, k, hierarchy, scale) if softmax else None
+        soft = _log_softmax_matrix(q, k, hierarchy, scale) if softmax \
+            else None
     mat = mats[head].cpu().double()
     if not bool(mat.isfinite().all()):
         hint = '; are q and k finite?' if k is not None else ''
@@ -277,22 +279,25 @@ def _tree_of_leaves(hierarchy: Hierarchy) -> Tensor:
     return anc[:hierarchy.num_leaves]
 
 
-def _softmax_matrix(q: Tensor, k: Tensor, hierarchy: Hierarchy,
-                    scale: Optional[float]) -> Tensor:
-    r"""``[H, N, N]`` softmax attention within every tree of the forest."""
+def _log_softmax_matrix(q: Tensor, k: Tensor, hierarchy: Hierarchy,
+                        scale: Optional[float]) -> Tensor:
+    r"""``[H, N, N]`` the log-weights of softmax attention within every tree
+    of the forest, in float64 (where weights of float32 would underflow to
+    zero, and their logarithms to :math:`-\infty`, for scores apart by
+    about 100)."""
     if scale is None:
         scale = 1.0 / math.sqrt(q.size(-1))
-    s = scale * torch.einsum('ihd,jhd->hij', q, k)
+    s = scale * torch.einsum('ihd,jhd->hij', q.double(), k.double())
     tree = _tree_of_leaves(hierarchy).to(q.device)
     same = tree.unsqueeze(1) == tree.unsqueeze(0)
-    return torch.softmax(s.masked_fill(~same, float('-inf')), dim=-1)
+    return torch.log_softmax(s.masked_fill(~same, float('-inf')), dim=-1)
 
 
-def _total_kl(qm: Tensor, pm: Tensor) -> float:
-    r""":math:`\sum_i \mathrm{KL}(Q_i \| P_i)` (terms with :math:`Q = 0`
-    vanish)."""
+def _total_kl(qm: Tensor, log_p: Tensor) -> float:
+    r""":math:`\sum_i \mathrm{KL}(Q_i \| P_i)` from :math:`\log P`
+    (terms with :math:`Q = 0` vanish)."""
     pos = qm > 0
-    return float((qm[pos] * (qm[pos].log() - pm[pos].log())).sum())
+    return float((qm[pos] * (qm[pos].log() - log_p[pos])).sum())
 
 
 def _blocks(hierarchy: Hierarchy

@@ -262,7 +262,7 @@ def test_matrix_forest_family_graph_2d_inputs(tmp_path):
 
 def test_softmax_panel_is_softmax_within_trees():
     q, k, _ = qkv(5)
-    p = matrix_mod._softmax_matrix(q, k, EXAMPLE, None)
+    p = matrix_mod._log_softmax_matrix(q, k, EXAMPLE, None).exp()
     assert torch.allclose(p.sum(-1), torch.ones(2, 5, dtype=p.dtype))
     assert (p[:, :4, 4] == 0).all() and (p[:, 4, :4] == 0).all()
     assert torch.allclose(p[:, 4, 4], torch.ones(2, dtype=p.dtype))
@@ -270,9 +270,22 @@ def test_softmax_panel_is_softmax_within_trees():
     flat = Hierarchy.from_parent([6] * 6 + [-1], 6)
     q, k, _ = qkv(6, seed=1)
     qm = hierarchical_attention_matrix(q, k, flat)
-    pm = matrix_mod._softmax_matrix(q, k, flat, None)
-    assert (qm - pm).abs().max() < EXACT
-    assert abs(matrix_mod._total_kl(qm[0], pm[0])) < EXACT
+    log_p = matrix_mod._log_softmax_matrix(q, k, flat, None)
+    assert (qm - log_p.exp()).abs().max() < EXACT
+    assert abs(matrix_mod._total_kl(qm[0], log_p[0])) < EXACT
+
+
+def test_kl_title_of_float32_inputs_is_that_of_float64():
+    r"""Scores 240 apart: a softmax weight of float32 underflows to zero,
+    which made the KL in the title infinite; q and k of different float
+    dtypes are taken too."""
+    h = Hierarchy.from_parent([3, 4, 4, -1, 3], 3)  # leaf 0 | (1, 2)
+    q = torch.tensor([[1.], [0.], [0.]])
+    k = torch.tensor([[0.], [1.], [-1.]])
+    titles = [plot_attention_matrix(a, b, h, softmax=True, scale=120.0)
+              .axes[1].get_title() for a, b in
+              ((q.double(), k.double()), (q, k), (q, k.double()))]
+    assert 'inf' not in titles[0] and titles[0] == titles[1] == titles[2]
 
 
 def test_large_hierarchies_use_the_dynamic_program(monkeypatch):
