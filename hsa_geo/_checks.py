@@ -153,10 +153,14 @@ def first_out_of_range(index: Tensor, bounds: Sequence[int]
 
 
 def check_floating(value: Any, name: str) -> Tensor:
-    r"""Checks that :obj:`value` is a floating point tensor."""
+    r"""Checks that :obj:`value` is a dense floating point tensor."""
     if not isinstance(value, Tensor):
         raise TypeError(f"'{name}' must be a floating point tensor, got "
                         f"{type(value).__name__}")
+    if value.layout != torch.strided:  # (they fail deep inside otherwise)
+        raise TypeError(f"'{name}' must be a dense floating point tensor, "
+                        f"got a sparse one ({value.layout}); convert it "
+                        f"with '.to_dense()'")
     if not value.is_floating_point():
         raise TypeError(f"'{name}' must be a floating point tensor, got "
                         f"dtype {value.dtype}; convert it with '.float()'")
