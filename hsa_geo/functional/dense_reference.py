@@ -96,7 +96,8 @@ def hierarchical_attention_matrix(q: Tensor, k: Tensor, hierarchy: Hierarchy,
         kids = children[fam]
         logits = _family_logits(s, g, kids, leaves, allowed, bias)
         lse = torch.logsumexp(logits, dim=-1)  # [H, C]
-        sizes = torch.tensor([len(leaves[a]) for a in kids], dtype=s.dtype)
+        sizes = torch.tensor([len(leaves[a]) for a in kids], dtype=s.dtype,
+                             device=s.device)
         g[fam] = (lse * sizes / len(leaves[fam])).sum(dim=-1)
         log_pi[fam] = logits - lse.unsqueeze(-1)
     out = _spread(s, parent, n, post, children, leaves, log_pi)

@@ -166,3 +166,15 @@ def test_synchronisations_per_step():
     syncs = [str(w.message) for w in caught
              if 'synchroniz' in str(w.message).lower()]
     assert len(syncs) <= 1, syncs
+
+
+def test_dense_reference_on_the_device():
+    r"""The dense matrix (the reference, and what the attention picture
+    draws) computes on the device of its inputs, as on the CPU."""
+    from hsa_geo import hierarchical_attention_matrix
+    h = fragment_forest([3, 2, 4, 2])
+    q, k, _ = seeded_qkv(h.num_leaves, 2, 4, 0)
+    out = hierarchical_attention_matrix(q.to(DEVICE), k.to(DEVICE),
+                                        h.to(DEVICE))
+    assert same_device(out.device, DEVICE)
+    assert max_err(out.cpu(), hierarchical_attention_matrix(q, k, h)) < EXACT
