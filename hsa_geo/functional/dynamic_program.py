@@ -17,7 +17,7 @@ from torch import Tensor
 from hsa_geo._autocast import autocast_off
 from hsa_geo._checks import (check_bool, check_device, check_float,
                              check_floating, check_pair_bias)
-from hsa_geo._memory import ensure_memory
+from hsa_geo._memory import ASK_ABOVE, ensure_memory
 from hsa_geo.data.hierarchy import FamilyBucket, Hierarchy, HierarchyLayout
 from hsa_geo.functional.replayed_backward import replayed_backward
 from hsa_geo.functional.softmax_attention import softmax_attention
@@ -126,15 +126,15 @@ def _ensure_fits(hierarchy: Hierarchy, layout: HierarchyLayout, heads: int,
     tables ``[H, F, W, W]`` cannot fit in the memory the device has left."""
     tabled = [b for i, b in enumerate(layout.buckets)
               if b.width > 1 and not b.sparse and i not in streamed]
-    width = max((b.width for b in tabled), default=0)
-    if width < _GUARDED_WIDTH:
-        return  # small families never dominate: no need to ask the system
     item = torch.finfo(dtype).bits // 8
     # (a bias or the returned weights add a table and the pair index)
     tables = _LIVE_SCORE_TABLES[backward] + pairs
     per_pair = tables * heads * item + 24 * pairs
     nbytes = int(per_pair * sum(b.num_families * b.width**2
                                 for b in tabled))
+    width = max((b.width for b in tabled), default=0)
+    if width < _GUARDED_WIDTH and nbytes <= ASK_ABOVE:
+        return  # (asking the system reads a file)
     node, children = hierarchy.widest_family
     ensure_memory(
         nbytes, f'hierarchical attention with {heads} heads',
@@ -146,7 +146,7 @@ def _ensure_fits(hierarchy: Hierarchy, layout: HierarchyLayout, heads: int,
 # backward (then also the gradients of the scores, of the logsumexp and of
 # the contexts), measured on one family of 4,096 / 8,192 children: 1.6-2.1
 # and 3.3, rounded up for temporaries; and the width from which the guard
-# asks the system.
+# asks the system however small the total.
 _LIVE_SCORE_TABLES = {False: 2.5, True: 5}
 _GUARDED_WIDTH = 1024
 

@@ -999,6 +999,23 @@ def test_memory_guard_counts_heads_and_pair_tables(monkeypatch):
         h.sibling_pairs
 
 
+def test_many_narrow_families_are_counted_together(monkeypatch):
+    r"""No family is wide, but all their tables together do not fit: 64
+    families of 512 leaves with dropout (which needs their tables), about
+    0.6 GB, in 32 MB are refused before allocating."""
+    import hsa_geo._memory as memory
+    n, w = 64 * 512, 512
+    parent = torch.cat([n + torch.arange(n) // w, torch.full((64, ), n + 64),
+                        torch.tensor([-1])])
+    h = Hierarchy.from_parent(parent, n)
+    q = torch.randn(n, 2, 4, requires_grad=True)
+    monkeypatch.setattr(memory, 'available_memory', lambda device: 32e6)
+    with pytest.raises(ValueError, match=r'hierarchical attention with 2 '
+                       r'heads would need .*the widest family \(node '
+                       r'\d+\) has 512 children'):
+        hierarchical_attention(q, q, q, h, dropout_p=0.1, training=True)
+
+
 # Hostile input: a clear error or a correct result ##########################
 
 
