@@ -2,35 +2,21 @@ import pytest
 
 from hsa_geo.datasets import tokenizer_tag
 from hsa_geo.datasets.tokenizer_tag import plain_copy
-
-
-def _word_level(words, padded: bool = True):
-    r"""A word-level ``tokenizers.Tokenizer`` with padding and truncation
-    switched on, as many ``tokenizer.json`` files ship."""
-    tokenizers = pytest.importorskip('tokenizers')
-    from tokenizers import models, pre_tokenizers
-    vocab = {w: i for i, w in enumerate(['[PAD]'] + list(words))}
-    tok = tokenizers.Tokenizer(models.WordLevel(vocab, unk_token='[PAD]'))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    if padded:
-        tok.enable_padding(length=16)
-        tok.enable_truncation(16)
-    return tok
+from tests.helpers.huggingface import word_level_tokenizer as word_level
 
 
 def test_the_vocabulary_makes_the_tag():
-    assert tokenizer_tag(_word_level(['a', 'b'])) != \
-        tokenizer_tag(_word_level(['b', 'a']))
-    assert tokenizer_tag(_word_level(['a', 'b'])).startswith('tokenizer-')
+    a, b = word_level(['a', 'b'], True), word_level(['b', 'a'], True)
+    assert tokenizer_tag(a) != tokenizer_tag(b)
+    assert tokenizer_tag(a).startswith('tokenizer-')
     # Padding and truncation change no ids of a document.
-    assert tokenizer_tag(_word_level(['a', 'b'])) == \
-        tokenizer_tag(_word_level(['a', 'b'], padded=False))
+    assert tokenizer_tag(a) == tokenizer_tag(word_level(['a', 'b']))
 
 
 def test_a_transformers_tokenizer_keeps_its_tag_once_called():
     transformers = pytest.importorskip('transformers')
     tok = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=_word_level(['a', 'b']), pad_token='[PAD]')
+        tokenizer_object=word_level(['a', 'b'], True), pad_token='[UNK]')
     fresh = tokenizer_tag(tok)
     tok('a b')  # switches the truncation of the backend off
     assert tokenizer_tag(tok) == fresh
@@ -40,7 +26,7 @@ def test_a_transformers_tokenizer_keeps_its_tag_once_called():
 
 
 def test_plain_copy_leaves_the_tokenizer_as_it_was():
-    tok = _word_level(['a', 'b'])
+    tok = word_level(['a', 'b'], True)
     copy = plain_copy(tok)
     assert copy.padding is None and copy.truncation is None
     assert tok.padding is not None and tok.truncation is not None

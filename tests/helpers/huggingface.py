@@ -100,3 +100,19 @@ def tiny_model(kind: str, tokenizer, layers: int = 3, seed: int = 0):
                 module.query.weight.mul_(8)
                 module.key.weight.mul_(8)
     return model
+
+
+def word_level_tokenizer(words, truncate: bool = False):
+    r"""A word-level ``tokenizers.Tokenizer`` with the ids of :obj:`words`
+    in order (``'[UNK]'`` first); with :obj:`truncate`, padding and
+    truncation switched on, as many ``tokenizer.json`` files ship."""
+    import pytest
+    tokenizers = pytest.importorskip('tokenizers')
+    from tokenizers import models, pre_tokenizers
+    vocab = {w: i for i, w in enumerate(['[UNK]'] + list(words))}
+    tok = tokenizers.Tokenizer(models.WordLevel(vocab, unk_token='[UNK]'))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    if truncate:
+        tok.enable_padding(length=16)
+        tok.enable_truncation(16)
+    return tok

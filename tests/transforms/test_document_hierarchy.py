@@ -29,6 +29,7 @@ from hsa_geo.transforms.document_hierarchy import \
     DocumentHierarchy  # noqa: E402
 from hsa_geo.transforms.vocabulary import Vocabulary  # noqa: E402
 from tests.helpers.document_reference import reference_tree  # noqa: E402
+from tests.helpers.huggingface import word_level_tokenizer  # noqa: E402
 from tests.helpers.pre_transform_dataset import (  # noqa: E402
     PreTransformDataset)
 
@@ -647,27 +648,14 @@ def test_repr_tells_vocabularies_apart(tmp_path):
         PreTransformDataset(str(tmp_path), make, b)
 
 
-def _word_level(words, truncate: bool = False):
-    r"""A word-level ``tokenizers.Tokenizer`` with the ids of :obj:`words`
-    in order (``'[UNK]'`` first)."""
-    tokenizers = pytest.importorskip('tokenizers')
-    from tokenizers import models, pre_tokenizers
-    vocab = {w: i for i, w in enumerate(['[UNK]'] + list(words))}
-    tok = tokenizers.Tokenizer(models.WordLevel(vocab, unk_token='[UNK]'))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    if truncate:
-        tok.enable_padding(length=16)
-        tok.enable_truncation(16)
-    return tok
-
-
 def test_repr_tells_tokenizers_apart():
-    a = DocumentHierarchy(tokenizer=_word_level(['the', 'cat']))
-    b = DocumentHierarchy(tokenizer=_word_level(['cat', 'the']))
+    a = DocumentHierarchy(tokenizer=word_level_tokenizer(['the', 'cat']))
+    b = DocumentHierarchy(tokenizer=word_level_tokenizer(['cat', 'the']))
     assert a('the cat').x.tolist() != b('the cat').x.tolist()
     assert repr(a) != repr(b)
     # Padding and truncation are switched off, so they do not count.
-    same = DocumentHierarchy(tokenizer=_word_level(['the', 'cat'], True))
+    same = DocumentHierarchy(
+        tokenizer=word_level_tokenizer(['the', 'cat'], True))
     assert repr(same) == repr(a)
 
 
@@ -676,7 +664,7 @@ def test_repr_of_a_transformers_tokenizer():
 
     def auto(words):
         return transformers.PreTrainedTokenizerFast(
-            tokenizer_object=_word_level(words, truncate=True))
+            tokenizer_object=word_level_tokenizer(words, truncate=True))
 
     a = DocumentHierarchy(tokenizer=auto(['the', 'cat']))
     b = DocumentHierarchy(tokenizer=auto(['cat', 'the']))
