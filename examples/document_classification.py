@@ -619,6 +619,10 @@ def parse_args(argv: Optional[List[str]]):
         parser.error('this example trains in one process; drop --ddp')
     if args.jobs < 1:
         parser.error(f'--jobs must be at least 1, got {args.jobs}')
+    # 'all' is the main arms, beside any study arm named with it; an arm
+    # named twice trains once.
+    named = (ARMS if 'all' in args.model else ()) + tuple(args.model)
+    args.model = [arm for arm in dict.fromkeys(named) if arm != 'all']
     return args
 
 
@@ -638,7 +642,7 @@ def main(argv: List[str] = None) -> Dict:
           f'classes, tokens per document: mean {lengths.mean():.0f}, max '
           f'{lengths.max():.0f}; on {dist.device}', flush=True)
 
-    chosen = ARMS if 'all' in args.model else tuple(args.model)
+    chosen = tuple(args.model)
     arms = {arm: Results(f'{name}_{arm}', vars(args), 'acc', True, dist)
             for arm in chosen}
     flops = {arm: mean_flops(arm, corpus.docs, corpus.below, args)

@@ -165,3 +165,13 @@ def test_sentence_tree_has_two_levels(corpus, tmp_path):
         assert docs.numel() == 1
         assert int(roots[sentences == s]) - n - sentences.numel() == \
             int(docs)
+
+
+def test_all_with_study_arms_and_repeated_arms():
+    r"""``all`` trains the main arms beside any study arm named with it, and
+    an arm named twice trains once."""
+    assert documents.parse_args(['--model', 'all', 'hsa_sentences']).model \
+        == list(documents.ARMS) + ['hsa_sentences']
+    assert documents.parse_args(['--model', 'hsa', 'flat', 'hsa']).model == \
+        ['hsa', 'flat']
+    assert documents.parse_args([]).model == list(documents.ARMS)
