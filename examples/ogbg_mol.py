@@ -438,6 +438,10 @@ def main(argv=None) -> Dict:
     args = parse_checked(parser, argv)
     if args.dataset not in RDKIT_DATASETS and args.split != 'scaffold':
         parser.error(f'{args.dataset} has OGB\'s scaffold split only')
+    if args.model == 'gine-vn' and args.batch_size == 1:
+        parser.error('gine-vn normalises its virtual nodes over the graphs '
+                     'of a batch (batch norm): --batch-size must be at '
+                     'least 2')
 
     dist = Distributed.from_env(args.ddp, args.device, args.threads)
     with dist.main_first():  # rank 0 processes the dataset, once

@@ -253,3 +253,9 @@ def test_ddp_two_cpu_processes(root, tmp_path):
                               atol=1e-5)
         assert scores[split]['scores']['rocauc'] == pytest.approx(
             run_['final'][split], abs=1e-6)
+
+
+def test_virtual_node_needs_two_graphs_a_batch(capsys):
+    with pytest.raises(SystemExit):
+        ogbg_mol.main(['--model', 'gine-vn', '--batch-size', '1'])
+    assert '--batch-size must be at least 2' in capsys.readouterr().err
