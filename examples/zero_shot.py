@@ -105,7 +105,7 @@ from torch import Tensor
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from training import (Timer, machine_description,  # noqa: E402
-                      resolve_device)
+                      positive_int, resolve_device)
 
 from hsa_geo.datasets import ManPages  # noqa: E402
 from hsa_geo.huggingface import (HSAPatch, TokenForest,  # noqa: E402
@@ -632,13 +632,13 @@ def parse_args(argv: Optional[List[str]]):
         help='man page files or folders to read instead of the installed '
         'pages (sections with 2 pages are classes)')
     add('--out', default='results', help='folder for the results')
-    add('--max-length', type=int, default=None,
+    add('--max-length', type=positive_int, default=None,
         help='word pieces per page, [CLS] and [SEP] included (at most 512;'
         ' default 256, --quick 64)')
-    add('--max-docs', type=int, default=None,
+    add('--max-docs', type=positive_int, default=None,
         help='pages used at most (a fixed random subset); default: all')
-    add('--batch-size', type=int, default=16)
-    add('--threads', type=int, default=None,
+    add('--batch-size', type=positive_int, default=16)
+    add('--threads', type=positive_int, default=None,
         help="intra-op threads of torch (default: torch's choice)")
     add('--device', default='cpu', help="'cpu', 'cuda' or 'auto'")
     add('--quick', action='store_true',

@@ -139,3 +139,11 @@ def test_baseline_pairs():
     assert window[2].tolist() == [True, True, True, True, False, True, False]
     assert zero_shot.pair_flops(local, valid, 1, 1) == 4 * (6 + 6 + 2 * 4
                                                             + 2 * 4)
+
+
+@pytest.mark.parametrize('option', ['--batch-size', '--max-docs',
+                                    '--max-length', '--threads'])
+def test_counts_must_be_positive(option, capsys):
+    with pytest.raises(SystemExit):
+        zero_shot.parse_args([option, '0'])
+    assert 'must be at least 1' in capsys.readouterr().err
