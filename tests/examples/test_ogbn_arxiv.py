@@ -170,3 +170,11 @@ def test_ddp_is_refused_on_the_full_graph():
     with pytest.raises(SystemExit):
         ogbn_arxiv.parse_args(['--ddp'])
     assert ogbn_arxiv.parse_args(['--ddp', '--dataset', 'ogbn-products']).ddp
+
+
+def test_one_head_is_recorded_for_sgformer_and_polynormer():
+    r"""Their global attention runs one head whatever --heads says: the
+    results record that one."""
+    for model, heads in (('sgformer', 1), ('polynormer', 1), ('hsa', 4)):
+        assert ogbn_arxiv.parse_args(['--model', model,
+                                      '--heads', '4']).heads == heads
