@@ -49,9 +49,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch_geometric.datasets import LRGBDataset
 from torch_geometric.loader import DataLoader
 from torch_geometric.nn import BatchNorm, GINEConv, GPSConv, global_mean_pool
-from training import (Distributed, Results, Timer, common_parser,
-                      parse_checked, peak_memory_mb, positive_int,
-                      probability, progress, seed_everything)
+from training import (Distributed, Results, Timer, cached_tree_matches,
+                      common_parser, parse_checked, peak_memory_mb,
+                      positive_int, probability, progress, seed_everything)
 
 from hsa_geo.nn.models import HSAGraphTransformer
 from hsa_geo.transforms import GraphHierarchy, MoleculeHierarchy
@@ -74,7 +74,7 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     add('--dropout', type=probability, default=0.1)
     add('--hierarchy', default='molecule', choices=['molecule', 'metis'],
         help='the tree of every peptide (computed once; a different '
-        'choice needs a fresh --root)')
+        'choice needs a fresh --root, and ends the run otherwise)')
     add('--attn-type', default='multihead',
         choices=['multihead', 'performer'], help='the attention of gps')
     return parse_checked(parser, argv)
@@ -94,7 +94,7 @@ def load_splits(root: str, name: str, kind: str,
                 dist: Distributed) -> Dict[str, LRGBDataset]:
     r"""The train, val and test sets; rank 0 downloads and processes them
     (all three at once) before the other ranks read them."""
-    with dist.main_first():
+    with dist.main_first(), cached_tree_matches('--hierarchy'):
         return {split: LRGBDataset(root, name, split=split,
                                    pre_transform=hierarchy_transform(kind))
                 for split in ('train', 'val', 'test')}

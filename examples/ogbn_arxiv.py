@@ -63,10 +63,10 @@ from torch_geometric.data.data import DataEdgeAttr, DataTensorAttr
 from torch_geometric.data.storage import GlobalStorage
 from torch_geometric.nn import BatchNorm, GCNConv, TransformerConv
 from torch_geometric.nn.models import Polynormer, SGFormer
-from training import (Distributed, Results, Timer, common_parser,
-                      parse_checked, peak_memory_mb, positive_int,
-                      probability, progress, reset_peak_memory,
-                      seed_everything)
+from training import (Distributed, Results, Timer, cached_tree_matches,
+                      common_parser, parse_checked, peak_memory_mb,
+                      positive_int, probability, progress,
+                      reset_peak_memory, seed_everything)
 
 from hsa_geo.data import NestedSignal
 from hsa_geo.loader import SubtreeLoader
@@ -95,7 +95,8 @@ def parse_args(argv: Optional[Sequence[str]] = None):
     add('--dropout', type=probability, default=0.5)
     add('--branching', type=int, default=16,
         help='largest family of the METIS tree (the tree is cached in the '
-        'processed files: a new value needs a fresh --root)')
+        'processed files: a new value needs a fresh --root, and ends the '
+        'run otherwise)')
     add('--level', type=int, default=3,
         help='ogbn-products: depth of the subtrees of a mini-batch (its '
         'tree has depth 6; level 3 gives subtrees of at most 16^3 nodes)')
@@ -139,7 +140,8 @@ def load_ogbn(name: str, root: str,
     # ogb 1.3.6 reads its processed file with torch.load's default, which
     # from torch 2.6 on only unpickles allow-listed classes.
     with torch.serialization.safe_globals(
-            [DataEdgeAttr, DataTensorAttr, GlobalStorage]):
+            [DataEdgeAttr, DataTensorAttr, GlobalStorage]), \
+            cached_tree_matches('--branching'):
         dataset = PygNodePropPredDataset(
             name, root, pre_transform=hierarchy_transform(branching))
     return dataset[0], dataset.get_idx_split(), dataset.num_classes

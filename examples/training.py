@@ -46,7 +46,8 @@ import os
 import platform
 import sys
 import time
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+import warnings
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
 
 import torch
 import torch.distributed as torch_dist
@@ -149,6 +150,28 @@ def common_parser(description: str, datasets: Sequence[str],
         help='data-parallel training; launch with torchrun')
     add('--no-progress', action='store_true', help='no tqdm bars')
     return parser
+
+
+@contextlib.contextmanager
+def cached_tree_matches(option: str) -> Iterator[None]:
+    r"""Inside: a dataset whose processed files were made with another
+    ``pre_transform`` (PyG only warns, then loads them) ends the script
+    with a message naming :obj:`option`, the choice of tree that the
+    results would record while the cached trees were used."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            'error', message='The `pre_transform` argument differs',
+            category=UserWarning)
+        try:
+            yield
+        except UserWarning as error:
+            if 'pre_transform' not in str(error):
+                raise
+            raise SystemExit(
+                f'the processed files under --root hold trees made with '
+                f'another {option} than this run asks for (PyG would load '
+                f'them and the results would say {option} as given); use '
+                f'a fresh --root, or delete its processed folder') from None
 
 
 def seed_everything(seed: int):

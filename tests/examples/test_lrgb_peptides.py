@@ -75,6 +75,13 @@ def test_splits_hold_what_was_written(root):
         assert data.hierarchy.num_trees == 1
 
 
+def test_a_tree_cached_with_another_hierarchy_is_refused(root):
+    dist = lrgb.Distributed.from_env(False, 'cpu')
+    lrgb.load_splits(root, 'peptides-func', 'molecule', dist)
+    with pytest.raises(SystemExit, match='another --hierarchy'):
+        lrgb.load_splits(root, 'peptides-func', 'metis', dist)
+
+
 def test_average_precision_by_hand():
     # Task 0: ranked 1, 0, 1, 0 -> precisions 1 and 2/3 at the positives.
     # Task 1: one NaN label dropped; ranked 0, 1, 1 -> (1/2 + 2/3) / 2.

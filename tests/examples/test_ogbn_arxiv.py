@@ -100,6 +100,16 @@ def test_arxiv_tree_is_cached_in_processed_file(written):
     np.testing.assert_allclose(signal.x.numpy(), data['ogbn-arxiv']['x'])
 
 
+def test_a_tree_cached_with_another_branching_is_refused(written):
+    r"""PyG only warns when the processed files were made with another
+    pre_transform, then loads them: the run would record --branching 4
+    over trees of branching 16."""
+    root, _ = written
+    ogbn_arxiv.load_ogbn('ogbn-arxiv', root, 16)
+    with pytest.raises(SystemExit, match='another --branching'):
+        ogbn_arxiv.load_ogbn('ogbn-arxiv', root, 4)
+
+
 def test_products_trains_on_subtree_batches(written, tmp_path):
     root, data = written
     path, result = run(root, tmp_path, '--dataset', 'ogbn-products',
