@@ -359,8 +359,10 @@ def main(argv: List[str] = None) -> Dict:
         parser.error('this example trains in one process; drop --ddp')
     dist = Distributed.from_env(False, args.device, args.threads)
 
-    dataset = MultiModalMolecules(args.root, name=args.dataset,
-                                  task=args.task)
+    # A folder of its own: ogbg_mol.py keeps the same ChEMBL compounds under
+    # --root with molecule trees, which this dataset's source has not.
+    dataset = MultiModalMolecules(osp.join(args.root, 'multimodal'),
+                                  name=args.dataset, task=args.task)
     split_idx = dataset.get_idx_split('scaffold')
     task = Task(dataset.task_type, dataset.num_tasks, dataset.eval_metric)
     task.fit(torch.cat([dataset[int(i)].y for i in split_idx['train']]))

@@ -3,6 +3,7 @@ r"""``examples/multimodal.py`` trains every arm for one epoch on 64 of the
 with bonds, SMILES tokens, depiction patches, one joined tree), and writes
 one JSON with every arm and finite metrics, and the curves."""
 import functools
+import os
 import json
 import math
 
@@ -71,7 +72,7 @@ def test_trees_of_the_arms(small):
     ``flat`` along one root per compound, where HSA is softmax
     attention."""
     root, dataset_class = small
-    dataset = dataset_class(root)
+    dataset = dataset_class(os.path.join(root, 'multimodal'))
     data = next(iter(DataLoader(dataset[:3], batch_size=3)))
     flat = multimodal.flat_tree(data)
     n = data.hierarchy.num_leaves
@@ -87,3 +88,18 @@ def test_trees_of_the_arms(small):
             root = root[root]
         assert torch.equal(root[:tree.num_leaves].unique(
             return_inverse=True)[1], data[t].batch)
+
+
+def test_a_root_shared_with_ogbg_mol(small, tmp_path, monkeypatch):
+    r"""ogbg_mol.py keeps the ChEMBL compounds under --root with molecule
+    trees as pre_transform; this example's source, without them, must not
+    meet those files."""
+    from hsa_geo.datasets import ChEMBLActivity
+    from hsa_geo.transforms import MoleculeHierarchy
+    root = str(tmp_path / 'data')
+    ChEMBLActivity(root, pre_transform=MoleculeHierarchy(features='ogb'),
+                   pre_filter=every_16th, log=False)
+    monkeypatch.setattr(multimodal, 'MultiModalMolecules', small[1])
+    result = multimodal.main(['--root', root, '--out', str(tmp_path),
+                              *TINY, '--model', 'smiles'])
+    assert set(result['arms']) == {'smiles'}
