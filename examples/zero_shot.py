@@ -352,7 +352,8 @@ def sink_pairs(forest: TokenForest) -> Tensor:
     valid, special = forest.valid, forest.special
     real = valid.unsqueeze(2) & valid.unsqueeze(1)
     sink = special.unsqueeze(2) | special.unsqueeze(1)
-    itself = torch.eye(valid.size(1), dtype=torch.bool).unsqueeze(0)
+    itself = torch.eye(valid.size(1), dtype=torch.bool,
+                       device=valid.device).unsqueeze(0)
     return (real & sink) | (itself & ~valid.unsqueeze(2))
 
 
@@ -371,7 +372,7 @@ def local_pairs(sentences: TokenForest) -> Tensor:
 def window_pairs(forest: TokenForest, width: int) -> Tensor:
     r"""``[B, L, L]`` softmax over the real tokens at most :obj:`width`
     positions away, plus :func:`sink_pairs`."""
-    position = torch.arange(forest.seq_len)
+    position = torch.arange(forest.seq_len, device=forest.valid.device)
     near = (position.view(-1, 1) - position.view(1, -1)).abs() <= width
     valid = forest.valid
     block = near.unsqueeze(0) & valid.unsqueeze(2) & valid.unsqueeze(1)

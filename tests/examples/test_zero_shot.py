@@ -139,6 +139,10 @@ def test_baseline_pairs():
     assert window[2].tolist() == [True, True, True, True, False, True, False]
     assert zero_shot.pair_flops(local, valid, 1, 1) == 4 * (6 + 6 + 2 * 4
                                                             + 2 * 4)
+    # On the forest's device (meta here: any device but the CPU).
+    on = TokenForest(forest.hierarchy, valid.to('meta'),
+                     special.to('meta'), forest.global_leaves)
+    assert zero_shot.window_pairs(on, 1).device.type == 'meta'
 
 
 @pytest.mark.parametrize('option', ['--batch-size', '--max-docs',
