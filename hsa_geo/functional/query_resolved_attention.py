@@ -124,8 +124,8 @@ def _ensure_fits(hierarchy: Hierarchy, heads: int, width: int, q: Tensor):
     the backward (without the sparse kernels also the gathered rows of q,
     mean keys and values)."""
     pairs, entries = _pair_counts(hierarchy)
-    cache = _STRUCTURES.get(hierarchy, {})
-    listed = 0 if heads in cache else 80 * pairs + 16 * entries
+    listed = 0 if heads in _STRUCTURES[hierarchy] else \
+        80 * pairs + 16 * entries
     kernels = q.device.type in DEVICES
     per_pair = 4 * heads if kernels else 3 * heads * width
     ensure_memory(listed + (per_pair * pairs + 3 * hierarchy.num_nodes *
@@ -149,7 +149,7 @@ def _pair_counts(hierarchy: Hierarchy) -> Tuple[int, int]:
                                 minlength=parent.numel())
         # (roots have no siblings: path_sums leaving them out loses none)
         per_leaf = path_sums(parent, blocks)[:n]
-        depth = path_sums(parent, torch.ones_like(parent))[:n]
+        depth = hierarchy.node_depth[:n]
         cache['counts'] = (int(per_leaf.sum()), int(depth.sum()) + n)
     return cache['counts']
 
