@@ -112,7 +112,9 @@ def parse_args(argv: Optional[Sequence[str]] = None):
         help='write <out>/<name>_predictions.pt (best epoch of each seed)')
     args = parse_checked(parser, argv)
     if args.model in ('sgformer', 'polynormer'):
-        args.heads = 1  # what build_model gives them, so recorded
+        # One head of the full width (so recorded): PyG 2.8.1's Polynormer
+        # sizes its global attention for one head (it fails with heads > 1).
+        args.heads = 1
     if args.ddp and args.dataset != 'ogbn-products':
         parser.error('--ddp splits the subtree mini-batches of '
                      'ogbn-products among the ranks; the full-graph '
@@ -253,13 +255,11 @@ def build_model(args, in_channels: int,
         return GCN(in_channels, hidden, num_classes, layers, args.dropout)
     if args.model == 'sgformer':
         return SGFormer(in_channels, hidden, num_classes, trans_num_layers=1,
-                        trans_num_heads=1, trans_dropout=args.dropout,
+                        trans_num_heads=heads, trans_dropout=args.dropout,
                         gnn_num_layers=layers, gnn_dropout=args.dropout)
-    if args.model == 'polynormer':
-        # One head of the full width: PyG 2.8.1's Polynormer sizes its
-        # global attention for one head (it fails with heads > 1).
+    if args.model == 'polynormer':  # (one head: see parse_args)
         return Polynormer(in_channels, hidden, num_classes,
-                          local_layers=layers, global_layers=2, heads=1,
+                          local_layers=layers, global_layers=2, heads=heads,
                           dropout=args.dropout)
     return GraphTransformer(in_channels, hidden, num_classes, layers, heads,
                             args.dropout)
